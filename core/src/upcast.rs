@@ -1,0 +1,232 @@
+//! Upcasters: old stored payloads are converted to the current schema when they are read.
+//!
+//! History is never rewritten. When an event type's payload changes incompatibly, its schema
+//! version is bumped (`#[event(version = 2)]`) and an upcaster from version 1 is registered. An
+//! upcaster is keyed by `(event_type, from_version)` and produces the next version (or a renamed
+//! type); the chain runs until the payload reaches the version the code knows.
+//!
+//! ```
+//! use eventfold_core::Upcasters;
+//! use serde_json::json;
+//!
+//! // version 1 of `order.placed` had `total` in euros; version 2 has `total_cents`.
+//! let upcasters = Upcasters::new().json("order.placed", 1, |mut v| {
+//!     let euros = v["total"].as_u64().ok_or("total missing")?;
+//!     v["total_cents"] = json!(euros * 100);
+//!     Ok(v)
+//! });
+//! let step = upcasters
+//!     .upcast_to("order.placed", 1, br#"{"total":3}"#.to_vec(), |_| Some(2))
+//!     .unwrap();
+//! assert_eq!(step.schema_version, 2);
+//! assert_eq!(serde_json::from_slice::<serde_json::Value>(&step.payload).unwrap()["total_cents"], 300);
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::{BoxError, DecodeError, DecodeErrorKind};
+use crate::event::Event;
+use crate::metadata::{Envelope, RecordedEvent};
+
+/// One payload on its way through the upcaster chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpcastStep {
+    /// The type name (an upcaster may rename it).
+    pub event_type: String,
+    /// The schema version of `payload`.
+    pub schema_version: u32,
+    /// The encoded payload.
+    pub payload: Vec<u8>,
+}
+
+type UpcastFn = dyn Fn(UpcastStep) -> Result<UpcastStep, BoxError> + Send + Sync;
+
+/// A chain of upcasters keyed by `(event_type, from_version)`. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Upcasters {
+    steps: HashMap<(String, u32), Arc<UpcastFn>>,
+}
+
+impl fmt::Debug for Upcasters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut keys: Vec<_> = self.steps.keys().collect();
+        keys.sort();
+        f.debug_struct("Upcasters").field("steps", &keys).finish()
+    }
+}
+
+/// Most steps a payload may take through the chain.
+const MAX_STEPS: usize = 64;
+
+impl Upcasters {
+    /// No upcasters.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Is the chain empty?
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Registers a general step from `(event_type, from_version)`. The step receives the payload
+    /// and returns it at a later version, or under another type name.
+    pub fn step(
+        mut self,
+        event_type: impl Into<String>,
+        from_version: u32,
+        f: impl Fn(UpcastStep) -> Result<UpcastStep, BoxError> + Send + Sync + 'static,
+    ) -> Self {
+        self.steps.insert((event_type.into(), from_version), Arc::new(f));
+        self
+    }
+
+    /// Registers a step on raw bytes from `from_version` to `from_version + 1`.
+    pub fn bytes(
+        self,
+        event_type: impl Into<String>,
+        from_version: u32,
+        f: impl Fn(Vec<u8>) -> Result<Vec<u8>, BoxError> + Send + Sync + 'static,
+    ) -> Self {
+        self.step(event_type, from_version, move |step: UpcastStep| {
+            Ok(UpcastStep {
+                event_type: step.event_type,
+                schema_version: step.schema_version + 1,
+                payload: f(step.payload)?,
+            })
+        })
+    }
+
+    /// Registers a step on a JSON payload from `from_version` to `from_version + 1`.
+    pub fn json(
+        self,
+        event_type: impl Into<String>,
+        from_version: u32,
+        f: impl Fn(serde_json::Value) -> Result<serde_json::Value, BoxError> + Send + Sync + 'static,
+    ) -> Self {
+        self.bytes(event_type, from_version, move |payload| {
+            let value: serde_json::Value = serde_json::from_slice(&payload)?;
+            Ok(serde_json::to_vec(&f(value)?)?)
+        })
+    }
+
+    /// Renames `(old_type, version)` to `(new_type, new_version)` without touching the payload.
+    pub fn rename(
+        self,
+        old_type: impl Into<String>,
+        version: u32,
+        new_type: impl Into<String>,
+        new_version: u32,
+    ) -> Self {
+        let new_type = new_type.into();
+        self.step(old_type, version, move |step: UpcastStep| {
+            Ok(UpcastStep {
+                event_type: new_type.clone(),
+                schema_version: new_version,
+                payload: step.payload,
+            })
+        })
+    }
+
+    /// Runs the chain until the payload has the version `current(event_type)` returns.
+    ///
+    /// `current` tells the version the code knows for a type name (`None`: unknown type).
+    pub fn upcast_to(
+        &self,
+        event_type: &str,
+        schema_version: u32,
+        payload: Vec<u8>,
+        current: impl Fn(&str) -> Option<u32>,
+    ) -> Result<UpcastStep, DecodeErrorKind> {
+        let mut step = UpcastStep {
+            event_type: event_type.to_owned(),
+            schema_version,
+            payload,
+        };
+        for _ in 0..MAX_STEPS {
+            let known = current(&step.event_type);
+            if known == Some(step.schema_version) {
+                return Ok(step);
+            }
+            let upcaster = self
+                .steps
+                .get(&(step.event_type.clone(), step.schema_version));
+            match (known, upcaster) {
+                (Some(known), _) if step.schema_version > known => {
+                    return Err(DecodeErrorKind::SchemaTooNew {
+                        event_type: step.event_type,
+                        stored: step.schema_version,
+                        known,
+                    });
+                }
+                (_, Some(upcaster)) => {
+                    let (from_type, from) = (step.event_type.clone(), step.schema_version);
+                    let next = upcaster(step).map_err(|source| DecodeErrorKind::Upcast {
+                        event_type: from_type.clone(),
+                        from,
+                        source,
+                    })?;
+                    if next.event_type == from_type && next.schema_version <= from {
+                        return Err(DecodeErrorKind::UpcastLoop { event_type: from_type });
+                    }
+                    step = next;
+                }
+                (Some(known), None) => {
+                    return Err(DecodeErrorKind::MissingUpcaster {
+                        event_type: step.event_type,
+                        stored: step.schema_version,
+                        known,
+                    });
+                }
+                (None, None) => {
+                    return Err(DecodeErrorKind::UnknownEventType {
+                        event_type: step.event_type,
+                    });
+                }
+            }
+        }
+        Err(DecodeErrorKind::UpcastLoop { event_type: event_type.to_owned() })
+    }
+}
+
+/// Decodes a stored event into a typed envelope: upcasts, then decodes with `E`'s codec.
+///
+/// Errors name the stream, the event id and version, and what went wrong.
+pub fn decode_event<E: Event>(
+    recorded: RecordedEvent,
+    upcasters: &Upcasters,
+) -> Result<Envelope<E>, DecodeError> {
+    let fail = |recorded: &RecordedEvent, kind| DecodeError {
+        stream_id: recorded.stream_id.clone(),
+        event_id: recorded.event_id,
+        stream_version: recorded.stream_version,
+        kind,
+    };
+    // Fast path: the stored version is the current one.
+    if E::current_version(&recorded.event_type) == Some(recorded.schema_version) {
+        return match E::decode(&recorded.event_type, &recorded.payload) {
+            Ok(event) => Ok(recorded.with_payload(event)),
+            Err(e) => Err(fail(&recorded, DecodeErrorKind::Payload(e))),
+        };
+    }
+    let step = match upcasters.upcast_to(
+        &recorded.event_type,
+        recorded.schema_version,
+        recorded.payload.clone(),
+        E::current_version,
+    ) {
+        Ok(step) => step,
+        Err(kind) => return Err(fail(&recorded, kind)),
+    };
+    match E::decode(&step.event_type, &step.payload) {
+        Ok(event) => {
+            let mut envelope = recorded.with_payload(event);
+            envelope.event_type = step.event_type;
+            envelope.schema_version = step.schema_version;
+            Ok(envelope)
+        }
+        Err(e) => Err(fail(&recorded, DecodeErrorKind::Payload(e))),
+    }
+}

@@ -1,0 +1,43 @@
+//! # eventfold-eventstore
+//!
+//! The event store of eventfold: one [`EventStore`] trait, three backends (in memory, SQLite and
+//! PostgreSQL), the [`UnitOfWork`] that makes the application's own SQL commit together with the
+//! events, snapshots, idempotent commands, and the [`Repository`] that runs the command path of
+//! event sourcing with optimistic concurrency and bounded retries.
+//!
+//! | backend | module | feature |
+//! |---|---|---|
+//! | in memory | [`memory`] | always |
+//! | SQLite | `sqlite` | `sqlite` |
+//! | PostgreSQL | `postgres` | `postgres` |
+//!
+//! Every backend passes the same contract suite (`contract`, feature `test-util`).
+//!
+//! ## Guarantee: no lost update
+//!
+//! Every append names the version it expects the stream to have ([`ExpectedVersion`]). Two
+//! commands that loaded the same version cannot both append: the second gets
+//! [`StoreError::VersionConflict`], which the repository retries (reloading the state) a bounded
+//! number of times before returning [`ExecuteError::Conflict`].
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod memory;
+pub mod naming;
+pub mod repository;
+pub mod store;
+
+#[cfg(feature = "test-util")]
+pub mod contract;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod sql;
+
+pub use error::{ExecuteError, ExpectedVersion, StoreError};
+pub use naming::Naming;
+pub use repository::{Executed, Loaded, Repository};
+pub use store::{AppendResult, CommandRecord, DynEventReader, EventStore, Snapshot, UnitOfWork};

@@ -1,0 +1,358 @@
+//! The in-memory event store: for users' unit tests and for prototypes.
+//!
+//! It follows the same contract as the SQL backends (the shared contract suite runs against it),
+//! with optimistic units of work: appends are checked when they are made and again at commit, so
+//! a concurrent commit to the same stream makes the later commit fail with
+//! [`StoreError::VersionConflict`]. Nothing survives the process.
+//!
+//! ```
+//! use eventfold_core::{NewEvent, StreamId};
+//! use eventfold_eventstore::{memory::MemoryStore, EventStore, ExpectedVersion};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), eventfold_eventstore::StoreError> {
+//! let store = MemoryStore::new();
+//! let stream = StreamId::new("order", "1").unwrap();
+//! store.append(&stream, ExpectedVersion::NoStream, vec![NewEvent::raw("order.placed", 1, b"{}".to_vec())]).await?;
+//! let err = store
+//!     .append(&stream, ExpectedVersion::NoStream, vec![NewEvent::raw("order.placed", 1, b"{}".to_vec())])
+//!     .await
+//!     .unwrap_err();
+//! assert!(err.is_conflict());
+//! assert_eq!(store.stream_version(&stream).await?, 1);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use eventfold_core::{NewEvent, RecordedEvent, StreamId};
+use uuid::Uuid;
+
+use crate::error::{ExpectedVersion, StoreError};
+use crate::store::{AppendResult, CommandRecord, EventStore, Snapshot, UnitOfWork, validate_append};
+
+#[derive(Default)]
+struct State {
+    log: BTreeMap<u64, RecordedEvent>,
+    streams: HashMap<StreamId, Vec<u64>>,
+    snapshots: HashMap<StreamId, Snapshot>,
+    commands: HashMap<Uuid, CommandRecord>,
+    event_ids: HashSet<Uuid>,
+}
+
+impl State {
+    fn version(&self, stream_id: &StreamId) -> u64 {
+        self.streams.get(stream_id).map_or(0, |p| p.len() as u64)
+    }
+
+    fn read(&self, stream_id: &StreamId, from_version: u64, max_count: u64) -> Vec<RecordedEvent> {
+        let Some(positions) = self.streams.get(stream_id) else {
+            return Vec::new();
+        };
+        let skip = from_version.saturating_sub(1) as usize;
+        positions
+            .iter()
+            .skip(skip)
+            .take(usize::try_from(max_count).unwrap_or(usize::MAX))
+            .filter_map(|p| self.log.get(p).cloned())
+            .collect()
+    }
+}
+
+struct Inner {
+    state: Mutex<State>,
+    next_position: AtomicU64,
+}
+
+/// An event store in memory. Clones share the same data.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+    source: Arc<str>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").field("source", &self.source).finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store with source `eventfold`.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                next_position: AtomicU64::new(1),
+            }),
+            source: Arc::from("eventfold"),
+        }
+    }
+
+    /// Sets the service name recorded as the `source` of new events.
+    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+        self.source = Arc::from(source.into());
+        self
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave `State` half-updated: every update is
+        // computed first and applied without panicking, so a poisoned lock is still consistent.
+        self.inner.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Number of committed events in the whole store.
+    pub fn len(&self) -> usize {
+        self.lock().log.len()
+    }
+
+    /// Is the store empty?
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct StagedStream {
+    base_version: u64,
+    any_only: bool,
+    events: Vec<RecordedEvent>,
+}
+
+/// A unit of work of the [`MemoryStore`]: changes are staged and applied at commit.
+pub struct MemoryUnitOfWork {
+    store: MemoryStore,
+    streams: Vec<(StreamId, StagedStream)>,
+    snapshots: Vec<Snapshot>,
+    commands: Vec<CommandRecord>,
+}
+
+impl MemoryUnitOfWork {
+    fn staged(&self, stream_id: &StreamId) -> Option<&StagedStream> {
+        self.streams.iter().find(|(s, _)| s == stream_id).map(|(_, staged)| staged)
+    }
+}
+
+impl UnitOfWork for MemoryUnitOfWork {
+    async fn append(
+        &mut self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        validate_append(stream_id, &events)?;
+        let state = self.store.lock();
+        let (base_version, staged_count) = match self.staged(stream_id) {
+            Some(staged) => (staged.base_version, staged.events.len() as u64),
+            None => (state.version(stream_id), 0),
+        };
+        let current = base_version + staged_count;
+        if !expected.matches(current) {
+            return Err(StoreError::VersionConflict {
+                stream_id: stream_id.clone(),
+                expected,
+                actual: Some(current),
+            });
+        }
+        let mut seen = HashSet::new();
+        for event in &events {
+            let staged_dup = self
+                .streams
+                .iter()
+                .any(|(_, s)| s.events.iter().any(|e| e.event_id == event.event_id));
+            if state.event_ids.contains(&event.event_id) || staged_dup || !seen.insert(event.event_id) {
+                return Err(StoreError::DuplicateEventId {
+                    stream_id: stream_id.clone(),
+                    event_id: event.event_id,
+                });
+            }
+        }
+        drop(state);
+        let count = events.len() as u64;
+        let first = self.store.inner.next_position.fetch_add(count, Ordering::SeqCst);
+        let recorded: Vec<_> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| e.into_recorded(stream_id.clone(), current + 1 + i as u64, first + i as u64))
+            .collect();
+        let positions = recorded.iter().map(|e| e.global_position).collect();
+        let any = expected == ExpectedVersion::Any;
+        match self.streams.iter_mut().find(|(s, _)| s == stream_id) {
+            Some((_, staged)) => {
+                staged.any_only &= any;
+                staged.events.extend(recorded);
+            }
+            None => self.streams.push((
+                stream_id.clone(),
+                StagedStream {
+                    base_version,
+                    any_only: any,
+                    events: recorded,
+                },
+            )),
+        }
+        Ok(AppendResult {
+            previous_version: current,
+            version: current + count,
+            positions,
+        })
+    }
+
+    async fn read_stream(
+        &mut self,
+        stream_id: &StreamId,
+        from_version: u64,
+        max_count: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut events = self.store.lock().read(stream_id, from_version, u64::MAX);
+        if let Some(staged) = self.staged(stream_id) {
+            events.retain(|e| e.stream_version <= staged.base_version);
+            events.extend(staged.events.iter().filter(|e| e.stream_version >= from_version).cloned());
+        }
+        events.truncate(usize::try_from(max_count).unwrap_or(usize::MAX));
+        Ok(events)
+    }
+
+    async fn stream_version(&mut self, stream_id: &StreamId) -> Result<u64, StoreError> {
+        Ok(match self.staged(stream_id) {
+            Some(staged) => staged.base_version + staged.events.len() as u64,
+            None => self.store.lock().version(stream_id),
+        })
+    }
+
+    async fn load_snapshot(&mut self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        if let Some(s) = self.snapshots.iter().rev().find(|s| &s.stream_id == stream_id) {
+            return Ok(Some(s.clone()));
+        }
+        Ok(self.store.lock().snapshots.get(stream_id).cloned())
+    }
+
+    async fn save_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StoreError> {
+        self.snapshots.push(snapshot);
+        Ok(())
+    }
+
+    async fn find_command(&mut self, command_id: Uuid) -> Result<Option<CommandRecord>, StoreError> {
+        if let Some(c) = self.commands.iter().find(|c| c.command_id == command_id) {
+            return Ok(Some(c.clone()));
+        }
+        Ok(self.store.lock().commands.get(&command_id).cloned())
+    }
+
+    async fn record_command(&mut self, record: CommandRecord) -> Result<bool, StoreError> {
+        let exists = self.commands.iter().any(|c| c.command_id == record.command_id)
+            || self.store.lock().commands.contains_key(&record.command_id);
+        if exists {
+            return Ok(false);
+        }
+        self.commands.push(record);
+        Ok(true)
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        let mut state = self.store.lock();
+        // Check everything first, then apply: a failed commit changes nothing.
+        let mut renumber = Vec::new();
+        for (stream_id, staged) in &self.streams {
+            let now = state.version(stream_id);
+            if now != staged.base_version {
+                if !staged.any_only {
+                    return Err(StoreError::VersionConflict {
+                        stream_id: stream_id.clone(),
+                        expected: ExpectedVersion::Exact(staged.base_version),
+                        actual: Some(now),
+                    });
+                }
+                renumber.push((stream_id.clone(), now));
+            }
+            if let Some(e) = staged.events.iter().find(|e| state.event_ids.contains(&e.event_id)) {
+                return Err(StoreError::DuplicateEventId {
+                    stream_id: stream_id.clone(),
+                    event_id: e.event_id,
+                });
+            }
+        }
+        if let Some(c) = self.commands.iter().find(|c| state.commands.contains_key(&c.command_id)) {
+            return Err(StoreError::VersionConflict {
+                stream_id: c.stream_id.clone(),
+                expected: ExpectedVersion::Exact(c.version_before),
+                actual: None,
+            });
+        }
+        for (stream_id, staged) in self.streams {
+            let base = renumber
+                .iter()
+                .find(|(s, _)| *s == stream_id)
+                .map_or(staged.base_version, |(_, now)| *now);
+            for (i, mut event) in staged.events.into_iter().enumerate() {
+                event.stream_version = base + 1 + i as u64;
+                state.event_ids.insert(event.event_id);
+                state.streams.entry(stream_id.clone()).or_default().push(event.global_position);
+                state.log.insert(event.global_position, event);
+            }
+        }
+        for snapshot in self.snapshots {
+            let keep_existing = state
+                .snapshots
+                .get(&snapshot.stream_id)
+                .is_some_and(|s| s.version > snapshot.version);
+            if !keep_existing {
+                state.snapshots.insert(snapshot.stream_id.clone(), snapshot);
+            }
+        }
+        for command in self.commands {
+            state.commands.insert(command.command_id, command);
+        }
+        Ok(())
+    }
+
+    async fn rollback(self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+impl EventStore for MemoryStore {
+    type UnitOfWork = MemoryUnitOfWork;
+
+    async fn begin(&self) -> Result<MemoryUnitOfWork, StoreError> {
+        Ok(MemoryUnitOfWork {
+            store: self.clone(),
+            streams: Vec::new(),
+            snapshots: Vec::new(),
+            commands: Vec::new(),
+        })
+    }
+
+    fn source(&self) -> &str {
+        &self.source
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        max_count: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        Ok(self.lock().read(stream_id, from_version, max_count))
+    }
+
+    async fn stream_version(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
+        Ok(self.lock().version(stream_id))
+    }
+
+    async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        Ok(self.lock().snapshots.get(stream_id).cloned())
+    }
+
+    async fn find_command(&self, command_id: Uuid) -> Result<Option<CommandRecord>, StoreError> {
+        Ok(self.lock().commands.get(&command_id).cloned())
+    }
+}

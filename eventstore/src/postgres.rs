@@ -1,0 +1,699 @@
+//! The PostgreSQL event store (feature `postgres`).
+//!
+//! Appends are one statement per call: the events of a call are inserted with `UNNEST` in a
+//! statement that also checks the expected version, and the unique index on
+//! `(stream_type, stream_id, stream_version)` turns a concurrent append into
+//! [`StoreError::VersionConflict`]. Writers to different streams never wait for each other.
+//! Tables live under a validated prefix and, optionally, a schema; migrations are serialized
+//! across processes with an advisory lock and tracked in `{prefix}migrations`.
+//!
+//! ```no_run
+//! use eventfold_eventstore::{postgres::PgStore, EventStore, UnitOfWork, ExpectedVersion, Naming};
+//! use eventfold_core::{NewEvent, StreamId};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await?;
+//! let store = PgStore::builder(pool)
+//!     .naming(Naming::new("eventfold_")?.with_schema("orders")?)
+//!     .source("order-service")
+//!     .build()
+//!     .await?;
+//!
+//! let stream = StreamId::new("order", "7")?;
+//! let mut uow = store.begin().await?;
+//! uow.append(&stream, ExpectedVersion::NoStream, vec![NewEvent::raw("order.placed", 1, b"{}".to_vec())]).await?;
+//! sqlx::query("UPDATE app_counters SET n = n + 1").execute(uow.connection()).await?;
+//! uow.commit().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::sync::Arc;
+
+
+use eventfold_core::{NewEvent, RecordedEvent, StreamId};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::error::{ExpectedVersion, StoreError};
+use crate::naming::Naming;
+use crate::sql::{self, EVENT_COLUMNS, EventRow, Migration, db_err, to_i64, to_u64};
+use crate::store::{AppendResult, CommandRecord, EventStore, Snapshot, UnitOfWork, validate_append};
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "events, snapshots, commands",
+    sql: r#"
+CREATE TABLE IF NOT EXISTS {events} (
+    global_position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id UUID NOT NULL,
+    stream_type TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    stream_version BIGINT NOT NULL,
+    event_type TEXT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    payload BYTEA NOT NULL,
+    recorded_at TIMESTAMPTZ NOT NULL,
+    source TEXT NOT NULL,
+    correlation_id UUID NOT NULL,
+    causation_id UUID,
+    tenant_id TEXT,
+    headers JSONB NOT NULL DEFAULT '{}',
+    CONSTRAINT "{prefix}events_event_id_uq" UNIQUE (event_id),
+    CONSTRAINT "{prefix}events_stream_version_uq" UNIQUE (stream_type, stream_id, stream_version)
+);
+CREATE TABLE IF NOT EXISTS {snapshots} (
+    stream_type TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    snapshot_version BIGINT NOT NULL,
+    state BYTEA NOT NULL,
+    taken_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (stream_type, stream_id)
+);
+CREATE TABLE IF NOT EXISTS {commands} (
+    command_id UUID PRIMARY KEY,
+    stream_type TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    version_before BIGINT NOT NULL,
+    version_after BIGINT NOT NULL,
+    recorded_at TIMESTAMPTZ NOT NULL
+);
+"#,
+}];
+
+struct Statements {
+    events: String,
+    snapshots: String,
+    commands: String,
+    max_version: String,
+    append: String,
+    read_stream: String,
+    load_snapshot: String,
+    save_snapshot: String,
+    find_command: String,
+    record_command: String,
+}
+
+impl Statements {
+    fn new(naming: &Naming) -> Self {
+        let events = naming.table("events");
+        let snapshots = naming.table("snapshots");
+        let commands = naming.table("commands");
+        Self {
+            max_version: format!(
+                "SELECT COALESCE(MAX(stream_version), 0)::int8 FROM {events} WHERE stream_type = $1 AND stream_id = $2"
+            ),
+            append: format!(
+                "WITH cur AS (SELECT COALESCE(MAX(stream_version), 0)::int8 AS v FROM {events} \
+                   WHERE stream_type = $1 AND stream_id = $2) \
+                 INSERT INTO {events} (event_id, stream_type, stream_id, stream_version, event_type, schema_version, \
+                   payload, recorded_at, source, correlation_id, causation_id, tenant_id, headers) \
+                 SELECT e.event_id, $1, $2, cur.v + e.ord, e.event_type, e.schema_version, e.payload, e.recorded_at, \
+                   e.source, e.correlation_id, e.causation_id, e.tenant_id, e.headers::jsonb \
+                 FROM cur, UNNEST($3::uuid[], $4::text[], $5::int4[], $6::bytea[], $7::timestamptz[], $8::text[], \
+                   $9::uuid[], $10::uuid[], $11::text[], $12::text[]) WITH ORDINALITY \
+                   AS e(event_id, event_type, schema_version, payload, recorded_at, source, correlation_id, \
+                   causation_id, tenant_id, headers, ord) \
+                 WHERE $13::int8 IS NULL OR cur.v = $13 \
+                 ORDER BY e.ord \
+                 RETURNING global_position, stream_version"
+            ),
+            read_stream: format!(
+                "SELECT {EVENT_COLUMNS}, headers::text FROM {events} WHERE stream_type = $1 AND stream_id = $2 \
+                 AND stream_version >= $3 ORDER BY stream_version LIMIT $4"
+            ),
+            load_snapshot: format!(
+                "SELECT version, snapshot_version, state, taken_at FROM {snapshots} WHERE stream_type = $1 AND stream_id = $2"
+            ),
+            save_snapshot: format!(
+                "INSERT INTO {snapshots} AS s (stream_type, stream_id, version, snapshot_version, state, taken_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (stream_type, stream_id) DO UPDATE SET \
+                 version = EXCLUDED.version, snapshot_version = EXCLUDED.snapshot_version, state = EXCLUDED.state, \
+                 taken_at = EXCLUDED.taken_at WHERE s.version <= EXCLUDED.version"
+            ),
+            find_command: format!(
+                "SELECT stream_type, stream_id, version_before, version_after, recorded_at FROM {commands} WHERE command_id = $1"
+            ),
+            record_command: format!(
+                "INSERT INTO {commands} (command_id, stream_type, stream_id, version_before, version_after, recorded_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (command_id) DO NOTHING"
+            ),
+            events,
+            snapshots,
+            commands,
+        }
+    }
+}
+
+/// An event store in a PostgreSQL database.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    naming: Arc<Naming>,
+    sql: Arc<Statements>,
+    source: Arc<str>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("naming", &self.naming)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`PgStore`].
+#[derive(Debug)]
+pub struct PgStoreBuilder {
+    pool: PgPool,
+    naming: Naming,
+    source: String,
+    migrate: bool,
+}
+
+impl PgStoreBuilder {
+    /// Table names: prefix (default `eventfold_`) and optional schema.
+    pub fn naming(mut self, naming: Naming) -> Self {
+        self.naming = naming;
+        self
+    }
+
+    /// The service name recorded as `source` on new events (default `eventfold`).
+    pub fn source(mut self, source: impl Into<String>) -> Self {
+        self.source = source.into();
+        self
+    }
+
+    /// Run the embedded migrations when building (default `true`).
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
+    }
+
+    /// Builds the store, migrating first unless turned off.
+    pub async fn build(self) -> Result<PgStore, StoreError> {
+        let store = PgStore {
+            sql: Arc::new(Statements::new(&self.naming)),
+            pool: self.pool,
+            naming: Arc::new(self.naming),
+            source: Arc::from(self.source),
+        };
+        if self.migrate {
+            store.migrate().await?;
+        }
+        Ok(store)
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` with a pool of 16 connections and migrates with the default naming.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .connect(url)
+            .await
+            .map_err(db_err("connecting", "-"))?;
+        Self::builder(pool).build().await
+    }
+
+    /// A builder over an existing pool.
+    pub fn builder(pool: PgPool) -> PgStoreBuilder {
+        PgStoreBuilder {
+            pool,
+            naming: Naming::default(),
+            source: "eventfold".to_owned(),
+            migrate: true,
+        }
+    }
+
+    /// The connection pool (for the application's own queries).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The table naming.
+    pub fn naming(&self) -> &Naming {
+        &self.naming
+    }
+
+    /// Applies the embedded migrations that are not applied yet, tracked in
+    /// `{prefix}migrations`. Concurrent callers (several instances starting at once) are
+    /// serialized by a transaction-scoped advisory lock.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let table = self.naming.table("migrations");
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_err("starting the migration transaction", &table))?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("eventfold migrations {table}"))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("taking the migration lock", &table))?;
+        if let Some(schema) = self.naming.schema() {
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("creating the schema", &table))?;
+        }
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {table} (version BIGINT PRIMARY KEY, name TEXT NOT NULL, \
+             checksum BIGINT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("creating the migration table", &table))?;
+        let applied: Vec<(i64, i64)> = sqlx::query_as(&format!("SELECT version, checksum FROM {table} ORDER BY version"))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err("reading applied migrations", &table))?;
+        for migration in sql::pending(MIGRATIONS, &applied, &table)? {
+            sqlx::raw_sql(&migration.render(&self.naming))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::Migration {
+                    table: table.clone(),
+                    version: migration.version,
+                    name: migration.name.to_owned(),
+                    reason: e.to_string(),
+                })?;
+            sqlx::query(&format!("INSERT INTO {table} (version, name, checksum) VALUES ($1, $2, $3)"))
+                .bind(migration.version)
+                .bind(migration.name)
+                .bind(migration.checksum())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("recording a migration", &table))?;
+        }
+        tx.commit().await.map_err(db_err("committing migrations", &table))
+    }
+}
+
+async fn read_stream_on(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    stream_id: &StreamId,
+    from_version: u64,
+    max_count: u64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let rows: Vec<EventRow> = sqlx::query_as(&sql.read_stream)
+        .bind(stream_id.stream_type())
+        .bind(stream_id.id())
+        .bind(to_i64(from_version.max(1), stream_id)?)
+        .bind(i64::try_from(max_count).unwrap_or(i64::MAX))
+        .fetch_all(conn)
+        .await
+        .map_err(db_err("reading a stream", &sql.events))?;
+    rows.into_iter().map(|row| sql::recorded(stream_id, row, &sql.events)).collect()
+}
+
+async fn version_on(conn: &mut PgConnection, sql: &Statements, stream_id: &StreamId) -> Result<u64, StoreError> {
+    let (v,): (i64,) = sqlx::query_as(&sql.max_version)
+        .bind(stream_id.stream_type())
+        .bind(stream_id.id())
+        .fetch_one(conn)
+        .await
+        .map_err(db_err("reading a stream version", &sql.events))?;
+    to_u64(v, &sql.events, "stream version")
+}
+
+async fn snapshot_on(conn: &mut PgConnection, sql: &Statements, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+    let row: Option<sql::SnapshotRow> = sqlx::query_as(&sql.load_snapshot)
+        .bind(stream_id.stream_type())
+        .bind(stream_id.id())
+        .fetch_optional(conn)
+        .await
+        .map_err(db_err("loading a snapshot", &sql.snapshots))?;
+    row.map(|row| sql::snapshot(stream_id, row, &sql.snapshots)).transpose()
+}
+
+async fn command_on(conn: &mut PgConnection, sql: &Statements, command_id: Uuid) -> Result<Option<CommandRecord>, StoreError> {
+    let row: Option<sql::CommandRow> = sqlx::query_as(&sql.find_command)
+        .bind(command_id)
+        .fetch_optional(conn)
+        .await
+        .map_err(db_err("looking up a command", &sql.commands))?;
+    row.map(|row| sql::command(command_id, row, &sql.commands)).transpose()
+}
+
+/// A unit of work of the [`PgStore`]: a READ COMMITTED transaction.
+pub struct PgUnitOfWork {
+    tx: Transaction<'static, Postgres>,
+    sql: Arc<Statements>,
+}
+
+impl PgUnitOfWork {
+    /// The connection of this transaction, for the application's own SQL.
+    pub fn connection(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    /// The `sqlx` transaction itself.
+    pub fn transaction(&mut self) -> &mut Transaction<'static, Postgres> {
+        &mut self.tx
+    }
+
+    async fn try_append(
+        &mut self,
+        stream_id: &StreamId,
+        expected: Option<i64>,
+        events: &[NewEvent],
+    ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+        let n = events.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut types = Vec::with_capacity(n);
+        let mut versions = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        let mut times = Vec::with_capacity(n);
+        let mut sources = Vec::with_capacity(n);
+        let mut correlations = Vec::with_capacity(n);
+        let mut causations = Vec::with_capacity(n);
+        let mut tenants = Vec::with_capacity(n);
+        let mut headers = Vec::with_capacity(n);
+        for e in events {
+            ids.push(e.event_id);
+            types.push(e.event_type.as_str());
+            versions.push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
+            payloads.push(e.payload.as_slice());
+            times.push(e.timestamp);
+            sources.push(e.source.as_str());
+            correlations.push(e.correlation_id);
+            causations.push(e.causation_id);
+            tenants.push(e.tenant_id.as_deref());
+            headers.push(sql::headers_json(&e.headers));
+        }
+        sqlx::query_as(&self.sql.append)
+            .bind(stream_id.stream_type())
+            .bind(stream_id.id())
+            .bind(ids)
+            .bind(types)
+            .bind(versions)
+            .bind(payloads)
+            .bind(times)
+            .bind(sources)
+            .bind(correlations)
+            .bind(causations)
+            .bind(tenants)
+            .bind(headers)
+            .bind(expected)
+            .fetch_all(&mut *self.tx)
+            .await
+    }
+
+    fn append_error(&self, e: sqlx::Error, stream_id: &StreamId, expected: ExpectedVersion, events: &[NewEvent]) -> StoreError {
+        match sql::unique_violation(&e) {
+            Some(c) if c.ends_with("event_id_uq") => StoreError::DuplicateEventId {
+                stream_id: stream_id.clone(),
+                event_id: duplicate_id(&e, events),
+            },
+            Some(_) => StoreError::VersionConflict {
+                stream_id: stream_id.clone(),
+                expected,
+                actual: None,
+            },
+            None => db_err("appending events", &self.sql.events)(e),
+        }
+    }
+}
+
+/// The event id named in a unique-violation detail, or the first id of the batch.
+fn duplicate_id(e: &sqlx::Error, events: &[NewEvent]) -> Uuid {
+    let detail = e
+        .as_database_error()
+        .and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+        .and_then(|d| d.detail().map(str::to_owned))
+        .unwrap_or_default();
+    events
+        .iter()
+        .map(|ev| ev.event_id)
+        .find(|id| detail.contains(&id.to_string()))
+        .unwrap_or_else(|| events.first().map_or(Uuid::nil(), |ev| ev.event_id))
+}
+
+/// How many times an `Any` append retries a concurrent insert before giving up.
+const ANY_RETRIES: usize = 16;
+
+impl UnitOfWork for PgUnitOfWork {
+    async fn append(
+        &mut self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        validate_append(stream_id, &events)?;
+        if let Some(e) = events.iter().find(|e| i32::try_from(e.schema_version).is_err()) {
+            return Err(StoreError::InvalidEvent {
+                stream_id: stream_id.clone(),
+                event_id: e.event_id,
+                event_type: e.event_type.clone(),
+                reason: "schema version does not fit an INTEGER".to_owned(),
+            });
+        }
+        let rows = match expected.exact() {
+            Some(v) => {
+                let v = to_i64(v, stream_id)?;
+                match self.try_append(stream_id, Some(v), &events).await {
+                    Ok(rows) => rows,
+                    Err(e) => return Err(self.append_error(e, stream_id, expected, &events)),
+                }
+            }
+            None => {
+                // `Any` must not fail because of a concurrent append: retry inside a savepoint.
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    sqlx::query("SAVEPOINT eventfold_append")
+                        .execute(&mut *self.tx)
+                        .await
+                        .map_err(db_err("appending events", &self.sql.events))?;
+                    match self.try_append(stream_id, None, &events).await {
+                        Ok(rows) => {
+                            sqlx::query("RELEASE SAVEPOINT eventfold_append")
+                                .execute(&mut *self.tx)
+                                .await
+                                .map_err(db_err("appending events", &self.sql.events))?;
+                            break rows;
+                        }
+                        Err(e) => {
+                            let error = self.append_error(e, stream_id, expected, &events);
+                            sqlx::query("ROLLBACK TO SAVEPOINT eventfold_append")
+                                .execute(&mut *self.tx)
+                                .await
+                                .map_err(db_err("appending events", &self.sql.events))?;
+                            if !error.is_conflict() || attempt >= ANY_RETRIES {
+                                return Err(error);
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        if rows.is_empty() {
+            let actual = version_on(&mut self.tx, &self.sql, stream_id).await?;
+            return Err(StoreError::VersionConflict {
+                stream_id: stream_id.clone(),
+                expected,
+                actual: Some(actual),
+            });
+        }
+        let mut rows = rows;
+        rows.sort_by_key(|(_, version)| *version);
+        let version = to_u64(rows.last().map_or(0, |r| r.1), &self.sql.events, "stream version")?;
+        let positions = rows
+            .iter()
+            .map(|(p, _)| to_u64(*p, &self.sql.events, "global position"))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(AppendResult {
+            previous_version: version - events.len() as u64,
+            version,
+            positions,
+        })
+    }
+
+    async fn read_stream(
+        &mut self,
+        stream_id: &StreamId,
+        from_version: u64,
+        max_count: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        read_stream_on(&mut self.tx, &self.sql, stream_id, from_version, max_count).await
+    }
+
+    async fn stream_version(&mut self, stream_id: &StreamId) -> Result<u64, StoreError> {
+        version_on(&mut self.tx, &self.sql, stream_id).await
+    }
+
+    async fn load_snapshot(&mut self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        snapshot_on(&mut self.tx, &self.sql, stream_id).await
+    }
+
+    async fn save_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StoreError> {
+        sqlx::query(&self.sql.save_snapshot)
+            .bind(snapshot.stream_id.stream_type())
+            .bind(snapshot.stream_id.id())
+            .bind(to_i64(snapshot.version, &snapshot.stream_id)?)
+            .bind(i64::from(snapshot.snapshot_version))
+            .bind(&snapshot.state)
+            .bind(snapshot.taken_at)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err("saving a snapshot", &self.sql.snapshots))?;
+        Ok(())
+    }
+
+    async fn find_command(&mut self, command_id: Uuid) -> Result<Option<CommandRecord>, StoreError> {
+        command_on(&mut self.tx, &self.sql, command_id).await
+    }
+
+    async fn record_command(&mut self, record: CommandRecord) -> Result<bool, StoreError> {
+        let done = sqlx::query(&self.sql.record_command)
+            .bind(record.command_id)
+            .bind(record.stream_id.stream_type())
+            .bind(record.stream_id.id())
+            .bind(to_i64(record.version_before, &record.stream_id)?)
+            .bind(to_i64(record.version_after, &record.stream_id)?)
+            .bind(record.recorded_at)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err("recording a command", &self.sql.commands))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await.map_err(db_err("committing", &self.sql.events))
+    }
+
+    async fn rollback(self) -> Result<(), StoreError> {
+        self.tx.rollback().await.map_err(db_err("rolling back", &self.sql.events))
+    }
+}
+
+impl EventStore for PgStore {
+    type UnitOfWork = PgUnitOfWork;
+
+    async fn begin(&self) -> Result<PgUnitOfWork, StoreError> {
+        let tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_err("starting a unit of work", &self.sql.events))?;
+        Ok(PgUnitOfWork {
+            tx,
+            sql: self.sql.clone(),
+        })
+    }
+
+    fn source(&self) -> &str {
+        &self.source
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        max_count: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db_err("acquiring a connection", &self.sql.events))?;
+        read_stream_on(&mut conn, &self.sql, stream_id, from_version, max_count).await
+    }
+
+    async fn stream_version(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db_err("acquiring a connection", &self.sql.events))?;
+        version_on(&mut conn, &self.sql, stream_id).await
+    }
+
+    async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db_err("acquiring a connection", &self.sql.snapshots))?;
+        snapshot_on(&mut conn, &self.sql, stream_id).await
+    }
+
+    async fn find_command(&self, command_id: Uuid) -> Result<Option<CommandRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db_err("acquiring a connection", &self.sql.commands))?;
+        command_on(&mut conn, &self.sql, command_id).await
+    }
+}
+
+
+/// Fresh PostgreSQL databases for tests (feature `test-util`).
+#[cfg(feature = "test-util")]
+pub mod testing {
+    use std::str::FromStr;
+
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use sqlx::{ConnectOptions, PgPool};
+
+    use crate::error::StoreError;
+    use crate::sql::db_err;
+
+    /// The default server when `DATABASE_URL` is not set.
+    pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+    /// A database created for one test and dropped (with `FORCE`) when this value is dropped.
+    pub struct TestDb {
+        name: String,
+        admin: PgConnectOptions,
+        pool: PgPool,
+    }
+
+    impl std::fmt::Debug for TestDb {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("TestDb").field("name", &self.name).finish_non_exhaustive()
+        }
+    }
+
+    impl TestDb {
+        /// Creates `eventfold_test_<uuid>` on the server of `DATABASE_URL` and connects a pool of
+        /// `max_connections` to it. Fails loudly when the server cannot be reached.
+        pub async fn create(max_connections: u32) -> Result<Self, StoreError> {
+            let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
+            let admin = PgConnectOptions::from_str(&url).map_err(db_err("parsing DATABASE_URL", "-"))?;
+            let name = format!("eventfold_test_{}", uuid::Uuid::now_v7().simple());
+            let mut conn = admin.connect().await.map_err(db_err("connecting to DATABASE_URL", "-"))?;
+            sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+                .execute(&mut conn)
+                .await
+                .map_err(db_err("creating a test database", "-"))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .connect_with(admin.clone().database(&name))
+                .await
+                .map_err(db_err("connecting to the test database", "-"))?;
+            Ok(Self { name, admin, pool })
+        }
+
+        /// The pool of the test database.
+        pub fn pool(&self) -> &PgPool {
+            &self.pool
+        }
+
+        /// The database name.
+        pub fn name(&self) -> &str {
+            &self.name
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            let admin = self.admin.clone();
+            let name = self.name.clone();
+            // Dropping needs async I/O; do it on a thread of its own so that it works inside and
+            // outside a runtime.
+            let dropper = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                runtime.block_on(async move {
+                    let mut conn = admin.connect().await.ok()?;
+                    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await
+                        .ok()
+                })
+            });
+            let _ = dropper.join();
+        }
+    }
+}

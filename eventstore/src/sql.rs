@@ -1,0 +1,200 @@
+//! Pieces shared by the SQL backends: migration bookkeeping, row conversion, error mapping.
+//! Dialect-specific SQL stays in each backend.
+
+use chrono::{DateTime, Utc};
+use eventfold_core::{Headers, RecordedEvent, StreamId};
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::naming::Naming;
+
+/// One embedded migration; `sql` uses `{events}`, `{snapshots}`, `{commands}`, `{prefix}` and
+/// `{schema}` placeholders that are replaced with validated names.
+pub(crate) struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+impl Migration {
+    pub fn render(&self, naming: &Naming) -> String {
+        self.sql
+            .replace("{events}", &naming.table("events"))
+            .replace("{snapshots}", &naming.table("snapshots"))
+            .replace("{commands}", &naming.table("commands"))
+            .replace("{prefix}", naming.prefix())
+            .replace("{schema}", naming.schema().unwrap_or(""))
+    }
+
+    /// FNV-1a of the template: the same for every prefix, different when the text changes.
+    pub fn checksum(&self) -> i64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in self.sql.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        i64::from_ne_bytes(hash.to_ne_bytes())
+    }
+}
+
+/// Checks applied migrations against the embedded ones and returns those still to apply.
+pub(crate) fn pending<'m>(
+    migrations: &'m [Migration],
+    applied: &[(i64, i64)],
+    table: &str,
+) -> Result<Vec<&'m Migration>, StoreError> {
+    for (version, checksum) in applied {
+        match migrations.iter().find(|m| m.version == *version) {
+            Some(m) if m.checksum() != *checksum => {
+                return Err(StoreError::Migration {
+                    table: table.to_owned(),
+                    version: *version,
+                    name: m.name.to_owned(),
+                    reason: "was applied with different SQL (checksum mismatch)".to_owned(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                return Err(StoreError::Migration {
+                    table: table.to_owned(),
+                    version: *version,
+                    name: "?".to_owned(),
+                    reason: "is applied in the database but unknown to this eventfold version (the database is newer than the code)".to_owned(),
+                });
+            }
+        }
+    }
+    Ok(migrations
+        .iter()
+        .filter(|m| !applied.iter().any(|(v, _)| *v == m.version))
+        .collect())
+}
+
+/// The columns of an event row, in the order the backends select them:
+/// event_id, stream_version, global_position, event_type, schema_version, payload, recorded_at,
+/// source, correlation_id, causation_id, tenant_id, headers (JSON text).
+pub(crate) type EventRow = (
+    Uuid,
+    i64,
+    i64,
+    String,
+    i32,
+    Vec<u8>,
+    DateTime<Utc>,
+    String,
+    Uuid,
+    Option<Uuid>,
+    Option<String>,
+    String,
+);
+
+/// The column list matching [`EventRow`], with headers as JSON text.
+pub(crate) const EVENT_COLUMNS: &str = "event_id, stream_version, global_position, event_type, \
+    schema_version, payload, recorded_at, source, correlation_id, causation_id, tenant_id";
+
+pub(crate) fn recorded(stream_id: &StreamId, row: EventRow, table: &str) -> Result<RecordedEvent, StoreError> {
+    let (event_id, version, position, event_type, schema_version, payload, timestamp, source, correlation_id, causation_id, tenant_id, headers) =
+        row;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        table: table.to_owned(),
+        reason: format!("event {event_id} of stream {stream_id}: {reason}"),
+    };
+    let headers: Headers =
+        serde_json::from_str(&headers).map_err(|e| corrupt(format!("headers are not a JSON object of strings: {e}")))?;
+    Ok(RecordedEvent {
+        event_id,
+        event_type,
+        schema_version: u32::try_from(schema_version).map_err(|_| corrupt(format!("schema version {schema_version}")))?,
+        stream_id: stream_id.clone(),
+        stream_version: u64::try_from(version).map_err(|_| corrupt(format!("stream version {version}")))?,
+        global_position: u64::try_from(position).map_err(|_| corrupt(format!("global position {position}")))?,
+        timestamp,
+        source,
+        correlation_id,
+        causation_id,
+        tenant_id,
+        headers,
+        payload,
+    })
+}
+
+/// Maps a driver error to [`StoreError::Database`].
+pub(crate) fn db_err(operation: &'static str, table: &str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    let table = table.to_owned();
+    move |e| StoreError::Database {
+        operation,
+        table,
+        source: Box::new(e),
+    }
+}
+
+/// A version or count as a SQL `BIGINT`.
+pub(crate) fn to_i64(value: u64, stream_id: &StreamId) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Corrupt {
+        table: "events".to_owned(),
+        reason: format!("version {value} of stream {stream_id} does not fit a BIGINT"),
+    })
+}
+
+/// A `BIGINT` read back as a version.
+pub(crate) fn to_u64(value: i64, table: &str, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt {
+        table: table.to_owned(),
+        reason: format!("negative {what}: {value}"),
+    })
+}
+
+/// Headers as JSON text.
+pub(crate) fn headers_json(headers: &Headers) -> String {
+    if headers.is_empty() {
+        return "{}".to_owned();
+    }
+    // A map of strings always serializes.
+    serde_json::to_string(headers).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// The name of the unique constraint a database error violated, if it is one.
+pub(crate) fn unique_violation(e: &sqlx::Error) -> Option<String> {
+    let db = e.as_database_error()?;
+    if !matches!(db.kind(), sqlx::error::ErrorKind::UniqueViolation) {
+        return None;
+    }
+    Some(db.constraint().map(str::to_owned).unwrap_or_else(|| db.message().to_owned()))
+}
+
+/// A snapshot row: version, snapshot_version, state, taken_at.
+pub(crate) type SnapshotRow = (i64, i64, Vec<u8>, DateTime<Utc>);
+
+pub(crate) fn snapshot(
+    stream_id: &StreamId,
+    (version, snapshot_version, state, taken_at): SnapshotRow,
+    table: &str,
+) -> Result<crate::store::Snapshot, StoreError> {
+    Ok(crate::store::Snapshot {
+        stream_id: stream_id.clone(),
+        version: to_u64(version, table, "snapshot version")?,
+        snapshot_version: u32::try_from(snapshot_version).map_err(|_| StoreError::Corrupt {
+            table: table.to_owned(),
+            reason: format!("snapshot_version {snapshot_version} of stream {stream_id}"),
+        })?,
+        state,
+        taken_at,
+    })
+}
+
+/// A command row: stream_type, stream_id, version_before, version_after, recorded_at.
+pub(crate) type CommandRow = (String, String, i64, i64, DateTime<Utc>);
+
+pub(crate) fn command(
+    command_id: Uuid,
+    (stream_type, id, before, after, recorded_at): CommandRow,
+    table: &str,
+) -> Result<crate::store::CommandRecord, StoreError> {
+    Ok(crate::store::CommandRecord {
+        command_id,
+        stream_id: StreamId::new(stream_type, id)?,
+        version_before: to_u64(before, table, "version_before")?,
+        version_after: to_u64(after, table, "version_after")?,
+        recorded_at,
+    })
+}

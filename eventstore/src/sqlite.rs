@@ -1,0 +1,538 @@
+//! The SQLite event store (feature `sqlite`): the embedded default.
+//!
+//! Writes run in `BEGIN IMMEDIATE` transactions, so SQLite's single writer is taken up front and
+//! two units of work never deadlock on a lock upgrade; readers are not blocked (WAL mode). Tables
+//! are `{prefix}events`, `{prefix}snapshots`, `{prefix}commands` and `{prefix}migrations`.
+//!
+//! ```
+//! use eventfold_eventstore::{sqlite::SqliteStore, EventStore, UnitOfWork, ExpectedVersion};
+//! use eventfold_core::{NewEvent, StreamId};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = SqliteStore::connect("sqlite::memory:").await?;
+//! sqlx::query("CREATE TABLE orders_view (id TEXT PRIMARY KEY)").execute(store.pool()).await?;
+//!
+//! let stream = StreamId::new("order", "7")?;
+//! let mut uow = store.begin().await?;
+//! uow.append(&stream, ExpectedVersion::NoStream, vec![NewEvent::raw("order.placed", 1, b"{}".to_vec())]).await?;
+//! // the application's own SQL, in the same transaction
+//! sqlx::query("INSERT INTO orders_view (id) VALUES ('7')").execute(uow.connection()).await?;
+//! uow.commit().await?;
+//! assert_eq!(store.stream_version(&stream).await?, 1);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use eventfold_core::{NewEvent, RecordedEvent, StreamId};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
+use uuid::Uuid;
+
+use crate::error::{ExpectedVersion, StoreError};
+use crate::naming::Naming;
+use crate::sql::{self, EVENT_COLUMNS, EventRow, Migration, db_err, to_i64, to_u64};
+use crate::store::{AppendResult, CommandRecord, EventStore, Snapshot, UnitOfWork, validate_append};
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "events, snapshots, commands",
+    sql: r#"
+CREATE TABLE IF NOT EXISTS {events} (
+    global_position INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id BLOB NOT NULL,
+    stream_type TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    stream_version INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    recorded_at TEXT NOT NULL,
+    source TEXT NOT NULL,
+    correlation_id BLOB NOT NULL,
+    causation_id BLOB,
+    tenant_id TEXT,
+    headers TEXT NOT NULL DEFAULT '{}'
+);
+CREATE UNIQUE INDEX IF NOT EXISTS "{prefix}events_event_id_uq" ON {events} (event_id);
+CREATE UNIQUE INDEX IF NOT EXISTS "{prefix}events_stream_version_uq" ON {events} (stream_type, stream_id, stream_version);
+CREATE TABLE IF NOT EXISTS {snapshots} (
+    stream_type TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    snapshot_version INTEGER NOT NULL,
+    state BLOB NOT NULL,
+    taken_at TEXT NOT NULL,
+    PRIMARY KEY (stream_type, stream_id)
+);
+CREATE TABLE IF NOT EXISTS {commands} (
+    command_id BLOB PRIMARY KEY,
+    stream_type TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    version_before INTEGER NOT NULL,
+    version_after INTEGER NOT NULL,
+    recorded_at TEXT NOT NULL
+);
+"#,
+}];
+
+struct Statements {
+    events: String,
+    snapshots: String,
+    commands: String,
+    max_version: String,
+    insert_event: String,
+    read_stream: String,
+    load_snapshot: String,
+    save_snapshot: String,
+    find_command: String,
+    record_command: String,
+}
+
+impl Statements {
+    fn new(naming: &Naming) -> Self {
+        let events = naming.table("events");
+        let snapshots = naming.table("snapshots");
+        let commands = naming.table("commands");
+        Self {
+            max_version: format!(
+                "SELECT COALESCE(MAX(stream_version), 0) FROM {events} WHERE stream_type = ?1 AND stream_id = ?2"
+            ),
+            insert_event: format!(
+                "INSERT INTO {events} (event_id, stream_type, stream_id, stream_version, event_type, schema_version, \
+                 payload, recorded_at, source, correlation_id, causation_id, tenant_id, headers) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) RETURNING global_position"
+            ),
+            read_stream: format!(
+                "SELECT {EVENT_COLUMNS}, headers FROM {events} WHERE stream_type = ?1 AND stream_id = ?2 \
+                 AND stream_version >= ?3 ORDER BY stream_version LIMIT ?4"
+            ),
+            load_snapshot: format!(
+                "SELECT version, snapshot_version, state, taken_at FROM {snapshots} WHERE stream_type = ?1 AND stream_id = ?2"
+            ),
+            save_snapshot: format!(
+                "INSERT INTO {snapshots} (stream_type, stream_id, version, snapshot_version, state, taken_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (stream_type, stream_id) DO UPDATE SET \
+                 version = excluded.version, snapshot_version = excluded.snapshot_version, state = excluded.state, \
+                 taken_at = excluded.taken_at WHERE version <= excluded.version"
+            ),
+            find_command: format!(
+                "SELECT stream_type, stream_id, version_before, version_after, recorded_at FROM {commands} WHERE command_id = ?1"
+            ),
+            record_command: format!(
+                "INSERT INTO {commands} (command_id, stream_type, stream_id, version_before, version_after, recorded_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (command_id) DO NOTHING"
+            ),
+            events,
+            snapshots,
+            commands,
+        }
+    }
+}
+
+/// An event store in a SQLite database.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    naming: Arc<Naming>,
+    sql: Arc<Statements>,
+    source: Arc<str>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("naming", &self.naming)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`SqliteStore`].
+#[derive(Debug)]
+pub struct SqliteStoreBuilder {
+    pool: SqlitePool,
+    naming: Naming,
+    source: String,
+    migrate: bool,
+}
+
+impl SqliteStoreBuilder {
+    /// Table names (default prefix `eventfold_`). A schema is not supported on SQLite.
+    pub fn naming(mut self, naming: Naming) -> Self {
+        self.naming = naming;
+        self
+    }
+
+    /// The service name recorded as `source` on new events (default `eventfold`).
+    pub fn source(mut self, source: impl Into<String>) -> Self {
+        self.source = source.into();
+        self
+    }
+
+    /// Run the embedded migrations when building (default `true`).
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
+    }
+
+    /// Builds the store, migrating first unless turned off.
+    pub async fn build(self) -> Result<SqliteStore, StoreError> {
+        if let Some(schema) = self.naming.schema() {
+            return Err(StoreError::InvalidIdentifier {
+                what: "schema",
+                value: schema.to_owned(),
+                reason: "SQLite has no schemas; use a table prefix",
+            });
+        }
+        let store = SqliteStore {
+            sql: Arc::new(Statements::new(&self.naming)),
+            pool: self.pool,
+            naming: Arc::new(self.naming),
+            source: Arc::from(self.source),
+        };
+        if self.migrate {
+            store.migrate().await?;
+        }
+        Ok(store)
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) a database at `url` (`sqlite://path.db` or `sqlite::memory:`)
+    /// in WAL mode, and migrates it with the default naming.
+    ///
+    /// An in-memory database lives in one connection, so its pool has exactly one.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(db_err("parsing the connection url", "-"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30));
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(if in_memory { 1 } else { 8 })
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(db_err("connecting", "-"))?;
+        Self::builder(pool).build().await
+    }
+
+    /// A builder over an existing pool.
+    pub fn builder(pool: SqlitePool) -> SqliteStoreBuilder {
+        SqliteStoreBuilder {
+            pool,
+            naming: Naming::default(),
+            source: "eventfold".to_owned(),
+            migrate: true,
+        }
+    }
+
+    /// The connection pool (for the application's own queries).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// The table naming.
+    pub fn naming(&self) -> &Naming {
+        &self.naming
+    }
+
+    /// Applies the embedded migrations that are not applied yet, tracked in
+    /// `{prefix}migrations` (never the application's `_sqlx_migrations`).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let table = self.naming.table("migrations");
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err("starting the migration transaction", &table))?;
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {table} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, \
+             checksum INTEGER NOT NULL, applied_at TEXT NOT NULL)"
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("creating the migration table", &table))?;
+        let applied: Vec<(i64, i64)> = sqlx::query_as(&format!("SELECT version, checksum FROM {table} ORDER BY version"))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err("reading applied migrations", &table))?;
+        for migration in sql::pending(MIGRATIONS, &applied, &table)? {
+            sqlx::raw_sql(&migration.render(&self.naming))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::Migration {
+                    table: table.clone(),
+                    version: migration.version,
+                    name: migration.name.to_owned(),
+                    reason: e.to_string(),
+                })?;
+            sqlx::query(&format!("INSERT INTO {table} (version, name, checksum, applied_at) VALUES (?1, ?2, ?3, ?4)"))
+                .bind(migration.version)
+                .bind(migration.name)
+                .bind(migration.checksum())
+                .bind(Utc::now())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("recording a migration", &table))?;
+        }
+        tx.commit().await.map_err(db_err("committing migrations", &table))
+    }
+}
+
+async fn read_stream_on(
+    conn: &mut SqliteConnection,
+    sql: &Statements,
+    stream_id: &StreamId,
+    from_version: u64,
+    max_count: u64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let rows: Vec<EventRow> = sqlx::query_as(&sql.read_stream)
+        .bind(stream_id.stream_type())
+        .bind(stream_id.id())
+        .bind(to_i64(from_version.max(1), stream_id)?)
+        .bind(i64::try_from(max_count).unwrap_or(i64::MAX))
+        .fetch_all(conn)
+        .await
+        .map_err(db_err("reading a stream", &sql.events))?;
+    rows.into_iter().map(|row| sql::recorded(stream_id, row, &sql.events)).collect()
+}
+
+async fn version_on(conn: &mut SqliteConnection, sql: &Statements, stream_id: &StreamId) -> Result<u64, StoreError> {
+    let (v,): (i64,) = sqlx::query_as(&sql.max_version)
+        .bind(stream_id.stream_type())
+        .bind(stream_id.id())
+        .fetch_one(conn)
+        .await
+        .map_err(db_err("reading a stream version", &sql.events))?;
+    to_u64(v, &sql.events, "stream version")
+}
+
+async fn snapshot_on(
+    conn: &mut SqliteConnection,
+    sql: &Statements,
+    stream_id: &StreamId,
+) -> Result<Option<Snapshot>, StoreError> {
+    let row: Option<sql::SnapshotRow> = sqlx::query_as(&sql.load_snapshot)
+        .bind(stream_id.stream_type())
+        .bind(stream_id.id())
+        .fetch_optional(conn)
+        .await
+        .map_err(db_err("loading a snapshot", &sql.snapshots))?;
+    row.map(|row| sql::snapshot(stream_id, row, &sql.snapshots)).transpose()
+}
+
+async fn command_on(
+    conn: &mut SqliteConnection,
+    sql: &Statements,
+    command_id: Uuid,
+) -> Result<Option<CommandRecord>, StoreError> {
+    let row: Option<sql::CommandRow> = sqlx::query_as(&sql.find_command)
+        .bind(command_id)
+        .fetch_optional(conn)
+        .await
+        .map_err(db_err("looking up a command", &sql.commands))?;
+    row.map(|row| sql::command(command_id, row, &sql.commands)).transpose()
+}
+
+/// A unit of work of the [`SqliteStore`]: a `BEGIN IMMEDIATE` transaction.
+pub struct SqliteUnitOfWork {
+    tx: Transaction<'static, Sqlite>,
+    sql: Arc<Statements>,
+}
+
+impl SqliteUnitOfWork {
+    /// The connection of this transaction, for the application's own SQL.
+    pub fn connection(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+
+    /// The `sqlx` transaction itself.
+    pub fn transaction(&mut self) -> &mut Transaction<'static, Sqlite> {
+        &mut self.tx
+    }
+}
+
+impl UnitOfWork for SqliteUnitOfWork {
+    async fn append(
+        &mut self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        validate_append(stream_id, &events)?;
+        let current = version_on(&mut self.tx, &self.sql, stream_id).await?;
+        if !expected.matches(current) {
+            return Err(StoreError::VersionConflict {
+                stream_id: stream_id.clone(),
+                expected,
+                actual: Some(current),
+            });
+        }
+        // SQLite has no savepoint-free way to undo part of a statement list: insert into a
+        // savepoint so a failed append leaves the unit of work as it was.
+        sqlx::query("SAVEPOINT eventfold_append")
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err("appending events", &self.sql.events))?;
+        let mut positions = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            let version = to_i64(current + 1 + i as u64, stream_id)?;
+            let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(&self.sql.insert_event)
+                .bind(event.event_id)
+                .bind(stream_id.stream_type())
+                .bind(stream_id.id())
+                .bind(version)
+                .bind(&event.event_type)
+                .bind(i64::from(event.schema_version))
+                .bind(&event.payload)
+                .bind(event.timestamp)
+                .bind(&event.source)
+                .bind(event.correlation_id)
+                .bind(event.causation_id)
+                .bind(&event.tenant_id)
+                .bind(sql::headers_json(&event.headers))
+                .fetch_one(&mut *self.tx)
+                .await;
+            match inserted {
+                Ok((position,)) => positions.push(to_u64(position, &self.sql.events, "global position")?),
+                Err(e) => {
+                    let _ = sqlx::query("ROLLBACK TO SAVEPOINT eventfold_append").execute(&mut *self.tx).await;
+                    let _ = sqlx::query("RELEASE SAVEPOINT eventfold_append").execute(&mut *self.tx).await;
+                    return Err(match sql::unique_violation(&e) {
+                        Some(c) if c.contains("event_id") => StoreError::DuplicateEventId {
+                            stream_id: stream_id.clone(),
+                            event_id: event.event_id,
+                        },
+                        Some(_) => StoreError::VersionConflict {
+                            stream_id: stream_id.clone(),
+                            expected,
+                            actual: None,
+                        },
+                        None => db_err("appending events", &self.sql.events)(e),
+                    });
+                }
+            }
+        }
+        sqlx::query("RELEASE SAVEPOINT eventfold_append")
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err("appending events", &self.sql.events))?;
+        Ok(AppendResult {
+            previous_version: current,
+            version: current + events.len() as u64,
+            positions,
+        })
+    }
+
+    async fn read_stream(
+        &mut self,
+        stream_id: &StreamId,
+        from_version: u64,
+        max_count: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        read_stream_on(&mut self.tx, &self.sql, stream_id, from_version, max_count).await
+    }
+
+    async fn stream_version(&mut self, stream_id: &StreamId) -> Result<u64, StoreError> {
+        version_on(&mut self.tx, &self.sql, stream_id).await
+    }
+
+    async fn load_snapshot(&mut self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        snapshot_on(&mut self.tx, &self.sql, stream_id).await
+    }
+
+    async fn save_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StoreError> {
+        sqlx::query(&self.sql.save_snapshot)
+            .bind(snapshot.stream_id.stream_type())
+            .bind(snapshot.stream_id.id())
+            .bind(to_i64(snapshot.version, &snapshot.stream_id)?)
+            .bind(i64::from(snapshot.snapshot_version))
+            .bind(&snapshot.state)
+            .bind(snapshot.taken_at)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err("saving a snapshot", &self.sql.snapshots))?;
+        Ok(())
+    }
+
+    async fn find_command(&mut self, command_id: Uuid) -> Result<Option<CommandRecord>, StoreError> {
+        command_on(&mut self.tx, &self.sql, command_id).await
+    }
+
+    async fn record_command(&mut self, record: CommandRecord) -> Result<bool, StoreError> {
+        let done = sqlx::query(&self.sql.record_command)
+            .bind(record.command_id)
+            .bind(record.stream_id.stream_type())
+            .bind(record.stream_id.id())
+            .bind(to_i64(record.version_before, &record.stream_id)?)
+            .bind(to_i64(record.version_after, &record.stream_id)?)
+            .bind(record.recorded_at)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err("recording a command", &self.sql.commands))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await.map_err(db_err("committing", &self.sql.events))
+    }
+
+    async fn rollback(self) -> Result<(), StoreError> {
+        self.tx.rollback().await.map_err(db_err("rolling back", &self.sql.events))
+    }
+}
+
+impl EventStore for SqliteStore {
+    type UnitOfWork = SqliteUnitOfWork;
+
+    async fn begin(&self) -> Result<SqliteUnitOfWork, StoreError> {
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err("starting a unit of work", &self.sql.events))?;
+        Ok(SqliteUnitOfWork {
+            tx,
+            sql: self.sql.clone(),
+        })
+    }
+
+    fn source(&self) -> &str {
+        &self.source
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        max_count: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db_err("acquiring a connection", &self.sql.events))?;
+        read_stream_on(&mut conn, &self.sql, stream_id, from_version, max_count).await
+    }
+
+    async fn stream_version(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db_err("acquiring a connection", &self.sql.events))?;
+        version_on(&mut conn, &self.sql, stream_id).await
+    }
+
+    async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db_err("acquiring a connection", &self.sql.snapshots))?;
+        snapshot_on(&mut conn, &self.sql, stream_id).await
+    }
+
+    async fn find_command(&self, command_id: Uuid) -> Result<Option<CommandRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db_err("acquiring a connection", &self.sql.commands))?;
+        command_on(&mut conn, &self.sql, command_id).await
+    }
+}

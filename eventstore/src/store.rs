@@ -1,0 +1,243 @@
+//! The [`EventStore`] and [`UnitOfWork`] traits that every backend implements.
+//!
+//! A store appends events to streams with an expected version, reads streams back, keeps the
+//! latest snapshot of each stream and remembers executed command ids. All writes go through a
+//! [`UnitOfWork`]: one database transaction. On the SQL backends the unit of work also hands out
+//! its `sqlx` transaction, so the application's own SQL commits or rolls back together with the
+//! events (and, in later releases, with outbox rows, saga state and inbox marks).
+//!
+//! The traits use `async fn` with `Send` futures and are implemented by
+//! [`crate::memory::MemoryStore`], `SqliteStore` (feature `sqlite`) and `PgStore` (feature
+//! `postgres`). Code that wants a trait object for reading uses [`DynEventReader`].
+
+use std::future::Future;
+use std::pin::Pin;
+
+use chrono::{DateTime, Utc};
+use eventfold_core::{NewEvent, RecordedEvent, StreamId};
+use uuid::Uuid;
+
+use crate::error::{ExpectedVersion, StoreError};
+
+/// Where an append landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendResult {
+    /// Version of the stream before the append (0: it did not exist).
+    pub previous_version: u64,
+    /// Version of the stream after the append: the version of the last event.
+    pub version: u64,
+    /// Global position of each appended event, in order.
+    pub positions: Vec<u64>,
+}
+
+/// The latest saved state of a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The stream.
+    pub stream_id: StreamId,
+    /// The stream version the state includes.
+    pub version: u64,
+    /// The aggregate's `SNAPSHOT_VERSION` when it was taken.
+    pub snapshot_version: u32,
+    /// The serialized state.
+    pub state: Vec<u8>,
+    /// When it was taken.
+    pub taken_at: DateTime<Utc>,
+}
+
+/// The record of an executed command (idempotency).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRecord {
+    /// The command id.
+    pub command_id: Uuid,
+    /// The stream it was executed on.
+    pub stream_id: StreamId,
+    /// Stream version before the command.
+    pub version_before: u64,
+    /// Stream version after the command (equal when it produced no event).
+    pub version_after: u64,
+    /// When it was executed.
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// A transaction of the event store. Dropping it without [`UnitOfWork::commit`] rolls it back.
+pub trait UnitOfWork: Send {
+    /// Appends `events` to `stream_id` if the stream is at `expected`.
+    ///
+    /// Fails with [`StoreError::VersionConflict`] when it is not, [`StoreError::EmptyAppend`]
+    /// when `events` is empty. On failure nothing of this call is written; the unit of work
+    /// should then be rolled back (PostgreSQL aborts the transaction).
+    fn append(
+        &mut self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<AppendResult, StoreError>> + Send;
+
+    /// Reads up to `max_count` events of a stream from `from_version` (inclusive, 1-based),
+    /// as this transaction sees them.
+    fn read_stream(
+        &mut self,
+        stream_id: &StreamId,
+        from_version: u64,
+        max_count: u64,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// The current version of a stream (0: it does not exist).
+    fn stream_version(
+        &mut self,
+        stream_id: &StreamId,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The latest snapshot of a stream.
+    fn load_snapshot(
+        &mut self,
+        stream_id: &StreamId,
+    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send;
+
+    /// Saves a snapshot, replacing an older one (a newer stored one is kept).
+    fn save_snapshot(
+        &mut self,
+        snapshot: Snapshot,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Looks up an executed command.
+    fn find_command(
+        &mut self,
+        command_id: Uuid,
+    ) -> impl Future<Output = Result<Option<CommandRecord>, StoreError>> + Send;
+
+    /// Records an executed command. Returns `false` when the id was already recorded (by a
+    /// concurrent execution); the caller should then roll back.
+    fn record_command(
+        &mut self,
+        record: CommandRecord,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Commits everything written in this unit of work.
+    fn commit(self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Rolls everything back.
+    fn rollback(self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// An event store backend. Cheap to clone (it holds a pool).
+pub trait EventStore: Clone + Send + Sync + 'static {
+    /// This backend's transaction.
+    type UnitOfWork: UnitOfWork;
+
+    /// Starts a unit of work.
+    fn begin(&self) -> impl Future<Output = Result<Self::UnitOfWork, StoreError>> + Send;
+
+    /// The service name recorded as `source` on new events.
+    fn source(&self) -> &str;
+
+    /// Reads up to `max_count` committed events of a stream from `from_version` (1-based).
+    fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        max_count: u64,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// The committed version of a stream (0: it does not exist).
+    fn stream_version(
+        &self,
+        stream_id: &StreamId,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The latest committed snapshot of a stream.
+    fn load_snapshot(
+        &self,
+        stream_id: &StreamId,
+    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send;
+
+    /// Looks up an executed command.
+    fn find_command(
+        &self,
+        command_id: Uuid,
+    ) -> impl Future<Output = Result<Option<CommandRecord>, StoreError>> + Send;
+
+    /// Appends in a unit of work of its own and commits it.
+    fn append(
+        &self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<AppendResult, StoreError>> + Send {
+        async move {
+            let mut uow = self.begin().await?;
+            match uow.append(stream_id, expected, events).await {
+                Ok(result) => {
+                    uow.commit().await?;
+                    Ok(result)
+                }
+                Err(e) => {
+                    // The append's error is the one worth reporting.
+                    let _ = uow.rollback().await;
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
+/// A boxed future, for the object-safe reader.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The object-safe reading half of an event store: `Arc<dyn DynEventReader>` works for every
+/// backend (tools, admin endpoints, the CLI).
+pub trait DynEventReader: Send + Sync {
+    /// See [`EventStore::read_stream`].
+    fn read_stream<'a>(
+        &'a self,
+        stream_id: &'a StreamId,
+        from_version: u64,
+        max_count: u64,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>>;
+
+    /// See [`EventStore::stream_version`].
+    fn stream_version<'a>(&'a self, stream_id: &'a StreamId) -> BoxFuture<'a, Result<u64, StoreError>>;
+}
+
+impl<S: EventStore> DynEventReader for S {
+    fn read_stream<'a>(
+        &'a self,
+        stream_id: &'a StreamId,
+        from_version: u64,
+        max_count: u64,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>> {
+        Box::pin(EventStore::read_stream(self, stream_id, from_version, max_count))
+    }
+
+    fn stream_version<'a>(&'a self, stream_id: &'a StreamId) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(EventStore::stream_version(self, stream_id))
+    }
+}
+
+/// Checks the parts of an append that do not need the database.
+pub(crate) fn validate_append(stream_id: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Err(StoreError::EmptyAppend {
+            stream_id: stream_id.clone(),
+        });
+    }
+    for event in events {
+        let reason = if event.schema_version == 0 {
+            Some("schema version must be at least 1")
+        } else if event.event_type.is_empty() || event.event_type.len() > 200 {
+            Some("event type must be 1 to 200 bytes")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(StoreError::InvalidEvent {
+                stream_id: stream_id.clone(),
+                event_id: event.event_id,
+                event_type: event.event_type.clone(),
+                reason: reason.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}

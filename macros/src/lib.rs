@@ -1,0 +1,169 @@
+//! # eventfold-macros
+//!
+//! The procedural macros of eventfold: `#[derive(Event)]` for an enum of domain events and
+//! `#[aggregate]` for the `impl` block of an aggregate.
+//!
+//! Do not depend on this crate directly: use the `eventfold` facade crate (feature `macros`, on by
+//! default), which re-exports both macros as `eventfold::Event` and `eventfold::aggregate` next to
+//! the traits they implement. The generated code names everything through the facade
+//! (`::eventfold::Event`, `::eventfold::codec::json`, ...); when the facade is renamed or
+//! re-exported elsewhere, point the macros at it with `crate = "path::to::eventfold"`.
+//!
+//! ```ignore
+//! use eventfold::{aggregate, Event};
+//!
+//! #[derive(Debug, Clone, PartialEq, Event)]
+//! enum OrderEvent {
+//!     Placed { customer: String, total_cents: u64 }, // "order.placed", version 1
+//!     #[event(name = "order.shipped.v2", version = 2)]
+//!     Shipped { carrier: String },
+//!     Cancelled,                                      // "order.cancelled"
+//! }
+//!
+//! #[derive(Debug, Default)]
+//! struct Order { placed: bool }
+//!
+//! #[aggregate]
+//! impl Order {
+//!     fn handle(&self, command: &OrderCommand) -> Result<Vec<OrderEvent>, OrderError> {
+//!         todo!()
+//!     }
+//!     fn apply(&mut self, event: &OrderEvent) {
+//!         if let OrderEvent::Placed { .. } = event { self.placed = true; }
+//!     }
+//! }
+//! ```
+//!
+//! The examples here are not compiled (a proc-macro crate cannot use its own macros in doc
+//! tests); the `eventfold` crate's documentation and tests hold compiled ones.
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod aggregate;
+mod event;
+mod util;
+
+use proc_macro::TokenStream;
+use syn::{DeriveInput, parse_macro_input};
+
+/// Implements `eventfold::Event` for an enum of domain events.
+///
+/// Every variant is one event type with a **stable name** (what is stored and published) and a
+/// **schema version**. Variants may be:
+///
+/// * struct variants, `Placed { customer: String, total_cents: u64 }`: the payload is the JSON
+///   object of the fields. `#[serde(...)]` attributes on the fields (`default`, `rename`,
+///   `skip_serializing_if`, `with`, ...) are honoured;
+/// * newtype variants, `Paid(PaymentInfo)`: the payload is the inner value, which must implement
+///   `serde::Serialize` and `serde::Deserialize` (or `prost::Message` with the protobuf codec);
+/// * unit variants, `Cancelled`: the payload is `{}` (any object is accepted when decoding).
+///
+/// Tuple variants with more than one field are rejected. The enum cannot be generic.
+///
+/// # Attributes
+///
+/// On the enum, all optional:
+///
+/// * `#[event(prefix = "order")]`: prefix of the default names. Defaults to the enum's name
+///   without a trailing `Event`, in snake_case: `OrderEvent` gives `order`,
+///   `InventoryItemEvent` gives `inventory_item`.
+/// * `#[event(codec = "json")]` (the default) or `#[event(codec = "protobuf")]` (feature `proto`
+///   of `eventfold`; every variant must then wrap exactly one `prost::Message`).
+/// * `#[event(crate = "path::to::eventfold")]`: where the `eventfold` crate is, for code that
+///   re-exports it. Defaults to `::eventfold`.
+///
+/// On a variant, all optional:
+///
+/// * `#[event(name = "order.placed")]`: the stable type name. Defaults to
+///   `{prefix}.{variant in snake_case}`: `ItemAdded` gives `order.item_added`. Names must be
+///   non-empty, without whitespace, and unique within the enum.
+/// * `#[event(version = 2)]`: the current schema version of that type (at least 1, default 1).
+///
+/// Several keys can share one attribute: `#[event(name = "order.placed", version = 2)]`.
+///
+/// # Example
+///
+/// See the `eventfold` crate for compiled examples.
+///
+/// ```ignore
+/// use eventfold::Event;
+///
+/// #[derive(Debug, Clone, PartialEq, Event)]
+/// #[event(prefix = "order")]
+/// enum OrderEvent {
+///     Placed {
+///         customer: String,
+///         #[serde(default)]
+///         note: Option<String>,
+///     },                                           // "order.placed", version 1
+///     #[event(name = "order.shipped.v2", version = 2)]
+///     Shipped { carrier: String },
+///     Paid(PaymentInfo),                           // "order.paid", payload = PaymentInfo
+///     Cancelled,                                   // "order.cancelled", payload = {}
+/// }
+///
+/// let event = OrderEvent::Cancelled;
+/// assert_eq!(event.event_type(), "order.cancelled");
+/// let bytes = event.encode()?;
+/// assert_eq!(OrderEvent::decode("order.cancelled", &bytes)?, event);
+/// ```
+#[proc_macro_derive(Event, attributes(event, serde))]
+pub fn derive_event(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    event::expand(input).into()
+}
+
+/// Implements `eventfold::Aggregate` from an inherent `impl` block that holds `handle` and
+/// `apply`.
+///
+/// The block must contain
+///
+/// ```ignore
+/// fn handle(&self, command: &Command) -> Result<Vec<Event>, Error> { ... }
+/// fn apply(&mut self, event: &Event) { ... }
+/// ```
+///
+/// and the macro takes the associated types `Command`, `Event` and `Error` of the trait from
+/// those signatures (`Result` may also be written `std::result::Result` or
+/// `core::result::Result`). Both functions move into the `impl eventfold::Aggregate for ...`
+/// block; every other item stays in an inherent `impl` block. Calling `handle` or `apply`
+/// directly therefore needs `use eventfold::Aggregate;`.
+///
+/// # Arguments
+///
+/// All optional:
+///
+/// * `name = "order"`: `Aggregate::TYPE`, the stable stream type. Defaults to the type's name in
+///   snake_case (`OrderLine` gives `order_line`).
+/// * `snapshot_version = 2`: `Aggregate::SNAPSHOT_VERSION` (default 1, the trait's default).
+/// * `crate = "path::to::eventfold"`: where the `eventfold` crate is. Defaults to `::eventfold`.
+///
+/// # Example
+///
+/// See the `eventfold` crate for compiled examples.
+///
+/// ```ignore
+/// use eventfold::aggregate;
+///
+/// #[derive(Debug, Default)]
+/// struct Counter { value: u64 }
+///
+/// #[aggregate(name = "counter", snapshot_version = 2)]
+/// impl Counter {
+///     fn handle(&self, by: &u32) -> Result<Vec<CounterEvent>, ZeroIncrement> {
+///         if *by == 0 { return Err(ZeroIncrement); }
+///         Ok(vec![CounterEvent::Incremented { by: *by }])
+///     }
+///
+///     fn apply(&mut self, event: &CounterEvent) {
+///         match event { CounterEvent::Incremented { by } => self.value += u64::from(*by) }
+///     }
+///
+///     /// Stays an inherent method.
+///     pub fn value(&self) -> u64 { self.value }
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
+    aggregate::expand(args.into(), input.into()).into()
+}

@@ -1,0 +1,39 @@
+//! Fresh stores for the integration tests: a new PostgreSQL database or SQLite file per test.
+#![allow(dead_code)]
+
+use eventfold::eventstore::memory::MemoryStore;
+use eventfold::eventstore::postgres::{PgStore, testing::TestDb};
+use eventfold::eventstore::sqlite::SqliteStore;
+
+pub async fn memory() -> (MemoryStore, ()) {
+    (MemoryStore::new(), ())
+}
+
+/// A SQLite file that is deleted when dropped.
+pub struct TempFile(pub std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = self.0.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+pub async fn sqlite() -> (SqliteStore, TempFile) {
+    let path = std::env::temp_dir().join(format!("eventfold-test-{}.db", uuid::Uuid::now_v7().simple()));
+    let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("open a SQLite file");
+    (store, TempFile(path))
+}
+
+pub async fn postgres() -> (PgStore, TestDb) {
+    let db = TestDb::create(20)
+        .await
+        .expect("PostgreSQL must be reachable at DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres)");
+    let store = PgStore::builder(db.pool().clone()).source("test-svc").build().await.expect("migrate");
+    (store, db)
+}

@@ -1,0 +1,30 @@
+use eventfold::{aggregate, Event};
+
+#[derive(Debug, Clone, PartialEq, Event)]
+enum OrderEvent {
+    Placed,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("rejected")]
+struct Rejected;
+
+struct PlaceOrder;
+
+#[derive(Default)]
+struct Order {
+    placed: bool,
+}
+
+#[aggregate]
+impl Order {
+    fn handle(&self, _command: PlaceOrder) -> Result<Vec<OrderEvent>, Rejected> {
+        Ok(vec![OrderEvent::Placed])
+    }
+
+    fn apply(&mut self, _event: &OrderEvent) {
+        self.placed = true;
+    }
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use eventfold::aggregate;
+
+#[aggregate]
+struct Order {
+    placed: bool,
+}
+
+fn main() {}

@@ -1,0 +1,28 @@
+use eventfold::{aggregate, Event};
+
+#[derive(Debug, Clone, PartialEq, Event)]
+enum OrderEvent {
+    Placed,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("rejected")]
+struct Rejected;
+
+#[derive(Default)]
+struct Order {
+    placed: bool,
+}
+
+#[aggregate(name = "order", snapshot = 2)]
+impl Order {
+    fn handle(&self, _command: &()) -> Result<Vec<OrderEvent>, Rejected> {
+        Ok(vec![OrderEvent::Placed])
+    }
+
+    fn apply(&mut self, _event: &OrderEvent) {
+        self.placed = true;
+    }
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use eventfold::Event;
+
+#[derive(Event)]
+enum OrderEvent {}
+
+fn main() {}

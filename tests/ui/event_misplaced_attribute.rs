@@ -1,0 +1,10 @@
+use eventfold::Event;
+
+#[derive(Event)]
+#[event(version = 2)]
+enum OrderEvent {
+    #[event(prefix = "orders")]
+    Placed { customer: String },
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use eventfold::Event;
+
+#[derive(Event)]
+struct OrderPlaced {
+    customer: String,
+}
+
+fn main() {}

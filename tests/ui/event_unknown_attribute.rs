@@ -1,0 +1,9 @@
+use eventfold::Event;
+
+#[derive(Event)]
+enum OrderEvent {
+    #[event(rename = "order.placed")]
+    Placed { customer: String },
+}
+
+fn main() {}
