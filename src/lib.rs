@@ -69,17 +69,23 @@ pub mod eventstore {
     pub use eventfold_eventstore::*;
 }
 
-/// The transactional outbox (room for the outbox issue).
-pub mod outbox {
-    pub use eventfold_outbox::*;
-}
+pub use eventfold_outbox as outbox;
 
-/// Sagas (room for the saga issue).
-pub mod saga {
-    pub use eventfold_saga::*;
-}
+pub use eventfold_saga as saga;
 
-/// Read projections (room for the projections issue).
-pub mod projections {
-    pub use eventfold_projections::*;
+pub use eventfold_projections as projections;
+
+/// The book's chapters, compiled as doctests so that every sample stays correct.
+#[cfg(doctest)]
+mod book {
+    #[doc = include_str!("../book/src/introduction.md")]
+    mod introduction {}
+    #[doc = include_str!("../book/src/getting-started.md")]
+    mod getting_started {}
+    #[doc = include_str!("../book/src/events-and-aggregates.md")]
+    mod events_and_aggregates {}
+    #[doc = include_str!("../book/src/event-store.md")]
+    mod event_store {}
+    #[doc = include_str!("../book/src/schema-evolution.md")]
+    mod schema_evolution {}
 }

@@ -1,7 +1,16 @@
 //! Integration tests of `#[derive(Event)]` and `#[aggregate]` through the `eventfold` facade.
 //!
-//! `deny(warnings)` makes sure the generated code is warning-free in a strict user crate.
-#![deny(warnings)]
+//! The `deny` list makes sure the generated code is warning-free in a strict user crate.
+#![deny(
+    warnings,
+    unused_qualifications,
+    unused_lifetimes,
+    single_use_lifetimes,
+    unused_results,
+    rust_2018_idioms,
+    missing_debug_implementations,
+    unsafe_code
+)]
 
 use eventfold::{Aggregate, CodecError, Event, EventTypeInfo};
 use serde::{Deserialize, Serialize};
@@ -22,6 +31,7 @@ mod as_string {
     //! `#[serde(with = "as_string")]`: a number written as a JSON string.
     use serde::{Deserialize, Deserializer, Serializer};
 
+    #[allow(clippy::trivially_copy_pass_by_ref)] // the signature serde expects
     pub fn serialize<S: Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&value.to_string())
     }
@@ -48,11 +58,7 @@ enum OrderEvent {
         sku: String,
         #[serde(default)]
         quantity: u32,
-        #[serde(
-            rename = "note_text",
-            default,
-            skip_serializing_if = "Option::is_none"
-        )]
+        #[serde(rename = "note_text", default, skip_serializing_if = "Option::is_none")]
         note: Option<String>,
     },
     Paid(PaymentInfo),
@@ -274,7 +280,10 @@ fn unknown_event_type_is_reported() {
     );
     // The variant's old default name is not accepted once it is renamed.
     let err = OrderEvent::decode("order.shipped", br#"{"carrier": "ups"}"#).unwrap_err();
-    assert!(matches!(err, CodecError::UnknownEventType { .. }), "{err:?}");
+    assert!(
+        matches!(err, CodecError::UnknownEventType { .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -304,7 +313,7 @@ fn bad_payload_is_a_decode_error_naming_the_type() {
     );
 }
 
-/// The default prefix drops a trailing `Event` and is snake_case.
+/// The default prefix drops a trailing `Event` and is `snake_case`.
 #[derive(Debug, Clone, PartialEq, Event)]
 enum InventoryItemEvent {
     StockCounted { on_hand: u32 },
@@ -460,7 +469,10 @@ mod protobuf {
             name: "grace".into(),
         });
         let bytes = renamed.encode().unwrap();
-        assert_eq!(UserEvent::decode("user.renamed.v2", &bytes).unwrap(), renamed);
+        assert_eq!(
+            UserEvent::decode("user.renamed.v2", &bytes).unwrap(),
+            renamed
+        );
     }
 
     #[test]
@@ -560,6 +572,7 @@ struct Ledger {
 }
 
 #[eventfold::aggregate(name = "ledger_account", snapshot_version = 4)]
+#[allow(unused_qualifications)] // `std::result::Result` is spelled out on purpose
 impl Ledger {
     fn handle(&self, amount: &i64) -> std::result::Result<Vec<LedgerEvent>, ZeroEntry> {
         if *amount == 0 {
@@ -581,8 +594,9 @@ struct OrderLine {
 }
 
 #[eventfold::aggregate(crate = "crate::reexport::ef")]
+#[allow(unused_qualifications)] // `core::result::Result` is spelled out on purpose
 impl OrderLine {
-    fn handle(&self, _: &()) -> core::result::Result<Vec<Foo>, std::convert::Infallible> {
+    fn handle(&self, (): &()) -> core::result::Result<Vec<Foo>, std::convert::Infallible> {
         Ok(vec![Foo::BarHappened])
     }
 
@@ -700,8 +714,6 @@ mod given_when_then {
         given::<Ledger>([LedgerEvent::Posted { amount: 5 }])
             .when(-2)
             .then_expect_state(|ledger| assert_eq!(ledger.balance, 3));
-        given::<Ledger>([])
-            .when(0)
-            .then_expect_error(ZeroEntry);
+        given::<Ledger>([]).when(0).then_expect_error(ZeroEntry);
     }
 }

@@ -230,6 +230,12 @@ impl PgStore {
         }
     }
 
+    /// Sets the service name recorded as `source` on new events.
+    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+        self.source = Arc::from(source.into());
+        self
+    }
+
     /// The connection pool (for the application's own queries).
     pub fn pool(&self) -> &PgPool {
         &self.pool
@@ -256,25 +262,29 @@ impl PgStore {
             .await
             .map_err(db_err("taking the migration lock", &table))?;
         if let Some(schema) = self.naming.schema() {
-            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+            let create_schema = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+            sqlx::query(&create_schema)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err("creating the schema", &table))?;
         }
-        sqlx::query(&format!(
+        let create_table = format!(
             "CREATE TABLE IF NOT EXISTS {table} (version BIGINT PRIMARY KEY, name TEXT NOT NULL, \
              checksum BIGINT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-        ))
+        );
+        sqlx::query(&create_table)
         .execute(&mut *tx)
         .await
         .map_err(db_err("creating the migration table", &table))?;
-        let applied: Vec<(i64, i64)> = sqlx::query_as(&format!("SELECT version, checksum FROM {table} ORDER BY version"))
+        let select_applied = format!("SELECT version, checksum FROM {table} ORDER BY version");
+        let applied: Vec<(i64, i64)> = sqlx::query_as(&select_applied)
             .fetch_all(&mut *tx)
             .await
             .map_err(db_err("reading applied migrations", &table))?;
+        let record = format!("INSERT INTO {table} (version, name, checksum) VALUES ($1, $2, $3)");
         for migration in sql::pending(MIGRATIONS, &applied, &table)? {
-            sqlx::raw_sql(&migration.render(&self.naming))
-                .execute(&mut *tx)
+            let rendered = migration.render(&self.naming);
+            sqlx::Executor::execute(&mut *tx, rendered.as_str())
                 .await
                 .map_err(|e| StoreError::Migration {
                     table: table.clone(),
@@ -282,7 +292,7 @@ impl PgStore {
                     name: migration.name.to_owned(),
                     reason: e.to_string(),
                 })?;
-            sqlx::query(&format!("INSERT INTO {table} (version, name, checksum) VALUES ($1, $2, $3)"))
+            sqlx::query(&record)
                 .bind(migration.version)
                 .bind(migration.name)
                 .bind(migration.checksum())

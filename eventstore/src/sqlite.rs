@@ -236,6 +236,12 @@ impl SqliteStore {
         }
     }
 
+    /// Sets the service name recorded as `source` on new events.
+    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+        self.source = Arc::from(source.into());
+        self
+    }
+
     /// The connection pool (for the application's own queries).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
@@ -255,20 +261,23 @@ impl SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err("starting the migration transaction", &table))?;
-        sqlx::query(&format!(
+        let create_table = format!(
             "CREATE TABLE IF NOT EXISTS {table} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, \
              checksum INTEGER NOT NULL, applied_at TEXT NOT NULL)"
-        ))
+        );
+        sqlx::query(&create_table)
         .execute(&mut *tx)
         .await
         .map_err(db_err("creating the migration table", &table))?;
-        let applied: Vec<(i64, i64)> = sqlx::query_as(&format!("SELECT version, checksum FROM {table} ORDER BY version"))
+        let select_applied = format!("SELECT version, checksum FROM {table} ORDER BY version");
+        let applied: Vec<(i64, i64)> = sqlx::query_as(&select_applied)
             .fetch_all(&mut *tx)
             .await
             .map_err(db_err("reading applied migrations", &table))?;
+        let record = format!("INSERT INTO {table} (version, name, checksum, applied_at) VALUES (?1, ?2, ?3, ?4)");
         for migration in sql::pending(MIGRATIONS, &applied, &table)? {
-            sqlx::raw_sql(&migration.render(&self.naming))
-                .execute(&mut *tx)
+            let rendered = migration.render(&self.naming);
+            sqlx::Executor::execute(&mut *tx, rendered.as_str())
                 .await
                 .map_err(|e| StoreError::Migration {
                     table: table.clone(),
@@ -276,7 +285,7 @@ impl SqliteStore {
                     name: migration.name.to_owned(),
                     reason: e.to_string(),
                 })?;
-            sqlx::query(&format!("INSERT INTO {table} (version, name, checksum, applied_at) VALUES (?1, ?2, ?3, ?4)"))
+            sqlx::query(&record)
                 .bind(migration.version)
                 .bind(migration.name)
                 .bind(migration.checksum())

@@ -110,8 +110,31 @@ fn expand_inner(args: TokenStream, input: TokenStream) -> syn::Result<TokenStrea
     let item: Item = syn::parse2(input)?;
     let item_impl = match item {
         Item::Impl(item_impl) => item_impl,
-        _ => {
-            return Err(errors.with(syn::Error::new(Span::call_site(), PLACEMENT)));
+        other => {
+            let error = match &other {
+                Item::Struct(item) => {
+                    let (token, ident) = (&item.struct_token, &item.ident);
+                    syn::Error::new_spanned(quote!(#token #ident), PLACEMENT)
+                }
+                Item::Enum(item) => {
+                    let (token, ident) = (&item.enum_token, &item.ident);
+                    syn::Error::new_spanned(quote!(#token #ident), PLACEMENT)
+                }
+                Item::Fn(item) => {
+                    let (token, ident) = (&item.sig.fn_token, &item.sig.ident);
+                    syn::Error::new_spanned(quote!(#token #ident), PLACEMENT)
+                }
+                Item::Trait(item) => {
+                    let (token, ident) = (&item.trait_token, &item.ident);
+                    syn::Error::new_spanned(quote!(#token #ident), PLACEMENT)
+                }
+                Item::Mod(item) => {
+                    let (token, ident) = (&item.mod_token, &item.ident);
+                    syn::Error::new_spanned(quote!(#token #ident), PLACEMENT)
+                }
+                _ => syn::Error::new(Span::call_site(), PLACEMENT),
+            };
+            return Err(errors.with(error));
         }
     };
 

@@ -4,9 +4,10 @@ use std::collections::HashMap;
 
 use heck::ToSnakeCase;
 use proc_macro2::{Literal, TokenStream};
-use quote::{ToTokens, format_ident, quote};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::meta::ParseNestedMeta;
+use syn::spanned::Spanned;
 use syn::{Attribute, Data, DeriveInput, Field, Fields, Ident, LitInt, LitStr, Path, Type};
 
 use crate::util::{Errors, invalid_name_reason, path_to_string, replace_self};
@@ -143,6 +144,19 @@ fn expand_inner(input: &DeriveInput) -> syn::Result<TokenStream> {
             seen.insert(name.clone(), &variant.ident);
         }
 
+        for field in &variant.fields {
+            for attr in field
+                .attrs
+                .iter()
+                .filter(|attr| attr.path().is_ident("event"))
+            {
+                errors.push(syn::Error::new_spanned(
+                    attr,
+                    "#[event(...)] goes on the enum or on a variant, not on a field",
+                ));
+            }
+        }
+
         let shape = match &variant.fields {
             Fields::Named(fields) if fields.named.is_empty() => Shape::Unit({
                 let ident = &variant.ident;
@@ -230,7 +244,7 @@ fn parse_enum_attrs(attrs: &[Attribute], errors: &mut Errors) -> EnumAttrs {
                 }
                 let value = match lit.value().as_str() {
                     "json" => Codec::Json,
-                    "protobuf" | "proto" => Codec::Protobuf,
+                    "protobuf" => Codec::Protobuf,
                     other => {
                         return Err(syn::Error::new_spanned(
                             &lit,
@@ -414,11 +428,12 @@ fn generate(
                     // A newtype struct is serialized as its content: the attributes apply to the
                     // payload without changing its shape.
                     let hidden_ty = field_ty(ty);
+                    let ref_ty = quote_spanned!(ty.span()=> &'__eventfold #hidden_ty);
                     encode_arms.push(quote! {
                         Self::#ident(__eventfold_value) => {
                             #[derive(#serde_path::Serialize)]
                             #hidden_attrs
-                            struct __Ref<'__eventfold>(#(#attrs)* &'__eventfold #hidden_ty);
+                            struct __Ref<'__eventfold>(#(#attrs)* #ref_ty);
                             #krate::codec::json::encode(#name, &__Ref(__eventfold_value))
                         }
                     });
@@ -443,7 +458,8 @@ fn generate(
                     let attrs = serde_attrs(field);
                     let field_ident = &field.ident;
                     let ty = field_ty(&field.ty);
-                    quote!(#(#attrs)* #field_ident: &'__eventfold #ty)
+                    let ref_ty = quote_spanned!(field.ty.span()=> &'__eventfold #ty);
+                    quote!(#(#attrs)* #field_ident: #ref_ty)
                 });
                 let owned_fields = fields.iter().map(|field| {
                     let attrs = serde_attrs(field);

@@ -95,7 +95,9 @@ pub(crate) fn replace_self(tokens: TokenStream, replacement: &Ident) -> TokenStr
         .into_iter()
         .map(|tree| match tree {
             TokenTree::Ident(ident) if ident == "Self" => {
-                TokenTree::Ident(Ident::new(&replacement.to_string(), ident.span()))
+                let mut replaced = replacement.clone();
+                replaced.set_span(ident.span());
+                TokenTree::Ident(replaced)
             }
             TokenTree::Group(group) => {
                 let mut new =

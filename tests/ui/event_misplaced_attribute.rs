@@ -5,6 +5,10 @@ use eventfold::Event;
 enum OrderEvent {
     #[event(prefix = "orders")]
     Placed { customer: String },
+    Shipped {
+        #[event(name = "carrier")]
+        carrier: String,
+    },
 }
 
 fn main() {}

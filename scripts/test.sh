@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Runs every eventfold test on this machine, setting up what the tests need first.
+#
+#   bash scripts/test.sh            # everything
+#   bash scripts/test.sh -E 'test(contract)'   # extra arguments go to cargo nextest
+#
+# Needs: the Rust toolchain and a PostgreSQL server (DATABASE_URL, default
+# postgres://postgres@127.0.0.1:5432/postgres). The script starts a local Debian PostgreSQL
+# cluster if it is installed but stopped, drops test databases left by killed runs, and fails
+# loudly when PostgreSQL cannot be reached: no test is skipped for a missing component.
+# (The Kafka-protocol broker joins this script with the outbox relay, the first code that needs it.)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export EVENTFOLD_STRESS_SECS="${EVENTFOLD_STRESS_SECS:-3}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+log() { echo "== $*" >&2; }
+
+pg_up() { psql "$DATABASE_URL" -tAc 'SELECT 1' >/dev/null 2>&1; }
+
+if ! command -v psql >/dev/null; then
+    log "psql not found; installing postgresql-client"
+    apt-get update -qq && apt-get install -y -qq postgresql-client >/dev/null
+fi
+if ! pg_up; then
+    if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+        log "PostgreSQL is not answering; starting the local cluster"
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+    fi
+    for _ in $(seq 1 30); do pg_up && break; sleep 1; done
+fi
+if ! pg_up; then
+    echo "FATAL: PostgreSQL is not reachable at $DATABASE_URL; the PostgreSQL tests cannot run." >&2
+    exit 1
+fi
+log "PostgreSQL: $(psql "$DATABASE_URL" -tAc 'SHOW server_version'), fsync $(psql "$DATABASE_URL" -tAc 'SHOW fsync')"
+
+# Test databases left behind by killed runs.
+psql "$DATABASE_URL" -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'eventfold\_test\_%' OR datname LIKE 'eventfold\_bench\_%'" |
+    while read -r db; do
+        [ -n "$db" ] && psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null || true
+    done
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    log "installing cargo-nextest"
+    cargo install --locked cargo-nextest
+fi
+
+log "unit, integration, contract, concurrency, property and compile-fail tests"
+cargo nextest run --workspace --all-features --no-fail-fast "$@"
+
+log "doctests (rustdoc examples and every book sample)"
+cargo test --workspace --all-features --doc

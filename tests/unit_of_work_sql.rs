@@ -1,0 +1,58 @@
+//! The application's own SQL commits and rolls back together with the events (guarantee 1, for
+//! the part that exists so far), on PostgreSQL and SQLite.
+mod common;
+
+use eventfold::eventstore::contract::{Tally, TallyCommand};
+use eventfold::eventstore::{EventStore, ExecuteError, Repository, UnitOfWork};
+use eventfold::{CommandMetadata, StreamId};
+
+macro_rules! atomic_with_app_sql {
+    ($name:ident, $fresh:path, $param:literal) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let (store, _guard) = $fresh().await;
+            sqlx::query("CREATE TABLE app_orders (id TEXT PRIMARY KEY, total BIGINT NOT NULL)")
+                .execute(store.pool())
+                .await
+                .unwrap();
+            let insert = concat!("INSERT INTO app_orders (id, total) VALUES (", $param, "1, ", $param, "2)");
+            let repo = Repository::<Tally, _>::new(store.clone());
+            let stream = StreamId::new("tally", "o-1").unwrap();
+
+            // Rolled back: neither the events nor the row exist.
+            let mut uow = store.begin().await.unwrap();
+            let done = repo.execute_in(&mut uow, "o-1", &TallyCommand::Add(5), CommandMetadata::new()).await.unwrap();
+            sqlx::query(insert).bind("o-1").bind(done.state.total as i64).execute(uow.connection()).await.unwrap();
+            uow.rollback().await.unwrap();
+            assert_eq!(store.stream_version(&stream).await.unwrap(), 0);
+            let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM app_orders").fetch_one(store.pool()).await.unwrap();
+            assert_eq!(rows, 0);
+
+            // The application's SQL fails after the append: the transaction is abandoned, nothing stays.
+            let mut uow = store.begin().await.unwrap();
+            repo.execute_in(&mut uow, "o-1", &TallyCommand::Add(5), CommandMetadata::new()).await.unwrap();
+            sqlx::query("INSERT INTO missing_table VALUES (1)").execute(uow.connection()).await.expect_err("no such table");
+            drop(uow);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            assert_eq!(store.stream_version(&stream).await.unwrap(), 0);
+
+            // Committed: both.
+            let mut uow = store.begin().await.unwrap();
+            let done = repo.execute_in(&mut uow, "o-1", &TallyCommand::Add(7), CommandMetadata::new()).await.unwrap();
+            sqlx::query(insert).bind("o-1").bind(done.state.total as i64).execute(uow.connection()).await.unwrap();
+            uow.commit().await.unwrap();
+            assert_eq!(store.stream_version(&stream).await.unwrap(), 1);
+            let (total,): (i64,) = sqlx::query_as("SELECT total FROM app_orders WHERE id = 'o-1'").fetch_one(store.pool()).await.unwrap();
+            assert_eq!(total, 7);
+
+            // A rejected command inside the unit of work is a typed error.
+            let mut uow = store.begin().await.unwrap();
+            let err = repo.execute_in(&mut uow, "o-1", &TallyCommand::Add(5000), CommandMetadata::new()).await.unwrap_err();
+            assert!(matches!(err, ExecuteError::Rejected { .. }), "{err:?}");
+            uow.rollback().await.unwrap();
+        }
+    };
+}
+
+atomic_with_app_sql!(postgres_app_sql_commits_with_events, common::postgres, "$");
+atomic_with_app_sql!(sqlite_app_sql_commits_with_events, common::sqlite, "?");
