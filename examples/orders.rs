@@ -14,8 +14,14 @@ use uuid::Uuid;
 /// What happened to an order. Type names are stable: `order.placed`, `order.item_added`, ...
 #[derive(Debug, Clone, PartialEq, Event)]
 enum OrderEvent {
-    Placed { customer: String },
-    ItemAdded { sku: String, quantity: u32, price_cents: u64 },
+    Placed {
+        customer: String,
+    },
+    ItemAdded {
+        sku: String,
+        quantity: u32,
+        price_cents: u64,
+    },
     #[event(version = 2)]
     Shipped {
         carrier: String,
@@ -28,9 +34,17 @@ enum OrderEvent {
 /// What callers ask an order to do. Everything a decision needs from outside is in the command.
 #[derive(Debug, Clone)]
 enum OrderCommand {
-    Place { customer: String },
-    AddItem { sku: String, quantity: u32, price_cents: u64 },
-    Ship { carrier: String },
+    Place {
+        customer: String,
+    },
+    AddItem {
+        sku: String,
+        quantity: u32,
+        price_cents: u64,
+    },
+    Ship {
+        carrier: String,
+    },
     Cancel,
 }
 
@@ -67,14 +81,21 @@ struct Order {
 impl Order {
     fn handle(&self, command: &OrderCommand) -> Result<Vec<OrderEvent>, OrderError> {
         match (self.status, command) {
-            (Status::New, OrderCommand::Place { customer }) => {
-                Ok(vec![OrderEvent::Placed { customer: customer.clone() }])
-            }
+            (Status::New, OrderCommand::Place { customer }) => Ok(vec![OrderEvent::Placed {
+                customer: customer.clone(),
+            }]),
             (_, OrderCommand::Place { .. }) => Err(OrderError::AlreadyPlaced),
             (Status::New, _) => Err(OrderError::NotPlaced),
             (Status::Shipped, _) => Err(OrderError::Closed("shipped")),
             (Status::Cancelled, _) => Err(OrderError::Closed("cancelled")),
-            (Status::Open, OrderCommand::AddItem { sku, quantity, price_cents }) => Ok(vec![OrderEvent::ItemAdded {
+            (
+                Status::Open,
+                OrderCommand::AddItem {
+                    sku,
+                    quantity,
+                    price_cents,
+                },
+            ) => Ok(vec![OrderEvent::ItemAdded {
                 sku: sku.clone(),
                 quantity: *quantity,
                 price_cents: *price_cents,
@@ -91,7 +112,11 @@ impl Order {
     fn apply(&mut self, event: &OrderEvent) {
         match event {
             OrderEvent::Placed { .. } => self.status = Status::Open,
-            OrderEvent::ItemAdded { quantity, price_cents, .. } => {
+            OrderEvent::ItemAdded {
+                quantity,
+                price_cents,
+                ..
+            } => {
                 self.items += quantity;
                 self.total_cents += u64::from(*quantity) * price_cents;
             }
@@ -103,29 +128,70 @@ impl Order {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let store = SqliteStore::connect("sqlite::memory:").await?.with_source("order-service");
+    let store = SqliteStore::connect("sqlite::memory:")
+        .await?
+        .with_source("order-service");
     let orders = Repository::<Order, _>::new(store.clone()).with_snapshots(50);
-    println!("event types: {:?}", OrderEvent::event_types().iter().map(|t| (t.name, t.version)).collect::<Vec<_>>());
+    println!(
+        "event types: {:?}",
+        OrderEvent::event_types()
+            .iter()
+            .map(|t| (t.name, t.version))
+            .collect::<Vec<_>>()
+    );
 
     // A request: every event it causes shares its correlation id.
     let request = Uuid::now_v7();
-    let meta = || CommandMetadata::new().correlation_id(request).header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+    let meta = || {
+        CommandMetadata::new().correlation_id(request).header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+    };
 
-    orders.execute("o-1", &OrderCommand::Place { customer: "ada".into() }, meta()).await?;
+    orders
+        .execute(
+            "o-1",
+            &OrderCommand::Place {
+                customer: "ada".into(),
+            },
+            meta(),
+        )
+        .await?;
 
     // An idempotent command: a client retrying with the same id appends once.
-    let add = OrderCommand::AddItem { sku: "book".into(), quantity: 2, price_cents: 1_500 };
+    let add = OrderCommand::AddItem {
+        sku: "book".into(),
+        quantity: 2,
+        price_cents: 1_500,
+    };
     let command_id = Uuid::now_v7();
-    let first = orders.execute("o-1", &add, meta().command_id(command_id)).await?;
-    let retry = orders.execute("o-1", &add, meta().command_id(command_id)).await?;
-    println!("add item: version {} (retry deduplicated: {}, version {})", first.version, retry.deduplicated, retry.version);
+    let first = orders
+        .execute("o-1", &add, meta().command_id(command_id))
+        .await?;
+    let retry = orders
+        .execute("o-1", &add, meta().command_id(command_id))
+        .await?;
+    println!(
+        "add item: version {} (retry deduplicated: {}, version {})",
+        first.version, retry.deduplicated, retry.version
+    );
 
     // The application's own SQL in the same transaction as the events.
     sqlx::query("CREATE TABLE order_summary (id TEXT PRIMARY KEY, total_cents INTEGER NOT NULL, status TEXT NOT NULL)")
         .execute(store.pool())
         .await?;
     let mut uow = store.begin().await?;
-    let shipped = orders.execute_in(&mut uow, "o-1", &OrderCommand::Ship { carrier: "dhl".into() }, meta()).await?;
+    let shipped = orders
+        .execute_in(
+            &mut uow,
+            "o-1",
+            &OrderCommand::Ship {
+                carrier: "dhl".into(),
+            },
+            meta(),
+        )
+        .await?;
     sqlx::query("INSERT INTO order_summary (id, total_cents, status) VALUES (?1, ?2, ?3)")
         .bind("o-1")
         .bind(shipped.state.total_cents as i64)
@@ -136,7 +202,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // A rejected command is a typed domain error, and nothing is written.
     match orders.execute("o-1", &OrderCommand::Cancel, meta()).await {
-        Err(ExecuteError::Rejected { source, stream_id }) => println!("rejected on {stream_id}: {source}"),
+        Err(ExecuteError::Rejected { source, stream_id }) => {
+            println!("rejected on {stream_id}: {source}")
+        }
         other => return Err(format!("expected a rejection, got {other:?}").into()),
     }
 
@@ -156,11 +224,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             String::from_utf8_lossy(&event.payload)
         );
     }
-    let (total, status): (i64, String) = sqlx::query_as("SELECT total_cents, status FROM order_summary WHERE id = 'o-1'")
-        .fetch_one(store.pool())
-        .await?;
+    let (total, status): (i64, String) =
+        sqlx::query_as("SELECT total_cents, status FROM order_summary WHERE id = 'o-1'")
+            .fetch_one(store.pool())
+            .await?;
     let loaded = orders.load("o-1").await?;
-    println!("\nsummary table: total {total} cents, {status}; aggregate: {:?} at version {}", loaded.state, loaded.version);
+    println!(
+        "\nsummary table: total {total} cents, {status}; aggregate: {:?} at version {}",
+        loaded.state, loaded.version
+    );
     assert_eq!(total as u64, loaded.state.total_cents);
     Ok(())
 }

@@ -57,23 +57,36 @@ async fn hammer<S: EventStore>(store: S) {
                 let id = aggregate.to_string();
                 let outcome: Result<Uuid, String> = if task % 2 == 0 {
                     match repo
-                        .execute(&id, &TallyCommand::AddMany(vec![amount]), CommandMetadata::new())
+                        .execute(
+                            &id,
+                            &TallyCommand::AddMany(vec![amount]),
+                            CommandMetadata::new(),
+                        )
                         .await
                     {
                         Ok(done) => Ok(done.events[0].event_id),
-                        Err(ExecuteError::Conflict { attempts: 2, source, .. }) if source.is_conflict() => {
-                            Err("conflict".into())
-                        }
+                        Err(ExecuteError::Conflict {
+                            attempts: 2,
+                            source,
+                            ..
+                        }) if source.is_conflict() => Err("conflict".into()),
                         Err(other) => panic!("task {task}: unexpected error {other:?}"),
                     }
                 } else {
                     let loaded = repo.load(&id).await.expect("load");
                     tokio::task::yield_now().await;
-                    let event = NewEvent::encode(&TallyEvent::Added { n: amount }, "stress", &CommandMetadata::new())
-                        .expect("encode");
+                    let event = NewEvent::encode(
+                        &TallyEvent::Added { n: amount },
+                        "stress",
+                        &CommandMetadata::new(),
+                    )
+                    .expect("encode");
                     let event_id = event.event_id;
                     let stream = StreamId::new("tally", id.as_str()).expect("stream id");
-                    match store.append(&stream, ExpectedVersion::Exact(loaded.version), vec![event]).await {
+                    match store
+                        .append(&stream, ExpectedVersion::Exact(loaded.version), vec![event])
+                        .await
+                    {
                         Ok(_) => Ok(event_id),
                         Err(StoreError::VersionConflict { .. }) => Err("conflict".into()),
                         Err(other) => panic!("task {task}: unexpected error {other:?}"),
@@ -81,7 +94,11 @@ async fn hammer<S: EventStore>(store: S) {
                 };
                 let mut ledger = ledger.lock().expect("ledger");
                 match outcome {
-                    Ok(event_id) => ledger.accepted.entry(aggregate).or_default().push((event_id, amount)),
+                    Ok(event_id) => ledger
+                        .accepted
+                        .entry(aggregate)
+                        .or_default()
+                        .push((event_id, amount)),
                     Err(_) => ledger.conflicts += 1,
                 }
                 done += 1;
@@ -93,11 +110,24 @@ async fn hammer<S: EventStore>(store: S) {
     for task in tasks {
         total += task.await.expect("task panicked");
     }
-    let ledger = Arc::try_unwrap(ledger).ok().expect("tasks ended").into_inner().expect("ledger");
+    let ledger = Arc::try_unwrap(ledger)
+        .ok()
+        .expect("tasks ended")
+        .into_inner()
+        .expect("ledger");
     let accepted: usize = ledger.accepted.values().map(Vec::len).sum();
-    eprintln!("{total} commands: {accepted} accepted, {} conflicts", ledger.conflicts);
-    assert!(accepted > 100, "too little work was done to show anything ({accepted})");
-    assert!(ledger.conflicts > 0, "no conflicts happened: the test did not exercise concurrency");
+    eprintln!(
+        "{total} commands: {accepted} accepted, {} conflicts",
+        ledger.conflicts
+    );
+    assert!(
+        accepted > 100,
+        "too little work was done to show anything ({accepted})"
+    );
+    assert!(
+        ledger.conflicts > 0,
+        "no conflicts happened: the test did not exercise concurrency"
+    );
     assert_eq!(accepted as u64 + ledger.conflicts, total);
 
     let repo = Repository::<Tally, _>::new(store.clone());
@@ -106,14 +136,24 @@ async fn hammer<S: EventStore>(store: S) {
         let id = aggregate.to_string();
         let loaded = repo.load(&id).await.expect("load");
         let sum: u64 = expected.iter().map(|(_, n)| n).sum();
-        assert_eq!(loaded.state.total, sum, "aggregate {aggregate}: total differs from the accepted commands");
-        assert_eq!(loaded.state.applied, expected.len() as u64, "aggregate {aggregate}: event count differs");
+        assert_eq!(
+            loaded.state.total, sum,
+            "aggregate {aggregate}: total differs from the accepted commands"
+        );
+        assert_eq!(
+            loaded.state.applied,
+            expected.len() as u64,
+            "aggregate {aggregate}: event count differs"
+        );
         assert_eq!(loaded.version, expected.len() as u64);
         let stream = StreamId::new("tally", id).expect("stream id");
         let stored = store.read_stream(&stream, 1, u64::MAX).await.expect("read");
         let stored_ids: BTreeSet<Uuid> = stored.iter().map(|e| e.event_id).collect();
         let accepted_ids: BTreeSet<Uuid> = expected.iter().map(|(id, _)| *id).collect();
-        assert_eq!(stored_ids, accepted_ids, "aggregate {aggregate}: stored events are not the accepted ones");
+        assert_eq!(
+            stored_ids, accepted_ids,
+            "aggregate {aggregate}: stored events are not the accepted ones"
+        );
         let versions: Vec<u64> = stored.iter().map(|e| e.stream_version).collect();
         assert_eq!(versions, (1..=stored.len() as u64).collect::<Vec<_>>());
     }

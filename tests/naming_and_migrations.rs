@@ -2,25 +2,60 @@
 //! table, idempotent, safe to run concurrently, and refuse a database changed behind their back.
 mod common;
 
+use eventfold::eventstore::contract::{Tally, TallyCommand};
 use eventfold::eventstore::memory::MemoryStore;
 use eventfold::eventstore::postgres::PgStore;
 use eventfold::eventstore::sqlite::SqliteStore;
-use eventfold::eventstore::{EventStore, ExecuteError, ExpectedVersion, Naming, Repository, StoreError};
-use eventfold::eventstore::contract::{Tally, TallyCommand};
+use eventfold::eventstore::{
+    EventStore, ExecuteError, ExpectedVersion, Naming, Repository, StoreError,
+};
 use eventfold::{CommandMetadata, NewEvent, StreamId};
 
 #[test]
 fn invalid_identifiers_are_typed_errors() {
-    for bad in ["Upper", "has space", "semi;colon", "quote\"", "1starts_with_digit", "dash-ed", &"x".repeat(41)] {
+    for bad in [
+        "Upper",
+        "has space",
+        "semi;colon",
+        "quote\"",
+        "1starts_with_digit",
+        "dash-ed",
+        &"x".repeat(41),
+    ] {
         let err = Naming::new(bad).expect_err(bad);
-        assert!(matches!(err, StoreError::InvalidIdentifier { what: "table prefix", .. }), "{err:?}");
-        assert!(err.to_string().contains(bad), "the error names the value: {err}");
+        assert!(
+            matches!(
+                err,
+                StoreError::InvalidIdentifier {
+                    what: "table prefix",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains(bad),
+            "the error names the value: {err}"
+        );
         let err = Naming::default().with_schema(bad).expect_err(bad);
-        assert!(matches!(err, StoreError::InvalidIdentifier { what: "schema", .. }), "{err:?}");
+        assert!(
+            matches!(err, StoreError::InvalidIdentifier { what: "schema", .. }),
+            "{err:?}"
+        );
     }
     assert!(Naming::new("").is_ok(), "an empty prefix is allowed");
-    assert!(Naming::default().with_schema("").is_err(), "an empty schema is not");
-    assert_eq!(Naming::new("app_").unwrap().with_schema("es").unwrap().table("events"), "\"es\".\"app_events\"");
+    assert!(
+        Naming::default().with_schema("").is_err(),
+        "an empty schema is not"
+    );
+    assert_eq!(
+        Naming::new("app_")
+            .unwrap()
+            .with_schema("es")
+            .unwrap()
+            .table("events"),
+        "\"es\".\"app_events\""
+    );
 }
 
 #[tokio::test]
@@ -29,8 +64,14 @@ async fn oversized_or_empty_stream_ids_are_refused_before_writing() {
     let repo = Repository::<Tally, _>::new(store.clone());
     let long = "x".repeat(StreamId::MAX_ID_LEN + 1);
     for id in [long.as_str(), "", "new\nline"] {
-        let err = repo.execute(id, &TallyCommand::Add(1), CommandMetadata::new()).await.expect_err("refused");
-        assert!(matches!(err, ExecuteError::Store(StoreError::InvalidStreamId(_))), "{err:?}");
+        let err = repo
+            .execute(id, &TallyCommand::Add(1), CommandMetadata::new())
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(err, ExecuteError::Store(StoreError::InvalidStreamId(_))),
+            "{err:?}"
+        );
     }
     assert!(store.is_empty());
 }
@@ -39,14 +80,30 @@ async fn oversized_or_empty_stream_ids_are_refused_before_writing() {
 async fn postgres_schema_and_prefix_isolate_stores() {
     let (_, db) = common::postgres().await;
     let naming = Naming::new("billing_").unwrap().with_schema("es").unwrap();
-    let a = PgStore::builder(db.pool().clone()).naming(naming).build().await.expect("migrate a");
-    let b = PgStore::builder(db.pool().clone()).naming(Naming::new("shipping_").unwrap()).build().await.expect("migrate b");
-    let stream = StreamId::new("order", "1").unwrap();
-    a.append(&stream, ExpectedVersion::NoStream, vec![NewEvent::raw("order.placed", 1, b"{}".to_vec())])
+    let a = PgStore::builder(db.pool().clone())
+        .naming(naming)
+        .build()
         .await
-        .expect("append a");
+        .expect("migrate a");
+    let b = PgStore::builder(db.pool().clone())
+        .naming(Naming::new("shipping_").unwrap())
+        .build()
+        .await
+        .expect("migrate b");
+    let stream = StreamId::new("order", "1").unwrap();
+    a.append(
+        &stream,
+        ExpectedVersion::NoStream,
+        vec![NewEvent::raw("order.placed", 1, b"{}".to_vec())],
+    )
+    .await
+    .expect("append a");
     assert_eq!(a.stream_version(&stream).await.unwrap(), 1);
-    assert_eq!(b.stream_version(&stream).await.unwrap(), 0, "another prefix is another store");
+    assert_eq!(
+        b.stream_version(&stream).await.unwrap(),
+        0,
+        "another prefix is another store"
+    );
     let tables: Vec<(String, String)> = sqlx::query_as(
         "SELECT table_schema::text, table_name::text FROM information_schema.tables \
          WHERE table_schema IN ('es', 'public') ORDER BY 1, 2",
@@ -55,10 +112,23 @@ async fn postgres_schema_and_prefix_isolate_stores() {
     .await
     .unwrap();
     let names: Vec<String> = tables.iter().map(|(s, t)| format!("{s}.{t}")).collect();
-    for expected in ["es.billing_events", "es.billing_migrations", "es.billing_snapshots", "es.billing_commands", "public.shipping_events", "public.shipping_migrations"] {
-        assert!(names.contains(&expected.to_owned()), "{expected} missing from {names:?}");
+    for expected in [
+        "es.billing_events",
+        "es.billing_migrations",
+        "es.billing_snapshots",
+        "es.billing_commands",
+        "public.shipping_events",
+        "public.shipping_migrations",
+    ] {
+        assert!(
+            names.contains(&expected.to_owned()),
+            "{expected} missing from {names:?}"
+        );
     }
-    assert!(!names.iter().any(|n| n.contains("_sqlx_migrations")), "the application's migration table is never used");
+    assert!(
+        !names.iter().any(|n| n.contains("_sqlx_migrations")),
+        "the application's migration table is never used"
+    );
 }
 
 #[tokio::test]
@@ -68,26 +138,50 @@ async fn postgres_migrations_are_idempotent_concurrent_and_checked() {
     for _ in 0..4 {
         let pool = db.pool().clone();
         handles.push(tokio::spawn(async move {
-            PgStore::builder(pool).naming(Naming::new("race_").unwrap()).build().await.map(|_| ())
+            PgStore::builder(pool)
+                .naming(Naming::new("race_").unwrap())
+                .build()
+                .await
+                .map(|_| ())
         }));
     }
     for handle in handles {
         handle.await.unwrap().expect("concurrent migration");
     }
     store.migrate().await.expect("second run is a no-op");
-    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM eventfold_migrations").fetch_one(db.pool()).await.unwrap();
+    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM eventfold_migrations")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
     assert_eq!(count, 1);
-    sqlx::query("UPDATE eventfold_migrations SET checksum = checksum + 1").execute(db.pool()).await.unwrap();
-    let err = store.migrate().await.expect_err("checksum mismatch");
-    assert!(matches!(err, StoreError::Migration { version: 1, .. }), "{err:?}");
-    assert!(err.to_string().contains("eventfold_migrations"), "{err}");
-    sqlx::query("UPDATE eventfold_migrations SET checksum = checksum - 1").execute(db.pool()).await.unwrap();
-    sqlx::query("INSERT INTO eventfold_migrations (version, name, checksum) VALUES (999, 'future', 0)")
+    sqlx::query("UPDATE eventfold_migrations SET checksum = checksum + 1")
         .execute(db.pool())
         .await
         .unwrap();
-    let err = store.migrate().await.expect_err("database newer than the code");
-    assert!(matches!(err, StoreError::Migration { version: 999, .. }), "{err:?}");
+    let err = store.migrate().await.expect_err("checksum mismatch");
+    assert!(
+        matches!(err, StoreError::Migration { version: 1, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("eventfold_migrations"), "{err}");
+    sqlx::query("UPDATE eventfold_migrations SET checksum = checksum - 1")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO eventfold_migrations (version, name, checksum) VALUES (999, 'future', 0)",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let err = store
+        .migrate()
+        .await
+        .expect_err("database newer than the code");
+    assert!(
+        matches!(err, StoreError::Migration { version: 999, .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -98,9 +192,19 @@ async fn sqlite_refuses_a_schema_and_tracks_its_migrations() {
         .build()
         .await
         .expect_err("no schemas on SQLite");
-    assert!(matches!(err, StoreError::InvalidIdentifier { what: "schema", .. }), "{err:?}");
-    let store = SqliteStore::builder(pool.clone()).naming(Naming::new("app_").unwrap()).build().await.unwrap();
+    assert!(
+        matches!(err, StoreError::InvalidIdentifier { what: "schema", .. }),
+        "{err:?}"
+    );
+    let store = SqliteStore::builder(pool.clone())
+        .naming(Naming::new("app_").unwrap())
+        .build()
+        .await
+        .unwrap();
     store.migrate().await.expect("idempotent");
-    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM app_migrations").fetch_one(&pool).await.unwrap();
+    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM app_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(count, 1);
 }

@@ -16,7 +16,12 @@ fn command() -> impl Strategy<Value = TallyCommand> {
     ]
 }
 
-async fn check<S: EventStore>(store: S, id: &str, commands: &[TallyCommand], every: u64) -> Result<(), TestCaseError> {
+async fn check<S: EventStore>(
+    store: S,
+    id: &str,
+    commands: &[TallyCommand],
+    every: u64,
+) -> Result<(), TestCaseError> {
     let with = Repository::<Tally, _>::new(store.clone()).with_snapshots(every);
     let without = Repository::<Tally, _>::new(store.clone());
     let mut last = Tally::default();
@@ -37,17 +42,36 @@ async fn check<S: EventStore>(store: S, id: &str, commands: &[TallyCommand], eve
     prop_assert_eq!(stored.len() as u64, version);
     let events: Vec<TallyEvent> = stored
         .into_iter()
-        .map(|e| decode_event::<TallyEvent>(e, &Upcasters::new()).expect("decode").payload)
+        .map(|e| {
+            decode_event::<TallyEvent>(e, &Upcasters::new())
+                .expect("decode")
+                .payload
+        })
         .collect();
     let folded = Tally::fold(events.iter());
-    prop_assert_eq!(&folded, &last, "fold of stored events differs from the returned state");
-    prop_assert_eq!(&without.load(id).await.expect("replay").state, &last, "full replay differs");
-    prop_assert_eq!(&with.load(id).await.expect("snapshot").state, &last, "snapshot + tail differs");
+    prop_assert_eq!(
+        &folded,
+        &last,
+        "fold of stored events differs from the returned state"
+    );
+    prop_assert_eq!(
+        &without.load(id).await.expect("replay").state,
+        &last,
+        "full replay differs"
+    );
+    prop_assert_eq!(
+        &with.load(id).await.expect("snapshot").state,
+        &last,
+        "snapshot + tail differs"
+    );
     Ok(())
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 proptest! {

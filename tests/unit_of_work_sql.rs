@@ -15,39 +15,95 @@ macro_rules! atomic_with_app_sql {
                 .execute(store.pool())
                 .await
                 .unwrap();
-            let insert = concat!("INSERT INTO app_orders (id, total) VALUES (", $param, "1, ", $param, "2)");
+            let insert = concat!(
+                "INSERT INTO app_orders (id, total) VALUES (",
+                $param,
+                "1, ",
+                $param,
+                "2)"
+            );
             let repo = Repository::<Tally, _>::new(store.clone());
             let stream = StreamId::new("tally", "o-1").unwrap();
 
             // Rolled back: neither the events nor the row exist.
             let mut uow = store.begin().await.unwrap();
-            let done = repo.execute_in(&mut uow, "o-1", &TallyCommand::Add(5), CommandMetadata::new()).await.unwrap();
-            sqlx::query(insert).bind("o-1").bind(done.state.total as i64).execute(uow.connection()).await.unwrap();
+            let done = repo
+                .execute_in(
+                    &mut uow,
+                    "o-1",
+                    &TallyCommand::Add(5),
+                    CommandMetadata::new(),
+                )
+                .await
+                .unwrap();
+            sqlx::query(insert)
+                .bind("o-1")
+                .bind(done.state.total as i64)
+                .execute(uow.connection())
+                .await
+                .unwrap();
             uow.rollback().await.unwrap();
             assert_eq!(store.stream_version(&stream).await.unwrap(), 0);
-            let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM app_orders").fetch_one(store.pool()).await.unwrap();
+            let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM app_orders")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
             assert_eq!(rows, 0);
 
             // The application's SQL fails after the append: the transaction is abandoned, nothing stays.
             let mut uow = store.begin().await.unwrap();
-            repo.execute_in(&mut uow, "o-1", &TallyCommand::Add(5), CommandMetadata::new()).await.unwrap();
-            sqlx::query("INSERT INTO missing_table VALUES (1)").execute(uow.connection()).await.expect_err("no such table");
+            repo.execute_in(
+                &mut uow,
+                "o-1",
+                &TallyCommand::Add(5),
+                CommandMetadata::new(),
+            )
+            .await
+            .unwrap();
+            sqlx::query("INSERT INTO missing_table VALUES (1)")
+                .execute(uow.connection())
+                .await
+                .expect_err("no such table");
             drop(uow);
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             assert_eq!(store.stream_version(&stream).await.unwrap(), 0);
 
             // Committed: both.
             let mut uow = store.begin().await.unwrap();
-            let done = repo.execute_in(&mut uow, "o-1", &TallyCommand::Add(7), CommandMetadata::new()).await.unwrap();
-            sqlx::query(insert).bind("o-1").bind(done.state.total as i64).execute(uow.connection()).await.unwrap();
+            let done = repo
+                .execute_in(
+                    &mut uow,
+                    "o-1",
+                    &TallyCommand::Add(7),
+                    CommandMetadata::new(),
+                )
+                .await
+                .unwrap();
+            sqlx::query(insert)
+                .bind("o-1")
+                .bind(done.state.total as i64)
+                .execute(uow.connection())
+                .await
+                .unwrap();
             uow.commit().await.unwrap();
             assert_eq!(store.stream_version(&stream).await.unwrap(), 1);
-            let (total,): (i64,) = sqlx::query_as("SELECT total FROM app_orders WHERE id = 'o-1'").fetch_one(store.pool()).await.unwrap();
+            let (total,): (i64,) = sqlx::query_as("SELECT total FROM app_orders WHERE id = 'o-1'")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
             assert_eq!(total, 7);
 
             // A rejected command inside the unit of work is a typed error.
             let mut uow = store.begin().await.unwrap();
-            let err = repo.execute_in(&mut uow, "o-1", &TallyCommand::Add(5000), CommandMetadata::new()).await.unwrap_err();
+            let err = repo
+                .execute_in(
+                    &mut uow,
+                    "o-1",
+                    &TallyCommand::Add(5000),
+                    CommandMetadata::new(),
+                )
+                .await
+                .unwrap_err();
             assert!(matches!(err, ExecuteError::Rejected { .. }), "{err:?}");
             uow.rollback().await.unwrap();
         }

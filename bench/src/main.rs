@@ -267,7 +267,9 @@ impl Writer {
             Case::LibExecute | Case::RawInsert | Case::RawLoadInsert => (0..AGGREGATES_PER_WRITER)
                 .map(|a| format!("{}-c{writers}-w{index}-a{a}", case.tag()))
                 .collect(),
-            Case::LibAppend | Case::RawAppend => vec![format!("{}-c{writers}-w{index}", case.tag())],
+            Case::LibAppend | Case::RawAppend => {
+                vec![format!("{}-c{writers}-w{index}", case.tag())]
+            }
         };
         Self {
             case,
@@ -289,14 +291,28 @@ impl Writer {
         let shared = self.shared.clone();
         match self.case {
             Case::LibExecute => {
-                shared.repo.execute(&self.ids[slot], &Increment, Self::meta()).await?;
+                shared
+                    .repo
+                    .execute(&self.ids[slot], &Increment, Self::meta())
+                    .await?;
                 Ok(1)
             }
             Case::RawInsert => {
-                let event = NewEvent::encode(&CounterEvent::Incremented { n: 1 }, shared.store.source(), &Self::meta())?;
+                let event = NewEvent::encode(
+                    &CounterEvent::Incremented { n: 1 },
+                    shared.store.source(),
+                    &Self::meta(),
+                )?;
                 let version = self.versions[slot] + 1;
                 let mut tx = shared.pool.begin().await?;
-                insert_one(&mut tx, &shared.raw_insert, &self.ids[slot], version, &event).await?;
+                insert_one(
+                    &mut tx,
+                    &shared.raw_insert,
+                    &self.ids[slot],
+                    version,
+                    &event,
+                )
+                .await?;
                 tx.commit().await?;
                 self.versions[slot] = version;
                 Ok(1)
@@ -312,22 +328,36 @@ impl Writer {
                 let mut version = 0i64;
                 for row in &rows {
                     if row.1 != version + 1 {
-                        return Err(format!("stream {} jumps from {version} to {}", self.ids[slot], row.1).into());
+                        return Err(format!(
+                            "stream {} jumps from {version} to {}",
+                            self.ids[slot], row.1
+                        )
+                        .into());
                     }
                     version = row.1;
                     total += decode_n(&row.5)?;
                 }
                 std::hint::black_box(total);
-                let event = NewEvent::encode(&CounterEvent::Incremented { n: 1 }, shared.store.source(), &Self::meta())?;
+                let event = NewEvent::encode(
+                    &CounterEvent::Incremented { n: 1 },
+                    shared.store.source(),
+                    &Self::meta(),
+                )?;
                 let next = u64::try_from(version)? + 1;
                 insert_one(&mut tx, &shared.raw_insert, &self.ids[slot], next, &event).await?;
                 tx.commit().await?;
                 Ok(1)
             }
             Case::LibAppend => {
-                let stream = eventfold_core::StreamId::new(Counter::TYPE, format!("{}-{}", self.ids[0], self.done))?;
+                let stream = eventfold_core::StreamId::new(
+                    Counter::TYPE,
+                    format!("{}-{}", self.ids[0], self.done),
+                )?;
                 let events = batch(shared.store.source())?;
-                shared.store.append(&stream, ExpectedVersion::Exact(0), events).await?;
+                shared
+                    .store
+                    .append(&stream, ExpectedVersion::Exact(0), events)
+                    .await?;
                 Ok(BATCH as u64)
             }
             Case::RawAppend => {
@@ -345,7 +375,10 @@ impl Writer {
 fn batch(source: &str) -> Result<Vec<NewEvent>> {
     let meta = Writer::meta();
     (0..BATCH)
-        .map(|_| NewEvent::encode(&CounterEvent::Incremented { n: 1 }, source, &meta).map_err(BoxError::from))
+        .map(|_| {
+            NewEvent::encode(&CounterEvent::Incremented { n: 1 }, source, &meta)
+                .map_err(BoxError::from)
+        })
         .collect()
 }
 
@@ -375,7 +408,12 @@ async fn insert_one(
     Ok(())
 }
 
-async fn insert_batch(conn: &mut sqlx::PgConnection, sql: &str, stream_id: &str, events: &[NewEvent]) -> Result<()> {
+async fn insert_batch(
+    conn: &mut sqlx::PgConnection,
+    sql: &str,
+    stream_id: &str,
+    events: &[NewEvent],
+) -> Result<()> {
     let n = events.len();
     let mut ids = Vec::with_capacity(n);
     let mut versions = Vec::with_capacity(n);
@@ -490,10 +528,21 @@ async fn segment(writers: Vec<Writer>, measure: Duration) -> Result<(Vec<Writer>
 }
 
 /// Measures `cases` at `writers` concurrency, alternating A B C / C B A over two rounds.
-async fn compare(shared: &Arc<Shared>, cases: &[Case], writers: usize, total: Duration) -> Result<Vec<(Tally, f64)>> {
+async fn compare(
+    shared: &Arc<Shared>,
+    cases: &[Case],
+    writers: usize,
+    total: Duration,
+) -> Result<Vec<(Tally, f64)>> {
     let mut pools: Vec<Option<Vec<Writer>>> = cases
         .iter()
-        .map(|case| Some((0..writers).map(|i| Writer::new(*case, shared, writers, i)).collect()))
+        .map(|case| {
+            Some(
+                (0..writers)
+                    .map(|i| Writer::new(*case, shared, writers, i))
+                    .collect(),
+            )
+        })
         .collect();
     let mut tallies = vec![Tally::default(); cases.len()];
     let half = total / 2;
@@ -503,7 +552,11 @@ async fn compare(shared: &Arc<Shared>, cases: &[Case], writers: usize, total: Du
         for i in order {
             let ws = pools[i].take().ok_or("writers missing")?;
             let (ws, tally) = segment(ws, half).await.map_err(|e| {
-                format!("{:?} with {writers} writers (round {}) failed: {e}", cases[i], round + 1)
+                format!(
+                    "{:?} with {writers} writers (round {}) failed: {e}",
+                    cases[i],
+                    round + 1
+                )
             })?;
             eprintln!(
                 "  round {} {:<14} writers={writers}: {:>10.0} ops/s",
@@ -595,14 +648,23 @@ async fn bench(admin: &PgConnectOptions, db: &str, options: &Options) -> Result<
 
 async fn bench_on(pool: &PgPool, options: &Options) -> Result<()> {
     let (fsync,): (String,) = sqlx::query_as("SHOW fsync").fetch_one(pool).await?;
-    let (sync_commit,): (String,) = sqlx::query_as("SHOW synchronous_commit").fetch_one(pool).await?;
-    let (server,): (String,) = sqlx::query_as("SHOW server_version").fetch_one(pool).await?;
+    let (sync_commit,): (String,) = sqlx::query_as("SHOW synchronous_commit")
+        .fetch_one(pool)
+        .await?;
+    let (server,): (String,) = sqlx::query_as("SHOW server_version")
+        .fetch_one(pool)
+        .await?;
     println!("PostgreSQL {server}: fsync = {fsync}, synchronous_commit = {sync_commit}");
     if fsync != "on" {
-        return Err("fsync is off on this server: commit latencies would be meaningless; refusing to run".into());
+        return Err(
+            "fsync is off on this server: commit latencies would be meaningless; refusing to run"
+                .into(),
+        );
     }
     if sync_commit != "on" {
-        eprintln!("warning: synchronous_commit = {sync_commit}: commits do not wait for the WAL flush");
+        eprintln!(
+            "warning: synchronous_commit = {sync_commit}: commits do not wait for the WAL flush"
+        );
     }
 
     let store = PgStore::builder(pool.clone()).build().await?;
@@ -630,7 +692,13 @@ async fn bench_on(pool: &PgPool, options: &Options) -> Result<()> {
     let mut commands = Vec::new();
     for writers in CONCURRENCY {
         eprintln!("commands, {writers} writer(s):");
-        let r = compare(&shared, &[Case::RawInsert, Case::RawLoadInsert, Case::LibExecute], writers, total).await?;
+        let r = compare(
+            &shared,
+            &[Case::RawInsert, Case::RawLoadInsert, Case::LibExecute],
+            writers,
+            total,
+        )
+        .await?;
         commands.push(CommandRow {
             writers,
             raw_insert: r[0].0.ops_per_s(),
@@ -653,7 +721,11 @@ async fn bench_on(pool: &PgPool, options: &Options) -> Result<()> {
 }
 
 fn verdict(ratio: f64) -> &'static str {
-    if ratio >= TARGET_RATIO { "met" } else { "**missed**" }
+    if ratio >= TARGET_RATIO {
+        "met"
+    } else {
+        "**missed**"
+    }
 }
 
 fn report(
@@ -683,14 +755,24 @@ fn report(
         );
     }
     println!();
-    println!("* library: `Repository::<Counter, PgStore>::execute(id, &Increment, CommandMetadata::new())`:");
-    println!("  begin, read the stream, decode and apply its events, `handle`, append 1 event with the");
+    println!(
+        "* library: `Repository::<Counter, PgStore>::execute(id, &Increment, CommandMetadata::new())`:"
+    );
+    println!(
+        "  begin, read the stream, decode and apply its events, `handle`, append 1 event with the"
+    );
     println!("  expected version (the library's `UNNEST` statement), commit.");
-    println!("* raw insert: sqlx `BEGIN; INSERT INTO raw_events (13 columns) VALUES (...); COMMIT`, no read;");
+    println!(
+        "* raw insert: sqlx `BEGIN; INSERT INTO raw_events (13 columns) VALUES (...); COMMIT`, no read;"
+    );
     println!("  `raw_events` is `CREATE TABLE raw_events (LIKE eventfold_events INCLUDING ALL)`.");
-    println!("* raw load+insert: sqlx `BEGIN; SELECT` the stream's rows ordered by version (the columns the");
+    println!(
+        "* raw load+insert: sqlx `BEGIN; SELECT` the stream's rows ordered by version (the columns the"
+    );
     println!("  library reads), fold their JSON payloads, `INSERT` the next version`; COMMIT`.");
-    println!("* each writer cycles over its own {AGGREGATES_PER_WRITER} aggregates; events per stream at the end:");
+    println!(
+        "* each writer cycles over its own {AGGREGATES_PER_WRITER} aggregates; events per stream at the end:"
+    );
     for r in commands {
         println!(
             "  {} writer(s): library {:.0}, raw insert {:.0}, raw load+insert {:.0}",
@@ -701,11 +783,21 @@ fn report(
     println!("| writers | library `EventStore::append` | raw `UNNEST` insert | library / raw |");
     println!("|---:|---:|---:|---:|");
     for r in appends {
-        println!("| {} | {:.0} | {:.0} | {:.2} |", r.writers, r.lib, r.raw, r.lib / r.raw);
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2} |",
+            r.writers,
+            r.lib,
+            r.raw,
+            r.lib / r.raw
+        );
     }
     println!();
-    println!("* library: `store.append(&fresh_stream, ExpectedVersion::Exact(0), 100 events)` (its own transaction).");
-    println!("* raw: sqlx `BEGIN; INSERT INTO raw_events ... SELECT FROM UNNEST(11 arrays)` of 100 rows `; COMMIT`.");
+    println!(
+        "* library: `store.append(&fresh_stream, ExpectedVersion::Exact(0), 100 events)` (its own transaction)."
+    );
+    println!(
+        "* raw: sqlx `BEGIN; INSERT INTO raw_events ... SELECT FROM UNNEST(11 arrays)` of 100 rows `; COMMIT`."
+    );
     println!();
     println!(
         "Setup: PostgreSQL {server}, fsync = {fsync}, synchronous_commit = {sync_commit}; pool of {POOL_SIZE} \
@@ -713,7 +805,9 @@ fn report(
          0.5 s warm-up before each half.",
         options.seconds
     );
-    let target_met = commands.iter().all(|r| r.lib / r.raw_insert >= TARGET_RATIO);
+    let target_met = commands
+        .iter()
+        .all(|r| r.lib / r.raw_insert >= TARGET_RATIO);
     println!(
         "Target: library / raw insert ≥ {TARGET_RATIO:.2} at every concurrency: {}.",
         if target_met { "met" } else { "NOT met" }
@@ -755,8 +849,9 @@ fn report(
 async fn run() -> Result<()> {
     let options = parse_args()?;
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
-    let admin = PgConnectOptions::from_str(&url).map_err(|e| format!("DATABASE_URL `{url}`: {e}"))?;
-    let db = format!("eventfold_bench_{}", Uuid::new_v4().simple());
+    let admin =
+        PgConnectOptions::from_str(&url).map_err(|e| format!("DATABASE_URL `{url}`: {e}"))?;
+    let db = format!("eventfold_bench_{}", Uuid::now_v7().simple());
     let mut conn = admin
         .connect()
         .await

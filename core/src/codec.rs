@@ -56,7 +56,10 @@ pub mod json {
     /// let bytes = eventfold_core::codec::json::encode("order.placed", &serde_json::json!({"a": 1})).unwrap();
     /// assert_eq!(bytes, br#"{"a":1}"#);
     /// ```
-    pub fn encode<T: Serialize + ?Sized>(event_type: &str, value: &T) -> Result<Vec<u8>, CodecError> {
+    pub fn encode<T: Serialize + ?Sized>(
+        event_type: &str,
+        value: &T,
+    ) -> Result<Vec<u8>, CodecError> {
         serde_json::to_vec(value).map_err(|e| CodecError::Encode {
             event_type: event_type.to_owned(),
             codec: "json",

@@ -18,8 +18,8 @@ pub struct DecodeError {
     pub event_id: Uuid,
     /// The event's version in its stream.
     pub stream_version: u64,
-    /// What went wrong.
-    pub kind: DecodeErrorKind,
+    /// What went wrong (boxed to keep `Result`s small).
+    pub kind: Box<DecodeErrorKind>,
 }
 
 /// What went wrong when decoding a stored event.
@@ -43,7 +43,9 @@ pub enum DecodeErrorKind {
         known: u32,
     },
     /// An older schema version has no upcaster.
-    #[error("`{event_type}` has schema version {stored} but no upcaster from it (current is {known})")]
+    #[error(
+        "`{event_type}` has schema version {stored} but no upcaster from it (current is {known})"
+    )]
     MissingUpcaster {
         /// The type name.
         event_type: String,

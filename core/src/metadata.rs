@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SubsecRound, Utc};
 use uuid::Uuid;
 
-use crate::event::Event;
 use crate::codec::CodecError;
+use crate::event::Event;
 use crate::stream::StreamId;
 
 /// Free-form string headers (for example W3C trace context: `traceparent`).

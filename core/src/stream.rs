@@ -63,10 +63,9 @@ impl StreamId {
                 stream_type.len()
             )));
         }
-        let valid_type = stream_type
-            .bytes()
-            .enumerate()
-            .all(|(i, b)| b.is_ascii_lowercase() || (i > 0 && (b.is_ascii_digit() || b"_.-".contains(&b))));
+        let valid_type = stream_type.bytes().enumerate().all(|(i, b)| {
+            b.is_ascii_lowercase() || (i > 0 && (b.is_ascii_digit() || b"_.-".contains(&b)))
+        });
         if !valid_type {
             return Err(fail(
                 "stream type must be lowercase ASCII letters, digits, `_`, `.` or `-`, starting with a letter"
@@ -81,7 +80,9 @@ impl StreamId {
             )));
         }
         if id.chars().any(char::is_control) {
-            return Err(fail("aggregate id must not contain control characters".to_owned()));
+            return Err(fail(
+                "aggregate id must not contain control characters".to_owned(),
+            ));
         }
         Ok(Self { stream_type, id })
     }

@@ -113,7 +113,9 @@ impl<A: Aggregate> When<A> {
         A::Error: PartialEq + Debug,
     {
         match self.result {
-            Ok(events) => panic!("expected error {expected:?}, but the command produced {events:?}"),
+            Ok(events) => {
+                panic!("expected error {expected:?}, but the command produced {events:?}")
+            }
             Err(e) => assert_eq!(e, expected, "the command failed with another error"),
         }
     }
@@ -126,7 +128,11 @@ impl<A: Aggregate> When<A> {
     {
         match self.result {
             Ok(events) => panic!("expected error `{message}`, but the command produced {events:?}"),
-            Err(e) => assert_eq!(e.to_string(), message, "the command failed with another error"),
+            Err(e) => assert_eq!(
+                e.to_string(),
+                message,
+                "the command failed with another error"
+            ),
         }
     }
 

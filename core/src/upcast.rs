@@ -79,7 +79,8 @@ impl Upcasters {
         from_version: u32,
         f: impl Fn(UpcastStep) -> Result<UpcastStep, BoxError> + Send + Sync + 'static,
     ) -> Self {
-        self.steps.insert((event_type.into(), from_version), Arc::new(f));
+        self.steps
+            .insert((event_type.into(), from_version), Arc::new(f));
         self
     }
 
@@ -169,7 +170,9 @@ impl Upcasters {
                         source,
                     })?;
                     if next.event_type == from_type && next.schema_version <= from {
-                        return Err(DecodeErrorKind::UpcastLoop { event_type: from_type });
+                        return Err(DecodeErrorKind::UpcastLoop {
+                            event_type: from_type,
+                        });
                     }
                     step = next;
                 }
@@ -187,7 +190,9 @@ impl Upcasters {
                 }
             }
         }
-        Err(DecodeErrorKind::UpcastLoop { event_type: event_type.to_owned() })
+        Err(DecodeErrorKind::UpcastLoop {
+            event_type: event_type.to_owned(),
+        })
     }
 }
 
@@ -202,7 +207,7 @@ pub fn decode_event<E: Event>(
         stream_id: recorded.stream_id.clone(),
         event_id: recorded.event_id,
         stream_version: recorded.stream_version,
-        kind,
+        kind: Box::new(kind),
     };
     // Fast path: the stored version is the current one.
     if E::current_version(&recorded.event_type) == Some(recorded.schema_version) {

@@ -11,8 +11,8 @@
 //! ```
 
 use eventfold_core::{
-    Aggregate, CodecError, CommandMetadata, DecodeErrorKind, Event, EventTypeInfo, Headers, NewEvent,
-    StreamId, Upcasters,
+    Aggregate, CodecError, CommandMetadata, DecodeErrorKind, Event, EventTypeInfo, Headers,
+    NewEvent, StreamId, Upcasters,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -109,7 +109,9 @@ impl Event for TallyEvent {
 
     fn encode(&self) -> Result<Vec<u8>, CodecError> {
         match self {
-            TallyEvent::Added { n } => eventfold_core::codec::json::encode("tally.added", &AddedPayload { n: *n }),
+            TallyEvent::Added { n } => {
+                eventfold_core::codec::json::encode("tally.added", &AddedPayload { n: *n })
+            }
             TallyEvent::Reset => Ok(b"{}".to_vec()),
         }
     }
@@ -163,7 +165,9 @@ impl Aggregate for Tally {
         match command {
             TallyCommand::Add(n) if self.total + n > 1000 => Err(OverCap),
             TallyCommand::Add(n) => Ok(vec![TallyEvent::Added { n: *n }]),
-            TallyCommand::AddMany(ns) => Ok(ns.iter().map(|n| TallyEvent::Added { n: *n }).collect()),
+            TallyCommand::AddMany(ns) => {
+                Ok(ns.iter().map(|n| TallyEvent::Added { n: *n }).collect())
+            }
             TallyCommand::Reset => Ok(vec![TallyEvent::Reset]),
         }
     }
@@ -185,8 +189,16 @@ fn added(n: u64) -> NewEvent {
     NewEvent::raw("tally.added", 2, format!(r#"{{"n":{n}}}"#).into_bytes())
 }
 
-async fn append_ok<S: EventStore>(store: &S, id: &StreamId, expected: ExpectedVersion, events: Vec<NewEvent>) {
-    store.append(id, expected, events).await.expect("append should succeed");
+async fn append_ok<S: EventStore>(
+    store: &S,
+    id: &StreamId,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) {
+    store
+        .append(id, expected, events)
+        .await
+        .expect("append should succeed");
 }
 
 /// Every metadata field survives an append and a read.
@@ -202,9 +214,14 @@ pub async fn append_and_read_round_trip_keeps_all_metadata<S: EventStore>(store:
         .tenant("acme")
         .header("traceparent", "00-abc-def-01");
     let first = NewEvent::encode(&TallyEvent::Added { n: 7 }, "svc-a", &meta).expect("encodes");
-    let second = NewEvent::encode(&TallyEvent::Reset, "svc-a", &CommandMetadata::new()).expect("encodes");
+    let second =
+        NewEvent::encode(&TallyEvent::Reset, "svc-a", &CommandMetadata::new()).expect("encodes");
     let result = store
-        .append(&id, ExpectedVersion::NoStream, vec![first.clone(), second.clone()])
+        .append(
+            &id,
+            ExpectedVersion::NoStream,
+            vec![first.clone(), second.clone()],
+        )
         .await
         .expect("append");
     assert_eq!((result.previous_version, result.version), (0, 2));
@@ -213,14 +230,24 @@ pub async fn append_and_read_round_trip_keeps_all_metadata<S: EventStore>(store:
     assert_eq!(read.len(), 2);
     let expected_first = first.into_recorded(id.clone(), 1, result.positions[0]);
     let expected_second = second.into_recorded(id.clone(), 2, result.positions[1]);
-    assert_eq!(read[0], expected_first, "first event differs after a round trip");
-    assert_eq!(read[1], expected_second, "second event differs after a round trip");
+    assert_eq!(
+        read[0], expected_first,
+        "first event differs after a round trip"
+    );
+    assert_eq!(
+        read[1], expected_second,
+        "second event differs after a round trip"
+    );
     assert_eq!(read[0].headers, headers);
     assert_eq!(read[0].correlation_id, correlation);
     assert_eq!(read[0].causation_id, Some(cause));
     assert_eq!(read[0].tenant_id.as_deref(), Some("acme"));
     assert_eq!(read[0].source, "svc-a");
-    assert_eq!(read[0].event_id.get_version_num(), 7, "event ids are UUID v7");
+    assert_eq!(
+        read[0].event_id.get_version_num(),
+        7,
+        "event ids are UUID v7"
+    );
     assert_eq!(store.stream_version(&id).await.expect("version"), 2);
 }
 
@@ -228,21 +255,61 @@ pub async fn append_and_read_round_trip_keeps_all_metadata<S: EventStore>(store:
 pub async fn expected_version_rules<S: EventStore>(store: S) {
     let id = stream("rules");
     // Exact(3) on a missing stream must not create a gap.
-    let err = store.append(&id, ExpectedVersion::Exact(3), vec![added(1)]).await.unwrap_err();
+    let err = store
+        .append(&id, ExpectedVersion::Exact(3), vec![added(1)])
+        .await
+        .unwrap_err();
     assert!(
-        matches!(err, StoreError::VersionConflict { actual: Some(0), .. }),
+        matches!(
+            err,
+            StoreError::VersionConflict {
+                actual: Some(0),
+                ..
+            }
+        ),
         "expected a conflict at version 0, got {err:?}"
     );
     append_ok(&store, &id, ExpectedVersion::Exact(0), vec![added(1)]).await;
-    let err = store.append(&id, ExpectedVersion::NoStream, vec![added(1)]).await.unwrap_err();
-    assert!(matches!(err, StoreError::VersionConflict { actual: Some(1), .. }), "{err:?}");
-    assert!(err.to_string().contains("tally-rules"), "the error names the stream: {err}");
-    let err = store.append(&id, ExpectedVersion::Exact(5), vec![added(1)]).await.unwrap_err();
+    let err = store
+        .append(&id, ExpectedVersion::NoStream, vec![added(1)])
+        .await
+        .unwrap_err();
     assert!(
-        matches!(err, StoreError::VersionConflict { expected: ExpectedVersion::Exact(5), actual: Some(1), .. }),
+        matches!(
+            err,
+            StoreError::VersionConflict {
+                actual: Some(1),
+                ..
+            }
+        ),
         "{err:?}"
     );
-    append_ok(&store, &id, ExpectedVersion::Exact(1), vec![added(1), added(2)]).await;
+    assert!(
+        err.to_string().contains("tally-rules"),
+        "the error names the stream: {err}"
+    );
+    let err = store
+        .append(&id, ExpectedVersion::Exact(5), vec![added(1)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::VersionConflict {
+                expected: ExpectedVersion::Exact(5),
+                actual: Some(1),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    append_ok(
+        &store,
+        &id,
+        ExpectedVersion::Exact(1),
+        vec![added(1), added(2)],
+    )
+    .await;
     append_ok(&store, &id, ExpectedVersion::Any, vec![added(3)]).await;
     assert_eq!(store.stream_version(&id).await.expect("version"), 4);
     let versions: Vec<u64> = store
@@ -261,12 +328,18 @@ pub async fn expected_version_rules<S: EventStore>(store: S) {
 /// An empty append is a typed error.
 pub async fn empty_append_is_refused<S: EventStore>(store: S) {
     let id = stream("empty");
-    let err = store.append(&id, ExpectedVersion::Any, vec![]).await.unwrap_err();
+    let err = store
+        .append(&id, ExpectedVersion::Any, vec![])
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::EmptyAppend { .. }), "{err:?}");
     assert!(err.to_string().contains("tally-empty"));
     let mut bad = added(1);
     bad.schema_version = 0;
-    let err = store.append(&id, ExpectedVersion::Any, vec![bad]).await.unwrap_err();
+    let err = store
+        .append(&id, ExpectedVersion::Any, vec![bad])
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::InvalidEvent { .. }), "{err:?}");
     assert_eq!(store.stream_version(&id).await.expect("version"), 0);
 }
@@ -283,33 +356,68 @@ pub async fn duplicate_event_id_is_refused_and_nothing_is_written<S: EventStore>
         .await
         .unwrap_err();
     match err {
-        StoreError::DuplicateEventId { event_id, stream_id } => {
+        StoreError::DuplicateEventId {
+            event_id,
+            stream_id,
+        } => {
             assert_eq!(event_id, dup_id);
             assert_eq!(stream_id, b);
         }
         other => panic!("expected DuplicateEventId, got {other:?}"),
     }
-    assert_eq!(store.stream_version(&b).await.expect("version"), 0, "half an append was written");
+    assert_eq!(
+        store.stream_version(&b).await.expect("version"),
+        0,
+        "half an append was written"
+    );
 }
 
 /// Reading from a version with a limit.
 pub async fn read_stream_from_version_with_limit<S: EventStore>(store: S) {
     let id = stream("paged");
-    append_ok(&store, &id, ExpectedVersion::NoStream, (1..=10).map(added).collect()).await;
+    append_ok(
+        &store,
+        &id,
+        ExpectedVersion::NoStream,
+        (1..=10).map(added).collect(),
+    )
+    .await;
     let page = store.read_stream(&id, 4, 3).await.expect("read");
     let versions: Vec<u64> = page.iter().map(|e| e.stream_version).collect();
     assert_eq!(versions, vec![4, 5, 6]);
-    assert!(store.read_stream(&id, 11, 10).await.expect("read").is_empty());
-    assert!(store.read_stream(&stream("missing"), 1, 10).await.expect("read").is_empty());
-    assert_eq!(store.stream_version(&stream("missing")).await.expect("version"), 0);
+    assert!(
+        store
+            .read_stream(&id, 11, 10)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert!(
+        store
+            .read_stream(&stream("missing"), 1, 10)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .stream_version(&stream("missing"))
+            .await
+            .expect("version"),
+        0
+    );
 }
 
 /// A unit of work reads what it wrote before committing; others do not.
 pub async fn unit_of_work_sees_its_own_writes<S: EventStore>(store: S) {
     let id = stream("own");
     let mut uow = store.begin().await.expect("begin");
-    uow.append(&id, ExpectedVersion::NoStream, vec![added(1)]).await.expect("append");
-    uow.append(&id, ExpectedVersion::Exact(1), vec![added(2)]).await.expect("second append");
+    uow.append(&id, ExpectedVersion::NoStream, vec![added(1)])
+        .await
+        .expect("append");
+    uow.append(&id, ExpectedVersion::Exact(1), vec![added(2)])
+        .await
+        .expect("second append");
     assert_eq!(uow.stream_version(&id).await.expect("version"), 2);
     assert_eq!(uow.read_stream(&id, 1, 100).await.expect("read").len(), 2);
     uow.commit().await.expect("commit");
@@ -321,7 +429,9 @@ pub async fn rollback_leaves_nothing_behind<S: EventStore>(store: S) {
     let id = stream("rolled");
     let command_id = Uuid::now_v7();
     let mut uow = store.begin().await.expect("begin");
-    uow.append(&id, ExpectedVersion::NoStream, vec![added(1), added(2)]).await.expect("append");
+    uow.append(&id, ExpectedVersion::NoStream, vec![added(1), added(2)])
+        .await
+        .expect("append");
     uow.save_snapshot(Snapshot {
         stream_id: id.clone(),
         version: 2,
@@ -344,9 +454,21 @@ pub async fn rollback_leaves_nothing_behind<S: EventStore>(store: S) {
     assert!(recorded);
     uow.rollback().await.expect("rollback");
     assert_eq!(store.stream_version(&id).await.expect("version"), 0);
-    assert!(store.read_stream(&id, 1, 10).await.expect("read").is_empty());
+    assert!(
+        store
+            .read_stream(&id, 1, 10)
+            .await
+            .expect("read")
+            .is_empty()
+    );
     assert!(store.load_snapshot(&id).await.expect("snapshot").is_none());
-    assert!(store.find_command(command_id).await.expect("command").is_none());
+    assert!(
+        store
+            .find_command(command_id)
+            .await
+            .expect("command")
+            .is_none()
+    );
     // The stream can still be created afterwards.
     append_ok(&store, &id, ExpectedVersion::NoStream, vec![added(3)]).await;
 }
@@ -356,7 +478,9 @@ pub async fn dropped_unit_of_work_rolls_back<S: EventStore>(store: S) {
     let id = stream("dropped");
     {
         let mut uow = store.begin().await.expect("begin");
-        uow.append(&id, ExpectedVersion::NoStream, vec![added(1)]).await.expect("append");
+        uow.append(&id, ExpectedVersion::NoStream, vec![added(1)])
+            .await
+            .expect("append");
     }
     // Give a pooled connection time to be returned and rolled back.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -380,7 +504,11 @@ pub async fn snapshots_keep_the_latest<S: EventStore>(store: S) {
         uow.save_snapshot(snap(version)).await.expect("save");
         uow.commit().await.expect("commit");
     }
-    let latest = store.load_snapshot(&id).await.expect("load").expect("a snapshot");
+    let latest = store
+        .load_snapshot(&id)
+        .await
+        .expect("load")
+        .expect("a snapshot");
     assert_eq!(latest.version, 10);
     assert_eq!(latest.snapshot_version, 3);
     assert_eq!(latest.state, b"state-10");
@@ -391,10 +519,19 @@ pub async fn repository_snapshot_plus_tail_equals_full_replay<S: EventStore>(sto
     let with = Repository::<Tally, _>::new(store.clone()).with_snapshots(3);
     let without = Repository::<Tally, _>::new(store.clone());
     for n in 1..=10 {
-        with.execute("s", &TallyCommand::Add(n), CommandMetadata::new()).await.expect("execute");
+        with.execute("s", &TallyCommand::Add(n), CommandMetadata::new())
+            .await
+            .expect("execute");
     }
-    let snapshot = store.load_snapshot(&stream("s")).await.expect("load").expect("snapshot taken");
-    assert_eq!(snapshot.version, 9, "a snapshot every 3 events, the last at 9");
+    let snapshot = store
+        .load_snapshot(&stream("s"))
+        .await
+        .expect("load")
+        .expect("snapshot taken");
+    assert_eq!(
+        snapshot.version, 9,
+        "a snapshot every 3 events, the last at 9"
+    );
     let from_snapshot = with.load("s").await.expect("load");
     let replayed = without.load("s").await.expect("load");
     assert_eq!(from_snapshot.version, 10);
@@ -406,9 +543,13 @@ pub async fn repository_snapshot_plus_tail_equals_full_replay<S: EventStore>(sto
 /// ignored, and the stream is replayed.
 pub async fn snapshot_with_another_version_is_ignored<S: EventStore>(store: S) {
     let repo = Repository::<Tally, _>::new(store.clone()).with_snapshots(100);
-    repo.execute("sv", &TallyCommand::AddMany(vec![1, 2, 3]), CommandMetadata::new())
-        .await
-        .expect("execute");
+    repo.execute(
+        "sv",
+        &TallyCommand::AddMany(vec![1, 2, 3]),
+        CommandMetadata::new(),
+    )
+    .await
+    .expect("execute");
     let mut uow = store.begin().await.expect("begin");
     uow.save_snapshot(Snapshot {
         stream_id: stream("sv"),
@@ -454,24 +595,57 @@ pub async fn upcasting_on_read<S: EventStore>(store: S) {
 /// Unknown types, newer schemas and bad payloads are typed errors naming stream and event.
 pub async fn decode_errors_name_stream_and_event<S: EventStore>(store: S) {
     let repo = Repository::<Tally, _>::new(store.clone());
-    let cases: [(&str, NewEvent, fn(&DecodeErrorKind) -> bool); 4] = [
-        ("unknown", NewEvent::raw("tally.exploded", 1, b"{}".to_vec()), |k| {
-            matches!(k, DecodeErrorKind::UnknownEventType { event_type } if event_type == "tally.exploded")
-        }),
-        ("newer", NewEvent::raw("tally.added", 3, br#"{"n":1}"#.to_vec()), |k| {
-            matches!(k, DecodeErrorKind::SchemaTooNew { stored: 3, known: 2, .. })
-        }),
-        ("older", NewEvent::raw("tally.added", 1, br#"{"amount":1}"#.to_vec()), |k| {
-            matches!(k, DecodeErrorKind::MissingUpcaster { stored: 1, known: 2, .. })
-        }),
-        ("garbled", NewEvent::raw("tally.added", 2, b"not json".to_vec()), |k| {
-            matches!(k, DecodeErrorKind::Payload(CodecError::Decode { .. }))
-        }),
+    type Case = (&'static str, NewEvent, fn(&DecodeErrorKind) -> bool);
+    let cases: [Case; 4] = [
+        (
+            "unknown",
+            NewEvent::raw("tally.exploded", 1, b"{}".to_vec()),
+            |k| matches!(k, DecodeErrorKind::UnknownEventType { event_type } if event_type == "tally.exploded"),
+        ),
+        (
+            "newer",
+            NewEvent::raw("tally.added", 3, br#"{"n":1}"#.to_vec()),
+            |k| {
+                matches!(
+                    k,
+                    DecodeErrorKind::SchemaTooNew {
+                        stored: 3,
+                        known: 2,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "older",
+            NewEvent::raw("tally.added", 1, br#"{"amount":1}"#.to_vec()),
+            |k| {
+                matches!(
+                    k,
+                    DecodeErrorKind::MissingUpcaster {
+                        stored: 1,
+                        known: 2,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "garbled",
+            NewEvent::raw("tally.added", 2, b"not json".to_vec()),
+            |k| matches!(k, DecodeErrorKind::Payload(CodecError::Decode { .. })),
+        ),
     ];
     for (name, event, check) in cases {
         let id = stream(name);
         let event_id = event.event_id;
-        append_ok(&store, &id, ExpectedVersion::NoStream, vec![added(1), event]).await;
+        append_ok(
+            &store,
+            &id,
+            ExpectedVersion::NoStream,
+            vec![added(1), event],
+        )
+        .await;
         let err = repo.load(name).await.expect_err("loading must fail");
         match &err {
             StoreError::Decode(e) => {
@@ -480,7 +654,10 @@ pub async fn decode_errors_name_stream_and_event<S: EventStore>(store: S) {
                 assert_eq!(e.stream_version, 2);
                 assert!(check(&e.kind), "{name}: unexpected kind {:?}", e.kind);
                 let message = err.to_string();
-                assert!(message.contains(&event_id.to_string()) && message.contains(&id.to_string()), "{message}");
+                assert!(
+                    message.contains(&event_id.to_string()) && message.contains(&id.to_string()),
+                    "{message}"
+                );
             }
             other => panic!("{name}: expected a decode error, got {other:?}"),
         }
@@ -489,7 +666,10 @@ pub async fn decode_errors_name_stream_and_event<S: EventStore>(store: S) {
             .execute(name, &TallyCommand::Add(1), CommandMetadata::new())
             .await
             .expect_err("must fail");
-        assert!(matches!(err, ExecuteError::Store(StoreError::Decode(_))), "{err:?}");
+        assert!(
+            matches!(err, ExecuteError::Store(StoreError::Decode(_))),
+            "{err:?}"
+        );
         assert_eq!(store.stream_version(&id).await.expect("version"), 2);
     }
 }
@@ -503,7 +683,9 @@ pub async fn idempotent_commands_append_once<S: EventStore>(store: S) {
         .execute("idem", &TallyCommand::AddMany(vec![1, 2]), meta.clone())
         .await
         .expect("first");
-    repo.execute("idem", &TallyCommand::Add(10), CommandMetadata::new()).await.expect("other");
+    repo.execute("idem", &TallyCommand::Add(10), CommandMetadata::new())
+        .await
+        .expect("other");
     let again = repo
         .execute("idem", &TallyCommand::AddMany(vec![1, 2]), meta)
         .await
@@ -511,14 +693,32 @@ pub async fn idempotent_commands_append_once<S: EventStore>(store: S) {
     assert!(!first.deduplicated);
     assert!(again.deduplicated);
     assert_eq!(again.version, first.version);
-    assert_eq!(again.state, first.state, "the state right after the first execution");
-    let ids = |e: &[eventfold_core::Envelope<TallyEvent>]| e.iter().map(|e| e.event_id).collect::<Vec<_>>();
+    assert_eq!(
+        again.state, first.state,
+        "the state right after the first execution"
+    );
+    let ids = |e: &[eventfold_core::Envelope<TallyEvent>]| {
+        e.iter().map(|e| e.event_id).collect::<Vec<_>>()
+    };
     assert_eq!(ids(&again.events), ids(&first.events));
     assert_eq!(again.events[1].payload, TallyEvent::Added { n: 2 });
-    assert_eq!(store.stream_version(&stream("idem")).await.expect("version"), 3);
-    let record = store.find_command(command_id).await.expect("find").expect("recorded");
+    assert_eq!(
+        store
+            .stream_version(&stream("idem"))
+            .await
+            .expect("version"),
+        3
+    );
+    let record = store
+        .find_command(command_id)
+        .await
+        .expect("find")
+        .expect("recorded");
     assert_eq!((record.version_before, record.version_after), (0, 2));
-    assert_eq!(first.events[0].correlation_id, command_id, "correlation defaults to the command id");
+    assert_eq!(
+        first.events[0].correlation_id, command_id,
+        "correlation defaults to the command id"
+    );
     assert_eq!(first.events[0].causation_id, Some(command_id));
 }
 
@@ -526,19 +726,39 @@ pub async fn idempotent_commands_append_once<S: EventStore>(store: S) {
 pub async fn command_id_reused_on_another_stream_is_refused<S: EventStore>(store: S) {
     let repo = Repository::<Tally, _>::new(store.clone());
     let meta = CommandMetadata::new().command_id(Uuid::now_v7());
-    repo.execute("one", &TallyCommand::Add(1), meta.clone()).await.expect("first");
-    let err = repo.execute("two", &TallyCommand::Add(1), meta).await.expect_err("reuse");
-    assert!(matches!(err, ExecuteError::Store(StoreError::CommandIdReused { .. })), "{err:?}");
-    assert_eq!(store.stream_version(&stream("two")).await.expect("version"), 0);
+    repo.execute("one", &TallyCommand::Add(1), meta.clone())
+        .await
+        .expect("first");
+    let err = repo
+        .execute("two", &TallyCommand::Add(1), meta)
+        .await
+        .expect_err("reuse");
+    assert!(
+        matches!(err, ExecuteError::Store(StoreError::CommandIdReused { .. })),
+        "{err:?}"
+    );
+    assert_eq!(
+        store.stream_version(&stream("two")).await.expect("version"),
+        0
+    );
 }
 
 /// A stream changed between load and append is a conflict; with attempts left it is retried.
 pub async fn repository_reports_conflicts_and_retries<S: EventStore>(store: S) {
     let repo = Repository::<Tally, _>::new(store.clone()).with_max_attempts(1);
-    repo.execute("race", &TallyCommand::Add(1), CommandMetadata::new()).await.expect("first");
+    repo.execute("race", &TallyCommand::Add(1), CommandMetadata::new())
+        .await
+        .expect("first");
     // Two units of work load version 1; the second to append loses.
     let mut a = store.begin().await.expect("begin");
-    let outcome_a = repo.execute_in(&mut a, "race", &TallyCommand::Add(2), CommandMetadata::new()).await;
+    let outcome_a = repo
+        .execute_in(
+            &mut a,
+            "race",
+            &TallyCommand::Add(2),
+            CommandMetadata::new(),
+        )
+        .await;
     assert!(outcome_a.is_ok());
     a.commit().await.expect("commit a");
     let mut b = store.begin().await.expect("begin");
@@ -553,7 +773,10 @@ pub async fn repository_reports_conflicts_and_retries<S: EventStore>(store: S) {
     assert!(err.is_conflict());
     assert_eq!(repo.load("race").await.expect("load").state.total, 3);
     let retrying = Repository::<Tally, _>::new(store.clone()).with_max_attempts(5);
-    let done = retrying.execute("race", &TallyCommand::Add(4), CommandMetadata::new()).await.expect("retry");
+    let done = retrying
+        .execute("race", &TallyCommand::Add(4), CommandMetadata::new())
+        .await
+        .expect("retry");
     assert_eq!(done.state.total, 7);
     assert_eq!(done.version, 3);
 }
@@ -561,9 +784,15 @@ pub async fn repository_reports_conflicts_and_retries<S: EventStore>(store: S) {
 /// A domain error is returned as `Rejected` and nothing is written.
 pub async fn rejected_command_writes_nothing<S: EventStore>(store: S) {
     let repo = Repository::<Tally, _>::new(store.clone());
-    repo.execute("cap", &TallyCommand::Add(1000), CommandMetadata::new()).await.expect("fits");
+    repo.execute("cap", &TallyCommand::Add(1000), CommandMetadata::new())
+        .await
+        .expect("fits");
     let err = repo
-        .execute("cap", &TallyCommand::Add(1), CommandMetadata::new().command_id(Uuid::now_v7()))
+        .execute(
+            "cap",
+            &TallyCommand::Add(1),
+            CommandMetadata::new().command_id(Uuid::now_v7()),
+        )
         .await
         .expect_err("over the cap");
     match err {
@@ -573,7 +802,10 @@ pub async fn rejected_command_writes_nothing<S: EventStore>(store: S) {
         }
         other => panic!("expected Rejected, got {other:?}"),
     }
-    assert_eq!(store.stream_version(&stream("cap")).await.expect("version"), 1);
+    assert_eq!(
+        store.stream_version(&stream("cap")).await.expect("version"),
+        1
+    );
 }
 
 /// Global positions grow with every append, across streams.
@@ -581,7 +813,10 @@ pub async fn global_positions_increase<S: EventStore>(store: S) {
     let mut last = 0;
     for i in 0..5 {
         let id = stream(&format!("pos-{}", i % 2));
-        let result = store.append(&id, ExpectedVersion::Any, vec![added(1), added(2)]).await.expect("append");
+        let result = store
+            .append(&id, ExpectedVersion::Any, vec![added(1), added(2)])
+            .await
+            .expect("append");
         for p in result.positions {
             assert!(p > last, "position {p} after {last}");
             last = p;

@@ -32,10 +32,10 @@ pub mod store;
 pub mod contract;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-#[cfg(feature = "sqlite")]
-pub mod sqlite;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod sql;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 pub use error::{ExecuteError, ExpectedVersion, StoreError};
 pub use naming::Naming;

@@ -32,7 +32,9 @@ use eventfold_core::{NewEvent, RecordedEvent, StreamId};
 use uuid::Uuid;
 
 use crate::error::{ExpectedVersion, StoreError};
-use crate::store::{AppendResult, CommandRecord, EventStore, Snapshot, UnitOfWork, validate_append};
+use crate::store::{
+    AppendResult, CommandRecord, EventStore, Snapshot, UnitOfWork, validate_append,
+};
 
 #[derive(Default)]
 struct State {
@@ -82,7 +84,9 @@ impl Default for MemoryStore {
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryStore").field("source", &self.source).finish_non_exhaustive()
+        f.debug_struct("MemoryStore")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
     }
 }
 
@@ -107,7 +111,10 @@ impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave `State` half-updated: every update is
         // computed first and applied without panicking, so a poisoned lock is still consistent.
-        self.inner.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Number of committed events in the whole store.
@@ -137,7 +144,10 @@ pub struct MemoryUnitOfWork {
 
 impl MemoryUnitOfWork {
     fn staged(&self, stream_id: &StreamId) -> Option<&StagedStream> {
-        self.streams.iter().find(|(s, _)| s == stream_id).map(|(_, staged)| staged)
+        self.streams
+            .iter()
+            .find(|(s, _)| s == stream_id)
+            .map(|(_, staged)| staged)
     }
 }
 
@@ -168,7 +178,10 @@ impl UnitOfWork for MemoryUnitOfWork {
                 .streams
                 .iter()
                 .any(|(_, s)| s.events.iter().any(|e| e.event_id == event.event_id));
-            if state.event_ids.contains(&event.event_id) || staged_dup || !seen.insert(event.event_id) {
+            if state.event_ids.contains(&event.event_id)
+                || staged_dup
+                || !seen.insert(event.event_id)
+            {
                 return Err(StoreError::DuplicateEventId {
                     stream_id: stream_id.clone(),
                     event_id: event.event_id,
@@ -177,11 +190,17 @@ impl UnitOfWork for MemoryUnitOfWork {
         }
         drop(state);
         let count = events.len() as u64;
-        let first = self.store.inner.next_position.fetch_add(count, Ordering::SeqCst);
+        let first = self
+            .store
+            .inner
+            .next_position
+            .fetch_add(count, Ordering::SeqCst);
         let recorded: Vec<_> = events
             .into_iter()
             .enumerate()
-            .map(|(i, e)| e.into_recorded(stream_id.clone(), current + 1 + i as u64, first + i as u64))
+            .map(|(i, e)| {
+                e.into_recorded(stream_id.clone(), current + 1 + i as u64, first + i as u64)
+            })
             .collect();
         let positions = recorded.iter().map(|e| e.global_position).collect();
         let any = expected == ExpectedVersion::Any;
@@ -215,7 +234,13 @@ impl UnitOfWork for MemoryUnitOfWork {
         let mut events = self.store.lock().read(stream_id, from_version, u64::MAX);
         if let Some(staged) = self.staged(stream_id) {
             events.retain(|e| e.stream_version <= staged.base_version);
-            events.extend(staged.events.iter().filter(|e| e.stream_version >= from_version).cloned());
+            events.extend(
+                staged
+                    .events
+                    .iter()
+                    .filter(|e| e.stream_version >= from_version)
+                    .cloned(),
+            );
         }
         events.truncate(usize::try_from(max_count).unwrap_or(usize::MAX));
         Ok(events)
@@ -228,8 +253,16 @@ impl UnitOfWork for MemoryUnitOfWork {
         })
     }
 
-    async fn load_snapshot(&mut self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
-        if let Some(s) = self.snapshots.iter().rev().find(|s| &s.stream_id == stream_id) {
+    async fn load_snapshot(
+        &mut self,
+        stream_id: &StreamId,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        if let Some(s) = self
+            .snapshots
+            .iter()
+            .rev()
+            .find(|s| &s.stream_id == stream_id)
+        {
             return Ok(Some(s.clone()));
         }
         Ok(self.store.lock().snapshots.get(stream_id).cloned())
@@ -240,7 +273,10 @@ impl UnitOfWork for MemoryUnitOfWork {
         Ok(())
     }
 
-    async fn find_command(&mut self, command_id: Uuid) -> Result<Option<CommandRecord>, StoreError> {
+    async fn find_command(
+        &mut self,
+        command_id: Uuid,
+    ) -> Result<Option<CommandRecord>, StoreError> {
         if let Some(c) = self.commands.iter().find(|c| c.command_id == command_id) {
             return Ok(Some(c.clone()));
         }
@@ -248,7 +284,10 @@ impl UnitOfWork for MemoryUnitOfWork {
     }
 
     async fn record_command(&mut self, record: CommandRecord) -> Result<bool, StoreError> {
-        let exists = self.commands.iter().any(|c| c.command_id == record.command_id)
+        let exists = self
+            .commands
+            .iter()
+            .any(|c| c.command_id == record.command_id)
             || self.store.lock().commands.contains_key(&record.command_id);
         if exists {
             return Ok(false);
@@ -273,14 +312,22 @@ impl UnitOfWork for MemoryUnitOfWork {
                 }
                 renumber.push((stream_id.clone(), now));
             }
-            if let Some(e) = staged.events.iter().find(|e| state.event_ids.contains(&e.event_id)) {
+            if let Some(e) = staged
+                .events
+                .iter()
+                .find(|e| state.event_ids.contains(&e.event_id))
+            {
                 return Err(StoreError::DuplicateEventId {
                     stream_id: stream_id.clone(),
                     event_id: e.event_id,
                 });
             }
         }
-        if let Some(c) = self.commands.iter().find(|c| state.commands.contains_key(&c.command_id)) {
+        if let Some(c) = self
+            .commands
+            .iter()
+            .find(|c| state.commands.contains_key(&c.command_id))
+        {
             return Err(StoreError::VersionConflict {
                 stream_id: c.stream_id.clone(),
                 expected: ExpectedVersion::Exact(c.version_before),
@@ -295,7 +342,11 @@ impl UnitOfWork for MemoryUnitOfWork {
             for (i, mut event) in staged.events.into_iter().enumerate() {
                 event.stream_version = base + 1 + i as u64;
                 state.event_ids.insert(event.event_id);
-                state.streams.entry(stream_id.clone()).or_default().push(event.global_position);
+                state
+                    .streams
+                    .entry(stream_id.clone())
+                    .or_default()
+                    .push(event.global_position);
                 state.log.insert(event.global_position, event);
             }
         }

@@ -44,13 +44,20 @@ fn validate(what: &'static str, value: &str, allow_empty: bool) -> Result<(), St
         })
     };
     if value.is_empty() {
-        return if allow_empty { Ok(()) } else { fail("it is empty") };
+        return if allow_empty {
+            Ok(())
+        } else {
+            fail("it is empty")
+        };
     }
     if value.len() > MAX_IDENTIFIER_LEN {
         return fail("it is longer than 40 bytes");
     }
     let mut bytes = value.bytes();
-    if !bytes.next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_') {
+    if !bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+    {
         return fail("it must start with a lowercase ASCII letter or `_`");
     }
     if !bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {

@@ -31,7 +31,6 @@
 
 use std::sync::Arc;
 
-
 use eventfold_core::{NewEvent, RecordedEvent, StreamId};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
@@ -40,7 +39,9 @@ use uuid::Uuid;
 use crate::error::{ExpectedVersion, StoreError};
 use crate::naming::Naming;
 use crate::sql::{self, EVENT_COLUMNS, EventRow, Migration, db_err, to_i64, to_u64};
-use crate::store::{AppendResult, CommandRecord, EventStore, Snapshot, UnitOfWork, validate_append};
+use crate::store::{
+    AppendResult, CommandRecord, EventStore, Snapshot, UnitOfWork, validate_append,
+};
 
 const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
@@ -273,9 +274,9 @@ impl PgStore {
              checksum BIGINT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
         );
         sqlx::query(&create_table)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err("creating the migration table", &table))?;
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("creating the migration table", &table))?;
         let select_applied = format!("SELECT version, checksum FROM {table} ORDER BY version");
         let applied: Vec<(i64, i64)> = sqlx::query_as(&select_applied)
             .fetch_all(&mut *tx)
@@ -300,7 +301,9 @@ impl PgStore {
                 .await
                 .map_err(db_err("recording a migration", &table))?;
         }
-        tx.commit().await.map_err(db_err("committing migrations", &table))
+        tx.commit()
+            .await
+            .map_err(db_err("committing migrations", &table))
     }
 }
 
@@ -319,10 +322,16 @@ async fn read_stream_on(
         .fetch_all(conn)
         .await
         .map_err(db_err("reading a stream", &sql.events))?;
-    rows.into_iter().map(|row| sql::recorded(stream_id, row, &sql.events)).collect()
+    rows.into_iter()
+        .map(|row| sql::recorded(stream_id, row, &sql.events))
+        .collect()
 }
 
-async fn version_on(conn: &mut PgConnection, sql: &Statements, stream_id: &StreamId) -> Result<u64, StoreError> {
+async fn version_on(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    stream_id: &StreamId,
+) -> Result<u64, StoreError> {
     let (v,): (i64,) = sqlx::query_as(&sql.max_version)
         .bind(stream_id.stream_type())
         .bind(stream_id.id())
@@ -332,23 +341,33 @@ async fn version_on(conn: &mut PgConnection, sql: &Statements, stream_id: &Strea
     to_u64(v, &sql.events, "stream version")
 }
 
-async fn snapshot_on(conn: &mut PgConnection, sql: &Statements, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+async fn snapshot_on(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    stream_id: &StreamId,
+) -> Result<Option<Snapshot>, StoreError> {
     let row: Option<sql::SnapshotRow> = sqlx::query_as(&sql.load_snapshot)
         .bind(stream_id.stream_type())
         .bind(stream_id.id())
         .fetch_optional(conn)
         .await
         .map_err(db_err("loading a snapshot", &sql.snapshots))?;
-    row.map(|row| sql::snapshot(stream_id, row, &sql.snapshots)).transpose()
+    row.map(|row| sql::snapshot(stream_id, row, &sql.snapshots))
+        .transpose()
 }
 
-async fn command_on(conn: &mut PgConnection, sql: &Statements, command_id: Uuid) -> Result<Option<CommandRecord>, StoreError> {
+async fn command_on(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    command_id: Uuid,
+) -> Result<Option<CommandRecord>, StoreError> {
     let row: Option<sql::CommandRow> = sqlx::query_as(&sql.find_command)
         .bind(command_id)
         .fetch_optional(conn)
         .await
         .map_err(db_err("looking up a command", &sql.commands))?;
-    row.map(|row| sql::command(command_id, row, &sql.commands)).transpose()
+    row.map(|row| sql::command(command_id, row, &sql.commands))
+        .transpose()
 }
 
 /// A unit of work of the [`PgStore`]: a READ COMMITTED transaction.
@@ -415,7 +434,13 @@ impl PgUnitOfWork {
             .await
     }
 
-    fn append_error(&self, e: sqlx::Error, stream_id: &StreamId, expected: ExpectedVersion, events: &[NewEvent]) -> StoreError {
+    fn append_error(
+        &self,
+        e: sqlx::Error,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> StoreError {
         match sql::unique_violation(&e) {
             Some(c) if c.ends_with("event_id_uq") => StoreError::DuplicateEventId {
                 stream_id: stream_id.clone(),
@@ -456,7 +481,10 @@ impl UnitOfWork for PgUnitOfWork {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         validate_append(stream_id, &events)?;
-        if let Some(e) = events.iter().find(|e| i32::try_from(e.schema_version).is_err()) {
+        if let Some(e) = events
+            .iter()
+            .find(|e| i32::try_from(e.schema_version).is_err())
+        {
             return Err(StoreError::InvalidEvent {
                 stream_id: stream_id.clone(),
                 event_id: e.event_id,
@@ -513,7 +541,11 @@ impl UnitOfWork for PgUnitOfWork {
         }
         let mut rows = rows;
         rows.sort_by_key(|(_, version)| *version);
-        let version = to_u64(rows.last().map_or(0, |r| r.1), &self.sql.events, "stream version")?;
+        let version = to_u64(
+            rows.last().map_or(0, |r| r.1),
+            &self.sql.events,
+            "stream version",
+        )?;
         let positions = rows
             .iter()
             .map(|(p, _)| to_u64(*p, &self.sql.events, "global position"))
@@ -538,7 +570,10 @@ impl UnitOfWork for PgUnitOfWork {
         version_on(&mut self.tx, &self.sql, stream_id).await
     }
 
-    async fn load_snapshot(&mut self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+    async fn load_snapshot(
+        &mut self,
+        stream_id: &StreamId,
+    ) -> Result<Option<Snapshot>, StoreError> {
         snapshot_on(&mut self.tx, &self.sql, stream_id).await
     }
 
@@ -556,7 +591,10 @@ impl UnitOfWork for PgUnitOfWork {
         Ok(())
     }
 
-    async fn find_command(&mut self, command_id: Uuid) -> Result<Option<CommandRecord>, StoreError> {
+    async fn find_command(
+        &mut self,
+        command_id: Uuid,
+    ) -> Result<Option<CommandRecord>, StoreError> {
         command_on(&mut self.tx, &self.sql, command_id).await
     }
 
@@ -575,11 +613,17 @@ impl UnitOfWork for PgUnitOfWork {
     }
 
     async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await.map_err(db_err("committing", &self.sql.events))
+        self.tx
+            .commit()
+            .await
+            .map_err(db_err("committing", &self.sql.events))
     }
 
     async fn rollback(self) -> Result<(), StoreError> {
-        self.tx.rollback().await.map_err(db_err("rolling back", &self.sql.events))
+        self.tx
+            .rollback()
+            .await
+            .map_err(db_err("rolling back", &self.sql.events))
     }
 }
 
@@ -608,26 +652,41 @@ impl EventStore for PgStore {
         from_version: u64,
         max_count: u64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db_err("acquiring a connection", &self.sql.events))?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_err("acquiring a connection", &self.sql.events))?;
         read_stream_on(&mut conn, &self.sql, stream_id, from_version, max_count).await
     }
 
     async fn stream_version(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db_err("acquiring a connection", &self.sql.events))?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_err("acquiring a connection", &self.sql.events))?;
         version_on(&mut conn, &self.sql, stream_id).await
     }
 
     async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db_err("acquiring a connection", &self.sql.snapshots))?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_err("acquiring a connection", &self.sql.snapshots))?;
         snapshot_on(&mut conn, &self.sql, stream_id).await
     }
 
     async fn find_command(&self, command_id: Uuid) -> Result<Option<CommandRecord>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db_err("acquiring a connection", &self.sql.commands))?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_err("acquiring a connection", &self.sql.commands))?;
         command_on(&mut conn, &self.sql, command_id).await
     }
 }
-
 
 /// Fresh PostgreSQL databases for tests (feature `test-util`).
 #[cfg(feature = "test-util")]
@@ -652,7 +711,9 @@ pub mod testing {
 
     impl std::fmt::Debug for TestDb {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("TestDb").field("name", &self.name).finish_non_exhaustive()
+            f.debug_struct("TestDb")
+                .field("name", &self.name)
+                .finish_non_exhaustive()
         }
     }
 
@@ -660,10 +721,15 @@ pub mod testing {
         /// Creates `eventfold_test_<uuid>` on the server of `DATABASE_URL` and connects a pool of
         /// `max_connections` to it. Fails loudly when the server cannot be reached.
         pub async fn create(max_connections: u32) -> Result<Self, StoreError> {
-            let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
-            let admin = PgConnectOptions::from_str(&url).map_err(db_err("parsing DATABASE_URL", "-"))?;
+            let url =
+                std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
+            let admin =
+                PgConnectOptions::from_str(&url).map_err(db_err("parsing DATABASE_URL", "-"))?;
             let name = format!("eventfold_test_{}", uuid::Uuid::now_v7().simple());
-            let mut conn = admin.connect().await.map_err(db_err("connecting to DATABASE_URL", "-"))?;
+            let mut conn = admin
+                .connect()
+                .await
+                .map_err(db_err("connecting to DATABASE_URL", "-"))?;
             sqlx::query(&format!("CREATE DATABASE \"{name}\""))
                 .execute(&mut conn)
                 .await
@@ -694,7 +760,10 @@ pub mod testing {
             // Dropping needs async I/O; do it on a thread of its own so that it works inside and
             // outside a runtime.
             let dropper = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
                 runtime.block_on(async move {
                     let mut conn = admin.connect().await.ok()?;
                     sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))

@@ -201,7 +201,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 attempt += 1;
                 tracing::Span::current().record("attempt", attempt);
                 let mut uow = self.store.begin().await?;
-                let outcome = self.execute_once(&mut uow, &stream_id, command, &meta).await;
+                let outcome = self
+                    .execute_once(&mut uow, &stream_id, command, &meta)
+                    .await;
                 let retry = match outcome {
                     Ok(Some(done)) => match uow.commit().await {
                         Ok(()) => return Ok(done),
@@ -279,10 +281,12 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             }
         }
         let Loaded { mut state, version } = self.load_in(uow, stream_id, None).await?;
-        let events = state.handle(command).map_err(|source| ExecuteError::Rejected {
-            stream_id: stream_id.clone(),
-            source,
-        })?;
+        let events = state
+            .handle(command)
+            .map_err(|source| ExecuteError::Rejected {
+                stream_id: stream_id.clone(),
+                source,
+            })?;
         let mut envelopes = Vec::with_capacity(events.len());
         let mut new_version = version;
         if !events.is_empty() {
@@ -309,10 +313,14 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 Err(e) => return Err(e.into()),
             };
             new_version = appended.version;
-            for ((event, new), position) in events.into_iter().zip(encoded).zip(appended.positions) {
+            for ((event, new), position) in events.into_iter().zip(encoded).zip(appended.positions)
+            {
                 state.apply(&event);
                 let stream_version = version + 1 + envelopes.len() as u64;
-                envelopes.push(new.into_recorded(stream_id.clone(), stream_version, position).with_payload(event));
+                envelopes.push(
+                    new.into_recorded(stream_id.clone(), stream_version, position)
+                        .with_payload(event),
+                );
             }
             if let Some(policy) = &self.snapshots {
                 if new_version / policy.every > version / policy.every {
@@ -370,11 +378,17 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             }
             .into());
         }
-        let loaded = self.load_in(uow, stream_id, Some(record.version_before)).await?;
+        let loaded = self
+            .load_in(uow, stream_id, Some(record.version_before))
+            .await?;
         let mut state = loaded.state;
         let mut events = Vec::new();
         let raw = uow
-            .read_stream(stream_id, record.version_before + 1, record.version_after - record.version_before)
+            .read_stream(
+                stream_id,
+                record.version_before + 1,
+                record.version_after - record.version_before,
+            )
             .await?;
         for recorded in raw {
             let envelope = decode_event::<A::Event>(recorded, &self.upcasters)?;

@@ -92,22 +92,41 @@ pub(crate) type EventRow = (
 pub(crate) const EVENT_COLUMNS: &str = "event_id, stream_version, global_position, event_type, \
     schema_version, payload, recorded_at, source, correlation_id, causation_id, tenant_id";
 
-pub(crate) fn recorded(stream_id: &StreamId, row: EventRow, table: &str) -> Result<RecordedEvent, StoreError> {
-    let (event_id, version, position, event_type, schema_version, payload, timestamp, source, correlation_id, causation_id, tenant_id, headers) =
-        row;
+pub(crate) fn recorded(
+    stream_id: &StreamId,
+    row: EventRow,
+    table: &str,
+) -> Result<RecordedEvent, StoreError> {
+    let (
+        event_id,
+        version,
+        position,
+        event_type,
+        schema_version,
+        payload,
+        timestamp,
+        source,
+        correlation_id,
+        causation_id,
+        tenant_id,
+        headers,
+    ) = row;
     let corrupt = |reason: String| StoreError::Corrupt {
         table: table.to_owned(),
         reason: format!("event {event_id} of stream {stream_id}: {reason}"),
     };
-    let headers: Headers =
-        serde_json::from_str(&headers).map_err(|e| corrupt(format!("headers are not a JSON object of strings: {e}")))?;
+    let headers: Headers = serde_json::from_str(&headers)
+        .map_err(|e| corrupt(format!("headers are not a JSON object of strings: {e}")))?;
     Ok(RecordedEvent {
         event_id,
         event_type,
-        schema_version: u32::try_from(schema_version).map_err(|_| corrupt(format!("schema version {schema_version}")))?,
+        schema_version: u32::try_from(schema_version)
+            .map_err(|_| corrupt(format!("schema version {schema_version}")))?,
         stream_id: stream_id.clone(),
-        stream_version: u64::try_from(version).map_err(|_| corrupt(format!("stream version {version}")))?,
-        global_position: u64::try_from(position).map_err(|_| corrupt(format!("global position {position}")))?,
+        stream_version: u64::try_from(version)
+            .map_err(|_| corrupt(format!("stream version {version}")))?,
+        global_position: u64::try_from(position)
+            .map_err(|_| corrupt(format!("global position {position}")))?,
         timestamp,
         source,
         correlation_id,
@@ -119,7 +138,10 @@ pub(crate) fn recorded(stream_id: &StreamId, row: EventRow, table: &str) -> Resu
 }
 
 /// Maps a driver error to [`StoreError::Database`].
-pub(crate) fn db_err(operation: &'static str, table: &str) -> impl FnOnce(sqlx::Error) -> StoreError {
+pub(crate) fn db_err(
+    operation: &'static str,
+    table: &str,
+) -> impl FnOnce(sqlx::Error) -> StoreError {
     let table = table.to_owned();
     move |e| StoreError::Database {
         operation,
@@ -159,7 +181,11 @@ pub(crate) fn unique_violation(e: &sqlx::Error) -> Option<String> {
     if !matches!(db.kind(), sqlx::error::ErrorKind::UniqueViolation) {
         return None;
     }
-    Some(db.constraint().map(str::to_owned).unwrap_or_else(|| db.message().to_owned()))
+    Some(
+        db.constraint()
+            .map(str::to_owned)
+            .unwrap_or_else(|| db.message().to_owned()),
+    )
 }
 
 /// A snapshot row: version, snapshot_version, state, taken_at.

@@ -37,7 +37,9 @@ use uuid::Uuid;
 use crate::error::{ExpectedVersion, StoreError};
 use crate::naming::Naming;
 use crate::sql::{self, EVENT_COLUMNS, EventRow, Migration, db_err, to_i64, to_u64};
-use crate::store::{AppendResult, CommandRecord, EventStore, Snapshot, UnitOfWork, validate_append};
+use crate::store::{
+    AppendResult, CommandRecord, EventStore, Snapshot, UnitOfWork, validate_append,
+};
 
 const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
@@ -266,15 +268,17 @@ impl SqliteStore {
              checksum INTEGER NOT NULL, applied_at TEXT NOT NULL)"
         );
         sqlx::query(&create_table)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err("creating the migration table", &table))?;
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("creating the migration table", &table))?;
         let select_applied = format!("SELECT version, checksum FROM {table} ORDER BY version");
         let applied: Vec<(i64, i64)> = sqlx::query_as(&select_applied)
             .fetch_all(&mut *tx)
             .await
             .map_err(db_err("reading applied migrations", &table))?;
-        let record = format!("INSERT INTO {table} (version, name, checksum, applied_at) VALUES (?1, ?2, ?3, ?4)");
+        let record = format!(
+            "INSERT INTO {table} (version, name, checksum, applied_at) VALUES (?1, ?2, ?3, ?4)"
+        );
         for migration in sql::pending(MIGRATIONS, &applied, &table)? {
             let rendered = migration.render(&self.naming);
             sqlx::Executor::execute(&mut *tx, rendered.as_str())
@@ -294,7 +298,9 @@ impl SqliteStore {
                 .await
                 .map_err(db_err("recording a migration", &table))?;
         }
-        tx.commit().await.map_err(db_err("committing migrations", &table))
+        tx.commit()
+            .await
+            .map_err(db_err("committing migrations", &table))
     }
 }
 
@@ -313,10 +319,16 @@ async fn read_stream_on(
         .fetch_all(conn)
         .await
         .map_err(db_err("reading a stream", &sql.events))?;
-    rows.into_iter().map(|row| sql::recorded(stream_id, row, &sql.events)).collect()
+    rows.into_iter()
+        .map(|row| sql::recorded(stream_id, row, &sql.events))
+        .collect()
 }
 
-async fn version_on(conn: &mut SqliteConnection, sql: &Statements, stream_id: &StreamId) -> Result<u64, StoreError> {
+async fn version_on(
+    conn: &mut SqliteConnection,
+    sql: &Statements,
+    stream_id: &StreamId,
+) -> Result<u64, StoreError> {
     let (v,): (i64,) = sqlx::query_as(&sql.max_version)
         .bind(stream_id.stream_type())
         .bind(stream_id.id())
@@ -337,7 +349,8 @@ async fn snapshot_on(
         .fetch_optional(conn)
         .await
         .map_err(db_err("loading a snapshot", &sql.snapshots))?;
-    row.map(|row| sql::snapshot(stream_id, row, &sql.snapshots)).transpose()
+    row.map(|row| sql::snapshot(stream_id, row, &sql.snapshots))
+        .transpose()
 }
 
 async fn command_on(
@@ -350,7 +363,8 @@ async fn command_on(
         .fetch_optional(conn)
         .await
         .map_err(db_err("looking up a command", &sql.commands))?;
-    row.map(|row| sql::command(command_id, row, &sql.commands)).transpose()
+    row.map(|row| sql::command(command_id, row, &sql.commands))
+        .transpose()
 }
 
 /// A unit of work of the [`SqliteStore`]: a `BEGIN IMMEDIATE` transaction.
@@ -413,10 +427,16 @@ impl UnitOfWork for SqliteUnitOfWork {
                 .fetch_one(&mut *self.tx)
                 .await;
             match inserted {
-                Ok((position,)) => positions.push(to_u64(position, &self.sql.events, "global position")?),
+                Ok((position,)) => {
+                    positions.push(to_u64(position, &self.sql.events, "global position")?)
+                }
                 Err(e) => {
-                    let _ = sqlx::query("ROLLBACK TO SAVEPOINT eventfold_append").execute(&mut *self.tx).await;
-                    let _ = sqlx::query("RELEASE SAVEPOINT eventfold_append").execute(&mut *self.tx).await;
+                    let _ = sqlx::query("ROLLBACK TO SAVEPOINT eventfold_append")
+                        .execute(&mut *self.tx)
+                        .await;
+                    let _ = sqlx::query("RELEASE SAVEPOINT eventfold_append")
+                        .execute(&mut *self.tx)
+                        .await;
                     return Err(match sql::unique_violation(&e) {
                         Some(c) if c.contains("event_id") => StoreError::DuplicateEventId {
                             stream_id: stream_id.clone(),
@@ -456,7 +476,10 @@ impl UnitOfWork for SqliteUnitOfWork {
         version_on(&mut self.tx, &self.sql, stream_id).await
     }
 
-    async fn load_snapshot(&mut self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+    async fn load_snapshot(
+        &mut self,
+        stream_id: &StreamId,
+    ) -> Result<Option<Snapshot>, StoreError> {
         snapshot_on(&mut self.tx, &self.sql, stream_id).await
     }
 
@@ -474,7 +497,10 @@ impl UnitOfWork for SqliteUnitOfWork {
         Ok(())
     }
 
-    async fn find_command(&mut self, command_id: Uuid) -> Result<Option<CommandRecord>, StoreError> {
+    async fn find_command(
+        &mut self,
+        command_id: Uuid,
+    ) -> Result<Option<CommandRecord>, StoreError> {
         command_on(&mut self.tx, &self.sql, command_id).await
     }
 
@@ -493,11 +519,17 @@ impl UnitOfWork for SqliteUnitOfWork {
     }
 
     async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await.map_err(db_err("committing", &self.sql.events))
+        self.tx
+            .commit()
+            .await
+            .map_err(db_err("committing", &self.sql.events))
     }
 
     async fn rollback(self) -> Result<(), StoreError> {
-        self.tx.rollback().await.map_err(db_err("rolling back", &self.sql.events))
+        self.tx
+            .rollback()
+            .await
+            .map_err(db_err("rolling back", &self.sql.events))
     }
 }
 
@@ -526,22 +558,38 @@ impl EventStore for SqliteStore {
         from_version: u64,
         max_count: u64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db_err("acquiring a connection", &self.sql.events))?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_err("acquiring a connection", &self.sql.events))?;
         read_stream_on(&mut conn, &self.sql, stream_id, from_version, max_count).await
     }
 
     async fn stream_version(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db_err("acquiring a connection", &self.sql.events))?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_err("acquiring a connection", &self.sql.events))?;
         version_on(&mut conn, &self.sql, stream_id).await
     }
 
     async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db_err("acquiring a connection", &self.sql.snapshots))?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_err("acquiring a connection", &self.sql.snapshots))?;
         snapshot_on(&mut conn, &self.sql, stream_id).await
     }
 
     async fn find_command(&self, command_id: Uuid) -> Result<Option<CommandRecord>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db_err("acquiring a connection", &self.sql.commands))?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_err("acquiring a connection", &self.sql.commands))?;
         command_on(&mut conn, &self.sql, command_id).await
     }
 }

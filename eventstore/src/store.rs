@@ -197,7 +197,10 @@ pub trait DynEventReader: Send + Sync {
     ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>>;
 
     /// See [`EventStore::stream_version`].
-    fn stream_version<'a>(&'a self, stream_id: &'a StreamId) -> BoxFuture<'a, Result<u64, StoreError>>;
+    fn stream_version<'a>(
+        &'a self,
+        stream_id: &'a StreamId,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
 }
 
 impl<S: EventStore> DynEventReader for S {
@@ -207,10 +210,18 @@ impl<S: EventStore> DynEventReader for S {
         from_version: u64,
         max_count: u64,
     ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>> {
-        Box::pin(EventStore::read_stream(self, stream_id, from_version, max_count))
+        Box::pin(EventStore::read_stream(
+            self,
+            stream_id,
+            from_version,
+            max_count,
+        ))
     }
 
-    fn stream_version<'a>(&'a self, stream_id: &'a StreamId) -> BoxFuture<'a, Result<u64, StoreError>> {
+    fn stream_version<'a>(
+        &'a self,
+        stream_id: &'a StreamId,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(EventStore::stream_version(self, stream_id))
     }
 }

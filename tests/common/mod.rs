@@ -23,7 +23,10 @@ impl Drop for TempFile {
 }
 
 pub async fn sqlite() -> (SqliteStore, TempFile) {
-    let path = std::env::temp_dir().join(format!("eventfold-test-{}.db", uuid::Uuid::now_v7().simple()));
+    let path = std::env::temp_dir().join(format!(
+        "eventfold-test-{}.db",
+        uuid::Uuid::now_v7().simple()
+    ));
     let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
         .await
         .expect("open a SQLite file");
@@ -34,6 +37,10 @@ pub async fn postgres() -> (PgStore, TestDb) {
     let db = TestDb::create(20)
         .await
         .expect("PostgreSQL must be reachable at DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres)");
-    let store = PgStore::builder(db.pool().clone()).source("test-svc").build().await.expect("migrate");
+    let store = PgStore::builder(db.pool().clone())
+        .source("test-svc")
+        .build()
+        .await
+        .expect("migrate");
     (store, db)
 }
