@@ -88,4 +88,6 @@ mod book {
     mod event_store {}
     #[doc = include_str!("../book/src/schema-evolution.md")]
     mod schema_evolution {}
+    #[doc = include_str!("../README.md")]
+    mod readme {}
 }

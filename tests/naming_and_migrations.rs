@@ -20,7 +20,7 @@ fn invalid_identifiers_are_typed_errors() {
         "quote\"",
         "1starts_with_digit",
         "dash-ed",
-        &"x".repeat(41),
+        &"x".repeat(33),
     ] {
         let err = Naming::new(bad).expect_err(bad);
         assert!(

@@ -2,7 +2,7 @@
 //!
 //! The prefix and schema end up in SQL text (table names cannot be bound as parameters), so they
 //! are validated when they are made: lowercase ASCII letters, digits and `_`, starting with a
-//! letter or `_`, at most 40 bytes. Anything else is a [`StoreError::InvalidIdentifier`], never
+//! letter or `_`, at most 32 bytes (so that constraint names stay within PostgreSQL's 63). Anything else is a [`StoreError::InvalidIdentifier`], never
 //! interpolated.
 //!
 //! ```
@@ -33,7 +33,7 @@ impl Default for Naming {
 }
 
 /// Longest prefix or schema name.
-pub const MAX_IDENTIFIER_LEN: usize = 40;
+pub const MAX_IDENTIFIER_LEN: usize = 32;
 
 fn validate(what: &'static str, value: &str, allow_empty: bool) -> Result<(), StoreError> {
     let fail = |reason| {
@@ -51,7 +51,7 @@ fn validate(what: &'static str, value: &str, allow_empty: bool) -> Result<(), St
         };
     }
     if value.len() > MAX_IDENTIFIER_LEN {
-        return fail("it is longer than 40 bytes");
+        return fail("it is longer than 32 bytes");
     }
     let mut bytes = value.bytes();
     if !bytes

@@ -10,7 +10,7 @@ use syn::{
     ReturnType, Signature, Type, Visibility,
 };
 
-use crate::util::{Errors, invalid_name_reason, mentions_self_path, path_to_string, pretty};
+use crate::util::{Errors, invalid_aggregate_name_reason, mentions_self_path, path_to_string, pretty};
 
 const HANDLE_SIGNATURE: &str = "fn handle(&self, command: &Command) -> Result<Vec<Event>, Error>";
 const APPLY_SIGNATURE: &str = "fn apply(&mut self, event: &Event)";
@@ -42,7 +42,7 @@ fn parse_args(args: TokenStream) -> syn::Result<Args> {
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("name") {
             let lit: LitStr = meta.value()?.parse()?;
-            if let Some(reason) = invalid_name_reason("the aggregate name", &lit.value()) {
+            if let Some(reason) = invalid_aggregate_name_reason(&lit.value()) {
                 return Err(syn::Error::new_spanned(&lit, reason));
             }
             if out.name.is_some() {
@@ -166,7 +166,16 @@ fn expand_inner(args: TokenStream, input: TokenStream) -> syn::Result<TokenStrea
     };
     let name = match (&args.name, type_name) {
         (Some(lit), _) => Some(lit.value()),
-        (None, Some(type_name)) => Some(type_name.to_snake_case()),
+        (None, Some(type_name)) => {
+            let derived = type_name.to_snake_case();
+            if let Some(reason) = invalid_aggregate_name_reason(&derived) {
+                errors.push(syn::Error::new_spanned(
+                    &item_impl.self_ty,
+                    format!("{reason}; give a valid one with #[aggregate(name = \"...\")]"),
+                ));
+            }
+            Some(derived)
+        }
         (None, None) => {
             errors.push(syn::Error::new_spanned(
                 &item_impl.self_ty,

@@ -87,6 +87,23 @@ pub(crate) fn invalid_name_reason(what: &str, name: &str) -> Option<String> {
     }
 }
 
+/// Why `name` cannot be an aggregate (stream) type name, if it cannot: the rules of
+/// `eventfold_core::StreamId` (1 to 64 bytes of lowercase ASCII letters, digits, `_`, `.` or `-`,
+/// starting with a letter), checked at compile time instead of failing at run time.
+pub(crate) fn invalid_aggregate_name_reason(name: &str) -> Option<String> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().enumerate().all(|(i, b)| {
+            b.is_ascii_lowercase() || (i > 0 && (b.is_ascii_digit() || b"_.-".contains(&b)))
+        });
+    (!valid).then(|| {
+        format!(
+            "the aggregate name `{name}` is used as the stream type: it must be 1 to 64 bytes of \
+             lowercase ASCII letters, digits, `_`, `.` or `-`, starting with a letter"
+        )
+    })
+}
+
 /// Replaces every `Self` in `tokens` with `replacement` (keeping the original span), so that a
 /// type written inside the enum can be used in an item nested in a generated function, where
 /// `Self` of the outer impl is not available.
