@@ -31,8 +31,11 @@
 //!
 //! Each case is warmed up for 0.5 s before it is measured. Variants alternate in two rounds
 //! (A B C then C B A) of half the duration each, and the two halves are summed, so that drift
-//! affects every variant alike. The figures are printed as a markdown table and as one
-//! `BENCH_JSON {...}` line.
+//! affects every variant alike. The figures are printed as markdown tables and as one
+//! `BENCH_JSON {...}` line. A third table gives the CPU time per operation of this process and
+//! of the PostgreSQL backends serving the pool (from `/proc/<pid>/schedstat`; `n/a` when the
+//! server is not on this machine), which shows where the time goes on a CPU-bound host.
+//! Progress per round goes to stderr.
 #![warn(missing_docs)]
 
 use std::error::Error;
@@ -288,7 +291,7 @@ impl Writer {
     async fn step(&mut self) -> Result<u64> {
         let slot = (self.done % self.ids.len() as u64) as usize;
         self.done += 1;
-        let shared = self.shared.clone();
+        let shared = &self.shared;
         match self.case {
             Case::LibExecute => {
                 shared
@@ -464,10 +467,18 @@ struct Tally {
     ops: u64,
     events: u64,
     seconds: f64,
+    /// CPU time of this process's threads in the measured window (ns).
+    client_ns: Option<u64>,
+    /// CPU time of the PostgreSQL backends of the pool in the measured window (ns).
+    server_ns: Option<u64>,
 }
 
 impl Tally {
     fn add(&mut self, other: Tally) {
+        let first = self.ops == 0 && self.seconds == 0.0;
+        let sum = |a: Option<u64>, b: Option<u64>| if first { b } else { Some(a? + b?) };
+        self.client_ns = sum(self.client_ns, other.client_ns);
+        self.server_ns = sum(self.server_ns, other.server_ns);
         self.ops += other.ops;
         self.events += other.events;
         self.seconds += other.seconds;
@@ -478,11 +489,94 @@ impl Tally {
     fn events_per_s(&self) -> f64 {
         self.events as f64 / self.seconds
     }
+    /// Client and server CPU microseconds per operation.
+    fn cpu_us_per_op(&self) -> (Option<f64>, Option<f64>) {
+        let per = |ns: Option<u64>| {
+            ns.filter(|_| self.ops > 0)
+                .map(|ns| ns as f64 / 1000.0 / self.ops as f64)
+        };
+        (per(self.client_ns), per(self.server_ns))
+    }
+}
+
+/// Samples CPU time from `/proc/<pid>/schedstat` (Linux): this process's threads, and the
+/// backends of the benchmark database when the server runs on this machine.
+struct Monitor {
+    conn: sqlx::PgConnection,
+}
+
+struct CpuSample {
+    client: Option<u64>,
+    server: Vec<(i32, u64)>,
+}
+
+fn schedstat_ns(dir: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("{dir}/schedstat"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn client_cpu_ns() -> Option<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc/self/task").ok()? {
+        total += schedstat_ns(&entry.ok()?.path().display().to_string())?;
+    }
+    Some(total)
+}
+
+impl Monitor {
+    async fn sample(&mut self) -> Result<CpuSample> {
+        let pids: Vec<(i32,)> = sqlx::query_as(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&mut self.conn)
+        .await?;
+        let server = pids
+            .into_iter()
+            .filter_map(|(pid,)| {
+                let dir = format!("/proc/{pid}");
+                // Only a local server's backends: the process must be a postgres one.
+                let comm = std::fs::read_to_string(format!("{dir}/comm")).ok()?;
+                if comm.trim() != "postgres" {
+                    return None;
+                }
+                schedstat_ns(&dir).map(|ns| (pid, ns))
+            })
+            .collect();
+        Ok(CpuSample {
+            client: client_cpu_ns(),
+            server,
+        })
+    }
+}
+
+fn cpu_delta(before: &CpuSample, after: &CpuSample) -> (Option<u64>, Option<u64>) {
+    let client = before
+        .client
+        .zip(after.client)
+        .map(|(a, b)| b.saturating_sub(a));
+    let mut server = None;
+    for (pid, ns) in &after.server {
+        let start = before
+            .server
+            .iter()
+            .find(|(p, _)| p == pid)
+            .map_or(0, |(_, ns)| *ns);
+        server = Some(server.unwrap_or(0) + ns.saturating_sub(start));
+    }
+    (client, server)
 }
 
 /// Runs the writers for a warm-up and then `measure`, counting only operations that completed
 /// inside the measured window.
-async fn segment(writers: Vec<Writer>, measure: Duration) -> Result<(Vec<Writer>, Tally)> {
+async fn segment(
+    writers: Vec<Writer>,
+    measure: Duration,
+    monitor: &mut Monitor,
+) -> Result<(Vec<Writer>, Tally)> {
     let start = Instant::now();
     let warm_end = start + WARMUP;
     let end = warm_end + measure;
@@ -504,9 +598,19 @@ async fn segment(writers: Vec<Writer>, measure: Duration) -> Result<(Vec<Writer>
             Ok::<_, BoxError>((writer, ops, events))
         }));
     }
+    tokio::time::sleep_until(warm_end.into()).await;
+    let before = monitor.sample().await;
+    tokio::time::sleep_until(end.into()).await;
+    let after = monitor.sample().await;
+    let (client_ns, server_ns) = match (&before, &after) {
+        (Ok(a), Ok(b)) => cpu_delta(a, b),
+        _ => (None, None),
+    };
     let mut back = Vec::with_capacity(handles.len());
     let mut tally = Tally {
         seconds: measure.as_secs_f64(),
+        client_ns,
+        server_ns,
         ..Tally::default()
     };
     let mut first_error = None;
@@ -533,6 +637,7 @@ async fn compare(
     cases: &[Case],
     writers: usize,
     total: Duration,
+    monitor: &mut Monitor,
 ) -> Result<Vec<(Tally, f64)>> {
     let mut pools: Vec<Option<Vec<Writer>>> = cases
         .iter()
@@ -551,7 +656,7 @@ async fn compare(
     for (round, order) in [forward, backward].into_iter().enumerate() {
         for i in order {
             let ws = pools[i].take().ok_or("writers missing")?;
-            let (ws, tally) = segment(ws, half).await.map_err(|e| {
+            let (ws, tally) = segment(ws, half, monitor).await.map_err(|e| {
                 format!(
                     "{:?} with {writers} writers (round {}) failed: {e}",
                     cases[i],
@@ -634,6 +739,26 @@ struct AppendRow {
     raw: f64,
 }
 
+/// CPU per operation of one case.
+struct CpuRow {
+    what: &'static str,
+    writers: usize,
+    client_us: Option<f64>,
+    server_us: Option<f64>,
+}
+
+impl CpuRow {
+    fn new(what: &'static str, writers: usize, tally: &Tally) -> Self {
+        let (client_us, server_us) = tally.cpu_us_per_op();
+        Self {
+            what,
+            writers,
+            client_us,
+            server_us,
+        }
+    }
+}
+
 async fn bench(admin: &PgConnectOptions, db: &str, options: &Options) -> Result<()> {
     let pool = PgPoolOptions::new()
         .max_connections(POOL_SIZE)
@@ -641,12 +766,21 @@ async fn bench(admin: &PgConnectOptions, db: &str, options: &Options) -> Result<
         .connect_with(admin.clone().database(db))
         .await
         .map_err(|e| format!("connecting to database {db}: {e}"))?;
-    let result = bench_on(&pool, options).await;
+    let monitor = admin
+        .clone()
+        .database(db)
+        .connect()
+        .await
+        .map_err(|e| format!("connecting to database {db}: {e}"));
+    let result = match monitor {
+        Ok(conn) => bench_on(&pool, options, &mut Monitor { conn }).await,
+        Err(e) => Err(e.into()),
+    };
     pool.close().await;
     result
 }
 
-async fn bench_on(pool: &PgPool, options: &Options) -> Result<()> {
+async fn bench_on(pool: &PgPool, options: &Options, monitor: &mut Monitor) -> Result<()> {
     let (fsync,): (String,) = sqlx::query_as("SHOW fsync").fetch_one(pool).await?;
     let (sync_commit,): (String,) = sqlx::query_as("SHOW synchronous_commit")
         .fetch_one(pool)
@@ -690,6 +824,7 @@ async fn bench_on(pool: &PgPool, options: &Options) -> Result<()> {
     );
 
     let mut commands = Vec::new();
+    let mut cpu = Vec::new();
     for writers in CONCURRENCY {
         eprintln!("commands, {writers} writer(s):");
         let r = compare(
@@ -697,6 +832,7 @@ async fn bench_on(pool: &PgPool, options: &Options) -> Result<()> {
             &[Case::RawInsert, Case::RawLoadInsert, Case::LibExecute],
             writers,
             total,
+            monitor,
         )
         .await?;
         commands.push(CommandRow {
@@ -706,18 +842,38 @@ async fn bench_on(pool: &PgPool, options: &Options) -> Result<()> {
             lib: r[2].0.ops_per_s(),
             stream_len: [r[0].1, r[1].1, r[2].1],
         });
+        cpu.push(CpuRow::new("command: library", writers, &r[2].0));
+        cpu.push(CpuRow::new("command: raw insert", writers, &r[0].0));
+        cpu.push(CpuRow::new("command: raw load+insert", writers, &r[1].0));
     }
     let mut appends = Vec::new();
     for writers in CONCURRENCY {
         eprintln!("appends of {BATCH} events, {writers} writer(s):");
-        let r = compare(&shared, &[Case::RawAppend, Case::LibAppend], writers, total).await?;
+        let r = compare(
+            &shared,
+            &[Case::RawAppend, Case::LibAppend],
+            writers,
+            total,
+            monitor,
+        )
+        .await?;
         appends.push(AppendRow {
             writers,
             raw: r[0].0.events_per_s(),
             lib: r[1].0.events_per_s(),
         });
+        cpu.push(CpuRow::new("append of 100: library", writers, &r[1].0));
+        cpu.push(CpuRow::new("append of 100: raw", writers, &r[0].0));
     }
-    report(options, &fsync, &sync_commit, &server, &commands, &appends)
+    report(&Results {
+        options,
+        fsync,
+        sync_commit,
+        server,
+        commands,
+        appends,
+        cpu,
+    })
 }
 
 fn verdict(ratio: f64) -> &'static str {
@@ -728,14 +884,26 @@ fn verdict(ratio: f64) -> &'static str {
     }
 }
 
-fn report(
-    options: &Options,
-    fsync: &str,
-    sync_commit: &str,
-    server: &str,
-    commands: &[CommandRow],
-    appends: &[AppendRow],
-) -> Result<()> {
+struct Results<'a> {
+    options: &'a Options,
+    fsync: String,
+    sync_commit: String,
+    server: String,
+    commands: Vec<CommandRow>,
+    appends: Vec<AppendRow>,
+    cpu: Vec<CpuRow>,
+}
+
+fn report(results: &Results<'_>) -> Result<()> {
+    let Results {
+        options,
+        fsync,
+        sync_commit,
+        server,
+        commands,
+        appends,
+        cpu,
+    } = results;
     println!("### Commands with 1 event each (commands/s)\n");
     println!(
         "| writers | library `Repository::execute` | raw insert | library / raw insert | target ≥ {TARGET_RATIO:.2} | raw load+insert | library / raw load+insert |"
@@ -805,6 +973,23 @@ fn report(
          0.5 s warm-up before each half.",
         options.seconds
     );
+    let us = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.0}"));
+    println!(
+        "\n### CPU time per operation (µs, measured windows; client = this process, server = the \
+         PostgreSQL backends of the pool)\n"
+    );
+    println!("| operation | writers | client | server |");
+    println!("|:--|---:|---:|---:|");
+    for r in cpu.iter() {
+        println!(
+            "| {} | {} | {} | {} |",
+            r.what,
+            r.writers,
+            us(r.client_us),
+            us(r.server_us)
+        );
+    }
+    println!();
     let target_met = commands
         .iter()
         .all(|r| r.lib / r.raw_insert >= TARGET_RATIO);
@@ -835,6 +1020,12 @@ fn report(
                 "raw_load_insert": r.stream_len[1].round(),
             },
         })).collect::<Vec<_>>(),
+        "cpu_us_per_op": cpu.iter().map(|r| serde_json::json!({
+            "operation": r.what,
+            "writers": r.writers,
+            "client": r.client_us.map(f64::round),
+            "server": r.server_us.map(f64::round),
+        })).collect::<Vec<_>>(),
         "append_100": appends.iter().map(|r| serde_json::json!({
             "writers": r.writers,
             "library_events_per_s": r.lib.round(),
@@ -860,13 +1051,13 @@ async fn run() -> Result<()> {
         .execute(&mut conn)
         .await
         .map_err(|e| format!("creating database {db}: {e}"))?;
-    println!("database {db} created on {url}");
+    eprintln!("database {db} created on {url}");
     let result = bench(&admin, &db, &options).await;
     let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
         .execute(&mut conn)
         .await;
     match &dropped {
-        Ok(_) => println!("database {db} dropped"),
+        Ok(_) => eprintln!("database {db} dropped"),
         Err(e) => eprintln!("error: dropping database {db}: {e}"),
     }
     result?;
