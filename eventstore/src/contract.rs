@@ -45,6 +45,7 @@ macro_rules! eventstore_contract_tests {
             repository_reports_conflicts_and_retries,
             rejected_command_writes_nothing,
             global_positions_increase,
+            state_cache_survives_writers_it_does_not_know,
         );
     };
     (@tests $fresh:path; $($name:ident),* $(,)?) => {
@@ -822,4 +823,28 @@ pub async fn global_positions_increase<S: EventStore>(store: S) {
             last = p;
         }
     }
+}
+
+/// A cached state made stale by another writer costs a conflict and a reload, never a lost
+/// update; with no attempt left the conflict is reported and the next command succeeds.
+pub async fn state_cache_survives_writers_it_does_not_know<S: EventStore>(store: S) {
+    let cached = Repository::<Tally, _>::new(store.clone()).with_cache(16);
+    let other = Repository::<Tally, _>::new(store.clone());
+    cached.execute("c", &TallyCommand::Add(1), CommandMetadata::new()).await.expect("first");
+    other.execute("c", &TallyCommand::Add(10), CommandMetadata::new()).await.expect("other writer");
+    let done = cached.execute("c", &TallyCommand::Add(100), CommandMetadata::new()).await.expect("retried");
+    assert_eq!((done.state.total, done.version), (111, 3));
+    other.execute("c", &TallyCommand::Add(1000 - 111), CommandMetadata::new()).await.expect("other writer");
+    let strict = cached.clone().with_max_attempts(1);
+    let err = strict
+        .execute("c", &TallyCommand::Reset, CommandMetadata::new())
+        .await
+        .expect_err("stale cache, one attempt");
+    assert!(matches!(err, ExecuteError::Conflict { attempts: 1, .. }), "{err:?}");
+    // The stale entry was dropped: the cap is now enforced from the real state.
+    let err = strict.execute("c", &TallyCommand::Add(1), CommandMetadata::new()).await.expect_err("cap");
+    assert!(matches!(err, ExecuteError::Rejected { .. }), "{err:?}");
+    let done = cached.execute("c", &TallyCommand::Reset, CommandMetadata::new()).await.expect("reset");
+    assert_eq!((done.state.total, done.version), (0, 5));
+    assert_eq!(other.load("c").await.expect("load").state, done.state);
 }

@@ -215,6 +215,7 @@ impl PgStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(16)
+            .test_before_acquire(false)
             .connect(url)
             .await
             .map_err(db_err("connecting", "-"))?;
@@ -386,74 +387,134 @@ impl PgUnitOfWork {
     pub fn transaction(&mut self) -> &mut Transaction<'static, Postgres> {
         &mut self.tx
     }
+}
 
-    async fn try_append(
-        &mut self,
-        stream_id: &StreamId,
-        expected: Option<i64>,
-        events: &[NewEvent],
-    ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
-        let n = events.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut types = Vec::with_capacity(n);
-        let mut versions = Vec::with_capacity(n);
-        let mut payloads = Vec::with_capacity(n);
-        let mut times = Vec::with_capacity(n);
-        let mut sources = Vec::with_capacity(n);
-        let mut correlations = Vec::with_capacity(n);
-        let mut causations = Vec::with_capacity(n);
-        let mut tenants = Vec::with_capacity(n);
-        let mut headers = Vec::with_capacity(n);
-        for e in events {
-            ids.push(e.event_id);
-            types.push(e.event_type.as_str());
-            versions.push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
-            payloads.push(e.payload.as_slice());
-            times.push(e.timestamp);
-            sources.push(e.source.as_str());
-            correlations.push(e.correlation_id);
-            causations.push(e.causation_id);
-            tenants.push(e.tenant_id.as_deref());
-            headers.push(sql::headers_json(&e.headers));
-        }
-        sqlx::query_as(&self.sql.append)
-            .bind(stream_id.stream_type())
-            .bind(stream_id.id())
-            .bind(ids)
-            .bind(types)
-            .bind(versions)
-            .bind(payloads)
-            .bind(times)
-            .bind(sources)
-            .bind(correlations)
-            .bind(causations)
-            .bind(tenants)
-            .bind(headers)
-            .bind(expected)
-            .fetch_all(&mut *self.tx)
-            .await
+async fn try_append(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    stream_id: &StreamId,
+    expected: Option<i64>,
+    events: &[NewEvent],
+) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    let n = events.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    let mut times = Vec::with_capacity(n);
+    let mut sources = Vec::with_capacity(n);
+    let mut correlations = Vec::with_capacity(n);
+    let mut causations = Vec::with_capacity(n);
+    let mut tenants = Vec::with_capacity(n);
+    let mut headers = Vec::with_capacity(n);
+    for e in events {
+        ids.push(e.event_id);
+        types.push(e.event_type.as_str());
+        versions.push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
+        payloads.push(e.payload.as_slice());
+        times.push(e.timestamp);
+        sources.push(e.source.as_str());
+        correlations.push(e.correlation_id);
+        causations.push(e.causation_id);
+        tenants.push(e.tenant_id.as_deref());
+        headers.push(sql::headers_json(&e.headers));
     }
+    sqlx::query_as(&sql.append)
+        .bind(stream_id.stream_type())
+        .bind(stream_id.id())
+        .bind(ids)
+        .bind(types)
+        .bind(versions)
+        .bind(payloads)
+        .bind(times)
+        .bind(sources)
+        .bind(correlations)
+        .bind(causations)
+        .bind(tenants)
+        .bind(headers)
+        .bind(expected)
+        .fetch_all(conn)
+        .await
+}
 
-    fn append_error(
-        &self,
-        e: sqlx::Error,
-        stream_id: &StreamId,
-        expected: ExpectedVersion,
-        events: &[NewEvent],
-    ) -> StoreError {
-        match sql::unique_violation(&e) {
-            Some(c) if c.ends_with("event_id_uq") => StoreError::DuplicateEventId {
-                stream_id: stream_id.clone(),
-                event_id: duplicate_id(&e, events),
-            },
-            Some(_) => StoreError::VersionConflict {
-                stream_id: stream_id.clone(),
-                expected,
-                actual: None,
-            },
-            None => db_err("appending events", &self.sql.events)(e),
-        }
+fn append_error(
+    sql: &Statements,
+    e: sqlx::Error,
+    stream_id: &StreamId,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+) -> StoreError {
+    match sql::unique_violation(&e) {
+        Some(c) if c.ends_with("event_id_uq") => StoreError::DuplicateEventId {
+            stream_id: stream_id.clone(),
+            event_id: duplicate_id(&e, events),
+        },
+        Some(_) => StoreError::VersionConflict {
+            stream_id: stream_id.clone(),
+            expected,
+            actual: None,
+        },
+        None => db_err("appending events", &sql.events)(e),
     }
+}
+
+/// Checks what the database cannot: no empty batch, versions that fit the columns.
+fn check_append(stream_id: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
+    validate_append(stream_id, events)?;
+    if let Some(e) = events.iter().find(|e| i32::try_from(e.schema_version).is_err()) {
+        return Err(StoreError::InvalidEvent {
+            stream_id: stream_id.clone(),
+            event_id: e.event_id,
+            event_type: e.event_type.clone(),
+            reason: "schema version does not fit an INTEGER".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Turns the rows an append returned into its result; no rows means the version did not match.
+async fn append_result(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    stream_id: &StreamId,
+    expected: ExpectedVersion,
+    mut rows: Vec<(i64, i64)>,
+    count: usize,
+) -> Result<AppendResult, StoreError> {
+    if rows.is_empty() {
+        let actual = version_on(conn, sql, stream_id).await?;
+        return Err(StoreError::VersionConflict {
+            stream_id: stream_id.clone(),
+            expected,
+            actual: Some(actual),
+        });
+    }
+    rows.sort_by_key(|(_, version)| *version);
+    let version = to_u64(rows.last().map_or(0, |r| r.1), &sql.events, "stream version")?;
+    let positions = rows
+        .iter()
+        .map(|(p, _)| to_u64(*p, &sql.events, "global position"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(AppendResult {
+        previous_version: version - count as u64,
+        version,
+        positions,
+    })
+}
+
+/// An append with an exact expected version: one statement, atomic on its own.
+async fn append_exact(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    stream_id: &StreamId,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+) -> Result<AppendResult, StoreError> {
+    let v = to_i64(expected.exact().unwrap_or(0), stream_id)?;
+    let rows = try_append(conn, sql, stream_id, Some(v), events)
+        .await
+        .map_err(|e| append_error(sql, e, stream_id, expected, events))?;
+    append_result(conn, sql, stream_id, expected, rows, events.len()).await
 }
 
 /// The event id named in a unique-violation detail, or the first id of the batch.
@@ -480,81 +541,40 @@ impl UnitOfWork for PgUnitOfWork {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
-        validate_append(stream_id, &events)?;
-        if let Some(e) = events
-            .iter()
-            .find(|e| i32::try_from(e.schema_version).is_err())
-        {
-            return Err(StoreError::InvalidEvent {
-                stream_id: stream_id.clone(),
-                event_id: e.event_id,
-                event_type: e.event_type.clone(),
-                reason: "schema version does not fit an INTEGER".to_owned(),
-            });
+        check_append(stream_id, &events)?;
+        if expected.exact().is_some() {
+            return append_exact(&mut self.tx, &self.sql, stream_id, expected, &events).await;
         }
-        let rows = match expected.exact() {
-            Some(v) => {
-                let v = to_i64(v, stream_id)?;
-                match self.try_append(stream_id, Some(v), &events).await {
-                    Ok(rows) => rows,
-                    Err(e) => return Err(self.append_error(e, stream_id, expected, &events)),
-                }
-            }
-            None => {
-                // `Any` must not fail because of a concurrent append: retry inside a savepoint.
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    sqlx::query("SAVEPOINT eventfold_append")
+        // `Any` must not fail because of a concurrent append: retry inside a savepoint, so that
+        // a unique violation does not abort the whole unit of work.
+        let mut attempt = 0;
+        let rows = loop {
+            attempt += 1;
+            sqlx::query("SAVEPOINT eventfold_append")
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db_err("appending events", &self.sql.events))?;
+            match try_append(&mut self.tx, &self.sql, stream_id, None, &events).await {
+                Ok(rows) => {
+                    sqlx::query("RELEASE SAVEPOINT eventfold_append")
                         .execute(&mut *self.tx)
                         .await
                         .map_err(db_err("appending events", &self.sql.events))?;
-                    match self.try_append(stream_id, None, &events).await {
-                        Ok(rows) => {
-                            sqlx::query("RELEASE SAVEPOINT eventfold_append")
-                                .execute(&mut *self.tx)
-                                .await
-                                .map_err(db_err("appending events", &self.sql.events))?;
-                            break rows;
-                        }
-                        Err(e) => {
-                            let error = self.append_error(e, stream_id, expected, &events);
-                            sqlx::query("ROLLBACK TO SAVEPOINT eventfold_append")
-                                .execute(&mut *self.tx)
-                                .await
-                                .map_err(db_err("appending events", &self.sql.events))?;
-                            if !error.is_conflict() || attempt >= ANY_RETRIES {
-                                return Err(error);
-                            }
-                        }
+                    break rows;
+                }
+                Err(e) => {
+                    let error = append_error(&self.sql, e, stream_id, expected, &events);
+                    sqlx::query("ROLLBACK TO SAVEPOINT eventfold_append")
+                        .execute(&mut *self.tx)
+                        .await
+                        .map_err(db_err("appending events", &self.sql.events))?;
+                    if !error.is_conflict() || attempt >= ANY_RETRIES {
+                        return Err(error);
                     }
                 }
             }
         };
-        if rows.is_empty() {
-            let actual = version_on(&mut self.tx, &self.sql, stream_id).await?;
-            return Err(StoreError::VersionConflict {
-                stream_id: stream_id.clone(),
-                expected,
-                actual: Some(actual),
-            });
-        }
-        let mut rows = rows;
-        rows.sort_by_key(|(_, version)| *version);
-        let version = to_u64(
-            rows.last().map_or(0, |r| r.1),
-            &self.sql.events,
-            "stream version",
-        )?;
-        let positions = rows
-            .iter()
-            .map(|(p, _)| to_u64(*p, &self.sql.events, "global position"))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(AppendResult {
-            previous_version: version - events.len() as u64,
-            version,
-            positions,
-        })
+        append_result(&mut self.tx, &self.sql, stream_id, expected, rows, events.len()).await
     }
 
     async fn read_stream(
@@ -629,6 +649,34 @@ impl UnitOfWork for PgUnitOfWork {
 
 impl EventStore for PgStore {
     type UnitOfWork = PgUnitOfWork;
+
+    /// With an exact expected version the append is a single statement, atomic on its own, so it
+    /// runs without `BEGIN`/`COMMIT` (one round trip); `Any` uses a unit of work.
+    async fn append(
+        &self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        check_append(stream_id, &events)?;
+        if expected.exact().is_none() {
+            let mut uow = self.begin().await?;
+            let result = uow.append(stream_id, expected, events).await;
+            return match result {
+                Ok(result) => uow.commit().await.map(|()| result),
+                Err(e) => {
+                    let _ = uow.rollback().await;
+                    Err(e)
+                }
+            };
+        }
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_err("acquiring a connection", &self.sql.events))?;
+        append_exact(&mut conn, &self.sql, stream_id, expected, &events).await
+    }
 
     async fn begin(&self) -> Result<PgUnitOfWork, StoreError> {
         let tx = self

@@ -2,21 +2,28 @@
 //!
 //! [`Repository::execute`] is the whole command path of event sourcing in one call:
 //!
-//! 1. begin a unit of work;
-//! 2. if the command has an id and it was executed before, return the first result (idempotency);
-//! 3. load the state: the latest snapshot (if snapshots are on) plus the events after it,
-//!    upcast and decoded;
-//! 4. call the aggregate's pure `handle`;
-//! 5. append the events expecting the loaded version, record the command id, save a snapshot
-//!    every N events;
-//! 6. commit, or on a version conflict roll back and start again, a bounded number of times.
+//! 1. if the command has an id and it was executed before, return the first result (idempotency);
+//! 2. load the state: from the state cache if it is on and holds the aggregate, else the latest
+//!    snapshot (if snapshots are on) plus the events after it, upcast and decoded;
+//! 3. call the aggregate's pure `handle`;
+//! 4. append the events expecting the loaded version (and record the command id in the same
+//!    transaction); save a snapshot every N events;
+//! 5. on a version conflict drop the cached state and start again, a bounded number of times.
 //!
-//! [`Repository::execute_in`] does steps 2 to 5 inside a unit of work the application owns, so
+//! A command without an id needs no transaction around its read: the append itself checks the
+//! expected version atomically, so on PostgreSQL such a command costs one read and one
+//! single-statement append (and only the append when its state is cached). A command with an id
+//! runs in a unit of work, because the command record must commit with the events.
+//!
+//! [`Repository::execute_in`] does steps 1 to 4 inside a unit of work the application owns, so
 //! its own SQL commits in the same transaction.
 
+use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventfold_core::{
@@ -29,6 +36,7 @@ use tracing::Instrument;
 
 use crate::error::{ExecuteError, ExpectedVersion, StoreError};
 use crate::store::{CommandRecord, EventStore, Snapshot, UnitOfWork};
+use eventfold_core::RecordedEvent;
 
 /// What an executed command produced.
 #[derive(Debug)]
@@ -70,6 +78,86 @@ impl<A> Clone for SnapshotPolicy<A> {
             encode: self.encode,
             decode: self.decode,
         }
+    }
+}
+
+/// A bounded cache of aggregate states with their versions. A stale entry is harmless: the
+/// append expects the cached version, fails with a conflict, and the entry is dropped.
+struct StateCache<A> {
+    capacity: usize,
+    clone: fn(&A) -> A,
+    entries: Mutex<HashMap<StreamId, (A, u64)>>,
+}
+
+impl<A> StateCache<A> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, (A, u64)>> {
+        // Entries are replaced whole, so a poisoned map is still consistent.
+        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn get(&self, stream_id: &StreamId) -> Option<Loaded<A>> {
+        self.lock().get(stream_id).map(|(state, version)| Loaded {
+            state: (self.clone)(state),
+            version: *version,
+        })
+    }
+
+    fn put(&self, stream_id: &StreamId, state: &A, version: u64) {
+        let mut entries = self.lock();
+        if entries.len() >= self.capacity && !entries.contains_key(stream_id) {
+            // Evict an arbitrary entry (the map's iteration order is random).
+            if let Some(victim) = entries.keys().next().cloned() {
+                entries.remove(&victim);
+            }
+        }
+        entries.insert(stream_id.clone(), ((self.clone)(state), version));
+    }
+
+    fn evict(&self, stream_id: &StreamId) {
+        self.lock().remove(stream_id);
+    }
+}
+
+/// Where a load reads from: the store (committed data) or a unit of work.
+trait Source: Send {
+    fn snapshot(&mut self, stream_id: &StreamId) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send;
+    fn read(
+        &mut self,
+        stream_id: &StreamId,
+        from_version: u64,
+        max_count: u64,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+}
+
+struct FromStore<'a, S>(&'a S);
+
+impl<S: EventStore> Source for FromStore<'_, S> {
+    fn snapshot(&mut self, stream_id: &StreamId) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send {
+        self.0.load_snapshot(stream_id)
+    }
+    fn read(
+        &mut self,
+        stream_id: &StreamId,
+        from_version: u64,
+        max_count: u64,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send {
+        self.0.read_stream(stream_id, from_version, max_count)
+    }
+}
+
+struct FromUow<'a, U>(&'a mut U);
+
+impl<U: UnitOfWork> Source for FromUow<'_, U> {
+    fn snapshot(&mut self, stream_id: &StreamId) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send {
+        self.0.load_snapshot(stream_id)
+    }
+    fn read(
+        &mut self,
+        stream_id: &StreamId,
+        from_version: u64,
+        max_count: u64,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send {
+        self.0.read_stream(stream_id, from_version, max_count)
     }
 }
 
@@ -115,6 +203,7 @@ pub struct Repository<A: Aggregate, S: EventStore> {
     upcasters: Upcasters,
     max_attempts: u32,
     snapshots: Option<SnapshotPolicy<A>>,
+    cache: Option<Arc<StateCache<A>>>,
     _aggregate: PhantomData<fn() -> A>,
 }
 
@@ -125,6 +214,7 @@ impl<A: Aggregate, S: EventStore> Clone for Repository<A, S> {
             upcasters: self.upcasters.clone(),
             max_attempts: self.max_attempts,
             snapshots: self.snapshots.clone(),
+            cache: self.cache.clone(),
             _aggregate: PhantomData,
         }
     }
@@ -141,6 +231,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             upcasters: Upcasters::new(),
             max_attempts: 5,
             snapshots: None,
+            cache: None,
             _aggregate: PhantomData,
         }
     }
@@ -172,6 +263,24 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         self
     }
 
+    /// Keeps the state and version of up to `capacity` aggregates in memory (clones share the
+    /// cache), so a command on a cached aggregate reads nothing before its append. Safe with
+    /// several instances writing the same streams: a stale entry makes the append conflict, the
+    /// entry is dropped and the command retried from the store. `capacity = 0` turns it off.
+    pub fn with_cache(mut self, capacity: usize) -> Self
+    where
+        A: Clone,
+    {
+        self.cache = (capacity > 0).then(|| {
+            Arc::new(StateCache {
+                capacity,
+                clone: A::clone,
+                entries: Mutex::new(HashMap::new()),
+            })
+        });
+        self
+    }
+
     /// The store.
     pub fn store(&self) -> &S {
         &self.store
@@ -180,13 +289,10 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// Loads the current state of an aggregate (default state at version 0 if it has no events).
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, StoreError> {
         let stream_id = StreamId::new(A::TYPE, id)?;
-        let mut uow = self.store.begin().await?;
-        let loaded = self.load_in(&mut uow, &stream_id, None).await;
-        uow.rollback().await?;
-        loaded
+        self.load_from(&mut FromStore(&self.store), &stream_id, None).await
     }
 
-    /// Executes a command: load, handle, append, commit; retried on version conflicts.
+    /// Executes a command: load, handle, append; retried on version conflicts.
     pub async fn execute(
         &self,
         id: &str,
@@ -200,37 +306,32 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             loop {
                 attempt += 1;
                 tracing::Span::current().record("attempt", attempt);
-                let mut uow = self.store.begin().await?;
-                let outcome = self
-                    .execute_once(&mut uow, &stream_id, command, &meta)
-                    .await;
-                let retry = match outcome {
-                    Ok(Some(done)) => match uow.commit().await {
-                        Ok(()) => return Ok(done),
-                        Err(e) if e.is_conflict() => e,
-                        Err(e) => return Err(e.into()),
-                    },
-                    // A concurrent execution recorded the same command id: start again to
-                    // return its result.
-                    Ok(None) => {
-                        uow.rollback().await?;
-                        continue;
-                    }
-                    Err(ExecuteError::Conflict { source, .. }) => {
-                        // The transaction may already be aborted; rolling back is best effort.
-                        let _ = uow.rollback().await;
-                        source
-                    }
-                    Err(e) => {
-                        let _ = uow.rollback().await;
-                        return Err(e);
-                    }
+                let outcome = if meta.command_id.is_some() {
+                    self.execute_in_new_unit(&stream_id, command, &meta).await
+                } else {
+                    self.execute_direct(&stream_id, command, &meta).await.map(Some)
                 };
+                let conflict = match outcome {
+                    Ok(Some(done)) => {
+                        if let Some(cache) = &self.cache {
+                            cache.put(&stream_id, &done.state, done.version);
+                        }
+                        return Ok(done);
+                    }
+                    // A concurrent execution recorded the same command id: go again to return
+                    // its result.
+                    Ok(None) => continue,
+                    Err(ExecuteError::Conflict { source, .. }) => source,
+                    Err(e) => return Err(e),
+                };
+                if let Some(cache) = &self.cache {
+                    cache.evict(&stream_id);
+                }
                 if attempt >= self.max_attempts {
                     return Err(ExecuteError::Conflict {
                         stream_id,
                         attempts: attempt,
-                        source: retry,
+                        source: conflict,
                     });
                 }
                 tracing::debug!(stream = %stream_id, attempt, "version conflict, retrying");
@@ -239,6 +340,137 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         }
         .instrument(span)
         .await
+    }
+
+    /// A command with an id: everything in one unit of work, so the command record commits with
+    /// the events. `Ok(None)`: the id was recorded concurrently.
+    async fn execute_in_new_unit(
+        &self,
+        stream_id: &StreamId,
+        command: &A::Command,
+        meta: &CommandMetadata,
+    ) -> Result<Option<Executed<A>>, ExecuteError<A::Error>> {
+        let mut uow = self.store.begin().await?;
+        match self.execute_once(&mut uow, stream_id, command, meta).await {
+            Ok(Some(done)) => match uow.commit().await {
+                Ok(()) => Ok(Some(done)),
+                Err(e) if e.is_conflict() => Err(ExecuteError::Conflict {
+                    stream_id: stream_id.clone(),
+                    attempts: 1,
+                    source: e,
+                }),
+                Err(e) => Err(e.into()),
+            },
+            Ok(None) => {
+                uow.rollback().await?;
+                Ok(None)
+            }
+            Err(e) => {
+                // The transaction may already be aborted; rolling back is best effort and the
+                // command's error is the one worth reporting.
+                let _ = uow.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// A command without an id: read, decide, and one atomic append with the expected version.
+    async fn execute_direct(
+        &self,
+        stream_id: &StreamId,
+        command: &A::Command,
+        meta: &CommandMetadata,
+    ) -> Result<Executed<A>, ExecuteError<A::Error>> {
+        let cached = self.cache.as_ref().and_then(|cache| cache.get(stream_id));
+        let Loaded { mut state, version } = match cached {
+            Some(loaded) => loaded,
+            None => self.load_from(&mut FromStore(&self.store), stream_id, None).await?,
+        };
+        let events = state.handle(command).map_err(|source| ExecuteError::Rejected {
+            stream_id: stream_id.clone(),
+            source,
+        })?;
+        if events.is_empty() {
+            return Ok(Executed {
+                stream_id: stream_id.clone(),
+                version,
+                events: Vec::new(),
+                state,
+                deduplicated: false,
+            });
+        }
+        let encoded = self.encode(stream_id, &events, meta)?;
+        let appended = self
+            .store
+            .append(stream_id, ExpectedVersion::Exact(version), encoded.clone())
+            .await
+            .map_err(|e| conflict_or_store(stream_id, e))?;
+        let envelopes = apply_all(&mut state, stream_id, version, events, encoded, appended.positions);
+        if let Some(snapshot) = self.snapshot_due(stream_id, &state, version, appended.version)? {
+            // The events are committed; a snapshot is only an optimisation, so failing to save
+            // one is logged, not returned.
+            if let Err(e) = self.save_snapshot(snapshot).await {
+                tracing::warn!(stream = %stream_id, error = %e, "saving a snapshot failed");
+            }
+        }
+        Ok(Executed {
+            stream_id: stream_id.clone(),
+            version: appended.version,
+            events: envelopes,
+            state,
+            deduplicated: false,
+        })
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        let mut uow = self.store.begin().await?;
+        uow.save_snapshot(snapshot).await?;
+        uow.commit().await
+    }
+
+    fn encode(
+        &self,
+        stream_id: &StreamId,
+        events: &[A::Event],
+        meta: &CommandMetadata,
+    ) -> Result<Vec<NewEvent>, StoreError> {
+        events
+            .iter()
+            .map(|e| NewEvent::encode(e, self.store.source(), meta))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| StoreError::Encode {
+                stream_id: stream_id.clone(),
+                source,
+            })
+    }
+
+    /// The snapshot to save when an append moved the stream from `before` to `after` across a
+    /// multiple of the snapshot interval.
+    fn snapshot_due(
+        &self,
+        stream_id: &StreamId,
+        state: &A,
+        before: u64,
+        after: u64,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let Some(policy) = &self.snapshots else {
+            return Ok(None);
+        };
+        if after / policy.every <= before / policy.every {
+            return Ok(None);
+        }
+        let bytes = (policy.encode)(state).map_err(|source| StoreError::Snapshot {
+            stream_id: stream_id.clone(),
+            version: after,
+            source,
+        })?;
+        Ok(Some(Snapshot {
+            stream_id: stream_id.clone(),
+            version: after,
+            snapshot_version: A::SNAPSHOT_VERSION,
+            state: bytes,
+            taken_at: now_micros(),
+        }))
     }
 
     /// Executes a command inside a unit of work the caller owns (and commits).
@@ -253,6 +485,10 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         meta: CommandMetadata,
     ) -> Result<Executed<A>, ExecuteError<A::Error>> {
         let stream_id = StreamId::new(A::TYPE, id)?;
+        // The caller may or may not commit: forget what the cache knows about this stream.
+        if let Some(cache) = &self.cache {
+            cache.evict(&stream_id);
+        }
         match self.execute_once(uow, &stream_id, command, &meta).await? {
             Some(done) => Ok(done),
             None => Err(ExecuteError::Conflict {
@@ -280,64 +516,27 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 return self.replay_command(uow, stream_id, record).await.map(Some);
             }
         }
-        let Loaded { mut state, version } = self.load_in(uow, stream_id, None).await?;
-        let events = state
-            .handle(command)
-            .map_err(|source| ExecuteError::Rejected {
-                stream_id: stream_id.clone(),
-                source,
-            })?;
-        let mut envelopes = Vec::with_capacity(events.len());
+        let cached = self.cache.as_ref().and_then(|cache| cache.get(stream_id));
+        let Loaded { mut state, version } = match cached {
+            Some(loaded) => loaded,
+            None => self.load_from(&mut FromUow(&mut *uow), stream_id, None).await?,
+        };
+        let events = state.handle(command).map_err(|source| ExecuteError::Rejected {
+            stream_id: stream_id.clone(),
+            source,
+        })?;
+        let mut envelopes = Vec::new();
         let mut new_version = version;
         if !events.is_empty() {
-            let encoded = events
-                .iter()
-                .map(|e| NewEvent::encode(e, self.store.source(), meta))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|source| StoreError::Encode {
-                    stream_id: stream_id.clone(),
-                    source,
-                })?;
-            let appended = match uow
+            let encoded = self.encode(stream_id, &events, meta)?;
+            let appended = uow
                 .append(stream_id, ExpectedVersion::Exact(version), encoded.clone())
                 .await
-            {
-                Ok(appended) => appended,
-                Err(e) if e.is_conflict() => {
-                    return Err(ExecuteError::Conflict {
-                        stream_id: stream_id.clone(),
-                        attempts: 1,
-                        source: e,
-                    });
-                }
-                Err(e) => return Err(e.into()),
-            };
+                .map_err(|e| conflict_or_store(stream_id, e))?;
             new_version = appended.version;
-            for ((event, new), position) in events.into_iter().zip(encoded).zip(appended.positions)
-            {
-                state.apply(&event);
-                let stream_version = version + 1 + envelopes.len() as u64;
-                envelopes.push(
-                    new.into_recorded(stream_id.clone(), stream_version, position)
-                        .with_payload(event),
-                );
-            }
-            if let Some(policy) = &self.snapshots {
-                if new_version / policy.every > version / policy.every {
-                    let bytes = (policy.encode)(&state).map_err(|source| StoreError::Snapshot {
-                        stream_id: stream_id.clone(),
-                        version: new_version,
-                        source,
-                    })?;
-                    uow.save_snapshot(Snapshot {
-                        stream_id: stream_id.clone(),
-                        version: new_version,
-                        snapshot_version: A::SNAPSHOT_VERSION,
-                        state: bytes,
-                        taken_at: now_micros(),
-                    })
-                    .await?;
-                }
+            envelopes = apply_all(&mut state, stream_id, version, events, encoded, appended.positions);
+            if let Some(snapshot) = self.snapshot_due(stream_id, &state, version, new_version)? {
+                uow.save_snapshot(snapshot).await?;
             }
         }
         if let Some(command_id) = meta.command_id {
@@ -379,7 +578,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             .into());
         }
         let loaded = self
-            .load_in(uow, stream_id, Some(record.version_before))
+            .load_from(&mut FromUow(&mut *uow), stream_id, Some(record.version_before))
             .await?;
         let mut state = loaded.state;
         let mut events = Vec::new();
@@ -406,16 +605,16 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
 
     /// Loads the state from the latest usable snapshot and the events after it, up to
     /// `up_to` (inclusive) when given.
-    async fn load_in(
+    async fn load_from(
         &self,
-        uow: &mut S::UnitOfWork,
+        source: &mut impl Source,
         stream_id: &StreamId,
         up_to: Option<u64>,
     ) -> Result<Loaded<A>, StoreError> {
         let mut state = A::default();
         let mut version = 0;
         if let Some(policy) = &self.snapshots {
-            if let Some(snapshot) = uow.load_snapshot(stream_id).await? {
+            if let Some(snapshot) = source.snapshot(stream_id).await? {
                 let usable = snapshot.snapshot_version == A::SNAPSHOT_VERSION
                     && up_to.is_none_or(|limit| snapshot.version <= limit);
                 if usable {
@@ -439,7 +638,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             if want == 0 {
                 break;
             }
-            let page = uow.read_stream(stream_id, version + 1, want).await?;
+            let page = source.read(stream_id, version + 1, want).await?;
             let got = page.len() as u64;
             for recorded in page {
                 if recorded.stream_version != version + 1 {
@@ -461,6 +660,36 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         }
         Ok(Loaded { state, version })
     }
+}
+
+/// A version conflict becomes [`ExecuteError::Conflict`], anything else a store error.
+fn conflict_or_store<E: std::error::Error + 'static>(stream_id: &StreamId, e: StoreError) -> ExecuteError<E> {
+    if e.is_conflict() {
+        ExecuteError::Conflict {
+            stream_id: stream_id.clone(),
+            attempts: 1,
+            source: e,
+        }
+    } else {
+        ExecuteError::Store(e)
+    }
+}
+
+/// Applies appended events to the state and wraps them in envelopes.
+fn apply_all<A: Aggregate>(
+    state: &mut A,
+    stream_id: &StreamId,
+    version: u64,
+    events: Vec<A::Event>,
+    encoded: Vec<NewEvent>,
+    positions: Vec<u64>,
+) -> Vec<Envelope<A::Event>> {
+    let mut envelopes = Vec::with_capacity(events.len());
+    for (i, ((event, new), position)) in events.into_iter().zip(encoded).zip(positions).enumerate() {
+        state.apply(&event);
+        envelopes.push(new.into_recorded(stream_id.clone(), version + 1 + i as u64, position).with_payload(event));
+    }
+    envelopes
 }
 
 /// A short random pause before retry `attempt` (1, 2, ...): up to 2^attempt ms, at most 100 ms.
