@@ -44,7 +44,11 @@ async fn hammer<S: EventStore>(store: S) {
         tasks.push(tokio::spawn(async move {
             let repo = Repository::<Tally, _>::new(store.clone()).with_max_attempts(2);
             // A quarter of the tasks keep a state cache, which goes stale under the others.
-            let repo = if task % 4 == 0 { repo.with_cache(16) } else { repo };
+            let repo = if task % 4 == 0 {
+                repo.with_cache(16)
+            } else {
+                repo
+            };
             let mut seed = 0x9E37_79B9_7F4A_7C15_u64 ^ (task as u64 + 1);
             let mut next = move || {
                 seed ^= seed << 13;

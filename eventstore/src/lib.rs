@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod log;
 pub mod memory;
 pub mod naming;
 pub mod repository;
@@ -38,6 +39,13 @@ mod sql;
 pub mod sqlite;
 
 pub use error::{ExecuteError, ExpectedVersion, StoreError};
+pub use log::{
+    BlockingTransaction, Checkpoint, InvalidCheckpoint, LogBatch, LogEvent, LogFilter, LogHead,
+    Subscription,
+};
 pub use naming::Naming;
 pub use repository::{Executed, Loaded, Repository};
-pub use store::{AppendResult, CommandRecord, DynEventReader, EventStore, Snapshot, UnitOfWork};
+pub use store::{
+    AppendResult, CommandRecord, DynEventReader, EventStore, LocalWakeup, Snapshot, UnitOfWork,
+    Wakeup,
+};

@@ -1,9 +1,10 @@
 //! The in-memory event store: for users' unit tests and for prototypes.
 //!
-//! It follows the same contract as the SQL backends (the shared contract suite runs against it),
-//! with optimistic units of work: appends are checked when they are made and again at commit, so
-//! a concurrent commit to the same stream makes the later commit fail with
-//! [`StoreError::VersionConflict`]. Nothing survives the process.
+//! It follows the same contract as the SQL backends (the shared contract suite runs against it).
+//! Like SQLite, it has one writer at a time: a unit of work takes the store's write lock at its
+//! first write and holds it until it commits, rolls back or is dropped, so the global log is in
+//! commit order. (A task that holds a unit of work and appends through the store itself waits
+//! for itself: finish the unit of work first.) Nothing survives the process.
 //!
 //! ```
 //! use eventfold_core::{NewEvent, StreamId};
@@ -31,9 +32,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use eventfold_core::{NewEvent, RecordedEvent, StreamId};
 use uuid::Uuid;
 
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, watch};
+
 use crate::error::{ExpectedVersion, StoreError};
+use crate::log::{Checkpoint, LogBatch, LogEvent, LogFilter, LogHead};
 use crate::store::{
-    AppendResult, CommandRecord, EventStore, Snapshot, UnitOfWork, validate_append,
+    AppendResult, CommandRecord, EventStore, LocalWakeup, Snapshot, UnitOfWork, validate_append,
 };
 
 #[derive(Default)]
@@ -67,6 +71,8 @@ impl State {
 struct Inner {
     state: Mutex<State>,
     next_position: AtomicU64,
+    writer: Arc<AsyncMutex<()>>,
+    appended: watch::Sender<u64>,
 }
 
 /// An event store in memory. Clones share the same data.
@@ -97,6 +103,8 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
                 next_position: AtomicU64::new(1),
+                writer: Arc::new(AsyncMutex::new(())),
+                appended: watch::channel(0).0,
             }),
             source: Arc::from("eventfold"),
         }
@@ -137,12 +145,19 @@ struct StagedStream {
 /// A unit of work of the [`MemoryStore`]: changes are staged and applied at commit.
 pub struct MemoryUnitOfWork {
     store: MemoryStore,
+    write_lock: Option<OwnedMutexGuard<()>>,
     streams: Vec<(StreamId, StagedStream)>,
     snapshots: Vec<Snapshot>,
     commands: Vec<CommandRecord>,
 }
 
 impl MemoryUnitOfWork {
+    async fn lock_writer(&mut self) {
+        if self.write_lock.is_none() {
+            self.write_lock = Some(self.store.inner.writer.clone().lock_owned().await);
+        }
+    }
+
     fn staged(&self, stream_id: &StreamId) -> Option<&StagedStream> {
         self.streams
             .iter()
@@ -159,6 +174,7 @@ impl UnitOfWork for MemoryUnitOfWork {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         validate_append(stream_id, &events)?;
+        self.lock_writer().await;
         let state = self.store.lock();
         let (base_version, staged_count) = match self.staged(stream_id) {
             Some(staged) => (staged.base_version, staged.events.len() as u64),
@@ -269,6 +285,7 @@ impl UnitOfWork for MemoryUnitOfWork {
     }
 
     async fn save_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StoreError> {
+        self.lock_writer().await;
         self.snapshots.push(snapshot);
         Ok(())
     }
@@ -284,6 +301,7 @@ impl UnitOfWork for MemoryUnitOfWork {
     }
 
     async fn record_command(&mut self, record: CommandRecord) -> Result<bool, StoreError> {
+        self.lock_writer().await;
         let exists = self
             .commands
             .iter()
@@ -334,6 +352,7 @@ impl UnitOfWork for MemoryUnitOfWork {
                 actual: None,
             });
         }
+        let appended = !self.streams.is_empty();
         for (stream_id, staged) in self.streams {
             let base = renumber
                 .iter()
@@ -362,6 +381,10 @@ impl UnitOfWork for MemoryUnitOfWork {
         for command in self.commands {
             state.commands.insert(command.command_id, command);
         }
+        drop(state);
+        if appended {
+            self.store.inner.appended.send_modify(|n| *n += 1);
+        }
         Ok(())
     }
 
@@ -372,10 +395,56 @@ impl UnitOfWork for MemoryUnitOfWork {
 
 impl EventStore for MemoryStore {
     type UnitOfWork = MemoryUnitOfWork;
+    type Wakeup = LocalWakeup;
+
+    async fn read_log(
+        &self,
+        after: Checkpoint,
+        max_count: usize,
+        filter: &LogFilter,
+    ) -> Result<LogBatch, StoreError> {
+        let state = self.lock();
+        let mut events = Vec::new();
+        let mut checkpoint = after;
+        let mut reached_end = true;
+        for (position, event) in state.log.range(after.position() + 1..) {
+            if events.len() >= max_count {
+                reached_end = false;
+                break;
+            }
+            checkpoint = Checkpoint::new(0, *position);
+            if filter.matches(event) {
+                events.push(LogEvent {
+                    checkpoint,
+                    event: event.clone(),
+                });
+            }
+        }
+        Ok(LogBatch {
+            events,
+            checkpoint,
+            reached_end,
+            held_back: false,
+        })
+    }
+
+    async fn log_head(&self) -> Result<LogHead, StoreError> {
+        let position = self.lock().log.keys().next_back().copied().unwrap_or(0);
+        Ok(LogHead {
+            position,
+            readable_position: position,
+            blocked_by: None,
+        })
+    }
+
+    async fn wakeup(&self) -> Result<LocalWakeup, StoreError> {
+        Ok(LocalWakeup(self.inner.appended.subscribe()))
+    }
 
     async fn begin(&self) -> Result<MemoryUnitOfWork, StoreError> {
         Ok(MemoryUnitOfWork {
             store: self.clone(),
+            write_lock: None,
             streams: Vec::new(),
             snapshots: Vec::new(),
             commands: Vec::new(),

@@ -36,11 +36,17 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+
 use crate::error::{ExpectedVersion, StoreError};
+use crate::log::{BlockingTransaction, Checkpoint, LogBatch, LogFilter, LogHead};
 use crate::naming::Naming;
 use crate::sql::{self, EVENT_COLUMNS, EventRow, Migration, db_err, to_i64, to_u64};
 use crate::store::{
-    AppendResult, CommandRecord, EventStore, Snapshot, UnitOfWork, validate_append,
+    AppendResult, CommandRecord, EventStore, Snapshot, UnitOfWork, Wakeup, validate_append,
 };
 
 const MIGRATIONS: &[Migration] = &[Migration {
@@ -62,9 +68,11 @@ CREATE TABLE IF NOT EXISTS {events} (
     causation_id UUID,
     tenant_id TEXT,
     headers JSONB NOT NULL DEFAULT '{}',
+    commit_key BIGINT NOT NULL,
     CONSTRAINT "{prefix}events_event_id_uq" UNIQUE (event_id),
     CONSTRAINT "{prefix}events_stream_version_uq" UNIQUE (stream_type, stream_id, stream_version)
 );
+CREATE INDEX IF NOT EXISTS "{prefix}events_log_idx" ON {events} (commit_key, global_position);
 CREATE TABLE IF NOT EXISTS {snapshots} (
     stream_type TEXT NOT NULL,
     stream_id TEXT NOT NULL,
@@ -86,6 +94,11 @@ CREATE TABLE IF NOT EXISTS {commands} (
 }];
 
 struct Statements {
+    channel: String,
+    horizon: String,
+    read_log: String,
+    held_back: String,
+    head: String,
     events: String,
     snapshots: String,
     commands: String,
@@ -104,16 +117,39 @@ impl Statements {
         let snapshots = naming.table("snapshots");
         let commands = naming.table("commands");
         Self {
+            channel: match naming.schema() {
+                Some(schema) => format!("{schema}.{}", naming.bare("events")),
+                None => naming.bare("events"),
+            },
+            horizon: "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8".to_owned(),
+            read_log: format!(
+                "SELECT commit_key, stream_type, stream_id, {EVENT_COLUMNS}, headers::text FROM {events} \
+                 WHERE (commit_key, global_position) > ($1, $2) AND commit_key < $3 \
+                 AND ($4::text[] IS NULL OR event_type = ANY($4)) \
+                 AND ($5::text[] IS NULL OR stream_type = ANY($5)) \
+                 AND ($6::text IS NULL OR tenant_id = $6) \
+                 ORDER BY commit_key, global_position LIMIT $7"
+            ),
+            held_back: format!(
+                "SELECT EXISTS (SELECT 1 FROM {events} WHERE commit_key >= $1 AND (commit_key, global_position) > ($2, $3))"
+            ),
+            head: format!(
+                "SELECT COALESCE((SELECT MAX(global_position) FROM {events}), 0)::int8, \
+                   COALESCE((SELECT MAX(global_position) FROM {events} \
+                     WHERE commit_key < pg_snapshot_xmin(pg_current_snapshot())::text::int8), 0)::int8"
+            ),
             max_version: format!(
                 "SELECT COALESCE(MAX(stream_version), 0)::int8 FROM {events} WHERE stream_type = $1 AND stream_id = $2"
             ),
             append: format!(
-                "WITH cur AS (SELECT COALESCE(MAX(stream_version), 0)::int8 AS v FROM {events} \
-                   WHERE stream_type = $1 AND stream_id = $2) \
+                "WITH last AS (SELECT stream_version, commit_key FROM {events} \
+                   WHERE stream_type = $1 AND stream_id = $2 ORDER BY stream_version DESC LIMIT 1), \
+                 cur AS (SELECT COALESCE((SELECT stream_version FROM last), 0)::int8 AS v, \
+                   GREATEST(pg_current_xact_id()::text::int8, COALESCE((SELECT commit_key FROM last), 0)) AS k) \
                  INSERT INTO {events} (event_id, stream_type, stream_id, stream_version, event_type, schema_version, \
-                   payload, recorded_at, source, correlation_id, causation_id, tenant_id, headers) \
+                   payload, recorded_at, source, correlation_id, causation_id, tenant_id, headers, commit_key) \
                  SELECT e.event_id, $1, $2, cur.v + e.ord, e.event_type, e.schema_version, e.payload, e.recorded_at, \
-                   e.source, e.correlation_id, e.causation_id, e.tenant_id, e.headers::jsonb \
+                   e.source, e.correlation_id, e.causation_id, e.tenant_id, e.headers::jsonb, cur.k \
                  FROM cur, UNNEST($3::uuid[], $4::text[], $5::int4[], $6::bytea[], $7::timestamptz[], $8::text[], \
                    $9::uuid[], $10::uuid[], $11::text[], $12::text[]) WITH ORDINALITY \
                    AS e(event_id, event_type, schema_version, payload, recorded_at, source, correlation_id, \
@@ -152,6 +188,7 @@ impl Statements {
 /// An event store in a PostgreSQL database.
 #[derive(Clone)]
 pub struct PgStore {
+    appended: Arc<watch::Sender<u64>>,
     pool: PgPool,
     naming: Arc<Naming>,
     sql: Arc<Statements>,
@@ -197,8 +234,14 @@ impl PgStoreBuilder {
 
     /// Builds the store, migrating first unless turned off.
     pub async fn build(self) -> Result<PgStore, StoreError> {
+        let sql = Arc::new(Statements::new(&self.naming));
+        let (appended, signals) = watch::channel(0);
+        // Tell other processes about appends, outside the writers' transactions: a NOTIFY inside
+        // them would serialize their commits on PostgreSQL's notification queue lock.
+        tokio::spawn(notify_pump(self.pool.clone(), sql.channel.clone(), signals));
         let store = PgStore {
-            sql: Arc::new(Statements::new(&self.naming)),
+            appended: Arc::new(appended),
+            sql,
             pool: self.pool,
             naming: Arc::new(self.naming),
             source: Arc::from(self.source),
@@ -375,6 +418,8 @@ async fn command_on(
 pub struct PgUnitOfWork {
     tx: Transaction<'static, Postgres>,
     sql: Arc<Statements>,
+    appended: Arc<watch::Sender<u64>>,
+    wrote_events: bool,
 }
 
 impl PgUnitOfWork {
@@ -461,7 +506,10 @@ fn append_error(
 /// Checks what the database cannot: no empty batch, versions that fit the columns.
 fn check_append(stream_id: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
     validate_append(stream_id, events)?;
-    if let Some(e) = events.iter().find(|e| i32::try_from(e.schema_version).is_err()) {
+    if let Some(e) = events
+        .iter()
+        .find(|e| i32::try_from(e.schema_version).is_err())
+    {
         return Err(StoreError::InvalidEvent {
             stream_id: stream_id.clone(),
             event_id: e.event_id,
@@ -490,7 +538,11 @@ async fn append_result(
         });
     }
     rows.sort_by_key(|(_, version)| *version);
-    let version = to_u64(rows.last().map_or(0, |r| r.1), &sql.events, "stream version")?;
+    let version = to_u64(
+        rows.last().map_or(0, |r| r.1),
+        &sql.events,
+        "stream version",
+    )?;
     let positions = rows
         .iter()
         .map(|(p, _)| to_u64(*p, &sql.events, "global position"))
@@ -531,6 +583,60 @@ fn duplicate_id(e: &sqlx::Error, events: &[NewEvent]) -> Uuid {
         .unwrap_or_else(|| events.first().map_or(Uuid::nil(), |ev| ev.event_id))
 }
 
+/// Sends a NOTIFY on `channel` after appends made through this process's store handles, at most
+/// one per millisecond; ends when every handle is dropped.
+async fn notify_pump(pool: PgPool, channel: String, mut signals: watch::Receiver<u64>) {
+    while signals.changed().await.is_ok() {
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(&channel)
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(error = %e, "NOTIFY failed; other processes' readers will poll");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Wakes PostgreSQL log readers: appends through this process (at once) and NOTIFY from other
+/// processes. Polling covers the rest (writers that do not notify, a lost connection).
+pub struct PgWakeup {
+    local: watch::Receiver<u64>,
+    listener: Option<PgListener>,
+}
+
+impl std::fmt::Debug for PgWakeup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgWakeup")
+            .field("listening", &self.listener.is_some())
+            .finish()
+    }
+}
+
+impl Wakeup for PgWakeup {
+    async fn wait(&mut self, max: Duration) {
+        let local = &mut self.local;
+        match self.listener.as_mut() {
+            Some(listener) => {
+                let failed = tokio::select! {
+                    _ = local.changed() => false,
+                    received = listener.recv() => received.is_err(),
+                    () = tokio::time::sleep(max) => false,
+                };
+                if failed {
+                    tracing::warn!(
+                        "the LISTEN connection failed; log readers fall back to polling"
+                    );
+                    self.listener = None;
+                }
+            }
+            None => {
+                let _ = tokio::time::timeout(max, local.changed()).await;
+            }
+        }
+    }
+}
+
 /// How many times an `Any` append retries a concurrent insert before giving up.
 const ANY_RETRIES: usize = 16;
 
@@ -543,7 +649,10 @@ impl UnitOfWork for PgUnitOfWork {
     ) -> Result<AppendResult, StoreError> {
         check_append(stream_id, &events)?;
         if expected.exact().is_some() {
-            return append_exact(&mut self.tx, &self.sql, stream_id, expected, &events).await;
+            let result =
+                append_exact(&mut self.tx, &self.sql, stream_id, expected, &events).await?;
+            self.wrote_events = true;
+            return Ok(result);
         }
         // `Any` must not fail because of a concurrent append: retry inside a savepoint, so that
         // a unique violation does not abort the whole unit of work.
@@ -574,7 +683,17 @@ impl UnitOfWork for PgUnitOfWork {
                 }
             }
         };
-        append_result(&mut self.tx, &self.sql, stream_id, expected, rows, events.len()).await
+        let result = append_result(
+            &mut self.tx,
+            &self.sql,
+            stream_id,
+            expected,
+            rows,
+            events.len(),
+        )
+        .await?;
+        self.wrote_events = true;
+        Ok(result)
     }
 
     async fn read_stream(
@@ -636,7 +755,11 @@ impl UnitOfWork for PgUnitOfWork {
         self.tx
             .commit()
             .await
-            .map_err(db_err("committing", &self.sql.events))
+            .map_err(db_err("committing", &self.sql.events))?;
+        if self.wrote_events {
+            self.appended.send_modify(|n| *n += 1);
+        }
+        Ok(())
     }
 
     async fn rollback(self) -> Result<(), StoreError> {
@@ -649,6 +772,7 @@ impl UnitOfWork for PgUnitOfWork {
 
 impl EventStore for PgStore {
     type UnitOfWork = PgUnitOfWork;
+    type Wakeup = PgWakeup;
 
     /// With an exact expected version the append is a single statement, atomic on its own, so it
     /// runs without `BEGIN`/`COMMIT` (one round trip); `Any` uses a unit of work.
@@ -675,7 +799,117 @@ impl EventStore for PgStore {
             .acquire()
             .await
             .map_err(db_err("acquiring a connection", &self.sql.events))?;
-        append_exact(&mut conn, &self.sql, stream_id, expected, &events).await
+        let result = append_exact(&mut conn, &self.sql, stream_id, expected, &events).await?;
+        self.appended.send_modify(|n| *n += 1);
+        Ok(result)
+    }
+
+    /// Reads below the transaction horizon: events of transactions older than the oldest one
+    /// still running. See [`crate::log`] and ADR 0007.
+    async fn read_log(
+        &self,
+        after: Checkpoint,
+        max_count: usize,
+        filter: &LogFilter,
+    ) -> Result<LogBatch, StoreError> {
+        let table = &self.sql.events;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_err("acquiring a connection", table))?;
+        // The horizon first: every transaction below it had ended when it was taken, so the
+        // read that follows sees all of their events.
+        let (horizon,): (i64,) = sqlx::query_as(&self.sql.horizon)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_err("reading the transaction horizon", table))?;
+        let (key, position) = after.to_parts();
+        let list = |l: &[String]| (!l.is_empty()).then(|| l.to_vec());
+        let rows: Vec<sql::LogRow> = sqlx::query_as(&self.sql.read_log)
+            .bind(key)
+            .bind(position)
+            .bind(horizon)
+            .bind(list(&filter.event_types))
+            .bind(list(&filter.stream_types))
+            .bind(filter.tenant.as_deref())
+            .bind(i64::try_from(max_count).unwrap_or(i64::MAX))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_err("reading the log", table))?;
+        let end = Checkpoint::new(to_u64(horizon, table, "transaction horizon")?, 0);
+        let held_back = if rows.len() < max_count {
+            let from = end.max(after).to_parts();
+            let (held,): (bool,) = sqlx::query_as(&self.sql.held_back)
+                .bind(horizon)
+                .bind(from.0)
+                .bind(from.1)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db_err("looking for held-back events", table))?;
+            held
+        } else {
+            false
+        };
+        sql::log_batch(rows, after, max_count, end, held_back, table)
+    }
+
+    async fn log_head(&self) -> Result<LogHead, StoreError> {
+        let table = &self.sql.events;
+        let (position, readable): (i64, i64) = sqlx::query_as(&self.sql.head)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err("reading the log head", table))?;
+        let position = to_u64(position, table, "global position")?;
+        let readable_position = to_u64(readable, table, "global position")?;
+        let blocked_by = if position > readable_position {
+            let oldest: Option<(i32, f64, String)> = sqlx::query_as(
+                "SELECT pid, EXTRACT(EPOCH FROM (clock_timestamp() - xact_start))::float8, \
+                 COALESCE(state, '') || ': ' || left(query, 120) FROM pg_stat_activity \
+                 WHERE backend_xid IS NOT NULL AND xact_start IS NOT NULL \
+                 ORDER BY age(backend_xid) DESC LIMIT 1",
+            )
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err(
+                "looking for the oldest transaction",
+                "pg_stat_activity",
+            ))?;
+            oldest
+                .filter(|(_, secs, _)| *secs >= 1.0)
+                .map(|(pid, secs, description)| BlockingTransaction {
+                    pid,
+                    running_for: Duration::from_secs_f64(secs.max(0.0)),
+                    description,
+                })
+        } else {
+            None
+        };
+        Ok(LogHead {
+            position,
+            readable_position,
+            blocked_by,
+        })
+    }
+
+    async fn wakeup(&self) -> Result<PgWakeup, StoreError> {
+        let listener = match PgListener::connect_with(&self.pool).await {
+            Ok(mut listener) => match listener.listen(&self.sql.channel).await {
+                Ok(()) => Some(listener),
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN failed; log readers fall back to polling");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no LISTEN connection; log readers fall back to polling");
+                None
+            }
+        };
+        Ok(PgWakeup {
+            local: self.appended.subscribe(),
+            listener,
+        })
     }
 
     async fn begin(&self) -> Result<PgUnitOfWork, StoreError> {
@@ -687,6 +921,8 @@ impl EventStore for PgStore {
         Ok(PgUnitOfWork {
             tx,
             sql: self.sql.clone(),
+            appended: self.appended.clone(),
+            wrote_events: false,
         })
     }
 

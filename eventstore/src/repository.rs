@@ -92,7 +92,9 @@ struct StateCache<A> {
 impl<A> StateCache<A> {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, (A, u64)>> {
         // Entries are replaced whole, so a poisoned map is still consistent.
-        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn get(&self, stream_id: &StreamId) -> Option<Loaded<A>> {
@@ -120,7 +122,10 @@ impl<A> StateCache<A> {
 
 /// Where a load reads from: the store (committed data) or a unit of work.
 trait Source: Send {
-    fn snapshot(&mut self, stream_id: &StreamId) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send;
+    fn snapshot(
+        &mut self,
+        stream_id: &StreamId,
+    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send;
     fn read(
         &mut self,
         stream_id: &StreamId,
@@ -132,7 +137,10 @@ trait Source: Send {
 struct FromStore<'a, S>(&'a S);
 
 impl<S: EventStore> Source for FromStore<'_, S> {
-    fn snapshot(&mut self, stream_id: &StreamId) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send {
+    fn snapshot(
+        &mut self,
+        stream_id: &StreamId,
+    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send {
         self.0.load_snapshot(stream_id)
     }
     fn read(
@@ -148,7 +156,10 @@ impl<S: EventStore> Source for FromStore<'_, S> {
 struct FromUow<'a, U>(&'a mut U);
 
 impl<U: UnitOfWork> Source for FromUow<'_, U> {
-    fn snapshot(&mut self, stream_id: &StreamId) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send {
+    fn snapshot(
+        &mut self,
+        stream_id: &StreamId,
+    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send {
         self.0.load_snapshot(stream_id)
     }
     fn read(
@@ -289,7 +300,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// Loads the current state of an aggregate (default state at version 0 if it has no events).
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, StoreError> {
         let stream_id = StreamId::new(A::TYPE, id)?;
-        self.load_from(&mut FromStore(&self.store), &stream_id, None).await
+        self.load_from(&mut FromStore(&self.store), &stream_id, None)
+            .await
     }
 
     /// Executes a command: load, handle, append; retried on version conflicts.
@@ -309,7 +321,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 let outcome = if meta.command_id.is_some() {
                     self.execute_in_new_unit(&stream_id, command, &meta).await
                 } else {
-                    self.execute_direct(&stream_id, command, &meta).await.map(Some)
+                    self.execute_direct(&stream_id, command, &meta)
+                        .await
+                        .map(Some)
                 };
                 let conflict = match outcome {
                     Ok(Some(done)) => {
@@ -384,12 +398,17 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         let cached = self.cache.as_ref().and_then(|cache| cache.get(stream_id));
         let Loaded { mut state, version } = match cached {
             Some(loaded) => loaded,
-            None => self.load_from(&mut FromStore(&self.store), stream_id, None).await?,
+            None => {
+                self.load_from(&mut FromStore(&self.store), stream_id, None)
+                    .await?
+            }
         };
-        let events = state.handle(command).map_err(|source| ExecuteError::Rejected {
-            stream_id: stream_id.clone(),
-            source,
-        })?;
+        let events = state
+            .handle(command)
+            .map_err(|source| ExecuteError::Rejected {
+                stream_id: stream_id.clone(),
+                source,
+            })?;
         if events.is_empty() {
             return Ok(Executed {
                 stream_id: stream_id.clone(),
@@ -405,7 +424,14 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             .append(stream_id, ExpectedVersion::Exact(version), encoded.clone())
             .await
             .map_err(|e| conflict_or_store(stream_id, e))?;
-        let envelopes = apply_all(&mut state, stream_id, version, events, encoded, appended.positions);
+        let envelopes = apply_all(
+            &mut state,
+            stream_id,
+            version,
+            events,
+            encoded,
+            appended.positions,
+        );
         if let Some(snapshot) = self.snapshot_due(stream_id, &state, version, appended.version)? {
             // The events are committed; a snapshot is only an optimisation, so failing to save
             // one is logged, not returned.
@@ -519,12 +545,17 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         let cached = self.cache.as_ref().and_then(|cache| cache.get(stream_id));
         let Loaded { mut state, version } = match cached {
             Some(loaded) => loaded,
-            None => self.load_from(&mut FromUow(&mut *uow), stream_id, None).await?,
+            None => {
+                self.load_from(&mut FromUow(&mut *uow), stream_id, None)
+                    .await?
+            }
         };
-        let events = state.handle(command).map_err(|source| ExecuteError::Rejected {
-            stream_id: stream_id.clone(),
-            source,
-        })?;
+        let events = state
+            .handle(command)
+            .map_err(|source| ExecuteError::Rejected {
+                stream_id: stream_id.clone(),
+                source,
+            })?;
         let mut envelopes = Vec::new();
         let mut new_version = version;
         if !events.is_empty() {
@@ -534,7 +565,14 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 .await
                 .map_err(|e| conflict_or_store(stream_id, e))?;
             new_version = appended.version;
-            envelopes = apply_all(&mut state, stream_id, version, events, encoded, appended.positions);
+            envelopes = apply_all(
+                &mut state,
+                stream_id,
+                version,
+                events,
+                encoded,
+                appended.positions,
+            );
             if let Some(snapshot) = self.snapshot_due(stream_id, &state, version, new_version)? {
                 uow.save_snapshot(snapshot).await?;
             }
@@ -578,7 +616,11 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             .into());
         }
         let loaded = self
-            .load_from(&mut FromUow(&mut *uow), stream_id, Some(record.version_before))
+            .load_from(
+                &mut FromUow(&mut *uow),
+                stream_id,
+                Some(record.version_before),
+            )
             .await?;
         let mut state = loaded.state;
         let mut events = Vec::new();
@@ -663,7 +705,10 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
 }
 
 /// A version conflict becomes [`ExecuteError::Conflict`], anything else a store error.
-fn conflict_or_store<E: std::error::Error + 'static>(stream_id: &StreamId, e: StoreError) -> ExecuteError<E> {
+fn conflict_or_store<E: std::error::Error + 'static>(
+    stream_id: &StreamId,
+    e: StoreError,
+) -> ExecuteError<E> {
     if e.is_conflict() {
         ExecuteError::Conflict {
             stream_id: stream_id.clone(),
@@ -685,9 +730,13 @@ fn apply_all<A: Aggregate>(
     positions: Vec<u64>,
 ) -> Vec<Envelope<A::Event>> {
     let mut envelopes = Vec::with_capacity(events.len());
-    for (i, ((event, new), position)) in events.into_iter().zip(encoded).zip(positions).enumerate() {
+    for (i, ((event, new), position)) in events.into_iter().zip(encoded).zip(positions).enumerate()
+    {
         state.apply(&event);
-        envelopes.push(new.into_recorded(stream_id.clone(), version + 1 + i as u64, position).with_payload(event));
+        envelopes.push(
+            new.into_recorded(stream_id.clone(), version + 1 + i as u64, position)
+                .with_payload(event),
+        );
     }
     envelopes
 }

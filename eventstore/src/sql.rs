@@ -224,3 +224,59 @@ pub(crate) fn command(
         recorded_at,
     })
 }
+
+/// A log row: commit key, stream type, stream id, then the columns of [`EventRow`].
+pub(crate) type LogRow = (
+    i64,
+    String,
+    String,
+    Uuid,
+    i64,
+    i64,
+    String,
+    i32,
+    Vec<u8>,
+    DateTime<Utc>,
+    String,
+    Uuid,
+    Option<Uuid>,
+    Option<String>,
+    String,
+);
+
+/// Turns log rows into a batch. `end` is the checkpoint to use when the read reached the end of
+/// what is readable (fewer rows than asked for).
+pub(crate) fn log_batch(
+    rows: Vec<LogRow>,
+    after: crate::log::Checkpoint,
+    max_count: usize,
+    end: crate::log::Checkpoint,
+    held_back: bool,
+    table: &str,
+) -> Result<crate::log::LogBatch, StoreError> {
+    use crate::log::{Checkpoint, LogBatch, LogEvent};
+    let reached_end = rows.len() < max_count;
+    let mut events = Vec::with_capacity(rows.len());
+    for (key, stream_type, id, e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11) in rows {
+        let stream_id = StreamId::new(stream_type, id)?;
+        let event = recorded(
+            &stream_id,
+            (e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11),
+            table,
+        )?;
+        let checkpoint = Checkpoint::new(to_u64(key, table, "commit key")?, event.global_position);
+        events.push(LogEvent { checkpoint, event });
+    }
+    let last = events.last().map_or(after, |e| e.checkpoint);
+    Ok(LogBatch {
+        checkpoint: if reached_end { last.max(end) } else { last },
+        events,
+        reached_end,
+        held_back: reached_end && held_back,
+    })
+}
+
+/// A filter's lists as JSON arrays (SQLite) or `None` for "all".
+pub(crate) fn filter_list(list: &[String]) -> Option<String> {
+    (!list.is_empty()).then(|| serde_json::to_string(list).unwrap_or_else(|_| "[]".to_owned()))
+}

@@ -34,11 +34,14 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 use uuid::Uuid;
 
+use tokio::sync::watch;
+
 use crate::error::{ExpectedVersion, StoreError};
+use crate::log::{Checkpoint, LogBatch, LogFilter, LogHead};
 use crate::naming::Naming;
 use crate::sql::{self, EVENT_COLUMNS, EventRow, Migration, db_err, to_i64, to_u64};
 use crate::store::{
-    AppendResult, CommandRecord, EventStore, Snapshot, UnitOfWork, validate_append,
+    AppendResult, CommandRecord, EventStore, LocalWakeup, Snapshot, UnitOfWork, validate_append,
 };
 
 const MIGRATIONS: &[Migration] = &[Migration {
@@ -84,6 +87,8 @@ CREATE TABLE IF NOT EXISTS {commands} (
 }];
 
 struct Statements {
+    log_end: String,
+    read_log: String,
     events: String,
     snapshots: String,
     commands: String,
@@ -102,6 +107,15 @@ impl Statements {
         let snapshots = naming.table("snapshots");
         let commands = naming.table("commands");
         Self {
+            log_end: format!("SELECT COALESCE(MAX(global_position), 0) FROM {events}"),
+            read_log: format!(
+                "SELECT 0, stream_type, stream_id, {EVENT_COLUMNS}, headers FROM {events} \
+                 WHERE global_position > ?1 AND global_position <= ?2 \
+                 AND (?3 IS NULL OR event_type IN (SELECT value FROM json_each(?3))) \
+                 AND (?4 IS NULL OR stream_type IN (SELECT value FROM json_each(?4))) \
+                 AND (?5 IS NULL OR tenant_id = ?5) \
+                 ORDER BY global_position LIMIT ?6"
+            ),
             max_version: format!(
                 "SELECT COALESCE(MAX(stream_version), 0) FROM {events} WHERE stream_type = ?1 AND stream_id = ?2"
             ),
@@ -140,6 +154,7 @@ impl Statements {
 /// An event store in a SQLite database.
 #[derive(Clone)]
 pub struct SqliteStore {
+    appended: Arc<watch::Sender<u64>>,
     pool: SqlitePool,
     naming: Arc<Naming>,
     sql: Arc<Statements>,
@@ -193,6 +208,7 @@ impl SqliteStoreBuilder {
             });
         }
         let store = SqliteStore {
+            appended: Arc::new(watch::channel(0).0),
             sql: Arc::new(Statements::new(&self.naming)),
             pool: self.pool,
             naming: Arc::new(self.naming),
@@ -371,6 +387,8 @@ async fn command_on(
 pub struct SqliteUnitOfWork {
     tx: Transaction<'static, Sqlite>,
     sql: Arc<Statements>,
+    appended: Arc<watch::Sender<u64>>,
+    wrote_events: bool,
 }
 
 impl SqliteUnitOfWork {
@@ -456,6 +474,7 @@ impl UnitOfWork for SqliteUnitOfWork {
             .execute(&mut *self.tx)
             .await
             .map_err(db_err("appending events", &self.sql.events))?;
+        self.wrote_events = true;
         Ok(AppendResult {
             previous_version: current,
             version: current + events.len() as u64,
@@ -522,7 +541,11 @@ impl UnitOfWork for SqliteUnitOfWork {
         self.tx
             .commit()
             .await
-            .map_err(db_err("committing", &self.sql.events))
+            .map_err(db_err("committing", &self.sql.events))?;
+        if self.wrote_events {
+            self.appended.send_modify(|n| *n += 1);
+        }
+        Ok(())
     }
 
     async fn rollback(self) -> Result<(), StoreError> {
@@ -535,6 +558,55 @@ impl UnitOfWork for SqliteUnitOfWork {
 
 impl EventStore for SqliteStore {
     type UnitOfWork = SqliteUnitOfWork;
+    type Wakeup = LocalWakeup;
+
+    /// Writers are serialized (`BEGIN IMMEDIATE`), so the log is in position order and every
+    /// committed position up to the highest one is readable.
+    async fn read_log(
+        &self,
+        after: Checkpoint,
+        max_count: usize,
+        filter: &LogFilter,
+    ) -> Result<LogBatch, StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_err("acquiring a connection", &self.sql.events))?;
+        let (end,): (i64,) = sqlx::query_as(&self.sql.log_end)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_err("reading the log head", &self.sql.events))?;
+        let rows: Vec<sql::LogRow> = sqlx::query_as(&self.sql.read_log)
+            .bind(i64::try_from(after.position()).unwrap_or(i64::MAX))
+            .bind(end)
+            .bind(sql::filter_list(&filter.event_types))
+            .bind(sql::filter_list(&filter.stream_types))
+            .bind(filter.tenant.as_deref())
+            .bind(i64::try_from(max_count).unwrap_or(i64::MAX))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_err("reading the log", &self.sql.events))?;
+        let end = Checkpoint::new(0, to_u64(end, &self.sql.events, "global position")?);
+        sql::log_batch(rows, after, max_count, end, false, &self.sql.events)
+    }
+
+    async fn log_head(&self) -> Result<LogHead, StoreError> {
+        let (end,): (i64,) = sqlx::query_as(&self.sql.log_end)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err("reading the log head", &self.sql.events))?;
+        let position = to_u64(end, &self.sql.events, "global position")?;
+        Ok(LogHead {
+            position,
+            readable_position: position,
+            blocked_by: None,
+        })
+    }
+
+    async fn wakeup(&self) -> Result<LocalWakeup, StoreError> {
+        Ok(LocalWakeup(self.appended.subscribe()))
+    }
 
     async fn begin(&self) -> Result<SqliteUnitOfWork, StoreError> {
         let tx = self
@@ -545,6 +617,8 @@ impl EventStore for SqliteStore {
         Ok(SqliteUnitOfWork {
             tx,
             sql: self.sql.clone(),
+            appended: self.appended.clone(),
+            wrote_events: false,
         })
     }
 

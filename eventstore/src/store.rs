@@ -18,6 +18,7 @@ use eventfold_core::{NewEvent, RecordedEvent, StreamId};
 use uuid::Uuid;
 
 use crate::error::{ExpectedVersion, StoreError};
+use crate::log::{Checkpoint, LogBatch, LogFilter, LogHead, Subscription};
 
 /// Where an append landed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,10 +122,49 @@ pub trait UnitOfWork: Send {
     fn rollback(self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
+/// Waits for a sign that something was appended. A hint only: readers always re-read.
+pub trait Wakeup: Send {
+    /// Returns when an append may have happened since the last call, or after `max`.
+    fn wait(&mut self, max: std::time::Duration) -> impl Future<Output = ()> + Send;
+}
+
+/// A wake-up from appends made through this process's store handles.
+#[derive(Debug)]
+pub struct LocalWakeup(pub(crate) tokio::sync::watch::Receiver<u64>);
+
+impl Wakeup for LocalWakeup {
+    async fn wait(&mut self, max: std::time::Duration) {
+        let _ = tokio::time::timeout(max, self.0.changed()).await;
+    }
+}
+
 /// An event store backend. Cheap to clone (it holds a pool).
 pub trait EventStore: Clone + Send + Sync + 'static {
     /// This backend's transaction.
     type UnitOfWork: UnitOfWork;
+
+    /// This backend's wake-up signal for log readers.
+    type Wakeup: Wakeup;
+
+    /// Reads up to `max_count` events of the global log after `after`, in log order, keeping
+    /// those that pass `filter`. Never skips a committed event: see [`crate::log`].
+    fn read_log(
+        &self,
+        after: Checkpoint,
+        max_count: usize,
+        filter: &LogFilter,
+    ) -> impl Future<Output = Result<LogBatch, StoreError>> + Send;
+
+    /// How far the log goes and what holds readers back, for lag figures.
+    fn log_head(&self) -> impl Future<Output = Result<LogHead, StoreError>> + Send;
+
+    /// A wake-up signal for appends (in-process signals, LISTEN/NOTIFY on PostgreSQL).
+    fn wakeup(&self) -> impl Future<Output = Result<Self::Wakeup, StoreError>> + Send;
+
+    /// Follows the global log from `from`: catch up, then live.
+    fn subscribe(&self, from: Checkpoint, filter: LogFilter) -> Subscription<Self> {
+        Subscription::new(self.clone(), from, filter)
+    }
 
     /// Starts a unit of work.
     fn begin(&self) -> impl Future<Output = Result<Self::UnitOfWork, StoreError>> + Send;
