@@ -88,6 +88,8 @@ mod book {
     mod event_store {}
     #[doc = include_str!("../book/src/schema-evolution.md")]
     mod schema_evolution {}
+    #[doc = include_str!("../book/src/global-log.md")]
+    mod global_log {}
     #[doc = include_str!("../README.md")]
     mod readme {}
 }

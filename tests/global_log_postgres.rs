@@ -158,7 +158,7 @@ async fn stress_every_committed_event_exactly_once_in_stream_order() {
     for writer in 0..8 {
         let (store, ledger) = (store.clone(), ledger.clone());
         writers.push(tokio::spawn(async move {
-            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (writer as u64 + 1) * 0x1234_5678);
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((writer as u64 + 1) * 0x1234_5678));
             while Instant::now() < deadline {
                 write_one(&store, &mut rng, writer, &ledger).await;
             }

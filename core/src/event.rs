@@ -7,7 +7,7 @@
 //!
 //! The trait is normally implemented with `#[derive(Event)]` from the `eventfold` crate:
 //!
-//! ```ignore
+//! ```text
 //! #[derive(Debug, Clone, PartialEq, eventfold::Event)]
 //! enum OrderEvent {
 //!     Placed { customer: String, total_cents: u64 },     // "order.placed", version 1

@@ -33,7 +33,7 @@
 //! use eventfold_core::testing::given;
 //!
 //! given::<Counter>([]).when(()).then_expect_events([CounterEvent::Incremented]);
-//! given::<Counter>([CounterEvent::Incremented; 2]).when(()).then_expect_error(Overflow);
+//! given::<Counter>([CounterEvent::Incremented, CounterEvent::Incremented]).when(()).then_expect_error(Overflow);
 //! given::<Counter>([CounterEvent::Incremented])
 //!     .when(())
 //!     .then_expect_state(|counter| assert_eq!(counter.value, 2));

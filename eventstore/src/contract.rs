@@ -5,7 +5,7 @@
 //! the contract. [`crate::eventstore_contract_tests!`] turns the whole suite into `#[tokio::test]`
 //! functions for one backend; a third-party backend can run it too:
 //!
-//! ```ignore
+//! ```text
 //! async fn fresh() -> (MyStore, ()) { (MyStore::new(), ()) }
 //! eventfold_eventstore::eventstore_contract_tests!(fresh);
 //! ```

@@ -162,7 +162,7 @@ impl LogFilter {
 
     /// Does `event` pass?
     pub fn matches(&self, event: &RecordedEvent) -> bool {
-        (self.event_types.is_empty() || self.event_types.iter().any(|t| *t == event.event_type))
+        (self.event_types.is_empty() || self.event_types.contains(&event.event_type))
             && (self.stream_types.is_empty()
                 || self
                     .stream_types

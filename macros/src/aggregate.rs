@@ -10,7 +10,9 @@ use syn::{
     ReturnType, Signature, Type, Visibility,
 };
 
-use crate::util::{Errors, invalid_aggregate_name_reason, mentions_self_path, path_to_string, pretty};
+use crate::util::{
+    Errors, invalid_aggregate_name_reason, mentions_self_path, path_to_string, pretty,
+};
 
 const HANDLE_SIGNATURE: &str = "fn handle(&self, command: &Command) -> Result<Vec<Event>, Error>";
 const APPLY_SIGNATURE: &str = "fn apply(&mut self, event: &Event)";

@@ -9,7 +9,7 @@
 //! (`::eventfold::Event`, `::eventfold::codec::json`, ...); when the facade is renamed or
 //! re-exported elsewhere, point the macros at it with `crate = "path::to::eventfold"`.
 //!
-//! ```ignore
+//! ```text
 //! use eventfold::{aggregate, Event};
 //!
 //! #[derive(Debug, Clone, PartialEq, Event)]
@@ -34,7 +34,7 @@
 //! }
 //! ```
 //!
-//! The examples here are not compiled (a proc-macro crate cannot use its own macros in doc
+//! The examples here are shown as text (a proc-macro crate cannot use its own macros in doc
 //! tests); the `eventfold` crate's documentation and tests hold compiled ones.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -85,7 +85,7 @@ use syn::{DeriveInput, parse_macro_input};
 ///
 /// See the `eventfold` crate for compiled examples.
 ///
-/// ```ignore
+/// ```text
 /// use eventfold::Event;
 ///
 /// #[derive(Debug, Clone, PartialEq, Event)]
@@ -118,7 +118,7 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 ///
 /// The block must contain
 ///
-/// ```ignore
+/// ```text
 /// fn handle(&self, command: &Command) -> Result<Vec<Event>, Error> { ... }
 /// fn apply(&mut self, event: &Event) { ... }
 /// ```
@@ -142,7 +142,7 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 ///
 /// See the `eventfold` crate for compiled examples.
 ///
-/// ```ignore
+/// ```text
 /// use eventfold::aggregate;
 ///
 /// #[derive(Debug, Default)]
