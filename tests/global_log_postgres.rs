@@ -341,5 +341,45 @@ async fn long_transaction_holds_readers_back_and_is_reported() {
         tokio::time::sleep(Duration::from_millis(5)).await;
         head = store.log_head().await.unwrap();
     }
-    assert_eq!(head.readable_position, head.position, "the horizon moved on");
+    assert_eq!(
+        head.readable_position, head.position,
+        "the horizon moved on"
+    );
+}
+
+/// Appends made through another store instance (another process, as far as the stores know)
+/// wake a subscription through LISTEN/NOTIFY, long before its poll interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_wakes_readers_of_other_instances() {
+    let (reader_store, db) = common::postgres().await;
+    let writer_store = PgStore::builder(db.pool().clone()).build().await.unwrap();
+    let mut subscription = reader_store
+        .subscribe(Checkpoint::START, LogFilter::all())
+        .poll_interval(Duration::from_secs(60));
+    let stream = StreamId::new("order", "n").unwrap();
+    let received = tokio::spawn(async move {
+        let started = Instant::now();
+        let mut versions = Vec::new();
+        for _ in 0..3 {
+            versions.push(subscription.next().await.unwrap().event.stream_version);
+        }
+        (versions, started.elapsed())
+    });
+    for version in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        writer_store
+            .append(
+                &stream,
+                ExpectedVersion::Exact(version),
+                vec![event(version)],
+            )
+            .await
+            .unwrap();
+    }
+    let (versions, elapsed) = tokio::time::timeout(Duration::from_secs(20), received)
+        .await
+        .expect("woken by NOTIFY, not by the 60 s poll")
+        .unwrap();
+    assert_eq!(versions, vec![1, 2, 3]);
+    assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}");
 }
