@@ -42,6 +42,7 @@ macro_rules! eventstore_contract_tests {
             upcasting_on_read,
             decode_errors_name_stream_and_event,
             idempotent_commands_append_once,
+            concurrent_duplicates_of_a_command_append_once,
             command_id_reused_on_another_stream_is_refused,
             repository_reports_conflicts_and_retries,
             rejected_command_writes_nothing,
@@ -727,6 +728,38 @@ pub async fn idempotent_commands_append_once<S: EventStore>(store: S) {
         "correlation defaults to the command id"
     );
     assert_eq!(first.events[0].causation_id, Some(command_id));
+}
+
+/// The same command sent by 8 tasks at once is appended once; every task gets its result.
+pub async fn concurrent_duplicates_of_a_command_append_once<S: EventStore>(store: S) {
+    let repo = Repository::<Tally, _>::new(store.clone()).with_max_attempts(10);
+    let meta = CommandMetadata::new().command_id(Uuid::now_v7());
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (repo, meta) = (repo.clone(), meta.clone());
+        tasks.push(tokio::spawn(async move {
+            repo.execute("dup", &TallyCommand::AddMany(vec![3, 4]), meta)
+                .await
+        }));
+    }
+    let mut ids = Vec::new();
+    let mut fresh = 0;
+    for task in tasks {
+        let done = task.await.expect("task").expect("every duplicate succeeds");
+        fresh += usize::from(!done.deduplicated);
+        assert_eq!(done.version, 2);
+        assert_eq!(done.state.total, 7);
+        ids.push(done.events.iter().map(|e| e.event_id).collect::<Vec<_>>());
+    }
+    assert_eq!(fresh, 1, "exactly one execution appended");
+    assert!(
+        ids.windows(2).all(|w| w[0] == w[1]),
+        "all got the same events"
+    );
+    assert_eq!(
+        store.stream_version(&stream("dup")).await.expect("version"),
+        2
+    );
 }
 
 /// A command id may not be replayed against another stream.
