@@ -1,42 +1,78 @@
 //! # eventfold-bench
 //!
-//! Throughput of eventfold's PostgreSQL event store next to hand-written `sqlx` baselines that
-//! run in the same process, on the same database, with the same pool and concurrency.
+//! Throughput and latency of eventfold's PostgreSQL event store next to hand-written `sqlx`
+//! baselines that run in the same process, on the same database, with the same pool and
+//! concurrency.
 //!
 //! ```text
 //! cd /work/main && cargo run --release -p eventfold-bench -- --seconds 5
+//! cd /work/main && cargo run --release -p eventfold-bench -- --quick --only log
 //! ```
 //!
-//! Options: `--seconds N` (measured time per case, default 5), `--quick` (2 s per case),
-//! `--no-test-before-acquire` (turn off sqlx's ping on every pool checkout, for diagnosis).
+//! Options:
+//!
+//! * `--seconds N`: measured time per throughput case (default 5);
+//! * `--quick`: 2 s per case, 200,000 events for the catch-up read, 4 s of latency test;
+//! * `--only SECTIONS`: a comma-separated subset of `commands`, `appends`, `log` (default all);
+//! * `--log-events N`: events written for the catch-up read (default 1,000,000);
+//! * `--latency-seconds N`: duration of the commit-to-reader latency test (default 10);
+//! * `--no-test-before-acquire`: turn off sqlx's ping on every pool checkout (for diagnosis).
+//!
 //! The server is `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`); the
 //! benchmark creates a database `eventfold_bench_<random>` there and drops it (`WITH (FORCE)`)
 //! at the end. It refuses to run when the server has `fsync` off, because commit figures would
-//! then be meaningless.
+//! then be meaningless. A full run (`--seconds 5`) takes about 3.5 minutes on 2 CPUs.
 //!
 //! What is measured:
 //!
-//! 1. **Commands, 1 event each**, at 1 and 8 writers (tokio tasks, pool of 16 connections); each
-//!    writer cycles over its own 50 aggregates:
-//!    * library: `Repository::execute` (begin, load the stream, `handle`, append with the
-//!      expected version, commit);
-//!    * raw insert: `BEGIN; INSERT` one row `; COMMIT` into `raw_events`, a table created with
-//!      `CREATE TABLE raw_events (LIKE eventfold_events INCLUDING ALL)` (same columns,
-//!      constraints and indexes);
+//! 1. **Commands, 1 event each** (`commands`), at 1 and 8 writers (tokio tasks, pool of 16
+//!    connections); each writer cycles over its own 50 aggregates:
+//!    * library: `Repository::execute` (read the stream, `handle`, one autocommit append
+//!      statement with the expected version);
+//!    * library + state cache: `Repository::new(store).with_cache(1024)`: the state is kept in
+//!      memory, so a command is only the autocommit append statement;
+//!    * raw insert (tx): `BEGIN; INSERT` one row `; COMMIT` into `raw_events`, a table created
+//!      with `CREATE TABLE raw_events (LIKE eventfold_events INCLUDING ALL)` (same columns,
+//!      constraints and indexes; `commit_key` is written as 0);
+//!    * raw insert (autocommit): the same `INSERT` alone, without `BEGIN`/`COMMIT` (one round
+//!      trip, like the library's cached path);
 //!    * raw load+insert: `BEGIN; SELECT` the stream's rows by version (same columns the library
 //!      reads), fold their JSON payloads, `INSERT` the next version `; COMMIT`.
-//! 2. **Appends of 100 events** per transaction on fresh streams: `EventStore::append` with
+//! 2. **Appends of 100 events** (`appends`) on fresh streams: `EventStore::append` with
 //!    `ExpectedVersion::Exact(0)` against one `INSERT ... SELECT FROM UNNEST(...)` of 100 rows
 //!    into `raw_events` in a transaction; 1 and 8 writers.
+//! 3. **Global log** (`log`):
+//!    * writer throughput with and without the never-skip mechanism, 1 and 8 writers, one event
+//!      per autocommit `INSERT`, versions tracked by the client: "without" inserts into
+//!      `raw_plain` (`LIKE eventfold_events INCLUDING ALL`, the `(commit_key, global_position)`
+//!      index dropped, `commit_key` = 0); "with" inserts into `raw_keyed` (`LIKE ... INCLUDING
+//!      ALL`, index kept) computing `commit_key` as the library's append statement does (a CTE
+//!      over the stream's last row, `GREATEST(pg_current_xact_id(), its commit_key)`); the
+//!      library's `store.append` with `ExpectedVersion::Exact` for reference;
+//!    * catch-up read rate: `--log-events` events are written into `eventfold_events` with one
+//!      `INSERT ... SELECT FROM generate_series` (1000 streams, ~66-byte JSON payloads, one
+//!      commit key), then the whole log is read into a no-op consumer (count and sum of
+//!      positions) by the library's `read_log` loop and by a raw keyset-paginated
+//!      `SELECT ... ORDER BY global_position` decoding the rows into the same `RecordedEvent`s,
+//!      with batches of 1000 and 5000, each twice (raw/library alternated); the process's
+//!      `VmRSS` is sampled before, after every batch, and after;
+//!    * commit-to-reader latency: a `Subscription` from the end of the log, 4 writer tasks
+//!      executing cached commands of 1 event at 250/s each (1000 events/s offered) for
+//!      `--latency-seconds`; latency = when the subscriber got the event minus when the
+//!      command returned. Every event must be seen exactly once, in stream order, or the run
+//!      fails (exit code 1). Afterwards 50 `read_log` calls at the end of the idle log are
+//!      timed: what a live reader pays per wake-up.
 //!
-//! Each case is warmed up for 0.5 s before it is measured. Variants alternate in two rounds
-//! (A B C then C B A) of half the duration each, and the two halves are summed, so that drift
-//! affects every variant alike. The figures are printed as markdown tables and as one
-//! `BENCH_JSON {...}` line. A third table gives the CPU time per operation of this process and
-//! of the PostgreSQL backends serving the pool (from `/proc/<pid>/schedstat`; `n/a` when the
-//! server is not on this machine), which shows where the time goes on a CPU-bound host.
-//! Progress per round goes to stderr.
+//! Each throughput case is warmed up for 0.5 s before it is measured. Variants alternate in two
+//! rounds (A B C then C B A) of half the duration each, and the two halves are summed, so that
+//! drift affects every variant alike. The figures are printed as markdown tables and as one
+//! `BENCH_JSON {...}` line. A CPU table gives the CPU time per operation of this process and of
+//! the PostgreSQL backends serving the pool (from `/proc/<pid>/schedstat`; `n/a` when the server
+//! is not on this machine), which shows where the time goes on a CPU-bound host. Progress goes
+//! to stderr.
 #![warn(missing_docs)]
+
+mod global_log;
 
 use std::error::Error;
 use std::fmt;
@@ -46,7 +82,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use eventfold_core::{Aggregate, CodecError, CommandMetadata, Event, EventTypeInfo, NewEvent};
+use eventfold_core::{
+    Aggregate, CodecError, CommandMetadata, Event, EventTypeInfo, NewEvent, StreamId,
+};
 use eventfold_eventstore::postgres::PgStore;
 use eventfold_eventstore::{EventStore, ExpectedVersion, Repository};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -63,6 +101,8 @@ const BATCH: usize = 100;
 const WARMUP: Duration = Duration::from_millis(500);
 const TARGET_RATIO: f64 = 0.90;
 const CONCURRENCY: [usize; 2] = [1, 8];
+/// Capacity of the library's state cache in the "library + state cache" variant.
+const CACHE_CAPACITY: usize = 1024;
 
 // ---------------------------------------------------------------------------------------------
 // The benchmark's aggregate: a counter whose events carry `{"n":1}`.
@@ -136,8 +176,8 @@ impl fmt::Display for Never {
 
 impl Error for Never {}
 
-/// A running total.
-#[derive(Debug, Default)]
+/// A running total (`Clone` for the repository's state cache).
+#[derive(Debug, Default, Clone)]
 struct Counter {
     total: u64,
 }
@@ -167,10 +207,23 @@ impl Aggregate for Counter {
 const RAW_COLUMNS: &str = "event_id, stream_type, stream_id, stream_version, event_type, schema_version, \
      payload, recorded_at, source, correlation_id, causation_id, tenant_id, headers";
 
-fn raw_insert_sql() -> String {
+/// One row into `table`, `commit_key` = 0 (no log mechanism).
+fn raw_insert_sql(table: &str) -> String {
     format!(
-        "INSERT INTO raw_events ({RAW_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb)"
+        "INSERT INTO {table} ({RAW_COLUMNS}, commit_key) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, 0)"
+    )
+}
+
+/// One row into `raw_keyed`, its `commit_key` computed as the library's append statement does:
+/// the writing transaction's id, raised to the commit key of the stream's last event.
+fn keyed_insert_sql() -> String {
+    format!(
+        "WITH last AS (SELECT commit_key FROM raw_keyed \
+           WHERE stream_type = $2 AND stream_id = $3 ORDER BY stream_version DESC LIMIT 1) \
+         INSERT INTO raw_keyed ({RAW_COLUMNS}, commit_key) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, \
+           GREATEST(pg_current_xact_id()::text::int8, COALESCE((SELECT commit_key FROM last), 0))"
     )
 }
 
@@ -181,9 +234,9 @@ const RAW_LOAD_SQL: &str = "SELECT event_id, stream_version, global_position, ev
 
 fn raw_batch_sql() -> String {
     format!(
-        "INSERT INTO raw_events ({RAW_COLUMNS}) \
+        "INSERT INTO raw_events ({RAW_COLUMNS}, commit_key) \
          SELECT e.event_id, $1, $2, e.stream_version, e.event_type, e.schema_version, e.payload, \
-           e.recorded_at, e.source, e.correlation_id, e.causation_id, e.tenant_id, e.headers::jsonb \
+           e.recorded_at, e.source, e.correlation_id, e.causation_id, e.tenant_id, e.headers::jsonb, 0 \
          FROM UNNEST($3::uuid[], $4::int8[], $5::text[], $6::int4[], $7::bytea[], $8::timestamptz[], \
            $9::text[], $10::uuid[], $11::uuid[], $12::text[], $13::text[]) \
            AS e(event_id, stream_version, event_type, schema_version, payload, recorded_at, source, \
@@ -222,25 +275,46 @@ fn headers_text(event: &NewEvent) -> Result<String> {
 enum Case {
     /// `Repository::execute`, one event per command.
     LibExecute,
+    /// `Repository::with_cache(..).execute`, one event per command.
+    LibCached,
     /// BEGIN; INSERT one row; COMMIT.
     RawInsert,
+    /// INSERT one row (autocommit).
+    RawInsertAuto,
     /// BEGIN; SELECT the stream; INSERT the next version; COMMIT.
     RawLoadInsert,
     /// `EventStore::append` of 100 events, `Exact(0)`, fresh stream.
     LibAppend,
     /// BEGIN; INSERT 100 rows with UNNEST; COMMIT.
     RawAppend,
+    /// Global log, without the mechanism: autocommit INSERT into `raw_plain`, commit_key 0.
+    LogPlain,
+    /// Global log, with the mechanism: autocommit INSERT into `raw_keyed`, keyed.
+    LogKeyed,
+    /// Global log, library: `EventStore::append` of 1 event, `Exact(version)`.
+    LogLibAppend,
 }
 
 impl Case {
     fn tag(self) -> &'static str {
         match self {
             Case::LibExecute => "lib",
+            Case::LibCached => "lbc",
             Case::RawInsert => "rin",
+            Case::RawInsertAuto => "ria",
             Case::RawLoadInsert => "rli",
             Case::LibAppend => "lba",
             Case::RawAppend => "rba",
+            Case::LogPlain => "lgp",
+            Case::LogKeyed => "lgk",
+            Case::LogLibAppend => "lgl",
         }
+    }
+
+    /// Does this case append to fresh streams (100 events each) rather than cycle over
+    /// aggregates?
+    fn fresh_streams(self) -> bool {
+        matches!(self, Case::LibAppend | Case::RawAppend)
     }
 }
 
@@ -248,7 +322,10 @@ struct Shared {
     pool: PgPool,
     store: PgStore,
     repo: Repository<Counter, PgStore>,
+    cached: Repository<Counter, PgStore>,
     raw_insert: String,
+    plain_insert: String,
+    keyed_insert: String,
     raw_batch: String,
 }
 
@@ -258,7 +335,7 @@ struct Writer {
     shared: Arc<Shared>,
     /// Aggregate ids (part 1) or the stream id prefix (part 2).
     ids: Vec<String>,
-    /// The version of each aggregate, for the raw insert (which does not load).
+    /// The version of each aggregate, for the cases that do not load.
     versions: Vec<u64>,
     /// Operations done, warm-up included.
     done: u64,
@@ -266,13 +343,12 @@ struct Writer {
 
 impl Writer {
     fn new(case: Case, shared: &Arc<Shared>, writers: usize, index: usize) -> Self {
-        let ids = match case {
-            Case::LibExecute | Case::RawInsert | Case::RawLoadInsert => (0..AGGREGATES_PER_WRITER)
+        let ids = if case.fresh_streams() {
+            vec![format!("{}-c{writers}-w{index}", case.tag())]
+        } else {
+            (0..AGGREGATES_PER_WRITER)
                 .map(|a| format!("{}-c{writers}-w{index}-a{a}", case.tag()))
-                .collect(),
-            Case::LibAppend | Case::RawAppend => {
-                vec![format!("{}-c{writers}-w{index}", case.tag())]
-            }
+                .collect()
         };
         Self {
             case,
@@ -287,25 +363,32 @@ impl Writer {
         CommandMetadata::new()
     }
 
+    fn event(&self) -> Result<NewEvent> {
+        Ok(NewEvent::encode(
+            &CounterEvent::Incremented { n: 1 },
+            self.shared.store.source(),
+            &Self::meta(),
+        )?)
+    }
+
     /// One operation; returns the number of events it wrote.
     async fn step(&mut self) -> Result<u64> {
         let slot = (self.done % self.ids.len() as u64) as usize;
         self.done += 1;
         let shared = &self.shared;
         match self.case {
-            Case::LibExecute => {
-                shared
-                    .repo
-                    .execute(&self.ids[slot], &Increment, Self::meta())
+            Case::LibExecute | Case::LibCached => {
+                let repo = if self.case == Case::LibCached {
+                    &shared.cached
+                } else {
+                    &shared.repo
+                };
+                repo.execute(&self.ids[slot], &Increment, Self::meta())
                     .await?;
                 Ok(1)
             }
             Case::RawInsert => {
-                let event = NewEvent::encode(
-                    &CounterEvent::Incremented { n: 1 },
-                    shared.store.source(),
-                    &Self::meta(),
-                )?;
+                let event = self.event()?;
                 let version = self.versions[slot] + 1;
                 let mut tx = shared.pool.begin().await?;
                 insert_one(
@@ -317,6 +400,19 @@ impl Writer {
                 )
                 .await?;
                 tx.commit().await?;
+                self.versions[slot] = version;
+                Ok(1)
+            }
+            Case::RawInsertAuto | Case::LogPlain | Case::LogKeyed => {
+                let sql = match self.case {
+                    Case::RawInsertAuto => &shared.raw_insert,
+                    Case::LogPlain => &shared.plain_insert,
+                    _ => &shared.keyed_insert,
+                };
+                let event = self.event()?;
+                let version = self.versions[slot] + 1;
+                let mut conn = shared.pool.acquire().await?;
+                insert_one(&mut conn, sql, &self.ids[slot], version, &event).await?;
                 self.versions[slot] = version;
                 Ok(1)
             }
@@ -341,21 +437,29 @@ impl Writer {
                     total += decode_n(&row.5)?;
                 }
                 std::hint::black_box(total);
-                let event = NewEvent::encode(
-                    &CounterEvent::Incremented { n: 1 },
-                    shared.store.source(),
-                    &Self::meta(),
-                )?;
+                let event = self.event()?;
                 let next = u64::try_from(version)? + 1;
                 insert_one(&mut tx, &shared.raw_insert, &self.ids[slot], next, &event).await?;
                 tx.commit().await?;
                 Ok(1)
             }
+            Case::LogLibAppend => {
+                let stream = StreamId::new(Counter::TYPE, self.ids[slot].as_str())?;
+                let event = self.event()?;
+                let done = shared
+                    .store
+                    .append(
+                        &stream,
+                        ExpectedVersion::Exact(self.versions[slot]),
+                        vec![event],
+                    )
+                    .await?;
+                self.versions[slot] = done.version;
+                Ok(1)
+            }
             Case::LibAppend => {
-                let stream = eventfold_core::StreamId::new(
-                    Counter::TYPE,
-                    format!("{}-{}", self.ids[0], self.done),
-                )?;
+                let stream =
+                    StreamId::new(Counter::TYPE, format!("{}-{}", self.ids[0], self.done))?;
                 let events = batch(shared.store.source())?;
                 shared
                     .store
@@ -374,7 +478,6 @@ impl Writer {
         }
     }
 }
-
 fn batch(source: &str) -> Result<Vec<NewEvent>> {
     let meta = Writer::meta();
     (0..BATCH)
@@ -689,32 +792,115 @@ async fn compare(
 // ---------------------------------------------------------------------------------------------
 // Setup, teardown, report.
 
+/// Which sections run (`--only`).
+#[derive(Debug, Clone, Copy)]
+struct Sections {
+    commands: bool,
+    appends: bool,
+    log: bool,
+}
+
+impl Sections {
+    const ALL: Sections = Sections {
+        commands: true,
+        appends: true,
+        log: true,
+    };
+
+    fn parse(value: &str) -> Result<Self> {
+        let mut sections = Sections {
+            commands: false,
+            appends: false,
+            log: false,
+        };
+        for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "commands" => sections.commands = true,
+                "appends" => sections.appends = true,
+                "log" => sections.log = true,
+                "all" => sections = Sections::ALL,
+                other => {
+                    return Err(format!(
+                        "--only: unknown section `{other}` (commands, appends, log, all)"
+                    )
+                    .into());
+                }
+            }
+        }
+        if !(sections.commands || sections.appends || sections.log) {
+            return Err("--only: no section named".into());
+        }
+        Ok(sections)
+    }
+
+    fn names(self) -> String {
+        [
+            (self.commands, "commands"),
+            (self.appends, "appends"),
+            (self.log, "log"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect::<Vec<_>>()
+        .join(",")
+    }
+}
+
 struct Options {
     seconds: f64,
     test_before_acquire: bool,
+    sections: Sections,
+    /// Events written for the catch-up read.
+    log_events: u64,
+    /// Duration of the commit-to-reader latency test.
+    latency_seconds: f64,
+}
+
+fn positive(flag: &str, value: Option<String>) -> Result<f64> {
+    let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| *s > 0.0 && s.is_finite())
+        .ok_or_else(|| format!("{flag}: not a positive number: {value}").into())
 }
 
 fn parse_args() -> Result<Options> {
-    let mut options = Options {
-        seconds: 5.0,
-        test_before_acquire: true,
-    };
+    let mut quick = false;
+    let mut seconds = None;
+    let mut log_events = None;
+    let mut latency_seconds = None;
+    let mut test_before_acquire = true;
+    let mut sections = Sections::ALL;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--seconds" => {
-                let value = args.next().ok_or("--seconds needs a value")?;
-                options.seconds = value
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|s| *s > 0.0 && s.is_finite())
-                    .ok_or_else(|| format!("--seconds: not a positive number: {value}"))?;
+            "--seconds" => seconds = Some(positive("--seconds", args.next())?),
+            "--quick" => quick = true,
+            "--only" => {
+                sections = Sections::parse(&args.next().ok_or("--only needs a value")?)?;
             }
-            "--quick" => options.seconds = 2.0,
-            "--no-test-before-acquire" => options.test_before_acquire = false,
+            "--log-events" => {
+                let value = args.next().ok_or("--log-events needs a value")?;
+                log_events = Some(
+                    value
+                        .replace('_', "")
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| *n > 0 && *n <= i64::MAX as u64)
+                        .ok_or_else(|| format!("--log-events: not a positive count: {value}"))?,
+                );
+            }
+            "--latency-seconds" => {
+                latency_seconds = Some(positive("--latency-seconds", args.next())?);
+            }
+            "--no-test-before-acquire" => test_before_acquire = false,
             "-h" | "--help" => {
                 println!(
-                    "usage: eventfold-bench [--seconds N | --quick] [--no-test-before-acquire]\n\
+                    "usage: eventfold-bench [--seconds N | --quick] [--only commands,appends,log]\n\
+                     \x20                      [--log-events N] [--latency-seconds N] [--no-test-before-acquire]\n\
+                     --quick: 2 s per case, 200000 log events, 4 s latency test\n\
                      DATABASE_URL defaults to {DEFAULT_DATABASE_URL}"
                 );
                 std::process::exit(0);
@@ -722,16 +908,35 @@ fn parse_args() -> Result<Options> {
             other => return Err(format!("unknown argument `{other}` (try --help)").into()),
         }
     }
-    Ok(options)
+    Ok(Options {
+        seconds: seconds.unwrap_or(if quick { 2.0 } else { 5.0 }),
+        test_before_acquire,
+        sections,
+        log_events: log_events.unwrap_or(if quick { 200_000 } else { 1_000_000 }),
+        latency_seconds: latency_seconds.unwrap_or(if quick { 4.0 } else { 10.0 }),
+    })
 }
 
+/// Commands/s of each variant at one concurrency.
 struct CommandRow {
     writers: usize,
-    lib: f64,
     raw_insert: f64,
+    raw_insert_auto: f64,
     raw_load_insert: f64,
-    stream_len: [f64; 3],
+    lib: f64,
+    lib_cached: f64,
+    /// Events per stream at the end, in the order of the fields above.
+    stream_len: [f64; 5],
 }
+
+/// The order in which the command cases are measured (and stored in [`CommandRow`]).
+const COMMAND_CASES: [Case; 5] = [
+    Case::RawInsert,
+    Case::RawInsertAuto,
+    Case::RawLoadInsert,
+    Case::LibExecute,
+    Case::LibCached,
+];
 
 struct AppendRow {
     writers: usize,
@@ -759,7 +964,12 @@ impl CpuRow {
     }
 }
 
-async fn bench(admin: &PgConnectOptions, db: &str, options: &Options) -> Result<()> {
+async fn bench(
+    admin: &PgConnectOptions,
+    db: &str,
+    options: &Options,
+    started: Instant,
+) -> Result<()> {
     let pool = PgPoolOptions::new()
         .max_connections(POOL_SIZE)
         .test_before_acquire(options.test_before_acquire)
@@ -773,14 +983,19 @@ async fn bench(admin: &PgConnectOptions, db: &str, options: &Options) -> Result<
         .await
         .map_err(|e| format!("connecting to database {db}: {e}"));
     let result = match monitor {
-        Ok(conn) => bench_on(&pool, options, &mut Monitor { conn }).await,
+        Ok(conn) => bench_on(&pool, options, &mut Monitor { conn }, started).await,
         Err(e) => Err(e.into()),
     };
     pool.close().await;
     result
 }
 
-async fn bench_on(pool: &PgPool, options: &Options, monitor: &mut Monitor) -> Result<()> {
+async fn bench_on(
+    pool: &PgPool,
+    options: &Options,
+    monitor: &mut Monitor,
+    started: Instant,
+) -> Result<()> {
     let (fsync,): (String,) = sqlx::query_as("SHOW fsync").fetch_one(pool).await?;
     let (sync_commit,): (String,) = sqlx::query_as("SHOW synchronous_commit")
         .fetch_one(pool)
@@ -808,64 +1023,82 @@ async fn bench_on(pool: &PgPool, options: &Options, monitor: &mut Monitor) -> Re
     let shared = Arc::new(Shared {
         pool: pool.clone(),
         repo: Repository::new(store.clone()),
+        cached: Repository::new(store.clone()).with_cache(CACHE_CAPACITY),
         store,
-        raw_insert: raw_insert_sql(),
+        raw_insert: raw_insert_sql("raw_events"),
+        plain_insert: raw_insert_sql("raw_plain"),
+        keyed_insert: keyed_insert_sql(),
         raw_batch: raw_batch_sql(),
     });
     let total = Duration::from_secs_f64(options.seconds);
     println!(
         "{} s measured per case (two rounds of {} s, each after a {} s warm-up), pool of {POOL_SIZE}, \
-         sqlx test_before_acquire = {}, {} CPU(s)\n",
+         sqlx test_before_acquire = {}, {} CPU(s), sections: {}\n",
         options.seconds,
         options.seconds / 2.0,
         WARMUP.as_secs_f64(),
         options.test_before_acquire,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        options.sections.names()
     );
 
     let mut commands = Vec::new();
     let mut cpu = Vec::new();
-    for writers in CONCURRENCY {
-        eprintln!("commands, {writers} writer(s):");
-        let r = compare(
-            &shared,
-            &[Case::RawInsert, Case::RawLoadInsert, Case::LibExecute],
-            writers,
-            total,
-            monitor,
-        )
-        .await?;
-        commands.push(CommandRow {
-            writers,
-            raw_insert: r[0].0.ops_per_s(),
-            raw_load_insert: r[1].0.ops_per_s(),
-            lib: r[2].0.ops_per_s(),
-            stream_len: [r[0].1, r[1].1, r[2].1],
-        });
-        cpu.push(CpuRow::new("command: library", writers, &r[2].0));
-        cpu.push(CpuRow::new("command: raw insert", writers, &r[0].0));
-        cpu.push(CpuRow::new("command: raw load+insert", writers, &r[1].0));
+    if options.sections.commands {
+        for writers in CONCURRENCY {
+            eprintln!("commands, {writers} writer(s):");
+            let r = compare(&shared, &COMMAND_CASES, writers, total, monitor).await?;
+            commands.push(CommandRow {
+                writers,
+                raw_insert: r[0].0.ops_per_s(),
+                raw_insert_auto: r[1].0.ops_per_s(),
+                raw_load_insert: r[2].0.ops_per_s(),
+                lib: r[3].0.ops_per_s(),
+                lib_cached: r[4].0.ops_per_s(),
+                stream_len: [r[0].1, r[1].1, r[2].1, r[3].1, r[4].1],
+            });
+            cpu.push(CpuRow::new("command: library", writers, &r[3].0));
+            cpu.push(CpuRow::new(
+                "command: library + state cache",
+                writers,
+                &r[4].0,
+            ));
+            cpu.push(CpuRow::new("command: raw insert (tx)", writers, &r[0].0));
+            cpu.push(CpuRow::new(
+                "command: raw insert (autocommit)",
+                writers,
+                &r[1].0,
+            ));
+            cpu.push(CpuRow::new("command: raw load+insert", writers, &r[2].0));
+        }
     }
     let mut appends = Vec::new();
-    for writers in CONCURRENCY {
-        eprintln!("appends of {BATCH} events, {writers} writer(s):");
-        let r = compare(
-            &shared,
-            &[Case::RawAppend, Case::LibAppend],
-            writers,
-            total,
-            monitor,
-        )
-        .await?;
-        appends.push(AppendRow {
-            writers,
-            raw: r[0].0.events_per_s(),
-            lib: r[1].0.events_per_s(),
-        });
-        cpu.push(CpuRow::new("append of 100: library", writers, &r[1].0));
-        cpu.push(CpuRow::new("append of 100: raw", writers, &r[0].0));
+    if options.sections.appends {
+        for writers in CONCURRENCY {
+            eprintln!("appends of {BATCH} events, {writers} writer(s):");
+            let r = compare(
+                &shared,
+                &[Case::RawAppend, Case::LibAppend],
+                writers,
+                total,
+                monitor,
+            )
+            .await?;
+            appends.push(AppendRow {
+                writers,
+                raw: r[0].0.events_per_s(),
+                lib: r[1].0.events_per_s(),
+            });
+            cpu.push(CpuRow::new("append of 100: library", writers, &r[1].0));
+            cpu.push(CpuRow::new("append of 100: raw", writers, &r[0].0));
+        }
     }
-    report(&Results {
+    let log = if options.sections.log {
+        Some(global_log::run(&shared, options, monitor, &mut cpu).await?)
+    } else {
+        None
+    };
+    let results = Results {
         options,
         fsync,
         sync_commit,
@@ -873,7 +1106,15 @@ async fn bench_on(pool: &PgPool, options: &Options, monitor: &mut Monitor) -> Re
         commands,
         appends,
         cpu,
-    })
+        log,
+        started,
+    };
+    report(&results)?;
+    // The report is printed in full first; a failed exactly-once check then fails the run.
+    match &results.log {
+        Some(log) => log.check(),
+        None => Ok(()),
+    }
 }
 
 fn verdict(ratio: f64) -> &'static str {
@@ -884,6 +1125,11 @@ fn verdict(ratio: f64) -> &'static str {
     }
 }
 
+/// A ratio rounded to 3 decimals for the JSON line.
+fn r3(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
 struct Results<'a> {
     options: &'a Options,
     fsync: String,
@@ -892,6 +1138,86 @@ struct Results<'a> {
     commands: Vec<CommandRow>,
     appends: Vec<AppendRow>,
     cpu: Vec<CpuRow>,
+    log: Option<global_log::LogResults>,
+    started: Instant,
+}
+
+fn report_commands(commands: &[CommandRow]) {
+    println!("### Commands with 1 event each (commands/s)\n");
+    println!(
+        "| writers | raw insert (tx) | raw insert (autocommit) | raw load+insert | library `Repository::execute` | library + state cache |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for r in commands {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            r.writers, r.raw_insert, r.raw_insert_auto, r.raw_load_insert, r.lib, r.lib_cached
+        );
+    }
+    println!("\n### Commands: library / raw (target ≥ {TARGET_RATIO:.2} against a raw insert)\n");
+    println!(
+        "| writers | library variant | / raw insert (tx) | / raw insert (autocommit) | / raw load+insert |"
+    );
+    println!("|---:|:--|---:|---:|---:|");
+    for r in commands {
+        for (name, lib) in [
+            ("`execute`", r.lib),
+            ("`execute` + state cache", r.lib_cached),
+        ] {
+            let tx = lib / r.raw_insert;
+            let auto = lib / r.raw_insert_auto;
+            println!(
+                "| {} | {name} | {tx:.2} ({}) | {auto:.2} ({}) | {:.2} |",
+                r.writers,
+                verdict(tx),
+                verdict(auto),
+                lib / r.raw_load_insert
+            );
+        }
+    }
+    println!();
+    println!(
+        "* library: `Repository::<Counter, PgStore>::execute(id, &Increment, CommandMetadata::new())`:"
+    );
+    println!(
+        "  read the stream, decode and apply its events, `handle`, then one autocommit append statement"
+    );
+    println!(
+        "  (`UNNEST`, expected-version check and commit key computed in the statement; no BEGIN/COMMIT)."
+    );
+    println!(
+        "* library + state cache: `Repository::new(store).with_cache({CACHE_CAPACITY})`: state from memory,"
+    );
+    println!("  `handle`, the same single autocommit append statement; no read.");
+    println!(
+        "* raw insert (tx): sqlx `BEGIN; INSERT INTO raw_events (13 columns, commit_key 0) VALUES (...); COMMIT`;"
+    );
+    println!(
+        "  raw insert (autocommit): the same `INSERT` alone, one round trip. Both: no read, version tracked"
+    );
+    println!(
+        "  by the client; `raw_events` is `CREATE TABLE raw_events (LIKE eventfold_events INCLUDING ALL)`."
+    );
+    println!(
+        "* raw load+insert: sqlx `BEGIN; SELECT` the stream's rows ordered by version (the columns the"
+    );
+    println!("  library reads), fold their JSON payloads, `INSERT` the next version`; COMMIT`.");
+    println!(
+        "* each writer cycles over its own {AGGREGATES_PER_WRITER} aggregates; events per stream at the end:"
+    );
+    for r in commands {
+        println!(
+            "  {} writer(s): raw insert (tx) {:.0}, raw insert (autocommit) {:.0}, raw load+insert {:.0}, \
+             library {:.0}, library + cache {:.0}",
+            r.writers,
+            r.stream_len[0],
+            r.stream_len[1],
+            r.stream_len[2],
+            r.stream_len[3],
+            r.stream_len[4]
+        );
+    }
+    println!();
 }
 
 fn report(results: &Results<'_>) -> Result<()> {
@@ -903,74 +1229,43 @@ fn report(results: &Results<'_>) -> Result<()> {
         commands,
         appends,
         cpu,
+        log,
+        started,
     } = results;
-    println!("### Commands with 1 event each (commands/s)\n");
-    println!(
-        "| writers | library `Repository::execute` | raw insert | library / raw insert | target ≥ {TARGET_RATIO:.2} | raw load+insert | library / raw load+insert |"
-    );
-    println!("|---:|---:|---:|---:|:--|---:|---:|");
-    for r in commands {
-        let ratio = r.lib / r.raw_insert;
-        println!(
-            "| {} | {:.0} | {:.0} | {:.2} | {} | {:.0} | {:.2} |",
-            r.writers,
-            r.lib,
-            r.raw_insert,
-            ratio,
-            verdict(ratio),
-            r.raw_load_insert,
-            r.lib / r.raw_load_insert
-        );
+    if !commands.is_empty() {
+        report_commands(commands);
     }
-    println!();
-    println!(
-        "* library: `Repository::<Counter, PgStore>::execute(id, &Increment, CommandMetadata::new())`:"
-    );
-    println!(
-        "  begin, read the stream, decode and apply its events, `handle`, append 1 event with the"
-    );
-    println!("  expected version (the library's `UNNEST` statement), commit.");
-    println!(
-        "* raw insert: sqlx `BEGIN; INSERT INTO raw_events (13 columns) VALUES (...); COMMIT`, no read;"
-    );
-    println!("  `raw_events` is `CREATE TABLE raw_events (LIKE eventfold_events INCLUDING ALL)`.");
-    println!(
-        "* raw load+insert: sqlx `BEGIN; SELECT` the stream's rows ordered by version (the columns the"
-    );
-    println!("  library reads), fold their JSON payloads, `INSERT` the next version`; COMMIT`.");
-    println!(
-        "* each writer cycles over its own {AGGREGATES_PER_WRITER} aggregates; events per stream at the end:"
-    );
-    for r in commands {
+    if !appends.is_empty() {
+        println!("### Appends of {BATCH} events per transaction (events/s)\n");
         println!(
-            "  {} writer(s): library {:.0}, raw insert {:.0}, raw load+insert {:.0}",
-            r.writers, r.stream_len[2], r.stream_len[0], r.stream_len[1]
+            "| writers | library `EventStore::append` | raw `UNNEST` insert | library / raw |"
         );
-    }
-    println!("\n### Appends of {BATCH} events per transaction (events/s)\n");
-    println!("| writers | library `EventStore::append` | raw `UNNEST` insert | library / raw |");
-    println!("|---:|---:|---:|---:|");
-    for r in appends {
+        println!("|---:|---:|---:|---:|");
+        for r in appends {
+            println!(
+                "| {} | {:.0} | {:.0} | {:.2} |",
+                r.writers,
+                r.lib,
+                r.raw,
+                r.lib / r.raw
+            );
+        }
+        println!();
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} |",
-            r.writers,
-            r.lib,
-            r.raw,
-            r.lib / r.raw
+            "* library: `store.append(&fresh_stream, ExpectedVersion::Exact(0), 100 events)` (one autocommit statement)."
         );
+        println!(
+            "* raw: sqlx `BEGIN; INSERT INTO raw_events ... SELECT FROM UNNEST(11 arrays)` of 100 rows `; COMMIT`."
+        );
+        println!();
     }
-    println!();
-    println!(
-        "* library: `store.append(&fresh_stream, ExpectedVersion::Exact(0), 100 events)` (its own transaction)."
-    );
-    println!(
-        "* raw: sqlx `BEGIN; INSERT INTO raw_events ... SELECT FROM UNNEST(11 arrays)` of 100 rows `; COMMIT`."
-    );
-    println!();
+    if let Some(log) = log {
+        log.print();
+    }
     println!(
         "Setup: PostgreSQL {server}, fsync = {fsync}, synchronous_commit = {sync_commit}; pool of {POOL_SIZE} \
-         connections; writers are tokio tasks; {} s per case, variants alternated (A B C, C B A) and summed; \
-         0.5 s warm-up before each half.",
+         connections; writers are tokio tasks; {} s per throughput case, variants alternated (A B C, C B A) \
+         and summed; 0.5 s warm-up before each half.",
         options.seconds
     );
     let us = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.0}"));
@@ -990,16 +1285,31 @@ fn report(results: &Results<'_>) -> Result<()> {
         );
     }
     println!();
-    let target_met = commands
-        .iter()
-        .all(|r| r.lib / r.raw_insert >= TARGET_RATIO);
+    let all_met = |f: &dyn Fn(&CommandRow) -> f64| {
+        (!commands.is_empty()).then(|| commands.iter().all(|r| f(r) >= TARGET_RATIO))
+    };
+    let target_met = all_met(&|r| r.lib / r.raw_insert);
+    let cached_vs_tx = all_met(&|r| r.lib_cached / r.raw_insert);
+    let cached_vs_auto = all_met(&|r| r.lib_cached / r.raw_insert_auto);
+    let says = |met: Option<bool>| match met {
+        Some(true) => "met",
+        Some(false) => "NOT met",
+        None => "not measured",
+    };
     println!(
-        "Target: library / raw insert ≥ {TARGET_RATIO:.2} at every concurrency: {}.",
-        if target_met { "met" } else { "NOT met" }
+        "Target: library / raw insert ≥ {TARGET_RATIO:.2} at every concurrency: `execute` vs raw insert (tx): {}; \
+         `execute` + state cache vs raw insert (tx): {}; `execute` + state cache vs raw insert (autocommit): {}.",
+        says(target_met),
+        says(cached_vs_tx),
+        says(cached_vs_auto)
     );
+    if let Some(log) = log {
+        log.print_targets();
+    }
 
     let json = serde_json::json!({
         "seconds": options.seconds,
+        "sections": options.sections.names(),
         "server_version": server,
         "fsync": fsync,
         "synchronous_commit": sync_commit,
@@ -1007,17 +1317,27 @@ fn report(results: &Results<'_>) -> Result<()> {
         "test_before_acquire": options.test_before_acquire,
         "target_ratio": TARGET_RATIO,
         "target_met": target_met,
+        "target_met_cached_vs_raw_insert": cached_vs_tx,
+        "target_met_cached_vs_raw_insert_autocommit": cached_vs_auto,
         "commands": commands.iter().map(|r| serde_json::json!({
             "writers": r.writers,
             "library_cmd_per_s": r.lib.round(),
+            "library_cached_cmd_per_s": r.lib_cached.round(),
             "raw_insert_cmd_per_s": r.raw_insert.round(),
+            "raw_insert_autocommit_cmd_per_s": r.raw_insert_auto.round(),
             "raw_load_insert_cmd_per_s": r.raw_load_insert.round(),
-            "ratio_vs_raw_insert": (r.lib / r.raw_insert * 1000.0).round() / 1000.0,
-            "ratio_vs_raw_load_insert": (r.lib / r.raw_load_insert * 1000.0).round() / 1000.0,
+            "ratio_vs_raw_insert": r3(r.lib / r.raw_insert),
+            "ratio_vs_raw_insert_autocommit": r3(r.lib / r.raw_insert_auto),
+            "ratio_vs_raw_load_insert": r3(r.lib / r.raw_load_insert),
+            "cached_ratio_vs_raw_insert": r3(r.lib_cached / r.raw_insert),
+            "cached_ratio_vs_raw_insert_autocommit": r3(r.lib_cached / r.raw_insert_auto),
+            "cached_ratio_vs_raw_load_insert": r3(r.lib_cached / r.raw_load_insert),
             "events_per_stream_at_end": {
-                "library": r.stream_len[2].round(),
                 "raw_insert": r.stream_len[0].round(),
-                "raw_load_insert": r.stream_len[1].round(),
+                "raw_insert_autocommit": r.stream_len[1].round(),
+                "raw_load_insert": r.stream_len[2].round(),
+                "library": r.stream_len[3].round(),
+                "library_cached": r.stream_len[4].round(),
             },
         })).collect::<Vec<_>>(),
         "cpu_us_per_op": cpu.iter().map(|r| serde_json::json!({
@@ -1030,15 +1350,16 @@ fn report(results: &Results<'_>) -> Result<()> {
             "writers": r.writers,
             "library_events_per_s": r.lib.round(),
             "raw_events_per_s": r.raw.round(),
-            "ratio": (r.lib / r.raw * 1000.0).round() / 1000.0,
+            "ratio": r3(r.lib / r.raw),
         })).collect::<Vec<_>>(),
+        "global_log": log.as_ref().map(global_log::LogResults::json),
+        "elapsed_s_at_report": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
     });
     println!("\nBENCH_JSON {json}");
     Ok(())
 }
 
-async fn run() -> Result<()> {
-    let options = parse_args()?;
+async fn run(options: &Options, started: Instant) -> Result<()> {
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
     let admin =
         PgConnectOptions::from_str(&url).map_err(|e| format!("DATABASE_URL `{url}`: {e}"))?;
@@ -1052,7 +1373,7 @@ async fn run() -> Result<()> {
         .await
         .map_err(|e| format!("creating database {db}: {e}"))?;
     eprintln!("database {db} created on {url}");
-    let result = bench(&admin, &db, &options).await;
+    let result = bench(&admin, &db, options, started).await;
     let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
         .execute(&mut conn)
         .await;
@@ -1066,7 +1387,17 @@ async fn run() -> Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
+    let started = Instant::now();
+    let options = match parse_args() {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("eventfold-bench: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = run(&options, started).await;
+    println!("\nTotal elapsed: {:.1} s", started.elapsed().as_secs_f64());
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("eventfold-bench: error: {e}");

@@ -277,6 +277,7 @@ pub(crate) fn log_batch(
 }
 
 /// A filter's lists as JSON arrays (SQLite) or `None` for "all".
+#[cfg(feature = "sqlite")]
 pub(crate) fn filter_list(list: &[String]) -> Option<String> {
     (!list.is_empty()).then(|| serde_json::to_string(list).unwrap_or_else(|_| "[]".to_owned()))
 }
