@@ -280,7 +280,7 @@ impl LogResults {
             "### Global log: writer throughput with and without the never-skip mechanism (events/s)\n"
         );
         println!(
-            "| writers | without: plain `INSERT` (`raw_plain`) | with: keyed `INSERT` (`raw_keyed`) | with / without | target ≥ {TARGET_RATIO:.2} | library `store.append` (Exact) | library / without |"
+            "| writers | without: version-checked `INSERT` (`raw_plain`) | with: keyed `INSERT` (`raw_keyed`) | with / without | target ≥ {TARGET_RATIO:.2} | library `store.append` (Exact) | library / without |"
         );
         println!("|---:|---:|---:|---:|:--|---:|---:|");
         for r in &self.writers {
@@ -303,19 +303,25 @@ impl LogResults {
             "  tracked by the client; variants alternated (A B C, C B A) in the same run, as above."
         );
         println!(
-            "* without: `INSERT INTO raw_plain (...) VALUES (..., commit_key = 0)`; `raw_plain` is `LIKE"
+            "* both raw statements check the expected version in the statement, as every event store"
+        );
+        println!(
+            "  append must; they differ only by the mechanism. without: `WITH cur AS (SELECT MAX(stream_version)"
+        );
+        println!(
+            "  ...) INSERT INTO raw_plain ... WHERE cur.v = expected`, commit_key 0; `raw_plain` is `LIKE"
         );
         println!(
             "  eventfold_events INCLUDING ALL` with the `(commit_key, global_position)` index dropped."
         );
         println!(
-            "* with: `WITH last AS (SELECT commit_key ... ORDER BY stream_version DESC LIMIT 1) INSERT INTO"
+            "* with: `WITH last AS (SELECT stream_version, commit_key ... ORDER BY stream_version DESC LIMIT 1)"
         );
         println!(
-            "  raw_keyed ... SELECT ..., GREATEST(pg_current_xact_id()::text::int8, COALESCE((SELECT commit_key"
+            "  INSERT INTO raw_keyed ... SELECT ..., GREATEST(pg_current_xact_id()::text::int8, (SELECT commit_key"
         );
         println!(
-            "  FROM last), 0))`; `raw_keyed` keeps the log index (as the library's append statement does)."
+            "  FROM last)) WHERE last version = expected`; `raw_keyed` keeps the log index (as the library does)."
         );
         println!(
             "* library: `store.append(&stream, ExpectedVersion::Exact(v), vec![event])` into `eventfold_events`.\n"

@@ -44,7 +44,7 @@
 //! 3. **Global log** (`log`):
 //!    * writer throughput with and without the never-skip mechanism, 1 and 8 writers, one event
 //!      per autocommit `INSERT`, versions tracked by the client: "without" inserts into
-//!      `raw_plain` (`LIKE eventfold_events INCLUDING ALL`, the `(commit_key, global_position)`
+//!      `raw_plain` with the expected-version check (`LIKE eventfold_events INCLUDING ALL`, the `(commit_key, global_position)`
 //!      index dropped, `commit_key` = 0); "with" inserts into `raw_keyed` (`LIKE ... INCLUDING
 //!      ALL`, index kept) computing `commit_key` as the library's append statement does (a CTE
 //!      over the stream's last row, `GREATEST(pg_current_xact_id(), its commit_key)`); the
@@ -215,15 +215,30 @@ fn raw_insert_sql(table: &str) -> String {
     )
 }
 
-/// One row into `raw_keyed`, its `commit_key` computed as the library's append statement does:
-/// the writing transaction's id, raised to the commit key of the stream's last event.
+/// One row into `raw_plain` with the expected-version check every event store needs (the
+/// stream's current version must be `$4 - 1`), `commit_key` = 0: the append without the log
+/// mechanism.
+fn versioned_plain_sql() -> String {
+    format!(
+        "WITH cur AS (SELECT COALESCE(MAX(stream_version), 0)::int8 AS v FROM raw_plain \
+           WHERE stream_type = $2 AND stream_id = $3) \
+         INSERT INTO raw_plain ({RAW_COLUMNS}, commit_key) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, 0 \
+         FROM cur WHERE cur.v = $4 - 1"
+    )
+}
+
+/// The same version-checked row into `raw_keyed`, its `commit_key` computed as the library's
+/// append statement does: the writing transaction's id, raised to the commit key of the stream's
+/// last event (the log index is kept on this table).
 fn keyed_insert_sql() -> String {
     format!(
-        "WITH last AS (SELECT commit_key FROM raw_keyed \
+        "WITH last AS (SELECT stream_version, commit_key FROM raw_keyed \
            WHERE stream_type = $2 AND stream_id = $3 ORDER BY stream_version DESC LIMIT 1) \
          INSERT INTO raw_keyed ({RAW_COLUMNS}, commit_key) \
          SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, \
-           GREATEST(pg_current_xact_id()::text::int8, COALESCE((SELECT commit_key FROM last), 0))"
+           GREATEST(pg_current_xact_id()::text::int8, COALESCE((SELECT commit_key FROM last), 0)) \
+         WHERE COALESCE((SELECT stream_version FROM last), 0) = $4 - 1"
     )
 }
 
@@ -1026,7 +1041,7 @@ async fn bench_on(
         cached: Repository::new(store.clone()).with_cache(CACHE_CAPACITY),
         store,
         raw_insert: raw_insert_sql("raw_events"),
-        plain_insert: raw_insert_sql("raw_plain"),
+        plain_insert: versioned_plain_sql(),
         keyed_insert: keyed_insert_sql(),
         raw_batch: raw_batch_sql(),
     });

@@ -117,19 +117,23 @@ impl Statements {
         let events = naming.table("events");
         let snapshots = naming.table("snapshots");
         let commands = naming.table("commands");
+        // The stream's last row gives both the version to check and the commit key to extend
+        // (ADR 0007); shared by the one-event and the many-event append.
+        let append_head = format!(
+            "WITH last AS (SELECT stream_version, commit_key FROM {events} \
+               WHERE stream_type = $1 AND stream_id = $2 ORDER BY stream_version DESC LIMIT 1), \
+             cur AS (SELECT COALESCE((SELECT stream_version FROM last), 0)::int8 AS v, \
+               GREATEST(pg_current_xact_id()::text::int8, COALESCE((SELECT commit_key FROM last), 0)) AS k) \
+             INSERT INTO {events} (event_id, stream_type, stream_id, stream_version, event_type, schema_version, \
+               payload, recorded_at, source, correlation_id, causation_id, tenant_id, headers, commit_key) "
+        );
         Self {
             channel: match naming.schema() {
                 Some(schema) => format!("{schema}.{}", naming.bare("events")),
                 None => naming.bare("events"),
             },
             append_one: format!(
-                "WITH last AS (SELECT stream_version, commit_key FROM {events} \
-                   WHERE stream_type = $1 AND stream_id = $2 ORDER BY stream_version DESC LIMIT 1), \
-                 cur AS (SELECT COALESCE((SELECT stream_version FROM last), 0)::int8 AS v, \
-                   GREATEST(pg_current_xact_id()::text::int8, COALESCE((SELECT commit_key FROM last), 0)) AS k) \
-                 INSERT INTO {events} (event_id, stream_type, stream_id, stream_version, event_type, schema_version, \
-                   payload, recorded_at, source, correlation_id, causation_id, tenant_id, headers, commit_key) \
-                 SELECT $3, $1, $2, cur.v + 1, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, cur.k \
+                "{append_head}SELECT $3, $1, $2, cur.v + 1, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, cur.k \
                  FROM cur WHERE $13::int8 IS NULL OR cur.v = $13 \
                  RETURNING global_position, stream_version"
             ),
@@ -157,13 +161,7 @@ impl Statements {
                 "SELECT COALESCE(MAX(stream_version), 0)::int8 FROM {events} WHERE stream_type = $1 AND stream_id = $2"
             ),
             append: format!(
-                "WITH last AS (SELECT stream_version, commit_key FROM {events} \
-                   WHERE stream_type = $1 AND stream_id = $2 ORDER BY stream_version DESC LIMIT 1), \
-                 cur AS (SELECT COALESCE((SELECT stream_version FROM last), 0)::int8 AS v, \
-                   GREATEST(pg_current_xact_id()::text::int8, COALESCE((SELECT commit_key FROM last), 0)) AS k) \
-                 INSERT INTO {events} (event_id, stream_type, stream_id, stream_version, event_type, schema_version, \
-                   payload, recorded_at, source, correlation_id, causation_id, tenant_id, headers, commit_key) \
-                 SELECT e.event_id, $1, $2, cur.v + e.ord, e.event_type, e.schema_version, e.payload, e.recorded_at, \
+                "{append_head}SELECT e.event_id, $1, $2, cur.v + e.ord, e.event_type, e.schema_version, e.payload, e.recorded_at, \
                    e.source, e.correlation_id, e.causation_id, e.tenant_id, e.headers::jsonb, cur.k \
                  FROM cur, UNNEST($3::uuid[], $4::text[], $5::int4[], $6::bytea[], $7::timestamptz[], $8::text[], \
                    $9::uuid[], $10::uuid[], $11::text[], $12::text[]) WITH ORDINALITY \
