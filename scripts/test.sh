@@ -49,8 +49,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi
 
-log "unit, integration, contract, concurrency, property and compile-fail tests"
-cargo nextest run --workspace --all-features --no-fail-fast "$@"
-
-log "doctests (rustdoc examples and every book sample)"
+log "doctests (rustdoc examples, every book sample, the README)"
 cargo test --workspace --all-features --doc
+
+log "unit, integration, contract, concurrency, global-log stress, property and compile-fail tests"
+cargo nextest run --workspace --all-features --no-fail-fast "$@"
