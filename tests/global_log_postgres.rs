@@ -261,10 +261,16 @@ async fn older_transaction_appending_later_keeps_stream_order() {
         .await
         .unwrap();
     older.commit().await.unwrap();
-    let batch = store
-        .read_log(batch.checkpoint, 10, &LogFilter::all())
-        .await
-        .unwrap();
+    // Transactions of other tests in the cluster may hold the horizon for a moment: wait for it.
+    let from = batch.checkpoint;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let batch = loop {
+        let batch = store.read_log(from, 10, &LogFilter::all()).await.unwrap();
+        if !batch.held_back || Instant::now() > deadline {
+            break batch;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     let versions: Vec<u64> = batch
         .events
         .iter()

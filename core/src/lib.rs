@@ -70,6 +70,7 @@ pub mod codec;
 pub mod error;
 pub mod event;
 pub mod metadata;
+pub mod outbox;
 pub mod stream;
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -80,6 +81,7 @@ pub use codec::CodecError;
 pub use error::{BoxError, DecodeError, DecodeErrorKind};
 pub use event::{Event, EventTypeInfo};
 pub use metadata::{CommandMetadata, Envelope, Headers, NewEvent, RecordedEvent};
+pub use outbox::OutboxMessage;
 pub use stream::{InvalidStreamId, StreamId};
 pub use upcast::{UpcastStep, Upcasters, decode_event};
 

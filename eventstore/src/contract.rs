@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::error::{ExecuteError, ExpectedVersion, StoreError};
 use crate::log::{Checkpoint, LogFilter};
+use crate::outbox::{OUTBOX_SLOTS, OutboxRouting};
 use crate::repository::Repository;
 use crate::store::{CommandRecord, EventStore, Snapshot, UnitOfWork};
 
@@ -53,6 +54,7 @@ macro_rules! eventstore_contract_tests {
             log_never_shows_rolled_back_events,
             subscription_catches_up_then_follows_live_appends,
             subscription_resumes_from_a_stored_checkpoint,
+            outbox_rows_commit_with_their_events_or_not_at_all,
         );
     };
     (@tests $fresh:path; $($name:ident),* $(,)?) => {
@@ -1144,4 +1146,141 @@ pub async fn subscription_resumes_from_a_stored_checkpoint<S: EventStore>(store:
         versions.push(second.next().await.expect("read").event.stream_version);
     }
     assert_eq!(versions, vec![4, 5, 6]);
+}
+
+/// Outbox rows are written in the same transaction as their events and the application's own
+/// messages: a rollback leaves none, a commit leaves all, in stream order, with Debezium columns
+/// and CloudEvents headers.
+pub async fn outbox_rows_commit_with_their_events_or_not_at_all<S: EventStore>(store: S) {
+    use eventfold_core::OutboxMessage;
+    use eventfold_core::outbox::headers;
+    let store = store.with_outbox(
+        OutboxRouting::new()
+            .topic_prefix("shop.")
+            .skip_event_type("tally.reset"),
+    );
+    let repo = Repository::<Tally, _>::new(store.clone());
+    let meta = CommandMetadata::new()
+        .tenant("acme")
+        .header("traceparent", "00-abc-01");
+
+    // Rolled back: neither the events nor the messages.
+    let mut uow = store.begin().await.expect("begin");
+    repo.execute_in(&mut uow, "o", &TallyCommand::Add(1), meta.clone())
+        .await
+        .expect("execute");
+    uow.enqueue(vec![OutboxMessage::new(
+        "billing",
+        "customer-1",
+        "billing.requested",
+        b"{}".to_vec(),
+    )])
+    .await
+    .expect("enqueue");
+    uow.rollback().await.expect("rollback");
+    let status = store.outbox_status().await.expect("status");
+    assert_eq!(
+        (status.pending, status.oldest),
+        (0, None),
+        "a rolled-back transaction left messages"
+    );
+
+    // Committed: all of them, in order.
+    let mut uow = store.begin().await.expect("begin");
+    let first = repo
+        .execute_in(
+            &mut uow,
+            "o",
+            &TallyCommand::AddMany(vec![1, 2]),
+            meta.clone(),
+        )
+        .await
+        .expect("execute");
+    uow.enqueue(vec![OutboxMessage::new(
+        "billing",
+        "customer-1",
+        "billing.requested",
+        b"{}".to_vec(),
+    )])
+    .await
+    .expect("enqueue");
+    uow.commit().await.expect("commit");
+    repo.execute("o", &TallyCommand::Reset, meta.clone())
+        .await
+        .expect("reset (not routed)");
+    repo.execute("o", &TallyCommand::Add(3), meta)
+        .await
+        .expect("execute");
+
+    let status = store.outbox_status().await.expect("status");
+    assert_eq!(status.pending, 4);
+    assert!(status.oldest.is_some());
+    assert_eq!(status.dead_letters, 0);
+    let rows = store.read_outbox(100).await.expect("read");
+    assert_eq!(rows.len(), 4);
+    assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq));
+    let types: Vec<&str> = rows
+        .iter()
+        .map(|r| r.message.message_type.as_str())
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            "tally.added",
+            "tally.added",
+            "billing.requested",
+            "tally.added"
+        ]
+    );
+    let versions: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| {
+            r.message
+                .headers
+                .get(headers::STREAM_VERSION)
+                .map(String::as_str)
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        vec!["1", "2", "4"],
+        "event messages follow the stream's versions"
+    );
+
+    let event_row = &rows[0].message;
+    let event = &first.events[0];
+    assert_eq!(
+        event_row.id, event.event_id,
+        "the message id is the event id"
+    );
+    assert_eq!(event_row.topic, "shop.tally");
+    assert_eq!(
+        (
+            event_row.key.as_str(),
+            event_row.aggregate_id.as_str(),
+            event_row.aggregate_type.as_str()
+        ),
+        ("o", "o", "tally")
+    );
+    assert_eq!(event_row.payload, br#"{"n":1}"#);
+    let h = &event_row.headers;
+    assert_eq!(h[headers::SPECVERSION], "1.0");
+    assert_eq!(h[headers::ID], event.event_id.to_string());
+    assert_eq!(h[headers::TYPE], "tally.added");
+    assert_eq!(h[headers::SOURCE], store.source());
+    assert_eq!(h[headers::SUBJECT], "tally-o");
+    assert_eq!(h[headers::CORRELATION_ID], event.correlation_id.to_string());
+    assert_eq!(h[headers::TENANT_ID], "acme");
+    assert_eq!(h[headers::CONTENT_TYPE], "application/json");
+    assert_eq!(
+        h["traceparent"], "00-abc-01",
+        "the event's own headers travel too"
+    );
+    assert_eq!(rows[0].slot, OutboxMessage::slot_of("o", OUTBOX_SLOTS));
+    assert_eq!((rows[0].attempts, rows[0].last_error.as_deref()), (0, None));
+    let app = &rows[2].message;
+    assert_eq!(
+        (app.topic.as_str(), app.key.as_str()),
+        ("billing", "customer-1")
+    );
 }

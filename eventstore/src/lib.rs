@@ -26,6 +26,7 @@ pub mod error;
 pub mod log;
 pub mod memory;
 pub mod naming;
+pub mod outbox;
 pub mod repository;
 pub mod store;
 
@@ -44,6 +45,7 @@ pub use log::{
     Subscription,
 };
 pub use naming::Naming;
+pub use outbox::{OUTBOX_SLOTS, OutboxRouting, OutboxRow, OutboxStatus};
 pub use repository::{Executed, Loaded, Repository};
 pub use store::{
     AppendResult, CommandRecord, DynEventReader, EventStore, LocalWakeup, Snapshot, UnitOfWork,

@@ -29,13 +29,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use eventfold_core::{NewEvent, RecordedEvent, StreamId};
+use eventfold_core::{NewEvent, OutboxMessage, RecordedEvent, StreamId};
 use uuid::Uuid;
 
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, watch};
 
 use crate::error::{ExpectedVersion, StoreError};
 use crate::log::{Checkpoint, LogBatch, LogEvent, LogFilter, LogHead};
+use crate::outbox::{OUTBOX_SLOTS, OutboxRouting, OutboxRow, OutboxStatus};
 use crate::store::{
     AppendResult, CommandRecord, EventStore, LocalWakeup, Snapshot, UnitOfWork, validate_append,
 };
@@ -47,6 +48,8 @@ struct State {
     snapshots: HashMap<StreamId, Snapshot>,
     commands: HashMap<Uuid, CommandRecord>,
     event_ids: HashSet<Uuid>,
+    outbox: Vec<OutboxRow>,
+    outbox_seq: u64,
 }
 
 impl State {
@@ -80,6 +83,7 @@ struct Inner {
 pub struct MemoryStore {
     inner: Arc<Inner>,
     source: Arc<str>,
+    routing: Option<Arc<OutboxRouting>>,
 }
 
 impl Default for MemoryStore {
@@ -107,7 +111,14 @@ impl MemoryStore {
                 appended: watch::channel(0).0,
             }),
             source: Arc::from("eventfold"),
+            routing: None,
         }
+    }
+
+    /// Writes an outbox row for every routed event, in the same unit of work as the append.
+    pub fn with_outbox(mut self, routing: OutboxRouting) -> Self {
+        self.routing = Some(Arc::new(routing));
+        self
     }
 
     /// Sets the service name recorded as the `source` of new events.
@@ -149,6 +160,7 @@ pub struct MemoryUnitOfWork {
     streams: Vec<(StreamId, StagedStream)>,
     snapshots: Vec<Snapshot>,
     commands: Vec<CommandRecord>,
+    outbox: Vec<OutboxMessage>,
 }
 
 impl MemoryUnitOfWork {
@@ -219,6 +231,9 @@ impl UnitOfWork for MemoryUnitOfWork {
             })
             .collect();
         let positions = recorded.iter().map(|e| e.global_position).collect();
+        if let Some(routing) = &self.store.routing {
+            self.outbox.extend(routing.messages_for(&recorded));
+        }
         let any = expected == ExpectedVersion::Any;
         match self.streams.iter_mut().find(|(s, _)| s == stream_id) {
             Some((_, staged)) => {
@@ -314,6 +329,12 @@ impl UnitOfWork for MemoryUnitOfWork {
         Ok(true)
     }
 
+    async fn enqueue(&mut self, messages: Vec<OutboxMessage>) -> Result<(), StoreError> {
+        self.lock_writer().await;
+        self.outbox.extend(messages);
+        Ok(())
+    }
+
     async fn commit(self) -> Result<(), StoreError> {
         let mut state = self.store.lock();
         // Check everything first, then apply: a failed commit changes nothing.
@@ -381,6 +402,19 @@ impl UnitOfWork for MemoryUnitOfWork {
         for command in self.commands {
             state.commands.insert(command.command_id, command);
         }
+        let created_at = eventfold_core::metadata::now_micros();
+        for message in self.outbox {
+            state.outbox_seq += 1;
+            let row = OutboxRow {
+                seq: state.outbox_seq,
+                slot: OutboxMessage::slot_of(&message.key, OUTBOX_SLOTS),
+                message,
+                created_at,
+                attempts: 0,
+                last_error: None,
+            };
+            state.outbox.push(row);
+        }
         drop(state);
         if appended {
             self.store.inner.appended.send_modify(|n| *n += 1);
@@ -441,6 +475,23 @@ impl EventStore for MemoryStore {
         Ok(LocalWakeup(self.inner.appended.subscribe()))
     }
 
+    fn with_outbox(self, routing: OutboxRouting) -> Self {
+        MemoryStore::with_outbox(self, routing)
+    }
+
+    async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
+        let state = self.lock();
+        Ok(OutboxStatus {
+            pending: state.outbox.len() as u64,
+            oldest: state.outbox.first().map(|r| r.created_at),
+            dead_letters: 0,
+        })
+    }
+
+    async fn read_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        Ok(self.lock().outbox.iter().take(limit).cloned().collect())
+    }
+
     async fn begin(&self) -> Result<MemoryUnitOfWork, StoreError> {
         Ok(MemoryUnitOfWork {
             store: self.clone(),
@@ -448,6 +499,7 @@ impl EventStore for MemoryStore {
             streams: Vec::new(),
             snapshots: Vec::new(),
             commands: Vec::new(),
+            outbox: Vec::new(),
         })
     }
 

@@ -31,7 +31,7 @@
 
 use std::sync::Arc;
 
-use eventfold_core::{NewEvent, RecordedEvent, StreamId};
+use eventfold_core::{NewEvent, OutboxMessage, RecordedEvent, StreamId};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -44,15 +44,17 @@ use tokio::sync::watch;
 use crate::error::{ExpectedVersion, StoreError};
 use crate::log::{BlockingTransaction, Checkpoint, LogBatch, LogFilter, LogHead};
 use crate::naming::Naming;
+use crate::outbox::{OUTBOX_SLOTS, OutboxRouting, OutboxRow, OutboxStatus};
 use crate::sql::{self, EVENT_COLUMNS, EventRow, Migration, db_err, to_i64, to_u64};
 use crate::store::{
     AppendResult, CommandRecord, EventStore, Snapshot, UnitOfWork, Wakeup, validate_append,
 };
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "events, snapshots, commands",
-    sql: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events, snapshots, commands",
+        sql: r#"
 CREATE TABLE IF NOT EXISTS {events} (
     global_position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     event_id UUID NOT NULL,
@@ -91,9 +93,53 @@ CREATE TABLE IF NOT EXISTS {commands} (
     recorded_at TIMESTAMPTZ NOT NULL
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "outbox and its dead letters (Debezium Outbox Event Router columns)",
+        sql: r#"
+CREATE TABLE IF NOT EXISTS {outbox} (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id UUID NOT NULL,
+    aggregatetype TEXT NOT NULL,
+    aggregateid TEXT NOT NULL,
+    type TEXT NOT NULL,
+    payload BYTEA NOT NULL,
+    topic TEXT NOT NULL,
+    key TEXT NOT NULL,
+    headers JSONB NOT NULL DEFAULT '{}',
+    slot INTEGER NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    CONSTRAINT "{prefix}outbox_id_uq" UNIQUE (id)
+);
+CREATE INDEX IF NOT EXISTS "{prefix}outbox_slot_idx" ON {outbox} (slot, seq);
+CREATE TABLE IF NOT EXISTS {outbox_dead} (
+    seq BIGINT PRIMARY KEY,
+    id UUID NOT NULL,
+    aggregatetype TEXT NOT NULL,
+    aggregateid TEXT NOT NULL,
+    type TEXT NOT NULL,
+    payload BYTEA NOT NULL,
+    topic TEXT NOT NULL,
+    key TEXT NOT NULL,
+    headers JSONB NOT NULL,
+    slot INTEGER NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    attempts INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    parked_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+"#,
+    },
+];
 
 struct Statements {
+    outbox: String,
+    insert_outbox: String,
+    outbox_status: String,
+    read_outbox: String,
     append_one: String,
     channel: String,
     horizon: String,
@@ -127,7 +173,25 @@ impl Statements {
              INSERT INTO {events} (event_id, stream_type, stream_id, stream_version, event_type, schema_version, \
                payload, recorded_at, source, correlation_id, causation_id, tenant_id, headers, commit_key) "
         );
+        let outbox = naming.table("outbox");
+        let outbox_dead = naming.table("outbox_dead");
         Self {
+            insert_outbox: format!(
+                "INSERT INTO {outbox} (id, aggregatetype, aggregateid, type, payload, topic, key, headers, slot) \
+                 SELECT m.id, m.at, m.aid, m.ty, m.payload, m.topic, m.key, m.headers::jsonb, m.slot \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], $7::text[], \
+                   $8::text[], $9::int4[]) WITH ORDINALITY AS m(id, at, aid, ty, payload, topic, key, headers, slot, ord) \
+                 ORDER BY m.ord"
+            ),
+            outbox_status: format!(
+                "SELECT (SELECT COUNT(*) FROM {outbox})::int8, (SELECT MIN(created_at) FROM {outbox}), \
+                 (SELECT COUNT(*) FROM {outbox_dead})::int8"
+            ),
+            read_outbox: format!(
+                "SELECT {} FROM {outbox} ORDER BY seq LIMIT $1",
+                sql::OUTBOX_COLUMNS.replace(" headers,", " headers::text,")
+            ),
+            outbox,
             channel: match naming.schema() {
                 Some(schema) => format!("{schema}.{}", naming.bare("events")),
                 None => naming.bare("events"),
@@ -201,6 +265,7 @@ impl Statements {
 /// An event store in a PostgreSQL database.
 #[derive(Clone)]
 pub struct PgStore {
+    routing: Option<Arc<OutboxRouting>>,
     appended: Arc<watch::Sender<u64>>,
     pool: PgPool,
     naming: Arc<Naming>,
@@ -220,6 +285,7 @@ impl std::fmt::Debug for PgStore {
 /// Builds a [`PgStore`].
 #[derive(Debug)]
 pub struct PgStoreBuilder {
+    routing: Option<OutboxRouting>,
     pool: PgPool,
     naming: Naming,
     source: String,
@@ -245,6 +311,12 @@ impl PgStoreBuilder {
         self
     }
 
+    /// Writes an outbox row for every routed event, in the same transaction as the append.
+    pub fn outbox(mut self, routing: OutboxRouting) -> Self {
+        self.routing = Some(routing);
+        self
+    }
+
     /// Builds the store, migrating first unless turned off.
     pub async fn build(self) -> Result<PgStore, StoreError> {
         let sql = Arc::new(Statements::new(&self.naming));
@@ -253,6 +325,7 @@ impl PgStoreBuilder {
         // them would serialize their commits on PostgreSQL's notification queue lock.
         tokio::spawn(notify_pump(self.pool.clone(), sql.channel.clone(), signals));
         let store = PgStore {
+            routing: self.routing.map(Arc::new),
             appended: Arc::new(appended),
             sql,
             pool: self.pool,
@@ -281,6 +354,7 @@ impl PgStore {
     /// A builder over an existing pool.
     pub fn builder(pool: PgPool) -> PgStoreBuilder {
         PgStoreBuilder {
+            routing: None,
             pool,
             naming: Naming::default(),
             source: "eventfold".to_owned(),
@@ -291,6 +365,12 @@ impl PgStore {
     /// Sets the service name recorded as `source` on new events.
     pub fn with_source(mut self, source: impl Into<String>) -> Self {
         self.source = Arc::from(source.into());
+        self
+    }
+
+    /// Writes an outbox row for every routed event, in the same transaction as the append.
+    pub fn with_outbox(mut self, routing: OutboxRouting) -> Self {
+        self.routing = Some(Arc::new(routing));
         self
     }
 
@@ -429,6 +509,7 @@ async fn command_on(
 
 /// A unit of work of the [`PgStore`]: a READ COMMITTED transaction.
 pub struct PgUnitOfWork {
+    routing: Option<Arc<OutboxRouting>>,
     tx: Transaction<'static, Postgres>,
     sql: Arc<Statements>,
     appended: Arc<watch::Sender<u64>>,
@@ -672,17 +753,17 @@ impl Wakeup for PgWakeup {
 /// How many times an `Any` append retries a concurrent insert before giving up.
 const ANY_RETRIES: usize = 16;
 
-impl UnitOfWork for PgUnitOfWork {
-    async fn append(
+impl PgUnitOfWork {
+    /// Appends the events (no outbox rows).
+    async fn append_events(
         &mut self,
         stream_id: &StreamId,
         expected: ExpectedVersion,
-        events: Vec<NewEvent>,
+        events: &[NewEvent],
     ) -> Result<AppendResult, StoreError> {
-        check_append(stream_id, &events)?;
+        check_append(stream_id, events)?;
         if expected.exact().is_some() {
-            let result =
-                append_exact(&mut self.tx, &self.sql, stream_id, expected, &events).await?;
+            let result = append_exact(&mut self.tx, &self.sql, stream_id, expected, events).await?;
             self.wrote_events = true;
             return Ok(result);
         }
@@ -695,7 +776,7 @@ impl UnitOfWork for PgUnitOfWork {
                 .execute(&mut *self.tx)
                 .await
                 .map_err(db_err("appending events", &self.sql.events))?;
-            match try_append(&mut self.tx, &self.sql, stream_id, None, &events).await {
+            match try_append(&mut self.tx, &self.sql, stream_id, None, events).await {
                 Ok(rows) => {
                     sqlx::query("RELEASE SAVEPOINT eventfold_append")
                         .execute(&mut *self.tx)
@@ -704,7 +785,7 @@ impl UnitOfWork for PgUnitOfWork {
                     break rows;
                 }
                 Err(e) => {
-                    let error = append_error(&self.sql, e, stream_id, expected, &events);
+                    let error = append_error(&self.sql, e, stream_id, expected, events);
                     sqlx::query("ROLLBACK TO SAVEPOINT eventfold_append")
                         .execute(&mut *self.tx)
                         .await
@@ -726,6 +807,84 @@ impl UnitOfWork for PgUnitOfWork {
         .await?;
         self.wrote_events = true;
         Ok(result)
+    }
+
+    async fn insert_outbox(&mut self, messages: Vec<OutboxMessage>) -> Result<(), StoreError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let n = messages.len();
+        let (mut ids, mut ats, mut aids, mut tys, mut payloads) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut topics, mut keys, mut headers, mut slots) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for m in &messages {
+            ids.push(m.id);
+            ats.push(m.aggregate_type.as_str());
+            aids.push(m.aggregate_id.as_str());
+            tys.push(m.message_type.as_str());
+            payloads.push(m.payload.as_slice());
+            topics.push(m.topic.as_str());
+            keys.push(m.key.as_str());
+            headers.push(sql::headers_json(&m.headers));
+            slots.push(OutboxMessage::slot_of(&m.key, OUTBOX_SLOTS) as i32);
+        }
+        sqlx::query(&self.sql.insert_outbox)
+            .bind(ids)
+            .bind(ats)
+            .bind(aids)
+            .bind(tys)
+            .bind(payloads)
+            .bind(topics)
+            .bind(keys)
+            .bind(headers)
+            .bind(slots)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err("writing outbox rows", &self.sql.outbox))?;
+        Ok(())
+    }
+}
+
+impl UnitOfWork for PgUnitOfWork {
+    async fn append(
+        &mut self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        let Some(routing) = self.routing.clone() else {
+            return self.append_events(stream_id, expected, &events).await;
+        };
+        let result = self.append_events(stream_id, expected, &events).await?;
+        let recorded: Vec<_> = events
+            .into_iter()
+            .zip(&result.positions)
+            .enumerate()
+            .map(|(i, (e, p))| {
+                e.into_recorded(
+                    stream_id.clone(),
+                    result.previous_version + 1 + i as u64,
+                    *p,
+                )
+            })
+            .collect();
+        // A failure here aborts the transaction: the unit of work is rolled back as a whole.
+        self.insert_outbox(routing.messages_for(&recorded)).await?;
+        Ok(result)
+    }
+
+    async fn enqueue(&mut self, messages: Vec<OutboxMessage>) -> Result<(), StoreError> {
+        self.insert_outbox(messages).await
     }
 
     async fn read_stream(
@@ -815,7 +974,9 @@ impl EventStore for PgStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         check_append(stream_id, &events)?;
-        if expected.exact().is_none() {
+        if expected.exact().is_none() || self.routing.is_some() {
+            // `Any` retries in a savepoint and outbox rows need a second statement: both need a
+            // transaction.
             let mut uow = self.begin().await?;
             let result = uow.append(stream_id, expected, events).await;
             return match result {
@@ -924,6 +1085,34 @@ impl EventStore for PgStore {
         })
     }
 
+    fn with_outbox(self, routing: OutboxRouting) -> Self {
+        PgStore::with_outbox(self, routing)
+    }
+
+    async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
+        let (pending, oldest, dead): (i64, Option<chrono::DateTime<chrono::Utc>>, i64) =
+            sqlx::query_as(&self.sql.outbox_status)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err("reading the outbox status", &self.sql.outbox))?;
+        Ok(OutboxStatus {
+            pending: to_u64(pending, &self.sql.outbox, "count")?,
+            oldest,
+            dead_letters: to_u64(dead, &self.sql.outbox, "count")?,
+        })
+    }
+
+    async fn read_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        let rows: Vec<sql::OutboxDbRow> = sqlx::query_as(&self.sql.read_outbox)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("reading the outbox", &self.sql.outbox))?;
+        rows.into_iter()
+            .map(|r| sql::outbox_row(r, &self.sql.outbox))
+            .collect()
+    }
+
     async fn wakeup(&self) -> Result<PgWakeup, StoreError> {
         let listener = match PgListener::connect_with(&self.pool).await {
             Ok(mut listener) => match listener.listen(&self.sql.channel).await {
@@ -951,6 +1140,7 @@ impl EventStore for PgStore {
             .await
             .map_err(db_err("starting a unit of work", &self.sql.events))?;
         Ok(PgUnitOfWork {
+            routing: self.routing.clone(),
             tx,
             sql: self.sql.clone(),
             appended: self.appended.clone(),

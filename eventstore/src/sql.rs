@@ -22,6 +22,8 @@ impl Migration {
             .replace("{events}", &naming.table("events"))
             .replace("{snapshots}", &naming.table("snapshots"))
             .replace("{commands}", &naming.table("commands"))
+            .replace("{outbox_dead}", &naming.table("outbox_dead"))
+            .replace("{outbox}", &naming.table("outbox"))
             .replace("{prefix}", naming.prefix())
             .replace("{schema}", naming.schema().unwrap_or(""))
     }
@@ -281,3 +283,67 @@ pub(crate) fn log_batch(
 pub(crate) fn filter_list(list: &[String]) -> Option<String> {
     (!list.is_empty()).then(|| serde_json::to_string(list).unwrap_or_else(|_| "[]".to_owned()))
 }
+
+/// An outbox row: seq, id, aggregatetype, aggregateid, type, payload, topic, key, headers (JSON
+/// text), slot, created_at, attempts, last_error.
+pub(crate) type OutboxDbRow = (
+    i64,
+    Uuid,
+    String,
+    String,
+    String,
+    Vec<u8>,
+    String,
+    String,
+    String,
+    i32,
+    DateTime<Utc>,
+    i32,
+    Option<String>,
+);
+
+pub(crate) fn outbox_row(
+    row: OutboxDbRow,
+    table: &str,
+) -> Result<crate::outbox::OutboxRow, StoreError> {
+    let (
+        seq,
+        id,
+        aggregate_type,
+        aggregate_id,
+        message_type,
+        payload,
+        topic,
+        key,
+        headers,
+        slot,
+        created_at,
+        attempts,
+        last_error,
+    ) = row;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        table: table.to_owned(),
+        reason: format!("outbox row {seq} ({id}): {reason}"),
+    };
+    Ok(crate::outbox::OutboxRow {
+        seq: to_u64(seq, table, "outbox seq")?,
+        message: eventfold_core::OutboxMessage {
+            id,
+            topic,
+            key,
+            aggregate_type,
+            aggregate_id,
+            message_type,
+            payload,
+            headers: serde_json::from_str(&headers)
+                .map_err(|e| corrupt(format!("headers: {e}")))?,
+        },
+        slot: u32::try_from(slot).map_err(|_| corrupt(format!("slot {slot}")))?,
+        created_at,
+        attempts: u32::try_from(attempts).map_err(|_| corrupt(format!("attempts {attempts}")))?,
+        last_error,
+    })
+}
+
+/// The columns of [`OutboxDbRow`] (headers as text).
+pub(crate) const OUTBOX_COLUMNS: &str = "seq, id, aggregatetype, aggregateid, type, payload, topic, key, headers, slot, created_at, attempts, last_error";

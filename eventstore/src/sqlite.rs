@@ -28,8 +28,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
-use eventfold_core::{NewEvent, RecordedEvent, StreamId};
+use chrono::{DateTime, Utc};
+use eventfold_core::{NewEvent, OutboxMessage, RecordedEvent, StreamId};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 use uuid::Uuid;
@@ -39,15 +39,17 @@ use tokio::sync::watch;
 use crate::error::{ExpectedVersion, StoreError};
 use crate::log::{Checkpoint, LogBatch, LogFilter, LogHead};
 use crate::naming::Naming;
+use crate::outbox::{OUTBOX_SLOTS, OutboxRouting, OutboxRow, OutboxStatus};
 use crate::sql::{self, EVENT_COLUMNS, EventRow, Migration, db_err, to_i64, to_u64};
 use crate::store::{
     AppendResult, CommandRecord, EventStore, LocalWakeup, Snapshot, UnitOfWork, validate_append,
 };
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "events, snapshots, commands",
-    sql: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events, snapshots, commands",
+        sql: r#"
 CREATE TABLE IF NOT EXISTS {events} (
     global_position INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id BLOB NOT NULL,
@@ -84,9 +86,53 @@ CREATE TABLE IF NOT EXISTS {commands} (
     recorded_at TEXT NOT NULL
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "outbox and its dead letters (Debezium Outbox Event Router columns)",
+        sql: r#"
+CREATE TABLE IF NOT EXISTS {outbox} (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id BLOB NOT NULL,
+    aggregatetype TEXT NOT NULL,
+    aggregateid TEXT NOT NULL,
+    type TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    topic TEXT NOT NULL,
+    key TEXT NOT NULL,
+    headers TEXT NOT NULL DEFAULT '{}',
+    slot INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS "{prefix}outbox_id_uq" ON {outbox} (id);
+CREATE INDEX IF NOT EXISTS "{prefix}outbox_slot_idx" ON {outbox} (slot, seq);
+CREATE TABLE IF NOT EXISTS {outbox_dead} (
+    seq INTEGER PRIMARY KEY,
+    id BLOB NOT NULL,
+    aggregatetype TEXT NOT NULL,
+    aggregateid TEXT NOT NULL,
+    type TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    topic TEXT NOT NULL,
+    key TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    parked_at TEXT NOT NULL
+);
+"#,
+    },
+];
 
 struct Statements {
+    outbox: String,
+    insert_outbox: String,
+    outbox_status: String,
+    read_outbox: String,
     log_end: String,
     read_log: String,
     events: String,
@@ -106,7 +152,22 @@ impl Statements {
         let events = naming.table("events");
         let snapshots = naming.table("snapshots");
         let commands = naming.table("commands");
+        let outbox = naming.table("outbox");
+        let outbox_dead = naming.table("outbox_dead");
         Self {
+            insert_outbox: format!(
+                "INSERT INTO {outbox} (id, aggregatetype, aggregateid, type, payload, topic, key, headers, slot, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            ),
+            outbox_status: format!(
+                "SELECT (SELECT COUNT(*) FROM {outbox}), (SELECT MIN(created_at) FROM {outbox}), \
+                 (SELECT COUNT(*) FROM {outbox_dead})"
+            ),
+            read_outbox: format!(
+                "SELECT {} FROM {outbox} ORDER BY seq LIMIT ?1",
+                sql::OUTBOX_COLUMNS
+            ),
+            outbox,
             log_end: format!("SELECT COALESCE(MAX(global_position), 0) FROM {events}"),
             read_log: format!(
                 "SELECT 0, stream_type, stream_id, {EVENT_COLUMNS}, headers FROM {events} \
@@ -154,6 +215,7 @@ impl Statements {
 /// An event store in a SQLite database.
 #[derive(Clone)]
 pub struct SqliteStore {
+    routing: Option<Arc<OutboxRouting>>,
     appended: Arc<watch::Sender<u64>>,
     pool: SqlitePool,
     naming: Arc<Naming>,
@@ -173,6 +235,7 @@ impl std::fmt::Debug for SqliteStore {
 /// Builds a [`SqliteStore`].
 #[derive(Debug)]
 pub struct SqliteStoreBuilder {
+    routing: Option<OutboxRouting>,
     pool: SqlitePool,
     naming: Naming,
     source: String,
@@ -198,6 +261,12 @@ impl SqliteStoreBuilder {
         self
     }
 
+    /// Writes an outbox row for every routed event, in the same transaction as the append.
+    pub fn outbox(mut self, routing: OutboxRouting) -> Self {
+        self.routing = Some(routing);
+        self
+    }
+
     /// Builds the store, migrating first unless turned off.
     pub async fn build(self) -> Result<SqliteStore, StoreError> {
         if let Some(schema) = self.naming.schema() {
@@ -208,6 +277,7 @@ impl SqliteStoreBuilder {
             });
         }
         let store = SqliteStore {
+            routing: self.routing.map(Arc::new),
             appended: Arc::new(watch::channel(0).0),
             sql: Arc::new(Statements::new(&self.naming)),
             pool: self.pool,
@@ -247,6 +317,7 @@ impl SqliteStore {
     /// A builder over an existing pool.
     pub fn builder(pool: SqlitePool) -> SqliteStoreBuilder {
         SqliteStoreBuilder {
+            routing: None,
             pool,
             naming: Naming::default(),
             source: "eventfold".to_owned(),
@@ -257,6 +328,12 @@ impl SqliteStore {
     /// Sets the service name recorded as `source` on new events.
     pub fn with_source(mut self, source: impl Into<String>) -> Self {
         self.source = Arc::from(source.into());
+        self
+    }
+
+    /// Writes an outbox row for every routed event, in the same transaction as the append.
+    pub fn with_outbox(mut self, routing: OutboxRouting) -> Self {
+        self.routing = Some(Arc::new(routing));
         self
     }
 
@@ -385,6 +462,7 @@ async fn command_on(
 
 /// A unit of work of the [`SqliteStore`]: a `BEGIN IMMEDIATE` transaction.
 pub struct SqliteUnitOfWork {
+    routing: Option<Arc<OutboxRouting>>,
     tx: Transaction<'static, Sqlite>,
     sql: Arc<Statements>,
     appended: Arc<watch::Sender<u64>>,
@@ -400,6 +478,27 @@ impl SqliteUnitOfWork {
     /// The `sqlx` transaction itself.
     pub fn transaction(&mut self) -> &mut Transaction<'static, Sqlite> {
         &mut self.tx
+    }
+
+    async fn insert_outbox(&mut self, messages: Vec<OutboxMessage>) -> Result<(), StoreError> {
+        let now = eventfold_core::metadata::now_micros();
+        for m in messages {
+            sqlx::query(&self.sql.insert_outbox)
+                .bind(m.id)
+                .bind(&m.aggregate_type)
+                .bind(&m.aggregate_id)
+                .bind(&m.message_type)
+                .bind(&m.payload)
+                .bind(&m.topic)
+                .bind(&m.key)
+                .bind(sql::headers_json(&m.headers))
+                .bind(OutboxMessage::slot_of(&m.key, OUTBOX_SLOTS) as i32)
+                .bind(now)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db_err("writing an outbox row", &self.sql.outbox))?;
+        }
+        Ok(())
     }
 }
 
@@ -470,6 +569,24 @@ impl UnitOfWork for SqliteUnitOfWork {
                 }
             }
         }
+        if let Some(routing) = self.routing.clone() {
+            let recorded: Vec<_> = events
+                .iter()
+                .cloned()
+                .zip(&positions)
+                .enumerate()
+                .map(|(i, (e, p))| e.into_recorded(stream_id.clone(), current + 1 + i as u64, *p))
+                .collect();
+            if let Err(e) = self.insert_outbox(routing.messages_for(&recorded)).await {
+                let _ = sqlx::query("ROLLBACK TO SAVEPOINT eventfold_append")
+                    .execute(&mut *self.tx)
+                    .await;
+                let _ = sqlx::query("RELEASE SAVEPOINT eventfold_append")
+                    .execute(&mut *self.tx)
+                    .await;
+                return Err(e);
+            }
+        }
         sqlx::query("RELEASE SAVEPOINT eventfold_append")
             .execute(&mut *self.tx)
             .await
@@ -535,6 +652,10 @@ impl UnitOfWork for SqliteUnitOfWork {
             .await
             .map_err(db_err("recording a command", &self.sql.commands))?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn enqueue(&mut self, messages: Vec<OutboxMessage>) -> Result<(), StoreError> {
+        self.insert_outbox(messages).await
     }
 
     async fn commit(self) -> Result<(), StoreError> {
@@ -608,6 +729,34 @@ impl EventStore for SqliteStore {
         Ok(LocalWakeup(self.appended.subscribe()))
     }
 
+    fn with_outbox(self, routing: OutboxRouting) -> Self {
+        SqliteStore::with_outbox(self, routing)
+    }
+
+    async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
+        let (pending, oldest, dead): (i64, Option<DateTime<Utc>>, i64) =
+            sqlx::query_as(&self.sql.outbox_status)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err("reading the outbox status", &self.sql.outbox))?;
+        Ok(OutboxStatus {
+            pending: to_u64(pending, &self.sql.outbox, "count")?,
+            oldest,
+            dead_letters: to_u64(dead, &self.sql.outbox, "count")?,
+        })
+    }
+
+    async fn read_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        let rows: Vec<sql::OutboxDbRow> = sqlx::query_as(&self.sql.read_outbox)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("reading the outbox", &self.sql.outbox))?;
+        rows.into_iter()
+            .map(|r| sql::outbox_row(r, &self.sql.outbox))
+            .collect()
+    }
+
     async fn begin(&self) -> Result<SqliteUnitOfWork, StoreError> {
         let tx = self
             .pool
@@ -615,6 +764,7 @@ impl EventStore for SqliteStore {
             .await
             .map_err(db_err("starting a unit of work", &self.sql.events))?;
         Ok(SqliteUnitOfWork {
+            routing: self.routing.clone(),
             tx,
             sql: self.sql.clone(),
             appended: self.appended.clone(),

@@ -115,6 +115,12 @@ pub trait UnitOfWork: Send {
         record: CommandRecord,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Writes application messages to the outbox, in this transaction.
+    fn enqueue(
+        &mut self,
+        messages: Vec<eventfold_core::OutboxMessage>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Commits everything written in this unit of work.
     fn commit(self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -160,6 +166,21 @@ pub trait EventStore: Clone + Send + Sync + 'static {
 
     /// A wake-up signal for appends (in-process signals, LISTEN/NOTIFY on PostgreSQL).
     fn wakeup(&self) -> impl Future<Output = Result<Self::Wakeup, StoreError>> + Send;
+
+    /// This store, writing an outbox row for every routed event in the same transaction as the
+    /// append (see [`crate::outbox`]).
+    fn with_outbox(self, routing: crate::outbox::OutboxRouting) -> Self;
+
+    /// How many outbox rows wait, since when, and how many are parked.
+    fn outbox_status(
+        &self,
+    ) -> impl Future<Output = Result<crate::outbox::OutboxStatus, StoreError>> + Send;
+
+    /// Up to `limit` waiting outbox rows, oldest first.
+    fn read_outbox(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<crate::outbox::OutboxRow>, StoreError>> + Send;
 
     /// Follows the global log from `from`: catch up, then live.
     fn subscribe(&self, from: Checkpoint, filter: LogFilter) -> Subscription<Self> {
