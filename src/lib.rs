@@ -90,6 +90,8 @@ mod book {
     mod schema_evolution {}
     #[doc = include_str!("../book/src/global-log.md")]
     mod global_log {}
+    #[doc = include_str!("../book/src/outbox.md")]
+    mod outbox_chapter {}
     #[doc = include_str!("../README.md")]
     mod readme {}
 }

@@ -38,7 +38,8 @@ use crate::error::{ExpectedVersion, StoreError};
 use crate::log::{Checkpoint, LogBatch, LogEvent, LogFilter, LogHead};
 use crate::outbox::{OUTBOX_SLOTS, OutboxRouting, OutboxRow, OutboxStatus};
 use crate::store::{
-    AppendResult, CommandRecord, EventStore, LocalWakeup, Snapshot, UnitOfWork, validate_append,
+    AppendResult, CommandRecord, EventStore, LocalWakeup, Snapshot, UnitOfWork, fill_source,
+    validate_append,
 };
 
 #[derive(Default)]
@@ -186,6 +187,8 @@ impl UnitOfWork for MemoryUnitOfWork {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         validate_append(stream_id, &events)?;
+        let mut events = events;
+        fill_source(&mut events, &self.store.source);
         self.lock_writer().await;
         let state = self.store.lock();
         let (base_version, staged_count) = match self.staged(stream_id) {

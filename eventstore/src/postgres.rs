@@ -47,7 +47,8 @@ use crate::naming::Naming;
 use crate::outbox::{OUTBOX_SLOTS, OutboxRouting, OutboxRow, OutboxStatus};
 use crate::sql::{self, EVENT_COLUMNS, EventRow, Migration, db_err, to_i64, to_u64};
 use crate::store::{
-    AppendResult, CommandRecord, EventStore, Snapshot, UnitOfWork, Wakeup, validate_append,
+    AppendResult, CommandRecord, EventStore, Snapshot, UnitOfWork, Wakeup, fill_source,
+    validate_append,
 };
 
 const MIGRATIONS: &[Migration] = &[
@@ -509,6 +510,7 @@ async fn command_on(
 
 /// A unit of work of the [`PgStore`]: a READ COMMITTED transaction.
 pub struct PgUnitOfWork {
+    source: Arc<str>,
     routing: Option<Arc<OutboxRouting>>,
     tx: Transaction<'static, Postgres>,
     sql: Arc<Statements>,
@@ -860,8 +862,9 @@ impl UnitOfWork for PgUnitOfWork {
         &mut self,
         stream_id: &StreamId,
         expected: ExpectedVersion,
-        events: Vec<NewEvent>,
+        mut events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
+        fill_source(&mut events, &self.source);
         let Some(routing) = self.routing.clone() else {
             return self.append_events(stream_id, expected, &events).await;
         };
@@ -971,9 +974,10 @@ impl EventStore for PgStore {
         &self,
         stream_id: &StreamId,
         expected: ExpectedVersion,
-        events: Vec<NewEvent>,
+        mut events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         check_append(stream_id, &events)?;
+        fill_source(&mut events, &self.source);
         if expected.exact().is_none() || self.routing.is_some() {
             // `Any` retries in a savepoint and outbox rows need a second statement: both need a
             // transaction.
@@ -1140,6 +1144,7 @@ impl EventStore for PgStore {
             .await
             .map_err(db_err("starting a unit of work", &self.sql.events))?;
         Ok(PgUnitOfWork {
+            source: self.source.clone(),
             routing: self.routing.clone(),
             tx,
             sql: self.sql.clone(),

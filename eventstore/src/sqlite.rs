@@ -42,7 +42,8 @@ use crate::naming::Naming;
 use crate::outbox::{OUTBOX_SLOTS, OutboxRouting, OutboxRow, OutboxStatus};
 use crate::sql::{self, EVENT_COLUMNS, EventRow, Migration, db_err, to_i64, to_u64};
 use crate::store::{
-    AppendResult, CommandRecord, EventStore, LocalWakeup, Snapshot, UnitOfWork, validate_append,
+    AppendResult, CommandRecord, EventStore, LocalWakeup, Snapshot, UnitOfWork, fill_source,
+    validate_append,
 };
 
 const MIGRATIONS: &[Migration] = &[
@@ -462,6 +463,7 @@ async fn command_on(
 
 /// A unit of work of the [`SqliteStore`]: a `BEGIN IMMEDIATE` transaction.
 pub struct SqliteUnitOfWork {
+    source: Arc<str>,
     routing: Option<Arc<OutboxRouting>>,
     tx: Transaction<'static, Sqlite>,
     sql: Arc<Statements>,
@@ -507,9 +509,10 @@ impl UnitOfWork for SqliteUnitOfWork {
         &mut self,
         stream_id: &StreamId,
         expected: ExpectedVersion,
-        events: Vec<NewEvent>,
+        mut events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         validate_append(stream_id, &events)?;
+        fill_source(&mut events, &self.source);
         let current = version_on(&mut self.tx, &self.sql, stream_id).await?;
         if !expected.matches(current) {
             return Err(StoreError::VersionConflict {
@@ -764,6 +767,7 @@ impl EventStore for SqliteStore {
             .await
             .map_err(db_err("starting a unit of work", &self.sql.events))?;
         Ok(SqliteUnitOfWork {
+            source: self.source.clone(),
             routing: self.routing.clone(),
             tx,
             sql: self.sql.clone(),

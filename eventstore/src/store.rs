@@ -287,6 +287,13 @@ impl<S: EventStore> DynEventReader for S {
     }
 }
 
+/// Gives events without a source (for example [`NewEvent::raw`]) the store's source.
+pub(crate) fn fill_source(events: &mut [NewEvent], source: &str) {
+    for event in events.iter_mut().filter(|e| e.source.is_empty()) {
+        event.source = source.to_owned();
+    }
+}
+
 /// Checks the parts of an append that do not need the database.
 pub(crate) fn validate_append(stream_id: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
     if events.is_empty() {
