@@ -3,10 +3,13 @@
 //! Run it with `cargo run --example orders`. It defines typed events and an aggregate with the
 //! derive macros, executes commands through a repository (optimistic concurrency, retries,
 //! idempotent command ids, snapshots), writes the application's own read table in the same
-//! transaction as the events, and prints the stored events with their metadata.
+//! transaction as the events, prints the stored events with their metadata, reads them back
+//! through the global log, and shows the outbox rows written with them for the relay.
 
 use eventfold::eventstore::sqlite::SqliteStore;
-use eventfold::eventstore::{EventStore, ExecuteError, Repository, UnitOfWork};
+use eventfold::eventstore::{
+    Checkpoint, EventStore, ExecuteError, LogFilter, OutboxRouting, Repository, UnitOfWork,
+};
 use eventfold::{CommandMetadata, Event, StreamId, aggregate};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -130,7 +133,8 @@ impl Order {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = SqliteStore::connect("sqlite::memory:")
         .await?
-        .with_source("order-service");
+        .with_source("order-service")
+        .with_outbox(OutboxRouting::new().topic_prefix("shop."));
     let orders = Repository::<Order, _>::new(store.clone()).with_snapshots(50);
     println!(
         "event types: {:?}",
@@ -234,5 +238,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         loaded.state, loaded.version
     );
     assert_eq!(total as u64, loaded.state.total_cents);
+
+    // Every committed event, in order, from the global log (what projections read).
+    let mut subscription =
+        store.subscribe(Checkpoint::START, LogFilter::all().stream_types(["order"]));
+    print!("\nglobal log:");
+    for _ in 0..loaded.version {
+        let next = subscription.next().await?;
+        print!(" {}#{}", next.event.event_type, next.event.stream_version);
+    }
+    println!("  (resume from checkpoint {})", subscription.checkpoint());
+
+    // The outbox rows committed with the events, waiting for the relay (or Debezium).
+    let status = store.outbox_status().await?;
+    println!("\noutbox: {} waiting", status.pending);
+    for row in store.read_outbox(10).await? {
+        let m = row.message;
+        println!(
+            "  seq {} topic {} key {} type {} ce_id {}",
+            row.seq, m.topic, m.key, m.message_type, m.headers["ce_id"]
+        );
+    }
     Ok(())
 }
