@@ -698,8 +698,13 @@ fn duplicate_id(e: &sqlx::Error, events: &[NewEvent]) -> Uuid {
         .unwrap_or_else(|| events.first().map_or(Uuid::nil(), |ev| ev.event_id))
 }
 
+/// Shortest time between two NOTIFYs of one process. A NOTIFY is a small transaction of its
+/// own (with a WAL flush), so a burst of appends sends one. Readers in the same process are woken
+/// at once, without it.
+const NOTIFY_EVERY: Duration = Duration::from_millis(5);
+
 /// Sends a NOTIFY on `channel` after appends made through this process's store handles, at most
-/// one per millisecond; ends when every handle is dropped.
+/// one per [`NOTIFY_EVERY`]; ends when every handle is dropped.
 async fn notify_pump(pool: PgPool, channel: String, mut signals: watch::Receiver<u64>) {
     while signals.changed().await.is_ok() {
         if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
@@ -709,7 +714,7 @@ async fn notify_pump(pool: PgPool, channel: String, mut signals: watch::Receiver
         {
             tracing::debug!(error = %e, "NOTIFY failed; other processes' readers will poll");
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::time::sleep(NOTIFY_EVERY).await;
     }
 }
 
