@@ -395,7 +395,11 @@ pub async fn read_stream_from_version_with_limit<S: EventStore>(store: S) {
     let page = store.read_stream(&id, 4, 3).await.expect("read");
     let versions: Vec<u64> = page.iter().map(|e| e.stream_version).collect();
     assert_eq!(versions, vec![4, 5, 6]);
-    assert_eq!(page[0].source, store.source(), "an event without a source gets the store's");
+    assert_eq!(
+        page[0].source,
+        store.source(),
+        "an event without a source gets the store's"
+    );
     assert!(
         store
             .read_stream(&id, 11, 10)
