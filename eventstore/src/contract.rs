@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::error::{ExecuteError, ExpectedVersion, StoreError};
 use crate::log::{Checkpoint, LogFilter};
-use crate::outbox::{OUTBOX_SLOTS, OutboxRouting};
+use crate::outbox::{OUTBOX_SLOTS, OutboxRelayStore, OutboxRouting};
 use crate::repository::Repository;
 use crate::store::{CommandRecord, EventStore, Snapshot, UnitOfWork};
 
@@ -55,6 +55,8 @@ macro_rules! eventstore_contract_tests {
             subscription_catches_up_then_follows_live_appends,
             subscription_resumes_from_a_stored_checkpoint,
             outbox_rows_commit_with_their_events_or_not_at_all,
+            relay_claims_one_due_row_per_key_and_parks_what_fails,
+            relay_leases_split_the_slots_and_fence_completion,
         );
     };
     (@tests $fresh:path; $($name:ident),* $(,)?) => {
@@ -1156,7 +1158,7 @@ pub async fn subscription_resumes_from_a_stored_checkpoint<S: EventStore>(store:
 /// Outbox rows are written in the same transaction as their events and the application's own
 /// messages: a rollback leaves none, a commit leaves all, in stream order, with Debezium columns
 /// and CloudEvents headers.
-pub async fn outbox_rows_commit_with_their_events_or_not_at_all<S: EventStore>(store: S) {
+pub async fn outbox_rows_commit_with_their_events_or_not_at_all<S: OutboxRelayStore>(store: S) {
     use eventfold_core::OutboxMessage;
     use eventfold_core::outbox::headers;
     let store = store.with_outbox(
@@ -1288,4 +1290,186 @@ pub async fn outbox_rows_commit_with_their_events_or_not_at_all<S: EventStore>(s
         (app.topic.as_str(), app.key.as_str()),
         ("billing", "customer-1")
     );
+}
+
+/// A claim holds at most the first due row of each key, in `seq` order; a failed row delays its
+/// key, a parked row blocks its key until it is retried (same place) or skipped.
+pub async fn relay_claims_one_due_row_per_key_and_parks_what_fails<S: OutboxRelayStore>(store: S) {
+    let store = store.with_outbox(OutboxRouting::new());
+    let owner = Uuid::now_v7();
+    let ttl = std::time::Duration::from_secs(30);
+    store
+        .append(
+            &stream("a"),
+            ExpectedVersion::NoStream,
+            vec![added(1), added(2), added(3)],
+        )
+        .await
+        .expect("append a");
+    store
+        .append(
+            &stream("b"),
+            ExpectedVersion::NoStream,
+            vec![added(4), added(5)],
+        )
+        .await
+        .expect("append b");
+    let slots = store.lease_slots(owner, ttl).await.expect("lease");
+    assert_eq!(
+        slots.len(),
+        OUTBOX_SLOTS as usize,
+        "a lone relay leases every slot"
+    );
+    let versions = |rows: &[crate::OutboxRow]| {
+        rows.iter()
+            .map(|r| {
+                format!(
+                    "{}{}",
+                    r.message.key,
+                    r.message.headers[eventfold_core::outbox::headers::STREAM_VERSION]
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = store.claim_outbox(&slots, 10).await.expect("claim");
+    assert_eq!(
+        versions(&first),
+        vec!["a1", "b1"],
+        "one row per key, oldest first"
+    );
+    let seqs: Vec<u64> = first.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        store.complete_outbox(owner, &seqs).await.expect("complete"),
+        2
+    );
+
+    let second = store.claim_outbox(&slots, 10).await.expect("claim");
+    assert_eq!(versions(&second), vec!["a2", "b2"]);
+    // a2 fails: key a waits (b goes on); its later row a3 is not claimed either.
+    store
+        .fail_outbox(
+            second[0].seq,
+            "broker timeout",
+            std::time::Duration::from_secs(3600),
+        )
+        .await
+        .expect("fail");
+    let third = store.claim_outbox(&slots, 10).await.expect("claim");
+    assert_eq!(versions(&third), vec!["b2"]);
+    store
+        .complete_outbox(owner, &[third[0].seq])
+        .await
+        .expect("complete");
+    let failed = &store.read_outbox(10).await.expect("read")[0];
+    assert_eq!(
+        (failed.attempts, failed.last_error.as_deref()),
+        (1, Some("broker timeout"))
+    );
+    assert!(failed.next_attempt_at.is_some());
+
+    // Parked: key a is blocked until an operator acts.
+    store
+        .park_outbox(second[0].seq, "message too large")
+        .await
+        .expect("park");
+    assert!(
+        store
+            .claim_outbox(&slots, 10)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let dead = store.dead_letters(10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].row.seq, dead[0].error.as_str()),
+        (second[0].seq, "message too large")
+    );
+    assert_eq!(store.outbox_status().await.expect("status").dead_letters, 1);
+
+    // Retried: it comes back first, in its place.
+    assert!(store.retry_dead_letter(second[0].seq).await.expect("retry"));
+    assert!(
+        !store
+            .retry_dead_letter(second[0].seq)
+            .await
+            .expect("retry again")
+    );
+    let again = store.claim_outbox(&slots, 10).await.expect("claim");
+    assert_eq!(versions(&again), vec!["a2"]);
+    assert_eq!((again[0].seq, again[0].attempts), (second[0].seq, 0));
+
+    // Skipped: the key flows on with its next row.
+    store
+        .park_outbox(again[0].seq, "still too large")
+        .await
+        .expect("park");
+    assert!(store.skip_dead_letter(again[0].seq).await.expect("skip"));
+    let last = store.claim_outbox(&slots, 10).await.expect("claim");
+    assert_eq!(versions(&last), vec!["a3"]);
+    assert!(store.dead_letters(10).await.expect("dead").is_empty());
+}
+
+/// Live relays split the slots between them; a relay that leaves (or dies) gives its slots to
+/// the others; completion only deletes rows of slots the relay still leases.
+pub async fn relay_leases_split_the_slots_and_fence_completion<S: OutboxRelayStore>(store: S) {
+    let store = store.with_outbox(OutboxRouting::new());
+    let ttl = std::time::Duration::from_secs(30);
+    let (one, two) = (Uuid::now_v7(), Uuid::now_v7());
+    assert_eq!(
+        store.lease_slots(one, ttl).await.expect("lease").len(),
+        OUTBOX_SLOTS as usize
+    );
+    assert!(
+        store.lease_slots(two, ttl).await.expect("lease").is_empty(),
+        "all slots are taken"
+    );
+    let kept = store.lease_slots(one, ttl).await.expect("lease");
+    assert_eq!(
+        kept.len(),
+        OUTBOX_SLOTS as usize / 2,
+        "two live relays: half each"
+    );
+    let taken = store.lease_slots(two, ttl).await.expect("lease");
+    assert_eq!(taken.len(), OUTBOX_SLOTS as usize / 2);
+    assert!(
+        kept.iter().all(|s| !taken.contains(s)),
+        "no slot has two owners"
+    );
+
+    store
+        .append(&stream("fenced"), ExpectedVersion::NoStream, vec![added(1)])
+        .await
+        .expect("append");
+    let row = store.read_outbox(1).await.expect("read").remove(0);
+    let (holder, other) = if kept.contains(&row.slot) {
+        (one, two)
+    } else {
+        (two, one)
+    };
+    assert_eq!(
+        store
+            .complete_outbox(other, &[row.seq])
+            .await
+            .expect("complete"),
+        0,
+        "not its slot"
+    );
+    assert_eq!(store.outbox_status().await.expect("status").pending, 1);
+
+    store.release_slots(holder).await.expect("release");
+    let all = store.lease_slots(other, ttl).await.expect("lease");
+    assert_eq!(
+        all.len(),
+        OUTBOX_SLOTS as usize,
+        "the remaining relay takes over"
+    );
+    assert_eq!(
+        store
+            .complete_outbox(other, &[row.seq])
+            .await
+            .expect("complete"),
+        1
+    );
+    assert_eq!(store.outbox_status().await.expect("status").pending, 0);
 }

@@ -45,7 +45,9 @@ pub use log::{
     Subscription,
 };
 pub use naming::Naming;
-pub use outbox::{OUTBOX_SLOTS, OutboxRouting, OutboxRow, OutboxStatus};
+pub use outbox::{
+    DeadLetter, OUTBOX_SLOTS, OutboxRelayStore, OutboxRouting, OutboxRow, OutboxStatus,
+};
 pub use repository::{Executed, Loaded, Repository};
 pub use store::{
     AppendResult, CommandRecord, DynEventReader, EventStore, LocalWakeup, Snapshot, UnitOfWork,

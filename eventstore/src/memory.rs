@@ -36,7 +36,9 @@ use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, watch};
 
 use crate::error::{ExpectedVersion, StoreError};
 use crate::log::{Checkpoint, LogBatch, LogEvent, LogFilter, LogHead};
-use crate::outbox::{OUTBOX_SLOTS, OutboxRouting, OutboxRow, OutboxStatus};
+use crate::outbox::{
+    DeadLetter, OUTBOX_SLOTS, OutboxRelayStore, OutboxRouting, OutboxRow, OutboxStatus, fair_share,
+};
 use crate::store::{
     AppendResult, CommandRecord, EventStore, LocalWakeup, Snapshot, UnitOfWork, fill_source,
     validate_append,
@@ -51,6 +53,9 @@ struct State {
     event_ids: HashSet<Uuid>,
     outbox: Vec<OutboxRow>,
     outbox_seq: u64,
+    dead: Vec<DeadLetter>,
+    leases: HashMap<u32, (Uuid, std::time::Instant)>,
+    relays: HashMap<Uuid, std::time::Instant>,
 }
 
 impl State {
@@ -415,6 +420,7 @@ impl UnitOfWork for MemoryUnitOfWork {
                 created_at,
                 attempts: 0,
                 last_error: None,
+                next_attempt_at: None,
             };
             state.outbox.push(row);
         }
@@ -487,7 +493,7 @@ impl EventStore for MemoryStore {
         Ok(OutboxStatus {
             pending: state.outbox.len() as u64,
             oldest: state.outbox.first().map(|r| r.created_at),
-            dead_letters: 0,
+            dead_letters: state.dead.len() as u64,
         })
     }
 
@@ -529,5 +535,159 @@ impl EventStore for MemoryStore {
 
     async fn find_command(&self, command_id: Uuid) -> Result<Option<CommandRecord>, StoreError> {
         Ok(self.lock().commands.get(&command_id).cloned())
+    }
+}
+
+impl OutboxRelayStore for MemoryStore {
+    async fn lease_slots(
+        &self,
+        owner: Uuid,
+        ttl: std::time::Duration,
+    ) -> Result<Vec<u32>, StoreError> {
+        let now = std::time::Instant::now();
+        let mut state = self.lock();
+        state
+            .relays
+            .retain(|_, seen| now.duration_since(*seen) < ttl);
+        state.relays.insert(owner, now);
+        let share = fair_share(state.relays.len() as u64);
+        let mut mine: Vec<u32> = state
+            .leases
+            .iter()
+            .filter(|(_, (o, expires))| *o == owner && *expires > now)
+            .map(|(slot, _)| *slot)
+            .collect();
+        mine.sort_unstable();
+        while mine.len() > share {
+            if let Some(slot) = mine.pop() {
+                state.leases.remove(&slot);
+            }
+        }
+        for slot in 0..OUTBOX_SLOTS {
+            if mine.len() >= share {
+                break;
+            }
+            let free = state
+                .leases
+                .get(&slot)
+                .is_none_or(|(_, expires)| *expires <= now);
+            if free {
+                mine.push(slot);
+            }
+        }
+        for slot in &mine {
+            state.leases.insert(*slot, (owner, now + ttl));
+        }
+        mine.sort_unstable();
+        Ok(mine)
+    }
+
+    async fn release_slots(&self, owner: Uuid) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        state.leases.retain(|_, (o, _)| *o != owner);
+        state.relays.remove(&owner);
+        Ok(())
+    }
+
+    async fn claim_outbox(
+        &self,
+        slots: &[u32],
+        limit: usize,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let now = eventfold_core::metadata::now_micros();
+        let state = self.lock();
+        let window = limit.saturating_mul(4).max(64);
+        let mut seen = HashSet::new();
+        let claimed = state
+            .outbox
+            .iter()
+            .filter(|r| slots.contains(&r.slot))
+            .take(window)
+            .filter(|r| seen.insert(r.message.key.clone()))
+            .filter(|r| r.next_attempt_at.is_none_or(|at| at <= now))
+            .filter(|r| {
+                !state
+                    .dead
+                    .iter()
+                    .any(|d| d.row.message.key == r.message.key)
+            })
+            .take(limit)
+            .cloned()
+            .collect();
+        Ok(claimed)
+    }
+
+    async fn complete_outbox(&self, owner: Uuid, seqs: &[u64]) -> Result<u64, StoreError> {
+        let now = std::time::Instant::now();
+        let mut state = self.lock();
+        let leased: HashSet<u32> = state
+            .leases
+            .iter()
+            .filter(|(_, (o, expires))| *o == owner && *expires > now)
+            .map(|(slot, _)| *slot)
+            .collect();
+        let before = state.outbox.len();
+        state
+            .outbox
+            .retain(|r| !(seqs.contains(&r.seq) && leased.contains(&r.slot)));
+        Ok((before - state.outbox.len()) as u64)
+    }
+
+    async fn fail_outbox(
+        &self,
+        seq: u64,
+        error: &str,
+        retry_after: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let retry_at = eventfold_core::metadata::now_micros()
+            + chrono::Duration::from_std(retry_after).unwrap_or(chrono::Duration::MAX);
+        let mut state = self.lock();
+        if let Some(row) = state.outbox.iter_mut().find(|r| r.seq == seq) {
+            row.attempts += 1;
+            row.last_error = Some(error.to_owned());
+            row.next_attempt_at = Some(retry_at);
+        }
+        Ok(())
+    }
+
+    async fn park_outbox(&self, seq: u64, error: &str) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        if let Some(index) = state.outbox.iter().position(|r| r.seq == seq) {
+            let mut row = state.outbox.remove(index);
+            row.attempts += 1;
+            row.last_error = Some(error.to_owned());
+            state.dead.push(DeadLetter {
+                row,
+                error: error.to_owned(),
+                parked_at: eventfold_core::metadata::now_micros(),
+            });
+            state.dead.sort_by_key(|d| d.row.seq);
+        }
+        Ok(())
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        Ok(self.lock().dead.iter().take(limit).cloned().collect())
+    }
+
+    async fn retry_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let Some(index) = state.dead.iter().position(|d| d.row.seq == seq) else {
+            return Ok(false);
+        };
+        let mut row = state.dead.remove(index).row;
+        row.attempts = 0;
+        row.last_error = None;
+        row.next_attempt_at = None;
+        let at = state.outbox.partition_point(|r| r.seq < row.seq);
+        state.outbox.insert(at, row);
+        Ok(true)
+    }
+
+    async fn skip_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let before = state.dead.len();
+        state.dead.retain(|d| d.row.seq != seq);
+        Ok(state.dead.len() < before)
     }
 }

@@ -176,6 +176,8 @@ pub struct OutboxRow {
     pub attempts: u32,
     /// The last failure.
     pub last_error: Option<String>,
+    /// After a failure: not to be tried again before this time.
+    pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
 /// How full the outbox is.
@@ -187,4 +189,89 @@ pub struct OutboxStatus {
     pub oldest: Option<DateTime<Utc>>,
     /// Rows parked in the dead-letter table.
     pub dead_letters: u64,
+}
+
+/// A parked outbox row: it failed for good, and later rows of its key wait until an operator
+/// retries or skips it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The row as it was when parked (its `seq` is kept).
+    pub row: OutboxRow,
+    /// Why it was parked.
+    pub error: String,
+    /// When it was parked.
+    pub parked_at: DateTime<Utc>,
+}
+
+/// What a relay needs from a store's outbox (ADR 0009): slot leases, claims, and the outcome of
+/// each publish. Implemented by every backend.
+pub trait OutboxRelayStore: crate::EventStore {
+    /// Heartbeats `owner` and (re)leases its fair share of the [`OUTBOX_SLOTS`] slots for
+    /// `ttl`; returns the slots it holds now.
+    fn lease_slots(
+        &self,
+        owner: uuid::Uuid,
+        ttl: std::time::Duration,
+    ) -> impl std::future::Future<Output = Result<Vec<u32>, crate::StoreError>> + Send;
+
+    /// Gives up every lease of `owner` (graceful shutdown).
+    fn release_slots(
+        &self,
+        owner: uuid::Uuid,
+    ) -> impl std::future::Future<Output = Result<(), crate::StoreError>> + Send;
+
+    /// Up to `limit` publishable rows of `slots`, oldest first, at most one per key: the first
+    /// waiting row of each key, if it is due and its key has no parked row.
+    fn claim_outbox(
+        &self,
+        slots: &[u32],
+        limit: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<OutboxRow>, crate::StoreError>> + Send;
+
+    /// Deletes published rows whose slot `owner` still leases; returns how many were deleted.
+    fn complete_outbox(
+        &self,
+        owner: uuid::Uuid,
+        seqs: &[u64],
+    ) -> impl std::future::Future<Output = Result<u64, crate::StoreError>> + Send;
+
+    /// Records a failed attempt: the row is due again after `retry_after`.
+    fn fail_outbox(
+        &self,
+        seq: u64,
+        error: &str,
+        retry_after: std::time::Duration,
+    ) -> impl std::future::Future<Output = Result<(), crate::StoreError>> + Send;
+
+    /// Moves a row to the dead letters with its error.
+    fn park_outbox(
+        &self,
+        seq: u64,
+        error: &str,
+    ) -> impl std::future::Future<Output = Result<(), crate::StoreError>> + Send;
+
+    /// Up to `limit` dead letters, oldest first.
+    fn dead_letters(
+        &self,
+        limit: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<DeadLetter>, crate::StoreError>> + Send;
+
+    /// Moves a dead letter back into the outbox, with its `seq` and no attempts; `false` when
+    /// there is no such dead letter.
+    fn retry_dead_letter(
+        &self,
+        seq: u64,
+    ) -> impl std::future::Future<Output = Result<bool, crate::StoreError>> + Send;
+
+    /// Deletes a dead letter, so its key flows again; `false` when there is no such dead letter.
+    fn skip_dead_letter(
+        &self,
+        seq: u64,
+    ) -> impl std::future::Future<Output = Result<bool, crate::StoreError>> + Send;
+}
+
+/// The fair share of slots for `live` relay instances.
+pub(crate) fn fair_share(live: u64) -> usize {
+    let live = live.max(1);
+    usize::try_from(u64::from(OUTBOX_SLOTS).div_ceil(live)).unwrap_or(OUTBOX_SLOTS as usize)
 }

@@ -44,7 +44,9 @@ use tokio::sync::watch;
 use crate::error::{ExpectedVersion, StoreError};
 use crate::log::{BlockingTransaction, Checkpoint, LogBatch, LogFilter, LogHead};
 use crate::naming::Naming;
-use crate::outbox::{OUTBOX_SLOTS, OutboxRouting, OutboxRow, OutboxStatus};
+use crate::outbox::{
+    DeadLetter, OUTBOX_SLOTS, OutboxRelayStore, OutboxRouting, OutboxRow, OutboxStatus, fair_share,
+};
 use crate::sql::{self, EVENT_COLUMNS, EventRow, Migration, db_err, to_i64, to_u64};
 use crate::store::{
     AppendResult, CommandRecord, EventStore, Snapshot, UnitOfWork, Wakeup, fill_source,
@@ -113,6 +115,7 @@ CREATE TABLE IF NOT EXISTS {outbox} (
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
+    next_attempt_at TIMESTAMPTZ,
     CONSTRAINT "{prefix}outbox_id_uq" UNIQUE (id)
 );
 CREATE INDEX IF NOT EXISTS "{prefix}outbox_slot_idx" ON {outbox} (slot, seq);
@@ -129,8 +132,21 @@ CREATE TABLE IF NOT EXISTS {outbox_dead} (
     slot INTEGER NOT NULL,
     created_at TIMESTAMPTZ NOT NULL,
     attempts INTEGER NOT NULL,
+    last_error TEXT,
+    next_attempt_at TIMESTAMPTZ,
     error TEXT NOT NULL,
     parked_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS "{prefix}outbox_dead_key_idx" ON {outbox_dead} (key);
+CREATE TABLE IF NOT EXISTS {outbox_leases} (
+    slot INTEGER PRIMARY KEY,
+    owner UUID,
+    expires_at TIMESTAMPTZ
+);
+INSERT INTO {outbox_leases} (slot) SELECT generate_series(0, 255) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS {outbox_relays} (
+    owner UUID PRIMARY KEY,
+    heartbeat_at TIMESTAMPTZ NOT NULL
 );
 "#,
     },
@@ -266,6 +282,7 @@ impl Statements {
 /// An event store in a PostgreSQL database.
 #[derive(Clone)]
 pub struct PgStore {
+    relay: Arc<RelaySql>,
     routing: Option<Arc<OutboxRouting>>,
     appended: Arc<watch::Sender<u64>>,
     pool: PgPool,
@@ -326,6 +343,7 @@ impl PgStoreBuilder {
         // them would serialize their commits on PostgreSQL's notification queue lock.
         tokio::spawn(notify_pump(self.pool.clone(), sql.channel.clone(), signals));
         let store = PgStore {
+            relay: Arc::new(RelaySql::new(&self.naming)),
             routing: self.routing.map(Arc::new),
             appended: Arc::new(appended),
             sql,
@@ -1290,5 +1308,286 @@ pub mod testing {
             });
             let _ = dropper.join();
         }
+    }
+}
+
+/// The relay's statements (ADR 0009).
+struct RelaySql {
+    heartbeat: String,
+    live: String,
+    mine: String,
+    release_some: String,
+    renew: String,
+    take: String,
+    release_all: String,
+    forget: String,
+    claim: String,
+    complete: String,
+    fail: String,
+    park: String,
+    dead: String,
+    retry: String,
+    skip: String,
+}
+
+/// Columns of a row moved between the outbox and its dead letters.
+const MOVED: &str =
+    "id, aggregatetype, aggregateid, type, payload, topic, key, headers, slot, created_at";
+
+impl RelaySql {
+    fn new(naming: &Naming) -> Self {
+        let outbox = naming.table("outbox");
+        let dead = naming.table("outbox_dead");
+        let leases = naming.table("outbox_leases");
+        let relays = naming.table("outbox_relays");
+        let cols = sql::OUTBOX_COLUMNS.replace(" headers,", " headers::text,");
+        let o_cols = cols
+            .split(", ")
+            .map(|c| format!("o.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Self {
+            heartbeat: format!(
+                "INSERT INTO {relays} (owner, heartbeat_at) VALUES ($1, now()) \
+                 ON CONFLICT (owner) DO UPDATE SET heartbeat_at = now()"
+            ),
+            live: format!(
+                "WITH gone AS (DELETE FROM {relays} WHERE heartbeat_at < now() - make_interval(secs => $1 * 3)) \
+                 SELECT COUNT(*)::int8 FROM {relays} WHERE heartbeat_at > now() - make_interval(secs => $1)"
+            ),
+            mine: format!(
+                "SELECT slot FROM {leases} WHERE owner = $1 AND expires_at > now() ORDER BY slot FOR UPDATE"
+            ),
+            release_some: format!(
+                "UPDATE {leases} SET owner = NULL, expires_at = NULL WHERE owner = $1 AND slot = ANY($2)"
+            ),
+            renew: format!(
+                "UPDATE {leases} SET expires_at = now() + make_interval(secs => $2) WHERE owner = $1 AND slot = ANY($3)"
+            ),
+            take: format!(
+                "UPDATE {leases} SET owner = $1, expires_at = now() + make_interval(secs => $2) \
+                 WHERE slot IN (SELECT slot FROM {leases} WHERE owner IS NULL OR expires_at <= now() \
+                   ORDER BY slot LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING slot"
+            ),
+            release_all: format!(
+                "UPDATE {leases} SET owner = NULL, expires_at = NULL WHERE owner = $1"
+            ),
+            forget: format!("DELETE FROM {relays} WHERE owner = $1"),
+            claim: format!(
+                "WITH w AS (SELECT seq, key, next_attempt_at FROM {outbox} WHERE slot = ANY($1) ORDER BY seq LIMIT $2), \
+                 f AS (SELECT seq AS fseq, key AS fkey, next_attempt_at AS fnext, \
+                   ROW_NUMBER() OVER (PARTITION BY key ORDER BY seq) AS rn FROM w) \
+                 SELECT {o_cols} FROM {outbox} o JOIN f ON f.fseq = o.seq \
+                 WHERE f.rn = 1 AND (f.fnext IS NULL OR f.fnext <= now()) \
+                   AND NOT EXISTS (SELECT 1 FROM {dead} d WHERE d.key = f.fkey) \
+                 ORDER BY o.seq LIMIT $3"
+            ),
+            complete: format!(
+                "DELETE FROM {outbox} WHERE seq = ANY($2) AND slot IN \
+                 (SELECT slot FROM {leases} WHERE owner = $1 AND expires_at > now())"
+            ),
+            fail: format!(
+                "UPDATE {outbox} SET attempts = attempts + 1, last_error = $2, \
+                 next_attempt_at = now() + make_interval(secs => $3) WHERE seq = $1"
+            ),
+            park: format!(
+                "WITH moved AS (DELETE FROM {outbox} WHERE seq = $1 RETURNING *) \
+                 INSERT INTO {dead} (seq, {MOVED}, attempts, last_error, next_attempt_at, error, parked_at) \
+                 SELECT seq, {MOVED}, attempts + 1, $2, next_attempt_at, $2, now() FROM moved"
+            ),
+            dead: format!("SELECT {cols}, error, parked_at FROM {dead} ORDER BY seq LIMIT $1"),
+            retry: format!(
+                "WITH moved AS (DELETE FROM {dead} WHERE seq = $1 RETURNING *) \
+                 INSERT INTO {outbox} (seq, {MOVED}, attempts) OVERRIDING SYSTEM VALUE \
+                 SELECT seq, {MOVED}, 0 FROM moved"
+            ),
+            skip: format!("DELETE FROM {dead} WHERE seq = $1"),
+        }
+    }
+}
+
+fn seconds(duration: Duration) -> f64 {
+    duration.as_secs_f64()
+}
+
+fn seqs_i64(seqs: &[u64]) -> Vec<i64> {
+    seqs.iter()
+        .map(|s| i64::try_from(*s).unwrap_or(i64::MAX))
+        .collect()
+}
+
+impl OutboxRelayStore for PgStore {
+    async fn lease_slots(&self, owner: Uuid, ttl: Duration) -> Result<Vec<u32>, StoreError> {
+        let r = &self.relay;
+        let table = self.naming.table("outbox_leases");
+        let err = |op| db_err(op, &table);
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(err("starting a lease transaction"))?;
+        sqlx::query(&r.heartbeat)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(err("heartbeating"))?;
+        let (live,): (i64,) = sqlx::query_as(&r.live)
+            .bind(seconds(ttl))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err("counting live relays"))?;
+        let share = fair_share(u64::try_from(live).unwrap_or(1));
+        let mine: Vec<(i32,)> = sqlx::query_as(&r.mine)
+            .bind(owner)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(err("reading leases"))?;
+        let mut mine: Vec<i32> = mine.into_iter().map(|(s,)| s).collect();
+        if mine.len() > share {
+            let extra = mine.split_off(share);
+            sqlx::query(&r.release_some)
+                .bind(owner)
+                .bind(extra)
+                .execute(&mut *tx)
+                .await
+                .map_err(err("releasing leases"))?;
+        }
+        sqlx::query(&r.renew)
+            .bind(owner)
+            .bind(seconds(ttl))
+            .bind(&mine)
+            .execute(&mut *tx)
+            .await
+            .map_err(err("renewing leases"))?;
+        if mine.len() < share {
+            let taken: Vec<(i32,)> = sqlx::query_as(&r.take)
+                .bind(owner)
+                .bind(seconds(ttl))
+                .bind(i64::try_from(share - mine.len()).unwrap_or(0))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(err("taking leases"))?;
+            mine.extend(taken.into_iter().map(|(s,)| s));
+        }
+        tx.commit().await.map_err(err("committing leases"))?;
+        let mut slots: Vec<u32> = mine
+            .into_iter()
+            .filter_map(|s| u32::try_from(s).ok())
+            .collect();
+        slots.sort_unstable();
+        Ok(slots)
+    }
+
+    async fn release_slots(&self, owner: Uuid) -> Result<(), StoreError> {
+        let table = self.naming.table("outbox_leases");
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_err("releasing leases", &table))?;
+        sqlx::query(&self.relay.release_all)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("releasing leases", &table))?;
+        sqlx::query(&self.relay.forget)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("releasing leases", &table))?;
+        tx.commit()
+            .await
+            .map_err(db_err("releasing leases", &table))
+    }
+
+    async fn claim_outbox(
+        &self,
+        slots: &[u32],
+        limit: usize,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let slots: Vec<i32> = slots
+            .iter()
+            .filter_map(|s| i32::try_from(*s).ok())
+            .collect();
+        let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<sql::OutboxDbRow> = sqlx::query_as(&self.relay.claim)
+            .bind(slots)
+            .bind(limit_i.saturating_mul(4).max(64))
+            .bind(limit_i)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("claiming outbox rows", &self.sql.outbox))?;
+        rows.into_iter()
+            .map(|r| sql::outbox_row(r, &self.sql.outbox))
+            .collect()
+    }
+
+    async fn complete_outbox(&self, owner: Uuid, seqs: &[u64]) -> Result<u64, StoreError> {
+        let done = sqlx::query(&self.relay.complete)
+            .bind(owner)
+            .bind(seqs_i64(seqs))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("deleting published outbox rows", &self.sql.outbox))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn fail_outbox(
+        &self,
+        seq: u64,
+        error: &str,
+        retry_after: Duration,
+    ) -> Result<(), StoreError> {
+        sqlx::query(&self.relay.fail)
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .bind(error)
+            .bind(seconds(retry_after))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("recording a failed publish", &self.sql.outbox))?;
+        Ok(())
+    }
+
+    async fn park_outbox(&self, seq: u64, error: &str) -> Result<(), StoreError> {
+        sqlx::query(&self.relay.park)
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .bind(error)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("parking an outbox row", &self.sql.outbox))?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let table = self.naming.table("outbox_dead");
+        let rows: Vec<sql::DeadDbRow> = sqlx::query_as(&self.relay.dead)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("reading dead letters", &table))?;
+        rows.into_iter()
+            .map(|r| sql::dead_letter(r, &table))
+            .collect()
+    }
+
+    async fn retry_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
+        let done = sqlx::query(&self.relay.retry)
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("retrying a dead letter", &self.sql.outbox))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn skip_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
+        let done = sqlx::query(&self.relay.skip)
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err(
+                "skipping a dead letter",
+                &self.naming.table("outbox_dead"),
+            ))?;
+        Ok(done.rows_affected() == 1)
     }
 }

@@ -23,6 +23,8 @@ impl Migration {
             .replace("{snapshots}", &naming.table("snapshots"))
             .replace("{commands}", &naming.table("commands"))
             .replace("{outbox_dead}", &naming.table("outbox_dead"))
+            .replace("{outbox_leases}", &naming.table("outbox_leases"))
+            .replace("{outbox_relays}", &naming.table("outbox_relays"))
             .replace("{outbox}", &naming.table("outbox"))
             .replace("{prefix}", naming.prefix())
             .replace("{schema}", naming.schema().unwrap_or(""))
@@ -300,6 +302,7 @@ pub(crate) type OutboxDbRow = (
     DateTime<Utc>,
     i32,
     Option<String>,
+    Option<DateTime<Utc>>,
 );
 
 pub(crate) fn outbox_row(
@@ -320,6 +323,7 @@ pub(crate) fn outbox_row(
         created_at,
         attempts,
         last_error,
+        next_attempt_at,
     ) = row;
     let corrupt = |reason: String| StoreError::Corrupt {
         table: table.to_owned(),
@@ -342,8 +346,64 @@ pub(crate) fn outbox_row(
         created_at,
         attempts: u32::try_from(attempts).map_err(|_| corrupt(format!("attempts {attempts}")))?,
         last_error,
+        next_attempt_at,
     })
 }
 
 /// The columns of [`OutboxDbRow`] (headers as text).
-pub(crate) const OUTBOX_COLUMNS: &str = "seq, id, aggregatetype, aggregateid, type, payload, topic, key, headers, slot, created_at, attempts, last_error";
+pub(crate) const OUTBOX_COLUMNS: &str = "seq, id, aggregatetype, aggregateid, type, payload, topic, key, headers, slot, created_at, attempts, last_error, next_attempt_at";
+
+/// A dead-letter row: the outbox columns, then error and parked_at.
+pub(crate) type DeadDbRow = (
+    i64,
+    Uuid,
+    String,
+    String,
+    String,
+    Vec<u8>,
+    String,
+    String,
+    String,
+    i32,
+    DateTime<Utc>,
+    i32,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    String,
+    DateTime<Utc>,
+);
+
+pub(crate) fn dead_letter(
+    row: DeadDbRow,
+    table: &str,
+) -> Result<crate::outbox::DeadLetter, StoreError> {
+    let (
+        seq,
+        id,
+        at,
+        aid,
+        ty,
+        payload,
+        topic,
+        key,
+        headers,
+        slot,
+        created_at,
+        attempts,
+        last_error,
+        next,
+        error,
+        parked_at,
+    ) = row;
+    Ok(crate::outbox::DeadLetter {
+        row: outbox_row(
+            (
+                seq, id, at, aid, ty, payload, topic, key, headers, slot, created_at, attempts,
+                last_error, next,
+            ),
+            table,
+        )?,
+        error,
+        parked_at,
+    })
+}

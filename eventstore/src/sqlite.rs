@@ -39,7 +39,9 @@ use tokio::sync::watch;
 use crate::error::{ExpectedVersion, StoreError};
 use crate::log::{Checkpoint, LogBatch, LogFilter, LogHead};
 use crate::naming::Naming;
-use crate::outbox::{OUTBOX_SLOTS, OutboxRouting, OutboxRow, OutboxStatus};
+use crate::outbox::{
+    DeadLetter, OUTBOX_SLOTS, OutboxRelayStore, OutboxRouting, OutboxRow, OutboxStatus, fair_share,
+};
 use crate::sql::{self, EVENT_COLUMNS, EventRow, Migration, db_err, to_i64, to_u64};
 use crate::store::{
     AppendResult, CommandRecord, EventStore, LocalWakeup, Snapshot, UnitOfWork, fill_source,
@@ -105,7 +107,8 @@ CREATE TABLE IF NOT EXISTS {outbox} (
     slot INTEGER NOT NULL,
     created_at TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
+    last_error TEXT,
+    next_attempt_at TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS "{prefix}outbox_id_uq" ON {outbox} (id);
 CREATE INDEX IF NOT EXISTS "{prefix}outbox_slot_idx" ON {outbox} (slot, seq);
@@ -122,8 +125,22 @@ CREATE TABLE IF NOT EXISTS {outbox_dead} (
     slot INTEGER NOT NULL,
     created_at TEXT NOT NULL,
     attempts INTEGER NOT NULL,
+    last_error TEXT,
+    next_attempt_at TEXT,
     error TEXT NOT NULL,
     parked_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS "{prefix}outbox_dead_key_idx" ON {outbox_dead} (key);
+CREATE TABLE IF NOT EXISTS {outbox_leases} (
+    slot INTEGER PRIMARY KEY,
+    owner BLOB,
+    expires_at TEXT
+);
+WITH RECURSIVE s(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM s WHERE x < 255)
+INSERT OR IGNORE INTO {outbox_leases} (slot) SELECT x FROM s;
+CREATE TABLE IF NOT EXISTS {outbox_relays} (
+    owner BLOB PRIMARY KEY,
+    heartbeat_at TEXT NOT NULL
 );
 "#,
     },
@@ -216,6 +233,7 @@ impl Statements {
 /// An event store in a SQLite database.
 #[derive(Clone)]
 pub struct SqliteStore {
+    relay: Arc<RelaySql>,
     routing: Option<Arc<OutboxRouting>>,
     appended: Arc<watch::Sender<u64>>,
     pool: SqlitePool,
@@ -278,6 +296,7 @@ impl SqliteStoreBuilder {
             });
         }
         let store = SqliteStore {
+            relay: Arc::new(RelaySql::new(&self.naming)),
             routing: self.routing.map(Arc::new),
             appended: Arc::new(watch::channel(0).0),
             sql: Arc::new(Statements::new(&self.naming)),
@@ -819,5 +838,321 @@ impl EventStore for SqliteStore {
             .await
             .map_err(db_err("acquiring a connection", &self.sql.commands))?;
         command_on(&mut conn, &self.sql, command_id).await
+    }
+}
+
+/// The relay's statements (ADR 0009).
+struct RelaySql {
+    leases: String,
+    heartbeat: String,
+    forget_old: String,
+    live: String,
+    mine: String,
+    release_some: String,
+    renew: String,
+    take: String,
+    release_all: String,
+    forget: String,
+    claim: String,
+    complete: String,
+    fail: String,
+    park_copy: String,
+    park_delete: String,
+    dead: String,
+    dead_table: String,
+    retry_copy: String,
+    skip: String,
+}
+
+/// Columns of a row moved between the outbox and its dead letters.
+const MOVED: &str =
+    "id, aggregatetype, aggregateid, type, payload, topic, key, headers, slot, created_at";
+
+impl RelaySql {
+    fn new(naming: &Naming) -> Self {
+        let outbox = naming.table("outbox");
+        let dead = naming.table("outbox_dead");
+        let leases = naming.table("outbox_leases");
+        let relays = naming.table("outbox_relays");
+        let cols = sql::OUTBOX_COLUMNS;
+        let o_cols = cols
+            .split(", ")
+            .map(|c| format!("o.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Self {
+            heartbeat: format!(
+                "INSERT INTO {relays} (owner, heartbeat_at) VALUES (?1, ?2) \
+                 ON CONFLICT (owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
+            ),
+            forget_old: format!("DELETE FROM {relays} WHERE heartbeat_at < ?1"),
+            live: format!("SELECT COUNT(*) FROM {relays} WHERE heartbeat_at > ?1"),
+            mine: format!(
+                "SELECT slot FROM {leases} WHERE owner = ?1 AND expires_at > ?2 ORDER BY slot"
+            ),
+            release_some: format!(
+                "UPDATE {leases} SET owner = NULL, expires_at = NULL \
+                 WHERE owner = ?1 AND slot IN (SELECT value FROM json_each(?2))"
+            ),
+            renew: format!(
+                "UPDATE {leases} SET expires_at = ?2 WHERE owner = ?1 AND slot IN (SELECT value FROM json_each(?3))"
+            ),
+            take: format!(
+                "UPDATE {leases} SET owner = ?1, expires_at = ?2 WHERE slot IN \
+                 (SELECT slot FROM {leases} WHERE owner IS NULL OR expires_at <= ?3 ORDER BY slot LIMIT ?4) \
+                 RETURNING slot"
+            ),
+            release_all: format!(
+                "UPDATE {leases} SET owner = NULL, expires_at = NULL WHERE owner = ?1"
+            ),
+            forget: format!("DELETE FROM {relays} WHERE owner = ?1"),
+            claim: format!(
+                "WITH w AS (SELECT seq, key, next_attempt_at FROM {outbox} \
+                   WHERE slot IN (SELECT value FROM json_each(?1)) ORDER BY seq LIMIT ?2), \
+                 f AS (SELECT seq AS fseq, key AS fkey, next_attempt_at AS fnext, \
+                   ROW_NUMBER() OVER (PARTITION BY key ORDER BY seq) AS rn FROM w) \
+                 SELECT {o_cols} FROM {outbox} o JOIN f ON f.fseq = o.seq \
+                 WHERE f.rn = 1 AND (f.fnext IS NULL OR f.fnext <= ?3) \
+                   AND NOT EXISTS (SELECT 1 FROM {dead} d WHERE d.key = f.fkey) \
+                 ORDER BY o.seq LIMIT ?4"
+            ),
+            complete: format!(
+                "DELETE FROM {outbox} WHERE seq IN (SELECT value FROM json_each(?2)) AND slot IN \
+                 (SELECT slot FROM {leases} WHERE owner = ?1 AND expires_at > ?3)"
+            ),
+            fail: format!(
+                "UPDATE {outbox} SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3 WHERE seq = ?1"
+            ),
+            park_copy: format!(
+                "INSERT INTO {dead} (seq, {MOVED}, attempts, last_error, next_attempt_at, error, parked_at) \
+                 SELECT seq, {MOVED}, attempts + 1, ?2, next_attempt_at, ?2, ?3 FROM {outbox} WHERE seq = ?1"
+            ),
+            park_delete: format!("DELETE FROM {outbox} WHERE seq = ?1"),
+            dead: format!("SELECT {cols}, error, parked_at FROM {dead} ORDER BY seq LIMIT ?1"),
+            retry_copy: format!(
+                "INSERT INTO {outbox} (seq, {MOVED}, attempts) SELECT seq, {MOVED}, 0 FROM {dead} WHERE seq = ?1"
+            ),
+            skip: format!("DELETE FROM {dead} WHERE seq = ?1"),
+            dead_table: dead,
+            leases,
+        }
+    }
+}
+
+fn json_list<T: serde::Serialize>(values: &[T]) -> String {
+    serde_json::to_string(values).unwrap_or_else(|_| "[]".to_owned())
+}
+
+fn after(duration: Duration) -> DateTime<Utc> {
+    eventfold_core::metadata::now_micros()
+        + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+fn before(duration: Duration) -> DateTime<Utc> {
+    eventfold_core::metadata::now_micros()
+        - chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+impl OutboxRelayStore for SqliteStore {
+    async fn lease_slots(&self, owner: Uuid, ttl: Duration) -> Result<Vec<u32>, StoreError> {
+        let r = &self.relay;
+        let err = |op| db_err(op, &r.leases);
+        let now = eventfold_core::metadata::now_micros();
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err("starting a lease transaction"))?;
+        sqlx::query(&r.heartbeat)
+            .bind(owner)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(err("heartbeating"))?;
+        sqlx::query(&r.forget_old)
+            .bind(before(ttl * 3))
+            .execute(&mut *tx)
+            .await
+            .map_err(err("forgetting relays"))?;
+        let (live,): (i64,) = sqlx::query_as(&r.live)
+            .bind(before(ttl))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err("counting live relays"))?;
+        let share = fair_share(u64::try_from(live).unwrap_or(1));
+        let mine: Vec<(i64,)> = sqlx::query_as(&r.mine)
+            .bind(owner)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(err("reading leases"))?;
+        let mut mine: Vec<i64> = mine.into_iter().map(|(s,)| s).collect();
+        if mine.len() > share {
+            let extra = mine.split_off(share);
+            sqlx::query(&r.release_some)
+                .bind(owner)
+                .bind(json_list(&extra))
+                .execute(&mut *tx)
+                .await
+                .map_err(err("releasing leases"))?;
+        }
+        sqlx::query(&r.renew)
+            .bind(owner)
+            .bind(after(ttl))
+            .bind(json_list(&mine))
+            .execute(&mut *tx)
+            .await
+            .map_err(err("renewing leases"))?;
+        if mine.len() < share {
+            let taken: Vec<(i64,)> = sqlx::query_as(&r.take)
+                .bind(owner)
+                .bind(after(ttl))
+                .bind(now)
+                .bind(i64::try_from(share - mine.len()).unwrap_or(0))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(err("taking leases"))?;
+            mine.extend(taken.into_iter().map(|(s,)| s));
+        }
+        tx.commit().await.map_err(err("committing leases"))?;
+        let mut slots: Vec<u32> = mine
+            .into_iter()
+            .filter_map(|s| u32::try_from(s).ok())
+            .collect();
+        slots.sort_unstable();
+        Ok(slots)
+    }
+
+    async fn release_slots(&self, owner: Uuid) -> Result<(), StoreError> {
+        let r = &self.relay;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err("releasing leases", &r.leases))?;
+        sqlx::query(&r.release_all)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("releasing leases", &r.leases))?;
+        sqlx::query(&r.forget)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("releasing leases", &r.leases))?;
+        tx.commit()
+            .await
+            .map_err(db_err("releasing leases", &r.leases))
+    }
+
+    async fn claim_outbox(
+        &self,
+        slots: &[u32],
+        limit: usize,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<sql::OutboxDbRow> = sqlx::query_as(&self.relay.claim)
+            .bind(json_list(slots))
+            .bind(limit_i.saturating_mul(4).max(64))
+            .bind(eventfold_core::metadata::now_micros())
+            .bind(limit_i)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("claiming outbox rows", &self.sql.outbox))?;
+        rows.into_iter()
+            .map(|r| sql::outbox_row(r, &self.sql.outbox))
+            .collect()
+    }
+
+    async fn complete_outbox(&self, owner: Uuid, seqs: &[u64]) -> Result<u64, StoreError> {
+        let done = sqlx::query(&self.relay.complete)
+            .bind(owner)
+            .bind(json_list(seqs))
+            .bind(eventfold_core::metadata::now_micros())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("deleting published outbox rows", &self.sql.outbox))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn fail_outbox(
+        &self,
+        seq: u64,
+        error: &str,
+        retry_after: Duration,
+    ) -> Result<(), StoreError> {
+        sqlx::query(&self.relay.fail)
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .bind(error)
+            .bind(after(retry_after))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("recording a failed publish", &self.sql.outbox))?;
+        Ok(())
+    }
+
+    async fn park_outbox(&self, seq: u64, error: &str) -> Result<(), StoreError> {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        let err = || db_err("parking an outbox row", &self.sql.outbox);
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err())?;
+        sqlx::query(&self.relay.park_copy)
+            .bind(seq)
+            .bind(error)
+            .bind(eventfold_core::metadata::now_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(err())?;
+        sqlx::query(&self.relay.park_delete)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(err())?;
+        tx.commit().await.map_err(err())
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows: Vec<sql::DeadDbRow> = sqlx::query_as(&self.relay.dead)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("reading dead letters", &self.relay.dead_table))?;
+        rows.into_iter()
+            .map(|r| sql::dead_letter(r, &self.relay.dead_table))
+            .collect()
+    }
+
+    async fn retry_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        let err = || db_err("retrying a dead letter", &self.relay.dead_table);
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err())?;
+        let copied = sqlx::query(&self.relay.retry_copy)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(err())?;
+        sqlx::query(&self.relay.skip)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(err())?;
+        tx.commit().await.map_err(err())?;
+        Ok(copied.rows_affected() == 1)
+    }
+
+    async fn skip_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
+        let done = sqlx::query(&self.relay.skip)
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("skipping a dead letter", &self.relay.dead_table))?;
+        Ok(done.rows_affected() == 1)
     }
 }
