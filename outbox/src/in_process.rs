@@ -254,6 +254,12 @@ impl InProcessBroker {
         self
     }
 
+    /// Changes the size limit of [`with_max_message_bytes`](Self::with_max_message_bytes) on a
+    /// running broker (`None`: no limit), like raising `message.max.bytes` after an incident.
+    pub fn set_max_message_bytes(&self, bytes: Option<usize>) {
+        self.lock().max_message_bytes = bytes;
+    }
+
     /// Simulates an outage (`false`): every message fails with a retriable error until the
     /// broker is available again (`true`). Records and offsets are kept; consumers still read.
     pub fn set_available(&self, available: bool) {

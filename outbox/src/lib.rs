@@ -75,8 +75,10 @@
 
 pub mod in_process;
 pub mod publisher;
+pub mod relay;
 
 pub use eventfold_core::Headers;
 pub use eventfold_core::outbox::{OutboxMessage, headers};
 pub use in_process::{BrokerError, DEFAULT_PARTITIONS, InProcessBroker, InProcessConsumer, Record};
 pub use publisher::{Delivery, FailedKeys, PublishError, Publisher};
+pub use relay::{Relay, RelayConfig, RoundReport};

@@ -1,0 +1,315 @@
+//! The relay on every backend, publishing to the in-process broker: every committed event is
+//! delivered, in order per key, with several relays and one of them killed; a message the broker
+//! refuses is parked while its key waits and other keys flow; an outage drains afterwards; a
+//! rolled-back transaction publishes nothing.
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eventfold::eventstore::{ExpectedVersion, OutboxRelayStore, OutboxRouting, UnitOfWork};
+use eventfold::outbox::{InProcessBroker, OutboxMessage, Record, Relay, RelayConfig, headers};
+use eventfold::{NewEvent, StreamId};
+use uuid::Uuid;
+
+fn config() -> RelayConfig {
+    RelayConfig {
+        batch_size: 64,
+        lease_ttl: Duration::from_millis(1500),
+        max_attempts: 50,
+        backoff_base: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(50),
+        idle_wait: Duration::from_millis(20),
+    }
+}
+
+fn event(size: usize) -> NewEvent {
+    NewEvent::raw("order.noted", 1, vec![b'x'; size])
+}
+
+fn version(record: &Record) -> u64 {
+    record.headers[headers::STREAM_VERSION]
+        .parse()
+        .expect("a stream version header")
+}
+
+/// Every appended event was delivered, and per key the first deliveries follow the versions.
+fn check_order(records: &[Record], appended: &HashMap<Uuid, (String, u64)>) -> usize {
+    let mut first_seen: HashSet<Uuid> = HashSet::new();
+    let mut last_version: BTreeMap<String, u64> = BTreeMap::new();
+    let mut duplicates = 0;
+    for record in records {
+        if !first_seen.insert(record.message_id) {
+            duplicates += 1;
+            continue;
+        }
+        let v = version(record);
+        let last = last_version.entry(record.key.clone()).or_insert(0);
+        assert_eq!(
+            v,
+            *last + 1,
+            "key {} delivered version {v} after {}",
+            record.key,
+            *last
+        );
+        *last = v;
+    }
+    let missing: Vec<_> = appended
+        .keys()
+        .filter(|id| !first_seen.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} committed events were never published",
+        missing.len()
+    );
+    duplicates
+}
+
+async fn drain<S: OutboxRelayStore>(store: &S, deadline: Duration) {
+    let until = Instant::now() + deadline;
+    while store.outbox_status().await.expect("status").pending > 0 {
+        assert!(
+            Instant::now() < until,
+            "the outbox did not drain within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn many_relays_one_killed<S: OutboxRelayStore>(store: S) {
+    let store = store.with_outbox(OutboxRouting::new());
+    let broker = InProcessBroker::new();
+    let mut relays = Vec::new();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    for _ in 0..3 {
+        let relay = Relay::new(store.clone(), broker.clone()).with_config(config());
+        let stop = stop.clone();
+        relays.push(tokio::spawn(async move {
+            relay.run(async move { stop.notified().await }).await
+        }));
+    }
+    let mut appended = HashMap::new();
+    let mut versions: HashMap<String, u64> = HashMap::new();
+    for i in 0..900u64 {
+        // About 2 s of writes: long enough for the relays to split the slots (leases are renewed
+        // every 0.5 s) before one of them is killed.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let key = format!("o{}", i % 40);
+        let v = versions.entry(key.clone()).or_insert(0);
+        let e = event(20);
+        appended.insert(e.event_id, (key.clone(), *v + 1));
+        let stream = StreamId::new("order", key.as_str()).unwrap();
+        store
+            .append(&stream, ExpectedVersion::Exact(*v), vec![e])
+            .await
+            .expect("append");
+        *v += 1;
+        if i == 400 {
+            // Kill one relay: no graceful release; its slots (a third by now) are taken over
+            // when its leases expire, or the outbox would never drain.
+            relays.remove(0).abort();
+        }
+    }
+    drain(&store, Duration::from_secs(60)).await;
+    stop.notify_waiters();
+    for relay in relays {
+        relay.await.expect("relay task").expect("relay");
+    }
+    let duplicates = check_order(&broker.records("order"), &appended);
+    eprintln!(
+        "{} events delivered in order per key, {duplicates} duplicates",
+        appended.len()
+    );
+}
+
+async fn refused_message_is_parked_and_its_key_waits<S: OutboxRelayStore>(store: S) {
+    let store = store.with_outbox(OutboxRouting::new());
+    let broker = InProcessBroker::new().with_max_message_bytes(2000);
+    let big = StreamId::new("order", "big").unwrap();
+    let other = StreamId::new("order", "other").unwrap();
+    store
+        .append(
+            &big,
+            ExpectedVersion::NoStream,
+            vec![event(10), event(5000), event(10)],
+        )
+        .await
+        .unwrap();
+    store
+        .append(
+            &other,
+            ExpectedVersion::NoStream,
+            vec![event(10), event(10)],
+        )
+        .await
+        .unwrap();
+    let mut relay = Relay::new(store.clone(), broker.clone()).with_config(config());
+    for _ in 0..5 {
+        relay.run_once().await.expect("round");
+    }
+    let delivered = |broker: &InProcessBroker, key: &str| {
+        broker
+            .records("order")
+            .iter()
+            .filter(|r| r.key == key)
+            .map(version)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(delivered(&broker, "other"), vec![1, 2], "other keys flow");
+    assert_eq!(
+        delivered(&broker, "big"),
+        vec![1],
+        "the key waits behind its parked message"
+    );
+    let dead = store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].error.contains("too large"), "{}", dead[0].error);
+    assert_eq!(dead[0].row.message.headers[headers::STREAM_VERSION], "2");
+
+    // The operator raises the limit and retries: the key resumes in order.
+    broker.set_max_message_bytes(None);
+    assert!(store.retry_dead_letter(dead[0].row.seq).await.unwrap());
+    for _ in 0..5 {
+        relay.run_once().await.expect("round");
+    }
+    assert_eq!(delivered(&broker, "big"), vec![1, 2, 3]);
+    assert_eq!(store.outbox_status().await.unwrap().pending, 0);
+}
+
+async fn outage_backlog_drains_in_order<S: OutboxRelayStore>(store: S) {
+    let store = store.with_outbox(OutboxRouting::new());
+    let broker = InProcessBroker::new();
+    broker.set_available(false);
+    let mut appended = HashMap::new();
+    for i in 0..50u64 {
+        let key = format!("k{}", i % 5);
+        let e = event(10);
+        appended.insert(e.event_id, (key.clone(), i / 5 + 1));
+        store
+            .append(
+                &StreamId::new("order", key.as_str()).unwrap(),
+                ExpectedVersion::Exact(i / 5),
+                vec![e],
+            )
+            .await
+            .unwrap();
+    }
+    let mut relay = Relay::new(store.clone(), broker.clone()).with_config(config());
+    for _ in 0..3 {
+        let report = relay.run_once().await.expect("round");
+        assert_eq!(report.published, 0);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let waiting = store.read_outbox(100).await.unwrap();
+    assert_eq!(
+        waiting.len(),
+        50,
+        "nothing is lost while the broker is down"
+    );
+    assert!(
+        waiting
+            .iter()
+            .any(|r| r.attempts > 0 && r.last_error.is_some())
+    );
+    broker.set_available(true);
+    let until = Instant::now() + Duration::from_secs(30);
+    while store.outbox_status().await.unwrap().pending > 0 {
+        assert!(Instant::now() < until, "the backlog did not drain");
+        relay.run_once().await.expect("round");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    check_order(&broker.records("order"), &appended);
+    assert!(store.dead_letters(10).await.unwrap().is_empty());
+}
+
+async fn rolled_back_transaction_publishes_nothing<S: OutboxRelayStore>(store: S) {
+    let store = store.with_outbox(OutboxRouting::new());
+    let broker = InProcessBroker::new();
+    let mut uow = store.begin().await.unwrap();
+    uow.append(
+        &StreamId::new("order", "1").unwrap(),
+        ExpectedVersion::NoStream,
+        vec![event(10)],
+    )
+    .await
+    .unwrap();
+    uow.enqueue(vec![OutboxMessage::new(
+        "billing",
+        "c-1",
+        "billing.requested",
+        b"{}".to_vec(),
+    )])
+    .await
+    .unwrap();
+    uow.rollback().await.unwrap();
+    let mut relay = Relay::new(store.clone(), broker.clone()).with_config(config());
+    relay.run_once().await.unwrap();
+    assert!(
+        broker.records("order").is_empty() && broker.records("billing").is_empty(),
+        "no dual write"
+    );
+    // The same after a commit: both are published.
+    let mut uow = store.begin().await.unwrap();
+    uow.append(
+        &StreamId::new("order", "1").unwrap(),
+        ExpectedVersion::NoStream,
+        vec![event(10)],
+    )
+    .await
+    .unwrap();
+    uow.enqueue(vec![OutboxMessage::new(
+        "billing",
+        "c-1",
+        "billing.requested",
+        b"{}".to_vec(),
+    )])
+    .await
+    .unwrap();
+    uow.commit().await.unwrap();
+    relay.run_once().await.unwrap();
+    assert_eq!(
+        (
+            broker.records("order").len(),
+            broker.records("billing").len()
+        ),
+        (1, 1)
+    );
+}
+
+macro_rules! relay_tests {
+    ($module:ident, $fresh:path) => {
+        mod $module {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn many_relays_one_killed_deliver_everything_in_order() {
+                let (store, _guard) = $fresh().await;
+                many_relays_one_killed(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn refused_message_parked_key_waits_others_flow() {
+                let (store, _guard) = $fresh().await;
+                refused_message_is_parked_and_its_key_waits(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn outage_backlog_drains() {
+                let (store, _guard) = $fresh().await;
+                outage_backlog_drains_in_order(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn no_dual_write() {
+                let (store, _guard) = $fresh().await;
+                rolled_back_transaction_publishes_nothing(store).await;
+            }
+        }
+    };
+}
+
+relay_tests!(memory, common::memory);
+relay_tests!(sqlite, common::sqlite);
+relay_tests!(postgres, common::postgres);
