@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod inbox;
 pub mod log;
 pub mod memory;
 pub mod naming;
@@ -40,6 +41,7 @@ mod sql;
 pub mod sqlite;
 
 pub use error::{ExecuteError, ExpectedVersion, StoreError};
+pub use inbox::{InboxStore, ParkedMessage};
 pub use log::{
     BlockingTransaction, Checkpoint, InvalidCheckpoint, LogBatch, LogEvent, LogFilter, LogHead,
     Subscription,

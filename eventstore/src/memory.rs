@@ -35,6 +35,7 @@ use uuid::Uuid;
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, watch};
 
 use crate::error::{ExpectedVersion, StoreError};
+use crate::inbox::{InboxStore, ParkedMessage};
 use crate::log::{Checkpoint, LogBatch, LogEvent, LogFilter, LogHead};
 use crate::outbox::{
     DeadLetter, OUTBOX_SLOTS, OutboxRelayStore, OutboxRouting, OutboxRow, OutboxStatus, fair_share,
@@ -56,6 +57,8 @@ struct State {
     dead: Vec<DeadLetter>,
     leases: HashMap<u32, (Uuid, std::time::Instant)>,
     relays: HashMap<Uuid, std::time::Instant>,
+    inbox: HashSet<(String, Uuid)>,
+    parked: Vec<ParkedMessage>,
 }
 
 impl State {
@@ -167,6 +170,7 @@ pub struct MemoryUnitOfWork {
     snapshots: Vec<Snapshot>,
     commands: Vec<CommandRecord>,
     outbox: Vec<OutboxMessage>,
+    inbox: Vec<(String, Uuid)>,
 }
 
 impl MemoryUnitOfWork {
@@ -337,6 +341,16 @@ impl UnitOfWork for MemoryUnitOfWork {
         Ok(true)
     }
 
+    async fn mark_inbox(&mut self, consumer: &str, message_id: Uuid) -> Result<bool, StoreError> {
+        self.lock_writer().await;
+        let key = (consumer.to_owned(), message_id);
+        if self.inbox.contains(&key) || self.store.lock().inbox.contains(&key) {
+            return Ok(false);
+        }
+        self.inbox.push(key);
+        Ok(true)
+    }
+
     async fn enqueue(&mut self, messages: Vec<OutboxMessage>) -> Result<(), StoreError> {
         self.lock_writer().await;
         self.outbox.extend(messages);
@@ -409,6 +423,9 @@ impl UnitOfWork for MemoryUnitOfWork {
         }
         for command in self.commands {
             state.commands.insert(command.command_id, command);
+        }
+        for mark in self.inbox {
+            state.inbox.insert(mark);
         }
         let created_at = eventfold_core::metadata::now_micros();
         for message in self.outbox {
@@ -509,6 +526,7 @@ impl EventStore for MemoryStore {
             snapshots: Vec::new(),
             commands: Vec::new(),
             outbox: Vec::new(),
+            inbox: Vec::new(),
         })
     }
 
@@ -689,5 +707,36 @@ impl OutboxRelayStore for MemoryStore {
         let before = state.dead.len();
         state.dead.retain(|d| d.row.seq != seq);
         Ok(state.dead.len() < before)
+    }
+}
+
+impl InboxStore for MemoryStore {
+    async fn park_message(&self, mut message: ParkedMessage) -> Result<(), StoreError> {
+        let _writer = self.inner.writer.clone().lock_owned().await;
+        message.parked_at = eventfold_core::metadata::now_micros();
+        let mut state = self.lock();
+        state
+            .inbox
+            .insert((message.consumer.clone(), message.message_id));
+        state
+            .parked
+            .retain(|p| !(p.consumer == message.consumer && p.message_id == message.message_id));
+        state.parked.push(message);
+        Ok(())
+    }
+
+    async fn parked_messages(
+        &self,
+        consumer: &str,
+        limit: usize,
+    ) -> Result<Vec<ParkedMessage>, StoreError> {
+        Ok(self
+            .lock()
+            .parked
+            .iter()
+            .filter(|p| p.consumer == consumer)
+            .take(limit)
+            .cloned()
+            .collect())
     }
 }

@@ -42,6 +42,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
 use crate::error::{ExpectedVersion, StoreError};
+use crate::inbox::{InboxStore, ParkedMessage};
 use crate::log::{BlockingTransaction, Checkpoint, LogBatch, LogFilter, LogHead};
 use crate::naming::Naming;
 use crate::outbox::{
@@ -150,9 +151,40 @@ CREATE TABLE IF NOT EXISTS {outbox_relays} (
 );
 "#,
     },
+    Migration {
+        version: 3,
+        name: "consumer inbox and its parked messages",
+        sql: r#"
+CREATE TABLE IF NOT EXISTS {inbox} (
+    consumer TEXT NOT NULL,
+    message_id UUID NOT NULL,
+    processed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, message_id)
+);
+CREATE TABLE IF NOT EXISTS {inbox_dead} (
+    consumer TEXT NOT NULL,
+    message_id UUID NOT NULL,
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    "offset" BIGINT NOT NULL,
+    key TEXT NOT NULL,
+    type TEXT NOT NULL,
+    payload BYTEA NOT NULL,
+    headers JSONB NOT NULL,
+    attempts INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    parked_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, message_id)
+);
+"#,
+    },
 ];
 
 struct Statements {
+    inbox: String,
+    mark_inbox: String,
+    park_message: String,
+    parked_messages: String,
     outbox: String,
     insert_outbox: String,
     outbox_status: String,
@@ -192,7 +224,24 @@ impl Statements {
         );
         let outbox = naming.table("outbox");
         let outbox_dead = naming.table("outbox_dead");
+        let inbox = naming.table("inbox");
+        let inbox_dead = naming.table("inbox_dead");
         Self {
+            mark_inbox: format!(
+                "INSERT INTO {inbox} (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+            ),
+            park_message: format!(
+                "WITH mark AS (INSERT INTO {inbox} (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING) \
+                 INSERT INTO {inbox_dead} (consumer, message_id, topic, partition, \"offset\", key, type, payload, headers, \
+                 attempts, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11) \
+                 ON CONFLICT (consumer, message_id) DO UPDATE SET attempts = EXCLUDED.attempts, error = EXCLUDED.error, \
+                 parked_at = now()"
+            ),
+            parked_messages: format!(
+                "SELECT message_id, topic, partition::int8, \"offset\", key, type, payload, headers::text, attempts::int8, error, parked_at \
+                 FROM {inbox_dead} WHERE consumer = $1 ORDER BY parked_at LIMIT $2"
+            ),
+            inbox,
             insert_outbox: format!(
                 "INSERT INTO {outbox} (id, aggregatetype, aggregateid, type, payload, topic, key, headers, slot) \
                  SELECT m.id, m.at, m.aid, m.ty, m.payload, m.topic, m.key, m.headers::jsonb, m.slot \
@@ -909,6 +958,16 @@ impl UnitOfWork for PgUnitOfWork {
         Ok(result)
     }
 
+    async fn mark_inbox(&mut self, consumer: &str, message_id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query(&self.sql.mark_inbox)
+            .bind(consumer)
+            .bind(message_id)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err("marking the inbox", &self.sql.inbox))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn enqueue(&mut self, messages: Vec<OutboxMessage>) -> Result<(), StoreError> {
         self.insert_outbox(messages).await
     }
@@ -1589,5 +1648,42 @@ impl OutboxRelayStore for PgStore {
                 &self.naming.table("outbox_dead"),
             ))?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+impl InboxStore for PgStore {
+    async fn park_message(&self, message: ParkedMessage) -> Result<(), StoreError> {
+        sqlx::query(&self.sql.park_message)
+            .bind(&message.consumer)
+            .bind(message.message_id)
+            .bind(&message.topic)
+            .bind(i32::try_from(message.partition).unwrap_or(i32::MAX))
+            .bind(i64::try_from(message.offset).unwrap_or(i64::MAX))
+            .bind(&message.key)
+            .bind(&message.message_type)
+            .bind(&message.payload)
+            .bind(sql::headers_json(&message.headers))
+            .bind(i32::try_from(message.attempts).unwrap_or(i32::MAX))
+            .bind(&message.error)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("parking a consumer message", &self.sql.inbox))?;
+        Ok(())
+    }
+
+    async fn parked_messages(
+        &self,
+        consumer: &str,
+        limit: usize,
+    ) -> Result<Vec<ParkedMessage>, StoreError> {
+        let rows: Vec<sql::ParkedRow> = sqlx::query_as(&self.sql.parked_messages)
+            .bind(consumer)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("reading parked messages", &self.sql.inbox))?;
+        rows.into_iter()
+            .map(|r| sql::parked(consumer, r, &self.sql.inbox))
+            .collect()
     }
 }

@@ -23,6 +23,8 @@ impl Migration {
             .replace("{snapshots}", &naming.table("snapshots"))
             .replace("{commands}", &naming.table("commands"))
             .replace("{outbox_dead}", &naming.table("outbox_dead"))
+            .replace("{inbox_dead}", &naming.table("inbox_dead"))
+            .replace("{inbox}", &naming.table("inbox"))
             .replace("{outbox_leases}", &naming.table("outbox_leases"))
             .replace("{outbox_relays}", &naming.table("outbox_relays"))
             .replace("{outbox}", &naming.table("outbox"))
@@ -403,6 +405,61 @@ pub(crate) fn dead_letter(
             ),
             table,
         )?,
+        error,
+        parked_at,
+    })
+}
+
+/// A parked consumer message: message_id, topic, partition, offset, key, type, payload, headers
+/// (JSON text), attempts, error, parked_at.
+pub(crate) type ParkedRow = (
+    Uuid,
+    String,
+    i64,
+    i64,
+    String,
+    String,
+    Vec<u8>,
+    String,
+    i64,
+    String,
+    DateTime<Utc>,
+);
+
+pub(crate) fn parked(
+    consumer: &str,
+    row: ParkedRow,
+    table: &str,
+) -> Result<crate::inbox::ParkedMessage, StoreError> {
+    let (
+        message_id,
+        topic,
+        partition,
+        offset,
+        key,
+        message_type,
+        payload,
+        headers,
+        attempts,
+        error,
+        parked_at,
+    ) = row;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        table: table.to_owned(),
+        reason: format!("parked message {message_id} of {consumer}: {reason}"),
+    };
+    Ok(crate::inbox::ParkedMessage {
+        consumer: consumer.to_owned(),
+        message_id,
+        topic,
+        partition: u32::try_from(partition)
+            .map_err(|_| corrupt(format!("partition {partition}")))?,
+        offset: to_u64(offset, table, "offset")?,
+        key,
+        message_type,
+        payload,
+        headers: serde_json::from_str(&headers).map_err(|e| corrupt(format!("headers: {e}")))?,
+        attempts: u32::try_from(attempts).map_err(|_| corrupt(format!("attempts {attempts}")))?,
         error,
         parked_at,
     })

@@ -37,6 +37,7 @@ use uuid::Uuid;
 use tokio::sync::watch;
 
 use crate::error::{ExpectedVersion, StoreError};
+use crate::inbox::{InboxStore, ParkedMessage};
 use crate::log::{Checkpoint, LogBatch, LogFilter, LogHead};
 use crate::naming::Naming;
 use crate::outbox::{
@@ -144,9 +145,40 @@ CREATE TABLE IF NOT EXISTS {outbox_relays} (
 );
 "#,
     },
+    Migration {
+        version: 3,
+        name: "consumer inbox and its parked messages",
+        sql: r#"
+CREATE TABLE IF NOT EXISTS {inbox} (
+    consumer TEXT NOT NULL,
+    message_id BLOB NOT NULL,
+    processed_at TEXT NOT NULL,
+    PRIMARY KEY (consumer, message_id)
+);
+CREATE TABLE IF NOT EXISTS {inbox_dead} (
+    consumer TEXT NOT NULL,
+    message_id BLOB NOT NULL,
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    "offset" INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    type TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    headers TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    parked_at TEXT NOT NULL,
+    PRIMARY KEY (consumer, message_id)
+);
+"#,
+    },
 ];
 
 struct Statements {
+    inbox: String,
+    mark_inbox: String,
+    park_message: String,
+    parked_messages: String,
     outbox: String,
     insert_outbox: String,
     outbox_status: String,
@@ -172,7 +204,23 @@ impl Statements {
         let commands = naming.table("commands");
         let outbox = naming.table("outbox");
         let outbox_dead = naming.table("outbox_dead");
+        let inbox = naming.table("inbox");
+        let inbox_dead = naming.table("inbox_dead");
         Self {
+            mark_inbox: format!(
+                "INSERT INTO {inbox} (consumer, message_id, processed_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING"
+            ),
+            park_message: format!(
+                "INSERT INTO {inbox_dead} (consumer, message_id, topic, partition, \"offset\", key, type, payload, headers, \
+                 attempts, error, parked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                 ON CONFLICT (consumer, message_id) DO UPDATE SET attempts = excluded.attempts, error = excluded.error, \
+                 parked_at = excluded.parked_at"
+            ),
+            parked_messages: format!(
+                "SELECT message_id, topic, partition, \"offset\", key, type, payload, headers, attempts, error, parked_at \
+                 FROM {inbox_dead} WHERE consumer = ?1 ORDER BY parked_at LIMIT ?2"
+            ),
+            inbox,
             insert_outbox: format!(
                 "INSERT INTO {outbox} (id, aggregatetype, aggregateid, type, payload, topic, key, headers, slot, created_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
@@ -676,6 +724,17 @@ impl UnitOfWork for SqliteUnitOfWork {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn mark_inbox(&mut self, consumer: &str, message_id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query(&self.sql.mark_inbox)
+            .bind(consumer)
+            .bind(message_id)
+            .bind(eventfold_core::metadata::now_micros())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err("marking the inbox", &self.sql.inbox))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn enqueue(&mut self, messages: Vec<OutboxMessage>) -> Result<(), StoreError> {
         self.insert_outbox(messages).await
     }
@@ -1154,5 +1213,57 @@ impl OutboxRelayStore for SqliteStore {
             .await
             .map_err(db_err("skipping a dead letter", &self.relay.dead_table))?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+impl InboxStore for SqliteStore {
+    async fn park_message(&self, message: ParkedMessage) -> Result<(), StoreError> {
+        let err = || db_err("parking a consumer message", &self.sql.inbox);
+        let now = eventfold_core::metadata::now_micros();
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err())?;
+        sqlx::query(&self.sql.mark_inbox)
+            .bind(&message.consumer)
+            .bind(message.message_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(err())?;
+        sqlx::query(&self.sql.park_message)
+            .bind(&message.consumer)
+            .bind(message.message_id)
+            .bind(&message.topic)
+            .bind(i64::from(message.partition))
+            .bind(i64::try_from(message.offset).unwrap_or(i64::MAX))
+            .bind(&message.key)
+            .bind(&message.message_type)
+            .bind(&message.payload)
+            .bind(sql::headers_json(&message.headers))
+            .bind(i64::from(message.attempts))
+            .bind(&message.error)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(err())?;
+        tx.commit().await.map_err(err())
+    }
+
+    async fn parked_messages(
+        &self,
+        consumer: &str,
+        limit: usize,
+    ) -> Result<Vec<ParkedMessage>, StoreError> {
+        let rows: Vec<sql::ParkedRow> = sqlx::query_as(&self.sql.parked_messages)
+            .bind(consumer)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("reading parked messages", &self.sql.inbox))?;
+        rows.into_iter()
+            .map(|r| sql::parked(consumer, r, &self.sql.inbox))
+            .collect()
     }
 }

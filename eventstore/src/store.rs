@@ -115,6 +115,14 @@ pub trait UnitOfWork: Send {
         record: CommandRecord,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Marks `message_id` as processed by `consumer`, in this transaction. Returns `false` when
+    /// it was already marked (a duplicate delivery): the caller skips the handler and rolls back.
+    fn mark_inbox(
+        &mut self,
+        consumer: &str,
+        message_id: Uuid,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Writes application messages to the outbox, in this transaction.
     fn enqueue(
         &mut self,
