@@ -4,17 +4,20 @@
 #   bash scripts/test.sh            # everything
 #   bash scripts/test.sh -E 'test(contract)'   # extra arguments go to cargo nextest
 #
-# Needs: the Rust toolchain and a PostgreSQL server (DATABASE_URL, default
-# postgres://postgres@127.0.0.1:5432/postgres). The script starts a local Debian PostgreSQL
-# cluster if it is installed but stopped, drops test databases left by killed runs, and fails
-# loudly when PostgreSQL cannot be reached: no test is skipped for a missing component.
-# (The Kafka-protocol broker joins this script with the outbox relay, the first code that needs it.)
+# Needs: the Rust toolchain, a PostgreSQL server (DATABASE_URL, default
+# postgres://postgres@127.0.0.1:5432/postgres) and a Kafka-protocol broker (KAFKA_BOOTSTRAP,
+# default 127.0.0.1:9092). The script starts a local Debian PostgreSQL cluster if it is installed
+# but stopped, drops test databases left by killed runs, installs tansu (a Kafka-protocol broker;
+# about 10 minutes to build, once per machine) and starts it with in-memory storage when nothing
+# listens on the Kafka port, and fails loudly when PostgreSQL or the broker cannot be reached: no
+# test is skipped for a missing component.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export EVENTFOLD_STRESS_SECS="${EVENTFOLD_STRESS_SECS:-3}"
 export EVENTFOLD_LOG_STRESS_SECS="${EVENTFOLD_LOG_STRESS_SECS:-8}"
+export KAFKA_BOOTSTRAP="${KAFKA_BOOTSTRAP:-127.0.0.1:9092}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 log() { echo "== $*" >&2; }
@@ -43,6 +46,31 @@ psql "$DATABASE_URL" -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'e
     while read -r db; do
         [ -n "$db" ] && psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null || true
     done
+
+# The Kafka-protocol broker (tansu, in-memory storage) for the Kafka publisher's tests.
+kafka_host="${KAFKA_BOOTSTRAP%%,*}"
+kafka_port="${kafka_host##*:}"
+kafka_host="${kafka_host%:*}"
+kafka_up() { (exec 3<>"/dev/tcp/$kafka_host/$kafka_port") >/dev/null 2>&1; }
+if ! kafka_up; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+    if ! command -v tansu >/dev/null; then
+        log "tansu not found; installing it (about 10 minutes on 2 cores)"
+        cargo install --locked tansu@0.6.0 --features dynostore
+    fi
+    log "no Kafka broker at $KAFKA_BOOTSTRAP; starting tansu (log: target/tansu.log)"
+    mkdir -p target
+    nohup tansu broker \
+        --listener-url "tcp://$kafka_host:$kafka_port" \
+        --advertised-listener-url "tcp://$kafka_host:$kafka_port" \
+        --storage-engine memory://tansu/ >target/tansu.log 2>&1 &
+    for _ in $(seq 1 30); do kafka_up && break; sleep 1; done
+fi
+if ! kafka_up; then
+    echo "FATAL: no Kafka-protocol broker is reachable at $KAFKA_BOOTSTRAP (see target/tansu.log); the Kafka tests cannot run." >&2
+    exit 1
+fi
+log "Kafka-protocol broker: $KAFKA_BOOTSTRAP"
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"

@@ -13,9 +13,13 @@
 //! | `postgres` | the PostgreSQL event store ([`eventstore::postgres`]) |
 //! | `proto` | the Protobuf codec (`#[event(codec = "protobuf")]`) |
 //! | `test-util` | given/when/then for aggregates ([`testing`]), the backend contract suite, test databases |
-//! | `kafka`, `cli` | reserved for the outbox relay and the embeddable CLI |
+//! | `kafka` | the Kafka publisher of the outbox relay (`outbox::KafkaPublisher`, rdkafka) |
+//! | `cli` | reserved for the embeddable CLI |
 //!
-//! The in-memory store ([`eventstore::memory`]) is always there, for users' unit tests.
+//! The in-memory store ([`eventstore::memory`]) and the in-process broker
+//! ([`outbox::InProcessBroker`]) are always there, for users' unit tests. The outbox relay
+//! ([`outbox::Relay`]) and the consumer with its inbox ([`outbox::Consumer`]) work with every
+//! store.
 //!
 //! Start with the book chapter "Getting started"; in short:
 //!

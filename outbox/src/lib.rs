@@ -37,6 +37,10 @@
 //! anything of its key having overtaken it: per-key order is never broken. The Kafka publisher
 //! and the relay build on this contract.
 //!
+//! With the feature `kafka`, `kafka::KafkaPublisher` publishes to any Kafka-protocol broker
+//! through rdkafka (idempotent producer, per-key order, CloudEvents headers as record headers);
+//! see the `kafka` module.
+//!
 //! ## The in-process broker
 //!
 //! [`InProcessBroker`] is a Kafka-like broker in memory, for the embedded default and for unit
@@ -73,12 +77,18 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod consumer;
 pub mod in_process;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod publisher;
 pub mod relay;
 
+pub use consumer::{Consumer, ConsumerError, ConsumerReport, Handler, MessageSource, Outcome};
 pub use eventfold_core::Headers;
 pub use eventfold_core::outbox::{OutboxMessage, headers};
 pub use in_process::{BrokerError, DEFAULT_PARTITIONS, InProcessBroker, InProcessConsumer, Record};
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaError, KafkaPublisher};
 pub use publisher::{Delivery, FailedKeys, PublishError, Publisher};
 pub use relay::{Relay, RelayConfig, RoundReport};

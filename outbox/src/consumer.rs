@@ -1,0 +1,289 @@
+//! The consumer: handles each message once, with an inbox in the handler's own transaction.
+//!
+//! Brokers deliver at least once: after a crash, a rebalance or a relay retry, a message comes
+//! again. A [`Consumer`] runs the [`Handler`] inside a unit of work that also marks
+//! `(consumer, message id)` in the inbox. The mark commits together with the handler's effects,
+//! so a duplicate finds the mark and is acknowledged without running the handler. The offset is
+//! committed to the broker only **after** that transaction committed, so a crash in between
+//! redelivers, and the inbox makes the redelivery harmless.
+//!
+//! A message whose handler keeps failing is retried `max_attempts` times with a backoff, then
+//! parked with its error (`InboxStore::parked_messages`), and the consumer moves on.
+//!
+//! ```
+//! use std::time::Duration;
+//! use eventfold_core::{BoxError, NewEvent, StreamId};
+//! use eventfold_eventstore::{memory::{MemoryStore, MemoryUnitOfWork}, EventStore, ExpectedVersion, UnitOfWork};
+//! use eventfold_outbox::{Consumer, Handler, InProcessBroker, OutboxMessage, Publisher, Record};
+//!
+//! /// Records every payment it sees as an event of its own stream, in the inbox's transaction.
+//! struct Ledger;
+//!
+//! impl Handler<MemoryUnitOfWork> for Ledger {
+//!     async fn handle(&self, uow: &mut MemoryUnitOfWork, record: &Record) -> Result<(), BoxError> {
+//!         let stream = StreamId::new("ledger", "payments")?;
+//!         uow.append(&stream, ExpectedVersion::Any, vec![NewEvent::raw("ledger.noted", 1, record.payload.clone())]).await?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let broker = InProcessBroker::new();
+//! let payment = OutboxMessage::new("payments", "p-1", "payment.captured", b"{}".to_vec());
+//! broker.publish(&[payment.clone(), payment]).await; // delivered twice
+//!
+//! let store = MemoryStore::new();
+//! let mut consumer = Consumer::new("ledger", store.clone(), broker.consumer("ledger", &["payments"]), Ledger);
+//! let report = consumer.run_once(Duration::from_millis(100)).await?;
+//! assert_eq!((report.handled, report.duplicates), (1, 1));
+//! assert_eq!(store.stream_version(&StreamId::new("ledger", "payments")?).await?, 1);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::future::Future;
+use std::time::Duration;
+
+use eventfold_core::BoxError;
+use eventfold_eventstore::{InboxStore, ParkedMessage, StoreError, UnitOfWork};
+
+use crate::in_process::{InProcessConsumer, Record};
+
+/// Something that delivers records and takes acknowledgements: a broker's consumer.
+pub trait MessageSource: Send {
+    /// Up to `max` records, waiting up to `wait` when none is there.
+    fn poll(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<Record>, BoxError>> + Send;
+
+    /// Acknowledges `record` (and everything before it in its partition).
+    fn commit(&mut self, record: &Record) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+impl MessageSource for InProcessConsumer {
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, BoxError> {
+        Ok(InProcessConsumer::poll(self, max, wait).await)
+    }
+
+    async fn commit(&mut self, record: &Record) -> Result<(), BoxError> {
+        InProcessConsumer::commit(self, record);
+        Ok(())
+    }
+}
+
+/// Handles one message inside the consumer's unit of work `U`: whatever it writes through `U`
+/// (events, outbox messages, SQL through `uow.connection()`) commits with the inbox mark.
+pub trait Handler<U: UnitOfWork>: Send + Sync {
+    /// Handles `record`. An error rolls the unit of work back; the message is retried, then
+    /// parked.
+    fn handle(
+        &self,
+        uow: &mut U,
+        record: &Record,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+/// A consumer failed for a reason other than its handler.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsumerError {
+    /// The store failed.
+    #[error("consumer {consumer}: {source}")]
+    Store {
+        /// The consumer's name.
+        consumer: String,
+        /// The store's error.
+        source: StoreError,
+    },
+    /// The broker failed.
+    #[error("consumer {consumer}: the broker failed: {source}")]
+    Source {
+        /// The consumer's name.
+        consumer: String,
+        /// The broker's error.
+        source: BoxError,
+    },
+}
+
+/// What happened to one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The handler ran and its transaction committed.
+    Handled,
+    /// The inbox already had it: acknowledged without running the handler.
+    Duplicate,
+    /// The handler kept failing: parked with its error.
+    Parked,
+}
+
+/// What one [`Consumer::run_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConsumerReport {
+    /// Messages handled.
+    pub handled: usize,
+    /// Duplicates skipped.
+    pub duplicates: usize,
+    /// Messages parked.
+    pub parked: usize,
+}
+
+/// Consumes messages of `Src` into store `S` with handler `H`. See the [module docs](self).
+pub struct Consumer<S, Src, H> {
+    name: String,
+    store: S,
+    source: Src,
+    handler: H,
+    max_attempts: u32,
+    backoff: Duration,
+    batch: usize,
+}
+
+impl<S, Src, H> Consumer<S, Src, H>
+where
+    S: InboxStore,
+    Src: MessageSource,
+    H: Handler<S::UnitOfWork>,
+{
+    /// A consumer named `name` (its inbox and parked messages are kept under that name): 5
+    /// attempts per message, 50 ms first backoff, batches of 100.
+    pub fn new(name: impl Into<String>, store: S, source: Src, handler: H) -> Self {
+        Self {
+            name: name.into(),
+            store,
+            source,
+            handler,
+            max_attempts: 5,
+            backoff: Duration::from_millis(50),
+            batch: 100,
+        }
+    }
+
+    /// Attempts per message before it is parked (at least 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The first retry delay; it doubles with every attempt.
+    pub fn backoff(mut self, first: Duration) -> Self {
+        self.backoff = first;
+        self
+    }
+
+    /// The consumer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn store_err(&self) -> impl FnOnce(StoreError) -> ConsumerError + '_ {
+        move |source| ConsumerError::Store {
+            consumer: self.name.clone(),
+            source,
+        }
+    }
+
+    fn source_err(&self) -> impl FnOnce(BoxError) -> ConsumerError + '_ {
+        move |source| ConsumerError::Source {
+            consumer: self.name.clone(),
+            source,
+        }
+    }
+
+    /// Handles one record (with retries, then parking) and acknowledges it after its
+    /// transaction committed.
+    pub async fn process(&mut self, record: &Record) -> Result<Outcome, ConsumerError> {
+        let mut last_error = String::new();
+        for attempt in 1..=self.max_attempts {
+            let mut uow = self.store.begin().await.map_err(self.store_err())?;
+            if !uow
+                .mark_inbox(&self.name, record.message_id)
+                .await
+                .map_err(self.store_err())?
+            {
+                let _ = uow.rollback().await;
+                self.source
+                    .commit(record)
+                    .await
+                    .map_err(self.source_err())?;
+                return Ok(Outcome::Duplicate);
+            }
+            match self.handler.handle(&mut uow, record).await {
+                Ok(()) => {
+                    uow.commit().await.map_err(self.store_err())?;
+                    self.source
+                        .commit(record)
+                        .await
+                        .map_err(self.source_err())?;
+                    return Ok(Outcome::Handled);
+                }
+                Err(e) => {
+                    let _ = uow.rollback().await;
+                    last_error = e.to_string();
+                    tracing::warn!(consumer = %self.name, message = %record.message_id, attempt, error = %last_error, "handler failed");
+                    if attempt < self.max_attempts {
+                        tokio::time::sleep(self.backoff.saturating_mul(1 << (attempt - 1).min(10)))
+                            .await;
+                    }
+                }
+            }
+        }
+        self.store
+            .park_message(ParkedMessage {
+                consumer: self.name.clone(),
+                message_id: record.message_id,
+                topic: record.topic.clone(),
+                partition: record.partition,
+                offset: record.offset,
+                key: record.key.clone(),
+                message_type: record.message_type.clone(),
+                payload: record.payload.clone(),
+                headers: record.headers.clone(),
+                attempts: self.max_attempts,
+                error: last_error,
+                parked_at: eventfold_core::metadata::now_micros(),
+            })
+            .await
+            .map_err(self.store_err())?;
+        self.source
+            .commit(record)
+            .await
+            .map_err(self.source_err())?;
+        Ok(Outcome::Parked)
+    }
+
+    /// Polls one batch (waiting up to `wait`) and processes it in order.
+    pub async fn run_once(&mut self, wait: Duration) -> Result<ConsumerReport, ConsumerError> {
+        let records = self
+            .source
+            .poll(self.batch, wait)
+            .await
+            .map_err(self.source_err())?;
+        let mut report = ConsumerReport::default();
+        for record in &records {
+            match self.process(record).await? {
+                Outcome::Handled => report.handled += 1,
+                Outcome::Duplicate => report.duplicates += 1,
+                Outcome::Parked => report.parked += 1,
+            }
+        }
+        Ok(report)
+    }
+
+    /// Runs until `shutdown` completes. Shutdown is taken between batches, so every polled
+    /// message is finished (handled and acknowledged, or parked) before it returns.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ConsumerError> {
+        tokio::pin!(shutdown);
+        loop {
+            let polled = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                polled = self.source.poll(self.batch, Duration::from_millis(500)) => polled,
+            };
+            for record in &polled.map_err(self.source_err())? {
+                self.process(record).await?;
+            }
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! The Kafka publisher (feature `kafka`): publishes outbox messages to any Kafka-protocol broker
+//! with rdkafka (the bundled librdkafka).
+//!
+//! [`KafkaPublisher`] keeps the [`Publisher`] contract:
+//!
+//! - the producer is **idempotent** (`enable.idempotence=true`, `acks=all`,
+//!   `max.in.flight.requests.per.connection=5`): broker-side retries never duplicate or reorder a
+//!   partition's records;
+//! - a message is `Ok` only once the broker acknowledged it (the delivery report), and a message
+//!   that was not acknowledged within `message.timeout.ms` is a retriable error;
+//! - the messages of one key are sent **one after the other**: the next one only after the
+//!   previous one was acknowledged, so once one fails the later ones of its key are not sent
+//!   (they fail with [`PublishError::blocked_by_earlier`]); different keys are sent
+//!   concurrently;
+//! - the message key is the Kafka record key, so librdkafka's key partitioner (`murmur2_random`,
+//!   the same as the Java client's) sends every message of a key to the same partition;
+//! - the CloudEvents headers of the message become Kafka record headers.
+//!
+//! Errors that will fail the same way every time (the message is too large, the topic does not
+//! exist or its name is invalid, the client is not authorized) are non-retriable, so a relay
+//! parks the row; everything else (timeouts, an unreachable broker, a leader election) is
+//! retriable.
+//!
+//! Brokers without topic auto-creation (tansu, many production clusters) need the topics first:
+//! [`KafkaPublisher::create_topics`] creates them, and is a no-op for topics that exist.
+//!
+//! ```no_run
+//! use eventfold_outbox::kafka::KafkaPublisher;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), eventfold_outbox::kafka::KafkaError> {
+//! let publisher = KafkaPublisher::new("127.0.0.1:9092")?;
+//! publisher.create_topics(&[("shop.order", 6)]).await?;
+//! // Relay::new(store, publisher) publishes the store's outbox to Kafka.
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::task::JoinSet;
+
+/// The rdkafka crate this module is built on, for [`KafkaPublisher::from_config`] and for
+/// consumers of the published topics.
+pub use rdkafka;
+
+use crate::OutboxMessage;
+use crate::publisher::{Delivery, FailedKeys, PublishError, Publisher};
+
+/// The default `message.timeout.ms`: how long a message may wait for its acknowledgement before
+/// it fails with a retriable error.
+pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An error of the Kafka client itself (not of a single message; those are [`PublishError`]s).
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    /// The producer or admin client could not be created (usually an invalid configuration).
+    #[error("creating the Kafka client for {brokers} failed: {source}")]
+    Client {
+        /// The bootstrap servers of the client.
+        brokers: String,
+        /// The error of rdkafka.
+        #[source]
+        source: Box<rdkafka::error::KafkaError>,
+    },
+    /// The create-topics request failed as a whole (for example the broker is unreachable).
+    #[error("creating topics {topics:?} on {brokers} failed: {source}")]
+    CreateTopics {
+        /// The bootstrap servers of the client.
+        brokers: String,
+        /// The topics of the request.
+        topics: Vec<String>,
+        /// The error of rdkafka.
+        #[source]
+        source: Box<rdkafka::error::KafkaError>,
+    },
+    /// The broker refused to create one topic.
+    #[error("creating topic {topic} on {brokers} failed: {code}")]
+    CreateTopic {
+        /// The bootstrap servers of the client.
+        brokers: String,
+        /// The topic.
+        topic: String,
+        /// The error code of the broker.
+        code: RDKafkaErrorCode,
+    },
+}
+
+/// A [`Publisher`] to a Kafka-protocol broker. See the [module docs](self).
+#[derive(Clone)]
+pub struct KafkaPublisher {
+    producer: FutureProducer,
+    config: ClientConfig,
+    brokers: String,
+    message_timeout: Duration,
+}
+
+impl std::fmt::Debug for KafkaPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaPublisher")
+            .field("brokers", &self.brokers)
+            .field("message_timeout", &self.message_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaPublisher {
+    /// A publisher to the brokers `bootstrap_servers` (`host:port[,host:port...]`) with the
+    /// default producer configuration (see [`from_config`](Self::from_config)).
+    pub fn new(bootstrap_servers: &str) -> Result<Self, KafkaError> {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", bootstrap_servers);
+        Self::from_config(config)
+    }
+
+    /// A publisher from an rdkafka configuration (which must name `bootstrap.servers`).
+    ///
+    /// The settings the [`Publisher`] contract relies on are always set: `enable.idempotence=true`,
+    /// `acks=all`, `max.in.flight.requests.per.connection=5`. These are set only when `config`
+    /// does not set them: `message.timeout.ms` (30000, see
+    /// [`with_message_timeout`](Self::with_message_timeout)), `linger.ms=5`,
+    /// `compression.type=none`, `partitioner=murmur2_random`. Anything else (`message.max.bytes`,
+    /// security settings, ...) is passed through.
+    pub fn from_config(mut config: ClientConfig) -> Result<Self, KafkaError> {
+        let brokers = config
+            .get("bootstrap.servers")
+            .unwrap_or("<no bootstrap.servers>")
+            .to_owned();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("max.in.flight.requests.per.connection", "5");
+        for (key, value) in [
+            ("linger.ms", "5"),
+            ("compression.type", "none"),
+            ("partitioner", "murmur2_random"),
+        ] {
+            if config.get(key).is_none() {
+                config.set(key, value);
+            }
+        }
+        let message_timeout = match config.get("message.timeout.ms") {
+            Some(ms) => ms
+                .parse::<u64>()
+                .map(Duration::from_millis)
+                .unwrap_or(DEFAULT_MESSAGE_TIMEOUT),
+            None => DEFAULT_MESSAGE_TIMEOUT,
+        };
+        Self::build(config, brokers, message_timeout)
+    }
+
+    /// The same publisher with `message.timeout.ms` set to `timeout`: how long a message may
+    /// wait for its acknowledgement (including librdkafka's own retries) before it fails with a
+    /// retriable error. Creates a new producer.
+    pub fn with_message_timeout(self, timeout: Duration) -> Result<Self, KafkaError> {
+        Self::build(self.config, self.brokers, timeout)
+    }
+
+    fn build(
+        mut config: ClientConfig,
+        brokers: String,
+        message_timeout: Duration,
+    ) -> Result<Self, KafkaError> {
+        config.set(
+            "message.timeout.ms",
+            message_timeout.as_millis().max(1).to_string(),
+        );
+        let producer = config
+            .create::<FutureProducer>()
+            .map_err(|source| KafkaError::Client {
+                brokers: brokers.clone(),
+                source: Box::new(source),
+            })?;
+        Ok(Self {
+            producer,
+            config,
+            brokers,
+            message_timeout,
+        })
+    }
+
+    /// The bootstrap servers of this publisher.
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    /// The `message.timeout.ms` of the producer.
+    pub fn message_timeout(&self) -> Duration {
+        self.message_timeout
+    }
+
+    /// The underlying rdkafka producer.
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+
+    /// Creates the topics `(name, partitions)` with replication factor 1; topics that already
+    /// exist are left as they are (idempotent). Needed on brokers that do not auto-create
+    /// topics, such as tansu.
+    pub async fn create_topics(&self, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
+        if topics.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = topics.iter().map(|(t, _)| (*t).to_owned()).collect();
+        let admin = self
+            .config
+            .create::<AdminClient<DefaultClientContext>>()
+            .map_err(|source| KafkaError::Client {
+                brokers: self.brokers.clone(),
+                source: Box::new(source),
+            })?;
+        let new_topics: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+            .collect();
+        let options = AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(30)))
+            .request_timeout(Some(Duration::from_secs(30)));
+        let results = admin
+            .create_topics(&new_topics, &options)
+            .await
+            .map_err(|source| KafkaError::CreateTopics {
+                brokers: self.brokers.clone(),
+                topics: names,
+                source: Box::new(source),
+            })?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(KafkaError::CreateTopic {
+                        brokers: self.brokers.clone(),
+                        topic,
+                        code,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether an error code of a failed produce may succeed when tried again.
+fn retriable(code: Option<RDKafkaErrorCode>) -> bool {
+    use RDKafkaErrorCode as C;
+    !matches!(
+        code,
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::MessageBatchTooLarge
+                | C::InvalidMessage
+                | C::InvalidRecord
+                | C::InvalidTopic
+                | C::UnknownTopic
+                | C::UnknownTopicOrPartition
+                | C::UnknownPartition
+                | C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::PolicyViolation
+        )
+    )
+}
+
+/// Sends the messages of one key, in order, each after the previous one was acknowledged; after
+/// a failure the rest of the key is refused without being sent.
+async fn publish_key(
+    producer: FutureProducer,
+    brokers: String,
+    queue_timeout: Duration,
+    messages: Vec<(usize, OutboxMessage)>,
+) -> Vec<(usize, Result<Delivery, PublishError>)> {
+    let mut failed = FailedKeys::default();
+    let mut results = Vec::with_capacity(messages.len());
+    for (index, message) in messages {
+        if let Err(blocked) = failed.check(&message) {
+            results.push((index, Err(blocked)));
+            continue;
+        }
+        let headers = message.headers.iter().fold(
+            OwnedHeaders::new_with_capacity(message.headers.len()),
+            |headers, (key, value)| {
+                headers.insert(Header {
+                    key,
+                    value: Some(value.as_str()),
+                })
+            },
+        );
+        let record = FutureRecord::to(&message.topic)
+            .key(message.key.as_str())
+            .payload(message.payload.as_slice())
+            .headers(headers);
+        let result = match producer.send(record, queue_timeout).await {
+            Ok(delivery) => Ok(Delivery {
+                topic: message.topic.clone(),
+                partition: u32::try_from(delivery.partition).unwrap_or_default(),
+                offset: u64::try_from(delivery.offset).unwrap_or_default(),
+            }),
+            Err((error, _)) => {
+                let code = error.rdkafka_error_code();
+                let reason = format!(
+                    "{error} (broker {brokers}, {} bytes payload)",
+                    message.payload.len()
+                );
+                let error = PublishError::new(&message, reason, retriable(code));
+                Err(failed.record(&message, error))
+            }
+        };
+        results.push((index, result));
+    }
+    results
+}
+
+impl Publisher for KafkaPublisher {
+    async fn publish(&self, messages: &[OutboxMessage]) -> Vec<Result<Delivery, PublishError>> {
+        // Group by key, keeping call order within a key.
+        let mut by_key: HashMap<&str, Vec<(usize, OutboxMessage)>> = HashMap::new();
+        for (index, message) in messages.iter().enumerate() {
+            by_key
+                .entry(message.key.as_str())
+                .or_default()
+                .push((index, message.clone()));
+        }
+        let mut tasks = JoinSet::new();
+        for (_, group) in by_key {
+            tasks.spawn(publish_key(
+                self.producer.clone(),
+                self.brokers.clone(),
+                self.message_timeout,
+                group,
+            ));
+        }
+        let mut results: Vec<Option<Result<Delivery, PublishError>>> = vec![None; messages.len()];
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(group) => {
+                    for (index, result) in group {
+                        results[index] = Some(result);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "a Kafka publish task failed"),
+            }
+        }
+        results
+            .into_iter()
+            .zip(messages)
+            .map(|(result, message)| {
+                result.unwrap_or_else(|| {
+                    Err(PublishError::retriable(
+                        message,
+                        "the Kafka publish task failed before settling the message",
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_and_topic_errors_are_not_retriable() {
+        assert!(!retriable(Some(RDKafkaErrorCode::MessageSizeTooLarge)));
+        assert!(!retriable(Some(RDKafkaErrorCode::UnknownTopicOrPartition)));
+        assert!(retriable(Some(RDKafkaErrorCode::MessageTimedOut)));
+        assert!(retriable(Some(RDKafkaErrorCode::BrokerTransportFailure)));
+        assert!(retriable(Some(RDKafkaErrorCode::NotLeaderForPartition)));
+        assert!(retriable(None));
+    }
+
+    #[test]
+    fn config_keeps_the_contract_settings() {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("acks", "1")
+            .set("linger.ms", "50");
+        let publisher = KafkaPublisher::from_config(config).unwrap();
+        assert_eq!(publisher.config.get("acks"), Some("all"));
+        assert_eq!(publisher.config.get("enable.idempotence"), Some("true"));
+        assert_eq!(publisher.config.get("linger.ms"), Some("50"));
+        assert_eq!(publisher.config.get("message.timeout.ms"), Some("30000"));
+        let publisher = publisher
+            .with_message_timeout(Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(publisher.config.get("message.timeout.ms"), Some("5000"));
+        assert_eq!(publisher.brokers(), "127.0.0.1:1");
+    }
+}

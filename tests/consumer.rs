@@ -1,0 +1,167 @@
+//! The consumer and its inbox on every backend: a message delivered twice (or redelivered after a
+//! crash before the offset commit) takes effect once; a poison message is parked after its
+//! attempts and the others go on; the offset is committed only after the handler's transaction.
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use eventfold::eventstore::{EventStore, ExpectedVersion, InboxStore, UnitOfWork};
+use eventfold::outbox::{Consumer, Handler, InProcessBroker, OutboxMessage, Publisher, Record};
+use eventfold::{BoxError, NewEvent, StreamId};
+
+/// Its effect: one event per handled message in a ledger stream, in the inbox's transaction.
+struct Ledger {
+    calls: AtomicUsize,
+}
+
+impl<U: UnitOfWork> Handler<U> for Ledger {
+    async fn handle(&self, uow: &mut U, record: &Record) -> Result<(), BoxError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if record.message_type == "payment.poison" {
+            return Err(format!("cannot handle {}: no amount", record.message_id).into());
+        }
+        let stream = StreamId::new("ledger", "all")?;
+        let mut event = NewEvent::raw("ledger.noted", 1, record.payload.clone());
+        event.causation_id = Some(record.message_id);
+        uow.append(&stream, ExpectedVersion::Any, vec![event])
+            .await?;
+        Ok(())
+    }
+}
+
+fn payment(i: u32, kind: &str) -> OutboxMessage {
+    OutboxMessage::new(
+        "payments",
+        format!("p-{}", i % 7),
+        kind,
+        format!(r#"{{"n":{i}}}"#).into_bytes(),
+    )
+}
+
+async fn effects<S: EventStore>(store: &S) -> Vec<uuid::Uuid> {
+    let stream = StreamId::new("ledger", "all").unwrap();
+    store
+        .read_stream(&stream, 1, u64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| e.causation_id)
+        .collect()
+}
+
+async fn exactly_once_effects<S: InboxStore>(store: S) {
+    let broker = InProcessBroker::new();
+    let messages: Vec<_> = (0..40).map(|i| payment(i, "payment.captured")).collect();
+    broker.publish(&messages).await;
+    broker.publish(&messages[..10]).await; // the relay published some twice (at-least-once)
+
+    let handler = Ledger {
+        calls: AtomicUsize::new(0),
+    };
+    let mut consumer = Consumer::new(
+        "ledger",
+        store.clone(),
+        broker.consumer("ledger", &["payments"]),
+        handler,
+    );
+    // Crash after handling 25 records, before their offsets are committed: handle them by hand
+    // through the inbox, but never acknowledge them to the broker.
+    let mut crashed = broker.consumer("ledger", &["payments"]);
+    for record in crashed.poll(25, Duration::from_millis(100)).await {
+        let mut uow = store.begin().await.unwrap();
+        assert!(uow.mark_inbox("ledger", record.message_id).await.unwrap());
+        let stream = StreamId::new("ledger", "all").unwrap();
+        let mut event = NewEvent::raw("ledger.noted", 1, record.payload.clone());
+        event.causation_id = Some(record.message_id);
+        uow.append(&stream, ExpectedVersion::Any, vec![event])
+            .await
+            .unwrap();
+        uow.commit().await.unwrap();
+    }
+    drop(crashed);
+
+    let mut total = eventfold::outbox::ConsumerReport::default();
+    loop {
+        let report = consumer.run_once(Duration::from_millis(100)).await.unwrap();
+        if report.handled + report.duplicates + report.parked == 0 {
+            break;
+        }
+        total.handled += report.handled;
+        total.duplicates += report.duplicates;
+    }
+    let done = effects(&store).await;
+    let unique: HashSet<_> = done.iter().collect();
+    assert_eq!(done.len(), 40, "every message took effect");
+    assert_eq!(unique.len(), 40, "and only once");
+    assert_eq!(
+        total.handled, 15,
+        "the 25 handled before the crash were not handled again"
+    );
+    assert_eq!(
+        total.duplicates, 35,
+        "25 redelivered after the crash + 10 published twice"
+    );
+    // Everything was acknowledged: a new consumer of the group gets nothing.
+    let mut after = broker.consumer("ledger", &["payments"]);
+    assert!(after.poll(100, Duration::from_millis(50)).await.is_empty());
+}
+
+async fn poison_is_parked_others_flow<S: InboxStore>(store: S) {
+    let broker = InProcessBroker::new().with_default_partitions(1);
+    let messages = vec![
+        payment(1, "payment.captured"),
+        payment(2, "payment.poison"),
+        payment(3, "payment.captured"),
+    ];
+    broker.publish(&messages).await;
+    let handler = Ledger {
+        calls: AtomicUsize::new(0),
+    };
+    let mut consumer = Consumer::new(
+        "ledger",
+        store.clone(),
+        broker.consumer("ledger", &["payments"]),
+        handler,
+    )
+    .max_attempts(3)
+    .backoff(Duration::from_millis(1));
+    let report = consumer.run_once(Duration::from_millis(100)).await.unwrap();
+    assert_eq!((report.handled, report.parked), (2, 1));
+    assert_eq!(effects(&store).await, vec![messages[0].id, messages[2].id]);
+    let parked = store.parked_messages("ledger", 10).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(
+        (parked[0].message_id, parked[0].attempts),
+        (messages[1].id, 3)
+    );
+    assert!(parked[0].error.contains("no amount"), "{}", parked[0].error);
+    // Its offset was committed too: the group does not see it again.
+    let mut after = broker.consumer("ledger", &["payments"]);
+    assert!(after.poll(10, Duration::from_millis(50)).await.is_empty());
+}
+
+macro_rules! consumer_tests {
+    ($module:ident, $fresh:path) => {
+        mod $module {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn duplicates_and_crash_redeliveries_take_effect_once() {
+                let (store, _guard) = $fresh().await;
+                exactly_once_effects(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn poison_message_is_parked_and_the_rest_flows() {
+                let (store, _guard) = $fresh().await;
+                poison_is_parked_others_flow(store).await;
+            }
+        }
+    };
+}
+
+consumer_tests!(memory, common::memory);
+consumer_tests!(sqlite, common::sqlite);
+consumer_tests!(postgres, common::postgres);

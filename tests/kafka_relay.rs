@@ -1,0 +1,358 @@
+//! The relay publishing a PostgreSQL outbox to a real Kafka-protocol broker (tansu, started by
+//! `scripts/test.sh`) with the rdkafka publisher: every committed event is delivered in order
+//! per key with its CloudEvents headers; a message larger than the producer's limit is parked as
+//! a dead letter while its key waits and other keys flow, and skipping it resumes the key.
+//!
+//! The broker is `KAFKA_BOOTSTRAP` (default 127.0.0.1:9092); an unreachable broker fails the
+//! tests, it never skips them.
+#![cfg(feature = "kafka")]
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRelayStore, OutboxRouting};
+use eventfold::outbox::kafka::KafkaPublisher;
+use eventfold::outbox::kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+use eventfold::outbox::kafka::rdkafka::message::{Headers, Message};
+use eventfold::outbox::kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use eventfold::outbox::{Publisher, Relay, RelayConfig, headers};
+use eventfold::{NewEvent, StreamId};
+use uuid::Uuid;
+
+const PARTITIONS: i32 = 3;
+
+/// The broker's bootstrap address; panics when nothing listens there.
+fn bootstrap() -> String {
+    let servers = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let first = servers.split(',').next().unwrap_or_default().to_owned();
+    let reachable = first
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_ok());
+    assert!(
+        reachable,
+        "no Kafka-protocol broker is reachable at {servers} (KAFKA_BOOTSTRAP); \
+         run the tests with scripts/test.sh, which starts tansu"
+    );
+    servers
+}
+
+fn unique_topic(name: &str) -> String {
+    format!("eventfold.test.{name}.{}", Uuid::now_v7().simple())
+}
+
+async fn create_topic(publisher: &KafkaPublisher, topic: &str) {
+    // Twice: creating a topic that exists is fine.
+    for _ in 0..2 {
+        publisher
+            .create_topics(&[(topic, PARTITIONS)])
+            .await
+            .unwrap_or_else(|e| panic!("creating topic {topic}: {e}"));
+    }
+}
+
+fn config() -> RelayConfig {
+    RelayConfig {
+        batch_size: 100,
+        max_attempts: 20,
+        backoff_base: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(100),
+        ..RelayConfig::default()
+    }
+}
+
+/// A consumed record.
+#[derive(Debug, Clone)]
+struct Consumed {
+    key: String,
+    partition: i32,
+    headers: BTreeMap<String, String>,
+    payload_len: usize,
+}
+
+impl Consumed {
+    fn id(&self) -> Uuid {
+        self.headers
+            .get(headers::ID)
+            .and_then(|id| id.parse().ok())
+            .expect("a ce_id header")
+    }
+
+    fn version(&self) -> u64 {
+        self.headers
+            .get(headers::STREAM_VERSION)
+            .and_then(|v| v.parse().ok())
+            .expect("a ce_streamversion header")
+    }
+}
+
+/// Reads `topic` from the beginning with a new consumer group until every id of `expected` was
+/// seen (at most 60 s), then `grace` longer; returns the records in consumption order.
+async fn consume(
+    brokers: &str,
+    topic: &str,
+    expected: &HashSet<Uuid>,
+    grace: Duration,
+) -> Vec<Consumed> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("eventfold-test-{}", Uuid::now_v7().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("create a consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("assign a partition");
+    }
+    consumer.assign(&assignment).expect("assign the topic");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = HashSet::new();
+    let mut records = Vec::new();
+    let mut grace_until: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let until = match grace_until {
+            Some(until) => until,
+            None if expected.is_subset(&seen) => *grace_until.insert(now + grace),
+            None => deadline,
+        };
+        if now >= until {
+            break;
+        }
+        let message = match tokio::time::timeout(until - now, consumer.recv()).await {
+            Err(_) => continue,
+            Ok(message) => message.unwrap_or_else(|e| panic!("consuming {topic}: {e}")),
+        };
+        let mut record_headers = BTreeMap::new();
+        if let Some(hs) = message.headers() {
+            for header in hs.iter() {
+                let value = header
+                    .value
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default();
+                record_headers.insert(header.key.to_owned(), value);
+            }
+        }
+        let record = Consumed {
+            key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+            partition: message.partition(),
+            headers: record_headers,
+            payload_len: message.payload().map_or(0, <[u8]>::len),
+        };
+        seen.insert(record.id());
+        records.push(record);
+    }
+    let missing = expected.difference(&seen).count();
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} published events were not consumed from {topic} within 60 s",
+        expected.len()
+    );
+    records
+}
+
+/// Runs relay rounds until `done` says so (at most 60 s).
+async fn relay_until<S, P, F>(relay: &mut Relay<S, P>, store: &S, what: &str, done: F)
+where
+    S: OutboxRelayStore,
+    P: Publisher,
+    F: Fn(&eventfold::eventstore::OutboxStatus) -> bool,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = store.outbox_status().await.expect("outbox status");
+        if done(&status) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} within 60 s: {status:?}");
+        relay.run_once().await.expect("relay round");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_relay_delivers_every_event_in_order_per_key() {
+    let brokers = bootstrap();
+    let topic = unique_topic("orders");
+    let publisher = KafkaPublisher::new(&brokers).expect("a Kafka publisher");
+    create_topic(&publisher, &topic).await;
+
+    let (store, _db) = common::postgres().await;
+    let store = store.with_outbox(OutboxRouting::new().default_topic(topic.clone()));
+    let mut appended: HashMap<Uuid, (String, u64)> = HashMap::new();
+    let mut versions: HashMap<String, u64> = HashMap::new();
+    for batch in 0..100u64 {
+        let key = format!("order-{}", batch % 20);
+        let version = versions.entry(key.clone()).or_insert(0);
+        let events: Vec<NewEvent> = (0..5)
+            .map(|i| NewEvent::raw("order.noted", 1, format!("{{\"i\":{i}}}").into_bytes()))
+            .collect();
+        for (i, event) in events.iter().enumerate() {
+            appended.insert(event.event_id, (key.clone(), *version + i as u64 + 1));
+        }
+        let stream = StreamId::new("order", key.as_str()).expect("a stream id");
+        store
+            .append(&stream, ExpectedVersion::Exact(*version), events)
+            .await
+            .expect("append");
+        *version += 5;
+    }
+    assert_eq!(appended.len(), 500);
+
+    let mut relay = Relay::new(store.clone(), publisher).with_config(config());
+    relay_until(&mut relay, &store, "the outbox drains", |s| s.pending == 0).await;
+    assert_eq!(
+        store.outbox_status().await.expect("status").dead_letters,
+        0,
+        "nothing was parked"
+    );
+
+    let expected: HashSet<Uuid> = appended.keys().copied().collect();
+    let records = consume(&brokers, &topic, &expected, Duration::ZERO).await;
+    let mut first_seen = HashSet::new();
+    let mut last_version: BTreeMap<String, u64> = BTreeMap::new();
+    let mut partition_of: HashMap<String, i32> = HashMap::new();
+    for record in &records {
+        for header in [headers::ID, headers::TYPE, headers::SOURCE] {
+            assert!(
+                record.headers.contains_key(header),
+                "header {header} missing: {:?}",
+                record.headers
+            );
+        }
+        assert_eq!(record.headers[headers::TYPE], "order.noted");
+        assert!(record.payload_len > 0);
+        let id = record.id();
+        if !first_seen.insert(id) {
+            continue; // at-least-once: a duplicate is allowed, a gap or reordering is not
+        }
+        let (key, version) = &appended[&id];
+        assert_eq!(&record.key, key, "the record key is the aggregate id");
+        assert_eq!(record.version(), *version);
+        assert_eq!(
+            *partition_of
+                .entry(record.key.clone())
+                .or_insert(record.partition),
+            record.partition,
+            "every record of key {} in one partition",
+            record.key
+        );
+        let last = last_version.entry(record.key.clone()).or_insert(0);
+        assert_eq!(
+            record.version(),
+            *last + 1,
+            "key {} delivered version {} after {last}",
+            record.key,
+            record.version()
+        );
+        *last = record.version();
+    }
+    assert_eq!(first_seen.len(), 500);
+    assert!(last_version.values().all(|v| *v == 25));
+    eprintln!(
+        "500 events over 20 keys delivered to {topic} in order per key ({} records, {} partitions used)",
+        records.len(),
+        partition_of.values().collect::<HashSet<_>>().len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_relay_parks_a_too_large_message_and_its_key_waits() {
+    let brokers = bootstrap();
+    let topic = unique_topic("sizes");
+    let mut producer_config = ClientConfig::new();
+    producer_config
+        .set("bootstrap.servers", &brokers)
+        .set("message.max.bytes", "10000");
+    let publisher = KafkaPublisher::from_config(producer_config).expect("a Kafka publisher");
+    create_topic(&publisher, &topic).await;
+
+    let (store, _db) = common::postgres().await;
+    let store = store.with_outbox(OutboxRouting::new().default_topic(topic.clone()));
+    let small = || NewEvent::raw("order.noted", 1, b"{}".to_vec());
+    let big_events = vec![
+        small(),
+        NewEvent::raw("order.noted", 1, vec![b'x'; 20_000]),
+        small(),
+    ];
+    let big_ids: Vec<Uuid> = big_events.iter().map(|e| e.event_id).collect();
+    let other_events = vec![small(), small()];
+    let other_ids: Vec<Uuid> = other_events.iter().map(|e| e.event_id).collect();
+    let big = StreamId::new("order", "big").expect("a stream id");
+    let other = StreamId::new("order", "other").expect("a stream id");
+    store
+        .append(&big, ExpectedVersion::NoStream, big_events)
+        .await
+        .expect("append");
+    store
+        .append(&other, ExpectedVersion::NoStream, other_events)
+        .await
+        .expect("append");
+
+    let mut relay = Relay::new(store.clone(), publisher).with_config(config());
+    relay_until(
+        &mut relay,
+        &store,
+        "the large message is parked and everything else but its key's next event is published",
+        |s| s.dead_letters == 1 && s.pending == 1,
+    )
+    .await;
+    // A few more rounds: the key stays blocked behind its dead letter.
+    for _ in 0..3 {
+        relay.run_once().await.expect("relay round");
+    }
+    let dead = store.dead_letters(10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].row.message.id, big_ids[1]);
+    eprintln!("dead letter: {}", dead[0].error);
+    let error = dead[0].error.to_lowercase();
+    assert!(
+        error.contains("too large") || error.contains("size"),
+        "the dead letter names the size: {}",
+        dead[0].error
+    );
+    let waiting = store.read_outbox(10).await.expect("read outbox");
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(
+        waiting[0].message.id, big_ids[2],
+        "the key's next event waits"
+    );
+
+    let first: HashSet<Uuid> = [big_ids[0], other_ids[0], other_ids[1]].into();
+    let records = consume(&brokers, &topic, &first, Duration::from_secs(2)).await;
+    let ids: HashSet<Uuid> = records.iter().map(Consumed::id).collect();
+    assert_eq!(
+        ids, first,
+        "other keys flow; the blocked key's later event is not published"
+    );
+
+    // The operator skips the dead letter: the key resumes.
+    assert!(store.skip_dead_letter(dead[0].row.seq).await.expect("skip"));
+    relay_until(&mut relay, &store, "the key resumes", |s| {
+        s.pending == 0 && s.dead_letters == 0
+    })
+    .await;
+    let all: HashSet<Uuid> = [big_ids[0], big_ids[2], other_ids[0], other_ids[1]].into();
+    let records = consume(&brokers, &topic, &all, Duration::from_secs(1)).await;
+    let ids: HashSet<Uuid> = records.iter().map(Consumed::id).collect();
+    assert_eq!(
+        ids, all,
+        "the skipped event is never published, the next one is"
+    );
+    let big_versions: Vec<u64> = records
+        .iter()
+        .filter(|r| r.key == "big")
+        .map(Consumed::version)
+        .collect();
+    assert_eq!(big_versions, vec![1, 3]);
+}
