@@ -10,6 +10,10 @@
 //! A message whose handler keeps failing is retried `max_attempts` times with a backoff, then
 //! parked with its error (`InboxStore::parked_messages`), and the consumer moves on.
 //!
+//! Metrics (`metrics` facade), labelled with `consumer`: counters
+//! `eventfold_consumer_handled_total`, `eventfold_consumer_duplicates_total`,
+//! `eventfold_consumer_parked_total`.
+//!
 //! ```
 //! use std::time::Duration;
 //! use eventfold_core::{BoxError, NewEvent, StreamId};
@@ -269,6 +273,13 @@ where
                 Outcome::Parked => report.parked += 1,
             }
         }
+        let consumer = self.name.clone();
+        metrics::counter!("eventfold_consumer_handled_total", "consumer" => consumer.clone())
+            .increment(report.handled as u64);
+        metrics::counter!("eventfold_consumer_duplicates_total", "consumer" => consumer.clone())
+            .increment(report.duplicates as u64);
+        metrics::counter!("eventfold_consumer_parked_total", "consumer" => consumer)
+            .increment(report.parked as u64);
         Ok(report)
     }
 

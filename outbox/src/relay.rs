@@ -14,6 +14,13 @@
 //! that stops are taken over when its leases expire. Delivery is at-least-once: a crash or a
 //! lost lease can publish a row twice, never lose one. See ADR 0009.
 //!
+//! Metrics (through the `metrics` facade; install any recorder, for example a Prometheus
+//! exporter): counters `eventfold_outbox_published_total`, `eventfold_outbox_retried_total`,
+//! `eventfold_outbox_parked_total`; gauges `eventfold_outbox_backlog` (waiting rows),
+//! `eventfold_outbox_oldest_age_seconds` (age of the oldest waiting row: the relay's lag),
+//! `eventfold_outbox_dead_letters` and `eventfold_outbox_slots` (slots this instance leases),
+//! refreshed at every lease renewal.
+//!
 //! ```
 //! use std::time::Duration;
 //! use eventfold_eventstore::{memory::MemoryStore, EventStore, ExpectedVersion, OutboxRouting};
@@ -140,6 +147,7 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
                 Ok(slots) => {
                     self.slots = slots;
                     self.leased_at = Some(Instant::now());
+                    self.record_status().await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, owner = %self.owner, "renewing relay leases failed");
@@ -196,7 +204,26 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
             tracing::warn!(owner = %self.owner, "lost a lease mid-batch; another relay will publish those rows again");
         }
         report.published = delivered.len();
+        metrics::counter!("eventfold_outbox_published_total").increment(report.published as u64);
+        metrics::counter!("eventfold_outbox_retried_total").increment(report.retried as u64);
+        metrics::counter!("eventfold_outbox_parked_total").increment(report.parked as u64);
         Ok(report)
+    }
+
+    /// Refreshes the backlog gauges (best effort: a failure is logged, the relay goes on).
+    async fn record_status(&self) {
+        metrics::gauge!("eventfold_outbox_slots").set(self.slots.len() as f64);
+        match self.store.outbox_status().await {
+            Ok(status) => {
+                metrics::gauge!("eventfold_outbox_backlog").set(status.pending as f64);
+                metrics::gauge!("eventfold_outbox_dead_letters").set(status.dead_letters as f64);
+                let age = status.oldest.map_or(0.0, |oldest| {
+                    (chrono::Utc::now() - oldest).num_milliseconds().max(0) as f64 / 1000.0
+                });
+                metrics::gauge!("eventfold_outbox_oldest_age_seconds").set(age);
+            }
+            Err(e) => tracing::debug!(error = %e, "reading the outbox status for metrics failed"),
+        }
     }
 
     /// Runs rounds until `shutdown` completes, waiting for appends when nothing is due; then
