@@ -96,7 +96,9 @@ pub enum KafkaError {
 /// A [`Publisher`] to a Kafka-protocol broker. See the [module docs](self).
 #[derive(Clone)]
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    /// Replaced when librdkafka reports a fatal error (for example a fenced idempotent producer
+    /// after an outage): a fatal producer never sends again.
+    producer: std::sync::Arc<std::sync::RwLock<FutureProducer>>,
     config: ClientConfig,
     brokers: String,
     message_timeout: Duration,
@@ -179,7 +181,7 @@ impl KafkaPublisher {
                 source: Box::new(source),
             })?;
         Ok(Self {
-            producer,
+            producer: std::sync::Arc::new(std::sync::RwLock::new(producer)),
             config,
             brokers,
             message_timeout,
@@ -196,9 +198,36 @@ impl KafkaPublisher {
         self.message_timeout
     }
 
-    /// The underlying rdkafka producer.
-    pub fn producer(&self) -> &FutureProducer {
-        &self.producer
+    /// The current rdkafka producer (a handle; it is replaced after a fatal error).
+    pub fn producer(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the producer when librdkafka reports a fatal error: the failed messages were
+    /// returned as retriable, and the relay retries them with the new producer.
+    fn renew_if_fatal(&self, used: &FutureProducer, fenced: bool) {
+        use rdkafka::producer::Producer as _;
+        let fatal = used.client().fatal_error();
+        if fatal.is_none() && !fenced {
+            return;
+        }
+        let (code, reason) =
+            fatal.unwrap_or((RDKafkaErrorCode::ProducerFenced, "fenced".to_owned()));
+        tracing::warn!(brokers = %self.brokers, ?code, %reason, "the Kafka producer failed fatally; creating a new one");
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                *self
+                    .producer
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+            }
+            Err(e) => {
+                tracing::warn!(brokers = %self.brokers, error = %e, "creating a new Kafka producer failed")
+            }
+        }
     }
 
     /// Creates the topics `(name, partitions)` with replication factor 1; topics that already
@@ -328,10 +357,11 @@ impl Publisher for KafkaPublisher {
                 .or_default()
                 .push((index, message.clone()));
         }
+        let producer = self.producer();
         let mut tasks = JoinSet::new();
         for (_, group) in by_key {
             tasks.spawn(publish_key(
-                self.producer.clone(),
+                producer.clone(),
                 self.brokers.clone(),
                 self.message_timeout,
                 group,
@@ -348,6 +378,10 @@ impl Publisher for KafkaPublisher {
                 Err(e) => tracing::error!(error = %e, "a Kafka publish task failed"),
             }
         }
+        let fenced = results
+            .iter()
+            .any(|r| matches!(r, Some(Err(e)) if e.reason.contains("ProducerFenced")));
+        self.renew_if_fatal(&producer, fenced);
         results
             .into_iter()
             .zip(messages)

@@ -81,6 +81,8 @@ pub mod consumer;
 pub mod in_process;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "kafka")]
+pub mod kafka_source;
 pub mod publisher;
 pub mod relay;
 
@@ -90,5 +92,7 @@ pub use eventfold_core::outbox::{OutboxMessage, headers};
 pub use in_process::{BrokerError, DEFAULT_PARTITIONS, InProcessBroker, InProcessConsumer, Record};
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaError, KafkaPublisher};
+#[cfg(feature = "kafka")]
+pub use kafka_source::{KafkaSource, KafkaSourceError};
 pub use publisher::{Delivery, FailedKeys, PublishError, Publisher};
 pub use relay::{Relay, RelayConfig, RoundReport};

@@ -1,0 +1,209 @@
+//! The consumer reading a real Kafka-protocol broker (tansu, started by `scripts/test.sh`)
+//! through `KafkaSource` in a consumer group: every published message takes effect exactly once
+//! in the PostgreSQL store (duplicates published by the relay are skipped by the inbox), the
+//! offsets are committed, and a second consumer of the group resumes after them.
+//!
+//! The broker is `KAFKA_BOOTSTRAP` (default 127.0.0.1:9092); an unreachable broker fails the
+//! test, it never skips it.
+#![cfg(feature = "kafka")]
+mod common;
+
+use std::collections::HashSet;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use eventfold::eventstore::{EventStore, ExpectedVersion, UnitOfWork};
+use eventfold::outbox::kafka::KafkaPublisher;
+use eventfold::outbox::{
+    Consumer, ConsumerReport, Handler, KafkaSource, MessageSource, OutboxMessage, Publisher, Record,
+};
+use eventfold::{BoxError, NewEvent, StreamId};
+use uuid::Uuid;
+
+const PARTITIONS: i32 = 3;
+
+/// The broker's bootstrap address; panics when nothing listens there.
+fn bootstrap() -> String {
+    let servers = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let first = servers.split(',').next().unwrap_or_default().to_owned();
+    let reachable = first
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_ok());
+    assert!(
+        reachable,
+        "no Kafka-protocol broker is reachable at {servers} (KAFKA_BOOTSTRAP); \
+         run the tests with scripts/test.sh, which starts tansu"
+    );
+    servers
+}
+
+/// One event per handled message in a ledger stream, in the inbox's transaction.
+struct Ledger {
+    calls: AtomicUsize,
+}
+
+impl<U: UnitOfWork> Handler<U> for Ledger {
+    async fn handle(&self, uow: &mut U, record: &Record) -> Result<(), BoxError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let stream = StreamId::new("ledger", "all")?;
+        let mut event = NewEvent::raw("ledger.noted", 1, record.payload.clone());
+        event.causation_id = Some(record.message_id);
+        uow.append(&stream, ExpectedVersion::Any, vec![event])
+            .await?;
+        Ok(())
+    }
+}
+
+async fn effects<S: EventStore>(store: &S) -> Vec<Uuid> {
+    let stream = StreamId::new("ledger", "all").unwrap();
+    store
+        .read_stream(&stream, 1, u64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| e.causation_id)
+        .collect()
+}
+
+fn payment(topic: &str, i: u32) -> OutboxMessage {
+    OutboxMessage::new(
+        topic,
+        format!("p-{}", i % 17),
+        "payment.captured",
+        format!(r#"{{"n":{i}}}"#).into_bytes(),
+    )
+}
+
+async fn publish(publisher: &KafkaPublisher, messages: &[OutboxMessage]) {
+    for result in publisher.publish(messages).await {
+        result.unwrap_or_else(|e| panic!("publishing: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_consumer_takes_every_message_once_and_the_group_resumes() {
+    let brokers = bootstrap();
+    let topic = format!("eventfold.test.payments.{}", Uuid::now_v7().simple());
+    let group = format!("eventfold-test-ledger-{}", Uuid::now_v7().simple());
+    let publisher = KafkaPublisher::new(&brokers).expect("a Kafka publisher");
+    publisher
+        .create_topics(&[(&topic, PARTITIONS)])
+        .await
+        .unwrap_or_else(|e| panic!("creating topic {topic}: {e}"));
+
+    let messages: Vec<_> = (0..200).map(|i| payment(&topic, i)).collect();
+    publish(&publisher, &messages).await;
+    publish(&publisher, &messages[..30]).await; // the relay published some twice
+
+    let (store, _db) = common::postgres().await;
+    let source = KafkaSource::new(&brokers, &group, &[&topic]).expect("a Kafka source");
+    let handler = Ledger {
+        calls: AtomicUsize::new(0),
+    };
+    let mut consumer = Consumer::new("ledger", store.clone(), source, handler);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut total = ConsumerReport::default();
+    while total.handled + total.duplicates < 230 {
+        assert!(
+            Instant::now() < deadline,
+            "230 records consumed from {topic} within 60 s: {total:?}"
+        );
+        let report = consumer
+            .run_once(Duration::from_millis(500))
+            .await
+            .unwrap_or_else(|e| panic!("consuming {topic}: {e}"));
+        total.handled += report.handled;
+        total.duplicates += report.duplicates;
+        total.parked += report.parked;
+    }
+    assert_eq!(
+        (total.handled, total.duplicates, total.parked),
+        (200, 30, 0),
+        "every message handled once, the 30 republished ones skipped as duplicates"
+    );
+    let done = effects(&store).await;
+    let unique: HashSet<_> = done.iter().copied().collect();
+    let expected: HashSet<_> = messages.iter().map(|m| m.id).collect();
+    assert_eq!(done.len(), 200, "every message took effect");
+    assert_eq!(unique, expected, "and only once");
+    drop(consumer); // leaves the group
+
+    // A second consumer of the group: it resumes after the committed offsets, so it gets only
+    // what is published now.
+    let later: Vec<_> = (200..205).map(|i| payment(&topic, i)).collect();
+    publish(&publisher, &later).await;
+    let mut second = KafkaSource::new(&brokers, &group, &[&topic]).expect("a Kafka source");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut received = Vec::new();
+    while received.len() < later.len() && Instant::now() < deadline {
+        let records = second
+            .poll(100, Duration::from_millis(500))
+            .await
+            .unwrap_or_else(|e| panic!("polling {topic}: {e}"));
+        for record in &records {
+            second.commit(record).await.expect("commit");
+        }
+        received.extend(records.into_iter().map(|r| r.message_id));
+    }
+    // Nothing more comes.
+    let extra = second
+        .poll(100, Duration::from_secs(1))
+        .await
+        .unwrap_or_else(|e| panic!("polling {topic}: {e}"));
+    received.extend(extra.into_iter().map(|r| r.message_id));
+    let later_ids: Vec<_> = later.iter().map(|m| m.id).collect();
+    assert_eq!(
+        received.iter().copied().collect::<HashSet<_>>(),
+        later_ids.iter().copied().collect::<HashSet<_>>(),
+        "the second consumer of the group got exactly the 5 new messages, nothing committed before"
+    );
+    assert_eq!(received.len(), 5, "each once");
+    assert_eq!(effects(&store).await.len(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_source_reports_a_record_without_ce_id() {
+    use eventfold::outbox::kafka::rdkafka::producer::FutureRecord;
+
+    let brokers = bootstrap();
+    let topic = format!("eventfold.test.noid.{}", Uuid::now_v7().simple());
+    let publisher = KafkaPublisher::new(&brokers).expect("a Kafka publisher");
+    publisher
+        .create_topics(&[(&topic, 1)])
+        .await
+        .unwrap_or_else(|e| panic!("creating topic {topic}: {e}"));
+    let good = payment(&topic, 1);
+    publish(&publisher, std::slice::from_ref(&good)).await;
+    publisher
+        .producer()
+        .send(
+            FutureRecord::to(&topic).key("p-1").payload("{}"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|(e, _)| panic!("producing: {e}"));
+    let after = payment(&topic, 2);
+    publish(&publisher, std::slice::from_ref(&after)).await;
+
+    let group = format!("eventfold-test-noid-{}", Uuid::now_v7().simple());
+    let mut source = KafkaSource::new(&brokers, &group, &[&topic]).expect("a Kafka source");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut ids = Vec::new();
+    let mut errors = Vec::new();
+    while ids.len() < 2 && Instant::now() < deadline {
+        match source.poll(100, Duration::from_millis(500)).await {
+            Ok(records) => ids.extend(records.into_iter().map(|r| r.message_id)),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    assert_eq!(ids, vec![good.id, after.id]);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains(&format!("{topic}/0@1")) && errors[0].contains("ce_id"),
+        "the error names the record: {}",
+        errors[0]
+    );
+}

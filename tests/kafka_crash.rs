@@ -1,0 +1,400 @@
+//! Crash test of the standalone relay (`eventfold-relay`) on PostgreSQL and a real
+//! Kafka-protocol broker (tansu, started by `scripts/test.sh`): three relay processes publish the
+//! outbox while eight writers append; relays are killed with SIGKILL and replaced, again and
+//! again. Every committed event must reach the topic, and per key the first occurrences must be
+//! in stream-version order; duplicates (from the crashes) are allowed and counted.
+//!
+//! `EVENTFOLD_E2E_EVENTS` sets the number of events (default 5000). The broker is
+//! `KAFKA_BOOTSTRAP` (default 127.0.0.1:9092); an unreachable broker fails the test.
+#![cfg(all(feature = "kafka", feature = "postgres"))]
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use eventfold::eventstore::postgres::testing::DEFAULT_DATABASE_URL;
+use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRouting};
+use eventfold::outbox::headers;
+use eventfold::outbox::kafka::KafkaPublisher;
+use eventfold::outbox::kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+use eventfold::outbox::kafka::rdkafka::message::{Headers, Message};
+use eventfold::outbox::kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use eventfold::{NewEvent, StreamId};
+use uuid::Uuid;
+
+const PARTITIONS: i32 = 3;
+const RELAYS: usize = 3;
+const WRITERS: usize = 8;
+const AGGREGATES: usize = 200;
+const KILLS: usize = 4;
+const LEASE_TTL_MS: &str = "1500";
+
+/// The broker's bootstrap address; panics when nothing listens there.
+fn bootstrap() -> String {
+    let servers = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let first = servers.split(',').next().unwrap_or_default().to_owned();
+    let reachable = first
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_ok());
+    assert!(
+        reachable,
+        "no Kafka-protocol broker is reachable at {servers} (KAFKA_BOOTSTRAP); \
+         run the tests with scripts/test.sh, which starts tansu"
+    );
+    servers
+}
+
+/// `DATABASE_URL` (or the default server) with its database replaced by `database`.
+fn database_url(database: &str) -> String {
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url.as_str(), None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{server}/{database}?{query}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
+/// A running `eventfold-relay` child process; killed (SIGKILL) when dropped.
+struct RelayProcess {
+    child: Child,
+    owner: String,
+}
+
+impl RelayProcess {
+    /// Starts a relay and waits (at most 30 s) for its "relay <owner> started" line.
+    fn spawn(database_url: &str, brokers: &str, topic: &str) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_eventfold-relay"))
+            .env("DATABASE_URL", database_url)
+            .env("KAFKA_BOOTSTRAP", brokers)
+            .env("EVENTFOLD_TOPIC", topic)
+            .env("EVENTFOLD_LEASE_TTL_MS", LEASE_TTL_MS)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn eventfold-relay");
+        let stdout = child.stdout.take().expect("the relay's stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Forward the first line, then drain the pipe until the process exits.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                panic!("eventfold-relay did not start within 30 s ({e}); exit status {status:?}")
+            }
+        };
+        let owner = line
+            .strip_prefix("relay ")
+            .and_then(|rest| rest.strip_suffix(" started"))
+            .unwrap_or_else(|| panic!("unexpected first line of eventfold-relay: {line:?}"))
+            .to_owned();
+        Self { child, owner }
+    }
+
+    /// SIGKILL (`Child::kill` on Unix) and reap.
+    fn kill(mut self) {
+        self.child.kill().expect("kill a relay");
+        self.child.wait().expect("reap a relay");
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn spawn_relay(database_url: &str, brokers: &str, topic: &str) -> RelayProcess {
+    let (database_url, brokers, topic) = (
+        database_url.to_owned(),
+        brokers.to_owned(),
+        topic.to_owned(),
+    );
+    tokio::task::spawn_blocking(move || RelayProcess::spawn(&database_url, &brokers, &topic))
+        .await
+        .expect("spawning a relay")
+}
+
+/// A consumed record.
+struct Consumed {
+    key: String,
+    partition: i32,
+    id: Uuid,
+    version: u64,
+}
+
+/// Reads `topic` from the beginning until every id of `expected` was seen and every partition was
+/// read up to its high watermark (at most 60 s).
+async fn consume(brokers: &str, topic: &str, expected: &HashSet<Uuid>) -> Vec<Consumed> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("eventfold-test-{}", Uuid::now_v7().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("create a consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("assign a partition");
+    }
+    consumer.assign(&assignment).expect("assign the topic");
+    let mut high = HashMap::new();
+    for partition in 0..PARTITIONS {
+        let (_, end) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("watermarks of {topic}/{partition}: {e}"));
+        high.insert(partition, end);
+    }
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = HashSet::new();
+    let mut records = Vec::new();
+    loop {
+        let at_end = high
+            .iter()
+            .all(|(p, end)| next.get(p).copied().unwrap_or(0) >= *end);
+        if at_end && expected.is_subset(&seen) {
+            break;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let message = match tokio::time::timeout(deadline - now, consumer.recv()).await {
+            Err(_) => continue,
+            Ok(message) => message.unwrap_or_else(|e| panic!("consuming {topic}: {e}")),
+        };
+        let mut record_headers = BTreeMap::new();
+        if let Some(hs) = message.headers() {
+            for header in hs.iter() {
+                let value = header
+                    .value
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default();
+                record_headers.insert(header.key.to_owned(), value);
+            }
+        }
+        next.insert(message.partition(), message.offset() + 1);
+        let record = Consumed {
+            key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+            partition: message.partition(),
+            id: record_headers
+                .get(headers::ID)
+                .and_then(|id| id.parse().ok())
+                .expect("a ce_id header"),
+            version: record_headers
+                .get(headers::STREAM_VERSION)
+                .and_then(|v| v.parse().ok())
+                .expect("a ce_streamversion header"),
+        };
+        seen.insert(record.id);
+        records.push(record);
+    }
+    let missing = expected.difference(&seen).count();
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} committed events were not consumed from {topic} within 60 s",
+        expected.len()
+    );
+    records
+}
+
+/// Appends `count` events, one per append, round-robin over the aggregates `writer`,
+/// `writer + WRITERS`, ...; returns every event's id with its key and stream version.
+async fn write<S: EventStore>(
+    store: S,
+    writer: usize,
+    count: usize,
+    progress: Arc<AtomicUsize>,
+) -> Vec<(Uuid, String, u64)> {
+    let keys: Vec<String> = (writer..AGGREGATES)
+        .step_by(WRITERS)
+        .map(|n| format!("agg-{n}"))
+        .collect();
+    let mut versions = vec![0u64; keys.len()];
+    let mut appended = Vec::with_capacity(count);
+    for i in 0..count {
+        let k = i % keys.len();
+        let event = NewEvent::raw("order.noted", 1, format!("{{\"i\":{i}}}").into_bytes());
+        let id = event.event_id;
+        let stream = StreamId::new("order", keys[k].as_str()).expect("a stream id");
+        store
+            .append(&stream, ExpectedVersion::Exact(versions[k]), vec![event])
+            .await
+            .unwrap_or_else(|e| panic!("writer {writer}: append to {stream}: {e}"));
+        versions[k] += 1;
+        appended.push((id, keys[k].clone(), versions[k]));
+        progress.fetch_add(1, Ordering::Relaxed);
+    }
+    appended
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_relay_processes_lose_no_event_and_keep_key_order() {
+    let started = Instant::now();
+    let brokers = bootstrap();
+    let total: usize = std::env::var("EVENTFOLD_E2E_EVENTS")
+        .ok()
+        .map(|n| n.parse().expect("EVENTFOLD_E2E_EVENTS is a number"))
+        .unwrap_or(5000);
+    let topic = format!("eventfold.test.crash.{}", Uuid::now_v7().simple());
+    let publisher = KafkaPublisher::new(&brokers).expect("a Kafka publisher");
+    publisher
+        .create_topics(&[(topic.as_str(), PARTITIONS)])
+        .await
+        .unwrap_or_else(|e| panic!("creating topic {topic}: {e}"));
+
+    let (store, db) = common::postgres().await;
+    let store = store.with_outbox(OutboxRouting::new().default_topic(topic.clone()));
+    let child_url = database_url(db.name());
+
+    let mut relays = Vec::new();
+    for _ in 0..RELAYS {
+        relays.push(spawn_relay(&child_url, &brokers, &topic).await);
+    }
+    eprintln!(
+        "{RELAYS} relays started ({:?}); writing {total} events",
+        started.elapsed()
+    );
+
+    let progress = Arc::new(AtomicUsize::new(0));
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..WRITERS {
+        let count = total / WRITERS + usize::from(writer < total % WRITERS);
+        writers.spawn(write(store.clone(), writer, count, progress.clone()));
+    }
+
+    // Kill one relay (the oldest) and start a replacement at spread-out moments of the writing.
+    let mut kills = 0;
+    let mut killed = Vec::new();
+    while kills < KILLS {
+        let threshold = total * (kills + 1) / (KILLS + 1);
+        if progress.load(Ordering::Relaxed) < threshold {
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "the writers stalled at {} of {total} events",
+                progress.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        let victim = relays.remove(0);
+        killed.push(victim.owner.clone());
+        victim.kill();
+        kills += 1;
+        relays.push(spawn_relay(&child_url, &brokers, &topic).await);
+        eprintln!(
+            "kill {kills} at {} of {total} appended ({:?})",
+            progress.load(Ordering::Relaxed),
+            started.elapsed()
+        );
+    }
+    let mut appended = Vec::with_capacity(total);
+    while let Some(joined) = writers.join_next().await {
+        appended.extend(joined.expect("a writer task"));
+    }
+    assert_eq!(appended.len(), total);
+    assert!(kills >= 3, "only {kills} relays were killed while writing");
+    let written_at = started.elapsed();
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = store.outbox_status().await.expect("outbox status");
+        assert_eq!(status.dead_letters, 0, "nothing is parked: {status:?}");
+        if status.pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the outbox did not drain within 120 s: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drained_at = started.elapsed();
+    for relay in relays.drain(..) {
+        relay.kill();
+    }
+
+    let expected: HashSet<Uuid> = appended.iter().map(|(id, _, _)| *id).collect();
+    let by_id: HashMap<Uuid, (String, u64)> = appended
+        .into_iter()
+        .map(|(id, key, version)| (id, (key, version)))
+        .collect();
+    let records = consume(&brokers, &topic, &expected).await;
+    let mut first_seen = HashSet::new();
+    let mut last_version: HashMap<String, u64> = HashMap::new();
+    let mut partition_of: HashMap<String, i32> = HashMap::new();
+    let mut duplicates = 0usize;
+    for record in &records {
+        let (key, version) = by_id
+            .get(&record.id)
+            .unwrap_or_else(|| panic!("record {} was never appended", record.id));
+        assert_eq!(&record.key, key, "the record key is the aggregate id");
+        assert_eq!(
+            record.version, *version,
+            "ce_streamversion of {}",
+            record.id
+        );
+        assert_eq!(
+            *partition_of
+                .entry(record.key.clone())
+                .or_insert(record.partition),
+            record.partition,
+            "every record of key {} in one partition",
+            record.key
+        );
+        if !first_seen.insert(record.id) {
+            duplicates += 1;
+            continue;
+        }
+        let last = last_version.entry(record.key.clone()).or_insert(0);
+        assert_eq!(
+            record.version,
+            *last + 1,
+            "key {}: first delivery of version {} after version {last}",
+            record.key,
+            record.version
+        );
+        *last = record.version;
+    }
+    assert_eq!(first_seen.len(), total, "every committed event delivered");
+    assert_eq!(last_version.len(), AGGREGATES.min(total));
+    eprintln!(
+        "{total} events over {} keys delivered in order per key: {} records, {duplicates} \
+         duplicates, {kills} relays killed ({}), written in {written_at:?}, outbox drained at \
+         {drained_at:?}, total {:?}",
+        last_version.len(),
+        records.len(),
+        killed.join(", "),
+        started.elapsed()
+    );
+}

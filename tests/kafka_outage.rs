@@ -1,0 +1,278 @@
+//! Broker down for 10 s in the middle of a run: the relay's publishes fail (retriable), the
+//! backlog waits in the outbox, and after the broker is back it drains, in order per key, with
+//! nothing lost. The outage is a real network cut: the relay talks to a dedicated tansu broker
+//! through a TCP proxy (the broker's advertised address) that the test closes for 10 s.
+#![cfg(all(feature = "kafka", feature = "postgres"))]
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRelayStore, OutboxRouting};
+use eventfold::outbox::kafka::KafkaPublisher;
+use eventfold::outbox::kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+use eventfold::outbox::kafka::rdkafka::message::{Headers, Message};
+use eventfold::outbox::kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use eventfold::outbox::{Relay, RelayConfig, headers};
+use eventfold::{NewEvent, StreamId};
+use uuid::Uuid;
+
+const BROKER_PORT: u16 = 29092;
+const PROXY_PORT: u16 = 29093;
+const PARTITIONS: i32 = 3;
+
+/// A TCP proxy that can cut every connection and refuse new ones.
+#[derive(Clone)]
+struct Proxy {
+    down: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(listen: u16, target: u16) -> Self {
+        let proxy = Proxy {
+            down: Arc::new(AtomicBool::new(false)),
+            open: Arc::new(Mutex::new(Vec::new())),
+        };
+        let listener = TcpListener::bind(("127.0.0.1", listen)).expect("bind the proxy port");
+        let this = proxy.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if this.down.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                for stream in [&client, &server] {
+                    if let Ok(clone) = stream.try_clone() {
+                        this.open.lock().unwrap().push(clone);
+                    }
+                }
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pipe(server, client);
+            }
+        });
+        proxy
+    }
+
+    fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+    });
+}
+
+/// A dedicated tansu broker whose advertised address is the proxy; killed when dropped.
+struct Broker(Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_broker() -> Broker {
+    let tansu = std::env::var("HOME")
+        .map(|home| format!("{home}/.cargo/bin/tansu"))
+        .ok()
+        .filter(|path| std::path::Path::new(path).exists())
+        .unwrap_or_else(|| "tansu".to_owned());
+    let child = Command::new(&tansu)
+        .args([
+            "broker",
+            "--listener-url",
+            &format!("tcp://127.0.0.1:{BROKER_PORT}"),
+            "--advertised-listener-url",
+            &format!("tcp://127.0.0.1:{PROXY_PORT}"),
+            "--storage-engine",
+            "memory://outage/",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("tansu must be installed (scripts/test.sh installs it): {e}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", BROKER_PORT)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the dedicated tansu broker did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Broker(child)
+}
+
+async fn append(
+    count: u64,
+    store: &eventfold::eventstore::postgres::PgStore,
+    appended: &mut HashSet<Uuid>,
+    versions: &mut HashMap<String, u64>,
+) {
+    for i in 0..count {
+        let key = format!("o{}", i % 10);
+        let v = versions.entry(key.clone()).or_insert(0);
+        let event = NewEvent::raw("order.noted", 1, b"{}".to_vec());
+        appended.insert(event.event_id);
+        let stream = StreamId::new("order", key.as_str()).unwrap();
+        store
+            .append(&stream, ExpectedVersion::Exact(*v), vec![event])
+            .await
+            .unwrap();
+        *v += 1;
+    }
+}
+
+fn version(headers_of: &HashMap<String, String>) -> u64 {
+    headers_of[headers::STREAM_VERSION]
+        .parse()
+        .expect("a stream version")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_for_ten_seconds_backlog_drains_nothing_lost() {
+    let _broker = start_broker();
+    let proxy = Proxy::start(PROXY_PORT, BROKER_PORT);
+    let bootstrap = format!("127.0.0.1:{PROXY_PORT}");
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &bootstrap)
+        .set("message.timeout.ms", "2000")
+        .set("reconnect.backoff.max.ms", "500");
+    let publisher = KafkaPublisher::from_config(config).expect("a Kafka publisher");
+    let topic = format!("eventfold.test.outage.{}", Uuid::now_v7().simple());
+    publisher
+        .create_topics(&[(topic.as_str(), PARTITIONS)])
+        .await
+        .expect("create the topic");
+
+    let (store, _db) = common::postgres().await;
+    let store = store.with_outbox(OutboxRouting::new().default_topic(topic.clone()));
+    let mut relay = Relay::new(store.clone(), publisher).with_config(RelayConfig {
+        batch_size: 100,
+        max_attempts: 1000,
+        backoff_base: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(500),
+        ..RelayConfig::default()
+    });
+    let mut appended: HashSet<Uuid> = HashSet::new();
+    let mut versions: HashMap<String, u64> = HashMap::new();
+    append(100, &store, &mut appended, &mut versions).await;
+    let until = Instant::now() + Duration::from_secs(60);
+    while store.outbox_status().await.unwrap().pending > 0 {
+        assert!(Instant::now() < until, "the first 100 were not published");
+        relay.run_once().await.expect("relay round");
+    }
+
+    // The broker goes away for 10 s while the service keeps writing.
+    proxy.cut();
+    let outage = Instant::now();
+    append(100, &store, &mut appended, &mut versions).await;
+    let mut failed_rounds = 0;
+    while outage.elapsed() < Duration::from_secs(10) {
+        let report = relay.run_once().await.expect("relay round");
+        failed_rounds += report.retried;
+        assert_eq!(report.parked, 0, "an outage must not park anything");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = store.outbox_status().await.unwrap();
+    assert!(
+        status.pending >= 90,
+        "the backlog waits in the outbox: {status:?}"
+    );
+    assert!(failed_rounds > 0, "the relay saw the outage");
+
+    proxy.restore();
+    let until = Instant::now() + Duration::from_secs(60);
+    while store.outbox_status().await.unwrap().pending > 0 {
+        if Instant::now() >= until {
+            let rows = store.read_outbox(3).await.unwrap();
+            panic!(
+                "the backlog did not drain after the outage: {:?}",
+                rows.iter()
+                    .map(|r| (r.attempts, r.last_error.clone()))
+                    .collect::<Vec<_>>()
+            );
+        }
+        relay.run_once().await.expect("relay round");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(store.dead_letters(10).await.unwrap().is_empty());
+
+    // Read everything back: nothing lost, each key in order.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", format!("outage-{}", Uuid::now_v7().simple()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        assignment
+            .add_partition_offset(&topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut seen = HashSet::new();
+    let mut last: HashMap<String, u64> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !appended.is_subset(&seen) {
+        assert!(
+            Instant::now() < deadline,
+            "{} events missing",
+            appended.difference(&seen).count()
+        );
+        let Ok(message) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await
+        else {
+            continue;
+        };
+        let message = message.expect("consume");
+        let mut hs = HashMap::new();
+        if let Some(headers_of) = message.headers() {
+            for h in headers_of.iter() {
+                hs.insert(
+                    h.key.to_owned(),
+                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                );
+            }
+        }
+        let id: Uuid = hs[headers::ID].parse().unwrap();
+        if !seen.insert(id) {
+            continue; // a duplicate from a retried send
+        }
+        let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+        let v = version(&hs);
+        let previous = last.insert(key.clone(), v).unwrap_or(0);
+        assert_eq!(v, previous + 1, "key {key}: version {v} after {previous}");
+    }
+}
