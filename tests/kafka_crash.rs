@@ -17,13 +17,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use eventfold::BoxError;
 use eventfold::eventstore::postgres::testing::DEFAULT_DATABASE_URL;
-use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRouting};
+use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRouting, UnitOfWork};
 use eventfold::outbox::headers;
 use eventfold::outbox::kafka::KafkaPublisher;
 use eventfold::outbox::kafka::rdkafka::consumer::{Consumer, StreamConsumer};
 use eventfold::outbox::kafka::rdkafka::message::{Headers, Message};
 use eventfold::outbox::kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use eventfold::outbox::{Handler, KafkaSource, Record};
 use eventfold::{NewEvent, StreamId};
 use uuid::Uuid;
 
@@ -397,4 +399,58 @@ async fn killed_relay_processes_lose_no_event_and_keep_key_order() {
         killed.join(", "),
         started.elapsed()
     );
+
+    // A consumer with its inbox turns the at-least-once stream (duplicates included) into
+    // exactly-once effects: one ledger event per committed event.
+    let group = format!("eventfold-e2e-{}", Uuid::now_v7().simple());
+    let source = KafkaSource::new(&brokers, &group, &[topic.as_str()]).expect("a Kafka source");
+    let mut consumer = eventfold::outbox::Consumer::new("ledger", store.clone(), source, Ledger);
+    let ledger = StreamId::new("ledger", "all").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while (store.stream_version(&ledger).await.expect("ledger version") as usize) < total {
+        assert!(
+            Instant::now() < deadline,
+            "the consumer did not take every event within 120 s"
+        );
+        consumer
+            .run_once(Duration::from_millis(500))
+            .await
+            .expect("consume");
+    }
+    // Drain what is left (duplicates after the last new event), then count the effects.
+    while consumer
+        .run_once(Duration::from_millis(500))
+        .await
+        .expect("consume")
+        .handled
+        > 0
+    {}
+    let effects: Vec<Uuid> = store
+        .read_stream(&ledger, 1, u64::MAX)
+        .await
+        .expect("read the ledger")
+        .into_iter()
+        .filter_map(|e| e.causation_id)
+        .collect();
+    let unique: HashSet<Uuid> = effects.iter().copied().collect();
+    assert_eq!(
+        effects.len(),
+        total,
+        "each committed event took effect exactly once"
+    );
+    assert_eq!(unique.len(), total);
+}
+
+/// One ledger event per message, in the consumer's unit of work (with the inbox mark).
+struct Ledger;
+
+impl<U: UnitOfWork> Handler<U> for Ledger {
+    async fn handle(&self, uow: &mut U, record: &Record) -> Result<(), BoxError> {
+        let stream = StreamId::new("ledger", "all")?;
+        let mut event = NewEvent::raw("ledger.noted", 1, b"{}".to_vec());
+        event.causation_id = Some(record.message_id);
+        uow.append(&stream, ExpectedVersion::Any, vec![event])
+            .await?;
+        Ok(())
+    }
 }
