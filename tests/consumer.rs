@@ -165,3 +165,72 @@ macro_rules! consumer_tests {
 consumer_tests!(memory, common::memory);
 consumer_tests!(sqlite, common::sqlite);
 consumer_tests!(postgres, common::postgres);
+
+#[derive(Debug, Clone, PartialEq, eventfold::Event)]
+enum PaymentEvent {
+    Captured {
+        cents: u64,
+    },
+    #[event(version = 2)]
+    Refunded {
+        cents: u64,
+        reason: String,
+    },
+}
+
+/// A consumer decodes the records of another service into its typed events, upcasting older
+/// schema versions; an unknown type is an error naming the message.
+#[tokio::test]
+async fn records_decode_into_typed_events_with_upcasting() {
+    use eventfold::eventstore::OutboxRouting;
+    use eventfold::eventstore::memory::MemoryStore;
+    use eventfold::outbox::Relay;
+    use eventfold::{CommandMetadata, Upcasters};
+
+    let store = MemoryStore::new().with_outbox(OutboxRouting::new().default_topic("payments"));
+    let stream = StreamId::new("payment", "p-1").unwrap();
+    let captured = NewEvent::encode(
+        &PaymentEvent::Captured { cents: 500 },
+        "pay",
+        &CommandMetadata::new(),
+    )
+    .unwrap();
+    let old_refund = NewEvent::raw("payment.refunded", 1, br#"{"cents":200}"#.to_vec());
+    let unknown = NewEvent::raw("payment.disputed", 1, b"{}".to_vec());
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![captured, old_refund, unknown],
+        )
+        .await
+        .unwrap();
+    let broker = InProcessBroker::new();
+    let mut relay = Relay::new(store.clone(), broker.clone());
+    for _ in 0..3 {
+        relay.run_once().await.unwrap();
+    }
+    let records = broker
+        .consumer("reader", &["payments"])
+        .poll(10, Duration::from_millis(100))
+        .await;
+    assert_eq!(records.len(), 3);
+    let upcasters = Upcasters::new().json("payment.refunded", 1, |mut v| {
+        v["reason"] = serde_json::json!("unknown (v1)");
+        Ok(v)
+    });
+    assert_eq!(
+        records[0].decode::<PaymentEvent>(&upcasters).unwrap(),
+        PaymentEvent::Captured { cents: 500 }
+    );
+    assert_eq!(
+        records[1].decode::<PaymentEvent>(&upcasters).unwrap(),
+        PaymentEvent::Refunded {
+            cents: 200,
+            reason: "unknown (v1)".into()
+        }
+    );
+    let err = records[2].decode::<PaymentEvent>(&upcasters).unwrap_err();
+    assert_eq!(err.message_id, records[2].message_id);
+    assert!(err.to_string().contains("payment.disputed"), "{err}");
+}

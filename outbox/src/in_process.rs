@@ -79,6 +79,81 @@ pub struct Record {
     pub timestamp: DateTime<Utc>,
 }
 
+impl Record {
+    /// Decodes the payload as an event of `E`, by its `ce_type`, upcasting older schema versions
+    /// (`ce_schemaversion`) with `upcasters`, like a stored event. Errors name the message.
+    ///
+    /// ```
+    /// use eventfold_core::{CodecError, Event, EventTypeInfo, Upcasters};
+    /// use eventfold_outbox::Record;
+    /// # #[derive(Debug, PartialEq)] struct Placed;
+    /// # impl Event for Placed {
+    /// #     const CONTENT_TYPE: &'static str = "application/json";
+    /// #     fn event_type(&self) -> &'static str { "order.placed" }
+    /// #     fn schema_version(&self) -> u32 { 1 }
+    /// #     fn event_types() -> &'static [EventTypeInfo] { &[EventTypeInfo { name: "order.placed", version: 1, variant: "Placed" }] }
+    /// #     fn encode(&self) -> Result<Vec<u8>, CodecError> { Ok(b"{}".to_vec()) }
+    /// #     fn decode(_: &str, _: &[u8]) -> Result<Self, CodecError> { Ok(Placed) }
+    /// # }
+    /// # let record = Record {
+    /// #     topic: "orders".into(), partition: 0, offset: 0, key: "1".into(),
+    /// #     message_id: uuid::Uuid::now_v7(), message_type: "order.placed".into(), payload: b"{}".to_vec(),
+    /// #     headers: [("ce_type".to_owned(), "order.placed".to_owned()), ("ce_schemaversion".to_owned(), "1".to_owned())].into(),
+    /// #     timestamp: chrono::Utc::now(),
+    /// # };
+    /// let event: Placed = record.decode(&Upcasters::new()).unwrap();
+    /// # assert_eq!(event, Placed);
+    /// ```
+    pub fn decode<E: eventfold_core::Event>(
+        &self,
+        upcasters: &eventfold_core::Upcasters,
+    ) -> Result<E, RecordDecodeError> {
+        let fail = |reason: String| RecordDecodeError {
+            message_id: self.message_id,
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+            reason,
+        };
+        let event_type = self
+            .headers
+            .get(crate::headers::TYPE)
+            .cloned()
+            .unwrap_or_else(|| self.message_type.clone());
+        let version: u32 = match self.headers.get(crate::headers::SCHEMA_VERSION) {
+            Some(v) => v
+                .parse()
+                .map_err(|_| fail(format!("invalid ce_schemaversion `{v}`")))?,
+            None => E::current_version(&event_type).unwrap_or(1),
+        };
+        let step = upcasters
+            .upcast_to(
+                &event_type,
+                version,
+                self.payload.clone(),
+                E::current_version,
+            )
+            .map_err(|kind| fail(kind.to_string()))?;
+        E::decode(&step.event_type, &step.payload).map_err(|e| fail(e.to_string()))
+    }
+}
+
+/// A consumed record that does not decode into the expected events.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot decode message {message_id} ({topic}/{partition}@{offset}): {reason}")]
+pub struct RecordDecodeError {
+    /// The message id.
+    pub message_id: Uuid,
+    /// Its topic.
+    pub topic: String,
+    /// Its partition.
+    pub partition: u32,
+    /// Its offset.
+    pub offset: u64,
+    /// What went wrong (unknown type, newer schema, bad payload).
+    pub reason: String,
+}
+
 /// An administrative error of the [`InProcessBroker`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BrokerError {

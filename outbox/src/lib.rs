@@ -89,7 +89,9 @@ pub mod relay;
 pub use consumer::{Consumer, ConsumerError, ConsumerReport, Handler, MessageSource, Outcome};
 pub use eventfold_core::Headers;
 pub use eventfold_core::outbox::{OutboxMessage, headers};
-pub use in_process::{BrokerError, DEFAULT_PARTITIONS, InProcessBroker, InProcessConsumer, Record};
+pub use in_process::{
+    BrokerError, DEFAULT_PARTITIONS, InProcessBroker, InProcessConsumer, Record, RecordDecodeError,
+};
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaError, KafkaPublisher};
 #[cfg(feature = "kafka")]
