@@ -12,10 +12,14 @@
 //! Options:
 //!
 //! * `--seconds N`: measured time per throughput case (default 5);
-//! * `--quick`: 2 s per case, 200,000 events for the catch-up read, 4 s of latency test;
-//! * `--only SECTIONS`: a comma-separated subset of `commands`, `appends`, `log` (default all);
+//! * `--quick`: 2 s per case, 200,000 events for the catch-up read, 4 s of latency tests,
+//!   100,000 relay rows;
+//! * `--only SECTIONS`: a comma-separated subset of `commands`, `appends`, `log`, `relay`
+//!   (default `all` = `commands,appends,log`: the `relay` section takes over 2 minutes at its
+//!   default size and needs a Kafka broker, so it runs only when named);
 //! * `--log-events N`: events written for the catch-up read (default 1,000,000);
 //! * `--latency-seconds N`: duration of the commit-to-reader latency test (default 10);
+//! * `--relay-rows N`: outbox rows of the relay backlog (default 1,000,000);
 //! * `--no-test-before-acquire`: turn off sqlx's ping on every pool checkout (for diagnosis).
 //!
 //! The server is `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`); the
@@ -63,6 +67,19 @@
 //!      fails (exit code 1). Afterwards 50 `read_log` calls at the end of the idle log are
 //!      timed: what a live reader pays per wake-up.
 //!
+//! 4. **Outbox relay** (`relay`, only on request; Kafka-protocol broker at `KAFKA_BOOTSTRAP`,
+//!    default `127.0.0.1:9092`):
+//!    * drain: `--relay-rows` rows are written into `eventfold_outbox` with `INSERT ... SELECT
+//!      FROM UNNEST` in chunks of 10,000 (10,000 keys round robin, 100-byte payloads, slots
+//!      computed with `OutboxMessage::slot_of`), then one `Relay` with the `KafkaPublisher`
+//!      (batch sizes 500, 1000, 2000) runs `run_once` until the outbox is empty, to a fresh
+//!      12-partition topic; beside it a raw rdkafka `FutureProducer` with the same settings
+//!      sends the same messages with at most 10,000 in flight. `VmRSS` is sampled every round;
+//!    * commit-to-ack latency: 8 writer tasks append 1 event per call through a `PgStore` with
+//!      an outbox at 2000 events/s in total for 10 s (4 s with `--quick`) while `Relay::run`
+//!      publishes; latency = when the publisher returned the broker's ack − when `append`
+//!      returned. Every appended event must be acknowledged or the run fails.
+//!
 //! Each throughput case is warmed up for 0.5 s before it is measured. Variants alternate in two
 //! rounds (A B C then C B A) of half the duration each, and the two halves are summed, so that
 //! drift affects every variant alike. The figures are printed as markdown tables and as one
@@ -73,6 +90,7 @@
 #![warn(missing_docs)]
 
 mod global_log;
+mod relay;
 
 use std::error::Error;
 use std::fmt;
@@ -103,6 +121,8 @@ const TARGET_RATIO: f64 = 0.90;
 const CONCURRENCY: [usize; 2] = [1, 8];
 /// Capacity of the library's state cache in the "library + state cache" variant.
 const CACHE_CAPACITY: usize = 1024;
+/// Whether the default (`all`) sections include `relay` (see the crate docs).
+const RELAY_IN_ALL: bool = false;
 
 // ---------------------------------------------------------------------------------------------
 // The benchmark's aggregate: a counter whose events carry `{"n":1}`.
@@ -813,6 +833,7 @@ struct Sections {
     commands: bool,
     appends: bool,
     log: bool,
+    relay: bool,
 }
 
 impl Sections {
@@ -820,6 +841,7 @@ impl Sections {
         commands: true,
         appends: true,
         log: true,
+        relay: RELAY_IN_ALL,
     };
 
     fn parse(value: &str) -> Result<Self> {
@@ -827,22 +849,24 @@ impl Sections {
             commands: false,
             appends: false,
             log: false,
+            relay: false,
         };
         for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part {
                 "commands" => sections.commands = true,
                 "appends" => sections.appends = true,
                 "log" => sections.log = true,
+                "relay" => sections.relay = true,
                 "all" => sections = Sections::ALL,
                 other => {
                     return Err(format!(
-                        "--only: unknown section `{other}` (commands, appends, log, all)"
+                        "--only: unknown section `{other}` (commands, appends, log, relay, all)"
                     )
                     .into());
                 }
             }
         }
-        if !(sections.commands || sections.appends || sections.log) {
+        if !(sections.commands || sections.appends || sections.log || sections.relay) {
             return Err("--only: no section named".into());
         }
         Ok(sections)
@@ -853,6 +877,7 @@ impl Sections {
             (self.commands, "commands"),
             (self.appends, "appends"),
             (self.log, "log"),
+            (self.relay, "relay"),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -870,6 +895,10 @@ struct Options {
     log_events: u64,
     /// Duration of the commit-to-reader latency test.
     latency_seconds: f64,
+    /// Outbox rows of the relay backlog.
+    relay_rows: u64,
+    /// Duration of the relay's commit-to-ack latency test.
+    relay_latency_seconds: f64,
 }
 
 fn positive(flag: &str, value: Option<String>) -> Result<f64> {
@@ -886,6 +915,7 @@ fn parse_args() -> Result<Options> {
     let mut seconds = None;
     let mut log_events = None;
     let mut latency_seconds = None;
+    let mut relay_rows = None;
     let mut test_before_acquire = true;
     let mut sections = Sections::ALL;
     let mut args = std::env::args().skip(1);
@@ -907,15 +937,26 @@ fn parse_args() -> Result<Options> {
                         .ok_or_else(|| format!("--log-events: not a positive count: {value}"))?,
                 );
             }
+            "--relay-rows" => {
+                let value = args.next().ok_or("--relay-rows needs a value")?;
+                relay_rows = Some(
+                    value
+                        .replace('_', "")
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| *n > 0 && *n <= i64::MAX as u64)
+                        .ok_or_else(|| format!("--relay-rows: not a positive count: {value}"))?,
+                );
+            }
             "--latency-seconds" => {
                 latency_seconds = Some(positive("--latency-seconds", args.next())?);
             }
             "--no-test-before-acquire" => test_before_acquire = false,
             "-h" | "--help" => {
                 println!(
-                    "usage: eventfold-bench [--seconds N | --quick] [--only commands,appends,log]\n\
-                     \x20                      [--log-events N] [--latency-seconds N] [--no-test-before-acquire]\n\
-                     --quick: 2 s per case, 200000 log events, 4 s latency test\n\
+                    "usage: eventfold-bench [--seconds N | --quick] [--only commands,appends,log,relay]\n\
+                     \x20                      [--log-events N] [--latency-seconds N] [--relay-rows N] [--no-test-before-acquire]\n\
+                     --quick: 2 s per case, 200000 log events, 4 s latency tests, 100000 relay rows\n\
                      DATABASE_URL defaults to {DEFAULT_DATABASE_URL}"
                 );
                 std::process::exit(0);
@@ -929,6 +970,8 @@ fn parse_args() -> Result<Options> {
         sections,
         log_events: log_events.unwrap_or(if quick { 200_000 } else { 1_000_000 }),
         latency_seconds: latency_seconds.unwrap_or(if quick { 4.0 } else { 10.0 }),
+        relay_rows: relay_rows.unwrap_or(if quick { 100_000 } else { 1_000_000 }),
+        relay_latency_seconds: if quick { 4.0 } else { 10.0 },
     })
 }
 
@@ -1113,6 +1156,11 @@ async fn bench_on(
     } else {
         None
     };
+    let relay = if options.sections.relay {
+        Some(relay::run(pool, options).await?)
+    } else {
+        None
+    };
     let results = Results {
         options,
         fsync,
@@ -1122,12 +1170,16 @@ async fn bench_on(
         appends,
         cpu,
         log,
+        relay,
         started,
     };
     report(&results)?;
     // The report is printed in full first; a failed exactly-once check then fails the run.
-    match &results.log {
-        Some(log) => log.check(),
+    if let Some(log) = &results.log {
+        log.check()?;
+    }
+    match &results.relay {
+        Some(relay) => relay.check(),
         None => Ok(()),
     }
 }
@@ -1154,6 +1206,7 @@ struct Results<'a> {
     appends: Vec<AppendRow>,
     cpu: Vec<CpuRow>,
     log: Option<global_log::LogResults>,
+    relay: Option<relay::RelayResults>,
     started: Instant,
 }
 
@@ -1245,6 +1298,7 @@ fn report(results: &Results<'_>) -> Result<()> {
         appends,
         cpu,
         log,
+        relay,
         started,
     } = results;
     if !commands.is_empty() {
@@ -1277,6 +1331,9 @@ fn report(results: &Results<'_>) -> Result<()> {
     if let Some(log) = log {
         log.print();
     }
+    if let Some(relay) = relay {
+        relay.print();
+    }
     println!(
         "Setup: PostgreSQL {server}, fsync = {fsync}, synchronous_commit = {sync_commit}; pool of {POOL_SIZE} \
          connections; writers are tokio tasks; {} s per throughput case, variants alternated (A B C, C B A) \
@@ -1284,20 +1341,22 @@ fn report(results: &Results<'_>) -> Result<()> {
         options.seconds
     );
     let us = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.0}"));
-    println!(
-        "\n### CPU time per operation (µs, measured windows; client = this process, server = the \
-         PostgreSQL backends of the pool)\n"
-    );
-    println!("| operation | writers | client | server |");
-    println!("|:--|---:|---:|---:|");
-    for r in cpu.iter() {
+    if !cpu.is_empty() {
         println!(
-            "| {} | {} | {} | {} |",
-            r.what,
-            r.writers,
-            us(r.client_us),
-            us(r.server_us)
+            "\n### CPU time per operation (µs, measured windows; client = this process, server = the \
+         PostgreSQL backends of the pool)\n"
         );
+        println!("| operation | writers | client | server |");
+        println!("|:--|---:|---:|---:|");
+        for r in cpu.iter() {
+            println!(
+                "| {} | {} | {} | {} |",
+                r.what,
+                r.writers,
+                us(r.client_us),
+                us(r.server_us)
+            );
+        }
     }
     println!();
     let all_met = |f: &dyn Fn(&CommandRow) -> f64| {
@@ -1320,6 +1379,9 @@ fn report(results: &Results<'_>) -> Result<()> {
     );
     if let Some(log) = log {
         log.print_targets();
+    }
+    if let Some(relay) = relay {
+        relay.print_targets();
     }
 
     let json = serde_json::json!({
@@ -1368,6 +1430,7 @@ fn report(results: &Results<'_>) -> Result<()> {
             "ratio": r3(r.lib / r.raw),
         })).collect::<Vec<_>>(),
         "global_log": log.as_ref().map(global_log::LogResults::json),
+        "relay": relay.as_ref().map(relay::RelayResults::json),
         "elapsed_s_at_report": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
     });
     println!("\nBENCH_JSON {json}");

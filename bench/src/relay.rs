@@ -1,0 +1,630 @@
+//! The `relay` section: how fast one outbox [`Relay`] drains a PostgreSQL backlog to Kafka,
+//! next to a raw rdkafka producer sending the same messages, the process's RSS during the drain,
+//! and the commit-to-broker-ack latency at a steady offered load.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eventfold_core::{NewEvent, StreamId};
+use eventfold_eventstore::postgres::PgStore;
+use eventfold_eventstore::{EventStore, ExpectedVersion, OutboxRelayStore, OutboxRouting};
+use eventfold_outbox::kafka::KafkaPublisher;
+use eventfold_outbox::kafka::rdkafka::ClientConfig;
+use eventfold_outbox::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+use eventfold_outbox::{Delivery, OutboxMessage, PublishError, Publisher, Relay, RelayConfig};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{Options, Result};
+
+/// Throughput target of the issue: events/s drained by one relay.
+const DRAIN_TARGET: f64 = 50_000.0;
+/// Latency target: p99 commit-to-ack.
+const LATENCY_TARGET_MS: f64 = 25.0;
+/// Batch sizes of the drain.
+const BATCH_SIZES: [usize; 3] = [500, 1000, 2000];
+/// Distinct keys of the backlog.
+const KEYS: usize = 10_000;
+/// Outbox slots (the store's `OUTBOX_SLOTS`).
+const SLOTS: u32 = 256;
+/// Partitions of the bench topics.
+const PARTITIONS: i32 = 12;
+/// Rows per fill statement.
+const FILL_CHUNK: usize = 10_000;
+/// Payload size of the backlog messages.
+const PAYLOAD_BYTES: usize = 100;
+/// In-flight bound of the raw producer.
+const RAW_IN_FLIGHT: usize = 10_000;
+/// Offered load of the latency test (events/s, all writers together).
+const LATENCY_RATE: f64 = 2000.0;
+/// Writer tasks of the latency test.
+const LATENCY_WRITERS: usize = 8;
+/// Streams each latency writer cycles over.
+const LATENCY_STREAMS_PER_WRITER: usize = 50;
+/// Longest wait for the last acks after the writers stop.
+const LATENCY_DRAIN: Duration = Duration::from_secs(15);
+
+const FILL_SQL: &str = "INSERT INTO eventfold_outbox (id, aggregatetype, aggregateid, type, payload, topic, key, headers, slot) \
+     SELECT gen_random_uuid(), 'bench', k.key, 'bench.event', $3, $4, k.key, '{}'::jsonb, k.slot \
+     FROM UNNEST($1::text[], $2::int4[]) WITH ORDINALITY AS k(key, slot, ord) ORDER BY k.ord";
+
+/// The Kafka bootstrap servers (`KAFKA_BOOTSTRAP`, default 127.0.0.1:9092).
+fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn key(i: usize) -> String {
+    format!("bench-key-{:05}", i % KEYS)
+}
+
+fn payload() -> Vec<u8> {
+    let mut p = br#"{"bench":"relay","filler":""#.to_vec();
+    while p.len() < PAYLOAD_BYTES - 2 {
+        p.push(b'x');
+    }
+    p.extend_from_slice(br#""}"#);
+    p
+}
+
+/// One drain of the backlog by the relay, and the raw producer beside it.
+pub(crate) struct Drain {
+    batch_size: usize,
+    rows: u64,
+    fill_s: f64,
+    relay_s: f64,
+    /// Time spent in `publish` (Kafka); the rest of `relay_s` is claim/delete in PostgreSQL.
+    publish_s: f64,
+    rounds: u64,
+    raw_s: f64,
+    rss_before_kib: u64,
+    rss_max_kib: u64,
+    rss_after_kib: u64,
+}
+
+impl Drain {
+    fn relay_rate(&self) -> f64 {
+        self.rows as f64 / self.relay_s
+    }
+    fn raw_rate(&self) -> f64 {
+        self.rows as f64 / self.raw_s
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Latency {
+    seconds: f64,
+    appended: usize,
+    acked: usize,
+    /// Sorted, ms.
+    ms: Vec<f64>,
+}
+
+pub(crate) struct RelayResults {
+    rows: u64,
+    drains: Vec<Drain>,
+    latency: Latency,
+}
+
+/// The resident set size of this process (KiB), from `/proc/self/status`.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "**missed**" }
+}
+
+async fn fill(pool: &PgPool, topic: &str, rows: u64) -> Result<f64> {
+    let started = Instant::now();
+    let keys: Vec<String> = (0..FILL_CHUNK).map(key).collect();
+    let slots: Vec<i32> = keys
+        .iter()
+        .map(|k| OutboxMessage::slot_of(k, SLOTS) as i32)
+        .collect();
+    let payload = payload();
+    let mut left = rows as usize;
+    while left > 0 {
+        let n = left.min(FILL_CHUNK);
+        sqlx::query(FILL_SQL)
+            .bind(&keys[..n])
+            .bind(&slots[..n])
+            .bind(&payload)
+            .bind(topic)
+            .execute(pool)
+            .await
+            .map_err(|e| format!("filling the outbox: {e}"))?;
+        left -= n;
+    }
+    sqlx::query("ANALYZE eventfold_outbox")
+        .execute(pool)
+        .await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// The producer of the raw baseline, configured like `KafkaPublisher::from_config`.
+fn raw_producer(brokers: &str) -> Result<FutureProducer> {
+    let producer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("linger.ms", "5")
+        .set("compression.type", "none")
+        .set("partitioner", "murmur2_random")
+        .set("message.timeout.ms", "30000")
+        .create::<FutureProducer>()?;
+    Ok(producer)
+}
+
+/// Sends `rows` messages (same keys and payloads as the backlog) with at most
+/// [`RAW_IN_FLIGHT`] unacknowledged; the seconds it took.
+async fn raw_send(producer: &FutureProducer, topic: &str, rows: u64) -> Result<f64> {
+    let payload = payload();
+    let keys: Vec<String> = (0..KEYS).map(key).collect();
+    let started = Instant::now();
+    let mut in_flight = VecDeque::with_capacity(RAW_IN_FLIGHT);
+    for i in 0..rows as usize {
+        if in_flight.len() >= RAW_IN_FLIGHT {
+            let delivery: eventfold_outbox::kafka::rdkafka::producer::DeliveryFuture =
+                in_flight.pop_front().ok_or("empty in-flight queue")?;
+            delivery
+                .await
+                .map_err(|_| "raw producer: delivery canceled")?
+                .map_err(|(e, _)| format!("raw producer: {e}"))?;
+        }
+        let record = FutureRecord::to(topic)
+            .key(keys[i % KEYS].as_str())
+            .payload(payload.as_slice());
+        match producer.send_result(record) {
+            Ok(delivery) => in_flight.push_back(delivery),
+            Err((e, _)) => return Err(format!("raw producer enqueue: {e}").into()),
+        }
+    }
+    while let Some(delivery) = in_flight.pop_front() {
+        delivery
+            .await
+            .map_err(|_| "raw producer: delivery canceled")?
+            .map_err(|(e, _)| format!("raw producer: {e}"))?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+async fn drain(
+    pool: &PgPool,
+    store: &PgStore,
+    publisher: &KafkaPublisher,
+    producer: &FutureProducer,
+    batch_size: usize,
+    rows: u64,
+) -> Result<Drain> {
+    let tag = Uuid::now_v7().simple();
+    let topic = format!("eventfold.bench.relay.b{batch_size}.{tag}");
+    let raw_topic = format!("eventfold.bench.raw.b{batch_size}.{tag}");
+    publisher
+        .create_topics(&[
+            (topic.as_str(), PARTITIONS),
+            (raw_topic.as_str(), PARTITIONS),
+        ])
+        .await?;
+    eprintln!("relay: filling the outbox with {rows} rows (batch size {batch_size})");
+    let fill_s = fill(pool, &topic, rows).await?;
+    let pending = store.outbox_status().await?.pending;
+    if pending != rows {
+        return Err(format!("outbox holds {pending} rows after the fill, expected {rows}").into());
+    }
+    eprintln!("relay: filled in {fill_s:.1} s; draining");
+    let rss_before_kib = rss_kib();
+    let mut rss_max_kib = rss_before_kib;
+    let publish_nanos = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let timed = Timed {
+        inner: publisher.clone(),
+        nanos: publish_nanos.clone(),
+    };
+    let mut relay = Relay::new(store.clone(), timed).with_config(RelayConfig {
+        batch_size,
+        ..RelayConfig::default()
+    });
+    let started = Instant::now();
+    let mut rounds = 0u64;
+    let mut published = 0u64;
+    loop {
+        let report = relay.run_once().await?;
+        rounds += 1;
+        rss_max_kib = rss_max_kib.max(rss_kib());
+        published += report.published as u64;
+        if report.parked > 0 {
+            return Err(format!("relay parked {} rows", report.parked).into());
+        }
+        if report.published + report.retried == 0 && store.outbox_status().await?.pending == 0 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err("relay drain did not finish in 600 s".into());
+        }
+    }
+    let relay_s = started.elapsed().as_secs_f64();
+    let publish_s =
+        publish_nanos.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1_000_000_000.0;
+    // Free the slots at once for the next relay (as `Relay::run` does when it stops).
+    store.release_slots(relay.owner()).await?;
+    let rss_after_kib = rss_kib();
+    if published < rows {
+        return Err(format!("relay published {published} of {rows} rows").into());
+    }
+    eprintln!(
+        "relay: drained in {relay_s:.1} s ({:.0}/s); raw producer",
+        rows as f64 / relay_s
+    );
+    let raw_s = raw_send(producer, &raw_topic, rows).await?;
+    eprintln!(
+        "relay: raw producer {raw_s:.1} s ({:.0}/s)",
+        rows as f64 / raw_s
+    );
+    Ok(Drain {
+        batch_size,
+        rows,
+        fill_s,
+        relay_s,
+        publish_s,
+        rounds,
+        raw_s,
+        rss_before_kib,
+        rss_max_kib,
+        rss_after_kib,
+    })
+}
+
+/// A publisher that sums the time spent in `publish` (the rest of a round is the database).
+struct Timed {
+    inner: KafkaPublisher,
+    nanos: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Publisher for Timed {
+    async fn publish(&self, messages: &[OutboxMessage]) -> Vec<Result<Delivery, PublishError>> {
+        let started = Instant::now();
+        let results = self.inner.publish(messages).await;
+        self.nanos.fetch_add(
+            started.elapsed().as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        results
+    }
+}
+
+/// A publisher that records when each message was acknowledged.
+struct AckClock {
+    inner: KafkaPublisher,
+    acks: Arc<Mutex<HashMap<Uuid, Instant>>>,
+}
+
+impl Publisher for AckClock {
+    async fn publish(&self, messages: &[OutboxMessage]) -> Vec<Result<Delivery, PublishError>> {
+        let results = self.inner.publish(messages).await;
+        let at = Instant::now();
+        let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+        for (m, r) in messages.iter().zip(&results) {
+            if r.is_ok() {
+                acks.entry(m.id).or_insert(at);
+            }
+        }
+        results
+    }
+}
+
+async fn latency(pool: &PgPool, publisher: &KafkaPublisher, seconds: f64) -> Result<Latency> {
+    let topic = format!("eventfold.bench.latency.{}", Uuid::now_v7().simple());
+    publisher
+        .create_topics(&[(topic.as_str(), PARTITIONS)])
+        .await?;
+    let store = PgStore::builder(pool.clone())
+        .build()
+        .await?
+        .with_outbox(OutboxRouting::new().default_topic(topic.clone()));
+    let acks = Arc::new(Mutex::new(HashMap::new()));
+    let relay = Relay::new(
+        store.clone(),
+        AckClock {
+            inner: publisher.clone(),
+            acks: acks.clone(),
+        },
+    )
+    .with_config(RelayConfig {
+        batch_size: 500,
+        idle_wait: Duration::from_millis(5),
+        ..RelayConfig::default()
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(relay.run(async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let period = Duration::from_secs_f64(LATENCY_WRITERS as f64 / LATENCY_RATE);
+    let start = Instant::now() + Duration::from_millis(10);
+    let end = start + Duration::from_secs_f64(seconds);
+    let mut handles = Vec::with_capacity(LATENCY_WRITERS);
+    let payload = payload();
+    for w in 0..LATENCY_WRITERS {
+        let store = store.clone();
+        let payload = payload.clone();
+        let first = start + period.mul_f64(w as f64 / LATENCY_WRITERS as f64);
+        handles.push(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval_at(first.into(), period);
+            let mut sent = Vec::new();
+            let mut k = 0usize;
+            loop {
+                let tick = ticker.tick().await.into_std();
+                if tick >= end {
+                    break;
+                }
+                let stream = StreamId::new(
+                    "benchrelay",
+                    format!("w{w}-s{}", k % LATENCY_STREAMS_PER_WRITER),
+                )?;
+                k += 1;
+                let event = NewEvent::raw("bench.relay", 1, payload.clone());
+                let id = event.event_id;
+                store
+                    .append(&stream, ExpectedVersion::Any, vec![event])
+                    .await?;
+                sent.push((id, Instant::now()));
+            }
+            Ok::<_, crate::BoxError>(sent)
+        }));
+    }
+    let mut committed: HashMap<Uuid, Instant> = HashMap::new();
+    let mut first_error = None;
+    for handle in handles {
+        match handle.await {
+            Ok(Ok(sent)) => committed.extend(sent),
+            Ok(Err(e)) => first_error = first_error.or(Some(e)),
+            Err(e) => first_error = first_error.or(Some(Box::new(e) as crate::BoxError)),
+        }
+    }
+    let deadline = Instant::now() + LATENCY_DRAIN;
+    while Instant::now() < deadline {
+        let acked = {
+            let acks = acks.lock().unwrap_or_else(|e| e.into_inner());
+            committed.keys().filter(|id| acks.contains_key(id)).count()
+        };
+        if acked == committed.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    relay.await??;
+    if let Some(e) = first_error {
+        return Err(format!("latency writer failed: {e}").into());
+    }
+    let acks = acks.lock().unwrap_or_else(|e| e.into_inner());
+    let mut ms: Vec<f64> = committed
+        .iter()
+        .filter_map(|(id, at)| {
+            acks.get(id)
+                .map(|ack| ack.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    Ok(Latency {
+        seconds,
+        appended: committed.len(),
+        acked: ms.len(),
+        ms,
+    })
+}
+
+/// Runs the section.
+pub(crate) async fn run(pool: &PgPool, options: &Options) -> Result<RelayResults> {
+    let brokers = bootstrap();
+    let store = PgStore::builder(pool.clone()).build().await?;
+    let publisher = KafkaPublisher::new(&brokers)?;
+    let producer = raw_producer(&brokers)?;
+    let mut drains = Vec::new();
+    for batch_size in BATCH_SIZES {
+        drains.push(
+            drain(
+                pool,
+                &store,
+                &publisher,
+                &producer,
+                batch_size,
+                options.relay_rows,
+            )
+            .await?,
+        );
+    }
+    eprintln!(
+        "relay latency: {LATENCY_RATE:.0} events/s for {} s",
+        options.relay_latency_seconds
+    );
+    // The drains leave millions of dead tuples at the head of the outbox's index, which makes
+    // every claim scan them (p99 ~400 ms instead of ~30 ms when not vacuumed): measure the
+    // steady state, as autovacuum would leave it.
+    sqlx::query("VACUUM (ANALYZE) eventfold_outbox")
+        .execute(pool)
+        .await?;
+    let latency = latency(pool, &publisher, options.relay_latency_seconds).await?;
+    Ok(RelayResults {
+        rows: options.relay_rows,
+        drains,
+        latency,
+    })
+}
+
+impl RelayResults {
+    fn best_rate(&self) -> f64 {
+        self.drains
+            .iter()
+            .map(Drain::relay_rate)
+            .fold(0.0, f64::max)
+    }
+
+    fn p99(&self) -> f64 {
+        percentile(&self.latency.ms, 0.99)
+    }
+
+    fn latency_met(&self) -> bool {
+        self.latency.acked == self.latency.appended && self.p99() <= LATENCY_TARGET_MS
+    }
+
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.latency.acked != self.latency.appended {
+            return Err(format!(
+                "relay latency: {} of {} appended events were acknowledged",
+                self.latency.acked, self.latency.appended
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn print(&self) {
+        println!(
+            "### Outbox relay: draining a backlog of {} rows to Kafka (one `Relay`, `KafkaPublisher`)\n",
+            self.rows
+        );
+        println!(
+            "| batch size | fill (s) | relay (s) | of which publish (s) | rounds | relay events/s | raw producer events/s | relay / raw | RSS before / max / after (MiB) |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|:--|");
+        let mib = |k: u64| k as f64 / 1024.0;
+        for d in &self.drains {
+            println!(
+                "| {} | {:.1} | {:.1} | {:.1} | {} | {:.0} ({}) | {:.0} | {:.2} | {:.1} / {:.1} / {:.1} |",
+                d.batch_size,
+                d.fill_s,
+                d.relay_s,
+                d.publish_s,
+                d.rounds,
+                d.relay_rate(),
+                verdict(d.relay_rate() >= DRAIN_TARGET),
+                d.raw_rate(),
+                d.relay_rate() / d.raw_rate(),
+                mib(d.rss_before_kib),
+                mib(d.rss_max_kib),
+                mib(d.rss_after_kib)
+            );
+        }
+        println!();
+        println!(
+            "* backlog: `INSERT ... SELECT FROM UNNEST` in chunks of {FILL_CHUNK} rows into `eventfold_outbox`, {KEYS} keys"
+        );
+        println!(
+            "  (round robin), {PAYLOAD_BYTES}-byte payloads, headers `{{}}`, slot = `OutboxMessage::slot_of(key, {SLOTS})`; a fresh"
+        );
+        println!("  topic with {PARTITIONS} partitions per batch size.");
+        println!(
+            "* relay: `Relay::run_once` in a loop until a round publishes nothing and `outbox_status().pending == 0`;"
+        );
+        println!(
+            "  events/s = rows / elapsed; publish = time inside `KafkaPublisher::publish` (the rest is claim + delete
+  in PostgreSQL). RSS = `VmRSS` of this process, sampled after every round."
+        );
+        println!(
+            "* raw producer: rdkafka `FutureProducer` with the publisher's settings (idempotence, acks=all, linger 5 ms),"
+        );
+        println!(
+            "  the same keys and payloads, at most {RAW_IN_FLIGHT} messages in flight, to its own {PARTITIONS}-partition topic."
+        );
+        println!();
+        let l = &self.latency;
+        println!("### Outbox relay: commit-to-broker-ack latency (ms)\n");
+        println!("| offered | duration | appended | acked | p50 | p90 | p99 | max |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!(
+            "| {LATENCY_RATE:.0}/s | {:.0} s | {} | {} | {:.1} | {:.1} | {:.1} ({}) | {:.1} |",
+            l.seconds,
+            l.appended,
+            l.acked,
+            percentile(&l.ms, 0.50),
+            percentile(&l.ms, 0.90),
+            self.p99(),
+            verdict(self.latency_met()),
+            l.ms.last().copied().unwrap_or(f64::NAN)
+        );
+        println!();
+        println!(
+            "* {LATENCY_WRITERS} writer tasks append 1 event per call (`PgStore::with_outbox(OutboxRouting::new().default_topic(..))`,"
+        );
+        println!(
+            "  `ExpectedVersion::Any`, {LATENCY_STREAMS_PER_WRITER} streams each) at {LATENCY_RATE:.0}/s in total; one `Relay::run` (batch 500,"
+        );
+        println!(
+            "  idle_wait 5 ms) after `VACUUM (ANALYZE) eventfold_outbox` (the drains' dead tuples otherwise slow every
+  claim); latency = `Instant` the publisher's `publish` returned Ok − `Instant` `append` returned."
+        );
+        println!();
+    }
+
+    pub(crate) fn print_targets(&self) {
+        println!(
+            "Relay targets: one relay drains ≥ {DRAIN_TARGET:.0} events/s: {} (best {:.0}/s); p99 commit-to-ack \
+             ≤ {LATENCY_TARGET_MS:.0} ms at {LATENCY_RATE:.0} events/s: {} ({:.1} ms).",
+            verdict(self.best_rate() >= DRAIN_TARGET),
+            self.best_rate(),
+            verdict(self.latency_met()),
+            self.p99()
+        );
+    }
+
+    pub(crate) fn json(&self) -> serde_json::Value {
+        let l = &self.latency;
+        let r1 = |v: f64| (v * 10.0).round() / 10.0;
+        serde_json::json!({
+            "rows": self.rows,
+            "keys": KEYS,
+            "partitions": PARTITIONS,
+            "drain_target_events_per_s": DRAIN_TARGET,
+            "drain_target_met": self.best_rate() >= DRAIN_TARGET,
+            "drains": self.drains.iter().map(|d| serde_json::json!({
+                "batch_size": d.batch_size,
+                "fill_s": r1(d.fill_s),
+                "relay_s": r1(d.relay_s),
+                "publish_s": r1(d.publish_s),
+                "rounds": d.rounds,
+                "relay_events_per_s": d.relay_rate().round(),
+                "raw_producer_events_per_s": d.raw_rate().round(),
+                "ratio": crate::r3(d.relay_rate() / d.raw_rate()),
+                "rss_kib": {
+                    "before": d.rss_before_kib,
+                    "max": d.rss_max_kib,
+                    "after": d.rss_after_kib,
+                },
+            })).collect::<Vec<_>>(),
+            "latency": {
+                "offered_events_per_s": LATENCY_RATE,
+                "seconds": l.seconds,
+                "appended": l.appended,
+                "acked": l.acked,
+                "p50_ms": r1(percentile(&l.ms, 0.50)),
+                "p90_ms": r1(percentile(&l.ms, 0.90)),
+                "p99_ms": r1(self.p99()),
+                "max_ms": r1(l.ms.last().copied().unwrap_or(f64::NAN)),
+                "target_ms": LATENCY_TARGET_MS,
+                "p99_met": self.latency_met(),
+            },
+        })
+    }
+}
