@@ -168,7 +168,7 @@ fn raw_producer(brokers: &str) -> Result<FutureProducer> {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("max.in.flight.requests.per.connection", "5")
-        .set("linger.ms", "5")
+        .set("linger.ms", "1")
         .set("compression.type", "none")
         .set("partitioner", "murmur2_random")
         .set("message.timeout.ms", "30000")
@@ -543,7 +543,7 @@ impl RelayResults {
   in PostgreSQL). RSS = `VmRSS` of this process, sampled after every round."
         );
         println!(
-            "* raw producer: rdkafka `FutureProducer` with the publisher's settings (idempotence, acks=all, linger 5 ms),"
+            "* raw producer: rdkafka `FutureProducer` with the publisher's settings (idempotence, acks=all, linger 1 ms),"
         );
         println!(
             "  the same keys and payloads, at most {RAW_IN_FLIGHT} messages in flight, to its own {PARTITIONS}-partition topic."

@@ -127,7 +127,7 @@ impl KafkaPublisher {
     /// The settings the [`Publisher`] contract relies on are always set: `enable.idempotence=true`,
     /// `acks=all`, `max.in.flight.requests.per.connection=5`. These are set only when `config`
     /// does not set them: `message.timeout.ms` (30000, see
-    /// [`with_message_timeout`](Self::with_message_timeout)), `linger.ms=5`,
+    /// [`with_message_timeout`](Self::with_message_timeout)), `linger.ms=1`,
     /// `compression.type=none`, `partitioner=murmur2_random`. Anything else (`message.max.bytes`,
     /// security settings, ...) is passed through.
     pub fn from_config(mut config: ClientConfig) -> Result<Self, KafkaError> {
@@ -140,7 +140,7 @@ impl KafkaPublisher {
             .set("acks", "all")
             .set("max.in.flight.requests.per.connection", "5");
         for (key, value) in [
-            ("linger.ms", "5"),
+            ("linger.ms", "1"),
             ("compression.type", "none"),
             ("partitioner", "murmur2_random"),
         ] {
