@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -22,23 +21,6 @@ use eventfold::{BoxError, NewEvent, StreamId};
 use uuid::Uuid;
 
 const PARTITIONS: i32 = 3;
-
-/// The broker's bootstrap address; panics when nothing listens there.
-fn bootstrap() -> String {
-    let servers = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let first = servers.split(',').next().unwrap_or_default().to_owned();
-    let reachable = first
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_ok());
-    assert!(
-        reachable,
-        "no Kafka-protocol broker is reachable at {servers} (KAFKA_BOOTSTRAP); \
-         run the tests with scripts/test.sh, which starts tansu"
-    );
-    servers
-}
 
 /// One event per handled message in a ledger stream, in the inbox's transaction.
 struct Ledger {
@@ -85,7 +67,7 @@ async fn publish(publisher: &KafkaPublisher, messages: &[OutboxMessage]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_consumer_takes_every_message_once_and_the_group_resumes() {
-    let brokers = bootstrap();
+    let brokers = common::kafka_bootstrap();
     let topic = format!("eventfold.test.payments.{}", Uuid::now_v7().simple());
     let group = format!("eventfold-test-ledger-{}", Uuid::now_v7().simple());
     let publisher = KafkaPublisher::new(&brokers).expect("a Kafka publisher");
@@ -168,7 +150,7 @@ async fn kafka_consumer_takes_every_message_once_and_the_group_resumes() {
 async fn kafka_source_reports_a_record_without_ce_id() {
     use eventfold::outbox::kafka::rdkafka::producer::FutureRecord;
 
-    let brokers = bootstrap();
+    let brokers = common::kafka_bootstrap();
     let topic = format!("eventfold.test.noid.{}", Uuid::now_v7().simple());
     let publisher = KafkaPublisher::new(&brokers).expect("a Kafka publisher");
     publisher

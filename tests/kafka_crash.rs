@@ -11,7 +11,6 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,23 +34,6 @@ const WRITERS: usize = 8;
 const AGGREGATES: usize = 200;
 const KILLS: usize = 4;
 const LEASE_TTL_MS: &str = "1500";
-
-/// The broker's bootstrap address; panics when nothing listens there.
-fn bootstrap() -> String {
-    let servers = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let first = servers.split(',').next().unwrap_or_default().to_owned();
-    let reachable = first
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_ok());
-    assert!(
-        reachable,
-        "no Kafka-protocol broker is reachable at {servers} (KAFKA_BOOTSTRAP); \
-         run the tests with scripts/test.sh, which starts tansu"
-    );
-    servers
-}
 
 /// `DATABASE_URL` (or the default server) with its database replaced by `database`.
 fn database_url(database: &str) -> String {
@@ -263,7 +245,7 @@ async fn write<S: EventStore>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_relay_processes_lose_no_event_and_keep_key_order() {
     let started = Instant::now();
-    let brokers = bootstrap();
+    let brokers = common::kafka_bootstrap();
     let total: usize = std::env::var("EVENTFOLD_E2E_EVENTS")
         .ok()
         .map(|n| n.parse().expect("EVENTFOLD_E2E_EVENTS is a number"))

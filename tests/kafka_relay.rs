@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRelayStore, OutboxRouting};
@@ -22,23 +21,6 @@ use eventfold::{NewEvent, StreamId};
 use uuid::Uuid;
 
 const PARTITIONS: i32 = 3;
-
-/// The broker's bootstrap address; panics when nothing listens there.
-fn bootstrap() -> String {
-    let servers = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let first = servers.split(',').next().unwrap_or_default().to_owned();
-    let reachable = first
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_ok());
-    assert!(
-        reachable,
-        "no Kafka-protocol broker is reachable at {servers} (KAFKA_BOOTSTRAP); \
-         run the tests with scripts/test.sh, which starts tansu"
-    );
-    servers
-}
 
 fn unique_topic(name: &str) -> String {
     format!("eventfold.test.{name}.{}", Uuid::now_v7().simple())
@@ -182,7 +164,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_relay_delivers_every_event_in_order_per_key() {
-    let brokers = bootstrap();
+    let brokers = common::kafka_bootstrap();
     let topic = unique_topic("orders");
     let publisher = KafkaPublisher::new(&brokers).expect("a Kafka publisher");
     create_topic(&publisher, &topic).await;
@@ -268,7 +250,7 @@ async fn kafka_relay_delivers_every_event_in_order_per_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_relay_parks_a_too_large_message_and_its_key_waits() {
-    let brokers = bootstrap();
+    let brokers = common::kafka_bootstrap();
     let topic = unique_topic("sizes");
     let mut producer_config = ClientConfig::new();
     producer_config

@@ -44,3 +44,24 @@ pub async fn postgres() -> (PgStore, TestDb) {
         .expect("migrate");
     (store, db)
 }
+
+/// The Kafka-protocol broker of `KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`); panics when nothing
+/// listens there: the Kafka tests fail loudly, they never skip.
+pub fn kafka_bootstrap() -> String {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let servers = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let first = servers.split(',').next().unwrap_or_default().to_owned();
+    let reachable = first
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| {
+            TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)).is_ok()
+        });
+    assert!(
+        reachable,
+        "no Kafka-protocol broker is reachable at {servers} (KAFKA_BOOTSTRAP); \
+         run the tests with scripts/test.sh, which starts tansu"
+    );
+    servers
+}
