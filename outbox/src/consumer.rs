@@ -199,6 +199,16 @@ where
     /// Handles one record (with retries, then parking) and acknowledges it after its
     /// transaction committed.
     pub async fn process(&mut self, record: &Record) -> Result<Outcome, ConsumerError> {
+        let outcome = self.settle(record).await?;
+        self.source
+            .commit(record)
+            .await
+            .map_err(self.source_err())?;
+        Ok(outcome)
+    }
+
+    /// Handles one record (with retries, then parking) without acknowledging it.
+    async fn settle(&mut self, record: &Record) -> Result<Outcome, ConsumerError> {
         let mut last_error = String::new();
         for attempt in 1..=self.max_attempts {
             let mut uow = self.store.begin().await.map_err(self.store_err())?;
@@ -208,19 +218,11 @@ where
                 .map_err(self.store_err())?
             {
                 let _ = uow.rollback().await;
-                self.source
-                    .commit(record)
-                    .await
-                    .map_err(self.source_err())?;
                 return Ok(Outcome::Duplicate);
             }
             match self.handler.handle(&mut uow, record).await {
                 Ok(()) => {
                     uow.commit().await.map_err(self.store_err())?;
-                    self.source
-                        .commit(record)
-                        .await
-                        .map_err(self.source_err())?;
                     return Ok(Outcome::Handled);
                 }
                 Err(e) => {
@@ -251,27 +253,37 @@ where
             })
             .await
             .map_err(self.store_err())?;
-        self.source
-            .commit(record)
-            .await
-            .map_err(self.source_err())?;
         Ok(Outcome::Parked)
     }
 
-    /// Polls one batch (waiting up to `wait`) and processes it in order.
-    pub async fn run_once(&mut self, wait: Duration) -> Result<ConsumerReport, ConsumerError> {
-        let records = self
-            .source
-            .poll(self.batch, wait)
-            .await
-            .map_err(self.source_err())?;
+    /// Settles a polled batch in order, then acknowledges it with one commit per partition
+    /// (the last record of each): every transaction of the batch has committed by then, and a
+    /// crash before the acknowledgement only redelivers what the inbox already holds.
+    async fn handle_batch(&mut self, records: &[Record]) -> Result<ConsumerReport, ConsumerError> {
         let mut report = ConsumerReport::default();
-        for record in &records {
-            match self.process(record).await? {
+        for record in records {
+            match self.settle(record).await? {
                 Outcome::Handled => report.handled += 1,
                 Outcome::Duplicate => report.duplicates += 1,
                 Outcome::Parked => report.parked += 1,
             }
+        }
+        let mut last: Vec<&Record> = Vec::new();
+        for record in records {
+            match last
+                .iter_mut()
+                .find(|r| r.topic == record.topic && r.partition == record.partition)
+            {
+                Some(slot) if slot.offset < record.offset => *slot = record,
+                Some(_) => {}
+                None => last.push(record),
+            }
+        }
+        for record in last {
+            self.source
+                .commit(record)
+                .await
+                .map_err(self.source_err())?;
         }
         let consumer = self.name.clone();
         metrics::counter!("eventfold_consumer_handled_total", "consumer" => consumer.clone())
@@ -283,6 +295,16 @@ where
         Ok(report)
     }
 
+    /// Polls one batch (waiting up to `wait`) and processes it in order.
+    pub async fn run_once(&mut self, wait: Duration) -> Result<ConsumerReport, ConsumerError> {
+        let records = self
+            .source
+            .poll(self.batch, wait)
+            .await
+            .map_err(self.source_err())?;
+        self.handle_batch(&records).await
+    }
+
     /// Runs until `shutdown` completes. Shutdown is taken between batches, so every polled
     /// message is finished (handled and acknowledged, or parked) before it returns.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ConsumerError> {
@@ -292,9 +314,8 @@ where
                 () = &mut shutdown => return Ok(()),
                 polled = self.source.poll(self.batch, Duration::from_millis(500)) => polled,
             };
-            for record in &polled.map_err(self.source_err())? {
-                self.process(record).await?;
-            }
+            self.handle_batch(&polled.map_err(self.source_err())?)
+                .await?;
         }
     }
 }
