@@ -278,6 +278,42 @@ async fn rolled_back_transaction_publishes_nothing<S: OutboxRelayStore>(store: S
     );
 }
 
+async fn enqueued_message_wakes_a_waiting_relay<S: OutboxRelayStore>(store: S) {
+    let broker = InProcessBroker::new();
+    let relay = Relay::new(store.clone(), broker.clone()).with_config(RelayConfig {
+        // No polling within the test's time: only the commit's wake-up can start a round.
+        idle_wait: Duration::from_secs(60),
+        lease_ttl: Duration::from_secs(180),
+        ..config()
+    });
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let running = {
+        let stop = stop.clone();
+        tokio::spawn(async move { relay.run(async move { stop.notified().await }).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await; // the relay is idle, waiting
+    let sent = Instant::now();
+    let mut uow = store.begin().await.unwrap();
+    uow.enqueue(vec![OutboxMessage::new(
+        "billing",
+        "c-1",
+        "billing.requested",
+        b"{}".to_vec(),
+    )])
+    .await
+    .unwrap();
+    uow.commit().await.unwrap();
+    while broker.records("billing").is_empty() {
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "the relay was not woken by the commit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.notify_waiters();
+    running.await.unwrap().unwrap();
+}
+
 macro_rules! relay_tests {
     ($module:ident, $fresh:path) => {
         mod $module {
@@ -299,6 +335,12 @@ macro_rules! relay_tests {
             async fn outage_backlog_drains() {
                 let (store, _guard) = $fresh().await;
                 outage_backlog_drains_in_order(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn enqueue_wakes_the_relay() {
+                let (store, _guard) = $fresh().await;
+                enqueued_message_wakes_a_waiting_relay(store).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -395,7 +395,8 @@ impl UnitOfWork for MemoryUnitOfWork {
                 actual: None,
             });
         }
-        let appended = !self.streams.is_empty();
+        // Appends and outbox messages wake log readers and the relay.
+        let appended = !self.streams.is_empty() || !self.outbox.is_empty();
         for (stream_id, staged) in self.streams {
             let base = renumber
                 .iter()

@@ -736,7 +736,10 @@ impl UnitOfWork for SqliteUnitOfWork {
     }
 
     async fn enqueue(&mut self, messages: Vec<OutboxMessage>) -> Result<(), StoreError> {
-        self.insert_outbox(messages).await
+        self.insert_outbox(messages).await?;
+        // Wakes the relay at commit, like an append does.
+        self.wrote_events = true;
+        Ok(())
     }
 
     async fn commit(self) -> Result<(), StoreError> {

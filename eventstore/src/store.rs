@@ -136,7 +136,8 @@ pub trait UnitOfWork: Send {
     fn rollback(self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-/// Waits for a sign that something was appended. A hint only: readers always re-read.
+/// Waits for a sign that something was appended or enqueued in the outbox. A hint only:
+/// readers and the relay always re-read.
 pub trait Wakeup: Send {
     /// Returns when an append may have happened since the last call, or after `max`.
     fn wait(&mut self, max: std::time::Duration) -> impl Future<Output = ()> + Send;
