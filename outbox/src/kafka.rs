@@ -305,8 +305,9 @@ async fn publish_key(
     brokers: String,
     queue_timeout: Duration,
     messages: Vec<(usize, OutboxMessage)>,
-) -> Vec<(usize, Result<Delivery, PublishError>)> {
+) -> (Vec<(usize, Result<Delivery, PublishError>)>, bool) {
     let mut failed = FailedKeys::default();
+    let mut fenced = false;
     let mut results = Vec::with_capacity(messages.len());
     for (index, message) in messages {
         if let Err(blocked) = failed.check(&message) {
@@ -334,6 +335,10 @@ async fn publish_key(
             }),
             Err((error, _)) => {
                 let code = error.rdkafka_error_code();
+                fenced |= matches!(
+                    code,
+                    Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::Fatal)
+                );
                 let reason = format!(
                     "{error} (broker {brokers}, {} bytes payload)",
                     message.payload.len()
@@ -344,7 +349,7 @@ async fn publish_key(
         };
         results.push((index, result));
     }
-    results
+    (results, fenced)
 }
 
 impl Publisher for KafkaPublisher {
@@ -358,6 +363,7 @@ impl Publisher for KafkaPublisher {
                 .push((index, message.clone()));
         }
         let producer = self.producer();
+        let mut fenced = false;
         let mut tasks = JoinSet::new();
         for (_, group) in by_key {
             tasks.spawn(publish_key(
@@ -370,7 +376,8 @@ impl Publisher for KafkaPublisher {
         let mut results: Vec<Option<Result<Delivery, PublishError>>> = vec![None; messages.len()];
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok(group) => {
+                Ok((group, group_fenced)) => {
+                    fenced |= group_fenced;
                     for (index, result) in group {
                         results[index] = Some(result);
                     }
@@ -378,9 +385,6 @@ impl Publisher for KafkaPublisher {
                 Err(e) => tracing::error!(error = %e, "a Kafka publish task failed"),
             }
         }
-        let fenced = results
-            .iter()
-            .any(|r| matches!(r, Some(Err(e)) if e.reason.contains("ProducerFenced")));
         self.renew_if_fatal(&producer, fenced);
         results
             .into_iter()
