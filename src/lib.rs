@@ -14,7 +14,7 @@
 //! | `proto` | the Protobuf codec (`#[event(codec = "protobuf")]`) |
 //! | `test-util` | given/when/then for aggregates ([`testing`]), the backend contract suite, test databases |
 //! | `kafka` | the Kafka publisher of the outbox relay (`outbox::KafkaPublisher`, rdkafka) |
-//! | `cli` | reserved for the embeddable CLI |
+//! | `cli` | the embeddable command line (`cli`: migrations, projections, outbox), the `eventfold` binary (with `postgres` and `sqlite`) |
 //!
 //! The in-memory store ([`eventstore::memory`]) and the in-process broker
 //! ([`outbox::InProcessBroker`]) are always there, for users' unit tests. The outbox relay
@@ -79,6 +79,9 @@ pub use eventfold_saga as saga;
 
 pub use eventfold_projections as projections;
 
+#[cfg(feature = "cli")]
+pub mod cli;
+
 /// The book's chapters, compiled as doctests so that every sample stays correct.
 #[cfg(doctest)]
 mod book {
@@ -96,6 +99,11 @@ mod book {
     mod global_log {}
     #[doc = include_str!("../book/src/outbox.md")]
     mod outbox_chapter {}
+    #[doc = include_str!("../book/src/projections.md")]
+    mod projections_chapter {}
+    #[cfg(feature = "cli")]
+    #[doc = include_str!("../book/src/cli.md")]
+    mod cli_chapter {}
     #[doc = include_str!("../README.md")]
     mod readme {}
 }

@@ -5,7 +5,7 @@ mod common;
 
 use eventfold::eventstore::contract::{Tally, TallyCommand, TallyEvent};
 use eventfold::eventstore::{EventStore, ExecuteError, Repository};
-use eventfold::{Aggregate, CommandMetadata, StreamId, Upcasters, decode_event};
+use eventfold::{Aggregate, CommandMetadata, StreamId, Upcasters, decode_event, decode_event_ref};
 use proptest::prelude::*;
 
 fn command() -> impl Strategy<Value = TallyCommand> {
@@ -40,14 +40,17 @@ async fn check<S: EventStore>(
     let stream = StreamId::new("tally", id).expect("stream id");
     let stored = store.read_stream(&stream, 1, u64::MAX).await.expect("read");
     prop_assert_eq!(stored.len() as u64, version);
-    let events: Vec<TallyEvent> = stored
-        .into_iter()
-        .map(|e| {
-            decode_event::<TallyEvent>(e, &Upcasters::new())
-                .expect("decode")
-                .payload
-        })
-        .collect();
+    let mut events: Vec<TallyEvent> = Vec::with_capacity(stored.len());
+    for e in stored {
+        let by_ref = decode_event_ref::<TallyEvent>(&e, &Upcasters::new()).expect("decode by ref");
+        let owned = decode_event::<TallyEvent>(e, &Upcasters::new()).expect("decode");
+        prop_assert_eq!(
+            &by_ref,
+            &owned,
+            "decoding a borrowed event gives the same envelope"
+        );
+        events.push(owned.payload);
+    }
     let folded = Tally::fold(events.iter());
     prop_assert_eq!(
         &folded,

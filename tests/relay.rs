@@ -21,6 +21,7 @@ fn config() -> RelayConfig {
         backoff_base: Duration::from_millis(5),
         backoff_max: Duration::from_millis(50),
         idle_wait: Duration::from_millis(20),
+        lanes: 2,
     }
 }
 
@@ -178,6 +179,104 @@ async fn refused_message_is_parked_and_its_key_waits<S: OutboxRelayStore>(store:
     assert_eq!(store.outbox_status().await.unwrap().pending, 0);
 }
 
+/// A parked key with far more waiting rows than a batch must not fill the claim's window: the
+/// keys behind it keep flowing.
+async fn parked_key_with_a_long_queue_does_not_starve_others<S: OutboxRelayStore>(store: S) {
+    let store = store.with_outbox(OutboxRouting::new());
+    let broker = InProcessBroker::new().with_max_message_bytes(2000);
+    let big = StreamId::new("order", "big").unwrap();
+    let mut events = vec![event(5000)];
+    events.extend((0..300).map(|_| event(10)));
+    store
+        .append(&big, ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    let others: Vec<StreamId> = (0..20)
+        .map(|i| StreamId::new("order", format!("o{i}")).unwrap())
+        .collect();
+    for stream in &others {
+        store
+            .append(
+                stream,
+                ExpectedVersion::NoStream,
+                vec![event(10), event(10)],
+            )
+            .await
+            .unwrap();
+    }
+    // One lane, so every slot shares one window.
+    let mut relay = Relay::new(store.clone(), broker.clone()).with_config(RelayConfig {
+        lanes: 1,
+        ..config()
+    });
+    for _ in 0..6 {
+        relay.run_once().await.expect("round");
+    }
+    let records = broker.records("order");
+    assert!(
+        records.iter().all(|r| r.key != "big"),
+        "nothing of the parked key is published"
+    );
+    assert_eq!(
+        records.len(),
+        40,
+        "the 20 other keys delivered both of their events behind 301 blocked rows"
+    );
+    assert_eq!(store.dead_letters(10).await.unwrap().len(), 1);
+    assert_eq!(store.outbox_status().await.unwrap().pending, 300);
+}
+
+/// A key waiting for a retry (backoff) with a long queue is kept out of the claim's window too:
+/// its later rows are never claimed before the failed one, and the other keys keep flowing.
+async fn retrying_key_with_a_long_queue_does_not_starve_others<S: OutboxRelayStore>(store: S) {
+    let store = store.with_outbox(OutboxRouting::new());
+    let slow = StreamId::new("order", "slow").unwrap();
+    store
+        .append(
+            &slow,
+            ExpectedVersion::NoStream,
+            (0..301).map(|_| event(10)).collect(),
+        )
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let stream = StreamId::new("order", format!("o{i}")).unwrap();
+        store
+            .append(
+                &stream,
+                ExpectedVersion::NoStream,
+                vec![event(10), event(10)],
+            )
+            .await
+            .unwrap();
+    }
+    let owner = Uuid::now_v7();
+    let slots = store
+        .lease_slots(owner, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let first = store.claim_outbox(&slots, 64).await.unwrap();
+    assert_eq!(first.len(), 1, "the window holds only the slow key's rows");
+    assert_eq!(first[0].message.key, "slow");
+    store
+        .fail_outbox(first[0].seq, "broker timeout", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut others = 0;
+    for _ in 0..5 {
+        let rows = store.claim_outbox(&slots, 64).await.unwrap();
+        assert!(
+            rows.iter().all(|r| r.message.key != "slow"),
+            "no row of a key waiting for its retry is claimed"
+        );
+        others += rows.len();
+        let seqs: Vec<u64> = rows.iter().map(|r| r.seq).collect();
+        store.complete_outbox(owner, &seqs).await.unwrap();
+    }
+    assert_eq!(others, 40, "the other keys delivered both of their rows");
+    assert_eq!(store.outbox_status().await.unwrap().pending, 301);
+}
+
 async fn outage_backlog_drains_in_order<S: OutboxRelayStore>(store: S) {
     let store = store.with_outbox(OutboxRouting::new());
     let broker = InProcessBroker::new();
@@ -329,6 +428,18 @@ macro_rules! relay_tests {
             async fn refused_message_parked_key_waits_others_flow() {
                 let (store, _guard) = $fresh().await;
                 refused_message_is_parked_and_its_key_waits(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn parked_key_does_not_starve_others() {
+                let (store, _guard) = $fresh().await;
+                parked_key_with_a_long_queue_does_not_starve_others(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn retrying_key_does_not_starve_others() {
+                let (store, _guard) = $fresh().await;
+                retrying_key_with_a_long_queue_does_not_starve_others(store).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,16 +40,41 @@ const IDLE_READS: usize = 50;
 /// How long to keep listening for duplicates once every event was seen.
 const LATENCY_GRACE: Duration = Duration::from_millis(300);
 
-/// Writes `$1` events over `$2` streams in one statement, with one commit key (this
-/// transaction's id), as one big append would.
-const FILL_SQL: &str = "INSERT INTO eventfold_events (event_id, stream_type, stream_id, stream_version, \
-     event_type, schema_version, payload, recorded_at, source, correlation_id, causation_id, tenant_id, \
-     headers, commit_key) \
-     SELECT gen_random_uuid(), 'fill', 'fill-' || (i % $2), i / $2 + 1, 'fill.recorded', 1, \
-       convert_to(format('{\"n\":%s,\"order\":\"o-%s\",\"amount_cents\":%s,\"currency\":\"EUR\"}', \
-         i, i % $2, (i * 7919) % 100000), 'UTF8'), \
-       now(), 'bench-fill', gen_random_uuid(), NULL, NULL, '{}'::jsonb, pg_current_xact_id()::text::int8 \
-     FROM generate_series(0::int8, $1 - 1) AS i";
+/// Writes `$1` events over `$2` streams into `table` in one statement, with one commit key
+/// (this transaction's id), as one big append would. Payloads are `{n, order, amount_cents,
+/// currency}` (the projection section decodes them).
+pub(crate) fn fill_sql(table: &str) -> String {
+    format!(
+        "INSERT INTO {table} (event_id, stream_type, stream_id, stream_version, \
+         event_type, schema_version, payload, recorded_at, source, correlation_id, causation_id, tenant_id, \
+         headers, commit_key) \
+         SELECT gen_random_uuid(), 'fill', 'fill-' || (i % $2), i / $2 + 1, 'fill.recorded', 1, \
+           convert_to(format('{{\"n\":%s,\"order\":\"o-%s\",\"amount_cents\":%s,\"currency\":\"EUR\"}}', \
+             i, i % $2, (i * 7919) % 100000), 'UTF8'), \
+           now(), 'bench-fill', gen_random_uuid(), NULL, NULL, '{{}}'::jsonb, pg_current_xact_id()::text::int8 \
+         FROM generate_series(0::int8, $1 - 1) AS i"
+    )
+}
+
+/// Waits until every event of the log is below the readable horizon (a transaction of another
+/// client of the server could hold it back).
+pub(crate) async fn wait_readable(store: &PgStore) -> Result<()> {
+    let waited = Instant::now();
+    loop {
+        let head = store.log_head().await?;
+        if head.readable_position == head.position {
+            return Ok(());
+        }
+        if waited.elapsed() > Duration::from_secs(60) {
+            return Err(format!(
+                "the log head stays held back ({} of {} readable, blocked by {:?})",
+                head.readable_position, head.position, head.blocked_by
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 /// The columns the library's `read_log` selects, in its order, keyset-paginated by position.
 const RAW_LOG_SQL: &str = "SELECT commit_key, stream_type, stream_id, event_id, stream_version, \
@@ -113,7 +138,7 @@ fn recorded(row: RawLogRow) -> Result<RecordedEvent> {
 }
 
 /// The resident set size of this process (KiB), from `/proc/self/status`.
-fn rss_kib() -> Option<u64> {
+pub(crate) fn rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()
@@ -618,7 +643,7 @@ enum Reader {
 async fn catch_up(pool: &PgPool, store: &PgStore, events: u64) -> Result<CatchUp> {
     eprintln!("global log catch-up: writing {events} events");
     let started = Instant::now();
-    sqlx::query(FILL_SQL)
+    sqlx::query(&fill_sql("eventfold_events"))
         .bind(i64::try_from(events)?)
         .bind(FILL_STREAMS)
         .execute(pool)
@@ -629,23 +654,7 @@ async fn catch_up(pool: &PgPool, store: &PgStore, events: u64) -> Result<CatchUp
         .execute(pool)
         .await?;
     let vacuum_seconds = started.elapsed().as_secs_f64();
-    // Every event must be readable before the reads are timed (a transaction of another client
-    // of the server could hold the horizon back).
-    let waited = Instant::now();
-    loop {
-        let head = store.log_head().await?;
-        if head.readable_position == head.position {
-            break;
-        }
-        if waited.elapsed() > Duration::from_secs(60) {
-            return Err(format!(
-                "the log head stays held back ({} of {} readable, blocked by {:?})",
-                head.readable_position, head.position, head.blocked_by
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_readable(store).await?;
     let (count, sum): (i64, String) = sqlx::query_as(
         "SELECT count(*), COALESCE(sum(global_position), 0)::text FROM eventfold_events",
     )

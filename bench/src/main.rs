@@ -14,18 +14,21 @@
 //! * `--seconds N`: measured time per throughput case (default 5);
 //! * `--quick`: 2 s per case, 200,000 events for the catch-up read, 4 s of latency tests,
 //!   100,000 relay rows;
-//! * `--only SECTIONS`: a comma-separated subset of `commands`, `appends`, `log`, `relay`
-//!   (default `all` = `commands,appends,log`: the `relay` section takes over 2 minutes at its
-//!   default size and needs a Kafka broker, so it runs only when named);
+//! * `--only SECTIONS`: a comma-separated subset of `commands`, `appends`, `log`, `relay`,
+//!   `projections` (default `all` = `commands,appends,log,projections`: the `relay` section
+//!   takes over 2 minutes at its default size and needs a Kafka broker, so it runs only when
+//!   named);
 //! * `--log-events N`: events written for the catch-up read (default 1,000,000);
 //! * `--latency-seconds N`: duration of the commit-to-reader latency test (default 10);
 //! * `--relay-rows N`: outbox rows of the relay backlog (default 1,000,000);
+//! * `--projection-events N`: events of the projection rebuilds (default 1,000,000; see
+//!   `projections.rs`);
 //! * `--no-test-before-acquire`: turn off sqlx's ping on every pool checkout (for diagnosis).
 //!
 //! The server is `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`); the
 //! benchmark creates a database `eventfold_bench_<random>` there and drops it (`WITH (FORCE)`)
 //! at the end. It refuses to run when the server has `fsync` off, because commit figures would
-//! then be meaningless. A full run (`--seconds 5`) takes about 3.5 minutes on 2 CPUs.
+//! then be meaningless. A full run (`--seconds 5`) takes about 5 minutes on 2 CPUs.
 //!
 //! What is measured:
 //!
@@ -90,6 +93,7 @@
 #![warn(missing_docs)]
 
 mod global_log;
+mod projections;
 mod relay;
 
 use std::error::Error;
@@ -834,6 +838,7 @@ struct Sections {
     appends: bool,
     log: bool,
     relay: bool,
+    projections: bool,
 }
 
 impl Sections {
@@ -842,6 +847,7 @@ impl Sections {
         appends: true,
         log: true,
         relay: RELAY_IN_ALL,
+        projections: true,
     };
 
     fn parse(value: &str) -> Result<Self> {
@@ -850,6 +856,7 @@ impl Sections {
             appends: false,
             log: false,
             relay: false,
+            projections: false,
         };
         for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part {
@@ -857,16 +864,22 @@ impl Sections {
                 "appends" => sections.appends = true,
                 "log" => sections.log = true,
                 "relay" => sections.relay = true,
+                "projections" => sections.projections = true,
                 "all" => sections = Sections::ALL,
                 other => {
                     return Err(format!(
-                        "--only: unknown section `{other}` (commands, appends, log, relay, all)"
+                        "--only: unknown section `{other}` (commands, appends, log, relay, projections, all)"
                     )
                     .into());
                 }
             }
         }
-        if !(sections.commands || sections.appends || sections.log || sections.relay) {
+        if !(sections.commands
+            || sections.appends
+            || sections.log
+            || sections.relay
+            || sections.projections)
+        {
             return Err("--only: no section named".into());
         }
         Ok(sections)
@@ -878,6 +891,7 @@ impl Sections {
             (self.appends, "appends"),
             (self.log, "log"),
             (self.relay, "relay"),
+            (self.projections, "projections"),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -899,6 +913,8 @@ struct Options {
     relay_rows: u64,
     /// Duration of the relay's commit-to-ack latency test.
     relay_latency_seconds: f64,
+    /// Events of the projection rebuilds.
+    projection_events: u64,
 }
 
 fn positive(flag: &str, value: Option<String>) -> Result<f64> {
@@ -916,6 +932,7 @@ fn parse_args() -> Result<Options> {
     let mut log_events = None;
     let mut latency_seconds = None;
     let mut relay_rows = None;
+    let mut projection_events = None;
     let mut test_before_acquire = true;
     let mut sections = Sections::ALL;
     let mut args = std::env::args().skip(1);
@@ -948,15 +965,29 @@ fn parse_args() -> Result<Options> {
                         .ok_or_else(|| format!("--relay-rows: not a positive count: {value}"))?,
                 );
             }
+            "--projection-events" => {
+                let value = args.next().ok_or("--projection-events needs a value")?;
+                projection_events = Some(
+                    value
+                        .replace('_', "")
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| *n > 0 && *n <= i64::MAX as u64)
+                        .ok_or_else(|| {
+                            format!("--projection-events: not a positive count: {value}")
+                        })?,
+                );
+            }
             "--latency-seconds" => {
                 latency_seconds = Some(positive("--latency-seconds", args.next())?);
             }
             "--no-test-before-acquire" => test_before_acquire = false,
             "-h" | "--help" => {
                 println!(
-                    "usage: eventfold-bench [--seconds N | --quick] [--only commands,appends,log,relay]\n\
-                     \x20                      [--log-events N] [--latency-seconds N] [--relay-rows N] [--no-test-before-acquire]\n\
-                     --quick: 2 s per case, 200000 log events, 4 s latency tests, 100000 relay rows\n\
+                    "usage: eventfold-bench [--seconds N | --quick] [--only commands,appends,log,relay,projections]\n\
+                     \x20                      [--log-events N] [--latency-seconds N] [--relay-rows N] [--projection-events N]\n\
+                     \x20                      [--no-test-before-acquire]\n\
+                     --quick: 2 s per case, 200000 log events, 4 s latency tests, 100000 relay rows, 200000 projection events\n\
                      DATABASE_URL defaults to {DEFAULT_DATABASE_URL}"
                 );
                 std::process::exit(0);
@@ -972,6 +1003,7 @@ fn parse_args() -> Result<Options> {
         latency_seconds: latency_seconds.unwrap_or(if quick { 4.0 } else { 10.0 }),
         relay_rows: relay_rows.unwrap_or(if quick { 100_000 } else { 1_000_000 }),
         relay_latency_seconds: if quick { 4.0 } else { 10.0 },
+        projection_events: projection_events.unwrap_or(if quick { 200_000 } else { 1_000_000 }),
     })
 }
 
@@ -1161,8 +1193,14 @@ async fn bench_on(
     } else {
         None
     };
+    let projections = if options.sections.projections {
+        Some(projections::run(pool, options).await?)
+    } else {
+        None
+    };
     let results = Results {
         options,
+        projections,
         fsync,
         sync_commit,
         server,
@@ -1177,6 +1215,9 @@ async fn bench_on(
     // The report is printed in full first; a failed exactly-once check then fails the run.
     if let Some(log) = &results.log {
         log.check()?;
+    }
+    if let Some(projections) = &results.projections {
+        projections.check()?;
     }
     match &results.relay {
         Some(relay) => relay.check(),
@@ -1193,7 +1234,7 @@ fn verdict(ratio: f64) -> &'static str {
 }
 
 /// A ratio rounded to 3 decimals for the JSON line.
-fn r3(value: f64) -> f64 {
+pub(crate) fn r3(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
 }
 
@@ -1207,6 +1248,7 @@ struct Results<'a> {
     cpu: Vec<CpuRow>,
     log: Option<global_log::LogResults>,
     relay: Option<relay::RelayResults>,
+    projections: Option<projections::ProjectionResults>,
     started: Instant,
 }
 
@@ -1299,6 +1341,7 @@ fn report(results: &Results<'_>) -> Result<()> {
         cpu,
         log,
         relay,
+        projections,
         started,
     } = results;
     if !commands.is_empty() {
@@ -1333,6 +1376,9 @@ fn report(results: &Results<'_>) -> Result<()> {
     }
     if let Some(relay) = relay {
         relay.print();
+    }
+    if let Some(projections) = projections {
+        projections.print();
     }
     println!(
         "Setup: PostgreSQL {server}, fsync = {fsync}, synchronous_commit = {sync_commit}; pool of {POOL_SIZE} \
@@ -1383,6 +1429,9 @@ fn report(results: &Results<'_>) -> Result<()> {
     if let Some(relay) = relay {
         relay.print_targets();
     }
+    if let Some(projections) = projections {
+        projections.print_targets();
+    }
 
     let json = serde_json::json!({
         "seconds": options.seconds,
@@ -1431,6 +1480,7 @@ fn report(results: &Results<'_>) -> Result<()> {
         })).collect::<Vec<_>>(),
         "global_log": log.as_ref().map(global_log::LogResults::json),
         "relay": relay.as_ref().map(relay::RelayResults::json),
+        "projections": projections.as_ref().map(projections::ProjectionResults::json),
         "elapsed_s_at_report": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
     });
     println!("\nBENCH_JSON {json}");

@@ -104,6 +104,8 @@ pub(crate) struct RelayResults {
     rows: u64,
     drains: Vec<Drain>,
     latency: Latency,
+    /// The raw producer's send-to-ack latency at the same offered load (sorted, ms).
+    raw_latency_ms: Vec<f64>,
 }
 
 /// The resident set size of this process (KiB), from `/proc/self/status`.
@@ -207,6 +209,50 @@ async fn raw_send(producer: &FutureProducer, topic: &str, rows: u64) -> Result<f
             .map_err(|(e, _)| format!("raw producer: {e}"))?;
     }
     Ok(started.elapsed().as_secs_f64())
+}
+
+/// The floor under the relay's latency: the raw producer sends one message per tick at
+/// `LATENCY_RATE` (keys and payloads as in the backlog) and measures each send-to-ack time.
+async fn raw_latency(
+    producer: &FutureProducer,
+    publisher: &KafkaPublisher,
+    seconds: f64,
+) -> Result<Vec<f64>> {
+    let topic = format!("eventfold.bench.rawlatency.{}", Uuid::now_v7().simple());
+    publisher
+        .create_topics(&[(topic.as_str(), PARTITIONS)])
+        .await?;
+    let payload = payload();
+    let period = Duration::from_secs_f64(1.0 / LATENCY_RATE);
+    let mut ticker = tokio::time::interval(period);
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut waiting = Vec::new();
+    let mut i = 0usize;
+    while Instant::now() < end {
+        ticker.tick().await;
+        let k = key(i);
+        let record = FutureRecord::to(&topic)
+            .key(k.as_str())
+            .payload(payload.as_slice());
+        i += 1;
+        let sent = Instant::now();
+        match producer.send_result(record) {
+            Ok(delivery) => waiting.push(tokio::spawn(async move {
+                delivery
+                    .await
+                    .map_err(|_| "raw producer: delivery canceled".to_owned())?
+                    .map_err(|(e, _)| format!("raw producer: {e}"))?;
+                Ok::<f64, String>(sent.elapsed().as_secs_f64() * 1000.0)
+            })),
+            Err((e, _)) => return Err(format!("raw producer enqueue: {e}").into()),
+        }
+    }
+    let mut ms = Vec::with_capacity(waiting.len());
+    for task in waiting {
+        ms.push(task.await??);
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(ms)
 }
 
 async fn drain(
@@ -466,10 +512,13 @@ pub(crate) async fn run(pool: &PgPool, options: &Options) -> Result<RelayResults
         .execute(pool)
         .await?;
     let latency = latency(pool, &publisher, options.relay_latency_seconds).await?;
+    eprintln!("relay latency: raw producer at the same rate");
+    let raw_latency_ms = raw_latency(&producer, &publisher, options.relay_latency_seconds).await?;
     Ok(RelayResults {
         rows: options.relay_rows,
         drains,
         latency,
+        raw_latency_ms,
     })
 }
 
@@ -551,10 +600,21 @@ impl RelayResults {
         println!();
         let l = &self.latency;
         println!("### Outbox relay: commit-to-broker-ack latency (ms)\n");
-        println!("| offered | duration | appended | acked | p50 | p90 | p99 | max |");
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("| path | offered | duration | appended | acked | p50 | p90 | p99 | max |");
+        println!("|:--|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let raw = &self.raw_latency_ms;
         println!(
-            "| {LATENCY_RATE:.0}/s | {:.0} s | {} | {} | {:.1} | {:.1} | {:.1} ({}) | {:.1} |",
+            "| raw rdkafka producer (send → ack) | {LATENCY_RATE:.0}/s | {:.0} s | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            l.seconds,
+            raw.len(),
+            raw.len(),
+            percentile(raw, 0.50),
+            percentile(raw, 0.90),
+            percentile(raw, 0.99),
+            raw.last().copied().unwrap_or(f64::NAN)
+        );
+        println!(
+            "| `Relay::run` + `KafkaPublisher` (commit → ack) | {LATENCY_RATE:.0}/s | {:.0} s | {} | {} | {:.1} | {:.1} | {:.1} ({}) | {:.1} |",
             l.seconds,
             l.appended,
             l.acked,
@@ -624,6 +684,8 @@ impl RelayResults {
                 "max_ms": r1(l.ms.last().copied().unwrap_or(f64::NAN)),
                 "target_ms": LATENCY_TARGET_MS,
                 "p99_met": self.latency_met(),
+                "raw_producer_p50_ms": r1(percentile(&self.raw_latency_ms, 0.50)),
+                "raw_producer_p99_ms": r1(percentile(&self.raw_latency_ms, 0.99)),
             },
         })
     }

@@ -83,7 +83,7 @@ pub use event::{Event, EventTypeInfo};
 pub use metadata::{CommandMetadata, Envelope, Headers, NewEvent, RecordedEvent};
 pub use outbox::OutboxMessage;
 pub use stream::{InvalidStreamId, StreamId};
-pub use upcast::{UpcastStep, Upcasters, decode_event};
+pub use upcast::{UpcastStep, Upcasters, decode_event, decode_event_ref};
 
 /// Re-exports used by code that the derive macros generate. Not a public API.
 #[doc(hidden)]

@@ -225,6 +225,25 @@ pub struct Envelope<P> {
 pub type RecordedEvent = Envelope<Vec<u8>>;
 
 impl<P> Envelope<P> {
+    /// A copy of the metadata with another payload (the current payload is not copied).
+    pub fn map_payload_ref<Q>(&self, payload: Q) -> Envelope<Q> {
+        Envelope {
+            event_id: self.event_id,
+            event_type: self.event_type.clone(),
+            schema_version: self.schema_version,
+            stream_id: self.stream_id.clone(),
+            stream_version: self.stream_version,
+            global_position: self.global_position,
+            timestamp: self.timestamp,
+            source: self.source.clone(),
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            tenant_id: self.tenant_id.clone(),
+            headers: self.headers.clone(),
+            payload,
+        }
+    }
+
     /// Replaces the payload, keeping the metadata.
     pub fn with_payload<Q>(self, payload: Q) -> Envelope<Q> {
         Envelope {

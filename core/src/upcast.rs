@@ -196,6 +196,21 @@ impl Upcasters {
     }
 }
 
+/// Like [`decode_event`], from a borrowed event: when the stored version is current, only the
+/// metadata is copied, never the payload bytes (what readers of a shared batch want).
+pub fn decode_event_ref<E: Event>(
+    recorded: &RecordedEvent,
+    upcasters: &Upcasters,
+) -> Result<Envelope<E>, DecodeError> {
+    if E::current_version(&recorded.event_type) == Some(recorded.schema_version)
+        && let Ok(event) = E::decode(&recorded.event_type, &recorded.payload)
+    {
+        return Ok(recorded.map_payload_ref(event));
+    }
+    // Upcasting, or an error that names the stream and event.
+    decode_event(recorded.clone(), upcasters)
+}
+
 /// Decodes a stored event into a typed envelope: upcasts, then decodes with `E`'s codec.
 ///
 /// Errors name the stream, the event id and version, and what went wrong.

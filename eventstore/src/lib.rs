@@ -28,6 +28,11 @@ pub mod log;
 pub mod memory;
 pub mod naming;
 pub mod outbox;
+pub mod projection;
+#[cfg(feature = "postgres")]
+mod projection_pg;
+#[cfg(feature = "sqlite")]
+mod projection_sqlite;
 pub mod repository;
 pub mod store;
 
@@ -50,6 +55,7 @@ pub use naming::Naming;
 pub use outbox::{
     DeadLetter, OUTBOX_SLOTS, OutboxRelayStore, OutboxRouting, OutboxRow, OutboxStatus,
 };
+pub use projection::{BuildState, LockedCheckpoint, ParkedEvent, ProjectionState, ProjectionStore};
 pub use repository::{Executed, Loaded, Repository};
 pub use store::{
     AppendResult, CommandRecord, DynEventReader, EventStore, LocalWakeup, Snapshot, UnitOfWork,

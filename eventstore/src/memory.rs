@@ -40,6 +40,9 @@ use crate::log::{Checkpoint, LogBatch, LogEvent, LogFilter, LogHead};
 use crate::outbox::{
     DeadLetter, OUTBOX_SLOTS, OutboxRelayStore, OutboxRouting, OutboxRow, OutboxStatus, fair_share,
 };
+use crate::projection::{
+    BuildState, LockedCheckpoint, ParkedEvent, ProjectionState, ProjectionStore,
+};
 use crate::store::{
     AppendResult, CommandRecord, EventStore, LocalWakeup, Snapshot, UnitOfWork, fill_source,
     validate_append,
@@ -59,6 +62,21 @@ struct State {
     relays: HashMap<Uuid, std::time::Instant>,
     inbox: HashSet<(String, Uuid)>,
     parked: Vec<ParkedMessage>,
+    projections: BTreeMap<String, MemProjection>,
+}
+
+/// A projection's bookkeeping in memory.
+#[derive(Debug, Clone)]
+struct MemProjection {
+    active_generation: u32,
+    paused: bool,
+    status: String,
+    last_error: Option<String>,
+    reset_requested: bool,
+    updated_at: chrono::DateTime<chrono::Utc>,
+    /// generation -> (version, checkpoint, highest position applied)
+    generations: BTreeMap<u32, (u32, Checkpoint, u64)>,
+    dead: Vec<ParkedEvent>,
 }
 
 impl State {
@@ -171,6 +189,9 @@ pub struct MemoryUnitOfWork {
     commands: Vec<CommandRecord>,
     outbox: Vec<OutboxMessage>,
     inbox: Vec<(String, Uuid)>,
+    /// A copy of the projections' bookkeeping, changed by this unit of work (under the write
+    /// lock) and put in place at commit.
+    projections: Option<BTreeMap<String, MemProjection>>,
 }
 
 impl MemoryUnitOfWork {
@@ -428,6 +449,9 @@ impl UnitOfWork for MemoryUnitOfWork {
         for mark in self.inbox {
             state.inbox.insert(mark);
         }
+        if let Some(projections) = self.projections {
+            state.projections = projections;
+        }
         let created_at = eventfold_core::metadata::now_micros();
         for message in self.outbox {
             state.outbox_seq += 1;
@@ -528,6 +552,7 @@ impl EventStore for MemoryStore {
             commands: Vec::new(),
             outbox: Vec::new(),
             inbox: Vec::new(),
+            projections: None,
         })
     }
 
@@ -615,22 +640,27 @@ impl OutboxRelayStore for MemoryStore {
     ) -> Result<Vec<OutboxRow>, StoreError> {
         let now = eventfold_core::metadata::now_micros();
         let state = self.lock();
-        let window = limit.saturating_mul(4).max(64);
+        // As in the SQL backends: keys that are parked or waiting for a retry are left out of
+        // the window, so they cannot starve the others; then the first row of each key.
+        let blocked: HashSet<&str> = state
+            .dead
+            .iter()
+            .map(|d| d.row.message.key.as_str())
+            .chain(
+                state
+                    .outbox
+                    .iter()
+                    .filter(|r| r.next_attempt_at.is_some_and(|at| at > now))
+                    .map(|r| r.message.key.as_str()),
+            )
+            .collect();
         let mut seen = HashSet::new();
         let claimed = state
             .outbox
             .iter()
-            .filter(|r| slots.contains(&r.slot))
-            .take(window)
-            .filter(|r| seen.insert(r.message.key.clone()))
-            .filter(|r| r.next_attempt_at.is_none_or(|at| at <= now))
-            .filter(|r| {
-                !state
-                    .dead
-                    .iter()
-                    .any(|d| d.row.message.key == r.message.key)
-            })
+            .filter(|r| slots.contains(&r.slot) && !blocked.contains(r.message.key.as_str()))
             .take(limit)
+            .filter(|r| seen.insert(r.message.key.clone()))
             .cloned()
             .collect();
         Ok(claimed)
@@ -739,5 +769,329 @@ impl InboxStore for MemoryStore {
             .take(limit)
             .cloned()
             .collect())
+    }
+}
+
+impl MemProjection {
+    fn state(&self, name: &str) -> ProjectionState {
+        let (version, checkpoint, position) = self
+            .generations
+            .get(&self.active_generation)
+            .copied()
+            .unwrap_or((0, Checkpoint::START, 0));
+        let building = self
+            .generations
+            .range(self.active_generation + 1..)
+            .next_back()
+            .map(|(g, (v, c, p))| BuildState {
+                generation: *g,
+                version: *v,
+                checkpoint: *c,
+                position: *p,
+            });
+        ProjectionState {
+            name: name.to_owned(),
+            version,
+            generation: self.active_generation,
+            checkpoint,
+            position,
+            paused: self.paused,
+            status: self.status.clone(),
+            last_error: self.last_error.clone(),
+            parked: self
+                .dead
+                .iter()
+                .filter(|d| d.generation == self.active_generation)
+                .count() as u64,
+            reset_requested: self.reset_requested,
+            building,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+impl MemoryUnitOfWork {
+    /// The projections' bookkeeping as this unit of work sees it (taking the write lock).
+    async fn projections(&mut self) -> &mut BTreeMap<String, MemProjection> {
+        self.lock_writer().await;
+        if self.projections.is_none() {
+            self.projections = Some(self.store.lock().projections.clone());
+        }
+        self.projections.get_or_insert_with(BTreeMap::new)
+    }
+}
+
+fn missing_projection(name: &str) -> StoreError {
+    StoreError::Corrupt {
+        table: "projections".to_owned(),
+        reason: format!("projection {name} does not exist"),
+    }
+}
+
+impl MemoryStore {
+    async fn change_projection(&self, name: &str, change: impl FnOnce(&mut MemProjection)) -> bool {
+        let _writer = self.inner.writer.clone().lock_owned().await;
+        let mut state = self.lock();
+        match state.projections.get_mut(name) {
+            Some(p) => {
+                change(p);
+                p.updated_at = eventfold_core::metadata::now_micros();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl ProjectionStore for MemoryStore {
+    async fn projection_states(&self) -> Result<Vec<ProjectionState>, StoreError> {
+        Ok(self
+            .lock()
+            .projections
+            .iter()
+            .map(|(name, p)| p.state(name))
+            .collect())
+    }
+
+    async fn projection_state(&self, name: &str) -> Result<Option<ProjectionState>, StoreError> {
+        Ok(self.lock().projections.get(name).map(|p| p.state(name)))
+    }
+
+    async fn set_projection_paused(&self, name: &str, paused: bool) -> Result<bool, StoreError> {
+        Ok(self.change_projection(name, |p| p.paused = paused).await)
+    }
+
+    async fn request_projection_reset(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .change_projection(name, |p| p.reset_requested = true)
+            .await)
+    }
+
+    async fn parked_projection_events(
+        &self,
+        name: &str,
+        limit: usize,
+    ) -> Result<Vec<ParkedEvent>, StoreError> {
+        Ok(self
+            .lock()
+            .projections
+            .get(name)
+            .map(|p| {
+                p.dead
+                    .iter()
+                    .filter(|d| d.generation == p.active_generation)
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn set_projection_status(
+        &self,
+        name: &str,
+        status: &str,
+        last_error: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .change_projection(name, |p| {
+                p.status = status.to_owned();
+                p.last_error = last_error.map(str::to_owned);
+            })
+            .await)
+    }
+
+    async fn checkpoint_at(&self, position: u64) -> Result<Option<Checkpoint>, StoreError> {
+        Ok(self
+            .lock()
+            .log
+            .contains_key(&position)
+            .then(|| Checkpoint::new(0, position)))
+    }
+
+    fn projection_schema(&self) -> Option<String> {
+        None
+    }
+
+    fn has_sql_tables(&self) -> bool {
+        false
+    }
+
+    async fn create_projection(
+        &self,
+        uow: &mut MemoryUnitOfWork,
+        name: &str,
+        version: u32,
+    ) -> Result<bool, StoreError> {
+        let projections = uow.projections().await;
+        if projections.contains_key(name) {
+            return Ok(false);
+        }
+        projections.insert(
+            name.to_owned(),
+            MemProjection {
+                active_generation: 1,
+                paused: false,
+                status: "idle".to_owned(),
+                last_error: None,
+                reset_requested: false,
+                updated_at: eventfold_core::metadata::now_micros(),
+                generations: BTreeMap::from([(1, (version, Checkpoint::START, 0))]),
+                dead: Vec::new(),
+            },
+        );
+        Ok(true)
+    }
+
+    async fn lock_projection(
+        &self,
+        uow: &mut MemoryUnitOfWork,
+        name: &str,
+    ) -> Result<Option<ProjectionState>, StoreError> {
+        Ok(uow.projections().await.get(name).map(|p| p.state(name)))
+    }
+
+    async fn lock_projection_checkpoint(
+        &self,
+        uow: &mut MemoryUnitOfWork,
+        name: &str,
+        generation: u32,
+    ) -> Result<Option<LockedCheckpoint>, StoreError> {
+        Ok(uow.projections().await.get(name).and_then(|p| {
+            p.generations
+                .get(&generation)
+                .map(|(version, checkpoint, position)| LockedCheckpoint {
+                    active_generation: p.active_generation,
+                    version: *version,
+                    checkpoint: *checkpoint,
+                    position: *position,
+                })
+        }))
+    }
+
+    async fn save_projection_checkpoint(
+        &self,
+        uow: &mut MemoryUnitOfWork,
+        name: &str,
+        generation: u32,
+        checkpoint: Checkpoint,
+        position: u64,
+    ) -> Result<(), StoreError> {
+        let p = uow
+            .projections()
+            .await
+            .get_mut(name)
+            .ok_or_else(|| missing_projection(name))?;
+        match p.generations.get_mut(&generation) {
+            Some(slot) => {
+                slot.1 = checkpoint;
+                slot.2 = position;
+            }
+            None => return Err(missing_projection(name)),
+        }
+        p.updated_at = eventfold_core::metadata::now_micros();
+        Ok(())
+    }
+
+    async fn start_projection_generation(
+        &self,
+        uow: &mut MemoryUnitOfWork,
+        name: &str,
+        generation: u32,
+        version: u32,
+    ) -> Result<(), StoreError> {
+        let p = uow
+            .projections()
+            .await
+            .get_mut(name)
+            .ok_or_else(|| missing_projection(name))?;
+        p.generations
+            .insert(generation, (version, Checkpoint::START, 0));
+        p.dead.retain(|d| d.generation != generation);
+        p.updated_at = eventfold_core::metadata::now_micros();
+        Ok(())
+    }
+
+    async fn activate_projection_generation(
+        &self,
+        uow: &mut MemoryUnitOfWork,
+        name: &str,
+        generation: u32,
+    ) -> Result<(), StoreError> {
+        let p = uow
+            .projections()
+            .await
+            .get_mut(name)
+            .ok_or_else(|| missing_projection(name))?;
+        p.active_generation = generation;
+        p.reset_requested = false;
+        p.updated_at = eventfold_core::metadata::now_micros();
+        Ok(())
+    }
+
+    async fn remove_projection_generation(
+        &self,
+        uow: &mut MemoryUnitOfWork,
+        name: &str,
+        generation: u32,
+    ) -> Result<(), StoreError> {
+        if let Some(p) = uow.projections().await.get_mut(name) {
+            p.generations.remove(&generation);
+            p.dead.retain(|d| d.generation != generation);
+        }
+        Ok(())
+    }
+
+    async fn old_projection_generations(
+        &self,
+        uow: &mut MemoryUnitOfWork,
+        name: &str,
+    ) -> Result<Vec<u32>, StoreError> {
+        Ok(uow
+            .projections()
+            .await
+            .get(name)
+            .map(|p| {
+                p.generations
+                    .range(..p.active_generation)
+                    .map(|(g, _)| *g)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn park_projection_event(
+        &self,
+        uow: &mut MemoryUnitOfWork,
+        mut event: ParkedEvent,
+    ) -> Result<(), StoreError> {
+        let p = uow
+            .projections()
+            .await
+            .get_mut(&event.projection)
+            .ok_or_else(|| missing_projection(&event.projection))?;
+        event.parked_at = eventfold_core::metadata::now_micros();
+        p.dead
+            .retain(|d| !(d.generation == event.generation && d.event_id == event.event_id));
+        p.dead.push(event);
+        Ok(())
+    }
+
+    async fn point_projection_views(
+        &self,
+        _uow: &mut MemoryUnitOfWork,
+        _tables: &[String],
+        _generation: u32,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    async fn drop_projection_tables(
+        &self,
+        _uow: &mut MemoryUnitOfWork,
+        _tables: &[String],
+        _generation: u32,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
     }
 }

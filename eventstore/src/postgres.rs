@@ -178,6 +178,21 @@ CREATE TABLE IF NOT EXISTS {inbox_dead} (
 );
 "#,
     },
+    Migration {
+        version: 4,
+        name: "projections: state, checkpoints per generation, parked events",
+        sql: crate::projection_pg::MIGRATION,
+    },
+    Migration {
+        version: 5,
+        name: "outbox: retry index for the claim, autovacuum tuned for a queue table",
+        sql: r#"
+CREATE INDEX IF NOT EXISTS "{prefix}outbox_retry_idx" ON {outbox} (key) WHERE next_attempt_at IS NOT NULL;
+ALTER TABLE {outbox} SET (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 10000,
+    autovacuum_vacuum_insert_scale_factor = 0.0, autovacuum_vacuum_insert_threshold = 10000,
+    autovacuum_vacuum_cost_delay = 0);
+"#,
+    },
 ];
 
 struct Statements {
@@ -457,9 +472,7 @@ impl PgStore {
     /// serialized by a transaction-scoped advisory lock.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let table = self.naming.table("migrations");
-        let mut tx = self
-            .pool
-            .begin()
+        let mut tx = sql::begin_owned(&self.pool, None)
             .await
             .map_err(db_err("starting the migration transaction", &table))?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
@@ -1223,9 +1236,7 @@ impl EventStore for PgStore {
     }
 
     async fn begin(&self) -> Result<PgUnitOfWork, StoreError> {
-        let tx = self
-            .pool
-            .begin()
+        let tx = sql::begin_owned(&self.pool, None)
             .await
             .map_err(db_err("starting a unit of work", &self.sql.events))?;
         Ok(PgUnitOfWork {
@@ -1435,14 +1446,18 @@ impl RelaySql {
                 "UPDATE {leases} SET owner = NULL, expires_at = NULL WHERE owner = $1"
             ),
             forget: format!("DELETE FROM {relays} WHERE owner = $1"),
+            // The window `w`: the oldest `$2` rows of the leased slots whose key is neither
+            // parked nor waiting for a retry (so a blocked key with a long queue cannot fill the
+            // window and starve the others); then the first row of each key in it; the wide
+            // columns are read for those rows alone.
             claim: format!(
-                "WITH w AS (SELECT seq, key, next_attempt_at FROM {outbox} WHERE slot = ANY($1) ORDER BY seq LIMIT $2), \
-                 f AS (SELECT seq AS fseq, key AS fkey, next_attempt_at AS fnext, \
-                   ROW_NUMBER() OVER (PARTITION BY key ORDER BY seq) AS rn FROM w) \
-                 SELECT {o_cols} FROM {outbox} o JOIN f ON f.fseq = o.seq \
-                 WHERE f.rn = 1 AND (f.fnext IS NULL OR f.fnext <= now()) \
-                   AND NOT EXISTS (SELECT 1 FROM {dead} d WHERE d.key = f.fkey) \
-                 ORDER BY o.seq LIMIT $3"
+                "WITH w AS (SELECT seq, key FROM {outbox} o WHERE slot = ANY($1) \
+                   AND NOT EXISTS (SELECT 1 FROM {dead} d WHERE d.key = o.key) \
+                   AND NOT EXISTS (SELECT 1 FROM {outbox} b WHERE b.key = o.key \
+                     AND b.next_attempt_at IS NOT NULL AND b.next_attempt_at > now()) \
+                   ORDER BY seq LIMIT $2), \
+                 c AS (SELECT min(seq) AS seq FROM w GROUP BY key) \
+                 SELECT {o_cols} FROM {outbox} o WHERE o.seq IN (SELECT seq FROM c) ORDER BY o.seq"
             ),
             complete: format!(
                 "DELETE FROM {outbox} WHERE seq = ANY($2) AND slot IN \
@@ -1483,9 +1498,7 @@ impl OutboxRelayStore for PgStore {
         let r = &self.relay;
         let table = self.naming.table("outbox_leases");
         let err = |op| db_err(op, &table);
-        let mut tx = self
-            .pool
-            .begin()
+        let mut tx = sql::begin_owned(&self.pool, None)
             .await
             .map_err(err("starting a lease transaction"))?;
         sqlx::query(&r.heartbeat)
@@ -1542,9 +1555,7 @@ impl OutboxRelayStore for PgStore {
 
     async fn release_slots(&self, owner: Uuid) -> Result<(), StoreError> {
         let table = self.naming.table("outbox_leases");
-        let mut tx = self
-            .pool
-            .begin()
+        let mut tx = sql::begin_owned(&self.pool, None)
             .await
             .map_err(db_err("releasing leases", &table))?;
         sqlx::query(&self.relay.release_all)
@@ -1574,7 +1585,6 @@ impl OutboxRelayStore for PgStore {
         let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<sql::OutboxDbRow> = sqlx::query_as(&self.relay.claim)
             .bind(slots)
-            .bind(limit_i.saturating_mul(4).max(64))
             .bind(limit_i)
             .fetch_all(&self.pool)
             .await

@@ -28,6 +28,12 @@ impl Migration {
             .replace("{outbox_leases}", &naming.table("outbox_leases"))
             .replace("{outbox_relays}", &naming.table("outbox_relays"))
             .replace("{outbox}", &naming.table("outbox"))
+            .replace("{projections}", &naming.table("projections"))
+            .replace(
+                "{projection_checkpoints}",
+                &naming.table("projection_checkpoints"),
+            )
+            .replace("{projection_dead}", &naming.table("projection_dead"))
             .replace("{prefix}", naming.prefix())
             .replace("{schema}", naming.schema().unwrap_or(""))
     }
@@ -463,4 +469,32 @@ pub(crate) fn parked(
         error,
         parked_at,
     })
+}
+
+/// Starts a transaction on a task of its own, so that cancelling the caller (a timeout, an
+/// aborted task) cannot leave a pooled connection inside a transaction nobody owns.
+///
+/// sqlx's `begin` has an await point after the database ran `BEGIN` and before the
+/// `Transaction` exists (SQLite checks the custom statement's effect there); a caller dropped at
+/// that point returns the connection to the pool still in the transaction. On SQLite that
+/// transaction holds the write lock (`BEGIN IMMEDIATE`) and stops every other writer. Run on its
+/// own task the `begin` always completes; if the caller is gone, the `Transaction` is dropped
+/// and rolls back as usual.
+pub(crate) async fn begin_owned<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    statement: Option<&'static str>,
+) -> Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
+    let pool = pool.clone();
+    let begin = tokio::spawn(async move {
+        match statement {
+            Some(statement) => pool.begin_with(statement).await,
+            None => pool.begin().await,
+        }
+    });
+    match begin.await {
+        Ok(result) => result,
+        Err(join) => Err(sqlx::Error::Io(std::io::Error::other(format!(
+            "the task starting a transaction ended early: {join}"
+        )))),
+    }
 }

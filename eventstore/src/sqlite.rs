@@ -172,6 +172,18 @@ CREATE TABLE IF NOT EXISTS {inbox_dead} (
 );
 "#,
     },
+    Migration {
+        version: 4,
+        name: "projections: state, checkpoints per generation, parked events",
+        sql: crate::projection_sqlite::MIGRATION,
+    },
+    Migration {
+        version: 5,
+        name: "outbox: retry index for the claim",
+        sql: r#"
+CREATE INDEX IF NOT EXISTS "{prefix}outbox_retry_idx" ON {outbox} (key) WHERE next_attempt_at IS NOT NULL;
+"#,
+    },
 ];
 
 struct Statements {
@@ -419,9 +431,7 @@ impl SqliteStore {
     /// `{prefix}migrations` (never the application's `_sqlx_migrations`).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let table = self.naming.table("migrations");
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+        let mut tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
             .await
             .map_err(db_err("starting the migration transaction", &table))?;
         let create_table = format!(
@@ -842,9 +852,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn begin(&self) -> Result<SqliteUnitOfWork, StoreError> {
-        let tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+        let tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
             .await
             .map_err(db_err("starting a unit of work", &self.sql.events))?;
         Ok(SqliteUnitOfWork {
@@ -968,15 +976,17 @@ impl RelaySql {
                 "UPDATE {leases} SET owner = NULL, expires_at = NULL WHERE owner = ?1"
             ),
             forget: format!("DELETE FROM {relays} WHERE owner = ?1"),
+            // As on PostgreSQL: a window of rows whose key is neither parked nor waiting for a
+            // retry, then the first row of each key in it.
             claim: format!(
-                "WITH w AS (SELECT seq, key, next_attempt_at FROM {outbox} \
-                   WHERE slot IN (SELECT value FROM json_each(?1)) ORDER BY seq LIMIT ?2), \
-                 f AS (SELECT seq AS fseq, key AS fkey, next_attempt_at AS fnext, \
-                   ROW_NUMBER() OVER (PARTITION BY key ORDER BY seq) AS rn FROM w) \
-                 SELECT {o_cols} FROM {outbox} o JOIN f ON f.fseq = o.seq \
-                 WHERE f.rn = 1 AND (f.fnext IS NULL OR f.fnext <= ?3) \
-                   AND NOT EXISTS (SELECT 1 FROM {dead} d WHERE d.key = f.fkey) \
-                 ORDER BY o.seq LIMIT ?4"
+                "WITH w AS (SELECT seq, key FROM {outbox} o \
+                   WHERE slot IN (SELECT value FROM json_each(?1)) \
+                   AND NOT EXISTS (SELECT 1 FROM {dead} d WHERE d.key = o.key) \
+                   AND NOT EXISTS (SELECT 1 FROM {outbox} b WHERE b.key = o.key \
+                     AND b.next_attempt_at IS NOT NULL AND b.next_attempt_at > ?3) \
+                   ORDER BY seq LIMIT ?2), \
+                 c AS (SELECT min(seq) AS seq FROM w GROUP BY key) \
+                 SELECT {o_cols} FROM {outbox} o WHERE o.seq IN (SELECT seq FROM c) ORDER BY o.seq"
             ),
             complete: format!(
                 "DELETE FROM {outbox} WHERE seq IN (SELECT value FROM json_each(?2)) AND slot IN \
@@ -1020,9 +1030,7 @@ impl OutboxRelayStore for SqliteStore {
         let r = &self.relay;
         let err = |op| db_err(op, &r.leases);
         let now = eventfold_core::metadata::now_micros();
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+        let mut tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
             .await
             .map_err(err("starting a lease transaction"))?;
         sqlx::query(&r.heartbeat)
@@ -1087,9 +1095,7 @@ impl OutboxRelayStore for SqliteStore {
 
     async fn release_slots(&self, owner: Uuid) -> Result<(), StoreError> {
         let r = &self.relay;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+        let mut tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
             .await
             .map_err(db_err("releasing leases", &r.leases))?;
         sqlx::query(&r.release_all)
@@ -1115,9 +1121,8 @@ impl OutboxRelayStore for SqliteStore {
         let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<sql::OutboxDbRow> = sqlx::query_as(&self.relay.claim)
             .bind(json_list(slots))
-            .bind(limit_i.saturating_mul(4).max(64))
-            .bind(eventfold_core::metadata::now_micros())
             .bind(limit_i)
+            .bind(eventfold_core::metadata::now_micros())
             .fetch_all(&self.pool)
             .await
             .map_err(db_err("claiming outbox rows", &self.sql.outbox))?;
@@ -1156,9 +1161,7 @@ impl OutboxRelayStore for SqliteStore {
     async fn park_outbox(&self, seq: u64, error: &str) -> Result<(), StoreError> {
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         let err = || db_err("parking an outbox row", &self.sql.outbox);
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+        let mut tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
             .await
             .map_err(err())?;
         sqlx::query(&self.relay.park_copy)
@@ -1190,9 +1193,7 @@ impl OutboxRelayStore for SqliteStore {
     async fn retry_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         let err = || db_err("retrying a dead letter", &self.relay.dead_table);
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+        let mut tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
             .await
             .map_err(err())?;
         let copied = sqlx::query(&self.relay.retry_copy)
@@ -1223,9 +1224,7 @@ impl InboxStore for SqliteStore {
     async fn park_message(&self, message: ParkedMessage) -> Result<(), StoreError> {
         let err = || db_err("parking a consumer message", &self.sql.inbox);
         let now = eventfold_core::metadata::now_micros();
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+        let mut tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
             .await
             .map_err(err())?;
         sqlx::query(&self.sql.mark_inbox)

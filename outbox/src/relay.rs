@@ -56,7 +56,7 @@ use crate::publisher::Publisher;
 /// How a relay works.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayConfig {
-    /// Rows claimed per round (at most one per key).
+    /// Rows claimed per lane and round (at most one per key).
     pub batch_size: usize,
     /// How long a slot lease lasts; leases are renewed every third of it.
     pub lease_ttl: Duration,
@@ -68,6 +68,14 @@ pub struct RelayConfig {
     pub backoff_max: Duration,
     /// Longest wait for new rows when the outbox has nothing due.
     pub idle_wait: Duration,
+    /// Claim loops per relay (at least 1; 4 by default). The leased slots are dealt between
+    /// them and each claims, publishes and deletes its own batch, so one lane's database round
+    /// trips overlap another's publishing. Per-key order holds: a key lives in one slot, a slot
+    /// in one lane. Lanes are used while there is a backlog (the last claim came back full); a
+    /// relay that keeps up claims once per round, which keeps its latency low. On 2 cores, 4
+    /// lanes drained a 300k backlog about 30% faster than 2; 8 were slower again
+    /// (`eventfold-bench --only relay`).
+    pub lanes: usize,
 }
 
 impl Default for RelayConfig {
@@ -79,6 +87,7 @@ impl Default for RelayConfig {
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(60),
             idle_wait: Duration::from_millis(500),
+            lanes: 4,
         }
     }
 }
@@ -104,6 +113,8 @@ pub struct Relay<S, P> {
     owner: Uuid,
     slots: Vec<u32>,
     leased_at: Option<Instant>,
+    /// The last round found a full batch: there is a backlog, so claim with every lane.
+    backlog: bool,
 }
 
 impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
@@ -116,6 +127,7 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
             owner: Uuid::now_v7(),
             slots: Vec::new(),
             leased_at: None,
+            backlog: false,
         }
     }
 
@@ -169,9 +181,46 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
         if self.slots.is_empty() {
             return Ok(report);
         }
+        // One claim (one publish call) while the relay keeps up, so a trickle of rows is not
+        // split into several small publishes; every lane once a claim comes back full.
+        let lanes = if self.backlog {
+            self.config.lanes.clamp(1, self.slots.len())
+        } else {
+            1
+        };
+        let shares: Vec<Vec<u32>> = (0..lanes)
+            .map(|lane| {
+                self.slots
+                    .iter()
+                    .skip(lane)
+                    .step_by(lanes)
+                    .copied()
+                    .collect()
+            })
+            .collect();
+        let rounds =
+            futures_util::future::join_all(shares.iter().map(|slots| self.lane(slots))).await;
+        let mut full = false;
+        for round in rounds {
+            let lane = round?;
+            report.published += lane.published;
+            report.retried += lane.retried;
+            report.parked += lane.parked;
+            full |= lane.published + lane.retried + lane.parked >= self.config.batch_size.max(1);
+        }
+        self.backlog = full;
+        metrics::counter!("eventfold_outbox_published_total").increment(report.published as u64);
+        metrics::counter!("eventfold_outbox_retried_total").increment(report.retried as u64);
+        metrics::counter!("eventfold_outbox_parked_total").increment(report.parked as u64);
+        Ok(report)
+    }
+
+    /// One lane's share of a round: claim in `slots`, publish, record the outcomes.
+    async fn lane(&self, slots: &[u32]) -> Result<RoundReport, StoreError> {
+        let mut report = RoundReport::default();
         let rows = self
             .store
-            .claim_outbox(&self.slots, self.config.batch_size)
+            .claim_outbox(slots, self.config.batch_size.max(1))
             .await?;
         if rows.is_empty() {
             return Ok(report);
@@ -204,9 +253,6 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
             tracing::warn!(owner = %self.owner, "lost a lease mid-batch; another relay will publish those rows again");
         }
         report.published = delivered.len();
-        metrics::counter!("eventfold_outbox_published_total").increment(report.published as u64);
-        metrics::counter!("eventfold_outbox_retried_total").increment(report.retried as u64);
-        metrics::counter!("eventfold_outbox_parked_total").increment(report.parked as u64);
         Ok(report)
     }
 

@@ -1,0 +1,856 @@
+//! The work itself: batches guarded by the checkpoint lock, in-place resets, blue/green builds
+//! and switches. Used by the runner and the registry.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eventfold_core::{BoxError, Upcasters};
+use eventfold_eventstore::projection::{ParkedEvent, ProjectionState, physical_table, qualified};
+use eventfold_eventstore::{
+    Checkpoint, EventStore, LogEvent, LogFilter, ProjectionStore, StoreError, UnitOfWork,
+};
+
+use crate::error::ProjectionError;
+use crate::projection::{ErasedProjection, Tables};
+use crate::registry::{ProjectionOptions, RebuildProgress, RebuildReport};
+
+/// Who applies a batch: the runner serving the active generation, or a build of a newer one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Serve,
+    Build,
+}
+
+/// What became of a batch.
+pub(crate) enum Outcome {
+    /// Applied and committed with its checkpoint.
+    Committed { applied: u64 },
+    /// The checkpoint is not what the caller expected (another applier moved it) or the
+    /// generation changed role: rolled back, reload.
+    Moved,
+    /// Event `index` failed (`None`: the batch failed as a whole and applying it event by
+    /// event succeeded or was not tried): rolled back.
+    Failed {
+        index: Option<usize>,
+        error: BoxError,
+    },
+}
+
+/// One projection with everything needed to run it.
+pub(crate) struct Ctx<S: EventStore> {
+    pub store: S,
+    pub projection: Arc<dyn ErasedProjection<S::UnitOfWork>>,
+    pub upcasters: Arc<Upcasters>,
+    pub options: ProjectionOptions,
+    pub filter: LogFilter,
+}
+
+impl<S: EventStore> Clone for Ctx<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            projection: self.projection.clone(),
+            upcasters: self.upcasters.clone(),
+            options: self.options.clone(),
+            filter: self.filter.clone(),
+        }
+    }
+}
+
+/// The highest global position of `events`, or `current`.
+pub(crate) fn max_position(current: u64, events: &[LogEvent]) -> u64 {
+    events
+        .iter()
+        .map(|e| e.event.global_position)
+        .fold(current, u64::max)
+}
+
+impl<S: ProjectionStore> Ctx<S> {
+    pub(crate) fn new(
+        store: S,
+        projection: Arc<dyn ErasedProjection<S::UnitOfWork>>,
+        upcasters: Arc<Upcasters>,
+        options: ProjectionOptions,
+    ) -> Self {
+        let filter = projection.filter(&upcasters);
+        Self {
+            store,
+            projection,
+            upcasters,
+            options,
+            filter,
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        self.projection.name()
+    }
+
+    pub(crate) fn tables(&self, generation: u32) -> Tables {
+        Tables::new(self.store.projection_schema(), generation)
+    }
+
+    fn busy(&self) -> ProjectionError {
+        ProjectionError::Busy {
+            projection: self.name().to_owned(),
+        }
+    }
+
+    /// Runs `work` again (a fresh unit of work each time) while readers keep relations busy.
+    async fn retry_busy<T, F, Fut>(&self, work: F) -> Result<T, ProjectionError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProjectionError>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            match work().await {
+                Err(ProjectionError::Busy { .. }) if attempt < 100 => {
+                    attempt += 1;
+                    tracing::debug!(projection = %self.name(), attempt, "relations busy; retrying");
+                    tokio::time::sleep(Duration::from_millis(5 + u64::from(attempt.min(20)) * 5))
+                        .await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn unknown(&self) -> ProjectionError {
+        ProjectionError::UnknownProjection(self.name().to_owned())
+    }
+
+    async fn setup(&self, uow: &mut S::UnitOfWork, generation: u32) -> Result<(), ProjectionError> {
+        let tables = self.tables(generation);
+        self.projection
+            .setup(uow, &tables)
+            .await
+            .map_err(|source| ProjectionError::Setup {
+                projection: self.name().to_owned(),
+                generation,
+                source,
+            })
+    }
+
+    /// Registers the projection if the store does not know it yet (generation 1, its tables and
+    /// views, in one transaction) and returns its state.
+    pub(crate) async fn ensure(&self) -> Result<ProjectionState, ProjectionError> {
+        self.retry_busy(|| self.ensure_once()).await
+    }
+
+    async fn ensure_once(&self) -> Result<ProjectionState, ProjectionError> {
+        if let Some(state) = self.store.projection_state(self.name()).await? {
+            return Ok(state);
+        }
+        let mut uow = self.store.begin().await?;
+        let created = self
+            .store
+            .create_projection(&mut uow, self.name(), self.projection.version())
+            .await?;
+        if created {
+            let fresh = async {
+                self.fresh_tables(&mut uow, 1).await?;
+                if !self
+                    .store
+                    .point_projection_views(&mut uow, self.projection.tables(), 1)
+                    .await?
+                {
+                    return Err(self.busy());
+                }
+                Ok::<_, ProjectionError>(())
+            };
+            if let Err(e) = fresh.await {
+                let _ = uow.rollback().await;
+                return Err(e);
+            }
+            uow.commit().await?;
+        } else {
+            uow.rollback().await?;
+        }
+        self.store
+            .projection_state(self.name())
+            .await?
+            .ok_or_else(|| self.unknown())
+    }
+
+    /// Drops and creates the tables of `generation` (in `uow`).
+    async fn fresh_tables(
+        &self,
+        uow: &mut S::UnitOfWork,
+        generation: u32,
+    ) -> Result<(), ProjectionError> {
+        let tables = self.projection.tables();
+        if !self
+            .store
+            .drop_projection_tables(uow, tables, generation)
+            .await?
+        {
+            return Err(self.busy());
+        }
+        // Views are pointed at the generation when it becomes the active one.
+        self.setup(uow, generation).await
+    }
+
+    /// Applies `events` to `generation` in one unit of work with the checkpoint `end`, if the
+    /// stored checkpoint is still `expected`: first as one batch (`apply_batch`), and when the
+    /// batch as a whole fails, again event by event to find the event at fault.
+    pub(crate) async fn batch(
+        &self,
+        role: Role,
+        generation: u32,
+        expected: Checkpoint,
+        events: &[LogEvent],
+        end: Checkpoint,
+        position: u64,
+    ) -> Result<Outcome, ProjectionError> {
+        match self
+            .batch_once(role, generation, expected, events, end, position, true)
+            .await?
+        {
+            Outcome::Failed { index: None, error } if events.len() > 1 => {
+                tracing::debug!(projection = %self.name(), error = %error, "a batch failed; applying it event by event");
+                self.batch_once(role, generation, expected, events, end, position, false)
+                    .await
+            }
+            outcome => Ok(outcome),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn batch_once(
+        &self,
+        role: Role,
+        generation: u32,
+        expected: Checkpoint,
+        events: &[LogEvent],
+        end: Checkpoint,
+        position: u64,
+        batched: bool,
+    ) -> Result<Outcome, ProjectionError> {
+        let name = self.name();
+        let tables = self.tables(generation);
+        let mut uow = self.store.begin().await?;
+        if !self.locked(&mut uow, role, generation, expected).await? {
+            let _ = uow.rollback().await;
+            return Ok(Outcome::Moved);
+        }
+        let mut applied = 0;
+        if batched {
+            match self
+                .projection
+                .apply_batch(&mut uow, &tables, events, &self.upcasters)
+                .await
+            {
+                Ok(n) => applied = n,
+                Err((index, error)) => {
+                    let _ = uow.rollback().await;
+                    // A single event's batch failing is that event's failure.
+                    let index = index.or((events.len() == 1).then_some(0));
+                    return Ok(Outcome::Failed { index, error });
+                }
+            }
+        } else {
+            for (index, e) in events.iter().enumerate() {
+                match self
+                    .projection
+                    .apply(&mut uow, &tables, &e.event, &self.upcasters)
+                    .await
+                {
+                    Ok(true) => applied += 1,
+                    Ok(false) => {}
+                    Err(error) => {
+                        let _ = uow.rollback().await;
+                        return Ok(Outcome::Failed {
+                            index: Some(index),
+                            error,
+                        });
+                    }
+                }
+            }
+        }
+        self.store
+            .save_projection_checkpoint(&mut uow, name, generation, end, position)
+            .await?;
+        uow.commit().await?;
+        Ok(Outcome::Committed { applied })
+    }
+
+    async fn locked(
+        &self,
+        uow: &mut S::UnitOfWork,
+        role: Role,
+        generation: u32,
+        expected: Checkpoint,
+    ) -> Result<bool, StoreError> {
+        let locked = self
+            .store
+            .lock_projection_checkpoint(uow, self.name(), generation)
+            .await?;
+        Ok(locked.is_some_and(|l| {
+            l.checkpoint == expected
+                && match role {
+                    Role::Serve => l.active_generation == generation,
+                    Role::Build => l.active_generation < generation,
+                }
+        }))
+    }
+
+    /// Parks `event` and moves the checkpoint past it, if the checkpoint is still `expected`.
+    pub(crate) async fn park(
+        &self,
+        generation: u32,
+        expected: Checkpoint,
+        event: &LogEvent,
+        position: u64,
+        error: String,
+    ) -> Result<bool, ProjectionError> {
+        let mut uow = self.store.begin().await?;
+        if !self
+            .locked(&mut uow, Role::Serve, generation, expected)
+            .await?
+        {
+            let _ = uow.rollback().await;
+            return Ok(false);
+        }
+        self.store
+            .park_projection_event(
+                &mut uow,
+                ParkedEvent {
+                    projection: self.name().to_owned(),
+                    generation,
+                    event_id: event.event.event_id,
+                    global_position: event.event.global_position,
+                    stream_id: event.event.stream_id.to_string(),
+                    event_type: event.event.event_type.clone(),
+                    error,
+                    parked_at: eventfold_core::metadata::now_micros(),
+                },
+            )
+            .await?;
+        self.store
+            .save_projection_checkpoint(
+                &mut uow,
+                self.name(),
+                generation,
+                event.checkpoint,
+                position,
+            )
+            .await?;
+        uow.commit().await?;
+        Ok(true)
+    }
+
+    /// Resets the active generation in place: new tables, checkpoint at the start, parked events
+    /// forgotten, `reset_requested` cleared. Returns the generation.
+    pub(crate) async fn reset(&self) -> Result<u32, ProjectionError> {
+        self.retry_busy(|| self.reset_once()).await
+    }
+
+    async fn reset_once(&self) -> Result<u32, ProjectionError> {
+        self.ensure().await?;
+        let mut uow = self.store.begin().await?;
+        let result = self.reset_in(&mut uow).await;
+        match result {
+            Ok(generation) => {
+                uow.commit().await?;
+                tracing::info!(projection = %self.name(), generation, "projection reset in place");
+                Ok(generation)
+            }
+            Err(e) => {
+                let _ = uow.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn reset_in(&self, uow: &mut S::UnitOfWork) -> Result<u32, ProjectionError> {
+        let name = self.name();
+        let state = self
+            .store
+            .lock_projection(uow, name)
+            .await?
+            .ok_or_else(|| self.unknown())?;
+        let generation = state.generation;
+        self.fresh_tables(uow, generation).await?;
+        self.store
+            .start_projection_generation(uow, name, generation, self.projection.version())
+            .await?;
+        self.store
+            .activate_projection_generation(uow, name, generation)
+            .await?;
+        if !self
+            .store
+            .point_projection_views(uow, self.projection.tables(), generation)
+            .await?
+        {
+            return Err(self.busy());
+        }
+        Ok(generation)
+    }
+
+    /// Replays the active generation from its checkpoint to the end of the log, failing fast.
+    pub(crate) async fn replay(
+        &self,
+        progress: &(dyn Fn(RebuildProgress) + Send + Sync),
+    ) -> Result<u64, ProjectionError> {
+        let state = self.ensure().await?;
+        let generation = state.generation;
+        let mut stored = state.checkpoint;
+        let mut position = state.position;
+        let mut applied = 0;
+        let head = self.store.log_head().await?.position;
+        // The next batch is read while the current one is applied (a batch read ahead is
+        // dropped when the checkpoint moved under us).
+        let mut ahead: Option<eventfold_eventstore::LogBatch> = None;
+        loop {
+            let batch = match ahead.take() {
+                Some(batch) => batch,
+                None => {
+                    self.store
+                        .read_log(stored, self.options.batch_size, &self.filter)
+                        .await?
+                }
+            };
+            if batch.events.is_empty() && batch.checkpoint == stored {
+                if batch.held_back {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                return Ok(applied);
+            }
+            let next = max_position(position, &batch.events);
+            let read_next = !batch.reached_end || batch.held_back;
+            let (outcome, read) = tokio::join!(
+                self.batch(
+                    Role::Serve,
+                    generation,
+                    stored,
+                    &batch.events,
+                    batch.checkpoint,
+                    next,
+                ),
+                async {
+                    if read_next {
+                        Some(
+                            self.store
+                                .read_log(batch.checkpoint, self.options.batch_size, &self.filter)
+                                .await,
+                        )
+                    } else {
+                        None
+                    }
+                }
+            );
+            match outcome? {
+                Outcome::Committed { applied: n } => {
+                    applied += n;
+                    stored = batch.checkpoint;
+                    position = next;
+                    progress(RebuildProgress {
+                        applied,
+                        position,
+                        head: head.max(position),
+                    });
+                    if batch.reached_end && !batch.held_back {
+                        return Ok(applied);
+                    }
+                    ahead = read.transpose()?;
+                }
+                Outcome::Moved => {
+                    let state = self
+                        .store
+                        .projection_state(self.name())
+                        .await?
+                        .ok_or_else(|| self.unknown())?;
+                    if state.generation != generation {
+                        return Ok(applied);
+                    }
+                    stored = state.checkpoint;
+                    position = state.position;
+                }
+                Outcome::Failed { index, error } => {
+                    return Err(self.fail_batch(&batch.events, index, error).await);
+                }
+            }
+        }
+    }
+
+    /// Fails fast on the event at `index` of `events` (the first when the batch failed as a
+    /// whole).
+    async fn fail_batch(
+        &self,
+        events: &[LogEvent],
+        index: Option<usize>,
+        error: BoxError,
+    ) -> ProjectionError {
+        match events.get(index.unwrap_or(0)) {
+            Some(event) => self.fail_fast(event, error).await,
+            None => ProjectionError::Batch {
+                projection: self.name().to_owned(),
+                events: events.len(),
+                source: error,
+            },
+        }
+    }
+
+    async fn fail_fast(&self, event: &LogEvent, error: BoxError) -> ProjectionError {
+        let error = ProjectionError::apply(self.name(), &event.event, error);
+        let message = error.to_string();
+        tracing::error!(projection = %self.name(), error = %message, "rebuild failed");
+        let _ = self
+            .store
+            .set_projection_status(self.name(), "failed", Some(&message))
+            .await;
+        error
+    }
+
+    /// Builds a new generation (or resumes the build in progress of this code's version), then
+    /// switches readers to it atomically.
+    pub(crate) async fn build(
+        &self,
+        drop_old: bool,
+        progress: &(dyn Fn(RebuildProgress) + Send + Sync),
+    ) -> Result<RebuildReport, ProjectionError> {
+        let started = Instant::now();
+        let name = self.name().to_owned();
+        self.ensure().await?;
+        let (generation, mut stored, mut position) = self.prepare_build().await?;
+        tracing::info!(projection = %name, generation, "blue/green build started");
+        let mut applied = 0;
+        let head = self.store.log_head().await?.position;
+        loop {
+            // Catch up outside of the switch's lock.
+            loop {
+                let batch = self
+                    .store
+                    .read_log(stored, self.options.batch_size, &self.filter)
+                    .await?;
+                if batch.events.is_empty() && batch.reached_end {
+                    if batch.held_back {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                    break;
+                }
+                let next = max_position(position, &batch.events);
+                match self
+                    .batch(
+                        Role::Build,
+                        generation,
+                        stored,
+                        &batch.events,
+                        batch.checkpoint,
+                        next,
+                    )
+                    .await?
+                {
+                    Outcome::Committed { applied: n } => {
+                        applied += n;
+                        stored = batch.checkpoint;
+                        position = next;
+                        progress(RebuildProgress {
+                            applied,
+                            position,
+                            head: head.max(position),
+                        });
+                    }
+                    Outcome::Moved => match self.build_state(generation).await? {
+                        Some((checkpoint, at)) => {
+                            stored = checkpoint;
+                            position = at;
+                        }
+                        None => {
+                            // Switched (or replaced) by another builder.
+                            return self.report(generation, applied, started, drop_old).await;
+                        }
+                    },
+                    Outcome::Failed { index, error } => {
+                        return Err(self.fail_batch(&batch.events, index, error).await);
+                    }
+                }
+            }
+            match self.switch(generation, stored, position).await? {
+                Switch::Done(n) => {
+                    applied += n;
+                    break;
+                }
+                Switch::AlreadyDone => break,
+                Switch::Moved => match self.build_state(generation).await? {
+                    Some((checkpoint, at)) => {
+                        stored = checkpoint;
+                        position = at;
+                    }
+                    None => break,
+                },
+            }
+        }
+        self.report(generation, applied, started, drop_old).await
+    }
+
+    async fn report(
+        &self,
+        generation: u32,
+        applied: u64,
+        started: Instant,
+        drop_old: bool,
+    ) -> Result<RebuildReport, ProjectionError> {
+        let dropped = if drop_old {
+            self.drop_old().await?
+        } else {
+            Vec::new()
+        };
+        Ok(RebuildReport {
+            name: self.name().to_owned(),
+            generation,
+            applied,
+            seconds: started.elapsed().as_secs_f64(),
+            dropped,
+        })
+    }
+
+    /// The checkpoint of a build in progress at `generation`, `None` when it is not building
+    /// any more (switched or replaced).
+    async fn build_state(
+        &self,
+        generation: u32,
+    ) -> Result<Option<(Checkpoint, u64)>, ProjectionError> {
+        let state = self
+            .store
+            .projection_state(self.name())
+            .await?
+            .ok_or_else(|| self.unknown())?;
+        Ok(state
+            .building
+            .filter(|b| b.generation == generation && state.generation < generation)
+            .map(|b| (b.checkpoint, b.position)))
+    }
+
+    /// Starts the build generation (or finds the one to resume).
+    async fn prepare_build(&self) -> Result<(u32, Checkpoint, u64), ProjectionError> {
+        self.retry_busy(|| self.prepare_build_once()).await
+    }
+
+    async fn prepare_build_once(&self) -> Result<(u32, Checkpoint, u64), ProjectionError> {
+        let mut uow = self.store.begin().await?;
+        let result = self.prepare_in(&mut uow).await;
+        match result {
+            Ok(found) => {
+                uow.commit().await?;
+                Ok(found)
+            }
+            Err(e) => {
+                let _ = uow.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn prepare_in(
+        &self,
+        uow: &mut S::UnitOfWork,
+    ) -> Result<(u32, Checkpoint, u64), ProjectionError> {
+        let name = self.name();
+        let version = self.projection.version();
+        let state = self
+            .store
+            .lock_projection(uow, name)
+            .await?
+            .ok_or_else(|| self.unknown())?;
+        match state.building {
+            Some(b) if b.version == version => {
+                tracing::info!(projection = %name, generation = b.generation, position = b.position, "resuming a blue/green build");
+                Ok((b.generation, b.checkpoint, b.position))
+            }
+            other => {
+                let generation = other.map_or(state.generation + 1, |b| b.generation);
+                self.store
+                    .start_projection_generation(uow, name, generation, version)
+                    .await?;
+                self.fresh_tables(uow, generation).await?;
+                Ok((generation, Checkpoint::START, 0))
+            }
+        }
+    }
+
+    /// The switch: one transaction that applies the last events to the new generation, makes
+    /// it the active one and points the views at it.
+    async fn switch(
+        &self,
+        generation: u32,
+        stored: Checkpoint,
+        position: u64,
+    ) -> Result<Switch, ProjectionError> {
+        let name = self.name();
+        let tables = self.tables(generation);
+        // Read the last events before taking the locks: a pool of one connection (an in-memory
+        // SQLite database) could not serve a read while the switch holds it. Events committed
+        // after this read are applied to the new generation by the runner after the switch.
+        let mut tail = Vec::new();
+        let mut read_from = stored;
+        loop {
+            let batch = self
+                .store
+                .read_log(read_from, self.options.batch_size, &self.filter)
+                .await?;
+            tail.extend(batch.events);
+            read_from = batch.checkpoint;
+            if batch.reached_end {
+                break;
+            }
+        }
+        let position = max_position(position, &tail);
+        let mut uow = self.store.begin().await?;
+        let Some(state) = self.store.lock_projection(&mut uow, name).await? else {
+            let _ = uow.rollback().await;
+            return Err(self.unknown());
+        };
+        if state.generation >= generation {
+            let _ = uow.rollback().await;
+            return Ok(Switch::AlreadyDone);
+        }
+        if !self
+            .locked(&mut uow, Role::Build, generation, stored)
+            .await?
+        {
+            let _ = uow.rollback().await;
+            return Ok(Switch::Moved);
+        }
+        let mut applied = 0;
+        let mut position = position;
+        let reads = self.store.reads_beside_unit_of_work();
+        loop {
+            for e in &tail {
+                match self
+                    .projection
+                    .apply(&mut uow, &tables, &e.event, &self.upcasters)
+                    .await
+                {
+                    Ok(true) => applied += 1,
+                    Ok(false) => {}
+                    Err(error) => {
+                        let _ = uow.rollback().await;
+                        return Err(self.fail_fast(e, error).await);
+                    }
+                }
+            }
+            // Under the lock no runner applies to the active generation: what this read sees
+            // covers everything readers could see before, so the switch never goes back.
+            if !reads {
+                break;
+            }
+            let batch = match self
+                .store
+                .read_log(read_from, self.options.batch_size, &self.filter)
+                .await
+            {
+                Ok(batch) => batch,
+                Err(e) => {
+                    let _ = uow.rollback().await;
+                    return Err(e.into());
+                }
+            };
+            position = max_position(position, &batch.events);
+            read_from = batch.checkpoint;
+            let done = batch.reached_end;
+            tail = batch.events;
+            if done && tail.is_empty() {
+                break;
+            }
+        }
+        let finish = async {
+            self.store
+                .save_projection_checkpoint(&mut uow, name, generation, read_from, position)
+                .await?;
+            self.store
+                .activate_projection_generation(&mut uow, name, generation)
+                .await?;
+            self.store
+                .point_projection_views(&mut uow, self.projection.tables(), generation)
+                .await
+        };
+        match finish.await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Readers held the views: try the switch again in a moment.
+                let _ = uow.rollback().await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                return Ok(Switch::Moved);
+            }
+            Err(e) => {
+                let _ = uow.rollback().await;
+                return Err(e.into());
+            }
+        }
+        uow.commit().await?;
+        tracing::info!(projection = %name, generation, "switched to the new generation");
+        Ok(Switch::Done(applied))
+    }
+
+    /// Drops the tables of the generations below the active one; returns their names.
+    pub(crate) async fn drop_old(&self) -> Result<Vec<String>, ProjectionError> {
+        self.retry_busy(|| self.drop_old_once()).await
+    }
+
+    async fn drop_old_once(&self) -> Result<Vec<String>, ProjectionError> {
+        let name = self.name();
+        let schema = self.store.projection_schema();
+        let mut uow = self.store.begin().await?;
+        let work = async {
+            if self.store.lock_projection(&mut uow, name).await?.is_none() {
+                return Err(self.unknown());
+            }
+            let old = self
+                .store
+                .old_projection_generations(&mut uow, name)
+                .await?;
+            let mut dropped = Vec::new();
+            for generation in old {
+                if !self
+                    .store
+                    .drop_projection_tables(&mut uow, self.projection.tables(), generation)
+                    .await?
+                {
+                    return Err(self.busy());
+                }
+                self.store
+                    .remove_projection_generation(&mut uow, name, generation)
+                    .await?;
+                if self.store.has_sql_tables() {
+                    dropped.extend(
+                        self.projection
+                            .tables()
+                            .iter()
+                            .map(|t| qualified(schema.as_deref(), &physical_table(t, generation))),
+                    );
+                }
+            }
+            Ok(dropped)
+        };
+        match work.await {
+            Ok(dropped) => {
+                uow.commit().await?;
+                Ok(dropped)
+            }
+            Err(e) => {
+                let _ = uow.rollback().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+pub(crate) enum Switch {
+    Done(u64),
+    AlreadyDone,
+    Moved,
+}
+
+/// Logs a failure of the store and waits before the caller retries.
+pub(crate) async fn pause_after(
+    error: &(dyn std::fmt::Display + Sync),
+    projection: &str,
+    wait: Duration,
+) {
+    tracing::warn!(projection, error = %error, "projection store error; retrying");
+    tokio::time::sleep(wait).await;
+}

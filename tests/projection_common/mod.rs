@@ -1,0 +1,144 @@
+//! A bank-ledger projection shared by the projection tests, for PostgreSQL and SQLite: per
+//! account a balance row, and a ledger row per event (keyed by event id, so a double apply
+//! fails loudly instead of passing unnoticed).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use eventfold::eventstore::{Checkpoint, EventStore, LogFilter};
+use eventfold::projections::{Projection, Tables};
+use eventfold::{BoxError, CommandMetadata, Envelope, Event, NewEvent};
+
+#[derive(Debug, Clone, PartialEq, Event)]
+pub enum BankEvent {
+    Deposited { account: String, amount: i64 },
+}
+
+pub fn deposit(account: &str, amount: i64) -> NewEvent {
+    NewEvent::encode(
+        &BankEvent::Deposited {
+            account: account.to_owned(),
+            amount,
+        },
+        "",
+        &CommandMetadata::new(),
+    )
+    .expect("encode")
+}
+
+/// The account name that makes the projection fail.
+pub const POISON: &str = "poison";
+
+/// The ledger projection; `version` is its code version. An account named [`POISON`] fails while
+/// `poison_fails` is set.
+#[derive(Clone)]
+pub struct Ledger {
+    pub version: u32,
+    pub poison_fails: Arc<AtomicBool>,
+}
+
+impl Ledger {
+    pub fn new(version: u32) -> Self {
+        Self {
+            version,
+            poison_fails: Arc::new(AtomicBool::new(true)),
+        }
+    }
+}
+
+macro_rules! ledger_for {
+    ($uow:ty) => {
+        impl Projection<$uow> for Ledger {
+            type Event = BankEvent;
+
+            fn name(&self) -> &str {
+                "ledger"
+            }
+
+            fn version(&self) -> u32 {
+                self.version
+            }
+
+            fn tables(&self) -> Vec<String> {
+                vec!["balances".into(), "ledger".into()]
+            }
+
+            async fn setup(&self, uow: &mut $uow, tables: &Tables) -> Result<(), BoxError> {
+                for sql in [
+                    format!(
+                        "CREATE TABLE {} (account TEXT PRIMARY KEY, total BIGINT NOT NULL, events BIGINT NOT NULL)",
+                        tables.table("balances")
+                    ),
+                    format!(
+                        "CREATE TABLE {} (event_id TEXT PRIMARY KEY, account TEXT NOT NULL, amount BIGINT NOT NULL)",
+                        tables.table("ledger")
+                    ),
+                ] {
+                    sqlx::query(&sql).execute(uow.connection()).await?;
+                }
+                Ok(())
+            }
+
+            async fn apply(
+                &self,
+                uow: &mut $uow,
+                tables: &Tables,
+                event: &Envelope<BankEvent>,
+            ) -> Result<(), BoxError> {
+                let BankEvent::Deposited { account, amount } = &event.payload;
+                if account == POISON && self.poison_fails.load(Ordering::SeqCst) {
+                    return Err(format!("cannot book a deposit to `{account}`").into());
+                }
+                let balances = tables.table("balances");
+                sqlx::query(&format!(
+                    "INSERT INTO {} (event_id, account, amount) VALUES ($1, $2, $3)",
+                    tables.table("ledger")
+                ))
+                .bind(event.event_id.to_string())
+                .bind(account)
+                .bind(amount)
+                .execute(uow.connection())
+                .await?;
+                sqlx::query(&format!(
+                    "INSERT INTO {balances} (account, total, events) VALUES ($1, $2, 1) \
+                     ON CONFLICT (account) DO UPDATE SET total = {balances}.total + EXCLUDED.total, \
+                     events = {balances}.events + 1"
+                ))
+                .bind(account)
+                .bind(amount)
+                .execute(uow.connection())
+                .await?;
+                Ok(())
+            }
+        }
+    };
+}
+
+ledger_for!(eventfold::eventstore::postgres::PgUnitOfWork);
+ledger_for!(eventfold::eventstore::sqlite::SqliteUnitOfWork);
+
+/// Per account (total, events): a fresh fold of every committed event of the log.
+pub async fn fold_log<S: EventStore>(store: &S) -> BTreeMap<String, (i64, i64)> {
+    let mut fold = BTreeMap::new();
+    let mut from = Checkpoint::START;
+    loop {
+        let batch = store
+            .read_log(from, 5000, &LogFilter::all())
+            .await
+            .expect("read the log");
+        for e in &batch.events {
+            let event = eventfold::decode_event::<BankEvent>(e.event.clone(), &Default::default())
+                .expect("decode");
+            let BankEvent::Deposited { account, amount } = event.payload;
+            let entry = fold.entry(account).or_insert((0, 0));
+            entry.0 += amount;
+            entry.1 += 1;
+        }
+        from = batch.checkpoint;
+        if batch.reached_end && !batch.held_back {
+            return fold;
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Crash test of the projection runner on PostgreSQL: runner processes (this test binary,
+//! re-executed in child mode) are killed with SIGKILL and replaced, again and again, while eight
+//! writers append. At the end the read model must equal a fresh fold of every event: nothing
+//! skipped, nothing applied twice (the ledger table's primary key on the event id would refuse a
+//! second apply, which would show up as a parked event).
+#![cfg(feature = "postgres")]
+mod common;
+mod projection_common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use eventfold::StreamId;
+use eventfold::eventstore::postgres::PgStore;
+use eventfold::eventstore::postgres::testing::DEFAULT_DATABASE_URL;
+use eventfold::eventstore::{EventStore, ExpectedVersion, ProjectionStore};
+use eventfold::projections::{ProjectionOptions, Projections};
+use projection_common::{Ledger, deposit, fold_log};
+
+const CHILD_ENV: &str = "EVENTFOLD_PROJECTION_CHILD_DATABASE_URL";
+const KILLS: usize = 4;
+
+/// `DATABASE_URL` (or the default server) with its database replaced by `database`.
+fn database_url(database: &str) -> String {
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url.as_str(), None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{server}/{database}?{query}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
+fn projections(store: PgStore) -> Projections<PgStore> {
+    Projections::new(store)
+        .register_with(Ledger::new(1), ProjectionOptions::default().batch_size(20))
+}
+
+/// A runner process; killed (SIGKILL) when dropped.
+struct RunnerProcess(Child);
+
+impl RunnerProcess {
+    fn spawn(url: &str) -> Self {
+        let mut child = Command::new(std::env::current_exe().expect("the test binary"))
+            .args([
+                "runner_process_or_restart_resumes",
+                "--exact",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(CHILD_ENV, url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn a runner process");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("projection runner started") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!("the runner process did not start");
+        }
+        Self(child)
+    }
+
+    fn kill(mut self) {
+        self.0.kill().expect("SIGKILL a runner");
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for RunnerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// In child mode (the crash test starts it): runs the projections until killed. Otherwise: a
+/// runner stopped and started again resumes from the stored checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_process_or_restart_resumes() {
+    if let Ok(url) = std::env::var(CHILD_ENV) {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .expect("connect");
+        let store = PgStore::builder(pool).build().await.expect("store");
+        let _runner = projections(store)
+            .runner()
+            .poll_interval(Duration::from_millis(50))
+            .start();
+        println!("projection runner started");
+        loop {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    }
+    let (store, _db) = common::postgres().await;
+    let stream = StreamId::new("account", "r").expect("id");
+    let first = store
+        .append(
+            &stream,
+            ExpectedVersion::Any,
+            vec![deposit("a", 1), deposit("b", 2)],
+        )
+        .await
+        .expect("append");
+    let runner = projections(store.clone()).runner().start();
+    runner.wait_for(first.positions[1]).await.expect("wait");
+    runner.stop().await.expect("stop");
+    let second = store
+        .append(&stream, ExpectedVersion::Any, vec![deposit("a", 10)])
+        .await
+        .expect("append");
+    let runner = projections(store.clone()).runner().start();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        runner.wait_for(second.positions[0]),
+    )
+    .await
+    .expect("in time")
+    .expect("wait");
+    let rows: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT account, total, events FROM balances ORDER BY account")
+            .fetch_all(store.pool())
+            .await
+            .expect("balances");
+    assert_eq!(rows, vec![("a".to_owned(), 11, 2), ("b".to_owned(), 2, 1)]);
+    runner.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_runner_processes_apply_every_event_exactly_once() {
+    let (store, db) = common::postgres().await;
+    let url = database_url(db.name());
+    let mut runners = vec![RunnerProcess::spawn(&url), RunnerProcess::spawn(&url)];
+
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (store, writing) = (store.clone(), writing.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0usize;
+            let mut last = 0;
+            while writing.load(std::sync::atomic::Ordering::SeqCst) {
+                let stream = StreamId::new("account", format!("{w}-{}", i % 4)).expect("id");
+                let events = (0..1 + i % 3)
+                    .map(|k| deposit(&format!("acct-{}", (w + i + k) % 9), (i % 50) as i64))
+                    .collect();
+                let done = store
+                    .append(&stream, ExpectedVersion::Any, events)
+                    .await
+                    .expect("append");
+                last = last.max(*done.positions.iter().max().unwrap_or(&0));
+                i += 1;
+            }
+            last
+        }));
+    }
+    let mut kills = 0;
+    while kills < KILLS {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let victim = runners.remove(kills % runners.len());
+        victim.kill();
+        kills += 1;
+        let position = store
+            .projection_state("ledger")
+            .await
+            .expect("state")
+            .map_or(0, |s| s.position);
+        eprintln!("kill {kills}: the projection was at {position}");
+        runners.push(RunnerProcess::spawn(&url));
+    }
+    writing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut last = 0;
+    for w in writers {
+        last = last.max(w.await.expect("writer"));
+    }
+    assert!(
+        last > 300,
+        "the writers appended while runners were killed ({last})"
+    );
+    let target = store
+        .checkpoint_at(last)
+        .await
+        .expect("checkpoint")
+        .expect("committed");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = store
+            .projection_state("ledger")
+            .await
+            .expect("state")
+            .expect("stored");
+        if state.checkpoint >= target {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the runners did not catch up: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(runners);
+    let fold = fold_log(&store).await;
+    let expected: Vec<(String, i64, i64)> = fold.into_iter().map(|(a, (t, n))| (a, t, n)).collect();
+    let model: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT account, total, events FROM balances ORDER BY account")
+            .fetch_all(store.pool())
+            .await
+            .expect("balances");
+    assert_eq!(
+        model, expected,
+        "the read model equals a fresh fold after {KILLS} kills"
+    );
+    let (ledger,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM ledger")
+        .fetch_one(store.pool())
+        .await
+        .expect("ledger");
+    let head = store.log_head().await.expect("head").position;
+    assert_eq!(ledger as u64, head, "one ledger row per event");
+    assert!(
+        store
+            .parked_projection_events("ledger", 10)
+            .await
+            .expect("parked")
+            .is_empty(),
+        "no double apply was refused"
+    );
+}
