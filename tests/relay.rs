@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eventfold::eventstore::{ExpectedVersion, OutboxRelayStore, OutboxRouting, UnitOfWork};
-use eventfold::outbox::{InProcessBroker, OutboxMessage, Record, Relay, RelayConfig, headers};
+use eventfold::outbox::{
+    Delivery, InProcessBroker, OutboxMessage, PublishError, Publisher, Record, Relay, RelayConfig,
+    headers,
+};
 use eventfold::{NewEvent, StreamId};
 use uuid::Uuid;
 
@@ -21,7 +24,7 @@ fn config() -> RelayConfig {
         backoff_base: Duration::from_millis(5),
         backoff_max: Duration::from_millis(50),
         idle_wait: Duration::from_millis(20),
-        lanes: 2,
+        in_flight_batches: 2,
     }
 }
 
@@ -204,11 +207,7 @@ async fn parked_key_with_a_long_queue_does_not_starve_others<S: OutboxRelayStore
             .await
             .unwrap();
     }
-    // One lane, so every slot shares one window.
-    let mut relay = Relay::new(store.clone(), broker.clone()).with_config(RelayConfig {
-        lanes: 1,
-        ..config()
-    });
+    let mut relay = Relay::new(store.clone(), broker.clone()).with_config(config());
     for _ in 0..6 {
         relay.run_once().await.expect("round");
     }
@@ -255,7 +254,7 @@ async fn retrying_key_with_a_long_queue_does_not_starve_others<S: OutboxRelaySto
         .lease_slots(owner, Duration::from_secs(30))
         .await
         .unwrap();
-    let first = store.claim_outbox(&slots, 64).await.unwrap();
+    let first = store.claim_outbox(&slots, 64, &[]).await.unwrap();
     assert_eq!(first.len(), 1, "the window holds only the slow key's rows");
     assert_eq!(first[0].message.key, "slow");
     store
@@ -264,7 +263,7 @@ async fn retrying_key_with_a_long_queue_does_not_starve_others<S: OutboxRelaySto
         .unwrap();
     let mut others = 0;
     for _ in 0..5 {
-        let rows = store.claim_outbox(&slots, 64).await.unwrap();
+        let rows = store.claim_outbox(&slots, 64, &[]).await.unwrap();
         assert!(
             rows.iter().all(|r| r.message.key != "slow"),
             "no row of a key waiting for its retry is claimed"
@@ -413,6 +412,82 @@ async fn enqueued_message_wakes_a_waiting_relay<S: OutboxRelayStore>(store: S) {
     running.await.unwrap().unwrap();
 }
 
+/// Publishes through the in-process broker after a delay that varies from batch to batch, so
+/// the batches a relay has in flight finish out of order.
+#[derive(Clone)]
+struct Jittery {
+    inner: InProcessBroker,
+    calls: Arc<std::sync::atomic::AtomicU64>,
+    largest: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Publisher for Jittery {
+    async fn publish(&self, messages: &[OutboxMessage]) -> Vec<Result<Delivery, PublishError>> {
+        use std::sync::atomic::Ordering;
+        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        self.largest.fetch_max(messages.len(), Ordering::Relaxed);
+        // 0..=24 ms, in an order unrelated to the call order.
+        tokio::time::sleep(Duration::from_millis((n * 7919) % 25)).await;
+        self.inner.publish(messages).await
+    }
+}
+
+/// `Relay::run` with several batches in flight that finish out of order, while 8 writers
+/// append: every event delivered once, per key in version order; a key never has two rows in
+/// flight, so a later batch never overtakes an earlier row of its key.
+async fn pipelined_batches_finishing_out_of_order_keep_key_order<S: OutboxRelayStore>(store: S) {
+    let store = store.with_outbox(OutboxRouting::new());
+    let publisher = Jittery {
+        inner: InProcessBroker::new(),
+        calls: Arc::default(),
+        largest: Arc::default(),
+    };
+    let relay = Relay::new(store.clone(), publisher.clone()).with_config(RelayConfig {
+        batch_size: 8,
+        in_flight_batches: 4,
+        ..config()
+    });
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopped = stop.clone();
+    let running = tokio::spawn(relay.run(async move { stopped.notified().await }));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let mut appended = HashMap::new();
+            for v in 1..=40u64 {
+                let key = format!("p{w}-{}", v % 3);
+                let stream = StreamId::new("order", key.clone()).unwrap();
+                let event = event(10);
+                let id = event.event_id;
+                store
+                    .append(&stream, ExpectedVersion::Any, vec![event])
+                    .await
+                    .unwrap();
+                appended.insert(id, (key, v));
+            }
+            appended
+        }));
+    }
+    let mut appended = HashMap::new();
+    for writer in writers {
+        appended.extend(writer.await.unwrap());
+    }
+    drain(&store, Duration::from_secs(60)).await;
+    stop.notify_waiters();
+    running.await.unwrap().unwrap();
+    let records = publisher.inner.records("order");
+    let duplicates = check_order(&records, &appended);
+    assert_eq!(duplicates, 0, "no crash, so no duplicate");
+    assert_eq!(records.len(), appended.len());
+    let calls = publisher.calls.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        calls >= 20,
+        "{calls} publish calls: the relay published in many batches"
+    );
+    assert!(publisher.largest.load(std::sync::atomic::Ordering::Relaxed) <= 8);
+}
+
 macro_rules! relay_tests {
     ($module:ident, $fresh:path) => {
         mod $module {
@@ -452,6 +527,12 @@ macro_rules! relay_tests {
             async fn enqueue_wakes_the_relay() {
                 let (store, _guard) = $fresh().await;
                 enqueued_message_wakes_a_waiting_relay(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pipelined_batches_keep_key_order() {
+                let (store, _guard) = $fresh().await;
+                pipelined_batches_finishing_out_of_order_keep_key_order(store).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,9 +75,10 @@
 //!    * drain: `--relay-rows` rows are written into `eventfold_outbox` with `INSERT ... SELECT
 //!      FROM UNNEST` in chunks of 10,000 (10,000 keys round robin, 100-byte payloads, slots
 //!      computed with `OutboxMessage::slot_of`), then one `Relay` with the `KafkaPublisher`
-//!      (batch sizes 500, 1000, 2000) runs `run_once` until the outbox is empty, to a fresh
-//!      12-partition topic; beside it a raw rdkafka `FutureProducer` with the same settings
-//!      sends the same messages with at most 10,000 in flight. `VmRSS` is sampled every round;
+//!      (batch sizes 500, 1000, 2000) runs `Relay::run` until every row is acknowledged, to a
+//!      fresh 12-partition topic; beside it a raw rdkafka `FutureProducer` with the same
+//!      settings sends the same messages with at most 10,000 in flight. `VmRSS` is sampled
+//!      every 100 ms;
 //!    * commit-to-ack latency: 8 writer tasks append 1 event per call through a `PgStore` with
 //!      an outbox at 2000 events/s in total for 10 s (4 s with `--quick`) while `Relay::run`
 //!      publishes; latency = when the publisher returned the broker's ack − when `append`

@@ -1388,7 +1388,7 @@ pub async fn relay_claims_one_due_row_per_key_and_parks_what_fails<S: OutboxRela
             })
             .collect::<Vec<_>>()
     };
-    let first = store.claim_outbox(&slots, 10).await.expect("claim");
+    let first = store.claim_outbox(&slots, 10, &[]).await.expect("claim");
     assert_eq!(
         versions(&first),
         vec!["a1", "b1"],
@@ -1400,8 +1400,30 @@ pub async fn relay_claims_one_due_row_per_key_and_parks_what_fails<S: OutboxRela
         2
     );
 
-    let second = store.claim_outbox(&slots, 10).await.expect("claim");
+    let second = store.claim_outbox(&slots, 10, &[]).await.expect("claim");
     assert_eq!(versions(&second), vec!["a2", "b2"]);
+    // Rows in flight (claimed, still being published): their keys wait, and they do not take
+    // room in the window (of 2 rows here, a2 aside: a3 and b2).
+    let beside = store
+        .claim_outbox(&slots, 2, &[second[0].seq])
+        .await
+        .expect("claim beside a row in flight");
+    assert_eq!(versions(&beside), vec!["b2"], "a3 waits for a2 in flight");
+    // Rows in flight that are gone already (settled by another task) widen the window but
+    // never the batch.
+    let gone = store
+        .claim_outbox(&slots, 1, &[u64::MAX / 2, u64::MAX / 2 - 1])
+        .await
+        .expect("claim");
+    assert_eq!(versions(&gone), vec!["a2"], "at most `limit` rows");
+    assert!(
+        store
+            .claim_outbox(&slots, 10, &[second[0].seq, second[1].seq])
+            .await
+            .expect("claim")
+            .is_empty(),
+        "every key has a row in flight"
+    );
     // a2 fails: key a waits (b goes on); its later row a3 is not claimed either.
     store
         .fail_outbox(
@@ -1411,7 +1433,7 @@ pub async fn relay_claims_one_due_row_per_key_and_parks_what_fails<S: OutboxRela
         )
         .await
         .expect("fail");
-    let third = store.claim_outbox(&slots, 10).await.expect("claim");
+    let third = store.claim_outbox(&slots, 10, &[]).await.expect("claim");
     assert_eq!(versions(&third), vec!["b2"]);
     store
         .complete_outbox(owner, &[third[0].seq])
@@ -1431,7 +1453,7 @@ pub async fn relay_claims_one_due_row_per_key_and_parks_what_fails<S: OutboxRela
         .expect("park");
     assert!(
         store
-            .claim_outbox(&slots, 10)
+            .claim_outbox(&slots, 10, &[])
             .await
             .expect("claim")
             .is_empty()
@@ -1452,7 +1474,7 @@ pub async fn relay_claims_one_due_row_per_key_and_parks_what_fails<S: OutboxRela
             .await
             .expect("retry again")
     );
-    let again = store.claim_outbox(&slots, 10).await.expect("claim");
+    let again = store.claim_outbox(&slots, 10, &[]).await.expect("claim");
     assert_eq!(versions(&again), vec!["a2"]);
     assert_eq!((again[0].seq, again[0].attempts), (second[0].seq, 0));
 
@@ -1462,7 +1484,7 @@ pub async fn relay_claims_one_due_row_per_key_and_parks_what_fails<S: OutboxRela
         .await
         .expect("park");
     assert!(store.skip_dead_letter(again[0].seq).await.expect("skip"));
-    let last = store.claim_outbox(&slots, 10).await.expect("claim");
+    let last = store.claim_outbox(&slots, 10, &[]).await.expect("claim");
     assert_eq!(versions(&last), vec!["a3"]);
     assert!(store.dead_letters(10).await.expect("dead").is_empty());
 }

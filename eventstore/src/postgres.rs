@@ -1448,15 +1448,18 @@ impl RelaySql {
             forget: format!("DELETE FROM {relays} WHERE owner = $1"),
             // The window `w`: the oldest `$2` rows of the leased slots whose key is neither
             // parked nor waiting for a retry (so a blocked key with a long queue cannot fill the
-            // window and starve the others); then the first row of each key in it; the wide
-            // columns are read for those rows alone.
+            // window and starve the others), widened by the caller's rows in flight; then the
+            // first row of each key in it, except the rows in flight (so their keys wait); the
+            // wide columns are read for those rows alone.
             claim: format!(
                 "WITH w AS (SELECT seq, key FROM {outbox} o WHERE slot = ANY($1) \
                    AND NOT EXISTS (SELECT 1 FROM {dead} d WHERE d.key = o.key) \
                    AND NOT EXISTS (SELECT 1 FROM {outbox} b WHERE b.key = o.key \
                      AND b.next_attempt_at IS NOT NULL AND b.next_attempt_at > now()) \
                    ORDER BY seq LIMIT $2), \
-                 c AS (SELECT min(seq) AS seq FROM w GROUP BY key) \
+                 f AS (SELECT min(seq) AS seq FROM w GROUP BY key \
+                   EXCEPT SELECT unnest($3::int8[])), \
+                 c AS (SELECT seq FROM f ORDER BY seq LIMIT $4) \
                  SELECT {o_cols} FROM {outbox} o WHERE o.seq IN (SELECT seq FROM c) ORDER BY o.seq"
             ),
             complete: format!(
@@ -1577,15 +1580,18 @@ impl OutboxRelayStore for PgStore {
         &self,
         slots: &[u32],
         limit: usize,
+        in_flight: &[u64],
     ) -> Result<Vec<OutboxRow>, StoreError> {
         let slots: Vec<i32> = slots
             .iter()
             .filter_map(|s| i32::try_from(*s).ok())
             .collect();
-        let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
+        let window = i64::try_from(limit.saturating_add(in_flight.len())).unwrap_or(i64::MAX);
         let rows: Vec<sql::OutboxDbRow> = sqlx::query_as(&self.relay.claim)
             .bind(slots)
-            .bind(limit_i)
+            .bind(window)
+            .bind(seqs_i64(in_flight))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await
             .map_err(db_err("claiming outbox rows", &self.sql.outbox))?;

@@ -985,7 +985,8 @@ impl RelaySql {
                    AND NOT EXISTS (SELECT 1 FROM {outbox} b WHERE b.key = o.key \
                      AND b.next_attempt_at IS NOT NULL AND b.next_attempt_at > ?3) \
                    ORDER BY seq LIMIT ?2), \
-                 c AS (SELECT min(seq) AS seq FROM w GROUP BY key) \
+                 c AS (SELECT min(seq) AS seq FROM w GROUP BY key \
+                   HAVING min(seq) NOT IN (SELECT value FROM json_each(?4)) ORDER BY 1 LIMIT ?5) \
                  SELECT {o_cols} FROM {outbox} o WHERE o.seq IN (SELECT seq FROM c) ORDER BY o.seq"
             ),
             complete: format!(
@@ -1117,12 +1118,15 @@ impl OutboxRelayStore for SqliteStore {
         &self,
         slots: &[u32],
         limit: usize,
+        in_flight: &[u64],
     ) -> Result<Vec<OutboxRow>, StoreError> {
-        let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
+        let window = i64::try_from(limit.saturating_add(in_flight.len())).unwrap_or(i64::MAX);
         let rows: Vec<sql::OutboxDbRow> = sqlx::query_as(&self.relay.claim)
             .bind(json_list(slots))
-            .bind(limit_i)
+            .bind(window)
             .bind(eventfold_core::metadata::now_micros())
+            .bind(json_list(in_flight))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await
             .map_err(db_err("claiming outbox rows", &self.sql.outbox))?;

@@ -43,20 +43,24 @@
 //! # }
 //! ```
 
+use std::collections::HashSet;
 use std::collections::hash_map::RandomState;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
+use eventfold_core::OutboxMessage;
 use eventfold_eventstore::{OutboxRelayStore, StoreError, Wakeup};
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use uuid::Uuid;
 
-use crate::publisher::Publisher;
+use crate::publisher::{Delivery, PublishError, Publisher};
 
 /// How a relay works.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayConfig {
-    /// Rows claimed per lane and round (at most one per key).
+    /// Rows claimed at once (at most one per key).
     pub batch_size: usize,
     /// How long a slot lease lasts; leases are renewed every third of it.
     pub lease_ttl: Duration,
@@ -68,14 +72,12 @@ pub struct RelayConfig {
     pub backoff_max: Duration,
     /// Longest wait for new rows when the outbox has nothing due.
     pub idle_wait: Duration,
-    /// Claim loops per relay (at least 1; 4 by default). The leased slots are dealt between
-    /// them and each claims, publishes and deletes its own batch, so one lane's database round
-    /// trips overlap another's publishing. Per-key order holds: a key lives in one slot, a slot
-    /// in one lane. Lanes are used while there is a backlog (the last claim came back full); a
-    /// relay that keeps up claims once per round, which keeps its latency low. On 2 cores, 4
-    /// lanes drained a 300k backlog about 30% faster than 2; 8 were slower again
-    /// (`eventfold-bench --only relay`).
-    pub lanes: usize,
+    /// Batches [`Relay::run`] publishes at once (at least 1; 3 by default). The relay claims the
+    /// next batch while earlier ones wait for their acknowledgements, leaving out the keys that
+    /// have a row in flight, so per-key order holds and a new row is published without waiting
+    /// for a round to end. More batches in flight overlap more broker time with database time,
+    /// but widen every claim's window by the rows in flight. ADR 0013.
+    pub in_flight_batches: usize,
 }
 
 impl Default for RelayConfig {
@@ -87,7 +89,7 @@ impl Default for RelayConfig {
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(60),
             idle_wait: Duration::from_millis(500),
-            lanes: 4,
+            in_flight_batches: 3,
         }
     }
 }
@@ -105,16 +107,67 @@ pub struct RoundReport {
     pub parked: usize,
 }
 
+impl RoundReport {
+    fn add(&mut self, other: RoundReport) {
+        self.published += other.published;
+        self.retried += other.retried;
+        self.parked += other.parked;
+    }
+
+    fn settled(&self) -> usize {
+        self.published + self.retried + self.parked
+    }
+}
+
+/// The slots a relay leases and when it renewed them.
+#[derive(Debug, Default)]
+struct Leases {
+    slots: Vec<u32>,
+    renewed_at: Option<Instant>,
+}
+
+/// A claimed row while its message is published: what settling its outcome needs.
+#[derive(Debug)]
+struct Claimed {
+    seq: u64,
+    attempts: u32,
+}
+
+/// A published batch: its rows, their messages and one result per message.
+type Published = (
+    Vec<Claimed>,
+    Vec<OutboxMessage>,
+    Vec<Result<Delivery, PublishError>>,
+);
+
+/// Publishes `rows` (the messages are moved out of the rows, not copied).
+async fn publish_rows<P: Publisher>(
+    publisher: &P,
+    rows: Vec<eventfold_eventstore::OutboxRow>,
+) -> Published {
+    let (claimed, messages): (Vec<_>, Vec<_>) = rows
+        .into_iter()
+        .map(|row| {
+            (
+                Claimed {
+                    seq: row.seq,
+                    attempts: row.attempts,
+                },
+                row.message,
+            )
+        })
+        .unzip();
+    let results = publisher.publish(&messages).await;
+    (claimed, messages, results)
+}
+
 /// Publishes the outbox of `S` with `P`. See the [module docs](self).
 pub struct Relay<S, P> {
     store: S,
     publisher: P,
     config: RelayConfig,
     owner: Uuid,
-    slots: Vec<u32>,
-    leased_at: Option<Instant>,
-    /// The last round found a full batch: there is a backlog, so claim with every lane.
-    backlog: bool,
+    leases: Leases,
 }
 
 impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
@@ -125,9 +178,7 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
             publisher,
             config: RelayConfig::default(),
             owner: Uuid::now_v7(),
-            slots: Vec::new(),
-            leased_at: None,
-            backlog: false,
+            leases: Leases::default(),
         }
     }
 
@@ -144,167 +195,230 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
 
     /// The slots leased at the last renewal.
     pub fn slots(&self) -> &[u32] {
-        &self.slots
+        &self.leases.slots
     }
 
-    /// One round: renew the leases when due, claim, publish, record the outcomes.
+    /// One round, one batch at a time: renew the leases when due, claim, publish, record the
+    /// outcomes. [`Relay::run`] does the same with several batches in flight.
     pub async fn run_once(&mut self) -> Result<RoundReport, StoreError> {
-        let renew_every = self.config.lease_ttl / 3;
-        if self.leased_at.is_none_or(|at| at.elapsed() >= renew_every) {
-            match self
-                .store
-                .lease_slots(self.owner, self.config.lease_ttl)
-                .await
-            {
-                Ok(slots) => {
-                    self.slots = slots;
-                    self.leased_at = Some(Instant::now());
-                    self.record_status().await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, owner = %self.owner, "renewing relay leases failed");
-                    // Leases may be about to expire: stop publishing until renewed.
-                    if self
-                        .leased_at
-                        .is_none_or(|at| at.elapsed() >= self.config.lease_ttl / 2)
-                    {
-                        self.slots.clear();
-                    }
-                    return Err(e);
-                }
-            }
-        }
+        renew(&self.store, &self.config, self.owner, &mut self.leases).await?;
         let mut report = RoundReport {
-            slots: self.slots.len(),
+            slots: self.leases.slots.len(),
             ..RoundReport::default()
         };
-        if self.slots.is_empty() {
+        if self.leases.slots.is_empty() {
             return Ok(report);
         }
-        // One claim (one publish call) while the relay keeps up, so a trickle of rows is not
-        // split into several small publishes; every lane once a claim comes back full.
-        let lanes = if self.backlog {
-            self.config.lanes.clamp(1, self.slots.len())
-        } else {
-            1
-        };
-        let shares: Vec<Vec<u32>> = (0..lanes)
-            .map(|lane| {
-                self.slots
-                    .iter()
-                    .skip(lane)
-                    .step_by(lanes)
-                    .copied()
-                    .collect()
-            })
-            .collect();
-        let rounds =
-            futures_util::future::join_all(shares.iter().map(|slots| self.lane(slots))).await;
-        let mut full = false;
-        for round in rounds {
-            let lane = round?;
-            report.published += lane.published;
-            report.retried += lane.retried;
-            report.parked += lane.parked;
-            full |= lane.published + lane.retried + lane.parked >= self.config.batch_size.max(1);
-        }
-        self.backlog = full;
-        metrics::counter!("eventfold_outbox_published_total").increment(report.published as u64);
-        metrics::counter!("eventfold_outbox_retried_total").increment(report.retried as u64);
-        metrics::counter!("eventfold_outbox_parked_total").increment(report.parked as u64);
-        Ok(report)
-    }
-
-    /// One lane's share of a round: claim in `slots`, publish, record the outcomes.
-    async fn lane(&self, slots: &[u32]) -> Result<RoundReport, StoreError> {
-        let mut report = RoundReport::default();
         let rows = self
             .store
-            .claim_outbox(slots, self.config.batch_size.max(1))
+            .claim_outbox(&self.leases.slots, self.config.batch_size.max(1), &[])
             .await?;
         if rows.is_empty() {
             return Ok(report);
         }
-        let span =
-            tracing::debug_span!("eventfold.relay.batch", rows = rows.len(), owner = %self.owner);
+        let published = publish_rows(&self.publisher, rows).await;
+        report.add(settle(&self.store, &self.config, self.owner, vec![published]).await?);
+        record(&report);
+        Ok(report)
+    }
+
+    /// Runs until `shutdown` completes, waiting for appends when nothing is due; then waits
+    /// for the batches in flight, records their outcomes and releases the leases, so other
+    /// relays take over at once.
+    ///
+    /// Up to [`RelayConfig::in_flight_batches`] batches are published at once: while earlier
+    /// batches wait for the broker, the relay records finished ones and claims new rows
+    /// (leaving out the keys with a row in flight), so a row committed now is published now,
+    /// not after the round in progress.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StoreError> {
+        let Relay {
+            store,
+            publisher,
+            config,
+            owner,
+            mut leases,
+        } = self;
+        tokio::pin!(shutdown);
+        let mut wakeup = store.wakeup().await?;
+        let batch_size = config.batch_size.max(1);
+        let max_batches = config.in_flight_batches.max(1);
+        let mut in_flight = FuturesUnordered::new();
+        let mut flying: HashSet<u64> = HashSet::new();
+        let mut finished: Vec<Published> = Vec::new();
+        let mut failures = 0u32;
+        loop {
+            let mut failed = renew(&store, &config, owner, &mut leases).await.is_err();
+            // Record every batch that has finished (deleting what was delivered) before the
+            // next claim, so the claim sees those rows gone.
+            while let Some(Some(done)) = in_flight.next().now_or_never() {
+                finished.push(done);
+            }
+            if !finished.is_empty() {
+                let batches = std::mem::take(&mut finished);
+                for (claimed, _, _) in &batches {
+                    for row in claimed {
+                        flying.remove(&row.seq);
+                    }
+                }
+                match settle(&store, &config, owner, batches).await {
+                    Ok(report) => record(&report),
+                    Err(e) => {
+                        tracing::warn!(error = %e, %owner, "recording published outbox rows failed; they will be published again");
+                        failed = true;
+                    }
+                }
+            }
+            let mut full = false;
+            if !failed && !leases.slots.is_empty() && in_flight.len() < max_batches {
+                let exclude: Vec<u64> = flying.iter().copied().collect();
+                match store
+                    .claim_outbox(&leases.slots, batch_size, &exclude)
+                    .await
+                {
+                    Ok(rows) => {
+                        full = rows.len() >= batch_size;
+                        if !rows.is_empty() {
+                            flying.extend(rows.iter().map(|r| r.seq));
+                            in_flight.push(publish_rows(&publisher, rows));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, %owner, "claiming outbox rows failed");
+                        failed = true;
+                    }
+                }
+            }
+            failures = if failed { failures + 1 } else { 0 };
+            let room = in_flight.len() < max_batches;
+            if full && room && failures == 0 {
+                // A backlog: claim the next batch at once.
+                continue;
+            }
+            let wait = if failures > 0 {
+                backoff(&config, failures)
+            } else {
+                config.idle_wait.min(config.lease_ttl / 3)
+            };
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => finished.push(done),
+                () = wakeup.wait(wait), if room || in_flight.is_empty() => {}
+            }
+        }
+        // Graceful shutdown: the batches in flight are settled, not abandoned.
+        while let Some(done) = in_flight.next().await {
+            finished.push(done);
+        }
+        if !finished.is_empty() {
+            match settle(&store, &config, owner, finished).await {
+                Ok(report) => record(&report),
+                Err(e) => {
+                    tracing::warn!(error = %e, %owner, "recording the last published rows failed; they will be published again")
+                }
+            }
+        }
+        store.release_slots(owner).await
+    }
+}
+
+/// Renews the leases when a third of their time has passed.
+async fn renew<S: OutboxRelayStore>(
+    store: &S,
+    config: &RelayConfig,
+    owner: Uuid,
+    leases: &mut Leases,
+) -> Result<(), StoreError> {
+    let renew_every = config.lease_ttl / 3;
+    if leases
+        .renewed_at
+        .is_some_and(|at| at.elapsed() < renew_every)
+    {
+        return Ok(());
+    }
+    match store.lease_slots(owner, config.lease_ttl).await {
+        Ok(slots) => {
+            leases.slots = slots;
+            leases.renewed_at = Some(Instant::now());
+            record_status(store, leases.slots.len()).await;
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, %owner, "renewing relay leases failed");
+            // Leases may be about to expire: stop claiming until renewed.
+            if leases
+                .renewed_at
+                .is_none_or(|at| at.elapsed() >= config.lease_ttl / 2)
+            {
+                leases.slots.clear();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Records the outcomes of published batches: delivered rows are deleted (one statement for
+/// all of them, fenced by the leases), failed ones are retried later or parked.
+async fn settle<S: OutboxRelayStore>(
+    store: &S,
+    config: &RelayConfig,
+    owner: Uuid,
+    batches: Vec<Published>,
+) -> Result<RoundReport, StoreError> {
+    let mut report = RoundReport::default();
+    let mut delivered = Vec::with_capacity(batches.iter().map(|b| b.0.len()).sum());
+    for (claimed, messages, results) in batches {
+        let span = tracing::debug_span!("eventfold.relay.batch", rows = claimed.len(), %owner);
         let _guard = span.enter();
-        let messages: Vec<_> = rows.iter().map(|r| r.message.clone()).collect();
-        let results = self.publisher.publish(&messages).await;
-        let mut delivered = Vec::with_capacity(rows.len());
-        for (row, result) in rows.iter().zip(results) {
+        for ((row, message), result) in claimed.iter().zip(&messages).zip(results) {
             match result {
                 Ok(_) => delivered.push(row.seq),
-                Err(e) if e.retriable && row.attempts + 1 < self.config.max_attempts => {
-                    let delay = backoff(&self.config, row.attempts + 1);
-                    self.store
-                        .fail_outbox(row.seq, &e.to_string(), delay)
-                        .await?;
+                Err(e) if e.retriable && row.attempts + 1 < config.max_attempts => {
+                    let delay = backoff(config, row.attempts + 1);
+                    store.fail_outbox(row.seq, &e.to_string(), delay).await?;
                     report.retried += 1;
                 }
                 Err(e) => {
-                    tracing::warn!(seq = row.seq, key = %row.message.key, error = %e, "parking an outbox row");
-                    self.store.park_outbox(row.seq, &e.to_string()).await?;
+                    tracing::warn!(seq = row.seq, key = %message.key, error = %e, "parking an outbox row");
+                    store.park_outbox(row.seq, &e.to_string()).await?;
                     report.parked += 1;
                 }
             }
         }
-        let deleted = self.store.complete_outbox(self.owner, &delivered).await?;
+    }
+    if !delivered.is_empty() {
+        let deleted = store.complete_outbox(owner, &delivered).await?;
         if (deleted as usize) < delivered.len() {
-            tracing::warn!(owner = %self.owner, "lost a lease mid-batch; another relay will publish those rows again");
-        }
-        report.published = delivered.len();
-        Ok(report)
-    }
-
-    /// Refreshes the backlog gauges (best effort: a failure is logged, the relay goes on).
-    async fn record_status(&self) {
-        metrics::gauge!("eventfold_outbox_slots").set(self.slots.len() as f64);
-        match self.store.outbox_status().await {
-            Ok(status) => {
-                metrics::gauge!("eventfold_outbox_backlog").set(status.pending as f64);
-                metrics::gauge!("eventfold_outbox_dead_letters").set(status.dead_letters as f64);
-                let age = status.oldest.map_or(0.0, |oldest| {
-                    (chrono::Utc::now() - oldest).num_milliseconds().max(0) as f64 / 1000.0
-                });
-                metrics::gauge!("eventfold_outbox_oldest_age_seconds").set(age);
-            }
-            Err(e) => tracing::debug!(error = %e, "reading the outbox status for metrics failed"),
+            tracing::warn!(%owner, "lost a lease mid-batch; another relay will publish those rows again");
         }
     }
+    report.published = delivered.len();
+    Ok(report)
+}
 
-    /// Runs rounds until `shutdown` completes, waiting for appends when nothing is due; then
-    /// finishes the round in flight and releases the leases, so other relays take over at once.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), StoreError> {
-        tokio::pin!(shutdown);
-        let mut wakeup = self.store.wakeup().await?;
-        let mut failures = 0u32;
-        loop {
-            let round = self.run_once().await;
-            let idle = match &round {
-                Ok(report) => {
-                    failures = 0;
-                    report.published + report.retried + report.parked == 0
-                }
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(error = %e, failures, "relay round failed");
-                    true
-                }
-            };
-            let wait = if !idle {
-                Duration::ZERO
-            } else if failures > 0 {
-                backoff(&self.config, failures)
-            } else {
-                self.config.idle_wait.min(self.config.lease_ttl / 3)
-            };
-            tokio::select! {
-                () = &mut shutdown => break,
-                () = wakeup.wait(wait), if !wait.is_zero() => {}
-                () = std::future::ready(()), if wait.is_zero() => {}
-            }
+/// Counts settled rows in the relay's metrics.
+fn record(report: &RoundReport) {
+    if report.settled() == 0 {
+        return;
+    }
+    metrics::counter!("eventfold_outbox_published_total").increment(report.published as u64);
+    metrics::counter!("eventfold_outbox_retried_total").increment(report.retried as u64);
+    metrics::counter!("eventfold_outbox_parked_total").increment(report.parked as u64);
+}
+
+/// Refreshes the backlog gauges (best effort: a failure is logged, the relay goes on).
+async fn record_status<S: OutboxRelayStore>(store: &S, slots: usize) {
+    metrics::gauge!("eventfold_outbox_slots").set(slots as f64);
+    match store.outbox_status().await {
+        Ok(status) => {
+            metrics::gauge!("eventfold_outbox_backlog").set(status.pending as f64);
+            metrics::gauge!("eventfold_outbox_dead_letters").set(status.dead_letters as f64);
+            let age = status.oldest.map_or(0.0, |oldest| {
+                (chrono::Utc::now() - oldest).num_milliseconds().max(0) as f64 / 1000.0
+            });
+            metrics::gauge!("eventfold_outbox_oldest_age_seconds").set(age);
         }
-        self.store.release_slots(self.owner).await
+        Err(e) => tracing::debug!(error = %e, "reading the outbox status for metrics failed"),
     }
 }
 
