@@ -837,8 +837,11 @@ impl Wakeup for PgWakeup {
     }
 }
 
-/// How many times an `Any` append retries a concurrent insert before giving up.
-const ANY_RETRIES: usize = 16;
+/// How many times an `Any` append retries a concurrent insert before giving up. Each retry
+/// first waits for the competing transaction (the unique index blocks until it ends), so this
+/// bounds how many competitors in a row may win, not a busy loop; 16 was exhausted once by the
+/// global-log stress test (writers holding their transactions open up to 150 ms on 2 cores).
+const ANY_RETRIES: usize = 64;
 
 impl PgUnitOfWork {
     /// Appends the events (no outbox rows).
