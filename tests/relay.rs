@@ -488,6 +488,117 @@ async fn pipelined_batches_finishing_out_of_order_keep_key_order<S: OutboxRelayS
     assert!(publisher.largest.load(std::sync::atomic::Ordering::Relaxed) <= 8);
 }
 
+/// Publishes through the in-process broker once the gate opens, counting the calls that
+/// entered it: the batches of a relay stay in flight for as long as a test wants.
+#[derive(Clone)]
+struct Gated {
+    inner: InProcessBroker,
+    entered: Arc<std::sync::atomic::AtomicUsize>,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Publisher for Gated {
+    async fn publish(&self, messages: &[OutboxMessage]) -> Vec<Result<Delivery, PublishError>> {
+        self.entered
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut open = self.open.clone();
+        // The sender lives as long as the test; a closed gate only ends with the test.
+        let _ = open.wait_for(|open| *open).await;
+        self.inner.publish(messages).await
+    }
+}
+
+/// A graceful stop while batches are in flight: `run` claims nothing more, waits for the
+/// batches it has in flight, deletes their rows and releases its leases, so another relay
+/// takes every slot at once (not after the leases expire) and delivers the rest, in order and
+/// without a duplicate.
+async fn graceful_stop_settles_the_batches_in_flight<S: OutboxRelayStore>(store: S) {
+    use std::sync::atomic::Ordering;
+    let store = store.with_outbox(OutboxRouting::new());
+    let mut appended = HashMap::new();
+    // Version-major, so the oldest rows are the first rows of distinct keys: full batches.
+    for v in 1..=3u64 {
+        for k in 0..40 {
+            let key = format!("s{k}");
+            let stream = StreamId::new("order", key.clone()).unwrap();
+            let event = event(10);
+            appended.insert(event.event_id, (key.clone(), v));
+            store
+                .append(&stream, ExpectedVersion::Any, vec![event])
+                .await
+                .unwrap();
+        }
+    }
+    let (gate, open) = tokio::sync::watch::channel(false);
+    let publisher = Gated {
+        inner: InProcessBroker::new(),
+        entered: Arc::default(),
+        open,
+    };
+    let long_leases = RelayConfig {
+        batch_size: 8,
+        in_flight_batches: 3,
+        // Leases that outlive the test: only a release lets another relay in.
+        lease_ttl: Duration::from_secs(600),
+        ..config()
+    };
+    let relay = Relay::new(store.clone(), publisher.clone()).with_config(long_leases.clone());
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopped = stop.clone();
+    let running = tokio::spawn(relay.run(async move { stopped.notified().await }));
+    let until = Instant::now() + Duration::from_secs(30);
+    while publisher.entered.load(Ordering::SeqCst) < 3 {
+        assert!(
+            Instant::now() < until,
+            "the relay never had 3 batches in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.notify_one();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !running.is_finished(),
+        "the relay stopped without waiting for its batches in flight"
+    );
+    assert_eq!(
+        store.outbox_status().await.unwrap().pending,
+        120,
+        "nothing is deleted before its batch is acknowledged"
+    );
+    gate.send_replace(true);
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the relay stops once its batches are acknowledged")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        publisher.entered.load(Ordering::SeqCst),
+        3,
+        "no batch is claimed after the stop"
+    );
+    let first = publisher.inner.records("order");
+    assert_eq!(first.len(), 24, "the 3 batches in flight were published");
+    assert_eq!(
+        store.outbox_status().await.unwrap().pending,
+        120 - 24,
+        "the rows of the batches in flight were deleted at the stop"
+    );
+
+    let mut next = Relay::new(store.clone(), publisher.clone()).with_config(long_leases);
+    let report = next.run_once().await.unwrap();
+    assert_eq!(
+        report.slots,
+        eventfold::eventstore::OUTBOX_SLOTS as usize,
+        "the stopped relay released its leases"
+    );
+    while store.outbox_status().await.unwrap().pending > 0 {
+        next.run_once().await.unwrap();
+    }
+    let records = publisher.inner.records("order");
+    assert_eq!(check_order(&records, &appended), 0, "no duplicate");
+    assert_eq!(records.len(), 120);
+}
+
 macro_rules! relay_tests {
     ($module:ident, $fresh:path) => {
         mod $module {
@@ -533,6 +644,12 @@ macro_rules! relay_tests {
             async fn pipelined_batches_keep_key_order() {
                 let (store, _guard) = $fresh().await;
                 pipelined_batches_finishing_out_of_order_keep_key_order(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn graceful_stop_settles_batches_in_flight() {
+                let (store, _guard) = $fresh().await;
+                graceful_stop_settles_the_batches_in_flight(store).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
