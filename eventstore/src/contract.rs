@@ -56,6 +56,7 @@ macro_rules! eventstore_contract_tests {
             subscription_catches_up_then_follows_live_appends,
             subscription_resumes_from_a_stored_checkpoint,
             outbox_rows_commit_with_their_events_or_not_at_all,
+            concurrent_appends_write_outbox_rows_in_version_order,
             relay_claims_one_due_row_per_key_and_parks_what_fails,
             relay_leases_split_the_slots_and_fence_completion,
             inbox_marks_a_message_once_per_consumer,
@@ -1346,6 +1347,84 @@ pub async fn outbox_rows_commit_with_their_events_or_not_at_all<S: OutboxRelaySt
     assert_eq!(
         (app.topic.as_str(), app.key.as_str()),
         ("billing", "customer-1")
+    );
+}
+
+/// Concurrent `Any` appends to one stream, directly and in units of work, single events and
+/// batches: each routed event has exactly one outbox row, carrying the stream version the event
+/// got, and the rows of the stream follow its versions in `seq` order (the relay's per-key
+/// order); an append refused for its expected version writes no outbox row.
+pub async fn concurrent_appends_write_outbox_rows_in_version_order<S: OutboxRelayStore>(store: S) {
+    use eventfold_core::outbox::headers;
+    let store = store.with_outbox(OutboxRouting::new().skip_event_type("tally.reset"));
+    let race = stream("race");
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let store = store.clone();
+        let race = race.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..12u64 {
+                // A routed event, sometimes followed by one that is not routed.
+                let mut events = vec![added(t * 100 + i)];
+                if i % 3 == 0 {
+                    events.push(NewEvent::raw("tally.reset", 1, b"{}".to_vec()));
+                }
+                if t % 2 == 0 {
+                    store
+                        .append(&race, ExpectedVersion::Any, events)
+                        .await
+                        .expect("an Any append succeeds under contention");
+                } else {
+                    let mut uow = store.begin().await.expect("begin");
+                    uow.append(&race, ExpectedVersion::Any, events)
+                        .await
+                        .expect("an Any append in a unit of work succeeds under contention");
+                    uow.commit().await.expect("commit");
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("writer task");
+    }
+    let events = store
+        .read_stream(&race, 0, u64::MAX)
+        .await
+        .expect("read the stream");
+    assert_eq!(events.len(), 8 * (12 + 4));
+    let routed: Vec<(Uuid, String)> = events
+        .iter()
+        .filter(|e| e.event_type == "tally.added")
+        .map(|e| (e.event_id, e.stream_version.to_string()))
+        .collect();
+
+    // Refused for its expected version: no event and no outbox row.
+    let refused = store
+        .append(&race, ExpectedVersion::Exact(3), vec![added(1)])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::VersionConflict { .. })),
+        "a stale expected version is refused: {refused:?}"
+    );
+
+    let rows = store.read_outbox(10_000).await.expect("read the outbox");
+    assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq));
+    let written: Vec<(Uuid, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.message.id,
+                r.message
+                    .headers
+                    .get(headers::STREAM_VERSION)
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        written, routed,
+        "one outbox row per routed event, in version order, each with its event's stream version"
     );
 }
 

@@ -32,7 +32,7 @@
 use std::sync::Arc;
 
 use eventfold_core::{NewEvent, OutboxMessage, RecordedEvent, StreamId};
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgArguments, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -202,6 +202,8 @@ struct Statements {
     parked_messages: String,
     outbox: String,
     insert_outbox: String,
+    append_one_outbox: String,
+    append_outbox: String,
     outbox_status: String,
     read_outbox: String,
     append_one: String,
@@ -229,15 +231,64 @@ impl Statements {
         let commands = naming.table("commands");
         // The stream's last row gives both the version to check and the commit key to extend
         // (ADR 0007); shared by the one-event and the many-event append.
-        let append_head = format!(
+        let append_with = format!(
             "WITH last AS (SELECT stream_version, commit_key FROM {events} \
                WHERE stream_type = $1 AND stream_id = $2 ORDER BY stream_version DESC LIMIT 1), \
              cur AS (SELECT COALESCE((SELECT stream_version FROM last), 0)::int8 AS v, \
-               GREATEST(pg_current_xact_id()::text::int8, COALESCE((SELECT commit_key FROM last), 0)) AS k) \
-             INSERT INTO {events} (event_id, stream_type, stream_id, stream_version, event_type, schema_version, \
+               GREATEST(pg_current_xact_id()::text::int8, COALESCE((SELECT commit_key FROM last), 0)) AS k)"
+        );
+        let insert_events = format!(
+            "INSERT INTO {events} (event_id, stream_type, stream_id, stream_version, event_type, schema_version, \
                payload, recorded_at, source, correlation_id, causation_id, tenant_id, headers, commit_key) "
         );
+        let one_event = "SELECT $3, $1, $2, cur.v + 1, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, cur.k \
+             FROM cur WHERE $13::int8 IS NULL OR cur.v = $13";
+        let many_events = "SELECT e.event_id, $1, $2, cur.v + e.ord, e.event_type, e.schema_version, e.payload, e.recorded_at, \
+               e.source, e.correlation_id, e.causation_id, e.tenant_id, e.headers::jsonb, cur.k \
+             FROM cur, UNNEST($3::uuid[], $4::text[], $5::int4[], $6::bytea[], $7::timestamptz[], $8::text[], \
+               $9::uuid[], $10::uuid[], $11::text[], $12::text[]) WITH ORDINALITY \
+               AS e(event_id, event_type, schema_version, payload, recorded_at, source, correlation_id, \
+               causation_id, tenant_id, headers, ord) \
+             WHERE $13::int8 IS NULL OR cur.v = $13 \
+             ORDER BY e.ord";
         let outbox = naming.table("outbox");
+        let outbox_columns =
+            "id, aggregatetype, aggregateid, type, payload, topic, key, headers, slot";
+        let outbox_rows = |first: usize| {
+            let p = |i: usize| first + i;
+            format!(
+                "FROM UNNEST(${}::uuid[], ${}::text[], ${}::text[], ${}::text[], ${}::bytea[], ${}::text[], \
+                   ${}::text[], ${}::text[], ${}::int4[]) WITH ORDINALITY \
+                   AS m(id, at, aid, ty, payload, topic, key, headers, slot, ord)",
+                p(0),
+                p(1),
+                p(2),
+                p(3),
+                p(4),
+                p(5),
+                p(6),
+                p(7),
+                p(8)
+            )
+        };
+        // Events and their outbox rows in one statement (one round trip, atomic on its own): the
+        // rows are written only when the events are, and each message of an event gets the
+        // stream version the database gave it (an `Any` append learns it only here).
+        let with_outbox = |events_select: &str| {
+            format!(
+                "{append_with}, ev AS ({insert_events}{events_select} \
+                   RETURNING event_id, global_position, stream_version), \
+                 ob AS (INSERT INTO {outbox} ({outbox_columns}) \
+                   SELECT m.id, m.at, m.aid, m.ty, m.payload, m.topic, m.key, \
+                     CASE WHEN ev.stream_version IS NULL THEN m.headers::jsonb \
+                       ELSE m.headers::jsonb || jsonb_build_object('{version}', ev.stream_version::text) END, m.slot \
+                   {rows} LEFT JOIN ev ON ev.event_id = m.id \
+                   WHERE EXISTS (SELECT 1 FROM ev) ORDER BY m.ord) \
+                 SELECT global_position, stream_version FROM ev",
+                version = eventfold_core::outbox::headers::STREAM_VERSION,
+                rows = outbox_rows(14),
+            )
+        };
         let outbox_dead = naming.table("outbox_dead");
         let inbox = naming.table("inbox");
         let inbox_dead = naming.table("inbox_dead");
@@ -258,12 +309,13 @@ impl Statements {
             ),
             inbox,
             insert_outbox: format!(
-                "INSERT INTO {outbox} (id, aggregatetype, aggregateid, type, payload, topic, key, headers, slot) \
+                "INSERT INTO {outbox} ({outbox_columns}) \
                  SELECT m.id, m.at, m.aid, m.ty, m.payload, m.topic, m.key, m.headers::jsonb, m.slot \
-                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], $7::text[], \
-                   $8::text[], $9::int4[]) WITH ORDINALITY AS m(id, at, aid, ty, payload, topic, key, headers, slot, ord) \
-                 ORDER BY m.ord"
+                 {} ORDER BY m.ord",
+                outbox_rows(1)
             ),
+            append_one_outbox: with_outbox(one_event),
+            append_outbox: with_outbox(many_events),
             outbox_status: format!(
                 "SELECT (SELECT COUNT(*) FROM {outbox})::int8, (SELECT MIN(created_at) FROM {outbox}), \
                  (SELECT COUNT(*) FROM {outbox_dead})::int8"
@@ -278,9 +330,7 @@ impl Statements {
                 None => naming.bare("events"),
             },
             append_one: format!(
-                "{append_head}SELECT $3, $1, $2, cur.v + 1, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, cur.k \
-                 FROM cur WHERE $13::int8 IS NULL OR cur.v = $13 \
-                 RETURNING global_position, stream_version"
+                "{append_with} {insert_events}{one_event} RETURNING global_position, stream_version"
             ),
             horizon: "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8".to_owned(),
             read_log: format!(
@@ -306,15 +356,7 @@ impl Statements {
                 "SELECT COALESCE(MAX(stream_version), 0)::int8 FROM {events} WHERE stream_type = $1 AND stream_id = $2"
             ),
             append: format!(
-                "{append_head}SELECT e.event_id, $1, $2, cur.v + e.ord, e.event_type, e.schema_version, e.payload, e.recorded_at, \
-                   e.source, e.correlation_id, e.causation_id, e.tenant_id, e.headers::jsonb, cur.k \
-                 FROM cur, UNNEST($3::uuid[], $4::text[], $5::int4[], $6::bytea[], $7::timestamptz[], $8::text[], \
-                   $9::uuid[], $10::uuid[], $11::text[], $12::text[]) WITH ORDINALITY \
-                   AS e(event_id, event_type, schema_version, payload, recorded_at, source, correlation_id, \
-                   causation_id, tenant_id, headers, ord) \
-                 WHERE $13::int8 IS NULL OR cur.v = $13 \
-                 ORDER BY e.ord \
-                 RETURNING global_position, stream_version"
+                "{append_with} {insert_events}{many_events} RETURNING global_position, stream_version"
             ),
             read_stream: format!(
                 "SELECT {EVENT_COLUMNS}, headers::text FROM {events} WHERE stream_type = $1 AND stream_id = $2 \
@@ -610,71 +652,171 @@ impl PgUnitOfWork {
     }
 }
 
+/// Bind values of a statement, keeping the first one that failed to encode (the statement then
+/// fails with it).
+#[derive(Default)]
+struct Binds {
+    args: PgArguments,
+    error: Option<sqlx::error::BoxDynError>,
+}
+
+impl Binds {
+    fn add<'q, T>(&mut self, value: T) -> &mut Self
+    where
+        T: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>,
+    {
+        if self.error.is_none() {
+            if let Err(e) = sqlx::Arguments::add(&mut self.args, value) {
+                self.error = Some(e);
+            }
+        }
+        self
+    }
+
+    /// The columns of outbox rows, one array each (`insert_outbox`'s parameters).
+    fn outbox(&mut self, messages: &[OutboxMessage]) -> &mut Self {
+        let n = messages.len();
+        let (mut ids, mut ats, mut aids, mut tys, mut payloads) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut topics, mut keys, mut headers, mut slots) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for m in messages {
+            ids.push(m.id);
+            ats.push(m.aggregate_type.as_str());
+            aids.push(m.aggregate_id.as_str());
+            tys.push(m.message_type.as_str());
+            payloads.push(m.payload.as_slice());
+            topics.push(m.topic.as_str());
+            keys.push(m.key.as_str());
+            headers.push(sql::headers_json(&m.headers));
+            slots.push(OutboxMessage::slot_of(&m.key, OUTBOX_SLOTS) as i32);
+        }
+        self.add(ids)
+            .add(ats)
+            .add(aids)
+            .add(tys)
+            .add(payloads)
+            .add(topics)
+            .add(keys)
+            .add(headers)
+            .add(slots)
+    }
+
+    fn finish(self) -> Result<PgArguments, sqlx::error::BoxDynError> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.args),
+        }
+    }
+}
+
+/// Appends `events` and, in the same statement, the `outbox` rows of the events (one round
+/// trip either way; the rows are written only when the events are).
 async fn try_append(
     conn: &mut PgConnection,
     sql: &Statements,
     stream_id: &StreamId,
     expected: Option<i64>,
     events: &[NewEvent],
+    outbox: &[OutboxMessage],
 ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
-    if let [e] = events {
+    let mut binds = Binds::default();
+    binds.add(stream_id.stream_type()).add(stream_id.id());
+    let statement = if let [e] = events {
         // One event (the common command): scalar parameters instead of arrays.
-        return sqlx::query_as(&sql.append_one)
-            .bind(stream_id.stream_type())
-            .bind(stream_id.id())
-            .bind(e.event_id)
-            .bind(e.event_type.as_str())
-            .bind(i32::try_from(e.schema_version).unwrap_or(i32::MAX))
-            .bind(e.payload.as_slice())
-            .bind(e.timestamp)
-            .bind(e.source.as_str())
-            .bind(e.correlation_id)
-            .bind(e.causation_id)
-            .bind(e.tenant_id.as_deref())
-            .bind(sql::headers_json(&e.headers))
-            .bind(expected)
-            .fetch_all(conn)
-            .await;
+        binds
+            .add(e.event_id)
+            .add(e.event_type.as_str())
+            .add(i32::try_from(e.schema_version).unwrap_or(i32::MAX))
+            .add(e.payload.as_slice())
+            .add(e.timestamp)
+            .add(e.source.as_str())
+            .add(e.correlation_id)
+            .add(e.causation_id)
+            .add(e.tenant_id.as_deref())
+            .add(sql::headers_json(&e.headers));
+        if outbox.is_empty() {
+            &sql.append_one
+        } else {
+            &sql.append_one_outbox
+        }
+    } else {
+        let n = events.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut types = Vec::with_capacity(n);
+        let mut versions = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        let mut times = Vec::with_capacity(n);
+        let mut sources = Vec::with_capacity(n);
+        let mut correlations = Vec::with_capacity(n);
+        let mut causations = Vec::with_capacity(n);
+        let mut tenants = Vec::with_capacity(n);
+        let mut headers = Vec::with_capacity(n);
+        for e in events {
+            ids.push(e.event_id);
+            types.push(e.event_type.as_str());
+            versions.push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
+            payloads.push(e.payload.as_slice());
+            times.push(e.timestamp);
+            sources.push(e.source.as_str());
+            correlations.push(e.correlation_id);
+            causations.push(e.causation_id);
+            tenants.push(e.tenant_id.as_deref());
+            headers.push(sql::headers_json(&e.headers));
+        }
+        binds
+            .add(ids)
+            .add(types)
+            .add(versions)
+            .add(payloads)
+            .add(times)
+            .add(sources)
+            .add(correlations)
+            .add(causations)
+            .add(tenants)
+            .add(headers);
+        if outbox.is_empty() {
+            &sql.append
+        } else {
+            &sql.append_outbox
+        }
+    };
+    binds.add(expected);
+    if !outbox.is_empty() {
+        binds.outbox(outbox);
     }
-    let n = events.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut types = Vec::with_capacity(n);
-    let mut versions = Vec::with_capacity(n);
-    let mut payloads = Vec::with_capacity(n);
-    let mut times = Vec::with_capacity(n);
-    let mut sources = Vec::with_capacity(n);
-    let mut correlations = Vec::with_capacity(n);
-    let mut causations = Vec::with_capacity(n);
-    let mut tenants = Vec::with_capacity(n);
-    let mut headers = Vec::with_capacity(n);
-    for e in events {
-        ids.push(e.event_id);
-        types.push(e.event_type.as_str());
-        versions.push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
-        payloads.push(e.payload.as_slice());
-        times.push(e.timestamp);
-        sources.push(e.source.as_str());
-        correlations.push(e.correlation_id);
-        causations.push(e.causation_id);
-        tenants.push(e.tenant_id.as_deref());
-        headers.push(sql::headers_json(&e.headers));
-    }
-    sqlx::query_as(&sql.append)
-        .bind(stream_id.stream_type())
-        .bind(stream_id.id())
-        .bind(ids)
-        .bind(types)
-        .bind(versions)
-        .bind(payloads)
-        .bind(times)
-        .bind(sources)
-        .bind(correlations)
-        .bind(causations)
-        .bind(tenants)
-        .bind(headers)
-        .bind(expected)
-        .fetch_all(conn)
-        .await
+    let args = binds.finish().map_err(sqlx::Error::Encode)?;
+    sqlx::query_as_with(statement, args).fetch_all(conn).await
+}
+
+/// The outbox messages of `events` under `routing`, before they are appended: each carries the
+/// stream version it will have with an exact expected version; `try_append` writes the version
+/// the database gave it either way.
+fn outbox_messages(
+    routing: &OutboxRouting,
+    stream_id: &StreamId,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+) -> Vec<OutboxMessage> {
+    let first = expected.exact().unwrap_or(0) + 1;
+    let recorded: Vec<RecordedEvent> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            e.clone()
+                .into_recorded(stream_id.clone(), first + i as u64, 0)
+        })
+        .collect();
+    routing.messages_for(&recorded)
 }
 
 fn append_error(
@@ -749,19 +891,48 @@ async fn append_result(
     })
 }
 
-/// An append with an exact expected version: one statement, atomic on its own.
+/// An append with an exact expected version (events and outbox rows): one statement, atomic on
+/// its own.
 async fn append_exact(
     conn: &mut PgConnection,
     sql: &Statements,
     stream_id: &StreamId,
     expected: ExpectedVersion,
     events: &[NewEvent],
+    outbox: &[OutboxMessage],
 ) -> Result<AppendResult, StoreError> {
     let v = to_i64(expected.exact().unwrap_or(0), stream_id)?;
-    let rows = try_append(conn, sql, stream_id, Some(v), events)
+    let rows = try_append(conn, sql, stream_id, Some(v), events, outbox)
         .await
         .map_err(|e| append_error(sql, e, stream_id, expected, events))?;
     append_result(conn, sql, stream_id, expected, rows, events.len()).await
+}
+
+/// An `Any` append outside a transaction (events and outbox rows): the statement commits on its
+/// own, so when a concurrent append took the version it is simply run again (no savepoint).
+async fn append_any(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    stream_id: &StreamId,
+    events: &[NewEvent],
+    outbox: &[OutboxMessage],
+) -> Result<AppendResult, StoreError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match try_append(conn, sql, stream_id, None, events, outbox).await {
+            Ok(rows) => {
+                let any = ExpectedVersion::Any;
+                return append_result(conn, sql, stream_id, any, rows, events.len()).await;
+            }
+            Err(e) => {
+                let error = append_error(sql, e, stream_id, ExpectedVersion::Any, events);
+                if !error.is_conflict() || attempt >= ANY_RETRIES {
+                    return Err(error);
+                }
+            }
+        }
+    }
 }
 
 /// The event id named in a unique-violation detail, or the first id of the batch.
@@ -844,16 +1015,19 @@ impl Wakeup for PgWakeup {
 const ANY_RETRIES: usize = 64;
 
 impl PgUnitOfWork {
-    /// Appends the events (no outbox rows).
+    /// Appends the events and their outbox rows (one statement, plus a savepoint for `Any`).
     async fn append_events(
         &mut self,
         stream_id: &StreamId,
         expected: ExpectedVersion,
         events: &[NewEvent],
+        outbox: &[OutboxMessage],
     ) -> Result<AppendResult, StoreError> {
         check_append(stream_id, events)?;
         if expected.exact().is_some() {
-            let result = append_exact(&mut self.tx, &self.sql, stream_id, expected, events).await?;
+            let sql = &self.sql;
+            let result =
+                append_exact(&mut self.tx, sql, stream_id, expected, events, outbox).await?;
             self.wrote_events = true;
             return Ok(result);
         }
@@ -866,7 +1040,7 @@ impl PgUnitOfWork {
                 .execute(&mut *self.tx)
                 .await
                 .map_err(db_err("appending events", &self.sql.events))?;
-            match try_append(&mut self.tx, &self.sql, stream_id, None, events).await {
+            match try_append(&mut self.tx, &self.sql, stream_id, None, events, outbox).await {
                 Ok(rows) => {
                     sqlx::query("RELEASE SAVEPOINT eventfold_append")
                         .execute(&mut *self.tx)
@@ -903,41 +1077,12 @@ impl PgUnitOfWork {
         if messages.is_empty() {
             return Ok(());
         }
-        let n = messages.len();
-        let (mut ids, mut ats, mut aids, mut tys, mut payloads) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut topics, mut keys, mut headers, mut slots) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for m in &messages {
-            ids.push(m.id);
-            ats.push(m.aggregate_type.as_str());
-            aids.push(m.aggregate_id.as_str());
-            tys.push(m.message_type.as_str());
-            payloads.push(m.payload.as_slice());
-            topics.push(m.topic.as_str());
-            keys.push(m.key.as_str());
-            headers.push(sql::headers_json(&m.headers));
-            slots.push(OutboxMessage::slot_of(&m.key, OUTBOX_SLOTS) as i32);
-        }
-        sqlx::query(&self.sql.insert_outbox)
-            .bind(ids)
-            .bind(ats)
-            .bind(aids)
-            .bind(tys)
-            .bind(payloads)
-            .bind(topics)
-            .bind(keys)
-            .bind(headers)
-            .bind(slots)
+        let mut binds = Binds::default();
+        binds.outbox(&messages);
+        let args = binds
+            .finish()
+            .map_err(|e| db_err("writing outbox rows", &self.sql.outbox)(sqlx::Error::Encode(e)))?;
+        sqlx::query_with(&self.sql.insert_outbox, args)
             .execute(&mut *self.tx)
             .await
             .map_err(db_err("writing outbox rows", &self.sql.outbox))?;
@@ -953,25 +1098,12 @@ impl UnitOfWork for PgUnitOfWork {
         mut events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         fill_source(&mut events, &self.source);
-        let Some(routing) = self.routing.clone() else {
-            return self.append_events(stream_id, expected, &events).await;
+        let outbox = match &self.routing {
+            Some(routing) => outbox_messages(routing, stream_id, expected, &events),
+            None => Vec::new(),
         };
-        let result = self.append_events(stream_id, expected, &events).await?;
-        let recorded: Vec<_> = events
-            .into_iter()
-            .zip(&result.positions)
-            .enumerate()
-            .map(|(i, (e, p))| {
-                e.into_recorded(
-                    stream_id.clone(),
-                    result.previous_version + 1 + i as u64,
-                    *p,
-                )
-            })
-            .collect();
-        // A failure here aborts the transaction: the unit of work is rolled back as a whole.
-        self.insert_outbox(routing.messages_for(&recorded)).await?;
-        Ok(result)
+        self.append_events(stream_id, expected, &events, &outbox)
+            .await
     }
 
     async fn mark_inbox(&mut self, consumer: &str, message_id: Uuid) -> Result<bool, StoreError> {
@@ -1069,8 +1201,9 @@ impl EventStore for PgStore {
     type UnitOfWork = PgUnitOfWork;
     type Wakeup = PgWakeup;
 
-    /// With an exact expected version the append is a single statement, atomic on its own, so it
-    /// runs without `BEGIN`/`COMMIT` (one round trip); `Any` uses a unit of work.
+    /// One statement writes the events and their outbox rows, atomic on its own, so the append
+    /// runs without `BEGIN`/`COMMIT`: one round trip. `Any` runs it again when a concurrent
+    /// append took the version.
     async fn append(
         &self,
         stream_id: &StreamId,
@@ -1079,25 +1212,20 @@ impl EventStore for PgStore {
     ) -> Result<AppendResult, StoreError> {
         check_append(stream_id, &events)?;
         fill_source(&mut events, &self.source);
-        if expected.exact().is_none() || self.routing.is_some() {
-            // `Any` retries in a savepoint and outbox rows need a second statement: both need a
-            // transaction.
-            let mut uow = self.begin().await?;
-            let result = uow.append(stream_id, expected, events).await;
-            return match result {
-                Ok(result) => uow.commit().await.map(|()| result),
-                Err(e) => {
-                    let _ = uow.rollback().await;
-                    Err(e)
-                }
-            };
-        }
+        let outbox = match &self.routing {
+            Some(routing) => outbox_messages(routing, stream_id, expected, &events),
+            None => Vec::new(),
+        };
         let mut conn = self
             .pool
             .acquire()
             .await
             .map_err(db_err("acquiring a connection", &self.sql.events))?;
-        let result = append_exact(&mut conn, &self.sql, stream_id, expected, &events).await?;
+        let result = if expected.exact().is_some() {
+            append_exact(&mut conn, &self.sql, stream_id, expected, &events, &outbox).await?
+        } else {
+            append_any(&mut conn, &self.sql, stream_id, &events, &outbox).await?
+        };
         self.appended.send_modify(|n| *n += 1);
         Ok(result)
     }
