@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventfold::eventstore::{ExpectedVersion, OutboxRelayStore, OutboxRouting, UnitOfWork};
+use eventfold::eventstore::{
+    EventStore, ExpectedVersion, OutboxRelayStore, OutboxRouting, UnitOfWork,
+};
 use eventfold::outbox::{
     Delivery, InProcessBroker, OutboxMessage, PublishError, Publisher, Record, Relay, RelayConfig,
     headers,
@@ -597,6 +599,51 @@ async fn graceful_stop_settles_the_batches_in_flight<S: OutboxRelayStore>(store:
     let records = publisher.inner.records("order");
     assert_eq!(check_order(&records, &appended), 0, "no duplicate");
     assert_eq!(records.len(), 120);
+}
+
+/// A relay that runs for many lease lifetimes keeps renewing its leases while it publishes (the
+/// renewal runs beside the publishing): every row it delivered is deleted, so nothing is
+/// published twice. (In memory, where a renewal takes no time: a short lease cannot expire
+/// for a slow database.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_renewed_for_as_long_as_the_relay_runs() {
+    let store = eventfold::eventstore::memory::MemoryStore::new().with_outbox(OutboxRouting::new());
+    let broker = InProcessBroker::new();
+    let lease_ttl = Duration::from_millis(150);
+    let relay = Relay::new(store.clone(), broker.clone()).with_config(RelayConfig {
+        lease_ttl,
+        ..config()
+    });
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopped = stop.clone();
+    let running = tokio::spawn(relay.run(async move { stopped.notified().await }));
+    let mut appended = HashMap::new();
+    let started = Instant::now();
+    let mut v = 0u64;
+    // Ten lease lifetimes of appends.
+    while started.elapsed() < lease_ttl * 10 {
+        v += 1;
+        for k in 0..4 {
+            let key = format!("l{k}");
+            let e = event(10);
+            appended.insert(e.event_id, (key.clone(), v));
+            let stream = StreamId::new("order", key).unwrap();
+            store
+                .append(&stream, ExpectedVersion::Exact(v - 1), vec![e])
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drain(&store, Duration::from_secs(30)).await;
+    stop.notify_one();
+    running.await.unwrap().unwrap();
+    let records = broker.records("order");
+    assert_eq!(
+        check_order(&records, &appended),
+        0,
+        "a delivered row was published again: the relay lost its leases while running"
+    );
 }
 
 macro_rules! relay_tests {

@@ -102,6 +102,8 @@ pub(crate) struct Latency {
     /// Commit to the start of the `publish` call that carried the event (sorted, ms): the
     /// relay's wake-up and claim; the rest of `ms` is the broker round trip.
     to_publish_ms: Vec<f64>,
+    /// Per message, `publish` call → its batch acknowledged (sorted, ms).
+    in_publish_ms: Vec<f64>,
 }
 
 pub(crate) struct RelayResults {
@@ -110,6 +112,9 @@ pub(crate) struct RelayResults {
     latency: Latency,
     /// The raw producer's send-to-ack latency at the same offered load (sorted, ms).
     raw_latency_ms: Vec<f64>,
+    /// The same while the latency test's writers append (no relay): the floor on this machine
+    /// under the same database load (sorted, ms).
+    loaded_raw_latency_ms: Vec<f64>,
 }
 
 /// The resident set size of this process (KiB), from `/proc/self/status`.
@@ -221,11 +226,13 @@ async fn raw_latency(
     producer: &FutureProducer,
     publisher: &KafkaPublisher,
     seconds: f64,
+    load: Option<&PgStore>,
 ) -> Result<Vec<f64>> {
     let topic = format!("eventfold.bench.rawlatency.{}", Uuid::now_v7().simple());
     publisher
         .create_topics(&[(topic.as_str(), PARTITIONS)])
         .await?;
+    let writers = load.map(|store| spawn_writers(store, seconds));
     let payload = payload();
     let period = Duration::from_secs_f64(1.0 / LATENCY_RATE);
     let mut ticker = tokio::time::interval(period);
@@ -254,6 +261,9 @@ async fn raw_latency(
     let mut ms = Vec::with_capacity(waiting.len());
     for task in waiting {
         ms.push(task.await??);
+    }
+    for writer in writers.into_iter().flatten() {
+        writer.await??;
     }
     ms.sort_by(f64::total_cmp);
     Ok(ms)
@@ -402,34 +412,11 @@ impl Publisher for AckClock {
     }
 }
 
-async fn latency(pool: &PgPool, publisher: &KafkaPublisher, seconds: f64) -> Result<Latency> {
-    let topic = format!("eventfold.bench.latency.{}", Uuid::now_v7().simple());
-    publisher
-        .create_topics(&[(topic.as_str(), PARTITIONS)])
-        .await?;
-    let store = PgStore::builder(pool.clone())
-        .build()
-        .await?
-        .with_outbox(OutboxRouting::new().default_topic(topic.clone()));
-    let acks = Arc::new(Mutex::new(HashMap::new()));
-    let relay = Relay::new(
-        store.clone(),
-        AckClock {
-            inner: publisher.clone(),
-            acks: acks.clone(),
-        },
-    )
-    .with_config(RelayConfig {
-        batch_size: 500,
-        idle_wait: Duration::from_millis(5),
-        ..RelayConfig::default()
-    });
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = tokio::spawn(relay.run(async move {
-        let _ = stopped.await;
-    }));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+type Writer = tokio::task::JoinHandle<Result<Vec<(Uuid, Instant)>>>;
 
+/// The latency tests' load: [`LATENCY_WRITERS`] tasks appending one event per call to `store`
+/// at [`LATENCY_RATE`] in total for `seconds`; each returns its events' ids and commit instants.
+fn spawn_writers(store: &PgStore, seconds: f64) -> Vec<Writer> {
     let period = Duration::from_secs_f64(LATENCY_WRITERS as f64 / LATENCY_RATE);
     let start = Instant::now() + Duration::from_millis(10);
     let end = start + Duration::from_secs_f64(seconds);
@@ -460,9 +447,41 @@ async fn latency(pool: &PgPool, publisher: &KafkaPublisher, seconds: f64) -> Res
                     .await?;
                 sent.push((id, Instant::now()));
             }
-            Ok::<_, crate::BoxError>(sent)
+            Ok(sent)
         }));
     }
+    handles
+}
+
+async fn latency(pool: &PgPool, publisher: &KafkaPublisher, seconds: f64) -> Result<Latency> {
+    let topic = format!("eventfold.bench.latency.{}", Uuid::now_v7().simple());
+    publisher
+        .create_topics(&[(topic.as_str(), PARTITIONS)])
+        .await?;
+    let store = PgStore::builder(pool.clone())
+        .build()
+        .await?
+        .with_outbox(OutboxRouting::new().default_topic(topic.clone()));
+    let acks = Arc::new(Mutex::new(HashMap::new()));
+    let relay = Relay::new(
+        store.clone(),
+        AckClock {
+            inner: publisher.clone(),
+            acks: acks.clone(),
+        },
+    )
+    .with_config(RelayConfig {
+        batch_size: 500,
+        idle_wait: Duration::from_millis(5),
+        ..RelayConfig::default()
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(relay.run(async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let handles = spawn_writers(&store, seconds);
     let mut committed: HashMap<Uuid, Instant> = HashMap::new();
     let mut first_error = None;
     for handle in handles {
@@ -501,12 +520,18 @@ async fn latency(pool: &PgPool, publisher: &KafkaPublisher, seconds: f64) -> Res
         .filter_map(|(id, at)| acks.get(id).map(|(started, _)| since(*started, at)))
         .collect();
     to_publish_ms.sort_by(f64::total_cmp);
+    let mut in_publish_ms: Vec<f64> = committed
+        .keys()
+        .filter_map(|id| acks.get(id).map(|(started, ack)| since(*ack, started)))
+        .collect();
+    in_publish_ms.sort_by(f64::total_cmp);
     Ok(Latency {
         seconds,
         appended: committed.len(),
         acked: ms.len(),
         ms,
         to_publish_ms,
+        in_publish_ms,
     })
 }
 
@@ -542,12 +567,24 @@ pub(crate) async fn run(pool: &PgPool, options: &Options) -> Result<RelayResults
         .await?;
     let latency = latency(pool, &publisher, options.relay_latency_seconds).await?;
     eprintln!("relay latency: raw producer at the same rate");
-    let raw_latency_ms = raw_latency(&producer, &publisher, options.relay_latency_seconds).await?;
+    let seconds = options.relay_latency_seconds;
+    let raw_latency_ms = raw_latency(&producer, &publisher, seconds, None).await?;
+    eprintln!("relay latency: raw producer at the same rate beside the writers (no relay)");
+    // The writers append to an outbox no relay reads, as in the relay's test; dropped after.
+    let load = PgStore::builder(pool.clone())
+        .build()
+        .await?
+        .with_outbox(OutboxRouting::new().default_topic("eventfold.bench.unrelayed"));
+    let loaded_raw_latency_ms = raw_latency(&producer, &publisher, seconds, Some(&load)).await?;
+    sqlx::query("TRUNCATE eventfold_outbox")
+        .execute(pool)
+        .await?;
     Ok(RelayResults {
         rows: options.relay_rows,
         drains,
         latency,
         raw_latency_ms,
+        loaded_raw_latency_ms,
     })
 }
 
@@ -642,6 +679,17 @@ impl RelayResults {
             percentile(raw, 0.99),
             raw.last().copied().unwrap_or(f64::NAN)
         );
+        let raw = &self.loaded_raw_latency_ms;
+        println!(
+            "| raw rdkafka producer beside the writers (send → ack) | {LATENCY_RATE:.0}/s | {:.0} s | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            l.seconds,
+            raw.len(),
+            raw.len(),
+            percentile(raw, 0.50),
+            percentile(raw, 0.90),
+            percentile(raw, 0.99),
+            raw.last().copied().unwrap_or(f64::NAN)
+        );
         println!(
             "| `Relay::run` + `KafkaPublisher` (commit → ack) | {LATENCY_RATE:.0}/s | {:.0} s | {} | {} | {:.1} | {:.1} | {:.1} ({}) | {:.1} |",
             l.seconds,
@@ -656,6 +704,14 @@ impl RelayResults {
         let p = &l.to_publish_ms;
         println!(
             "| of which commit → `publish` call (wake-up, claim) | | | | | {:.1} | {:.1} | {:.1} | {:.1} |",
+            percentile(p, 0.50),
+            percentile(p, 0.90),
+            percentile(p, 0.99),
+            p.last().copied().unwrap_or(f64::NAN)
+        );
+        let p = &l.in_publish_ms;
+        println!(
+            "| of which `publish` call → batch acknowledged (broker) | | | | | {:.1} | {:.1} | {:.1} | {:.1} |",
             percentile(p, 0.50),
             percentile(p, 0.90),
             percentile(p, 0.99),

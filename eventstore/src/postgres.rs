@@ -1692,12 +1692,15 @@ impl OutboxRelayStore for PgStore {
         let mut tx = sql::begin_owned(&self.pool, None)
             .await
             .map_err(db_err("releasing leases", &table))?;
-        sqlx::query(&self.relay.release_all)
+        // The relay's row first, then its leases: the order `lease_slots` takes its locks in
+        // (relay rows, then lease rows), so a release and another relay's renewal (which may
+        // delete this relay's row if it looks stale) never wait for each other in a cycle.
+        sqlx::query(&self.relay.forget)
             .bind(owner)
             .execute(&mut *tx)
             .await
             .map_err(db_err("releasing leases", &table))?;
-        sqlx::query(&self.relay.forget)
+        sqlx::query(&self.relay.release_all)
             .bind(owner)
             .execute(&mut *tx)
             .await

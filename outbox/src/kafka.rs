@@ -39,13 +39,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio::task::JoinSet;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 /// The rdkafka crate this module is built on, for [`KafkaPublisher::from_config`] and for
 /// consumers of the published topics.
@@ -298,42 +298,78 @@ fn retriable(code: Option<RDKafkaErrorCode>) -> bool {
     )
 }
 
-/// Sends the messages of one key, in order, each after the previous one was acknowledged; after
-/// a failure the rest of the key is refused without being sent.
+/// The Kafka record of `message` (its headers become Kafka headers).
+fn record_of(message: &OutboxMessage) -> FutureRecord<'_, str, [u8]> {
+    let headers = message.headers.iter().fold(
+        OwnedHeaders::new_with_capacity(message.headers.len()),
+        |headers, (key, value)| {
+            headers.insert(Header {
+                key,
+                value: Some(value.as_str()),
+            })
+        },
+    );
+    FutureRecord::to(&message.topic)
+        .key(message.key.as_str())
+        .payload(message.payload.as_slice())
+        .headers(headers)
+}
+
+/// A key's first message, handed to librdkafka when `publish` starts.
+enum Enqueued {
+    /// Queued: its delivery report will come.
+    Queued(DeliveryFuture),
+    /// librdkafka's queue is full: sent (waiting for room) when the key's turn comes.
+    Full,
+    /// Refused at once (an unknown topic, a message above the client's size limit).
+    Refused(RdKafkaError),
+}
+
+fn enqueue(producer: &FutureProducer, message: &OutboxMessage) -> Enqueued {
+    match producer.send_result(record_of(message)) {
+        Ok(delivery) => Enqueued::Queued(delivery),
+        Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Enqueued::Full,
+        Err((error, _)) => Enqueued::Refused(error),
+    }
+}
+
+/// Sends the messages of one key, in order, each after the previous one was acknowledged (the
+/// first one was enqueued by `publish` already); after a failure the rest of the key is refused
+/// without being sent.
 async fn publish_key(
     producer: FutureProducer,
-    brokers: String,
+    brokers: &str,
     queue_timeout: Duration,
-    messages: Vec<(usize, OutboxMessage)>,
+    first: Enqueued,
+    messages: Vec<(usize, &OutboxMessage)>,
 ) -> (Vec<(usize, Result<Delivery, PublishError>)>, bool) {
     let mut failed = FailedKeys::default();
     let mut fenced = false;
     let mut results = Vec::with_capacity(messages.len());
+    let mut first = Some(first);
     for (index, message) in messages {
-        if let Err(blocked) = failed.check(&message) {
+        if let Err(blocked) = failed.check(message) {
             results.push((index, Err(blocked)));
             continue;
         }
-        let headers = message.headers.iter().fold(
-            OwnedHeaders::new_with_capacity(message.headers.len()),
-            |headers, (key, value)| {
-                headers.insert(Header {
-                    key,
-                    value: Some(value.as_str()),
-                })
+        let sent = match first.take() {
+            Some(Enqueued::Queued(delivery)) => match delivery.await {
+                Ok(sent) => sent.map_err(|(error, _)| error),
+                Err(_) => Err(RdKafkaError::Canceled),
             },
-        );
-        let record = FutureRecord::to(&message.topic)
-            .key(message.key.as_str())
-            .payload(message.payload.as_slice())
-            .headers(headers);
-        let result = match producer.send(record, queue_timeout).await {
+            Some(Enqueued::Refused(error)) => Err(error),
+            Some(Enqueued::Full) | None => producer
+                .send(record_of(message), queue_timeout)
+                .await
+                .map_err(|(error, _)| error),
+        };
+        let result = match sent {
             Ok(delivery) => Ok(Delivery {
                 topic: message.topic.clone(),
                 partition: u32::try_from(delivery.partition).unwrap_or_default(),
                 offset: u64::try_from(delivery.offset).unwrap_or_default(),
             }),
-            Err((error, _)) => {
+            Err(error) => {
                 let code = error.rdkafka_error_code();
                 fenced |= matches!(
                     code,
@@ -343,8 +379,8 @@ async fn publish_key(
                     "{error} (broker {brokers}, {} bytes payload)",
                     message.payload.len()
                 );
-                let error = PublishError::new(&message, reason, retriable(code));
-                Err(failed.record(&message, error))
+                let error = PublishError::new(message, reason, retriable(code));
+                Err(failed.record(message, error))
             }
         };
         results.push((index, result));
@@ -353,36 +389,39 @@ async fn publish_key(
 }
 
 impl Publisher for KafkaPublisher {
+    /// Hands the first message of every key to librdkafka at once, so that a batch leaves in as
+    /// few produce requests as the partitions allow; a key's later messages in the same call
+    /// are sent one after the other, each once the previous one is acknowledged.
     async fn publish(&self, messages: &[OutboxMessage]) -> Vec<Result<Delivery, PublishError>> {
         // Group by key, keeping call order within a key.
-        let mut by_key: HashMap<&str, Vec<(usize, OutboxMessage)>> = HashMap::new();
+        let mut by_key: HashMap<&str, Vec<(usize, &OutboxMessage)>> = HashMap::new();
         for (index, message) in messages.iter().enumerate() {
             by_key
                 .entry(message.key.as_str())
                 .or_default()
-                .push((index, message.clone()));
+                .push((index, message));
         }
         let producer = self.producer();
-        let mut fenced = false;
-        let mut tasks = JoinSet::new();
-        for (_, group) in by_key {
-            tasks.spawn(publish_key(
-                producer.clone(),
-                self.brokers.clone(),
-                self.message_timeout,
-                group,
-            ));
-        }
+        let keys: FuturesUnordered<_> = by_key
+            .into_values()
+            .filter_map(|group| {
+                let first = enqueue(&producer, group.first()?.1);
+                Some(publish_key(
+                    producer.clone(),
+                    &self.brokers,
+                    self.message_timeout,
+                    first,
+                    group,
+                ))
+            })
+            .collect();
         let mut results: Vec<Option<Result<Delivery, PublishError>>> = vec![None; messages.len()];
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((group, group_fenced)) => {
-                    fenced |= group_fenced;
-                    for (index, result) in group {
-                        results[index] = Some(result);
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "a Kafka publish task failed"),
+        let mut fenced = false;
+        let mut keys = std::pin::pin!(keys);
+        while let Some((group, group_fenced)) = keys.next().await {
+            fenced |= group_fenced;
+            for (index, result) in group {
+                results[index] = Some(result);
             }
         }
         self.renew_if_fatal(&producer, fenced);
@@ -393,7 +432,7 @@ impl Publisher for KafkaPublisher {
                 result.unwrap_or_else(|| {
                     Err(PublishError::retriable(
                         message,
-                        "the Kafka publish task failed before settling the message",
+                        "the Kafka publisher settled no result for the message",
                     ))
                 })
             })

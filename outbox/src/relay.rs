@@ -124,6 +124,9 @@ impl RoundReport {
 struct Leases {
     slots: Vec<u32>,
     renewed_at: Option<Instant>,
+    /// Renewals that failed in a row, and when to try again.
+    failures: u32,
+    retry_at: Option<Instant>,
 }
 
 /// A claimed row while its message is published: what settling its outcome needs.
@@ -246,8 +249,22 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
         let mut flying: HashSet<u64> = HashSet::new();
         let mut finished: Vec<Published> = Vec::new();
         let mut failures = 0u32;
+        let mut renewal: Option<Renewal> = None;
+        let mut renew_failed = false;
         loop {
-            let mut failed = renew(&store, &config, owner, &mut leases).await.is_err();
+            // The leases are renewed beside the publishing; only the first claim waits for them.
+            if renewal.is_none() && leases.due(&config) {
+                let (store, config) = (store.clone(), config.clone());
+                let task = tokio::spawn(async move { lease(&store, &config, owner).await });
+                renewal = Some((Instant::now(), task));
+            }
+            if renewal.as_ref().is_some_and(|(_, task)| task.is_finished()) {
+                let renewed = renewal_done(&mut renewal).await;
+                if let Some((started, _)) = renewal.take() {
+                    renew_failed = leases.apply(renewed, started, &config, owner).is_err();
+                }
+            }
+            let mut failed = renew_failed;
             // Record every batch that has finished (deleting what was delivered) before the
             // next claim, so the claim sees those rows gone.
             while let Some(Some(done)) = in_flight.next().now_or_never() {
@@ -299,12 +316,27 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
             } else {
                 config.idle_wait.min(config.lease_ttl / 3)
             };
-            tokio::select! {
+            let renewed = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                Some(done) = in_flight.next(), if !in_flight.is_empty() => finished.push(done),
-                () = wakeup.wait(wait), if room || in_flight.is_empty() => {}
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    finished.push(done);
+                    None
+                }
+                renewed = renewal_done(&mut renewal) => Some(renewed),
+                () = wakeup.wait(wait), if room || in_flight.is_empty() => None,
+            };
+            if let Some(renewed) = renewed {
+                if let Some((started, _)) = renewal.take() {
+                    renew_failed = leases.apply(renewed, started, &config, owner).is_err();
+                }
             }
+        }
+        // A renewal in progress ends before the release: it must not lease the slots again
+        // afterwards, and aborting it would leave its statement waiting in the database for
+        // the release's locks (the release waiting for its) until the deadlock detector fires.
+        if let Some((_, task)) = renewal.take() {
+            let _ = task.await;
         }
         // Graceful shutdown: the batches in flight are settled, not abandoned.
         while let Some(done) = in_flight.next().await {
@@ -322,6 +354,62 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
     }
 }
 
+impl Leases {
+    /// Whether a third of the leases' time has passed since the last renewal.
+    fn due(&self, config: &RelayConfig) -> bool {
+        match self.retry_at {
+            Some(at) => Instant::now() >= at,
+            None => self
+                .renewed_at
+                .is_none_or(|at| at.elapsed() >= config.lease_ttl / 3),
+        }
+    }
+
+    /// Takes the outcome of a renewal started at `started`: the slots held now, or (on a
+    /// failure) no slots once the old leases may be about to expire.
+    fn apply(
+        &mut self,
+        renewed: Result<Vec<u32>, StoreError>,
+        started: Instant,
+        config: &RelayConfig,
+        owner: Uuid,
+    ) -> Result<(), StoreError> {
+        match renewed {
+            Ok(slots) => {
+                self.slots = slots;
+                self.renewed_at = Some(started);
+                self.failures = 0;
+                self.retry_at = None;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %owner, "renewing relay leases failed");
+                self.failures += 1;
+                self.retry_at = Some(Instant::now() + backoff(config, self.failures));
+                // Leases may be about to expire: stop claiming until renewed.
+                if self
+                    .renewed_at
+                    .is_none_or(|at| at.elapsed() >= config.lease_ttl / 2)
+                {
+                    self.slots.clear();
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Heartbeats and (re)leases the slots, then refreshes the backlog gauges.
+async fn lease<S: OutboxRelayStore>(
+    store: &S,
+    config: &RelayConfig,
+    owner: Uuid,
+) -> Result<Vec<u32>, StoreError> {
+    let slots = store.lease_slots(owner, config.lease_ttl).await?;
+    record_status(store, slots.len()).await;
+    Ok(slots)
+}
+
 /// Renews the leases when a third of their time has passed.
 async fn renew<S: OutboxRelayStore>(
     store: &S,
@@ -329,31 +417,32 @@ async fn renew<S: OutboxRelayStore>(
     owner: Uuid,
     leases: &mut Leases,
 ) -> Result<(), StoreError> {
-    let renew_every = config.lease_ttl / 3;
-    if leases
-        .renewed_at
-        .is_some_and(|at| at.elapsed() < renew_every)
-    {
+    if !leases.due(config) {
         return Ok(());
     }
-    match store.lease_slots(owner, config.lease_ttl).await {
-        Ok(slots) => {
-            leases.slots = slots;
-            leases.renewed_at = Some(Instant::now());
-            record_status(store, leases.slots.len()).await;
-            Ok(())
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, %owner, "renewing relay leases failed");
-            // Leases may be about to expire: stop claiming until renewed.
-            if leases
-                .renewed_at
-                .is_none_or(|at| at.elapsed() >= config.lease_ttl / 2)
-            {
-                leases.slots.clear();
-            }
-            Err(e)
-        }
+    let started = Instant::now();
+    let renewed = lease(store, config, owner).await;
+    leases.apply(renewed, started, config, owner)
+}
+
+/// A renewal in progress on a task of its own (so it never holds up a claim, and a claim never
+/// holds up its transaction), with the instant it started.
+type Renewal = (
+    Instant,
+    tokio::task::JoinHandle<Result<Vec<u32>, StoreError>>,
+);
+
+/// The outcome of the renewal in progress; never completes when there is none.
+async fn renewal_done(renewal: &mut Option<Renewal>) -> Result<Vec<u32>, StoreError> {
+    match renewal {
+        Some((_, task)) => task.await.unwrap_or_else(|e| {
+            Err(StoreError::Database {
+                operation: "renewing relay leases (the task ended abnormally)",
+                table: "outbox leases".to_owned(),
+                source: Box::new(e),
+            })
+        }),
+        None => std::future::pending().await,
     }
 }
 
