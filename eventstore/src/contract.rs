@@ -1481,23 +1481,26 @@ pub async fn relay_claims_one_due_row_per_key_and_parks_what_fails<S: OutboxRela
 
     let second = store.claim_outbox(&slots, 10, &[]).await.expect("claim");
     assert_eq!(versions(&second), vec!["a2", "b2"]);
-    // Rows in flight (claimed, still being published): their keys wait, and they do not take
-    // room in the window (of 2 rows here, a2 aside: a3 and b2).
+    // Keys in flight (a row claimed, still being published): they wait, and their rows do
+    // not take room in the window (of 1 row here: b2, not a2).
+    let (key_a, key_b) = (
+        second[0].message.key.as_str(),
+        second[1].message.key.as_str(),
+    );
     let beside = store
-        .claim_outbox(&slots, 2, &[second[0].seq])
+        .claim_outbox(&slots, 1, &[key_a])
         .await
         .expect("claim beside a row in flight");
     assert_eq!(versions(&beside), vec!["b2"], "a3 waits for a2 in flight");
-    // Rows in flight that are gone already (settled by another task) widen the window but
-    // never the batch.
+    // Keys in flight that have no row left change nothing.
     let gone = store
-        .claim_outbox(&slots, 1, &[u64::MAX / 2, u64::MAX / 2 - 1])
+        .claim_outbox(&slots, 1, &["no such key", "nor this one"])
         .await
         .expect("claim");
     assert_eq!(versions(&gone), vec!["a2"], "at most `limit` rows");
     assert!(
         store
-            .claim_outbox(&slots, 10, &[second[0].seq, second[1].seq])
+            .claim_outbox(&slots, 10, &[key_a, key_b])
             .await
             .expect("claim")
             .is_empty(),

@@ -637,17 +637,17 @@ impl OutboxRelayStore for MemoryStore {
         &self,
         slots: &[u32],
         limit: usize,
-        in_flight: &[u64],
+        in_flight: &[&str],
     ) -> Result<Vec<OutboxRow>, StoreError> {
         let now = eventfold_core::metadata::now_micros();
-        let in_flight: HashSet<u64> = in_flight.iter().copied().collect();
         let state = self.lock();
-        // As in the SQL backends: keys that are parked or waiting for a retry are left out of
-        // the window, so they cannot starve the others; then the first row of each key.
-        let blocked: HashSet<&str> = state
-            .dead
+        // As in the SQL backends: keys that are in flight, parked or waiting for a retry are
+        // left out of the window, so they cannot starve the others; then the first row of
+        // each key.
+        let blocked: HashSet<&str> = in_flight
             .iter()
-            .map(|d| d.row.message.key.as_str())
+            .copied()
+            .chain(state.dead.iter().map(|d| d.row.message.key.as_str()))
             .chain(
                 state
                     .outbox
@@ -661,9 +661,8 @@ impl OutboxRelayStore for MemoryStore {
             .outbox
             .iter()
             .filter(|r| slots.contains(&r.slot) && !blocked.contains(r.message.key.as_str()))
-            .take(limit.saturating_add(in_flight.len()))
-            .filter(|r| seen.insert(r.message.key.clone()) && !in_flight.contains(&r.seq))
             .take(limit)
+            .filter(|r| seen.insert(r.message.key.as_str()))
             .cloned()
             .collect();
         Ok(claimed)

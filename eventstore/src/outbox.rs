@@ -223,14 +223,14 @@ pub trait OutboxRelayStore: crate::EventStore {
     /// Up to `limit` publishable rows of `slots`, oldest first, at most one per key: the first
     /// waiting row of each key, if it is due and its key has no parked row.
     ///
-    /// `in_flight` lists rows the caller claimed earlier and is still publishing: their keys
-    /// are left out (a key has one row in flight at a time, which keeps its order), and they do
-    /// not take room in the window of `limit` rows the claim looks at.
+    /// `in_flight` lists the keys of rows the caller claimed earlier and is still publishing:
+    /// those keys are left out (a key has one row in flight at a time, which keeps its order),
+    /// and their rows do not take room in the window of `limit` rows the claim looks at.
     fn claim_outbox(
         &self,
         slots: &[u32],
         limit: usize,
-        in_flight: &[u64],
+        in_flight: &[&str],
     ) -> impl std::future::Future<Output = Result<Vec<OutboxRow>, crate::StoreError>> + Send;
 
     /// Deletes published rows whose slot `owner` still leases; returns how many were deleted.

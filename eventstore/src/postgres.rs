@@ -1577,25 +1577,28 @@ impl RelaySql {
                 "UPDATE {leases} SET owner = NULL, expires_at = NULL WHERE owner = $1"
             ),
             forget: format!("DELETE FROM {relays} WHERE owner = $1"),
-            // The window `w`: the oldest `$2` rows of the leased slots whose key is neither
-            // parked nor waiting for a retry (so a blocked key with a long queue cannot fill the
-            // window and starve the others), widened by the caller's rows in flight; then the
-            // first row of each key in it, except the rows in flight (so their keys wait); the
-            // wide columns are read for those rows alone.
+            // The window `w`: the oldest `$2` rows of the leased slots whose key is not in
+            // flight (`$3`), not parked and not waiting for a retry (so a blocked key with a
+            // long queue cannot fill the window and starve the others); then the first row of
+            // each key in it. The slot and in-flight tests are hashed subplans (`NOT IN` over
+            // `unnest`), one hash probe per row: `slot = ANY($1)` compares each row with
+            // every leased slot, and `slot IN (...)` lets the planner pick a join that reads
+            // the whole table. The wide columns are read in the window's index scan, once.
             claim: format!(
-                "WITH w AS (SELECT seq, key FROM {outbox} o WHERE slot = ANY($1) \
-                   AND NOT EXISTS (SELECT 1 FROM {dead} d WHERE d.key = o.key) \
-                   AND NOT EXISTS (SELECT 1 FROM {outbox} b WHERE b.key = o.key \
-                     AND b.next_attempt_at IS NOT NULL AND b.next_attempt_at > now()) \
-                   ORDER BY seq LIMIT $2), \
-                 f AS (SELECT min(seq) AS seq FROM w GROUP BY key \
-                   EXCEPT SELECT unnest($3::int8[])), \
-                 c AS (SELECT seq FROM f ORDER BY seq LIMIT $4) \
-                 SELECT {o_cols} FROM {outbox} o WHERE o.seq IN (SELECT seq FROM c) ORDER BY o.seq"
+                "SELECT * FROM (SELECT DISTINCT ON (w.key) * FROM \
+                   (SELECT {o_cols} FROM {outbox} o \
+                     WHERE NOT (o.slot NOT IN (SELECT unnest($1::int4[]))) \
+                     AND o.key NOT IN (SELECT unnest($3::text[])) \
+                     AND NOT EXISTS (SELECT 1 FROM {dead} d WHERE d.key = o.key) \
+                     AND NOT EXISTS (SELECT 1 FROM {outbox} b WHERE b.key = o.key \
+                       AND b.next_attempt_at IS NOT NULL AND b.next_attempt_at > now()) \
+                     ORDER BY o.seq LIMIT $2) w \
+                   ORDER BY w.key, w.seq) f \
+                 ORDER BY f.seq"
             ),
             complete: format!(
-                "DELETE FROM {outbox} WHERE seq = ANY($2) AND slot IN \
-                 (SELECT slot FROM {leases} WHERE owner = $1 AND expires_at > now())"
+                "DELETE FROM {outbox} o WHERE o.seq = ANY($2) AND \
+                 (SELECT l.owner FROM {leases} l WHERE l.slot = o.slot AND l.expires_at > now()) = $1"
             ),
             fail: format!(
                 "UPDATE {outbox} SET attempts = attempts + 1, last_error = $2, \
@@ -1714,18 +1717,16 @@ impl OutboxRelayStore for PgStore {
         &self,
         slots: &[u32],
         limit: usize,
-        in_flight: &[u64],
+        in_flight: &[&str],
     ) -> Result<Vec<OutboxRow>, StoreError> {
         let slots: Vec<i32> = slots
             .iter()
             .filter_map(|s| i32::try_from(*s).ok())
             .collect();
-        let window = i64::try_from(limit.saturating_add(in_flight.len())).unwrap_or(i64::MAX);
         let rows: Vec<sql::OutboxDbRow> = sqlx::query_as(&self.relay.claim)
             .bind(slots)
-            .bind(window)
-            .bind(seqs_i64(in_flight))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(in_flight)
             .fetch_all(&self.pool)
             .await
             .map_err(db_err("claiming outbox rows", &self.sql.outbox))?;

@@ -976,17 +976,17 @@ impl RelaySql {
                 "UPDATE {leases} SET owner = NULL, expires_at = NULL WHERE owner = ?1"
             ),
             forget: format!("DELETE FROM {relays} WHERE owner = ?1"),
-            // As on PostgreSQL: a window of rows whose key is neither parked nor waiting for a
-            // retry, then the first row of each key in it.
+            // As on PostgreSQL: a window of rows whose key is not in flight, parked or
+            // waiting for a retry, then the first row of each key in it.
             claim: format!(
                 "WITH w AS (SELECT seq, key FROM {outbox} o \
                    WHERE slot IN (SELECT value FROM json_each(?1)) \
+                   AND key NOT IN (SELECT value FROM json_each(?4)) \
                    AND NOT EXISTS (SELECT 1 FROM {dead} d WHERE d.key = o.key) \
                    AND NOT EXISTS (SELECT 1 FROM {outbox} b WHERE b.key = o.key \
                      AND b.next_attempt_at IS NOT NULL AND b.next_attempt_at > ?3) \
                    ORDER BY seq LIMIT ?2), \
-                 c AS (SELECT min(seq) AS seq FROM w GROUP BY key \
-                   HAVING min(seq) NOT IN (SELECT value FROM json_each(?4)) ORDER BY 1 LIMIT ?5) \
+                 c AS (SELECT min(seq) AS seq FROM w GROUP BY key) \
                  SELECT {o_cols} FROM {outbox} o WHERE o.seq IN (SELECT seq FROM c) ORDER BY o.seq"
             ),
             complete: format!(
@@ -1118,15 +1118,13 @@ impl OutboxRelayStore for SqliteStore {
         &self,
         slots: &[u32],
         limit: usize,
-        in_flight: &[u64],
+        in_flight: &[&str],
     ) -> Result<Vec<OutboxRow>, StoreError> {
-        let window = i64::try_from(limit.saturating_add(in_flight.len())).unwrap_or(i64::MAX);
         let rows: Vec<sql::OutboxDbRow> = sqlx::query_as(&self.relay.claim)
             .bind(json_list(slots))
-            .bind(window)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(eventfold_core::metadata::now_micros())
             .bind(json_list(in_flight))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await
             .map_err(db_err("claiming outbox rows", &self.sql.outbox))?;

@@ -246,7 +246,8 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
         let batch_size = config.batch_size.max(1);
         let max_batches = config.in_flight_batches.max(1);
         let mut in_flight = FuturesUnordered::new();
-        let mut flying: HashSet<u64> = HashSet::new();
+        // The keys of the rows in flight: a claim leaves them out.
+        let mut flying: HashSet<String> = HashSet::new();
         let mut finished: Vec<Published> = Vec::new();
         let mut failures = 0u32;
         let mut renewal: Option<Renewal> = None;
@@ -272,9 +273,9 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
             }
             if !finished.is_empty() {
                 let batches = std::mem::take(&mut finished);
-                for (claimed, _, _) in &batches {
-                    for row in claimed {
-                        flying.remove(&row.seq);
+                for (_, messages, _) in &batches {
+                    for message in messages {
+                        flying.remove(&message.key);
                     }
                 }
                 match settle(&store, &config, owner, batches).await {
@@ -287,7 +288,7 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
             }
             let mut full = false;
             if !failed && !leases.slots.is_empty() && in_flight.len() < max_batches {
-                let exclude: Vec<u64> = flying.iter().copied().collect();
+                let exclude: Vec<&str> = flying.iter().map(String::as_str).collect();
                 match store
                     .claim_outbox(&leases.slots, batch_size, &exclude)
                     .await
@@ -295,7 +296,7 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
                     Ok(rows) => {
                         full = rows.len() >= batch_size;
                         if !rows.is_empty() {
-                            flying.extend(rows.iter().map(|r| r.seq));
+                            flying.extend(rows.iter().map(|r| r.message.key.clone()));
                             in_flight.push(publish_rows(&publisher, rows));
                         }
                     }
