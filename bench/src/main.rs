@@ -79,10 +79,12 @@
 //!      fresh 12-partition topic; beside it a raw rdkafka `FutureProducer` with the same
 //!      settings sends the same messages with at most 10,000 in flight. `VmRSS` is sampled
 //!      every 100 ms;
-//!    * commit-to-ack latency: 8 writer tasks append 1 event per call through a `PgStore` with
-//!      an outbox at 2000 events/s in total for 10 s (4 s with `--quick`) while `Relay::run`
-//!      publishes; latency = when the publisher returned the broker's ack − when `append`
-//!      returned. Every appended event must be acknowledged or the run fails.
+//!    * commit-to-ack latency (run first, after a `CHECKPOINT`, so that it measures the relay
+//!      rather than the checkpoint and vacuum the drains leave behind): 8 writer tasks append 1
+//!      event per call through a `PgStore` with an outbox at 2000 events/s in total for 10 s
+//!      (4 s with `--quick`) while `Relay::run` publishes; latency = when the publisher
+//!      returned the broker's ack − when `append` returned. Every appended event must be
+//!      acknowledged or the run fails.
 //!
 //! Each throughput case is warmed up for 0.5 s before it is measured. Variants alternate in two
 //! rounds (A B C then C B A) of half the duration each, and the two halves are summed, so that
