@@ -1633,6 +1633,27 @@ pub async fn relay_leases_split_the_slots_and_fence_completion<S: OutboxRelaySto
         1
     );
     assert_eq!(store.outbox_status().await.expect("status").pending, 0);
+
+    // A lease that expired fences too, even with no other relay around: the row stays.
+    store
+        .append(&stream("fenced"), ExpectedVersion::Exact(1), vec![added(2)])
+        .await
+        .expect("append");
+    let row = store.read_outbox(1).await.expect("read").remove(0);
+    store
+        .lease_slots(other, std::time::Duration::from_millis(100))
+        .await
+        .expect("lease briefly");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        store
+            .complete_outbox(other, &[row.seq])
+            .await
+            .expect("complete"),
+        0,
+        "the lease expired"
+    );
+    assert_eq!(store.outbox_status().await.expect("status").pending, 1);
 }
 
 /// The inbox mark commits or rolls back with the unit of work; a second mark of the same message

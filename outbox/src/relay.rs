@@ -76,7 +76,7 @@ pub struct RelayConfig {
     /// next batch while earlier ones wait for their acknowledgements, leaving out the keys that
     /// have a row in flight, so per-key order holds and a new row is published without waiting
     /// for a round to end. More batches in flight overlap more broker time with database time,
-    /// but widen every claim's window by the rows in flight. ADR 0013.
+    /// but hold more rows in memory (`in_flight_batches × batch_size`). ADRs 0013 and 0015.
     pub in_flight_batches: usize,
 }
 
