@@ -82,9 +82,11 @@
 //!    * commit-to-ack latency (run first, after a `CHECKPOINT`, so that it measures the relay
 //!      rather than the checkpoint and vacuum the drains leave behind): 8 writer tasks append 1
 //!      event per call through a `PgStore` with an outbox at 2000 events/s in total for 10 s
-//!      (4 s with `--quick`) while `Relay::run` publishes; latency = when the publisher
-//!      returned the broker's ack − when `append` returned. Every appended event must be
-//!      acknowledged or the run fails.
+//!      (4 s with `--quick`) while `Relay::run` (default `RelayConfig`) publishes; latency =
+//!      when the publisher returned the broker's ack − when `append` returned. The first
+//!      second of load (connections opening, statements being prepared) is not counted, here
+//!      and in the raw producer's baselines. Every appended event must be acknowledged or the
+//!      run fails.
 //!
 //! Each throughput case is warmed up for 0.5 s before it is measured. Variants alternate in two
 //! rounds (A B C then C B A) of half the duration each, and the two halves are summed, so that

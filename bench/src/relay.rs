@@ -43,6 +43,9 @@ const LATENCY_RATE: f64 = 2000.0;
 const LATENCY_WRITERS: usize = 8;
 /// Streams each latency writer cycles over.
 const LATENCY_STREAMS_PER_WRITER: usize = 50;
+/// Load before the latency tests measure (the same load, not counted): the pool opens its
+/// connections and prepares its statements, the producer connects to every partition leader.
+const LATENCY_WARMUP: Duration = Duration::from_secs(1);
 /// Longest wait for the last acks after the writers stop.
 const LATENCY_DRAIN: Duration = Duration::from_secs(15);
 
@@ -236,7 +239,8 @@ async fn raw_latency(
     let payload = payload();
     let period = Duration::from_secs_f64(1.0 / LATENCY_RATE);
     let mut ticker = tokio::time::interval(period);
-    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let measured_from = Instant::now() + LATENCY_WARMUP;
+    let end = measured_from + Duration::from_secs_f64(seconds);
     let mut waiting = Vec::new();
     let mut i = 0usize;
     while Instant::now() < end {
@@ -253,14 +257,17 @@ async fn raw_latency(
                     .await
                     .map_err(|_| "raw producer: delivery canceled".to_owned())?
                     .map_err(|(e, _)| format!("raw producer: {e}"))?;
-                Ok::<f64, String>(sent.elapsed().as_secs_f64() * 1000.0)
+                // Sends of the warm-up are delivered but not counted.
+                Ok::<Option<f64>, String>(
+                    (sent >= measured_from).then(|| sent.elapsed().as_secs_f64() * 1000.0),
+                )
             })),
             Err((e, _)) => return Err(format!("raw producer enqueue: {e}").into()),
         }
     }
     let mut ms = Vec::with_capacity(waiting.len());
     for task in waiting {
-        ms.push(task.await??);
+        ms.extend(task.await??);
     }
     for writer in writers.into_iter().flatten() {
         writer.await??;
@@ -415,11 +422,13 @@ impl Publisher for AckClock {
 type Writer = tokio::task::JoinHandle<Result<Vec<(Uuid, Instant)>>>;
 
 /// The latency tests' load: [`LATENCY_WRITERS`] tasks appending one event per call to `store`
-/// at [`LATENCY_RATE`] in total for `seconds`; each returns its events' ids and commit instants.
+/// at [`LATENCY_RATE`] in total for [`LATENCY_WARMUP`] and then `seconds`; each returns the ids
+/// and commit instants of its events after the warm-up.
 fn spawn_writers(store: &PgStore, seconds: f64) -> Vec<Writer> {
     let period = Duration::from_secs_f64(LATENCY_WRITERS as f64 / LATENCY_RATE);
     let start = Instant::now() + Duration::from_millis(10);
-    let end = start + Duration::from_secs_f64(seconds);
+    let measured_from = start + LATENCY_WARMUP;
+    let end = measured_from + Duration::from_secs_f64(seconds);
     let mut handles = Vec::with_capacity(LATENCY_WRITERS);
     let payload = payload();
     for w in 0..LATENCY_WRITERS {
@@ -445,7 +454,9 @@ fn spawn_writers(store: &PgStore, seconds: f64) -> Vec<Writer> {
                 store
                     .append(&stream, ExpectedVersion::Any, vec![event])
                     .await?;
-                sent.push((id, Instant::now()));
+                if tick >= measured_from {
+                    sent.push((id, Instant::now()));
+                }
             }
             Ok(sent)
         }));
@@ -470,11 +481,7 @@ async fn latency(pool: &PgPool, publisher: &KafkaPublisher, seconds: f64) -> Res
             acks: acks.clone(),
         },
     )
-    .with_config(RelayConfig {
-        batch_size: 500,
-        idle_wait: Duration::from_millis(5),
-        ..RelayConfig::default()
-    });
+    .with_config(RelayConfig::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let relay = tokio::spawn(relay.run(async move {
         let _ = stopped.await;
@@ -725,11 +732,14 @@ impl RelayResults {
             "* {LATENCY_WRITERS} writer tasks append 1 event per call (`PgStore::with_outbox(OutboxRouting::new().default_topic(..))`,"
         );
         println!(
-            "  `ExpectedVersion::Any`, {LATENCY_STREAMS_PER_WRITER} streams each) at {LATENCY_RATE:.0}/s in total; one `Relay::run` (batch 500,"
+            "  `ExpectedVersion::Any`, {LATENCY_STREAMS_PER_WRITER} streams each) at {LATENCY_RATE:.0}/s in total; one `Relay::run` (default"
         );
         println!(
-            "  idle_wait 5 ms), run before the drains, after a `CHECKPOINT`, on a fresh database and broker;
-  latency = `Instant` the publisher's `publish` returned Ok − `Instant` `append` returned."
+            "  `RelayConfig`: batch 500, 3 batches in flight), run before the drains, after a `CHECKPOINT`, on a fresh
+  database and broker; latency = `Instant` the publisher's `publish` returned Ok − `Instant` `append` returned.
+* every path is measured after {} s of the same load that is not counted (the pool opens its connections and
+  prepares its statements, the producer connects).",
+            LATENCY_WARMUP.as_secs()
         );
         println!();
     }

@@ -230,9 +230,11 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
     /// relays take over at once.
     ///
     /// Up to [`RelayConfig::in_flight_batches`] batches are published at once: while earlier
-    /// batches wait for the broker, the relay records finished ones and claims new rows
-    /// (leaving out the keys with a row in flight), so a row committed now is published now,
-    /// not after the round in progress.
+    /// batches wait for the broker, the relay claims new rows (leaving out the keys with a row
+    /// in flight), so a row committed now is published now, not after the round in progress.
+    /// Finished batches are recorded (delivered rows deleted) on a task beside the claims; their
+    /// keys count as in flight until that ends, so a claim leaves out a delivered row whose
+    /// deletion has not committed yet instead of publishing it again (ADR 0016).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StoreError> {
         let Relay {
             store,
@@ -249,9 +251,11 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
         // The keys of the rows in flight: a claim leaves them out.
         let mut flying: HashSet<String> = HashSet::new();
         let mut finished: Vec<Published> = Vec::new();
+        let mut settling: Option<Settling> = None;
         let mut failures = 0u32;
         let mut renewal: Option<Renewal> = None;
         let mut renew_failed = false;
+        let mut settle_failed = false;
         loop {
             // The leases are renewed beside the publishing; only the first claim waits for them.
             if renewal.is_none() && leases.due(&config) {
@@ -265,27 +269,25 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
                     renew_failed = leases.apply(renewed, started, &config, owner).is_err();
                 }
             }
-            let mut failed = renew_failed;
-            // Record every batch that has finished (deleting what was delivered) before the
-            // next claim, so the claim sees those rows gone.
+            if settling.as_ref().is_some_and(|s| s.task.is_finished()) {
+                let settled = settling_done(&mut settling).await;
+                settle_failed = settled_apply(&mut settling, &mut flying, settled, owner);
+            }
             while let Some(Some(done)) = in_flight.next().now_or_never() {
                 finished.push(done);
             }
-            if !finished.is_empty() {
-                let batches = std::mem::take(&mut finished);
-                for (_, messages, _) in &batches {
-                    for message in messages {
-                        flying.remove(&message.key);
-                    }
-                }
-                match settle(&store, &config, owner, batches).await {
-                    Ok(report) => record(&report),
-                    Err(e) => {
-                        tracing::warn!(error = %e, %owner, "recording published outbox rows failed; they will be published again");
-                        failed = true;
-                    }
-                }
+            // Finished batches are recorded (delivered rows deleted) on a task beside the next
+            // claim; their keys stay in flight until that ends, so the claim leaves those
+            // rows out rather than seeing them before their deletion commits.
+            if settling.is_none() && !finished.is_empty() {
+                settling = Some(Settling::spawn(
+                    &store,
+                    &config,
+                    owner,
+                    std::mem::take(&mut finished),
+                ));
             }
+            let mut failed = renew_failed || std::mem::take(&mut settle_failed);
             let mut full = false;
             if !failed && !leases.slots.is_empty() && in_flight.len() < max_batches {
                 let exclude: Vec<&str> = flying.iter().map(String::as_str).collect();
@@ -317,20 +319,19 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
             } else {
                 config.idle_wait.min(config.lease_ttl / 3)
             };
-            let renewed = tokio::select! {
+            tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                    finished.push(done);
-                    None
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => finished.push(done),
+                settled = settling_done(&mut settling) => {
+                    settle_failed = settled_apply(&mut settling, &mut flying, settled, owner);
                 }
-                renewed = renewal_done(&mut renewal) => Some(renewed),
-                () = wakeup.wait(wait), if room || in_flight.is_empty() => None,
-            };
-            if let Some(renewed) = renewed {
-                if let Some((started, _)) = renewal.take() {
-                    renew_failed = leases.apply(renewed, started, &config, owner).is_err();
+                renewed = renewal_done(&mut renewal) => {
+                    if let Some((started, _)) = renewal.take() {
+                        renew_failed = leases.apply(renewed, started, &config, owner).is_err();
+                    }
                 }
+                () = wakeup.wait(wait), if room || in_flight.is_empty() => {}
             }
         }
         // A renewal in progress ends before the release: it must not lease the slots again
@@ -340,6 +341,10 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
             let _ = task.await;
         }
         // Graceful shutdown: the batches in flight are settled, not abandoned.
+        if settling.is_some() {
+            let settled = settling_done(&mut settling).await;
+            settled_apply(&mut settling, &mut flying, settled, owner);
+        }
         while let Some(done) = in_flight.next().await {
             finished.push(done);
         }
@@ -352,6 +357,70 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
             }
         }
         store.release_slots(owner).await
+    }
+}
+
+/// Finished batches being recorded on a task of their own, with the keys of their rows (which
+/// stay in flight, left out of claims, until the task ends).
+struct Settling {
+    keys: Vec<String>,
+    task: tokio::task::JoinHandle<Result<RoundReport, StoreError>>,
+}
+
+impl Settling {
+    fn spawn<S: OutboxRelayStore>(
+        store: &S,
+        config: &RelayConfig,
+        owner: Uuid,
+        batches: Vec<Published>,
+    ) -> Self {
+        let keys = batches
+            .iter()
+            .flat_map(|(_, messages, _)| messages.iter().map(|m| m.key.clone()))
+            .collect();
+        let (store, config) = (store.clone(), config.clone());
+        let task = tokio::spawn(async move { settle(&store, &config, owner, batches).await });
+        Self { keys, task }
+    }
+}
+
+/// The outcome of the settle in progress; never completes when there is none.
+async fn settling_done(settling: &mut Option<Settling>) -> Result<RoundReport, StoreError> {
+    match settling {
+        Some(settling) => (&mut settling.task).await.unwrap_or_else(|e| {
+            Err(StoreError::Database {
+                operation: "recording published outbox rows (the task ended abnormally)",
+                table: "outbox".to_owned(),
+                source: Box::new(e),
+            })
+        }),
+        None => std::future::pending().await,
+    }
+}
+
+/// Ends the settle in progress with its outcome `settled`: its keys leave the flight, its
+/// counts go to the metrics. Returns whether it failed (its delivered rows stay in the outbox
+/// and will be published again).
+fn settled_apply(
+    settling: &mut Option<Settling>,
+    flying: &mut HashSet<String>,
+    settled: Result<RoundReport, StoreError>,
+    owner: Uuid,
+) -> bool {
+    if let Some(done) = settling.take() {
+        for key in &done.keys {
+            flying.remove(key);
+        }
+    }
+    match settled {
+        Ok(report) => {
+            record(&report);
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, %owner, "recording published outbox rows failed; they will be published again");
+            true
+        }
     }
 }
 
