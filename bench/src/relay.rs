@@ -144,6 +144,21 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// The p50, p90, p99 and max cells of a latency row (`sorted` in ms), the p99 followed by
+/// `verdict` when given.
+fn spread(sorted: &[f64], verdict: Option<&str>) -> String {
+    let p99 = match verdict {
+        Some(v) => format!("{:.1} ({v})", percentile(sorted, 0.99)),
+        None => format!("{:.1}", percentile(sorted, 0.99)),
+    };
+    format!(
+        "{:.1} | {:.1} | {p99} | {:.1}",
+        percentile(sorted, 0.50),
+        percentile(sorted, 0.90),
+        sorted.last().copied().unwrap_or(f64::NAN)
+    )
+}
+
 fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "**missed**" }
 }
@@ -680,52 +695,34 @@ impl RelayResults {
         println!("|:--|---:|---:|---:|---:|---:|---:|---:|---:|");
         let raw = &self.raw_latency_ms;
         println!(
-            "| raw rdkafka producer (send → ack) | {LATENCY_RATE:.0}/s | {:.0} s | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| raw rdkafka producer (send → ack) | {LATENCY_RATE:.0}/s | {:.0} s | {} | {} | {} |",
             l.seconds,
             raw.len(),
             raw.len(),
-            percentile(raw, 0.50),
-            percentile(raw, 0.90),
-            percentile(raw, 0.99),
-            raw.last().copied().unwrap_or(f64::NAN)
+            spread(raw, None)
         );
         let raw = &self.loaded_raw_latency_ms;
         println!(
-            "| raw rdkafka producer beside the writers (send → ack) | {LATENCY_RATE:.0}/s | {:.0} s | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| raw rdkafka producer beside the writers (send → ack) | {LATENCY_RATE:.0}/s | {:.0} s | {} | {} | {} |",
             l.seconds,
             raw.len(),
             raw.len(),
-            percentile(raw, 0.50),
-            percentile(raw, 0.90),
-            percentile(raw, 0.99),
-            raw.last().copied().unwrap_or(f64::NAN)
+            spread(raw, None)
         );
         println!(
-            "| `Relay::run` + `KafkaPublisher` (commit → ack) | {LATENCY_RATE:.0}/s | {:.0} s | {} | {} | {:.1} | {:.1} | {:.1} ({}) | {:.1} |",
+            "| `Relay::run` + `KafkaPublisher` (commit → ack) | {LATENCY_RATE:.0}/s | {:.0} s | {} | {} | {} |",
             l.seconds,
             l.appended,
             l.acked,
-            percentile(&l.ms, 0.50),
-            percentile(&l.ms, 0.90),
-            self.p99(),
-            verdict(self.latency_met()),
-            l.ms.last().copied().unwrap_or(f64::NAN)
+            spread(&l.ms, Some(verdict(self.latency_met())))
         );
-        let p = &l.to_publish_ms;
         println!(
-            "| of which commit → `publish` call (wake-up, claim) | | | | | {:.1} | {:.1} | {:.1} | {:.1} |",
-            percentile(p, 0.50),
-            percentile(p, 0.90),
-            percentile(p, 0.99),
-            p.last().copied().unwrap_or(f64::NAN)
+            "| of which commit → `publish` call (wake-up, claim) | | | | | {} |",
+            spread(&l.to_publish_ms, None)
         );
-        let p = &l.in_publish_ms;
         println!(
-            "| of which `publish` call → batch acknowledged (broker) | | | | | {:.1} | {:.1} | {:.1} | {:.1} |",
-            percentile(p, 0.50),
-            percentile(p, 0.90),
-            percentile(p, 0.99),
-            p.last().copied().unwrap_or(f64::NAN)
+            "| of which `publish` call → batch acknowledged (broker) | | | | | {} |",
+            spread(&l.in_publish_ms, None)
         );
         println!();
         println!(
