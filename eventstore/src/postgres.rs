@@ -36,7 +36,7 @@ use sqlx::postgres::{PgArguments, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
@@ -193,7 +193,31 @@ ALTER TABLE {outbox} SET (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuu
     autovacuum_vacuum_cost_delay = 0);
 "#,
     },
+    Migration {
+        version: 6,
+        name: "outbox: a lower bound on seq for the claim (ADR 0017)",
+        // One row. `floor_seq`: no outbox row has a lower `seq`, but a retried dead letter,
+        // whose retry lowers it in the same transaction. `seen_seq`: the sequence's last value,
+        // read by the last advance. `bound_seq` / `bound_xid`: every `seq` up to `bound_seq` was
+        // taken by a transaction whose id is below `bound_xid`.
+        sql: r#"
+CREATE TABLE IF NOT EXISTS {outbox_floor} (
+    id BOOLEAN PRIMARY KEY DEFAULT true CHECK (id),
+    floor_seq BIGINT NOT NULL DEFAULT 0,
+    seen_seq BIGINT NOT NULL DEFAULT 0,
+    bound_seq BIGINT NOT NULL DEFAULT 0,
+    bound_xid BIGINT NOT NULL DEFAULT 0
+);
+INSERT INTO {outbox_floor} DEFAULT VALUES ON CONFLICT DO NOTHING;
+"#,
+    },
 ];
+
+/// The filter every statement that inserts outbox rows carries: it gives the transaction its id
+/// before the first row takes its `seq` (the filter runs before the rows are projected, and so
+/// before the identity default). The outbox floor (ADR 0017) needs it: a `seq` taken before a
+/// moment belongs to a transaction whose id was given out before that moment.
+const XID_FIRST: &str = "pg_current_xact_id() IS NOT NULL";
 
 struct Statements {
     inbox: String,
@@ -283,7 +307,7 @@ impl Statements {
                      CASE WHEN ev.stream_version IS NULL THEN m.headers::jsonb \
                        ELSE m.headers::jsonb || jsonb_build_object('{version}', ev.stream_version::text) END, m.slot \
                    {rows} LEFT JOIN ev ON ev.event_id = m.id \
-                   WHERE EXISTS (SELECT 1 FROM ev) ORDER BY m.ord) \
+                   WHERE EXISTS (SELECT 1 FROM ev) AND {XID_FIRST} ORDER BY m.ord) \
                  SELECT global_position, stream_version FROM ev",
                 version = eventfold_core::outbox::headers::STREAM_VERSION,
                 rows = outbox_rows(14),
@@ -311,7 +335,7 @@ impl Statements {
             insert_outbox: format!(
                 "INSERT INTO {outbox} ({outbox_columns}) \
                  SELECT m.id, m.at, m.aid, m.ty, m.payload, m.topic, m.key, m.headers::jsonb, m.slot \
-                 {} ORDER BY m.ord",
+                 {} WHERE {XID_FIRST} ORDER BY m.ord",
                 outbox_rows(1)
             ),
             append_one_outbox: with_outbox(one_event),
@@ -395,7 +419,13 @@ pub struct PgStore {
     naming: Arc<Naming>,
     sql: Arc<Statements>,
     source: Arc<str>,
+    /// When this store last advanced the outbox floor (ADR 0017).
+    floor_advanced: Arc<std::sync::Mutex<Option<Instant>>>,
 }
+
+/// How often a store's relays advance the outbox floor before a claim (ADR 0017). A claim walks
+/// past the index entries of the rows deleted since then.
+const FLOOR_EVERY: Duration = Duration::from_millis(100);
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -456,6 +486,7 @@ impl PgStoreBuilder {
             pool: self.pool,
             naming: Arc::new(self.naming),
             source: Arc::from(self.source),
+            floor_advanced: Arc::new(std::sync::Mutex::new(None)),
         };
         if self.migrate {
             store.migrate().await?;
@@ -1526,6 +1557,8 @@ struct RelaySql {
     release_all: String,
     forget: String,
     claim: String,
+    floor_lock: String,
+    floor_advance: String,
     complete: String,
     fail: String,
     park: String,
@@ -1544,6 +1577,7 @@ impl RelaySql {
         let dead = naming.table("outbox_dead");
         let leases = naming.table("outbox_leases");
         let relays = naming.table("outbox_relays");
+        let floor = naming.table("outbox_floor");
         let cols = sql::OUTBOX_COLUMNS.replace(" headers,", " headers::text,");
         let o_cols = cols
             .split(", ")
@@ -1583,11 +1617,13 @@ impl RelaySql {
             // each key in it. The slot and in-flight tests are hashed subplans (`NOT IN` over
             // `unnest`), one hash probe per row: `slot = ANY($1)` compares each row with
             // every leased slot, and `slot IN (...)` lets the planner pick a join that reads
-            // the whole table. The wide columns are read in the window's index scan, once.
+            // the whole table. The wide columns are read in the window's index scan, once. The
+            // scan starts at the floor (ADR 0017), past the index entries of deleted rows.
             claim: format!(
                 "SELECT * FROM (SELECT DISTINCT ON (w.key) * FROM \
                    (SELECT {o_cols} FROM {outbox} o \
-                     WHERE NOT (o.slot NOT IN (SELECT unnest($1::int4[]))) \
+                     WHERE o.seq >= (SELECT f.floor_seq FROM {floor} f) \
+                     AND NOT (o.slot NOT IN (SELECT unnest($1::int4[]))) \
                      AND o.key NOT IN (SELECT unnest($3::text[])) \
                      AND NOT EXISTS (SELECT 1 FROM {dead} d WHERE d.key = o.key) \
                      AND NOT EXISTS (SELECT 1 FROM {outbox} b WHERE b.key = o.key \
@@ -1595,6 +1631,27 @@ impl RelaySql {
                      ORDER BY o.seq LIMIT $2) w \
                    ORDER BY w.key, w.seq) f \
                  ORDER BY f.seq"
+            ),
+            // Run after `floor_lock` in the same transaction, so its snapshot sees every retry
+            // that lowered the floor before the lock was taken, and no retry lowers it until
+            // this commits. When every transaction with an id below `bound_xid` has ended (the
+            // oldest running one, `h`, is not below it), each row with a `seq` up to `bound_seq`
+            // is visible or gone, so the floor rises to the first live row, at most
+            // `bound_seq + 1`. The bound then moves to the last value read before this
+            // statement's snapshot (`seen_seq`) and that snapshot's next id (`x`).
+            floor_lock: format!("SELECT floor_seq FROM {floor} FOR UPDATE SKIP LOCKED"),
+            floor_advance: format!(
+                "WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8 AS h, \
+                   pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS x, \
+                   COALESCE(pg_sequence_last_value(pg_get_serial_sequence($1, 'seq')::regclass), 0) AS last) \
+                 UPDATE {floor} f SET \
+                   floor_seq = CASE WHEN s.h >= f.bound_xid THEN LEAST(f.bound_seq + 1, COALESCE( \
+                     (SELECT o.seq FROM {outbox} o WHERE o.seq >= f.floor_seq ORDER BY o.seq LIMIT 1), \
+                     f.bound_seq + 1)) ELSE f.floor_seq END, \
+                   bound_seq = CASE WHEN s.h >= f.bound_xid THEN f.seen_seq ELSE f.bound_seq END, \
+                   bound_xid = CASE WHEN s.h >= f.bound_xid THEN s.x ELSE f.bound_xid END, \
+                   seen_seq = s.last \
+                 FROM s RETURNING f.floor_seq"
             ),
             complete: format!(
                 "DELETE FROM {outbox} o WHERE o.seq = ANY($2) AND \
@@ -1610,8 +1667,12 @@ impl RelaySql {
                  SELECT seq, {MOVED}, attempts + 1, $2, next_attempt_at, $2, now() FROM moved"
             ),
             dead: format!("SELECT {cols}, error, parked_at FROM {dead} ORDER BY seq LIMIT $1"),
+            // The retried row keeps its `seq`, which may be below the floor: the floor is
+            // lowered in the same transaction (ADR 0017).
             retry: format!(
-                "WITH moved AS (DELETE FROM {dead} WHERE seq = $1 RETURNING *) \
+                "WITH moved AS (DELETE FROM {dead} WHERE seq = $1 RETURNING *), \
+                 lowered AS (UPDATE {floor} SET floor_seq = LEAST(floor_seq, $1) \
+                   WHERE EXISTS (SELECT 1 FROM moved)) \
                  INSERT INTO {outbox} (seq, {MOVED}, attempts) OVERRIDING SYSTEM VALUE \
                  SELECT seq, {MOVED}, 0 FROM moved"
             ),
@@ -1628,6 +1689,45 @@ fn seqs_i64(seqs: &[u64]) -> Vec<i64> {
     seqs.iter()
         .map(|s| i64::try_from(*s).unwrap_or(i64::MAX))
         .collect()
+}
+
+impl PgStore {
+    /// Whether the outbox floor is due to advance; if so, the next advance is `FLOOR_EVERY` away.
+    fn floor_due(&self) -> bool {
+        let Ok(mut last) = self.floor_advanced.lock() else {
+            return true;
+        };
+        let due = last.is_none_or(|at| at.elapsed() >= FLOOR_EVERY);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    }
+
+    /// Raises the outbox floor to the first row that is live and can be no other (ADR 0017).
+    /// When another relay is advancing it (its row is locked), this one leaves it to them.
+    async fn advance_outbox_floor(&self) -> Result<(), StoreError> {
+        let table = self.naming.table("outbox_floor");
+        let err = |op| db_err(op, &table);
+        let mut tx = sql::begin_owned(&self.pool, None)
+            .await
+            .map_err(err("starting to advance the outbox floor"))?;
+        let locked: Option<(i64,)> = sqlx::query_as(&self.relay.floor_lock)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err("locking the outbox floor"))?;
+        if locked.is_none() {
+            return Ok(());
+        }
+        sqlx::query(&self.relay.floor_advance)
+            .bind(&self.sql.outbox)
+            .execute(&mut *tx)
+            .await
+            .map_err(err("advancing the outbox floor"))?;
+        tx.commit()
+            .await
+            .map_err(err("committing the outbox floor"))
+    }
 }
 
 impl OutboxRelayStore for PgStore {
@@ -1723,6 +1823,9 @@ impl OutboxRelayStore for PgStore {
             .iter()
             .filter_map(|s| i32::try_from(*s).ok())
             .collect();
+        if self.floor_due() {
+            self.advance_outbox_floor().await?;
+        }
         let rows: Vec<sql::OutboxDbRow> = sqlx::query_as(&self.relay.claim)
             .bind(slots)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))

@@ -27,6 +27,7 @@ impl Migration {
             .replace("{inbox}", &naming.table("inbox"))
             .replace("{outbox_leases}", &naming.table("outbox_leases"))
             .replace("{outbox_relays}", &naming.table("outbox_relays"))
+            .replace("{outbox_floor}", &naming.table("outbox_floor"))
             .replace("{outbox}", &naming.table("outbox"))
             .replace("{projections}", &naming.table("projections"))
             .replace(
