@@ -205,7 +205,7 @@ async fn concurrent_writers_with_long_transactions_lose_nothing() {
     for w in 0..8u64 {
         let store = store.clone();
         writers.push(tokio::spawn(async move {
-            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w + 1) * 0x1234_5678);
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((w + 1) * 0x1234_5678));
             let mut committed: Vec<(String, Uuid)> = Vec::new();
             let mut rolled_back: Vec<Uuid> = Vec::new();
             for _ in 0..120 {
