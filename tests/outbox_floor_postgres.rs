@@ -23,7 +23,11 @@ fn message(key: &str) -> OutboxMessage {
 }
 
 async fn floor(pool: &PgPool) -> u64 {
-    let (floor,): (i64,) = sqlx::query_as("SELECT floor_seq FROM eventfold_outbox_floor")
+    floor_in(pool, "eventfold_outbox_floor").await
+}
+
+async fn floor_in(pool: &PgPool, table: &str) -> u64 {
+    let (floor,): (i64,) = sqlx::query_as(&format!("SELECT floor_seq FROM {table}"))
         .fetch_one(pool)
         .await
         .expect("read the floor");
@@ -47,9 +51,20 @@ async fn claim(store: &PgStore, slots: &[u32]) -> Vec<OutboxRow> {
 /// (the horizon is cluster-wide: a transaction of another test holds it back for a while).
 /// Returns the floor.
 async fn floor_rises_above(store: &PgStore, pool: &PgPool, slots: &[u32], above: u64) -> u64 {
+    floor_in_rises_above(store, pool, "eventfold_outbox_floor", slots, above).await
+}
+
+/// [`floor_rises_above`] for the floor table `table`.
+async fn floor_in_rises_above(
+    store: &PgStore,
+    pool: &PgPool,
+    table: &str,
+    slots: &[u32],
+    above: u64,
+) -> u64 {
     let until = Instant::now() + Duration::from_secs(20);
     loop {
-        let now = floor(pool).await;
+        let now = floor_in(pool, table).await;
         if now > above || Instant::now() > until {
             return now;
         }
@@ -170,6 +185,38 @@ async fn retried_dead_letter_below_the_floor_is_claimed() {
         vec![parked],
         "the retried row is claimed again"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floor_advances_with_a_schema_and_a_prefix() {
+    let (_, db) = common::postgres().await;
+    let store = PgStore::builder(db.pool().clone())
+        .naming(
+            eventfold::eventstore::Naming::new("ship_")
+                .expect("prefix")
+                .with_schema("floor_es")
+                .expect("schema"),
+        )
+        .build()
+        .await
+        .expect("migrate");
+    let owner = Uuid::now_v7();
+    let slots = store
+        .lease_slots(owner, Duration::from_secs(60))
+        .await
+        .expect("lease");
+    let highest = deliver_rounds(&store, owner, &slots, "named").await;
+    let table = "floor_es.ship_outbox_floor";
+    let risen = floor_in_rises_above(&store, db.pool(), table, &slots, highest).await;
+    assert!(
+        risen > highest,
+        "the floor of {table} ({risen}) should have risen past the delivered rows (up to {highest})"
+    );
+    let (default_floor,): (i64,) = sqlx::query_as("SELECT count(*) FROM eventfold_outbox_floor")
+        .fetch_one(db.pool())
+        .await
+        .expect("the default store's floor exists too");
+    assert_eq!(default_floor, 1);
 }
 
 /// A small xorshift: the writers' pauses differ from run to run of one task, not between runs.
