@@ -1,7 +1,8 @@
 //! The relay on every backend, publishing to the in-process broker: every committed event is
 //! delivered, in order per key, with several relays and one of them killed; a message the broker
 //! refuses is parked while its key waits and other keys flow; an outage drains afterwards; a
-//! rolled-back transaction publishes nothing.
+//! rolled-back transaction publishes nothing; a delete that fails in PostgreSQL makes the relay
+//! publish the rows again, in order, and it keeps running.
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -644,6 +645,84 @@ async fn leases_are_renewed_for_as_long_as_the_relay_runs() {
         0,
         "a delivered row was published again: the relay lost its leases while running"
     );
+}
+
+/// When recording delivered rows fails in the database (here a trigger refuses the delete), the
+/// relay keeps running: the rows stay in the outbox and are published again, each key's first
+/// row over and over, never a later one before it; once the database accepts the delete, the
+/// backlog drains with every key's deliveries in order (duplicates only of a row already sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_delete_publishes_again_in_order_postgres() {
+    let (store, db) = common::postgres().await;
+    let store = store.with_outbox(OutboxRouting::new());
+    sqlx::raw_sql(
+        "CREATE TABLE relay_fault (id int); INSERT INTO relay_fault VALUES (1); \
+         CREATE FUNCTION relay_fault() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF EXISTS (SELECT 1 FROM relay_fault) THEN RAISE EXCEPTION 'injected: delete refused'; END IF; \
+           RETURN NULL; END $$; \
+         CREATE TRIGGER relay_fault BEFORE DELETE ON eventfold_outbox \
+           FOR EACH STATEMENT EXECUTE FUNCTION relay_fault();",
+    )
+    .execute(db.pool())
+    .await
+    .expect("install the fault");
+    let broker = InProcessBroker::new();
+    let relay = Relay::new(store.clone(), broker.clone()).with_config(config());
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopped = stop.clone();
+    let running = tokio::spawn(relay.run(async move { stopped.notified().await }));
+    let mut appended = HashMap::new();
+    for k in 0..4 {
+        let key = format!("f{k}");
+        let stream = StreamId::new("order", key.clone()).unwrap();
+        let events: Vec<NewEvent> = (0..10).map(|_| event(10)).collect();
+        for (v, e) in events.iter().enumerate() {
+            appended.insert(e.event_id, (key.clone(), v as u64 + 1));
+        }
+        store
+            .append(&stream, ExpectedVersion::NoStream, events)
+            .await
+            .unwrap();
+    }
+    // While the delete fails, only each key's first row is published, again and again.
+    let until = Instant::now() + Duration::from_secs(20);
+    while broker.records("order").len() < 20 {
+        assert!(
+            Instant::now() < until,
+            "the relay stopped publishing after a failed delete"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let during = broker.records("order");
+    assert!(
+        during.iter().all(|r| version(r) == 1),
+        "a later row was published while its key's first row was still in the outbox"
+    );
+    assert_eq!(store.outbox_status().await.unwrap().pending, 40);
+
+    sqlx::query("DELETE FROM relay_fault")
+        .execute(db.pool())
+        .await
+        .expect("lift the fault");
+    drain(&store, Duration::from_secs(30)).await;
+    stop.notify_one();
+    running
+        .await
+        .unwrap()
+        .expect("the relay survives failed deletes");
+    let records = broker.records("order");
+    let duplicates = check_order(&records, &appended);
+    assert!(duplicates >= 16, "the first rows were published again");
+    let mut last: HashMap<&str, u64> = HashMap::new();
+    for record in &records {
+        let v = version(record);
+        let before = last.insert(record.key.as_str(), v).unwrap_or(0);
+        assert!(
+            v == before || v == before + 1,
+            "key {} delivered version {v} after {before}",
+            record.key
+        );
+    }
 }
 
 macro_rules! relay_tests {
