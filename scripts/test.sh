@@ -17,6 +17,8 @@ cd "$(dirname "$0")/.."
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export EVENTFOLD_STRESS_SECS="${EVENTFOLD_STRESS_SECS:-3}"
 export EVENTFOLD_LOG_STRESS_SECS="${EVENTFOLD_LOG_STRESS_SECS:-8}"
+# The relay crash test at the size of issue 4: 50k events over 200 keys, 4 relay processes killed.
+export EVENTFOLD_E2E_EVENTS="${EVENTFOLD_E2E_EVENTS:-50000}"
 export KAFKA_BOOTSTRAP="${KAFKA_BOOTSTRAP:-127.0.0.1:9092}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 

@@ -4,7 +4,8 @@
 //! again. Every committed event must reach the topic, and per key the first occurrences must be
 //! in stream-version order; duplicates (from the crashes) are allowed and counted.
 //!
-//! `EVENTFOLD_E2E_EVENTS` sets the number of events (default 5000). The broker is
+//! `EVENTFOLD_E2E_EVENTS` sets the number of events (default 5000; `scripts/test.sh` sets 50000,
+//! the size of issue 4: about 2 minutes). The broker is
 //! `KAFKA_BOOTSTRAP` (default 127.0.0.1:9092); an unreachable broker fails the test.
 #![cfg(all(feature = "kafka", feature = "postgres"))]
 mod common;
