@@ -219,6 +219,32 @@ async fn floor_advances_with_a_schema_and_a_prefix() {
     assert_eq!(default_floor, 1);
 }
 
+/// The floor only makes claims cheaper: when its advance fails (here a trigger refuses the
+/// update), claims still return every committed row, from the old floor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_work_when_the_floor_cannot_advance() {
+    let (store, db) = common::postgres().await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION floor_fault() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           RAISE EXCEPTION 'injected: floor update refused'; END $$; \
+         CREATE TRIGGER floor_fault BEFORE UPDATE ON eventfold_outbox_floor \
+           FOR EACH ROW EXECUTE FUNCTION floor_fault();",
+    )
+    .execute(db.pool())
+    .await
+    .expect("install the fault");
+    let owner = Uuid::now_v7();
+    let slots = store
+        .lease_slots(owner, Duration::from_secs(60))
+        .await
+        .expect("lease");
+    // Every round's claim is due to advance the floor (more than its interval apart), and
+    // every advance fails.
+    deliver_rounds(&store, owner, &slots, "stuck").await;
+    assert_eq!(floor(db.pool()).await, 0, "the floor did not move");
+    assert_eq!(store.outbox_status().await.expect("status").pending, 0);
+}
+
 /// A small xorshift: the writers' pauses differ from run to run of one task, not between runs.
 struct Rng(u64);
 
