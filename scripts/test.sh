@@ -8,9 +8,9 @@
 # postgres://postgres@127.0.0.1:5432/postgres) and a Kafka-protocol broker (KAFKA_BOOTSTRAP,
 # default 127.0.0.1:9092). The script starts a local Debian PostgreSQL cluster if it is installed
 # but stopped, drops test databases left by killed runs, installs tansu (a Kafka-protocol broker;
-# about 10 minutes to build, once per machine) and starts it with in-memory storage when nothing
-# listens on the Kafka port, and fails loudly when PostgreSQL or the broker cannot be reached: no
-# test is skipped for a missing component.
+# 10 to 30 minutes to build on 2 cores, once per machine) and starts it with in-memory storage
+# when nothing listens on the Kafka port, and fails loudly when PostgreSQL or the broker cannot
+# be reached: no test is skipped for a missing component.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,7 +57,7 @@ kafka_up() { (exec 3<>"/dev/tcp/$kafka_host/$kafka_port") >/dev/null 2>&1; }
 if ! kafka_up; then
     export PATH="$HOME/.cargo/bin:$PATH"
     if ! command -v tansu >/dev/null; then
-        log "tansu not found; installing it (about 10 minutes on 2 cores)"
+        log "tansu not found; installing it (10 to 30 minutes on 2 cores)"
         cargo install --locked tansu@0.6.0 --features dynostore
     fi
     log "no Kafka broker at $KAFKA_BOOTSTRAP; starting tansu (log: target/tansu.log)"
