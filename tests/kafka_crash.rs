@@ -5,7 +5,7 @@
 //! in stream-version order; duplicates (from the crashes) are allowed and counted.
 //!
 //! `EVENTFOLD_E2E_EVENTS` sets the number of events (default 5000; `scripts/test.sh` sets 50000,
-//! the size of issue 4: about 2 minutes). The broker is
+//! the size of issue 4: 2 to 3 minutes). The broker is
 //! `KAFKA_BOOTSTRAP` (default 127.0.0.1:9092); an unreachable broker fails the test.
 #![cfg(all(feature = "kafka", feature = "postgres"))]
 mod common;
@@ -389,17 +389,32 @@ async fn killed_relay_processes_lose_no_event_and_keep_key_order() {
     let source = KafkaSource::new(&brokers, &group, &[topic.as_str()]).expect("a Kafka source");
     let mut consumer = eventfold::outbox::Consumer::new("ledger", store.clone(), source, Ledger);
     let ledger = StreamId::new("ledger", "all").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while (store.stream_version(&ledger).await.expect("ledger version") as usize) < total {
+    // One transaction per message on a single ledger stream: its pace is the database's, so the
+    // test fails when the consumer stops making progress (60 s without a new effect), not at a
+    // fixed total time (at 50k events and beside the other tests, over 2 minutes).
+    let consuming = Instant::now();
+    let mut progress = (0usize, Instant::now());
+    loop {
+        let taken = store.stream_version(&ledger).await.expect("ledger version") as usize;
+        if taken >= total {
+            break;
+        }
+        if taken > progress.0 {
+            progress = (taken, Instant::now());
+        }
         assert!(
-            Instant::now() < deadline,
-            "the consumer did not take every event within 120 s"
+            progress.1.elapsed() < Duration::from_secs(60),
+            "the consumer took no new event for 60 s ({taken} of {total} taken)"
         );
         consumer
             .run_once(Duration::from_millis(500))
             .await
             .expect("consume");
     }
+    eprintln!(
+        "the consumer took {total} events in {:?}",
+        consuming.elapsed()
+    );
     // Drain what is left (duplicates after the last new event), then count the effects.
     while consumer
         .run_once(Duration::from_millis(500))
