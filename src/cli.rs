@@ -65,7 +65,7 @@
 //! | `projections dead-letters <name> [--limit N]` | the events parked by a projection |
 //! | `projections reset <name>` | asks the running service to rebuild the projection in place |
 //! | `projections drop-old <name>` | drops the tables of generations no longer in use |
-//! | `outbox status` | rows waiting, age of the oldest, dead letters |
+//! | `outbox status` | rows waiting, age of the oldest, dead letters, the floor lag (PostgreSQL) |
 //! | `outbox dead-letters [--limit N]` | the parked outbox rows with their errors |
 //! | `outbox retry <seq>` / `skip <seq>` | puts a dead letter back in the outbox, or drops it |
 //! | `outbox parked <consumer> [--limit N]` | the messages a consumer parked (its inbox's dead letters) |
@@ -86,7 +86,8 @@
 //!   `drop-old`: `{"name", "dropped"}`
 //! - `projections dead-letters`: `[{"projection", "generation", "event_id", "global_position",
 //!   "stream_id", "event_type", "error", "parked_at"}]`
-//! - `outbox status`: `{"pending", "oldest", "oldest_age_seconds", "dead_letters"}`
+//! - `outbox status`: `{"pending", "oldest", "oldest_age_seconds", "dead_letters", "floor_lag"}`
+//!   (`floor_lag` is `null` but on PostgreSQL)
 //! - `outbox dead-letters`: `[{"seq", "message_id", "topic", "key", "type", "attempts", "error",
 //!   "created_at", "parked_at"}]`
 //! - `outbox retry|skip`: `{"seq", "action": "retried" | "skipped"}`
@@ -1189,6 +1190,7 @@ struct OutboxStatusJson {
     oldest: Option<String>,
     oldest_age_seconds: Option<f64>,
     dead_letters: u64,
+    floor_lag: Option<u64>,
 }
 
 impl From<&OutboxStatus> for OutboxStatusJson {
@@ -1203,6 +1205,7 @@ impl From<&OutboxStatus> for OutboxStatusJson {
                     .unwrap_or(0.0)
             }),
             dead_letters: s.dead_letters,
+            floor_lag: s.floor_lag,
         }
     }
 }
@@ -1247,14 +1250,15 @@ fn write_outbox_status(s: &OutboxStatusJson, out: &mut dyn Write) -> Result<(), 
         (Some(t), Some(age)) => format!("{t} ({age:.1} s ago)"),
         _ => "-".to_owned(),
     };
-    write_pairs(
-        out,
-        &[
-            ("pending", s.pending.to_string()),
-            ("oldest pending", oldest),
-            ("dead letters", s.dead_letters.to_string()),
-        ],
-    )?;
+    let mut pairs = vec![
+        ("pending", s.pending.to_string()),
+        ("oldest pending", oldest),
+        ("dead letters", s.dead_letters.to_string()),
+    ];
+    if let Some(lag) = s.floor_lag {
+        pairs.push(("floor lag (seq)", lag.to_string()));
+    }
+    write_pairs(out, &pairs)?;
     Ok(())
 }
 

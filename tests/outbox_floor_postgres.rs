@@ -121,6 +121,13 @@ async fn floor_never_passes_a_row_whose_transaction_is_open() {
         first_later = first_later.min(seqs.iter().copied().min().expect("rows"));
         store.complete_outbox(owner, &seqs).await.expect("complete");
     }
+    // The status shows the floor held back: no committed row waits, and the floor trails the
+    // next `seq` by at least the 40 rows delivered while the transaction was open.
+    let lag = store.outbox_status().await.expect("status").floor_lag;
+    assert!(
+        lag.is_some_and(|lag| lag >= 40),
+        "the floor lag ({lag:?}) shows the rows passed while the floor was held"
+    );
     // The held row took its `seq` before every later row; the floor has not passed it.
     let floor_while_open = floor(db.pool()).await;
     assert!(
@@ -146,6 +153,11 @@ async fn floor_never_passes_a_row_whose_transaction_is_open() {
     assert!(
         risen > highest,
         "the floor ({risen}) should have risen past the delivered rows (up to {highest})"
+    );
+    assert_eq!(
+        store.outbox_status().await.expect("status").floor_lag,
+        Some(0),
+        "nothing waits and the floor is at the next row"
     );
 }
 

@@ -536,6 +536,7 @@ impl EventStore for MemoryStore {
             pending: state.outbox.len() as u64,
             oldest: state.outbox.first().map(|r| r.created_at),
             dead_letters: state.dead.len() as u64,
+            floor_lag: None,
         })
     }
 

@@ -189,6 +189,13 @@ pub struct OutboxStatus {
     pub oldest: Option<DateTime<Utc>>,
     /// Rows parked in the dead-letter table.
     pub dead_letters: u64,
+    /// PostgreSQL: how far the outbox floor (ADR 0017) trails the oldest waiting row, in
+    /// sequence numbers (or trails the next row when none waits). It bounds the index entries
+    /// of deleted rows that a claim walks past. Normally it stays near the rows delivered in the
+    /// last few hundred milliseconds; a lag that keeps growing while rows are delivered means
+    /// that a transaction left open somewhere in the cluster holds the floor back. `None` on
+    /// backends without a floor (SQLite, memory).
+    pub floor_lag: Option<u64>,
 }
 
 /// A parked outbox row: it failed for good, and later rows of its key wait until an operator

@@ -314,6 +314,7 @@ impl Statements {
             )
         };
         let outbox_dead = naming.table("outbox_dead");
+        let outbox_floor = naming.table("outbox_floor");
         let inbox = naming.table("inbox");
         let inbox_dead = naming.table("inbox_dead");
         Self {
@@ -340,9 +341,14 @@ impl Statements {
             ),
             append_one_outbox: with_outbox(one_event),
             append_outbox: with_outbox(many_events),
+            // The floor's lag: from the floor to the first live row, or to the next `seq` when
+            // there is none (the floor itself before the sequence was first used).
             outbox_status: format!(
                 "SELECT (SELECT COUNT(*) FROM {outbox})::int8, (SELECT MIN(created_at) FROM {outbox}), \
-                 (SELECT COUNT(*) FROM {outbox_dead})::int8"
+                 (SELECT COUNT(*) FROM {outbox_dead})::int8, \
+                 (SELECT GREATEST(COALESCE((SELECT MIN(o.seq) FROM {outbox} o), \
+                   pg_sequence_last_value(pg_get_serial_sequence($1, 'seq')::regclass) + 1, \
+                   f.floor_seq) - f.floor_seq, 0) FROM {outbox_floor} f)::int8"
             ),
             read_outbox: format!(
                 "SELECT {} FROM {outbox} ORDER BY seq LIMIT $1",
@@ -1354,15 +1360,19 @@ impl EventStore for PgStore {
     }
 
     async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
-        let (pending, oldest, dead): (i64, Option<chrono::DateTime<chrono::Utc>>, i64) =
-            sqlx::query_as(&self.sql.outbox_status)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db_err("reading the outbox status", &self.sql.outbox))?;
+        type Status = (i64, Option<chrono::DateTime<chrono::Utc>>, i64, Option<i64>);
+        let (pending, oldest, dead, lag): Status = sqlx::query_as(&self.sql.outbox_status)
+            .bind(&self.sql.outbox)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err("reading the outbox status", &self.sql.outbox))?;
         Ok(OutboxStatus {
             pending: to_u64(pending, &self.sql.outbox, "count")?,
             oldest,
             dead_letters: to_u64(dead, &self.sql.outbox, "count")?,
+            floor_lag: lag
+                .map(|lag| to_u64(lag, &self.sql.outbox, "floor lag"))
+                .transpose()?,
         })
     }
 

@@ -837,6 +837,7 @@ impl EventStore for SqliteStore {
             pending: to_u64(pending, &self.sql.outbox, "count")?,
             oldest,
             dead_letters: to_u64(dead, &self.sql.outbox, "count")?,
+            floor_lag: None,
         })
     }
 

@@ -18,7 +18,9 @@
 //! exporter): counters `eventfold_outbox_published_total`, `eventfold_outbox_retried_total`,
 //! `eventfold_outbox_parked_total`; gauges `eventfold_outbox_backlog` (waiting rows),
 //! `eventfold_outbox_oldest_age_seconds` (age of the oldest waiting row: the relay's lag),
-//! `eventfold_outbox_dead_letters` and `eventfold_outbox_slots` (slots this instance leases),
+//! `eventfold_outbox_dead_letters`, `eventfold_outbox_slots` (slots this instance leases) and,
+//! on PostgreSQL, `eventfold_outbox_floor_lag` (how far the claim's lower bound trails the
+//! oldest waiting row, [`OutboxStatus::floor_lag`](eventfold_eventstore::OutboxStatus::floor_lag)),
 //! refreshed at every lease renewal.
 //!
 //! ```
@@ -576,6 +578,9 @@ async fn record_status<S: OutboxRelayStore>(store: &S, slots: usize) {
                 (chrono::Utc::now() - oldest).num_milliseconds().max(0) as f64 / 1000.0
             });
             metrics::gauge!("eventfold_outbox_oldest_age_seconds").set(age);
+            if let Some(lag) = status.floor_lag {
+                metrics::gauge!("eventfold_outbox_floor_lag").set(lag as f64);
+            }
         }
         Err(e) => tracing::debug!(error = %e, "reading the outbox status for metrics failed"),
     }
