@@ -42,6 +42,16 @@ async fn commit(store: &PgStore, keys: &[String]) {
     uow.commit().await.expect("commit");
 }
 
+/// A new relay owner and the slots it leases (every slot: it is alone).
+async fn lease(store: &PgStore) -> (Uuid, Vec<u32>) {
+    let owner = Uuid::now_v7();
+    let slots = store
+        .lease_slots(owner, Duration::from_secs(600))
+        .await
+        .expect("lease");
+    (owner, slots)
+}
+
 /// Claims what is due, as a relay with every slot and nothing in flight would.
 async fn claim(store: &PgStore, slots: &[u32]) -> Vec<OutboxRow> {
     store.claim_outbox(slots, 1000, &[]).await.expect("claim")
@@ -98,11 +108,7 @@ async fn deliver_rounds(store: &PgStore, owner: Uuid, slots: &[u32], tag: &str) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floor_never_passes_a_row_whose_transaction_is_open() {
     let (store, db) = common::postgres().await;
-    let owner = Uuid::now_v7();
-    let slots = store
-        .lease_slots(owner, Duration::from_secs(60))
-        .await
-        .expect("lease");
+    let (owner, slots) = lease(&store).await;
 
     // A transaction takes a `seq` and stays open while later rows commit and are delivered.
     let mut held = store.begin().await.expect("begin");
@@ -164,11 +170,7 @@ async fn floor_never_passes_a_row_whose_transaction_is_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_dead_letter_below_the_floor_is_claimed() {
     let (store, db) = common::postgres().await;
-    let owner = Uuid::now_v7();
-    let slots = store
-        .lease_slots(owner, Duration::from_secs(60))
-        .await
-        .expect("lease");
+    let (owner, slots) = lease(&store).await;
     commit(&store, &["refused".to_owned()]).await;
     let rows = claim(&store, &slots).await;
     assert_eq!(rows.len(), 1);
@@ -212,11 +214,7 @@ async fn floor_advances_with_a_schema_and_a_prefix() {
         .build()
         .await
         .expect("migrate");
-    let owner = Uuid::now_v7();
-    let slots = store
-        .lease_slots(owner, Duration::from_secs(60))
-        .await
-        .expect("lease");
+    let (owner, slots) = lease(&store).await;
     let highest = deliver_rounds(&store, owner, &slots, "named").await;
     let table = "floor_es.ship_outbox_floor";
     let risen = floor_in_rises_above(&store, db.pool(), table, &slots, highest).await;
@@ -236,20 +234,8 @@ async fn floor_advances_with_a_schema_and_a_prefix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_work_when_the_floor_cannot_advance() {
     let (store, db) = common::postgres().await;
-    sqlx::raw_sql(
-        "CREATE FUNCTION floor_fault() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-           RAISE EXCEPTION 'injected: floor update refused'; END $$; \
-         CREATE TRIGGER floor_fault BEFORE UPDATE ON eventfold_outbox_floor \
-           FOR EACH ROW EXECUTE FUNCTION floor_fault();",
-    )
-    .execute(db.pool())
-    .await
-    .expect("install the fault");
-    let owner = Uuid::now_v7();
-    let slots = store
-        .lease_slots(owner, Duration::from_secs(60))
-        .await
-        .expect("lease");
+    common::inject_fault(db.pool(), "floor_fault", "UPDATE", "eventfold_outbox_floor").await;
+    let (owner, slots) = lease(&store).await;
     // Every round's claim is due to advance the floor (more than its interval apart), and
     // every advance fails.
     deliver_rounds(&store, owner, &slots, "stuck").await;
@@ -586,10 +572,7 @@ fn floor_stays_below_every_live_row() {
         .build()
         .expect("runtime");
     let (store, db) = rt.block_on(common::postgres());
-    let owner = Uuid::now_v7();
-    let slots = rt
-        .block_on(store.lease_slots(owner, Duration::from_secs(600)))
-        .expect("lease");
+    let (owner, slots) = rt.block_on(lease(&store));
     let rises = std::sync::atomic::AtomicU64::new(0);
     let mut runner = TestRunner::new(Config::with_cases(32));
     runner

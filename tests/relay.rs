@@ -655,17 +655,7 @@ async fn leases_are_renewed_for_as_long_as_the_relay_runs() {
 async fn failed_delete_publishes_again_in_order_postgres() {
     let (store, db) = common::postgres().await;
     let store = store.with_outbox(OutboxRouting::new());
-    sqlx::raw_sql(
-        "CREATE TABLE relay_fault (id int); INSERT INTO relay_fault VALUES (1); \
-         CREATE FUNCTION relay_fault() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-           IF EXISTS (SELECT 1 FROM relay_fault) THEN RAISE EXCEPTION 'injected: delete refused'; END IF; \
-           RETURN NULL; END $$; \
-         CREATE TRIGGER relay_fault BEFORE DELETE ON eventfold_outbox \
-           FOR EACH STATEMENT EXECUTE FUNCTION relay_fault();",
-    )
-    .execute(db.pool())
-    .await
-    .expect("install the fault");
+    common::inject_fault(db.pool(), "relay_fault", "DELETE", "eventfold_outbox").await;
     let broker = InProcessBroker::new();
     let relay = Relay::new(store.clone(), broker.clone()).with_config(config());
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -700,10 +690,7 @@ async fn failed_delete_publishes_again_in_order_postgres() {
     );
     assert_eq!(store.outbox_status().await.unwrap().pending, 40);
 
-    sqlx::query("DELETE FROM relay_fault")
-        .execute(db.pool())
-        .await
-        .expect("lift the fault");
+    common::lift_fault(db.pool(), "relay_fault").await;
     drain(&store, Duration::from_secs(30)).await;
     stop.notify_one();
     running

@@ -219,6 +219,10 @@ INSERT INTO {outbox_floor} DEFAULT VALUES ON CONFLICT DO NOTHING;
 /// moment belongs to a transaction whose id was given out before that moment.
 const XID_FIRST: &str = "pg_current_xact_id() IS NOT NULL";
 
+/// The last `seq` the outbox's identity sequence gave out (NULL before its first use); `$1` is
+/// the outbox table's qualified name. Read by the floor's advance and the status (ADR 0017).
+const LAST_OUTBOX_SEQ: &str = "pg_sequence_last_value(pg_get_serial_sequence($1, 'seq')::regclass)";
+
 struct Statements {
     inbox: String,
     mark_inbox: String,
@@ -347,7 +351,7 @@ impl Statements {
                 "SELECT (SELECT COUNT(*) FROM {outbox})::int8, (SELECT MIN(created_at) FROM {outbox}), \
                  (SELECT COUNT(*) FROM {outbox_dead})::int8, \
                  (SELECT GREATEST(COALESCE((SELECT MIN(o.seq) FROM {outbox} o), \
-                   pg_sequence_last_value(pg_get_serial_sequence($1, 'seq')::regclass) + 1, \
+                   {LAST_OUTBOX_SEQ} + 1, \
                    f.floor_seq) - f.floor_seq, 0) FROM {outbox_floor} f)::int8"
             ),
             read_outbox: format!(
@@ -1653,7 +1657,7 @@ impl RelaySql {
             floor_advance: format!(
                 "WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8 AS h, \
                    pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS x, \
-                   COALESCE(pg_sequence_last_value(pg_get_serial_sequence($1, 'seq')::regclass), 0) AS last) \
+                   COALESCE({LAST_OUTBOX_SEQ}, 0) AS last) \
                  UPDATE {floor} f SET \
                    floor_seq = CASE WHEN s.h >= f.bound_xid THEN LEAST(f.bound_seq + 1, COALESCE( \
                      (SELECT o.seq FROM {outbox} o WHERE o.seq >= f.floor_seq ORDER BY o.seq LIMIT 1), \

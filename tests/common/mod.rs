@@ -65,3 +65,28 @@ pub fn kafka_bootstrap() -> String {
     );
     servers
 }
+
+/// Makes PostgreSQL refuse every `event` (`DELETE`, `UPDATE`, ...) on `table` while the switch
+/// table `name` holds a row; it is created holding one. A statement trigger raises
+/// `injected: <name>`. [`lift_fault`] empties the switch.
+pub async fn inject_fault(pool: &sqlx::PgPool, name: &str, event: &str, table: &str) {
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {name} (id int); INSERT INTO {name} VALUES (1); \
+         CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF EXISTS (SELECT 1 FROM {name}) THEN RAISE EXCEPTION 'injected: {name}'; END IF; \
+           RETURN NULL; END $$; \
+         CREATE TRIGGER {name} BEFORE {event} ON {table} \
+           FOR EACH STATEMENT EXECUTE FUNCTION {name}();"
+    ))
+    .execute(pool)
+    .await
+    .expect("install the fault");
+}
+
+/// Ends the fault [`inject_fault`] installed as `name`.
+pub async fn lift_fault(pool: &sqlx::PgPool, name: &str) {
+    sqlx::query(&format!("DELETE FROM {name}"))
+        .execute(pool)
+        .await
+        .expect("lift the fault");
+}
