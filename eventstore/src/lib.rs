@@ -8,10 +8,13 @@
 //! | backend | module | feature |
 //! |---|---|---|
 //! | in memory | [`memory`] | always |
-//! | SQLite | `sqlite` | `sqlite` |
-//! | PostgreSQL | `postgres` | `postgres` |
+//! | SQLite | `sqlite` (a folder: one file per concern) | `sqlite` |
+//! | PostgreSQL | `postgres` (the same file names as `sqlite`) | `postgres` |
 //!
-//! Every backend passes the same contract suite (`contract`, feature `test-util`).
+//! Every backend passes the same contract suite (`contract`, feature `test-util`). What the two
+//! SQL backends share (stream reads, the projection store, row conversions, migration
+//! bookkeeping) is written once in a crate-private `sql` module over a small dialect; every
+//! backend reports its name and migrations through [`admin::MigrationStore`].
 //!
 //! ## Guarantee: no lost update
 //!
@@ -22,6 +25,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod error;
 pub mod inbox;
 pub mod log;
@@ -29,10 +33,6 @@ pub mod memory;
 pub mod naming;
 pub mod outbox;
 pub mod projection;
-#[cfg(feature = "postgres")]
-mod projection_pg;
-#[cfg(feature = "sqlite")]
-mod projection_sqlite;
 pub mod repository;
 pub mod store;
 
@@ -45,6 +45,7 @@ mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+pub use admin::{AppliedMigration, MigrationStore};
 pub use error::{ExecuteError, ExpectedVersion, StoreError};
 pub use inbox::{InboxStore, ParkedMessage};
 pub use log::{

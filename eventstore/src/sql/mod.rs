@@ -1,5 +1,13 @@
-//! Pieces shared by the SQL backends: migration bookkeeping, row conversion, error mapping.
-//! Dialect-specific SQL stays in each backend.
+//! What the SQL backends share: migration bookkeeping, row conversion, error mapping, and the
+//! code that is the same on PostgreSQL and SQLite, written once over a [`dialect::Dialect`]:
+//! stream, snapshot and command reads ([`read`]) and the projection store ([`projections`]).
+//! What only one backend does stays in its folder.
+
+pub(crate) mod dialect;
+pub(crate) mod projections;
+pub(crate) mod read;
+#[cfg(test)]
+mod tests;
 
 use chrono::{DateTime, Utc};
 use eventfold_core::{Headers, RecordedEvent, StreamId};
@@ -80,6 +88,30 @@ pub(crate) fn pending<'m>(
     Ok(migrations
         .iter()
         .filter(|m| !applied.iter().any(|(v, _)| *v == m.version))
+        .collect())
+}
+
+/// Every migration recorded in `{prefix}migrations`, in order (the same statement on every SQL
+/// backend).
+pub(crate) async fn applied_migrations<DB>(
+    pool: &sqlx::Pool<DB>,
+    naming: &Naming,
+) -> Result<Vec<crate::admin::AppliedMigration>, StoreError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'r> (i64, String): sqlx::FromRow<'r, DB::Row>,
+{
+    let table = naming.table("migrations");
+    let select = format!("SELECT version, name FROM {table} ORDER BY version");
+    let rows: Vec<(i64, String)> = sqlx::query_as::<DB, (i64, String)>(&select)
+        .fetch_all(pool)
+        .await
+        .map_err(db_err("reading applied migrations", &table))?;
+    Ok(rows
+        .into_iter()
+        .map(|(version, name)| crate::admin::AppliedMigration { version, name })
         .collect())
 }
 

@@ -1,0 +1,426 @@
+//! Appends: events and their outbox rows in one statement (`UNNEST` for many), the expected
+//! version checked by the statement and the unique index.
+
+use eventfold_core::{NewEvent, OutboxMessage, RecordedEvent, StreamId};
+use sqlx::postgres::PgArguments;
+use sqlx::{PgConnection, Postgres};
+use uuid::Uuid;
+
+use super::*;
+use crate::error::{ExpectedVersion, StoreError};
+use crate::outbox::{OUTBOX_SLOTS, OutboxRouting};
+use crate::sql::{self, db_err, to_i64, to_u64};
+use crate::store::{AppendResult, fill_source, validate_append};
+
+/// Bind values of a statement, keeping the first one that failed to encode (the statement then
+/// fails with it).
+#[derive(Default)]
+pub(super) struct Binds {
+    pub(super) args: PgArguments,
+    pub(super) error: Option<sqlx::error::BoxDynError>,
+}
+
+impl Binds {
+    pub(super) fn add<'q, T>(&mut self, value: T) -> &mut Self
+    where
+        T: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>,
+    {
+        if self.error.is_none() {
+            if let Err(e) = sqlx::Arguments::add(&mut self.args, value) {
+                self.error = Some(e);
+            }
+        }
+        self
+    }
+
+    /// The columns of outbox rows, one array each (`insert_outbox`'s parameters).
+    pub(super) fn outbox(&mut self, messages: &[OutboxMessage]) -> &mut Self {
+        let n = messages.len();
+        let (mut ids, mut ats, mut aids, mut tys, mut payloads) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut topics, mut keys, mut headers, mut slots) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for m in messages {
+            ids.push(m.id);
+            ats.push(m.aggregate_type.as_str());
+            aids.push(m.aggregate_id.as_str());
+            tys.push(m.message_type.as_str());
+            payloads.push(m.payload.as_slice());
+            topics.push(m.topic.as_str());
+            keys.push(m.key.as_str());
+            headers.push(sql::headers_json(&m.headers));
+            slots.push(OutboxMessage::slot_of(&m.key, OUTBOX_SLOTS) as i32);
+        }
+        self.add(ids)
+            .add(ats)
+            .add(aids)
+            .add(tys)
+            .add(payloads)
+            .add(topics)
+            .add(keys)
+            .add(headers)
+            .add(slots)
+    }
+
+    pub(super) fn finish(self) -> Result<PgArguments, sqlx::error::BoxDynError> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.args),
+        }
+    }
+}
+
+/// Appends `events` and, in the same statement, the `outbox` rows of the events (one round
+/// trip either way; the rows are written only when the events are).
+pub(super) async fn try_append(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    stream_id: &StreamId,
+    expected: Option<i64>,
+    events: &[NewEvent],
+    outbox: &[OutboxMessage],
+) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    let mut binds = Binds::default();
+    binds.add(stream_id.stream_type()).add(stream_id.id());
+    let statement = if let [e] = events {
+        // One event (the common command): scalar parameters instead of arrays.
+        binds
+            .add(e.event_id)
+            .add(e.event_type.as_str())
+            .add(i32::try_from(e.schema_version).unwrap_or(i32::MAX))
+            .add(e.payload.as_slice())
+            .add(e.timestamp)
+            .add(e.source.as_str())
+            .add(e.correlation_id)
+            .add(e.causation_id)
+            .add(e.tenant_id.as_deref())
+            .add(sql::headers_json(&e.headers));
+        if outbox.is_empty() {
+            &sql.append_one
+        } else {
+            &sql.append_one_outbox
+        }
+    } else {
+        let n = events.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut types = Vec::with_capacity(n);
+        let mut versions = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        let mut times = Vec::with_capacity(n);
+        let mut sources = Vec::with_capacity(n);
+        let mut correlations = Vec::with_capacity(n);
+        let mut causations = Vec::with_capacity(n);
+        let mut tenants = Vec::with_capacity(n);
+        let mut headers = Vec::with_capacity(n);
+        for e in events {
+            ids.push(e.event_id);
+            types.push(e.event_type.as_str());
+            versions.push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
+            payloads.push(e.payload.as_slice());
+            times.push(e.timestamp);
+            sources.push(e.source.as_str());
+            correlations.push(e.correlation_id);
+            causations.push(e.causation_id);
+            tenants.push(e.tenant_id.as_deref());
+            headers.push(sql::headers_json(&e.headers));
+        }
+        binds
+            .add(ids)
+            .add(types)
+            .add(versions)
+            .add(payloads)
+            .add(times)
+            .add(sources)
+            .add(correlations)
+            .add(causations)
+            .add(tenants)
+            .add(headers);
+        if outbox.is_empty() {
+            &sql.append
+        } else {
+            &sql.append_outbox
+        }
+    };
+    binds.add(expected);
+    if !outbox.is_empty() {
+        binds.outbox(outbox);
+    }
+    let args = binds.finish().map_err(sqlx::Error::Encode)?;
+    sqlx::query_as_with(statement, args).fetch_all(conn).await
+}
+
+/// The outbox messages of `events` under `routing`, before they are appended: each carries the
+/// stream version it will have with an exact expected version; `try_append` writes the version
+/// the database gave it either way.
+pub(super) fn outbox_messages(
+    routing: &OutboxRouting,
+    stream_id: &StreamId,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+) -> Vec<OutboxMessage> {
+    let first = expected.exact().unwrap_or(0) + 1;
+    let recorded: Vec<RecordedEvent> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            e.clone()
+                .into_recorded(stream_id.clone(), first + i as u64, 0)
+        })
+        .collect();
+    routing.messages_for(&recorded)
+}
+
+pub(super) fn append_error(
+    sql: &Statements,
+    e: sqlx::Error,
+    stream_id: &StreamId,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+) -> StoreError {
+    match sql::unique_violation(&e) {
+        Some(c) if c.ends_with("event_id_uq") => StoreError::DuplicateEventId {
+            stream_id: stream_id.clone(),
+            event_id: duplicate_id(&e, events),
+        },
+        Some(_) => StoreError::VersionConflict {
+            stream_id: stream_id.clone(),
+            expected,
+            actual: None,
+        },
+        None => db_err("appending events", &sql.events)(e),
+    }
+}
+
+/// Checks what the database cannot: no empty batch, versions that fit the columns.
+pub(super) fn check_append(stream_id: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
+    validate_append(stream_id, events)?;
+    if let Some(e) = events
+        .iter()
+        .find(|e| i32::try_from(e.schema_version).is_err())
+    {
+        return Err(StoreError::InvalidEvent {
+            stream_id: stream_id.clone(),
+            event_id: e.event_id,
+            event_type: e.event_type.clone(),
+            reason: "schema version does not fit an INTEGER".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Turns the rows an append returned into its result; no rows means the version did not match.
+pub(super) async fn append_result(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    stream_id: &StreamId,
+    expected: ExpectedVersion,
+    mut rows: Vec<(i64, i64)>,
+    count: usize,
+) -> Result<AppendResult, StoreError> {
+    if rows.is_empty() {
+        let actual = version_on(conn, &sql.read, stream_id).await?;
+        return Err(StoreError::VersionConflict {
+            stream_id: stream_id.clone(),
+            expected,
+            actual: Some(actual),
+        });
+    }
+    rows.sort_by_key(|(_, version)| *version);
+    let version = to_u64(
+        rows.last().map_or(0, |r| r.1),
+        &sql.events,
+        "stream version",
+    )?;
+    let positions = rows
+        .iter()
+        .map(|(p, _)| to_u64(*p, &sql.events, "global position"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(AppendResult {
+        previous_version: version - count as u64,
+        version,
+        positions,
+    })
+}
+
+/// An append with an exact expected version (events and outbox rows): one statement, atomic on
+/// its own.
+pub(super) async fn append_exact(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    stream_id: &StreamId,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+    outbox: &[OutboxMessage],
+) -> Result<AppendResult, StoreError> {
+    let v = to_i64(expected.exact().unwrap_or(0), stream_id)?;
+    let rows = try_append(conn, sql, stream_id, Some(v), events, outbox)
+        .await
+        .map_err(|e| append_error(sql, e, stream_id, expected, events))?;
+    append_result(conn, sql, stream_id, expected, rows, events.len()).await
+}
+
+/// An `Any` append outside a transaction (events and outbox rows): the statement commits on its
+/// own, so when a concurrent append took the version it is simply run again (no savepoint).
+pub(super) async fn append_any(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    stream_id: &StreamId,
+    events: &[NewEvent],
+    outbox: &[OutboxMessage],
+) -> Result<AppendResult, StoreError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match try_append(conn, sql, stream_id, None, events, outbox).await {
+            Ok(rows) => {
+                let any = ExpectedVersion::Any;
+                return append_result(conn, sql, stream_id, any, rows, events.len()).await;
+            }
+            Err(e) => {
+                let error = append_error(sql, e, stream_id, ExpectedVersion::Any, events);
+                if !error.is_conflict() || attempt >= ANY_RETRIES {
+                    return Err(error);
+                }
+            }
+        }
+    }
+}
+
+/// The event id named in a unique-violation detail, or the first id of the batch.
+pub(super) fn duplicate_id(e: &sqlx::Error, events: &[NewEvent]) -> Uuid {
+    let detail = e
+        .as_database_error()
+        .and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+        .and_then(|d| d.detail().map(str::to_owned))
+        .unwrap_or_default();
+    events
+        .iter()
+        .map(|ev| ev.event_id)
+        .find(|id| detail.contains(&id.to_string()))
+        .unwrap_or_else(|| events.first().map_or(Uuid::nil(), |ev| ev.event_id))
+}
+
+/// How many times an `Any` append retries a concurrent insert before giving up. Each retry
+/// first waits for the competing transaction (the unique index blocks until it ends), so this
+/// bounds how many competitors in a row may win, not a busy loop; 16 was exhausted once by the
+/// global-log stress test (writers holding their transactions open up to 150 ms on 2 cores).
+pub(super) const ANY_RETRIES: usize = 64;
+
+impl PgUnitOfWork {
+    /// Appends the events and their outbox rows (one statement, plus a savepoint for `Any`).
+    pub(super) async fn append_events(
+        &mut self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        outbox: &[OutboxMessage],
+    ) -> Result<AppendResult, StoreError> {
+        check_append(stream_id, events)?;
+        if expected.exact().is_some() {
+            let sql = &self.sql;
+            let result =
+                append_exact(&mut self.tx, sql, stream_id, expected, events, outbox).await?;
+            self.wrote_events = true;
+            return Ok(result);
+        }
+        // `Any` must not fail because of a concurrent append: retry inside a savepoint, so that
+        // a unique violation does not abort the whole unit of work.
+        let mut attempt = 0;
+        let rows = loop {
+            attempt += 1;
+            sqlx::query("SAVEPOINT eventfold_append")
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db_err("appending events", &self.sql.events))?;
+            match try_append(&mut self.tx, &self.sql, stream_id, None, events, outbox).await {
+                Ok(rows) => {
+                    sqlx::query("RELEASE SAVEPOINT eventfold_append")
+                        .execute(&mut *self.tx)
+                        .await
+                        .map_err(db_err("appending events", &self.sql.events))?;
+                    break rows;
+                }
+                Err(e) => {
+                    let error = append_error(&self.sql, e, stream_id, expected, events);
+                    sqlx::query("ROLLBACK TO SAVEPOINT eventfold_append")
+                        .execute(&mut *self.tx)
+                        .await
+                        .map_err(db_err("appending events", &self.sql.events))?;
+                    if !error.is_conflict() || attempt >= ANY_RETRIES {
+                        return Err(error);
+                    }
+                }
+            }
+        };
+        let result = append_result(
+            &mut self.tx,
+            &self.sql,
+            stream_id,
+            expected,
+            rows,
+            events.len(),
+        )
+        .await?;
+        self.wrote_events = true;
+        Ok(result)
+    }
+
+    pub(super) async fn insert_outbox(
+        &mut self,
+        messages: Vec<OutboxMessage>,
+    ) -> Result<(), StoreError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut binds = Binds::default();
+        binds.outbox(&messages);
+        let args = binds
+            .finish()
+            .map_err(|e| db_err("writing outbox rows", &self.sql.outbox)(sqlx::Error::Encode(e)))?;
+        sqlx::query_with(&self.sql.insert_outbox, args)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err("writing outbox rows", &self.sql.outbox))?;
+        Ok(())
+    }
+}
+
+impl PgStore {
+    /// One statement writes the events and their outbox rows, atomic on its own, so the append
+    /// runs without `BEGIN`/`COMMIT`: one round trip. `Any` runs it again when a concurrent
+    /// append took the version.
+    pub(super) async fn append_in_one_statement(
+        &self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        mut events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        check_append(stream_id, &events)?;
+        fill_source(&mut events, &self.source);
+        let outbox = match &self.routing {
+            Some(routing) => outbox_messages(routing, stream_id, expected, &events),
+            None => Vec::new(),
+        };
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_err("acquiring a connection", &self.sql.events))?;
+        let result = if expected.exact().is_some() {
+            append_exact(&mut conn, &self.sql, stream_id, expected, &events, &outbox).await?
+        } else {
+            append_any(&mut conn, &self.sql, stream_id, &events, &outbox).await?
+        };
+        self.appended.send_modify(|n| *n += 1);
+        Ok(result)
+    }
+}

@@ -1,0 +1,316 @@
+//! The statements of the PostgreSQL store, built once per [`Naming`] (ADR 0007, 0009, 0017).
+
+use crate::naming::Naming;
+use crate::sql::dialect::Pg;
+use crate::sql::read::ReadSql;
+use crate::sql::{self, EVENT_COLUMNS};
+
+/// The filter every statement that inserts outbox rows carries: it gives the transaction its id
+/// before the first row takes its `seq` (the filter runs before the rows are projected, and so
+/// before the identity default). The outbox floor (ADR 0017) needs it: a `seq` taken before a
+/// moment belongs to a transaction whose id was given out before that moment.
+pub(super) const XID_FIRST: &str = "pg_current_xact_id() IS NOT NULL";
+
+/// The last `seq` the outbox's identity sequence gave out (NULL before its first use); `$1` is
+/// the outbox table's qualified name. Read by the floor's advance and the status (ADR 0017).
+pub(super) const LAST_OUTBOX_SEQ: &str =
+    "pg_sequence_last_value(pg_get_serial_sequence($1, 'seq')::regclass)";
+
+pub(super) struct Statements {
+    pub(super) inbox: String,
+    pub(super) mark_inbox: String,
+    pub(super) park_message: String,
+    pub(super) parked_messages: String,
+    pub(super) outbox: String,
+    pub(super) insert_outbox: String,
+    pub(super) append_one_outbox: String,
+    pub(super) append_outbox: String,
+    pub(super) outbox_status: String,
+    pub(super) read_outbox: String,
+    pub(super) append_one: String,
+    pub(super) channel: String,
+    pub(super) horizon: String,
+    pub(super) read_log: String,
+    pub(super) held_back: String,
+    pub(super) head: String,
+    pub(super) events: String,
+    /// Streams, snapshots and commands (shared with SQLite).
+    pub(super) read: ReadSql,
+    pub(super) append: String,
+}
+
+impl Statements {
+    pub(super) fn new(naming: &Naming) -> Self {
+        let events = naming.table("events");
+        // The stream's last row gives both the version to check and the commit key to extend
+        // (ADR 0007); shared by the one-event and the many-event append.
+        let append_with = format!(
+            "WITH last AS (SELECT stream_version, commit_key FROM {events} \
+               WHERE stream_type = $1 AND stream_id = $2 ORDER BY stream_version DESC LIMIT 1), \
+             cur AS (SELECT COALESCE((SELECT stream_version FROM last), 0)::int8 AS v, \
+               GREATEST(pg_current_xact_id()::text::int8, COALESCE((SELECT commit_key FROM last), 0)) AS k)"
+        );
+        let insert_events = format!(
+            "INSERT INTO {events} (event_id, stream_type, stream_id, stream_version, event_type, schema_version, \
+               payload, recorded_at, source, correlation_id, causation_id, tenant_id, headers, commit_key) "
+        );
+        let one_event = "SELECT $3, $1, $2, cur.v + 1, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, cur.k \
+             FROM cur WHERE $13::int8 IS NULL OR cur.v = $13";
+        let many_events = "SELECT e.event_id, $1, $2, cur.v + e.ord, e.event_type, e.schema_version, e.payload, e.recorded_at, \
+               e.source, e.correlation_id, e.causation_id, e.tenant_id, e.headers::jsonb, cur.k \
+             FROM cur, UNNEST($3::uuid[], $4::text[], $5::int4[], $6::bytea[], $7::timestamptz[], $8::text[], \
+               $9::uuid[], $10::uuid[], $11::text[], $12::text[]) WITH ORDINALITY \
+               AS e(event_id, event_type, schema_version, payload, recorded_at, source, correlation_id, \
+               causation_id, tenant_id, headers, ord) \
+             WHERE $13::int8 IS NULL OR cur.v = $13 \
+             ORDER BY e.ord";
+        let outbox = naming.table("outbox");
+        let outbox_columns =
+            "id, aggregatetype, aggregateid, type, payload, topic, key, headers, slot";
+        let outbox_rows = |first: usize| {
+            let p = |i: usize| first + i;
+            format!(
+                "FROM UNNEST(${}::uuid[], ${}::text[], ${}::text[], ${}::text[], ${}::bytea[], ${}::text[], \
+                   ${}::text[], ${}::text[], ${}::int4[]) WITH ORDINALITY \
+                   AS m(id, at, aid, ty, payload, topic, key, headers, slot, ord)",
+                p(0),
+                p(1),
+                p(2),
+                p(3),
+                p(4),
+                p(5),
+                p(6),
+                p(7),
+                p(8)
+            )
+        };
+        // Events and their outbox rows in one statement (one round trip, atomic on its own): the
+        // rows are written only when the events are, and each message of an event gets the
+        // stream version the database gave it (an `Any` append learns it only here).
+        let with_outbox = |events_select: &str| {
+            format!(
+                "{append_with}, ev AS ({insert_events}{events_select} \
+                   RETURNING event_id, global_position, stream_version), \
+                 ob AS (INSERT INTO {outbox} ({outbox_columns}) \
+                   SELECT m.id, m.at, m.aid, m.ty, m.payload, m.topic, m.key, \
+                     CASE WHEN ev.stream_version IS NULL THEN m.headers::jsonb \
+                       ELSE m.headers::jsonb || jsonb_build_object('{version}', ev.stream_version::text) END, m.slot \
+                   {rows} LEFT JOIN ev ON ev.event_id = m.id \
+                   WHERE EXISTS (SELECT 1 FROM ev) AND {XID_FIRST} ORDER BY m.ord) \
+                 SELECT global_position, stream_version FROM ev",
+                version = eventfold_core::outbox::headers::STREAM_VERSION,
+                rows = outbox_rows(14),
+            )
+        };
+        let outbox_dead = naming.table("outbox_dead");
+        let outbox_floor = naming.table("outbox_floor");
+        let inbox = naming.table("inbox");
+        let inbox_dead = naming.table("inbox_dead");
+        Self {
+            mark_inbox: format!(
+                "INSERT INTO {inbox} (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+            ),
+            park_message: format!(
+                "WITH mark AS (INSERT INTO {inbox} (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING) \
+                 INSERT INTO {inbox_dead} (consumer, message_id, topic, partition, \"offset\", key, type, payload, headers, \
+                 attempts, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11) \
+                 ON CONFLICT (consumer, message_id) DO UPDATE SET attempts = EXCLUDED.attempts, error = EXCLUDED.error, \
+                 parked_at = now()"
+            ),
+            parked_messages: format!(
+                "SELECT message_id, topic, partition::int8, \"offset\", key, type, payload, headers::text, attempts::int8, error, parked_at \
+                 FROM {inbox_dead} WHERE consumer = $1 ORDER BY parked_at LIMIT $2"
+            ),
+            inbox,
+            insert_outbox: format!(
+                "INSERT INTO {outbox} ({outbox_columns}) \
+                 SELECT m.id, m.at, m.aid, m.ty, m.payload, m.topic, m.key, m.headers::jsonb, m.slot \
+                 {} WHERE {XID_FIRST} ORDER BY m.ord",
+                outbox_rows(1)
+            ),
+            append_one_outbox: with_outbox(one_event),
+            append_outbox: with_outbox(many_events),
+            // The floor's lag: from the floor to the first live row, or to the next `seq` when
+            // there is none (the floor itself before the sequence was first used).
+            outbox_status: format!(
+                "SELECT (SELECT COUNT(*) FROM {outbox})::int8, (SELECT MIN(created_at) FROM {outbox}), \
+                 (SELECT COUNT(*) FROM {outbox_dead})::int8, \
+                 (SELECT GREATEST(COALESCE((SELECT MIN(o.seq) FROM {outbox} o), \
+                   {LAST_OUTBOX_SEQ} + 1, \
+                   f.floor_seq) - f.floor_seq, 0) FROM {outbox_floor} f)::int8"
+            ),
+            read_outbox: format!(
+                "SELECT {} FROM {outbox} ORDER BY seq LIMIT $1",
+                sql::OUTBOX_COLUMNS.replace(" headers,", " headers::text,")
+            ),
+            outbox,
+            channel: match naming.schema() {
+                Some(schema) => format!("{schema}.{}", naming.bare("events")),
+                None => naming.bare("events"),
+            },
+            append_one: format!(
+                "{append_with} {insert_events}{one_event} RETURNING global_position, stream_version"
+            ),
+            horizon: "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8".to_owned(),
+            read_log: format!(
+                "SELECT commit_key, stream_type, stream_id, {EVENT_COLUMNS}, headers::text FROM {events} \
+                 WHERE (commit_key, global_position) > ($1, $2) AND commit_key < $3 \
+                 AND ($4::text[] IS NULL OR event_type = ANY($4)) \
+                 AND ($5::text[] IS NULL OR stream_type = ANY($5)) \
+                 AND ($6::text IS NULL OR tenant_id = $6) \
+                 ORDER BY commit_key, global_position LIMIT $7"
+            ),
+            // Only the newest row of the log index: some row is held back exactly when the
+            // newest one is. (An EXISTS over the range lets a generic plan scan the table.)
+            held_back: format!(
+                "SELECT COALESCE((SELECT commit_key >= $1 AND (commit_key, global_position) > ($2, $3) \
+                 FROM {events} ORDER BY commit_key DESC, global_position DESC LIMIT 1), false)"
+            ),
+            head: format!(
+                "SELECT COALESCE((SELECT MAX(global_position) FROM {events}), 0)::int8, \
+                   COALESCE((SELECT MAX(global_position) FROM {events} \
+                     WHERE commit_key < pg_snapshot_xmin(pg_current_snapshot())::text::int8), 0)::int8"
+            ),
+            append: format!(
+                "{append_with} {insert_events}{many_events} RETURNING global_position, stream_version"
+            ),
+            read: ReadSql::new::<Pg>(naming),
+            events,
+        }
+    }
+}
+
+/// The relay's statements (ADR 0009).
+pub(super) struct RelaySql {
+    pub(super) heartbeat: String,
+    pub(super) live: String,
+    pub(super) mine: String,
+    pub(super) release_some: String,
+    pub(super) renew: String,
+    pub(super) take: String,
+    pub(super) release_all: String,
+    pub(super) forget: String,
+    pub(super) claim: String,
+    pub(super) floor_lock: String,
+    pub(super) floor_advance: String,
+    pub(super) complete: String,
+    pub(super) fail: String,
+    pub(super) park: String,
+    pub(super) dead: String,
+    pub(super) retry: String,
+    pub(super) skip: String,
+}
+
+/// Columns of a row moved between the outbox and its dead letters.
+pub(super) const MOVED: &str =
+    "id, aggregatetype, aggregateid, type, payload, topic, key, headers, slot, created_at";
+
+impl RelaySql {
+    pub(super) fn new(naming: &Naming) -> Self {
+        let outbox = naming.table("outbox");
+        let dead = naming.table("outbox_dead");
+        let leases = naming.table("outbox_leases");
+        let relays = naming.table("outbox_relays");
+        let floor = naming.table("outbox_floor");
+        let cols = sql::OUTBOX_COLUMNS.replace(" headers,", " headers::text,");
+        let o_cols = cols
+            .split(", ")
+            .map(|c| format!("o.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Self {
+            heartbeat: format!(
+                "INSERT INTO {relays} (owner, heartbeat_at) VALUES ($1, now()) \
+                 ON CONFLICT (owner) DO UPDATE SET heartbeat_at = now()"
+            ),
+            live: format!(
+                "WITH gone AS (DELETE FROM {relays} WHERE heartbeat_at < now() - make_interval(secs => $1 * 3)) \
+                 SELECT COUNT(*)::int8 FROM {relays} WHERE heartbeat_at > now() - make_interval(secs => $1)"
+            ),
+            mine: format!(
+                "SELECT slot FROM {leases} WHERE owner = $1 AND expires_at > now() ORDER BY slot FOR UPDATE"
+            ),
+            release_some: format!(
+                "UPDATE {leases} SET owner = NULL, expires_at = NULL WHERE owner = $1 AND slot = ANY($2)"
+            ),
+            renew: format!(
+                "UPDATE {leases} SET expires_at = now() + make_interval(secs => $2) WHERE owner = $1 AND slot = ANY($3)"
+            ),
+            take: format!(
+                "UPDATE {leases} SET owner = $1, expires_at = now() + make_interval(secs => $2) \
+                 WHERE slot IN (SELECT slot FROM {leases} WHERE owner IS NULL OR expires_at <= now() \
+                   ORDER BY slot LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING slot"
+            ),
+            release_all: format!(
+                "UPDATE {leases} SET owner = NULL, expires_at = NULL WHERE owner = $1"
+            ),
+            forget: format!("DELETE FROM {relays} WHERE owner = $1"),
+            // The window `w`: the oldest `$2` rows of the leased slots whose key is not in
+            // flight (`$3`), not parked and not waiting for a retry (so a blocked key with a
+            // long queue cannot fill the window and starve the others); then the first row of
+            // each key in it. The slot and in-flight tests are hashed subplans (`NOT IN` over
+            // `unnest`), one hash probe per row: `slot = ANY($1)` compares each row with
+            // every leased slot, and `slot IN (...)` lets the planner pick a join that reads
+            // the whole table. The wide columns are read in the window's index scan, once. The
+            // scan starts at the floor (ADR 0017), past the index entries of deleted rows.
+            claim: format!(
+                "SELECT * FROM (SELECT DISTINCT ON (w.key) * FROM \
+                   (SELECT {o_cols} FROM {outbox} o \
+                     WHERE o.seq >= (SELECT f.floor_seq FROM {floor} f) \
+                     AND NOT (o.slot NOT IN (SELECT unnest($1::int4[]))) \
+                     AND o.key NOT IN (SELECT unnest($3::text[])) \
+                     AND NOT EXISTS (SELECT 1 FROM {dead} d WHERE d.key = o.key) \
+                     AND NOT EXISTS (SELECT 1 FROM {outbox} b WHERE b.key = o.key \
+                       AND b.next_attempt_at IS NOT NULL AND b.next_attempt_at > now()) \
+                     ORDER BY o.seq LIMIT $2) w \
+                   ORDER BY w.key, w.seq) f \
+                 ORDER BY f.seq"
+            ),
+            // Run after `floor_lock` in the same transaction, so its snapshot sees every retry
+            // that lowered the floor before the lock was taken, and no retry lowers it until
+            // this commits. When every transaction with an id below `bound_xid` has ended (the
+            // oldest running one, `h`, is not below it), each row with a `seq` up to `bound_seq`
+            // is visible or gone, so the floor rises to the first live row, at most
+            // `bound_seq + 1`. The bound then moves to the last value read before this
+            // statement's snapshot (`seen_seq`) and that snapshot's next id (`x`).
+            floor_lock: format!("SELECT floor_seq FROM {floor} FOR UPDATE SKIP LOCKED"),
+            floor_advance: format!(
+                "WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8 AS h, \
+                   pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS x, \
+                   COALESCE({LAST_OUTBOX_SEQ}, 0) AS last) \
+                 UPDATE {floor} f SET \
+                   floor_seq = CASE WHEN s.h >= f.bound_xid THEN LEAST(f.bound_seq + 1, COALESCE( \
+                     (SELECT o.seq FROM {outbox} o WHERE o.seq >= f.floor_seq ORDER BY o.seq LIMIT 1), \
+                     f.bound_seq + 1)) ELSE f.floor_seq END, \
+                   bound_seq = CASE WHEN s.h >= f.bound_xid THEN f.seen_seq ELSE f.bound_seq END, \
+                   bound_xid = CASE WHEN s.h >= f.bound_xid THEN s.x ELSE f.bound_xid END, \
+                   seen_seq = s.last \
+                 FROM s RETURNING f.floor_seq"
+            ),
+            complete: format!(
+                "DELETE FROM {outbox} o WHERE o.seq = ANY($2) AND \
+                 (SELECT l.owner FROM {leases} l WHERE l.slot = o.slot AND l.expires_at > now()) = $1"
+            ),
+            fail: format!(
+                "UPDATE {outbox} SET attempts = attempts + 1, last_error = $2, \
+                 next_attempt_at = now() + make_interval(secs => $3) WHERE seq = $1"
+            ),
+            park: format!(
+                "WITH moved AS (DELETE FROM {outbox} WHERE seq = $1 RETURNING *) \
+                 INSERT INTO {dead} (seq, {MOVED}, attempts, last_error, next_attempt_at, error, parked_at) \
+                 SELECT seq, {MOVED}, attempts + 1, $2, next_attempt_at, $2, now() FROM moved"
+            ),
+            dead: format!("SELECT {cols}, error, parked_at FROM {dead} ORDER BY seq LIMIT $1"),
+            // The retried row keeps its `seq`, which may be below the floor: the floor is
+            // lowered in the same transaction (ADR 0017).
+            retry: format!(
+                "WITH moved AS (DELETE FROM {dead} WHERE seq = $1 RETURNING *), \
+                 lowered AS (UPDATE {floor} SET floor_seq = LEAST(floor_seq, $1) \
+                   WHERE EXISTS (SELECT 1 FROM moved)) \
+                 INSERT INTO {outbox} (seq, {MOVED}, attempts) OVERRIDING SYSTEM VALUE \
+                 SELECT seq, {MOVED}, 0 FROM moved"
+            ),
+            skip: format!("DELETE FROM {dead} WHERE seq = $1"),
+        }
+    }
+}

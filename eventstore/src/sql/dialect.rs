@@ -1,0 +1,172 @@
+//! What PostgreSQL and SQLite write differently, in one place.
+//!
+//! The shared statements ([`super::read`], [`super::projections`]) are written once, in
+//! PostgreSQL's form (`$1` placeholders); a [`Dialect`] turns them into its backend's form and
+//! supplies the pieces that differ: column casts, locking clauses, the snapshot upsert, and the
+//! few behaviours that only one backend has (PostgreSQL's relation locks before a view swap).
+//! A difference between the two SQL backends lives here and nowhere else.
+
+use std::future::Future;
+
+use crate::error::StoreError;
+use crate::naming::Naming;
+
+/// One SQL backend's way of writing the shared statements.
+pub(crate) trait Dialect: Send + Sync + 'static {
+    /// The sqlx database of the backend.
+    type DB: sqlx::Database;
+
+    /// The backend's name, as the admin trait reports it.
+    const BACKEND: &'static str;
+
+    /// Appended to a `SELECT` that locks the row it reads (nothing where the write transaction
+    /// is the lock).
+    const FOR_UPDATE: &'static str;
+
+    /// Appended to the projection checkpoint's `SELECT ... JOIN`: the projection row shared, the
+    /// checkpoint row exclusive.
+    const LOCK_CHECKPOINT: &'static str;
+
+    /// Appended to `DROP TABLE`: also drop the views that read the table.
+    const DROP_CASCADE: &'static str;
+
+    /// The expression of an event row's commit key (ADR 0007).
+    const COMMIT_KEY: &'static str;
+
+    /// A statement written with `$n` placeholders, in this backend's placeholder form.
+    fn placeholders(sql: &str) -> String;
+
+    /// `expr` read as a `BIGINT`.
+    fn int8(expr: &str) -> String;
+
+    /// `expr` (a JSON column) read as text.
+    fn text(expr: &str) -> String;
+
+    /// The statement that saves a snapshot unless a newer one is stored: `$1` stream type, `$2`
+    /// stream id, `$3` version, `$4` snapshot version, `$5` state, `$6` taken at.
+    fn save_snapshot(snapshots: &str) -> String;
+
+    /// The schema the projection tables and views live in.
+    fn schema(naming: &Naming) -> Option<&str>;
+
+    /// Whether projections may read beside an open unit of work (a second connection exists).
+    fn reads_beside_unit_of_work(pool: &sqlx::Pool<Self::DB>) -> bool;
+
+    /// Locks the existing `relations` (quoted names) before their views are replaced or their
+    /// tables dropped; `false` when the locks could not be had in time (nothing changed).
+    fn lock_relations<'a>(
+        conn: &'a mut <Self::DB as sqlx::Database>::Connection,
+        relations: &'a [String],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'a;
+}
+
+/// PostgreSQL.
+#[cfg(feature = "postgres")]
+pub(crate) struct Pg;
+
+#[cfg(feature = "postgres")]
+impl Dialect for Pg {
+    type DB = sqlx::Postgres;
+    const BACKEND: &'static str = "postgres";
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const LOCK_CHECKPOINT: &'static str = " FOR SHARE OF p FOR UPDATE OF c";
+    const DROP_CASCADE: &'static str = " CASCADE";
+    const COMMIT_KEY: &'static str = "commit_key";
+
+    fn placeholders(sql: &str) -> String {
+        sql.to_owned()
+    }
+
+    fn int8(expr: &str) -> String {
+        format!("{expr}::int8")
+    }
+
+    fn text(expr: &str) -> String {
+        format!("{expr}::text")
+    }
+
+    fn save_snapshot(snapshots: &str) -> String {
+        format!(
+            "INSERT INTO {snapshots} AS s (stream_type, stream_id, version, snapshot_version, state, taken_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (stream_type, stream_id) DO UPDATE SET \
+             version = EXCLUDED.version, snapshot_version = EXCLUDED.snapshot_version, state = EXCLUDED.state, \
+             taken_at = EXCLUDED.taken_at WHERE s.version <= EXCLUDED.version"
+        )
+    }
+
+    fn schema(naming: &Naming) -> Option<&str> {
+        naming.schema()
+    }
+
+    fn reads_beside_unit_of_work(_pool: &sqlx::PgPool) -> bool {
+        true
+    }
+
+    fn lock_relations<'a>(
+        conn: &'a mut sqlx::PgConnection,
+        relations: &'a [String],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'a {
+        crate::postgres::projections::lock_all(conn, relations)
+    }
+}
+
+/// SQLite.
+#[cfg(feature = "sqlite")]
+pub(crate) struct Lite;
+
+#[cfg(feature = "sqlite")]
+impl Dialect for Lite {
+    type DB = sqlx::Sqlite;
+    const BACKEND: &'static str = "sqlite";
+    // Writers are serialized by `BEGIN IMMEDIATE`: the write transaction is the lock.
+    const FOR_UPDATE: &'static str = "";
+    const LOCK_CHECKPOINT: &'static str = "";
+    const DROP_CASCADE: &'static str = "";
+    // Positions are commit order: every event's commit key is 0.
+    const COMMIT_KEY: &'static str = "0";
+
+    fn placeholders(sql: &str) -> String {
+        let mut out = String::with_capacity(sql.len());
+        let mut chars = sql.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+                out.push('?');
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    fn int8(expr: &str) -> String {
+        expr.to_owned()
+    }
+
+    fn text(expr: &str) -> String {
+        expr.to_owned()
+    }
+
+    fn save_snapshot(snapshots: &str) -> String {
+        format!(
+            "INSERT INTO {snapshots} (stream_type, stream_id, version, snapshot_version, state, taken_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (stream_type, stream_id) DO UPDATE SET \
+             version = excluded.version, snapshot_version = excluded.snapshot_version, state = excluded.state, \
+             taken_at = excluded.taken_at WHERE version <= excluded.version"
+        )
+    }
+
+    fn schema(_naming: &Naming) -> Option<&str> {
+        None
+    }
+
+    fn reads_beside_unit_of_work(pool: &sqlx::SqlitePool) -> bool {
+        pool.options().get_max_connections() > 1
+    }
+
+    fn lock_relations<'a>(
+        _conn: &'a mut sqlx::SqliteConnection,
+        _relations: &'a [String],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'a {
+        std::future::ready(Ok(true))
+    }
+}

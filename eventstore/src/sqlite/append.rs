@@ -1,0 +1,133 @@
+//! Appends: in the unit of work's `BEGIN IMMEDIATE` transaction, one row per event, the version
+//! checked first and inside a savepoint, and the outbox rows of the events beside them.
+
+use eventfold_core::{NewEvent, OutboxMessage, StreamId};
+
+use super::*;
+use crate::error::{ExpectedVersion, StoreError};
+use crate::outbox::OUTBOX_SLOTS;
+use crate::sql::{self, db_err, to_i64, to_u64};
+use crate::store::{AppendResult, fill_source, validate_append};
+
+impl SqliteUnitOfWork {
+    pub(super) async fn append_in_savepoint(
+        &mut self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        mut events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        validate_append(stream_id, &events)?;
+        fill_source(&mut events, &self.source);
+        let current = version_on(&mut self.tx, &self.sql.read, stream_id).await?;
+        if !expected.matches(current) {
+            return Err(StoreError::VersionConflict {
+                stream_id: stream_id.clone(),
+                expected,
+                actual: Some(current),
+            });
+        }
+        // SQLite has no savepoint-free way to undo part of a statement list: insert into a
+        // savepoint so a failed append leaves the unit of work as it was.
+        sqlx::query("SAVEPOINT eventfold_append")
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err("appending events", &self.sql.events))?;
+        let mut positions = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            let version = to_i64(current + 1 + i as u64, stream_id)?;
+            let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(&self.sql.insert_event)
+                .bind(event.event_id)
+                .bind(stream_id.stream_type())
+                .bind(stream_id.id())
+                .bind(version)
+                .bind(&event.event_type)
+                .bind(i64::from(event.schema_version))
+                .bind(&event.payload)
+                .bind(event.timestamp)
+                .bind(&event.source)
+                .bind(event.correlation_id)
+                .bind(event.causation_id)
+                .bind(&event.tenant_id)
+                .bind(sql::headers_json(&event.headers))
+                .fetch_one(&mut *self.tx)
+                .await;
+            match inserted {
+                Ok((position,)) => {
+                    positions.push(to_u64(position, &self.sql.events, "global position")?)
+                }
+                Err(e) => {
+                    let _ = sqlx::query("ROLLBACK TO SAVEPOINT eventfold_append")
+                        .execute(&mut *self.tx)
+                        .await;
+                    let _ = sqlx::query("RELEASE SAVEPOINT eventfold_append")
+                        .execute(&mut *self.tx)
+                        .await;
+                    return Err(match sql::unique_violation(&e) {
+                        Some(c) if c.contains("event_id") => StoreError::DuplicateEventId {
+                            stream_id: stream_id.clone(),
+                            event_id: event.event_id,
+                        },
+                        Some(_) => StoreError::VersionConflict {
+                            stream_id: stream_id.clone(),
+                            expected,
+                            actual: None,
+                        },
+                        None => db_err("appending events", &self.sql.events)(e),
+                    });
+                }
+            }
+        }
+        if let Some(routing) = self.routing.clone() {
+            let recorded: Vec<_> = events
+                .iter()
+                .cloned()
+                .zip(&positions)
+                .enumerate()
+                .map(|(i, (e, p))| e.into_recorded(stream_id.clone(), current + 1 + i as u64, *p))
+                .collect();
+            if let Err(e) = self.insert_outbox(routing.messages_for(&recorded)).await {
+                let _ = sqlx::query("ROLLBACK TO SAVEPOINT eventfold_append")
+                    .execute(&mut *self.tx)
+                    .await;
+                let _ = sqlx::query("RELEASE SAVEPOINT eventfold_append")
+                    .execute(&mut *self.tx)
+                    .await;
+                return Err(e);
+            }
+        }
+        sqlx::query("RELEASE SAVEPOINT eventfold_append")
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err("appending events", &self.sql.events))?;
+        self.wrote_events = true;
+        Ok(AppendResult {
+            previous_version: current,
+            version: current + events.len() as u64,
+            positions,
+        })
+    }
+
+    pub(super) async fn insert_outbox(
+        &mut self,
+        messages: Vec<OutboxMessage>,
+    ) -> Result<(), StoreError> {
+        let now = eventfold_core::metadata::now_micros();
+        for m in messages {
+            sqlx::query(&self.sql.insert_outbox)
+                .bind(m.id)
+                .bind(&m.aggregate_type)
+                .bind(&m.aggregate_id)
+                .bind(&m.message_type)
+                .bind(&m.payload)
+                .bind(&m.topic)
+                .bind(&m.key)
+                .bind(sql::headers_json(&m.headers))
+                .bind(OutboxMessage::slot_of(&m.key, OUTBOX_SLOTS) as i32)
+                .bind(now)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db_err("writing an outbox row", &self.sql.outbox))?;
+        }
+        Ok(())
+    }
+}

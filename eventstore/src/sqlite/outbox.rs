@@ -1,0 +1,252 @@
+//! The outbox: its status and rows, and the relay's store (leases, claims, dead letters; ADR
+//! 0009).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::*;
+use crate::error::StoreError;
+use crate::outbox::{DeadLetter, OutboxRelayStore, OutboxRow, OutboxStatus, fair_share};
+use crate::sql::{self, db_err, to_u64};
+
+pub(super) fn json_list<T: serde::Serialize>(values: &[T]) -> String {
+    serde_json::to_string(values).unwrap_or_else(|_| "[]".to_owned())
+}
+
+pub(super) fn after(duration: Duration) -> DateTime<Utc> {
+    eventfold_core::metadata::now_micros()
+        + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+pub(super) fn before(duration: Duration) -> DateTime<Utc> {
+    eventfold_core::metadata::now_micros()
+        - chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+impl OutboxRelayStore for SqliteStore {
+    async fn lease_slots(&self, owner: Uuid, ttl: Duration) -> Result<Vec<u32>, StoreError> {
+        let r = &self.relay;
+        let err = |op| db_err(op, &r.leases);
+        let now = eventfold_core::metadata::now_micros();
+        let mut tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
+            .await
+            .map_err(err("starting a lease transaction"))?;
+        sqlx::query(&r.heartbeat)
+            .bind(owner)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(err("heartbeating"))?;
+        sqlx::query(&r.forget_old)
+            .bind(before(ttl * 3))
+            .execute(&mut *tx)
+            .await
+            .map_err(err("forgetting relays"))?;
+        let (live,): (i64,) = sqlx::query_as(&r.live)
+            .bind(before(ttl))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err("counting live relays"))?;
+        let share = fair_share(u64::try_from(live).unwrap_or(1));
+        let mine: Vec<(i64,)> = sqlx::query_as(&r.mine)
+            .bind(owner)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(err("reading leases"))?;
+        let mut mine: Vec<i64> = mine.into_iter().map(|(s,)| s).collect();
+        if mine.len() > share {
+            let extra = mine.split_off(share);
+            sqlx::query(&r.release_some)
+                .bind(owner)
+                .bind(json_list(&extra))
+                .execute(&mut *tx)
+                .await
+                .map_err(err("releasing leases"))?;
+        }
+        sqlx::query(&r.renew)
+            .bind(owner)
+            .bind(after(ttl))
+            .bind(json_list(&mine))
+            .execute(&mut *tx)
+            .await
+            .map_err(err("renewing leases"))?;
+        if mine.len() < share {
+            let taken: Vec<(i64,)> = sqlx::query_as(&r.take)
+                .bind(owner)
+                .bind(after(ttl))
+                .bind(now)
+                .bind(i64::try_from(share - mine.len()).unwrap_or(0))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(err("taking leases"))?;
+            mine.extend(taken.into_iter().map(|(s,)| s));
+        }
+        tx.commit().await.map_err(err("committing leases"))?;
+        let mut slots: Vec<u32> = mine
+            .into_iter()
+            .filter_map(|s| u32::try_from(s).ok())
+            .collect();
+        slots.sort_unstable();
+        Ok(slots)
+    }
+
+    async fn release_slots(&self, owner: Uuid) -> Result<(), StoreError> {
+        let r = &self.relay;
+        let mut tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
+            .await
+            .map_err(db_err("releasing leases", &r.leases))?;
+        sqlx::query(&r.release_all)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("releasing leases", &r.leases))?;
+        sqlx::query(&r.forget)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("releasing leases", &r.leases))?;
+        tx.commit()
+            .await
+            .map_err(db_err("releasing leases", &r.leases))
+    }
+
+    async fn claim_outbox(
+        &self,
+        slots: &[u32],
+        limit: usize,
+        in_flight: &[&str],
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let rows: Vec<sql::OutboxDbRow> = sqlx::query_as(&self.relay.claim)
+            .bind(json_list(slots))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(eventfold_core::metadata::now_micros())
+            .bind(json_list(in_flight))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("claiming outbox rows", &self.sql.outbox))?;
+        rows.into_iter()
+            .map(|r| sql::outbox_row(r, &self.sql.outbox))
+            .collect()
+    }
+
+    async fn complete_outbox(&self, owner: Uuid, seqs: &[u64]) -> Result<u64, StoreError> {
+        let done = sqlx::query(&self.relay.complete)
+            .bind(owner)
+            .bind(json_list(seqs))
+            .bind(eventfold_core::metadata::now_micros())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("deleting published outbox rows", &self.sql.outbox))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn fail_outbox(
+        &self,
+        seq: u64,
+        error: &str,
+        retry_after: Duration,
+    ) -> Result<(), StoreError> {
+        sqlx::query(&self.relay.fail)
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .bind(error)
+            .bind(after(retry_after))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("recording a failed publish", &self.sql.outbox))?;
+        Ok(())
+    }
+
+    async fn park_outbox(&self, seq: u64, error: &str) -> Result<(), StoreError> {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        let err = || db_err("parking an outbox row", &self.sql.outbox);
+        let mut tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
+            .await
+            .map_err(err())?;
+        sqlx::query(&self.relay.park_copy)
+            .bind(seq)
+            .bind(error)
+            .bind(eventfold_core::metadata::now_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(err())?;
+        sqlx::query(&self.relay.park_delete)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(err())?;
+        tx.commit().await.map_err(err())
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows: Vec<sql::DeadDbRow> = sqlx::query_as(&self.relay.dead)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("reading dead letters", &self.relay.dead_table))?;
+        rows.into_iter()
+            .map(|r| sql::dead_letter(r, &self.relay.dead_table))
+            .collect()
+    }
+
+    async fn retry_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        let err = || db_err("retrying a dead letter", &self.relay.dead_table);
+        let mut tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
+            .await
+            .map_err(err())?;
+        let copied = sqlx::query(&self.relay.retry_copy)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(err())?;
+        sqlx::query(&self.relay.skip)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(err())?;
+        tx.commit().await.map_err(err())?;
+        Ok(copied.rows_affected() == 1)
+    }
+
+    async fn skip_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
+        let done = sqlx::query(&self.relay.skip)
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("skipping a dead letter", &self.relay.dead_table))?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+impl SqliteStore {
+    pub(super) async fn read_outbox_status(&self) -> Result<OutboxStatus, StoreError> {
+        let (pending, oldest, dead): (i64, Option<DateTime<Utc>>, i64) =
+            sqlx::query_as(&self.sql.outbox_status)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err("reading the outbox status", &self.sql.outbox))?;
+        Ok(OutboxStatus {
+            pending: to_u64(pending, &self.sql.outbox, "count")?,
+            oldest,
+            dead_letters: to_u64(dead, &self.sql.outbox, "count")?,
+            floor_lag: None,
+        })
+    }
+
+    pub(super) async fn read_outbox_rows(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let rows: Vec<sql::OutboxDbRow> = sqlx::query_as(&self.sql.read_outbox)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("reading the outbox", &self.sql.outbox))?;
+        rows.into_iter()
+            .map(|r| sql::outbox_row(r, &self.sql.outbox))
+            .collect()
+    }
+}

@@ -1,0 +1,179 @@
+//! The statements of the SQLite store, built once per [`Naming`] (ADR 0009).
+
+use crate::naming::Naming;
+use crate::sql::dialect::Lite;
+use crate::sql::read::ReadSql;
+use crate::sql::{self, EVENT_COLUMNS};
+
+pub(super) struct Statements {
+    pub(super) inbox: String,
+    pub(super) mark_inbox: String,
+    pub(super) park_message: String,
+    pub(super) parked_messages: String,
+    pub(super) outbox: String,
+    pub(super) insert_outbox: String,
+    pub(super) outbox_status: String,
+    pub(super) read_outbox: String,
+    pub(super) log_end: String,
+    pub(super) read_log: String,
+    pub(super) events: String,
+    /// Streams, snapshots and commands (shared with PostgreSQL).
+    pub(super) read: ReadSql,
+    pub(super) insert_event: String,
+}
+
+impl Statements {
+    pub(super) fn new(naming: &Naming) -> Self {
+        let events = naming.table("events");
+        let outbox = naming.table("outbox");
+        let outbox_dead = naming.table("outbox_dead");
+        let inbox = naming.table("inbox");
+        let inbox_dead = naming.table("inbox_dead");
+        Self {
+            mark_inbox: format!(
+                "INSERT INTO {inbox} (consumer, message_id, processed_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING"
+            ),
+            park_message: format!(
+                "INSERT INTO {inbox_dead} (consumer, message_id, topic, partition, \"offset\", key, type, payload, headers, \
+                 attempts, error, parked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                 ON CONFLICT (consumer, message_id) DO UPDATE SET attempts = excluded.attempts, error = excluded.error, \
+                 parked_at = excluded.parked_at"
+            ),
+            parked_messages: format!(
+                "SELECT message_id, topic, partition, \"offset\", key, type, payload, headers, attempts, error, parked_at \
+                 FROM {inbox_dead} WHERE consumer = ?1 ORDER BY parked_at LIMIT ?2"
+            ),
+            inbox,
+            insert_outbox: format!(
+                "INSERT INTO {outbox} (id, aggregatetype, aggregateid, type, payload, topic, key, headers, slot, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            ),
+            outbox_status: format!(
+                "SELECT (SELECT COUNT(*) FROM {outbox}), (SELECT MIN(created_at) FROM {outbox}), \
+                 (SELECT COUNT(*) FROM {outbox_dead})"
+            ),
+            read_outbox: format!(
+                "SELECT {} FROM {outbox} ORDER BY seq LIMIT ?1",
+                sql::OUTBOX_COLUMNS
+            ),
+            outbox,
+            log_end: format!("SELECT COALESCE(MAX(global_position), 0) FROM {events}"),
+            read_log: format!(
+                "SELECT 0, stream_type, stream_id, {EVENT_COLUMNS}, headers FROM {events} \
+                 WHERE global_position > ?1 AND global_position <= ?2 \
+                 AND (?3 IS NULL OR event_type IN (SELECT value FROM json_each(?3))) \
+                 AND (?4 IS NULL OR stream_type IN (SELECT value FROM json_each(?4))) \
+                 AND (?5 IS NULL OR tenant_id = ?5) \
+                 ORDER BY global_position LIMIT ?6"
+            ),
+            insert_event: format!(
+                "INSERT INTO {events} (event_id, stream_type, stream_id, stream_version, event_type, schema_version, \
+                 payload, recorded_at, source, correlation_id, causation_id, tenant_id, headers) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) RETURNING global_position"
+            ),
+            read: ReadSql::new::<Lite>(naming),
+            events,
+        }
+    }
+}
+
+/// The relay's statements (ADR 0009).
+pub(super) struct RelaySql {
+    pub(super) leases: String,
+    pub(super) heartbeat: String,
+    pub(super) forget_old: String,
+    pub(super) live: String,
+    pub(super) mine: String,
+    pub(super) release_some: String,
+    pub(super) renew: String,
+    pub(super) take: String,
+    pub(super) release_all: String,
+    pub(super) forget: String,
+    pub(super) claim: String,
+    pub(super) complete: String,
+    pub(super) fail: String,
+    pub(super) park_copy: String,
+    pub(super) park_delete: String,
+    pub(super) dead: String,
+    pub(super) dead_table: String,
+    pub(super) retry_copy: String,
+    pub(super) skip: String,
+}
+
+/// Columns of a row moved between the outbox and its dead letters.
+pub(super) const MOVED: &str =
+    "id, aggregatetype, aggregateid, type, payload, topic, key, headers, slot, created_at";
+
+impl RelaySql {
+    pub(super) fn new(naming: &Naming) -> Self {
+        let outbox = naming.table("outbox");
+        let dead = naming.table("outbox_dead");
+        let leases = naming.table("outbox_leases");
+        let relays = naming.table("outbox_relays");
+        let cols = sql::OUTBOX_COLUMNS;
+        let o_cols = cols
+            .split(", ")
+            .map(|c| format!("o.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Self {
+            heartbeat: format!(
+                "INSERT INTO {relays} (owner, heartbeat_at) VALUES (?1, ?2) \
+                 ON CONFLICT (owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
+            ),
+            forget_old: format!("DELETE FROM {relays} WHERE heartbeat_at < ?1"),
+            live: format!("SELECT COUNT(*) FROM {relays} WHERE heartbeat_at > ?1"),
+            mine: format!(
+                "SELECT slot FROM {leases} WHERE owner = ?1 AND expires_at > ?2 ORDER BY slot"
+            ),
+            release_some: format!(
+                "UPDATE {leases} SET owner = NULL, expires_at = NULL \
+                 WHERE owner = ?1 AND slot IN (SELECT value FROM json_each(?2))"
+            ),
+            renew: format!(
+                "UPDATE {leases} SET expires_at = ?2 WHERE owner = ?1 AND slot IN (SELECT value FROM json_each(?3))"
+            ),
+            take: format!(
+                "UPDATE {leases} SET owner = ?1, expires_at = ?2 WHERE slot IN \
+                 (SELECT slot FROM {leases} WHERE owner IS NULL OR expires_at <= ?3 ORDER BY slot LIMIT ?4) \
+                 RETURNING slot"
+            ),
+            release_all: format!(
+                "UPDATE {leases} SET owner = NULL, expires_at = NULL WHERE owner = ?1"
+            ),
+            forget: format!("DELETE FROM {relays} WHERE owner = ?1"),
+            // As on PostgreSQL: a window of rows whose key is not in flight, parked or
+            // waiting for a retry, then the first row of each key in it.
+            claim: format!(
+                "WITH w AS (SELECT seq, key FROM {outbox} o \
+                   WHERE slot IN (SELECT value FROM json_each(?1)) \
+                   AND key NOT IN (SELECT value FROM json_each(?4)) \
+                   AND NOT EXISTS (SELECT 1 FROM {dead} d WHERE d.key = o.key) \
+                   AND NOT EXISTS (SELECT 1 FROM {outbox} b WHERE b.key = o.key \
+                     AND b.next_attempt_at IS NOT NULL AND b.next_attempt_at > ?3) \
+                   ORDER BY seq LIMIT ?2), \
+                 c AS (SELECT min(seq) AS seq FROM w GROUP BY key) \
+                 SELECT {o_cols} FROM {outbox} o WHERE o.seq IN (SELECT seq FROM c) ORDER BY o.seq"
+            ),
+            complete: format!(
+                "DELETE FROM {outbox} WHERE seq IN (SELECT value FROM json_each(?2)) AND slot IN \
+                 (SELECT slot FROM {leases} WHERE owner = ?1 AND expires_at > ?3)"
+            ),
+            fail: format!(
+                "UPDATE {outbox} SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3 WHERE seq = ?1"
+            ),
+            park_copy: format!(
+                "INSERT INTO {dead} (seq, {MOVED}, attempts, last_error, next_attempt_at, error, parked_at) \
+                 SELECT seq, {MOVED}, attempts + 1, ?2, next_attempt_at, ?2, ?3 FROM {outbox} WHERE seq = ?1"
+            ),
+            park_delete: format!("DELETE FROM {outbox} WHERE seq = ?1"),
+            dead: format!("SELECT {cols}, error, parked_at FROM {dead} ORDER BY seq LIMIT ?1"),
+            retry_copy: format!(
+                "INSERT INTO {outbox} (seq, {MOVED}, attempts) SELECT seq, {MOVED}, 0 FROM {dead} WHERE seq = ?1"
+            ),
+            skip: format!("DELETE FROM {dead} WHERE seq = ?1"),
+            dead_table: dead,
+            leases,
+        }
+    }
+}
