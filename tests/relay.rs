@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use eventfold::eventstore::contract::billing_request;
 use eventfold::eventstore::{
     EventStore, ExpectedVersion, OutboxRelayStore, OutboxRouting, UnitOfWork,
 };
@@ -289,14 +290,7 @@ async fn rolled_back_transaction_publishes_nothing<S: OutboxRelayStore>(store: S
     )
     .await
     .unwrap();
-    uow.enqueue(vec![OutboxMessage::new(
-        "billing",
-        "c-1",
-        "billing.requested",
-        b"{}".to_vec(),
-    )])
-    .await
-    .unwrap();
+    uow.enqueue(vec![billing_request("c-1")]).await.unwrap();
     uow.rollback().await.unwrap();
     let mut relay = Relay::new(store.clone(), broker.clone()).with_config(config());
     relay.run_once().await.unwrap();
@@ -313,14 +307,7 @@ async fn rolled_back_transaction_publishes_nothing<S: OutboxRelayStore>(store: S
     )
     .await
     .unwrap();
-    uow.enqueue(vec![OutboxMessage::new(
-        "billing",
-        "c-1",
-        "billing.requested",
-        b"{}".to_vec(),
-    )])
-    .await
-    .unwrap();
+    uow.enqueue(vec![billing_request("c-1")]).await.unwrap();
     uow.commit().await.unwrap();
     relay.run_once().await.unwrap();
     assert_eq!(
@@ -348,14 +335,7 @@ async fn enqueued_message_wakes_a_waiting_relay<S: OutboxRelayStore>(store: S) {
     tokio::time::sleep(Duration::from_millis(300)).await; // the relay is idle, waiting
     let sent = Instant::now();
     let mut uow = store.begin().await.unwrap();
-    uow.enqueue(vec![OutboxMessage::new(
-        "billing",
-        "c-1",
-        "billing.requested",
-        b"{}".to_vec(),
-    )])
-    .await
-    .unwrap();
+    uow.enqueue(vec![billing_request("c-1")]).await.unwrap();
     uow.commit().await.unwrap();
     while broker.records("billing").is_empty() {
         assert!(
