@@ -234,14 +234,13 @@ impl<S: ProjectionStore> Ctx<S> {
             let _ = uow.rollback().await;
             return Ok(Outcome::Moved);
         }
-        let mut applied = 0;
-        if batched {
+        let applied = if batched {
             match self
                 .projection
                 .apply_batch(&mut uow, &tables, events, &self.upcasters)
                 .await
             {
-                Ok(n) => applied = n,
+                Ok(n) => n,
                 Err((index, error)) => {
                     let _ = uow.rollback().await;
                     // A single event's batch failing is that event's failure.
@@ -251,7 +250,7 @@ impl<S: ProjectionStore> Ctx<S> {
             }
         } else {
             match self.apply_each(&mut uow, &tables, events).await {
-                Ok(n) => applied = n,
+                Ok(n) => n,
                 Err((index, error)) => {
                     let _ = uow.rollback().await;
                     return Ok(Outcome::Failed {
@@ -260,7 +259,7 @@ impl<S: ProjectionStore> Ctx<S> {
                     });
                 }
             }
-        }
+        };
         self.store
             .save_projection_checkpoint(&mut uow, name, generation, end, position)
             .await?;
