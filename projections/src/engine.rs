@@ -11,8 +11,8 @@ use eventfold_eventstore::{
 };
 
 use crate::error::ProjectionError;
+use crate::options::{ProjectionOptions, RebuildProgress, RebuildReport};
 use crate::projection::{ErasedProjection, Tables};
-use crate::registry::{ProjectionOptions, RebuildProgress, RebuildReport};
 
 /// Who applies a batch: the runner serving the active generation, or a build of a newer one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,14 +234,13 @@ impl<S: ProjectionStore> Ctx<S> {
             let _ = uow.rollback().await;
             return Ok(Outcome::Moved);
         }
-        let mut applied = 0;
-        if batched {
+        let applied = if batched {
             match self
                 .projection
                 .apply_batch(&mut uow, &tables, events, &self.upcasters)
                 .await
             {
-                Ok(n) => applied = n,
+                Ok(n) => n,
                 Err((index, error)) => {
                     let _ = uow.rollback().await;
                     // A single event's batch failing is that event's failure.
@@ -250,29 +249,45 @@ impl<S: ProjectionStore> Ctx<S> {
                 }
             }
         } else {
-            for (index, e) in events.iter().enumerate() {
-                match self
-                    .projection
-                    .apply(&mut uow, &tables, &e.event, &self.upcasters)
-                    .await
-                {
-                    Ok(true) => applied += 1,
-                    Ok(false) => {}
-                    Err(error) => {
-                        let _ = uow.rollback().await;
-                        return Ok(Outcome::Failed {
-                            index: Some(index),
-                            error,
-                        });
-                    }
+            match self.apply_each(&mut uow, &tables, events).await {
+                Ok(n) => n,
+                Err((index, error)) => {
+                    let _ = uow.rollback().await;
+                    return Ok(Outcome::Failed {
+                        index: Some(index),
+                        error,
+                    });
                 }
             }
-        }
+        };
         self.store
             .save_projection_checkpoint(&mut uow, name, generation, end, position)
             .await?;
         uow.commit().await?;
         Ok(Outcome::Committed { applied })
+    }
+
+    /// Applies `events` one by one in `uow`: how many were for this projection, or the index of
+    /// the first that failed and its error (the caller rolls back).
+    async fn apply_each(
+        &self,
+        uow: &mut S::UnitOfWork,
+        tables: &Tables,
+        events: &[LogEvent],
+    ) -> Result<u64, (usize, BoxError)> {
+        let mut applied = 0;
+        for (index, e) in events.iter().enumerate() {
+            match self
+                .projection
+                .apply(uow, tables, &e.event, &self.upcasters)
+                .await
+            {
+                Ok(true) => applied += 1,
+                Ok(false) => {}
+                Err(error) => return Err((index, error)),
+            }
+        }
+        Ok(applied)
     }
 
     async fn locked(
@@ -719,18 +734,11 @@ impl<S: ProjectionStore> Ctx<S> {
         let mut position = position;
         let reads = self.store.reads_beside_unit_of_work();
         loop {
-            for e in &tail {
-                match self
-                    .projection
-                    .apply(&mut uow, &tables, &e.event, &self.upcasters)
-                    .await
-                {
-                    Ok(true) => applied += 1,
-                    Ok(false) => {}
-                    Err(error) => {
-                        let _ = uow.rollback().await;
-                        return Err(self.fail_fast(e, error).await);
-                    }
+            match self.apply_each(&mut uow, &tables, &tail).await {
+                Ok(n) => applied += n,
+                Err((index, error)) => {
+                    let _ = uow.rollback().await;
+                    return Err(self.fail_fast(&tail[index], error).await);
                 }
             }
             // Under the lock no runner applies to the active generation: what this read sees

@@ -16,8 +16,8 @@ use eventfold_outbox::{Handler, Record, headers};
 
 use crate::engine::Ctx;
 use crate::error::ProjectionError;
+use crate::options::ProjectionOptions;
 use crate::projection::{Projection, Tables, Wrapped};
-use crate::registry::ProjectionOptions;
 
 /// A projection applied to broker records. See the [module docs](self).
 pub struct ProjectionHandler<P> {

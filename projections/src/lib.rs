@@ -122,6 +122,7 @@ mod engine;
 pub mod error;
 pub mod handler;
 pub mod memory;
+mod options;
 pub mod projection;
 pub mod registry;
 pub mod runner;

@@ -11,11 +11,12 @@ use tokio::task::JoinHandle;
 
 use crate::engine::{Ctx, Outcome, Role, max_position, pause_after};
 use crate::error::ProjectionError;
-use crate::registry::{ErrorPolicy, Projections};
+use crate::options::ErrorPolicy;
 
 /// Runs the projections of a registry. See [`Runner::start`] and [`Runner::run`].
 pub struct Runner<S: ProjectionStore> {
-    projections: Projections<S>,
+    store: S,
+    contexts: Vec<Ctx<S>>,
     poll_interval: Duration,
     control_interval: Duration,
 }
@@ -36,9 +37,11 @@ pub struct RunnerHandle<S: ProjectionStore> {
 }
 
 impl<S: ProjectionStore> Runner<S> {
-    pub(crate) fn new(projections: Projections<S>) -> Self {
+    /// A runner of `contexts` (one a projection) over `store`.
+    pub(crate) fn new(store: S, contexts: Vec<Ctx<S>>) -> Self {
         Self {
-            projections,
+            store,
+            contexts,
             poll_interval: Duration::from_millis(500),
             control_interval: Duration::from_millis(200),
         }
@@ -63,7 +66,7 @@ impl<S: ProjectionStore> Runner<S> {
         let (stop, _) = watch::channel(false);
         let mut reached = HashMap::new();
         let mut tasks = Vec::new();
-        for ctx in self.projections.contexts() {
+        for ctx in self.contexts {
             let name = ctx.name().to_owned();
             let (tx, _) = watch::channel(Reached {
                 checkpoint: Checkpoint::START,
@@ -80,7 +83,7 @@ impl<S: ProjectionStore> Runner<S> {
             tasks.push((name, tokio::spawn(task.run())));
         }
         RunnerHandle {
-            store: self.projections.store().clone(),
+            store: self.store,
             stop,
             reached,
             tasks,
@@ -193,6 +196,15 @@ struct Cursor {
     read_from: Checkpoint,
     position: u64,
     saved_at: Instant,
+}
+
+impl Cursor {
+    /// Events up to `end` (highest global position `position`) are committed.
+    fn advance(&mut self, end: Checkpoint, position: u64) {
+        self.stored = end;
+        self.read_from = end;
+        self.position = position;
+    }
 }
 
 struct Task<S: ProjectionStore> {
@@ -369,15 +381,7 @@ impl<S: ProjectionStore> Task<S> {
                     && cursor.saved_at.elapsed() >= Duration::from_secs(5)
                 {
                     match self
-                        .ctx
-                        .batch(
-                            Role::Serve,
-                            cursor.generation,
-                            cursor.stored,
-                            &[],
-                            cursor.read_from,
-                            cursor.position,
-                        )
+                        .commit(&cursor, &[], cursor.read_from, cursor.position)
                         .await
                     {
                         Ok(Outcome::Committed { .. }) => {
@@ -401,21 +405,11 @@ impl<S: ProjectionStore> Task<S> {
             }
             let position = max_position(cursor.position, &batch.events);
             match self
-                .ctx
-                .batch(
-                    Role::Serve,
-                    cursor.generation,
-                    cursor.stored,
-                    &batch.events,
-                    batch.checkpoint,
-                    position,
-                )
+                .commit(&cursor, &batch.events, batch.checkpoint, position)
                 .await
             {
                 Ok(Outcome::Committed { applied }) => {
-                    cursor.stored = batch.checkpoint;
-                    cursor.read_from = batch.checkpoint;
-                    cursor.position = position;
+                    cursor.advance(batch.checkpoint, position);
                     cursor.saved_at = Instant::now();
                     backoff = Duration::from_millis(50);
                     self.reached
@@ -543,6 +537,27 @@ impl<S: ProjectionStore> Task<S> {
         Ok(Next::Apply)
     }
 
+    /// Applies `events` to the served generation and checkpoints `end` and `position`, if the
+    /// stored checkpoint is still the cursor's.
+    async fn commit(
+        &self,
+        cursor: &Cursor,
+        events: &[LogEvent],
+        end: Checkpoint,
+        position: u64,
+    ) -> Result<Outcome, ProjectionError> {
+        self.ctx
+            .batch(
+                Role::Serve,
+                cursor.generation,
+                cursor.stored,
+                events,
+                end,
+                position,
+            )
+            .await
+    }
+
     /// Event `index` of a batch failed: commit what precedes it, retry it alone, then apply the
     /// error policy.
     async fn failed(
@@ -559,22 +574,9 @@ impl<S: ProjectionStore> Task<S> {
             let before = &events[..index];
             let end = before[index - 1].checkpoint;
             let position = max_position(cursor.position, before);
-            match self
-                .ctx
-                .batch(
-                    Role::Serve,
-                    cursor.generation,
-                    cursor.stored,
-                    before,
-                    end,
-                    position,
-                )
-                .await?
-            {
+            match self.commit(cursor, before, end, position).await? {
                 Outcome::Committed { .. } => {
-                    cursor.stored = end;
-                    cursor.read_from = end;
-                    cursor.position = position;
+                    cursor.advance(end, position);
                 }
                 _ => *reload = true,
             }
@@ -593,11 +595,8 @@ impl<S: ProjectionStore> Task<S> {
                 return Ok(());
             }
             match self
-                .ctx
-                .batch(
-                    Role::Serve,
-                    cursor.generation,
-                    cursor.stored,
+                .commit(
+                    cursor,
                     std::slice::from_ref(event),
                     event.checkpoint,
                     position,
@@ -605,9 +604,7 @@ impl<S: ProjectionStore> Task<S> {
                 .await?
             {
                 Outcome::Committed { .. } => {
-                    cursor.stored = event.checkpoint;
-                    cursor.read_from = event.checkpoint;
-                    cursor.position = position;
+                    cursor.advance(event.checkpoint, position);
                     return Ok(());
                 }
                 Outcome::Moved => {
@@ -633,9 +630,7 @@ impl<S: ProjectionStore> Task<S> {
                     )
                     .await?
                 {
-                    cursor.stored = event.checkpoint;
-                    cursor.read_from = event.checkpoint;
-                    cursor.position = position;
+                    cursor.advance(event.checkpoint, position);
                     metrics::gauge!("eventfold_projection_parked", "projection" => name.clone())
                         .increment(1.0);
                     self.set_status(status, "running", Some(&message)).await;

@@ -80,6 +80,26 @@ fn hint(message: &str, prefix: &str) -> Option<String> {
     }
 }
 
+/// The error of a failed connection, as the binary reports it.
+fn connecting(e: impl std::fmt::Display) -> String {
+    format!("connecting to the database: {e}")
+}
+
+/// Builds a `$store` over `$pool` with eventfold's tables named by `$naming`, without migrating
+/// (only the `migrate` command does), and runs `$command` on it.
+macro_rules! run_on {
+    ($store:ident, $pool:expr, $naming:expr, $command:expr) => {{
+        let store = $store::builder($pool)
+            .naming($naming)
+            .source("eventfold-cli")
+            .migrate(false)
+            .build()
+            .await
+            .map_err(connecting)?;
+        execute(store, $command).await
+    }};
+}
+
 async fn execute<S: CliStore>(store: S, command: Command) -> Result<(), String> {
     let projections = Projections::new(store);
     let mut stdout = std::io::stdout();
@@ -103,28 +123,20 @@ async fn run(args: Args) -> Result<(), String> {
             .map_err(|e| format!("--schema: {e}"))?;
     }
     let migrate = matches!(args.command, Command::Migrate(_));
-    let connecting = |e: &dyn std::fmt::Display| format!("connecting to the database: {e}");
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(15))
             .connect(url)
             .await
-            .map_err(|e| connecting(&e))?;
-        let store = PgStore::builder(pool)
-            .naming(naming)
-            .source("eventfold-cli")
-            .migrate(false)
-            .build()
-            .await
-            .map_err(|e| connecting(&e))?;
-        execute(store, args.command).await
+            .map_err(connecting)?;
+        run_on!(PgStore, pool, naming, args.command)
     } else if url.starts_with("sqlite:") {
         if args.schema.is_some() {
             return Err("--schema: SQLite has no schemas; use --prefix".to_owned());
         }
         let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| connecting(&e))?
+            .map_err(connecting)?
             .create_if_missing(migrate)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(30));
@@ -132,15 +144,8 @@ async fn run(args: Args) -> Result<(), String> {
             .max_connections(if url.contains(":memory:") { 1 } else { 2 })
             .connect_with(options)
             .await
-            .map_err(|e| connecting(&e))?;
-        let store = SqliteStore::builder(pool)
-            .naming(naming)
-            .source("eventfold-cli")
-            .migrate(false)
-            .build()
-            .await
-            .map_err(|e| connecting(&e))?;
-        execute(store, args.command).await
+            .map_err(connecting)?;
+        run_on!(SqliteStore, pool, naming, args.command)
     } else {
         Err(format!(
             "unsupported database URL scheme (expected postgres://... or sqlite://...): {}",
