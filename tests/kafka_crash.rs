@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use eventfold::BoxError;
-use eventfold::eventstore::postgres::testing::DEFAULT_DATABASE_URL;
 use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRouting, UnitOfWork};
 use eventfold::outbox::headers;
 use eventfold::outbox::kafka::KafkaPublisher;
@@ -35,24 +34,6 @@ const WRITERS: usize = 8;
 const AGGREGATES: usize = 200;
 const KILLS: usize = 4;
 const LEASE_TTL_MS: &str = "1500";
-
-/// `DATABASE_URL` (or the default server) with its database replaced by `database`.
-fn database_url(database: &str) -> String {
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url.as_str(), None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let server = match base[authority_start..].find('/') {
-        Some(slash) => &base[..authority_start + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{server}/{database}?{query}"),
-        None => format!("{server}/{database}"),
-    }
-}
 
 /// A running `eventfold-relay` child process; killed (SIGKILL) when dropped.
 struct RelayProcess {
@@ -260,7 +241,7 @@ async fn killed_relay_processes_lose_no_event_and_keep_key_order() {
 
     let (store, db) = common::postgres().await;
     let store = store.with_outbox(OutboxRouting::new().default_topic(topic.clone()));
-    let child_url = database_url(db.name());
+    let child_url = common::database_url(db.name());
 
     let mut relays = Vec::new();
     for _ in 0..RELAYS {

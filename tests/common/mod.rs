@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use eventfold::eventstore::memory::MemoryStore;
-use eventfold::eventstore::postgres::{PgStore, testing::TestDb};
+use eventfold::eventstore::postgres::PgStore;
+use eventfold::eventstore::postgres::testing::{DEFAULT_DATABASE_URL, TestDb};
 use eventfold::eventstore::sqlite::SqliteStore;
 
 pub async fn memory() -> (MemoryStore, ()) {
@@ -43,6 +44,25 @@ pub async fn postgres() -> (PgStore, TestDb) {
         .await
         .expect("migrate");
     (store, db)
+}
+
+/// `DATABASE_URL` (or the default server) with its database replaced by `database`; the query
+/// string, if any, is kept.
+pub fn database_url(database: &str) -> String {
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url.as_str(), None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{server}/{database}?{query}"),
+        None => format!("{server}/{database}"),
+    }
 }
 
 /// The Kafka-protocol broker of `KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`); panics when nothing
