@@ -11,14 +11,7 @@ use eventfold::eventstore::{
 use eventfold::{NewEvent, StreamId};
 use serde_json::Value;
 
-/// The binary, with no `DATABASE_URL` inherited from the test's environment.
-fn eventfold(url: &str) -> assert_cmd::Command {
-    let mut cmd = assert_cmd::Command::cargo_bin("eventfold").expect("the eventfold binary");
-    cmd.env_remove("DATABASE_URL")
-        .arg("--database-url")
-        .arg(url);
-    cmd
-}
+use common::eventfold_cli as eventfold;
 
 /// Runs a command that must succeed and returns its stdout.
 fn ok(url: &str, args: &[&str]) -> String {

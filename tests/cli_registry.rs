@@ -369,7 +369,7 @@ where
         bin_json(url, &["projections", "reset", "order_totals"])["reset_requested"],
         true
     );
-    let output = eventfold_bin(url)
+    let output = common::eventfold_cli(url)
         .args(["projections", "rebuild", "order_totals"])
         .output()
         .expect("run");
@@ -381,16 +381,8 @@ where
     );
 }
 
-fn eventfold_bin(url: &str) -> assert_cmd::Command {
-    let mut cmd = assert_cmd::Command::cargo_bin("eventfold").expect("the eventfold binary");
-    cmd.env_remove("DATABASE_URL")
-        .arg("--database-url")
-        .arg(url);
-    cmd
-}
-
 fn bin(url: &str, args: &[&str]) -> String {
-    let output = eventfold_bin(url)
+    let output = common::eventfold_cli(url)
         .args(args)
         .output()
         .expect("run eventfold");

@@ -15,7 +15,7 @@ use eventfold::StreamId;
 use eventfold::eventstore::postgres::PgStore;
 use eventfold::eventstore::{EventStore, ExpectedVersion, ProjectionStore};
 use eventfold::projections::{ProjectionOptions, Projections};
-use projection_common::{Ledger, deposit, fold_log, ledger_state, parked_ledger};
+use projection_common::{Ledger, append_any, deposit, fold_log, ledger_state, parked_ledger};
 
 const CHILD_ENV: &str = "EVENTFOLD_PROJECTION_CHILD_DATABASE_URL";
 const KILLS: usize = 4;
@@ -146,11 +146,7 @@ async fn killed_runner_processes_apply_every_event_exactly_once() {
                 let events = (0..1 + i % 3)
                     .map(|k| deposit(&format!("acct-{}", (w + i + k) % 9), (i % 50) as i64))
                     .collect();
-                let done = store
-                    .append(&stream, ExpectedVersion::Any, events)
-                    .await
-                    .expect("append");
-                last = last.max(*done.positions.iter().max().unwrap_or(&0));
+                last = last.max(append_any(&store, &stream, events).await);
                 i += 1;
             }
             last

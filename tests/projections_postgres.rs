@@ -13,7 +13,9 @@ use eventfold::StreamId;
 use eventfold::eventstore::postgres::PgStore;
 use eventfold::eventstore::{EventStore, ExpectedVersion};
 use eventfold::projections::{ProjectionOptions, Projections, RebuildMode};
-use projection_common::{Ledger, POISON, deposit, expected_balances, ledger_state, parked_ledger};
+use projection_common::{
+    Ledger, POISON, append_any, deposit, expected_balances, ledger_state, parked_ledger,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -56,11 +58,7 @@ fn writers(
                     let events = (0..1 + i % 3)
                         .map(|k| deposit(&account, (i + k) as i64))
                         .collect();
-                    let done = store
-                        .append(&stream, ExpectedVersion::Any, events)
-                        .await
-                        .expect("append");
-                    last = last.max(*done.positions.iter().max().unwrap_or(&0));
+                    last = last.max(append_any(&store, &stream, events).await);
                 }
                 last
             })

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use eventfold::eventstore::{
-    Checkpoint, EventStore, LogFilter, ParkedEvent, ProjectionState, ProjectionStore,
+    Checkpoint, EventStore, ExpectedVersion, LogFilter, ParkedEvent, ProjectionState,
+    ProjectionStore,
 };
 use eventfold::projections::{Projection, Tables};
-use eventfold::{BoxError, CommandMetadata, Envelope, Event, NewEvent};
+use eventfold::{BoxError, CommandMetadata, Envelope, Event, NewEvent, StreamId};
 
 #[derive(Debug, Clone, PartialEq, Event)]
 pub enum BankEvent {
@@ -171,4 +172,13 @@ pub async fn parked_ledger<S: ProjectionStore>(store: &S) -> Vec<ParkedEvent> {
         .parked_projection_events("ledger", 10)
         .await
         .expect("parked")
+}
+
+/// Appends `events` to `stream` at any version; returns the highest global position they got.
+pub async fn append_any<S: EventStore>(store: &S, stream: &StreamId, events: Vec<NewEvent>) -> u64 {
+    let done = store
+        .append(stream, ExpectedVersion::Any, events)
+        .await
+        .expect("append");
+    *done.positions.iter().max().unwrap_or(&0)
 }
