@@ -6,13 +6,13 @@ use quote::{ToTokens, quote};
 use syn::ext::IdentExt;
 use syn::parse::Parser;
 use syn::{
-    FnArg, GenericArgument, ImplItem, ImplItemFn, Item, LitInt, LitStr, Path, PathArguments,
-    ReturnType, Signature, Type, Visibility,
+    FnArg, GenericArgument, ImplItem, ImplItemFn, Item, LitStr, Path, PathArguments, ReturnType,
+    Signature, Type, Visibility,
 };
 
 use crate::util::{
     Errors, invalid_aggregate_name_reason, key_name, mentions_self_path, parse_crate_path,
-    parse_version, path_to_string, pretty,
+    parse_version, pretty,
 };
 
 const HANDLE_SIGNATURE: &str = "fn handle(&self, command: &Command) -> Result<Vec<Event>, Error>";
