@@ -11,14 +11,7 @@ use eventfold::eventstore::{
 use eventfold::{NewEvent, StreamId};
 use serde_json::Value;
 
-/// The binary, with no `DATABASE_URL` inherited from the test's environment.
-fn eventfold(url: &str) -> assert_cmd::Command {
-    let mut cmd = assert_cmd::Command::cargo_bin("eventfold").expect("the eventfold binary");
-    cmd.env_remove("DATABASE_URL")
-        .arg("--database-url")
-        .arg(url);
-    cmd
-}
+use common::eventfold_cli as eventfold;
 
 /// Runs a command that must succeed and returns its stdout.
 fn ok(url: &str, args: &[&str]) -> String {
@@ -55,12 +48,7 @@ fn fails(url: &str, args: &[&str]) -> String {
 
 /// The URL of a test database on the server of `DATABASE_URL`.
 fn pg_url(db: &TestDb) -> String {
-    let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| {
-        eventfold::eventstore::postgres::testing::DEFAULT_DATABASE_URL.to_owned()
-    });
-    let base = base.split('?').next().unwrap_or_default();
-    let (server, _) = base.rsplit_once('/').expect("a database URL with a path");
-    format!("{server}/{}", db.name())
+    common::database_url(db.name())
 }
 
 fn sqlite_url(file: &common::TempFile) -> String {
@@ -345,11 +333,10 @@ fn bad_urls_and_missing_databases_fail_naming_what() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--database-url"));
 
-    let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| {
-        eventfold::eventstore::postgres::testing::DEFAULT_DATABASE_URL.to_owned()
-    });
-    let (server, _) = base.rsplit_once('/').expect("a path");
-    let err = fails(&format!("{server}/eventfold_no_such_database"), &["status"]);
+    let err = fails(
+        &common::database_url("eventfold_no_such_database"),
+        &["status"],
+    );
     assert!(err.contains("connecting to the database"), "{err}");
     assert!(err.contains("eventfold_no_such_database"), "{err}");
 

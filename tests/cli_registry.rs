@@ -27,97 +27,67 @@ fn check(event: &Envelope<OrderEvent>) -> Result<i64, BoxError> {
     Ok(cents)
 }
 
+/// `Totals` on one backend: `$uow` its unit of work, `$cents` the column type and `$upsert` the
+/// statement adding an order's cents (`{table}` is the view's table).
+macro_rules! totals_for {
+    ($uow:ty, $cents:literal, $upsert:literal) => {
+        impl Projection<$uow> for Totals {
+            type Event = OrderEvent;
+
+            fn name(&self) -> &str {
+                "order_totals"
+            }
+
+            fn tables(&self) -> Vec<String> {
+                vec!["order_totals".to_owned()]
+            }
+
+            async fn setup(&self, uow: &mut $uow, tables: &Tables) -> Result<(), BoxError> {
+                sqlx::query(&format!(
+                    concat!(
+                        "CREATE TABLE {} (order_id TEXT PRIMARY KEY, cents ",
+                        $cents,
+                        " NOT NULL)"
+                    ),
+                    tables.table("order_totals")
+                ))
+                .execute(uow.connection())
+                .await?;
+                Ok(())
+            }
+
+            async fn apply(
+                &self,
+                uow: &mut $uow,
+                tables: &Tables,
+                event: &Envelope<OrderEvent>,
+            ) -> Result<(), BoxError> {
+                let cents = check(event)?;
+                sqlx::query(&format!($upsert, table = tables.table("order_totals")))
+                    .bind(event.stream_id.id().to_owned())
+                    .bind(cents)
+                    .execute(uow.connection())
+                    .await?;
+                Ok(())
+            }
+        }
+    };
+}
+
 #[cfg(feature = "sqlite")]
-impl Projection<eventfold::eventstore::sqlite::SqliteUnitOfWork> for Totals {
-    type Event = OrderEvent;
-
-    fn name(&self) -> &str {
-        "order_totals"
-    }
-
-    fn tables(&self) -> Vec<String> {
-        vec!["order_totals".to_owned()]
-    }
-
-    async fn setup(
-        &self,
-        uow: &mut eventfold::eventstore::sqlite::SqliteUnitOfWork,
-        tables: &Tables,
-    ) -> Result<(), BoxError> {
-        sqlx::query(&format!(
-            "CREATE TABLE {} (order_id TEXT PRIMARY KEY, cents INTEGER NOT NULL)",
-            tables.table("order_totals")
-        ))
-        .execute(uow.connection())
-        .await?;
-        Ok(())
-    }
-
-    async fn apply(
-        &self,
-        uow: &mut eventfold::eventstore::sqlite::SqliteUnitOfWork,
-        tables: &Tables,
-        event: &Envelope<OrderEvent>,
-    ) -> Result<(), BoxError> {
-        let cents = check(event)?;
-        sqlx::query(&format!(
-            "INSERT INTO {} (order_id, cents) VALUES (?1, ?2) \
-             ON CONFLICT (order_id) DO UPDATE SET cents = cents + excluded.cents",
-            tables.table("order_totals")
-        ))
-        .bind(event.stream_id.id().to_owned())
-        .bind(cents)
-        .execute(uow.connection())
-        .await?;
-        Ok(())
-    }
-}
-
+totals_for!(
+    eventfold::eventstore::sqlite::SqliteUnitOfWork,
+    "INTEGER",
+    "INSERT INTO {table} (order_id, cents) VALUES (?1, ?2) \
+     ON CONFLICT (order_id) DO UPDATE SET cents = cents + excluded.cents"
+);
 #[cfg(feature = "postgres")]
-impl Projection<eventfold::eventstore::postgres::PgUnitOfWork> for Totals {
-    type Event = OrderEvent;
-
-    fn name(&self) -> &str {
-        "order_totals"
-    }
-
-    fn tables(&self) -> Vec<String> {
-        vec!["order_totals".to_owned()]
-    }
-
-    async fn setup(
-        &self,
-        uow: &mut eventfold::eventstore::postgres::PgUnitOfWork,
-        tables: &Tables,
-    ) -> Result<(), BoxError> {
-        sqlx::query(&format!(
-            "CREATE TABLE {} (order_id TEXT PRIMARY KEY, cents BIGINT NOT NULL)",
-            tables.table("order_totals")
-        ))
-        .execute(uow.connection())
-        .await?;
-        Ok(())
-    }
-
-    async fn apply(
-        &self,
-        uow: &mut eventfold::eventstore::postgres::PgUnitOfWork,
-        tables: &Tables,
-        event: &Envelope<OrderEvent>,
-    ) -> Result<(), BoxError> {
-        let cents = check(event)?;
-        let table = tables.table("order_totals");
-        sqlx::query(&format!(
-            "INSERT INTO {table} AS t (order_id, cents) VALUES ($1, $2) \
-             ON CONFLICT (order_id) DO UPDATE SET cents = t.cents + excluded.cents"
-        ))
-        .bind(event.stream_id.id().to_owned())
-        .bind(cents)
-        .execute(uow.connection())
-        .await?;
-        Ok(())
-    }
-}
+totals_for!(
+    eventfold::eventstore::postgres::PgUnitOfWork,
+    "BIGINT",
+    "INSERT INTO {table} AS t (order_id, cents) VALUES ($1, $2) \
+     ON CONFLICT (order_id) DO UPDATE SET cents = t.cents + excluded.cents"
+);
 
 /// Appends an `order.placed` event; its id.
 async fn place<S: EventStore>(store: &S, order: &str, cents: i64) -> uuid::Uuid {
@@ -399,7 +369,7 @@ where
         bin_json(url, &["projections", "reset", "order_totals"])["reset_requested"],
         true
     );
-    let output = eventfold_bin(url)
+    let output = common::eventfold_cli(url)
         .args(["projections", "rebuild", "order_totals"])
         .output()
         .expect("run");
@@ -411,16 +381,8 @@ where
     );
 }
 
-fn eventfold_bin(url: &str) -> assert_cmd::Command {
-    let mut cmd = assert_cmd::Command::cargo_bin("eventfold").expect("the eventfold binary");
-    cmd.env_remove("DATABASE_URL")
-        .arg("--database-url")
-        .arg(url);
-    cmd
-}
-
 fn bin(url: &str, args: &[&str]) -> String {
-    let output = eventfold_bin(url)
+    let output = common::eventfold_cli(url)
         .args(args)
         .output()
         .expect("run eventfold");
@@ -461,16 +423,7 @@ async fn sqlite_embedded_commands_with_a_registry() {
 #[tokio::test]
 async fn postgres_embedded_commands_with_a_registry() {
     let (store, db) = common::postgres().await;
-    let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| {
-        eventfold::eventstore::postgres::testing::DEFAULT_DATABASE_URL.to_owned()
-    });
-    let (server, _) = base
-        .split('?')
-        .next()
-        .unwrap_or_default()
-        .rsplit_once('/')
-        .expect("a path");
-    let url = format!("{server}/{}", db.name());
+    let url = common::database_url(db.name());
     let pool = store.pool().clone();
     registry_flow(store, &url, || {
         let pool = pool.clone();

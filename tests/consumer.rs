@@ -4,32 +4,12 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::Ledger;
 use eventfold::eventstore::{EventStore, ExpectedVersion, InboxStore, UnitOfWork};
-use eventfold::outbox::{Consumer, Handler, InProcessBroker, OutboxMessage, Publisher, Record};
-use eventfold::{BoxError, NewEvent, StreamId};
-
-/// Its effect: one event per handled message in a ledger stream, in the inbox's transaction.
-struct Ledger {
-    calls: AtomicUsize,
-}
-
-impl<U: UnitOfWork> Handler<U> for Ledger {
-    async fn handle(&self, uow: &mut U, record: &Record) -> Result<(), BoxError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        if record.message_type == "payment.poison" {
-            return Err(format!("cannot handle {}: no amount", record.message_id).into());
-        }
-        let stream = StreamId::new("ledger", "all")?;
-        let mut event = NewEvent::raw("ledger.noted", 1, record.payload.clone());
-        event.causation_id = Some(record.message_id);
-        uow.append(&stream, ExpectedVersion::Any, vec![event])
-            .await?;
-        Ok(())
-    }
-}
+use eventfold::outbox::{Consumer, InProcessBroker, OutboxMessage, Publisher};
+use eventfold::{NewEvent, StreamId};
 
 fn payment(i: u32, kind: &str) -> OutboxMessage {
     OutboxMessage::new(
@@ -40,26 +20,13 @@ fn payment(i: u32, kind: &str) -> OutboxMessage {
     )
 }
 
-async fn effects<S: EventStore>(store: &S) -> Vec<uuid::Uuid> {
-    let stream = StreamId::new("ledger", "all").unwrap();
-    store
-        .read_stream(&stream, 1, u64::MAX)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|e| e.causation_id)
-        .collect()
-}
-
 async fn exactly_once_effects<S: InboxStore>(store: S) {
     let broker = InProcessBroker::new();
     let messages: Vec<_> = (0..40).map(|i| payment(i, "payment.captured")).collect();
     broker.publish(&messages).await;
     broker.publish(&messages[..10]).await; // the relay published some twice (at-least-once)
 
-    let handler = Ledger {
-        calls: AtomicUsize::new(0),
-    };
+    let handler = Ledger::default();
     let mut consumer = Consumer::new(
         "ledger",
         store.clone(),
@@ -72,12 +39,7 @@ async fn exactly_once_effects<S: InboxStore>(store: S) {
     for record in crashed.poll(25, Duration::from_millis(100)).await {
         let mut uow = store.begin().await.unwrap();
         assert!(uow.mark_inbox("ledger", record.message_id).await.unwrap());
-        let stream = StreamId::new("ledger", "all").unwrap();
-        let mut event = NewEvent::raw("ledger.noted", 1, record.payload.clone());
-        event.causation_id = Some(record.message_id);
-        uow.append(&stream, ExpectedVersion::Any, vec![event])
-            .await
-            .unwrap();
+        common::note(&mut uow, &record).await.unwrap();
         uow.commit().await.unwrap();
     }
     drop(crashed);
@@ -91,7 +53,7 @@ async fn exactly_once_effects<S: InboxStore>(store: S) {
         total.handled += report.handled;
         total.duplicates += report.duplicates;
     }
-    let done = effects(&store).await;
+    let done = common::effects(&store).await;
     let unique: HashSet<_> = done.iter().collect();
     assert_eq!(done.len(), 40, "every message took effect");
     assert_eq!(unique.len(), 40, "and only once");
@@ -116,9 +78,7 @@ async fn poison_is_parked_others_flow<S: InboxStore>(store: S) {
         payment(3, "payment.captured"),
     ];
     broker.publish(&messages).await;
-    let handler = Ledger {
-        calls: AtomicUsize::new(0),
-    };
+    let handler = Ledger::default();
     let mut consumer = Consumer::new(
         "ledger",
         store.clone(),
@@ -129,7 +89,10 @@ async fn poison_is_parked_others_flow<S: InboxStore>(store: S) {
     .backoff(Duration::from_millis(1));
     let report = consumer.run_once(Duration::from_millis(100)).await.unwrap();
     assert_eq!((report.handled, report.parked), (2, 1));
-    assert_eq!(effects(&store).await, vec![messages[0].id, messages[2].id]);
+    assert_eq!(
+        common::effects(&store).await,
+        vec![messages[0].id, messages[2].id]
+    );
     let parked = store.parked_messages("ledger", 10).await.unwrap();
     assert_eq!(parked.len(), 1);
     assert_eq!(

@@ -9,46 +9,16 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use eventfold::eventstore::{EventStore, ExpectedVersion, UnitOfWork};
+use common::Ledger;
 use eventfold::outbox::kafka::KafkaPublisher;
 use eventfold::outbox::{
-    Consumer, ConsumerReport, Handler, KafkaSource, MessageSource, OutboxMessage, Publisher, Record,
+    Consumer, ConsumerReport, KafkaSource, MessageSource, OutboxMessage, Publisher,
 };
-use eventfold::{BoxError, NewEvent, StreamId};
 use uuid::Uuid;
 
 const PARTITIONS: i32 = 3;
-
-/// One event per handled message in a ledger stream, in the inbox's transaction.
-struct Ledger {
-    calls: AtomicUsize,
-}
-
-impl<U: UnitOfWork> Handler<U> for Ledger {
-    async fn handle(&self, uow: &mut U, record: &Record) -> Result<(), BoxError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let stream = StreamId::new("ledger", "all")?;
-        let mut event = NewEvent::raw("ledger.noted", 1, record.payload.clone());
-        event.causation_id = Some(record.message_id);
-        uow.append(&stream, ExpectedVersion::Any, vec![event])
-            .await?;
-        Ok(())
-    }
-}
-
-async fn effects<S: EventStore>(store: &S) -> Vec<Uuid> {
-    let stream = StreamId::new("ledger", "all").unwrap();
-    store
-        .read_stream(&stream, 1, u64::MAX)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|e| e.causation_id)
-        .collect()
-}
 
 fn payment(topic: &str, i: u32) -> OutboxMessage {
     OutboxMessage::new(
@@ -82,9 +52,7 @@ async fn kafka_consumer_takes_every_message_once_and_the_group_resumes() {
 
     let (store, _db) = common::postgres().await;
     let source = KafkaSource::new(&brokers, &group, &[&topic]).expect("a Kafka source");
-    let handler = Ledger {
-        calls: AtomicUsize::new(0),
-    };
+    let handler = Ledger::default();
     let mut consumer = Consumer::new("ledger", store.clone(), source, handler);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut total = ConsumerReport::default();
@@ -106,7 +74,7 @@ async fn kafka_consumer_takes_every_message_once_and_the_group_resumes() {
         (200, 30, 0),
         "every message handled once, the 30 republished ones skipped as duplicates"
     );
-    let done = effects(&store).await;
+    let done = common::effects(&store).await;
     let unique: HashSet<_> = done.iter().copied().collect();
     let expected: HashSet<_> = messages.iter().map(|m| m.id).collect();
     assert_eq!(done.len(), 200, "every message took effect");
@@ -143,7 +111,7 @@ async fn kafka_consumer_takes_every_message_once_and_the_group_resumes() {
         "the second consumer of the group got exactly the 5 new messages, nothing committed before"
     );
     assert_eq!(received.len(), 5, "each once");
-    assert_eq!(effects(&store).await.len(), 200);
+    assert_eq!(common::effects(&store).await.len(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

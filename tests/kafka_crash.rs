@@ -10,7 +10,7 @@
 #![cfg(all(feature = "kafka", feature = "postgres"))]
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -18,13 +18,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use eventfold::BoxError;
-use eventfold::eventstore::postgres::testing::DEFAULT_DATABASE_URL;
 use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRouting, UnitOfWork};
 use eventfold::outbox::headers;
 use eventfold::outbox::kafka::KafkaPublisher;
-use eventfold::outbox::kafka::rdkafka::consumer::{Consumer, StreamConsumer};
-use eventfold::outbox::kafka::rdkafka::message::{Headers, Message};
-use eventfold::outbox::kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use eventfold::outbox::kafka::rdkafka::consumer::Consumer;
+use eventfold::outbox::kafka::rdkafka::message::Message;
+use eventfold::outbox::kafka_source::message_headers;
 use eventfold::outbox::{Handler, KafkaSource, Record};
 use eventfold::{NewEvent, StreamId};
 use uuid::Uuid;
@@ -35,24 +34,6 @@ const WRITERS: usize = 8;
 const AGGREGATES: usize = 200;
 const KILLS: usize = 4;
 const LEASE_TTL_MS: &str = "1500";
-
-/// `DATABASE_URL` (or the default server) with its database replaced by `database`.
-fn database_url(database: &str) -> String {
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url.as_str(), None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let server = match base[authority_start..].find('/') {
-        Some(slash) => &base[..authority_start + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{server}/{database}?{query}"),
-        None => format!("{server}/{database}"),
-    }
-}
 
 /// A running `eventfold-relay` child process; killed (SIGKILL) when dropped.
 struct RelayProcess {
@@ -134,23 +115,12 @@ struct Consumed {
 /// Reads `topic` from the beginning until every id of `expected` was seen and every partition was
 /// read up to its high watermark (at most 60 s).
 async fn consume(brokers: &str, topic: &str, expected: &HashSet<Uuid>) -> Vec<Consumed> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set(
-            "group.id",
-            format!("eventfold-test-{}", Uuid::now_v7().simple()),
-        )
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("create a consumer");
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .expect("assign a partition");
-    }
-    consumer.assign(&assignment).expect("assign the topic");
+    let consumer = common::consumer_from_start(
+        brokers,
+        format!("eventfold-test-{}", Uuid::now_v7().simple()),
+        topic,
+        PARTITIONS,
+    );
     let mut high = HashMap::new();
     for partition in 0..PARTITIONS {
         let (_, end) = consumer
@@ -169,24 +139,13 @@ async fn consume(brokers: &str, topic: &str, expected: &HashSet<Uuid>) -> Vec<Co
         if at_end && expected.is_subset(&seen) {
             break;
         }
-        let now = Instant::now();
-        if now >= deadline {
+        if Instant::now() >= deadline {
             break;
         }
-        let message = match tokio::time::timeout(deadline - now, consumer.recv()).await {
-            Err(_) => continue,
-            Ok(message) => message.unwrap_or_else(|e| panic!("consuming {topic}: {e}")),
+        let Some(message) = common::recv_before(&consumer, deadline, topic).await else {
+            continue;
         };
-        let mut record_headers = BTreeMap::new();
-        if let Some(hs) = message.headers() {
-            for header in hs.iter() {
-                let value = header
-                    .value
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                    .unwrap_or_default();
-                record_headers.insert(header.key.to_owned(), value);
-            }
-        }
+        let record_headers = message_headers(&message);
         next.insert(message.partition(), message.offset() + 1);
         let record = Consumed {
             key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
@@ -260,7 +219,7 @@ async fn killed_relay_processes_lose_no_event_and_keep_key_order() {
 
     let (store, db) = common::postgres().await;
     let store = store.with_outbox(OutboxRouting::new().default_topic(topic.clone()));
-    let child_url = database_url(db.name());
+    let child_url = common::database_url(db.name());
 
     let mut relays = Vec::new();
     for _ in 0..RELAYS {

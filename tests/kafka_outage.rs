@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRelayStore, OutboxRouting};
 use eventfold::outbox::kafka::KafkaPublisher;
-use eventfold::outbox::kafka::rdkafka::consumer::{Consumer, StreamConsumer};
-use eventfold::outbox::kafka::rdkafka::message::{Headers, Message};
-use eventfold::outbox::kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use eventfold::outbox::kafka::rdkafka::ClientConfig;
+use eventfold::outbox::kafka::rdkafka::message::Message;
+use eventfold::outbox::kafka_source::message_headers;
 use eventfold::outbox::{Relay, RelayConfig, headers};
 use eventfold::{NewEvent, StreamId};
 use uuid::Uuid;
@@ -153,7 +153,7 @@ async fn append(
     }
 }
 
-fn version(headers_of: &HashMap<String, String>) -> u64 {
+fn version(headers_of: &eventfold::Headers) -> u64 {
     headers_of[headers::STREAM_VERSION]
         .parse()
         .expect("a stream version")
@@ -230,19 +230,12 @@ async fn broker_down_for_ten_seconds_backlog_drains_nothing_lost() {
     assert!(store.dead_letters(10).await.unwrap().is_empty());
 
     // Read everything back: nothing lost, each key in order.
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", format!("outage-{}", Uuid::now_v7().simple()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("a consumer");
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment
-            .add_partition_offset(&topic, partition, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
+    let consumer = common::consumer_from_start(
+        &bootstrap,
+        format!("outage-{}", Uuid::now_v7().simple()),
+        &topic,
+        PARTITIONS,
+    );
     let mut seen = HashSet::new();
     let mut last: HashMap<String, u64> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -257,15 +250,7 @@ async fn broker_down_for_ten_seconds_backlog_drains_nothing_lost() {
             continue;
         };
         let message = message.expect("consume");
-        let mut hs = HashMap::new();
-        if let Some(headers_of) = message.headers() {
-            for h in headers_of.iter() {
-                hs.insert(
-                    h.key.to_owned(),
-                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                );
-            }
-        }
+        let hs = message_headers(&message);
         let id: Uuid = hs[headers::ID].parse().unwrap();
         if !seen.insert(id) {
             continue; // a duplicate from a retried send

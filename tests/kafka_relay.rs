@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRelayStore, OutboxRouting};
 use eventfold::outbox::kafka::KafkaPublisher;
-use eventfold::outbox::kafka::rdkafka::consumer::{Consumer, StreamConsumer};
-use eventfold::outbox::kafka::rdkafka::message::{Headers, Message};
-use eventfold::outbox::kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use eventfold::outbox::kafka::rdkafka::ClientConfig;
+use eventfold::outbox::kafka::rdkafka::message::Message;
+use eventfold::outbox::kafka_source::message_headers;
 use eventfold::outbox::{Publisher, Relay, RelayConfig, headers};
 use eventfold::{NewEvent, StreamId};
 use uuid::Uuid;
@@ -79,23 +79,12 @@ async fn consume(
     expected: &HashSet<Uuid>,
     grace: Duration,
 ) -> Vec<Consumed> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set(
-            "group.id",
-            format!("eventfold-test-{}", Uuid::now_v7().simple()),
-        )
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("create a consumer");
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .expect("assign a partition");
-    }
-    consumer.assign(&assignment).expect("assign the topic");
+    let consumer = common::consumer_from_start(
+        brokers,
+        format!("eventfold-test-{}", Uuid::now_v7().simple()),
+        topic,
+        PARTITIONS,
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = HashSet::new();
     let mut records = Vec::new();
@@ -110,20 +99,10 @@ async fn consume(
         if now >= until {
             break;
         }
-        let message = match tokio::time::timeout(until - now, consumer.recv()).await {
-            Err(_) => continue,
-            Ok(message) => message.unwrap_or_else(|e| panic!("consuming {topic}: {e}")),
+        let Some(message) = common::recv_before(&consumer, until, topic).await else {
+            continue;
         };
-        let mut record_headers = BTreeMap::new();
-        if let Some(hs) = message.headers() {
-            for header in hs.iter() {
-                let value = header
-                    .value
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                    .unwrap_or_default();
-                record_headers.insert(header.key.to_owned(), value);
-            }
-        }
+        let record_headers = message_headers(&message);
         let record = Consumed {
             key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
             partition: message.partition(),

@@ -480,14 +480,7 @@ impl Schedule {
             Step::Deliver => self.claim_and_settle(false).await,
             Step::Park => self.claim_and_settle(true).await,
             Step::Retry => {
-                if let Some(dead) = self.store.dead_letters(1).await.expect("dead").first() {
-                    assert!(
-                        self.store
-                            .retry_dead_letter(dead.row.seq)
-                            .await
-                            .expect("retry")
-                    );
-                }
+                self.retry_a_dead_letter().await;
             }
             Step::Advance => {
                 let before = floor(&self.pool).await;
@@ -502,6 +495,17 @@ impl Schedule {
                 }
             }
         }
+    }
+
+    /// Retries the first dead letter, if there is one (the retry must succeed); false when there
+    /// was none.
+    async fn retry_a_dead_letter(&self) -> bool {
+        let dead = self.store.dead_letters(1).await.expect("dead");
+        let Some(seq) = dead.first().map(|d| d.row.seq) else {
+            return false;
+        };
+        assert!(self.store.retry_dead_letter(seq).await.expect("retry"));
+        true
     }
 
     /// The floor is at or below every row that is live (committed and not deleted, including
@@ -539,14 +543,7 @@ impl Schedule {
         for i in 0..self.open.len() {
             self.run(&Step::Commit(i)).await;
         }
-        while let Some(dead) = self.store.dead_letters(1).await.expect("dead").first() {
-            assert!(
-                self.store
-                    .retry_dead_letter(dead.row.seq)
-                    .await
-                    .expect("retry")
-            );
-        }
+        while self.retry_a_dead_letter().await {}
         for _ in 0..50 {
             if self.committed.is_subset(&self.delivered) {
                 break;

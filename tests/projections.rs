@@ -18,7 +18,9 @@ use eventfold::projections::{
     ErrorPolicy, MemoryProjection, ProjectionError, ProjectionHandler, ProjectionOptions,
     Projections, RebuildMode, RunnerHandle,
 };
-use projection_common::{BankEvent, Ledger, POISON, deposit, fold_log};
+use projection_common::{
+    BankEvent, Ledger, POISON, deposit, expected_balances, ledger_state, parked_ledger,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -30,13 +32,8 @@ async fn balances(store: &SqliteStore) -> Vec<(String, i64, i64)> {
 }
 
 async fn model_equals_fold(store: &SqliteStore) {
-    let fold = fold_log(store).await;
+    let expected = expected_balances(store).await;
     let model = balances(store).await;
-    let expected: Vec<(String, i64, i64)> = fold
-        .into_iter()
-        .filter(|(a, _)| a != POISON)
-        .map(|(a, (t, n))| (a, t, n))
-        .collect();
     assert_eq!(
         model, expected,
         "the read model equals a fresh fold of the log"
@@ -98,11 +95,7 @@ async fn runner_catches_up_follows_live_appends_and_pauses() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let paused_at = append(&store, "a2", 5).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let state = store
-        .projection_state("ledger")
-        .await
-        .expect("state")
-        .expect("stored");
+    let state = ledger_state(&store).await;
     assert!(state.paused);
     assert!(
         state.position < paused_at,
@@ -138,10 +131,7 @@ async fn poison_event_is_parked_and_the_projection_goes_on() {
     let runner = projections.runner().start();
     wait(&runner, after).await;
     model_equals_fold(&store).await;
-    let parked = store
-        .parked_projection_events("ledger", 10)
-        .await
-        .expect("parked");
+    let parked = parked_ledger(&store).await;
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].global_position, poison);
     assert!(
@@ -181,11 +171,7 @@ async fn poison_event_stops_the_projection_and_fails_a_rebuild_fast() {
         .expect("in time")
         .expect_err("a stopped projection does not reach the end");
     assert!(matches!(err, ProjectionError::NotRunning { .. }), "{err}");
-    let state = store
-        .projection_state("ledger")
-        .await
-        .expect("state")
-        .expect("stored");
+    let state = ledger_state(&store).await;
     assert_eq!(state.status, "failed");
     assert_eq!(
         state.position,
@@ -203,13 +189,7 @@ async fn poison_event_stops_the_projection_and_fails_a_rebuild_fast() {
             .as_deref()
             .is_some_and(|e| e.contains(&event_id.to_string()))
     );
-    assert!(
-        store
-            .parked_projection_events("ledger", 10)
-            .await
-            .expect("parked")
-            .is_empty()
-    );
+    assert!(parked_ledger(&store).await.is_empty());
     let err = runner
         .stop()
         .await
@@ -286,11 +266,7 @@ async fn in_place_rebuild_and_reset_requested_by_another_process() {
     );
     tokio::time::timeout(WAIT, async {
         loop {
-            let state = store
-                .projection_state("ledger")
-                .await
-                .expect("state")
-                .expect("stored");
+            let state = ledger_state(&store).await;
             if !state.reset_requested && state.position == last && balances(&store).await.len() == 3
             {
                 break;
@@ -342,11 +318,7 @@ async fn blue_green_build_resumes_after_a_crash_and_switches() {
     }
     build.abort();
     let _ = build.await;
-    let state = store
-        .projection_state("ledger")
-        .await
-        .expect("state")
-        .expect("stored");
+    let state = ledger_state(&store).await;
     let building = state.building.expect("the build's generation is kept");
     assert_eq!((state.generation, building.generation), (1, 2));
     assert!(
@@ -368,11 +340,7 @@ async fn blue_green_build_resumes_after_a_crash_and_switches() {
     );
     assert_eq!(report.dropped, ["\"balances__g1\"", "\"ledger__g1\""]);
     model_equals_fold(&store).await;
-    let state = store
-        .projection_state("ledger")
-        .await
-        .expect("state")
-        .expect("stored");
+    let state = ledger_state(&store).await;
     assert_eq!((state.generation, state.position), (2, 400));
     assert!(state.building.is_none());
     let old: Vec<(String,)> =
@@ -399,11 +367,7 @@ async fn a_new_code_version_is_built_blue_green_by_the_runner() {
     let last = append(&store, "a9", 9).await;
     tokio::time::timeout(WAIT, async {
         loop {
-            let state = store
-                .projection_state("ledger")
-                .await
-                .expect("state")
-                .expect("stored");
+            let state = ledger_state(&store).await;
             if state.version == 2 && state.generation == 2 && state.position == last {
                 break;
             }
@@ -420,11 +384,7 @@ async fn a_new_code_version_is_built_blue_green_by_the_runner() {
     let runner = v1.runner().start();
     let newest = append(&store, "a1", 1).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let state = store
-        .projection_state("ledger")
-        .await
-        .expect("state")
-        .expect("stored");
+    let state = ledger_state(&store).await;
     assert_eq!(state.version, 2);
     assert!(
         state.position < newest,
@@ -550,13 +510,7 @@ async fn two_runners_on_one_database_apply_each_event_once() {
     wait(&a, last).await;
     wait(&b, last).await;
     model_equals_fold(&store).await;
-    assert!(
-        store
-            .parked_projection_events("ledger", 10)
-            .await
-            .expect("parked")
-            .is_empty()
-    );
+    assert!(parked_ledger(&store).await.is_empty());
     a.stop().await.expect("stop");
     b.stop().await.expect("stop");
     let _ = Ledger::new(1).poison_fails.load(Ordering::SeqCst);
@@ -645,10 +599,7 @@ async fn a_failed_batch_is_retried_event_by_event_and_only_the_poison_is_parked(
     let runner = projections.runner().start();
     wait(&runner, last).await;
     model_equals_fold(&store).await;
-    let parked = store
-        .parked_projection_events("ledger", 10)
-        .await
-        .expect("parked");
+    let parked = parked_ledger(&store).await;
     assert_eq!(parked.len(), 1, "only the poison event is parked");
     assert_eq!(parked[0].global_position, poison);
     assert!(

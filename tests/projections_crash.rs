@@ -13,31 +13,12 @@ use std::time::{Duration, Instant};
 
 use eventfold::StreamId;
 use eventfold::eventstore::postgres::PgStore;
-use eventfold::eventstore::postgres::testing::DEFAULT_DATABASE_URL;
 use eventfold::eventstore::{EventStore, ExpectedVersion, ProjectionStore};
 use eventfold::projections::{ProjectionOptions, Projections};
-use projection_common::{Ledger, deposit, fold_log};
+use projection_common::{Ledger, append_any, deposit, fold_log, ledger_state, parked_ledger};
 
 const CHILD_ENV: &str = "EVENTFOLD_PROJECTION_CHILD_DATABASE_URL";
 const KILLS: usize = 4;
-
-/// `DATABASE_URL` (or the default server) with its database replaced by `database`.
-fn database_url(database: &str) -> String {
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url.as_str(), None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let server = match base[authority_start..].find('/') {
-        Some(slash) => &base[..authority_start + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{server}/{database}?{query}"),
-        None => format!("{server}/{database}"),
-    }
-}
 
 fn projections(store: PgStore) -> Projections<PgStore> {
     Projections::new(store)
@@ -150,7 +131,7 @@ async fn runner_process_or_restart_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_runner_processes_apply_every_event_exactly_once() {
     let (store, db) = common::postgres().await;
-    let url = database_url(db.name());
+    let url = common::database_url(db.name());
     let mut runners = vec![RunnerProcess::spawn(&url), RunnerProcess::spawn(&url)];
 
     let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -165,11 +146,7 @@ async fn killed_runner_processes_apply_every_event_exactly_once() {
                 let events = (0..1 + i % 3)
                     .map(|k| deposit(&format!("acct-{}", (w + i + k) % 9), (i % 50) as i64))
                     .collect();
-                let done = store
-                    .append(&stream, ExpectedVersion::Any, events)
-                    .await
-                    .expect("append");
-                last = last.max(*done.positions.iter().max().unwrap_or(&0));
+                last = last.max(append_any(&store, &stream, events).await);
                 i += 1;
             }
             last
@@ -205,11 +182,7 @@ async fn killed_runner_processes_apply_every_event_exactly_once() {
         .expect("committed");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let state = store
-            .projection_state("ledger")
-            .await
-            .expect("state")
-            .expect("stored");
+        let state = ledger_state(&store).await;
         if state.checkpoint >= target {
             break;
         }
@@ -238,11 +211,7 @@ async fn killed_runner_processes_apply_every_event_exactly_once() {
     let head = store.log_head().await.expect("head").position;
     assert_eq!(ledger as u64, head, "one ledger row per event");
     assert!(
-        store
-            .parked_projection_events("ledger", 10)
-            .await
-            .expect("parked")
-            .is_empty(),
+        parked_ledger(&store).await.is_empty(),
         "no double apply was refused"
     );
 }

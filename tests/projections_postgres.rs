@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use eventfold::StreamId;
 use eventfold::eventstore::postgres::PgStore;
-use eventfold::eventstore::{EventStore, ExpectedVersion, ProjectionStore};
+use eventfold::eventstore::{EventStore, ExpectedVersion};
 use eventfold::projections::{ProjectionOptions, Projections, RebuildMode};
-use projection_common::{Ledger, POISON, deposit, fold_log};
+use projection_common::{
+    Ledger, POISON, append_any, deposit, expected_balances, ledger_state, parked_ledger,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -25,12 +27,7 @@ async fn balances(store: &PgStore) -> Vec<(String, i64, i64)> {
 }
 
 async fn model_equals_fold(store: &PgStore) {
-    let fold = fold_log(store).await;
-    let expected: Vec<(String, i64, i64)> = fold
-        .into_iter()
-        .filter(|(a, _)| a != POISON)
-        .map(|(a, (t, n))| (a, t, n))
-        .collect();
+    let expected = expected_balances(store).await;
     assert_eq!(
         balances(store).await,
         expected,
@@ -61,11 +58,7 @@ fn writers(
                     let events = (0..1 + i % 3)
                         .map(|k| deposit(&account, (i + k) as i64))
                         .collect();
-                    let done = store
-                        .append(&stream, ExpectedVersion::Any, events)
-                        .await
-                        .expect("append");
-                    last = last.max(*done.positions.iter().max().unwrap_or(&0));
+                    last = last.max(append_any(&store, &stream, events).await);
                 }
                 last
             })
@@ -98,13 +91,7 @@ async fn concurrent_writers_and_competing_runners_apply_each_event_once() {
             .expect("wait");
     }
     model_equals_fold(&store).await;
-    assert!(
-        store
-            .parked_projection_events("ledger", 10)
-            .await
-            .expect("parked")
-            .is_empty()
-    );
+    assert!(parked_ledger(&store).await.is_empty());
     for runner in runners {
         runner.stop().await.expect("stop");
     }
@@ -175,11 +162,7 @@ async fn blue_green_rebuild_under_writes_never_shows_a_partial_model() {
     }
     assert!(reads.load(Ordering::Relaxed) > 20, "readers kept querying");
     model_equals_fold(&store).await;
-    let state = store
-        .projection_state("ledger")
-        .await
-        .expect("state")
-        .expect("stored");
+    let state = ledger_state(&store).await;
     assert_eq!(
         (state.generation, state.position),
         (2, last.max(state.position))
@@ -220,10 +203,7 @@ async fn poison_event_on_postgres_is_parked_and_reported() {
         (status[0].parked, status[0].position, status[0].lag_events),
         (1, 3, 0)
     );
-    let parked = store
-        .parked_projection_events("ledger", 10)
-        .await
-        .expect("parked");
+    let parked = parked_ledger(&store).await;
     assert_eq!((parked.len(), parked[0].global_position), (1, 2));
     runner.stop().await.expect("stop");
 }

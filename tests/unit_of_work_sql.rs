@@ -7,9 +7,34 @@ use eventfold::eventstore::{EventStore, ExecuteError, Repository, UnitOfWork};
 use eventfold::{CommandMetadata, StreamId};
 
 macro_rules! atomic_with_app_sql {
-    ($name:ident, $fresh:path, $param:literal) => {
+    ($name:ident, $fresh:path, $store:ty, $param:literal) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
+            /// `Add(amount)` to `o-1` in `uow`, then the application's row (`insert`) with the
+            /// new total, in the same transaction.
+            async fn add_with_row(
+                repo: &Repository<Tally, $store>,
+                uow: &mut <$store as EventStore>::UnitOfWork,
+                amount: u64,
+                insert: &str,
+            ) {
+                let done = repo
+                    .execute_in(
+                        uow,
+                        "o-1",
+                        &TallyCommand::Add(amount),
+                        CommandMetadata::new(),
+                    )
+                    .await
+                    .unwrap();
+                sqlx::query(insert)
+                    .bind("o-1")
+                    .bind(done.state.total as i64)
+                    .execute(uow.connection())
+                    .await
+                    .unwrap();
+            }
+
             let (store, _guard) = $fresh().await;
             sqlx::query("CREATE TABLE app_orders (id TEXT PRIMARY KEY, total BIGINT NOT NULL)")
                 .execute(store.pool())
@@ -27,21 +52,7 @@ macro_rules! atomic_with_app_sql {
 
             // Rolled back: neither the events nor the row exist.
             let mut uow = store.begin().await.unwrap();
-            let done = repo
-                .execute_in(
-                    &mut uow,
-                    "o-1",
-                    &TallyCommand::Add(5),
-                    CommandMetadata::new(),
-                )
-                .await
-                .unwrap();
-            sqlx::query(insert)
-                .bind("o-1")
-                .bind(done.state.total as i64)
-                .execute(uow.connection())
-                .await
-                .unwrap();
+            add_with_row(&repo, &mut uow, 5, insert).await;
             uow.rollback().await.unwrap();
             assert_eq!(store.stream_version(&stream).await.unwrap(), 0);
             let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM app_orders")
@@ -70,21 +81,7 @@ macro_rules! atomic_with_app_sql {
 
             // Committed: both.
             let mut uow = store.begin().await.unwrap();
-            let done = repo
-                .execute_in(
-                    &mut uow,
-                    "o-1",
-                    &TallyCommand::Add(7),
-                    CommandMetadata::new(),
-                )
-                .await
-                .unwrap();
-            sqlx::query(insert)
-                .bind("o-1")
-                .bind(done.state.total as i64)
-                .execute(uow.connection())
-                .await
-                .unwrap();
+            add_with_row(&repo, &mut uow, 7, insert).await;
             uow.commit().await.unwrap();
             assert_eq!(store.stream_version(&stream).await.unwrap(), 1);
             let (total,): (i64,) = sqlx::query_as("SELECT total FROM app_orders WHERE id = 'o-1'")
@@ -110,5 +107,15 @@ macro_rules! atomic_with_app_sql {
     };
 }
 
-atomic_with_app_sql!(postgres_app_sql_commits_with_events, common::postgres, "$");
-atomic_with_app_sql!(sqlite_app_sql_commits_with_events, common::sqlite, "?");
+atomic_with_app_sql!(
+    postgres_app_sql_commits_with_events,
+    common::postgres,
+    eventfold::eventstore::postgres::PgStore,
+    "$"
+);
+atomic_with_app_sql!(
+    sqlite_app_sql_commits_with_events,
+    common::sqlite,
+    eventfold::eventstore::sqlite::SqliteStore,
+    "?"
+);

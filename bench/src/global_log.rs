@@ -172,6 +172,16 @@ struct Read {
 }
 
 impl Read {
+    /// An empty read, with the resident set size before it.
+    fn starting() -> Self {
+        let rss_before = rss_kib();
+        Read {
+            rss_before,
+            rss_max: rss_before,
+            ..Read::default()
+        }
+    }
+
     fn add(&mut self, other: Read) {
         self.events += other.events;
         self.position_sum += other.position_sum;
@@ -722,12 +732,7 @@ async fn catch_up(pool: &PgPool, store: &PgStore, events: u64) -> Result<CatchUp
 /// Reads the whole log with the library into a no-op consumer.
 async fn read_library(store: &PgStore, batch: usize) -> Result<(Read, Checkpoint)> {
     let filter = LogFilter::all();
-    let rss_before = rss_kib();
-    let mut read = Read {
-        rss_before,
-        rss_max: rss_before,
-        ..Read::default()
-    };
+    let mut read = Read::starting();
     let started = Instant::now();
     let mut checkpoint = Checkpoint::START;
     loop {
@@ -750,12 +755,7 @@ async fn read_library(store: &PgStore, batch: usize) -> Result<(Read, Checkpoint
 
 /// Reads the whole table with keyset pagination on the position, decoding every row.
 async fn read_raw(pool: &PgPool, batch: usize) -> Result<Read> {
-    let rss_before = rss_kib();
-    let mut read = Read {
-        rss_before,
-        rss_max: rss_before,
-        ..Read::default()
-    };
+    let mut read = Read::starting();
     let started = Instant::now();
     let mut after = 0i64;
     let limit = i64::try_from(batch)?;

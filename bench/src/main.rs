@@ -931,6 +931,17 @@ fn positive(flag: &str, value: Option<String>) -> Result<f64> {
         .ok_or_else(|| format!("{flag}: not a positive number: {value}").into())
 }
 
+/// A positive count (`_` separators allowed, at most `i64::MAX`) given to `flag`.
+fn positive_count(flag: &str, value: Option<String>) -> Result<u64> {
+    let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
+    value
+        .replace('_', "")
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0 && *n <= i64::MAX as u64)
+        .ok_or_else(|| format!("{flag}: not a positive count: {value}").into())
+}
+
 fn parse_args() -> Result<Options> {
     let mut quick = false;
     let mut seconds = None;
@@ -948,40 +959,10 @@ fn parse_args() -> Result<Options> {
             "--only" => {
                 sections = Sections::parse(&args.next().ok_or("--only needs a value")?)?;
             }
-            "--log-events" => {
-                let value = args.next().ok_or("--log-events needs a value")?;
-                log_events = Some(
-                    value
-                        .replace('_', "")
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|n| *n > 0 && *n <= i64::MAX as u64)
-                        .ok_or_else(|| format!("--log-events: not a positive count: {value}"))?,
-                );
-            }
-            "--relay-rows" => {
-                let value = args.next().ok_or("--relay-rows needs a value")?;
-                relay_rows = Some(
-                    value
-                        .replace('_', "")
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|n| *n > 0 && *n <= i64::MAX as u64)
-                        .ok_or_else(|| format!("--relay-rows: not a positive count: {value}"))?,
-                );
-            }
+            "--log-events" => log_events = Some(positive_count("--log-events", args.next())?),
+            "--relay-rows" => relay_rows = Some(positive_count("--relay-rows", args.next())?),
             "--projection-events" => {
-                let value = args.next().ok_or("--projection-events needs a value")?;
-                projection_events = Some(
-                    value
-                        .replace('_', "")
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|n| *n > 0 && *n <= i64::MAX as u64)
-                        .ok_or_else(|| {
-                            format!("--projection-events: not a positive count: {value}")
-                        })?,
-                );
+                projection_events = Some(positive_count("--projection-events", args.next())?)
             }
             "--latency-seconds" => {
                 latency_seconds = Some(positive("--latency-seconds", args.next())?);

@@ -6,12 +6,13 @@ use quote::{ToTokens, quote};
 use syn::ext::IdentExt;
 use syn::parse::Parser;
 use syn::{
-    FnArg, GenericArgument, ImplItem, ImplItemFn, Item, LitInt, LitStr, Path, PathArguments,
-    ReturnType, Signature, Type, Visibility,
+    FnArg, GenericArgument, ImplItem, ImplItemFn, Item, LitStr, Path, PathArguments, ReturnType,
+    Signature, Type, Visibility,
 };
 
 use crate::util::{
-    Errors, invalid_aggregate_name_reason, mentions_self_path, path_to_string, pretty,
+    Errors, invalid_aggregate_name_reason, key_name, mentions_self_path, parse_crate_path,
+    parse_version, pretty,
 };
 
 const HANDLE_SIGNATURE: &str = "fn handle(&self, command: &Command) -> Result<Vec<Event>, Error>";
@@ -52,35 +53,19 @@ fn parse_args(args: TokenStream) -> syn::Result<Args> {
             }
             out.name = Some(lit);
         } else if meta.path.is_ident("snapshot_version") {
-            let lit: LitInt = meta.value()?.parse()?;
-            let version: u32 = lit.base10_parse()?;
-            if version == 0 {
-                return Err(syn::Error::new_spanned(
-                    &lit,
-                    "snapshot versions start at 1: `snapshot_version = 0` is not allowed",
-                ));
-            }
+            let (version, _) = parse_version(&meta, "snapshot", "snapshot_version")?;
             if out.snapshot_version.is_some() {
                 return Err(duplicate_key(&meta.path, "snapshot_version"));
             }
             out.snapshot_version = Some(version);
         } else if meta.path.is_ident("crate") {
-            let value = meta.value()?;
-            let path = if value.peek(LitStr) {
-                let lit: LitStr = value.parse()?;
-                lit.parse::<Path>()?
-            } else {
-                value.parse::<Path>()?
-            };
+            let path = parse_crate_path(&meta)?;
             if out.krate.is_some() {
                 return Err(duplicate_key(&meta.path, "crate"));
             }
             out.krate = Some(path);
         } else {
-            let key = meta
-                .path
-                .get_ident()
-                .map_or_else(|| path_to_string(&meta.path), |i| i.unraw().to_string());
+            let key = key_name(&meta.path);
             return Err(syn::Error::new_spanned(
                 &meta.path,
                 format!(
@@ -93,6 +78,11 @@ fn parse_args(args: TokenStream) -> syn::Result<Args> {
     });
     parser.parse2(args)?;
     Ok(out)
+}
+
+/// The placement error, on the keyword and name of an item that is not an impl block.
+fn misplaced(token: &impl ToTokens, ident: &impl ToTokens) -> syn::Error {
+    syn::Error::new_spanned(quote!(#token #ident), PLACEMENT)
 }
 
 fn duplicate_key(path: &Path, key: &str) -> syn::Error {
@@ -114,26 +104,11 @@ fn expand_inner(args: TokenStream, input: TokenStream) -> syn::Result<TokenStrea
         Item::Impl(item_impl) => item_impl,
         other => {
             let error = match &other {
-                Item::Struct(item) => {
-                    let (token, ident) = (&item.struct_token, &item.ident);
-                    syn::Error::new_spanned(quote!(#token #ident), PLACEMENT)
-                }
-                Item::Enum(item) => {
-                    let (token, ident) = (&item.enum_token, &item.ident);
-                    syn::Error::new_spanned(quote!(#token #ident), PLACEMENT)
-                }
-                Item::Fn(item) => {
-                    let (token, ident) = (&item.sig.fn_token, &item.sig.ident);
-                    syn::Error::new_spanned(quote!(#token #ident), PLACEMENT)
-                }
-                Item::Trait(item) => {
-                    let (token, ident) = (&item.trait_token, &item.ident);
-                    syn::Error::new_spanned(quote!(#token #ident), PLACEMENT)
-                }
-                Item::Mod(item) => {
-                    let (token, ident) = (&item.mod_token, &item.ident);
-                    syn::Error::new_spanned(quote!(#token #ident), PLACEMENT)
-                }
+                Item::Struct(item) => misplaced(&item.struct_token, &item.ident),
+                Item::Enum(item) => misplaced(&item.enum_token, &item.ident),
+                Item::Fn(item) => misplaced(&item.sig.fn_token, &item.sig.ident),
+                Item::Trait(item) => misplaced(&item.trait_token, &item.ident),
+                Item::Mod(item) => misplaced(&item.mod_token, &item.ident),
                 _ => syn::Error::new(Span::call_site(), PLACEMENT),
             };
             return Err(errors.with(error));

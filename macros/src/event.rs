@@ -10,7 +10,10 @@ use syn::meta::ParseNestedMeta;
 use syn::spanned::Spanned;
 use syn::{Attribute, Data, DeriveInput, Field, Fields, Ident, LitInt, LitStr, Path, Type};
 
-use crate::util::{Errors, invalid_name_reason, path_to_string, replace_self};
+use crate::util::{
+    Errors, invalid_name_reason, key_name, parse_crate_path, parse_version, path_to_string,
+    replace_self,
+};
 
 const EXPECTED_KEYS: &str = "expected one of name, version, prefix, codec, crate";
 
@@ -257,25 +260,17 @@ fn parse_enum_attrs(attrs: &[Attribute], errors: &mut Errors) -> EnumAttrs {
                 };
                 codec = Some((value, lit));
             } else if meta.path.is_ident("crate") {
-                let value = meta.value()?;
-                let path = if value.peek(LitStr) {
-                    let lit: LitStr = value.parse()?;
-                    lit.parse::<Path>()?
-                } else {
-                    value.parse::<Path>()?
-                };
+                let path = parse_crate_path(&meta)?;
                 if krate.is_some() {
                     return Err(duplicate_key(&meta, "crate"));
                 }
                 krate = Some(path);
             } else if meta.path.is_ident("name") || meta.path.is_ident("version") {
-                let key = key_name(&meta.path);
-                return Err(syn::Error::new_spanned(
+                return Err(misplaced_key(
                     &meta.path,
-                    format!(
-                        "`{key}` is a variant attribute: put #[event({key} = ...)] on a variant, \
-                         not on the enum"
-                    ),
+                    "a variant",
+                    "a variant",
+                    "the enum",
                 ));
             } else {
                 return Err(unknown_key(&meta));
@@ -304,14 +299,7 @@ fn parse_variant_attrs(attrs: &[Attribute], errors: &mut Errors) -> VariantAttrs
                 }
                 out.name = Some(lit);
             } else if meta.path.is_ident("version") {
-                let lit: LitInt = meta.value()?.parse()?;
-                let version: u32 = lit.base10_parse()?;
-                if version == 0 {
-                    return Err(syn::Error::new_spanned(
-                        &lit,
-                        "event schema versions start at 1: `version = 0` is not allowed",
-                    ));
-                }
+                let (version, lit) = parse_version(&meta, "event schema", "version")?;
                 if out.version.is_some() {
                     return Err(duplicate_key(&meta, "version"));
                 }
@@ -320,13 +308,11 @@ fn parse_variant_attrs(attrs: &[Attribute], errors: &mut Errors) -> VariantAttrs
                 || meta.path.is_ident("codec")
                 || meta.path.is_ident("crate")
             {
-                let key = key_name(&meta.path);
-                return Err(syn::Error::new_spanned(
+                return Err(misplaced_key(
                     &meta.path,
-                    format!(
-                        "`{key}` is an enum attribute: put #[event({key} = ...)] on the enum, \
-                         not on a variant"
-                    ),
+                    "an enum",
+                    "the enum",
+                    "a variant",
                 ));
             } else {
                 return Err(unknown_key(&meta));
@@ -340,9 +326,16 @@ fn parse_variant_attrs(attrs: &[Attribute], errors: &mut Errors) -> VariantAttrs
     out
 }
 
-fn key_name(path: &Path) -> String {
-    path.get_ident()
-        .map_or_else(|| path_to_string(path), |ident| ident.unraw().to_string())
+/// An attribute of `kind` ("a variant", "an enum") that belongs `put_on` its item but was put
+/// `not_on` the other one.
+fn misplaced_key(path: &Path, kind: &str, put_on: &str, not_on: &str) -> syn::Error {
+    let key = key_name(path);
+    syn::Error::new_spanned(
+        path,
+        format!(
+            "`{key}` is {kind} attribute: put #[event({key} = ...)] on {put_on}, not on {not_on}"
+        ),
+    )
 }
 
 fn duplicate_key(meta: &ParseNestedMeta<'_>, key: &str) -> syn::Error {

@@ -2,7 +2,9 @@
 
 use proc_macro2::{Group, Ident, TokenStream, TokenTree};
 use quote::ToTokens;
-use syn::Path;
+use syn::ext::IdentExt;
+use syn::meta::ParseNestedMeta;
+use syn::{LitInt, LitStr, Path};
 
 /// Collects several errors so that one expansion reports all of them at once.
 #[derive(Default)]
@@ -137,4 +139,39 @@ pub(crate) fn mentions_self_path(tokens: &TokenStream) -> bool {
         TokenTree::Group(group) => mentions_self_path(&group.stream()),
         _ => false,
     })
+}
+
+/// The key of an attribute argument as written (`r#` removed), for messages.
+pub(crate) fn key_name(path: &Path) -> String {
+    path.get_ident()
+        .map_or_else(|| path_to_string(path), |ident| ident.unraw().to_string())
+}
+
+/// The value of `key = N`, a version that starts at 1: 0 is refused with "`{what}` versions start
+/// at 1".
+pub(crate) fn parse_version(
+    meta: &ParseNestedMeta<'_>,
+    what: &str,
+    key: &str,
+) -> syn::Result<(u32, LitInt)> {
+    let lit: LitInt = meta.value()?.parse()?;
+    let version: u32 = lit.base10_parse()?;
+    if version == 0 {
+        return Err(syn::Error::new_spanned(
+            &lit,
+            format!("{what} versions start at 1: `{key} = 0` is not allowed"),
+        ));
+    }
+    Ok((version, lit))
+}
+
+/// The value of `crate = path`, written as a path or as a string holding one.
+pub(crate) fn parse_crate_path(meta: &ParseNestedMeta<'_>) -> syn::Result<Path> {
+    let value = meta.value()?;
+    if value.peek(LitStr) {
+        let lit: LitStr = value.parse()?;
+        lit.parse::<Path>()
+    } else {
+        value.parse::<Path>()
+    }
 }

@@ -44,7 +44,7 @@ use chrono::{DateTime, Utc};
 use eventfold_core::BoxError;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::message::{BorrowedMessage, Headers as _, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
@@ -319,8 +319,9 @@ impl KafkaSource {
     }
 }
 
-/// Converts a Kafka record into a [`Record`]; a record without a valid `ce_id` is an error.
-fn to_record(message: &BorrowedMessage<'_>) -> Result<Record, KafkaSourceError> {
+/// The record headers of a Kafka message as text: each value decoded as UTF-8 (invalid bytes
+/// replaced), a header without a value as the empty string; of a repeated key the last wins.
+pub fn message_headers<M: Message>(message: &M) -> Headers {
     let mut record_headers = Headers::new();
     if let Some(hs) = message.headers() {
         for header in hs.iter() {
@@ -331,6 +332,12 @@ fn to_record(message: &BorrowedMessage<'_>) -> Result<Record, KafkaSourceError> 
             record_headers.insert(header.key.to_owned(), value);
         }
     }
+    record_headers
+}
+
+/// Converts a Kafka record into a [`Record`]; a record without a valid `ce_id` is an error.
+fn to_record(message: &BorrowedMessage<'_>) -> Result<Record, KafkaSourceError> {
+    let record_headers = message_headers(message);
     let found = record_headers.get(headers::ID);
     let Some(message_id) = found.and_then(|id| id.parse::<Uuid>().ok()) else {
         return Err(KafkaSourceError::MissingMessageId {

@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use eventfold::eventstore::memory::MemoryStore;
-use eventfold::eventstore::postgres::{PgStore, testing::TestDb};
+use eventfold::eventstore::postgres::PgStore;
+use eventfold::eventstore::postgres::testing::{DEFAULT_DATABASE_URL, TestDb};
 use eventfold::eventstore::sqlite::SqliteStore;
 
 pub async fn memory() -> (MemoryStore, ()) {
@@ -45,6 +46,87 @@ pub async fn postgres() -> (PgStore, TestDb) {
     (store, db)
 }
 
+/// The consumer tests' handler: its effect is one `ledger.noted` event per handled message in
+/// the stream `ledger/all`, in the inbox's transaction (see [`note`]). A message of type
+/// `payment.poison` fails.
+#[derive(Default)]
+pub struct Ledger {
+    pub calls: std::sync::atomic::AtomicUsize,
+}
+
+impl<U: eventfold::eventstore::UnitOfWork> eventfold::outbox::Handler<U> for Ledger {
+    async fn handle(
+        &self,
+        uow: &mut U,
+        record: &eventfold::outbox::Record,
+    ) -> Result<(), eventfold::BoxError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if record.message_type == "payment.poison" {
+            return Err(format!("cannot handle {}: no amount", record.message_id).into());
+        }
+        note(uow, record).await
+    }
+}
+
+/// The [`Ledger`]'s effect of `record`: a `ledger.noted` event caused by it, appended to
+/// `ledger/all` in `uow`.
+pub async fn note<U: eventfold::eventstore::UnitOfWork>(
+    uow: &mut U,
+    record: &eventfold::outbox::Record,
+) -> Result<(), eventfold::BoxError> {
+    let stream = eventfold::StreamId::new("ledger", "all")?;
+    let mut event = eventfold::NewEvent::raw("ledger.noted", 1, record.payload.clone());
+    event.causation_id = Some(record.message_id);
+    uow.append(
+        &stream,
+        eventfold::eventstore::ExpectedVersion::Any,
+        vec![event],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The ids of the messages that took effect through the [`Ledger`], in the order they did.
+pub async fn effects<S: eventfold::eventstore::EventStore>(store: &S) -> Vec<uuid::Uuid> {
+    let stream = eventfold::StreamId::new("ledger", "all").unwrap();
+    store
+        .read_stream(&stream, 1, u64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| e.causation_id)
+        .collect()
+}
+
+/// The `eventfold` binary on the database `url`, with no `DATABASE_URL` inherited from the
+/// test's environment.
+pub fn eventfold_cli(url: &str) -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("eventfold").expect("the eventfold binary");
+    cmd.env_remove("DATABASE_URL")
+        .arg("--database-url")
+        .arg(url);
+    cmd
+}
+
+/// `DATABASE_URL` (or the default server) with its database replaced by `database`; the query
+/// string, if any, is kept.
+pub fn database_url(database: &str) -> String {
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url.as_str(), None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{server}/{database}?{query}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
 /// The Kafka-protocol broker of `KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`); panics when nothing
 /// listens there: the Kafka tests fail loudly, they never skip.
 pub fn kafka_bootstrap() -> String {
@@ -64,6 +146,49 @@ pub fn kafka_bootstrap() -> String {
          run the tests with scripts/test.sh, which starts tansu"
     );
     servers
+}
+
+/// A consumer in the new group `group_id` (no offset commits), assigned partitions `0..partitions`
+/// of `topic` from their beginning.
+#[cfg(feature = "kafka")]
+pub fn consumer_from_start(
+    brokers: &str,
+    group_id: String,
+    topic: &str,
+    partitions: i32,
+) -> eventfold::outbox::kafka::rdkafka::consumer::StreamConsumer {
+    use eventfold::outbox::kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+    use eventfold::outbox::kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group_id)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("create a consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("assign a partition");
+    }
+    consumer.assign(&assignment).expect("assign the topic");
+    consumer
+}
+
+/// The next message of `consumer`, or `None` when none came before `until`; a consumer error
+/// fails the test, naming `topic`.
+#[cfg(feature = "kafka")]
+pub async fn recv_before<'c>(
+    consumer: &'c eventfold::outbox::kafka::rdkafka::consumer::StreamConsumer,
+    until: std::time::Instant,
+    topic: &str,
+) -> Option<eventfold::outbox::kafka::rdkafka::message::BorrowedMessage<'c>> {
+    let left = until.saturating_duration_since(std::time::Instant::now());
+    match tokio::time::timeout(left, consumer.recv()).await {
+        Err(_) => None,
+        Ok(message) => Some(message.unwrap_or_else(|e| panic!("consuming {topic}: {e}"))),
+    }
 }
 
 /// Makes PostgreSQL refuse every `event` (`DELETE`, `UPDATE`, ...) on `table` while the switch

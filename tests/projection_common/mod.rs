@@ -7,9 +7,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use eventfold::eventstore::{Checkpoint, EventStore, LogFilter};
+use eventfold::eventstore::{
+    Checkpoint, EventStore, ExpectedVersion, LogFilter, ParkedEvent, ProjectionState,
+    ProjectionStore,
+};
 use eventfold::projections::{Projection, Tables};
-use eventfold::{BoxError, CommandMetadata, Envelope, Event, NewEvent};
+use eventfold::{BoxError, CommandMetadata, Envelope, Event, NewEvent, StreamId};
 
 #[derive(Debug, Clone, PartialEq, Event)]
 pub enum BankEvent {
@@ -141,4 +144,41 @@ pub async fn fold_log<S: EventStore>(store: &S) -> BTreeMap<String, (i64, i64)> 
             return fold;
         }
     }
+}
+
+/// The `(account, total, events)` rows the balances view must hold: [`fold_log`] without the
+/// [`POISON`] account.
+pub async fn expected_balances<S: EventStore>(store: &S) -> Vec<(String, i64, i64)> {
+    fold_log(store)
+        .await
+        .into_iter()
+        .filter(|(a, _)| a != POISON)
+        .map(|(a, (t, n))| (a, t, n))
+        .collect()
+}
+
+/// The stored state of the `ledger` projection (it must exist).
+pub async fn ledger_state<S: ProjectionStore>(store: &S) -> ProjectionState {
+    store
+        .projection_state("ledger")
+        .await
+        .expect("state")
+        .expect("stored")
+}
+
+/// The events parked by the `ledger` projection (at most 10).
+pub async fn parked_ledger<S: ProjectionStore>(store: &S) -> Vec<ParkedEvent> {
+    store
+        .parked_projection_events("ledger", 10)
+        .await
+        .expect("parked")
+}
+
+/// Appends `events` to `stream` at any version; returns the highest global position they got.
+pub async fn append_any<S: EventStore>(store: &S, stream: &StreamId, events: Vec<NewEvent>) -> u64 {
+    let done = store
+        .append(stream, ExpectedVersion::Any, events)
+        .await
+        .expect("append");
+    *done.positions.iter().max().unwrap_or(&0)
 }

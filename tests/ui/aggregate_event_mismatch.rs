@@ -1,18 +1,11 @@
 use eventfold::{aggregate, Event};
 
-#[derive(Debug, Clone, PartialEq, Event)]
-enum OrderEvent {
-    Placed,
-}
+include!("shared/order.rs");
 
 #[derive(Debug, Clone, PartialEq, Event)]
 enum ShipmentEvent {
     Shipped,
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("rejected")]
-struct Rejected;
 
 #[derive(Default)]
 struct Order {

@@ -1,13 +1,6 @@
 use eventfold::{aggregate, Event};
 
-#[derive(Debug, Clone, PartialEq, Event)]
-enum OrderEvent {
-    Placed,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("rejected")]
-struct Rejected;
+include!("shared/order.rs");
 
 #[derive(Default)]
 struct Order<T> {
