@@ -1,10 +1,24 @@
 //! # eventfold-saga
 //!
-//! Orchestrated sagas (a definition with steps and compensations, persisted and resumable, with
-//! durable timeouts) and choreographed sagas (handlers reacting to other services' events), with
-//! correlation carried end to end.
-//!
-//! This crate is the room for that work; it holds no public items yet. Its guarantee is guarantee
-//! 5 of the design brief: every started saga ends Completed, Compensated or Failed.
+//! The pure core of orchestrated sagas (placeholder doc, expanded below).
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
+
+pub mod definition;
+pub mod error;
+pub mod event;
+pub mod machine;
+pub mod message;
+pub mod state;
+#[cfg(feature = "test-util")]
+pub mod testing;
+
+pub use definition::{
+    ParallelBuilder, RetryPolicy, Saga, SagaBuilder, SagaData, SagaDefinition, StepBuilder,
+    StepInfo,
+};
+pub use error::{DefinitionError, MigrationError, SagaError, StepError};
+pub use event::SagaEvent;
+pub use machine::{Decision, Ignored, Input, TimerKey, TimerKind, TimerRequest, Transition, decide};
+pub use message::{Command, CommandKind, Outcome, Reply, SagaCommand};
+pub use state::{CompensationPhase, SagaState, SagaStatus, StepPhase, StepState};
