@@ -218,7 +218,10 @@ impl<D: SagaData> SagaBuilder<D> {
 
     /// Appends a parallel group (fork/join): its steps start together, the saga goes on when all
     /// of them succeeded.
-    pub fn parallel(mut self, configure: impl FnOnce(ParallelBuilder<D>) -> ParallelBuilder<D>) -> Self {
+    pub fn parallel(
+        mut self,
+        configure: impl FnOnce(ParallelBuilder<D>) -> ParallelBuilder<D>,
+    ) -> Self {
         let group = configure(ParallelBuilder { steps: Vec::new() });
         self.stages.push(StageSpec::Parallel(group.steps));
         self

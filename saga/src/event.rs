@@ -196,7 +196,10 @@ const TYPES: &[EventTypeInfo] = &[
     info("saga.step_compensating", "StepCompensating"),
     info("saga.step_compensated", "StepCompensated"),
     info("saga.compensation_failed", "CompensationFailed"),
-    info("saga.compensation_retry_scheduled", "CompensationRetryScheduled"),
+    info(
+        "saga.compensation_retry_scheduled",
+        "CompensationRetryScheduled",
+    ),
     info("saga.parked", "Parked"),
     info("saga.resumed", "Resumed"),
     info("saga.completed", "Completed"),

@@ -71,6 +71,13 @@ pub use definition::{
 };
 pub use error::{DefinitionError, MigrationError, SagaError, StepError};
 pub use event::SagaEvent;
-pub use machine::{Decision, Ignored, Input, TimerKey, TimerKind, TimerRequest, Transition, decide};
+pub use machine::{
+    Decision, Ignored, Input, TimerKey, TimerKind, TimerRequest, Transition, decide,
+};
 pub use message::{Command, CommandKind, Outcome, Reply, SagaCommand};
 pub use state::{CompensationPhase, SagaState, SagaStatus, StepPhase, StepState};
+
+/// The book's chapter on sagas, so that its examples are compiled and run as doctests.
+#[cfg(all(doctest, feature = "test-util"))]
+#[doc = include_str!("../../book/src/sagas.md")]
+pub struct BookSagasChapter;

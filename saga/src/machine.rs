@@ -340,9 +340,7 @@ fn fence<D>(state: &SagaState, input: &Input<D>) -> Option<Ignored> {
                             StepPhase::InFlight => true,
                             // the success of an attempt that timed out
                             StepPhase::WaitingRetry | StepPhase::TimedOut => {
-                                step.timed_out
-                                    && !step.succeeded_late
-                                    && reply.outcome.is_success()
+                                step.timed_out && !step.succeeded_late && reply.outcome.is_success()
                             }
                             StepPhase::Succeeded | StepPhase::Failed => false,
                         }
@@ -360,7 +358,9 @@ fn fence<D>(state: &SagaState, input: &Input<D>) -> Option<Ignored> {
                 return Some(stale());
             };
             let accepted = match key.kind {
-                TimerKind::Timeout => step.phase == StepPhase::InFlight && step.attempt == key.attempt,
+                TimerKind::Timeout => {
+                    step.phase == StepPhase::InFlight && step.attempt == key.attempt
+                }
                 TimerKind::RetryBackoff => {
                     step.phase == StepPhase::WaitingRetry
                         && step.attempt == key.attempt
@@ -486,7 +486,13 @@ impl<'a, D: SagaData> Machine<'a, D> {
         Ok(())
     }
 
-    fn command(&self, step: &str, attempt: u32, kind: CommandKind, cmd: crate::Command) -> SagaCommand {
+    fn command(
+        &self,
+        step: &str,
+        attempt: u32,
+        kind: CommandKind,
+        cmd: crate::Command,
+    ) -> SagaCommand {
         SagaCommand {
             saga_id: self.state.saga_id,
             saga_type: self.state.saga_type.clone(),
@@ -549,7 +555,13 @@ impl<'a, D: SagaData> Machine<'a, D> {
                 match &reply.outcome {
                     Outcome::Success { .. } => self.succeed(step_def, step.attempt, &reply.outcome),
                     Outcome::Failure { reason, retryable } => {
-                        self.attempt_failed(step_def, step.attempt, reason.clone(), *retryable, false);
+                        self.attempt_failed(
+                            step_def,
+                            step.attempt,
+                            reason.clone(),
+                            *retryable,
+                            false,
+                        );
                         Ok(())
                     }
                 }
@@ -575,7 +587,12 @@ impl<'a, D: SagaData> Machine<'a, D> {
     }
 
     /// A success reply for the current attempt of a step.
-    fn succeed(&mut self, step: &StepDef<D>, attempt: u32, outcome: &Outcome) -> Result<(), SagaError> {
+    fn succeed(
+        &mut self,
+        step: &StepDef<D>,
+        attempt: u32,
+        outcome: &Outcome,
+    ) -> Result<(), SagaError> {
         if self.state.status != SagaStatus::Running {
             // compensation began: the step is done, it will be compensated, never continued
             self.emit(SagaEvent::StepSucceeded {
@@ -616,7 +633,9 @@ impl<'a, D: SagaData> Machine<'a, D> {
                 });
                 let reason = format!("the reply of step {} was refused: {error}", step.name);
                 if self.state.pivot_passed {
-                    self.fail(format!("{reason} (after the pivot, nothing is compensated)"));
+                    self.fail(format!(
+                        "{reason} (after the pivot, nothing is compensated)"
+                    ));
                 } else {
                     self.emit(SagaEvent::CompensationStarted {
                         step: step.name.clone(),
@@ -630,7 +649,14 @@ impl<'a, D: SagaData> Machine<'a, D> {
     }
 
     /// An attempt of a step failed (`timed_out`: its outcome is unknown).
-    fn attempt_failed(&mut self, step: &StepDef<D>, attempt: u32, reason: String, retryable: bool, timed_out: bool) {
+    fn attempt_failed(
+        &mut self,
+        step: &StepDef<D>,
+        attempt: u32,
+        reason: String,
+        retryable: bool,
+        timed_out: bool,
+    ) {
         let name = step.name.clone();
         if timed_out {
             self.emit(SagaEvent::StepTimedOut {
@@ -852,7 +878,12 @@ impl<'a, D: SagaData> Machine<'a, D> {
     /// Issues the next compensation; `true` if anything changed.
     fn compensate_once(&mut self) -> Result<bool, SagaError> {
         // siblings still in flight are awaited (until they reply or time out)
-        if self.state.steps.iter().any(|s| s.phase == StepPhase::InFlight) {
+        if self
+            .state
+            .steps
+            .iter()
+            .any(|s| s.phase == StepPhase::InFlight)
+        {
             return Ok(false);
         }
         let mut pending: Vec<&StepState> = Vec::new();

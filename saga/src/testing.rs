@@ -90,7 +90,8 @@ impl<'a, D: SagaData> SagaTest<'a, D> {
                 }
                 self.history.extend(t.events);
                 self.commands.extend(t.commands);
-                self.timers.retain(|timer| !t.cancel_timers.contains(&timer.key));
+                self.timers
+                    .retain(|timer| !t.cancel_timers.contains(&timer.key));
                 self.timers.extend(t.timers);
                 assert_eq!(
                     SagaState::fold(&self.history),
@@ -130,17 +131,33 @@ impl<'a, D: SagaData> SagaTest<'a, D> {
     /// A success reply to the latest attempt of `step`'s compensation.
     pub fn when_compensated(&mut self, step: &str) -> &mut Self {
         let attempt = self.awaited(step, CommandKind::Compensation);
-        self.when_reply_at(step, attempt, CommandKind::Compensation, Outcome::success(Value::Null))
+        self.when_reply_at(
+            step,
+            attempt,
+            CommandKind::Compensation,
+            Outcome::success(Value::Null),
+        )
     }
 
     /// A failure reply to the latest attempt of `step`'s compensation.
     pub fn when_compensation_failed(&mut self, step: &str, reason: &str) -> &mut Self {
         let attempt = self.awaited(step, CommandKind::Compensation);
-        self.when_reply_at(step, attempt, CommandKind::Compensation, Outcome::failure(reason))
+        self.when_reply_at(
+            step,
+            attempt,
+            CommandKind::Compensation,
+            Outcome::failure(reason),
+        )
     }
 
     /// A reply with explicit fencing fields (for stale and duplicate replies).
-    pub fn when_reply_at(&mut self, step: &str, attempt: u32, kind: CommandKind, outcome: Outcome) -> &mut Self {
+    pub fn when_reply_at(
+        &mut self,
+        step: &str,
+        attempt: u32,
+        kind: CommandKind,
+        outcome: Outcome,
+    ) -> &mut Self {
         let reply = Reply {
             saga_id: self.state.saga_id,
             step: step.to_owned(),
@@ -153,7 +170,11 @@ impl<'a, D: SagaData> SagaTest<'a, D> {
 
     /// Fires a timer now, whether it is pending or not (for stale and duplicate timers).
     pub fn when_timer(&mut self, step: &str, attempt: u32, kind: TimerKind) -> &mut Self {
-        let key = TimerKey { step: step.to_owned(), attempt, kind };
+        let key = TimerKey {
+            step: step.to_owned(),
+            attempt,
+            kind,
+        };
         self.timers.retain(|t| t.key != key);
         self.when(Input::TimerFired(key))
     }
@@ -188,8 +209,11 @@ impl<'a, D: SagaData> SagaTest<'a, D> {
 
     /// Asserts the action and compensation commands sent so far, as `(step, kind)` in order.
     pub fn then_commands(&self, expected: &[(&str, CommandKind)]) -> &Self {
-        let actual: Vec<(&str, CommandKind)> =
-            self.commands.iter().map(|c| (c.step.as_str(), c.kind)).collect();
+        let actual: Vec<(&str, CommandKind)> = self
+            .commands
+            .iter()
+            .map(|c| (c.step.as_str(), c.kind))
+            .collect();
         assert_eq!(actual, expected, "commands sent");
         self
     }

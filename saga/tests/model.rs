@@ -16,7 +16,9 @@ use serde_json::json;
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Data;
 
-fn cmd(name: &'static str) -> impl Fn(&Data) -> Result<Command, eventfold_saga::StepError> + Send + Sync + 'static {
+fn cmd(
+    name: &'static str,
+) -> impl Fn(&Data) -> Result<Command, eventfold_saga::StepError> + Send + Sync + 'static {
     move |_| Ok(Command::from_json("t", name, json!({})))
 }
 
@@ -25,12 +27,28 @@ fn definition() -> SagaDefinition<Data> {
     let retry = RetryPolicy::fixed(2, Duration::from_secs(1));
     let comp = RetryPolicy::fixed(2, Duration::from_secs(2));
     Saga::<Data>::define("model", 1)
-        .step("a", |s| s.invoke(cmd("a")).compensate(cmd("ua")).timeout(t).retry(retry.clone()).compensation_retry(comp.clone()))
+        .step("a", |s| {
+            s.invoke(cmd("a"))
+                .compensate(cmd("ua"))
+                .timeout(t)
+                .retry(retry.clone())
+                .compensation_retry(comp.clone())
+        })
         .parallel(|p| {
-            p.step("b", |s| s.invoke(cmd("b")).compensate(cmd("ub")).timeout(t).retry(retry.clone()).compensation_retry(comp.clone()))
-                .step("c", |s| {
-                    s.invoke(cmd("c")).compensate(cmd("uc")).compensate_on_failure(true).timeout(t).compensation_retry(comp.clone())
-                })
+            p.step("b", |s| {
+                s.invoke(cmd("b"))
+                    .compensate(cmd("ub"))
+                    .timeout(t)
+                    .retry(retry.clone())
+                    .compensation_retry(comp.clone())
+            })
+            .step("c", |s| {
+                s.invoke(cmd("c"))
+                    .compensate(cmd("uc"))
+                    .compensate_on_failure(true)
+                    .timeout(t)
+                    .compensation_retry(comp.clone())
+            })
         })
         .pivot("d", |s| s.invoke(cmd("d")).timeout(t).retry(retry.clone()))
         .step("e", |s| s.invoke(cmd("e")).timeout(t).retry(retry.clone()))
@@ -41,9 +59,16 @@ fn definition() -> SagaDefinition<Data> {
 #[derive(Debug, Clone)]
 enum Op {
     /// reply to the pick-th command ever sent (stale when it is an old one)
-    Reply { pick: usize, success: bool, retryable: bool },
+    Reply {
+        pick: usize,
+        success: bool,
+        retryable: bool,
+    },
     /// fire the pick-th pending timer (keep it pending: fired again later = duplicate)
-    Timer { pick: usize, keep: bool },
+    Timer {
+        pick: usize,
+        keep: bool,
+    },
     /// the orchestrator crashes: the state is re-folded from the history
     Crash,
     RetryParked,
@@ -69,7 +94,11 @@ struct World<'a> {
 
 impl World<'_> {
     fn input(&mut self, input: Input<Data>) {
-        match self.def.decide(&self.state, input, self.now).expect("decide") {
+        match self
+            .def
+            .decide(&self.state, input, self.now)
+            .expect("decide")
+        {
             Decision::Ignored { .. } => {}
             Decision::Transition(t) => {
                 for e in &t.events {
@@ -79,13 +108,21 @@ impl World<'_> {
                 self.sent.extend(t.commands);
                 self.timers.retain(|x| !t.cancel_timers.contains(&x.key));
                 self.timers.extend(t.timers);
-                assert_eq!(SagaState::fold(&self.history), self.state, "fold(history) == carried state");
+                assert_eq!(
+                    SagaState::fold(&self.history),
+                    self.state,
+                    "fold(history) == carried state"
+                );
             }
         }
     }
 
     fn fire(&mut self, index: usize, keep: bool) {
-        let timer = if keep { self.timers[index].clone() } else { self.timers.remove(index) };
+        let timer = if keep {
+            self.timers[index].clone()
+        } else {
+            self.timers.remove(index)
+        };
         if timer.due_at > self.now {
             self.now = timer.due_at;
         }
@@ -101,31 +138,59 @@ fn check_invariants(history: &[SagaEvent], sent: &[SagaCommand]) -> Result<(), T
     for e in history {
         match e {
             SagaEvent::StepStarted { step, .. } => {
-                prop_assert!(!compensation_began, "step {} started after compensation began", step);
+                prop_assert!(
+                    !compensation_began,
+                    "step {} started after compensation began",
+                    step
+                );
                 if !started.contains(step) {
                     started.push(step.clone());
                 }
             }
             SagaEvent::CompensationStarted { .. } => compensation_began = true,
             SagaEvent::StepCompensating { step, attempt } => {
-                prop_assert!(started.contains(step), "compensation of {} that never started", step);
+                prop_assert!(
+                    started.contains(step),
+                    "compensation of {} that never started",
+                    step
+                );
                 prop_assert!(!compensated.contains(step), "{} compensated twice", step);
                 if *attempt == 1 {
-                    prop_assert!(!compensating.contains(step), "compensation of {} issued twice", step);
+                    prop_assert!(
+                        !compensating.contains(step),
+                        "compensation of {} issued twice",
+                        step
+                    );
                     compensating.push(step.clone());
                 }
             }
             SagaEvent::StepCompensated { step, .. } => {
-                prop_assert!(compensated.insert(step.clone()), "{} compensated twice", step);
+                prop_assert!(
+                    compensated.insert(step.clone()),
+                    "{} compensated twice",
+                    step
+                );
             }
             _ => {}
         }
     }
-    let order: Vec<usize> = compensating.iter().map(|s| started.iter().position(|x| x == s).unwrap_or(0)).collect();
-    prop_assert!(order.windows(2).all(|w| w[0] > w[1]), "compensations not in reverse start order: {:?} (started {:?})", compensating, started);
+    let order: Vec<usize> = compensating
+        .iter()
+        .map(|s| started.iter().position(|x| x == s).unwrap_or(0))
+        .collect();
+    prop_assert!(
+        order.windows(2).all(|w| w[0] > w[1]),
+        "compensations not in reverse start order: {:?} (started {:?})",
+        compensating,
+        started
+    );
     let mut seen = HashSet::new();
     for c in sent {
-        prop_assert!(seen.insert((c.step.clone(), c.attempt, c.kind)), "command sent twice: {:?}", (&c.step, c.attempt, c.kind));
+        prop_assert!(
+            seen.insert((c.step.clone(), c.attempt, c.kind)),
+            "command sent twice: {:?}",
+            (&c.step, c.attempt, c.kind)
+        );
     }
     Ok(())
 }
