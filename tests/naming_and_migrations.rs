@@ -208,3 +208,66 @@ async fn sqlite_refuses_a_schema_and_tracks_its_migrations() {
         .unwrap();
     assert_eq!(count, 5, "every embedded migration is recorded once");
 }
+
+/// A SQLite database migrated by eventfold before its migrations became `.sql` files (main at
+/// `1ca6a7f`, `eventfold migrate`): the checksums of its applied migrations still match, and the
+/// store opens and appends.
+#[tokio::test]
+async fn sqlite_database_created_by_the_old_migration_text_still_migrates() {
+    let path = std::env::temp_dir().join(format!(
+        "eventfold-test-old-{}.db",
+        uuid::Uuid::now_v7().simple()
+    ));
+    std::fs::copy("tests/fixtures/main-1ca6a7f.sqlite", &path).expect("copy the fixture");
+    let _cleanup = common::TempFile(path.clone());
+    let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("an old database migrates cleanly (checksums unchanged)");
+    let stream = StreamId::new("order", "old-1").unwrap();
+    let result = store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![NewEvent::raw("order.placed", 1, b"{}".to_vec())],
+        )
+        .await
+        .expect("append on the old database");
+    assert_eq!(result.version, 1);
+}
+
+/// A PostgreSQL database migrated by eventfold before its migrations became `.sql` files (a
+/// `pg_dump` of main at `1ca6a7f` after `eventfold migrate`): it still migrates and appends.
+#[tokio::test]
+async fn postgres_database_created_by_the_old_migration_text_still_migrates() {
+    let db = eventfold::eventstore::postgres::testing::TestDb::create(4)
+        .await
+        .expect("PostgreSQL must be reachable at DATABASE_URL");
+    let dump = std::fs::read_to_string("tests/fixtures/main-1ca6a7f-postgres.sql")
+        .expect("read the fixture");
+    // pg_dump empties the session's search_path: restore on a connection of its own, then close it.
+    let mut conn = db.pool().acquire().await.unwrap().detach();
+    sqlx::raw_sql(&dump)
+        .execute(&mut conn)
+        .await
+        .expect("restore the old database");
+    drop(conn);
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM eventfold_migrations")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(applied, 6, "the fixture holds the six migrations of main");
+    let store = PgStore::builder(db.pool().clone())
+        .build()
+        .await
+        .expect("an old database migrates cleanly (checksums unchanged)");
+    let stream = StreamId::new("order", "old-1").unwrap();
+    let result = store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![NewEvent::raw("order.placed", 1, b"{}".to_vec())],
+        )
+        .await
+        .expect("append on the old database");
+    assert_eq!(result.version, 1);
+}
