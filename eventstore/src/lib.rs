@@ -34,6 +34,7 @@ pub mod naming;
 pub mod outbox;
 pub mod projection;
 pub mod repository;
+pub mod saga;
 pub mod store;
 
 #[cfg(feature = "test-util")]
@@ -58,6 +59,7 @@ pub use outbox::{
 };
 pub use projection::{BuildState, LockedCheckpoint, ParkedEvent, ProjectionState, ProjectionStore};
 pub use repository::{Executed, Loaded, Repository};
+pub use saga::{SagaFilter, SagaRecord, SagaStore, SagaTimer};
 pub use store::{
     AppendResult, CommandRecord, DynEventReader, EventStore, LocalWakeup, Snapshot, UnitOfWork,
     Wakeup,

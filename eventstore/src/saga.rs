@@ -1,0 +1,213 @@
+//! The saga store: what the store keeps about orchestrated saga instances, beside their events.
+//!
+//! A saga instance is an event-sourced stream of its transitions (ADR 0020): its history lives in
+//! the events table like any other stream. The store keeps three small tables beside it, all
+//! written **in the unit of work of the transition** (so they commit with the saga's events, the
+//! commands it sends through the outbox and the inbox mark of the reply it consumed):
+//!
+//! * `{prefix}sagas`: one row per instance ([`SagaRecord`]): type, business key (unique per
+//!   type, which makes starting a saga idempotent), status, correlation id, stream version and
+//!   times. `sagas list` and the saga-count metrics read it without folding streams.
+//! * `{prefix}saga_timers`: the durable timers ([`SagaTimer`]): deadlines of steps, backoffs of
+//!   retries, and operator requests (`retry_parked`). Due is decided by **the database's clock**.
+//!   A scheduler claims due timers with a lease ([`SagaStore::claim_due_timers`]): a claim moves
+//!   the timer's `due_at` past the lease, so several scheduler instances never fire the same
+//!   timer at once, a crashed scheduler's claim comes due again, and a timer whose firing keeps
+//!   failing goes to the back of the queue (its lease grows with its claims) instead of starving
+//!   the others. Firing deletes the timer in the transition's unit of work
+//!   ([`SagaStore::delete_saga_timer`] returns `false` when another firing won).
+//! * `{prefix}saga_requests`: the outcomes participants recorded per request key
+//!   ([`SagaStore::find_request_outcome`], [`SagaStore::record_request_outcome`]), so that a
+//!   retried command repeats the stored outcome instead of acting twice.
+//!
+//! The `eventfold-saga` crate builds the orchestrator, the scheduler and the participant helper
+//! on this trait; the listing half needs no application types, which is what the CLI uses.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::store::EventStore;
+
+/// One saga instance's row in `{prefix}sagas`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SagaRecord {
+    /// The instance.
+    pub saga_id: Uuid,
+    /// The saga type (its definition's name).
+    pub saga_type: String,
+    /// The business key it was started with (unique per saga type).
+    pub business_key: String,
+    /// The status word: `running`, `compensating`, `compensation_failed`, `completed`,
+    /// `compensated` or `failed`.
+    pub status: String,
+    /// The reason of `failed`, the error of `compensation_failed`, the cause of `compensating`.
+    pub detail: Option<String>,
+    /// The correlation id of the business flow.
+    pub correlation_id: Uuid,
+    /// The definition version of the instance's data.
+    pub definition_version: u32,
+    /// The version of the instance's stream after its last transition.
+    pub version: u64,
+    /// When it started (set by the store on insert).
+    pub started_at: DateTime<Utc>,
+    /// When its last transition committed (set by the store).
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A durable timer of a saga instance, in `{prefix}saga_timers`. `(saga_id, step, attempt,
+/// kind)` identifies it; storing it again moves its deadline.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SagaTimer {
+    /// The instance.
+    pub saga_id: Uuid,
+    /// The saga type (schedulers claim the types they know).
+    pub saga_type: String,
+    /// The step (empty for an operator request).
+    pub step: String,
+    /// The attempt it belongs to (0 for an operator request).
+    pub attempt: u32,
+    /// What it is for: `timeout`, `retry_backoff`, `compensation_timeout`,
+    /// `compensation_retry`, or `retry_parked` (an operator asked to resume a parked saga).
+    pub kind: String,
+    /// When it falls due, on the database's clock.
+    pub due_at: DateTime<Utc>,
+}
+
+/// Which saga instances to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SagaFilter {
+    /// Only this saga type.
+    pub saga_type: Option<String>,
+    /// Only this status word.
+    pub status: Option<String>,
+    /// Only this correlation id.
+    pub correlation_id: Option<Uuid>,
+    /// At most this many (0: the store's default of 100).
+    pub limit: usize,
+}
+
+/// Saga instances, timers and participant outcomes, per backend. See the [module docs](self).
+pub trait SagaStore: EventStore {
+    /// The database's clock, as this unit of work sees it: every saga deadline is computed from
+    /// it and compared with it, so the clocks of the application hosts do not matter.
+    fn database_now(
+        &self,
+        uow: &mut Self::UnitOfWork,
+    ) -> impl Future<Output = Result<DateTime<Utc>, StoreError>> + Send;
+
+    /// Registers a new instance under `(saga_type, business_key)` with status `running`, or finds
+    /// the instance that already owns that key. Returns the owner's id: `record.saga_id` when this
+    /// call inserted it, another id when the key was taken (the caller then starts nothing). Two
+    /// concurrent calls with the same key agree on one owner (the second waits for the first's
+    /// transaction on PostgreSQL and SQLite).
+    fn register_saga(
+        &self,
+        uow: &mut Self::UnitOfWork,
+        record: &SagaRecord,
+    ) -> impl Future<Output = Result<Uuid, StoreError>> + Send;
+
+    /// Updates an instance's status, detail, definition version and stream version after a
+    /// transition (and `updated_at` to the database's clock). `false` when it is not registered.
+    fn update_saga(
+        &self,
+        uow: &mut Self::UnitOfWork,
+        record: &SagaRecord,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Stores timers (an existing timer with the same identity gets the new deadline).
+    fn put_saga_timers(
+        &self,
+        uow: &mut Self::UnitOfWork,
+        timers: &[SagaTimer],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes one timer; `false` when it is not there (already fired, or cancelled). A firing
+    /// deletes its timer in the transition's unit of work and goes on only on `true`.
+    fn delete_saga_timer(
+        &self,
+        uow: &mut Self::UnitOfWork,
+        saga_id: Uuid,
+        step: &str,
+        attempt: u32,
+        kind: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Deletes every timer of an instance (when it reached a terminal status).
+    fn delete_all_saga_timers(
+        &self,
+        uow: &mut Self::UnitOfWork,
+        saga_id: Uuid,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The outcome a participant recorded for a request key, if any.
+    fn find_request_outcome(
+        &self,
+        uow: &mut Self::UnitOfWork,
+        participant: &str,
+        request_key: &str,
+    ) -> impl Future<Output = Result<Option<serde_json::Value>, StoreError>> + Send;
+
+    /// Records a participant's outcome for a request key; `false` when one was recorded
+    /// already (a concurrent delivery won; the caller rolls back).
+    fn record_request_outcome(
+        &self,
+        uow: &mut Self::UnitOfWork,
+        participant: &str,
+        request_key: &str,
+        outcome: &serde_json::Value,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Claims up to `limit` timers of the given saga types that are due on the database's
+    /// clock, oldest deadline first, in a transaction of its own. Each claimed timer's `due_at`
+    /// moves to `now + lease * claims` (capped at 64 leases), so no other scheduler claims it
+    /// while this one fires it, and a timer whose firing keeps failing yields to the others.
+    /// Returns the timers with the deadline they had when claimed.
+    fn claim_due_timers(
+        &self,
+        saga_types: &[String],
+        limit: usize,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<SagaTimer>, StoreError>> + Send;
+
+    /// Stores a timer in a transaction of its own (used by the CLI's `sagas retry`, which has no
+    /// definition: the orchestrator that has one fires it). `false` when the instance is not
+    /// registered.
+    fn request_saga_timer(
+        &self,
+        timer: &SagaTimer,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// One instance's row.
+    fn saga(
+        &self,
+        saga_id: Uuid,
+    ) -> impl Future<Output = Result<Option<SagaRecord>, StoreError>> + Send;
+
+    /// The instance that owns a business key of a saga type.
+    fn saga_by_key(
+        &self,
+        saga_type: &str,
+        business_key: &str,
+    ) -> impl Future<Output = Result<Option<SagaRecord>, StoreError>> + Send;
+
+    /// Instances that pass `filter`, most recently updated first.
+    fn list_sagas(
+        &self,
+        filter: &SagaFilter,
+    ) -> impl Future<Output = Result<Vec<SagaRecord>, StoreError>> + Send;
+
+    /// How many instances there are per `(saga_type, status)` (for metrics and `sagas list`).
+    fn count_sagas(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, String, u64)>, StoreError>> + Send;
+
+    /// The pending timers of one instance, soonest first (for `sagas show`).
+    fn saga_timers(
+        &self,
+        saga_id: Uuid,
+    ) -> impl Future<Output = Result<Vec<SagaTimer>, StoreError>> + Send;
+}
