@@ -351,8 +351,15 @@ fn bad_urls_and_missing_databases_fail_naming_what() {
 async fn reserved_and_registry_only_commands_explain_themselves() {
     let (_store, file) = common::sqlite().await;
     let url = sqlite_url(&file);
-    let err = fails(&url, &["sagas", "list"]);
-    assert!(err.contains("`sagas` is not available yet"), "{err}");
+    // `sagas` arrived: an unknown instance is named, and retry refuses what is not parked.
+    let err = fails(
+        &url,
+        &["sagas", "show", "0190a0b0-0000-7000-8000-000000000000"],
+    );
+    assert!(
+        err.contains("saga 0190a0b0-0000-7000-8000-000000000000 does not exist"),
+        "{err}"
+    );
     let err = fails(&url, &["trace", "0190-abc"]);
     assert!(err.contains("`trace` is not available yet"), "{err}");
     let err = fails(&url, &["projections", "rebuild", "order_totals"]);

@@ -1,6 +1,8 @@
 //! # eventfold-saga
 //!
-//! The pure core of orchestrated sagas: no I/O, no database, no broker, no clock.
+//! Orchestrated sagas: a pure core (no I/O, no database, no broker, no clock) and, in
+//! [`runtime`], the orchestrator, the durable timer scheduler and the participant helper that
+//! run it on the event store and the outbox.
 //!
 //! * **Definition** ([`Saga::define`] → [`SagaBuilder`] → [`SagaDefinition`]): typed saga data,
 //!   steps with stable names (participant invocations or local steps), compensations, timeouts,
@@ -11,6 +13,10 @@
 //!   stale or duplicate reply or timer is [`Decision::Ignored`]. Compensation semantics: ADR 0019
 //!   and the book's chapter on sagas.
 //! * **Test kit** (`testing`, feature `test-util`): a virtual clock, given/when/then.
+//! * **Runtime** ([`runtime`]): [`runtime::Orchestrator`] (starts in the caller's unit of work,
+//!   idempotent on a business key; one transaction per transition), [`runtime::Scheduler`]
+//!   (durable timers on the database clock, several instances), [`runtime::ParticipantHandler`]
+//!   (commands executed once per request key, replies through the outbox).
 //!
 //! What the runtime does per input: load the instance (fold its events), call [`decide`] with the
 //! database's `now`, then in **one transaction** append [`Transition::events`] at the expected
@@ -61,6 +67,7 @@ pub mod error;
 pub mod event;
 pub mod machine;
 pub mod message;
+pub mod runtime;
 pub mod state;
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -81,3 +88,8 @@ pub use state::{CompensationPhase, SagaState, SagaStatus, StepPhase, StepState};
 #[cfg(all(doctest, feature = "test-util"))]
 #[doc = include_str!("../../book/src/sagas.md")]
 pub struct BookSagasChapter;
+
+/// The book's chapter on running sagas, compiled and run as doctests.
+#[cfg(all(doctest, feature = "test-util"))]
+#[doc = include_str!("../../book/src/saga-runtime.md")]
+pub struct BookSagaRuntimeChapter;

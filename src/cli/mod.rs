@@ -69,7 +69,10 @@
 //! | `outbox dead-letters [--limit N]` | the parked outbox rows with their errors |
 //! | `outbox retry <seq>` / `skip <seq>` | puts a dead letter back in the outbox, or drops it |
 //! | `outbox parked <consumer> [--limit N]` | the messages a consumer parked (its inbox's dead letters) |
-//! | `sagas`, `trace` | reserved: fail with "not available yet" |
+//! | `sagas list [--state S] [--type T] [--correlation-id C] [--limit N]` | saga instances, most recently updated first, and counts per type and state |
+//! | `sagas show <saga-id>` | one instance: data, state, each step with its attempts, the history with times, pending timers |
+//! | `sagas retry <saga-id>` | resumes a saga parked on a failing compensation (the running service's scheduler fires the request) |
+//! | `trace` | reserved: fails with "not available yet" |
 //!
 //! Every command takes `--json` (anywhere after the command's first word) and then prints one
 //! JSON document on stdout with these stable fields:
@@ -93,6 +96,12 @@
 //! - `outbox retry|skip`: `{"seq", "action": "retried" | "skipped"}`
 //! - `outbox parked <consumer>`: `[{"consumer", "message_id", "topic", "partition", "offset",
 //!   "key", "type", "attempts", "error", "parked_at"}]`
+//! - `sagas list`: `[{"saga_id", "saga_type", "business_key", "status", "detail", "correlation_id",
+//!   "definition_version", "version", "started_at", "updated_at"}]`
+//! - `sagas show`: `{"saga": (as in list) | null, "state": {"status": {"status", ...}, "steps": [...],
+//!   "data", ...}, "history": [{"version", "at", "type", "event_id", "causation_id", "event"}],
+//!   "timers": [{"step", "attempt", "kind", "due_at"}]}`
+//! - `sagas retry`: `{"saga_id", "retry_requested": true}`
 //!
 //! Times are RFC 3339 in UTC. A failure exits with status 1 and one line on stderr naming what
 //! failed and where (the projection, the dead letter, the table); clap's usage errors exit with 2.
@@ -123,6 +132,7 @@ mod outbox;
 mod progress;
 mod projections;
 mod reserved;
+mod sagas;
 mod status;
 mod store;
 mod table;
@@ -131,6 +141,7 @@ pub use migrate::MigrateArgs;
 pub use outbox::{OutboxArgs, OutboxCommand};
 pub use projections::{ProjectionsArgs, ProjectionsCommand};
 pub use reserved::ReservedArgs;
+pub use sagas::{SagasArgs, SagasCommand};
 pub use status::StatusArgs;
 pub use store::{AppliedMigration, CliStore};
 
@@ -160,8 +171,8 @@ pub enum Command {
     Projections(ProjectionsArgs),
     /// The transactional outbox: status, dead letters, retry, skip; consumers' parked messages.
     Outbox(OutboxArgs),
-    /// Sagas (not available yet).
-    Sagas(ReservedArgs),
+    /// Orchestrated sagas: list, show, retry a parked one.
+    Sagas(SagasArgs),
     /// Trace a correlation id through events, messages and sagas (not available yet).
     Trace(ReservedArgs),
 }
@@ -225,6 +236,30 @@ pub enum CliError {
         /// The projection.
         name: String,
     },
+    /// No saga instance with that id.
+    #[error("saga {saga_id} does not exist (`sagas list` lists them)")]
+    UnknownSaga {
+        /// The id given.
+        saga_id: uuid::Uuid,
+    },
+    /// `sagas retry` of a saga that is not parked.
+    #[error(
+        "sagas retry {saga_id}: the saga is {status}, not compensation_failed; only a parked saga is retried"
+    )]
+    SagaNotParked {
+        /// The saga.
+        saga_id: uuid::Uuid,
+        /// Its state.
+        status: String,
+    },
+    /// Reading a saga instance failed.
+    #[error("{action}: {source}")]
+    Saga {
+        /// What the command was doing.
+        action: String,
+        /// The saga runtime's error (it names the instance).
+        source: Box<crate::saga::runtime::RuntimeError>,
+    },
     /// A reserved command.
     #[error("`{command}` is not available yet in this version of eventfold")]
     NotAvailable {
@@ -280,7 +315,8 @@ impl Command {
             Command::Status(a) => a.output.json,
             Command::Projections(a) => a.output.json,
             Command::Outbox(a) => a.output.json,
-            Command::Sagas(_) | Command::Trace(_) => false,
+            Command::Sagas(a) => a.output.json,
+            Command::Trace(_) => false,
         }
     }
 
@@ -301,7 +337,7 @@ impl Command {
             Command::Outbox(args) => {
                 outbox::run(&args.command, projections.store(), json, out).await
             }
-            Command::Sagas(_) => reserved::refuse("sagas"),
+            Command::Sagas(args) => sagas::run(&args.command, projections.store(), json, out).await,
             Command::Trace(_) => reserved::refuse("trace"),
         }
     }
@@ -376,7 +412,8 @@ mod tests {
         let cli = Cli::try_parse_from(["app", "migrate"]).unwrap();
         assert!(!cli.command.json());
         assert!(Cli::try_parse_from(["app", "projections", "rebuild", "x", "--drop-old"]).is_err());
-        assert!(Cli::try_parse_from(["app", "sagas", "list", "--all"]).is_ok());
+        assert!(Cli::try_parse_from(["app", "sagas", "list", "--state", "compensated"]).is_ok());
+        assert!(Cli::try_parse_from(["app", "sagas", "list", "--all"]).is_err());
     }
 
     #[test]

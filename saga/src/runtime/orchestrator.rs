@@ -1,0 +1,638 @@
+//! The [`Orchestrator`]: runs one saga definition against a store, one transition per input, in
+//! one transaction with everything the transition writes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use eventfold_core::{CommandMetadata, NewEvent, StreamId};
+use eventfold_eventstore::{ExpectedVersion, SagaRecord, SagaStore, SagaTimer, UnitOfWork};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::definition::{SagaData, SagaDefinition};
+use crate::event::SagaEvent;
+use crate::machine::{Decision, Ignored, Input, TimerKey, TimerKind};
+use crate::message::Reply;
+use crate::runtime::error::RuntimeError;
+use crate::runtime::history::{self, saga_stream};
+use crate::runtime::wire;
+use crate::state::{SagaState, SagaStatus};
+
+/// The timer kind of an operator's request to resume a parked saga (`sagas retry`).
+pub const RETRY_PARKED: &str = "retry_parked";
+
+/// What starting a saga did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    /// The instance that owns the business key.
+    pub saga_id: Uuid,
+    /// `false` when the business key had been started before (nothing was written).
+    pub created: bool,
+}
+
+/// What one input did to an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// A transition committed (or, inside a caller's unit of work, was written).
+    Transitioned {
+        /// The status after it.
+        status: SagaStatus,
+        /// The stream version after it.
+        version: u64,
+        /// Saga events appended.
+        events: usize,
+        /// Commands sent.
+        commands: usize,
+    },
+    /// The machine ignored the input (a duplicate, stale or late input): nothing but the inbox
+    /// mark or the timer's deletion was written.
+    Ignored(Ignored),
+    /// The timer was already fired (or cancelled) by someone else: nothing was written.
+    TimerGone,
+}
+
+impl Applied {
+    /// The status after a transition, `None` when the input was ignored.
+    pub fn status(&self) -> Option<&SagaStatus> {
+        match self {
+            Applied::Transitioned { status, .. } => Some(status),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) struct Inner<S, D> {
+    pub(crate) store: S,
+    pub(crate) definition: SagaDefinition<D>,
+    pub(crate) reply_topic: String,
+    pub(crate) max_conflict_retries: u32,
+}
+
+/// Runs one saga definition against a store that implements [`SagaStore`]. Cheap to clone.
+///
+/// Per input (a start, a reply, a timer, an operator's retry) it loads the instance (the fold of
+/// its stream), asks the pure machine ([`crate::decide`]) with the **database's clock**, and
+/// writes in the same unit of work: the saga events at the version it loaded (the optimistic
+/// check that serialises concurrent inputs of one instance), the commands to the outbox, the
+/// timers, and the instance's row. A reply's inbox mark, a fired timer's deletion and a caller's
+/// own writes (for [`start_in`](Self::start_in)) commit with it.
+///
+/// ```
+/// use std::time::Duration;
+/// use eventfold_eventstore::memory::MemoryStore;
+/// use eventfold_saga::{Command, Saga};
+/// use eventfold_saga::runtime::Orchestrator;
+///
+/// #[derive(Clone, serde::Serialize, serde::Deserialize)]
+/// struct Order { id: String }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let definition = Saga::<Order>::define("order.place", 1)
+///     .step("reserve", |s| s
+///         .invoke(|o: &Order| Command::new("inventory.commands", "inventory.reserve", &o.id))
+///         .timeout(Duration::from_secs(30)))
+///     .build()?;
+/// let orchestrator = Orchestrator::new(MemoryStore::new(), definition);
+/// let first = orchestrator.start("o-1", Order { id: "o-1".into() }, None).await?;
+/// let again = orchestrator.start("o-1", Order { id: "o-1".into() }, None).await?;
+/// assert!(first.created && !again.created);          // idempotent on the business key
+/// assert_eq!(first.saga_id, again.saga_id);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Orchestrator<S, D> {
+    pub(crate) inner: Arc<Inner<S, D>>,
+}
+
+impl<S, D> Clone for Orchestrator<S, D> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// A timer's kind as stored.
+pub(crate) fn kind_name(kind: TimerKind) -> &'static str {
+    match kind {
+        TimerKind::Timeout => "timeout",
+        TimerKind::RetryBackoff => "retry_backoff",
+        TimerKind::CompensationTimeout => "compensation_timeout",
+        TimerKind::CompensationRetry => "compensation_retry",
+    }
+}
+
+fn kind_of(name: &str) -> Option<TimerKind> {
+    Some(match name {
+        "timeout" => TimerKind::Timeout,
+        "retry_backoff" => TimerKind::RetryBackoff,
+        "compensation_timeout" => TimerKind::CompensationTimeout,
+        "compensation_retry" => TimerKind::CompensationRetry,
+        _ => return None,
+    })
+}
+
+/// The status word and detail of a state, as the instance's row keeps them.
+pub(crate) fn status_detail(state: &SagaState) -> (String, Option<String>) {
+    let detail = match &state.status {
+        SagaStatus::Failed { reason } => Some(reason.clone()),
+        SagaStatus::CompensationFailed { step, error } => Some(format!("{step}: {error}")),
+        SagaStatus::Compensating => state
+            .compensation_cause
+            .as_ref()
+            .map(|(step, reason)| format!("{step}: {reason}")),
+        _ => None,
+    };
+    (state.status.as_str().to_owned(), detail)
+}
+
+impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
+    /// An orchestrator of `definition` on `store`. Replies are expected on the topic
+    /// `"{saga_type}.replies"` (see [`with_reply_topic`](Self::with_reply_topic)).
+    pub fn new(store: S, definition: SagaDefinition<D>) -> Self {
+        let reply_topic = format!("{}.replies", definition.saga_type());
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                definition,
+                reply_topic,
+                max_conflict_retries: 8,
+            }),
+        }
+    }
+
+    /// Replies are expected on `topic` (participants find it in each command's
+    /// `eventfold_reply_to` header).
+    pub fn with_reply_topic(self, topic: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store: self.inner.store.clone(),
+                definition: self.inner.definition.clone(),
+                reply_topic: topic.into(),
+                max_conflict_retries: self.inner.max_conflict_retries,
+            }),
+        }
+    }
+
+    /// The topic replies are expected on.
+    pub fn reply_topic(&self) -> &str {
+        &self.inner.reply_topic
+    }
+
+    /// The definition.
+    pub fn definition(&self) -> &SagaDefinition<D> {
+        &self.inner.definition
+    }
+
+    /// The saga type.
+    pub fn saga_type(&self) -> &str {
+        self.inner.definition.saga_type()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// Starts a saga **inside the caller's unit of work**: it commits (or rolls back) with
+    /// whatever else the caller wrote, e.g. the order whose placement starts it. Idempotent on
+    /// `business_key`: a key that was started before (committed, or in a concurrent transaction
+    /// that commits first) returns that instance with `created: false` and writes nothing.
+    /// `correlation_id` defaults to the saga id.
+    pub async fn start_in(
+        &self,
+        uow: &mut S::UnitOfWork,
+        business_key: &str,
+        data: D,
+        correlation_id: Option<Uuid>,
+    ) -> Result<Started, RuntimeError> {
+        let saga_id = Uuid::now_v7();
+        let correlation_id = correlation_id.unwrap_or(saga_id);
+        let store = &self.inner.store;
+        let now = store
+            .database_now(uow)
+            .await
+            .map_err(RuntimeError::store(saga_id))?;
+        let record = SagaRecord {
+            saga_id,
+            saga_type: self.saga_type().to_owned(),
+            business_key: business_key.to_owned(),
+            status: SagaStatus::Running.as_str().to_owned(),
+            detail: None,
+            correlation_id,
+            definition_version: self.inner.definition.version(),
+            version: 0,
+            started_at: now,
+            updated_at: now,
+        };
+        let owner = store
+            .register_saga(uow, &record)
+            .await
+            .map_err(RuntimeError::store(saga_id))?;
+        if owner != saga_id {
+            return Ok(Started {
+                saga_id: owner,
+                created: false,
+            });
+        }
+        let input = Input::Start {
+            saga_id,
+            correlation_id,
+            data,
+        };
+        self.apply_in(uow, saga_id, input, None, Some(record))
+            .await?;
+        Ok(Started {
+            saga_id,
+            created: true,
+        })
+    }
+
+    /// Starts a saga in a unit of work of its own (see [`start_in`](Self::start_in)).
+    pub async fn start(
+        &self,
+        business_key: &str,
+        data: D,
+        correlation_id: Option<Uuid>,
+    ) -> Result<Started, RuntimeError> {
+        let mut uow = self.begin(Uuid::nil()).await?;
+        match self
+            .start_in(&mut uow, business_key, data, correlation_id)
+            .await
+        {
+            Ok(started) => {
+                uow.commit()
+                    .await
+                    .map_err(RuntimeError::store(started.saga_id))?;
+                Ok(started)
+            }
+            Err(e) => {
+                let _ = uow.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies a participant's reply inside the caller's unit of work (the consumer's, which
+    /// holds the reply's inbox mark). `message_id` becomes the causation id of what it writes.
+    /// A [`RuntimeError::Conflict`] means another input of the instance committed first: roll
+    /// back and try again.
+    pub async fn handle_reply_in(
+        &self,
+        uow: &mut S::UnitOfWork,
+        reply: Reply,
+        message_id: Option<Uuid>,
+    ) -> Result<Applied, RuntimeError> {
+        let saga_id = reply.saga_id;
+        self.apply_in(uow, saga_id, Input::Reply(reply), message_id, None)
+            .await
+    }
+
+    /// Applies a reply in units of work of its own, retrying conflicts.
+    pub async fn handle_reply(
+        &self,
+        reply: Reply,
+        message_id: Option<Uuid>,
+    ) -> Result<Applied, RuntimeError> {
+        let saga_id = reply.saga_id;
+        self.with_retries(saga_id, |this, uow| {
+            let reply = reply.clone();
+            Box::pin(async move { this.handle_reply_in(uow, reply, message_id).await })
+        })
+        .await
+    }
+
+    /// Fires a claimed timer inside the caller's unit of work: deletes it (fenced: when it is
+    /// gone, another firing won and nothing happens) and gives it to the machine.
+    pub async fn fire_timer_in(
+        &self,
+        uow: &mut S::UnitOfWork,
+        timer: &SagaTimer,
+    ) -> Result<Applied, RuntimeError> {
+        let saga_id = timer.saga_id;
+        let deleted = self
+            .inner
+            .store
+            .delete_saga_timer(uow, saga_id, &timer.step, timer.attempt, &timer.kind)
+            .await
+            .map_err(RuntimeError::store(saga_id))?;
+        if !deleted {
+            return Ok(Applied::TimerGone);
+        }
+        let input = if timer.kind == RETRY_PARKED {
+            Input::RetryParked
+        } else if let Some(kind) = kind_of(&timer.kind) {
+            Input::TimerFired(TimerKey {
+                step: timer.step.clone(),
+                attempt: timer.attempt,
+                kind,
+            })
+        } else {
+            tracing::warn!(%saga_id, kind = %timer.kind, "unknown saga timer kind deleted");
+            return Ok(Applied::TimerGone);
+        };
+        self.apply_in(uow, saga_id, input, None, None).await
+    }
+
+    /// Fires a claimed timer in units of work of its own, retrying conflicts.
+    pub async fn fire_timer(&self, timer: &SagaTimer) -> Result<Applied, RuntimeError> {
+        self.with_retries(timer.saga_id, |this, uow| {
+            let timer = timer.clone();
+            Box::pin(async move { this.fire_timer_in(uow, &timer).await })
+        })
+        .await
+    }
+
+    /// Resumes a saga parked on a failing compensation (a fresh round of retries), now. The
+    /// CLI's `sagas retry`, which has no definition, stores a `retry_parked` timer instead, which
+    /// the scheduler fires.
+    pub async fn retry_parked(&self, saga_id: Uuid) -> Result<Applied, RuntimeError> {
+        self.with_retries(saga_id, |this, uow| {
+            Box::pin(async move {
+                this.apply_in(uow, saga_id, Input::RetryParked, None, None)
+                    .await
+            })
+        })
+        .await
+    }
+
+    /// The state of an instance (the fold of its stream), `None` when it does not exist.
+    pub async fn state(&self, saga_id: Uuid) -> Result<Option<SagaState>, RuntimeError> {
+        let instance = history::load(&self.inner.store, saga_id).await?;
+        Ok(instance.map(|i| i.state))
+    }
+
+    async fn begin(&self, saga_id: Uuid) -> Result<S::UnitOfWork, RuntimeError> {
+        self.inner
+            .store
+            .begin()
+            .await
+            .map_err(RuntimeError::store(saga_id))
+    }
+
+    /// Runs `step` in a fresh unit of work until it commits, retrying conflicts with a short,
+    /// growing, jittered pause.
+    async fn with_retries<F>(&self, saga_id: Uuid, step: F) -> Result<Applied, RuntimeError>
+    where
+        F: for<'a> Fn(
+                &'a Self,
+                &'a mut S::UnitOfWork,
+            )
+                -> futures_util::future::BoxFuture<'a, Result<Applied, RuntimeError>>
+            + Send
+            + Sync,
+    {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let mut uow = self.begin(saga_id).await?;
+            let result = step(self, &mut uow).await;
+            let outcome = match result {
+                Ok(applied) => match uow.commit().await {
+                    Ok(()) => return Ok(applied),
+                    Err(e) if e.is_conflict() => Err(RuntimeError::store(saga_id)(e)),
+                    Err(e) => return Err(RuntimeError::store(saga_id)(e)),
+                },
+                Err(e) => {
+                    let _ = uow.rollback().await;
+                    Err(e)
+                }
+            };
+            match outcome {
+                Err(e) if e.is_retriable() && attempt < self.inner.max_conflict_retries => {
+                    let jitter = u64::from(Uuid::now_v7().as_bytes()[15] % 8);
+                    let pause = Duration::from_millis(u64::from(attempt.min(6)) * 2 + jitter);
+                    tracing::debug!(%saga_id, attempt, error = %e, "saga transition retried");
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => return Err(e),
+                Ok(applied) => return Ok(applied),
+            }
+        }
+    }
+
+    /// The core: load, decide, write. `registered` is the instance's row when `start_in` just
+    /// inserted it.
+    async fn apply_in(
+        &self,
+        uow: &mut S::UnitOfWork,
+        saga_id: Uuid,
+        input: Input<D>,
+        cause: Option<Uuid>,
+        registered: Option<SagaRecord>,
+    ) -> Result<Applied, RuntimeError> {
+        let input_name = match &input {
+            Input::Start { .. } => "start",
+            Input::Reply(_) => "reply",
+            Input::TimerFired(_) => "timer",
+            Input::RetryParked => "retry_parked",
+        };
+        let span = tracing::info_span!(
+            "saga.transition",
+            saga_type = self.saga_type(),
+            %saga_id,
+            input = input_name,
+        );
+        self.apply_inner(uow, saga_id, input, cause, registered)
+            .instrument(span)
+            .await
+    }
+
+    async fn apply_inner(
+        &self,
+        uow: &mut S::UnitOfWork,
+        saga_id: Uuid,
+        input: Input<D>,
+        cause: Option<Uuid>,
+        registered: Option<SagaRecord>,
+    ) -> Result<Applied, RuntimeError> {
+        let store = &self.inner.store;
+        let stream = saga_stream(saga_id)?;
+        let loaded = history::read_in(uow, &stream, saga_id).await?;
+        let mut state = SagaState::fold(loaded.iter().map(|(e, _)| e));
+        let now = store
+            .database_now(uow)
+            .await
+            .map_err(RuntimeError::store(saga_id))?;
+        let transition = match self.inner.definition.decide(&state, input, now)? {
+            Decision::Ignored { why } => {
+                metrics::counter!("eventfold_saga_ignored_total", "saga_type" => self.saga_type().to_owned())
+                    .increment(1);
+                return Ok(Applied::Ignored(why));
+            }
+            Decision::Transition(t) => t,
+        };
+        let expected = state.version;
+        for event in &transition.events {
+            state.apply(event);
+        }
+        // The saga's events.
+        let source = store.source().to_owned();
+        let meta = CommandMetadata {
+            correlation_id: Some(state.correlation_id),
+            causation_id: cause,
+            headers: [(wire::SAGA_ID.to_owned(), saga_id.to_string())].into(),
+            ..CommandMetadata::default()
+        };
+        let mut new_events = Vec::with_capacity(transition.events.len());
+        for event in &transition.events {
+            let encoded =
+                NewEvent::encode(event, &source, &meta).map_err(|e| RuntimeError::Encode {
+                    saga_id,
+                    what: format!("event {}", event.event_type()),
+                    reason: e.to_string(),
+                })?;
+            new_events.push(encoded);
+        }
+        let causation = new_events.last().map(|e| e.event_id);
+        if !new_events.is_empty() {
+            match uow
+                .append(&stream, ExpectedVersion::Exact(expected), new_events)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.is_conflict() => {
+                    return Err(RuntimeError::Conflict { saga_id, expected });
+                }
+                Err(e) => return Err(RuntimeError::store(saga_id)(e)),
+            }
+        }
+        // The commands, through the outbox.
+        let mut messages = Vec::with_capacity(transition.commands.len());
+        for command in &transition.commands {
+            messages.push(wire::command_message(
+                command,
+                &self.inner.reply_topic,
+                &source,
+                causation,
+            )?);
+        }
+        let commands = messages.len();
+        if !messages.is_empty() {
+            uow.enqueue(messages)
+                .await
+                .map_err(RuntimeError::store(saga_id))?;
+        }
+        // The timers.
+        for key in &transition.cancel_timers {
+            store
+                .delete_saga_timer(uow, saga_id, &key.step, key.attempt, kind_name(key.kind))
+                .await
+                .map_err(RuntimeError::store(saga_id))?;
+        }
+        if state.status.is_terminal() {
+            store
+                .delete_all_saga_timers(uow, saga_id)
+                .await
+                .map_err(RuntimeError::store(saga_id))?;
+        } else if !transition.timers.is_empty() {
+            let timers: Vec<SagaTimer> = transition
+                .timers
+                .iter()
+                .map(|t| SagaTimer {
+                    saga_id,
+                    saga_type: self.saga_type().to_owned(),
+                    step: t.key.step.clone(),
+                    attempt: t.key.attempt,
+                    kind: kind_name(t.key.kind).to_owned(),
+                    due_at: t.due_at,
+                })
+                .collect();
+            store
+                .put_saga_timers(uow, &timers)
+                .await
+                .map_err(RuntimeError::store(saga_id))?;
+        }
+        // The instance's row.
+        let (status, detail) = status_detail(&state);
+        let record = SagaRecord {
+            saga_id,
+            saga_type: self.saga_type().to_owned(),
+            business_key: registered
+                .as_ref()
+                .map(|r| r.business_key.clone())
+                .unwrap_or_default(),
+            status,
+            detail,
+            correlation_id: state.correlation_id,
+            definition_version: state.definition_version,
+            version: state.version,
+            started_at: now,
+            updated_at: now,
+        };
+        if !store
+            .update_saga(uow, &record)
+            .await
+            .map_err(RuntimeError::store(saga_id))?
+        {
+            return Err(RuntimeError::NotFound { saga_id });
+        }
+        self.record_metrics(&transition.events, &loaded, now);
+        Ok(Applied::Transitioned {
+            status: state.status.clone(),
+            version: state.version,
+            events: transition.events.len(),
+            commands,
+        })
+    }
+
+    fn record_metrics(
+        &self,
+        events: &[SagaEvent],
+        history: &[(SagaEvent, DateTime<Utc>)],
+        now: DateTime<Utc>,
+    ) {
+        let saga_type = self.saga_type().to_owned();
+        metrics::counter!("eventfold_saga_transitions_total", "saga_type" => saga_type.clone())
+            .increment(1);
+        for event in events {
+            match event {
+                SagaEvent::Started { .. } => {
+                    metrics::counter!("eventfold_saga_started_total", "saga_type" => saga_type.clone())
+                        .increment(1);
+                }
+                SagaEvent::StepSucceeded { step, .. } => {
+                    let started = history.iter().rev().find_map(|(e, at)| match e {
+                        SagaEvent::StepStarted { step: s, .. } if s == step => Some(*at),
+                        _ => None,
+                    });
+                    if let Some(at) = started {
+                        let seconds =
+                            (now - at).num_microseconds().unwrap_or(0).max(0) as f64 / 1_000_000.0;
+                        metrics::histogram!("eventfold_saga_step_seconds", "saga_type" => saga_type.clone(), "step" => step.clone())
+                            .record(seconds);
+                    }
+                }
+                SagaEvent::StepTimedOut { .. } => {
+                    metrics::counter!("eventfold_saga_timeouts_total", "saga_type" => saga_type.clone())
+                        .increment(1);
+                }
+                SagaEvent::StepCompensated { .. } => {
+                    metrics::counter!("eventfold_saga_compensations_total", "saga_type" => saga_type.clone())
+                        .increment(1);
+                }
+                SagaEvent::Parked { .. } => {
+                    metrics::counter!("eventfold_saga_parked_total", "saga_type" => saga_type.clone())
+                        .increment(1);
+                }
+                SagaEvent::Completed | SagaEvent::Compensated | SagaEvent::Failed { .. } => {
+                    let status = match event {
+                        SagaEvent::Completed => "completed",
+                        SagaEvent::Compensated => "compensated",
+                        _ => "failed",
+                    };
+                    metrics::counter!("eventfold_saga_finished_total", "saga_type" => saga_type.clone(), "status" => status)
+                        .increment(1);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The stream of a saga instance, re-exported for tools.
+pub fn instance_stream(saga_id: Uuid) -> Result<StreamId, RuntimeError> {
+    saga_stream(saga_id)
+}

@@ -1,0 +1,199 @@
+//! The participant's side: consume saga commands, execute them in the consumer's unit of work,
+//! reply through the outbox in the same transaction.
+//!
+//! A [`ParticipantHandler`] is a consumer [`Handler`]: the command's inbox mark, the
+//! participant's effects (events it appends, SQL it runs through the unit of work), the
+//! recorded outcome and the reply all commit together. A command is executed **once per request
+//! key**: retries of a step (new attempts, new message ids) find the stored outcome and repeat it
+//! under the new attempt number, so a participant never charges twice because a reply was
+//! slow. A transient failure ([`Outcome::retryable`]) is not stored, so the next attempt runs
+//! again.
+//!
+//! The reply copies the saga id, step, attempt and kind (the machine's fence), and carries the
+//! command's correlation id with the command's message id as causation. Use
+//! [`ParticipantContext::metadata`] for the events the participant appends, so that they carry
+//! the same correlation and causation.
+
+use std::future::Future;
+
+use eventfold_core::{BoxError, CommandMetadata};
+use eventfold_eventstore::{InboxStore, SagaStore, UnitOfWork};
+use eventfold_outbox::{Consumer, Handler, MessageSource, Record};
+use uuid::Uuid;
+
+use crate::message::{Outcome, SagaCommand};
+use crate::runtime::error::RuntimeError;
+use crate::runtime::wire;
+
+/// What a participant knows about the command it executes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParticipantContext {
+    /// The command (saga id, step, attempt, kind, request key, payload).
+    pub command: SagaCommand,
+    /// The id of the message that carried it (the causation of what the participant writes).
+    pub message_id: Uuid,
+}
+
+impl ParticipantContext {
+    /// Metadata for what the participant appends: the saga's correlation id, the command message
+    /// as causation, and the saga's headers (`eventfold_saga_id`, `eventfold_saga_step`).
+    pub fn metadata(&self) -> CommandMetadata {
+        CommandMetadata::new()
+            .correlation_id(self.command.correlation_id)
+            .causation_id(self.message_id)
+            .header(wire::SAGA_ID, self.command.saga_id.to_string())
+            .header(wire::SAGA_STEP, self.command.step.clone())
+    }
+
+    /// Decodes the command's payload.
+    pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T, BoxError> {
+        serde_json::from_value(self.command.payload.clone()).map_err(|e| {
+            format!(
+                "saga {} step {}: the payload of {} does not decode: {e}",
+                self.command.saga_id, self.command.step, self.command.message_type
+            )
+            .into()
+        })
+    }
+}
+
+/// A service's handling of saga commands. `execute` runs in the consumer's unit of work `U`:
+/// whatever it writes through `U` commits with the inbox mark and the reply.
+///
+/// Return an [`Outcome`] for what the business says (success with a payload for `on_reply`, a
+/// definitive refusal, or a retryable failure); return `Err` for a technical failure (the
+/// consumer retries the message, then parks it; the saga's timeout then decides). Compensations
+/// arrive as commands too (`context.command.kind` is `Compensation`) and must be idempotent and
+/// accept "nothing to undo".
+pub trait Participant<U: UnitOfWork>: Send + Sync {
+    /// Executes one command.
+    fn execute(
+        &self,
+        uow: &mut U,
+        context: &ParticipantContext,
+    ) -> impl Future<Output = Result<Outcome, BoxError>> + Send;
+}
+
+/// Wraps a [`Participant`] as a consumer handler. See the [module docs](self).
+pub struct ParticipantHandler<S, P> {
+    name: String,
+    store: S,
+    participant: P,
+}
+
+impl<S: SagaStore, P: Participant<S::UnitOfWork>> ParticipantHandler<S, P> {
+    /// A participant named `name` (its request outcomes are kept under that name).
+    pub fn new(name: impl Into<String>, store: S, participant: P) -> Self {
+        Self {
+            name: name.into(),
+            store,
+            participant,
+        }
+    }
+
+    /// A consumer of `source` (the participant's command topics) running this handler, with
+    /// the consumer's name equal to the participant's.
+    pub fn consumer<Src: MessageSource>(self, source: Src) -> Consumer<S, Src, Self>
+    where
+        S: InboxStore,
+    {
+        let store = self.store.clone();
+        Consumer::new(self.name.clone(), store, source, self)
+    }
+}
+
+impl<S: SagaStore, P: Participant<S::UnitOfWork>> Handler<S::UnitOfWork>
+    for ParticipantHandler<S, P>
+{
+    async fn handle(&self, uow: &mut S::UnitOfWork, record: &Record) -> Result<(), BoxError> {
+        if record.message_type == wire::REPLY_TYPE {
+            return Ok(());
+        }
+        let command = wire::decode_command(record)?;
+        let saga_id = command.saga_id;
+        let Some(reply_to) = record.headers.get(wire::REPLY_TO).cloned() else {
+            return Err(RuntimeError::MissingReplyTo {
+                saga_id,
+                step: command.step.clone(),
+                message_id: record.message_id,
+                header: wire::REPLY_TO,
+            }
+            .into());
+        };
+        let stored = self
+            .store
+            .find_request_outcome(uow, &self.name, &command.request_key)
+            .await
+            .map_err(RuntimeError::store(saga_id))?;
+        let outcome = match stored {
+            Some(value) => serde_json::from_value::<Outcome>(value).map_err(|e| {
+                RuntimeError::CorruptHistory {
+                    saga_id,
+                    event_id: record.message_id,
+                    version: 0,
+                    reason: format!(
+                        "the outcome stored by participant {} for {} does not decode: {e}",
+                        self.name, command.request_key
+                    ),
+                }
+            })?,
+            None => {
+                let context = ParticipantContext {
+                    command: command.clone(),
+                    message_id: record.message_id,
+                };
+                let outcome = self
+                    .participant
+                    .execute(uow, &context)
+                    .await
+                    .map_err(|source| RuntimeError::Participant {
+                        participant: self.name.clone(),
+                        saga_id,
+                        step: command.step.clone(),
+                        attempt: command.attempt,
+                        source,
+                    })?;
+                let transient = matches!(
+                    outcome,
+                    Outcome::Failure {
+                        retryable: true,
+                        ..
+                    }
+                );
+                if !transient {
+                    let value =
+                        serde_json::to_value(&outcome).map_err(|e| RuntimeError::Encode {
+                            saga_id,
+                            what: format!("the outcome of {}", command.request_key),
+                            reason: e.to_string(),
+                        })?;
+                    let first = self
+                        .store
+                        .record_request_outcome(uow, &self.name, &command.request_key, &value)
+                        .await
+                        .map_err(RuntimeError::store(saga_id))?;
+                    if !first {
+                        return Err(format!(
+                            "participant {}: {} was executed concurrently; retrying",
+                            self.name, command.request_key
+                        )
+                        .into());
+                    }
+                }
+                outcome
+            }
+        };
+        let reply = command.reply(outcome);
+        let message = wire::reply_message(
+            &reply,
+            &command,
+            &reply_to,
+            self.store.source(),
+            record.message_id,
+        )?;
+        uow.enqueue(vec![message])
+            .await
+            .map_err(RuntimeError::store(saga_id))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,71 @@
+//! The orchestrator's side of the reply topic: a consumer [`Handler`] that applies replies in the
+//! consumer's unit of work, beside the reply's inbox mark.
+
+use eventfold_core::BoxError;
+use eventfold_eventstore::{InboxStore, SagaStore};
+use eventfold_outbox::{Consumer, Handler, MessageSource, Record};
+
+use crate::definition::SagaData;
+use crate::runtime::orchestrator::Orchestrator;
+use crate::runtime::wire;
+
+/// Applies the replies of one saga type (see [`Orchestrator::reply_handler`]). Records that are
+/// not replies, or replies of another saga type sharing the topic, are acknowledged and skipped.
+/// A reply that does not decode is an error (the consumer retries, then parks it, visible in
+/// the consumer's parked messages); so is a conflict with another transition of the same
+/// instance, which the consumer's retry resolves.
+pub struct ReplyHandler<S, D> {
+    orchestrator: Orchestrator<S, D>,
+}
+
+impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
+    /// The consumer handler of this saga type's replies.
+    pub fn reply_handler(&self) -> ReplyHandler<S, D> {
+        ReplyHandler {
+            orchestrator: self.clone(),
+        }
+    }
+
+    /// The name of this saga type's reply consumer (its inbox and parked messages): `saga:{type}`.
+    pub fn reply_consumer_name(&self) -> String {
+        format!("saga:{}", self.saga_type())
+    }
+
+    /// A consumer of this saga type's replies from `source` (subscribed to
+    /// [`reply_topic`](Self::reply_topic)), with 20 attempts per reply (conflicts with timers
+    /// or other consumers are retried, not parked) and a 10 ms first backoff.
+    pub fn reply_consumer<Src: MessageSource>(
+        &self,
+        source: Src,
+    ) -> Consumer<S, Src, ReplyHandler<S, D>>
+    where
+        S: InboxStore,
+    {
+        Consumer::new(
+            self.reply_consumer_name(),
+            self.store().clone(),
+            source,
+            self.reply_handler(),
+        )
+        .max_attempts(20)
+        .backoff(std::time::Duration::from_millis(10))
+    }
+}
+
+impl<S: SagaStore, D: SagaData> Handler<S::UnitOfWork> for ReplyHandler<S, D> {
+    async fn handle(&self, uow: &mut S::UnitOfWork, record: &Record) -> Result<(), BoxError> {
+        if record.message_type != wire::REPLY_TYPE {
+            return Ok(());
+        }
+        if let Some(saga_type) = record.headers.get(wire::SAGA_TYPE)
+            && saga_type != self.orchestrator.saga_type()
+        {
+            return Ok(());
+        }
+        let reply = wire::decode_reply(record)?;
+        self.orchestrator
+            .handle_reply_in(uow, reply, Some(record.message_id))
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,148 @@
+//! How saga commands and replies travel: as outbox messages (JSON payloads, CloudEvents headers
+//! plus the saga's own headers), and back from broker records.
+
+use eventfold_core::OutboxMessage;
+use eventfold_core::outbox::headers;
+use eventfold_outbox::Record;
+use uuid::Uuid;
+
+use crate::message::{Reply, SagaCommand};
+use crate::runtime::error::RuntimeError;
+
+/// The header that names the topic a participant sends its reply to.
+pub const REPLY_TO: &str = "eventfold_reply_to";
+/// The header with the saga instance's id.
+pub const SAGA_ID: &str = "eventfold_saga_id";
+/// The header with the saga type.
+pub const SAGA_TYPE: &str = "eventfold_saga_type";
+/// The header with the step's name.
+pub const SAGA_STEP: &str = "eventfold_saga_step";
+/// The header with the attempt.
+pub const SAGA_ATTEMPT: &str = "eventfold_saga_attempt";
+/// The header with `action` or `compensation`.
+pub const SAGA_KIND: &str = "eventfold_saga_kind";
+/// The message type of every reply.
+pub const REPLY_TYPE: &str = "saga.reply";
+
+/// The outbox message that carries `command` to its participant. Its key is the saga id (the
+/// commands of one instance stay in order), its payload the whole [`SagaCommand`] as JSON.
+pub(crate) fn command_message(
+    command: &SagaCommand,
+    reply_to: &str,
+    source: &str,
+    causation_id: Option<Uuid>,
+) -> Result<OutboxMessage, RuntimeError> {
+    let payload = serde_json::to_vec(command).map_err(|e| RuntimeError::Encode {
+        saga_id: command.saga_id,
+        what: format!("the {} command of step {}", command.kind, command.step),
+        reason: e.to_string(),
+    })?;
+    let mut message = OutboxMessage::new(
+        command.topic.clone(),
+        command.saga_id.to_string(),
+        command.message_type.clone(),
+        payload,
+    );
+    message.aggregate_type = "saga".to_owned();
+    set_saga_headers(
+        &mut message,
+        command.saga_id,
+        &command.saga_type,
+        &command.step,
+        command.attempt,
+        command.kind.as_str(),
+    );
+    let h = &mut message.headers;
+    h.insert(REPLY_TO.to_owned(), reply_to.to_owned());
+    h.insert(headers::SOURCE.to_owned(), source.to_owned());
+    h.insert(
+        headers::CORRELATION_ID.to_owned(),
+        command.correlation_id.to_string(),
+    );
+    if let Some(causation) = causation_id {
+        h.insert(headers::CAUSATION_ID.to_owned(), causation.to_string());
+    }
+    h.insert(
+        headers::CONTENT_TYPE.to_owned(),
+        "application/json".to_owned(),
+    );
+    Ok(message)
+}
+
+/// The outbox message that carries `reply` to the orchestrator (`reply_to`, keyed by saga id).
+pub(crate) fn reply_message(
+    reply: &Reply,
+    command: &SagaCommand,
+    reply_to: &str,
+    source: &str,
+    causation_id: Uuid,
+) -> Result<OutboxMessage, RuntimeError> {
+    let payload = serde_json::to_vec(reply).map_err(|e| RuntimeError::Encode {
+        saga_id: reply.saga_id,
+        what: format!("the reply to step {}", reply.step),
+        reason: e.to_string(),
+    })?;
+    let mut message = OutboxMessage::new(
+        reply_to.to_owned(),
+        reply.saga_id.to_string(),
+        REPLY_TYPE,
+        payload,
+    );
+    message.aggregate_type = "saga".to_owned();
+    set_saga_headers(
+        &mut message,
+        reply.saga_id,
+        &command.saga_type,
+        &reply.step,
+        reply.attempt,
+        reply.kind.as_str(),
+    );
+    let h = &mut message.headers;
+    h.insert(headers::SOURCE.to_owned(), source.to_owned());
+    h.insert(
+        headers::CORRELATION_ID.to_owned(),
+        command.correlation_id.to_string(),
+    );
+    h.insert(headers::CAUSATION_ID.to_owned(), causation_id.to_string());
+    h.insert(
+        headers::CONTENT_TYPE.to_owned(),
+        "application/json".to_owned(),
+    );
+    Ok(message)
+}
+
+fn set_saga_headers(
+    message: &mut OutboxMessage,
+    saga_id: Uuid,
+    saga_type: &str,
+    step: &str,
+    attempt: u32,
+    kind: &str,
+) {
+    let h = &mut message.headers;
+    h.insert(SAGA_ID.to_owned(), saga_id.to_string());
+    h.insert(SAGA_TYPE.to_owned(), saga_type.to_owned());
+    h.insert(SAGA_STEP.to_owned(), step.to_owned());
+    h.insert(SAGA_ATTEMPT.to_owned(), attempt.to_string());
+    h.insert(SAGA_KIND.to_owned(), kind.to_owned());
+}
+
+/// Decodes a command record (a participant's input).
+pub(crate) fn decode_command(record: &Record) -> Result<SagaCommand, RuntimeError> {
+    serde_json::from_slice(&record.payload).map_err(|e| RuntimeError::Decode {
+        message_id: record.message_id,
+        topic: record.topic.clone(),
+        what: "a saga command",
+        reason: e.to_string(),
+    })
+}
+
+/// Decodes a reply record (the orchestrator's input).
+pub(crate) fn decode_reply(record: &Record) -> Result<Reply, RuntimeError> {
+    serde_json::from_slice(&record.payload).map_err(|e| RuntimeError::Decode {
+        message_id: record.message_id,
+        topic: record.topic.clone(),
+        what: "a saga reply",
+        reason: e.to_string(),
+    })
+}

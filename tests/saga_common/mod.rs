@@ -1,0 +1,256 @@
+//! The saga runtime tests' world: a three-step order saga (reserve stock, charge payment,
+//! schedule shipment), participants whose effects are events in the participant's transaction,
+//! and a pump that moves messages (relay, consumers, scheduler) until every saga is terminal.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use eventfold::eventstore::{
+    EventStore, ExpectedVersion, InboxStore, OutboxRelayStore, SagaStore, UnitOfWork,
+};
+use eventfold::outbox::{Consumer, InProcessBroker, InProcessConsumer, Relay};
+use eventfold::saga::runtime::{
+    Orchestrator, Participant, ParticipantContext, ParticipantHandler, ReplyHandler, Scheduler,
+};
+use eventfold::saga::{Command, CommandKind, Outcome, RetryPolicy, Saga, SagaDefinition};
+use eventfold::{BoxError, NewEvent, StreamId};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub const SAGA_TYPE: &str = "test.order";
+
+/// The saga data; `fail` names a step whose action the participant refuses, `fail_compensation`
+/// a step whose compensation fails `compensation_failures` times.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Order {
+    pub id: String,
+    pub cents: u64,
+    #[serde(default)]
+    pub fail: Option<String>,
+    #[serde(default)]
+    pub fail_compensation: Option<String>,
+}
+
+/// reserve (compensated by release) → charge (refund) → ship, each with `timeout` per attempt.
+pub fn definition(timeout: Duration) -> SagaDefinition<Order> {
+    let fast = RetryPolicy::fixed(3, Duration::from_millis(20));
+    Saga::<Order>::define(SAGA_TYPE, 1)
+        .step("reserve", |s| {
+            s.invoke(|o: &Order| Command::new("inventory.commands", "inventory.reserve", o))
+                .compensate(|o: &Order| Command::new("inventory.commands", "inventory.release", o))
+                .timeout(timeout)
+                .compensation_retry(fast.clone())
+        })
+        .step("charge", |s| {
+            s.invoke(|o: &Order| Command::new("payments.commands", "payment.charge", o))
+                .compensate(|o: &Order| Command::new("payments.commands", "payment.refund", o))
+                .timeout(timeout)
+                .compensation_retry(fast.clone())
+        })
+        .step("ship", |s| {
+            s.invoke(|o: &Order| Command::new("shipping.commands", "shipment.schedule", o))
+                .timeout(timeout)
+        })
+        .build()
+        .expect("a valid definition")
+}
+
+/// One step, `wait`, that nobody answers: it times out after `timeout` and, having no
+/// compensation, the saga ends `compensated`. Exactly one timer per instance.
+pub fn waiting_definition(timeout: Duration) -> SagaDefinition<Order> {
+    Saga::<Order>::define("test.wait", 1)
+        .step("wait", |s| {
+            s.invoke(|o: &Order| Command::new("nobody.commands", "nobody.answers", o))
+                .timeout(timeout)
+        })
+        .build()
+        .expect("a valid definition")
+}
+
+/// A participant whose effect is one event per executed command, of the command's message type,
+/// in the stream `effect/{saga_id}`, in the consumer's transaction.
+pub struct Effects {
+    /// How many compensation attempts fail before one succeeds (for `fail_compensation`).
+    pub compensation_failures: u32,
+}
+
+impl<U: UnitOfWork> Participant<U> for Effects {
+    async fn execute(&self, uow: &mut U, cx: &ParticipantContext) -> Result<Outcome, BoxError> {
+        let order: Order = cx.payload()?;
+        let command = &cx.command;
+        if command.kind == CommandKind::Action && order.fail.as_deref() == Some(&command.step) {
+            return Ok(Outcome::failure(format!("{} refused", command.step)));
+        }
+        if command.kind == CommandKind::Compensation
+            && order.fail_compensation.as_deref() == Some(&command.step)
+            && command.attempt <= self.compensation_failures
+        {
+            return Ok(Outcome::retryable(format!(
+                "{} compensation failed (attempt {})",
+                command.step, command.attempt
+            )));
+        }
+        let stream = StreamId::new("effect", command.saga_id.to_string())?;
+        let mut event = NewEvent::raw(command.message_type.clone(), 1, b"{}".to_vec());
+        event.causation_id = Some(cx.message_id);
+        event.correlation_id = command.correlation_id;
+        uow.append(&stream, ExpectedVersion::Any, vec![event])
+            .await?;
+        Ok(Outcome::success(
+            serde_json::json!({ "done": command.message_type }),
+        ))
+    }
+}
+
+/// The effects recorded for a saga, in order (`inventory.reserve`, `payment.charge`, ...).
+pub async fn effects<S: EventStore>(store: &S, saga_id: Uuid) -> Vec<String> {
+    let stream = StreamId::new("effect", saga_id.to_string()).unwrap();
+    store
+        .read_stream(&stream, 1, u64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect()
+}
+
+/// Everything that moves messages in one process: the relay, the three participants' consumers,
+/// the orchestrator's reply consumer and its scheduler.
+pub struct World<S: SagaStore + InboxStore + OutboxRelayStore> {
+    pub store: S,
+    pub broker: InProcessBroker,
+    pub orchestrator: Orchestrator<S, Order>,
+    pub relay: Relay<S, InProcessBroker>,
+    pub replies: Consumer<S, InProcessConsumer, ReplyHandler<S, Order>>,
+    pub participants: Vec<Consumer<S, InProcessConsumer, ParticipantHandler<S, Effects>>>,
+    pub scheduler: Scheduler<S, Order>,
+    /// Participants not run by [`pump`](Self::pump) (to make their steps time out).
+    pub paused: Vec<&'static str>,
+}
+
+pub const SERVICES: [(&str, &str); 3] = [
+    ("inventory", "inventory.commands"),
+    ("payments", "payments.commands"),
+    ("shipping", "shipping.commands"),
+];
+
+impl<S: SagaStore + InboxStore + OutboxRelayStore> World<S> {
+    pub fn new(store: S, timeout: Duration, compensation_failures: u32) -> Self {
+        let broker = InProcessBroker::new();
+        let orchestrator = Orchestrator::new(store.clone(), definition(timeout));
+        let replies =
+            orchestrator.reply_consumer(broker.consumer("orders", &[orchestrator.reply_topic()]));
+        let participants = SERVICES
+            .iter()
+            .map(|(name, topic)| {
+                ParticipantHandler::new(
+                    *name,
+                    store.clone(),
+                    Effects {
+                        compensation_failures,
+                    },
+                )
+                .consumer(broker.consumer(name, &[topic]))
+            })
+            .collect();
+        let scheduler = orchestrator
+            .scheduler()
+            .lease(Duration::from_secs(5))
+            .poll_interval(Duration::from_millis(10));
+        let relay = Relay::new(store.clone(), broker.clone());
+        Self {
+            store,
+            broker,
+            orchestrator,
+            relay,
+            replies,
+            participants,
+            scheduler,
+            paused: Vec::new(),
+        }
+    }
+
+    /// One round of everything.
+    pub async fn round(&mut self) {
+        self.relay.run_once().await.expect("relay");
+        for (consumer, (name, _)) in self.participants.iter_mut().zip(SERVICES) {
+            if !self.paused.contains(&name) {
+                consumer
+                    .run_once(Duration::from_millis(1))
+                    .await
+                    .expect("participant");
+            }
+        }
+        self.relay.run_once().await.expect("relay");
+        self.replies
+            .run_once(Duration::from_millis(1))
+            .await
+            .expect("replies");
+        self.scheduler.tick().await.expect("scheduler");
+    }
+
+    /// Rounds until every saga in `ids` is terminal (or parked, with `parked_ok`), at most
+    /// `limit`.
+    pub async fn pump_until_terminal(&mut self, ids: &[Uuid], limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            self.round().await;
+            let mut open = 0;
+            for id in ids {
+                let state = self.orchestrator.state(*id).await.unwrap().unwrap();
+                if !state.status.is_terminal() {
+                    open += 1;
+                }
+            }
+            if open == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{open} of {} sagas not terminal after {limit:?}",
+                ids.len()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Rounds for `d`.
+    pub async fn pump_for(&mut self, d: Duration) {
+        let deadline = Instant::now() + d;
+        while Instant::now() < deadline {
+            self.round().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Saga event types of an instance's history, in order, with the step where there is one.
+pub async fn history<S: SagaStore>(store: &S, saga_id: Uuid) -> Vec<String> {
+    let instance = eventfold::saga::runtime::load(store, saga_id)
+        .await
+        .unwrap()
+        .expect("the saga exists");
+    instance
+        .history
+        .iter()
+        .map(|h| {
+            let value = serde_json::to_value(&h.event).unwrap();
+            match value.get("step").and_then(|s| s.as_str()) {
+                Some(step) => format!("{}:{step}", h.event_type),
+                None => h.event_type.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Counts of each effect over many sagas.
+pub async fn effect_totals<S: EventStore>(store: &S, ids: &[Uuid]) -> BTreeMap<String, usize> {
+    let mut totals = BTreeMap::new();
+    for id in ids {
+        for e in effects(store, *id).await {
+            *totals.entry(e).or_insert(0) += 1;
+        }
+    }
+    totals
+}

@@ -1,0 +1,549 @@
+//! The saga runtime on every backend (memory, SQLite, PostgreSQL) with the in-process broker:
+//! the order flow, a failure and a timeout at each step, late successes, idempotent and
+//! transactional starts, timers racing replies, two schedulers with many deadlines due at once,
+//! restarts with pending deadlines, and parked compensations retried the way the CLI does it.
+//!
+//! Every test is written once (`saga_runtime_tests!`) and instantiated per backend.
+mod common;
+mod saga_common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use eventfold::eventstore::{
+    EventStore, ExpectedVersion, InboxStore, OutboxRelayStore, SagaFilter, SagaStore, SagaTimer,
+    UnitOfWork,
+};
+use eventfold::saga::SagaStatus;
+use eventfold::saga::runtime::{Applied, Orchestrator, RETRY_PARKED};
+use eventfold::{NewEvent, StreamId};
+use saga_common::*;
+use uuid::Uuid;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn order(id: &str) -> Order {
+    Order {
+        id: id.into(),
+        cents: 1200,
+        ..Order::default()
+    }
+}
+
+pub async fn order_flow_completes<S: SagaStore + InboxStore + OutboxRelayStore>(store: S) {
+    let mut world = World::new(store.clone(), LONG, 0);
+    let started = world
+        .orchestrator
+        .start("o-1", order("o-1"), None)
+        .await
+        .unwrap();
+    world
+        .pump_until_terminal(&[started.saga_id], Duration::from_secs(20))
+        .await;
+    let state = world
+        .orchestrator
+        .state(started.saga_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.status, SagaStatus::Completed);
+    assert_eq!(
+        effects(&store, started.saga_id).await,
+        ["inventory.reserve", "payment.charge", "shipment.schedule"]
+    );
+    let record = store.saga(started.saga_id).await.unwrap().unwrap();
+    assert_eq!(
+        (record.status.as_str(), record.business_key.as_str()),
+        ("completed", "o-1")
+    );
+    assert_eq!(record.version, state.version);
+    assert!(
+        store.saga_timers(started.saga_id).await.unwrap().is_empty(),
+        "a finished saga keeps no timer"
+    );
+    // The saga's events carry its correlation id; the participants' effects too.
+    let stream = StreamId::new("effect", started.saga_id.to_string()).unwrap();
+    for e in store.read_stream(&stream, 1, 10).await.unwrap() {
+        assert_eq!(e.correlation_id, state.correlation_id);
+        assert!(e.causation_id.is_some());
+    }
+}
+
+pub async fn a_failure_at_each_step_compensates_in_reverse<
+    S: SagaStore + InboxStore + OutboxRelayStore,
+>(
+    store: S,
+) {
+    let mut world = World::new(store.clone(), LONG, 0);
+    let mut ids = Vec::new();
+    for step in ["reserve", "charge", "ship"] {
+        let data = Order {
+            fail: Some(step.into()),
+            ..order(step)
+        };
+        ids.push(
+            world
+                .orchestrator
+                .start(step, data, None)
+                .await
+                .unwrap()
+                .saga_id,
+        );
+    }
+    world
+        .pump_until_terminal(&ids, Duration::from_secs(20))
+        .await;
+    let expected: [&[&str]; 3] = [
+        &[],
+        &["inventory.reserve", "inventory.release"],
+        &[
+            "inventory.reserve",
+            "payment.charge",
+            "payment.refund",
+            "inventory.release",
+        ],
+    ];
+    for (id, expected) in ids.iter().zip(expected) {
+        let state = world.orchestrator.state(*id).await.unwrap().unwrap();
+        assert_eq!(state.status, SagaStatus::Compensated);
+        assert_eq!(effects(&store, *id).await, expected, "saga {id}");
+    }
+    let compensated = store
+        .list_sagas(&SagaFilter {
+            status: Some("compensated".into()),
+            ..SagaFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(compensated.len(), 3);
+}
+
+pub async fn a_timeout_at_each_step_compensates_and_late_successes_are_undone<
+    S: SagaStore + InboxStore + OutboxRelayStore,
+>(
+    store: S,
+) {
+    for (service, step) in [
+        ("inventory", "reserve"),
+        ("payments", "charge"),
+        ("shipping", "ship"),
+    ] {
+        let mut world = World::new(store.clone(), Duration::from_millis(150), 0);
+        world.paused = vec![service];
+        let id = world
+            .orchestrator
+            .start(&format!("timeout-{step}"), order(step), None)
+            .await
+            .unwrap()
+            .saga_id;
+        // Wait for the timeout, then bring the participant back: it executes the timed-out
+        // command late (and the compensations): the late success is compensated, never
+        // continued.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !history(&store, id)
+            .await
+            .contains(&format!("saga.step_timed_out:{step}"))
+        {
+            assert!(std::time::Instant::now() < deadline, "no timeout at {step}");
+            world.round().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        world.paused.clear();
+        world
+            .pump_until_terminal(&[id], Duration::from_secs(20))
+            .await;
+        world.pump_for(Duration::from_millis(300)).await;
+        let state = world.orchestrator.state(id).await.unwrap().unwrap();
+        assert_eq!(state.status, SagaStatus::Compensated, "timeout at {step}");
+        let got = effects(&store, id).await;
+        let expected: &[&str] = match step {
+            "reserve" => &["inventory.reserve", "inventory.release"],
+            "charge" => &[
+                "inventory.reserve",
+                "payment.charge",
+                "payment.refund",
+                "inventory.release",
+            ],
+            // No compensation for the shipment: its late effect stays (in any order with the
+            // other services' compensations).
+            _ => &[
+                "inventory.reserve",
+                "payment.charge",
+                "payment.refund",
+                "inventory.release",
+                "shipment.schedule",
+            ],
+        };
+        let (mut sorted_got, mut sorted_expected) = (got.clone(), expected.to_vec());
+        sorted_got.sort();
+        sorted_expected.sort();
+        assert_eq!(sorted_got, sorted_expected, "timeout at {step}: {got:?}");
+        let at = |t: &str| got.iter().position(|g| g == t);
+        if let (Some(refund), Some(release)) = (at("payment.refund"), at("inventory.release")) {
+            assert!(refund < release, "compensations in reverse order: {got:?}");
+        }
+        let h = history(&store, id).await;
+        assert!(
+            h.contains(&format!("saga.step_timed_out:{step}")),
+            "{step}: {h:?}"
+        );
+        if step != "ship" {
+            assert!(
+                h.contains(&format!("saga.step_compensated:{step}")),
+                "{step}: {h:?}"
+            );
+        }
+        assert_eq!(
+            h.iter()
+                .filter(|e| e.starts_with("saga.step_compensated"))
+                .count(),
+            match step {
+                "reserve" => 1,
+                _ => 2,
+            },
+            "each started step compensated exactly once: {h:?}"
+        );
+    }
+}
+
+pub async fn start_joins_the_callers_unit_of_work_and_is_idempotent<
+    S: SagaStore + InboxStore + OutboxRelayStore,
+>(
+    store: S,
+) {
+    let world = World::new(store.clone(), LONG, 0);
+    let orders = StreamId::new("order", "o-7").unwrap();
+    // Rolled back with the caller's own write: no saga, no command.
+    let mut uow = store.begin().await.unwrap();
+    uow.append(
+        &orders,
+        ExpectedVersion::NoStream,
+        vec![NewEvent::raw("order.placed", 1, b"{}".to_vec())],
+    )
+    .await
+    .unwrap();
+    let rolled = world
+        .orchestrator
+        .start_in(&mut uow, "o-7", order("o-7"), None)
+        .await
+        .unwrap();
+    uow.rollback().await.unwrap();
+    assert!(store.saga(rolled.saga_id).await.unwrap().is_none());
+    assert!(store.saga_by_key(SAGA_TYPE, "o-7").await.unwrap().is_none());
+    assert_eq!(store.outbox_status().await.unwrap().pending, 0);
+    // Committed with it.
+    let mut uow = store.begin().await.unwrap();
+    uow.append(
+        &orders,
+        ExpectedVersion::NoStream,
+        vec![NewEvent::raw("order.placed", 1, b"{}".to_vec())],
+    )
+    .await
+    .unwrap();
+    let first = world
+        .orchestrator
+        .start_in(&mut uow, "o-7", order("o-7"), None)
+        .await
+        .unwrap();
+    uow.commit().await.unwrap();
+    assert!(first.created);
+    assert_eq!(store.outbox_status().await.unwrap().pending, 1);
+    // The same key again, and 16 concurrent starts of a new key: one saga each.
+    let again = world
+        .orchestrator
+        .start("o-7", order("o-7"), None)
+        .await
+        .unwrap();
+    assert_eq!((again.saga_id, again.created), (first.saga_id, false));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let orchestrator = world.orchestrator.clone();
+        tasks.push(tokio::spawn(async move {
+            orchestrator.start("o-8", order("o-8"), None).await.unwrap()
+        }));
+    }
+    let mut owners = BTreeSet::new();
+    let mut created = 0;
+    for t in tasks {
+        let s = t.await.unwrap();
+        owners.insert(s.saga_id);
+        created += usize::from(s.created);
+    }
+    assert_eq!((owners.len(), created), (1, 1), "one saga for one key");
+    assert_eq!(store.outbox_status().await.unwrap().pending, 2);
+}
+
+pub async fn a_timer_racing_a_reply_has_one_winner<S: SagaStore + InboxStore + OutboxRelayStore>(
+    store: S,
+) {
+    // 20 sagas whose reserve times out just as its reply comes in: the reply and the timer are
+    // applied concurrently; each saga takes exactly one of them for attempt 1.
+    let mut world = World::new(store.clone(), Duration::from_millis(30), 0);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let key = format!("race-{i}");
+        ids.push(
+            world
+                .orchestrator
+                .start(&key, order(&key), None)
+                .await
+                .unwrap()
+                .saga_id,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let mut tasks = Vec::new();
+    for id in &ids {
+        let reply = eventfold::saga::Reply {
+            saga_id: *id,
+            step: "reserve".into(),
+            attempt: 1,
+            kind: eventfold::saga::CommandKind::Action,
+            outcome: eventfold::saga::Outcome::success(serde_json::json!({})),
+        };
+        let timer = SagaTimer {
+            saga_id: *id,
+            saga_type: SAGA_TYPE.into(),
+            step: "reserve".into(),
+            attempt: 1,
+            kind: "timeout".into(),
+            due_at: chrono::Utc::now(),
+        };
+        let (o1, o2) = (world.orchestrator.clone(), world.orchestrator.clone());
+        tasks.push(tokio::spawn(async move {
+            o1.handle_reply(reply, Some(Uuid::now_v7())).await.unwrap()
+        }));
+        tasks.push(tokio::spawn(
+            async move { o2.fire_timer(&timer).await.unwrap() },
+        ));
+    }
+    for t in tasks {
+        let _ = t.await.unwrap();
+    }
+    // A second firing of the same timer changes nothing.
+    for id in &ids {
+        let timer = SagaTimer {
+            saga_id: *id,
+            saga_type: SAGA_TYPE.into(),
+            step: "reserve".into(),
+            attempt: 1,
+            kind: "timeout".into(),
+            due_at: chrono::Utc::now(),
+        };
+        let again = world.orchestrator.fire_timer(&timer).await.unwrap();
+        assert!(
+            matches!(again, Applied::TimerGone | Applied::Ignored(_)),
+            "{again:?}"
+        );
+    }
+    for id in &ids {
+        let h = history(&store, *id).await;
+        let succeeded = h
+            .iter()
+            .filter(|e| *e == "saga.step_succeeded:reserve")
+            .count();
+        let timed_out = h
+            .iter()
+            .filter(|e| *e == "saga.step_timed_out:reserve")
+            .count();
+        assert_eq!(succeeded + timed_out, 1, "exactly one winner: {h:?}");
+    }
+    world.paused.clear();
+    world
+        .pump_until_terminal(&ids, Duration::from_secs(30))
+        .await;
+}
+
+pub async fn two_schedulers_fire_many_due_deadlines_once<
+    S: SagaStore + InboxStore + OutboxRelayStore,
+>(
+    store: S,
+) {
+    let n: usize = std::env::var("EVENTFOLD_SAGA_TIMERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let starter = Orchestrator::new(store.clone(), waiting_definition(Duration::from_millis(1)));
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            starter
+                .start(&format!("t-{i}"), order("t"), None)
+                .await
+                .unwrap()
+                .saga_id,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Two schedulers, as in two service instances, each with its own orchestrator.
+    let scheduler = || {
+        Orchestrator::new(store.clone(), waiting_definition(Duration::from_millis(1)))
+            .scheduler()
+            .batch(100)
+    };
+    let (a, b) = (scheduler(), scheduler());
+    let (mut fired, mut gone, mut failed, mut rounds) = (0, 0, 0, 0);
+    loop {
+        let (ra, rb) = tokio::join!(a.tick(), b.tick());
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        fired += ra.fired + rb.fired;
+        gone += ra.gone + rb.gone;
+        failed += ra.failed + rb.failed;
+        rounds += 1;
+        assert!(ra.fired > 0 || rb.fired > 0 || ra.claimed + rb.claimed == 0 || rounds < 3 * n);
+        if ra.claimed + rb.claimed == 0 {
+            break;
+        }
+    }
+    assert_eq!(failed, 0);
+    assert_eq!(
+        fired, n,
+        "every deadline fired exactly once ({gone} lost a race)"
+    );
+    for id in &ids {
+        let h = history(&store, *id).await;
+        assert_eq!(
+            h.iter()
+                .filter(|e| *e == "saga.step_timed_out:wait")
+                .count(),
+            1,
+            "{h:?}"
+        );
+        assert_eq!(
+            h.last().map(String::as_str),
+            Some("saga.compensated"),
+            "{h:?}"
+        );
+    }
+    let counts = store.count_sagas().await.unwrap();
+    assert!(
+        counts.contains(&("test.wait".to_owned(), "compensated".to_owned(), n as u64)),
+        "{counts:?}"
+    );
+    eprintln!("{n} deadlines due at once: {fired} fired by two schedulers in {rounds} rounds");
+}
+
+pub async fn a_restarted_orchestrator_fires_pending_deadlines<
+    S: SagaStore + InboxStore + OutboxRelayStore,
+>(
+    store: S,
+) {
+    let ids = {
+        let world = World::new(store.clone(), Duration::from_millis(100), 0);
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let key = format!("r-{i}");
+            ids.push(
+                world
+                    .orchestrator
+                    .start(&key, order(&key), None)
+                    .await
+                    .unwrap()
+                    .saga_id,
+            );
+        }
+        ids
+        // The world (orchestrator, scheduler, consumers) is dropped here, deadlines pending.
+    };
+    for id in &ids {
+        assert_eq!(store.saga_timers(*id).await.unwrap().len(), 1);
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut world = World::new(store.clone(), Duration::from_millis(100), 0);
+    world.paused = vec!["inventory"];
+    world
+        .pump_until_terminal(&ids, Duration::from_secs(20))
+        .await;
+    for id in &ids {
+        let state = world.orchestrator.state(*id).await.unwrap().unwrap();
+        assert_eq!(state.status, SagaStatus::Compensated);
+    }
+}
+
+pub async fn a_parked_compensation_is_retried_through_a_stored_request<
+    S: SagaStore + InboxStore + OutboxRelayStore,
+>(
+    store: S,
+) {
+    // The refund fails 5 times; its policy allows 3 attempts: the saga parks.
+    let mut world = World::new(store.clone(), LONG, 5);
+    let data = Order {
+        fail: Some("ship".into()),
+        fail_compensation: Some("charge".into()),
+        ..order("p-1")
+    };
+    let id = world
+        .orchestrator
+        .start("p-1", data, None)
+        .await
+        .unwrap()
+        .saga_id;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        world.round().await;
+        let state = world.orchestrator.state(id).await.unwrap().unwrap();
+        if state.status.is_parked() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{:?}", state.status);
+    }
+    let record = store.saga(id).await.unwrap().unwrap();
+    assert_eq!(record.status, "compensation_failed");
+    assert!(record.detail.unwrap().contains("charge"));
+    // What `sagas retry` does: a stored request the scheduler fires.
+    let now = chrono::Utc::now() - chrono::TimeDelta::seconds(1);
+    let request = SagaTimer {
+        saga_id: id,
+        saga_type: SAGA_TYPE.into(),
+        step: String::new(),
+        attempt: 0,
+        kind: RETRY_PARKED.into(),
+        due_at: now,
+    };
+    assert!(store.request_saga_timer(&request).await.unwrap());
+    world
+        .pump_until_terminal(&[id], Duration::from_secs(20))
+        .await;
+    let state = world.orchestrator.state(id).await.unwrap().unwrap();
+    assert_eq!(state.status, SagaStatus::Compensated);
+    assert_eq!(
+        effects(&store, id).await,
+        [
+            "inventory.reserve",
+            "payment.charge",
+            "payment.refund",
+            "inventory.release"
+        ]
+    );
+}
+
+macro_rules! saga_runtime_tests {
+    ($backend:ident, $fresh:path) => {
+        mod $backend {
+            use super::*;
+            saga_runtime_tests!(@each $fresh;
+                order_flow_completes,
+                a_failure_at_each_step_compensates_in_reverse,
+                a_timeout_at_each_step_compensates_and_late_successes_are_undone,
+                start_joins_the_callers_unit_of_work_and_is_idempotent,
+                a_timer_racing_a_reply_has_one_winner,
+                two_schedulers_fire_many_due_deadlines_once,
+                a_restarted_orchestrator_fires_pending_deadlines,
+                a_parked_compensation_is_retried_through_a_stored_request,
+            );
+        }
+    };
+    (@each $fresh:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let (store, _guard) = $fresh().await;
+                super::$name(store).await;
+            }
+        )*
+    };
+}
+
+saga_runtime_tests!(memory, common::memory);
+saga_runtime_tests!(sqlite, common::sqlite);
+saga_runtime_tests!(postgres, common::postgres);
