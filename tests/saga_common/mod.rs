@@ -32,28 +32,51 @@ pub struct Order {
     pub fail_compensation: Option<String>,
 }
 
-/// reserve (compensated by release) → charge (refund) → ship, each with `timeout` per attempt.
+/// reserve (compensated by release) → charge (refund) → ship, each with `timeout` per attempt,
+/// on the command topics of [`SERVICES`].
 pub fn definition(timeout: Duration) -> SagaDefinition<Order> {
+    definition_on("", timeout)
+}
+
+/// [`definition`] with every command topic prefixed by `prefix` (`{prefix}inventory.commands`,
+/// ...: [`command_topic`]), for tests that share a broker between runs.
+pub fn definition_on(prefix: &str, timeout: Duration) -> SagaDefinition<Order> {
     let fast = RetryPolicy::fixed(3, Duration::from_millis(20));
+    let topic = |service: &str| command_topic(prefix, service);
+    let (inventory, payments, shipping) =
+        (topic("inventory"), topic("payments"), topic("shipping"));
+    let to = |topic: &String, message_type: &'static str| {
+        let topic = topic.clone();
+        move |o: &Order| Command::new(topic.as_str(), message_type, o)
+    };
     Saga::<Order>::define(SAGA_TYPE, 1)
         .step("reserve", |s| {
-            s.invoke(|o: &Order| Command::new("inventory.commands", "inventory.reserve", o))
-                .compensate(|o: &Order| Command::new("inventory.commands", "inventory.release", o))
+            s.invoke(to(&inventory, "inventory.reserve"))
+                .compensate(to(&inventory, "inventory.release"))
                 .timeout(timeout)
                 .compensation_retry(fast.clone())
         })
         .step("charge", |s| {
-            s.invoke(|o: &Order| Command::new("payments.commands", "payment.charge", o))
-                .compensate(|o: &Order| Command::new("payments.commands", "payment.refund", o))
+            s.invoke(to(&payments, "payment.charge"))
+                .compensate(to(&payments, "payment.refund"))
                 .timeout(timeout)
                 .compensation_retry(fast.clone())
         })
         .step("ship", |s| {
-            s.invoke(|o: &Order| Command::new("shipping.commands", "shipment.schedule", o))
+            s.invoke(to(&shipping, "shipment.schedule"))
                 .timeout(timeout)
         })
         .build()
         .expect("a valid definition")
+}
+
+/// The command topic of `service` (a name of [`SERVICES`]) under `prefix`.
+pub fn command_topic(prefix: &str, service: &str) -> String {
+    let (_, topic) = SERVICES
+        .iter()
+        .find(|(name, _)| *name == service)
+        .unwrap_or_else(|| panic!("no service {service} in SERVICES"));
+    format!("{prefix}{topic}")
 }
 
 /// One step, `wait`, that nobody answers: it times out after `timeout` and, having no
