@@ -7,8 +7,9 @@
 //! replies). Both run in two processes at once: this test binary re-executed in child mode
 //! (`EVENTFOLD_SAGA_CRASH_ROLE`). While the test starts sagas (at most 100 running at a time;
 //! most complete, some are refused at each step, some of whose compensations fail once and are
-//! retried through the scheduler's durable timers), a random child is killed with SIGKILL every
-//! 1 to 2 seconds (of a role whose two processes both run) and replaced.
+//! retried through the scheduler's durable timers), a random child is killed with SIGKILL, one
+//! every few seconds (when both processes of its role have joined their groups and work), and
+//! replaced.
 //!
 //! Afterwards every saga must be `completed` or `compensated` as its scenario says, the
 //! participants' effects (events in the services database, written in the consumer's
@@ -65,6 +66,10 @@ const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 /// before then shares the partitions with the dead one, whose share then stays unconsumed for
 /// good (both seen on this machine).
 const REPLACE_AFTER: Duration = Duration::from_millis(7000);
+/// A child is killed only when both processes of its role have run this long: they have joined
+/// their groups (tansu makes a joining follower wait 3 s) and work, so that the kill interrupts
+/// batches in flight.
+const SETTLED_AFTER: Duration = Duration::from_secs(5);
 /// Sagas running at once, at most.
 const MAX_IN_FLIGHT: usize = 100;
 /// The relays' slot leases: a killed relay's slots are taken over after this.
@@ -359,6 +364,7 @@ struct ChildProcess {
     child: Child,
     role: Role,
     name: String,
+    started_at: Instant,
 }
 
 impl ChildProcess {
@@ -396,7 +402,12 @@ impl ChildProcess {
             let status = child.wait().ok();
             panic!("{name} did not start within 60 s ({e}); exit status {status:?}");
         }
-        Self { child, role, name }
+        Self {
+            child,
+            role,
+            name,
+            started_at: Instant::now(),
+        }
     }
 
     /// Panics when the child ended by itself (a panic in child mode).
@@ -691,10 +702,10 @@ async fn killed_orchestrators_and_participants_leave_every_saga_terminal_with_ef
         ids
     });
 
-    // A kill every 1 to 2 s, of a random child of a role that has both its processes running
-    // (the last kill takes the role no kill took yet, if any); each victim's replacement starts
-    // REPLACE_AFTER its kill. (Every replacement makes its groups rebalance, which stops their
-    // consumers for seconds on tansu: more kills, less progress.)
+    // A kill 1 to 2 s after the previous one, of a random child of a role whose two processes
+    // have both run SETTLED_AFTER (the last kill takes the role no kill took yet, if any); each
+    // victim's replacement starts REPLACE_AFTER its kill. (Every replacement makes its groups
+    // rebalance, which stops their consumers for seconds on tansu: more kills, less progress.)
     let mut killed = BTreeMap::<&str, usize>::new();
     let mut replacements: Vec<(Instant, Role)> = Vec::new();
     let mut next_kill = Instant::now() + Duration::from_millis(1000 + rng.below(1000));
@@ -714,12 +725,18 @@ async fn killed_orchestrators_and_participants_leave_every_saga_terminal_with_ef
             continue;
         }
         if k < kills && Instant::now() >= next_kill {
-            let running = |role: Role| children.iter().filter(|c| c.role == role).count();
+            // Both processes of the role have run long enough to hold partitions and work.
+            let settled = |role: Role| {
+                children
+                    .iter()
+                    .filter(|c| c.role == role && c.started_at.elapsed() >= SETTLED_AFTER)
+                    .count()
+            };
             let untouched = [Role::Orchestrator, Role::Participants]
                 .into_iter()
                 .find(|role| !killed.contains_key(role.as_str()));
             let eligible: Vec<usize> = (0..children.len())
-                .filter(|i| running(children[*i].role) == 2)
+                .filter(|i| settled(children[*i].role) == 2)
                 .filter(|i| k + 1 < kills || untouched.is_none_or(|r| children[*i].role == r))
                 .collect();
             if !eligible.is_empty() {
