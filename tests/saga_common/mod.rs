@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use eventfold::eventstore::{
     EventStore, ExpectedVersion, InboxStore, OutboxRelayStore, SagaStore, UnitOfWork,
 };
-use eventfold::outbox::{Consumer, InProcessBroker, InProcessConsumer, Relay};
+use eventfold::outbox::{Consumer, InProcessBroker, InProcessConsumer, Relay, RelayConfig};
 use eventfold::saga::runtime::{
     Orchestrator, Participant, ParticipantContext, ParticipantHandler, ReplyHandler, Scheduler,
 };
@@ -137,7 +137,17 @@ pub const SERVICES: [(&str, &str); 3] = [
 
 impl<S: SagaStore + InboxStore + OutboxRelayStore> World<S> {
     pub fn new(store: S, timeout: Duration, compensation_failures: u32) -> Self {
-        let broker = InProcessBroker::new();
+        Self::on_broker(store, InProcessBroker::new(), timeout, compensation_failures)
+    }
+
+    /// A world on an existing broker: what a restarted process finds (the broker kept its
+    /// topics and the consumer groups' committed offsets).
+    pub fn on_broker(
+        store: S,
+        broker: InProcessBroker,
+        timeout: Duration,
+        compensation_failures: u32,
+    ) -> Self {
         let orchestrator = Orchestrator::new(store.clone(), definition(timeout));
         let replies =
             orchestrator.reply_consumer(broker.consumer("orders", &[orchestrator.reply_topic()]));
@@ -158,7 +168,11 @@ impl<S: SagaStore + InboxStore + OutboxRelayStore> World<S> {
             .scheduler()
             .lease(Duration::from_secs(5))
             .poll_interval(Duration::from_millis(10));
-        let relay = Relay::new(store.clone(), broker.clone());
+        // A short lease: a world made after another (a restart) takes the slots over quickly.
+        let relay = Relay::new(store.clone(), broker.clone()).with_config(RelayConfig {
+            lease_ttl: Duration::from_millis(300),
+            ..RelayConfig::default()
+        });
         Self {
             store,
             broker,
