@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use eventfold::BoxError;
-use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRouting, UnitOfWork};
+use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRouting, OutboxStore, UnitOfWork};
 use eventfold::outbox::headers;
 use eventfold::outbox::kafka::KafkaPublisher;
 use eventfold::outbox::kafka::rdkafka::consumer::Consumer;

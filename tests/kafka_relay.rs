@@ -11,7 +11,9 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRelayStore, OutboxRouting};
+use eventfold::eventstore::{
+    EventStore, ExpectedVersion, OutboxRelayStore, OutboxRouting, OutboxStore,
+};
 use eventfold::outbox::kafka::KafkaPublisher;
 use eventfold::outbox::kafka::rdkafka::ClientConfig;
 use eventfold::outbox::kafka::rdkafka::message::Message;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use eventfold::eventstore::contract::billing_request;
 use eventfold::eventstore::{
-    EventStore, ExpectedVersion, OutboxRelayStore, OutboxRouting, UnitOfWork,
+    EventStore, ExpectedVersion, OutboxRelayStore, OutboxRouting, OutboxStore, UnitOfWork,
 };
 use eventfold::outbox::{
     Delivery, InProcessBroker, OutboxMessage, PublishError, Publisher, Record, Relay, RelayConfig,

@@ -1,17 +1,20 @@
 //! The transactional outbox, store side: routing events to topics, and the outbox rows that a
 //! unit of work writes in the same transaction as its events.
 //!
-//! With routing on ([`OutboxRouting`], set on a store with `with_outbox`), every append also
-//! writes one outbox row per routed event, in the same transaction: a message exists if and only
-//! if its event committed (no dual write). The application adds its own messages (commands,
-//! integration events) with [`UnitOfWork::enqueue`](crate::UnitOfWork::enqueue), in the same
-//! transaction as its own SQL. The rows use Debezium's Outbox Event Router column names, so
-//! Debezium can relay them too.
+//! With routing on ([`OutboxRouting`], set on a store with [`OutboxStore::with_outbox`]), every
+//! append also writes one outbox row per routed event, in the same transaction: a message exists
+//! if and only if its event committed (no dual write). The application adds its own messages
+//! (commands, integration events) with [`UnitOfWork::enqueue`](crate::UnitOfWork::enqueue), in
+//! the same transaction as its own SQL. The rows use Debezium's Outbox Event Router column names,
+//! so Debezium can relay them too.
 
 use std::collections::HashMap;
+use std::future::Future;
 
 use chrono::{DateTime, Utc};
 use eventfold_core::{OutboxMessage, RecordedEvent};
+
+use crate::error::StoreError;
 
 /// Number of relay slots keys are hashed into ([`OutboxMessage::slot_of`]).
 pub const OUTBOX_SLOTS: u32 = 256;
@@ -210,9 +213,43 @@ pub struct DeadLetter {
     pub parked_at: DateTime<Utc>,
 }
 
+/// A store's outbox: routing appended events into it, and reading what waits in it. Implemented
+/// by every backend; [`OutboxRelayStore`] adds what a relay needs.
+///
+/// ```
+/// use eventfold_core::{NewEvent, StreamId};
+/// use eventfold_eventstore::memory::MemoryStore;
+/// use eventfold_eventstore::{EventStore, ExpectedVersion, OutboxRouting, OutboxStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = MemoryStore::new().with_outbox(OutboxRouting::new());
+/// let order = StreamId::new("order", "7")?;
+/// let placed = NewEvent::raw("order.placed", 1, b"{}".to_vec());
+/// store.append(&order, ExpectedVersion::NoStream, vec![placed]).await?;
+/// assert_eq!(store.outbox_status().await?.pending, 1);
+/// assert_eq!(store.read_outbox(10).await?[0].message.topic, "order");
+/// # Ok(())
+/// # }
+/// ```
+pub trait OutboxStore: crate::EventStore {
+    /// This store, writing an outbox row for every routed event in the same transaction as the
+    /// append (see [`crate::outbox`]).
+    fn with_outbox(self, routing: OutboxRouting) -> Self;
+
+    /// How many outbox rows wait, since when, and how many are parked.
+    fn outbox_status(&self) -> impl Future<Output = Result<OutboxStatus, StoreError>> + Send;
+
+    /// Up to `limit` waiting outbox rows, oldest first.
+    fn read_outbox(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<OutboxRow>, StoreError>> + Send;
+}
+
 /// What a relay needs from a store's outbox (ADR 0009): slot leases, claims, and the outcome of
 /// each publish. Implemented by every backend.
-pub trait OutboxRelayStore: crate::EventStore {
+pub trait OutboxRelayStore: OutboxStore {
     /// Heartbeats `owner` and (re)leases its fair share of the [`OUTBOX_SLOTS`] slots for
     /// `ttl`; returns the slots it holds now.
     fn lease_slots(

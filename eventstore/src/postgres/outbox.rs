@@ -7,7 +7,9 @@ use uuid::Uuid;
 
 use super::*;
 use crate::error::StoreError;
-use crate::outbox::{DeadLetter, OutboxRelayStore, OutboxRow, OutboxStatus, fair_share};
+use crate::outbox::{
+    DeadLetter, OutboxRelayStore, OutboxRouting, OutboxRow, OutboxStatus, OutboxStore, fair_share,
+};
 use crate::sql::{self, db_err, to_u64};
 
 /// How often a store's relays advance the outbox floor before a claim (ADR 0017). A claim walks
@@ -245,8 +247,12 @@ impl OutboxRelayStore for PgStore {
     }
 }
 
-impl PgStore {
-    pub(super) async fn read_outbox_status(&self) -> Result<OutboxStatus, StoreError> {
+impl OutboxStore for PgStore {
+    fn with_outbox(self, routing: OutboxRouting) -> Self {
+        PgStore::with_outbox(self, routing)
+    }
+
+    async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
         type Status = (i64, Option<chrono::DateTime<chrono::Utc>>, i64, Option<i64>);
         let (pending, oldest, dead, lag): Status = sqlx::query_as(&self.sql.outbox_status)
             .bind(&self.sql.outbox)
@@ -263,10 +269,7 @@ impl PgStore {
         })
     }
 
-    pub(super) async fn read_outbox_rows(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<OutboxRow>, StoreError> {
+    async fn read_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
         let rows: Vec<sql::OutboxDbRow> = sqlx::query_as(&self.sql.read_outbox)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)

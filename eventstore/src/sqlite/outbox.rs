@@ -8,7 +8,9 @@ use uuid::Uuid;
 
 use super::*;
 use crate::error::StoreError;
-use crate::outbox::{DeadLetter, OutboxRelayStore, OutboxRow, OutboxStatus, fair_share};
+use crate::outbox::{
+    DeadLetter, OutboxRelayStore, OutboxRouting, OutboxRow, OutboxStatus, OutboxStore, fair_share,
+};
 use crate::sql::{self, db_err, to_u64};
 
 pub(super) fn json_list<T: serde::Serialize>(values: &[T]) -> String {
@@ -221,8 +223,12 @@ impl OutboxRelayStore for SqliteStore {
     }
 }
 
-impl SqliteStore {
-    pub(super) async fn read_outbox_status(&self) -> Result<OutboxStatus, StoreError> {
+impl OutboxStore for SqliteStore {
+    fn with_outbox(self, routing: OutboxRouting) -> Self {
+        SqliteStore::with_outbox(self, routing)
+    }
+
+    async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
         let (pending, oldest, dead): (i64, Option<DateTime<Utc>>, i64) =
             sqlx::query_as(&self.sql.outbox_status)
                 .fetch_one(&self.pool)
@@ -236,10 +242,7 @@ impl SqliteStore {
         })
     }
 
-    pub(super) async fn read_outbox_rows(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<OutboxRow>, StoreError> {
+    async fn read_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
         let rows: Vec<sql::OutboxDbRow> = sqlx::query_as(&self.sql.read_outbox)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)

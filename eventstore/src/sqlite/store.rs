@@ -14,7 +14,7 @@ use crate::admin::{AppliedMigration, MigrationStore};
 use crate::error::StoreError;
 use crate::log::{Checkpoint, LogBatch, LogFilter, LogHead};
 use crate::naming::Naming;
-use crate::outbox::{OutboxRouting, OutboxRow, OutboxStatus};
+use crate::outbox::OutboxRouting;
 use crate::sql::dialect::{Dialect, Lite};
 use crate::sql::{self, Migration, db_err};
 use crate::store::{EventStore, LocalWakeup};
@@ -258,21 +258,10 @@ impl EventStore for SqliteStore {
         self.open_wakeup().await
     }
 
-    async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
-        self.read_outbox_status().await
-    }
-
-    async fn read_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-        self.read_outbox_rows(limit).await
-    }
-
     async fn begin(&self) -> Result<SqliteUnitOfWork, StoreError> {
         self.begin_unit_of_work().await
     }
 
-    fn with_outbox(self, routing: OutboxRouting) -> Self {
-        SqliteStore::with_outbox(self, routing)
-    }
     crate::sql::read::store_reads!();
 }
 
