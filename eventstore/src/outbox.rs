@@ -3,16 +3,18 @@
 //!
 //! With routing on ([`OutboxRouting`], set on a store with [`OutboxStore::with_outbox`]), every
 //! append also writes one outbox row per routed event, in the same transaction: a message exists
-//! if and only if its event committed (no dual write). The application adds its own messages
-//! (commands, integration events) with [`UnitOfWork::enqueue`](crate::UnitOfWork::enqueue), in
-//! the same transaction as its own SQL. The rows use Debezium's Outbox Event Router column names,
-//! so Debezium can relay them too.
+//! if and only if its event committed (no dual write). Every backend turns an append's events into
+//! their messages with the same function and at the same moment of the append: once the append
+//! passed the checks that come before its first write, and before that write. The application
+//! adds its own messages (commands, integration events) with
+//! [`UnitOfWork::enqueue`](crate::UnitOfWork::enqueue), in the same transaction as its own SQL.
+//! The rows use Debezium's Outbox Event Router column names, so Debezium can relay them too.
 
 use std::collections::HashMap;
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
-use eventfold_core::{OutboxMessage, RecordedEvent};
+use eventfold_core::{NewEvent, OutboxMessage, RecordedEvent, StreamId};
 
 use crate::error::StoreError;
 
@@ -137,16 +139,19 @@ impl OutboxRouting {
 
     /// The topic of an event, or `None` when it is not published.
     pub fn topic_for(&self, event: &RecordedEvent) -> Option<String> {
-        if let Some(route) = self.by_event_type.get(&event.event_type) {
+        self.topic(&event.event_type, event.stream_id.stream_type())
+    }
+
+    /// The topic of an event of `event_type` in a stream of `stream_type`.
+    fn topic(&self, event_type: &str, stream_type: &str) -> Option<String> {
+        if let Some(route) = self.by_event_type.get(event_type) {
             return route.clone();
         }
-        if let Some(route) = self.by_stream_type.get(event.stream_id.stream_type()) {
+        if let Some(route) = self.by_stream_type.get(stream_type) {
             return route.clone();
         }
         match &self.default {
-            DefaultTopic::StreamType { prefix } => {
-                Some(format!("{prefix}{}", event.stream_id.stream_type()))
-            }
+            DefaultTopic::StreamType { prefix } => Some(format!("{prefix}{stream_type}")),
             DefaultTopic::Fixed(topic) => Some(topic.clone()),
             DefaultTopic::None => None,
         }
@@ -162,6 +167,42 @@ impl OutboxRouting {
             })
             .collect()
     }
+}
+
+/// The outbox messages of an append: one per routed event, in the events' order, each carrying
+/// the stream version its event gets when the first one gets `first_version`. No message when
+/// `routing` is `None`.
+///
+/// The one place where routing is applied. Every backend calls it at the same moment of an
+/// append: after the append passed the checks that come before its first write (the batch is
+/// valid, the events carry their source, and where the backend reads the stream's version
+/// first, that version matched), and before that first write. The messages carry no global
+/// position, as none is known yet. PostgreSQL, whose single statement learns the version of an
+/// `Any` append only when it inserts, passes the expected version plus one and lets the statement
+/// write the stream version it gave each event (see `postgres/statements.rs`).
+pub(crate) fn append_messages(
+    routing: Option<&OutboxRouting>,
+    stream_id: &StreamId,
+    first_version: u64,
+    events: &[NewEvent],
+) -> Vec<OutboxMessage> {
+    let Some(routing) = routing else {
+        return Vec::new();
+    };
+    events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, event)| {
+            let topic = routing.topic(&event.event_type, stream_id.stream_type())?;
+            let version = first_version + i as u64;
+            let recorded = event.clone().into_recorded(stream_id.clone(), version, 0);
+            Some(OutboxMessage::from_event(
+                &recorded,
+                &topic,
+                &routing.content_type,
+            ))
+        })
+        .collect()
 }
 
 /// A stored outbox row.
@@ -323,4 +364,39 @@ pub trait OutboxRelayStore: OutboxStore {
 pub(crate) fn fair_share(live: u64) -> usize {
     let live = live.max(1);
     usize::try_from(u64::from(OUTBOX_SLOTS).div_ceil(live)).unwrap_or(OUTBOX_SLOTS as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use eventfold_core::outbox::headers;
+    use eventfold_core::{NewEvent, StreamId};
+
+    use super::{OutboxRouting, append_messages};
+
+    /// Routing is applied to the events before they are written: skipped events take their
+    /// version but no message, and no message knows a global position.
+    #[test]
+    fn append_messages_number_routed_events_from_the_first_version() {
+        let stream = StreamId::new("order", "9").expect("a stream id");
+        let events = vec![
+            NewEvent::raw("order.placed", 1, b"{}".to_vec()),
+            NewEvent::raw("order.viewed", 1, b"{}".to_vec()),
+            NewEvent::raw("order.paid", 1, b"{}".to_vec()),
+        ];
+        assert!(append_messages(None, &stream, 4, &events).is_empty());
+        let routing = OutboxRouting::new().skip_event_type("order.viewed");
+        let messages = append_messages(Some(&routing), &stream, 4, &events);
+        let seen: Vec<_> = messages
+            .iter()
+            .map(|m| {
+                (
+                    m.message_type.as_str(),
+                    m.headers[headers::STREAM_VERSION].as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(seen, [("order.placed", "4"), ("order.paid", "6")]);
+        assert_eq!(messages[0].id, events[0].event_id);
+        assert_eq!(messages[1].topic, "order");
+    }
 }

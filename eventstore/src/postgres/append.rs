@@ -1,14 +1,14 @@
 //! Appends: events and their outbox rows in one statement (`UNNEST` for many), the expected
 //! version checked by the statement and the unique index.
 
-use eventfold_core::{NewEvent, OutboxMessage, RecordedEvent, StreamId};
+use eventfold_core::{NewEvent, OutboxMessage, StreamId};
 use sqlx::postgres::PgArguments;
 use sqlx::{PgConnection, Postgres};
 use uuid::Uuid;
 
 use super::*;
 use crate::error::{ExpectedVersion, StoreError};
-use crate::outbox::{OUTBOX_SLOTS, OutboxRouting};
+use crate::outbox::{OUTBOX_SLOTS, OutboxRouting, append_messages};
 use crate::sql::{self, db_err, to_i64, to_u64};
 use crate::store::{AppendResult, fill_source, validate_append};
 
@@ -158,25 +158,21 @@ pub(super) async fn try_append(
     sqlx::query_as_with(statement, args).fetch_all(conn).await
 }
 
-/// The outbox messages of `events` under `routing`, before they are appended: each carries the
-/// stream version it will have with an exact expected version; `try_append` writes the version
-/// the database gave it either way.
-pub(super) fn outbox_messages(
-    routing: &OutboxRouting,
+/// The outbox messages of an append ([`append_messages`]): the first event's stream version is
+/// the expected one plus one; with `Any` the statement writes the version the database gave each
+/// event instead.
+fn routed_messages(
+    routing: Option<&OutboxRouting>,
     stream_id: &StreamId,
     expected: ExpectedVersion,
     events: &[NewEvent],
 ) -> Vec<OutboxMessage> {
-    let first = expected.exact().unwrap_or(0) + 1;
-    let recorded: Vec<RecordedEvent> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            e.clone()
-                .into_recorded(stream_id.clone(), first + i as u64, 0)
-        })
-        .collect();
-    routing.messages_for(&recorded)
+    append_messages(
+        routing,
+        stream_id,
+        expected.exact().unwrap_or(0) + 1,
+        events,
+    )
 }
 
 pub(super) fn append_error(
@@ -321,10 +317,12 @@ impl PgUnitOfWork {
         &mut self,
         stream_id: &StreamId,
         expected: ExpectedVersion,
-        events: &[NewEvent],
-        outbox: &[OutboxMessage],
+        mut events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
-        check_append(stream_id, events)?;
+        check_append(stream_id, &events)?;
+        fill_source(&mut events, &self.source);
+        let outbox = routed_messages(self.routing.as_deref(), stream_id, expected, &events);
+        let (events, outbox) = (events.as_slice(), outbox.as_slice());
         if expected.exact().is_some() {
             let sql = &self.sql;
             let result =
@@ -406,10 +404,7 @@ impl PgStore {
     ) -> Result<AppendResult, StoreError> {
         check_append(stream_id, &events)?;
         fill_source(&mut events, &self.source);
-        let outbox = match &self.routing {
-            Some(routing) => outbox_messages(routing, stream_id, expected, &events),
-            None => Vec::new(),
-        };
+        let outbox = routed_messages(self.routing.as_deref(), stream_id, expected, &events);
         let mut conn = self
             .pool
             .acquire()

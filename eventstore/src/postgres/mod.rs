@@ -51,7 +51,6 @@ pub use log::PgWakeup;
 pub use store::{PgStore, PgStoreBuilder};
 pub use unit_of_work::PgUnitOfWork;
 
-use append::*;
 use log::*;
 use statements::*;
 use store::*;

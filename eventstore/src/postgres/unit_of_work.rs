@@ -11,7 +11,7 @@ use super::*;
 use crate::error::{ExpectedVersion, StoreError};
 use crate::outbox::OutboxRouting;
 use crate::sql::{self, db_err};
-use crate::store::{AppendResult, UnitOfWork, fill_source};
+use crate::store::{AppendResult, UnitOfWork};
 
 /// A unit of work of the [`PgStore`]: a READ COMMITTED transaction.
 pub struct PgUnitOfWork {
@@ -40,15 +40,9 @@ impl UnitOfWork for PgUnitOfWork {
         &mut self,
         stream_id: &StreamId,
         expected: ExpectedVersion,
-        mut events: Vec<NewEvent>,
+        events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
-        fill_source(&mut events, &self.source);
-        let outbox = match &self.routing {
-            Some(routing) => outbox_messages(routing, stream_id, expected, &events),
-            None => Vec::new(),
-        };
-        self.append_events(stream_id, expected, &events, &outbox)
-            .await
+        self.append_events(stream_id, expected, events).await
     }
 
     async fn mark_inbox(&mut self, consumer: &str, message_id: Uuid) -> Result<bool, StoreError> {

@@ -5,7 +5,7 @@ use eventfold_core::{NewEvent, OutboxMessage, StreamId};
 
 use super::*;
 use crate::error::{ExpectedVersion, StoreError};
-use crate::outbox::OUTBOX_SLOTS;
+use crate::outbox::{OUTBOX_SLOTS, append_messages};
 use crate::sql::{self, db_err, to_i64, to_u64};
 use crate::store::{AppendResult, fill_source, validate_append};
 
@@ -26,6 +26,7 @@ impl SqliteUnitOfWork {
                 actual: Some(current),
             });
         }
+        let outbox = append_messages(self.routing.as_deref(), stream_id, current + 1, &events);
         // SQLite has no savepoint-free way to undo part of a statement list: insert into a
         // savepoint so a failed append leaves the unit of work as it was.
         sqlx::query("SAVEPOINT eventfold_append")
@@ -77,23 +78,14 @@ impl SqliteUnitOfWork {
                 }
             }
         }
-        if let Some(routing) = self.routing.clone() {
-            let recorded: Vec<_> = events
-                .iter()
-                .cloned()
-                .zip(&positions)
-                .enumerate()
-                .map(|(i, (e, p))| e.into_recorded(stream_id.clone(), current + 1 + i as u64, *p))
-                .collect();
-            if let Err(e) = self.insert_outbox(routing.messages_for(&recorded)).await {
-                let _ = sqlx::query("ROLLBACK TO SAVEPOINT eventfold_append")
-                    .execute(&mut *self.tx)
-                    .await;
-                let _ = sqlx::query("RELEASE SAVEPOINT eventfold_append")
-                    .execute(&mut *self.tx)
-                    .await;
-                return Err(e);
-            }
+        if let Err(e) = self.insert_outbox(outbox).await {
+            let _ = sqlx::query("ROLLBACK TO SAVEPOINT eventfold_append")
+                .execute(&mut *self.tx)
+                .await;
+            let _ = sqlx::query("RELEASE SAVEPOINT eventfold_append")
+                .execute(&mut *self.tx)
+                .await;
+            return Err(e);
         }
         sqlx::query("RELEASE SAVEPOINT eventfold_append")
             .execute(&mut *self.tx)
