@@ -6,7 +6,7 @@ use std::future::Future;
 use eventfold_core::{Aggregate, RecordedEvent, StreamId, decode_event};
 
 use super::{Loaded, Repository};
-use crate::error::StoreError;
+use crate::error::{ExecuteError, StoreError};
 use crate::store::{EventStore, Snapshot, UnitOfWork};
 
 /// Events read per query while loading a stream.
@@ -65,6 +65,29 @@ impl<U: UnitOfWork> Source for FromUow<'_, U> {
 }
 
 impl<A: Aggregate, S: EventStore> Repository<A, S> {
+    /// Loads the state (from the state cache when it holds the stream, else from `source`) and
+    /// handles the command: the loaded state and the events the command decided.
+    pub(super) async fn decide(
+        &self,
+        source: &mut impl Source,
+        stream_id: &StreamId,
+        command: &A::Command,
+    ) -> Result<(Loaded<A>, Vec<A::Event>), ExecuteError<A::Error>> {
+        let cached = self.cache.as_ref().and_then(|cache| cache.get(stream_id));
+        let loaded = match cached {
+            Some(loaded) => loaded,
+            None => self.load_from(source, stream_id, None).await?,
+        };
+        let events = loaded
+            .state
+            .handle(command)
+            .map_err(|source| ExecuteError::Rejected {
+                stream_id: stream_id.clone(),
+                source,
+            })?;
+        Ok((loaded, events))
+    }
+
     /// Loads the state from the latest usable snapshot and the events after it, up to
     /// `up_to` (inclusive) when given.
     pub(super) async fn load_from(

@@ -279,20 +279,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         command: &A::Command,
         meta: &CommandMetadata,
     ) -> Result<Executed<A>, ExecuteError<A::Error>> {
-        let cached = self.cache.as_ref().and_then(|cache| cache.get(stream_id));
-        let Loaded { mut state, version } = match cached {
-            Some(loaded) => loaded,
-            None => {
-                self.load_from(&mut FromStore(&self.store), stream_id, None)
-                    .await?
-            }
-        };
-        let events = state
-            .handle(command)
-            .map_err(|source| ExecuteError::Rejected {
-                stream_id: stream_id.clone(),
-                source,
-            })?;
+        let (Loaded { mut state, version }, events) = self
+            .decide(&mut FromStore(&self.store), stream_id, command)
+            .await?;
         if events.is_empty() {
             return Ok(Executed {
                 stream_id: stream_id.clone(),
@@ -391,20 +380,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 return self.replay_command(uow, stream_id, record).await.map(Some);
             }
         }
-        let cached = self.cache.as_ref().and_then(|cache| cache.get(stream_id));
-        let Loaded { mut state, version } = match cached {
-            Some(loaded) => loaded,
-            None => {
-                self.load_from(&mut FromUow(&mut *uow), stream_id, None)
-                    .await?
-            }
-        };
-        let events = state
-            .handle(command)
-            .map_err(|source| ExecuteError::Rejected {
-                stream_id: stream_id.clone(),
-                source,
-            })?;
+        let (Loaded { mut state, version }, events) = self
+            .decide(&mut FromUow(&mut *uow), stream_id, command)
+            .await?;
         let mut envelopes = Vec::new();
         let mut new_version = version;
         if !events.is_empty() {
