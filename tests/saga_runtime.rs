@@ -11,10 +11,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use eventfold::eventstore::{
-    EventStore, ExpectedVersion, InboxStore, OutboxRelayStore, SagaFilter, SagaStore, SagaTimer,
-    UnitOfWork,
+    EventStore, ExpectedVersion, InboxStore, OutboxRelayStore, OutboxStore, SagaFilter, SagaStore,
+    SagaTimer, UnitOfWork,
 };
-
 use eventfold::saga::SagaStatus;
 use eventfold::saga::runtime::{Applied, Orchestrator, RETRY_PARKED};
 use eventfold::{NewEvent, StreamId};

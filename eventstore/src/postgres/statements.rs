@@ -197,6 +197,7 @@ pub(super) struct RelaySql {
     pub(super) fail: String,
     pub(super) park: String,
     pub(super) dead: String,
+    pub(super) dead_table: String,
     pub(super) retry: String,
     pub(super) skip: String,
 }
@@ -311,6 +312,7 @@ impl RelaySql {
                  SELECT seq, {MOVED}, 0 FROM moved"
             ),
             skip: format!("DELETE FROM {dead} WHERE seq = $1"),
+            dead_table: dead,
         }
     }
 }
