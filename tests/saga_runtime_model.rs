@@ -17,8 +17,8 @@ mod saga_common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use eventfold::eventstore::{EventStore, UnitOfWork};
 use eventfold::eventstore::memory::MemoryStore;
+use eventfold::eventstore::{EventStore, UnitOfWork};
 use eventfold::saga::runtime::load;
 use eventfold::saga::{SagaEvent, SagaStatus};
 use proptest::prelude::*;
@@ -262,7 +262,11 @@ async fn check(store: &MemoryStore, id: Uuid) -> Result<(), String> {
     }
     match status {
         SagaStatus::Completed => {
-            if (n("inventory.reserve"), n("payment.charge"), n("shipment.schedule")) != (1, 1, 1)
+            if (
+                n("inventory.reserve"),
+                n("payment.charge"),
+                n("shipment.schedule"),
+            ) != (1, 1, 1)
                 || n("inventory.release") + n("payment.refund") > 0
             {
                 return Err(format!("saga {id} completed with effects {counts:?}"));
@@ -272,9 +276,7 @@ async fn check(store: &MemoryStore, id: Uuid) -> Result<(), String> {
             if n("inventory.reserve") > n("inventory.release")
                 || n("payment.charge") > n("payment.refund")
             {
-                return Err(format!(
-                    "saga {id} compensated but not undone: {counts:?}"
-                ));
+                return Err(format!("saga {id} compensated but not undone: {counts:?}"));
             }
         }
     }

@@ -137,7 +137,12 @@ pub const SERVICES: [(&str, &str); 3] = [
 
 impl<S: SagaStore + InboxStore + OutboxRelayStore> World<S> {
     pub fn new(store: S, timeout: Duration, compensation_failures: u32) -> Self {
-        Self::on_broker(store, InProcessBroker::new(), timeout, compensation_failures)
+        Self::on_broker(
+            store,
+            InProcessBroker::new(),
+            timeout,
+            compensation_failures,
+        )
     }
 
     /// A world on an existing broker: what a restarted process finds (the broker kept its
