@@ -101,8 +101,13 @@ impl<S: SagaStore, D: SagaData> Scheduler<S, D> {
             claimed: timers.len(),
             ..TickReport::default()
         };
-        let results: Vec<_> = futures_util::stream::iter(timers.iter())
-            .map(|timer| async move { (timer, orchestrator.fire_timer(timer).await) })
+        // Owned timers: a closure over `&SagaTimer` makes the future of `tick` (and `run`) not
+        // `Send` (rustc cannot prove it for every lifetime), so a scheduler could not be spawned.
+        let results: Vec<_> = futures_util::stream::iter(timers)
+            .map(|timer| async move {
+                let result = orchestrator.fire_timer(&timer).await;
+                (timer, result)
+            })
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
@@ -166,4 +171,11 @@ impl<S: SagaStore, D: SagaData> Scheduler<S, D> {
             Err(e) => tracing::debug!(error = %e, "saga counts unavailable"),
         }
     }
+}
+
+/// A scheduler can be spawned (`tokio::spawn` needs `Send` futures): checked at compile time.
+#[cfg(test)]
+#[allow(dead_code)]
+fn run_is_send<S: SagaStore, D: SagaData>(scheduler: Scheduler<S, D>) -> impl Send {
+    scheduler.run(std::future::pending())
 }
