@@ -520,6 +520,74 @@ pub async fn a_parked_compensation_is_retried_through_a_stored_request<
     );
 }
 
+pub async fn a_new_definition_version_resumes_old_instances<
+    S: SagaStore + InboxStore + OutboxRelayStore,
+>(
+    store: S,
+) {
+    // Started by version 1; the service is redeployed with version 2 before the first reply.
+    let v1 = Orchestrator::new(store.clone(), definition_at(LONG, 1));
+    let old = v1.start("v-1", order("v-1"), None).await.unwrap().saga_id;
+    let mut world = World::new(store.clone(), LONG, 0);
+    world.orchestrator = Orchestrator::new(store.clone(), definition_at(LONG, 2));
+    world.replies = world.orchestrator.reply_consumer(
+        world
+            .broker
+            .consumer("orders", &[world.orchestrator.reply_topic()]),
+    );
+    world.scheduler = world.orchestrator.scheduler();
+    world
+        .pump_until_terminal(&[old], Duration::from_secs(20))
+        .await;
+    let state = world.orchestrator.state(old).await.unwrap().unwrap();
+    assert_eq!(state.status, SagaStatus::Completed);
+    assert_eq!(state.definition_version, 2);
+    assert_eq!(state.data["migrated"], true, "{}", state.data);
+    assert!(
+        history(&store, old)
+            .await
+            .contains(&"saga.migrated".to_owned())
+    );
+    assert_eq!(
+        store.saga(old).await.unwrap().unwrap().definition_version,
+        2
+    );
+    // An instance of version 2 is refused by version 1 code (a rolling deployment leaves it to
+    // the new nodes): a typed error naming both versions, nothing written.
+    let new = world
+        .orchestrator
+        .start("v-2", order("v-2"), None)
+        .await
+        .unwrap()
+        .saga_id;
+    let reply = eventfold::saga::Reply {
+        saga_id: new,
+        step: "reserve".into(),
+        attempt: 1,
+        kind: eventfold::saga::CommandKind::Action,
+        outcome: eventfold::saga::Outcome::success(serde_json::json!({})),
+    };
+    let before = store.saga(new).await.unwrap().unwrap().version;
+    let err = v1
+        .handle_reply(reply, None)
+        .await
+        .expect_err("newer definition");
+    assert!(
+        matches!(
+            err,
+            eventfold::saga::runtime::RuntimeError::Machine(
+                eventfold::saga::SagaError::NewerDefinition {
+                    instance_version: 2,
+                    known_version: 1,
+                    ..
+                }
+            )
+        ),
+        "{err}"
+    );
+    assert_eq!(store.saga(new).await.unwrap().unwrap().version, before);
+}
+
 macro_rules! saga_runtime_tests {
     ($backend:ident, $fresh:path) => {
         mod $backend {
@@ -533,6 +601,7 @@ macro_rules! saga_runtime_tests {
                 two_schedulers_fire_many_due_deadlines_once,
                 a_restarted_orchestrator_fires_pending_deadlines,
                 a_parked_compensation_is_retried_through_a_stored_request,
+                a_new_definition_version_resumes_old_instances,
             );
         }
     };

@@ -34,8 +34,21 @@ pub struct Order {
 
 /// reserve (compensated by release) → charge (refund) → ship, each with `timeout` per attempt.
 pub fn definition(timeout: Duration) -> SagaDefinition<Order> {
+    definition_at(timeout, 1)
+}
+
+/// The same saga at definition `version`; from version 2 on, data of version 1 is migrated
+/// (it gains `"migrated": true`, which `Order` ignores).
+pub fn definition_at(timeout: Duration, version: u32) -> SagaDefinition<Order> {
     let fast = RetryPolicy::fixed(3, Duration::from_millis(20));
-    Saga::<Order>::define(SAGA_TYPE, 1)
+    let mut builder = Saga::<Order>::define(SAGA_TYPE, version);
+    if version >= 2 {
+        builder = builder.migrate_from(1, |mut data| {
+            data["migrated"] = serde_json::Value::Bool(true);
+            Ok(data)
+        });
+    }
+    builder
         .step("reserve", |s| {
             s.invoke(|o: &Order| Command::new("inventory.commands", "inventory.reserve", o))
                 .compensate(|o: &Order| Command::new("inventory.commands", "inventory.release", o))
