@@ -542,12 +542,21 @@ pub async fn a_new_definition_version_resumes_old_instances<
     let state = world.orchestrator.state(old).await.unwrap().unwrap();
     assert_eq!(state.status, SagaStatus::Completed);
     assert_eq!(state.definition_version, 2);
-    assert_eq!(state.data["migrated"], true, "{}", state.data);
-    assert!(
-        history(&store, old)
-            .await
-            .contains(&"saga.migrated".to_owned())
-    );
+    // The migration ran once, on the first input the new code decided, and is recorded.
+    let instance = eventfold::saga::runtime::load(&store, old)
+        .await
+        .unwrap()
+        .unwrap();
+    let migrated: Vec<_> = instance
+        .history
+        .iter()
+        .filter_map(|h| match &h.event {
+            eventfold::saga::SagaEvent::Migrated { data, .. } => Some(data.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(migrated.len(), 1, "{:?}", history(&store, old).await);
+    assert_eq!(migrated[0]["migrated"], true, "{}", migrated[0]);
     assert_eq!(
         store.saga(old).await.unwrap().unwrap().definition_version,
         2
