@@ -11,8 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use eventfold::eventstore::{
-    EventStore, ExpectedVersion, InboxStore, OutboxRelayStore, OutboxStore, SagaFilter, SagaStore,
-    SagaTimer, UnitOfWork,
+    ExpectedVersion, InboxStore, OutboxRelayStore, SagaFilter, SagaStore, SagaTimer, UnitOfWork,
 };
 use eventfold::saga::SagaStatus;
 use eventfold::saga::runtime::{Applied, Orchestrator, RETRY_PARKED};

@@ -123,8 +123,18 @@ macro_rules! eventstore_contract_tests {
         $crate::eventstore_contract_tests!(@group $fresh; projection:
             projection_checkpoints_commit_with_the_unit_of_work,
         );
-        // The saga store's rules join this group (see `contract::sagas`).
-        $crate::eventstore_contract_tests!(@group $fresh; sagas:);
+        $crate::eventstore_contract_tests!(@group $fresh; sagas:
+            registering_a_saga_is_idempotent_on_its_key,
+            concurrent_registrations_agree_on_one_owner,
+            sagas_are_updated_listed_and_counted,
+            timers_are_stored_moved_and_deleted,
+            due_timers_are_claimed_oldest_first_by_type,
+            a_claim_expires_after_its_lease,
+            leases_grow_with_the_claims,
+            concurrent_claims_are_exclusive,
+            request_outcomes_are_recorded_once,
+            timer_requests_need_a_registered_saga,
+        );
     };
     (@group $fresh:path; $group:ident: $($name:ident),* $(,)?) => {
         mod $group {

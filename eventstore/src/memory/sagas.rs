@@ -236,7 +236,7 @@ impl SagaStore for MemoryStore {
                 .filter(|(key, timer)| key.0 == saga_id && timer.is_some())
                 .map(|(key, _)| key.clone()),
         );
-        let deleted = keys.len() as u64;
+        let deleted = u64::try_from(keys.len()).unwrap_or(u64::MAX);
         for key in keys {
             uow.sagas.timers.insert(key, None);
         }
