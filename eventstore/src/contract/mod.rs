@@ -134,6 +134,7 @@ macro_rules! eventstore_contract_tests {
             concurrent_claims_are_exclusive,
             request_outcomes_are_recorded_once,
             timer_requests_need_a_registered_saga,
+            locking_a_saga_serialises_units_of_work,
         );
     };
     (@group $fresh:path; $group:ident: $($name:ident),* $(,)?) => {

@@ -121,6 +121,10 @@ fn postgres_saga_statements() {
     let sql = SagaSql::new::<Pg>(&Naming::default());
     assert_eq!(sql.now, "SELECT statement_timestamp()");
     assert_eq!(
+        sql.lock,
+        format!("SELECT {SAGA_COLUMNS} FROM \"eventfold_sagas\" WHERE saga_id = $1 FOR UPDATE")
+    );
+    assert_eq!(
         sql.register,
         format!(
             "INSERT INTO \"eventfold_sagas\" ({SAGA_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, \
@@ -182,6 +186,10 @@ fn sqlite_saga_statements() {
     use super::sagas::SagaSql;
     let clock = "replace(strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now'), '.000+', '+')";
     let sql = SagaSql::new::<Lite>(&Naming::default());
+    assert_eq!(
+        sql.lock,
+        format!("SELECT {SAGA_COLUMNS} FROM \"eventfold_sagas\" WHERE saga_id = ?1")
+    );
     assert_eq!(sql.now, format!("SELECT {clock}"));
     assert_eq!(
         sql.register,

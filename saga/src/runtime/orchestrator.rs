@@ -312,6 +312,12 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         timer: &SagaTimer,
     ) -> Result<Applied, RuntimeError> {
         let saga_id = timer.saga_id;
+        // The instance's lock before the timer's row, in the order every transition takes them.
+        self.inner
+            .store
+            .lock_saga(uow, saga_id)
+            .await
+            .map_err(RuntimeError::store(saga_id))?;
         let deleted = self
             .inner
             .store
@@ -450,6 +456,18 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
     ) -> Result<Applied, RuntimeError> {
         let store = &self.inner.store;
         let stream = saga_stream(saga_id)?;
+        // The instance's row first: transitions of one instance are serialised on it, so a reply
+        // and a timer never deadlock on the rows they both write. Not registered: nothing to do
+        // (a reply or timer for another service's saga, or one that never started).
+        let registered = match store
+            .lock_saga(uow, saga_id)
+            .await
+            .map_err(RuntimeError::store(saga_id))?
+        {
+            Some(row) => Some(row),
+            None if registered.is_none() => return Ok(Applied::Ignored(Ignored::NotStarted)),
+            None => registered,
+        };
         let loaded = history::read_in(uow, &stream, saga_id).await?;
         let mut state = SagaState::fold(loaded.iter().map(|(e, _)| e));
         let now = store
