@@ -205,6 +205,14 @@ pub async fn a_timeout_at_each_step_compensates_and_late_successes_are_undone<
     }
 }
 
+/// The caller's own write in its unit of work: the order whose placement starts the saga.
+async fn place<U: UnitOfWork>(uow: &mut U, orders: &StreamId) {
+    let placed = NewEvent::raw("order.placed", 1, b"{}".to_vec());
+    uow.append(orders, ExpectedVersion::NoStream, vec![placed])
+        .await
+        .unwrap();
+}
+
 pub async fn start_joins_the_callers_unit_of_work_and_is_idempotent<
     S: SagaStore + InboxStore + OutboxRelayStore,
 >(
@@ -214,13 +222,7 @@ pub async fn start_joins_the_callers_unit_of_work_and_is_idempotent<
     let orders = StreamId::new("order", "o-7").unwrap();
     // Rolled back with the caller's own write: no saga, no command.
     let mut uow = store.begin().await.unwrap();
-    uow.append(
-        &orders,
-        ExpectedVersion::NoStream,
-        vec![NewEvent::raw("order.placed", 1, b"{}".to_vec())],
-    )
-    .await
-    .unwrap();
+    place(&mut uow, &orders).await;
     let rolled = world
         .orchestrator
         .start_in(&mut uow, "o-7", order("o-7"), None)
@@ -232,13 +234,7 @@ pub async fn start_joins_the_callers_unit_of_work_and_is_idempotent<
     assert_eq!(store.outbox_status().await.unwrap().pending, 0);
     // Committed with it.
     let mut uow = store.begin().await.unwrap();
-    uow.append(
-        &orders,
-        ExpectedVersion::NoStream,
-        vec![NewEvent::raw("order.placed", 1, b"{}".to_vec())],
-    )
-    .await
-    .unwrap();
+    place(&mut uow, &orders).await;
     let first = world
         .orchestrator
         .start_in(&mut uow, "o-7", order("o-7"), None)
