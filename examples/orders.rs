@@ -8,7 +8,8 @@
 
 use eventfold::eventstore::sqlite::SqliteStore;
 use eventfold::eventstore::{
-    Checkpoint, EventStore, ExecuteError, LogFilter, OutboxRouting, Repository, UnitOfWork,
+    Checkpoint, EventStore, ExecuteError, LogFilter, OutboxRouting, OutboxStore, Repository,
+    UnitOfWork,
 };
 use eventfold::{CommandMetadata, Event, StreamId, aggregate};
 use serde::{Deserialize, Serialize};

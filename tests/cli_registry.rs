@@ -3,6 +3,7 @@
 //! dead letters, and a poison event failing a rebuild; then the standalone binary on the same
 //! database, which sees the stored projection without its code.
 mod common;
+mod saga_common;
 
 use clap::Parser;
 use eventfold::cli::{Cli, CliError, CliStore};
@@ -447,10 +448,129 @@ async fn memory_store_needs_no_migrations() {
         migrated,
         serde_json::json!({"backend": "memory", "migrations": []})
     );
-    let sagas = cli_json(&projections, &["sagas", "list", "--json"]).await;
+    let sagas = cli_json(&projections, &["sagas", "list"]).await;
     assert_eq!(sagas, serde_json::json!([]));
     let err = cli(&projections, &["trace", "x"])
         .await
         .expect_err("reserved");
     assert!(matches!(err, CliError::NotAvailable { command: "trace" }));
+}
+
+/// `sagas list|show|retry` on a SQLite store with one completed and one parked saga: the
+/// listing filters by state, `show` has the steps, history and timers, and `retry` resumes the
+/// parked one through the running scheduler (and refuses a saga that is not parked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_list_show_and_retry() {
+    use std::time::Duration;
+    let (store, _file) = common::sqlite().await;
+    let mut world = saga_common::World::new(store.clone(), Duration::from_secs(60), 5);
+    let done = world
+        .orchestrator
+        .start(
+            "ok",
+            saga_common::Order {
+                id: "ok".into(),
+                cents: 5,
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .expect("start");
+    let parked = world
+        .orchestrator
+        .start(
+            "parked",
+            saga_common::Order {
+                id: "parked".into(),
+                cents: 7,
+                fail: Some("ship".into()),
+                fail_compensation: Some("charge".into()),
+            },
+            None,
+        )
+        .await
+        .expect("start");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        world.round().await;
+        let state = world
+            .orchestrator
+            .state(parked.saga_id)
+            .await
+            .expect("state")
+            .expect("saga");
+        if state.status.is_parked() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not parked: {}",
+            state.status
+        );
+    }
+    world
+        .pump_until_terminal(&[done.saga_id], Duration::from_secs(20))
+        .await;
+    let projections = Projections::new(store.clone());
+
+    let all = cli_json(&projections, &["sagas", "list"]).await;
+    assert_eq!(all.as_array().map(Vec::len), Some(2), "{all}");
+    let stuck = cli_json(
+        &projections,
+        &["sagas", "list", "--state", "compensation_failed"],
+    )
+    .await;
+    assert_eq!(stuck[0]["saga_id"], parked.saga_id.to_string(), "{stuck}");
+    assert_eq!(stuck[0]["business_key"], "parked");
+    assert!(
+        stuck[0]["detail"].as_str().unwrap_or("").contains("charge"),
+        "{stuck}"
+    );
+    let text = cli(&projections, &["sagas", "list"]).await.expect("list");
+    assert!(text.contains("test.order completed: 1"), "{text}");
+
+    let shown = cli_json(
+        &projections,
+        &["sagas", "show", &parked.saga_id.to_string()],
+    )
+    .await;
+    assert_eq!(
+        shown["state"]["status"]["status"], "compensation_failed",
+        "{shown}"
+    );
+    let steps: Vec<&str> = shown["state"]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(steps, ["reserve", "charge", "ship"]);
+    assert_eq!(shown["history"][0]["type"], "saga.started");
+    let text = cli(
+        &projections,
+        &["sagas", "show", &parked.saga_id.to_string()],
+    )
+    .await
+    .expect("show");
+    assert!(
+        text.contains("saga.parked") && text.contains("compensation_failed"),
+        "{text}"
+    );
+
+    let err = cli(&projections, &["sagas", "retry", &done.saga_id.to_string()])
+        .await
+        .expect_err("not parked");
+    assert!(matches!(err, CliError::SagaNotParked { .. }), "{err}");
+    let retried = cli_json(
+        &projections,
+        &["sagas", "retry", &parked.saga_id.to_string()],
+    )
+    .await;
+    assert_eq!(retried["retry_requested"], true);
+    world
+        .pump_until_terminal(&[parked.saga_id], Duration::from_secs(20))
+        .await;
+    let after = cli_json(&projections, &["sagas", "list", "--state", "compensated"]).await;
+    assert_eq!(after[0]["saga_id"], parked.saga_id.to_string(), "{after}");
 }

@@ -20,19 +20,26 @@ fn payment(i: u32, kind: &str) -> OutboxMessage {
     )
 }
 
+/// The consumer `ledger` of the topic `payments`, handling with a [`Ledger`].
+fn ledger_consumer<S: InboxStore>(
+    store: &S,
+    broker: &InProcessBroker,
+) -> Consumer<S, eventfold::outbox::InProcessConsumer, Ledger> {
+    Consumer::new(
+        "ledger",
+        store.clone(),
+        broker.consumer("ledger", &["payments"]),
+        Ledger::default(),
+    )
+}
+
 async fn exactly_once_effects<S: InboxStore>(store: S) {
     let broker = InProcessBroker::new();
     let messages: Vec<_> = (0..40).map(|i| payment(i, "payment.captured")).collect();
     broker.publish(&messages).await;
     broker.publish(&messages[..10]).await; // the relay published some twice (at-least-once)
 
-    let handler = Ledger::default();
-    let mut consumer = Consumer::new(
-        "ledger",
-        store.clone(),
-        broker.consumer("ledger", &["payments"]),
-        handler,
-    );
+    let mut consumer = ledger_consumer(&store, &broker);
     // Crash after handling 25 records, before their offsets are committed: handle them by hand
     // through the inbox, but never acknowledge them to the broker.
     let mut crashed = broker.consumer("ledger", &["payments"]);
@@ -78,15 +85,9 @@ async fn poison_is_parked_others_flow<S: InboxStore>(store: S) {
         payment(3, "payment.captured"),
     ];
     broker.publish(&messages).await;
-    let handler = Ledger::default();
-    let mut consumer = Consumer::new(
-        "ledger",
-        store.clone(),
-        broker.consumer("ledger", &["payments"]),
-        handler,
-    )
-    .max_attempts(3)
-    .backoff(Duration::from_millis(1));
+    let mut consumer = ledger_consumer(&store, &broker)
+        .max_attempts(3)
+        .backoff(Duration::from_millis(1));
     let report = consumer.run_once(Duration::from_millis(100)).await.unwrap();
     assert_eq!((report.handled, report.parked), (2, 1));
     assert_eq!(
@@ -105,29 +106,10 @@ async fn poison_is_parked_others_flow<S: InboxStore>(store: S) {
     assert!(after.poll(10, Duration::from_millis(50)).await.is_empty());
 }
 
-macro_rules! consumer_tests {
-    ($module:ident, $fresh:path) => {
-        mod $module {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn duplicates_and_crash_redeliveries_take_effect_once() {
-                let (store, _guard) = $fresh().await;
-                exactly_once_effects(store).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn poison_message_is_parked_and_the_rest_flows() {
-                let (store, _guard) = $fresh().await;
-                poison_is_parked_others_flow(store).await;
-            }
-        }
-    };
-}
-
-consumer_tests!(memory, common::memory);
-consumer_tests!(sqlite, common::sqlite);
-consumer_tests!(postgres, common::postgres);
+common::backend_tests!([memory, sqlite, postgres] {
+    2 => duplicates_and_crash_redeliveries_take_effect_once: exactly_once_effects,
+    2 => poison_message_is_parked_and_the_rest_flows: poison_is_parked_others_flow,
+});
 
 #[derive(Debug, Clone, PartialEq, eventfold::Event)]
 enum PaymentEvent {

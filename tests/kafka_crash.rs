@@ -11,14 +11,13 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use eventfold::BoxError;
-use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRouting, UnitOfWork};
+use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRouting, OutboxStore, UnitOfWork};
 use eventfold::outbox::headers;
 use eventfold::outbox::kafka::KafkaPublisher;
 use eventfold::outbox::kafka::rdkafka::consumer::Consumer;
@@ -44,33 +43,16 @@ struct RelayProcess {
 impl RelayProcess {
     /// Starts a relay and waits (at most 30 s) for its "relay <owner> started" line.
     fn spawn(database_url: &str, brokers: &str, topic: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_eventfold-relay"))
-            .env("DATABASE_URL", database_url)
-            .env("KAFKA_BOOTSTRAP", brokers)
-            .env("EVENTFOLD_TOPIC", topic)
-            .env("EVENTFOLD_LEASE_TTL_MS", LEASE_TTL_MS)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn eventfold-relay");
-        let stdout = child.stdout.take().expect("the relay's stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            // Forward the first line, then drain the pipe until the process exits.
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => line,
-            Err(e) => {
-                let _ = child.kill();
-                let status = child.wait().ok();
-                panic!("eventfold-relay did not start within 30 s ({e}); exit status {status:?}")
-            }
-        };
+        let (child, line) = common::spawn_until_started(
+            Command::new(env!("CARGO_BIN_EXE_eventfold-relay"))
+                .env("DATABASE_URL", database_url)
+                .env("KAFKA_BOOTSTRAP", brokers)
+                .env("EVENTFOLD_TOPIC", topic)
+                .env("EVENTFOLD_LEASE_TTL_MS", LEASE_TTL_MS),
+            "eventfold-relay",
+            Duration::from_secs(30),
+            |_first_line| true,
+        );
         let owner = line
             .strip_prefix("relay ")
             .and_then(|rest| rest.strip_suffix(" started"))
@@ -308,14 +290,7 @@ async fn killed_relay_processes_lose_no_event_and_keep_key_order() {
             "ce_streamversion of {}",
             record.id
         );
-        assert_eq!(
-            *partition_of
-                .entry(record.key.clone())
-                .or_insert(record.partition),
-            record.partition,
-            "every record of key {} in one partition",
-            record.key
-        );
+        common::assert_one_partition(&mut partition_of, &record.key, record.partition);
         if !first_seen.insert(record.id) {
             duplicates += 1;
             continue;

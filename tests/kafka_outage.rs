@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRelayStore, OutboxRouting};
+use eventfold::eventstore::{
+    EventStore, ExpectedVersion, OutboxRelayStore, OutboxRouting, OutboxStore,
+};
 use eventfold::outbox::kafka::KafkaPublisher;
 use eventfold::outbox::kafka::rdkafka::ClientConfig;
 use eventfold::outbox::kafka::rdkafka::message::Message;

@@ -11,7 +11,9 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRelayStore, OutboxRouting};
+use eventfold::eventstore::{
+    EventStore, ExpectedVersion, OutboxRelayStore, OutboxRouting, OutboxStore,
+};
 use eventfold::outbox::kafka::KafkaPublisher;
 use eventfold::outbox::kafka::rdkafka::ClientConfig;
 use eventfold::outbox::kafka::rdkafka::message::Message;
@@ -200,14 +202,7 @@ async fn kafka_relay_delivers_every_event_in_order_per_key() {
         let (key, version) = &appended[&id];
         assert_eq!(&record.key, key, "the record key is the aggregate id");
         assert_eq!(record.version(), *version);
-        assert_eq!(
-            *partition_of
-                .entry(record.key.clone())
-                .or_insert(record.partition),
-            record.partition,
-            "every record of key {} in one partition",
-            record.key
-        );
+        common::assert_one_partition(&mut partition_of, &record.key, record.partition);
         let last = last_version.entry(record.key.clone()).or_insert(0);
         assert_eq!(
             record.version(),

@@ -209,6 +209,20 @@ async fn sqlite_refuses_a_schema_and_tracks_its_migrations() {
     assert_eq!(count, 6, "every embedded migration is recorded once");
 }
 
+/// A first append on a database restored from an old fixture.
+async fn appends_on_the_old_database<S: EventStore>(store: &S) {
+    let stream = StreamId::new("order", "old-1").unwrap();
+    let result = store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![NewEvent::raw("order.placed", 1, b"{}".to_vec())],
+        )
+        .await
+        .expect("append on the old database");
+    assert_eq!(result.version, 1);
+}
+
 /// A SQLite database migrated by eventfold before its migrations became `.sql` files (main at
 /// `1ca6a7f`, `eventfold migrate`): the checksums of its applied migrations still match, and the
 /// store opens and appends.
@@ -223,16 +237,7 @@ async fn sqlite_database_created_by_the_old_migration_text_still_migrates() {
     let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
         .await
         .expect("an old database migrates cleanly (checksums unchanged)");
-    let stream = StreamId::new("order", "old-1").unwrap();
-    let result = store
-        .append(
-            &stream,
-            ExpectedVersion::NoStream,
-            vec![NewEvent::raw("order.placed", 1, b"{}".to_vec())],
-        )
-        .await
-        .expect("append on the old database");
-    assert_eq!(result.version, 1);
+    appends_on_the_old_database(&store).await;
 }
 
 /// A PostgreSQL database migrated by eventfold before its migrations became `.sql` files (a
@@ -260,14 +265,5 @@ async fn postgres_database_created_by_the_old_migration_text_still_migrates() {
         .build()
         .await
         .expect("an old database migrates cleanly (checksums unchanged)");
-    let stream = StreamId::new("order", "old-1").unwrap();
-    let result = store
-        .append(
-            &stream,
-            ExpectedVersion::NoStream,
-            vec![NewEvent::raw("order.placed", 1, b"{}".to_vec())],
-        )
-        .await
-        .expect("append on the old database");
-    assert_eq!(result.version, 1);
+    appends_on_the_old_database(&store).await;
 }

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use eventfold::eventstore::postgres::PgStore;
-use eventfold::eventstore::{EventStore, OutboxRelayStore, OutboxRow, UnitOfWork};
+use eventfold::eventstore::{EventStore, OutboxRelayStore, OutboxRow, OutboxStore, UnitOfWork};
 use eventfold::outbox::{InProcessBroker, OutboxMessage, Relay, RelayConfig};
 use sqlx::PgPool;
 use uuid::Uuid;

@@ -12,7 +12,9 @@ use std::time::Duration;
 use eventfold::StreamId;
 use eventfold::eventstore::memory::MemoryStore;
 use eventfold::eventstore::sqlite::SqliteStore;
-use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRouting, ProjectionStore};
+use eventfold::eventstore::{
+    EventStore, ExpectedVersion, OutboxRouting, OutboxStore, ProjectionStore,
+};
 use eventfold::outbox::{Consumer, InProcessBroker, Publisher};
 use eventfold::projections::{
     ErrorPolicy, MemoryProjection, ProjectionError, ProjectionHandler, ProjectionOptions,

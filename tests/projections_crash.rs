@@ -7,8 +7,7 @@
 mod common;
 mod projection_common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use eventfold::StreamId;
@@ -30,34 +29,20 @@ struct RunnerProcess(Child);
 
 impl RunnerProcess {
     fn spawn(url: &str) -> Self {
-        let mut child = Command::new(std::env::current_exe().expect("the test binary"))
-            .args([
-                "runner_process_or_restart_resumes",
-                "--exact",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env(CHILD_ENV, url)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn a runner process");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("projection runner started") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let _ = child.kill();
-            panic!("the runner process did not start");
-        }
+        let (child, _line) = common::spawn_until_started(
+            Command::new(std::env::current_exe().expect("the test binary"))
+                .args([
+                    "runner_process_or_restart_resumes",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
+                .env(CHILD_ENV, url),
+            "the runner process",
+            Duration::from_secs(60),
+            |line| line.contains("projection runner started"),
+        );
         Self(child)
     }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use eventfold::eventstore::contract::billing_request;
 use eventfold::eventstore::{
-    EventStore, ExpectedVersion, OutboxRelayStore, OutboxRouting, UnitOfWork,
+    EventStore, ExpectedVersion, OutboxRelayStore, OutboxRouting, OutboxStore, UnitOfWork,
 };
 use eventfold::outbox::{
     Delivery, InProcessBroker, OutboxMessage, PublishError, Publisher, Record, Relay, RelayConfig,
@@ -279,10 +279,8 @@ async fn outage_backlog_drains_in_order<S: OutboxRelayStore>(store: S) {
     assert!(store.dead_letters(10).await.unwrap().is_empty());
 }
 
-async fn rolled_back_transaction_publishes_nothing<S: OutboxRelayStore>(store: S) {
-    let store = store.with_outbox(OutboxRouting::new());
-    let broker = InProcessBroker::new();
-    let mut uow = store.begin().await.unwrap();
+/// An order event (routed to `order`) and a billing request (`billing`), in `uow`.
+async fn order_and_billing_request<U: UnitOfWork>(uow: &mut U) {
     uow.append(
         &StreamId::new("order", "1").unwrap(),
         ExpectedVersion::NoStream,
@@ -291,6 +289,13 @@ async fn rolled_back_transaction_publishes_nothing<S: OutboxRelayStore>(store: S
     .await
     .unwrap();
     uow.enqueue(vec![billing_request("c-1")]).await.unwrap();
+}
+
+async fn rolled_back_transaction_publishes_nothing<S: OutboxRelayStore>(store: S) {
+    let store = store.with_outbox(OutboxRouting::new());
+    let broker = InProcessBroker::new();
+    let mut uow = store.begin().await.unwrap();
+    order_and_billing_request(&mut uow).await;
     uow.rollback().await.unwrap();
     let mut relay = Relay::new(store.clone(), broker.clone()).with_config(config());
     relay.run_once().await.unwrap();
@@ -300,14 +305,7 @@ async fn rolled_back_transaction_publishes_nothing<S: OutboxRelayStore>(store: S
     );
     // The same after a commit: both are published.
     let mut uow = store.begin().await.unwrap();
-    uow.append(
-        &StreamId::new("order", "1").unwrap(),
-        ExpectedVersion::NoStream,
-        vec![event(10)],
-    )
-    .await
-    .unwrap();
-    uow.enqueue(vec![billing_request("c-1")]).await.unwrap();
+    order_and_billing_request(&mut uow).await;
     uow.commit().await.unwrap();
     relay.run_once().await.unwrap();
     assert_eq!(
@@ -645,62 +643,13 @@ async fn failed_delete_publishes_again_in_order_postgres() {
     }
 }
 
-macro_rules! relay_tests {
-    ($module:ident, $fresh:path) => {
-        mod $module {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn many_relays_one_killed_deliver_everything_in_order() {
-                let (store, _guard) = $fresh().await;
-                many_relays_one_killed(store).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn refused_message_parked_key_waits_others_flow() {
-                let (store, _guard) = $fresh().await;
-                refused_message_is_parked_and_its_key_waits(store).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn parked_key_does_not_starve_others() {
-                let (store, _guard) = $fresh().await;
-                parked_key_with_a_long_queue_does_not_starve_others(store).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn outage_backlog_drains() {
-                let (store, _guard) = $fresh().await;
-                outage_backlog_drains_in_order(store).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn enqueue_wakes_the_relay() {
-                let (store, _guard) = $fresh().await;
-                enqueued_message_wakes_a_waiting_relay(store).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn pipelined_batches_keep_key_order() {
-                let (store, _guard) = $fresh().await;
-                pipelined_batches_finishing_out_of_order_keep_key_order(store).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn graceful_stop_settles_batches_in_flight() {
-                let (store, _guard) = $fresh().await;
-                graceful_stop_settles_the_batches_in_flight(store).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn no_dual_write() {
-                let (store, _guard) = $fresh().await;
-                rolled_back_transaction_publishes_nothing(store).await;
-            }
-        }
-    };
-}
-
-relay_tests!(memory, common::memory);
-relay_tests!(sqlite, common::sqlite);
-relay_tests!(postgres, common::postgres);
+common::backend_tests!([memory, sqlite, postgres] {
+    4 => many_relays_one_killed_deliver_everything_in_order: many_relays_one_killed,
+    2 => refused_message_parked_key_waits_others_flow: refused_message_is_parked_and_its_key_waits,
+    2 => parked_key_does_not_starve_others: parked_key_with_a_long_queue_does_not_starve_others,
+    2 => outage_backlog_drains: outage_backlog_drains_in_order,
+    2 => enqueue_wakes_the_relay: enqueued_message_wakes_a_waiting_relay,
+    2 => pipelined_batches_keep_key_order: pipelined_batches_finishing_out_of_order_keep_key_order,
+    2 => graceful_stop_settles_batches_in_flight: graceful_stop_settles_the_batches_in_flight,
+    2 => no_dual_write: rolled_back_transaction_publishes_nothing,
+});

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventfold::eventstore::postgres::PgStore;
-use eventfold::eventstore::{EventStore, InboxStore, SagaStore};
+use eventfold::eventstore::{InboxStore, OutboxStore, SagaStore};
 use eventfold::outbox::kafka::KafkaPublisher;
 use eventfold::outbox::kafka::rdkafka::ClientConfig;
 use eventfold::outbox::{KafkaSource, Relay, RelayConfig};

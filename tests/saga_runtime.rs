@@ -11,8 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use eventfold::eventstore::{
-    EventStore, ExpectedVersion, InboxStore, OutboxRelayStore, SagaFilter, SagaStore, SagaTimer,
-    UnitOfWork,
+    ExpectedVersion, InboxStore, OutboxRelayStore, SagaFilter, SagaStore, SagaTimer, UnitOfWork,
 };
 use eventfold::saga::SagaStatus;
 use eventfold::saga::runtime::{Applied, Orchestrator, RETRY_PARKED};
@@ -123,12 +122,12 @@ pub async fn a_timeout_at_each_step_compensates_and_late_successes_are_undone<
 >(
     store: S,
 ) {
+    let mut world = World::new(store.clone(), Duration::from_millis(150), 0);
     for (service, step) in [
         ("inventory", "reserve"),
         ("payments", "charge"),
         ("shipping", "ship"),
     ] {
-        let mut world = World::new(store.clone(), Duration::from_millis(150), 0);
         world.paused = vec![service];
         let id = world
             .orchestrator
@@ -206,6 +205,14 @@ pub async fn a_timeout_at_each_step_compensates_and_late_successes_are_undone<
     }
 }
 
+/// The caller's own write in its unit of work: the order whose placement starts the saga.
+async fn place<U: UnitOfWork>(uow: &mut U, orders: &StreamId) {
+    let placed = NewEvent::raw("order.placed", 1, b"{}".to_vec());
+    uow.append(orders, ExpectedVersion::NoStream, vec![placed])
+        .await
+        .unwrap();
+}
+
 pub async fn start_joins_the_callers_unit_of_work_and_is_idempotent<
     S: SagaStore + InboxStore + OutboxRelayStore,
 >(
@@ -215,13 +222,7 @@ pub async fn start_joins_the_callers_unit_of_work_and_is_idempotent<
     let orders = StreamId::new("order", "o-7").unwrap();
     // Rolled back with the caller's own write: no saga, no command.
     let mut uow = store.begin().await.unwrap();
-    uow.append(
-        &orders,
-        ExpectedVersion::NoStream,
-        vec![NewEvent::raw("order.placed", 1, b"{}".to_vec())],
-    )
-    .await
-    .unwrap();
+    place(&mut uow, &orders).await;
     let rolled = world
         .orchestrator
         .start_in(&mut uow, "o-7", order("o-7"), None)
@@ -233,13 +234,7 @@ pub async fn start_joins_the_callers_unit_of_work_and_is_idempotent<
     assert_eq!(store.outbox_status().await.unwrap().pending, 0);
     // Committed with it.
     let mut uow = store.begin().await.unwrap();
-    uow.append(
-        &orders,
-        ExpectedVersion::NoStream,
-        vec![NewEvent::raw("order.placed", 1, b"{}".to_vec())],
-    )
-    .await
-    .unwrap();
+    place(&mut uow, &orders).await;
     let first = world
         .orchestrator
         .start_in(&mut uow, "o-7", order("o-7"), None)
@@ -449,8 +444,11 @@ pub async fn a_restarted_orchestrator_fires_pending_deadlines<
         assert_eq!(store.saga_timers(*id).await.unwrap().len(), 1);
     }
     tokio::time::sleep(Duration::from_millis(150)).await;
+    // The new process finds the deadlines due and fires them first: every reserve timed out,
+    // is compensated (the release runs after the late reserve), and the saga ends compensated.
     let mut world = World::new(store.clone(), Duration::from_millis(100), 0);
-    world.paused = vec!["inventory"];
+    let fired = world.scheduler.tick().await.unwrap();
+    assert_eq!((fired.claimed, fired.fired), (5, 5), "{fired:?}");
     world
         .pump_until_terminal(&ids, Duration::from_secs(20))
         .await;
@@ -517,6 +515,83 @@ pub async fn a_parked_compensation_is_retried_through_a_stored_request<
     );
 }
 
+pub async fn a_new_definition_version_resumes_old_instances<
+    S: SagaStore + InboxStore + OutboxRelayStore,
+>(
+    store: S,
+) {
+    // Started by version 1; the service is redeployed with version 2 before the first reply.
+    let v1 = Orchestrator::new(store.clone(), definition_at(LONG, 1));
+    let old = v1.start("v-1", order("v-1"), None).await.unwrap().saga_id;
+    let mut world = World::new(store.clone(), LONG, 0);
+    world.orchestrator = Orchestrator::new(store.clone(), definition_at(LONG, 2));
+    world.replies = world.orchestrator.reply_consumer(
+        world
+            .broker
+            .consumer("orders", &[world.orchestrator.reply_topic()]),
+    );
+    world.scheduler = world.orchestrator.scheduler();
+    world
+        .pump_until_terminal(&[old], Duration::from_secs(20))
+        .await;
+    let state = world.orchestrator.state(old).await.unwrap().unwrap();
+    assert_eq!(state.status, SagaStatus::Completed);
+    assert_eq!(state.definition_version, 2);
+    // The migration ran once, on the first input the new code decided, and is recorded.
+    let instance = eventfold::saga::runtime::load(&store, old)
+        .await
+        .unwrap()
+        .unwrap();
+    let migrated: Vec<_> = instance
+        .history
+        .iter()
+        .filter_map(|h| match &h.event {
+            eventfold::saga::SagaEvent::Migrated { data, .. } => Some(data.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(migrated.len(), 1, "{:?}", history(&store, old).await);
+    assert_eq!(migrated[0]["migrated"], true, "{}", migrated[0]);
+    assert_eq!(
+        store.saga(old).await.unwrap().unwrap().definition_version,
+        2
+    );
+    // An instance of version 2 is refused by version 1 code (a rolling deployment leaves it to
+    // the new nodes): a typed error naming both versions, nothing written.
+    let new = world
+        .orchestrator
+        .start("v-2", order("v-2"), None)
+        .await
+        .unwrap()
+        .saga_id;
+    let reply = eventfold::saga::Reply {
+        saga_id: new,
+        step: "reserve".into(),
+        attempt: 1,
+        kind: eventfold::saga::CommandKind::Action,
+        outcome: eventfold::saga::Outcome::success(serde_json::json!({})),
+    };
+    let before = store.saga(new).await.unwrap().unwrap().version;
+    let err = v1
+        .handle_reply(reply, None)
+        .await
+        .expect_err("newer definition");
+    assert!(
+        matches!(
+            err,
+            eventfold::saga::runtime::RuntimeError::Machine(
+                eventfold::saga::SagaError::NewerDefinition {
+                    instance_version: 2,
+                    known_version: 1,
+                    ..
+                }
+            )
+        ),
+        "{err}"
+    );
+    assert_eq!(store.saga(new).await.unwrap().unwrap().version, before);
+}
+
 macro_rules! saga_runtime_tests {
     ($backend:ident, $fresh:path) => {
         mod $backend {
@@ -530,6 +605,7 @@ macro_rules! saga_runtime_tests {
                 two_schedulers_fire_many_due_deadlines_once,
                 a_restarted_orchestrator_fires_pending_deadlines,
                 a_parked_compensation_is_retried_through_a_stored_request,
+                a_new_definition_version_resumes_old_instances,
             );
         }
     };

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use eventfold_core::{NewEvent, StreamId};
 use eventfold_eventstore::postgres::PgStore;
-use eventfold_eventstore::{EventStore, ExpectedVersion, OutboxRouting};
+use eventfold_eventstore::{EventStore, ExpectedVersion, OutboxRouting, OutboxStore};
 use eventfold_outbox::kafka::KafkaPublisher;
 use eventfold_outbox::kafka::rdkafka::ClientConfig;
 use eventfold_outbox::kafka::rdkafka::producer::{FutureProducer, FutureRecord};

@@ -55,7 +55,7 @@ pub use log::{
 };
 pub use naming::Naming;
 pub use outbox::{
-    DeadLetter, OUTBOX_SLOTS, OutboxRelayStore, OutboxRouting, OutboxRow, OutboxStatus,
+    DeadLetter, OUTBOX_SLOTS, OutboxRelayStore, OutboxRouting, OutboxRow, OutboxStatus, OutboxStore,
 };
 pub use projection::{BuildState, LockedCheckpoint, ParkedEvent, ProjectionState, ProjectionStore};
 pub use repository::{Executed, Loaded, Repository};

@@ -36,6 +36,26 @@ impl Default for Naming {
 pub const MAX_IDENTIFIER_LEN: usize = 32;
 
 fn validate(what: &'static str, value: &str, allow_empty: bool) -> Result<(), StoreError> {
+    if value.is_empty() && allow_empty {
+        return Ok(());
+    }
+    check_identifier(
+        what,
+        value,
+        MAX_IDENTIFIER_LEN,
+        "it is longer than 32 bytes",
+    )
+}
+
+/// Checks a name the library puts into SQL (a prefix, a schema, a projection table): not empty,
+/// at most `max_len` bytes (else `too_long`), lowercase ASCII letters, digits and `_`, starting
+/// with a letter or `_`.
+pub(crate) fn check_identifier(
+    what: &'static str,
+    value: &str,
+    max_len: usize,
+    too_long: &'static str,
+) -> Result<(), StoreError> {
     let fail = |reason| {
         Err(StoreError::InvalidIdentifier {
             what,
@@ -44,14 +64,10 @@ fn validate(what: &'static str, value: &str, allow_empty: bool) -> Result<(), St
         })
     };
     if value.is_empty() {
-        return if allow_empty {
-            Ok(())
-        } else {
-            fail("it is empty")
-        };
+        return fail("it is empty");
     }
-    if value.len() > MAX_IDENTIFIER_LEN {
-        return fail("it is longer than 32 bytes");
+    if value.len() > max_len {
+        return fail(too_long);
     }
     let mut bytes = value.bytes();
     if !bytes

@@ -1,17 +1,22 @@
 //! The transactional outbox, store side: routing events to topics, and the outbox rows that a
 //! unit of work writes in the same transaction as its events.
 //!
-//! With routing on ([`OutboxRouting`], set on a store with `with_outbox`), every append also
-//! writes one outbox row per routed event, in the same transaction: a message exists if and only
-//! if its event committed (no dual write). The application adds its own messages (commands,
-//! integration events) with [`UnitOfWork::enqueue`](crate::UnitOfWork::enqueue), in the same
-//! transaction as its own SQL. The rows use Debezium's Outbox Event Router column names, so
-//! Debezium can relay them too.
+//! With routing on ([`OutboxRouting`], set on a store with [`OutboxStore::with_outbox`]), every
+//! append also writes one outbox row per routed event, in the same transaction: a message exists
+//! if and only if its event committed (no dual write). Every backend turns an append's events into
+//! their messages with the same function and at the same moment of the append: once the append
+//! passed the checks that come before its first write, and before that write. The application
+//! adds its own messages (commands, integration events) with
+//! [`UnitOfWork::enqueue`](crate::UnitOfWork::enqueue), in the same transaction as its own SQL.
+//! The rows use Debezium's Outbox Event Router column names, so Debezium can relay them too.
 
 use std::collections::HashMap;
+use std::future::Future;
 
 use chrono::{DateTime, Utc};
-use eventfold_core::{OutboxMessage, RecordedEvent};
+use eventfold_core::{NewEvent, OutboxMessage, RecordedEvent, StreamId};
+
+use crate::error::StoreError;
 
 /// Number of relay slots keys are hashed into ([`OutboxMessage::slot_of`]).
 pub const OUTBOX_SLOTS: u32 = 256;
@@ -134,16 +139,19 @@ impl OutboxRouting {
 
     /// The topic of an event, or `None` when it is not published.
     pub fn topic_for(&self, event: &RecordedEvent) -> Option<String> {
-        if let Some(route) = self.by_event_type.get(&event.event_type) {
+        self.topic(&event.event_type, event.stream_id.stream_type())
+    }
+
+    /// The topic of an event of `event_type` in a stream of `stream_type`.
+    fn topic(&self, event_type: &str, stream_type: &str) -> Option<String> {
+        if let Some(route) = self.by_event_type.get(event_type) {
             return route.clone();
         }
-        if let Some(route) = self.by_stream_type.get(event.stream_id.stream_type()) {
+        if let Some(route) = self.by_stream_type.get(stream_type) {
             return route.clone();
         }
         match &self.default {
-            DefaultTopic::StreamType { prefix } => {
-                Some(format!("{prefix}{}", event.stream_id.stream_type()))
-            }
+            DefaultTopic::StreamType { prefix } => Some(format!("{prefix}{stream_type}")),
             DefaultTopic::Fixed(topic) => Some(topic.clone()),
             DefaultTopic::None => None,
         }
@@ -159,6 +167,42 @@ impl OutboxRouting {
             })
             .collect()
     }
+}
+
+/// The outbox messages of an append: one per routed event, in the events' order, each carrying
+/// the stream version its event gets when the first one gets `first_version`. No message when
+/// `routing` is `None`.
+///
+/// The one place where routing is applied. Every backend calls it at the same moment of an
+/// append: after the append passed the checks that come before its first write (the batch is
+/// valid, the events carry their source, and where the backend reads the stream's version
+/// first, that version matched), and before that first write. The messages carry no global
+/// position, as none is known yet. PostgreSQL, whose single statement learns the version of an
+/// `Any` append only when it inserts, passes the expected version plus one and lets the statement
+/// write the stream version it gave each event (see `postgres/statements.rs`).
+pub(crate) fn append_messages(
+    routing: Option<&OutboxRouting>,
+    stream_id: &StreamId,
+    first_version: u64,
+    events: &[NewEvent],
+) -> Vec<OutboxMessage> {
+    let Some(routing) = routing else {
+        return Vec::new();
+    };
+    events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, event)| {
+            let topic = routing.topic(&event.event_type, stream_id.stream_type())?;
+            let version = first_version + i as u64;
+            let recorded = event.clone().into_recorded(stream_id.clone(), version, 0);
+            Some(OutboxMessage::from_event(
+                &recorded,
+                &topic,
+                &routing.content_type,
+            ))
+        })
+        .collect()
 }
 
 /// A stored outbox row.
@@ -210,9 +254,43 @@ pub struct DeadLetter {
     pub parked_at: DateTime<Utc>,
 }
 
+/// A store's outbox: routing appended events into it, and reading what waits in it. Implemented
+/// by every backend; [`OutboxRelayStore`] adds what a relay needs.
+///
+/// ```
+/// use eventfold_core::{NewEvent, StreamId};
+/// use eventfold_eventstore::memory::MemoryStore;
+/// use eventfold_eventstore::{EventStore, ExpectedVersion, OutboxRouting, OutboxStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = MemoryStore::new().with_outbox(OutboxRouting::new());
+/// let order = StreamId::new("order", "7")?;
+/// let placed = NewEvent::raw("order.placed", 1, b"{}".to_vec());
+/// store.append(&order, ExpectedVersion::NoStream, vec![placed]).await?;
+/// assert_eq!(store.outbox_status().await?.pending, 1);
+/// assert_eq!(store.read_outbox(10).await?[0].message.topic, "order");
+/// # Ok(())
+/// # }
+/// ```
+pub trait OutboxStore: crate::EventStore {
+    /// This store, writing an outbox row for every routed event in the same transaction as the
+    /// append (see [`crate::outbox`]).
+    fn with_outbox(self, routing: OutboxRouting) -> Self;
+
+    /// How many outbox rows wait, since when, and how many are parked.
+    fn outbox_status(&self) -> impl Future<Output = Result<OutboxStatus, StoreError>> + Send;
+
+    /// Up to `limit` waiting outbox rows, oldest first.
+    fn read_outbox(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<OutboxRow>, StoreError>> + Send;
+}
+
 /// What a relay needs from a store's outbox (ADR 0009): slot leases, claims, and the outcome of
 /// each publish. Implemented by every backend.
-pub trait OutboxRelayStore: crate::EventStore {
+pub trait OutboxRelayStore: OutboxStore {
     /// Heartbeats `owner` and (re)leases its fair share of the [`OUTBOX_SLOTS`] slots for
     /// `ttl`; returns the slots it holds now.
     fn lease_slots(
@@ -286,4 +364,39 @@ pub trait OutboxRelayStore: crate::EventStore {
 pub(crate) fn fair_share(live: u64) -> usize {
     let live = live.max(1);
     usize::try_from(u64::from(OUTBOX_SLOTS).div_ceil(live)).unwrap_or(OUTBOX_SLOTS as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use eventfold_core::outbox::headers;
+    use eventfold_core::{NewEvent, StreamId};
+
+    use super::{OutboxRouting, append_messages};
+
+    /// Routing is applied to the events before they are written: skipped events take their
+    /// version but no message, and no message knows a global position.
+    #[test]
+    fn append_messages_number_routed_events_from_the_first_version() {
+        let stream = StreamId::new("order", "9").expect("a stream id");
+        let events = vec![
+            NewEvent::raw("order.placed", 1, b"{}".to_vec()),
+            NewEvent::raw("order.viewed", 1, b"{}".to_vec()),
+            NewEvent::raw("order.paid", 1, b"{}".to_vec()),
+        ];
+        assert!(append_messages(None, &stream, 4, &events).is_empty());
+        let routing = OutboxRouting::new().skip_event_type("order.viewed");
+        let messages = append_messages(Some(&routing), &stream, 4, &events);
+        let seen: Vec<_> = messages
+            .iter()
+            .map(|m| {
+                (
+                    m.message_type.as_str(),
+                    m.headers[headers::STREAM_VERSION].as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(seen, [("order.placed", "4"), ("order.paid", "6")]);
+        assert_eq!(messages[0].id, events[0].event_id);
+        assert_eq!(messages[1].topic, "order");
+    }
 }

@@ -119,30 +119,12 @@ pub const MAX_TABLE_NAME_LEN: usize = 48;
 /// Checks a projection's logical table name: lowercase ASCII letters, digits and `_`, starting
 /// with a letter or `_`, at most [`MAX_TABLE_NAME_LEN`] bytes.
 pub fn validate_table_name(name: &str) -> Result<(), StoreError> {
-    let fail = |reason| {
-        Err(StoreError::InvalidIdentifier {
-            what: "projection table",
-            value: name.to_owned(),
-            reason,
-        })
-    };
-    if name.is_empty() {
-        return fail("it is empty");
-    }
-    if name.len() > MAX_TABLE_NAME_LEN {
-        return fail("it is longer than 48 bytes");
-    }
-    let mut bytes = name.bytes();
-    if !bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-    {
-        return fail("it must start with a lowercase ASCII letter or `_`");
-    }
-    if !bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
-        return fail("it may only hold lowercase ASCII letters, digits and `_`");
-    }
-    Ok(())
+    crate::naming::check_identifier(
+        "projection table",
+        name,
+        MAX_TABLE_NAME_LEN,
+        "it is longer than 48 bytes",
+    )
 }
 
 /// The physical name of generation `generation` of logical table `table`: `{table}__g{n}`.

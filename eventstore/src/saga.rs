@@ -110,6 +110,17 @@ pub trait SagaStore: EventStore {
         record: &SagaRecord,
     ) -> impl Future<Output = Result<Uuid, StoreError>> + Send;
 
+    /// Locks an instance's row until the unit of work ends and returns it (`None` when it is not
+    /// registered). Every transition takes this lock first, so the transitions of one instance
+    /// run one after the other: a reply and a timer of the same instance never deadlock on the
+    /// timer and stream rows they both write (PostgreSQL `SELECT ... FOR UPDATE`; SQLite and
+    /// memory have one writer at a time, and this takes it).
+    fn lock_saga(
+        &self,
+        uow: &mut Self::UnitOfWork,
+        saga_id: Uuid,
+    ) -> impl Future<Output = Result<Option<SagaRecord>, StoreError>> + Send;
+
     /// Updates an instance's status, detail, definition version and stream version after a
     /// transition (and `updated_at` to the database's clock). `false` when it is not registered.
     fn update_saga(

@@ -176,21 +176,6 @@ pub trait EventStore: Clone + Send + Sync + 'static {
     /// A wake-up signal for appends (in-process signals, LISTEN/NOTIFY on PostgreSQL).
     fn wakeup(&self) -> impl Future<Output = Result<Self::Wakeup, StoreError>> + Send;
 
-    /// This store, writing an outbox row for every routed event in the same transaction as the
-    /// append (see [`crate::outbox`]).
-    fn with_outbox(self, routing: crate::outbox::OutboxRouting) -> Self;
-
-    /// How many outbox rows wait, since when, and how many are parked.
-    fn outbox_status(
-        &self,
-    ) -> impl Future<Output = Result<crate::outbox::OutboxStatus, StoreError>> + Send;
-
-    /// Up to `limit` waiting outbox rows, oldest first.
-    fn read_outbox(
-        &self,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<crate::outbox::OutboxRow>, StoreError>> + Send;
-
     /// Follows the global log from `from`: catch up, then live.
     fn subscribe(&self, from: Checkpoint, filter: LogFilter) -> Subscription<Self> {
         Subscription::new(self.clone(), from, filter)

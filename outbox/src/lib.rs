@@ -16,7 +16,7 @@
 //! the publish and before the delete publishes it again; consumers deduplicate by message id).
 //!
 //! The event store writes outbox rows in the append's transaction (`OutboxRouting`,
-//! `UnitOfWork::enqueue` and `outbox_status` in `eventfold-eventstore`). The message carries its
+//! `UnitOfWork::enqueue` and `OutboxStore::outbox_status` in `eventfold-eventstore`). The message carries its
 //! metadata as CloudEvents headers ([`headers`]):
 //!
 //! ```

@@ -25,7 +25,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use eventfold_eventstore::{memory::MemoryStore, EventStore, ExpectedVersion, OutboxRouting};
+//! use eventfold_eventstore::{memory::MemoryStore, EventStore, ExpectedVersion, OutboxRouting, OutboxStore};
 //! use eventfold_core::{NewEvent, StreamId};
 //! use eventfold_outbox::{InProcessBroker, Relay};
 //!

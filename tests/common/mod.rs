@@ -6,6 +6,37 @@ use eventfold::eventstore::postgres::PgStore;
 use eventfold::eventstore::postgres::testing::{DEFAULT_DATABASE_URL, TestDb};
 use eventfold::eventstore::sqlite::SqliteStore;
 
+/// One `#[tokio::test]` per rule and backend: a module per backend (`memory`, `sqlite`,
+/// `postgres`: the fixtures of this module), in it a test `name` that runs `rule` on a fresh
+/// store of that backend, on a multi-threaded runtime with `threads` workers.
+///
+/// ```text
+/// common::backend_tests!([memory, sqlite, postgres] {
+///     2 => no_dual_write: rolled_back_transaction_publishes_nothing,
+/// });
+/// ```
+#[allow(unused_macros)]
+macro_rules! backend_tests {
+    ([$($backend:ident),+ $(,)?] $tests:tt) => {
+        $( $crate::common::backend_tests!(@backend $backend $tests); )+
+    };
+    (@backend $backend:ident { $($threads:literal => $name:ident: $rule:ident),* $(,)? }) => {
+        mod $backend {
+            use super::*;
+
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = $threads)]
+                async fn $name() {
+                    let (store, _guard) = $crate::common::$backend().await;
+                    $rule(store).await;
+                }
+            )*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use backend_tests;
+
 pub async fn memory() -> (MemoryStore, ()) {
     (MemoryStore::new(), ())
 }
@@ -214,4 +245,58 @@ pub async fn lift_fault(pool: &sqlx::PgPool, name: &str) {
         .execute(pool)
         .await
         .expect("lift the fault");
+}
+
+/// Checks that a record of `key` comes from the partition that the first record of `key` came
+/// from (`partition_of` remembers them): the key's records stay in order.
+pub fn assert_one_partition(
+    partition_of: &mut std::collections::HashMap<String, i32>,
+    key: &str,
+    partition: i32,
+) {
+    assert_eq!(
+        *partition_of.entry(key.to_owned()).or_insert(partition),
+        partition,
+        "every record of key {key} in one partition",
+    );
+}
+
+/// Spawns `command` with its standard output piped and waits up to `wait` for the first line of
+/// it that `started` accepts, which it returns with the child; when none comes, kills the child
+/// and panics, naming `what`. The child's later output is drained until it exits.
+pub fn spawn_until_started(
+    command: &mut std::process::Command,
+    what: &str,
+    wait: std::time::Duration,
+    started: fn(&str) -> bool,
+) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let stdout = child.stdout.take().expect("the child's stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Forward the lines that announce the start, then drain the pipe until the process exits.
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if started(&line) {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    match rx.recv_timeout(wait) {
+        Ok(line) => (child, line),
+        Err(e) => {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            panic!(
+                "{what} did not start within {} s ({e}); exit status {status:?}",
+                wait.as_secs()
+            )
+        }
+    }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use eventfold::eventstore::{
     EventStore, ExpectedVersion, InboxStore, OutboxRelayStore, SagaStore, UnitOfWork,
 };
-use eventfold::outbox::{Consumer, InProcessBroker, InProcessConsumer, Relay};
+use eventfold::outbox::{Consumer, InProcessBroker, InProcessConsumer, Relay, RelayConfig};
 use eventfold::saga::runtime::{
     Orchestrator, Participant, ParticipantContext, ParticipantHandler, ReplyHandler, Scheduler,
 };
@@ -35,12 +35,23 @@ pub struct Order {
 /// reserve (compensated by release) → charge (refund) → ship, each with `timeout` per attempt,
 /// on the command topics of [`SERVICES`].
 pub fn definition(timeout: Duration) -> SagaDefinition<Order> {
-    definition_on("", timeout)
+    definition_on_at("", timeout, 1)
+}
+
+/// The same saga at definition `version`; from version 2 on, data of version 1 is migrated
+/// (it gains `"migrated": true`, which `Order` ignores).
+pub fn definition_at(timeout: Duration, version: u32) -> SagaDefinition<Order> {
+    definition_on_at("", timeout, version)
 }
 
 /// [`definition`] with every command topic prefixed by `prefix` (`{prefix}inventory.commands`,
 /// ...: [`command_topic`]), for tests that share a broker between runs.
 pub fn definition_on(prefix: &str, timeout: Duration) -> SagaDefinition<Order> {
+    definition_on_at(prefix, timeout, 1)
+}
+
+/// [`definition_at`] on the command topics under `prefix` (see [`definition_on`]).
+pub fn definition_on_at(prefix: &str, timeout: Duration, version: u32) -> SagaDefinition<Order> {
     let fast = RetryPolicy::fixed(3, Duration::from_millis(20));
     let topic = |service: &str| command_topic(prefix, service);
     let (inventory, payments, shipping) =
@@ -49,7 +60,14 @@ pub fn definition_on(prefix: &str, timeout: Duration) -> SagaDefinition<Order> {
         let topic = topic.clone();
         move |o: &Order| Command::new(topic.as_str(), message_type, o)
     };
-    Saga::<Order>::define(SAGA_TYPE, 1)
+    let mut builder = Saga::<Order>::define(SAGA_TYPE, version);
+    if version >= 2 {
+        builder = builder.migrate_from(1, |mut data| {
+            data["migrated"] = serde_json::Value::Bool(true);
+            Ok(data)
+        });
+    }
+    builder
         .step("reserve", |s| {
             s.invoke(to(&inventory, "inventory.reserve"))
                 .compensate(to(&inventory, "inventory.release"))
@@ -160,7 +178,22 @@ pub const SERVICES: [(&str, &str); 3] = [
 
 impl<S: SagaStore + InboxStore + OutboxRelayStore> World<S> {
     pub fn new(store: S, timeout: Duration, compensation_failures: u32) -> Self {
-        let broker = InProcessBroker::new();
+        Self::on_broker(
+            store,
+            InProcessBroker::new(),
+            timeout,
+            compensation_failures,
+        )
+    }
+
+    /// A world on an existing broker: what a restarted process finds (the broker kept its
+    /// topics and the consumer groups' committed offsets).
+    pub fn on_broker(
+        store: S,
+        broker: InProcessBroker,
+        timeout: Duration,
+        compensation_failures: u32,
+    ) -> Self {
         let orchestrator = Orchestrator::new(store.clone(), definition(timeout));
         let replies =
             orchestrator.reply_consumer(broker.consumer("orders", &[orchestrator.reply_topic()]));
@@ -181,7 +214,11 @@ impl<S: SagaStore + InboxStore + OutboxRelayStore> World<S> {
             .scheduler()
             .lease(Duration::from_secs(5))
             .poll_interval(Duration::from_millis(10));
-        let relay = Relay::new(store.clone(), broker.clone());
+        // A short lease: a world made after another (a restart) takes the slots over quickly.
+        let relay = Relay::new(store.clone(), broker.clone()).with_config(RelayConfig {
+            lease_ttl: Duration::from_millis(300),
+            ..RelayConfig::default()
+        });
         Self {
             store,
             broker,

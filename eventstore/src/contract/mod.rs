@@ -12,8 +12,8 @@
 //! | [`events`] | append, read, expected versions, units of work, snapshots, upcasting | [`EventStore`] |
 //! | [`commands`] | the repository's commands: idempotency, conflicts, rejections, the state cache | [`EventStore`] |
 //! | [`log`] | the global log: order, filters, checkpoints, subscriptions | [`EventStore`] |
-//! | [`outbox`] | outbox rows written with their events, routing, CloudEvents headers | [`OutboxRelayStore`] |
-//! | [`relay`] | what a relay relies on: claims, leases, failures, dead letters | [`OutboxRelayStore`] |
+//! | [`outbox`] | outbox rows written with their events, routing, CloudEvents headers | [`crate::OutboxRelayStore`] |
+//! | [`relay`] | what a relay relies on: claims, leases, failures, dead letters | [`crate::OutboxRelayStore`] |
 //! | [`inbox`] | the consumer's inbox marks and parked messages | [`crate::InboxStore`] |
 //! | [`projection`] | projection checkpoints, generations, pause, reset, parked events | [`crate::ProjectionStore`] |
 //! | [`sagas`] | saga instances by business key (also concurrent), updates, listing, counts; timers; claims of due timers (type, order, limit, leases, exclusivity); request outcomes; timer requests | [`crate::SagaStore`] |
@@ -25,8 +25,8 @@
 //!
 //! # Running the suite against a new backend
 //!
-//! 1. Implement [`EventStore`], [`OutboxRelayStore`], [`crate::InboxStore`],
-//!    [`crate::ProjectionStore`] and [`crate::SagaStore`] for the store.
+//! 1. Implement [`EventStore`], [`crate::OutboxStore`], [`crate::OutboxRelayStore`],
+//!    [`crate::InboxStore`], [`crate::ProjectionStore`] and [`crate::SagaStore`] for the store.
 //! 2. Enable this crate's `test-util` feature in the backend's dev-dependencies, beside
 //!    `tokio` with the `macros` and `rt-multi-thread` features.
 //! 3. Write a fixture: an async fn, reachable from the test file's root, that returns a fresh,
@@ -134,6 +134,7 @@ macro_rules! eventstore_contract_tests {
             concurrent_claims_are_exclusive,
             request_outcomes_are_recorded_once,
             timer_requests_need_a_registered_saga,
+            locking_a_saga_serialises_units_of_work,
         );
     };
     (@group $fresh:path; $group:ident: $($name:ident),* $(,)?) => {

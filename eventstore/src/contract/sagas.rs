@@ -1042,3 +1042,79 @@ pub async fn timer_requests_need_a_registered_saga<S: SagaStore>(store: S) {
         "the orchestrator of the type claims it"
     );
 }
+
+/// `lock_saga` returns the instance (as the unit of work sees it, also one it just registered;
+/// `None` for an unknown id) and holds it until the unit of work ends: a second unit of work that
+/// locks the same instance waits for the first to commit, then sees its update.
+pub async fn locking_a_saga_serialises_units_of_work<S: SagaStore>(store: S) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let saga = record("order", "lock-1", Uuid::now_v7());
+    let mut uow = store.begin().await.expect("begin");
+    assert!(
+        store
+            .lock_saga(&mut uow, Uuid::now_v7())
+            .await
+            .expect("lock an unknown saga")
+            .is_none(),
+        "an unknown saga locks nothing"
+    );
+    store
+        .register_saga(&mut uow, &saga)
+        .await
+        .expect("register");
+    let seen = store
+        .lock_saga(&mut uow, saga.saga_id)
+        .await
+        .expect("lock")
+        .expect("the unit of work sees the saga it registered");
+    assert_eq!(seen.business_key, "lock-1");
+    uow.commit().await.expect("commit");
+
+    let mut first = store.begin().await.expect("begin");
+    store
+        .lock_saga(&mut first, saga.saga_id)
+        .await
+        .expect("lock")
+        .expect("registered");
+    let done = Arc::new(AtomicBool::new(false));
+    let waiter = {
+        let (store, done, saga_id) = (store.clone(), done.clone(), saga.saga_id);
+        tokio::spawn(async move {
+            let mut second = store.begin().await.expect("begin");
+            let row = store
+                .lock_saga(&mut second, saga_id)
+                .await
+                .expect("lock")
+                .expect("registered");
+            done.store(true, Ordering::SeqCst);
+            second.rollback().await.expect("rollback");
+            row
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !done.load(Ordering::SeqCst),
+        "a second unit of work locked the saga while the first held it"
+    );
+    let mut update = seen.clone();
+    update.status = "compensating".into();
+    update.version = 3;
+    assert!(
+        store
+            .update_saga(&mut first, &update)
+            .await
+            .expect("update")
+    );
+    first.commit().await.expect("commit");
+    let row = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+        .await
+        .expect("the second unit of work got the lock after the commit")
+        .expect("the waiter");
+    assert_eq!(
+        (row.status.as_str(), row.version),
+        ("compensating", 3),
+        "the second lock sees the first unit of work's update"
+    );
+}

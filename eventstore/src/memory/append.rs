@@ -7,6 +7,7 @@ use eventfold_core::{NewEvent, RecordedEvent, StreamId};
 
 use super::unit_of_work::MemoryUnitOfWork;
 use crate::error::{ExpectedVersion, StoreError};
+use crate::outbox::append_messages;
 use crate::store::{AppendResult, fill_source, validate_append};
 
 /// What a unit of work appended to one stream: checked again and applied at its commit.
@@ -58,6 +59,12 @@ impl MemoryUnitOfWork {
             }
         }
         drop(state);
+        let outbox = append_messages(
+            self.store.routing.as_deref(),
+            stream_id,
+            current + 1,
+            &events,
+        );
         let count = events.len() as u64;
         let first = self
             .store
@@ -72,9 +79,7 @@ impl MemoryUnitOfWork {
             })
             .collect();
         let positions = recorded.iter().map(|e| e.global_position).collect();
-        if let Some(routing) = &self.store.routing {
-            self.outbox.extend(routing.messages_for(&recorded));
-        }
+        self.outbox.extend(outbox);
         let any = expected == ExpectedVersion::Any;
         match self.streams.iter_mut().find(|(s, _)| s == stream_id) {
             Some((_, staged)) => {

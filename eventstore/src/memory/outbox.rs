@@ -1,4 +1,5 @@
-//! The in-memory outbox: its status, and the relay's side ([`OutboxRelayStore`]).
+//! The in-memory outbox: its status and rows ([`OutboxStore`]), and the relay's side
+//! ([`OutboxRelayStore`]).
 
 use std::collections::HashSet;
 
@@ -7,24 +8,27 @@ use uuid::Uuid;
 use super::store::MemoryStore;
 use crate::error::StoreError;
 use crate::outbox::{
-    DeadLetter, OUTBOX_SLOTS, OutboxRelayStore, OutboxRow, OutboxStatus, fair_share,
+    DeadLetter, OUTBOX_SLOTS, OutboxRelayStore, OutboxRouting, OutboxRow, OutboxStatus,
+    OutboxStore, fair_share,
 };
 
-impl MemoryStore {
-    /// The outbox's pending rows, oldest row and dead letters.
-    pub(super) fn outbox_summary(&self) -> OutboxStatus {
+impl OutboxStore for MemoryStore {
+    fn with_outbox(self, routing: OutboxRouting) -> Self {
+        MemoryStore::with_outbox(self, routing)
+    }
+
+    async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
         let state = self.lock();
-        OutboxStatus {
+        Ok(OutboxStatus {
             pending: state.outbox.len() as u64,
             oldest: state.outbox.first().map(|r| r.created_at),
             dead_letters: state.dead.len() as u64,
             floor_lag: None,
-        }
+        })
     }
 
-    /// The first `limit` pending rows, in sequence order.
-    pub(super) fn outbox_rows(&self, limit: usize) -> Vec<OutboxRow> {
-        self.lock().outbox.iter().take(limit).cloned().collect()
+    async fn read_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        Ok(self.lock().outbox.iter().take(limit).cloned().collect())
     }
 }
 

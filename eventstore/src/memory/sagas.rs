@@ -157,6 +157,16 @@ impl SagaStore for MemoryStore {
         Ok(record.saga_id)
     }
 
+    async fn lock_saga(
+        &self,
+        uow: &mut MemoryUnitOfWork,
+        saga_id: Uuid,
+    ) -> Result<Option<SagaRecord>, StoreError> {
+        // One writer at a time: the write lock, held until the unit of work ends, is the lock.
+        uow.lock_writer().await;
+        Ok(saga_seen(self, uow, saga_id))
+    }
+
     async fn update_saga(
         &self,
         uow: &mut MemoryUnitOfWork,

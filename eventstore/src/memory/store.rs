@@ -14,7 +14,7 @@ use super::unit_of_work::MemoryUnitOfWork;
 use crate::error::StoreError;
 use crate::inbox::ParkedMessage;
 use crate::log::{Checkpoint, LogBatch, LogFilter, LogHead};
-use crate::outbox::{DeadLetter, OutboxRouting, OutboxRow, OutboxStatus};
+use crate::outbox::{DeadLetter, OutboxRouting, OutboxRow};
 use crate::store::{CommandRecord, EventStore, LocalWakeup, Snapshot};
 
 #[derive(Default)]
@@ -154,18 +154,6 @@ impl EventStore for MemoryStore {
 
     async fn wakeup(&self) -> Result<LocalWakeup, StoreError> {
         Ok(self.subscribe())
-    }
-
-    fn with_outbox(self, routing: OutboxRouting) -> Self {
-        MemoryStore::with_outbox(self, routing)
-    }
-
-    async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
-        Ok(self.outbox_summary())
-    }
-
-    async fn read_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-        Ok(self.outbox_rows(limit))
     }
 
     async fn begin(&self) -> Result<MemoryUnitOfWork, StoreError> {

@@ -1,14 +1,15 @@
 //! Appends: events and their outbox rows in one statement (`UNNEST` for many), the expected
 //! version checked by the statement and the unique index.
 
-use eventfold_core::{NewEvent, OutboxMessage, RecordedEvent, StreamId};
+use eventfold_core::{NewEvent, OutboxMessage, StreamId};
 use sqlx::postgres::PgArguments;
 use sqlx::{PgConnection, Postgres};
 use uuid::Uuid;
 
 use super::*;
 use crate::error::{ExpectedVersion, StoreError};
-use crate::outbox::{OUTBOX_SLOTS, OutboxRouting};
+use crate::outbox::{OUTBOX_SLOTS, OutboxRouting, append_messages};
+use crate::sql::unit_of_work::{Savepoint, savepoint};
 use crate::sql::{self, db_err, to_i64, to_u64};
 use crate::store::{AppendResult, fill_source, validate_append};
 
@@ -158,25 +159,21 @@ pub(super) async fn try_append(
     sqlx::query_as_with(statement, args).fetch_all(conn).await
 }
 
-/// The outbox messages of `events` under `routing`, before they are appended: each carries the
-/// stream version it will have with an exact expected version; `try_append` writes the version
-/// the database gave it either way.
-pub(super) fn outbox_messages(
-    routing: &OutboxRouting,
+/// What both appends do before their statement: the checks, the events' source, and the outbox
+/// messages ([`append_messages`]). The first event's stream version is the expected one plus
+/// one; with `Any` the statement writes the version the database gave each event instead.
+fn prepare_append(
     stream_id: &StreamId,
     expected: ExpectedVersion,
-    events: &[NewEvent],
-) -> Vec<OutboxMessage> {
+    mut events: Vec<NewEvent>,
+    source: &str,
+    routing: Option<&OutboxRouting>,
+) -> Result<(Vec<NewEvent>, Vec<OutboxMessage>), StoreError> {
+    check_append(stream_id, &events)?;
+    fill_source(&mut events, source);
     let first = expected.exact().unwrap_or(0) + 1;
-    let recorded: Vec<RecordedEvent> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            e.clone()
-                .into_recorded(stream_id.clone(), first + i as u64, 0)
-        })
-        .collect();
-    routing.messages_for(&recorded)
+    let outbox = append_messages(routing, stream_id, first, &events);
+    Ok((events, outbox))
 }
 
 pub(super) fn append_error(
@@ -321,10 +318,11 @@ impl PgUnitOfWork {
         &mut self,
         stream_id: &StreamId,
         expected: ExpectedVersion,
-        events: &[NewEvent],
-        outbox: &[OutboxMessage],
+        events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
-        check_append(stream_id, events)?;
+        let routing = self.routing.as_deref();
+        let (events, outbox) = prepare_append(stream_id, expected, events, &self.source, routing)?;
+        let (events, outbox) = (events.as_slice(), outbox.as_slice());
         if expected.exact().is_some() {
             let sql = &self.sql;
             let result =
@@ -337,24 +335,16 @@ impl PgUnitOfWork {
         let mut attempt = 0;
         let rows = loop {
             attempt += 1;
-            sqlx::query("SAVEPOINT eventfold_append")
-                .execute(&mut *self.tx)
-                .await
-                .map_err(db_err("appending events", &self.sql.events))?;
+            let table = &self.sql.events;
+            savepoint::<Postgres>(&mut self.tx, Savepoint::Open, table).await?;
             match try_append(&mut self.tx, &self.sql, stream_id, None, events, outbox).await {
                 Ok(rows) => {
-                    sqlx::query("RELEASE SAVEPOINT eventfold_append")
-                        .execute(&mut *self.tx)
-                        .await
-                        .map_err(db_err("appending events", &self.sql.events))?;
+                    savepoint::<Postgres>(&mut self.tx, Savepoint::Release, table).await?;
                     break rows;
                 }
                 Err(e) => {
                     let error = append_error(&self.sql, e, stream_id, expected, events);
-                    sqlx::query("ROLLBACK TO SAVEPOINT eventfold_append")
-                        .execute(&mut *self.tx)
-                        .await
-                        .map_err(db_err("appending events", &self.sql.events))?;
+                    savepoint::<Postgres>(&mut self.tx, Savepoint::RollBack, table).await?;
                     if !error.is_conflict() || attempt >= ANY_RETRIES {
                         return Err(error);
                     }
@@ -402,19 +392,11 @@ impl PgStore {
         &self,
         stream_id: &StreamId,
         expected: ExpectedVersion,
-        mut events: Vec<NewEvent>,
+        events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
-        check_append(stream_id, &events)?;
-        fill_source(&mut events, &self.source);
-        let outbox = match &self.routing {
-            Some(routing) => outbox_messages(routing, stream_id, expected, &events),
-            None => Vec::new(),
-        };
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(db_err("acquiring a connection", &self.sql.events))?;
+        let routing = self.routing.as_deref();
+        let (events, outbox) = prepare_append(stream_id, expected, events, &self.source, routing)?;
+        let mut conn = sql::acquire(&self.pool, &self.sql.events).await?;
         let result = if expected.exact().is_some() {
             append_exact(&mut conn, &self.sql, stream_id, expected, &events, &outbox).await?
         } else {

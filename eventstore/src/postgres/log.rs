@@ -82,11 +82,7 @@ impl PgStore {
         filter: &LogFilter,
     ) -> Result<LogBatch, StoreError> {
         let table = &self.sql.events;
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(db_err("acquiring a connection", table))?;
+        let mut conn = sql::acquire(&self.pool, table).await?;
         // The horizon first: every transaction below it had ended when it was taken, so the
         // read that follows sees all of their events.
         let (horizon,): (i64,) = sqlx::query_as(&self.sql.horizon)

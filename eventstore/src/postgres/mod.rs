@@ -3,7 +3,7 @@
 //! Appends are one statement per call: the events of a call are inserted with `UNNEST` in a
 //! statement that also checks the expected version, and the unique index on
 //! `(stream_type, stream_id, stream_version)` turns a concurrent append into
-//! [`StoreError::VersionConflict`]. Writers to different streams never wait for each other.
+//! [`crate::StoreError::VersionConflict`]. Writers to different streams never wait for each other.
 //! Tables live under a validated prefix and, optionally, a schema; migrations are serialized
 //! across processes with an advisory lock and tracked in `{prefix}migrations`.
 //!
@@ -51,7 +51,6 @@ pub use log::PgWakeup;
 pub use store::{PgStore, PgStoreBuilder};
 pub use unit_of_work::PgUnitOfWork;
 
-use append::*;
 use log::*;
 use statements::*;
 use store::*;

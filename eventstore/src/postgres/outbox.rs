@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::*;
 use crate::error::StoreError;
-use crate::outbox::{DeadLetter, OutboxRelayStore, OutboxRow, OutboxStatus, fair_share};
+use crate::outbox::{OutboxRelayStore, OutboxRow, OutboxStatus, OutboxStore, fair_share};
 use crate::sql::{self, db_err, to_u64};
 
 /// How often a store's relays advance the outbox floor before a claim (ADR 0017). A claim walks
@@ -170,9 +170,7 @@ impl OutboxRelayStore for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_err("claiming outbox rows", &self.sql.outbox))?;
-        rows.into_iter()
-            .map(|r| sql::outbox_row(r, &self.sql.outbox))
-            .collect()
+        sql::outbox::outbox_rows(rows, &self.sql.outbox)
     }
 
     async fn complete_outbox(&self, owner: Uuid, seqs: &[u64]) -> Result<u64, StoreError> {
@@ -211,17 +209,7 @@ impl OutboxRelayStore for PgStore {
         Ok(())
     }
 
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        let table = self.naming.table("outbox_dead");
-        let rows: Vec<sql::DeadDbRow> = sqlx::query_as(&self.relay.dead)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err("reading dead letters", &table))?;
-        rows.into_iter()
-            .map(|r| sql::dead_letter(r, &table))
-            .collect()
-    }
+    crate::sql::outbox::dead_letter_reads!();
 
     async fn retry_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
         let done = sqlx::query(&self.relay.retry)
@@ -231,22 +219,12 @@ impl OutboxRelayStore for PgStore {
             .map_err(db_err("retrying a dead letter", &self.sql.outbox))?;
         Ok(done.rows_affected() == 1)
     }
-
-    async fn skip_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
-        let done = sqlx::query(&self.relay.skip)
-            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-            .execute(&self.pool)
-            .await
-            .map_err(db_err(
-                "skipping a dead letter",
-                &self.naming.table("outbox_dead"),
-            ))?;
-        Ok(done.rows_affected() == 1)
-    }
 }
 
-impl PgStore {
-    pub(super) async fn read_outbox_status(&self) -> Result<OutboxStatus, StoreError> {
+impl OutboxStore for PgStore {
+    crate::sql::outbox::outbox_reads!();
+
+    async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
         type Status = (i64, Option<chrono::DateTime<chrono::Utc>>, i64, Option<i64>);
         let (pending, oldest, dead, lag): Status = sqlx::query_as(&self.sql.outbox_status)
             .bind(&self.sql.outbox)
@@ -261,19 +239,5 @@ impl PgStore {
                 .map(|lag| to_u64(lag, &self.sql.outbox, "floor lag"))
                 .transpose()?,
         })
-    }
-
-    pub(super) async fn read_outbox_rows(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<OutboxRow>, StoreError> {
-        let rows: Vec<sql::OutboxDbRow> = sqlx::query_as(&self.sql.read_outbox)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err("reading the outbox", &self.sql.outbox))?;
-        rows.into_iter()
-            .map(|r| sql::outbox_row(r, &self.sql.outbox))
-            .collect()
     }
 }

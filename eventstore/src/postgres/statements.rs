@@ -219,6 +219,7 @@ pub(super) struct RelaySql {
     pub(super) fail: String,
     pub(super) park: String,
     pub(super) dead: String,
+    pub(super) dead_table: String,
     pub(super) retry: String,
     pub(super) skip: String,
 }
@@ -333,6 +334,7 @@ impl RelaySql {
                  SELECT seq, {MOVED}, 0 FROM moved"
             ),
             skip: format!("DELETE FROM {dead} WHERE seq = $1"),
+            dead_table: dead,
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::admin::{AppliedMigration, MigrationStore};
 use crate::error::{ExpectedVersion, StoreError};
 use crate::log::{Checkpoint, LogBatch, LogFilter, LogHead};
 use crate::naming::Naming;
-use crate::outbox::{OutboxRouting, OutboxRow, OutboxStatus};
+use crate::outbox::OutboxRouting;
 use crate::sql::dialect::{Dialect, Pg};
 use crate::sql::{self, Migration, db_err};
 use crate::store::{AppendResult, EventStore};
@@ -193,57 +193,7 @@ impl PgStore {
     /// `{prefix}migrations`. Concurrent callers (several instances starting at once) are
     /// serialized by a transaction-scoped advisory lock.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let table = self.naming.table("migrations");
-        let mut tx = sql::begin_owned(&self.pool, None)
-            .await
-            .map_err(db_err("starting the migration transaction", &table))?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(format!("eventfold migrations {table}"))
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("taking the migration lock", &table))?;
-        if let Some(schema) = self.naming.schema() {
-            let create_schema = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
-            sqlx::query(&create_schema)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err("creating the schema", &table))?;
-        }
-        let create_table = format!(
-            "CREATE TABLE IF NOT EXISTS {table} (version BIGINT PRIMARY KEY, name TEXT NOT NULL, \
-             checksum BIGINT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-        );
-        sqlx::query(&create_table)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("creating the migration table", &table))?;
-        let select_applied = format!("SELECT version, checksum FROM {table} ORDER BY version");
-        let applied: Vec<(i64, i64)> = sqlx::query_as(&select_applied)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err("reading applied migrations", &table))?;
-        let record = format!("INSERT INTO {table} (version, name, checksum) VALUES ($1, $2, $3)");
-        for migration in sql::pending(MIGRATIONS, &applied, &table)? {
-            let rendered = migration.render(&self.naming);
-            sqlx::Executor::execute(&mut *tx, rendered.as_str())
-                .await
-                .map_err(|e| StoreError::Migration {
-                    table: table.clone(),
-                    version: migration.version,
-                    name: migration.name.to_owned(),
-                    reason: e.to_string(),
-                })?;
-            sqlx::query(&record)
-                .bind(migration.version)
-                .bind(migration.name)
-                .bind(migration.checksum())
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err("recording a migration", &table))?;
-        }
-        tx.commit()
-            .await
-            .map_err(db_err("committing migrations", &table))
+        sql::migrations::migrate::<Pg>(&self.pool, &self.naming, MIGRATIONS).await
     }
 }
 
@@ -285,20 +235,8 @@ impl EventStore for PgStore {
         self.open_wakeup().await
     }
 
-    async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
-        self.read_outbox_status().await
-    }
-
-    async fn read_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-        self.read_outbox_rows(limit).await
-    }
-
     async fn begin(&self) -> Result<PgUnitOfWork, StoreError> {
         self.begin_unit_of_work().await
-    }
-
-    fn with_outbox(self, routing: OutboxRouting) -> Self {
-        PgStore::with_outbox(self, routing)
     }
 
     crate::sql::read::store_reads!();

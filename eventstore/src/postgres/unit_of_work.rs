@@ -2,16 +2,16 @@
 
 use std::sync::Arc;
 
-use eventfold_core::{NewEvent, OutboxMessage, StreamId};
 use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::*;
-use crate::error::{ExpectedVersion, StoreError};
+use crate::error::StoreError;
 use crate::outbox::OutboxRouting;
-use crate::sql::{self, db_err};
-use crate::store::{AppendResult, UnitOfWork, fill_source};
+use crate::sql::db_err;
+use crate::sql::dialect::Pg;
+use crate::store::UnitOfWork;
 
 /// A unit of work of the [`PgStore`]: a READ COMMITTED transaction.
 pub struct PgUnitOfWork {
@@ -36,21 +36,6 @@ impl PgUnitOfWork {
 }
 
 impl UnitOfWork for PgUnitOfWork {
-    async fn append(
-        &mut self,
-        stream_id: &StreamId,
-        expected: ExpectedVersion,
-        mut events: Vec<NewEvent>,
-    ) -> Result<AppendResult, StoreError> {
-        fill_source(&mut events, &self.source);
-        let outbox = match &self.routing {
-            Some(routing) => outbox_messages(routing, stream_id, expected, &events),
-            None => Vec::new(),
-        };
-        self.append_events(stream_id, expected, &events, &outbox)
-            .await
-    }
-
     async fn mark_inbox(&mut self, consumer: &str, message_id: Uuid) -> Result<bool, StoreError> {
         let done = sqlx::query(&self.sql.mark_inbox)
             .bind(consumer)
@@ -61,28 +46,9 @@ impl UnitOfWork for PgUnitOfWork {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn enqueue(&mut self, messages: Vec<OutboxMessage>) -> Result<(), StoreError> {
-        self.insert_outbox(messages).await?;
-        // Wakes the relay at commit, like an append does.
-        self.wrote_events = true;
-        Ok(())
-    }
-
-    crate::sql::read::unit_of_work_reads!();
+    crate::sql::unit_of_work::unit_of_work_methods!();
 }
 
 impl PgStore {
-    pub(super) async fn begin_unit_of_work(&self) -> Result<PgUnitOfWork, StoreError> {
-        let tx = sql::begin_owned(&self.pool, None)
-            .await
-            .map_err(db_err("starting a unit of work", &self.sql.events))?;
-        Ok(PgUnitOfWork {
-            source: self.source.clone(),
-            routing: self.routing.clone(),
-            tx,
-            sql: self.sql.clone(),
-            appended: self.appended.clone(),
-            wrote_events: false,
-        })
-    }
+    crate::sql::unit_of_work::begin_unit_of_work!(PgUnitOfWork, Pg);
 }

@@ -38,6 +38,12 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     /// the same value everywhere in one statement, and stored in a form that compares in time
     /// order with the timestamps the driver binds.
     const NOW: &'static str;
+    /// The statement that starts a write transaction (`None`: the driver's `BEGIN`).
+    const BEGIN_WRITE: Option<&'static str>;
+
+    /// Whether [`Dialect::record_migration`] takes the time of the migration as `$4` (the table
+    /// has no clock default).
+    const RECORDS_APPLIED_AT: bool;
 
     /// A statement written with `$n` placeholders, in this backend's placeholder form.
     fn placeholders(sql: &str) -> String;
@@ -54,6 +60,21 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     /// The statement that saves a snapshot unless a newer one is stored: `$1` stream type, `$2`
     /// stream id, `$3` version, `$4` snapshot version, `$5` state, `$6` taken at.
     fn save_snapshot(snapshots: &str) -> String;
+
+    /// The DDL of the migration table `table`: version, name, checksum, applied at.
+    fn migration_table(table: &str) -> String;
+
+    /// The statement that records an applied migration: `$1` version, `$2` name, `$3` checksum
+    /// (and `$4` the time, see [`Dialect::RECORDS_APPLIED_AT`]).
+    fn record_migration(table: &str) -> String;
+
+    /// Runs first in the migrations' transaction: PostgreSQL serializes concurrent migrators
+    /// with an advisory lock on the migration table's name and creates the schema.
+    fn before_migrations<'a>(
+        conn: &'a mut <Self::DB as sqlx::Database>::Connection,
+        naming: &'a Naming,
+        table: &'a str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a;
 
     /// The schema the projection tables and views live in.
     fn schema(naming: &Naming) -> Option<&str>;
@@ -87,6 +108,8 @@ impl Dialect for Pg {
     /// `clock_timestamp()` it is one value per statement (a new row's `started_at` equals its
     /// `updated_at`) and stable, so the claim's `due_at <= ...` can be an index condition.
     const NOW: &'static str = "statement_timestamp()";
+    const BEGIN_WRITE: Option<&'static str> = None;
+    const RECORDS_APPLIED_AT: bool = false;
 
     fn placeholders(sql: &str) -> String {
         sql.to_owned()
@@ -111,6 +134,40 @@ impl Dialect for Pg {
              version = EXCLUDED.version, snapshot_version = EXCLUDED.snapshot_version, state = EXCLUDED.state, \
              taken_at = EXCLUDED.taken_at WHERE s.version <= EXCLUDED.version"
         )
+    }
+
+    fn migration_table(table: &str) -> String {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {table} (version BIGINT PRIMARY KEY, name TEXT NOT NULL, \
+             checksum BIGINT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+    }
+
+    fn record_migration(table: &str) -> String {
+        format!("INSERT INTO {table} (version, name, checksum) VALUES ($1, $2, $3)")
+    }
+
+    fn before_migrations<'a>(
+        conn: &'a mut sqlx::PgConnection,
+        naming: &'a Naming,
+        table: &'a str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
+        use super::db_err;
+        async move {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(format!("eventfold migrations {table}"))
+                .execute(&mut *conn)
+                .await
+                .map_err(db_err("taking the migration lock", table))?;
+            if let Some(schema) = naming.schema() {
+                let create_schema = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+                sqlx::query(&create_schema)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db_err("creating the schema", table))?;
+            }
+            Ok(())
+        }
     }
 
     fn schema(naming: &Naming) -> Option<&str> {
@@ -147,6 +204,9 @@ impl Dialect for Lite {
     /// `DateTime<Utc>` (RFC 3339 with `+00:00`, no fraction when it is zero): timestamps are
     /// text here, and text of that one form sorts in time order.
     const NOW: &'static str = "replace(strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now'), '.000+', '+')";
+    // Takes SQLite's single writer up front, so two writers never deadlock on a lock upgrade.
+    const BEGIN_WRITE: Option<&'static str> = Some("BEGIN IMMEDIATE");
+    const RECORDS_APPLIED_AT: bool = true;
 
     fn placeholders(sql: &str) -> String {
         let mut out = String::with_capacity(sql.len());
@@ -180,6 +240,26 @@ impl Dialect for Lite {
              version = excluded.version, snapshot_version = excluded.snapshot_version, state = excluded.state, \
              taken_at = excluded.taken_at WHERE version <= excluded.version"
         )
+    }
+
+    fn migration_table(table: &str) -> String {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {table} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, \
+             checksum INTEGER NOT NULL, applied_at TEXT NOT NULL)"
+        )
+    }
+
+    fn record_migration(table: &str) -> String {
+        format!("INSERT INTO {table} (version, name, checksum, applied_at) VALUES (?1, ?2, ?3, ?4)")
+    }
+
+    fn before_migrations<'a>(
+        _conn: &'a mut sqlx::SqliteConnection,
+        _naming: &'a Naming,
+        _table: &'a str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
+        // Writers are serialized by the migrations' `BEGIN IMMEDIATE`; there are no schemas.
+        std::future::ready(Ok(()))
     }
 
     fn schema(_naming: &Naming) -> Option<&str> {

@@ -1,125 +1,26 @@
-//! What the SQL backends share: migration bookkeeping, row conversion, error mapping, and the
-//! code that is the same on PostgreSQL and SQLite, written once over a [`dialect::Dialect`]:
+//! What the SQL backends share: row conversion, error mapping, and the code that is the same on
+//! PostgreSQL and SQLite, written once over a [`dialect::Dialect`]: migrations ([`migrations`]),
 //! stream, snapshot and command reads ([`read`]), the projection store ([`projections`]) and the
 //! saga store ([`sagas`]).
 //! What only one backend does stays in its folder.
 
 pub(crate) mod dialect;
+pub(crate) mod migrations;
+pub(crate) mod outbox;
 pub(crate) mod projections;
 pub(crate) mod read;
 pub(crate) mod sagas;
 #[cfg(test)]
 mod tests;
+pub(crate) mod unit_of_work;
 
 use chrono::{DateTime, Utc};
 use eventfold_core::{Headers, RecordedEvent, StreamId};
 use uuid::Uuid;
 
 use crate::error::StoreError;
-use crate::naming::Naming;
 
-/// One embedded migration; `sql` uses placeholders such as `{events}`, `{snapshots}`,
-/// `{commands}`, `{sagas}` (one per table, see [`Migration::render`]), `{prefix}` and `{schema}`
-/// that are replaced with validated names.
-pub(crate) struct Migration {
-    pub version: i64,
-    pub name: &'static str,
-    pub sql: &'static str,
-}
-
-impl Migration {
-    pub fn render(&self, naming: &Naming) -> String {
-        self.sql
-            .replace("{events}", &naming.table("events"))
-            .replace("{snapshots}", &naming.table("snapshots"))
-            .replace("{commands}", &naming.table("commands"))
-            .replace("{outbox_dead}", &naming.table("outbox_dead"))
-            .replace("{inbox_dead}", &naming.table("inbox_dead"))
-            .replace("{inbox}", &naming.table("inbox"))
-            .replace("{outbox_leases}", &naming.table("outbox_leases"))
-            .replace("{outbox_relays}", &naming.table("outbox_relays"))
-            .replace("{outbox_floor}", &naming.table("outbox_floor"))
-            .replace("{outbox}", &naming.table("outbox"))
-            .replace("{projections}", &naming.table("projections"))
-            .replace(
-                "{projection_checkpoints}",
-                &naming.table("projection_checkpoints"),
-            )
-            .replace("{projection_dead}", &naming.table("projection_dead"))
-            .replace("{saga_timers}", &naming.table("saga_timers"))
-            .replace("{saga_requests}", &naming.table("saga_requests"))
-            .replace("{sagas}", &naming.table("sagas"))
-            .replace("{prefix}", naming.prefix())
-            .replace("{schema}", naming.schema().unwrap_or(""))
-    }
-
-    /// FNV-1a of the template: the same for every prefix, different when the text changes.
-    pub fn checksum(&self) -> i64 {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in self.sql.bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        i64::from_ne_bytes(hash.to_ne_bytes())
-    }
-}
-
-/// Checks applied migrations against the embedded ones and returns those still to apply.
-pub(crate) fn pending<'m>(
-    migrations: &'m [Migration],
-    applied: &[(i64, i64)],
-    table: &str,
-) -> Result<Vec<&'m Migration>, StoreError> {
-    for (version, checksum) in applied {
-        match migrations.iter().find(|m| m.version == *version) {
-            Some(m) if m.checksum() != *checksum => {
-                return Err(StoreError::Migration {
-                    table: table.to_owned(),
-                    version: *version,
-                    name: m.name.to_owned(),
-                    reason: "was applied with different SQL (checksum mismatch)".to_owned(),
-                });
-            }
-            Some(_) => {}
-            None => {
-                return Err(StoreError::Migration {
-                    table: table.to_owned(),
-                    version: *version,
-                    name: "?".to_owned(),
-                    reason: "is applied in the database but unknown to this eventfold version (the database is newer than the code)".to_owned(),
-                });
-            }
-        }
-    }
-    Ok(migrations
-        .iter()
-        .filter(|m| !applied.iter().any(|(v, _)| *v == m.version))
-        .collect())
-}
-
-/// Every migration recorded in `{prefix}migrations`, in order (the same statement on every SQL
-/// backend).
-pub(crate) async fn applied_migrations<DB>(
-    pool: &sqlx::Pool<DB>,
-    naming: &Naming,
-) -> Result<Vec<crate::admin::AppliedMigration>, StoreError>
-where
-    DB: sqlx::Database,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    for<'r> (i64, String): sqlx::FromRow<'r, DB::Row>,
-{
-    let table = naming.table("migrations");
-    let select = format!("SELECT version, name FROM {table} ORDER BY version");
-    let rows: Vec<(i64, String)> = sqlx::query_as::<DB, (i64, String)>(&select)
-        .fetch_all(pool)
-        .await
-        .map_err(db_err("reading applied migrations", &table))?;
-    Ok(rows
-        .into_iter()
-        .map(|(version, name)| crate::admin::AppliedMigration { version, name })
-        .collect())
-}
+pub(crate) use migrations::{Migration, applied_migrations};
 
 /// The columns of an event row, in the order the backends select them:
 /// event_id, stream_version, global_position, event_type, schema_version, payload, recorded_at,
@@ -508,6 +409,16 @@ pub(crate) fn parked(
         error,
         parked_at,
     })
+}
+
+/// A pooled connection, for reading outside a unit of work.
+pub(crate) async fn acquire<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    table: &str,
+) -> Result<sqlx::pool::PoolConnection<DB>, StoreError> {
+    pool.acquire()
+        .await
+        .map_err(db_err("acquiring a connection", table))
 }
 
 /// Starts a transaction on a task of its own, so that cancelling the caller (a timeout, an

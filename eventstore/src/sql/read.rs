@@ -1,6 +1,6 @@
 //! Reading streams, snapshots and commands, and saving snapshots and commands: the statements
 //! are built once over a [`Dialect`]; the code that runs them is stamped for each backend by
-//! the macros below.
+//! the macros below and by those of [`super::unit_of_work`].
 //!
 //! Why macros and not functions generic over `sqlx::Database`: such a function needs, beside
 //! the dialect, an `Executor` bound on `&mut DB::Connection` for every lifetime, an
@@ -135,105 +135,6 @@ macro_rules! read_helpers {
 }
 pub(crate) use read_helpers;
 
-/// Stamps the reading and saving methods of a unit of work and its `commit` and `rollback`
-/// (inside its `impl UnitOfWork`): its fields `tx` (the transaction), `sql` (statements with a
-/// [`ReadSql`] named `read`), `wrote_events` and `appended`, and `read_stream_on` & co. in scope.
-macro_rules! unit_of_work_reads {
-    () => {
-        async fn read_stream(
-            &mut self,
-            stream_id: &eventfold_core::StreamId,
-            from_version: u64,
-            max_count: u64,
-        ) -> Result<Vec<eventfold_core::RecordedEvent>, $crate::error::StoreError> {
-            read_stream_on(
-                &mut self.tx,
-                &self.sql.read,
-                stream_id,
-                from_version,
-                max_count,
-            )
-            .await
-        }
-
-        async fn stream_version(
-            &mut self,
-            stream_id: &eventfold_core::StreamId,
-        ) -> Result<u64, $crate::error::StoreError> {
-            version_on(&mut self.tx, &self.sql.read, stream_id).await
-        }
-
-        async fn load_snapshot(
-            &mut self,
-            stream_id: &eventfold_core::StreamId,
-        ) -> Result<Option<$crate::store::Snapshot>, $crate::error::StoreError> {
-            snapshot_on(&mut self.tx, &self.sql.read, stream_id).await
-        }
-
-        async fn save_snapshot(
-            &mut self,
-            snapshot: $crate::store::Snapshot,
-        ) -> Result<(), $crate::error::StoreError> {
-            use $crate::sql::{db_err, to_i64};
-            sqlx::query(&self.sql.read.save_snapshot)
-                .bind(snapshot.stream_id.stream_type())
-                .bind(snapshot.stream_id.id())
-                .bind(to_i64(snapshot.version, &snapshot.stream_id)?)
-                .bind(i64::from(snapshot.snapshot_version))
-                .bind(&snapshot.state)
-                .bind(snapshot.taken_at)
-                .execute(&mut *self.tx)
-                .await
-                .map_err(db_err("saving a snapshot", &self.sql.read.snapshots))?;
-            Ok(())
-        }
-
-        async fn find_command(
-            &mut self,
-            command_id: uuid::Uuid,
-        ) -> Result<Option<$crate::store::CommandRecord>, $crate::error::StoreError> {
-            command_on(&mut self.tx, &self.sql.read, command_id).await
-        }
-
-        async fn record_command(
-            &mut self,
-            record: $crate::store::CommandRecord,
-        ) -> Result<bool, $crate::error::StoreError> {
-            use $crate::sql::{db_err, to_i64};
-            let done = sqlx::query(&self.sql.read.record_command)
-                .bind(record.command_id)
-                .bind(record.stream_id.stream_type())
-                .bind(record.stream_id.id())
-                .bind(to_i64(record.version_before, &record.stream_id)?)
-                .bind(to_i64(record.version_after, &record.stream_id)?)
-                .bind(record.recorded_at)
-                .execute(&mut *self.tx)
-                .await
-                .map_err(db_err("recording a command", &self.sql.read.commands))?;
-            Ok(done.rows_affected() == 1)
-        }
-
-        async fn commit(self) -> Result<(), $crate::error::StoreError> {
-            self.tx
-                .commit()
-                .await
-                .map_err($crate::sql::db_err("committing", &self.sql.read.events))?;
-            if self.wrote_events {
-                self.appended.send_modify(|n| *n += 1);
-            }
-            Ok(())
-        }
-
-        async fn rollback(self) -> Result<(), $crate::error::StoreError> {
-            self.tx
-                .rollback()
-                .await
-                .map_err($crate::sql::db_err("rolling back", &self.sql.read.events))
-        }
-    };
-}
-pub(crate) use unit_of_work_reads;
-
 /// Stamps the reading methods of a store (inside its `impl EventStore`): its fields `pool`,
 /// `source` and `sql` (statements with a [`ReadSql`] named `read`), and `read_stream_on` & co.
 /// in scope.
@@ -245,10 +146,7 @@ macro_rules! store_reads {
             from_version: u64,
             max_count: u64,
         ) -> Result<Vec<eventfold_core::RecordedEvent>, $crate::error::StoreError> {
-            let mut conn = self.pool.acquire().await.map_err($crate::sql::db_err(
-                "acquiring a connection",
-                &self.sql.read.events,
-            ))?;
+            let mut conn = $crate::sql::acquire(&self.pool, &self.sql.read.events).await?;
             read_stream_on(
                 &mut conn,
                 &self.sql.read,
@@ -263,10 +161,7 @@ macro_rules! store_reads {
             &self,
             stream_id: &eventfold_core::StreamId,
         ) -> Result<u64, $crate::error::StoreError> {
-            let mut conn = self.pool.acquire().await.map_err($crate::sql::db_err(
-                "acquiring a connection",
-                &self.sql.read.events,
-            ))?;
+            let mut conn = $crate::sql::acquire(&self.pool, &self.sql.read.events).await?;
             version_on(&mut conn, &self.sql.read, stream_id).await
         }
 
@@ -274,10 +169,7 @@ macro_rules! store_reads {
             &self,
             stream_id: &eventfold_core::StreamId,
         ) -> Result<Option<$crate::store::Snapshot>, $crate::error::StoreError> {
-            let mut conn = self.pool.acquire().await.map_err($crate::sql::db_err(
-                "acquiring a connection",
-                &self.sql.read.snapshots,
-            ))?;
+            let mut conn = $crate::sql::acquire(&self.pool, &self.sql.read.snapshots).await?;
             snapshot_on(&mut conn, &self.sql.read, stream_id).await
         }
 
@@ -285,10 +177,7 @@ macro_rules! store_reads {
             &self,
             command_id: uuid::Uuid,
         ) -> Result<Option<$crate::store::CommandRecord>, $crate::error::StoreError> {
-            let mut conn = self.pool.acquire().await.map_err($crate::sql::db_err(
-                "acquiring a connection",
-                &self.sql.read.commands,
-            ))?;
+            let mut conn = $crate::sql::acquire(&self.pool, &self.sql.read.commands).await?;
             command_on(&mut conn, &self.sql.read, command_id).await
         }
 

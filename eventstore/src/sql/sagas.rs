@@ -56,6 +56,8 @@ pub(crate) struct SagaSql {
     pub request_timer: String,
     /// `$1` id.
     pub saga: String,
+    /// `$1` id; the row locked until the transaction ends (PostgreSQL).
+    pub lock: String,
     /// `$1` type, `$2` key.
     pub saga_by_key: String,
     /// `$1` type, `$2` status, `$3` correlation id (each NULL for any), `$4` limit.
@@ -113,6 +115,10 @@ impl SagaSql {
             )),
             saga: p(&format!(
                 "SELECT {SAGA_COLUMNS} FROM {sagas} WHERE saga_id = $1"
+            )),
+            lock: p(&format!(
+                "SELECT {SAGA_COLUMNS} FROM {sagas} WHERE saga_id = $1{}",
+                D::FOR_UPDATE
             )),
             saga_by_key: p(&format!(
                 "SELECT {SAGA_COLUMNS} FROM {sagas} WHERE saga_type = $1 AND business_key = $2"
@@ -315,6 +321,20 @@ macro_rules! saga_store {
                             record.business_key, record.saga_type
                         ),
                     })
+                }
+
+                async fn lock_saga(
+                    &self,
+                    uow: &mut $uow,
+                    saga_id: Uuid,
+                ) -> Result<Option<SagaRecord>, StoreError> {
+                    let sql = &self.sql.sagas;
+                    let row: Option<shared::SagaRow> = sqlx::query_as(&sql.lock)
+                        .bind(saga_id)
+                        .fetch_optional(uow.connection())
+                        .await
+                        .map_err(db_err("locking a saga", &sql.sagas))?;
+                    row.map(|r| shared::saga_record(r, &sql.sagas)).transpose()
                 }
 
                 async fn update_saga(

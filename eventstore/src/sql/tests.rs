@@ -47,6 +47,15 @@ fn postgres_statements() {
         "SELECT stream_type, stream_id, version_before, version_after, recorded_at FROM \
          \"orders\".\"app_commands\" WHERE command_id = $1"
     );
+    assert_eq!(
+        Pg::migration_table("\"eventfold_migrations\""),
+        "CREATE TABLE IF NOT EXISTS \"eventfold_migrations\" (version BIGINT PRIMARY KEY, \
+         name TEXT NOT NULL, checksum BIGINT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    );
+    assert_eq!(
+        Pg::record_migration("\"eventfold_migrations\""),
+        "INSERT INTO \"eventfold_migrations\" (version, name, checksum) VALUES ($1, $2, $3)"
+    );
     assert_eq!(Pg::FOR_UPDATE, " FOR UPDATE");
     assert_eq!(Pg::placeholders("a = $1 AND b = $12"), "a = $1 AND b = $12");
 }
@@ -82,6 +91,17 @@ fn sqlite_statements() {
          version_after, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (command_id) \
          DO NOTHING"
     );
+    assert_eq!(
+        Lite::migration_table("\"eventfold_migrations\""),
+        "CREATE TABLE IF NOT EXISTS \"eventfold_migrations\" (version INTEGER PRIMARY KEY, \
+         name TEXT NOT NULL, checksum INTEGER NOT NULL, applied_at TEXT NOT NULL)"
+    );
+    assert_eq!(
+        Lite::record_migration("\"eventfold_migrations\""),
+        "INSERT INTO \"eventfold_migrations\" (version, name, checksum, applied_at) \
+         VALUES (?1, ?2, ?3, ?4)"
+    );
+    assert_eq!(Lite::BEGIN_WRITE, Some("BEGIN IMMEDIATE"));
     assert_eq!(Lite::FOR_UPDATE, "");
     // Only a `$` before a digit is a placeholder.
     assert_eq!(
@@ -100,6 +120,10 @@ fn postgres_saga_statements() {
     use super::sagas::SagaSql;
     let sql = SagaSql::new::<Pg>(&Naming::default());
     assert_eq!(sql.now, "SELECT statement_timestamp()");
+    assert_eq!(
+        sql.lock,
+        format!("SELECT {SAGA_COLUMNS} FROM \"eventfold_sagas\" WHERE saga_id = $1 FOR UPDATE")
+    );
     assert_eq!(
         sql.register,
         format!(
@@ -162,6 +186,10 @@ fn sqlite_saga_statements() {
     use super::sagas::SagaSql;
     let clock = "replace(strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now'), '.000+', '+')";
     let sql = SagaSql::new::<Lite>(&Naming::default());
+    assert_eq!(
+        sql.lock,
+        format!("SELECT {SAGA_COLUMNS} FROM \"eventfold_sagas\" WHERE saga_id = ?1")
+    );
     assert_eq!(sql.now, format!("SELECT {clock}"));
     assert_eq!(
         sql.register,

@@ -2,15 +2,17 @@
 //! checked first and inside a savepoint, and the outbox rows of the events beside them.
 
 use eventfold_core::{NewEvent, OutboxMessage, StreamId};
+use sqlx::Sqlite;
 
 use super::*;
 use crate::error::{ExpectedVersion, StoreError};
-use crate::outbox::OUTBOX_SLOTS;
+use crate::outbox::{OUTBOX_SLOTS, append_messages};
+use crate::sql::unit_of_work::{Savepoint, savepoint};
 use crate::sql::{self, db_err, to_i64, to_u64};
 use crate::store::{AppendResult, fill_source, validate_append};
 
 impl SqliteUnitOfWork {
-    pub(super) async fn append_in_savepoint(
+    pub(super) async fn append_events(
         &mut self,
         stream_id: &StreamId,
         expected: ExpectedVersion,
@@ -26,12 +28,10 @@ impl SqliteUnitOfWork {
                 actual: Some(current),
             });
         }
+        let outbox = append_messages(self.routing.as_deref(), stream_id, current + 1, &events);
         // SQLite has no savepoint-free way to undo part of a statement list: insert into a
         // savepoint so a failed append leaves the unit of work as it was.
-        sqlx::query("SAVEPOINT eventfold_append")
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_err("appending events", &self.sql.events))?;
+        savepoint::<Sqlite>(&mut self.tx, Savepoint::Open, &self.sql.events).await?;
         let mut positions = Vec::with_capacity(events.len());
         for (i, event) in events.iter().enumerate() {
             let version = to_i64(current + 1 + i as u64, stream_id)?;
@@ -56,12 +56,7 @@ impl SqliteUnitOfWork {
                     positions.push(to_u64(position, &self.sql.events, "global position")?)
                 }
                 Err(e) => {
-                    let _ = sqlx::query("ROLLBACK TO SAVEPOINT eventfold_append")
-                        .execute(&mut *self.tx)
-                        .await;
-                    let _ = sqlx::query("RELEASE SAVEPOINT eventfold_append")
-                        .execute(&mut *self.tx)
-                        .await;
+                    self.undo_append().await;
                     return Err(match sql::unique_violation(&e) {
                         Some(c) if c.contains("event_id") => StoreError::DuplicateEventId {
                             stream_id: stream_id.clone(),
@@ -77,34 +72,25 @@ impl SqliteUnitOfWork {
                 }
             }
         }
-        if let Some(routing) = self.routing.clone() {
-            let recorded: Vec<_> = events
-                .iter()
-                .cloned()
-                .zip(&positions)
-                .enumerate()
-                .map(|(i, (e, p))| e.into_recorded(stream_id.clone(), current + 1 + i as u64, *p))
-                .collect();
-            if let Err(e) = self.insert_outbox(routing.messages_for(&recorded)).await {
-                let _ = sqlx::query("ROLLBACK TO SAVEPOINT eventfold_append")
-                    .execute(&mut *self.tx)
-                    .await;
-                let _ = sqlx::query("RELEASE SAVEPOINT eventfold_append")
-                    .execute(&mut *self.tx)
-                    .await;
-                return Err(e);
-            }
+        if let Err(e) = self.insert_outbox(outbox).await {
+            self.undo_append().await;
+            return Err(e);
         }
-        sqlx::query("RELEASE SAVEPOINT eventfold_append")
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_err("appending events", &self.sql.events))?;
+        savepoint::<Sqlite>(&mut self.tx, Savepoint::Release, &self.sql.events).await?;
         self.wrote_events = true;
         Ok(AppendResult {
             previous_version: current,
             version: current + events.len() as u64,
             positions,
         })
+    }
+
+    /// Undoes a failed append and closes its savepoint; the append's error is the one worth
+    /// reporting, so these statements' own errors are not.
+    async fn undo_append(&mut self) {
+        let events = &self.sql.events;
+        let _ = savepoint::<Sqlite>(&mut self.tx, Savepoint::RollBack, events).await;
+        let _ = savepoint::<Sqlite>(&mut self.tx, Savepoint::Release, events).await;
     }
 
     pub(super) async fn insert_outbox(

@@ -38,19 +38,5 @@ impl InboxStore for SqliteStore {
         tx.commit().await.map_err(err())
     }
 
-    async fn parked_messages(
-        &self,
-        consumer: &str,
-        limit: usize,
-    ) -> Result<Vec<ParkedMessage>, StoreError> {
-        let rows: Vec<sql::ParkedRow> = sqlx::query_as(&self.sql.parked_messages)
-            .bind(consumer)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err("reading parked messages", &self.sql.inbox))?;
-        rows.into_iter()
-            .map(|r| sql::parked(consumer, r, &self.sql.inbox))
-            .collect()
-    }
+    crate::sql::outbox::parked_message_reads!();
 }

@@ -16,11 +16,7 @@ impl SqliteStore {
         max_count: usize,
         filter: &LogFilter,
     ) -> Result<LogBatch, StoreError> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(db_err("acquiring a connection", &self.sql.events))?;
+        let mut conn = sql::acquire(&self.pool, &self.sql.events).await?;
         let (end,): (i64,) = sqlx::query_as(&self.sql.log_end)
             .fetch_one(&mut *conn)
             .await

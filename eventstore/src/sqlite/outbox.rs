@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::*;
 use crate::error::StoreError;
-use crate::outbox::{DeadLetter, OutboxRelayStore, OutboxRow, OutboxStatus, fair_share};
+use crate::outbox::{OutboxRelayStore, OutboxRow, OutboxStatus, OutboxStore, fair_share};
 use crate::sql::{self, db_err, to_u64};
 
 pub(super) fn json_list<T: serde::Serialize>(values: &[T]) -> String {
@@ -127,9 +127,7 @@ impl OutboxRelayStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_err("claiming outbox rows", &self.sql.outbox))?;
-        rows.into_iter()
-            .map(|r| sql::outbox_row(r, &self.sql.outbox))
-            .collect()
+        sql::outbox::outbox_rows(rows, &self.sql.outbox)
     }
 
     async fn complete_outbox(&self, owner: Uuid, seqs: &[u64]) -> Result<u64, StoreError> {
@@ -180,16 +178,7 @@ impl OutboxRelayStore for SqliteStore {
         tx.commit().await.map_err(err())
     }
 
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        let rows: Vec<sql::DeadDbRow> = sqlx::query_as(&self.relay.dead)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err("reading dead letters", &self.relay.dead_table))?;
-        rows.into_iter()
-            .map(|r| sql::dead_letter(r, &self.relay.dead_table))
-            .collect()
-    }
+    crate::sql::outbox::dead_letter_reads!();
 
     async fn retry_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
@@ -210,19 +199,12 @@ impl OutboxRelayStore for SqliteStore {
         tx.commit().await.map_err(err())?;
         Ok(copied.rows_affected() == 1)
     }
-
-    async fn skip_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
-        let done = sqlx::query(&self.relay.skip)
-            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-            .execute(&self.pool)
-            .await
-            .map_err(db_err("skipping a dead letter", &self.relay.dead_table))?;
-        Ok(done.rows_affected() == 1)
-    }
 }
 
-impl SqliteStore {
-    pub(super) async fn read_outbox_status(&self) -> Result<OutboxStatus, StoreError> {
+impl OutboxStore for SqliteStore {
+    crate::sql::outbox::outbox_reads!();
+
+    async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
         let (pending, oldest, dead): (i64, Option<DateTime<Utc>>, i64) =
             sqlx::query_as(&self.sql.outbox_status)
                 .fetch_one(&self.pool)
@@ -234,19 +216,5 @@ impl SqliteStore {
             dead_letters: to_u64(dead, &self.sql.outbox, "count")?,
             floor_lag: None,
         })
-    }
-
-    pub(super) async fn read_outbox_rows(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<OutboxRow>, StoreError> {
-        let rows: Vec<sql::OutboxDbRow> = sqlx::query_as(&self.sql.read_outbox)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err("reading the outbox", &self.sql.outbox))?;
-        rows.into_iter()
-            .map(|r| sql::outbox_row(r, &self.sql.outbox))
-            .collect()
     }
 }

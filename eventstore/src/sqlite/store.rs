@@ -4,7 +4,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::watch;
@@ -14,7 +13,7 @@ use crate::admin::{AppliedMigration, MigrationStore};
 use crate::error::StoreError;
 use crate::log::{Checkpoint, LogBatch, LogFilter, LogHead};
 use crate::naming::Naming;
-use crate::outbox::{OutboxRouting, OutboxRow, OutboxStatus};
+use crate::outbox::OutboxRouting;
 use crate::sql::dialect::{Dialect, Lite};
 use crate::sql::{self, Migration, db_err};
 use crate::store::{EventStore, LocalWakeup};
@@ -194,48 +193,7 @@ impl SqliteStore {
     /// Applies the embedded migrations that are not applied yet, tracked in
     /// `{prefix}migrations` (never the application's `_sqlx_migrations`).
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let table = self.naming.table("migrations");
-        let mut tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
-            .await
-            .map_err(db_err("starting the migration transaction", &table))?;
-        let create_table = format!(
-            "CREATE TABLE IF NOT EXISTS {table} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, \
-             checksum INTEGER NOT NULL, applied_at TEXT NOT NULL)"
-        );
-        sqlx::query(&create_table)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("creating the migration table", &table))?;
-        let select_applied = format!("SELECT version, checksum FROM {table} ORDER BY version");
-        let applied: Vec<(i64, i64)> = sqlx::query_as(&select_applied)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err("reading applied migrations", &table))?;
-        let record = format!(
-            "INSERT INTO {table} (version, name, checksum, applied_at) VALUES (?1, ?2, ?3, ?4)"
-        );
-        for migration in sql::pending(MIGRATIONS, &applied, &table)? {
-            let rendered = migration.render(&self.naming);
-            sqlx::Executor::execute(&mut *tx, rendered.as_str())
-                .await
-                .map_err(|e| StoreError::Migration {
-                    table: table.clone(),
-                    version: migration.version,
-                    name: migration.name.to_owned(),
-                    reason: e.to_string(),
-                })?;
-            sqlx::query(&record)
-                .bind(migration.version)
-                .bind(migration.name)
-                .bind(migration.checksum())
-                .bind(Utc::now())
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err("recording a migration", &table))?;
-        }
-        tx.commit()
-            .await
-            .map_err(db_err("committing migrations", &table))
+        sql::migrations::migrate::<Lite>(&self.pool, &self.naming, MIGRATIONS).await
     }
 }
 
@@ -263,21 +221,10 @@ impl EventStore for SqliteStore {
         self.open_wakeup().await
     }
 
-    async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
-        self.read_outbox_status().await
-    }
-
-    async fn read_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-        self.read_outbox_rows(limit).await
-    }
-
     async fn begin(&self) -> Result<SqliteUnitOfWork, StoreError> {
         self.begin_unit_of_work().await
     }
 
-    fn with_outbox(self, routing: OutboxRouting) -> Self {
-        SqliteStore::with_outbox(self, routing)
-    }
     crate::sql::read::store_reads!();
 }
 

@@ -2,16 +2,16 @@
 
 use std::sync::Arc;
 
-use eventfold_core::{NewEvent, OutboxMessage, StreamId};
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::*;
-use crate::error::{ExpectedVersion, StoreError};
+use crate::error::StoreError;
 use crate::outbox::OutboxRouting;
-use crate::sql::{self, db_err};
-use crate::store::{AppendResult, UnitOfWork};
+use crate::sql::db_err;
+use crate::sql::dialect::Lite;
+use crate::store::UnitOfWork;
 
 /// A unit of work of the [`SqliteStore`]: a `BEGIN IMMEDIATE` transaction.
 pub struct SqliteUnitOfWork {
@@ -36,15 +36,6 @@ impl SqliteUnitOfWork {
 }
 
 impl UnitOfWork for SqliteUnitOfWork {
-    async fn append(
-        &mut self,
-        stream_id: &StreamId,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<AppendResult, StoreError> {
-        self.append_in_savepoint(stream_id, expected, events).await
-    }
-
     async fn mark_inbox(&mut self, consumer: &str, message_id: Uuid) -> Result<bool, StoreError> {
         let done = sqlx::query(&self.sql.mark_inbox)
             .bind(consumer)
@@ -56,28 +47,9 @@ impl UnitOfWork for SqliteUnitOfWork {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn enqueue(&mut self, messages: Vec<OutboxMessage>) -> Result<(), StoreError> {
-        self.insert_outbox(messages).await?;
-        // Wakes the relay at commit, like an append does.
-        self.wrote_events = true;
-        Ok(())
-    }
-
-    crate::sql::read::unit_of_work_reads!();
+    crate::sql::unit_of_work::unit_of_work_methods!();
 }
 
 impl SqliteStore {
-    pub(super) async fn begin_unit_of_work(&self) -> Result<SqliteUnitOfWork, StoreError> {
-        let tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
-            .await
-            .map_err(db_err("starting a unit of work", &self.sql.events))?;
-        Ok(SqliteUnitOfWork {
-            source: self.source.clone(),
-            routing: self.routing.clone(),
-            tx,
-            sql: self.sql.clone(),
-            appended: self.appended.clone(),
-            wrote_events: false,
-        })
-    }
+    crate::sql::unit_of_work::begin_unit_of_work!(SqliteUnitOfWork, Lite);
 }

@@ -25,7 +25,7 @@ pub enum RuntimeError {
         saga_id: Uuid,
         /// The store's error.
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     /// The machine refused the input (a misrouted reply, an instance of a newer definition).
     #[error(transparent)]
@@ -113,6 +113,9 @@ impl RuntimeError {
     }
 
     pub(crate) fn store(saga_id: Uuid) -> impl FnOnce(StoreError) -> RuntimeError {
-        move |source| RuntimeError::Store { saga_id, source }
+        move |source| RuntimeError::Store {
+            saga_id,
+            source: Box::new(source),
+        }
     }
 }

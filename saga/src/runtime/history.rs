@@ -17,10 +17,8 @@ const PAGE: u64 = 1_000;
 
 /// The stream that holds an instance's transitions.
 pub(crate) fn saga_stream(saga_id: Uuid) -> Result<StreamId, RuntimeError> {
-    StreamId::new(SAGA_STREAM_TYPE, saga_id.to_string()).map_err(|e| RuntimeError::Store {
-        saga_id,
-        source: e.into(),
-    })
+    StreamId::new(SAGA_STREAM_TYPE, saga_id.to_string())
+        .map_err(|e| RuntimeError::store(saga_id)(e.into()))
 }
 
 fn decode(saga_id: Uuid, event: &RecordedEvent) -> Result<SagaEvent, RuntimeError> {

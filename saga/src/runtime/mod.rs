@@ -59,7 +59,7 @@
 //! let mut replies = orchestrator.reply_consumer(broker.consumer("orders", &["order.pay.replies"]));
 //! let mut payments = ParticipantHandler::new("payments", store.clone(), Payments)
 //!     .consumer(broker.consumer("payments", &["payments.commands"]));
-//! let relay = Relay::new(store.clone(), broker.clone());
+//! let mut relay = Relay::new(store.clone(), broker.clone());
 //!
 //! let started = orchestrator.start("order-1", Order { id: "order-1".into(), cents: 500 }, None).await?;
 //! relay.run_once().await?;                                     // the command to the broker

@@ -242,8 +242,7 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             correlation_id,
             data,
         };
-        self.apply_in(uow, saga_id, input, None, Some(record))
-            .await?;
+        self.apply_in(uow, saga_id, input, None).await?;
         Ok(Started {
             saga_id,
             created: true,
@@ -286,7 +285,7 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         message_id: Option<Uuid>,
     ) -> Result<Applied, RuntimeError> {
         let saga_id = reply.saga_id;
-        self.apply_in(uow, saga_id, Input::Reply(reply), message_id, None)
+        self.apply_in(uow, saga_id, Input::Reply(reply), message_id)
             .await
     }
 
@@ -312,6 +311,12 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         timer: &SagaTimer,
     ) -> Result<Applied, RuntimeError> {
         let saga_id = timer.saga_id;
+        // The instance's lock before the timer's row, in the order every transition takes them.
+        self.inner
+            .store
+            .lock_saga(uow, saga_id)
+            .await
+            .map_err(RuntimeError::store(saga_id))?;
         let deleted = self
             .inner
             .store
@@ -333,7 +338,7 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             tracing::warn!(%saga_id, kind = %timer.kind, "unknown saga timer kind deleted");
             return Ok(Applied::TimerGone);
         };
-        self.apply_in(uow, saga_id, input, None, None).await
+        self.apply_in(uow, saga_id, input, None).await
     }
 
     /// Fires a claimed timer in units of work of its own, retrying conflicts.
@@ -350,10 +355,7 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
     /// the scheduler fires.
     pub async fn retry_parked(&self, saga_id: Uuid) -> Result<Applied, RuntimeError> {
         self.with_retries(saga_id, |this, uow| {
-            Box::pin(async move {
-                this.apply_in(uow, saga_id, Input::RetryParked, None, None)
-                    .await
-            })
+            Box::pin(async move { this.apply_in(uow, saga_id, Input::RetryParked, None).await })
         })
         .await
     }
@@ -413,15 +415,13 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         }
     }
 
-    /// The core: load, decide, write. `registered` is the instance's row when `start_in` just
-    /// inserted it.
+    /// The core, in a span: lock, load, decide, write.
     async fn apply_in(
         &self,
         uow: &mut S::UnitOfWork,
         saga_id: Uuid,
         input: Input<D>,
         cause: Option<Uuid>,
-        registered: Option<SagaRecord>,
     ) -> Result<Applied, RuntimeError> {
         let input_name = match &input {
             Input::Start { .. } => "start",
@@ -435,7 +435,7 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             %saga_id,
             input = input_name,
         );
-        self.apply_inner(uow, saga_id, input, cause, registered)
+        self.apply_inner(uow, saga_id, input, cause)
             .instrument(span)
             .await
     }
@@ -446,10 +446,19 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         saga_id: Uuid,
         input: Input<D>,
         cause: Option<Uuid>,
-        registered: Option<SagaRecord>,
     ) -> Result<Applied, RuntimeError> {
         let store = &self.inner.store;
         let stream = saga_stream(saga_id)?;
+        // The instance's row first: transitions of one instance are serialised on it, so a reply
+        // and a timer never deadlock on the rows they both write. Not registered: nothing to do
+        // (a reply or timer for another service's saga, or one that never started).
+        let Some(mut record) = store
+            .lock_saga(uow, saga_id)
+            .await
+            .map_err(RuntimeError::store(saga_id))?
+        else {
+            return Ok(Applied::Ignored(Ignored::NotStarted));
+        };
         let loaded = history::read_in(uow, &stream, saga_id).await?;
         let mut state = SagaState::fold(loaded.iter().map(|(e, _)| e));
         let now = store
@@ -547,21 +556,11 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         }
         // The instance's row.
         let (status, detail) = status_detail(&state);
-        let record = SagaRecord {
-            saga_id,
-            saga_type: self.saga_type().to_owned(),
-            business_key: registered
-                .as_ref()
-                .map(|r| r.business_key.clone())
-                .unwrap_or_default(),
-            status,
-            detail,
-            correlation_id: state.correlation_id,
-            definition_version: state.definition_version,
-            version: state.version,
-            started_at: now,
-            updated_at: now,
-        };
+        record.status = status;
+        record.detail = detail;
+        record.correlation_id = state.correlation_id;
+        record.definition_version = state.definition_version;
+        record.version = state.version;
         if !store
             .update_saga(uow, &record)
             .await

@@ -36,13 +36,15 @@ pub struct ParticipantContext {
 
 impl ParticipantContext {
     /// Metadata for what the participant appends: the saga's correlation id, the command message
-    /// as causation, and the saga's headers (`eventfold_saga_id`, `eventfold_saga_step`).
+    /// as causation, and the saga's headers (`eventfold_saga_id`, `eventfold_saga_step`,
+    /// `eventfold_saga_attempt`).
     pub fn metadata(&self) -> CommandMetadata {
         CommandMetadata::new()
             .correlation_id(self.command.correlation_id)
             .causation_id(self.message_id)
             .header(wire::SAGA_ID, self.command.saga_id.to_string())
             .header(wire::SAGA_STEP, self.command.step.clone())
+            .header(wire::SAGA_ATTEMPT, self.command.attempt.to_string())
     }
 
     /// Decodes the command's payload.

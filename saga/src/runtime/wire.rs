@@ -52,20 +52,10 @@ pub(crate) fn command_message(
         command.attempt,
         command.kind.as_str(),
     );
-    let h = &mut message.headers;
-    h.insert(REPLY_TO.to_owned(), reply_to.to_owned());
-    h.insert(headers::SOURCE.to_owned(), source.to_owned());
-    h.insert(
-        headers::CORRELATION_ID.to_owned(),
-        command.correlation_id.to_string(),
-    );
-    if let Some(causation) = causation_id {
-        h.insert(headers::CAUSATION_ID.to_owned(), causation.to_string());
-    }
-    h.insert(
-        headers::CONTENT_TYPE.to_owned(),
-        "application/json".to_owned(),
-    );
+    message
+        .headers
+        .insert(REPLY_TO.to_owned(), reply_to.to_owned());
+    set_flow_headers(&mut message, source, command.correlation_id, causation_id);
     Ok(message)
 }
 
@@ -97,18 +87,35 @@ pub(crate) fn reply_message(
         reply.attempt,
         reply.kind.as_str(),
     );
+    set_flow_headers(
+        &mut message,
+        source,
+        command.correlation_id,
+        Some(causation_id),
+    );
+    Ok(message)
+}
+
+/// The CloudEvents headers of the flow: source, correlation, causation, content type.
+fn set_flow_headers(
+    message: &mut OutboxMessage,
+    source: &str,
+    correlation_id: Uuid,
+    causation_id: Option<Uuid>,
+) {
     let h = &mut message.headers;
     h.insert(headers::SOURCE.to_owned(), source.to_owned());
     h.insert(
         headers::CORRELATION_ID.to_owned(),
-        command.correlation_id.to_string(),
+        correlation_id.to_string(),
     );
-    h.insert(headers::CAUSATION_ID.to_owned(), causation_id.to_string());
+    if let Some(causation) = causation_id {
+        h.insert(headers::CAUSATION_ID.to_owned(), causation.to_string());
+    }
     h.insert(
         headers::CONTENT_TYPE.to_owned(),
         "application/json".to_owned(),
     );
-    Ok(message)
 }
 
 fn set_saga_headers(

@@ -18,16 +18,16 @@
 //! [`Repository::execute_in`] does steps 1 to 4 inside a unit of work the application owns, so
 //! its own SQL commits in the same transaction.
 
-use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
-use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
+mod cache;
+mod load;
+mod retry;
+mod snapshots;
+
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use eventfold_core::{
-    Aggregate, BoxError, CommandMetadata, Envelope, NewEvent, StreamId, Upcasters, decode_event,
+    Aggregate, CommandMetadata, Envelope, NewEvent, StreamId, Upcasters, decode_event,
     metadata::now_micros,
 };
 use serde::Serialize;
@@ -35,8 +35,11 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use crate::error::{ExecuteError, ExpectedVersion, StoreError};
-use crate::store::{CommandRecord, EventStore, Snapshot, UnitOfWork};
-use eventfold_core::RecordedEvent;
+use crate::store::{CommandRecord, EventStore, UnitOfWork};
+use cache::StateCache;
+use load::{FromStore, FromUow};
+use retry::{backoff, conflict_or_store};
+use snapshots::SnapshotPolicy;
 
 /// What an executed command produced.
 #[derive(Debug)]
@@ -60,116 +63,6 @@ pub struct Loaded<A> {
     pub state: A,
     /// The stream version it reflects (0: no events).
     pub version: u64,
-}
-
-type EncodeState<A> = fn(&A) -> Result<Vec<u8>, BoxError>;
-type DecodeState<A> = fn(&[u8]) -> Result<A, BoxError>;
-
-struct SnapshotPolicy<A> {
-    every: u64,
-    encode: EncodeState<A>,
-    decode: DecodeState<A>,
-}
-
-impl<A> Clone for SnapshotPolicy<A> {
-    fn clone(&self) -> Self {
-        Self {
-            every: self.every,
-            encode: self.encode,
-            decode: self.decode,
-        }
-    }
-}
-
-/// A bounded cache of aggregate states with their versions. A stale entry is harmless: the
-/// append expects the cached version, fails with a conflict, and the entry is dropped.
-struct StateCache<A> {
-    capacity: usize,
-    clone: fn(&A) -> A,
-    entries: Mutex<HashMap<StreamId, (A, u64)>>,
-}
-
-impl<A> StateCache<A> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, (A, u64)>> {
-        // Entries are replaced whole, so a poisoned map is still consistent.
-        self.entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn get(&self, stream_id: &StreamId) -> Option<Loaded<A>> {
-        self.lock().get(stream_id).map(|(state, version)| Loaded {
-            state: (self.clone)(state),
-            version: *version,
-        })
-    }
-
-    fn put(&self, stream_id: &StreamId, state: &A, version: u64) {
-        let mut entries = self.lock();
-        if entries.len() >= self.capacity && !entries.contains_key(stream_id) {
-            // Evict an arbitrary entry (the map's iteration order is random).
-            if let Some(victim) = entries.keys().next().cloned() {
-                entries.remove(&victim);
-            }
-        }
-        entries.insert(stream_id.clone(), ((self.clone)(state), version));
-    }
-
-    fn evict(&self, stream_id: &StreamId) {
-        self.lock().remove(stream_id);
-    }
-}
-
-/// Where a load reads from: the store (committed data) or a unit of work.
-trait Source: Send {
-    fn snapshot(
-        &mut self,
-        stream_id: &StreamId,
-    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send;
-    fn read(
-        &mut self,
-        stream_id: &StreamId,
-        from_version: u64,
-        max_count: u64,
-    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
-}
-
-struct FromStore<'a, S>(&'a S);
-
-impl<S: EventStore> Source for FromStore<'_, S> {
-    fn snapshot(
-        &mut self,
-        stream_id: &StreamId,
-    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send {
-        self.0.load_snapshot(stream_id)
-    }
-    fn read(
-        &mut self,
-        stream_id: &StreamId,
-        from_version: u64,
-        max_count: u64,
-    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send {
-        self.0.read_stream(stream_id, from_version, max_count)
-    }
-}
-
-struct FromUow<'a, U>(&'a mut U);
-
-impl<U: UnitOfWork> Source for FromUow<'_, U> {
-    fn snapshot(
-        &mut self,
-        stream_id: &StreamId,
-    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send {
-        self.0.load_snapshot(stream_id)
-    }
-    fn read(
-        &mut self,
-        stream_id: &StreamId,
-        from_version: u64,
-        max_count: u64,
-    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send {
-        self.0.read_stream(stream_id, from_version, max_count)
-    }
 }
 
 /// Loads and executes commands on aggregates of type `A` stored in `S`.
@@ -231,9 +124,6 @@ impl<A: Aggregate, S: EventStore> Clone for Repository<A, S> {
     }
 }
 
-/// Events read per query while loading a stream.
-const PAGE: u64 = 1000;
-
 impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// A repository with no upcasters, no snapshots and 5 attempts per command.
     pub fn new(store: S) -> Self {
@@ -282,13 +172,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     where
         A: Clone,
     {
-        self.cache = (capacity > 0).then(|| {
-            Arc::new(StateCache {
-                capacity,
-                clone: A::clone,
-                entries: Mutex::new(HashMap::new()),
-            })
-        });
+        self.cache = (capacity > 0).then(|| Arc::new(StateCache::new(capacity, A::clone)));
         self
     }
 
@@ -395,20 +279,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         command: &A::Command,
         meta: &CommandMetadata,
     ) -> Result<Executed<A>, ExecuteError<A::Error>> {
-        let cached = self.cache.as_ref().and_then(|cache| cache.get(stream_id));
-        let Loaded { mut state, version } = match cached {
-            Some(loaded) => loaded,
-            None => {
-                self.load_from(&mut FromStore(&self.store), stream_id, None)
-                    .await?
-            }
-        };
-        let events = state
-            .handle(command)
-            .map_err(|source| ExecuteError::Rejected {
-                stream_id: stream_id.clone(),
-                source,
-            })?;
+        let (Loaded { mut state, version }, events) = self
+            .decide(&mut FromStore(&self.store), stream_id, command)
+            .await?;
         if events.is_empty() {
             return Ok(Executed {
                 stream_id: stream_id.clone(),
@@ -448,12 +321,6 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         })
     }
 
-    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError> {
-        let mut uow = self.store.begin().await?;
-        uow.save_snapshot(snapshot).await?;
-        uow.commit().await
-    }
-
     fn encode(
         &self,
         stream_id: &StreamId,
@@ -468,35 +335,6 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 stream_id: stream_id.clone(),
                 source,
             })
-    }
-
-    /// The snapshot to save when an append moved the stream from `before` to `after` across a
-    /// multiple of the snapshot interval.
-    fn snapshot_due(
-        &self,
-        stream_id: &StreamId,
-        state: &A,
-        before: u64,
-        after: u64,
-    ) -> Result<Option<Snapshot>, StoreError> {
-        let Some(policy) = &self.snapshots else {
-            return Ok(None);
-        };
-        if after / policy.every <= before / policy.every {
-            return Ok(None);
-        }
-        let bytes = (policy.encode)(state).map_err(|source| StoreError::Snapshot {
-            stream_id: stream_id.clone(),
-            version: after,
-            source,
-        })?;
-        Ok(Some(Snapshot {
-            stream_id: stream_id.clone(),
-            version: after,
-            snapshot_version: A::SNAPSHOT_VERSION,
-            state: bytes,
-            taken_at: now_micros(),
-        }))
     }
 
     /// Executes a command inside a unit of work the caller owns (and commits).
@@ -542,20 +380,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 return self.replay_command(uow, stream_id, record).await.map(Some);
             }
         }
-        let cached = self.cache.as_ref().and_then(|cache| cache.get(stream_id));
-        let Loaded { mut state, version } = match cached {
-            Some(loaded) => loaded,
-            None => {
-                self.load_from(&mut FromUow(&mut *uow), stream_id, None)
-                    .await?
-            }
-        };
-        let events = state
-            .handle(command)
-            .map_err(|source| ExecuteError::Rejected {
-                stream_id: stream_id.clone(),
-                source,
-            })?;
+        let (Loaded { mut state, version }, events) = self
+            .decide(&mut FromUow(&mut *uow), stream_id, command)
+            .await?;
         let mut envelopes = Vec::new();
         let mut new_version = version;
         if !events.is_empty() {
@@ -644,80 +471,6 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             deduplicated: true,
         })
     }
-
-    /// Loads the state from the latest usable snapshot and the events after it, up to
-    /// `up_to` (inclusive) when given.
-    async fn load_from(
-        &self,
-        source: &mut impl Source,
-        stream_id: &StreamId,
-        up_to: Option<u64>,
-    ) -> Result<Loaded<A>, StoreError> {
-        let mut state = A::default();
-        let mut version = 0;
-        if let Some(policy) = &self.snapshots {
-            if let Some(snapshot) = source.snapshot(stream_id).await? {
-                let usable = snapshot.snapshot_version == A::SNAPSHOT_VERSION
-                    && up_to.is_none_or(|limit| snapshot.version <= limit);
-                if usable {
-                    match (policy.decode)(&snapshot.state) {
-                        Ok(restored) => {
-                            state = restored;
-                            version = snapshot.version;
-                        }
-                        Err(e) => tracing::warn!(
-                            stream = %stream_id,
-                            version = snapshot.version,
-                            error = %e,
-                            "snapshot does not decode, replaying the stream instead"
-                        ),
-                    }
-                }
-            }
-        }
-        loop {
-            let want = up_to.map_or(PAGE, |limit| PAGE.min(limit.saturating_sub(version)));
-            if want == 0 {
-                break;
-            }
-            let page = source.read(stream_id, version + 1, want).await?;
-            let got = page.len() as u64;
-            for recorded in page {
-                if recorded.stream_version != version + 1 {
-                    return Err(StoreError::Corrupt {
-                        table: "events".to_owned(),
-                        reason: format!(
-                            "stream {stream_id} jumps from version {version} to {} (event {})",
-                            recorded.stream_version, recorded.event_id
-                        ),
-                    });
-                }
-                version = recorded.stream_version;
-                let envelope = decode_event::<A::Event>(recorded, &self.upcasters)?;
-                state.apply(&envelope.payload);
-            }
-            if got < want {
-                break;
-            }
-        }
-        Ok(Loaded { state, version })
-    }
-}
-
-/// A version conflict becomes [`ExecuteError::Conflict`], anything else a store error.
-fn conflict_or_store<E: std::error::Error + 'static>(
-    stream_id: &StreamId,
-    e: StoreError,
-) -> ExecuteError<E> {
-    if e.is_conflict() {
-        ExecuteError::Conflict {
-            stream_id: stream_id.clone(),
-            attempts: 1,
-            source: e,
-        }
-    } else {
-        ExecuteError::Store(e)
-    }
 }
 
 /// Applies appended events to the state and wraps them in envelopes.
@@ -739,11 +492,4 @@ fn apply_all<A: Aggregate>(
         );
     }
     envelopes
-}
-
-/// A short random pause before retry `attempt` (1, 2, ...): up to 2^attempt ms, at most 100 ms.
-fn backoff(attempt: u32) -> Duration {
-    let cap_ms = (1u64 << attempt.min(7)).min(100);
-    let random = RandomState::new().build_hasher().finish();
-    Duration::from_micros(random % (cap_ms * 1000 + 1))
 }

@@ -1,0 +1,189 @@
+//! The unit of work of the SQL backends: a transaction the application's own SQL joins. What
+//! PostgreSQL and SQLite do the same way is stamped into each backend's `unit_of_work.rs` by the
+//! macros below (see [`super::read`] for why macros); appending and marking the inbox are each
+//! backend's.
+
+use sqlx::{Database, Executor, IntoArguments};
+
+use crate::error::StoreError;
+
+/// A step of the savepoint an append runs in, so that a failed append leaves its unit of work as
+/// it was (a unit of work is a transaction of its own).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Savepoint {
+    /// Before the append's first row.
+    Open,
+    /// After its last row.
+    Release,
+    /// When it failed: undoes its rows (the savepoint stays open).
+    RollBack,
+}
+
+/// Runs `step` of the append's savepoint on `conn`.
+pub(crate) async fn savepoint<DB: Database>(
+    conn: &mut DB::Connection,
+    step: Savepoint,
+    events_table: &str,
+) -> Result<(), StoreError>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    let statement = match step {
+        Savepoint::Open => "SAVEPOINT eventfold_append",
+        Savepoint::Release => "RELEASE SAVEPOINT eventfold_append",
+        Savepoint::RollBack => "ROLLBACK TO SAVEPOINT eventfold_append",
+    };
+    sqlx::query::<DB>(statement)
+        .execute(conn)
+        .await
+        .map_err(super::db_err("appending events", events_table))?;
+    Ok(())
+}
+
+/// Stamps every method of [`UnitOfWork`](crate::store::UnitOfWork) but `mark_inbox` (inside its
+/// impl): `append` (over the backend's `append_events`), the reads, snapshot and command writes,
+/// `enqueue` (over the backend's `insert_outbox`), `commit` and `rollback`. Uses its fields `tx`
+/// (the transaction), `sql` (statements with a [`ReadSql`](super::read::ReadSql) named `read`),
+/// `wrote_events` and `appended`, and `read_stream_on` & co. in scope.
+macro_rules! unit_of_work_methods {
+    () => {
+        async fn append(
+            &mut self,
+            stream_id: &eventfold_core::StreamId,
+            expected: $crate::error::ExpectedVersion,
+            events: Vec<eventfold_core::NewEvent>,
+        ) -> Result<$crate::store::AppendResult, $crate::error::StoreError> {
+            self.append_events(stream_id, expected, events).await
+        }
+
+        async fn enqueue(
+            &mut self,
+            messages: Vec<eventfold_core::OutboxMessage>,
+        ) -> Result<(), $crate::error::StoreError> {
+            self.insert_outbox(messages).await?;
+            // Wakes the relay at commit, like an append does.
+            self.wrote_events = true;
+            Ok(())
+        }
+
+        async fn read_stream(
+            &mut self,
+            stream_id: &eventfold_core::StreamId,
+            from_version: u64,
+            max_count: u64,
+        ) -> Result<Vec<eventfold_core::RecordedEvent>, $crate::error::StoreError> {
+            read_stream_on(
+                &mut self.tx,
+                &self.sql.read,
+                stream_id,
+                from_version,
+                max_count,
+            )
+            .await
+        }
+
+        async fn stream_version(
+            &mut self,
+            stream_id: &eventfold_core::StreamId,
+        ) -> Result<u64, $crate::error::StoreError> {
+            version_on(&mut self.tx, &self.sql.read, stream_id).await
+        }
+
+        async fn load_snapshot(
+            &mut self,
+            stream_id: &eventfold_core::StreamId,
+        ) -> Result<Option<$crate::store::Snapshot>, $crate::error::StoreError> {
+            snapshot_on(&mut self.tx, &self.sql.read, stream_id).await
+        }
+
+        async fn save_snapshot(
+            &mut self,
+            snapshot: $crate::store::Snapshot,
+        ) -> Result<(), $crate::error::StoreError> {
+            use $crate::sql::{db_err, to_i64};
+            sqlx::query(&self.sql.read.save_snapshot)
+                .bind(snapshot.stream_id.stream_type())
+                .bind(snapshot.stream_id.id())
+                .bind(to_i64(snapshot.version, &snapshot.stream_id)?)
+                .bind(i64::from(snapshot.snapshot_version))
+                .bind(&snapshot.state)
+                .bind(snapshot.taken_at)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db_err("saving a snapshot", &self.sql.read.snapshots))?;
+            Ok(())
+        }
+
+        async fn find_command(
+            &mut self,
+            command_id: uuid::Uuid,
+        ) -> Result<Option<$crate::store::CommandRecord>, $crate::error::StoreError> {
+            command_on(&mut self.tx, &self.sql.read, command_id).await
+        }
+
+        async fn record_command(
+            &mut self,
+            record: $crate::store::CommandRecord,
+        ) -> Result<bool, $crate::error::StoreError> {
+            use $crate::sql::{db_err, to_i64};
+            let done = sqlx::query(&self.sql.read.record_command)
+                .bind(record.command_id)
+                .bind(record.stream_id.stream_type())
+                .bind(record.stream_id.id())
+                .bind(to_i64(record.version_before, &record.stream_id)?)
+                .bind(to_i64(record.version_after, &record.stream_id)?)
+                .bind(record.recorded_at)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db_err("recording a command", &self.sql.read.commands))?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        async fn commit(self) -> Result<(), $crate::error::StoreError> {
+            self.tx
+                .commit()
+                .await
+                .map_err($crate::sql::db_err("committing", &self.sql.read.events))?;
+            if self.wrote_events {
+                self.appended.send_modify(|n| *n += 1);
+            }
+            Ok(())
+        }
+
+        async fn rollback(self) -> Result<(), $crate::error::StoreError> {
+            self.tx
+                .rollback()
+                .await
+                .map_err($crate::sql::db_err("rolling back", &self.sql.read.events))
+        }
+    };
+}
+pub(crate) use unit_of_work_methods;
+
+/// Stamps `begin_unit_of_work` (inside the store's impl): a write transaction started the
+/// dialect's way ([`Dialect::BEGIN_WRITE`](super::dialect::Dialect::BEGIN_WRITE)) on a task of
+/// its own ([`begin_owned`](super::begin_owned)), with the store's source, routing, statements
+/// and wake-up signal.
+macro_rules! begin_unit_of_work {
+    ($uow:ident, $dialect:ty) => {
+        pub(super) async fn begin_unit_of_work(&self) -> Result<$uow, $crate::error::StoreError> {
+            use $crate::sql::dialect::Dialect;
+            let tx = $crate::sql::begin_owned(&self.pool, <$dialect>::BEGIN_WRITE)
+                .await
+                .map_err($crate::sql::db_err(
+                    "starting a unit of work",
+                    &self.sql.events,
+                ))?;
+            Ok($uow {
+                source: self.source.clone(),
+                routing: self.routing.clone(),
+                tx,
+                sql: self.sql.clone(),
+                appended: self.appended.clone(),
+                wrote_events: false,
+            })
+        }
+    };
+}
+pub(crate) use begin_unit_of_work;
