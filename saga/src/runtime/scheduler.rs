@@ -101,8 +101,17 @@ impl<S: SagaStore, D: SagaData> Scheduler<S, D> {
             claimed: timers.len(),
             ..TickReport::default()
         };
-        let results: Vec<_> = futures_util::stream::iter(timers.iter())
-            .map(|timer| async move { (timer, orchestrator.fire_timer(timer).await) })
+        // Owned timers and a cloned orchestrator per firing: a closure over `&SagaTimer` items
+        // makes this future (and `run`'s) not provably `Send` for every lifetime, so
+        // `tokio::spawn(scheduler.run(..))` does not compile in generic code.
+        let results: Vec<_> = futures_util::stream::iter(timers)
+            .map(|timer| {
+                let orchestrator = orchestrator.clone();
+                async move {
+                    let result = orchestrator.fire_timer(&timer).await;
+                    (timer, result)
+                }
+            })
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
