@@ -12,7 +12,7 @@
 //! | PostgreSQL | `postgres` (the same file names as `sqlite`) | `postgres` |
 //!
 //! Every backend passes the same contract suite (`contract`, feature `test-util`). What the two
-//! SQL backends share (stream reads, the projection store, row conversions, migration
+//! SQL backends share (stream reads, the projection and saga stores, row conversions, migration
 //! bookkeeping) is written once in a crate-private `sql` module over a small dialect; every
 //! backend reports its name and migrations through [`admin::MigrationStore`].
 //!

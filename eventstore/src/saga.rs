@@ -211,3 +211,48 @@ pub trait SagaStore: EventStore {
         saga_id: Uuid,
     ) -> impl Future<Output = Result<Vec<SagaTimer>, StoreError>> + Send;
 }
+
+/// The most leases one claim moves a timer's deadline by ([`SagaStore::claim_due_timers`]).
+pub(crate) const MAX_CLAIM_LEASES: u32 = 64;
+
+/// The latest deadline a claim sets (the end of year 9999): SQLite keeps timestamps as text,
+/// which sorts in time order only with four-digit years.
+pub(crate) fn far_future() -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// The deadline of a timer claimed at `now` for the `claims`-th time (counting this claim):
+/// `now + lease * min(claims, 64)`, at least one lease, at most [`far_future`] (a lease too long
+/// to add is "never again", not an error), in microseconds like every stored time.
+pub(crate) fn claimed_until(now: DateTime<Utc>, lease: Duration, claims: u32) -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    let far = far_future();
+    lease
+        .checked_mul(claims.clamp(1, MAX_CLAIM_LEASES))
+        .and_then(|span| chrono::TimeDelta::from_std(span).ok())
+        .and_then(|span| now.checked_add_signed(span))
+        .map_or(far, |until| until.min(far))
+        .trunc_subsecs(6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_lease_longer_up_to_a_cap() {
+        let now = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).expect("a time");
+        let lease = Duration::from_millis(300);
+        let after = |claims| claimed_until(now, lease, claims) - now;
+        assert_eq!(after(0), chrono::TimeDelta::milliseconds(300));
+        assert_eq!(after(1), chrono::TimeDelta::milliseconds(300));
+        assert_eq!(after(3), chrono::TimeDelta::milliseconds(900));
+        assert_eq!(after(64), chrono::TimeDelta::milliseconds(300 * 64));
+        assert_eq!(after(1000), chrono::TimeDelta::milliseconds(300 * 64));
+        assert_eq!(claimed_until(now, Duration::MAX, 2), far_future());
+        assert_eq!(
+            claimed_until(now, Duration::from_nanos(1_500), 1) - now,
+            chrono::TimeDelta::microseconds(1)
+        );
+    }
+}

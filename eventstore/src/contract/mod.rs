@@ -16,7 +16,7 @@
 //! | [`relay`] | what a relay relies on: claims, leases, failures, dead letters | [`OutboxRelayStore`] |
 //! | [`inbox`] | the consumer's inbox marks and parked messages | [`crate::InboxStore`] |
 //! | [`projection`] | projection checkpoints, generations, pause, reset, parked events | [`crate::ProjectionStore`] |
-//! | [`sagas`] | the saga store (empty for now: its rules come with the saga store) | - |
+//! | [`sagas`] | saga instances by business key (also concurrent), updates, listing, counts; timers; claims of due timers (type, order, limit, leases, exclusivity); request outcomes; timer requests | [`crate::SagaStore`] |
 //!
 //! [`crate::eventstore_contract_tests!`] turns every group into `#[tokio::test]` functions for
 //! one backend, one test module per group (`events::expected_version_rules`, ...). Rules that
@@ -25,8 +25,8 @@
 //!
 //! # Running the suite against a new backend
 //!
-//! 1. Implement [`EventStore`], [`OutboxRelayStore`], [`crate::InboxStore`] and
-//!    [`crate::ProjectionStore`] for the store.
+//! 1. Implement [`EventStore`], [`OutboxRelayStore`], [`crate::InboxStore`],
+//!    [`crate::ProjectionStore`] and [`crate::SagaStore`] for the store.
 //! 2. Enable this crate's `test-util` feature in the backend's dev-dependencies, beside
 //!    `tokio` with the `macros` and `rt-multi-thread` features.
 //! 3. Write a fixture: an async fn, reachable from the test file's root, that returns a fresh,
@@ -123,8 +123,18 @@ macro_rules! eventstore_contract_tests {
         $crate::eventstore_contract_tests!(@group $fresh; projection:
             projection_checkpoints_commit_with_the_unit_of_work,
         );
-        // The saga store's rules join this group (see `contract::sagas`).
-        $crate::eventstore_contract_tests!(@group $fresh; sagas:);
+        $crate::eventstore_contract_tests!(@group $fresh; sagas:
+            registering_a_saga_is_idempotent_on_its_key,
+            concurrent_registrations_agree_on_one_owner,
+            sagas_are_updated_listed_and_counted,
+            timers_are_stored_moved_and_deleted,
+            due_timers_are_claimed_oldest_first_by_type,
+            a_claim_expires_after_its_lease,
+            leases_grow_with_the_claims,
+            concurrent_claims_are_exclusive,
+            request_outcomes_are_recorded_once,
+            timer_requests_need_a_registered_saga,
+        );
     };
     (@group $fresh:path; $group:ident: $($name:ident),* $(,)?) => {
         mod $group {

@@ -9,6 +9,7 @@ use tokio::sync::{Mutex as AsyncMutex, watch};
 use uuid::Uuid;
 
 use super::projections::MemProjection;
+use super::sagas::SagaTables;
 use super::unit_of_work::MemoryUnitOfWork;
 use crate::error::StoreError;
 use crate::inbox::ParkedMessage;
@@ -31,6 +32,7 @@ pub(super) struct State {
     pub(super) inbox: HashSet<(String, Uuid)>,
     pub(super) parked: Vec<ParkedMessage>,
     pub(super) projections: BTreeMap<String, MemProjection>,
+    pub(super) sagas: SagaTables,
 }
 
 impl State {

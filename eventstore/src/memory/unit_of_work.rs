@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::append::StagedStream;
 use super::projections::MemProjection;
+use super::sagas::StagedSagas;
 use super::store::MemoryStore;
 use crate::error::{ExpectedVersion, StoreError};
 use crate::outbox::{OUTBOX_SLOTS, OutboxRow};
@@ -25,6 +26,8 @@ pub struct MemoryUnitOfWork {
     /// A copy of the projections' bookkeeping, changed by this unit of work (under the write
     /// lock) and put in place at commit.
     pub(super) projections: Option<BTreeMap<String, MemProjection>>,
+    /// The saga instances, timers and outcomes this unit of work wrote.
+    pub(super) sagas: StagedSagas,
 }
 
 impl MemoryUnitOfWork {
@@ -39,6 +42,7 @@ impl MemoryUnitOfWork {
             outbox: Vec::new(),
             inbox: Vec::new(),
             projections: None,
+            sagas: StagedSagas::default(),
         }
     }
 
@@ -229,6 +233,7 @@ impl UnitOfWork for MemoryUnitOfWork {
         if let Some(projections) = self.projections {
             state.projections = projections;
         }
+        state.sagas.apply(self.sagas);
         let created_at = eventfold_core::metadata::now_micros();
         for message in self.outbox {
             state.outbox_seq += 1;

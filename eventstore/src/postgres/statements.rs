@@ -1,8 +1,10 @@
 //! The statements of the PostgreSQL store, built once per [`Naming`] (ADR 0007, 0009, 0017).
 
 use crate::naming::Naming;
-use crate::sql::dialect::Pg;
+use crate::saga::MAX_CLAIM_LEASES;
+use crate::sql::dialect::{Dialect, Pg};
 use crate::sql::read::ReadSql;
+use crate::sql::sagas::SagaSql;
 use crate::sql::{self, EVENT_COLUMNS};
 
 /// The filter every statement that inserts outbox rows carries: it gives the transaction its id
@@ -37,6 +39,10 @@ pub(super) struct Statements {
     /// Streams, snapshots and commands (shared with SQLite).
     pub(super) read: ReadSql,
     pub(super) append: String,
+    /// The saga tables (shared with SQLite).
+    pub(super) sagas: SagaSql,
+    /// Claims due timers: `$1` saga types, `$2` limit, `$3` lease in seconds.
+    pub(super) claim_saga_timers: String,
 }
 
 impl Statements {
@@ -106,7 +112,23 @@ impl Statements {
         let outbox_floor = naming.table("outbox_floor");
         let inbox = naming.table("inbox");
         let inbox_dead = naming.table("inbox_dead");
+        let saga_timers = naming.table("saga_timers");
+        let now = <Pg as Dialect>::NOW;
         Self {
+            // One statement, so a transaction of its own: lock the oldest due timers that no
+            // other claim holds (SKIP LOCKED: claimers do not queue behind each other; a row
+            // another claim moved meanwhile is checked again and is no longer due), move each
+            // one's deadline by its claims' leases, and return the deadline it had.
+            claim_saga_timers: format!(
+                "UPDATE {saga_timers} t SET claims = t.claims + 1, \
+                 due_at = {now} + make_interval(secs => $3 * LEAST(t.claims + 1, {MAX_CLAIM_LEASES})) \
+                 FROM (SELECT saga_id, step, attempt, kind, due_at FROM {saga_timers} \
+                   WHERE saga_type = ANY($1) AND due_at <= {now} \
+                   ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED) c \
+                 WHERE t.saga_id = c.saga_id AND t.step = c.step AND t.attempt = c.attempt AND t.kind = c.kind \
+                 RETURNING t.saga_id, t.saga_type, t.step, t.attempt, t.kind, c.due_at"
+            ),
+            sagas: SagaSql::new::<Pg>(naming),
             mark_inbox: format!(
                 "INSERT INTO {inbox} (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
             ),
@@ -312,5 +334,28 @@ impl RelaySql {
             ),
             skip: format!("DELETE FROM {dead} WHERE seq = $1"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The claim's exact SQL (the text is what the query plan depends on).
+    #[test]
+    fn saga_claim_statement() {
+        let naming = Naming::new("app_")
+            .and_then(|n| n.with_schema("orders"))
+            .expect("a valid naming");
+        assert_eq!(
+            Statements::new(&naming).claim_saga_timers,
+            "UPDATE \"orders\".\"app_saga_timers\" t SET claims = t.claims + 1, due_at = \
+             statement_timestamp() + make_interval(secs => $3 * LEAST(t.claims + 1, 64)) FROM \
+             (SELECT saga_id, step, attempt, kind, due_at FROM \"orders\".\"app_saga_timers\" \
+             WHERE saga_type = ANY($1) AND due_at <= statement_timestamp() ORDER BY due_at \
+             LIMIT $2 FOR UPDATE SKIP LOCKED) c WHERE t.saga_id = c.saga_id AND t.step = c.step \
+             AND t.attempt = c.attempt AND t.kind = c.kind RETURNING t.saga_id, t.saga_type, \
+             t.step, t.attempt, t.kind, c.due_at"
+        );
     }
 }

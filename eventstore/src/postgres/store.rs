@@ -55,6 +55,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "outbox: a lower bound on seq for the claim (ADR 0017)",
         sql: include_str!("migrations/0006_outbox_floor.sql"),
     },
+    Migration {
+        version: 7,
+        name: "sagas: instances by business key, durable timers, request outcomes",
+        sql: include_str!("migrations/0007_sagas.sql"),
+    },
 ];
 
 /// An event store in a PostgreSQL database.
@@ -325,6 +330,7 @@ mod tests {
             (4, 7895556267345499382),
             (5, -4703489205983246130),
             (6, 3611381286601128421),
+            (7, 3809940013349938655),
         ];
         let actual: Vec<(i64, i64)> = MIGRATIONS
             .iter()

@@ -1,9 +1,10 @@
 //! What PostgreSQL and SQLite write differently, in one place.
 //!
-//! The shared statements ([`super::read`], [`super::projections`]) are written once, in
-//! PostgreSQL's form (`$1` placeholders); a [`Dialect`] turns them into its backend's form and
-//! supplies the pieces that differ: column casts, locking clauses, the snapshot upsert, and the
-//! few behaviours that only one backend has (PostgreSQL's relation locks before a view swap).
+//! The shared statements ([`super::read`], [`super::projections`], [`super::sagas`]) are written
+//! once, in PostgreSQL's form (`$1` placeholders); a [`Dialect`] turns them into its backend's
+//! form and supplies the pieces that differ: column casts, locking clauses, the snapshot upsert,
+//! the database clock, JSON values, and the few behaviours that only one backend has
+//! (PostgreSQL's relation locks before a view swap).
 //! A difference between the two SQL backends lives here and nowhere else.
 
 use std::future::Future;
@@ -33,6 +34,11 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     /// The expression of an event row's commit key (ADR 0007).
     const COMMIT_KEY: &'static str;
 
+    /// The database's clock as a timestamp expression (the saga store's times and deadlines):
+    /// the same value everywhere in one statement, and stored in a form that compares in time
+    /// order with the timestamps the driver binds.
+    const NOW: &'static str;
+
     /// A statement written with `$n` placeholders, in this backend's placeholder form.
     fn placeholders(sql: &str) -> String;
 
@@ -41,6 +47,9 @@ pub(crate) trait Dialect: Send + Sync + 'static {
 
     /// `expr` (a JSON column) read as text.
     fn text(expr: &str) -> String;
+
+    /// `expr` (JSON text) written to a JSON column.
+    fn json(expr: &str) -> String;
 
     /// The statement that saves a snapshot unless a newer one is stored: `$1` stream type, `$2`
     /// stream id, `$3` version, `$4` snapshot version, `$5` state, `$6` taken at.
@@ -72,6 +81,12 @@ impl Dialect for Pg {
     const LOCK_CHECKPOINT: &'static str = " FOR SHARE OF p FOR UPDATE OF c";
     const DROP_CASCADE: &'static str = " CASCADE";
     const COMMIT_KEY: &'static str = "commit_key";
+    /// The start of the current statement, not of the transaction (`now()`): a deadline that a
+    /// long transition computes from [`crate::SagaStore::database_now`] late in its transaction
+    /// is not already in the past, and a row's `updated_at` is close to its commit. Unlike
+    /// `clock_timestamp()` it is one value per statement (a new row's `started_at` equals its
+    /// `updated_at`) and stable, so the claim's `due_at <= ...` can be an index condition.
+    const NOW: &'static str = "statement_timestamp()";
 
     fn placeholders(sql: &str) -> String {
         sql.to_owned()
@@ -83,6 +98,10 @@ impl Dialect for Pg {
 
     fn text(expr: &str) -> String {
         format!("{expr}::text")
+    }
+
+    fn json(expr: &str) -> String {
+        format!("{expr}::jsonb")
     }
 
     fn save_snapshot(snapshots: &str) -> String {
@@ -124,6 +143,10 @@ impl Dialect for Lite {
     const DROP_CASCADE: &'static str = "";
     // Positions are commit order: every event's commit key is 0.
     const COMMIT_KEY: &'static str = "0";
+    /// SQLite's clock (the host's, in milliseconds), written as the driver writes a bound
+    /// `DateTime<Utc>` (RFC 3339 with `+00:00`, no fraction when it is zero): timestamps are
+    /// text here, and text of that one form sorts in time order.
+    const NOW: &'static str = "replace(strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now'), '.000+', '+')";
 
     fn placeholders(sql: &str) -> String {
         let mut out = String::with_capacity(sql.len());
@@ -143,6 +166,10 @@ impl Dialect for Lite {
     }
 
     fn text(expr: &str) -> String {
+        expr.to_owned()
+    }
+
+    fn json(expr: &str) -> String {
         expr.to_owned()
     }
 

@@ -1,11 +1,13 @@
 //! What the SQL backends share: migration bookkeeping, row conversion, error mapping, and the
 //! code that is the same on PostgreSQL and SQLite, written once over a [`dialect::Dialect`]:
-//! stream, snapshot and command reads ([`read`]) and the projection store ([`projections`]).
+//! stream, snapshot and command reads ([`read`]), the projection store ([`projections`]) and the
+//! saga store ([`sagas`]).
 //! What only one backend does stays in its folder.
 
 pub(crate) mod dialect;
 pub(crate) mod projections;
 pub(crate) mod read;
+pub(crate) mod sagas;
 #[cfg(test)]
 mod tests;
 
@@ -16,8 +18,9 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use crate::naming::Naming;
 
-/// One embedded migration; `sql` uses `{events}`, `{snapshots}`, `{commands}`, `{prefix}` and
-/// `{schema}` placeholders that are replaced with validated names.
+/// One embedded migration; `sql` uses placeholders such as `{events}`, `{snapshots}`,
+/// `{commands}`, `{sagas}` (one per table, see [`Migration::render`]), `{prefix}` and `{schema}`
+/// that are replaced with validated names.
 pub(crate) struct Migration {
     pub version: i64,
     pub name: &'static str,
@@ -43,6 +46,9 @@ impl Migration {
                 &naming.table("projection_checkpoints"),
             )
             .replace("{projection_dead}", &naming.table("projection_dead"))
+            .replace("{saga_timers}", &naming.table("saga_timers"))
+            .replace("{saga_requests}", &naming.table("saga_requests"))
+            .replace("{sagas}", &naming.table("sagas"))
             .replace("{prefix}", naming.prefix())
             .replace("{schema}", naming.schema().unwrap_or(""))
     }

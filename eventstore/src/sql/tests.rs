@@ -89,3 +89,130 @@ fn sqlite_statements() {
         "a = ?1 AND b = ?12 AND c = '$x'"
     );
 }
+
+const SAGA_COLUMNS: &str = "saga_id, saga_type, business_key, status, detail, correlation_id, \
+    definition_version, version, started_at, updated_at";
+
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_saga_statements() {
+    use super::dialect::Pg;
+    use super::sagas::SagaSql;
+    let sql = SagaSql::new::<Pg>(&Naming::default());
+    assert_eq!(sql.now, "SELECT statement_timestamp()");
+    assert_eq!(
+        sql.register,
+        format!(
+            "INSERT INTO \"eventfold_sagas\" ({SAGA_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, \
+             $8, statement_timestamp(), statement_timestamp()) ON CONFLICT (saga_type, \
+             business_key) DO NOTHING"
+        )
+    );
+    assert_eq!(
+        sql.update,
+        "UPDATE \"eventfold_sagas\" SET status = $2, detail = $3, definition_version = $4, \
+         version = $5, updated_at = statement_timestamp() WHERE saga_id = $1"
+    );
+    assert_eq!(
+        sql.put_timer,
+        "INSERT INTO \"eventfold_saga_timers\" (saga_id, step, attempt, kind, saga_type, due_at, \
+         claims) VALUES ($1, $2, $3, $4, $5, $6, 0) ON CONFLICT (saga_id, step, attempt, kind) \
+         DO UPDATE SET saga_type = EXCLUDED.saga_type, due_at = EXCLUDED.due_at, claims = 0"
+    );
+    assert_eq!(
+        sql.find_outcome,
+        "SELECT outcome::text FROM \"eventfold_saga_requests\" WHERE participant = $1 AND \
+         request_key = $2"
+    );
+    assert_eq!(
+        sql.record_outcome,
+        "INSERT INTO \"eventfold_saga_requests\" (participant, request_key, outcome, \
+         recorded_at) VALUES ($1, $2, $3::jsonb, statement_timestamp()) ON CONFLICT \
+         (participant, request_key) DO NOTHING"
+    );
+    assert_eq!(
+        sql.request_timer,
+        "INSERT INTO \"eventfold_saga_timers\" (saga_id, step, attempt, kind, saga_type, due_at, \
+         claims) SELECT s.saga_id, $2, $3, $4, s.saga_type, $5, 0 FROM \"eventfold_sagas\" s \
+         WHERE s.saga_id = $1 ON CONFLICT (saga_id, step, attempt, kind) DO UPDATE SET \
+         saga_type = EXCLUDED.saga_type, due_at = EXCLUDED.due_at, claims = 0"
+    );
+    let schema = Naming::new("app_")
+        .and_then(|n| n.with_schema("orders"))
+        .expect("a valid naming");
+    assert_eq!(
+        SagaSql::new::<Pg>(&schema).list,
+        format!(
+            "SELECT {SAGA_COLUMNS} FROM \"orders\".\"app_sagas\" WHERE ($1 IS NULL OR saga_type = \
+             $1) AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR correlation_id = $3) ORDER BY \
+             updated_at DESC, saga_id DESC LIMIT $4"
+        )
+    );
+    assert_eq!(
+        sql.timers_of,
+        "SELECT saga_id, saga_type, step, attempt, kind, due_at FROM \"eventfold_saga_timers\" \
+         WHERE saga_id = $1 ORDER BY due_at"
+    );
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn sqlite_saga_statements() {
+    use super::dialect::Lite;
+    use super::sagas::SagaSql;
+    let clock = "replace(strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now'), '.000+', '+')";
+    let sql = SagaSql::new::<Lite>(&Naming::default());
+    assert_eq!(sql.now, format!("SELECT {clock}"));
+    assert_eq!(
+        sql.register,
+        format!(
+            "INSERT INTO \"eventfold_sagas\" ({SAGA_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
+             ?8, {clock}, {clock}) ON CONFLICT (saga_type, business_key) DO NOTHING"
+        )
+    );
+    assert_eq!(
+        sql.update,
+        format!(
+            "UPDATE \"eventfold_sagas\" SET status = ?2, detail = ?3, definition_version = ?4, \
+             version = ?5, updated_at = {clock} WHERE saga_id = ?1"
+        )
+    );
+    assert_eq!(
+        sql.put_timer,
+        "INSERT INTO \"eventfold_saga_timers\" (saga_id, step, attempt, kind, saga_type, due_at, \
+         claims) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0) ON CONFLICT (saga_id, step, attempt, kind) \
+         DO UPDATE SET saga_type = EXCLUDED.saga_type, due_at = EXCLUDED.due_at, claims = 0"
+    );
+    assert_eq!(
+        sql.find_outcome,
+        "SELECT outcome FROM \"eventfold_saga_requests\" WHERE participant = ?1 AND \
+         request_key = ?2"
+    );
+    assert_eq!(
+        sql.record_outcome,
+        format!(
+            "INSERT INTO \"eventfold_saga_requests\" (participant, request_key, outcome, \
+             recorded_at) VALUES (?1, ?2, ?3, {clock}) ON CONFLICT (participant, request_key) \
+             DO NOTHING"
+        )
+    );
+    assert_eq!(
+        sql.request_timer,
+        "INSERT INTO \"eventfold_saga_timers\" (saga_id, step, attempt, kind, saga_type, due_at, \
+         claims) SELECT s.saga_id, ?2, ?3, ?4, s.saga_type, ?5, 0 FROM \"eventfold_sagas\" s \
+         WHERE s.saga_id = ?1 ON CONFLICT (saga_id, step, attempt, kind) DO UPDATE SET \
+         saga_type = EXCLUDED.saga_type, due_at = EXCLUDED.due_at, claims = 0"
+    );
+    assert_eq!(
+        sql.list,
+        format!(
+            "SELECT {SAGA_COLUMNS} FROM \"eventfold_sagas\" WHERE (?1 IS NULL OR saga_type = ?1) \
+             AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR correlation_id = ?3) ORDER BY \
+             updated_at DESC, saga_id DESC LIMIT ?4"
+        )
+    );
+    assert_eq!(
+        sql.count,
+        "SELECT saga_type, status, COUNT(*) FROM \"eventfold_sagas\" GROUP BY saga_type, status"
+    );
+}

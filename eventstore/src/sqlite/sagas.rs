@@ -1,3 +1,121 @@
-//! The saga store of SQLite. Empty for now: the saga store of the next issue lives here,
-//! beside the other concerns of this backend (its statements in `statements.rs`, its tables in
-//! a new file under `migrations/`).
+//! The [`SagaStore`](crate::saga::SagaStore) of SQLite: the shared one of `crate::sql::sagas`
+//! (statements in the SQLite dialect, in `statements.rs`; tables from
+//! `migrations/0006_sagas.sql`) and the claim of due timers.
+//!
+//! Writers are serialized by `BEGIN IMMEDIATE`: two units of work that register the same
+//! business key run one after the other (the second finds the first's row), and a claim, in a
+//! `BEGIN IMMEDIATE` transaction of its own, reads the clock, selects the due timers and moves
+//! their deadlines with no other writer in between, so two claimers never get the same timer.
+//! The clock is SQLite's, in milliseconds (`Lite::NOW`); timestamps are text that sorts in time
+//! order.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{SqliteStore, SqliteUnitOfWork};
+use crate::error::StoreError;
+use crate::saga::{SagaTimer, claimed_until};
+use crate::sql::{self, db_err, sagas as shared};
+
+crate::sql::sagas::saga_store!(SqliteStore, SqliteUnitOfWork);
+
+/// A due timer and its claims so far.
+type ClaimRow = (Uuid, String, String, i64, String, DateTime<Utc>, i64);
+
+impl SqliteStore {
+    /// Claims up to `limit` due timers of `saga_types` (not empty) for `lease`; see
+    /// [`crate::saga::SagaStore::claim_due_timers`].
+    pub(super) async fn claim_saga_timers(
+        &self,
+        saga_types: &[String],
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<SagaTimer>, StoreError> {
+        let table = &self.sql.sagas.timers;
+        let Some(types) = sql::filter_list(saga_types) else {
+            return Ok(Vec::new());
+        };
+        let mut tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
+            .await
+            .map_err(db_err("starting a timer claim", table))?;
+        let (now,): (DateTime<Utc>,) = sqlx::query_as(&self.sql.sagas.now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err("reading the database clock", table))?;
+        let rows: Vec<ClaimRow> = sqlx::query_as(&self.sql.claim_saga_timers)
+            .bind(types)
+            .bind(now)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err("claiming saga timers", table))?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for (saga_id, saga_type, step, attempt, kind, due_at, claims) in rows {
+            let claims = u32::try_from(claims).map_err(|_| StoreError::Corrupt {
+                table: table.clone(),
+                reason: format!("timer {kind} of step {step} of saga {saga_id}: claims {claims}"),
+            })?;
+            sqlx::query(&self.sql.claim_saga_timer)
+                .bind(saga_id)
+                .bind(&step)
+                .bind(attempt)
+                .bind(&kind)
+                .bind(claimed_until(now, lease, claims.saturating_add(1)))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("claiming a saga timer", table))?;
+            claimed.push(shared::saga_timer(
+                (saga_id, saga_type, step, attempt, kind, due_at),
+                table,
+            )?);
+        }
+        tx.commit()
+            .await
+            .map_err(db_err("committing a timer claim", table))?;
+        Ok(claimed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, SecondsFormat, Utc};
+
+    use crate::sql::dialect::{Dialect, Lite};
+
+    /// SQLite's clock is written exactly as the driver writes a bound `DateTime<Utc>`, so that
+    /// the text of both sorts in time order (with and without a fraction of a second).
+    #[tokio::test]
+    async fn the_clock_is_written_like_a_bound_timestamp() {
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:")
+            .await
+            .expect("connect");
+        for (at, expected) in [
+            ("2024-03-05 06:07:08", "2024-03-05T06:07:08+00:00"),
+            ("2024-03-05 06:07:08.250", "2024-03-05T06:07:08.250+00:00"),
+            ("now", ""),
+        ] {
+            let expression = Lite::NOW.replace("'now'", &format!("'{at}'"));
+            let (text, parsed): (String, DateTime<Utc>) =
+                sqlx::query_as(&format!("SELECT {expression}, {expression}"))
+                    .fetch_one(&pool)
+                    .await
+                    .expect("the clock");
+            if !expected.is_empty() {
+                assert_eq!(text, expected);
+            }
+            assert_eq!(
+                text,
+                parsed.to_rfc3339_opts(SecondsFormat::AutoSi, false),
+                "written as sqlx writes it"
+            );
+        }
+        let (now,): (DateTime<Utc>,) = sqlx::query_as(&format!("SELECT {}", Lite::NOW))
+            .fetch_one(&pool)
+            .await
+            .expect("the clock");
+        let skew = (Utc::now() - now).num_milliseconds().abs();
+        assert!(skew < 5_000, "the host's clock, in UTC: {now}");
+    }
+}

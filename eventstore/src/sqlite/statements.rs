@@ -3,6 +3,7 @@
 use crate::naming::Naming;
 use crate::sql::dialect::Lite;
 use crate::sql::read::ReadSql;
+use crate::sql::sagas::{SagaSql, TIMER_COLUMNS};
 use crate::sql::{self, EVENT_COLUMNS};
 
 pub(super) struct Statements {
@@ -20,6 +21,13 @@ pub(super) struct Statements {
     /// Streams, snapshots and commands (shared with PostgreSQL).
     pub(super) read: ReadSql,
     pub(super) insert_event: String,
+    /// The saga tables (shared with PostgreSQL).
+    pub(super) sagas: SagaSql,
+    /// The due timers of a claim: `?1` saga types (a JSON array), `?2` the database's clock,
+    /// `?3` limit; with each timer's claims so far.
+    pub(super) claim_saga_timers: String,
+    /// One claimed timer: `?1`..`?4` its identity, `?5` its leased deadline.
+    pub(super) claim_saga_timer: String,
 }
 
 impl Statements {
@@ -29,7 +37,18 @@ impl Statements {
         let outbox_dead = naming.table("outbox_dead");
         let inbox = naming.table("inbox");
         let inbox_dead = naming.table("inbox_dead");
+        let saga_timers = naming.table("saga_timers");
         Self {
+            claim_saga_timers: format!(
+                "SELECT {TIMER_COLUMNS}, claims FROM {saga_timers} \
+                 WHERE saga_type IN (SELECT value FROM json_each(?1)) AND due_at <= ?2 \
+                 ORDER BY due_at LIMIT ?3"
+            ),
+            claim_saga_timer: format!(
+                "UPDATE {saga_timers} SET claims = claims + 1, due_at = ?5 \
+                 WHERE saga_id = ?1 AND step = ?2 AND attempt = ?3 AND kind = ?4"
+            ),
+            sagas: SagaSql::new::<Lite>(naming),
             mark_inbox: format!(
                 "INSERT INTO {inbox} (consumer, message_id, processed_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING"
             ),
@@ -175,5 +194,27 @@ impl RelaySql {
             dead_table: dead,
             leases,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The claim's exact SQL (the text is what the query plan depends on).
+    #[test]
+    fn saga_claim_statements() {
+        let sql = Statements::new(&Naming::default());
+        assert_eq!(
+            sql.claim_saga_timers,
+            "SELECT saga_id, saga_type, step, attempt, kind, due_at, claims FROM \
+             \"eventfold_saga_timers\" WHERE saga_type IN (SELECT value FROM json_each(?1)) AND \
+             due_at <= ?2 ORDER BY due_at LIMIT ?3"
+        );
+        assert_eq!(
+            sql.claim_saga_timer,
+            "UPDATE \"eventfold_saga_timers\" SET claims = claims + 1, due_at = ?5 WHERE \
+             saga_id = ?1 AND step = ?2 AND attempt = ?3 AND kind = ?4"
+        );
     }
 }

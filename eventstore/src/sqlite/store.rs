@@ -47,6 +47,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "outbox: retry index for the claim",
         sql: include_str!("migrations/0005_outbox_retry_index.sql"),
     },
+    Migration {
+        version: 6,
+        name: "sagas: instances by business key, durable timers, request outcomes",
+        sql: include_str!("migrations/0006_sagas.sql"),
+    },
 ];
 
 /// An event store in a SQLite database.
@@ -301,6 +306,7 @@ mod tests {
             (3, 3393751196757052308),
             (4, -4674574820390121115),
             (5, 8426539364267374710),
+            (6, 9106123669770553283),
         ];
         let actual: Vec<(i64, i64)> = MIGRATIONS
             .iter()

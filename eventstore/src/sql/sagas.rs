@@ -1,0 +1,529 @@
+//! The [`SagaStore`](crate::saga::SagaStore) of the SQL backends, written once (see
+//! [`crate::saga`]): the statements of the three saga tables over a [`Dialect`] ([`SagaSql`]),
+//! their rows' conversion, and the trait's implementation stamped for each store by
+//! [`saga_store!`] (see [`super::read`] for why a macro).
+//!
+//! What differs between the backends is the database clock ([`Dialect::NOW`]), how a JSON
+//! value is written ([`Dialect::json`]) and read ([`Dialect::text`]), and the claim of due
+//! timers, which each backend writes in its own `sagas.rs`: one `UPDATE ... FROM (SELECT ...
+//! FOR UPDATE SKIP LOCKED) RETURNING` on PostgreSQL, a select and per-timer updates in a
+//! `BEGIN IMMEDIATE` transaction on SQLite.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::dialect::Dialect;
+use crate::error::StoreError;
+use crate::naming::Naming;
+use crate::saga::{SagaRecord, SagaTimer};
+
+/// The columns of [`SagaRow`], in order.
+pub(crate) const SAGA_COLUMNS: &str = "saga_id, saga_type, business_key, status, detail, \
+    correlation_id, definition_version, version, started_at, updated_at";
+
+/// The columns of [`TimerRow`], in order.
+pub(crate) const TIMER_COLUMNS: &str = "saga_id, saga_type, step, attempt, kind, due_at";
+
+/// The saga statements of one naming, in one dialect.
+pub(crate) struct SagaSql {
+    /// `{prefix}sagas`.
+    pub sagas: String,
+    /// `{prefix}saga_timers`.
+    pub timers: String,
+    /// `{prefix}saga_requests`.
+    pub requests: String,
+    /// The database's clock.
+    pub now: String,
+    /// Inserts an instance unless its key is taken: `$1`..`$8` the columns up to `version`.
+    pub register: String,
+    /// The id of the instance that owns a key: `$1` type, `$2` key.
+    pub owner: String,
+    /// `$1` id, `$2` status, `$3` detail, `$4` definition version, `$5` version.
+    pub update: String,
+    /// Stores a timer, or moves it and resets its claims: `$1` id, `$2` step, `$3` attempt,
+    /// `$4` kind, `$5` type, `$6` deadline.
+    pub put_timer: String,
+    /// `$1` id, `$2` step, `$3` attempt, `$4` kind.
+    pub delete_timer: String,
+    /// `$1` id.
+    pub delete_timers: String,
+    /// `$1` participant, `$2` request key.
+    pub find_outcome: String,
+    /// `$1` participant, `$2` request key, `$3` outcome (JSON text).
+    pub record_outcome: String,
+    /// Stores a timer under the instance's type if the instance is registered: `$1` id,
+    /// `$2` step, `$3` attempt, `$4` kind, `$5` deadline.
+    pub request_timer: String,
+    /// `$1` id.
+    pub saga: String,
+    /// `$1` type, `$2` key.
+    pub saga_by_key: String,
+    /// `$1` type, `$2` status, `$3` correlation id (each NULL for any), `$4` limit.
+    pub list: String,
+    /// Instances per type and status.
+    pub count: String,
+    /// `$1` id.
+    pub timers_of: String,
+}
+
+impl SagaSql {
+    pub(crate) fn new<D: Dialect>(naming: &Naming) -> Self {
+        let sagas = naming.table("sagas");
+        let timers = naming.table("saga_timers");
+        let requests = naming.table("saga_requests");
+        let now = D::NOW;
+        let p = D::placeholders;
+        let upsert_timer = "ON CONFLICT (saga_id, step, attempt, kind) DO UPDATE SET \
+             saga_type = EXCLUDED.saga_type, due_at = EXCLUDED.due_at, claims = 0";
+        Self {
+            now: format!("SELECT {now}"),
+            register: p(&format!(
+                "INSERT INTO {sagas} ({SAGA_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {now}, {now}) \
+                 ON CONFLICT (saga_type, business_key) DO NOTHING"
+            )),
+            owner: p(&format!(
+                "SELECT saga_id FROM {sagas} WHERE saga_type = $1 AND business_key = $2"
+            )),
+            update: p(&format!(
+                "UPDATE {sagas} SET status = $2, detail = $3, definition_version = $4, version = $5, \
+                 updated_at = {now} WHERE saga_id = $1"
+            )),
+            put_timer: p(&format!(
+                "INSERT INTO {timers} (saga_id, step, attempt, kind, saga_type, due_at, claims) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 0) {upsert_timer}"
+            )),
+            delete_timer: p(&format!(
+                "DELETE FROM {timers} WHERE saga_id = $1 AND step = $2 AND attempt = $3 AND kind = $4"
+            )),
+            delete_timers: p(&format!("DELETE FROM {timers} WHERE saga_id = $1")),
+            find_outcome: p(&format!(
+                "SELECT {} FROM {requests} WHERE participant = $1 AND request_key = $2",
+                D::text("outcome")
+            )),
+            record_outcome: p(&format!(
+                "INSERT INTO {requests} (participant, request_key, outcome, recorded_at) \
+                 VALUES ($1, $2, {}, {now}) ON CONFLICT (participant, request_key) DO NOTHING",
+                D::json("$3")
+            )),
+            // SQLite needs the WHERE to read `ON CONFLICT` as the upsert, not a join's `ON`.
+            request_timer: p(&format!(
+                "INSERT INTO {timers} (saga_id, step, attempt, kind, saga_type, due_at, claims) \
+                 SELECT s.saga_id, $2, $3, $4, s.saga_type, $5, 0 FROM {sagas} s WHERE s.saga_id = $1 \
+                 {upsert_timer}"
+            )),
+            saga: p(&format!(
+                "SELECT {SAGA_COLUMNS} FROM {sagas} WHERE saga_id = $1"
+            )),
+            saga_by_key: p(&format!(
+                "SELECT {SAGA_COLUMNS} FROM {sagas} WHERE saga_type = $1 AND business_key = $2"
+            )),
+            list: p(&format!(
+                "SELECT {SAGA_COLUMNS} FROM {sagas} WHERE ($1 IS NULL OR saga_type = $1) \
+                 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR correlation_id = $3) \
+                 ORDER BY updated_at DESC, saga_id DESC LIMIT $4"
+            )),
+            count: format!(
+                "SELECT saga_type, status, COUNT(*) FROM {sagas} GROUP BY saga_type, status"
+            ),
+            timers_of: p(&format!(
+                "SELECT {TIMER_COLUMNS} FROM {timers} WHERE saga_id = $1 ORDER BY due_at"
+            )),
+            sagas,
+            timers,
+            requests,
+        }
+    }
+}
+
+/// An instance's row: the columns of [`SAGA_COLUMNS`].
+pub(crate) type SagaRow = (
+    Uuid,
+    String,
+    String,
+    String,
+    Option<String>,
+    Uuid,
+    i64,
+    i64,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
+pub(crate) fn saga_record(row: SagaRow, table: &str) -> Result<SagaRecord, StoreError> {
+    let (
+        saga_id,
+        saga_type,
+        business_key,
+        status,
+        detail,
+        correlation_id,
+        definition_version,
+        version,
+        started_at,
+        updated_at,
+    ) = row;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        table: table.to_owned(),
+        reason: format!("saga {saga_id}: {reason}"),
+    };
+    Ok(SagaRecord {
+        saga_id,
+        saga_type,
+        business_key,
+        status,
+        detail,
+        correlation_id,
+        definition_version: u32::try_from(definition_version)
+            .map_err(|_| corrupt(format!("definition version {definition_version}")))?,
+        version: u64::try_from(version).map_err(|_| corrupt(format!("version {version}")))?,
+        started_at,
+        updated_at,
+    })
+}
+
+/// A timer's row: the columns of [`TIMER_COLUMNS`].
+pub(crate) type TimerRow = (Uuid, String, String, i64, String, DateTime<Utc>);
+
+pub(crate) fn saga_timer(row: TimerRow, table: &str) -> Result<SagaTimer, StoreError> {
+    let (saga_id, saga_type, step, attempt, kind, due_at) = row;
+    Ok(SagaTimer {
+        attempt: u32::try_from(attempt).map_err(|_| StoreError::Corrupt {
+            table: table.to_owned(),
+            reason: format!("timer {kind} of step {step} of saga {saga_id}: attempt {attempt}"),
+        })?,
+        saga_id,
+        saga_type,
+        step,
+        kind,
+        due_at,
+    })
+}
+
+/// Timers in the order the trait lists them: soonest first (then by identity, so that equal
+/// deadlines come out the same on every backend).
+pub(crate) fn sort_timers(timers: &mut [SagaTimer]) {
+    timers.sort_by(|a, b| {
+        (a.due_at, a.saga_id, &a.step, a.attempt, &a.kind)
+            .cmp(&(b.due_at, b.saga_id, &b.step, b.attempt, &b.kind))
+    });
+}
+
+/// A stored outcome (JSON text) as a value.
+pub(crate) fn outcome(
+    text: &str,
+    table: &str,
+    participant: &str,
+    request_key: &str,
+) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        table: table.to_owned(),
+        reason: format!("outcome of request {request_key} of {participant} is not JSON: {e}"),
+    })
+}
+
+/// Counts per `(saga_type, status)`, ordered by both (byte order, whatever the collation).
+pub(crate) fn counts(
+    rows: Vec<(String, String, i64)>,
+    table: &str,
+) -> Result<Vec<(String, String, u64)>, StoreError> {
+    let mut counts = rows
+        .into_iter()
+        .map(|(saga_type, status, n)| Ok((saga_type, status, super::to_u64(n, table, "count")?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    counts.sort();
+    Ok(counts)
+}
+
+/// A listing's limit as SQL: 0 is the default of 100.
+pub(crate) fn list_limit(limit: usize) -> i64 {
+    if limit == 0 {
+        100
+    } else {
+        i64::try_from(limit).unwrap_or(i64::MAX)
+    }
+}
+
+/// An instance's stream version as a `BIGINT`.
+pub(crate) fn version_of(record: &SagaRecord, table: &str) -> Result<i64, StoreError> {
+    i64::try_from(record.version).map_err(|_| StoreError::Corrupt {
+        table: table.to_owned(),
+        reason: format!(
+            "version {} of saga {} does not fit a BIGINT",
+            record.version, record.saga_id
+        ),
+    })
+}
+
+/// Implements `SagaStore` for `$store` (with the fields `pool` and `sql`, whose `sagas` is a
+/// [`SagaSql`], and a method `claim_saga_timers` with the signature of `claim_due_timers`) and
+/// its unit of work `$uow` (with `connection()`).
+macro_rules! saga_store {
+    ($store:ty, $uow:ty) => {
+        const _: () = {
+            use chrono::{DateTime, Utc};
+            use uuid::Uuid;
+            use $crate::error::StoreError;
+            use $crate::saga::{SagaFilter, SagaRecord, SagaStore, SagaTimer};
+            use $crate::sql::db_err;
+            use $crate::sql::sagas as shared;
+
+            impl SagaStore for $store {
+                async fn database_now(&self, uow: &mut $uow) -> Result<DateTime<Utc>, StoreError> {
+                    let sql = &self.sql.sagas;
+                    let (now,): (DateTime<Utc>,) = sqlx::query_as(&sql.now)
+                        .fetch_one(uow.connection())
+                        .await
+                        .map_err(db_err("reading the database clock", &sql.sagas))?;
+                    Ok(now)
+                }
+
+                async fn register_saga(
+                    &self,
+                    uow: &mut $uow,
+                    record: &SagaRecord,
+                ) -> Result<Uuid, StoreError> {
+                    let sql = &self.sql.sagas;
+                    let inserted = sqlx::query(&sql.register)
+                        .bind(record.saga_id)
+                        .bind(&record.saga_type)
+                        .bind(&record.business_key)
+                        .bind(&record.status)
+                        .bind(record.detail.as_deref())
+                        .bind(record.correlation_id)
+                        .bind(i64::from(record.definition_version))
+                        .bind(shared::version_of(record, &sql.sagas)?)
+                        .execute(uow.connection())
+                        .await
+                        .map_err(db_err("registering a saga", &sql.sagas))?
+                        .rows_affected();
+                    if inserted == 1 {
+                        return Ok(record.saga_id);
+                    }
+                    // The key is taken, by a committed instance or by one whose transaction the
+                    // insert waited for: this new statement sees it (READ COMMITTED on
+                    // PostgreSQL; SQLite's writers are serialized).
+                    let owner: Option<(Uuid,)> = sqlx::query_as(&sql.owner)
+                        .bind(&record.saga_type)
+                        .bind(&record.business_key)
+                        .fetch_optional(uow.connection())
+                        .await
+                        .map_err(db_err("finding a saga's owner", &sql.sagas))?;
+                    owner.map(|(id,)| id).ok_or_else(|| StoreError::Corrupt {
+                        table: sql.sagas.clone(),
+                        reason: format!(
+                            "the key {} of saga type {} is taken, but no instance owns it",
+                            record.business_key, record.saga_type
+                        ),
+                    })
+                }
+
+                async fn update_saga(
+                    &self,
+                    uow: &mut $uow,
+                    record: &SagaRecord,
+                ) -> Result<bool, StoreError> {
+                    let sql = &self.sql.sagas;
+                    let done = sqlx::query(&sql.update)
+                        .bind(record.saga_id)
+                        .bind(&record.status)
+                        .bind(record.detail.as_deref())
+                        .bind(i64::from(record.definition_version))
+                        .bind(shared::version_of(record, &sql.sagas)?)
+                        .execute(uow.connection())
+                        .await
+                        .map_err(db_err("updating a saga", &sql.sagas))?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn put_saga_timers(
+                    &self,
+                    uow: &mut $uow,
+                    timers: &[SagaTimer],
+                ) -> Result<(), StoreError> {
+                    let sql = &self.sql.sagas;
+                    for timer in timers {
+                        sqlx::query(&sql.put_timer)
+                            .bind(timer.saga_id)
+                            .bind(&timer.step)
+                            .bind(i64::from(timer.attempt))
+                            .bind(&timer.kind)
+                            .bind(&timer.saga_type)
+                            .bind(timer.due_at)
+                            .execute(uow.connection())
+                            .await
+                            .map_err(db_err("storing a saga timer", &sql.timers))?;
+                    }
+                    Ok(())
+                }
+
+                async fn delete_saga_timer(
+                    &self,
+                    uow: &mut $uow,
+                    saga_id: Uuid,
+                    step: &str,
+                    attempt: u32,
+                    kind: &str,
+                ) -> Result<bool, StoreError> {
+                    let sql = &self.sql.sagas;
+                    let done = sqlx::query(&sql.delete_timer)
+                        .bind(saga_id)
+                        .bind(step)
+                        .bind(i64::from(attempt))
+                        .bind(kind)
+                        .execute(uow.connection())
+                        .await
+                        .map_err(db_err("deleting a saga timer", &sql.timers))?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn delete_all_saga_timers(
+                    &self,
+                    uow: &mut $uow,
+                    saga_id: Uuid,
+                ) -> Result<u64, StoreError> {
+                    let sql = &self.sql.sagas;
+                    let done = sqlx::query(&sql.delete_timers)
+                        .bind(saga_id)
+                        .execute(uow.connection())
+                        .await
+                        .map_err(db_err("deleting a saga's timers", &sql.timers))?;
+                    Ok(done.rows_affected())
+                }
+
+                async fn find_request_outcome(
+                    &self,
+                    uow: &mut $uow,
+                    participant: &str,
+                    request_key: &str,
+                ) -> Result<Option<serde_json::Value>, StoreError> {
+                    let sql = &self.sql.sagas;
+                    let row: Option<(String,)> = sqlx::query_as(&sql.find_outcome)
+                        .bind(participant)
+                        .bind(request_key)
+                        .fetch_optional(uow.connection())
+                        .await
+                        .map_err(db_err("finding a request outcome", &sql.requests))?;
+                    row.map(|(text,)| {
+                        shared::outcome(&text, &sql.requests, participant, request_key)
+                    })
+                    .transpose()
+                }
+
+                async fn record_request_outcome(
+                    &self,
+                    uow: &mut $uow,
+                    participant: &str,
+                    request_key: &str,
+                    outcome: &serde_json::Value,
+                ) -> Result<bool, StoreError> {
+                    let sql = &self.sql.sagas;
+                    let done = sqlx::query(&sql.record_outcome)
+                        .bind(participant)
+                        .bind(request_key)
+                        .bind(outcome.to_string())
+                        .execute(uow.connection())
+                        .await
+                        .map_err(db_err("recording a request outcome", &sql.requests))?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn claim_due_timers(
+                    &self,
+                    saga_types: &[String],
+                    limit: usize,
+                    lease: std::time::Duration,
+                ) -> Result<Vec<SagaTimer>, StoreError> {
+                    if saga_types.is_empty() || limit == 0 {
+                        return Ok(Vec::new());
+                    }
+                    self.claim_saga_timers(saga_types, limit, lease).await
+                }
+
+                async fn request_saga_timer(&self, timer: &SagaTimer) -> Result<bool, StoreError> {
+                    let sql = &self.sql.sagas;
+                    // One statement: a transaction of its own.
+                    let done = sqlx::query(&sql.request_timer)
+                        .bind(timer.saga_id)
+                        .bind(&timer.step)
+                        .bind(i64::from(timer.attempt))
+                        .bind(&timer.kind)
+                        .bind(timer.due_at)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(db_err("requesting a saga timer", &sql.timers))?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn saga(&self, saga_id: Uuid) -> Result<Option<SagaRecord>, StoreError> {
+                    let sql = &self.sql.sagas;
+                    let row: Option<shared::SagaRow> = sqlx::query_as(&sql.saga)
+                        .bind(saga_id)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(db_err("reading a saga", &sql.sagas))?;
+                    row.map(|row| shared::saga_record(row, &sql.sagas))
+                        .transpose()
+                }
+
+                async fn saga_by_key(
+                    &self,
+                    saga_type: &str,
+                    business_key: &str,
+                ) -> Result<Option<SagaRecord>, StoreError> {
+                    let sql = &self.sql.sagas;
+                    let row: Option<shared::SagaRow> = sqlx::query_as(&sql.saga_by_key)
+                        .bind(saga_type)
+                        .bind(business_key)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(db_err("reading a saga by key", &sql.sagas))?;
+                    row.map(|row| shared::saga_record(row, &sql.sagas))
+                        .transpose()
+                }
+
+                async fn list_sagas(
+                    &self,
+                    filter: &SagaFilter,
+                ) -> Result<Vec<SagaRecord>, StoreError> {
+                    let sql = &self.sql.sagas;
+                    let rows: Vec<shared::SagaRow> = sqlx::query_as(&sql.list)
+                        .bind(filter.saga_type.as_deref())
+                        .bind(filter.status.as_deref())
+                        .bind(filter.correlation_id)
+                        .bind(shared::list_limit(filter.limit))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(db_err("listing sagas", &sql.sagas))?;
+                    rows.into_iter()
+                        .map(|row| shared::saga_record(row, &sql.sagas))
+                        .collect()
+                }
+
+                async fn count_sagas(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+                    let sql = &self.sql.sagas;
+                    let rows: Vec<(String, String, i64)> = sqlx::query_as(&sql.count)
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(db_err("counting sagas", &sql.sagas))?;
+                    shared::counts(rows, &sql.sagas)
+                }
+
+                async fn saga_timers(&self, saga_id: Uuid) -> Result<Vec<SagaTimer>, StoreError> {
+                    let sql = &self.sql.sagas;
+                    let rows: Vec<shared::TimerRow> = sqlx::query_as(&sql.timers_of)
+                        .bind(saga_id)
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(db_err("reading a saga's timers", &sql.timers))?;
+                    let mut timers = rows
+                        .into_iter()
+                        .map(|row| shared::saga_timer(row, &sql.timers))
+                        .collect::<Result<Vec<_>, StoreError>>()?;
+                    shared::sort_timers(&mut timers);
+                    Ok(timers)
+                }
+            }
+        };
+    };
+}
+pub(crate) use saga_store;
