@@ -24,11 +24,12 @@
 //! commands and the replies alike. Latency figures therefore have one relay hop per message,
 //! as with one relay per service; the database serves all four services' transactions.
 //!
-//! Completion is detected without polling the database: the consumers' sources are wrapped
-//! ([`Tap`]), and the reply consumer acknowledges a record only after the transactions of every
-//! record up to it committed, so the acknowledgement of the `ship` step's success reply is the
-//! moment its saga's completion is durable. That moment, minus the `Instant` before
-//! `Orchestrator::start`, is the client-side start-to-completion latency. For the low-load run
+//! Completion is detected without polling the database: the reply consumer's handler is wrapped
+//! ([`Completing`]) to note the `ship` step's success reply, and since the consumer settles one
+//! record at a time (its transaction commits before it goes on), the saga's completion is
+//! durable by the consumer's next step: the next record's handler call (after that record's
+//! `BEGIN` and inbox mark) or the batch's acknowledgement. That instant, minus the `Instant`
+//! before `Orchestrator::start`, is the client-side start-to-completion latency. For the low-load run
 //! the saga's own history gives a second figure (timestamp of `saga.completed` − timestamp of
 //! `saga.started`, via `eventfold::saga::runtime::load`); those timestamps are taken when the
 //! events are encoded inside their transactions, so that figure leaves out the first statements
@@ -58,7 +59,8 @@ use eventfold_outbox::kafka::KafkaPublisher;
 use eventfold_outbox::kafka::rdkafka::ClientConfig;
 use eventfold_outbox::kafka_source::KafkaSource;
 use eventfold_outbox::{
-    Delivery, InProcessBroker, MessageSource, PublishError, Publisher, Record, Relay,
+    Consumer, Delivery, Handler, InProcessBroker, MessageSource, PublishError, Publisher, Record,
+    Relay,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -93,7 +95,8 @@ const FIRST_SAGA_TIMEOUT: Duration = Duration::from_secs(60);
 const SAGA_TIMEOUT: Duration = Duration::from_secs(30);
 /// Sequential sagas after the first one and before the latency run, not counted.
 const WARMUP: Duration = Duration::from_secs(1);
-/// Load before the throughput window, not counted.
+/// Load before the throughput window, not counted (at least this, and at least [`IN_FLIGHT`]
+/// completions).
 const LOAD_WARMUP: Duration = Duration::from_secs(1);
 /// Targets of the issue.
 const TARGET_SAGAS_PER_S: f64 = 1000.0;
@@ -272,6 +275,9 @@ impl ConsumerLoad {
 #[derive(Default)]
 struct Probe {
     slots: Mutex<HashMap<Uuid, Slot>>,
+    /// The saga whose completing reply the reply consumer handled last, until its transaction
+    /// is known to have committed.
+    pending: Mutex<Option<Uuid>>,
     consumers: Mutex<Vec<Arc<ConsumerStats>>>,
     /// Records polled by the four consumers.
     consumed: AtomicU64,
@@ -308,6 +314,22 @@ impl Probe {
             .collect()
     }
 
+    fn set_pending(&self, saga_id: Uuid) {
+        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = Some(saga_id);
+    }
+
+    /// The pending completion's transaction committed by `at`.
+    fn settle_pending(&self, at: Instant) {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(saga_id) = pending {
+            self.complete(saga_id, at);
+        }
+    }
+
     fn complete(&self, saga_id: Uuid, at: Instant) {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         match slots.remove(&saga_id) {
@@ -340,17 +362,14 @@ impl Probe {
     }
 }
 
-/// A message source that counts what it delivers and, on the reply consumer, reports the
-/// completion of a saga when the consumer acknowledges the `ship` step's success reply: the
-/// consumer acknowledges a record only after the transactions of every record up to it (in its
-/// partition) committed.
+/// A message source that counts what it delivers and how busy its consumer is; on the reply
+/// consumer, its polls and acknowledgements also settle the pending completion (see
+/// [`Completing`]).
 struct Tap<Src> {
     inner: Src,
     probe: Arc<Probe>,
     stats: Arc<ConsumerStats>,
     replies: bool,
-    /// Completing replies polled and not yet acknowledged: (topic, partition, offset, saga).
-    pending: Vec<(String, u32, u64, Uuid)>,
 }
 
 impl<Src> Tap<Src> {
@@ -360,7 +379,6 @@ impl<Src> Tap<Src> {
             probe: probe.clone(),
             stats: probe.consumer(name),
             replies,
-            pending: Vec::new(),
         }
     }
 }
@@ -376,6 +394,10 @@ fn completes(record: &Record) -> Option<Uuid> {
 
 impl<Src: MessageSource> MessageSource for Tap<Src> {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>> {
+        if self.replies {
+            // The previous batch's transactions have committed.
+            self.probe.settle_pending(Instant::now());
+        }
         self.stats.idle(Instant::now());
         let records = self.inner.poll(max, wait).await?;
         if !records.is_empty() {
@@ -388,35 +410,37 @@ impl<Src: MessageSource> MessageSource for Tap<Src> {
         self.probe
             .consumed
             .fetch_add(records.len() as u64, Ordering::Relaxed);
-        if self.replies {
-            for record in &records {
-                if let Some(saga_id) = completes(record) {
-                    self.pending.push((
-                        record.topic.clone(),
-                        record.partition,
-                        record.offset,
-                        saga_id,
-                    ));
-                }
-            }
-        }
         Ok(records)
     }
 
     async fn commit(&mut self, record: &Record) -> Result<()> {
-        // Reported before the broker's offset commit: the transactions are durable already.
-        let now = Instant::now();
-        let probe = &self.probe;
-        self.pending.retain(|(topic, partition, offset, saga_id)| {
-            let done = *topic == record.topic
-                && *partition == record.partition
-                && *offset <= record.offset;
-            if done {
-                probe.complete(*saga_id, now);
-            }
-            !done
-        });
+        if self.replies {
+            // The consumer acknowledges a batch after its last transaction committed; reported
+            // before the broker's offset commit.
+            self.probe.settle_pending(Instant::now());
+        }
         self.inner.commit(record).await
+    }
+}
+
+/// The reply consumer's handler ([`Orchestrator::reply_handler`]) noting the reply that
+/// completes a saga. The consumer settles records one at a time (its unit of work commits
+/// before it goes on), so the saga's completion is durable when the consumer next calls the
+/// handler (after that record's `BEGIN` and inbox mark) or acknowledges the batch, whichever
+/// comes first: that instant is the completion.
+struct Completing<H> {
+    inner: H,
+    probe: Arc<Probe>,
+}
+
+impl<U: UnitOfWork, H: Handler<U>> Handler<U> for Completing<H> {
+    async fn handle(&self, uow: &mut U, record: &Record) -> Result<()> {
+        self.probe.settle_pending(Instant::now());
+        self.inner.handle(uow, record).await?;
+        if let Some(saga_id) = completes(record) {
+            self.probe.set_pending(saga_id);
+        }
+        Ok(())
     }
 }
 
@@ -522,6 +546,8 @@ pub(crate) struct Measured {
     first_saga_s: f64,
     /// The consumers over the throughput window.
     consumers: Vec<ConsumerLoad>,
+    /// The throughput run's warm-up (at least [`LOAD_WARMUP`] and [`IN_FLIGHT`] completions).
+    load_warmup_s: f64,
 }
 
 impl Measured {
@@ -581,12 +607,24 @@ where
     tasks.push(tokio::spawn(async move {
         relay.run(shutdown).await.map_err(|e| format!("relay: {e}"))
     }));
-    let replies = orchestrator.reply_consumer(Tap::new(
-        source("orders", &topics.replies)?,
-        probe,
-        "orders (replies)",
-        true,
-    ));
+    // What `Orchestrator::reply_consumer` builds (its name, 20 attempts, a 10 ms first
+    // backoff), with the handler wrapped to see completions.
+    let replies = Consumer::new(
+        orchestrator.reply_consumer_name(),
+        store.clone(),
+        Tap::new(
+            source("orders", &topics.replies)?,
+            probe,
+            "orders (replies)",
+            true,
+        ),
+        Completing {
+            inner: orchestrator.reply_handler(),
+            probe: probe.clone(),
+        },
+    )
+    .max_attempts(20)
+    .backoff(Duration::from_millis(10));
     let shutdown = stopped();
     tasks.push(tokio::spawn(async move {
         replies
@@ -718,35 +756,49 @@ where
         }
         // Throughput: IN_FLIGHT starters.
         eprintln!(
-            "sagas: {name}: {IN_FLIGHT} in flight for {} s (+{} s warm-up)",
+            "sagas: {name}: {IN_FLIGHT} in flight for {} s (after a warm-up of at least {} s and {IN_FLIGHT} completions)",
             options.seconds,
             LOAD_WARMUP.as_secs()
         );
-        let window_start = Instant::now() + LOAD_WARMUP;
-        let window_end = window_start + Duration::from_secs_f64(options.seconds);
+        let load_started = Instant::now();
+        let done = Arc::new(AtomicU64::new(0));
+        let (stop_starting, starting) = watch::channel(false);
         let mut starters = Vec::with_capacity(IN_FLIGHT);
         for _ in 0..IN_FLIGHT {
             let orchestrator = orchestrator.clone();
             let probe = probe.clone();
             let next_key = next_key.clone();
+            let done = done.clone();
+            let starting = starting.clone();
             starters.push(tokio::spawn(async move {
-                let mut in_window = Vec::new();
-                while Instant::now() < window_end {
+                let mut sagas = Vec::new();
+                while !*starting.borrow() {
                     let (_, started, completed) =
                         one_saga(&orchestrator, &probe, next_key(), SAGA_TIMEOUT).await?;
-                    if completed >= window_start && completed <= window_end {
-                        in_window.push(ms(started, completed));
-                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                    sagas.push((started, completed));
                 }
-                Ok::<_, BoxError>(in_window)
+                Ok::<_, BoxError>(sagas)
             }));
         }
-        tokio::time::sleep_until(window_start.into()).await;
+        // The warm-up lasts until the pipeline turned over once (slow variants take seconds).
+        let warm_until = load_started + LOAD_WARMUP;
+        let warm_limit = load_started + FIRST_SAGA_TIMEOUT;
+        while (Instant::now() < warm_until || done.load(Ordering::Relaxed) < IN_FLIGHT as u64)
+            && Instant::now() < warm_limit
+            && !starters.iter().any(|s| s.is_finished())
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let window_start = Instant::now();
+        let window_end = window_start + Duration::from_secs_f64(options.seconds);
+        measured.load_warmup_s = (window_start - load_started).as_secs_f64();
         let before = cpu_sample(&mut monitor).await;
         let consumers_before = probe.consumer_samples();
         tokio::time::sleep_until(window_end.into()).await;
         let after = cpu_sample(&mut monitor).await;
         let consumers_after = probe.consumer_samples();
+        let _ = stop_starting.send(true);
         measured.consumers = consumers_before
             .iter()
             .zip(&consumers_after)
@@ -766,7 +818,12 @@ where
         let mut first_error = None;
         for starter in starters {
             match starter.await {
-                Ok(Ok(in_window)) => loaded.extend(in_window),
+                Ok(Ok(sagas)) => loaded.extend(
+                    sagas
+                        .into_iter()
+                        .filter(|(_, c)| *c >= window_start && *c <= window_end)
+                        .map(|(s, c)| ms(s, c)),
+                ),
                 Ok(Err(e)) => first_error = first_error.or(Some(e)),
                 Err(e) => first_error = first_error.or(Some(Box::new(e) as BoxError)),
             }
@@ -1231,7 +1288,7 @@ impl SagaResults {
             )
         };
         println!(
-            "### Sagas: completed 3-step sagas per second, {IN_FLIGHT} in flight ({} s after {} s of warm-up)\n",
+            "### Sagas: completed 3-step sagas per second, {IN_FLIGHT} in flight ({} s, after a warm-up of at least {} s and {IN_FLIGHT} completions)\n",
             self.seconds,
             LOAD_WARMUP.as_secs()
         );
@@ -1343,9 +1400,11 @@ impl SagaResults {
         );
         for (variant, m) in self.ok() {
             println!(
-                "* {}: first saga completed after {:.2} s (connections, consumer group joins); not counted.",
+                "* {}: first saga completed after {:.2} s (connections, consumer group joins); warm-up of the
+  throughput run {:.1} s; neither counted.",
                 variant.name(),
-                m.first_saga_s
+                m.first_saga_s,
+                m.load_warmup_s
             );
         }
         println!(
@@ -1362,8 +1421,9 @@ impl SagaResults {
 * Busy = from a consumer's poll that returned records to its next poll: handling the batch, one
   unit of work (transaction) per record, then the acknowledgements. A consumer near 100% busy is
   the bottleneck: the orders service's reply consumer handles 3 replies per saga, one at a time.
-* Completion = the reply consumer acknowledged the `ship` step's success reply (it does so only
-  after the transactions of the batch up to that reply committed); no database polling. Latency
+* Completion = the reply consumer's next step after the `ship` step's success reply (the next
+  record's handler call, or the batch's acknowledgement): its transaction had committed by then,
+  at most a `BEGIN` and an inbox mark earlier; no database polling. Latency
   under load: start → completion of the sagas completed inside the window (includes queueing).
   History latency: event timestamps, taken before each transaction commits. Every saga started
   must end `completed` (checked with `count_sagas`), or the run fails.
@@ -1444,6 +1504,7 @@ impl SagaResults {
                             "client_cpu_us_per_saga": m.cpu_us(m.client_ns).map(f64::round),
                             "server_cpu_us_per_saga": m.cpu_us(m.server_ns).map(f64::round),
                             "first_saga_s": crate::r3(m.first_saga_s),
+                            "load_warmup_s": crate::r3(m.load_warmup_s),
                             "consumers_under_load": m.consumers.iter().map(|c| serde_json::json!({
                                 "consumer": c.name,
                                 "records_per_s": (c.records as f64 / m.window_s).round(),
