@@ -93,7 +93,8 @@
 //!
 //! 5. **Sagas** (`sagas`, only on request; the Kafka variant needs the broker at
 //!    `KAFKA_BOOTSTRAP`; about 80 s with the defaults, 45 s with `--quick`; see `sagas.rs`):
-//!    completed 3-step sagas per second (64 in flight, `--seconds` after 1 s of warm-up) and
+//!    completed 3-step sagas per second (64 in flight, `--seconds` after a warm-up of at least 1 s
+//!    and 64 completions) and
 //!    start-to-completion latency p50/p99/max, under that load and one saga at a time, for
 //!    PostgreSQL with the in-process broker, PostgreSQL with the Kafka-protocol broker
 //!    (`KafkaPublisher` + `KafkaSource`, fresh topics; once with `KafkaSource::new`'s defaults,
@@ -103,9 +104,10 @@
 //!    event appended per command, success replied), all `run(shutdown)` loops on tokio tasks,
 //!    **over one database** (a fresh PostgreSQL database per variant). Beside them: database
 //!    transactions per saga (`pg_stat_database.xact_commit` delta; counted units of work on
-//!    SQLite), broker messages per saga, the raw commit rate of PostgreSQL (8 and 32 tasks) and
-//!    SQLite (1 and 8 tasks) measured in the same run, and sagas/s × transactions per saga ÷ raw
-//!    commits/s; how busy each consumer was under load, and the CPU time per saga of this process
+//!    SQLite), broker messages per saga, the raw commit rate of PostgreSQL (1, 8 and 32 tasks)
+//!    and SQLite (1 and 8 tasks) measured in the same run (7 commits of 1 task: the floor under
+//!    the one-at-a-time latency), and sagas/s × transactions per saga ÷ raw commits/s; how busy
+//!    each consumer was under load, and the CPU time per saga of this process
 //!    and of PostgreSQL. Every started saga must end `completed`, or the run fails.
 //!
 //! Each throughput case is warmed up for 0.5 s before it is measured. Variants alternate in two
