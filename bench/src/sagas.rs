@@ -73,6 +73,8 @@ use crate::{BoxError, Options, Result};
 
 /// The saga type of the benchmark.
 const SAGA_TYPE: &str = "bench.order";
+/// The name of the orders service's reply consumer in the tables.
+const REPLY_CONSUMER: &str = "orders (replies)";
 /// The step whose success reply completes a saga.
 const LAST_STEP: &str = "ship";
 /// Sagas in flight in the throughput run (each starter starts one, waits for its completion,
@@ -554,6 +556,10 @@ pub(crate) struct Measured {
     consumers: Vec<ConsumerLoad>,
     /// The throughput run's warm-up (at least [`LOAD_WARMUP`] and [`IN_FLIGHT`] completions).
     load_warmup_s: f64,
+    /// The consumers over the one-at-a-time run.
+    sequential_consumers: Vec<ConsumerLoad>,
+    /// `Orchestrator::start` (its unit of work) in the one-at-a-time run (ms, in run order).
+    start_ms: Vec<f64>,
 }
 
 impl Measured {
@@ -574,6 +580,33 @@ impl Measured {
         self.xact_commits
             .map_or_else(|| self.units_of_work(), |x| self.per_saga(x))
     }
+    /// The one-at-a-time run's mean latency split (ms): the start's unit of work, the
+    /// participants' units of work, the replies' (from the consumers' busy time per record),
+    /// and the rest (relay claims and deletions, publishing, the broker, wake-ups).
+    fn path(&self) -> Option<[f64; 5]> {
+        let n = self.sequential_ms.len();
+        if n == 0 {
+            return None;
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let total = mean(&self.sequential_ms);
+        let start = mean(&self.start_ms);
+        let per_saga = |c: &ConsumerLoad| c.busy_s * 1000.0 / n as f64;
+        let (replies, participants): (Vec<_>, Vec<_>) = self
+            .sequential_consumers
+            .iter()
+            .partition(|c| c.name == REPLY_CONSUMER);
+        let replies: f64 = replies.into_iter().map(per_saga).sum();
+        let participants: f64 = participants.into_iter().map(per_saga).sum();
+        Some([
+            total,
+            start,
+            participants,
+            replies,
+            total - start - participants - replies,
+        ])
+    }
+
     fn cpu_us(&self, ns: Option<u64>) -> Option<f64> {
         ns.filter(|_| self.completed > 0)
             .map(|ns| ns as f64 / 1000.0 / self.completed as f64)
@@ -621,7 +654,7 @@ where
         Tap::new(
             source("orders", &topics.replies)?,
             probe,
-            "orders (replies)",
+            REPLY_CONSUMER,
             true,
         ),
         Completing {
@@ -668,13 +701,14 @@ async fn one_saga<S: SagaStore>(
     probe: &Probe,
     key: String,
     timeout: Duration,
-) -> Result<(Uuid, Instant, Instant)> {
+) -> Result<(Uuid, Instant, Instant, Instant)> {
     let started_at = Instant::now();
     let data = Order {
         id: key.clone(),
         cents: 1250,
     };
     let started = orchestrator.start(&key, data, None).await?;
+    let start_committed = Instant::now();
     let done = probe.completion(started.saga_id);
     let completed_at = tokio::time::timeout(timeout, done)
         .await
@@ -685,7 +719,24 @@ async fn one_saga<S: SagaStore>(
             )
         })?
         .map_err(|_| "completion probe dropped")?;
-    Ok((started.saga_id, started_at, completed_at))
+    Ok((started.saga_id, started_at, start_committed, completed_at))
+}
+
+/// The consumers' work between two samples.
+fn loads(
+    before: &[(&'static str, [u64; 3])],
+    after: &[(&'static str, [u64; 3])],
+) -> Vec<ConsumerLoad> {
+    before
+        .iter()
+        .zip(after)
+        .map(|((name, a), (_, b))| ConsumerLoad {
+            name,
+            busy_s: b[0].saturating_sub(a[0]) as f64 / 1e9,
+            records: b[1].saturating_sub(a[1]),
+            polls: b[2].saturating_sub(a[2]),
+        })
+        .collect()
 }
 
 fn ms(from: Instant, to: Instant) -> f64 {
@@ -757,9 +808,12 @@ where
         );
         let end = Instant::now() + Duration::from_secs_f64(options.saga_latency_seconds);
         let mut sequential = Vec::new();
+        let consumers_before = probe.consumer_samples();
         while Instant::now() < end {
             sequential.push(one_saga(&orchestrator, &probe, next_key(), SAGA_TIMEOUT).await?);
         }
+        measured.sequential_consumers = loads(&consumers_before, &probe.consumer_samples());
+        measured.start_ms = sequential.iter().map(|(_, s, c, _)| ms(*s, *c)).collect();
         // Throughput: IN_FLIGHT starters.
         eprintln!(
             "sagas: {name}: {IN_FLIGHT} in flight for {} s (after a warm-up of at least {} s and {IN_FLIGHT} completions)",
@@ -779,7 +833,7 @@ where
             starters.push(tokio::spawn(async move {
                 let mut sagas = Vec::new();
                 while !*starting.borrow() {
-                    let (_, started, completed) =
+                    let (_, started, _, completed) =
                         one_saga(&orchestrator, &probe, next_key(), SAGA_TIMEOUT).await?;
                     done.fetch_add(1, Ordering::Relaxed);
                     sagas.push((started, completed));
@@ -805,16 +859,7 @@ where
         let after = cpu_sample(&mut monitor).await;
         let consumers_after = probe.consumer_samples();
         let _ = stop_starting.send(true);
-        measured.consumers = consumers_before
-            .iter()
-            .zip(&consumers_after)
-            .map(|((name, a), (_, b))| ConsumerLoad {
-                name,
-                busy_s: b[0].saturating_sub(a[0]) as f64 / 1e9,
-                records: b[1].saturating_sub(a[1]),
-                polls: b[2].saturating_sub(a[2]),
-            })
-            .collect();
+        measured.consumers = loads(&consumers_before, &consumers_after);
         if let (Some(a), Some(b)) = (&before, &after) {
             let (client, server) = crate::cpu_delta(a, b);
             measured.client_ns = client;
@@ -853,7 +898,7 @@ where
         // The history of the sequential sagas.
         let mut client_ms = Vec::with_capacity(sequential.len());
         let mut history_ms = Vec::with_capacity(sequential.len());
-        for (saga_id, started, completed) in &sequential {
+        for (saga_id, started, _, completed) in &sequential {
             client_ms.push(ms(*started, *completed));
             let instance = runtime::load(&store, *saga_id)
                 .await?
@@ -1376,6 +1421,22 @@ impl SagaResults {
             );
         }
         println!();
+        println!(
+            "### Sagas: where the time goes one saga at a time (means, ms; units of work from the consumers' busy time)\n"
+        );
+        println!(
+            "| variant | start → completion | `Orchestrator::start` | 3 participant units of work | 3 reply units of work | the rest: relay claims and deletes, publishing, broker, wake-ups |"
+        );
+        println!("|:--|---:|---:|---:|---:|---:|");
+        for (variant, m) in self.ok() {
+            if let Some([total, start, participants, replies, rest]) = m.path() {
+                println!(
+                    "| {} | {total:.1} | {start:.1} | {participants:.1} | {replies:.1} | {rest:.1} |",
+                    variant.name()
+                );
+            }
+        }
+        println!();
         println!("### Sagas: cost per completed saga, and the distance to the commit ceiling\n");
         println!(
             "| variant | sagas | DB transactions / saga | units of work / saga (counted) | messages published / saga | records consumed / saga | relay `publish` calls / saga | raw commits/s (best) | sagas/s × tx/saga ÷ raw commits/s |"
@@ -1516,6 +1577,13 @@ impl SagaResults {
                             "one_at_a_time_history": spread(&m.history_ms),
                             "p50_target_ms": v.p50_target_ms(),
                             "one_at_a_time_floor_ms": self.floor_ms(*v).map(r1),
+                            "one_at_a_time_mean_path_ms": m.path().map(|[total, start, participants, replies, rest]| serde_json::json!({
+                                "total": r1(total),
+                                "start": r1(start),
+                                "participant_units_of_work": r1(participants),
+                                "reply_units_of_work": r1(replies),
+                                "rest": r1(rest),
+                            })),
                             "p50_met": Self::p50_met(*v, m),
                             "sagas": m.sagas,
                             "db_transactions_per_saga": r1(m.transactions()),
