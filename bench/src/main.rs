@@ -7,6 +7,7 @@
 //! ```text
 //! cd /work/main && cargo run --release -p eventfold-bench -- --seconds 5
 //! cd /work/main && cargo run --release -p eventfold-bench -- --quick --only log
+//! cd /work/main && cargo run --release -p eventfold-bench -- --only sagas
 //! ```
 //!
 //! Options:
@@ -15,14 +16,16 @@
 //! * `--quick`: 2 s per case, 200,000 events for the catch-up read, 4 s of latency tests,
 //!   100,000 relay rows;
 //! * `--only SECTIONS`: a comma-separated subset of `commands`, `appends`, `log`, `relay`,
-//!   `projections` (default `all` = `commands,appends,log,projections`: the `relay` section
-//!   takes over 2 minutes at its default size and needs a Kafka broker, so it runs only when
-//!   named);
+//!   `projections`, `sagas` (default `all` = `commands,appends,log,projections`: the `relay`
+//!   section takes over 2 minutes at its default size and needs a Kafka broker, and `sagas`
+//!   needs one for one of its variants, so they run only when named);
 //! * `--log-events N`: events written for the catch-up read (default 1,000,000);
 //! * `--latency-seconds N`: duration of the commit-to-reader latency test (default 10);
 //! * `--relay-rows N`: outbox rows of the relay backlog (default 1,000,000);
 //! * `--projection-events N`: events of the projection rebuilds (default 1,000,000; see
 //!   `projections.rs`);
+//! * `--saga-latency-seconds N`: duration of the one-saga-at-a-time latency run of each `sagas`
+//!   variant (default 3; 2 with `--quick`, which also shortens the raw commit baselines to 1 s);
 //! * `--no-test-before-acquire`: turn off sqlx's ping on every pool checkout (for diagnosis).
 //!
 //! The server is `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`); the
@@ -88,6 +91,25 @@
 //!      and in the raw producer's baselines. Every appended event must be acknowledged or the
 //!      run fails.
 //!
+//! 5. **Sagas** (`sagas`, only on request; the Kafka variant needs the broker at
+//!    `KAFKA_BOOTSTRAP`; about 80 s with the defaults, 45 s with `--quick`; see `sagas.rs`):
+//!    completed 3-step sagas per second (64 in flight, `--seconds` after a warm-up of at least 1 s
+//!    and 64 completions) and
+//!    start-to-completion latency p50/p99/max, under that load and one saga at a time, for
+//!    PostgreSQL with the in-process broker, PostgreSQL with the Kafka-protocol broker
+//!    (`KafkaPublisher` + `KafkaSource`, fresh topics; once with `KafkaSource::new`'s defaults,
+//!    once with the consumers' `fetch.wait.max.ms` = 5) and SQLite (a temporary WAL file) with the
+//!    in-process broker. One process runs the orders service (`Orchestrator`, its reply consumer,
+//!    its `Scheduler`, one `Relay`) and three participants (inventory, payments, shipping: one
+//!    event appended per command, success replied), all `run(shutdown)` loops on tokio tasks,
+//!    **over one database** (a fresh PostgreSQL database per variant). Beside them: database
+//!    transactions per saga (`pg_stat_database.xact_commit` delta; counted units of work on
+//!    SQLite), broker messages per saga, the raw commit rate of PostgreSQL (1, 8 and 32 tasks)
+//!    and SQLite (1 and 8 tasks) measured in the same run (7 commits of 1 task: the floor under
+//!    the one-at-a-time latency), and sagas/s × transactions per saga ÷ raw commits/s; how busy
+//!    each consumer was under load, and the CPU time per saga of this process
+//!    and of PostgreSQL. Every started saga must end `completed`, or the run fails.
+//!
 //! Each throughput case is warmed up for 0.5 s before it is measured. Variants alternate in two
 //! rounds (A B C then C B A) of half the duration each, and the two halves are summed, so that
 //! drift affects every variant alike. The figures are printed as markdown tables and as one
@@ -100,6 +122,7 @@
 mod global_log;
 mod projections;
 mod relay;
+mod sagas;
 
 use std::error::Error;
 use std::fmt;
@@ -132,6 +155,8 @@ const CONCURRENCY: [usize; 2] = [1, 8];
 const CACHE_CAPACITY: usize = 1024;
 /// Whether the default (`all`) sections include `relay` (see the crate docs).
 const RELAY_IN_ALL: bool = false;
+/// Whether the default (`all`) sections include `sagas` (it needs a Kafka broker).
+const SAGAS_IN_ALL: bool = false;
 
 // ---------------------------------------------------------------------------------------------
 // The benchmark's aggregate: a counter whose events carry `{"n":1}`.
@@ -844,6 +869,7 @@ struct Sections {
     log: bool,
     relay: bool,
     projections: bool,
+    sagas: bool,
 }
 
 impl Sections {
@@ -853,6 +879,7 @@ impl Sections {
         log: true,
         relay: RELAY_IN_ALL,
         projections: true,
+        sagas: SAGAS_IN_ALL,
     };
 
     fn parse(value: &str) -> Result<Self> {
@@ -862,6 +889,7 @@ impl Sections {
             log: false,
             relay: false,
             projections: false,
+            sagas: false,
         };
         for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part {
@@ -870,10 +898,11 @@ impl Sections {
                 "log" => sections.log = true,
                 "relay" => sections.relay = true,
                 "projections" => sections.projections = true,
+                "sagas" => sections.sagas = true,
                 "all" => sections = Sections::ALL,
                 other => {
                     return Err(format!(
-                        "--only: unknown section `{other}` (commands, appends, log, relay, projections, all)"
+                        "--only: unknown section `{other}` (commands, appends, log, relay, projections, sagas, all)"
                     )
                     .into());
                 }
@@ -883,7 +912,8 @@ impl Sections {
             || sections.appends
             || sections.log
             || sections.relay
-            || sections.projections)
+            || sections.projections
+            || sections.sagas)
         {
             return Err("--only: no section named".into());
         }
@@ -897,6 +927,7 @@ impl Sections {
             (self.log, "log"),
             (self.relay, "relay"),
             (self.projections, "projections"),
+            (self.sagas, "sagas"),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -920,6 +951,10 @@ struct Options {
     relay_latency_seconds: f64,
     /// Events of the projection rebuilds.
     projection_events: u64,
+    /// Duration of each saga variant's one-at-a-time latency run.
+    saga_latency_seconds: f64,
+    /// `--quick` was given.
+    quick: bool,
 }
 
 fn positive(flag: &str, value: Option<String>) -> Result<f64> {
@@ -949,6 +984,7 @@ fn parse_args() -> Result<Options> {
     let mut latency_seconds = None;
     let mut relay_rows = None;
     let mut projection_events = None;
+    let mut saga_latency_seconds = None;
     let mut test_before_acquire = true;
     let mut sections = Sections::ALL;
     let mut args = std::env::args().skip(1);
@@ -967,13 +1003,19 @@ fn parse_args() -> Result<Options> {
             "--latency-seconds" => {
                 latency_seconds = Some(positive("--latency-seconds", args.next())?);
             }
+            "--saga-latency-seconds" => {
+                saga_latency_seconds = Some(positive("--saga-latency-seconds", args.next())?);
+            }
             "--no-test-before-acquire" => test_before_acquire = false,
             "-h" | "--help" => {
                 println!(
-                    "usage: eventfold-bench [--seconds N | --quick] [--only commands,appends,log,relay,projections]\n\
+                    "usage: eventfold-bench [--seconds N | --quick] [--only commands,appends,log,relay,projections,sagas]\n\
                      \x20                      [--log-events N] [--latency-seconds N] [--relay-rows N] [--projection-events N]\n\
-                     \x20                      [--no-test-before-acquire]\n\
-                     --quick: 2 s per case, 200000 log events, 4 s latency tests, 100000 relay rows, 200000 projection events\n\
+                     \x20                      [--saga-latency-seconds N] [--no-test-before-acquire]\n\
+                     --quick: 2 s per case, 200000 log events, 4 s latency tests, 100000 relay rows, 200000 projection events,\n\
+                     \x20        2 s saga latency runs, 1 s raw commit baselines\n\
+                     sections run by default: commands,appends,log,projections; relay and sagas only when named\n\
+                     \x20 (they need a Kafka-protocol broker at KAFKA_BOOTSTRAP, default 127.0.0.1:9092)\n\
                      DATABASE_URL defaults to {DEFAULT_DATABASE_URL}"
                 );
                 std::process::exit(0);
@@ -990,6 +1032,8 @@ fn parse_args() -> Result<Options> {
         relay_rows: relay_rows.unwrap_or(if quick { 100_000 } else { 1_000_000 }),
         relay_latency_seconds: if quick { 4.0 } else { 10.0 },
         projection_events: projection_events.unwrap_or(if quick { 200_000 } else { 1_000_000 }),
+        saga_latency_seconds: saga_latency_seconds.unwrap_or(if quick { 2.0 } else { 3.0 }),
+        quick,
     })
 }
 
@@ -1184,6 +1228,11 @@ async fn bench_on(
     } else {
         None
     };
+    let sagas = if options.sections.sagas {
+        Some(sagas::run(pool, options).await?)
+    } else {
+        None
+    };
     let results = Results {
         options,
         projections,
@@ -1195,6 +1244,7 @@ async fn bench_on(
         cpu,
         log,
         relay,
+        sagas,
         started,
     };
     report(&results)?;
@@ -1204,6 +1254,9 @@ async fn bench_on(
     }
     if let Some(projections) = &results.projections {
         projections.check()?;
+    }
+    if let Some(sagas) = &results.sagas {
+        sagas.check()?;
     }
     match &results.relay {
         Some(relay) => relay.check(),
@@ -1235,6 +1288,7 @@ struct Results<'a> {
     log: Option<global_log::LogResults>,
     relay: Option<relay::RelayResults>,
     projections: Option<projections::ProjectionResults>,
+    sagas: Option<sagas::SagaResults>,
     started: Instant,
 }
 
@@ -1328,6 +1382,7 @@ fn report(results: &Results<'_>) -> Result<()> {
         log,
         relay,
         projections,
+        sagas,
         started,
     } = results;
     if !commands.is_empty() {
@@ -1365,6 +1420,9 @@ fn report(results: &Results<'_>) -> Result<()> {
     }
     if let Some(projections) = projections {
         projections.print();
+    }
+    if let Some(sagas) = sagas {
+        sagas.print();
     }
     println!(
         "Setup: PostgreSQL {server}, fsync = {fsync}, synchronous_commit = {sync_commit}; pool of {POOL_SIZE} \
@@ -1418,6 +1476,9 @@ fn report(results: &Results<'_>) -> Result<()> {
     if let Some(projections) = projections {
         projections.print_targets();
     }
+    if let Some(sagas) = sagas {
+        sagas.print_targets();
+    }
 
     let json = serde_json::json!({
         "seconds": options.seconds,
@@ -1467,6 +1528,7 @@ fn report(results: &Results<'_>) -> Result<()> {
         "global_log": log.as_ref().map(global_log::LogResults::json),
         "relay": relay.as_ref().map(relay::RelayResults::json),
         "projections": projections.as_ref().map(projections::ProjectionResults::json),
+        "sagas": sagas.as_ref().map(sagas::SagaResults::json),
         "elapsed_s_at_report": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
     });
     println!("\nBENCH_JSON {json}");

@@ -54,7 +54,7 @@ const FILL_SQL: &str = "INSERT INTO eventfold_outbox (id, aggregatetype, aggrega
      FROM UNNEST($1::text[], $2::int4[]) WITH ORDINALITY AS k(key, slot, ord) ORDER BY k.ord";
 
 /// The Kafka bootstrap servers (`KAFKA_BOOTSTRAP`, default 127.0.0.1:9092).
-fn bootstrap() -> String {
+pub(crate) fn bootstrap() -> String {
     std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
@@ -136,7 +136,7 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

@@ -1,0 +1,1630 @@
+//! The `sagas` section: completed 3-step sagas per second and start-to-completion latency of
+//! the saga runtime (`eventfold::saga::runtime`), on PostgreSQL with the in-process broker, on
+//! PostgreSQL with the Kafka-protocol broker and on SQLite with the in-process broker, beside the
+//! raw commit rate of the same machine measured in the same run.
+//!
+//! Every variant runs one orchestrating service and three participants in this process, as tokio
+//! tasks running their production `run(shutdown)` loops:
+//!
+//! * the orders service: an [`Orchestrator`] of the saga `bench.order` (reserve → charge → ship,
+//!   the first two with a compensation, every step with a 30 s timeout, so that each transition
+//!   sets and cancels a durable timer), its reply consumer, its [`Scheduler`](eventfold::saga::runtime::Scheduler)
+//!   (default: polls every 50 ms) and one [`Relay`] (default `RelayConfig`) over the store;
+//! * inventory, payments and shipping: a [`ParticipantHandler`] each, whose participant appends
+//!   one event to its own stream (`inventory-<saga id>`, ...) in the consumer's unit of work and
+//!   replies success.
+//!
+//! The Kafka variant runs twice: with `KafkaSource::new`'s configuration (what an application gets),
+//! and with `fetch.wait.max.ms` = 5: tansu 0.6 appears to hold a fetch for its whole
+//! `fetch.wait.max.ms` (librdkafka's default: 500 ms) even when records arrive meanwhile, which
+//! a saga's 6 broker hops then wait for (observed, not read in tansu's code).
+//!
+//! All four services share **one database** (a fresh PostgreSQL database per variant, created
+//! and dropped here; a temporary SQLite file in WAL mode), so the one relay publishes the
+//! commands and the replies alike. Latency figures therefore have one relay hop per message,
+//! as with one relay per service; the database serves all four services' transactions.
+//!
+//! Completion is detected without polling the database: the reply consumer's handler is wrapped
+//! ([`Completing`]) to note the `ship` step's success reply, and since the consumer settles one
+//! record at a time (its transaction commits before it goes on), the saga's completion is
+//! durable by the consumer's next step: the next record's handler call (after that record's
+//! `BEGIN` and inbox mark) or the batch's acknowledgement. That instant, minus the `Instant`
+//! before `Orchestrator::start`, is the client-side start-to-completion latency. For the low-load run
+//! the saga's own history gives a second figure (timestamp of `saga.completed` − timestamp of
+//! `saga.started`, via `eventfold::saga::runtime::load`); those timestamps are taken when the
+//! events are encoded inside their transactions, so that figure leaves out the first statements
+//! of the starting transaction and the rest of the completing one, its commit included.
+//!
+//! Under load, every consumer's busy share (poll with records → next poll) shows which one
+//! limits the throughput; per variant, PostgreSQL's `xact_commit` delta gives the transactions
+//! per saga and `/proc/<pid>/schedstat` the CPU time per saga of this process and of the
+//! variant database's backends.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use eventfold::saga::runtime::{
+    self, Orchestrator, Participant, ParticipantContext, ParticipantHandler, wire,
+};
+use eventfold::saga::{Command, Outcome, Saga, SagaDefinition, SagaStatus};
+use eventfold_core::{NewEvent, OutboxMessage, StreamId};
+use eventfold_eventstore::postgres::PgStore;
+use eventfold_eventstore::sqlite::SqliteStore;
+use eventfold_eventstore::{ExpectedVersion, InboxStore, OutboxRelayStore, SagaStore, UnitOfWork};
+use eventfold_outbox::kafka::KafkaPublisher;
+use eventfold_outbox::kafka::rdkafka::ClientConfig;
+use eventfold_outbox::kafka_source::KafkaSource;
+use eventfold_outbox::{
+    Consumer, Delivery, Handler, InProcessBroker, MessageSource, PublishError, Publisher, Record,
+    Relay,
+};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, PgPool};
+use tokio::sync::{oneshot, watch};
+use uuid::Uuid;
+
+use crate::relay::percentile;
+use crate::{BoxError, Options, Result};
+
+/// The saga type of the benchmark.
+const SAGA_TYPE: &str = "bench.order";
+/// The name of the orders service's reply consumer in the tables.
+const REPLY_CONSUMER: &str = "orders (replies)";
+/// The step whose success reply completes a saga.
+const LAST_STEP: &str = "ship";
+/// Sagas in flight in the throughput run (each starter starts one, waits for its completion,
+/// starts the next).
+const IN_FLIGHT: usize = 64;
+/// Connections of the PostgreSQL pool that all four services share.
+const PG_POOL: u32 = 32;
+/// Tasks of the raw PostgreSQL commit baseline (1: the commit time of one connection, the
+/// floor of a saga's sequential units of work; the last equals the saga pool).
+const PG_RAW_TASKS: [usize; 3] = [1, 8, PG_POOL as usize];
+/// Tasks of the raw SQLite commit baseline (the second equals `SqliteStore::connect`'s pool).
+/// The first, 1, gives the commit time of one connection.
+const SQLITE_RAW_TASKS: [usize; 2] = [1, 8];
+/// Partitions of the Kafka topics (the in-process broker's default is 4 too).
+const PARTITIONS: i32 = 4;
+/// The timeout of every step: long enough never to fire here, so each transition still sets
+/// and cancels a durable timer.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest wait for the first saga of a variant (the Kafka consumers join their groups).
+const FIRST_SAGA_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest wait for one saga.
+const SAGA_TIMEOUT: Duration = Duration::from_secs(30);
+/// Sequential sagas after the first one and before the latency run, not counted.
+const WARMUP: Duration = Duration::from_secs(1);
+/// Load before the throughput window, not counted (at least this, and at least [`IN_FLIGHT`]
+/// completions).
+const LOAD_WARMUP: Duration = Duration::from_secs(1);
+/// Targets of the issue.
+const TARGET_SAGAS_PER_S: f64 = 1000.0;
+const TARGET_P50_IN_PROCESS_MS: f64 = 20.0;
+const TARGET_P50_BROKER_MS: f64 = 60.0;
+
+const RAW_INSERT_PG: &str = "INSERT INTO saga_raw_commits (id, payload) VALUES ($1, $2)";
+const RAW_INSERT_LITE: &str = "INSERT INTO saga_raw_commits (id, payload) VALUES (?1, ?2)";
+const RAW_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS saga_raw_commits (id uuid PRIMARY KEY, payload text NOT NULL)";
+const RAW_TABLE_LITE: &str =
+    "CREATE TABLE IF NOT EXISTS saga_raw_commits (id BLOB PRIMARY KEY, payload TEXT NOT NULL)";
+
+// ---------------------------------------------------------------------------------------------
+// The saga and its participants.
+
+/// The saga data.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Order {
+    id: String,
+    cents: u64,
+}
+
+/// The topics of one variant (fresh names per run).
+#[derive(Debug, Clone)]
+struct Topics {
+    inventory: String,
+    payments: String,
+    shipping: String,
+    replies: String,
+}
+
+impl Topics {
+    fn new(tag: &str) -> Self {
+        let t = |name: &str| format!("eventfold.bench.saga.{tag}.{name}");
+        Self {
+            inventory: t("inventory.commands"),
+            payments: t("payments.commands"),
+            shipping: t("shipping.commands"),
+            replies: t("order.replies"),
+        }
+    }
+
+    fn all(&self) -> [&str; 4] {
+        [
+            &self.inventory,
+            &self.payments,
+            &self.shipping,
+            &self.replies,
+        ]
+    }
+}
+
+fn command(topic: &str, message_type: &'static str) -> impl Fn(&Order) -> CommandResult + use<> {
+    let topic = topic.to_owned();
+    move |o: &Order| Command::new(topic.clone(), message_type, o)
+}
+
+type CommandResult = std::result::Result<Command, eventfold::saga::StepError>;
+
+/// reserve (compensated by release) → charge (refund) → ship.
+fn definition(topics: &Topics) -> Result<SagaDefinition<Order>> {
+    Ok(Saga::<Order>::define(SAGA_TYPE, 1)
+        .step("reserve", |s| {
+            s.invoke(command(&topics.inventory, "inventory.reserve"))
+                .compensate(command(&topics.inventory, "inventory.release"))
+                .timeout(STEP_TIMEOUT)
+        })
+        .step("charge", |s| {
+            s.invoke(command(&topics.payments, "payment.charge"))
+                .compensate(command(&topics.payments, "payment.refund"))
+                .timeout(STEP_TIMEOUT)
+        })
+        .step(LAST_STEP, |s| {
+            s.invoke(command(&topics.shipping, "shipment.schedule"))
+                .timeout(STEP_TIMEOUT)
+        })
+        .build()?)
+}
+
+/// A participant whose effect is one event in its own stream per command, appended in the
+/// consumer's unit of work; it always succeeds.
+struct Effect {
+    service: &'static str,
+}
+
+impl<U: UnitOfWork> Participant<U> for Effect {
+    async fn execute(&self, uow: &mut U, cx: &ParticipantContext) -> Result<Outcome> {
+        let command = &cx.command;
+        let stream = StreamId::new(self.service, command.saga_id.to_string())?;
+        let mut event = NewEvent::raw(command.message_type.clone(), 1, br#"{"ok":true}"#.to_vec());
+        event.causation_id = Some(cx.message_id);
+        event.correlation_id = command.correlation_id;
+        uow.append(&stream, ExpectedVersion::Any, vec![event])
+            .await?;
+        Ok(Outcome::success(serde_json::json!({ "by": self.service })))
+    }
+}
+
+const SERVICES: [&str; 3] = ["inventory", "payments", "shipping"];
+
+/// The units of work of a completed saga, one after the other: the start, then per step the
+/// participant's and the reply's.
+const SEQUENTIAL_UNITS: f64 = 7.0;
+
+// ---------------------------------------------------------------------------------------------
+// Probes: completions and message counts, without touching the database.
+
+enum Slot {
+    Waiting(oneshot::Sender<Instant>),
+    Done(Instant),
+}
+
+/// How busy one consumer was: the time from each poll's return (with records) to its next
+/// poll call (handling the batch: its transactions and acknowledgements), and its records.
+struct ConsumerStats {
+    name: &'static str,
+    /// The instant the `*_at` fields count from.
+    base: Instant,
+    /// Busy time of the finished batches.
+    busy_ns: AtomicU64,
+    /// Nanoseconds after `base` when the batch in progress was polled; 0 when idle.
+    busy_from: AtomicU64,
+    records: AtomicU64,
+    polls: AtomicU64,
+}
+
+impl ConsumerStats {
+    fn since_base(&self, at: Instant) -> u64 {
+        // Never 0, which means idle.
+        at.saturating_duration_since(self.base).as_nanos() as u64 + 1
+    }
+
+    /// A batch was polled at `at`.
+    fn busy(&self, at: Instant) {
+        self.busy_from.store(self.since_base(at), Ordering::Relaxed);
+    }
+
+    /// The batch in progress ended at `at` (the next poll).
+    fn idle(&self, at: Instant) {
+        let from = self.busy_from.swap(0, Ordering::Relaxed);
+        if from != 0 {
+            let ns = self.since_base(at).saturating_sub(from);
+            self.busy_ns.fetch_add(ns, Ordering::Relaxed);
+        }
+    }
+
+    /// Busy time up to `at` (the batch in progress counted up to `at`), records, polls.
+    fn sample(&self, at: Instant) -> [u64; 3] {
+        let from = self.busy_from.load(Ordering::Relaxed);
+        let ongoing = if from == 0 {
+            0
+        } else {
+            self.since_base(at).saturating_sub(from)
+        };
+        [
+            self.busy_ns.load(Ordering::Relaxed) + ongoing,
+            self.records.load(Ordering::Relaxed),
+            self.polls.load(Ordering::Relaxed),
+        ]
+    }
+}
+
+/// One consumer over the throughput window.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsumerLoad {
+    name: &'static str,
+    busy_s: f64,
+    records: u64,
+    polls: u64,
+}
+
+impl ConsumerLoad {
+    fn ms_per_record(&self) -> f64 {
+        self.busy_s * 1000.0 / self.records.max(1) as f64
+    }
+}
+
+/// What the taps and the counting publisher saw in one variant.
+#[derive(Default)]
+struct Probe {
+    slots: Mutex<HashMap<Uuid, Slot>>,
+    /// The saga whose completing reply the reply consumer handled last, until its transaction
+    /// is known to have committed.
+    pending: Mutex<Option<Uuid>>,
+    consumers: Mutex<Vec<Arc<ConsumerStats>>>,
+    /// Records polled by the four consumers.
+    consumed: AtomicU64,
+    /// Messages the publisher acknowledged.
+    published: AtomicU64,
+    /// `publish` calls of the relay.
+    publish_calls: AtomicU64,
+}
+
+impl Probe {
+    fn consumer(&self, name: &'static str) -> Arc<ConsumerStats> {
+        let stats = Arc::new(ConsumerStats {
+            name,
+            base: Instant::now(),
+            busy_ns: AtomicU64::new(0),
+            busy_from: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            polls: AtomicU64::new(0),
+        });
+        self.consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(stats.clone());
+        stats
+    }
+
+    fn consumer_samples(&self) -> Vec<(&'static str, [u64; 3])> {
+        let now = Instant::now();
+        self.consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|c| (c.name, c.sample(now)))
+            .collect()
+    }
+
+    fn set_pending(&self, saga_id: Uuid) {
+        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = Some(saga_id);
+    }
+
+    /// The pending completion's transaction committed by `at`.
+    fn settle_pending(&self, at: Instant) {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(saga_id) = pending {
+            self.complete(saga_id, at);
+        }
+    }
+
+    fn complete(&self, saga_id: Uuid, at: Instant) {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        match slots.remove(&saga_id) {
+            Some(Slot::Waiting(tx)) => {
+                let _ = tx.send(at);
+            }
+            // A duplicate delivery keeps the first instant.
+            Some(Slot::Done(first)) => {
+                slots.insert(saga_id, Slot::Done(first));
+            }
+            None => {
+                slots.insert(saga_id, Slot::Done(at));
+            }
+        }
+    }
+
+    /// When `saga_id` completed (now or later).
+    fn completion(&self, saga_id: Uuid) -> oneshot::Receiver<Instant> {
+        let (tx, rx) = oneshot::channel();
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        match slots.remove(&saga_id) {
+            Some(Slot::Done(at)) => {
+                let _ = tx.send(at);
+            }
+            _ => {
+                slots.insert(saga_id, Slot::Waiting(tx));
+            }
+        }
+        rx
+    }
+}
+
+/// A message source that counts what it delivers and how busy its consumer is; on the reply
+/// consumer, its polls and acknowledgements also settle the pending completion (see
+/// [`Completing`]).
+struct Tap<Src> {
+    inner: Src,
+    probe: Arc<Probe>,
+    stats: Arc<ConsumerStats>,
+    replies: bool,
+}
+
+impl<Src> Tap<Src> {
+    fn new(inner: Src, probe: &Arc<Probe>, name: &'static str, replies: bool) -> Self {
+        Self {
+            inner,
+            probe: probe.clone(),
+            stats: probe.consumer(name),
+            replies,
+        }
+    }
+}
+
+fn completes(record: &Record) -> Option<Uuid> {
+    let header = |name: &str| record.headers.get(name).map(String::as_str);
+    (record.message_type == wire::REPLY_TYPE
+        && header(wire::SAGA_STEP) == Some(LAST_STEP)
+        && header(wire::SAGA_KIND) == Some("action"))
+    .then(|| header(wire::SAGA_ID)?.parse().ok())
+    .flatten()
+}
+
+impl<Src: MessageSource> MessageSource for Tap<Src> {
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>> {
+        if self.replies {
+            // The previous batch's transactions have committed.
+            self.probe.settle_pending(Instant::now());
+        }
+        self.stats.idle(Instant::now());
+        let records = self.inner.poll(max, wait).await?;
+        if !records.is_empty() {
+            self.stats.busy(Instant::now());
+            self.stats
+                .records
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            self.stats.polls.fetch_add(1, Ordering::Relaxed);
+        }
+        self.probe
+            .consumed
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        Ok(records)
+    }
+
+    async fn commit(&mut self, record: &Record) -> Result<()> {
+        if self.replies {
+            // The consumer acknowledges a batch after its last transaction committed; reported
+            // before the broker's offset commit.
+            self.probe.settle_pending(Instant::now());
+        }
+        self.inner.commit(record).await
+    }
+}
+
+/// The reply consumer's handler ([`Orchestrator::reply_handler`]) noting the reply that
+/// completes a saga. The consumer settles records one at a time (its unit of work commits
+/// before it goes on), so the saga's completion is durable when the consumer next calls the
+/// handler (after that record's `BEGIN` and inbox mark) or acknowledges the batch, whichever
+/// comes first: that instant is the completion.
+struct Completing<H> {
+    inner: H,
+    probe: Arc<Probe>,
+}
+
+impl<U: UnitOfWork, H: Handler<U>> Handler<U> for Completing<H> {
+    async fn handle(&self, uow: &mut U, record: &Record) -> Result<()> {
+        self.probe.settle_pending(Instant::now());
+        self.inner.handle(uow, record).await?;
+        if let Some(saga_id) = completes(record) {
+            self.probe.set_pending(saga_id);
+        }
+        Ok(())
+    }
+}
+
+/// A publisher that counts calls and acknowledged messages.
+struct Counted<P> {
+    inner: P,
+    probe: Arc<Probe>,
+}
+
+impl<P: Publisher> Publisher for Counted<P> {
+    async fn publish(
+        &self,
+        messages: &[OutboxMessage],
+    ) -> Vec<std::result::Result<Delivery, PublishError>> {
+        let results = self.inner.publish(messages).await;
+        let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
+        self.probe.publish_calls.fetch_add(1, Ordering::Relaxed);
+        self.probe.published.fetch_add(ok, Ordering::Relaxed);
+        results
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One variant.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    PgInProcess,
+    PgKafka,
+    /// The same, consumers configured with `fetch.wait.max.ms` = [`LOW_FETCH_WAIT_MS`].
+    PgKafkaLowWait,
+    SqliteInProcess,
+}
+
+/// `fetch.wait.max.ms` of the second Kafka variant's consumers (librdkafka's default is 500).
+const LOW_FETCH_WAIT_MS: &str = "5";
+
+impl Variant {
+    const ALL: [Variant; 4] = [
+        Variant::PgInProcess,
+        Variant::PgKafka,
+        Variant::PgKafkaLowWait,
+        Variant::SqliteInProcess,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Variant::PgInProcess => "PostgreSQL + in-process broker",
+            Variant::PgKafka => {
+                "PostgreSQL + Kafka-protocol broker (tansu), `KafkaSource::new` defaults"
+            }
+            Variant::PgKafkaLowWait => {
+                "PostgreSQL + Kafka-protocol broker (tansu), consumers with `fetch.wait.max.ms` = 5"
+            }
+            Variant::SqliteInProcess => "SQLite (WAL file) + in-process broker",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Variant::PgInProcess => "postgres_in_process",
+            Variant::PgKafka => "postgres_kafka",
+            Variant::PgKafkaLowWait => "postgres_kafka_fetch_wait_5ms",
+            Variant::SqliteInProcess => "sqlite_in_process",
+        }
+    }
+
+    fn postgres(self) -> bool {
+        self != Variant::SqliteInProcess
+    }
+
+    fn p50_target_ms(self) -> f64 {
+        match self {
+            Variant::PgKafka | Variant::PgKafkaLowWait => TARGET_P50_BROKER_MS,
+            _ => TARGET_P50_IN_PROCESS_MS,
+        }
+    }
+}
+
+/// What one variant measured.
+#[derive(Debug, Default)]
+pub(crate) struct Measured {
+    /// Client-side start → completion of the sequential run (sorted, ms).
+    sequential_ms: Vec<f64>,
+    /// The same sagas, `saga.started` → `saga.completed` event timestamps (sorted, ms).
+    history_ms: Vec<f64>,
+    /// Completions inside the throughput window.
+    completed: u64,
+    window_s: f64,
+    /// Start → completion of the sagas completed inside the window (sorted, ms).
+    loaded_ms: Vec<f64>,
+    /// Sagas started (and completed) in the whole variant.
+    sagas: u64,
+    consumed: u64,
+    published: u64,
+    publish_calls: u64,
+    /// PostgreSQL `xact_commit` delta of the variant's database over the whole variant.
+    xact_commits: Option<u64>,
+    /// CPU time in the throughput window: this process, and the PostgreSQL backends.
+    client_ns: Option<u64>,
+    server_ns: Option<u64>,
+    /// Seconds from the first start to the first completion (consumers joining their groups).
+    first_saga_s: f64,
+    /// The consumers over the throughput window.
+    consumers: Vec<ConsumerLoad>,
+    /// The throughput run's warm-up (at least [`LOAD_WARMUP`] and [`IN_FLIGHT`] completions).
+    load_warmup_s: f64,
+    /// The consumers over the one-at-a-time run.
+    sequential_consumers: Vec<ConsumerLoad>,
+    /// `Orchestrator::start` (its unit of work) in the one-at-a-time run (ms, in run order).
+    start_ms: Vec<f64>,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.completed as f64 / self.window_s
+    }
+    fn per_saga(&self, n: u64) -> f64 {
+        n as f64 / self.sagas.max(1) as f64
+    }
+    /// Units of work per saga that this process counted: one per start and one per consumed
+    /// record.
+    fn units_of_work(&self) -> f64 {
+        (self.sagas + self.consumed) as f64 / self.sagas.max(1) as f64
+    }
+    /// Database transactions per completed saga: measured on PostgreSQL, counted units of work
+    /// on SQLite.
+    fn transactions(&self) -> f64 {
+        self.xact_commits
+            .map_or_else(|| self.units_of_work(), |x| self.per_saga(x))
+    }
+    /// The one-at-a-time run's mean latency split (ms): the start's unit of work, the
+    /// participants' units of work, the replies' (from the consumers' busy time per record),
+    /// and the rest (relay claims and deletions, publishing, the broker, wake-ups).
+    fn path(&self) -> Option<[f64; 5]> {
+        let n = self.sequential_ms.len();
+        if n == 0 {
+            return None;
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let total = mean(&self.sequential_ms);
+        let start = mean(&self.start_ms);
+        let per_saga = |c: &ConsumerLoad| c.busy_s * 1000.0 / n as f64;
+        let (replies, participants): (Vec<_>, Vec<_>) = self
+            .sequential_consumers
+            .iter()
+            .partition(|c| c.name == REPLY_CONSUMER);
+        let replies: f64 = replies.into_iter().map(per_saga).sum();
+        let participants: f64 = participants.into_iter().map(per_saga).sum();
+        Some([
+            total,
+            start,
+            participants,
+            replies,
+            total - start - participants - replies,
+        ])
+    }
+
+    fn cpu_us(&self, ns: Option<u64>) -> Option<f64> {
+        ns.filter(|_| self.completed > 0)
+            .map(|ns| ns as f64 / 1000.0 / self.completed as f64)
+    }
+}
+
+/// Spawns the four services of a variant; returns their tasks.
+fn spawn_services<S, P, Src>(
+    store: &S,
+    orchestrator: &Orchestrator<S, Order>,
+    publisher: P,
+    mut source: impl FnMut(&str, &str) -> Result<Src>,
+    topics: &Topics,
+    probe: &Arc<Probe>,
+    stop: &watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<std::result::Result<(), String>>>>
+where
+    S: SagaStore + InboxStore + OutboxRelayStore,
+    P: Publisher,
+    Src: MessageSource + 'static,
+{
+    let stopped = || {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = Vec::new();
+    let relay = Relay::new(
+        store.clone(),
+        Counted {
+            inner: publisher,
+            probe: probe.clone(),
+        },
+    );
+    let shutdown = stopped();
+    tasks.push(tokio::spawn(async move {
+        relay.run(shutdown).await.map_err(|e| format!("relay: {e}"))
+    }));
+    // What `Orchestrator::reply_consumer` builds (its name, 20 attempts, a 10 ms first
+    // backoff), with the handler wrapped to see completions.
+    let replies = Consumer::new(
+        orchestrator.reply_consumer_name(),
+        store.clone(),
+        Tap::new(
+            source("orders", &topics.replies)?,
+            probe,
+            REPLY_CONSUMER,
+            true,
+        ),
+        Completing {
+            inner: orchestrator.reply_handler(),
+            probe: probe.clone(),
+        },
+    )
+    .max_attempts(20)
+    .backoff(Duration::from_millis(10));
+    let shutdown = stopped();
+    tasks.push(tokio::spawn(async move {
+        replies
+            .run(shutdown)
+            .await
+            .map_err(|e| format!("reply consumer: {e}"))
+    }));
+    for (service, topic) in
+        SERVICES
+            .into_iter()
+            .zip([&topics.inventory, &topics.payments, &topics.shipping])
+    {
+        let consumer = ParticipantHandler::new(service, store.clone(), Effect { service })
+            .consumer(Tap::new(source(service, topic)?, probe, service, false));
+        let shutdown = stopped();
+        tasks.push(tokio::spawn(async move {
+            consumer
+                .run(shutdown)
+                .await
+                .map_err(|e| format!("participant {service}: {e}"))
+        }));
+    }
+    let scheduler = orchestrator.scheduler();
+    let shutdown = stopped();
+    tasks.push(tokio::spawn(async move {
+        scheduler.run(shutdown).await;
+        Ok(())
+    }));
+    Ok(tasks)
+}
+
+/// Starts one saga and waits for its completion: (saga id, start instant, completion instant).
+async fn one_saga<S: SagaStore>(
+    orchestrator: &Orchestrator<S, Order>,
+    probe: &Probe,
+    key: String,
+    timeout: Duration,
+) -> Result<(Uuid, Instant, Instant, Instant)> {
+    let started_at = Instant::now();
+    let data = Order {
+        id: key.clone(),
+        cents: 1250,
+    };
+    let started = orchestrator.start(&key, data, None).await?;
+    let start_committed = Instant::now();
+    let done = probe.completion(started.saga_id);
+    let completed_at = tokio::time::timeout(timeout, done)
+        .await
+        .map_err(|_| {
+            format!(
+                "saga {} ({key}) not completed after {timeout:?}",
+                started.saga_id
+            )
+        })?
+        .map_err(|_| "completion probe dropped")?;
+    Ok((started.saga_id, started_at, start_committed, completed_at))
+}
+
+/// The consumers' work between two samples.
+fn loads(
+    before: &[(&'static str, [u64; 3])],
+    after: &[(&'static str, [u64; 3])],
+) -> Vec<ConsumerLoad> {
+    before
+        .iter()
+        .zip(after)
+        .map(|((name, a), (_, b))| ConsumerLoad {
+            name,
+            busy_s: b[0].saturating_sub(a[0]) as f64 / 1e9,
+            records: b[1].saturating_sub(a[1]),
+            polls: b[2].saturating_sub(a[2]),
+        })
+        .collect()
+}
+
+fn ms(from: Instant, to: Instant) -> f64 {
+    to.saturating_duration_since(from).as_secs_f64() * 1000.0
+}
+
+/// CPU time of this process and, on PostgreSQL, of the variant database's backends.
+async fn cpu_sample(monitor: &mut Option<crate::Monitor>) -> Option<crate::CpuSample> {
+    match monitor {
+        Some(monitor) => monitor.sample().await.ok(),
+        None => Some(crate::CpuSample {
+            client: crate::client_cpu_ns(),
+            server: Vec::new(),
+        }),
+    }
+}
+
+/// Runs one variant on `store` with `publisher` and consumers from `source`.
+#[allow(clippy::too_many_arguments)]
+async fn measure<S, P, Src>(
+    variant: Variant,
+    store: S,
+    publisher: P,
+    source: impl FnMut(&str, &str) -> Result<Src>,
+    topics: &Topics,
+    options: &Options,
+    mut monitor: Option<crate::Monitor>,
+) -> Result<Measured>
+where
+    S: SagaStore + InboxStore + OutboxRelayStore,
+    P: Publisher,
+    Src: MessageSource + 'static,
+{
+    let name = variant.name();
+    let probe = Arc::new(Probe::default());
+    let orchestrator =
+        Orchestrator::new(store.clone(), definition(topics)?).with_reply_topic(&topics.replies);
+    let (stop_tx, stop) = watch::channel(false);
+    let tasks = spawn_services(
+        &store,
+        &orchestrator,
+        publisher,
+        source,
+        topics,
+        &probe,
+        &stop,
+    )?;
+    let run_tag = Uuid::now_v7().simple().to_string();
+    let counter = Arc::new(AtomicU64::new(0));
+    let next_key = {
+        let counter = counter.clone();
+        move || format!("{run_tag}-{}", counter.fetch_add(1, Ordering::Relaxed))
+    };
+    let mut measured = Measured::default();
+
+    let result: Result<()> = async {
+        // The first saga: connections open, statements are prepared, consumers join.
+        let t = Instant::now();
+        one_saga(&orchestrator, &probe, next_key(), FIRST_SAGA_TIMEOUT).await?;
+        measured.first_saga_s = t.elapsed().as_secs_f64();
+        let warm_end = Instant::now() + WARMUP;
+        while Instant::now() < warm_end {
+            one_saga(&orchestrator, &probe, next_key(), SAGA_TIMEOUT).await?;
+        }
+        // Low load: one saga at a time.
+        eprintln!(
+            "sagas: {name}: one at a time for {} s",
+            options.saga_latency_seconds
+        );
+        let end = Instant::now() + Duration::from_secs_f64(options.saga_latency_seconds);
+        let mut sequential = Vec::new();
+        let consumers_before = probe.consumer_samples();
+        while Instant::now() < end {
+            sequential.push(one_saga(&orchestrator, &probe, next_key(), SAGA_TIMEOUT).await?);
+        }
+        measured.sequential_consumers = loads(&consumers_before, &probe.consumer_samples());
+        measured.start_ms = sequential.iter().map(|(_, s, c, _)| ms(*s, *c)).collect();
+        // Throughput: IN_FLIGHT starters.
+        eprintln!(
+            "sagas: {name}: {IN_FLIGHT} in flight for {} s (after a warm-up of at least {} s and {IN_FLIGHT} completions)",
+            options.seconds,
+            LOAD_WARMUP.as_secs()
+        );
+        let load_started = Instant::now();
+        let done = Arc::new(AtomicU64::new(0));
+        let (stop_starting, starting) = watch::channel(false);
+        let mut starters = Vec::with_capacity(IN_FLIGHT);
+        for _ in 0..IN_FLIGHT {
+            let orchestrator = orchestrator.clone();
+            let probe = probe.clone();
+            let next_key = next_key.clone();
+            let done = done.clone();
+            let starting = starting.clone();
+            starters.push(tokio::spawn(async move {
+                let mut sagas = Vec::new();
+                while !*starting.borrow() {
+                    let (_, started, _, completed) =
+                        one_saga(&orchestrator, &probe, next_key(), SAGA_TIMEOUT).await?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                    sagas.push((started, completed));
+                }
+                Ok::<_, BoxError>(sagas)
+            }));
+        }
+        // The warm-up lasts until the pipeline turned over once (slow variants take seconds).
+        let warm_until = load_started + LOAD_WARMUP;
+        let warm_limit = load_started + FIRST_SAGA_TIMEOUT;
+        while (Instant::now() < warm_until || done.load(Ordering::Relaxed) < IN_FLIGHT as u64)
+            && Instant::now() < warm_limit
+            && !starters.iter().any(|s| s.is_finished())
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let window_start = Instant::now();
+        let window_end = window_start + Duration::from_secs_f64(options.seconds);
+        measured.load_warmup_s = (window_start - load_started).as_secs_f64();
+        let before = cpu_sample(&mut monitor).await;
+        let consumers_before = probe.consumer_samples();
+        tokio::time::sleep_until(window_end.into()).await;
+        let after = cpu_sample(&mut monitor).await;
+        let consumers_after = probe.consumer_samples();
+        let _ = stop_starting.send(true);
+        measured.consumers = loads(&consumers_before, &consumers_after);
+        if let (Some(a), Some(b)) = (&before, &after) {
+            let (client, server) = crate::cpu_delta(a, b);
+            measured.client_ns = client;
+            measured.server_ns = server.filter(|_| monitor.is_some());
+        }
+        let mut loaded = Vec::new();
+        let mut first_error = None;
+        for starter in starters {
+            match starter.await {
+                Ok(Ok(sagas)) => loaded.extend(
+                    sagas
+                        .into_iter()
+                        .filter(|(_, c)| *c >= window_start && *c <= window_end)
+                        .map(|(s, c)| ms(s, c)),
+                ),
+                Ok(Err(e)) => first_error = first_error.or(Some(e)),
+                Err(e) => first_error = first_error.or(Some(Box::new(e) as BoxError)),
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        measured.completed = loaded.len() as u64;
+        measured.window_s = options.seconds;
+        loaded.sort_by(f64::total_cmp);
+        measured.loaded_ms = loaded;
+        // The last replies' outbox rows are deleted by the relay's settle: wait for it, so the
+        // counts and the next variant start from an empty outbox.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.outbox_status().await?.pending > 0 {
+            if Instant::now() > deadline {
+                return Err("the outbox did not drain within 10 s after the last saga".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The history of the sequential sagas.
+        let mut client_ms = Vec::with_capacity(sequential.len());
+        let mut history_ms = Vec::with_capacity(sequential.len());
+        for (saga_id, started, _, completed) in &sequential {
+            client_ms.push(ms(*started, *completed));
+            let instance = runtime::load(&store, *saga_id)
+                .await?
+                .ok_or_else(|| format!("saga {saga_id} has no history"))?;
+            if instance.state.status != SagaStatus::Completed {
+                return Err(format!(
+                    "saga {saga_id} is {:?}, not completed",
+                    instance.state.status
+                )
+                .into());
+            }
+            let at = |t: &str| {
+                instance
+                    .history
+                    .iter()
+                    .find(|h| h.event_type == t)
+                    .map(|h| h.at)
+            };
+            let (Some(s), Some(c)) = (at("saga.started"), at("saga.completed")) else {
+                return Err(format!(
+                    "saga {saga_id}: no saga.started/saga.completed in its history"
+                )
+                .into());
+            };
+            history_ms.push((c - s).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        }
+        client_ms.sort_by(f64::total_cmp);
+        history_ms.sort_by(f64::total_cmp);
+        measured.sequential_ms = client_ms;
+        measured.history_ms = history_ms;
+        Ok(())
+    }
+    .await;
+
+    let _ = stop_tx.send(true);
+    let mut task_error = None;
+    for task in tasks {
+        match tokio::time::timeout(Duration::from_secs(30), task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => task_error = task_error.or(Some(e)),
+            Ok(Err(e)) => task_error = task_error.or(Some(e.to_string())),
+            Err(_) => task_error = task_error.or(Some("a service did not stop within 30 s".into())),
+        }
+    }
+    result?;
+    if let Some(e) = task_error {
+        return Err(format!("{name}: {e}").into());
+    }
+    // Every saga this variant started must have completed.
+    let started = counter.load(Ordering::Relaxed);
+    let counts = store.count_sagas().await?;
+    let completed: u64 = counts
+        .iter()
+        .filter(|(t, s, _)| t == SAGA_TYPE && s == "completed")
+        .map(|(_, _, n)| n)
+        .sum();
+    let all: u64 = counts
+        .iter()
+        .filter(|(t, _, _)| t == SAGA_TYPE)
+        .map(|(_, _, n)| n)
+        .sum();
+    if completed != started || all != started {
+        return Err(format!(
+            "{name}: {started} sagas started, {all} registered, {completed} completed ({counts:?})"
+        )
+        .into());
+    }
+    measured.sagas = started;
+    measured.consumed = probe.consumed.load(Ordering::Relaxed);
+    measured.published = probe.published.load(Ordering::Relaxed);
+    measured.publish_calls = probe.publish_calls.load(Ordering::Relaxed);
+    Ok(measured)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Databases and raw baselines.
+
+async fn xact_commit(conn: &mut sqlx::PgConnection) -> Result<u64> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(u64::try_from(n)?)
+}
+
+/// A PostgreSQL variant in a fresh database `{bench db}_{suffix}`, dropped afterwards.
+async fn postgres_variant(
+    variant: Variant,
+    base: &PgConnectOptions,
+    admin: &PgPool,
+    bench_db: &str,
+    options: &Options,
+) -> Result<Measured> {
+    let db = format!("{bench_db}_s{}", variant as u8);
+    sqlx::query(&format!("CREATE DATABASE \"{db}\""))
+        .execute(admin)
+        .await?;
+    let result = postgres_in(variant, base.clone().database(&db), options).await;
+    let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+        .execute(admin)
+        .await;
+    let measured = result?;
+    dropped?;
+    Ok(measured)
+}
+
+async fn postgres_in(
+    variant: Variant,
+    connect: PgConnectOptions,
+    options: &Options,
+) -> Result<Measured> {
+    let mut stats = connect.connect().await?;
+    let xact_before = xact_commit(&mut stats).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(PG_POOL)
+        .test_before_acquire(options.test_before_acquire)
+        .connect_with(connect.clone())
+        .await?;
+    let monitor = Some(crate::Monitor {
+        conn: connect.connect().await?,
+    });
+    let store = PgStore::builder(pool.clone()).build().await?;
+    let topics = Topics::new(&Uuid::now_v7().simple().to_string());
+    let result = match variant {
+        Variant::PgInProcess => {
+            let broker = InProcessBroker::new();
+            let source = |group: &str, topic: &str| Ok(broker.consumer(group, &[topic]));
+            measure(
+                variant,
+                store,
+                broker.clone(),
+                source,
+                &topics,
+                options,
+                monitor,
+            )
+            .await
+        }
+        Variant::PgKafka | Variant::PgKafkaLowWait => {
+            let brokers = crate::relay::bootstrap();
+            let publisher = KafkaPublisher::new(&brokers)
+                .map_err(|e| format!("Kafka publisher for {brokers}: {e}"))?;
+            let partitions: Vec<(&str, i32)> =
+                topics.all().into_iter().map(|t| (t, PARTITIONS)).collect();
+            publisher.create_topics(&partitions).await.map_err(|e| {
+                format!("creating topics on {brokers} (is the broker running?): {e}")
+            })?;
+            let group_tag = Uuid::now_v7().simple().to_string();
+            let source = |group: &str, topic: &str| {
+                let mut config = ClientConfig::new();
+                config
+                    .set("bootstrap.servers", &brokers)
+                    .set("group.id", format!("bench-{group}-{group_tag}"));
+                if variant == Variant::PgKafkaLowWait {
+                    config.set("fetch.wait.max.ms", LOW_FETCH_WAIT_MS);
+                }
+                KafkaSource::from_config(config, &[topic]).map_err(BoxError::from)
+            };
+            measure(variant, store, publisher, source, &topics, options, monitor).await
+        }
+        Variant::SqliteInProcess => unreachable!("not a PostgreSQL variant"),
+    };
+    // Closing the pool ends its backends, which flushes their statistics.
+    pool.close().await;
+    let mut measured = result?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let xact_after = xact_commit(&mut stats).await?;
+    // The two statistics reads are transactions of their own.
+    measured.xact_commits = Some(xact_after.saturating_sub(xact_before).saturating_sub(1));
+    Ok(measured)
+}
+
+fn temp_sqlite(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "eventfold-bench-{tag}-{}.db",
+        Uuid::now_v7().simple()
+    ))
+}
+
+fn remove_sqlite(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+async fn sqlite_variant(options: &Options) -> Result<Measured> {
+    let path = temp_sqlite("sagas");
+    let result = async {
+        // `SqliteStore::connect`: WAL, synchronous = NORMAL, a pool of 8.
+        let store = SqliteStore::connect(&format!("sqlite://{}", path.display())).await?;
+        let topics = Topics::new(&Uuid::now_v7().simple().to_string());
+        let broker = InProcessBroker::new();
+        let source = |group: &str, topic: &str| Ok(broker.consumer(group, &[topic]));
+        let measured = measure(
+            Variant::SqliteInProcess,
+            store.clone(),
+            broker.clone(),
+            source,
+            &topics,
+            options,
+            None,
+        )
+        .await;
+        store.pool().close().await;
+        measured
+    }
+    .await;
+    remove_sqlite(&path);
+    result
+}
+
+/// The window of a raw baseline: a short warm-up, then `seconds`.
+fn raw_window(seconds: f64) -> (Instant, Instant) {
+    let from = Instant::now() + Duration::from_millis(300);
+    (from, from + Duration::from_secs_f64(seconds))
+}
+
+/// Sums the inserts the tasks completed inside the window; commits per second.
+async fn raw_rate(handles: Vec<tokio::task::JoinHandle<Result<u64>>>, seconds: f64) -> Result<f64> {
+    let mut total = 0;
+    for handle in handles {
+        total += handle.await??;
+    }
+    Ok(total as f64 / seconds)
+}
+
+/// `tasks` tasks, each on a connection of its own, doing autocommit `INSERT`s of one row.
+async fn raw_postgres(connect: &PgConnectOptions, tasks: usize, seconds: f64) -> Result<f64> {
+    let pool = PgPoolOptions::new()
+        .max_connections(tasks as u32)
+        .connect_with(connect.clone())
+        .await?;
+    sqlx::query(RAW_TABLE).execute(&pool).await?;
+    let (from, to) = raw_window(seconds);
+    let mut handles = Vec::with_capacity(tasks);
+    for _ in 0..tasks {
+        let mut conn = pool.acquire().await?;
+        handles.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            loop {
+                sqlx::query(RAW_INSERT_PG)
+                    .bind(Uuid::now_v7())
+                    .bind("x")
+                    .execute(&mut *conn)
+                    .await?;
+                let now = Instant::now();
+                if now > to {
+                    return Ok(n);
+                }
+                n += u64::from(now >= from);
+            }
+        }));
+    }
+    let rate = raw_rate(handles, seconds).await;
+    sqlx::query("DROP TABLE saga_raw_commits")
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    rate
+}
+
+/// The same on a temporary SQLite file opened like `SqliteStore::connect` opens one.
+async fn raw_sqlite(tasks: usize, seconds: f64) -> Result<f64> {
+    let path = temp_sqlite("raw");
+    let result = async {
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(tasks as u32)
+            .connect_with(options)
+            .await?;
+        sqlx::query(RAW_TABLE_LITE).execute(&pool).await?;
+        let (from, to) = raw_window(seconds);
+        let mut handles = Vec::with_capacity(tasks);
+        for _ in 0..tasks {
+            let mut conn = pool.acquire().await?;
+            handles.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                loop {
+                    sqlx::query(RAW_INSERT_LITE)
+                        .bind(Uuid::now_v7())
+                        .bind("x")
+                        .execute(&mut *conn)
+                        .await?;
+                    let now = Instant::now();
+                    if now > to {
+                        return Ok(n);
+                    }
+                    n += u64::from(now >= from);
+                }
+            }));
+        }
+        let rate = raw_rate(handles, seconds).await;
+        pool.close().await;
+        rate
+    }
+    .await;
+    remove_sqlite(&path);
+    result
+}
+
+// ---------------------------------------------------------------------------------------------
+// The section.
+
+pub(crate) struct SagaResults {
+    /// The 1-minute load average at the start and at the end of the section.
+    load: (Option<f64>, Option<f64>),
+    raw_pg: Vec<(usize, f64)>,
+    raw_sqlite: Vec<(usize, f64)>,
+    raw_seconds: f64,
+    variants: Vec<(Variant, std::result::Result<Measured, String>)>,
+    seconds: f64,
+    latency_seconds: f64,
+}
+
+/// Runs the section on the server of `pool` (the bench database).
+pub(crate) async fn run(pool: &PgPool, options: &Options) -> Result<SagaResults> {
+    let base = pool.connect_options().as_ref().clone();
+    let (bench_db,): (String,) = sqlx::query_as("SELECT current_database()")
+        .fetch_one(pool)
+        .await?;
+    let load_before = load_average();
+    let raw_seconds = if options.quick { 1.0 } else { 2.0 };
+    let mut raw_pg = Vec::new();
+    for tasks in PG_RAW_TASKS {
+        eprintln!("sagas: raw PostgreSQL commits, {tasks} tasks");
+        raw_pg.push((tasks, raw_postgres(&base, tasks, raw_seconds).await?));
+    }
+    let mut raw_sqlite_rates = Vec::new();
+    for tasks in SQLITE_RAW_TASKS {
+        eprintln!("sagas: raw SQLite commits, {tasks} tasks");
+        raw_sqlite_rates.push((tasks, raw_sqlite(tasks, raw_seconds).await?));
+    }
+    let mut variants = Vec::new();
+    for variant in Variant::ALL {
+        eprintln!("sagas: {}", variant.name());
+        let result = if variant.postgres() {
+            postgres_variant(variant, &base, pool, &bench_db, options).await
+        } else {
+            sqlite_variant(options).await
+        };
+        if let Err(e) = &result {
+            eprintln!("sagas: {}: failed: {e}", variant.name());
+        }
+        variants.push((variant, result.map_err(|e| e.to_string())));
+    }
+    Ok(SagaResults {
+        load: (load_before, load_average()),
+        raw_pg,
+        raw_sqlite: raw_sqlite_rates,
+        raw_seconds,
+        variants,
+        seconds: options.seconds,
+        latency_seconds: options.saga_latency_seconds,
+    })
+}
+
+/// The 1-minute load average (`/proc/loadavg`).
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "**missed**" }
+}
+
+fn best(rates: &[(usize, f64)]) -> f64 {
+    rates.iter().map(|(_, r)| *r).fold(0.0, f64::max)
+}
+
+fn r1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+fn max(sorted: &[f64]) -> f64 {
+    sorted.last().copied().unwrap_or(f64::NAN)
+}
+
+impl SagaResults {
+    fn raw_ceiling(&self, variant: Variant) -> f64 {
+        if variant.postgres() {
+            best(&self.raw_pg)
+        } else {
+            best(&self.raw_sqlite)
+        }
+    }
+
+    /// The commit time of one connection (ms) × the saga's sequential units of work: a floor
+    /// under the one-at-a-time latency (no relay, no broker, no statement but the commit's).
+    fn floor_ms(&self, variant: Variant) -> Option<f64> {
+        let rates = if variant.postgres() {
+            &self.raw_pg
+        } else {
+            &self.raw_sqlite
+        };
+        rates
+            .iter()
+            .find(|(tasks, _)| *tasks == 1)
+            .map(|(_, rate)| SEQUENTIAL_UNITS * 1000.0 / rate)
+    }
+
+    fn ok(&self) -> impl Iterator<Item = (Variant, &Measured)> {
+        self.variants
+            .iter()
+            .filter_map(|(v, m)| m.as_ref().ok().map(|m| (*v, m)))
+    }
+
+    fn throughput_met(&self) -> Option<bool> {
+        let pg: Vec<f64> = self
+            .ok()
+            .filter(|(v, _)| v.postgres())
+            .map(|(_, m)| m.rate())
+            .collect();
+        (!pg.is_empty()).then(|| pg.iter().all(|r| *r >= TARGET_SAGAS_PER_S))
+    }
+
+    fn p50_met(variant: Variant, m: &Measured) -> bool {
+        percentile(&m.sequential_ms, 0.5) <= variant.p50_target_ms()
+    }
+
+    pub(crate) fn check(&self) -> Result<()> {
+        let failed: Vec<String> = self
+            .variants
+            .iter()
+            .filter_map(|(v, m)| m.as_ref().err().map(|e| format!("{}: {e}", v.name())))
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("sagas: {}", failed.join("; ")).into())
+        }
+    }
+
+    pub(crate) fn print(&self) {
+        let ms3 = |s: &[f64]| {
+            format!(
+                "{:.1} | {:.1} | {:.1}",
+                percentile(s, 0.5),
+                percentile(s, 0.99),
+                max(s)
+            )
+        };
+        println!(
+            "### Sagas: completed 3-step sagas per second, {IN_FLIGHT} in flight ({} s, after a warm-up of at least {} s and {IN_FLIGHT} completions)\n",
+            self.seconds,
+            LOAD_WARMUP.as_secs()
+        );
+        println!(
+            "| variant | completed | sagas/s | latency under load p50 (ms) | p99 | max | CPU µs/saga: this process | PostgreSQL backends |"
+        );
+        println!("|:--|---:|---:|---:|---:|---:|---:|---:|");
+        let us = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.0}"));
+        for (variant, m) in &self.variants {
+            match m {
+                Ok(m) => println!(
+                    "| {} | {} | {:.0} | {} | {} | {} |",
+                    variant.name(),
+                    m.completed,
+                    m.rate(),
+                    ms3(&m.loaded_ms),
+                    us(m.cpu_us(m.client_ns)),
+                    us(m.cpu_us(m.server_ns)),
+                ),
+                Err(e) => println!("| {} | failed: {e} | | | | | | |", variant.name()),
+            }
+        }
+        println!();
+        println!(
+            "### Sagas: where the time goes under load (each consumer handles its records one transaction at a time)\n"
+        );
+        println!(
+            "| variant | consumer | records/s | busy (handling, share of the window) | ms per record | records per poll |"
+        );
+        println!("|:--|:--|---:|---:|---:|---:|");
+        for (variant, m) in self.ok() {
+            for c in &m.consumers {
+                println!(
+                    "| {} | {} | {:.0} | {:.0}% | {:.2} | {:.1} |",
+                    variant.name(),
+                    c.name,
+                    c.records as f64 / m.window_s,
+                    100.0 * c.busy_s / m.window_s,
+                    c.ms_per_record(),
+                    c.records as f64 / c.polls.max(1) as f64
+                );
+            }
+        }
+        println!();
+        println!(
+            "### Sagas: start-to-completion latency, one saga at a time ({} s per variant, ms)\n",
+            self.latency_seconds
+        );
+        println!(
+            "| variant | sagas | start → completion committed p50 | p99 | max | `saga.started` → `saga.completed` (history) p50 | p99 | max | floor: 7 commits of one raw connection | p50 target |"
+        );
+        println!("|:--|---:|---:|---:|---:|---:|---:|---:|---:|:--|");
+        for (variant, m) in self.ok() {
+            let floor = self
+                .floor_ms(variant)
+                .map_or_else(|| "n/a".to_owned(), |f| format!("{f:.1}"));
+            println!(
+                "| {} | {} | {} | {} | {floor} | ≤ {:.0} ms: {} |",
+                variant.name(),
+                m.sequential_ms.len(),
+                ms3(&m.sequential_ms),
+                ms3(&m.history_ms),
+                variant.p50_target_ms(),
+                verdict(Self::p50_met(variant, m))
+            );
+        }
+        println!();
+        println!(
+            "### Sagas: where the time goes one saga at a time (means, ms; units of work from the consumers' busy time)\n"
+        );
+        println!(
+            "| variant | start → completion | `Orchestrator::start` | 3 participant units of work | 3 reply units of work | the rest: relay claims and deletes, publishing, broker, wake-ups |"
+        );
+        println!("|:--|---:|---:|---:|---:|---:|");
+        for (variant, m) in self.ok() {
+            if let Some([total, start, participants, replies, rest]) = m.path() {
+                println!(
+                    "| {} | {total:.1} | {start:.1} | {participants:.1} | {replies:.1} | {rest:.1} |",
+                    variant.name()
+                );
+            }
+        }
+        println!();
+        println!("### Sagas: cost per completed saga, and the distance to the commit ceiling\n");
+        println!(
+            "| variant | sagas | DB transactions / saga | units of work / saga (counted) | messages published / saga | records consumed / saga | relay `publish` calls / saga | raw commits/s (best) | sagas/s × tx/saga ÷ raw commits/s |"
+        );
+        println!("|:--|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (variant, m) in self.ok() {
+            let tx = m.transactions();
+            let measured = match m.xact_commits {
+                Some(_) => format!("{tx:.1}"),
+                None => format!("≥ {tx:.1} (counted)"),
+            };
+            let ceiling = self.raw_ceiling(variant);
+            println!(
+                "| {} | {} | {measured} | {:.1} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} |",
+                variant.name(),
+                m.sagas,
+                m.units_of_work(),
+                m.per_saga(m.published),
+                m.per_saga(m.consumed),
+                m.per_saga(m.publish_calls),
+                ceiling,
+                m.rate() * tx / ceiling
+            );
+        }
+        println!();
+        println!(
+            "### Raw commit rate of this machine (autocommit `INSERT` of one row per transaction, {} s each)\n",
+            self.raw_seconds
+        );
+        println!("| database | tasks (one connection each) | commits/s |");
+        println!("|:--|---:|---:|");
+        for (tasks, rate) in &self.raw_pg {
+            println!("| PostgreSQL | {tasks} | {rate:.0} |");
+        }
+        for (tasks, rate) in &self.raw_sqlite {
+            println!("| SQLite (WAL, synchronous = NORMAL) | {tasks} | {rate:.0} |");
+        }
+        println!();
+        let load = |l: Option<f64>| l.map_or_else(|| "n/a".to_owned(), |l| format!("{l:.2}"));
+        println!(
+            "* The machine's 1-minute load average: {} at the start of the section, {} at its end ({} CPUs).",
+            load(self.load.0),
+            load(self.load.1),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        for (variant, m) in self.ok() {
+            println!(
+                "* {}: first saga completed after {:.2} s (connections, consumer group joins); warm-up of the
+  throughput run {:.1} s; neither counted.",
+                variant.name(),
+                m.first_saga_s,
+                m.load_warmup_s
+            );
+        }
+        println!(
+            "* One process: the orders service (`Orchestrator::start`, its reply consumer, its `Scheduler`,
+  one `Relay` with the default `RelayConfig`) and three participants (`ParticipantHandler` consumers
+  appending one event each to their own stream and replying success), all `run(shutdown)` loops on
+  tokio tasks. **One database for all four services** (PostgreSQL: a fresh database per variant,
+  pool of {PG_POOL}; SQLite: a temporary file through `SqliteStore::connect`, WAL, synchronous =
+  NORMAL, pool of 8), so the one relay publishes commands and replies. Kafka: fresh topics of
+  {PARTITIONS} partitions per run (`KafkaPublisher::create_topics`), one `KafkaSource` per consumer
+  (its own group), with `KafkaSource::new`'s configuration, then with `fetch.wait.max.ms` = 5:
+  tansu 0.6 appears to hold a fetch for its whole `fetch.wait.max.ms` (librdkafka's default:
+  500 ms) even when records arrive meanwhile, and a saga has 6 broker hops (observed).
+* Busy = from a consumer's poll that returned records to its next poll: handling the batch, one
+  unit of work (transaction) per record, then the acknowledgements. A consumer near 100% busy is
+  the bottleneck: the orders service's reply consumer handles 3 replies per saga, one at a time.
+* Completion = the reply consumer's next step after the `ship` step's success reply (the next
+  record's handler call, or the batch's acknowledgement): its transaction had committed by then,
+  at most a `BEGIN` and an inbox mark earlier; no database polling. Latency
+  under load: start → completion of the sagas completed inside the window (includes queueing).
+  History latency: event timestamps, taken before each transaction commits. Every saga started
+  must end `completed` (checked with `count_sagas`), or the run fails.
+* DB transactions / saga: PostgreSQL `pg_stat_database.xact_commit` of the variant's database
+  from before its pool opened to after it closed (warm-up, both runs, the relay's, scheduler's
+  and NOTIFY transactions, migrations), ÷ every saga of the variant. SQLite has no such counter:
+  the figure is the counted units of work (1 start + 1 per consumed record), a lower bound that
+  leaves out the relay's claims and deletions and the scheduler's claims.
+* Raw commits: tasks on connections of their own doing `INSERT INTO saga_raw_commits (uuid, text)`
+  autocommit, measured just before the variants; the ratio uses the best task count. The latency
+  floor is 7 (the saga's units of work, one after the other) × the commit time of 1 task."
+        );
+        println!();
+    }
+
+    pub(crate) fn print_targets(&self) {
+        let pg_rates: Vec<String> = self
+            .ok()
+            .filter(|(v, _)| v.postgres())
+            .map(|(v, m)| format!("{} {:.0}/s", v.key(), m.rate()))
+            .collect();
+        let p50s: Vec<String> = self
+            .ok()
+            .map(|(v, m)| {
+                format!(
+                    "{} {:.1} ms (≤ {:.0}: {})",
+                    v.key(),
+                    percentile(&m.sequential_ms, 0.5),
+                    v.p50_target_ms(),
+                    verdict(Self::p50_met(v, m))
+                )
+            })
+            .collect();
+        let throughput = match self.throughput_met() {
+            Some(met) => verdict(met),
+            None => "not measured",
+        };
+        println!(
+            "Saga targets: ≥ {TARGET_SAGAS_PER_S:.0} sagas/s on PostgreSQL: {throughput} ({}); p50 one at a time: {}.",
+            pg_rates.join(", "),
+            p50s.join(", ")
+        );
+    }
+
+    pub(crate) fn json(&self) -> serde_json::Value {
+        let spread = |s: &[f64]| {
+            serde_json::json!({
+                "n": s.len(),
+                "p50_ms": r1(percentile(s, 0.5)),
+                "p99_ms": r1(percentile(s, 0.99)),
+                "max_ms": r1(max(s)),
+            })
+        };
+        let variants: serde_json::Map<String, serde_json::Value> = self
+            .variants
+            .iter()
+            .map(|(v, m)| {
+                let value = match m {
+                    Err(e) => serde_json::json!({ "error": e }),
+                    Ok(m) => {
+                        let ceiling = self.raw_ceiling(*v);
+                        serde_json::json!({
+                            "sagas_per_s": m.rate().round(),
+                            "completed_in_window": m.completed,
+                            "under_load": spread(&m.loaded_ms),
+                            "one_at_a_time": spread(&m.sequential_ms),
+                            "one_at_a_time_history": spread(&m.history_ms),
+                            "p50_target_ms": v.p50_target_ms(),
+                            "one_at_a_time_floor_ms": self.floor_ms(*v).map(r1),
+                            "one_at_a_time_mean_path_ms": m.path().map(|[total, start, participants, replies, rest]| serde_json::json!({
+                                "total": r1(total),
+                                "start": r1(start),
+                                "participant_units_of_work": r1(participants),
+                                "reply_units_of_work": r1(replies),
+                                "rest": r1(rest),
+                            })),
+                            "p50_met": Self::p50_met(*v, m),
+                            "sagas": m.sagas,
+                            "db_transactions_per_saga": r1(m.transactions()),
+                            "db_transactions_measured": m.xact_commits.is_some(),
+                            "units_of_work_per_saga": r1(m.units_of_work()),
+                            "messages_published_per_saga": crate::r3(m.per_saga(m.published)),
+                            "records_consumed_per_saga": crate::r3(m.per_saga(m.consumed)),
+                            "relay_publish_calls_per_saga": crate::r3(m.per_saga(m.publish_calls)),
+                            "raw_commits_per_s": ceiling.round(),
+                            "ratio_to_commit_ceiling": crate::r3(m.rate() * m.transactions() / ceiling),
+                            "client_cpu_us_per_saga": m.cpu_us(m.client_ns).map(f64::round),
+                            "server_cpu_us_per_saga": m.cpu_us(m.server_ns).map(f64::round),
+                            "first_saga_s": crate::r3(m.first_saga_s),
+                            "load_warmup_s": crate::r3(m.load_warmup_s),
+                            "consumers_under_load": m.consumers.iter().map(|c| serde_json::json!({
+                                "consumer": c.name,
+                                "records_per_s": (c.records as f64 / m.window_s).round(),
+                                "busy_share": crate::r3(c.busy_s / m.window_s),
+                                "ms_per_record": crate::r3(c.ms_per_record()),
+                                "records_per_poll": r1(c.records as f64 / c.polls.max(1) as f64),
+                            })).collect::<Vec<_>>(),
+                        })
+                    }
+                };
+                (v.key().to_owned(), value)
+            })
+            .collect();
+        serde_json::json!({
+            "in_flight": IN_FLIGHT,
+            "seconds": self.seconds,
+            "one_at_a_time_seconds": self.latency_seconds,
+            "pg_pool": PG_POOL,
+            "one_database_for_all_services": true,
+            "load_average_1m": { "start": self.load.0, "end": self.load.1 },
+            "target_sagas_per_s": TARGET_SAGAS_PER_S,
+            "target_met_sagas_per_s": self.throughput_met(),
+            "raw_commits_per_s": {
+                "postgres": self.raw_pg.iter().map(|(t, r)| serde_json::json!({"tasks": t, "commits_per_s": r.round()})).collect::<Vec<_>>(),
+                "sqlite": self.raw_sqlite.iter().map(|(t, r)| serde_json::json!({"tasks": t, "commits_per_s": r.round()})).collect::<Vec<_>>(),
+            },
+            "variants": variants,
+        })
+    }
+}
