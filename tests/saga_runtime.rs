@@ -29,6 +29,49 @@ fn order(id: &str) -> Order {
     }
 }
 
+/// A success reply to the first attempt of `reserve`.
+fn reserved(saga_id: Uuid) -> eventfold::saga::Reply {
+    eventfold::saga::Reply {
+        saga_id,
+        step: "reserve".into(),
+        attempt: 1,
+        kind: eventfold::saga::CommandKind::Action,
+        outcome: eventfold::saga::Outcome::success(serde_json::json!({})),
+    }
+}
+
+/// The timeout timer of the first attempt of `reserve`, as a scheduler claims it.
+fn reserve_timeout(saga_id: Uuid) -> SagaTimer {
+    SagaTimer {
+        saga_id,
+        saga_type: SAGA_TYPE.into(),
+        step: "reserve".into(),
+        attempt: 1,
+        kind: "timeout".into(),
+        due_at: chrono::Utc::now(),
+    }
+}
+
+/// Starts `n` order sagas with keys `{prefix}-{i}`.
+async fn start_many<S: SagaStore>(
+    orchestrator: &Orchestrator<S, Order>,
+    prefix: &str,
+    n: usize,
+) -> Vec<Uuid> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let key = format!("{prefix}-{i}");
+        ids.push(
+            orchestrator
+                .start(&key, order(&key), None)
+                .await
+                .unwrap()
+                .saga_id,
+        );
+    }
+    ids
+}
+
 pub async fn order_flow_completes<S: SagaStore + InboxStore + OutboxRelayStore>(store: S) {
     let mut world = World::new(store.clone(), LONG, 0);
     let started = world
@@ -274,36 +317,12 @@ pub async fn a_timer_racing_a_reply_has_one_winner<S: SagaStore + InboxStore + O
     // 20 sagas whose reserve times out just as its reply comes in: the reply and the timer are
     // applied concurrently; each saga takes exactly one of them for attempt 1.
     let mut world = World::new(store.clone(), Duration::from_millis(30), 0);
-    let mut ids = Vec::new();
-    for i in 0..20 {
-        let key = format!("race-{i}");
-        ids.push(
-            world
-                .orchestrator
-                .start(&key, order(&key), None)
-                .await
-                .unwrap()
-                .saga_id,
-        );
-    }
+    let ids = start_many(&world.orchestrator, "race", 20).await;
     tokio::time::sleep(Duration::from_millis(40)).await;
     let mut tasks = Vec::new();
     for id in &ids {
-        let reply = eventfold::saga::Reply {
-            saga_id: *id,
-            step: "reserve".into(),
-            attempt: 1,
-            kind: eventfold::saga::CommandKind::Action,
-            outcome: eventfold::saga::Outcome::success(serde_json::json!({})),
-        };
-        let timer = SagaTimer {
-            saga_id: *id,
-            saga_type: SAGA_TYPE.into(),
-            step: "reserve".into(),
-            attempt: 1,
-            kind: "timeout".into(),
-            due_at: chrono::Utc::now(),
-        };
+        let reply = reserved(*id);
+        let timer = reserve_timeout(*id);
         let (o1, o2) = (world.orchestrator.clone(), world.orchestrator.clone());
         tasks.push(tokio::spawn(async move {
             o1.handle_reply(reply, Some(Uuid::now_v7())).await.unwrap()
@@ -317,14 +336,7 @@ pub async fn a_timer_racing_a_reply_has_one_winner<S: SagaStore + InboxStore + O
     }
     // A second firing of the same timer changes nothing.
     for id in &ids {
-        let timer = SagaTimer {
-            saga_id: *id,
-            saga_type: SAGA_TYPE.into(),
-            step: "reserve".into(),
-            attempt: 1,
-            kind: "timeout".into(),
-            due_at: chrono::Utc::now(),
-        };
+        let timer = reserve_timeout(*id);
         let again = world.orchestrator.fire_timer(&timer).await.unwrap();
         assert!(
             matches!(again, Applied::TimerGone | Applied::Ignored(_)),
@@ -425,18 +437,7 @@ pub async fn a_restarted_orchestrator_fires_pending_deadlines<
 ) {
     let ids = {
         let world = World::new(store.clone(), Duration::from_millis(100), 0);
-        let mut ids = Vec::new();
-        for i in 0..5 {
-            let key = format!("r-{i}");
-            ids.push(
-                world
-                    .orchestrator
-                    .start(&key, order(&key), None)
-                    .await
-                    .unwrap()
-                    .saga_id,
-            );
-        }
+        let ids = start_many(&world.orchestrator, "r", 5).await;
         ids
         // The world (orchestrator, scheduler, consumers) is dropped here, deadlines pending.
     };
@@ -564,13 +565,7 @@ pub async fn a_new_definition_version_resumes_old_instances<
         .await
         .unwrap()
         .saga_id;
-    let reply = eventfold::saga::Reply {
-        saga_id: new,
-        step: "reserve".into(),
-        attempt: 1,
-        kind: eventfold::saga::CommandKind::Action,
-        outcome: eventfold::saga::Outcome::success(serde_json::json!({})),
-    };
+    let reply = reserved(new);
     let before = store.saga(new).await.unwrap().unwrap().version;
     let err = v1
         .handle_reply(reply, None)
