@@ -92,7 +92,7 @@
 //!      run fails.
 //!
 //! 5. **Sagas** (`sagas`, only on request; the Kafka variant needs the broker at
-//!    `KAFKA_BOOTSTRAP`; about 80 s with the defaults, 45 s with `--quick`; see `sagas.rs`):
+//!    `KAFKA_BOOTSTRAP`; about 80 s with the defaults, 45 s with `--quick`; see `sagas/mod.rs`):
 //!    completed 3-step sagas per second (64 in flight, `--seconds` after a warm-up of at least 1 s
 //!    and 64 completions) and
 //!    start-to-completion latency p50/p99/max, under that load and one saga at a time, for
