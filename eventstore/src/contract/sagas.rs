@@ -77,6 +77,13 @@ async fn register_all<S: SagaStore>(store: &S, records: &[&SagaRecord]) {
     }
 }
 
+/// Stores `timers` in a unit of work of their own and commits it.
+async fn put_committed<S: SagaStore>(store: &S, timers: &[SagaTimer]) {
+    let mut uow = store.begin().await.expect("begin");
+    store.put_saga_timers(&mut uow, timers).await.expect("put");
+    uow.commit().await.expect("commit");
+}
+
 /// `(saga_type, business_key)` of each record, to compare listings.
 fn keys(records: &[SagaRecord]) -> Vec<(String, String)> {
     records
@@ -515,12 +522,7 @@ pub async fn timers_are_stored_moved_and_deleted<S: SagaStore>(store: S) {
 
     let mut moved = reserve.clone();
     moved.due_at = now + TimeDelta::seconds(5);
-    let mut uow = store.begin().await.expect("begin");
-    store
-        .put_saga_timers(&mut uow, std::slice::from_ref(&moved))
-        .await
-        .expect("put again");
-    uow.commit().await.expect("commit");
+    put_committed(&store, std::slice::from_ref(&moved)).await;
     assert_eq!(
         store.saga_timers(saga.saga_id).await.expect("timers"),
         vec![moved.clone(), pay.clone(), backoff.clone()],
@@ -713,12 +715,7 @@ pub async fn a_claim_expires_after_its_lease<S: SagaStore>(store: S) {
     register_all(&store, &[&saga]).await;
     let now = db_now(&store).await;
     let due = timer(&saga, "reserve", 1, "timeout", now - TimeDelta::seconds(1));
-    let mut uow = store.begin().await.expect("begin");
-    store
-        .put_saga_timers(&mut uow, std::slice::from_ref(&due))
-        .await
-        .expect("put");
-    uow.commit().await.expect("commit");
+    put_committed(&store, std::slice::from_ref(&due)).await;
     let types = vec!["order".to_owned()];
     let lease = Duration::from_millis(300);
 
@@ -775,12 +772,7 @@ pub async fn leases_grow_with_the_claims<S: SagaStore>(store: S) {
     register_all(&store, &[&saga]).await;
     let now = db_now(&store).await;
     let due = timer(&saga, "reserve", 1, "timeout", now - TimeDelta::seconds(1));
-    let mut uow = store.begin().await.expect("begin");
-    store
-        .put_saga_timers(&mut uow, std::slice::from_ref(&due))
-        .await
-        .expect("put");
-    uow.commit().await.expect("commit");
+    put_committed(&store, std::slice::from_ref(&due)).await;
     let types = vec!["order".to_owned()];
     let lease = Duration::from_millis(200);
     let leases = |n: i32| TimeDelta::milliseconds(200 * i64::from(n));
@@ -812,12 +804,7 @@ pub async fn leases_grow_with_the_claims<S: SagaStore>(store: S) {
         );
     }
 
-    let mut uow = store.begin().await.expect("begin");
-    store
-        .put_saga_timers(&mut uow, std::slice::from_ref(&due))
-        .await
-        .expect("put again");
-    uow.commit().await.expect("commit");
+    put_committed(&store, std::slice::from_ref(&due)).await;
     let claimed = store
         .claim_due_timers(&types, 10, lease)
         .await
@@ -854,9 +841,7 @@ pub async fn concurrent_claims_are_exclusive<S: SagaStore>(store: S) {
             )
         })
         .collect();
-    let mut uow = store.begin().await.expect("begin");
-    store.put_saga_timers(&mut uow, &timers).await.expect("put");
-    uow.commit().await.expect("commit");
+    put_committed(&store, &timers).await;
 
     let mut tasks = Vec::new();
     for _ in 0..8 {
