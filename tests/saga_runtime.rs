@@ -437,9 +437,9 @@ pub async fn a_restarted_orchestrator_fires_pending_deadlines<
 ) {
     let ids = {
         let world = World::new(store.clone(), Duration::from_millis(100), 0);
-        let ids = start_many(&world.orchestrator, "r", 5).await;
-        ids
-        // The world (orchestrator, scheduler, consumers) is dropped here, deadlines pending.
+        // The world (orchestrator, scheduler, consumers) is dropped at the end of this block,
+        // deadlines pending.
+        start_many(&world.orchestrator, "r", 5).await
     };
     for id in &ids {
         assert_eq!(store.saga_timers(*id).await.unwrap().len(), 1);
