@@ -74,6 +74,7 @@ pub mod outbox;
 pub mod stream;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod trace;
 pub mod upcast;
 
 pub use aggregate::Aggregate;
