@@ -36,6 +36,7 @@ pub mod projection;
 pub mod repository;
 pub mod saga;
 pub mod store;
+pub mod trace;
 
 #[cfg(feature = "test-util")]
 pub mod contract;
@@ -60,6 +61,7 @@ pub use outbox::{
 pub use projection::{BuildState, LockedCheckpoint, ParkedEvent, ProjectionState, ProjectionStore};
 pub use repository::{Executed, Loaded, Repository};
 pub use saga::{SagaFilter, SagaRecord, SagaStore, SagaTimer};
+pub use trace::{InboxEntry, TraceStore};
 pub use store::{
     AppendResult, CommandRecord, DynEventReader, EventStore, LocalWakeup, Snapshot, UnitOfWork,
     Wakeup,
