@@ -61,8 +61,8 @@ pub use outbox::{
 pub use projection::{BuildState, LockedCheckpoint, ParkedEvent, ProjectionState, ProjectionStore};
 pub use repository::{Executed, Loaded, Repository};
 pub use saga::{SagaFilter, SagaRecord, SagaStore, SagaTimer};
-pub use trace::{InboxEntry, TraceStore};
 pub use store::{
     AppendResult, CommandRecord, DynEventReader, EventStore, LocalWakeup, Snapshot, UnitOfWork,
     Wakeup,
 };
+pub use trace::{InboxEntry, TraceStore};

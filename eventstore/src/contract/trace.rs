@@ -172,7 +172,10 @@ where
     // A saga of the flow waits on a timer.
     let saga = super::sagas::record("order.place", "t-1", flow);
     let mut uow = store.begin().await.expect("begin");
-    store.register_saga(&mut uow, &saga).await.expect("register");
+    store
+        .register_saga(&mut uow, &saga)
+        .await
+        .expect("register");
     let due = store.database_now(&mut uow).await.expect("now") + chrono::Duration::seconds(30);
     store
         .put_saga_timers(
@@ -249,7 +252,11 @@ where
         ),
         ("saga.reply", Some(charge.id), Some("payments"))
     );
-    assert_eq!(received.service, store.source(), "received by this store's service");
+    assert_eq!(
+        received.service,
+        store.source(),
+        "received by this store's service"
+    );
     assert!(
         received.subject.contains("orders-replies"),
         "the consumer is named: {}",

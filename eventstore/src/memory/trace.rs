@@ -24,8 +24,8 @@ pub(super) struct Received {
 impl TraceStore for MemoryStore {
     async fn trace(&self, correlation_id: Uuid) -> Result<Vec<TraceRecord>, StoreError> {
         let state = self.lock();
-        let record = |kind, id, causation_id, name: &str, service: &str, at, subject: String| {
-            TraceRecord {
+        let record =
+            |kind, id, causation_id, name: &str, service: &str, at, subject: String| TraceRecord {
                 kind,
                 id,
                 correlation_id,
@@ -36,8 +36,7 @@ impl TraceStore for MemoryStore {
                 subject,
                 from_service: None,
                 error: None,
-            }
-        };
+            };
         let mut records: Vec<TraceRecord> = state
             .log
             .values()
@@ -54,7 +53,11 @@ impl TraceStore for MemoryStore {
                 )
             })
             .collect();
-        for (sent, at) in state.sent.iter().filter(|(s, _)| s.correlation_id == correlation_id) {
+        for (sent, at) in state
+            .sent
+            .iter()
+            .filter(|(s, _)| s.correlation_id == correlation_id)
+        {
             records.push(record(
                 TraceKind::Sent,
                 sent.id,

@@ -379,9 +379,24 @@ impl PgUnitOfWork {
         let mut binds = Binds::default();
         binds
             .outbox(&messages)
-            .add(journal.iter().map(|j| j.as_ref().map(|j| j.correlation_id)).collect::<Vec<_>>())
-            .add(journal.iter().map(|j| j.as_ref().and_then(|j| j.causation_id)).collect::<Vec<_>>())
-            .add(journal.iter().map(|j| j.as_ref().map(|j| j.source.as_str())).collect::<Vec<_>>());
+            .add(
+                journal
+                    .iter()
+                    .map(|j| j.as_ref().map(|j| j.correlation_id))
+                    .collect::<Vec<_>>(),
+            )
+            .add(
+                journal
+                    .iter()
+                    .map(|j| j.as_ref().and_then(|j| j.causation_id))
+                    .collect::<Vec<_>>(),
+            )
+            .add(
+                journal
+                    .iter()
+                    .map(|j| j.as_ref().map(|j| j.source.as_str()))
+                    .collect::<Vec<_>>(),
+            );
         let args = binds
             .finish()
             .map_err(|e| db_err("writing outbox rows", &self.sql.outbox)(sqlx::Error::Encode(e)))?;

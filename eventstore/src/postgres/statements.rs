@@ -4,8 +4,8 @@ use crate::naming::Naming;
 use crate::saga::MAX_CLAIM_LEASES;
 use crate::sql::dialect::{Dialect, Pg};
 use crate::sql::read::ReadSql;
-use crate::sql::trace::TraceSql;
 use crate::sql::sagas::SagaSql;
+use crate::sql::trace::TraceSql;
 use crate::sql::{self, EVENT_COLUMNS};
 
 /// The filter every statement that inserts outbox rows carries: it gives the transaction its id

@@ -8,9 +8,9 @@
 //! which are few, by the correlation header of their JSON headers ([`Dialect::json_field`]).
 
 use chrono::{DateTime, Utc};
+use eventfold_core::Headers;
 use eventfold_core::outbox::headers;
 use eventfold_core::trace::{TraceKind, TraceRecord};
-use eventfold_core::Headers;
 use uuid::Uuid;
 
 use super::dialect::Dialect;
@@ -67,25 +67,9 @@ pub(crate) type ReceivedRow = (
     DateTime<Utc>,
 );
 /// `consumer, message_id, type, topic, headers (JSON text), error, parked_at`.
-pub(crate) type ParkedTraceRow = (
-    String,
-    Uuid,
-    String,
-    String,
-    String,
-    String,
-    DateTime<Utc>,
-);
+pub(crate) type ParkedTraceRow = (String, Uuid, String, String, String, String, DateTime<Utc>);
 /// `id, type, topic, key, headers (JSON text), error, parked_at`.
-pub(crate) type DeadRow = (
-    Uuid,
-    String,
-    String,
-    String,
-    String,
-    String,
-    DateTime<Utc>,
-);
+pub(crate) type DeadRow = (Uuid, String, String, String, String, String, DateTime<Utc>);
 /// `saga_id, saga_type, step, attempt, kind, due_at`.
 pub(crate) type TimerTraceRow = (Uuid, String, String, i64, String, DateTime<Utc>);
 
@@ -299,10 +283,7 @@ macro_rules! trace_store {
                         .await
                         .map_err(err())?,
                 };
-                Ok(rows.into_records(
-                    correlation_id,
-                    $crate::store::EventStore::source(self),
-                ))
+                Ok(rows.into_records(correlation_id, $crate::store::EventStore::source(self)))
             }
         }
     };

@@ -3,8 +3,8 @@
 use crate::naming::Naming;
 use crate::sql::dialect::Lite;
 use crate::sql::read::ReadSql;
-use crate::sql::trace::TraceSql;
 use crate::sql::sagas::{SagaSql, TIMER_COLUMNS};
+use crate::sql::trace::TraceSql;
 use crate::sql::{self, EVENT_COLUMNS};
 
 pub(super) struct Statements {
