@@ -44,6 +44,7 @@ impl Trace {
     /// assert_eq!(trace.to_dot(), r#"digraph flow {
     ///     label="flow 00000000-0000-0000-0000-000000000001";
     ///     labelloc=t;
+    ///     fontname="Helvetica";
     ///     node [shape=box, style=rounded, fontname="Helvetica"];
     ///     edge [fontname="Helvetica"];
     ///     subgraph cluster_0 {
@@ -62,6 +63,7 @@ impl Trace {
         let mut out = String::from("digraph flow {\n");
         let _ = writeln!(out, "    label=\"flow {}\";", self.correlation_id());
         out.push_str("    labelloc=t;\n");
+        out.push_str("    fontname=\"Helvetica\";\n");
         out.push_str("    node [shape=box, style=rounded, fontname=\"Helvetica\"];\n");
         out.push_str("    edge [fontname=\"Helvetica\"];\n");
 

@@ -291,18 +291,18 @@ impl Trace {
     /// The roots, in time order: the nodes with no cause, a cause that is not among the records
     /// ([`TraceNode::missing_parent`]) or a cause cut out of a cycle ([`TraceNode::cycle_cut`]).
     pub fn roots(&self) -> impl DoubleEndedIterator<Item = TraceNode<'_>> + ExactSizeIterator + '_ {
-        self.roots.iter().map(|&index| self.at(index))
+        self.roots.iter().map(|&index| self.handle(index))
     }
 
     /// Every node, depth first: a root, then its children in time order (each with its own
     /// children), then the next root. Every node is visited exactly once.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = TraceNode<'_>> + ExactSizeIterator + '_ {
-        self.order.iter().map(|&index| self.at(index))
+        self.order.iter().map(|&index| self.handle(index))
     }
 
     /// The node of an id.
     pub fn node(&self, id: Uuid) -> Option<TraceNode<'_>> {
-        self.by_id.get(&id).map(|&index| self.at(index))
+        self.by_id.get(&id).map(|&index| self.handle(index))
     }
 
     /// The first node, depth first, with this event or message name.
@@ -325,7 +325,7 @@ impl Trace {
         timeline
     }
 
-    fn at(&self, index: usize) -> TraceNode<'_> {
+    fn handle(&self, index: usize) -> TraceNode<'_> {
         TraceNode { trace: self, index }
     }
 }
@@ -482,7 +482,7 @@ impl<'a> TraceNode<'a> {
 
     /// The node of its cause, `None` for a root.
     pub fn parent(&self) -> Option<TraceNode<'a>> {
-        self.data().parent.map(|index| self.trace.at(index))
+        self.data().parent.map(|index| self.trace.handle(index))
     }
 
     /// Its effects, in time order.
@@ -493,7 +493,7 @@ impl<'a> TraceNode<'a> {
         self.data()
             .children
             .iter()
-            .map(move |&index| trace.at(index))
+            .map(move |&index| trace.handle(index))
     }
 
     /// How many causes above it: 0 for a root.
