@@ -274,18 +274,11 @@ where
         ] {
             duplicates += consumer_report.expect("consumer").duplicates;
         }
-        let confirmed = orders
-            .stream_version(&order_stream)
-            .await
-            .expect("version")
-            == 2;
+        let confirmed = orders.stream_version(&order_stream).await.expect("version") == 2;
         let notified = orders.outbox_status().await.expect("status").pending == 0;
         if confirmed && notified && !redelivered {
             // The broker delivers the order again (a relay retry after a lost acknowledgement).
-            let placed = &orders
-                .read_stream(&order_stream, 1, 1)
-                .await
-                .expect("read")[0];
+            let placed = &orders.read_stream(&order_stream, 1, 1).await.expect("read")[0];
             let again = OutboxMessage::from_event(placed, &topic("order"), "application/json");
             for r in broker.publisher().publish(&[again]).await {
                 r.expect("publish again");
@@ -511,17 +504,13 @@ mod postgres_kafka {
             self.publisher.clone()
         }
         fn source(&self, group: &str, topic: &str) -> KafkaSource {
-            KafkaSource::from_config(
-                {
-                    let mut c = eventfold::outbox::kafka::rdkafka::ClientConfig::new();
-                    c.set("bootstrap.servers", &self.brokers)
-                        .set("fetch.wait.max.ms", "10");
-                    c
-                },
-                &format!("{group}-{}", self.run),
-                &[topic],
-            )
-            .expect("a Kafka source")
+            let mut config = eventfold::outbox::kafka::rdkafka::ClientConfig::new();
+            config
+                .set("bootstrap.servers", &self.brokers)
+                .set("group.id", format!("{group}-{}", self.run))
+                // tansu holds an empty fetch for the whole wait.
+                .set("fetch.wait.max.ms", "10");
+            KafkaSource::from_config(config, &[topic]).expect("a Kafka source")
         }
         async fn headers_of(&self, topic: &str) -> Vec<BTreeMap<String, String>> {
             let consumer = common::consumer_from_start(

@@ -1,5 +1,7 @@
 //! Reactions on a topic, through the consumer and its inbox.
 
+use std::sync::OnceLock;
+
 use eventfold_core::outbox::headers;
 use eventfold_core::{BoxError, Envelope, StreamId, Upcasters};
 use eventfold_eventstore::UnitOfWork;
@@ -41,20 +43,17 @@ use super::{Flow, FlowContext, Reaction};
 /// ```
 pub struct ReactionHandler<R> {
     reaction: R,
-    types: Vec<String>,
+    /// The reaction's event types, asked once.
+    types: OnceLock<Vec<String>>,
     upcasters: Upcasters,
 }
 
 impl<R> ReactionHandler<R> {
     /// A handler for `reaction`.
-    pub fn new<U: UnitOfWork>(reaction: R) -> Self
-    where
-        R: Reaction<U>,
-    {
-        let types = reaction.event_types();
+    pub fn new(reaction: R) -> Self {
         Self {
             reaction,
-            types,
+            types: OnceLock::new(),
             upcasters: Upcasters::new(),
         }
     }
@@ -122,7 +121,8 @@ where
             .headers
             .get(headers::TYPE)
             .unwrap_or(&record.message_type);
-        if !self.types.iter().any(|t| t == event_type) {
+        let types = self.types.get_or_init(|| self.reaction.event_types());
+        if !types.iter().any(|t| t == event_type) {
             return Ok(());
         }
         let event: R::Event = record.decode(&self.upcasters)?;
