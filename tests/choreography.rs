@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use eventfold::eventstore::{
     Checkpoint, EventStore, ExpectedVersion, InboxStore, LogFilter, OutboxRelayStore,
-    OutboxRouting, OutboxStore, ProjectionStore, Repository, TraceStore, UnitOfWork,
+    OutboxRouting, ProjectionStore, Repository, TraceStore, UnitOfWork,
 };
 use eventfold::outbox::{Consumer, MessageSource, Publisher, Relay};
 use eventfold::saga::choreography::{FlowContext, LocalReactor, Reaction, ReactionHandler};

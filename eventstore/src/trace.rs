@@ -202,7 +202,7 @@ pub trait TraceStore: EventStore {
 
 /// Orders the records of a trace: by time, then kind, then id.
 pub(crate) fn sort_records(records: &mut [TraceRecord]) {
-    records.sort_by(|a, b| (a.at, a.kind, a.id).cmp(&(b.at, b.kind, b.id)));
+    records.sort_by_key(|r| (r.at, r.kind, r.id));
 }
 
 #[cfg(test)]
