@@ -82,6 +82,10 @@ fn redact(url: &str) -> String {
 }
 
 /// The records of `flow` in the database at `url` (read only: no migration runs).
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "sqlite")),
+    allow(unused_macros, unused_variables)
+)]
 async fn records_of(url: &str, flow: Uuid) -> Result<Vec<TraceRecord>, CliError> {
     let (address, prefix) = split_prefix(url.trim());
     let fail = |reason: String| CliError::Connect {
@@ -92,54 +96,47 @@ async fn records_of(url: &str, flow: Uuid) -> Result<Vec<TraceRecord>, CliError>
         Some(p) => crate::eventstore::Naming::new(p).map_err(|e| fail(e.to_string()))?,
         None => crate::eventstore::Naming::default(),
     };
-    let _ = &naming;
+    // One pooled connection, the store on it without migrations, the trace, then close.
+    macro_rules! trace_in {
+        ($store:ty, $pool:expr) => {{
+            use crate::eventstore::TraceStore;
+            let pool = $pool.await.map_err(|e| fail(e.to_string()))?;
+            let store = <$store>::builder(pool.clone())
+                .naming(naming)
+                .migrate(false)
+                .build()
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let records = store
+                .trace(flow)
+                .await
+                .map_err(store_err(format!("trace {flow} in {}", redact(address))));
+            pool.close().await;
+            return records;
+        }};
+    }
     #[cfg(feature = "postgres")]
     if address.starts_with("postgres://") || address.starts_with("postgresql://") {
-        use crate::eventstore::TraceStore;
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(std::time::Duration::from_secs(15))
-            .connect(address)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let store = crate::eventstore::postgres::PgStore::builder(pool.clone())
-            .naming(naming)
-            .migrate(false)
-            .build()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let records = store
-            .trace(flow)
-            .await
-            .map_err(store_err(format!("trace {flow} in {}", redact(address))));
-        pool.close().await;
-        return records;
+        trace_in!(
+            crate::eventstore::postgres::PgStore,
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(std::time::Duration::from_secs(15))
+                .connect(address)
+        );
     }
     #[cfg(feature = "sqlite")]
     if address.starts_with("sqlite:") {
         use std::str::FromStr;
-
-        use crate::eventstore::TraceStore;
         let options = sqlx::sqlite::SqliteConnectOptions::from_str(address)
             .map_err(|e| fail(e.to_string()))?
             .read_only(true);
-        let pool = sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let store = crate::eventstore::sqlite::SqliteStore::builder(pool.clone())
-            .naming(naming)
-            .migrate(false)
-            .build()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let records = store
-            .trace(flow)
-            .await
-            .map_err(store_err(format!("trace {flow} in {address}")));
-        pool.close().await;
-        return records;
+        trace_in!(
+            crate::eventstore::sqlite::SqliteStore,
+            sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+        );
     }
     Err(fail(
         "unsupported database URL (expected postgres://... or sqlite://..., with the backend's \

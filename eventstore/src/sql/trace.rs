@@ -136,11 +136,6 @@ impl TraceRows {
             s.filter(|s| !s.is_empty())
                 .unwrap_or_else(|| service.to_owned())
         };
-        let header_of = |json: &str, name: &str| {
-            serde_json::from_str::<Headers>(json)
-                .ok()
-                .and_then(|h| h.get(name).cloned())
-        };
         let mut records = Vec::new();
         for (id, name, stream_type, stream_id, version, at, source, causation_id) in self.events {
             records.push(TraceRecord {
@@ -187,35 +182,52 @@ impl TraceRows {
                 error: None,
             });
         }
-        for (consumer, id, name, topic, headers_json, error, at) in self.parked {
-            records.push(TraceRecord {
-                kind: TraceKind::Parked,
+        // Parked messages and dead letters: the flow is in their headers.
+        let flagged = |kind, id, name, headers_json: &str, error, at, subject, service| {
+            let headers: Headers = serde_json::from_str(headers_json).unwrap_or_default();
+            let (_, causation_id) = crate::trace::flow_of(&headers);
+            TraceRecord {
+                kind,
                 id,
                 correlation_id,
-                causation_id: header_of(&headers_json, headers::CAUSATION_ID)
-                    .and_then(|c| Uuid::parse_str(&c).ok()),
+                causation_id,
                 name,
-                service: service.to_owned(),
+                service,
                 at,
-                subject: format!("{consumer} <- {topic}"),
-                from_service: header_of(&headers_json, headers::SOURCE),
+                subject,
+                from_service: headers.get(headers::SOURCE).cloned(),
                 error: Some(error),
-            });
+            }
+        };
+        for (consumer, id, name, topic, headers_json, error, at) in self.parked {
+            let subject = format!("{consumer} <- {topic}");
+            let own = service.to_owned();
+            records.push(flagged(
+                TraceKind::Parked,
+                id,
+                name,
+                &headers_json,
+                error,
+                at,
+                subject,
+                own,
+            ));
         }
         for (id, name, topic, key, headers_json, error, at) in self.dead {
-            records.push(TraceRecord {
-                kind: TraceKind::DeadLetter,
+            let subject = message_subject(&topic, &key);
+            let mut record = flagged(
+                TraceKind::DeadLetter,
                 id,
-                correlation_id,
-                causation_id: header_of(&headers_json, headers::CAUSATION_ID)
-                    .and_then(|c| Uuid::parse_str(&c).ok()),
                 name,
-                service: service_or(header_of(&headers_json, headers::SOURCE)),
+                &headers_json,
+                error,
                 at,
-                subject: message_subject(&topic, &key),
-                from_service: None,
-                error: Some(error),
-            });
+                subject,
+                String::new(),
+            );
+            // The sender is the record's service; a dead letter has no receiver.
+            record.service = service_or(record.from_service.take());
+            records.push(record);
         }
         for (saga_id, saga_type, step, attempt, kind, at) in self.timers {
             let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
