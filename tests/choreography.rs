@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use eventfold::eventstore::{
-    Checkpoint, EventStore, ExpectedVersion, InboxStore, LogFilter, OutboxRelayStore,
-    OutboxRouting, ProjectionStore, Repository, TraceStore, UnitOfWork,
+    EventStore, ExpectedVersion, InboxStore, OutboxRelayStore, OutboxRouting, ProjectionStore,
+    Repository, TraceStore, UnitOfWork,
 };
 use eventfold::outbox::{Consumer, MessageSource, Publisher, Relay};
 use eventfold::saga::choreography::{FlowContext, LocalReactor, Reaction, ReactionHandler};
@@ -178,16 +178,18 @@ impl<U: UnitOfWork> Reaction<U> for Notify {
     }
 }
 
-/// Every event of a store's log.
-async fn all_events<S: EventStore>(store: &S) -> Vec<RecordedEvent> {
+/// Every event of a stream (read directly, not through the global log, whose PostgreSQL
+/// horizon may hold back what other tests' transactions overlap).
+async fn stream_events<S: EventStore>(
+    store: &S,
+    stream_type: &str,
+    id: &str,
+) -> Vec<RecordedEvent> {
+    let stream = StreamId::new(stream_type, id).expect("stream id");
     store
-        .read_log(Checkpoint::START, 1000, &LogFilter::all())
+        .read_stream(&stream, 1, 1000)
         .await
-        .expect("read the log")
-        .events
-        .into_iter()
-        .map(|e| e.event)
-        .collect()
+        .expect("read the stream")
 }
 
 /// What the scenario needs from a broker: a publisher for the relays, a consumer source per
@@ -295,10 +297,10 @@ where
     assert_eq!(duplicates, 1, "the redelivered record was recognised once");
 
     // The events of the three services.
-    let placed = &all_events(&orders).await[0];
-    let order_events = all_events(&orders).await;
-    let payment_events = all_events(&payments).await;
-    let stock_events = all_events(&inventory).await;
+    let order_events = stream_events(&orders, "order", &order).await;
+    let payment_events = stream_events(&payments, "payment", &order).await;
+    let stock_events = stream_events(&inventory, "stock", &order).await;
+    let placed = &order_events[0];
     assert_eq!(
         payment_events.len(),
         1,
@@ -420,6 +422,94 @@ where
     Outcome { records, flow }
 }
 
+/// `text` with what changes from run to run replaced: ids (each distinct UUID, dashed or
+/// simple, becomes `<id1>`, `<id2>`, ... in order of appearance), times (`<time>`) and the
+/// relative times and durations of the text form (`+T`, `(<span>)`).
+fn normalized(text: &str) -> String {
+    let mut ids: Vec<String> = Vec::new();
+    let mut out = String::new();
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    let hex_run = |from: usize| {
+        chars[from..]
+            .iter()
+            .take_while(|c| c.is_ascii_hexdigit() || **c == '-')
+            .count()
+    };
+    while i < chars.len() {
+        let boundary = i == 0 || !chars[i - 1].is_ascii_alphanumeric();
+        let run = if boundary { hex_run(i) } else { 0 };
+        let token: String = chars[i..i + run].iter().collect();
+        let is_uuid = Uuid::parse_str(&token).is_ok() && (run == 36 || run == 32);
+        if is_uuid {
+            let id = Uuid::parse_str(&token)
+                .map(|u| u.to_string())
+                .unwrap_or_default();
+            let n = ids.iter().position(|x| *x == id).unwrap_or_else(|| {
+                ids.push(id);
+                ids.len() - 1
+            });
+            out.push_str(&format!("<id{}>", n + 1));
+            i += run;
+            continue;
+        }
+        out.push(chars[i]);
+        i += 1;
+    }
+    out.lines()
+        .map(|line| {
+            // The text form's time column is right-aligned: keep what follows it verbatim.
+            let trimmed = line.trim_start();
+            let line = match trimmed.strip_prefix('+') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => {
+                    let tail = rest.find(' ').map_or("", |at| &rest[at..]);
+                    format!("+T{tail}")
+                }
+                _ => line.to_owned(),
+            };
+            line.split(' ')
+                .map(|w| {
+                    let b = w.as_bytes();
+                    if w.len() >= 20 && b[4] == b'-' && w.contains('T') && w.ends_with('Z') {
+                        "<time>".to_owned()
+                    } else if w.starts_with('(')
+                        && w.ends_with(')')
+                        && b.len() > 2
+                        && b[1].is_ascii_digit()
+                    {
+                        "(<span>)".to_owned()
+                    } else {
+                        w.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Compares `actual` (normalized) with `tests/golden/{name}`, or rewrites it with
+/// `UPDATE_GOLDEN=1`.
+fn golden(name: &str, actual: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    let actual = normalized(actual);
+    if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
+        std::fs::create_dir_all(path.parent().expect("a folder")).expect("golden folder");
+        std::fs::write(&path, &actual).expect("write the golden file");
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (create it with UPDATE_GOLDEN=1)", path.display()));
+    assert!(
+        expected == actual,
+        "{} differs; expected:\n{expected}\nactual:\n{actual}\n\
+         If intended: UPDATE_GOLDEN=1 cargo nextest run --all-features --test choreography",
+        path.display()
+    );
+}
+
 fn check_tree(outcome: &Outcome) {
     let trace = eventfold::trace::Trace::build(outcome.flow, outcome.records.clone());
     let text = trace.to_text();
@@ -481,6 +571,9 @@ mod sqlite_in_process {
         )
         .await;
         check_tree(&outcome);
+        let trace = eventfold::trace::Trace::build(outcome.flow, outcome.records);
+        golden("choreography_trace.txt", &trace.to_text());
+        golden("choreography_trace.mmd", &trace.to_mermaid());
     }
 }
 

@@ -365,9 +365,11 @@ impl PgUnitOfWork {
         Ok(result)
     }
 
+    /// Writes outbox rows (`uow.enqueue`), and the journal row of each message of a flow.
     pub(super) async fn insert_outbox(
         &mut self,
         messages: Vec<OutboxMessage>,
+        _journal: bool,
     ) -> Result<(), StoreError> {
         if messages.is_empty() {
             return Ok(());

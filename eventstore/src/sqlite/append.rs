@@ -73,7 +73,7 @@ impl SqliteUnitOfWork {
                 }
             }
         }
-        if let Err(e) = self.insert_outbox(outbox).await {
+        if let Err(e) = self.insert_outbox(outbox, false).await {
             self.undo_append().await;
             return Err(e);
         }
@@ -94,9 +94,12 @@ impl SqliteUnitOfWork {
         let _ = savepoint::<Sqlite>(&mut self.tx, Savepoint::Release, events).await;
     }
 
+    /// Writes outbox rows; with `journal`, also the journal row of each message of a flow (the
+    /// messages of appended events are not journaled: the event is the record, ADR 0022).
     pub(super) async fn insert_outbox(
         &mut self,
         messages: Vec<OutboxMessage>,
+        journal: bool,
     ) -> Result<(), StoreError> {
         let now = eventfold_core::metadata::now_micros();
         for m in messages {
@@ -114,7 +117,7 @@ impl SqliteUnitOfWork {
                 .execute(&mut *self.tx)
                 .await
                 .map_err(db_err("writing an outbox row", &self.sql.outbox))?;
-            if let Some(j) = SentEntry::of(&m, &self.source) {
+            if let Some(j) = SentEntry::of(&m, &self.source).filter(|_| journal) {
                 sqlx::query(&self.sql.journal_sent)
                     .bind(j.id)
                     .bind(j.correlation_id)
