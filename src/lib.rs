@@ -14,6 +14,7 @@
 //! | `proto` | the Protobuf codec (`#[event(codec = "protobuf")]`) |
 //! | `test-util` | given/when/then for aggregates ([`testing`]), the backend contract suite, test databases |
 //! | `kafka` | the Kafka publisher of the outbox relay (`outbox::KafkaPublisher`, rdkafka) |
+//! | `otel` | W3C trace context (`traceparent`, `tracestate`) of the current `tracing` span recorded on events and messages, continued by consumers and reactions (`trace_context`; OpenTelemetry API and `tracing-opentelemetry`, no SDK) |
 //! | `cli` | the embeddable command line (`cli`: migrations, projections, outbox), the `eventfold` binary (with `postgres` and `sqlite`) |
 //!
 //! The in-memory store ([`eventstore::memory`]) and the in-process broker

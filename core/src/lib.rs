@@ -75,6 +75,8 @@ pub mod stream;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod trace;
+#[cfg(feature = "otel")]
+pub mod trace_context;
 pub mod upcast;
 
 pub use aggregate::Aggregate;

@@ -118,13 +118,19 @@ impl NewEvent {
     /// Encodes `event` with the metadata of a command.
     ///
     /// Missing ids are filled in: the correlation id defaults to the command id, then to a new id;
-    /// the causation id defaults to the command id.
+    /// the causation id defaults to the command id. With the feature `otel`, metadata without a
+    /// `traceparent` header gets the current `tracing` span's trace context
+    /// ([`trace_context::inject_current_if_absent`](crate::trace_context::inject_current_if_absent)).
     pub fn encode<E: Event>(
         event: &E,
         source: &str,
         meta: &CommandMetadata,
     ) -> Result<Self, CodecError> {
         let event_id = Uuid::now_v7();
+        #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
+        let mut headers = meta.headers.clone();
+        #[cfg(feature = "otel")]
+        crate::trace_context::inject_current_if_absent(&mut headers);
         Ok(Self {
             event_id,
             event_type: event.event_type().to_owned(),
@@ -138,7 +144,7 @@ impl NewEvent {
                 .unwrap_or_else(Uuid::now_v7),
             causation_id: meta.causation_id.or(meta.command_id),
             tenant_id: meta.tenant_id.clone(),
-            headers: meta.headers.clone(),
+            headers,
         })
     }
 

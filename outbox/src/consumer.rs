@@ -12,6 +12,10 @@
 //! A message whose handler keeps failing is retried `max_attempts` times with a backoff, then
 //! parked with its error (`InboxStore::parked_messages`), and the consumer moves on.
 //!
+//! Each message is handled in a `consume` span. With the feature `otel`, that span continues the
+//! W3C trace context the record carries (`traceparent`), so the handler's work belongs to the
+//! producer's trace, and what it writes records it (`eventfold_core::trace_context`).
+//!
 //! Metrics (`metrics` facade), labelled with `consumer`: counters
 //! `eventfold_consumer_handled_total`, `eventfold_consumer_duplicates_total`,
 //! `eventfold_consumer_parked_total`.
@@ -53,6 +57,7 @@ use std::time::Duration;
 
 use eventfold_core::BoxError;
 use eventfold_eventstore::{InboxEntry, InboxStore, ParkedMessage, StoreError, UnitOfWork};
+use tracing::Instrument;
 
 use crate::in_process::{InProcessConsumer, Record};
 
@@ -209,8 +214,22 @@ where
         Ok(outcome)
     }
 
-    /// Handles one record (with retries, then parking) without acknowledging it.
+    /// Handles one record (with retries, then parking) without acknowledging it, in a `consume`
+    /// span (with the feature `otel`, a child of the trace context the record carries).
     async fn settle(&mut self, record: &Record) -> Result<Outcome, ConsumerError> {
+        let span = tracing::info_span!(
+            "consume",
+            consumer = %self.name,
+            topic = %record.topic,
+            message_type = %record.message_type,
+            message_id = %record.message_id,
+        );
+        #[cfg(feature = "otel")]
+        eventfold_core::trace_context::continue_trace(&span, &record.headers);
+        self.settle_in_span(record).instrument(span).await
+    }
+
+    async fn settle_in_span(&mut self, record: &Record) -> Result<Outcome, ConsumerError> {
         let mut last_error = String::new();
         for attempt in 1..=self.max_attempts {
             let mut uow = self.store.begin().await.map_err(self.store_err())?;

@@ -36,7 +36,9 @@ pub struct Flow {
     pub causation_id: Uuid,
     /// The tenant, when the incoming one had one.
     pub tenant_id: Option<String>,
-    /// The trace-context headers to carry along ([`TRACE_HEADERS`]).
+    /// The incoming trace-context headers ([`TRACE_HEADERS`]), carried along as they are.
+    /// With the feature `otel`, what the flow stamps carries the current span's context instead
+    /// when there is one (the reaction's span, which continues the incoming trace).
     pub headers: Headers,
 }
 
@@ -70,20 +72,31 @@ impl Flow {
         }
     }
 
+    /// The trace headers for what is written now: the incoming ones, or with the feature `otel`
+    /// the current span's context when it has a valid one.
+    fn trace_headers_now(&self) -> Headers {
+        #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
+        let mut headers = self.headers.clone();
+        #[cfg(feature = "otel")]
+        eventfold_core::trace_context::inject_current(&mut headers);
+        headers
+    }
+
     /// Metadata for commands and appends caused by this flow's incoming event: its correlation
-    /// id, its id as causation, its tenant and trace headers.
+    /// id, its id as causation, its tenant and trace headers (with the feature `otel`, the
+    /// current span's when it has a context).
     pub fn metadata(&self) -> CommandMetadata {
         CommandMetadata {
             command_id: None,
             correlation_id: Some(self.correlation_id),
             causation_id: Some(self.causation_id),
             tenant_id: self.tenant_id.clone(),
-            headers: self.headers.clone(),
+            headers: self.trace_headers_now(),
         }
     }
 
     /// `message` with the flow's headers: `ce_correlationid`, `ce_causationid`, the tenant and
-    /// the trace headers, each unless the message already sets it.
+    /// the trace headers (as for [`Self::metadata`]), each unless the message already sets it.
     ///
     /// ```
     /// use eventfold_core::{outbox::headers, OutboxMessage};
@@ -105,8 +118,10 @@ impl Flow {
             h.entry(headers::TENANT_ID.to_owned())
                 .or_insert_with(|| tenant.clone());
         }
-        for (k, v) in &self.headers {
-            h.entry(k.clone()).or_insert_with(|| v.clone());
+        if !h.contains_key(TRACE_HEADERS[0]) {
+            for (k, v) in self.trace_headers_now() {
+                h.entry(k).or_insert(v);
+            }
         }
         message
     }

@@ -134,6 +134,8 @@ where
             event_id = %envelope.event_id,
             correlation_id = %envelope.correlation_id,
         );
+        #[cfg(feature = "otel")]
+        eventfold_core::trace_context::continue_trace(&span, &record.headers);
         let mut ctx = FlowContext::new(uow, Flow::of_record(record));
         self.reaction
             .react(&mut ctx, &envelope)

@@ -232,7 +232,8 @@ where
         Ok(())
     }
 
-    /// Handles one event in a `reaction` span.
+    /// Handles one event in a `reaction` span (with the feature `otel`, a child of the trace
+    /// context the event carries).
     async fn settle(&mut self, event: &LogEvent) -> Result<Outcome, ReactionError> {
         let recorded = &event.event;
         let span = tracing::info_span!(
@@ -242,6 +243,8 @@ where
             event_id = %recorded.event_id,
             correlation_id = %recorded.correlation_id,
         );
+        #[cfg(feature = "otel")]
+        eventfold_core::trace_context::continue_trace(&span, &recorded.headers);
         self.settle_in_span(event).instrument(span).await
     }
 

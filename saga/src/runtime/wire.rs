@@ -96,7 +96,8 @@ pub(crate) fn reply_message(
     Ok(message)
 }
 
-/// The CloudEvents headers of the flow: source, correlation, causation, content type.
+/// The CloudEvents headers of the flow: source, correlation, causation, content type; with the
+/// feature `otel`, the current span's trace context.
 fn set_flow_headers(
     message: &mut OutboxMessage,
     source: &str,
@@ -116,6 +117,8 @@ fn set_flow_headers(
         headers::CONTENT_TYPE.to_owned(),
         "application/json".to_owned(),
     );
+    #[cfg(feature = "otel")]
+    eventfold_core::trace_context::inject_current_if_absent(h);
 }
 
 fn set_saga_headers(
@@ -152,4 +155,59 @@ pub(crate) fn decode_reply(record: &Record) -> Result<Reply, RuntimeError> {
         what: "a saga reply",
         reason: e.to_string(),
     })
+}
+
+#[cfg(all(test, feature = "otel"))]
+mod tests {
+    use eventfold_core::Headers;
+    use eventfold_core::trace_context::{self, TRACEPARENT};
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+    use crate::message::{CommandKind, Outcome};
+
+    fn command() -> SagaCommand {
+        let saga_id = Uuid::now_v7();
+        SagaCommand {
+            saga_id,
+            saga_type: "checkout".into(),
+            step: "charge".into(),
+            attempt: 1,
+            kind: CommandKind::Action,
+            request_key: SagaCommand::request_key_for(saga_id, "charge", CommandKind::Action),
+            correlation_id: Uuid::now_v7(),
+            topic: "payments".into(),
+            message_type: "payment.charge".into(),
+            payload: serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn commands_and_replies_record_the_sending_span() {
+        use opentelemetry::trace::TracerProvider as _;
+        let provider = SdkTracerProvider::builder().build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("saga-test"));
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            let command = command();
+            let untraced = command_message(&command, "replies", "orders", None).expect("encode");
+            assert!(
+                !untraced.headers.contains_key(TRACEPARENT),
+                "outside any span"
+            );
+
+            let span = tracing::info_span!("saga step");
+            let _entered = span.enter();
+            let mut expected = Headers::new();
+            assert!(trace_context::inject_current(&mut expected));
+            let sent = command_message(&command, "replies", "orders", None).expect("encode");
+            assert_eq!(sent.headers.get(TRACEPARENT), expected.get(TRACEPARENT));
+            let reply = command.reply(Outcome::Success {
+                payload: serde_json::json!({}),
+            });
+            let replied =
+                reply_message(&reply, &command, "replies", "payments", sent.id).expect("encode");
+            assert_eq!(replied.headers.get(TRACEPARENT), expected.get(TRACEPARENT));
+        });
+    }
 }
