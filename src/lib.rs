@@ -65,7 +65,7 @@
 pub use eventfold_core::*;
 
 #[cfg(feature = "macros")]
-pub use eventfold_macros::{Event, aggregate};
+pub use eventfold_macros::{Event, PayloadSchema, aggregate};
 
 /// The event store: the [`eventstore::EventStore`] trait, its backends, the unit of work and the
 /// repository.

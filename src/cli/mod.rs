@@ -126,6 +126,7 @@ use serde::Serialize;
 
 use crate::eventstore::StoreError;
 use crate::projections::{ProjectionError, Projections};
+use crate::schema::EventSchemas;
 
 mod migrate;
 mod outbox;
@@ -133,6 +134,7 @@ mod progress;
 mod projections;
 mod reserved;
 mod sagas;
+mod schema;
 mod status;
 mod store;
 mod table;
@@ -142,6 +144,7 @@ pub use outbox::{OutboxArgs, OutboxCommand};
 pub use projections::{ProjectionsArgs, ProjectionsCommand};
 pub use reserved::ReservedArgs;
 pub use sagas::{SagasArgs, SagasCommand};
+pub use schema::{SchemaArgs, SchemaCommand};
 pub use status::StatusArgs;
 pub use store::{AppliedMigration, CliStore};
 
@@ -175,6 +178,8 @@ pub enum Command {
     Sagas(SagasArgs),
     /// Trace a correlation id through events, messages and sagas (not available yet).
     Trace(ReservedArgs),
+    /// Event schemas as contracts: check the code against the committed snapshot, or write it.
+    Schema(SchemaArgs),
 }
 
 /// The output flag every command takes.
@@ -266,6 +271,21 @@ pub enum CliError {
         /// `sagas` or `trace`.
         command: &'static str,
     },
+    /// `schema ...` without the application's event schemas (the standalone binary).
+    #[error(
+        "`schema` needs the application's event types: run it from the application's binary, \
+         which passes its `EventSchemas` to `Command::run_with_schemas` (this program has none)"
+    )]
+    NoEventSchemas,
+    /// `schema check` found a difference, or `schema check|write` could not read the schemas
+    /// or the snapshot.
+    #[error("schema {command}: {source}")]
+    Schema {
+        /// `check` or `write`.
+        command: &'static str,
+        /// What failed (it lists every change).
+        source: Box<crate::schema::SchemaCheckError>,
+    },
     /// The output could not be written.
     #[error("writing the output: {0}")]
     Output(#[from] std::io::Error),
@@ -298,14 +318,7 @@ impl Command {
     pub async fn run<S: CliStore>(self, projections: &Projections<S>) -> ExitCode {
         let mut stdout = std::io::stdout();
         let result = self.execute(projections, &mut stdout).await;
-        let _ = stdout.flush();
-        match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        }
+        finish(stdout, result)
     }
 
     /// Whether `--json` was given.
@@ -317,7 +330,22 @@ impl Command {
             Command::Outbox(a) => a.output.json,
             Command::Sagas(a) => a.output.json,
             Command::Trace(_) => false,
+            Command::Schema(a) => a.output.json,
         }
+    }
+
+    /// Like [`run`](Self::run), with the application's event schemas for `schema check` and
+    /// `schema write` (without them, those commands fail with [`CliError::NoEventSchemas`]).
+    pub async fn run_with_schemas<S: CliStore>(
+        self,
+        projections: &Projections<S>,
+        schemas: &EventSchemas,
+    ) -> ExitCode {
+        let mut stdout = std::io::stdout();
+        let result = self
+            .execute_with_schemas(projections, schemas, &mut stdout)
+            .await;
+        finish(stdout, result)
     }
 
     /// Runs the command against `projections` (and the store it carries), writing its output to
@@ -325,6 +353,26 @@ impl Command {
     pub async fn execute<S: CliStore>(
         &self,
         projections: &Projections<S>,
+        out: &mut (dyn Write + Send),
+    ) -> Result<(), CliError> {
+        self.execute_inner(projections, None, out).await
+    }
+
+    /// Like [`execute`](Self::execute), with the application's event schemas for `schema check`
+    /// and `schema write`.
+    pub async fn execute_with_schemas<S: CliStore>(
+        &self,
+        projections: &Projections<S>,
+        schemas: &EventSchemas,
+        out: &mut (dyn Write + Send),
+    ) -> Result<(), CliError> {
+        self.execute_inner(projections, Some(schemas), out).await
+    }
+
+    async fn execute_inner<S: CliStore>(
+        &self,
+        projections: &Projections<S>,
+        schemas: Option<&EventSchemas>,
         out: &mut (dyn Write + Send),
     ) -> Result<(), CliError> {
         let json = self.json();
@@ -339,6 +387,22 @@ impl Command {
             }
             Command::Sagas(args) => sagas::run(&args.command, projections.store(), json, out).await,
             Command::Trace(_) => reserved::refuse("trace"),
+            Command::Schema(args) => match schemas {
+                Some(schemas) => args.execute(schemas, out),
+                None => Err(CliError::NoEventSchemas),
+            },
+        }
+    }
+}
+
+/// Flushes stdout, reports a failure on stderr, and gives the exit code.
+fn finish(mut stdout: std::io::Stdout, result: Result<(), CliError>) -> ExitCode {
+    let _ = stdout.flush();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }
