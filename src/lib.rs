@@ -8,10 +8,10 @@
 //!
 //! | feature | adds |
 //! |---|---|
-//! | `macros` (default) | `#[derive(Event)]` and `#[aggregate]` |
+//! | `macros` (default) | `#[derive(Event)]`, `#[derive(PayloadSchema)]` and `#[aggregate]` |
 //! | `sqlite` (default) | the SQLite event store ([`eventstore::sqlite`]) |
 //! | `postgres` | the PostgreSQL event store ([`eventstore::postgres`]) |
-//! | `proto` | the Protobuf codec (`#[event(codec = "protobuf")]`) |
+//! | `proto` | the Protobuf codec (`#[event(codec = "protobuf")]`), Protobuf event schemas from descriptors |
 //! | `test-util` | given/when/then for aggregates ([`testing`]), the backend contract suite, test databases |
 //! | `kafka` | the Kafka publisher of the outbox relay (`outbox::KafkaPublisher`, rdkafka) |
 //! | `cli` | the embeddable command line (`cli`: migrations, projections, outbox), the `eventfold` binary (with `postgres` and `sqlite`) |
@@ -95,6 +95,8 @@ mod book {
     mod event_store {}
     #[doc = include_str!("../book/src/schema-evolution.md")]
     mod schema_evolution {}
+    #[doc = include_str!("../book/src/event-contracts.md")]
+    mod event_contracts {}
     #[doc = include_str!("../book/src/global-log.md")]
     mod global_log {}
     #[doc = include_str!("../book/src/outbox.md")]

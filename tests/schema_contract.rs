@@ -627,6 +627,27 @@ enum CustomerEvent {
         cached: u8,
         #[serde(with = "as_text")]
         since: u64,
+        id: CustomerId,
+        kind: Kind,
+    },
+}
+
+#[derive(
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, eventfold::PayloadSchema,
+)]
+#[serde(transparent)]
+struct CustomerId(String);
+
+#[derive(
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, eventfold::PayloadSchema,
+)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+enum Kind {
+    PrivatePerson,
+    #[serde(alias = "firm")]
+    Company {
+        #[serde(rename = "VAT")]
+        vat: String,
     },
 }
 
@@ -675,14 +696,33 @@ fn a_schema_follows_serde_flatten_skip_with_and_container_defaults() {
         registered["events"][0]["fields"],
         serde_json::json!([
             { "name": "email", "type": "String" },
+            { "name": "id", "type": "CustomerId" },
+            { "name": "kind", "type": "Kind" },
             { "name": "since", "type": "u64 with as_text" },
             { "name": "streetName", "type": "String", "default": true },
             { "name": "zip", "type": "String", "default": true },
         ])
     );
+    assert_eq!(
+        registered["events"][0]["types"]["CustomerId"],
+        serde_json::json!({ "payload": "String" })
+    );
+    assert_eq!(
+        registered["events"][0]["types"]["Kind"],
+        serde_json::json!({
+            "variants": [
+                { "name": "company", "aliases": ["firm"], "fields": [{ "name": "VAT", "type": "String" }] },
+                { "name": "private-person" },
+            ],
+            "representation": "tag = \"type\"",
+        })
+    );
     // What the schema says is what serde reads.
-    let event =
-        CustomerEvent::decode("customer.registered", br#"{"email":"a@b","since":"7"}"#).unwrap();
+    let event = CustomerEvent::decode(
+        "customer.registered",
+        br#"{"email":"a@b","since":"7","id":"c-1","kind":{"type":"firm","VAT":"x"}}"#,
+    )
+    .unwrap();
     let CustomerEvent::Registered { address, since, .. } = event;
     assert_eq!((address.zip.as_str(), since), ("00000", 7));
 }
@@ -903,6 +943,39 @@ mod protobuf {
         let change = &removed.changes(&release_1).unwrap()[0];
         assert!(change.is_breaking());
         assert_eq!(change.field.as_deref(), Some("email"));
+    }
+
+    /// A message type named otherwise in Rust, found by its `prost::Name`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct SignedUp {
+        #[prost(string, tag = "1")]
+        pub name: String,
+    }
+
+    impl prost::Name for SignedUp {
+        const NAME: &'static str = "UserRegistered";
+        const PACKAGE: &'static str = "users";
+    }
+
+    #[derive(Debug, Clone, PartialEq, Event)]
+    #[event(codec = "protobuf", prefix = "account")]
+    enum AccountEvent {
+        SignedUp(SignedUp),
+    }
+
+    #[test]
+    fn a_protobuf_schema_message_is_found_by_its_prost_name() {
+        let snapshot = EventSchemas::new()
+            .register::<AccountEvent>()
+            .protobuf_descriptors(&descriptors(&[("name", 1, STRING)]))
+            .unwrap()
+            .snapshot(None)
+            .unwrap();
+        assert_eq!(snapshot.events[0].event_type, "account.signed_up");
+        assert_eq!(
+            snapshot.events[0].message.as_deref(),
+            Some("users.UserRegistered")
+        );
     }
 
     #[test]

@@ -61,6 +61,10 @@ use syn::{DeriveInput, parse_macro_input};
 ///
 /// Tuple variants with more than one field are rejected. The enum cannot be generic.
 ///
+/// The derive also implements `Event::schemas`: each variant's payload as serde reads it (field
+/// names, types, defaults), for the event schema check of `eventfold::schema`. Types that the
+/// payloads use are described further when they derive [`PayloadSchema`](derive@PayloadSchema).
+///
 /// # Attributes
 ///
 /// On the enum, all optional:

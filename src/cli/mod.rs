@@ -52,6 +52,11 @@
 //! # }
 //! ```
 //!
+//! The `schema` commands check the application's event schemas ([`crate::schema`]) against its
+//! committed snapshot; they need its event types, so the application passes its
+//! [`EventSchemas`] with [`Command::run_with_schemas`] instead of [`Command::run`] (without them,
+//! `schema` fails with [`CliError::NoEventSchemas`]).
+//!
 //! # Commands
 //!
 //! | command | does |
@@ -73,6 +78,8 @@
 //! | `sagas show <saga-id>` | one instance: data, state, each step with its attempts, the history with times, pending timers |
 //! | `sagas retry <saga-id>` | resumes a saga parked on a failing compensation (the running service's scheduler fires the request) |
 //! | `trace` | reserved: fails with "not available yet" |
+//! | `schema check [--path P]` | compares the application's event schemas with the snapshot (default `event-schemas.json`): fails on a breaking change, or one not recorded yet |
+//! | `schema write [--path P]` | writes the snapshot on purpose, keeping the old versions the upcasters still read |
 //!
 //! Every command takes `--json` (anywhere after the command's first word) and then prints one
 //! JSON document on stdout with these stable fields:
@@ -102,6 +109,10 @@
 //!   "data", ...}, "history": [{"version", "at", "type", "event_id", "causation_id", "event"}],
 //!   "timers": [{"step", "attempt", "kind", "due_at"}]}`
 //! - `sagas retry`: `{"saga_id", "retry_requested": true}`
+//! - `schema check`: `{"path", "status": "ok" | "breaking" | "unrecorded", "schemas", "changes":
+//!   [{"event_type", "version", "field", "kind", ..., "breaking", "message"}]}` (printed before
+//!   the exit with 1 on a difference)
+//! - `schema write`: `{"path", "schemas", "created", "unchanged", "changes": [...]}`
 //!
 //! Times are RFC 3339 in UTC. A failure exits with status 1 and one line on stderr naming what
 //! failed and where (the projection, the dead letter, the table); clap's usage errors exit with 2.
@@ -112,11 +123,13 @@
 //! against `--database-url` (or `DATABASE_URL`, `postgres://...` or `sqlite://...`) with
 //! `--prefix` and `--schema`, and an empty registry: everything works except the commands that
 //! need the projections' code (`rebuild`, `drop-old`), which say so; `projections reset` asks the
-//! running service to rebuild in place instead.
+//! running service to rebuild in place instead. `schema` needs the application's event types, so
+//! the standalone binary answers it with [`CliError::NoEventSchemas`].
 //
 // The code: this file holds the parsers, the errors and the output helpers every command uses;
 // one module per command group runs its commands (`migrate`, `status`, `projections`, `outbox`,
-// `reserved`), `store` says what the CLI needs from a backend, `table` and `progress` draw.
+// `reserved`, `schema`), `store` says what the CLI needs from a backend, `table` and `progress`
+// draw.
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -536,13 +536,11 @@ mod tests {
         EventSchema::new(event_type, version, "json", shape, types)
     }
 
-    fn kinds(
-        recorded: &[EventSchema],
-        code: &[EventSchema],
-        upcasters: &[Upcasters],
-    ) -> Vec<String> {
-        let recorded = Snapshot::new(recorded.to_vec());
-        changes(&recorded, &Code::new(code), upcasters)
+    /// The messages of the changes from `recorded` to `code`, one event type each.
+    fn kinds(recorded: EventSchema, code: EventSchema) -> Vec<String> {
+        let recorded = Snapshot::new(vec![recorded]);
+        let code = [code];
+        changes(&recorded, &Code::new(&code), &[])
             .iter()
             .map(ToString::to_string)
             .collect()
@@ -568,14 +566,14 @@ mod tests {
         let newtype = json("order.placed", 1, Shape::Type("Line".into()), line("u32"));
         // Written alike: only the description differs.
         assert_eq!(
-            kinds(&[object.clone()], &[newtype.clone()], &[]),
+            kinds(object.clone(), newtype.clone()),
             [
                 "`order.placed` version 1: described differently, without a change to what is read (a type's definition, a default or an alias added)"
             ]
         );
         let retyped = json("order.placed", 1, Shape::Type("Line".into()), line("u64"));
         assert_eq!(
-            kinds(&[object], &[retyped], &[]),
+            kinds(object, retyped),
             [
                 "`order.placed` version 1, field `qty`: type changed from `u32` to `u64`: bump the version and register an upcaster"
             ]
@@ -587,7 +585,7 @@ mod tests {
             TypeDefs::new(),
         );
         assert_eq!(
-            kinds(&[newtype], &[other], &[]),
+            kinds(newtype, other),
             [
                 "`order.placed` version 1: changed from `Line` to `String`: bump the version and register an upcaster"
             ]
@@ -601,13 +599,13 @@ mod tests {
         let with_default = json("a.b", 1, field(true), TypeDefs::new());
         let without = json("a.b", 1, field(false), TypeDefs::new());
         assert_eq!(
-            kinds(&[with_default.clone()], &[without.clone()], &[]),
+            kinds(with_default.clone(), without.clone()),
             [
                 "`a.b` version 1, field `note`: lost its default (`String`): stored payloads may lack it; keep #[serde(default)]"
             ]
         );
         assert_eq!(
-            kinds(&[without.clone()], &[with_default], &[]),
+            kinds(without.clone(), with_default),
             [
                 "`a.b` version 1: described differently, without a change to what is read (a type's definition, a default or an alias added)"
             ]
@@ -615,7 +613,7 @@ mod tests {
         let mut protobuf = without.clone();
         protobuf.codec = "protobuf".into();
         assert_eq!(
-            kinds(&[without], &[protobuf], &[]),
+            kinds(without, protobuf),
             [
                 "`a.b` version 1: the codec changed from json to protobuf: bump the version and register an upcaster"
             ]
@@ -639,9 +637,8 @@ mod tests {
         };
         assert_eq!(
             kinds(
-                &[status(None, &["open"])],
-                &[status(Some("untagged"), &["open", "closed"])],
-                &[]
+                status(None, &["open"]),
+                status(Some("untagged"), &["open", "closed"])
             ),
             [
                 "`a.b` version 1, `Status`: the enum representation changed from externally tagged to `untagged`: bump the version and register an upcaster",
