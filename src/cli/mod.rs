@@ -77,7 +77,7 @@
 //! | `sagas list [--state S] [--type T] [--correlation-id C] [--limit N]` | saga instances, most recently updated first, and counts per type and state |
 //! | `sagas show <saga-id>` | one instance: data, state, each step with its attempts, the history with times, pending timers |
 //! | `sagas retry <saga-id>` | resumes a saga parked on a failing compensation (the running service's scheduler fires the request) |
-//! | `trace` | reserved: fails with "not available yet" |
+//! | `trace <correlation-id> [--mermaid \| --dot] [--merge URL[#PREFIX]]...` | the causal tree of a flow (events, commands sent and received, replies, saga transitions, timers, parked messages, dead letters) from this database and other services' databases |
 //! | `schema check [--path P]` | compares the application's event schemas with the snapshot (default `event-schemas.json`): fails on a breaking change, or one not recorded yet |
 //! | `schema write [--path P]` | writes the snapshot on purpose, keeping the old versions the upcasters still read |
 //!
@@ -109,6 +109,9 @@
 //!   "data", ...}, "history": [{"version", "at", "type", "event_id", "causation_id", "event"}],
 //!   "timers": [{"step", "attempt", "kind", "due_at"}]}`
 //! - `sagas retry`: `{"saga_id", "retry_requested": true}`
+//! - `trace`: the trace's JSON (`eventfold::trace`): `{"correlation_id", "records", "services",
+//!   "first_at", "last_at", "roots": [id], "nodes": [{"id", "depth", "parent", "children", "kind",
+//!   "name", "service", "at", "subject", "causation_id", "missing_parent", "deliveries", ...}]}`
 //! - `schema check`: `{"path", "status": "ok" | "breaking" | "unrecorded", "schemas", "changes":
 //!   [{"event_type", "version", "field", "kind", ..., "breaking", "message"}]}` (printed before
 //!   the exit with 1 on a difference)
@@ -128,8 +131,8 @@
 //
 // The code: this file holds the parsers, the errors and the output helpers every command uses;
 // one module per command group runs its commands (`migrate`, `status`, `projections`, `outbox`,
-// `reserved`, `schema`), `store` says what the CLI needs from a backend, `table` and `progress`
-// draw.
+// `sagas`, `trace`, `schema`), `store` says what the CLI needs from a backend, `table` and
+// `progress` draw.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -145,21 +148,21 @@ mod migrate;
 mod outbox;
 mod progress;
 mod projections;
-mod reserved;
 mod sagas;
 mod schema;
 mod status;
 mod store;
 mod table;
+mod trace;
 
 pub use migrate::MigrateArgs;
 pub use outbox::{OutboxArgs, OutboxCommand};
 pub use projections::{ProjectionsArgs, ProjectionsCommand};
-pub use reserved::ReservedArgs;
 pub use sagas::{SagasArgs, SagasCommand};
 pub use schema::{SchemaArgs, SchemaCommand};
 pub use status::StatusArgs;
 pub use store::{AppliedMigration, CliStore};
+pub use trace::TraceArgs;
 
 use table::{Align, Table};
 
@@ -189,8 +192,9 @@ pub enum Command {
     Outbox(OutboxArgs),
     /// Orchestrated sagas: list, show, retry a parked one.
     Sagas(SagasArgs),
-    /// Trace a correlation id through events, messages and sagas (not available yet).
-    Trace(ReservedArgs),
+    /// The causal tree of one flow (a correlation id): events, commands, replies, saga
+    /// transitions, timers, parked messages, from this database and `--merge`d ones.
+    Trace(TraceArgs),
     /// Event schemas as contracts: check the code against the committed snapshot, or write it.
     Schema(SchemaArgs),
 }
@@ -278,11 +282,21 @@ pub enum CliError {
         /// The saga runtime's error (it names the instance).
         source: Box<crate::saga::runtime::RuntimeError>,
     },
-    /// A reserved command.
-    #[error("`{command}` is not available yet in this version of eventfold")]
-    NotAvailable {
-        /// `sagas` or `trace`.
-        command: &'static str,
+    /// No database holds a record of the flow.
+    #[error("trace {correlation_id}: no record of this flow in the {databases} database(s) read")]
+    UnknownFlow {
+        /// The correlation id given.
+        correlation_id: uuid::Uuid,
+        /// How many databases were read.
+        databases: usize,
+    },
+    /// Another service's database could not be opened.
+    #[error("opening {url}: {reason}")]
+    Connect {
+        /// The database (without credentials).
+        url: String,
+        /// What went wrong.
+        reason: String,
     },
     /// `schema ...` without the application's event schemas (the standalone binary).
     #[error(
@@ -342,7 +356,7 @@ impl Command {
             Command::Projections(a) => a.output.json,
             Command::Outbox(a) => a.output.json,
             Command::Sagas(a) => a.output.json,
-            Command::Trace(_) => false,
+            Command::Trace(a) => a.output.json,
             Command::Schema(a) => a.output.json,
         }
     }
@@ -399,7 +413,7 @@ impl Command {
                 outbox::run(&args.command, projections.store(), json, out).await
             }
             Command::Sagas(args) => sagas::run(&args.command, projections.store(), json, out).await,
-            Command::Trace(_) => reserved::refuse("trace"),
+            Command::Trace(args) => trace::run(args, projections.store(), json, out).await,
             Command::Schema(args) => match schemas {
                 Some(schemas) => args.execute(schemas, out),
                 None => Err(CliError::NoEventSchemas),
