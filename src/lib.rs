@@ -8,10 +8,10 @@
 //!
 //! | feature | adds |
 //! |---|---|
-//! | `macros` (default) | `#[derive(Event)]` and `#[aggregate]` |
+//! | `macros` (default) | `#[derive(Event)]`, `#[derive(PayloadSchema)]` and `#[aggregate]` |
 //! | `sqlite` (default) | the SQLite event store ([`eventstore::sqlite`]) |
 //! | `postgres` | the PostgreSQL event store ([`eventstore::postgres`]) |
-//! | `proto` | the Protobuf codec (`#[event(codec = "protobuf")]`) |
+//! | `proto` | the Protobuf codec (`#[event(codec = "protobuf")]`), Protobuf event schemas from descriptors |
 //! | `test-util` | given/when/then for aggregates ([`testing`]), the backend contract suite, test databases |
 //! | `kafka` | the Kafka publisher of the outbox relay (`outbox::KafkaPublisher`, rdkafka) |
 //! | `otel` | W3C trace context (`traceparent`, `tracestate`) of the current `tracing` span recorded on events and messages, continued by consumers and reactions (`trace_context`; OpenTelemetry API and `tracing-opentelemetry`, no SDK) |
@@ -66,7 +66,7 @@
 pub use eventfold_core::*;
 
 #[cfg(feature = "macros")]
-pub use eventfold_macros::{Event, aggregate};
+pub use eventfold_macros::{Event, PayloadSchema, aggregate};
 
 /// The event store: the [`eventstore::EventStore`] trait, its backends, the unit of work and the
 /// repository.
@@ -96,6 +96,8 @@ mod book {
     mod event_store {}
     #[doc = include_str!("../book/src/schema-evolution.md")]
     mod schema_evolution {}
+    #[doc = include_str!("../book/src/event-contracts.md")]
+    mod event_contracts {}
     #[doc = include_str!("../book/src/global-log.md")]
     mod global_log {}
     #[doc = include_str!("../book/src/outbox.md")]

@@ -56,6 +56,16 @@ pub trait Event: Sized + Send + Sync + 'static {
     /// Older versions are brought up to date by [`crate::Upcasters`] before this is called.
     fn decode(event_type: &str, payload: &[u8]) -> Result<Self, CodecError>;
 
+    /// The schema of every event type of this set at its current version, for the schema check
+    /// of [`crate::schema`].
+    ///
+    /// `#[derive(Event)]` implements it from the variants' fields as serde reads them. The
+    /// default, `None`, says that this set does not describe its schemas (a hand-written impl):
+    /// [`crate::schema::EventSchemas`] then reports it instead of checking it.
+    fn schemas() -> Option<Vec<crate::schema::EventSchema>> {
+        None
+    }
+
     /// The current schema version of `event_type`, or `None` when this set does not know it.
     fn current_version(event_type: &str) -> Option<u32> {
         Self::event_types()

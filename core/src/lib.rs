@@ -17,6 +17,8 @@
 //!   free-form headers.
 //! * [`Upcasters`] turn an old stored payload into the current schema when it is read, so history
 //!   is never rewritten.
+//! * [`schema`] keeps the event schemas as contracts: a committed snapshot of every event type and
+//!   version, and a check that refuses a change which would stop stored events from being read.
 //!
 //! ```
 //! use eventfold_core::{Aggregate, Event, EventTypeInfo, CodecError};
@@ -71,6 +73,7 @@ pub mod error;
 pub mod event;
 pub mod metadata;
 pub mod outbox;
+pub mod schema;
 pub mod stream;
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -85,8 +88,9 @@ pub use error::{BoxError, DecodeError, DecodeErrorKind};
 pub use event::{Event, EventTypeInfo};
 pub use metadata::{CommandMetadata, Envelope, Headers, NewEvent, RecordedEvent};
 pub use outbox::OutboxMessage;
+pub use schema::{EventSchemas, PayloadSchema};
 pub use stream::{InvalidStreamId, StreamId};
-pub use upcast::{UpcastStep, Upcasters, decode_event, decode_event_ref};
+pub use upcast::{StepTarget, UpcastStep, Upcasters, decode_event, decode_event_ref};
 
 /// Re-exports used by code that the derive macros generate. Not a public API.
 #[doc(hidden)]

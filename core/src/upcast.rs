@@ -43,10 +43,34 @@ pub struct UpcastStep {
 
 type UpcastFn = dyn Fn(UpcastStep) -> Result<UpcastStep, BoxError> + Send + Sync;
 
+/// One registered step, and where it leads when that is known without running it.
+#[derive(Clone)]
+struct Step {
+    run: Arc<UpcastFn>,
+    to: Option<(String, u32)>,
+}
+
+/// Where the step registered from an `(event_type, from_version)` leads, as far as is known
+/// without running it ([`Upcasters::step_from`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StepTarget<'a> {
+    /// A [`Upcasters::json`], [`Upcasters::bytes`] or [`Upcasters::rename`] step: to this type and
+    /// version.
+    Known {
+        /// The type name the step produces.
+        event_type: &'a str,
+        /// The version the step produces.
+        version: u32,
+    },
+    /// A general [`Upcasters::step`]: its result is known only when it runs.
+    Unknown,
+}
+
 /// A chain of upcasters keyed by `(event_type, from_version)`. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Upcasters {
-    steps: HashMap<(String, u32), Arc<UpcastFn>>,
+    steps: HashMap<(String, u32), Step>,
 }
 
 impl fmt::Debug for Upcasters {
@@ -74,14 +98,52 @@ impl Upcasters {
     /// Registers a general step from `(event_type, from_version)`. The step receives the payload
     /// and returns it at a later version, or under another type name.
     pub fn step(
-        mut self,
+        self,
         event_type: impl Into<String>,
         from_version: u32,
         f: impl Fn(UpcastStep) -> Result<UpcastStep, BoxError> + Send + Sync + 'static,
     ) -> Self {
+        self.insert(event_type.into(), from_version, None, f)
+    }
+
+    fn insert(
+        mut self,
+        event_type: String,
+        from_version: u32,
+        to: Option<(String, u32)>,
+        f: impl Fn(UpcastStep) -> Result<UpcastStep, BoxError> + Send + Sync + 'static,
+    ) -> Self {
+        let run: Arc<UpcastFn> = Arc::new(f);
         self.steps
-            .insert((event_type.into(), from_version), Arc::new(f));
+            .insert((event_type, from_version), Step { run, to });
         self
+    }
+
+    /// Where the step registered from `(event_type, from_version)` leads, without running it;
+    /// `None` when there is no such step. The schema check ([`crate::schema`]) follows these to
+    /// tell whether a version that left the code can still be read.
+    ///
+    /// ```
+    /// use eventfold_core::upcast::{StepTarget, Upcasters};
+    ///
+    /// let upcasters = Upcasters::new()
+    ///     .json("order.placed", 1, Ok)
+    ///     .rename("order.created", 1, "order.placed", 1);
+    /// assert_eq!(
+    ///     upcasters.step_from("order.placed", 1),
+    ///     Some(StepTarget::Known { event_type: "order.placed", version: 2 })
+    /// );
+    /// assert_eq!(upcasters.step_from("order.placed", 2), None);
+    /// ```
+    pub fn step_from(&self, event_type: &str, from_version: u32) -> Option<StepTarget<'_>> {
+        let step = self.steps.get(&(event_type.to_owned(), from_version))?;
+        Some(match &step.to {
+            Some((event_type, version)) => StepTarget::Known {
+                event_type,
+                version: *version,
+            },
+            None => StepTarget::Unknown,
+        })
     }
 
     /// Registers a step on raw bytes from `from_version` to `from_version + 1`.
@@ -91,7 +153,9 @@ impl Upcasters {
         from_version: u32,
         f: impl Fn(Vec<u8>) -> Result<Vec<u8>, BoxError> + Send + Sync + 'static,
     ) -> Self {
-        self.step(event_type, from_version, move |step: UpcastStep| {
+        let event_type = event_type.into();
+        let to = Some((event_type.clone(), from_version.saturating_add(1)));
+        self.insert(event_type, from_version, to, move |step: UpcastStep| {
             Ok(UpcastStep {
                 event_type: step.event_type,
                 schema_version: step.schema_version + 1,
@@ -122,7 +186,8 @@ impl Upcasters {
         new_version: u32,
     ) -> Self {
         let new_type = new_type.into();
-        self.step(old_type, version, move |step: UpcastStep| {
+        let to = Some((new_type.clone(), new_version));
+        self.insert(old_type.into(), version, to, move |step: UpcastStep| {
             Ok(UpcastStep {
                 event_type: new_type.clone(),
                 schema_version: new_version,
@@ -153,7 +218,8 @@ impl Upcasters {
             }
             let upcaster = self
                 .steps
-                .get(&(step.event_type.clone(), step.schema_version));
+                .get(&(step.event_type.clone(), step.schema_version))
+                .map(|s| &s.run);
             match (known, upcaster) {
                 (Some(known), _) if step.schema_version > known => {
                     return Err(DecodeErrorKind::SchemaTooNew {

@@ -10,6 +10,7 @@ use syn::meta::ParseNestedMeta;
 use syn::spanned::Spanned;
 use syn::{Attribute, Data, DeriveInput, Field, Fields, Ident, LitInt, LitStr, Path, Type};
 
+use crate::schema;
 use crate::util::{
     Errors, invalid_name_reason, key_name, parse_crate_path, parse_version, path_to_string,
     replace_self,
@@ -394,6 +395,14 @@ fn generate(
 
     let mut encode_arms = Vec::new();
     let mut decode_arms = Vec::new();
+    let schemas: Vec<TokenStream> = variants
+        .iter()
+        .map(|variant| variant_schema(variant, krate, codec))
+        .collect();
+    let schema_imports = match codec {
+        Codec::Json => quote!(use #krate::schema::__private::{Described as _, Opaque as _};),
+        Codec::Protobuf => quote!(use #krate::schema::__private::{Named as _, Unnamed as _};),
+    };
     for variant in variants {
         let ident = variant.ident;
         let name = variant.name.as_str();
@@ -538,6 +547,13 @@ fn generate(
                 }
             }
 
+            #[allow(unused_mut)]
+            fn schemas() -> ::core::option::Option<::std::vec::Vec<#krate::schema::EventSchema>> {
+                #[allow(unused_imports)]
+                #schema_imports
+                ::core::option::Option::Some(::std::vec![#(#schemas,)*])
+            }
+
             fn decode(
                 event_type: &str,
                 payload: &[u8],
@@ -551,4 +567,58 @@ fn generate(
             }
         }
     }
+}
+
+/// The schema of one variant's payload, built when `Event::schemas` runs: the fields as serde
+/// reads them, or the newtype's type (described further when it implements `PayloadSchema`).
+fn variant_schema(variant: &Variant<'_>, krate: &Path, codec: Codec) -> TokenStream {
+    let name = variant.name.as_str();
+    let version = Literal::u32_unsuffixed(variant.version);
+    let codec_name = match codec {
+        Codec::Json => "json",
+        Codec::Protobuf => "protobuf",
+    };
+    let shape = match &variant.shape {
+        Shape::Struct(fields) => {
+            let fields = schema::named_fields(fields.iter().copied());
+            let pushes = schema::field_pushes(&fields, None, false, krate);
+            quote! {{
+                let mut __fields = ::std::vec::Vec::new();
+                #pushes
+                #krate::schema::Shape::Fields(__fields)
+            }}
+        }
+        Shape::Unit(_) => quote!(#krate::schema::Shape::Fields(::std::vec::Vec::new())),
+        Shape::Newtype(field) => {
+            let (text, probes) = match codec {
+                Codec::Json => schema::newtype(&field.ty, &field.attrs, krate),
+                Codec::Protobuf => (schema::type_text(&field.ty), TokenStream::new()),
+            };
+            quote! {{
+                #probes
+                #krate::schema::Shape::Type(::std::string::String::from(#text))
+            }}
+        }
+    };
+    let schema = quote! {
+        #krate::schema::EventSchema::new(#name, #version, #codec_name, __shape, __types_owned)
+    };
+    let schema = match (&variant.shape, codec) {
+        (Shape::Newtype(field), Codec::Protobuf) => {
+            let ty = &field.ty;
+            quote! {
+                match (&#krate::schema::__private::Probe::<#ty>::new()).message_name() {
+                    ::core::option::Option::Some(__message) => #schema.with_message(__message),
+                    ::core::option::Option::None => #schema,
+                }
+            }
+        }
+        _ => schema,
+    };
+    quote! {{
+        let mut __types_owned = #krate::schema::TypeDefs::new();
+        let __types = &mut __types_owned;
+        let __shape = #shape;
+        #schema
+    }}
 }

@@ -41,6 +41,7 @@
 
 mod aggregate;
 mod event;
+mod schema;
 mod util;
 
 use proc_macro::TokenStream;
@@ -59,6 +60,10 @@ use syn::{DeriveInput, parse_macro_input};
 /// * unit variants, `Cancelled`: the payload is `{}` (any object is accepted when decoding).
 ///
 /// Tuple variants with more than one field are rejected. The enum cannot be generic.
+///
+/// The derive also implements `Event::schemas`: each variant's payload as serde reads it (field
+/// names, types, defaults), for the event schema check of `eventfold::schema`. Types that the
+/// payloads use are described further when they derive [`PayloadSchema`](derive@PayloadSchema).
 ///
 /// # Attributes
 ///
@@ -166,4 +171,44 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
     aggregate::expand(args.into(), input.into()).into()
+}
+
+/// Implements `eventfold::schema::PayloadSchema` for a struct or an enum that an event payload
+/// uses, so the event schemas (the snapshot and its check) see inside it.
+///
+/// Derive it on the payload type of a newtype variant (`Paid(PaymentInfo)`) and on the structs
+/// and enums the fields use (`lines: Vec<Line>`). A type without it is recorded by its name only,
+/// and a change inside it goes unnoticed.
+///
+/// The description follows serde: field names after `rename`, `rename_all` and `alias`; a field
+/// has a default with `#[serde(default)]`, a container `#[serde(default)]`, or when it is an
+/// `Option` (without `with`); `skip`/`skip_deserializing` fields are left out, `flatten`ed fields
+/// are inlined; `#[serde(with)]` is part of the field's type; `transparent`, `from`/`try_from`
+/// describe the type as the one serde reads; an enum records its variants and `tag`, `content`
+/// or `untagged`.
+///
+/// The type is named by its name without its path (`Line`), and cannot be generic.
+///
+/// # Attributes
+///
+/// * `#[payload_schema(crate = "path::to::eventfold")]`: where the `eventfold` crate is, for code
+///   that re-exports it. Defaults to `::eventfold`.
+///
+/// # Example
+///
+/// ```text
+/// use eventfold::{Event, PayloadSchema};
+///
+/// #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, PayloadSchema)]
+/// struct Line { sku: String, qty: u32 }
+///
+/// #[derive(Debug, Clone, PartialEq, Event)]
+/// enum OrderEvent {
+///     Placed { customer: String, lines: Vec<Line> },
+/// }
+/// ```
+#[proc_macro_derive(PayloadSchema, attributes(payload_schema, serde))]
+pub fn derive_payload_schema(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    schema::expand(input).into()
 }

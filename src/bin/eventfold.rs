@@ -11,7 +11,8 @@
 //! `migrate`, `status`, `outbox status|dead-letters|retry|skip`, `projections
 //! list|status|pause|resume|dead-letters|reset`. `projections rebuild` and `drop-old` run the
 //! projection's code, so they explain that they belong to the application's binary;
-//! `projections reset <name>` asks the running service to rebuild in place instead.
+//! `projections reset <name>` asks the running service to rebuild in place instead. `schema
+//! check|write` need the application's event types, so they say so (without a database).
 //!
 //! Only `migrate` changes the schema (and only `migrate` creates a missing SQLite file); every
 //! other command works on the tables as they are. A failure exits with status 1 and a message on
@@ -22,7 +23,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
-use eventfold::cli::{CliStore, Command};
+use eventfold::cli::{CliError, CliStore, Command};
 use eventfold::eventstore::Naming;
 use eventfold::eventstore::postgres::PgStore;
 use eventfold::eventstore::sqlite::SqliteStore;
@@ -110,6 +111,11 @@ async fn execute<S: CliStore>(store: S, command: Command) -> Result<(), String> 
 }
 
 async fn run(mut args: Args) -> Result<(), String> {
+    if matches!(args.command, Command::Schema(_)) {
+        // The event types are the application's: this binary has none, and needs no database to
+        // say so.
+        return Err(CliError::NoEventSchemas.to_string());
+    }
     let mut urls = std::mem::take(&mut args.database_url).into_iter();
     let first = urls.next().unwrap_or_default();
     // Every other database is read by `trace` only.

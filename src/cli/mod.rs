@@ -52,6 +52,11 @@
 //! # }
 //! ```
 //!
+//! The `schema` commands check the application's event schemas ([`crate::schema`]) against its
+//! committed snapshot; they need its event types, so the application passes its
+//! [`EventSchemas`] with [`Command::run_with_schemas`] instead of [`Command::run`] (without them,
+//! `schema` fails with [`CliError::NoEventSchemas`]).
+//!
 //! # Commands
 //!
 //! | command | does |
@@ -73,6 +78,8 @@
 //! | `sagas show <saga-id>` | one instance: data, state, each step with its attempts, the history with times, pending timers |
 //! | `sagas retry <saga-id>` | resumes a saga parked on a failing compensation (the running service's scheduler fires the request) |
 //! | `trace <correlation-id> [--mermaid \| --dot] [--merge URL[#PREFIX]]...` | the causal tree of a flow (events, commands sent and received, replies, saga transitions, timers, parked messages, dead letters) from this database and other services' databases |
+//! | `schema check [--path P]` | compares the application's event schemas with the snapshot (default `event-schemas.json`): fails on a breaking change, or one not recorded yet |
+//! | `schema write [--path P]` | writes the snapshot on purpose, keeping the old versions the upcasters still read |
 //!
 //! Every command takes `--json` (anywhere after the command's first word) and then prints one
 //! JSON document on stdout with these stable fields:
@@ -105,6 +112,10 @@
 //! - `trace`: the trace's JSON (`eventfold::trace`): `{"correlation_id", "records", "services",
 //!   "first_at", "last_at", "roots": [id], "nodes": [{"id", "depth", "parent", "children", "kind",
 //!   "name", "service", "at", "subject", "causation_id", "missing_parent", "deliveries", ...}]}`
+//! - `schema check`: `{"path", "status": "ok" | "breaking" | "unrecorded", "schemas", "changes":
+//!   [{"event_type", "version", "field", "kind", ..., "breaking", "message"}]}` (printed before
+//!   the exit with 1 on a difference)
+//! - `schema write`: `{"path", "schemas", "created", "unchanged", "changes": [...]}`
 //!
 //! Times are RFC 3339 in UTC. A failure exits with status 1 and one line on stderr naming what
 //! failed and where (the projection, the dead letter, the table); clap's usage errors exit with 2.
@@ -115,11 +126,13 @@
 //! against `--database-url` (or `DATABASE_URL`, `postgres://...` or `sqlite://...`) with
 //! `--prefix` and `--schema`, and an empty registry: everything works except the commands that
 //! need the projections' code (`rebuild`, `drop-old`), which say so; `projections reset` asks the
-//! running service to rebuild in place instead.
+//! running service to rebuild in place instead. `schema` needs the application's event types, so
+//! the standalone binary answers it with [`CliError::NoEventSchemas`].
 //
 // The code: this file holds the parsers, the errors and the output helpers every command uses;
 // one module per command group runs its commands (`migrate`, `status`, `projections`, `outbox`,
-// `sagas`, `trace`), `store` says what the CLI needs from a backend, `table` and `progress` draw.
+// `sagas`, `trace`, `schema`), `store` says what the CLI needs from a backend, `table` and
+// `progress` draw.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -129,12 +142,14 @@ use serde::Serialize;
 
 use crate::eventstore::StoreError;
 use crate::projections::{ProjectionError, Projections};
+use crate::schema::EventSchemas;
 
 mod migrate;
 mod outbox;
 mod progress;
 mod projections;
 mod sagas;
+mod schema;
 mod status;
 mod store;
 mod table;
@@ -144,6 +159,7 @@ pub use migrate::MigrateArgs;
 pub use outbox::{OutboxArgs, OutboxCommand};
 pub use projections::{ProjectionsArgs, ProjectionsCommand};
 pub use sagas::{SagasArgs, SagasCommand};
+pub use schema::{SchemaArgs, SchemaCommand};
 pub use status::StatusArgs;
 pub use store::{AppliedMigration, CliStore};
 pub use trace::TraceArgs;
@@ -179,6 +195,8 @@ pub enum Command {
     /// The causal tree of one flow (a correlation id): events, commands, replies, saga
     /// transitions, timers, parked messages, from this database and `--merge`d ones.
     Trace(TraceArgs),
+    /// Event schemas as contracts: check the code against the committed snapshot, or write it.
+    Schema(SchemaArgs),
 }
 
 /// The output flag every command takes.
@@ -280,6 +298,21 @@ pub enum CliError {
         /// What went wrong.
         reason: String,
     },
+    /// `schema ...` without the application's event schemas (the standalone binary).
+    #[error(
+        "`schema` needs the application's event types: run it from the application's binary, \
+         which passes its `EventSchemas` to `Command::run_with_schemas` (this program has none)"
+    )]
+    NoEventSchemas,
+    /// `schema check` found a difference, or `schema check|write` could not read the schemas
+    /// or the snapshot.
+    #[error("schema {command}: {source}")]
+    Schema {
+        /// `check` or `write`.
+        command: &'static str,
+        /// What failed (it lists every change).
+        source: Box<crate::schema::SchemaCheckError>,
+    },
     /// The output could not be written.
     #[error("writing the output: {0}")]
     Output(#[from] std::io::Error),
@@ -312,14 +345,7 @@ impl Command {
     pub async fn run<S: CliStore>(self, projections: &Projections<S>) -> ExitCode {
         let mut stdout = std::io::stdout();
         let result = self.execute(projections, &mut stdout).await;
-        let _ = stdout.flush();
-        match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        }
+        finish(stdout, result)
     }
 
     /// Whether `--json` was given.
@@ -331,7 +357,22 @@ impl Command {
             Command::Outbox(a) => a.output.json,
             Command::Sagas(a) => a.output.json,
             Command::Trace(a) => a.output.json,
+            Command::Schema(a) => a.output.json,
         }
+    }
+
+    /// Like [`run`](Self::run), with the application's event schemas for `schema check` and
+    /// `schema write` (without them, those commands fail with [`CliError::NoEventSchemas`]).
+    pub async fn run_with_schemas<S: CliStore>(
+        self,
+        projections: &Projections<S>,
+        schemas: &EventSchemas,
+    ) -> ExitCode {
+        let mut stdout = std::io::stdout();
+        let result = self
+            .execute_with_schemas(projections, schemas, &mut stdout)
+            .await;
+        finish(stdout, result)
     }
 
     /// Runs the command against `projections` (and the store it carries), writing its output to
@@ -339,6 +380,26 @@ impl Command {
     pub async fn execute<S: CliStore>(
         &self,
         projections: &Projections<S>,
+        out: &mut (dyn Write + Send),
+    ) -> Result<(), CliError> {
+        self.execute_inner(projections, None, out).await
+    }
+
+    /// Like [`execute`](Self::execute), with the application's event schemas for `schema check`
+    /// and `schema write`.
+    pub async fn execute_with_schemas<S: CliStore>(
+        &self,
+        projections: &Projections<S>,
+        schemas: &EventSchemas,
+        out: &mut (dyn Write + Send),
+    ) -> Result<(), CliError> {
+        self.execute_inner(projections, Some(schemas), out).await
+    }
+
+    async fn execute_inner<S: CliStore>(
+        &self,
+        projections: &Projections<S>,
+        schemas: Option<&EventSchemas>,
         out: &mut (dyn Write + Send),
     ) -> Result<(), CliError> {
         let json = self.json();
@@ -353,6 +414,22 @@ impl Command {
             }
             Command::Sagas(args) => sagas::run(&args.command, projections.store(), json, out).await,
             Command::Trace(args) => trace::run(args, projections.store(), json, out).await,
+            Command::Schema(args) => match schemas {
+                Some(schemas) => args.execute(schemas, out),
+                None => Err(CliError::NoEventSchemas),
+            },
+        }
+    }
+}
+
+/// Flushes stdout, reports a failure on stderr, and gives the exit code.
+fn finish(mut stdout: std::io::Stdout, result: Result<(), CliError>) -> ExitCode {
+    let _ = stdout.flush();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }
