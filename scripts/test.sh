@@ -10,7 +10,9 @@
 # but stopped, drops test databases left by killed runs, installs tansu (a Kafka-protocol broker;
 # 10 to 30 minutes to build on 2 cores, once per machine) and starts it with in-memory storage
 # when nothing listens on the Kafka port, and fails loudly when PostgreSQL or the broker cannot
-# be reached: no test is skipped for a missing component.
+# be reached: no test is skipped for a missing component. It also installs mdbook (pinned, once
+# per machine) if it is missing, renders the book into target/book, and fails when it cannot;
+# the test `book_links` then checks the rendered book for broken internal links.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +23,9 @@ export EVENTFOLD_LOG_STRESS_SECS="${EVENTFOLD_LOG_STRESS_SECS:-8}"
 export EVENTFOLD_E2E_EVENTS="${EVENTFOLD_E2E_EVENTS:-50000}"
 export KAFKA_BOOTSTRAP="${KAFKA_BOOTSTRAP:-127.0.0.1:9092}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export PATH="$HOME/.cargo/bin:$PATH"
+# The mdBook that renders the book (its version is pinned: a newer one may render differently).
+MDBOOK_VERSION=0.5.4
 
 log() { echo "== $*" >&2; }
 
@@ -55,7 +60,6 @@ kafka_port="${kafka_host##*:}"
 kafka_host="${kafka_host%:*}"
 kafka_up() { (exec 3<>"/dev/tcp/$kafka_host/$kafka_port") >/dev/null 2>&1; }
 if ! kafka_up; then
-    export PATH="$HOME/.cargo/bin:$PATH"
     if ! command -v tansu >/dev/null; then
         log "tansu not found; installing it (10 to 30 minutes on 2 cores)"
         cargo install --locked tansu@0.6.0 --features dynostore
@@ -79,8 +83,21 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi
 
+if [ "$(mdbook --version 2>/dev/null)" != "mdbook v$MDBOOK_VERSION" ]; then
+    log "mdbook $MDBOOK_VERSION not found; installing it (a few minutes on 2 cores, once per machine)"
+    if ! cargo install --locked "mdbook@$MDBOOK_VERSION" --no-default-features --features search; then
+        echo "FATAL: installing mdbook $MDBOOK_VERSION failed; the book cannot be rendered and its links cannot be checked." >&2
+        exit 1
+    fi
+fi
+log "the book: mdbook build book (into target/book)"
+if ! mdbook build book; then
+    echo "FATAL: mdbook build failed; see the error above." >&2
+    exit 1
+fi
+
 log "doctests (rustdoc examples, every book sample, the README)"
 cargo test --workspace --all-features --doc
 
-log "unit, integration, contract, concurrency, global-log stress, property and compile-fail tests"
+log "unit, integration, contract, concurrency, global-log stress, property, compile-fail and book-link tests"
 cargo nextest run --workspace --all-features --no-fail-fast "$@"

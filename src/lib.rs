@@ -102,15 +102,25 @@ mod book {
     mod global_log {}
     #[doc = include_str!("../book/src/outbox.md")]
     mod outbox_chapter {}
+    #[doc = include_str!("../book/src/consumers.md")]
+    mod consumers_chapter {}
     #[doc = include_str!("../book/src/projections.md")]
     mod projections_chapter {}
     #[doc = include_str!("../book/src/choreography.md")]
     mod choreography_chapter {}
     #[doc = include_str!("../book/src/tracing.md")]
     mod tracing_chapter {}
+    #[doc = include_str!("../book/src/operations.md")]
+    mod operations_chapter {}
     #[cfg(feature = "cli")]
     #[doc = include_str!("../book/src/cli.md")]
     mod cli_chapter {}
+    #[doc = include_str!("../book/src/guarantees.md")]
+    mod guarantees_chapter {}
+    #[doc = include_str!("../book/src/performance.md")]
+    mod performance_chapter {}
+    #[doc = include_str!("../book/src/migrating-from-cqrs-es.md")]
+    mod migrating_from_cqrs_es {}
     #[doc = include_str!("../README.md")]
     mod readme {}
 }
