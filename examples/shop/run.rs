@@ -1,0 +1,199 @@
+//! `run` (the default command): fresh databases, the services started in the chosen style, the
+//! workload, then the checked summary and the trace of one order that did not go through.
+
+use std::time::Duration;
+
+use eventfold::BoxError;
+use eventfold::outbox::InProcessBroker;
+
+use crate::inventory::Inventory;
+use crate::messages::Topics;
+use crate::report::{self, Setup, Summary};
+use crate::services::{Database, Open, Services, ShopStore};
+use crate::style::orchestrated::{self, Timing};
+use crate::style::{Flow, Style, choreographed};
+use crate::transport::Transport;
+use crate::workload::{self, CATALOG, Workload};
+
+/// The workload and how it runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// How many orders.
+    #[arg(long, default_value_t = 400)]
+    orders: usize,
+    /// Orders undecided at most at a time.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// The share of orders with a product that is sold out.
+    #[arg(long, default_value_t = 0.05)]
+    out_of_stock_rate: f64,
+    /// The share of orders whose card is declined.
+    #[arg(long, default_value_t = 0.05)]
+    decline_rate: f64,
+    /// The share of orders whose payment answers after the payment timeout.
+    #[arg(long, default_value_t = 0.03)]
+    payment_timeout_rate: f64,
+    /// How long the saga waits for the payment's answer, in milliseconds.
+    #[arg(long, default_value_t = 1_000)]
+    payment_timeout_ms: u64,
+    /// orchestrated (a saga) or choreographed (services reacting to events).
+    #[arg(long, value_enum, default_value_t = Style::Orchestrated)]
+    style: Style,
+    /// Kafka bootstrap servers (`host:port`) instead of the in-process broker (build with
+    /// `--features kafka`).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// The seed of the workload: the same seed places the same orders.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+impl RunArgs {
+    fn workload(&self) -> Result<Workload, BoxError> {
+        let rates = [
+            ("--out-of-stock-rate", self.out_of_stock_rate),
+            ("--decline-rate", self.decline_rate),
+            ("--payment-timeout-rate", self.payment_timeout_rate),
+        ];
+        for (flag, rate) in rates {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!("{flag} {rate}: a rate is between 0 and 1").into());
+            }
+        }
+        if rates.iter().map(|(_, r)| r).sum::<f64>() > 1.0 {
+            return Err("the failure rates add up to more than 1".into());
+        }
+        Ok(Workload {
+            orders: self.orders,
+            concurrency: self.concurrency,
+            out_of_stock_rate: self.out_of_stock_rate,
+            decline_rate: self.decline_rate,
+            payment_timeout_rate: self.payment_timeout_rate,
+            seed: self.seed,
+        })
+    }
+}
+
+/// Runs the shop on `database`; the summary says whether everything added up.
+pub async fn run(database: &Database, args: &RunArgs) -> Result<Summary, BoxError> {
+    if args.style == Style::Choreographed {
+        return Err(choreographed::not_available());
+    }
+    match database {
+        Database::Sqlite(dir) => {
+            on_broker(Services::sqlite(dir, Open::Fresh).await?, database, args).await
+        }
+        #[cfg(feature = "postgres")]
+        Database::Postgres(url) => {
+            on_broker(Services::postgres(url, Open::Fresh).await?, database, args).await
+        }
+    }
+}
+
+async fn on_broker<S: ShopStore>(
+    services: Services<S>,
+    database: &Database,
+    args: &RunArgs,
+) -> Result<Summary, BoxError> {
+    match &args.brokers {
+        None => {
+            shop(
+                services,
+                InProcessBroker::new(),
+                Topics::new(""),
+                database,
+                args,
+            )
+            .await
+        }
+        #[cfg(feature = "kafka")]
+        Some(brokers) => {
+            // A Kafka broker keeps its topics between runs: this run's are its own.
+            let run = uuid::Uuid::now_v7().simple().to_string();
+            let topics = Topics::new(format!("shop-{}.", &run[run.len() - 8..]));
+            let kafka = crate::transport::Kafka::new(brokers)?;
+            shop(services, kafka, topics, database, args).await
+        }
+        #[cfg(not(feature = "kafka"))]
+        Some(_) => Err("--brokers: this build has no Kafka support; run it with \
+                        `cargo run --example shop --features kafka -- --brokers ...`"
+            .into()),
+    }
+}
+
+async fn shop<S: ShopStore, T: Transport>(
+    services: Services<S>,
+    transport: T,
+    topics: Topics,
+    database: &Database,
+    args: &RunArgs,
+) -> Result<Summary, BoxError> {
+    let workload = args.workload()?;
+    let setup = Setup {
+        style: args.style.as_str().to_owned(),
+        database: database.describe(),
+        broker: transport.describe(),
+    };
+    println!(
+        "the shop: {} orders, {} style\n  databases: {}\n  broker: {}",
+        workload.orders, setup.style, setup.database, setup.broker
+    );
+
+    // The inventory service's opening stock.
+    let opening = workload::opening_stock(workload.orders);
+    let inventory = Inventory::new(services.inventory.clone());
+    for product in &CATALOG {
+        inventory.restock(product.sku, opening).await?;
+    }
+
+    let timing = Timing::new(Duration::from_millis(args.payment_timeout_ms));
+    let (flow, running) = orchestrated::start(&services, &transport, &topics, timing).await?;
+    let driven = workload::drive(&services.order, &flow, &workload).await;
+    let settled = match driven {
+        Ok(_) => flow.settle(Duration::from_secs(30)).await,
+        Err(_) => Ok(()),
+    };
+    let stopped = running.stop().await;
+    let (driven, ()) = (driven?, settled?);
+    stopped?;
+
+    let summary = report::summarize(setup, &services, &driven, opening).await?;
+    let mut stdout = std::io::stdout();
+    report::print(&summary, &mut stdout)?;
+    if let Some(failed) = &summary.failed_order {
+        println!(
+            "\none order that did not go through: {} ({}); its saga compensated {}",
+            failed.order_id,
+            failed.outcome,
+            failed.compensations.join(", then ")
+        );
+        crate::trace::print(&services, failed.correlation_id, &mut stdout).await?;
+        let shop = command_prefix(database);
+        println!("\nexplore the databases of this run:");
+        println!("  {shop} trace {}", failed.correlation_id);
+        if let Some(saga_id) = failed.saga_id {
+            println!("  {shop} sagas show {saga_id}");
+        }
+        println!("  {shop} sagas list --state compensated");
+        println!("  {shop} projections rebuild order_summary");
+        println!("  {shop} status");
+    }
+    println!("SHOP_JSON {}", serde_json::to_string(&summary)?);
+    Ok(summary)
+}
+
+/// The command line that reaches this run's databases.
+fn command_prefix(database: &Database) -> String {
+    let default_dir = std::env::temp_dir().join("eventfold-shop");
+    match database {
+        Database::Sqlite(dir) if *dir == default_dir => "cargo run --example shop --".to_owned(),
+        Database::Sqlite(dir) => {
+            format!("cargo run --example shop -- --data-dir {}", dir.display())
+        }
+        #[cfg(feature = "postgres")]
+        Database::Postgres(url) => format!(
+            "cargo run --example shop --features postgres -- --database-url {}",
+            crate::services::without_password(url)
+        ),
+    }
+}
