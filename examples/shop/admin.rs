@@ -8,6 +8,8 @@
 //! a whole database (`status`, `migrate`, `outbox ...`, `projections status`) run on each service
 //! in turn; with `--json` they print one object keyed by service.
 
+use std::io::Write;
+
 use eventfold::BoxError;
 use eventfold::cli::{Command, ProjectionsCommand};
 use eventfold::projections::Projections;
@@ -46,39 +48,35 @@ pub async fn run<S: ShopStore>(
     command: &Command,
     services: &Services<S>,
     service: Option<Service>,
+    out: &mut (dyn Write + Send),
 ) -> Result<(), BoxError> {
     if let Command::Trace(args) = command {
-        return trace(services, &args.args).await;
+        return trace(services, &args.args, out).await;
     }
     let targets = match service {
         Some(service) => vec![service],
         None => about(command)?,
     };
-    let mut stdout = std::io::stdout();
     if let [only] = targets[..] {
-        command
-            .execute(&registry(services, only), &mut stdout)
-            .await?;
+        command.execute(&registry(services, only), out).await?;
         return Ok(());
     }
     if command.json() {
         let mut all = serde_json::Map::new();
         for service in targets {
-            let mut out = Vec::new();
+            let mut json = Vec::new();
             command
-                .execute(&registry(services, service), &mut out)
+                .execute(&registry(services, service), &mut json)
                 .await?;
-            all.insert(service.name().to_owned(), serde_json::from_slice(&out)?);
+            all.insert(service.name().to_owned(), serde_json::from_slice(&json)?);
         }
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&all)?)?;
         return Ok(());
     }
     for service in targets {
-        println!("== {} service", service.name());
-        command
-            .execute(&registry(services, service), &mut stdout)
-            .await?;
-        println!();
+        writeln!(out, "== {} service", service.name())?;
+        command.execute(&registry(services, service), out).await?;
+        writeln!(out)?;
     }
     Ok(())
 }
@@ -128,15 +126,18 @@ fn registry<S: ShopStore>(services: &Services<S>, service: Service) -> Projectio
 }
 
 /// `trace <correlation-id>`: see [`crate::trace`].
-async fn trace<S: ShopStore>(services: &Services<S>, args: &[String]) -> Result<(), BoxError> {
+async fn trace<S: ShopStore>(
+    services: &Services<S>,
+    args: &[String],
+    out: &mut (dyn Write + Send),
+) -> Result<(), BoxError> {
     let Some(id) = args.iter().find(|a| !a.starts_with('-')) else {
         return Err("trace: give a correlation id (the summary of a run prints one)".into());
     };
     let correlation_id: Uuid = id
         .parse()
         .map_err(|e| format!("trace {id}: not a correlation id: {e}"))?;
-    let mut stdout = std::io::stdout();
-    if !crate::trace::print(services, correlation_id, &mut stdout).await? {
+    if !crate::trace::print(services, correlation_id, out).await? {
         return Err(format!("trace {correlation_id}: no service recorded this flow").into());
     }
     Ok(())

@@ -40,12 +40,14 @@ mod trace;
 mod transport;
 mod workload;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use eventfold::BoxError;
 
+use crate::report::Summary;
 use crate::services::{Database, Open, Services};
 
 /// The shop: order, payment and inventory services on eventfold. Without a command it runs a
@@ -53,7 +55,7 @@ use crate::services::{Database, Open, Services};
 /// databases of the last run.
 #[derive(Debug, Parser)]
 #[command(name = "shop", args_conflicts_with_subcommands = true)]
-struct Shop {
+pub struct Shop {
     /// The directory of the services' SQLite databases (default: eventfold-shop in the
     /// system's temporary directory).
     #[arg(long, global = true)]
@@ -83,9 +85,13 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let shop = Shop::parse();
-    match main_with(shop).await {
-        Ok(code) => code,
+    let mut stdout = std::io::stdout();
+    let result = shop(Shop::parse(), &mut stdout).await;
+    let _ = stdout.flush();
+    match result {
+        // The run's summary did not add up: it says what, and the exit code says so too.
+        Ok(Some(summary)) if !summary.ok() => ExitCode::FAILURE,
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -93,31 +99,25 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn main_with(shop: Shop) -> Result<ExitCode, BoxError> {
+/// Runs the shop's command line, writing to `out`: the summary of a run, or `None` for
+/// eventfold's commands.
+pub async fn shop(shop: Shop, out: &mut (dyn Write + Send)) -> Result<Option<Summary>, BoxError> {
     let database = Database::from_args(shop.data_dir, shop.database_url.as_deref())?;
     match shop.command.unwrap_or(Command::Run(shop.run)) {
-        Command::Run(args) => {
-            let summary = run::run(&database, &args).await?;
-            Ok(if summary.ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        Command::Run(args) => Ok(Some(run::run(&database, &args, out).await?)),
         Command::Eventfold(command) => {
-            let service = shop.service;
             match &database {
                 Database::Sqlite(dir) => {
                     let services = Services::sqlite(dir, Open::Existing).await?;
-                    admin::run(&command, &services, service).await?
+                    admin::run(&command, &services, shop.service, out).await?
                 }
                 #[cfg(feature = "postgres")]
                 Database::Postgres(url) => {
                     let services = Services::postgres(url, Open::Existing).await?;
-                    admin::run(&command, &services, service).await?
+                    admin::run(&command, &services, shop.service, out).await?
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(None)
         }
     }
 }

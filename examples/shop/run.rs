@@ -1,6 +1,7 @@
 //! `run` (the default command): fresh databases, the services started in the chosen style, the
 //! workload, then the checked summary and the trace of one order that did not go through.
 
+use std::io::Write;
 use std::time::Duration;
 
 use eventfold::BoxError;
@@ -22,7 +23,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 400)]
     orders: usize,
     /// Orders undecided at most at a time.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// The share of orders with a product that is sold out.
     #[arg(long, default_value_t = 0.05)]
@@ -75,17 +76,33 @@ impl RunArgs {
 }
 
 /// Runs the shop on `database`; the summary says whether everything added up.
-pub async fn run(database: &Database, args: &RunArgs) -> Result<Summary, BoxError> {
+pub async fn run(
+    database: &Database,
+    args: &RunArgs,
+    out: &mut (dyn Write + Send),
+) -> Result<Summary, BoxError> {
     if args.style == Style::Choreographed {
         return Err(choreographed::not_available());
     }
     match database {
         Database::Sqlite(dir) => {
-            on_broker(Services::sqlite(dir, Open::Fresh).await?, database, args).await
+            on_broker(
+                Services::sqlite(dir, Open::Fresh).await?,
+                database,
+                args,
+                out,
+            )
+            .await
         }
         #[cfg(feature = "postgres")]
         Database::Postgres(url) => {
-            on_broker(Services::postgres(url, Open::Fresh).await?, database, args).await
+            on_broker(
+                Services::postgres(url, Open::Fresh).await?,
+                database,
+                args,
+                out,
+            )
+            .await
         }
     }
 }
@@ -94,6 +111,7 @@ async fn on_broker<S: ShopStore>(
     services: Services<S>,
     database: &Database,
     args: &RunArgs,
+    out: &mut (dyn Write + Send),
 ) -> Result<Summary, BoxError> {
     match &args.brokers {
         None => {
@@ -103,6 +121,7 @@ async fn on_broker<S: ShopStore>(
                 Topics::new(""),
                 database,
                 args,
+                out,
             )
             .await
         }
@@ -112,7 +131,7 @@ async fn on_broker<S: ShopStore>(
             let run = uuid::Uuid::now_v7().simple().to_string();
             let topics = Topics::new(format!("shop-{}.", &run[run.len() - 8..]));
             let kafka = crate::transport::Kafka::new(brokers)?;
-            shop(services, kafka, topics, database, args).await
+            shop(services, kafka, topics, database, args, out).await
         }
         #[cfg(not(feature = "kafka"))]
         Some(_) => Err("--brokers: this build has no Kafka support; run it with \
@@ -127,6 +146,7 @@ async fn shop<S: ShopStore, T: Transport>(
     topics: Topics,
     database: &Database,
     args: &RunArgs,
+    out: &mut (dyn Write + Send),
 ) -> Result<Summary, BoxError> {
     let workload = args.workload()?;
     let setup = Setup {
@@ -134,10 +154,11 @@ async fn shop<S: ShopStore, T: Transport>(
         database: database.describe(),
         broker: transport.describe(),
     };
-    println!(
+    writeln!(
+        out,
         "the shop: {} orders, {} style\n  databases: {}\n  broker: {}",
         workload.orders, setup.style, setup.database, setup.broker
-    );
+    )?;
 
     // The inventory service's opening stock.
     let opening = workload::opening_stock(workload.orders);
@@ -148,7 +169,7 @@ async fn shop<S: ShopStore, T: Transport>(
 
     let timing = Timing::new(Duration::from_millis(args.payment_timeout_ms));
     let (flow, running) = orchestrated::start(&services, &transport, &topics, timing).await?;
-    let driven = workload::drive(&services.order, &flow, &workload).await;
+    let driven = workload::drive(&services.order, &flow, &workload, out).await;
     let settled = match driven {
         Ok(_) => flow.settle(Duration::from_secs(30)).await,
         Err(_) => Ok(()),
@@ -158,27 +179,27 @@ async fn shop<S: ShopStore, T: Transport>(
     stopped?;
 
     let summary = report::summarize(setup, &services, &driven, opening).await?;
-    let mut stdout = std::io::stdout();
-    report::print(&summary, &mut stdout)?;
+    report::print(&summary, out)?;
     if let Some(failed) = &summary.failed_order {
-        println!(
+        writeln!(
+            out,
             "\none order that did not go through: {} ({}); its saga compensated {}",
             failed.order_id,
             failed.outcome,
             failed.compensations.join(", then ")
-        );
-        crate::trace::print(&services, failed.correlation_id, &mut stdout).await?;
+        )?;
+        crate::trace::print(&services, failed.correlation_id, out).await?;
         let shop = command_prefix(database);
-        println!("\nexplore the databases of this run:");
-        println!("  {shop} trace {}", failed.correlation_id);
+        writeln!(out, "\nexplore the databases of this run:")?;
+        writeln!(out, "  {shop} trace {}", failed.correlation_id)?;
         if let Some(saga_id) = failed.saga_id {
-            println!("  {shop} sagas show {saga_id}");
+            writeln!(out, "  {shop} sagas show {saga_id}")?;
         }
-        println!("  {shop} sagas list --state compensated");
-        println!("  {shop} projections rebuild order_summary");
-        println!("  {shop} status");
+        writeln!(out, "  {shop} sagas list --state compensated")?;
+        writeln!(out, "  {shop} projections rebuild order_summary")?;
+        writeln!(out, "  {shop} status")?;
     }
-    println!("SHOP_JSON {}", serde_json::to_string(&summary)?);
+    writeln!(out, "SHOP_JSON {}", serde_json::to_string(&summary)?)?;
     Ok(summary)
 }
 

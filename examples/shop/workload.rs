@@ -3,7 +3,7 @@
 //! in flight, with progress while they run.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -176,6 +176,7 @@ pub async fn drive<S: EventStore, F: Flow>(
     order_store: &S,
     flow: &F,
     workload: &Workload,
+    out: &mut (dyn Write + Send),
 ) -> Result<Driven, BoxError> {
     let orders = workload.orders();
     let total = orders.len();
@@ -237,7 +238,7 @@ pub async fn drive<S: EventStore, F: Flow>(
                 });
                 undecided -= 1;
                 decided += 1;
-                progress.decided(order.decision.as_deref() == Some("confirmed"));
+                progress.decided(order.decision.as_deref() == Some("confirmed"), out)?;
             }
         }
     }
@@ -279,7 +280,7 @@ impl Progress {
         }
     }
 
-    fn decided(&mut self, confirmed: bool) {
+    fn decided(&mut self, confirmed: bool, out: &mut dyn Write) -> std::io::Result<()> {
         if confirmed {
             self.confirmed += 1;
         } else {
@@ -295,13 +296,15 @@ impl Progress {
             None if self.last_line.elapsed() >= Duration::from_secs(1) || done == self.total => {
                 self.last_line = Instant::now();
                 let rate = done as f64 / self.started.elapsed().as_secs_f64();
-                println!(
+                writeln!(
+                    out,
                     "  {done}/{} orders decided: {message} ({rate:.0} orders/s)",
                     self.total
-                );
+                )?;
             }
             None => {}
         }
+        Ok(())
     }
 
     fn finish(&self) {
