@@ -26,19 +26,19 @@
 //! | `workload.rs`, `report.rs`, `trace.rs` | the customers, the checked summary, one order's trace |
 //! | `admin.rs` | eventfold's CLI embedded in the shop's own command line |
 
-mod admin;
-mod inventory;
-mod messages;
-mod order;
-mod payment;
-mod read_models;
-mod report;
-mod run;
-mod services;
-mod style;
-mod trace;
-mod transport;
-mod workload;
+pub mod admin;
+pub mod inventory;
+pub mod messages;
+pub mod order;
+pub mod payment;
+pub mod read_models;
+pub mod report;
+pub mod run;
+pub mod services;
+pub mod style;
+pub mod trace;
+pub mod transport;
+pub mod workload;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -54,7 +54,7 @@ use crate::services::{Database, Open, Services};
 /// workload of orders and prints a checked summary; eventfold's commands operate on the
 /// databases of the last run.
 #[derive(Debug, Parser)]
-#[command(name = "shop", args_conflicts_with_subcommands = true)]
+#[command(name = "shop")]
 pub struct Shop {
     /// The directory of the services' SQLite databases (default: eventfold-shop in the
     /// system's temporary directory).

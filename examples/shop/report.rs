@@ -8,17 +8,17 @@ use std::time::Duration;
 
 use eventfold::eventstore::{Checkpoint, EventStore, LogFilter};
 use eventfold::saga::SagaEvent;
-use eventfold::{BoxError, Envelope, Event, Upcasters};
+use eventfold::{Aggregate, BoxError, Envelope, Event, Upcasters};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::inventory::{Inventory, StockEvent, quantities};
-use crate::order::{OrderEvent, OrderStatus, Orders};
+use crate::inventory::{Inventory, StockEvent, StockItem, quantities};
+use crate::order::{Order, OrderEvent, OrderStatus, Orders};
 use crate::payment::{PaymentEvent, Payments};
-use crate::read_models::{fold_order_summary, fold_stock_levels};
+use crate::read_models::{OrderSummaryRow, StockLevelRow};
 use crate::services::{Services, ShopStore};
 use crate::style::orchestrated::SAGA_TYPE;
-use crate::workload::{CATALOG, Driven, SOLD_OUT};
+use crate::workload::{CATALOG, Driven, SOLD_OUT, planned_outcome};
 
 /// The summary of a run (the `SHOP_JSON` line).
 #[derive(Debug, Serialize)]
@@ -28,6 +28,8 @@ pub struct Summary {
     pub orders: usize,
     /// Orders by outcome: `confirmed`, `out_of_stock`, `payment_declined`, `payment_timed_out`.
     pub outcomes: BTreeMap<String, usize>,
+    /// Orders by the outcome the workload meant them to have.
+    pub planned: BTreeMap<String, usize>,
     /// Saga instances by status (orchestrated style).
     pub sagas: BTreeMap<String, usize>,
     /// Compensations the sagas ran, by step.
@@ -133,6 +135,7 @@ pub async fn summarize<S: ShopStore>(
 
     // Every order ended in exactly one outcome, its saga agrees, and its money adds up.
     let mut outcomes = BTreeMap::new();
+    let mut planned = BTreeMap::new();
     let mut sagas = BTreeMap::new();
     let mut compensations = BTreeMap::new();
     let mut late_successes = 0;
@@ -157,6 +160,9 @@ pub async fn summarize<S: ShopStore>(
             ));
         }
         *outcomes.entry(outcome.clone()).or_insert(0) += 1;
+        *planned
+            .entry(planned_outcome(&placed.order).to_owned())
+            .or_insert(0) += 1;
 
         let payment = payments.payment(id).await?;
         money.charged_cents += payment.charged;
@@ -278,10 +284,8 @@ pub async fn summarize<S: ShopStore>(
         events_of(&services.payment, "payment").await?;
     let summary_rows = services.order.order_summary().await?;
     let level_rows = services.inventory.stock_levels().await?;
-    let expected_summary =
-        fold_order_summary(order_events.iter().map(|e| (e.stream_id.id(), &e.payload)));
-    let expected_levels =
-        fold_stock_levels(stock_events.iter().map(|e| (e.stream_id.id(), &e.payload)));
+    let expected_summary = fold_order_summary(&order_events);
+    let expected_levels = fold_stock_levels(&stock_events);
     let read_models = vec![
         ReadModelCheck {
             name: "order_summary".into(),
@@ -354,6 +358,7 @@ pub async fn summarize<S: ShopStore>(
         setup,
         orders: driven.orders.len(),
         outcomes,
+        planned,
         sagas,
         compensations,
         late_successes,
@@ -371,6 +376,64 @@ pub async fn summarize<S: ShopStore>(
         failed_order,
         problems,
     })
+}
+
+/// The `order_summary` rows the events give, folded by the order aggregate itself (not by the
+/// projection's code).
+fn fold_order_summary(events: &[Envelope<OrderEvent>]) -> Vec<OrderSummaryRow> {
+    let mut by_order: BTreeMap<&str, Vec<&OrderEvent>> = BTreeMap::new();
+    for event in events {
+        by_order
+            .entry(event.stream_id.id())
+            .or_default()
+            .push(&event.payload);
+    }
+    by_order
+        .into_iter()
+        .map(|(order_id, events)| {
+            let customer = events.iter().find_map(|e| match e {
+                OrderEvent::Placed { customer, .. } => Some(customer.clone()),
+                _ => None,
+            });
+            let order = Order::fold(events);
+            let (status, reason) = match order.status {
+                OrderStatus::Confirmed => ("confirmed", None),
+                OrderStatus::Rejected(reason) => ("rejected", Some(reason.as_str().to_owned())),
+                _ => ("placed", None),
+            };
+            OrderSummaryRow {
+                order_id: order_id.to_owned(),
+                customer: customer.unwrap_or_default(),
+                items: order.lines.iter().map(|l| i64::from(l.quantity)).sum(),
+                total_cents: order.total_cents as i64,
+                status: status.to_owned(),
+                reason,
+            }
+        })
+        .collect()
+}
+
+/// The `stock_levels` rows the events give, folded by the stock item aggregate.
+fn fold_stock_levels(events: &[Envelope<StockEvent>]) -> Vec<StockLevelRow> {
+    let mut by_sku: BTreeMap<&str, Vec<&StockEvent>> = BTreeMap::new();
+    for event in events {
+        by_sku
+            .entry(event.stream_id.id())
+            .or_default()
+            .push(&event.payload);
+    }
+    by_sku
+        .into_iter()
+        .map(|(sku, events)| {
+            let item = StockItem::fold(events);
+            StockLevelRow {
+                sku: sku.to_owned(),
+                available: item.available as i64,
+                reserved: item.reserved_total() as i64,
+                shipped: item.shipped_total() as i64,
+            }
+        })
+        .collect()
 }
 
 /// Every event of a stream type in a service's log, decoded.
@@ -430,9 +493,10 @@ pub fn print(summary: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
         summary.setup.database,
         summary.setup.broker
     )?;
-    writeln!(out, "\norders by outcome")?;
+    writeln!(out, "\norders by outcome     actual  planned")?;
     for (outcome, n) in &summary.outcomes {
-        writeln!(out, "  {outcome:<20} {n:>6}")?;
+        let planned = summary.planned.get(outcome).copied().unwrap_or(0);
+        writeln!(out, "  {outcome:<20} {n:>6} {planned:>8}")?;
     }
     if !summary.sagas.is_empty() {
         let sagas: Vec<String> = summary

@@ -115,6 +115,19 @@ impl Workload {
     }
 }
 
+/// The outcome the workload meant an order to have (the actual one may differ: a payment can
+/// time out because the shop is busy).
+pub fn planned_outcome(order: &PlaceOrder) -> &'static str {
+    if order.lines.iter().any(|l| l.sku == SOLD_OUT.sku) {
+        return "out_of_stock";
+    }
+    match order.card {
+        Card::Approves => "confirmed",
+        Card::Declines => "payment_declined",
+        Card::AnswersLate => "payment_timed_out",
+    }
+}
+
 /// A small, seedable random number generator (SplitMix64), so that a run can be repeated.
 struct SplitMix64(u64);
 
