@@ -101,6 +101,10 @@ mod book {
     mod outbox_chapter {}
     #[doc = include_str!("../book/src/projections.md")]
     mod projections_chapter {}
+    #[doc = include_str!("../book/src/choreography.md")]
+    mod choreography_chapter {}
+    #[doc = include_str!("../book/src/tracing.md")]
+    mod tracing_chapter {}
     #[cfg(feature = "cli")]
     #[doc = include_str!("../book/src/cli.md")]
     mod cli_chapter {}

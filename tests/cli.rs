@@ -360,8 +360,12 @@ async fn reserved_and_registry_only_commands_explain_themselves() {
         err.contains("saga 0190a0b0-0000-7000-8000-000000000000 does not exist"),
         "{err}"
     );
-    let err = fails(&url, &["trace", "0190-abc"]);
-    assert!(err.contains("`trace` is not available yet"), "{err}");
+    // `trace` arrived too: a flow nobody recorded is named.
+    let err = fails(&url, &["trace", "0190a0b0-0000-7000-8000-000000000001"]);
+    assert!(
+        err.contains("no record of this flow in the 1 database(s) read"),
+        "{err}"
+    );
     let err = fails(&url, &["projections", "rebuild", "order_totals"]);
     assert!(
         err.contains("`order_totals` is not registered in this program"),
@@ -392,4 +396,100 @@ async fn reserved_and_registry_only_commands_explain_themselves() {
         .output()
         .expect("run");
     assert_eq!(output.status.code(), Some(2));
+}
+
+/// `trace` merges the records of two services' databases (SQLite orders, PostgreSQL payments):
+/// the command the orders service sent and the payments inbox's receipt are one node, the
+/// payment event hangs under it; `--mermaid` draws the two services, `--json` has every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_merges_the_databases_of_several_services() {
+    use eventfold::eventstore::{InboxEntry, UnitOfWork};
+    use eventfold::outbox::OutboxMessage;
+    use eventfold_core::outbox::headers;
+
+    let (orders, orders_file) = common::sqlite().await;
+    let orders = orders.with_source("orders");
+    let (payments, payments_db) = common::postgres().await;
+    let payments = payments.with_source("payments");
+    let flow = uuid::Uuid::now_v7();
+
+    let mut placed = NewEvent::raw("order.placed", 1, b"{}".to_vec());
+    placed.correlation_id = flow;
+    let mut uow = orders.begin().await.expect("begin");
+    uow.append(
+        &StreamId::new("order", "7").expect("stream"),
+        ExpectedVersion::NoStream,
+        vec![placed.clone()],
+    )
+    .await
+    .expect("append");
+    let charge = OutboxMessage::new("payments", "7", "payment.charge", b"{}".to_vec())
+        .header(headers::CORRELATION_ID, flow.to_string())
+        .header(headers::CAUSATION_ID, placed.event_id.to_string())
+        .header(headers::SOURCE, "orders");
+    uow.enqueue(vec![charge.clone()]).await.expect("enqueue");
+    uow.commit().await.expect("commit");
+
+    let mut uow = payments.begin().await.expect("begin");
+    assert!(
+        uow.mark_received(
+            "payment-commands",
+            &InboxEntry::received(charge.id, "payment.charge", "payments", &charge.headers),
+        )
+        .await
+        .expect("mark")
+    );
+    let mut charged = NewEvent::raw("payment.charged", 1, b"{}".to_vec());
+    charged.correlation_id = flow;
+    charged.causation_id = Some(charge.id);
+    uow.append(
+        &StreamId::new("payment", "7").expect("stream"),
+        ExpectedVersion::NoStream,
+        vec![charged],
+    )
+    .await
+    .expect("append");
+    uow.commit().await.expect("commit");
+
+    let flow_arg = flow.to_string();
+    let run = |extra: &[&str]| {
+        let output = eventfold(&sqlite_url(&orders_file))
+            .arg("--database-url")
+            .arg(pg_url(&payments_db))
+            .args(["trace", flow_arg.as_str()])
+            .args(extra)
+            .output()
+            .expect("run eventfold");
+        assert!(
+            output.status.success(),
+            "trace {extra:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8")
+    };
+    let text = run(&[]);
+    assert!(text.contains(&flow_arg), "{text}");
+    let line = |needle: &str| {
+        text.lines()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle}:\n{text}"))
+    };
+    assert!(
+        line("order.placed") < line("payment.charge")
+            && line("payment.charge") < line("payment.charged"),
+        "causal order:\n{text}"
+    );
+    assert!(text.contains("received by payments"), "{text}");
+    let mermaid = run(&["--mermaid"]);
+    assert!(mermaid.starts_with("sequenceDiagram"), "{mermaid}");
+    assert!(
+        mermaid.contains("orders") && mermaid.contains("payments"),
+        "{mermaid}"
+    );
+    let json: Value = serde_json::from_str(&run(&["--json"])).expect("JSON");
+    assert_eq!(json["correlation_id"], flow_arg);
+    assert_eq!(json["nodes"].as_array().map(Vec::len), Some(3), "{json:#}");
+    // The orders database alone does not know the payment.
+    let alone = ok(&sqlite_url(&orders_file), &["trace", flow_arg.as_str()]);
+    assert!(!alone.contains("payment.charged"), "{alone}");
 }

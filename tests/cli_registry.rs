@@ -450,10 +450,16 @@ async fn memory_store_needs_no_migrations() {
     );
     let sagas = cli_json(&projections, &["sagas", "list"]).await;
     assert_eq!(sagas, serde_json::json!([]));
-    let err = cli(&projections, &["trace", "x"])
-        .await
-        .expect_err("reserved");
-    assert!(matches!(err, CliError::NotAvailable { command: "trace" }));
+    let err = cli(
+        &projections,
+        &["trace", "0190a0b0-0000-7000-8000-000000000000"],
+    )
+    .await
+    .expect_err("an unknown flow");
+    assert!(
+        matches!(err, CliError::UnknownFlow { databases: 1, .. }),
+        "{err}"
+    );
 }
 
 /// `sagas list|show|retry` on a SQLite store with one completed and one parked saga: the

@@ -11,10 +11,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use eventfold::eventstore::{
-    ExpectedVersion, InboxStore, OutboxRelayStore, SagaFilter, SagaStore, SagaTimer, UnitOfWork,
+    ExpectedVersion, InboxStore, OutboxRelayStore, SagaFilter, SagaStore, SagaTimer, TraceStore,
+    UnitOfWork,
 };
 use eventfold::saga::SagaStatus;
 use eventfold::saga::runtime::{Applied, Orchestrator, RETRY_PARKED};
+use eventfold::trace::TraceKind;
 use eventfold::{NewEvent, StreamId};
 use saga_common::*;
 use uuid::Uuid;
@@ -246,6 +248,89 @@ pub async fn a_timeout_at_each_step_compensates_and_late_successes_are_undone<
             "each started step compensated exactly once: {h:?}"
         );
     }
+}
+
+/// The trace of a saga whose charge timed out (`trace <correlation-id>`, read from the store
+/// alone): its transitions, the commands it sent and the participants received, their replies,
+/// the timeout and the compensations, linked by causation.
+pub async fn the_trace_of_a_saga_shows_steps_replies_timeout_and_compensations<
+    S: SagaStore + InboxStore + OutboxRelayStore + TraceStore,
+>(
+    store: S,
+) {
+    let mut world = World::new(store.clone(), Duration::from_millis(150), 0);
+    world.paused = vec!["payments"];
+    let id = world
+        .orchestrator
+        .start("trace-charge", order("charge"), None)
+        .await
+        .unwrap()
+        .saga_id;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !history(&store, id)
+        .await
+        .contains(&"saga.step_timed_out:charge".to_owned())
+    {
+        assert!(std::time::Instant::now() < deadline, "no timeout at charge");
+        world.round().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    world.paused.clear();
+    world
+        .pump_until_terminal(&[id], Duration::from_secs(20))
+        .await;
+    world.pump_for(Duration::from_millis(300)).await;
+
+    // The correlation id of a saga started without one is its id.
+    let records = store.trace(id).await.expect("trace");
+    let trace = eventfold::trace::Trace::build(id, records);
+    let text = trace.to_text();
+    for name in [
+        "saga.started",
+        "saga.step_started",
+        "inventory.reserve",
+        "saga.reply",
+        "saga.step_timed_out",
+        "payment.refund",
+        "inventory.release",
+        "saga.step_compensated",
+        "saga.compensated",
+    ] {
+        assert!(
+            trace.find(name).is_some(),
+            "the trace shows {name}:\n{text}"
+        );
+    }
+    // Every command the saga sent was received by its participant, and every reply by the
+    // orchestrator: the inbox kept what it received.
+    for node in trace.iter() {
+        let sent = node.origin().is_some_and(|o| o.kind == TraceKind::Sent);
+        if sent {
+            assert!(
+                !node.deliveries().is_empty(),
+                "{} {} was received:\n{text}",
+                node.name(),
+                node.id()
+            );
+        }
+    }
+    // The refund is caused, through the saga's transitions, by the charge's timeout.
+    let refund = trace.find("payment.refund").expect("refund");
+    let mut ancestor = refund.parent();
+    let mut seen = Vec::new();
+    while let Some(node) = ancestor {
+        seen.push(node.name().to_owned());
+        ancestor = node.parent();
+    }
+    assert!(
+        seen.iter().any(|n| n == "saga.step_timed_out"),
+        "the refund descends from the timeout ({seen:?}):\n{text}"
+    );
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("saga.started"),
+        "one causal chain from the start:\n{text}"
+    );
 }
 
 /// The caller's own write in its unit of work: the order whose placement starts the saga.
@@ -601,6 +686,7 @@ macro_rules! saga_runtime_tests {
                 a_restarted_orchestrator_fires_pending_deadlines,
                 a_parked_compensation_is_retried_through_a_stored_request,
                 a_new_definition_version_resumes_old_instances,
+                the_trace_of_a_saga_shows_steps_replies_timeout_and_compensations,
             );
         }
     };

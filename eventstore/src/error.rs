@@ -175,6 +175,36 @@ impl StoreError {
     pub fn is_conflict(&self) -> bool {
         matches!(self, StoreError::VersionConflict { .. })
     }
+
+    /// Is it worth trying the whole unit of work again: a version conflict, or a transient
+    /// database failure (a lost or refused connection, a pool timeout, PostgreSQL's deadlock and
+    /// serialization failures, SQLite's busy and locked)?
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            StoreError::VersionConflict { .. } => true,
+            #[cfg(any(feature = "postgres", feature = "sqlite"))]
+            StoreError::Database { source, .. } => source
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(transient_sqlx),
+            _ => false,
+        }
+    }
+}
+
+/// A driver error that a new attempt may not meet.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn transient_sqlx(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            // PostgreSQL: serialization failure, deadlock, admin shutdown, connection failures.
+            Some("40001" | "40P01" | "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006")
+            // SQLite: busy, locked (and their extended codes).
+            | Some("5" | "6" | "261" | "517" | "262")
+        ),
+        _ => false,
+    }
 }
 
 /// An error of [`crate::Repository::execute`].

@@ -36,6 +36,7 @@ pub mod projection;
 pub mod repository;
 pub mod saga;
 pub mod store;
+pub mod trace;
 
 #[cfg(feature = "test-util")]
 pub mod contract;
@@ -64,3 +65,4 @@ pub use store::{
     AppendResult, CommandRecord, DynEventReader, EventStore, LocalWakeup, Snapshot, UnitOfWork,
     Wakeup,
 };
+pub use trace::{InboxEntry, TraceStore};

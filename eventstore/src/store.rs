@@ -117,10 +117,28 @@ pub trait UnitOfWork: Send {
 
     /// Marks `message_id` as processed by `consumer`, in this transaction. Returns `false` when
     /// it was already marked (a duplicate delivery): the caller skips the handler and rolls back.
+    ///
+    /// The mark keeps nothing for the trace of a flow; consumers use
+    /// [`UnitOfWork::mark_received`].
     fn mark_inbox(
         &mut self,
         consumer: &str,
         message_id: Uuid,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        async move {
+            self.mark_received(consumer, &crate::trace::InboxEntry::id(message_id))
+                .await
+        }
+    }
+
+    /// Marks `message.message_id` as processed by `consumer`, in this transaction, keeping what
+    /// the message was (type, topic, correlation and causation ids, sender) and which service
+    /// received it (the store's source), for the trace of its flow. Returns `false` when it was
+    /// already marked (a duplicate delivery): the caller skips the handler and rolls back.
+    fn mark_received(
+        &mut self,
+        consumer: &str,
+        message: &crate::trace::InboxEntry,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Writes application messages to the outbox, in this transaction.

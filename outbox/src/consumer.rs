@@ -5,7 +5,9 @@
 //! `(consumer, message id)` in the inbox. The mark commits together with the handler's effects,
 //! so a duplicate finds the mark and is acknowledged without running the handler. The offset is
 //! committed to the broker only **after** that transaction committed, so a crash in between
-//! redelivers, and the inbox makes the redelivery harmless.
+//! redelivers, and the inbox makes the redelivery harmless. The inbox also keeps what the message
+//! was (type, topic, correlation and causation ids, sender), so that the trace of its flow shows
+//! where it arrived ([`eventfold_eventstore::TraceStore`]).
 //!
 //! A message whose handler keeps failing is retried `max_attempts` times with a backoff, then
 //! parked with its error (`InboxStore::parked_messages`), and the consumer moves on.
@@ -50,7 +52,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use eventfold_core::BoxError;
-use eventfold_eventstore::{InboxStore, ParkedMessage, StoreError, UnitOfWork};
+use eventfold_eventstore::{InboxEntry, InboxStore, ParkedMessage, StoreError, UnitOfWork};
 
 use crate::in_process::{InProcessConsumer, Record};
 
@@ -213,7 +215,15 @@ where
         for attempt in 1..=self.max_attempts {
             let mut uow = self.store.begin().await.map_err(self.store_err())?;
             if !uow
-                .mark_inbox(&self.name, record.message_id)
+                .mark_received(
+                    &self.name,
+                    &InboxEntry::received(
+                        record.message_id,
+                        &record.message_type,
+                        &record.topic,
+                        &record.headers,
+                    ),
+                )
                 .await
                 .map_err(self.store_err())?
             {

@@ -62,6 +62,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod choreography;
 pub mod definition;
 pub mod error;
 pub mod event;

@@ -34,9 +34,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 #[derive(Debug, Parser)]
 #[command(name = "eventfold", version)]
 struct Args {
-    /// The database: `postgres://user@host/db` or `sqlite://path/to/file.db`.
+    /// The database: `postgres://user@host/db` or `sqlite://path/to/file.db`. `trace` takes
+    /// several (one per service, `URL#PREFIX` for another table prefix) and merges their trees.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    database_url: Option<String>,
+    database_url: Vec<String>,
     /// The prefix of eventfold's tables, as the application configures it.
     #[arg(long, global = true, default_value = "eventfold_")]
     prefix: String,
@@ -108,8 +109,18 @@ async fn execute<S: CliStore>(store: S, command: Command) -> Result<(), String> 
     result.map_err(|e| e.to_string())
 }
 
-async fn run(args: Args) -> Result<(), String> {
-    let url = args.database_url.as_deref().map(str::trim).unwrap_or("");
+async fn run(mut args: Args) -> Result<(), String> {
+    let mut urls = std::mem::take(&mut args.database_url).into_iter();
+    let first = urls.next().unwrap_or_default();
+    // Every other database is read by `trace` only.
+    match &mut args.command {
+        Command::Trace(trace) => trace.merge.extend(urls),
+        _ if urls.len() > 0 => {
+            return Err("several --database-url: only `trace` reads several databases".to_owned());
+        }
+        _ => {}
+    }
+    let url = first.trim();
     if url.is_empty() {
         return Err(
             "no database: pass --database-url or set DATABASE_URL (postgres://... or sqlite://...)"
@@ -156,7 +167,11 @@ async fn run(args: Args) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let url = args.database_url.as_deref().map(redact).unwrap_or_default();
+    let url = args
+        .database_url
+        .first()
+        .map(|u| redact(u))
+        .unwrap_or_default();
     let prefix = args.prefix.clone();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -72,7 +72,7 @@
 //! | `sagas list [--state S] [--type T] [--correlation-id C] [--limit N]` | saga instances, most recently updated first, and counts per type and state |
 //! | `sagas show <saga-id>` | one instance: data, state, each step with its attempts, the history with times, pending timers |
 //! | `sagas retry <saga-id>` | resumes a saga parked on a failing compensation (the running service's scheduler fires the request) |
-//! | `trace` | reserved: fails with "not available yet" |
+//! | `trace <correlation-id> [--mermaid \| --dot] [--merge URL[#PREFIX]]...` | the causal tree of a flow (events, commands sent and received, replies, saga transitions, timers, parked messages, dead letters) from this database and other services' databases |
 //!
 //! Every command takes `--json` (anywhere after the command's first word) and then prints one
 //! JSON document on stdout with these stable fields:
@@ -102,6 +102,9 @@
 //!   "data", ...}, "history": [{"version", "at", "type", "event_id", "causation_id", "event"}],
 //!   "timers": [{"step", "attempt", "kind", "due_at"}]}`
 //! - `sagas retry`: `{"saga_id", "retry_requested": true}`
+//! - `trace`: the trace's JSON (`eventfold::trace`): `{"correlation_id", "records", "services",
+//!   "first_at", "last_at", "roots": [id], "nodes": [{"id", "depth", "parent", "children", "kind",
+//!   "name", "service", "at", "subject", "causation_id", "missing_parent", "deliveries", ...}]}`
 //!
 //! Times are RFC 3339 in UTC. A failure exits with status 1 and one line on stderr naming what
 //! failed and where (the projection, the dead letter, the table); clap's usage errors exit with 2.
@@ -116,7 +119,7 @@
 //
 // The code: this file holds the parsers, the errors and the output helpers every command uses;
 // one module per command group runs its commands (`migrate`, `status`, `projections`, `outbox`,
-// `reserved`), `store` says what the CLI needs from a backend, `table` and `progress` draw.
+// `sagas`, `trace`), `store` says what the CLI needs from a backend, `table` and `progress` draw.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -131,19 +134,19 @@ mod migrate;
 mod outbox;
 mod progress;
 mod projections;
-mod reserved;
 mod sagas;
 mod status;
 mod store;
 mod table;
+mod trace;
 
 pub use migrate::MigrateArgs;
 pub use outbox::{OutboxArgs, OutboxCommand};
 pub use projections::{ProjectionsArgs, ProjectionsCommand};
-pub use reserved::ReservedArgs;
 pub use sagas::{SagasArgs, SagasCommand};
 pub use status::StatusArgs;
 pub use store::{AppliedMigration, CliStore};
+pub use trace::TraceArgs;
 
 use table::{Align, Table};
 
@@ -173,8 +176,9 @@ pub enum Command {
     Outbox(OutboxArgs),
     /// Orchestrated sagas: list, show, retry a parked one.
     Sagas(SagasArgs),
-    /// Trace a correlation id through events, messages and sagas (not available yet).
-    Trace(ReservedArgs),
+    /// The causal tree of one flow (a correlation id): events, commands, replies, saga
+    /// transitions, timers, parked messages, from this database and `--merge`d ones.
+    Trace(TraceArgs),
 }
 
 /// The output flag every command takes.
@@ -260,11 +264,21 @@ pub enum CliError {
         /// The saga runtime's error (it names the instance).
         source: Box<crate::saga::runtime::RuntimeError>,
     },
-    /// A reserved command.
-    #[error("`{command}` is not available yet in this version of eventfold")]
-    NotAvailable {
-        /// `sagas` or `trace`.
-        command: &'static str,
+    /// No database holds a record of the flow.
+    #[error("trace {correlation_id}: no record of this flow in the {databases} database(s) read")]
+    UnknownFlow {
+        /// The correlation id given.
+        correlation_id: uuid::Uuid,
+        /// How many databases were read.
+        databases: usize,
+    },
+    /// Another service's database could not be opened.
+    #[error("opening {url}: {reason}")]
+    Connect {
+        /// The database (without credentials).
+        url: String,
+        /// What went wrong.
+        reason: String,
     },
     /// The output could not be written.
     #[error("writing the output: {0}")]
@@ -316,7 +330,7 @@ impl Command {
             Command::Projections(a) => a.output.json,
             Command::Outbox(a) => a.output.json,
             Command::Sagas(a) => a.output.json,
-            Command::Trace(_) => false,
+            Command::Trace(a) => a.output.json,
         }
     }
 
@@ -338,7 +352,7 @@ impl Command {
                 outbox::run(&args.command, projections.store(), json, out).await
             }
             Command::Sagas(args) => sagas::run(&args.command, projections.store(), json, out).await,
-            Command::Trace(_) => reserved::refuse("trace"),
+            Command::Trace(args) => trace::run(args, projections.store(), json, out).await,
         }
     }
 }

@@ -16,6 +16,7 @@
 //! | [`relay`] | what a relay relies on: claims, leases, failures, dead letters | [`crate::OutboxRelayStore`] |
 //! | [`inbox`] | the consumer's inbox marks and parked messages | [`crate::InboxStore`] |
 //! | [`projection`] | projection checkpoints, generations, pause, reset, parked events | [`crate::ProjectionStore`] |
+//! | [`trace`] | what a flow left: events, sent, received and parked messages, dead letters, pending timers, and nothing of other flows or rolled-back writes | [`crate::TraceStore`] |
 //! | [`sagas`] | saga instances by business key (also concurrent), updates, listing, counts; timers; claims of due timers (type, order, limit, leases, exclusivity); request outcomes; timer requests | [`crate::SagaStore`] |
 //!
 //! [`crate::eventstore_contract_tests!`] turns every group into `#[tokio::test]` functions for
@@ -26,7 +27,8 @@
 //! # Running the suite against a new backend
 //!
 //! 1. Implement [`EventStore`], [`crate::OutboxStore`], [`crate::OutboxRelayStore`],
-//!    [`crate::InboxStore`], [`crate::ProjectionStore`] and [`crate::SagaStore`] for the store.
+//!    [`crate::InboxStore`], [`crate::ProjectionStore`], [`crate::SagaStore`] and
+//!    [`crate::TraceStore`] for the store.
 //! 2. Enable this crate's `test-util` feature in the backend's dev-dependencies, beside
 //!    `tokio` with the `macros` and `rt-multi-thread` features.
 //! 3. Write a fixture: an async fn, reachable from the test file's root, that returns a fresh,
@@ -60,6 +62,7 @@ pub mod outbox;
 pub mod projection;
 pub mod relay;
 pub mod sagas;
+pub mod trace;
 
 use eventfold_core::{
     Aggregate, CodecError, Event, EventTypeInfo, NewEvent, OutboxMessage, StreamId,
@@ -70,7 +73,7 @@ use crate::error::ExpectedVersion;
 use crate::store::EventStore;
 
 /// Runs the whole contract against one backend: one `#[tokio::test]` per rule, in one module
-/// per group (`events`, `commands`, `log`, `outbox`, `relay`, `inbox`, `projection`, `sagas`).
+/// per group (`events`, `commands`, `log`, `outbox`, `relay`, `inbox`, `projection`, `sagas`, `trace`).
 /// `$fresh` is an async fn returning `(store, guard)`; the guard (for example a test database)
 /// lives until the test ends. See the [`contract`](crate::contract) module for a walk-through.
 #[macro_export]
@@ -135,6 +138,9 @@ macro_rules! eventstore_contract_tests {
             request_outcomes_are_recorded_once,
             timer_requests_need_a_registered_saga,
             locking_a_saga_serialises_units_of_work,
+        );
+        $crate::eventstore_contract_tests!(@group $fresh; trace:
+            trace_reads_every_record_of_a_flow,
         );
     };
     (@group $fresh:path; $group:ident: $($name:ident),* $(,)?) => {

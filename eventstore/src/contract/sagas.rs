@@ -17,7 +17,7 @@ use crate::saga::{SagaFilter, SagaRecord, SagaStore, SagaTimer};
 use crate::store::UnitOfWork;
 
 /// A `running` instance of `saga_type` under `business_key`, correlated by `correlation_id`.
-fn record(saga_type: &str, business_key: &str, correlation_id: Uuid) -> SagaRecord {
+pub(super) fn record(saga_type: &str, business_key: &str, correlation_id: Uuid) -> SagaRecord {
     SagaRecord {
         saga_id: Uuid::now_v7(),
         saga_type: saga_type.to_owned(),

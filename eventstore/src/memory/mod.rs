@@ -27,7 +27,7 @@
 
 // One file per concern, with the same names as in the PostgreSQL and SQLite backends: `store`
 // (state, constructors, reads), `append`, `unit_of_work`, `log`, `outbox`, `inbox`,
-// `projections`, `sagas`.
+// `projections`, `sagas`, `trace`.
 mod append;
 mod inbox;
 mod log;
@@ -35,6 +35,7 @@ mod outbox;
 mod projections;
 mod sagas;
 mod store;
+mod trace;
 mod unit_of_work;
 
 pub use store::MemoryStore;

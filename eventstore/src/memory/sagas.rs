@@ -53,6 +53,26 @@ pub(super) struct StagedSagas {
 }
 
 impl SagaTables {
+    /// The pending timers of the instances of flow `correlation_id` (the trace).
+    pub(super) fn timers_of_flow(&self, correlation_id: Uuid) -> Vec<SagaTimer> {
+        self.timers
+            .iter()
+            .filter(|((saga_id, ..), _)| {
+                self.sagas
+                    .get(saga_id)
+                    .is_some_and(|s| s.correlation_id == correlation_id)
+            })
+            .map(|((saga_id, step, attempt, kind), t)| SagaTimer {
+                saga_id: *saga_id,
+                saga_type: t.saga_type.clone(),
+                step: step.clone(),
+                attempt: *attempt,
+                kind: kind.clone(),
+                due_at: t.due_at,
+            })
+            .collect()
+    }
+
     /// Applies a committed unit of work's saga writes.
     pub(super) fn apply(&mut self, staged: StagedSagas) {
         for (saga_id, record) in staged.sagas {

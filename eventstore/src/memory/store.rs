@@ -30,6 +30,10 @@ pub(super) struct State {
     pub(super) leases: HashMap<u32, (Uuid, std::time::Instant)>,
     pub(super) relays: HashMap<Uuid, std::time::Instant>,
     pub(super) inbox: HashSet<(String, Uuid)>,
+    /// What the inbox keeps of each received message, for the trace.
+    pub(super) received: Vec<super::trace::Received>,
+    /// The journal of sent messages of flows, for the trace.
+    pub(super) sent: Vec<(crate::trace::SentEntry, chrono::DateTime<chrono::Utc>)>,
     pub(super) parked: Vec<ParkedMessage>,
     pub(super) projections: BTreeMap<String, MemProjection>,
     pub(super) sagas: SagaTables,

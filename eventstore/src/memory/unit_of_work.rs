@@ -13,6 +13,7 @@ use super::store::MemoryStore;
 use crate::error::{ExpectedVersion, StoreError};
 use crate::outbox::{OUTBOX_SLOTS, OutboxRow};
 use crate::store::{AppendResult, CommandRecord, Snapshot, UnitOfWork};
+use crate::trace::{InboxEntry, SentEntry};
 
 /// A unit of work of the [`MemoryStore`]: changes are staged and applied at commit.
 pub struct MemoryUnitOfWork {
@@ -23,6 +24,10 @@ pub struct MemoryUnitOfWork {
     commands: Vec<CommandRecord>,
     pub(super) outbox: Vec<OutboxMessage>,
     inbox: Vec<(String, Uuid)>,
+    /// What the inbox keeps of the marked messages, for the trace.
+    received: Vec<(String, InboxEntry)>,
+    /// The messages of flows enqueued, for the trace.
+    sent: Vec<SentEntry>,
     /// A copy of the projections' bookkeeping, changed by this unit of work (under the write
     /// lock) and put in place at commit.
     pub(super) projections: Option<BTreeMap<String, MemProjection>>,
@@ -41,6 +46,8 @@ impl MemoryUnitOfWork {
             commands: Vec::new(),
             outbox: Vec::new(),
             inbox: Vec::new(),
+            received: Vec::new(),
+            sent: Vec::new(),
             projections: None,
             sagas: StagedSagas::default(),
         }
@@ -143,18 +150,28 @@ impl UnitOfWork for MemoryUnitOfWork {
         Ok(true)
     }
 
-    async fn mark_inbox(&mut self, consumer: &str, message_id: Uuid) -> Result<bool, StoreError> {
+    async fn mark_received(
+        &mut self,
+        consumer: &str,
+        message: &InboxEntry,
+    ) -> Result<bool, StoreError> {
         self.lock_writer().await;
-        let key = (consumer.to_owned(), message_id);
+        let key = (consumer.to_owned(), message.message_id);
         if self.inbox.contains(&key) || self.store.lock().inbox.contains(&key) {
             return Ok(false);
         }
         self.inbox.push(key);
+        if message.correlation_id.is_some() {
+            self.received.push((consumer.to_owned(), message.clone()));
+        }
         Ok(true)
     }
 
     async fn enqueue(&mut self, messages: Vec<OutboxMessage>) -> Result<(), StoreError> {
         self.lock_writer().await;
+        let source = self.store.source.clone();
+        self.sent
+            .extend(messages.iter().filter_map(|m| SentEntry::of(m, &source)));
         self.outbox.extend(messages);
         Ok(())
     }
@@ -229,6 +246,20 @@ impl UnitOfWork for MemoryUnitOfWork {
         }
         for mark in self.inbox {
             state.inbox.insert(mark);
+        }
+        let now = eventfold_core::metadata::now_micros();
+        for (consumer, entry) in self.received {
+            state.received.push(super::trace::Received {
+                consumer,
+                entry,
+                received_by: self.store.source.to_string(),
+                at: now,
+            });
+        }
+        for entry in self.sent {
+            if !state.sent.iter().any(|(s, _)| s.id == entry.id) {
+                state.sent.push((entry, now));
+            }
         }
         if let Some(projections) = self.projections {
             state.projections = projections;

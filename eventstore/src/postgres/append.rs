@@ -12,6 +12,7 @@ use crate::outbox::{OUTBOX_SLOTS, OutboxRouting, append_messages};
 use crate::sql::unit_of_work::{Savepoint, savepoint};
 use crate::sql::{self, db_err, to_i64, to_u64};
 use crate::store::{AppendResult, fill_source, validate_append};
+use crate::trace::SentEntry;
 
 /// Bind values of a statement, keeping the first one that failed to encode (the statement then
 /// fails with it).
@@ -371,8 +372,31 @@ impl PgUnitOfWork {
         if messages.is_empty() {
             return Ok(());
         }
+        let journal: Vec<Option<SentEntry>> = messages
+            .iter()
+            .map(|m| SentEntry::of(m, &self.source))
+            .collect();
         let mut binds = Binds::default();
-        binds.outbox(&messages);
+        binds
+            .outbox(&messages)
+            .add(
+                journal
+                    .iter()
+                    .map(|j| j.as_ref().map(|j| j.correlation_id))
+                    .collect::<Vec<_>>(),
+            )
+            .add(
+                journal
+                    .iter()
+                    .map(|j| j.as_ref().and_then(|j| j.causation_id))
+                    .collect::<Vec<_>>(),
+            )
+            .add(
+                journal
+                    .iter()
+                    .map(|j| j.as_ref().map(|j| j.source.as_str()))
+                    .collect::<Vec<_>>(),
+            );
         let args = binds
             .finish()
             .map_err(|e| db_err("writing outbox rows", &self.sql.outbox)(sqlx::Error::Encode(e)))?;

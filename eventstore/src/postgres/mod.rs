@@ -45,6 +45,7 @@ mod statements;
 mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;
+mod trace;
 mod unit_of_work;
 
 pub use log::PgWakeup;

@@ -5,6 +5,7 @@ use crate::saga::MAX_CLAIM_LEASES;
 use crate::sql::dialect::{Dialect, Pg};
 use crate::sql::read::ReadSql;
 use crate::sql::sagas::SagaSql;
+use crate::sql::trace::TraceSql;
 use crate::sql::{self, EVENT_COLUMNS};
 
 /// The filter every statement that inserts outbox rows carries: it gives the transaction its id
@@ -39,6 +40,8 @@ pub(super) struct Statements {
     /// Streams, snapshots and commands (shared with SQLite).
     pub(super) read: ReadSql,
     pub(super) append: String,
+    /// The trace reads (shared with the other SQL backend).
+    pub(super) trace: TraceSql,
     /// The saga tables (shared with SQLite).
     pub(super) sagas: SagaSql,
     /// Claims due timers: `$1` saga types, `$2` limit, `$3` lease in seconds.
@@ -113,6 +116,7 @@ impl Statements {
         let inbox = naming.table("inbox");
         let inbox_dead = naming.table("inbox_dead");
         let saga_timers = naming.table("saga_timers");
+        let sent = naming.table("sent");
         let now = <Pg as Dialect>::NOW;
         Self {
             // One statement, so a transaction of its own: lock the oldest due timers that no
@@ -129,8 +133,10 @@ impl Statements {
                  RETURNING t.saga_id, t.saga_type, t.step, t.attempt, t.kind, c.due_at"
             ),
             sagas: SagaSql::new::<Pg>(naming),
+            trace: TraceSql::new::<Pg>(naming),
             mark_inbox: format!(
-                "INSERT INTO {inbox} (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+                "INSERT INTO {inbox} (consumer, message_id, message_type, topic, correlation_id, causation_id, \
+                 sent_by, received_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"
             ),
             park_message: format!(
                 "WITH mark AS (INSERT INTO {inbox} (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING) \
@@ -144,8 +150,16 @@ impl Statements {
                  FROM {inbox_dead} WHERE consumer = $1 ORDER BY parked_at LIMIT $2"
             ),
             inbox,
+            // The rows, and the journal of those that belong to a flow (the trace, ADR 0022):
+            // `$10`..`$12` are each message's correlation id (NULL: not journaled), causation id
+            // and sender. One statement, so one round trip as before.
             insert_outbox: format!(
-                "INSERT INTO {outbox} ({outbox_columns}) \
+                "WITH j AS (INSERT INTO {sent} (id, correlation_id, causation_id, type, topic, key, source) \
+                   SELECT s.id, s.corr, s.cause, s.ty, s.topic, s.key, s.src \
+                   FROM UNNEST($1::uuid[], $4::text[], $6::text[], $7::text[], $10::uuid[], $11::uuid[], $12::text[]) \
+                     AS s(id, ty, topic, key, corr, cause, src) \
+                   WHERE s.corr IS NOT NULL ON CONFLICT (id) DO NOTHING) \
+                 INSERT INTO {outbox} ({outbox_columns}) \
                  SELECT m.id, m.at, m.aid, m.ty, m.payload, m.topic, m.key, m.headers::jsonb, m.slot \
                  {} WHERE {XID_FIRST} ORDER BY m.ord",
                 outbox_rows(1)

@@ -60,6 +60,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "sagas: instances by business key, durable timers, request outcomes",
         sql: include_str!("migrations/0007_sagas.sql"),
     },
+    Migration {
+        version: 8,
+        name: "trace: the inbox keeps what it received, a journal of sent messages, events by correlation (ADR 0022)",
+        sql: include_str!("migrations/0008_trace.sql"),
+    },
 ];
 
 /// An event store in a PostgreSQL database.
@@ -269,6 +274,7 @@ mod tests {
             (5, -4703489205983246130),
             (6, 3611381286601128421),
             (7, 3809940013349938655),
+            (8, -2398268184595761891),
         ];
         let actual: Vec<(i64, i64)> = MIGRATIONS
             .iter()

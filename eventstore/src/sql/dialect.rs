@@ -57,6 +57,9 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     /// `expr` (JSON text) written to a JSON column.
     fn json(expr: &str) -> String;
 
+    /// The text of field `key` (a constant identifier) of the JSON object in column `column`.
+    fn json_field(column: &str, key: &str) -> String;
+
     /// The statement that saves a snapshot unless a newer one is stored: `$1` stream type, `$2`
     /// stream id, `$3` version, `$4` snapshot version, `$5` state, `$6` taken at.
     fn save_snapshot(snapshots: &str) -> String;
@@ -125,6 +128,10 @@ impl Dialect for Pg {
 
     fn json(expr: &str) -> String {
         format!("{expr}::jsonb")
+    }
+
+    fn json_field(column: &str, key: &str) -> String {
+        format!("({column}->>'{key}')")
     }
 
     fn save_snapshot(snapshots: &str) -> String {
@@ -231,6 +238,10 @@ impl Dialect for Lite {
 
     fn json(expr: &str) -> String {
         expr.to_owned()
+    }
+
+    fn json_field(column: &str, key: &str) -> String {
+        format!("json_extract({column}, '$.{key}')")
     }
 
     fn save_snapshot(snapshots: &str) -> String {

@@ -41,6 +41,7 @@ impl Migration {
             .replace("{saga_timers}", &naming.table("saga_timers"))
             .replace("{saga_requests}", &naming.table("saga_requests"))
             .replace("{sagas}", &naming.table("sagas"))
+            .replace("{sent}", &naming.table("sent"))
             .replace("{prefix}", naming.prefix())
             .replace("{schema}", naming.schema().unwrap_or(""))
     }

@@ -12,6 +12,7 @@ pub(crate) mod read;
 pub(crate) mod sagas;
 #[cfg(test)]
 mod tests;
+pub(crate) mod trace;
 pub(crate) mod unit_of_work;
 
 use chrono::{DateTime, Utc};

@@ -41,13 +41,40 @@ where
     Ok(())
 }
 
-/// Stamps every method of [`UnitOfWork`](crate::store::UnitOfWork) but `mark_inbox` (inside its
-/// impl): `append` (over the backend's `append_events`), the reads, snapshot and command writes,
+/// Stamps every method of [`UnitOfWork`](crate::store::UnitOfWork) (inside its impl): `append` (over the backend's `append_events`), the reads, snapshot and command writes,
 /// `enqueue` (over the backend's `insert_outbox`), `commit` and `rollback`. Uses its fields `tx`
 /// (the transaction), `sql` (statements with a [`ReadSql`](super::read::ReadSql) named `read`),
 /// `wrote_events` and `appended`, and `read_stream_on` & co. in scope.
 macro_rules! unit_of_work_methods {
-    () => {
+    ($dialect:ty) => {
+        async fn mark_received(
+            &mut self,
+            consumer: &str,
+            message: &$crate::trace::InboxEntry,
+        ) -> Result<bool, $crate::error::StoreError> {
+            use $crate::sql::dialect::Dialect;
+            let query = sqlx::query(&self.sql.mark_inbox)
+                .bind(consumer)
+                .bind(message.message_id)
+                .bind(message.message_type.as_deref())
+                .bind(message.topic.as_deref())
+                .bind(message.correlation_id)
+                .bind(message.causation_id)
+                .bind(message.sent_by.as_deref())
+                .bind(&*self.source);
+            // SQLite's tables have no clock default: the time is the last parameter.
+            let query = if <$dialect>::RECORDS_APPLIED_AT {
+                query.bind(eventfold_core::metadata::now_micros())
+            } else {
+                query
+            };
+            let done = query
+                .execute(&mut *self.tx)
+                .await
+                .map_err($crate::sql::db_err("marking the inbox", &self.sql.inbox))?;
+            Ok(done.rows_affected() == 1)
+        }
+
         async fn append(
             &mut self,
             stream_id: &eventfold_core::StreamId,

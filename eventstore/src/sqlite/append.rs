@@ -10,6 +10,7 @@ use crate::outbox::{OUTBOX_SLOTS, append_messages};
 use crate::sql::unit_of_work::{Savepoint, savepoint};
 use crate::sql::{self, db_err, to_i64, to_u64};
 use crate::store::{AppendResult, fill_source, validate_append};
+use crate::trace::SentEntry;
 
 impl SqliteUnitOfWork {
     pub(super) async fn append_events(
@@ -113,6 +114,20 @@ impl SqliteUnitOfWork {
                 .execute(&mut *self.tx)
                 .await
                 .map_err(db_err("writing an outbox row", &self.sql.outbox))?;
+            if let Some(j) = SentEntry::of(&m, &self.source) {
+                sqlx::query(&self.sql.journal_sent)
+                    .bind(j.id)
+                    .bind(j.correlation_id)
+                    .bind(j.causation_id)
+                    .bind(&j.message_type)
+                    .bind(&j.topic)
+                    .bind(&j.key)
+                    .bind(&j.source)
+                    .bind(now)
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(db_err("journaling a sent message", &self.sql.trace.sent))?;
+            }
         }
         Ok(())
     }

@@ -4,6 +4,7 @@ use super::*;
 use crate::error::StoreError;
 use crate::inbox::{InboxStore, ParkedMessage};
 use crate::sql::{self, db_err};
+use crate::trace::InboxEntry;
 
 impl InboxStore for SqliteStore {
     async fn park_message(&self, message: ParkedMessage) -> Result<(), StoreError> {
@@ -12,9 +13,17 @@ impl InboxStore for SqliteStore {
         let mut tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
             .await
             .map_err(err())?;
+        // The mark only deduplicates: the parked message is traced from its own row.
+        let entry = InboxEntry::id(message.message_id);
         sqlx::query(&self.sql.mark_inbox)
             .bind(&message.consumer)
-            .bind(message.message_id)
+            .bind(entry.message_id)
+            .bind(entry.message_type.as_deref())
+            .bind(entry.topic.as_deref())
+            .bind(entry.correlation_id)
+            .bind(entry.causation_id)
+            .bind(entry.sent_by.as_deref())
+            .bind(&*self.source)
             .bind(now)
             .execute(&mut *tx)
             .await

@@ -37,6 +37,7 @@ mod projections;
 mod sagas;
 mod statements;
 mod store;
+mod trace;
 mod unit_of_work;
 
 pub use store::{SqliteStore, SqliteStoreBuilder};

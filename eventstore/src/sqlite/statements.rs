@@ -4,11 +4,14 @@ use crate::naming::Naming;
 use crate::sql::dialect::Lite;
 use crate::sql::read::ReadSql;
 use crate::sql::sagas::{SagaSql, TIMER_COLUMNS};
+use crate::sql::trace::TraceSql;
 use crate::sql::{self, EVENT_COLUMNS};
 
 pub(super) struct Statements {
     pub(super) inbox: String,
     pub(super) mark_inbox: String,
+    /// Journals a sent message of a flow (the trace, ADR 0022).
+    pub(super) journal_sent: String,
     pub(super) park_message: String,
     pub(super) parked_messages: String,
     pub(super) outbox: String,
@@ -21,6 +24,8 @@ pub(super) struct Statements {
     /// Streams, snapshots and commands (shared with PostgreSQL).
     pub(super) read: ReadSql,
     pub(super) insert_event: String,
+    /// The trace reads (shared with the other SQL backend).
+    pub(super) trace: TraceSql,
     /// The saga tables (shared with PostgreSQL).
     pub(super) sagas: SagaSql,
     /// The due timers of a claim: `?1` saga types (a JSON array), `?2` the database's clock,
@@ -37,6 +42,7 @@ impl Statements {
         let outbox_dead = naming.table("outbox_dead");
         let inbox = naming.table("inbox");
         let inbox_dead = naming.table("inbox_dead");
+        let sent = naming.table("sent");
         let saga_timers = naming.table("saga_timers");
         Self {
             claim_saga_timers: format!(
@@ -49,8 +55,14 @@ impl Statements {
                  WHERE saga_id = ?1 AND step = ?2 AND attempt = ?3 AND kind = ?4"
             ),
             sagas: SagaSql::new::<Lite>(naming),
+            trace: TraceSql::new::<Lite>(naming),
             mark_inbox: format!(
-                "INSERT INTO {inbox} (consumer, message_id, processed_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING"
+                "INSERT INTO {inbox} (consumer, message_id, message_type, topic, correlation_id, causation_id, \
+                 sent_by, received_by, processed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING"
+            ),
+            journal_sent: format!(
+                "INSERT INTO {sent} (id, correlation_id, causation_id, type, topic, key, source, sent_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING"
             ),
             park_message: format!(
                 "INSERT INTO {inbox_dead} (consumer, message_id, topic, partition, \"offset\", key, type, payload, headers, \

@@ -51,6 +51,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "sagas: instances by business key, durable timers, request outcomes",
         sql: include_str!("migrations/0006_sagas.sql"),
     },
+    Migration {
+        version: 7,
+        name: "trace: the inbox keeps what it received, a journal of sent messages, events by correlation (ADR 0022)",
+        sql: include_str!("migrations/0007_trace.sql"),
+    },
 ];
 
 /// An event store in a SQLite database.
@@ -254,6 +259,7 @@ mod tests {
             (4, -4674574820390121115),
             (5, 8426539364267374710),
             (6, 9106123669770553283),
+            (7, -4623411257323787245),
         ];
         let actual: Vec<(i64, i64)> = MIGRATIONS
             .iter()

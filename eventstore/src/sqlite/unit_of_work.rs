@@ -4,12 +4,9 @@ use std::sync::Arc;
 
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 use tokio::sync::watch;
-use uuid::Uuid;
 
 use super::*;
-use crate::error::StoreError;
 use crate::outbox::OutboxRouting;
-use crate::sql::db_err;
 use crate::sql::dialect::Lite;
 use crate::store::UnitOfWork;
 
@@ -36,18 +33,7 @@ impl SqliteUnitOfWork {
 }
 
 impl UnitOfWork for SqliteUnitOfWork {
-    async fn mark_inbox(&mut self, consumer: &str, message_id: Uuid) -> Result<bool, StoreError> {
-        let done = sqlx::query(&self.sql.mark_inbox)
-            .bind(consumer)
-            .bind(message_id)
-            .bind(eventfold_core::metadata::now_micros())
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_err("marking the inbox", &self.sql.inbox))?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    crate::sql::unit_of_work::unit_of_work_methods!();
+    crate::sql::unit_of_work::unit_of_work_methods!(Lite);
 }
 
 impl SqliteStore {

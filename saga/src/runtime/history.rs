@@ -35,7 +35,7 @@ pub(crate) async fn read_in<U: UnitOfWork>(
     uow: &mut U,
     stream: &StreamId,
     saga_id: Uuid,
-) -> Result<Vec<(SagaEvent, DateTime<Utc>)>, RuntimeError> {
+) -> Result<Vec<(SagaEvent, DateTime<Utc>, Uuid)>, RuntimeError> {
     let mut out = Vec::new();
     loop {
         let from = out.len() as u64 + 1;
@@ -45,7 +45,7 @@ pub(crate) async fn read_in<U: UnitOfWork>(
             .map_err(RuntimeError::store(saga_id))?;
         let full = page.len() as u64 == PAGE;
         for event in &page {
-            out.push((decode(saga_id, event)?, event.timestamp));
+            out.push((decode(saga_id, event)?, event.timestamp, event.event_id));
         }
         if !full {
             return Ok(out);

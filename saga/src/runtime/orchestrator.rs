@@ -460,7 +460,10 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             return Ok(Applied::Ignored(Ignored::NotStarted));
         };
         let loaded = history::read_in(uow, &stream, saga_id).await?;
-        let mut state = SagaState::fold(loaded.iter().map(|(e, _)| e));
+        let mut state = SagaState::fold(loaded.iter().map(|(e, ..)| e));
+        // A timer has no id of its own: what it fires is caused by the instance's latest
+        // transition (which set or moved the timer), so the trace keeps one causal chain.
+        let cause = cause.or_else(|| loaded.last().map(|(.., id)| *id));
         let now = store
             .database_now(uow)
             .await
@@ -485,14 +488,20 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             headers: [(wire::SAGA_ID.to_owned(), saga_id.to_string())].into(),
             ..CommandMetadata::default()
         };
-        let mut new_events = Vec::with_capacity(transition.events.len());
+        let mut new_events: Vec<NewEvent> = Vec::with_capacity(transition.events.len());
         for event in &transition.events {
-            let encoded =
+            let mut encoded =
                 NewEvent::encode(event, &source, &meta).map_err(|e| RuntimeError::Encode {
                     saga_id,
                     what: format!("event {}", event.event_type()),
                     reason: e.to_string(),
                 })?;
+            // The events of one transition follow from each other (the step started because
+            // the saga started, ...): the first is caused by the input, each next by the one
+            // before, so that the trace of the flow is one chain.
+            if let Some(previous) = new_events.last() {
+                encoded.causation_id = Some(previous.event_id);
+            }
             new_events.push(encoded);
         }
         let causation = new_events.last().map(|e| e.event_id);
@@ -580,7 +589,7 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
     fn record_metrics(
         &self,
         events: &[SagaEvent],
-        history: &[(SagaEvent, DateTime<Utc>)],
+        history: &[(SagaEvent, DateTime<Utc>, Uuid)],
         now: DateTime<Utc>,
     ) {
         let saga_type = self.saga_type().to_owned();
@@ -593,7 +602,7 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
                         .increment(1);
                 }
                 SagaEvent::StepSucceeded { step, .. } => {
-                    let started = history.iter().rev().find_map(|(e, at)| match e {
+                    let started = history.iter().rev().find_map(|(e, at, _)| match e {
                         SagaEvent::StepStarted { step: s, .. } if s == step => Some(*at),
                         _ => None,
                     });
