@@ -262,6 +262,9 @@ async fn run_and_check(database: &[&str], broker: &[&str], orders: usize) {
     ] {
         assert!(trace.contains(what), "no {what} in the trace:\n{trace}");
     }
+    let mermaid = shop(&on(database, &["trace", correlation_id, "--mermaid"])).await;
+    assert!(mermaid.starts_with("sequenceDiagram"), "{mermaid}");
+    assert!(mermaid.contains("payment.refund"), "{mermaid}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,9 +11,8 @@
 use std::io::Write;
 
 use eventfold::BoxError;
-use eventfold::cli::{Command, ProjectionsCommand};
+use eventfold::cli::{Command, ProjectionsCommand, TraceArgs};
 use eventfold::projections::Projections;
-use uuid::Uuid;
 
 use crate::services::{Services, ShopStore};
 
@@ -51,7 +50,7 @@ pub async fn run<S: ShopStore>(
     out: &mut (dyn Write + Send),
 ) -> Result<(), BoxError> {
     if let Command::Trace(args) = command {
-        return trace(services, &args.args, out).await;
+        return trace(services, args, out).await;
     }
     let targets = match service {
         Some(service) => vec![service],
@@ -125,20 +124,37 @@ fn registry<S: ShopStore>(services: &Services<S>, service: Service) -> Projectio
     }
 }
 
-/// `trace <correlation-id>`: see [`crate::trace`].
+/// `trace <correlation-id> [--mermaid | --dot | --json]`: the flow merged from the three
+/// services' databases (eventfold's own `trace` reads one database, and `--merge`s others by
+/// URL; the shop knows its databases).
 async fn trace<S: ShopStore>(
     services: &Services<S>,
-    args: &[String],
+    args: &TraceArgs,
     out: &mut (dyn Write + Send),
 ) -> Result<(), BoxError> {
-    let Some(id) = args.iter().find(|a| !a.starts_with('-')) else {
-        return Err("trace: give a correlation id (the summary of a run prints one)".into());
-    };
-    let correlation_id: Uuid = id
-        .parse()
-        .map_err(|e| format!("trace {id}: not a correlation id: {e}"))?;
-    if !crate::trace::print(services, correlation_id, out).await? {
-        return Err(format!("trace {correlation_id}: no service recorded this flow").into());
+    if !args.merge.is_empty() {
+        return Err(
+            "trace: the shop merges its three databases itself; --merge is for \
+                    eventfold's standalone binary"
+                .into(),
+        );
+    }
+    let trace = crate::trace::of(services, args.correlation_id).await?;
+    if trace.is_empty() {
+        return Err(format!(
+            "trace {}: no service recorded this flow",
+            args.correlation_id
+        )
+        .into());
+    }
+    if args.output.json {
+        writeln!(out, "{}", trace.to_json()?)?;
+    } else if args.mermaid {
+        write!(out, "{}", trace.to_mermaid())?;
+    } else if args.dot {
+        write!(out, "{}", trace.to_dot())?;
+    } else {
+        write!(out, "{}", trace.to_text())?;
     }
     Ok(())
 }

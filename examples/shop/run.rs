@@ -188,7 +188,13 @@ async fn shop<S: ShopStore, T: Transport>(
             failed.outcome,
             failed.compensations.join(", then ")
         )?;
-        crate::trace::print(&services, failed.correlation_id, out).await?;
+        let trace = crate::trace::of(&services, failed.correlation_id).await?;
+        write!(out, "\n{}", trace.to_text())?;
+        write!(
+            out,
+            "\nthe same as a Mermaid diagram:\n\n{}",
+            trace.to_mermaid()
+        )?;
         let shop = command_prefix(database);
         writeln!(out, "\nexplore the databases of this run:")?;
         writeln!(out, "  {shop} trace {}", failed.correlation_id)?;
