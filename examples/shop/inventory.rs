@@ -1,5 +1,7 @@
 //! The inventory service: one stock item per product (stream `stock_item-{sku}`), which
-//! reserves, releases and ships stock for orders.
+//! reserves, releases and ships stock for orders, and a reservation per order (stream
+//! `reservation-{order_id}`): the inventory's answer to the order, which the other services hear
+//! of in the choreographed style.
 
 use std::collections::BTreeMap;
 
@@ -129,6 +131,80 @@ impl StockItem {
     }
 }
 
+/// What happens to an order's reservation.
+#[derive(Debug, Clone, PartialEq, Event)]
+pub enum ReservationEvent {
+    /// Every line is held for the order: `reservation.made`.
+    Made { lines: Vec<OrderLine> },
+    /// A product is short, nothing is held: `reservation.refused`.
+    Refused { reason: String },
+    /// The stock went back on the shelf: `reservation.released`.
+    Released,
+    /// The stock left the warehouse: `reservation.shipped`.
+    Shipped,
+}
+
+#[derive(Debug, Clone)]
+pub enum ReservationCommand {
+    Make { lines: Vec<OrderLine> },
+    Refuse { reason: String },
+    Release,
+    Ship,
+}
+
+/// Where an order's reservation is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReservationStatus {
+    #[default]
+    None,
+    Made,
+    Refused,
+    Released,
+    Shipped,
+}
+
+/// An order's reservation.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Reservation {
+    pub status: ReservationStatus,
+    /// What it holds (or held).
+    pub lines: Vec<OrderLine>,
+}
+
+#[aggregate]
+impl Reservation {
+    fn handle(&self, command: &ReservationCommand) -> Result<Vec<ReservationEvent>, StockError> {
+        use ReservationStatus as S;
+        Ok(match (self.status, command) {
+            (S::None, ReservationCommand::Make { lines }) => vec![ReservationEvent::Made {
+                lines: lines.clone(),
+            }],
+            (S::None, ReservationCommand::Refuse { reason }) => vec![ReservationEvent::Refused {
+                reason: reason.clone(),
+            }],
+            (S::Made, ReservationCommand::Release) => vec![ReservationEvent::Released],
+            (S::Made, ReservationCommand::Ship) => vec![ReservationEvent::Shipped],
+            (S::Shipped, ReservationCommand::Ship) => vec![],
+            (_, ReservationCommand::Ship) => return Err(StockError::NotReserved(String::new())),
+            // Making it twice, or releasing what is not held, changes nothing.
+            _ => vec![],
+        })
+    }
+
+    fn apply(&mut self, event: &ReservationEvent) {
+        if let ReservationEvent::Made { lines } = event {
+            self.lines = lines.clone();
+        }
+        self.status = match event {
+            ReservationEvent::Made { .. } => ReservationStatus::Made,
+            ReservationEvent::Refused { .. } => ReservationStatus::Refused,
+            ReservationEvent::Released => ReservationStatus::Released,
+            ReservationEvent::Shipped => ReservationStatus::Shipped,
+        };
+    }
+}
+
 /// Why an order's stock could not be reserved.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("out of stock: {sku} ({available} available, {wanted} wanted)")]
@@ -143,13 +219,33 @@ pub struct OutOfStock {
 #[derive(Clone)]
 pub struct Inventory<S: EventStore> {
     stock: Repository<StockItem, S>,
+    reservations: Repository<Reservation, S>,
 }
 
 impl<S: EventStore> Inventory<S> {
     pub fn new(store: S) -> Self {
         Self {
-            stock: Repository::new(store),
+            stock: Repository::new(store.clone()),
+            reservations: Repository::new(store),
         }
+    }
+
+    /// An order's reservation.
+    pub async fn reservation(&self, order_id: &str) -> Result<Reservation, BoxError> {
+        Ok(self.reservations.load(order_id).await?.state)
+    }
+
+    async fn note(
+        &self,
+        uow: &mut S::UnitOfWork,
+        order_id: &str,
+        command: ReservationCommand,
+        meta: &CommandMetadata,
+    ) -> Result<(), BoxError> {
+        self.reservations
+            .execute_in(uow, order_id, &command, meta.clone())
+            .await?;
+        Ok(())
     }
 
     /// The stock of a product.
@@ -190,21 +286,42 @@ impl<S: EventStore> Inventory<S> {
                     source: StockError::OutOfStock { available, wanted },
                     ..
                 }) => {
-                    self.release(uow, order_id, lines, meta).await?;
-                    return Ok(Err(OutOfStock {
+                    self.release_stock(uow, order_id, lines, meta).await?;
+                    let short = OutOfStock {
                         sku,
                         available,
                         wanted,
-                    }));
+                    };
+                    let reason = short.to_string();
+                    self.note(uow, order_id, ReservationCommand::Refuse { reason }, meta)
+                        .await?;
+                    return Ok(Err(short));
                 }
                 Err(e) => return Err(e.into()),
             }
         }
+        let lines = lines.to_vec();
+        self.note(uow, order_id, ReservationCommand::Make { lines }, meta)
+            .await?;
         Ok(Ok(()))
     }
 
-    /// Puts an order's reservations back (those it has).
+    /// Puts what an order's reservation holds back on the shelf (nothing, if it holds
+    /// nothing).
     pub async fn release(
+        &self,
+        uow: &mut S::UnitOfWork,
+        order_id: &str,
+        meta: &CommandMetadata,
+    ) -> Result<(), BoxError> {
+        let held = self.reservation(order_id).await?;
+        self.release_stock(uow, order_id, &held.lines, meta).await?;
+        self.note(uow, order_id, ReservationCommand::Release, meta)
+            .await
+    }
+
+    /// Puts what an order holds of each of its products back on the shelf.
+    async fn release_stock(
         &self,
         uow: &mut S::UnitOfWork,
         order_id: &str,
@@ -222,15 +339,15 @@ impl<S: EventStore> Inventory<S> {
         Ok(())
     }
 
-    /// Ships an order's reservations.
+    /// Ships what an order's reservation holds.
     pub async fn ship(
         &self,
         uow: &mut S::UnitOfWork,
         order_id: &str,
-        lines: &[OrderLine],
         meta: &CommandMetadata,
     ) -> Result<(), BoxError> {
-        for (sku, _) in quantities(lines) {
+        let held = self.reservation(order_id).await?;
+        for (sku, _) in quantities(&held.lines) {
             let command = StockCommand::Ship {
                 order_id: order_id.to_owned(),
             };
@@ -238,7 +355,8 @@ impl<S: EventStore> Inventory<S> {
                 .execute_in(uow, &sku, &command, meta.clone())
                 .await?;
         }
-        Ok(())
+        self.note(uow, order_id, ReservationCommand::Ship, meta)
+            .await
     }
 }
 

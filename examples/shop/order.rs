@@ -1,11 +1,15 @@
 //! The order service: an order per customer order (stream `order-{id}`), placed, then confirmed
 //! once paid and shipped, or rejected with the reason.
+//!
+//! In the orchestrated style the saga tells the order when to confirm or reject. In the
+//! choreographed style the order itself notes the other services' facts (the stock is reserved,
+//! the payment went through) and confirms itself when it has both.
 
 use eventfold::eventstore::{EventStore, ExecuteError, Repository};
 use eventfold::{BoxError, CommandMetadata, Event, aggregate};
 use serde::{Deserialize, Serialize};
 
-use crate::messages::{OrderLine, PlaceOrder, total_cents};
+use crate::messages::{Card, OrderLine, PlaceOrder, total_cents};
 
 /// What happens to an order.
 #[derive(Debug, Clone, PartialEq, Event)]
@@ -15,7 +19,12 @@ pub enum OrderEvent {
         customer: String,
         lines: Vec<OrderLine>,
         total_cents: u64,
+        card: Card,
     },
+    /// Choreographed style: the inventory reserved the stock (`order.stock_reserved`).
+    StockReserved,
+    /// Choreographed style: the payment went through (`order.paid`).
+    Paid,
     /// Paid and shipped: `order.confirmed`.
     Confirmed,
     /// Not going through: `order.rejected`.
@@ -51,7 +60,12 @@ pub enum OrderCommand {
     Place {
         customer: String,
         lines: Vec<OrderLine>,
+        card: Card,
     },
+    /// The stock is reserved: confirms the order if it is paid too.
+    NoteStockReserved,
+    /// The payment went through: confirms the order if its stock is reserved too.
+    NotePaid,
     Confirm,
     Reject {
         reason: RejectReason,
@@ -88,6 +102,8 @@ pub struct Order {
     pub status: OrderStatus,
     pub lines: Vec<OrderLine>,
     pub total_cents: u64,
+    pub stock_reserved: bool,
+    pub paid: bool,
 }
 
 #[aggregate]
@@ -100,13 +116,36 @@ impl Order {
             (New, OrderCommand::Place { lines, .. }) if lines.is_empty() => {
                 return Err(OrderError::Empty);
             }
-            (New, OrderCommand::Place { customer, lines }) => vec![OrderEvent::Placed {
+            (
+                New,
+                OrderCommand::Place {
+                    customer,
+                    lines,
+                    card,
+                },
+            ) => vec![OrderEvent::Placed {
                 customer: customer.clone(),
                 lines: lines.clone(),
                 total_cents: total_cents(lines),
+                card: *card,
             }],
             (_, OrderCommand::Place { .. }) => return Err(OrderError::AlreadyPlaced),
             (New, _) => return Err(OrderError::NotPlaced),
+            // A fact that comes after the order was decided changes nothing (a rejected order
+            // that is paid is refunded by the payment service when it sees the rejection).
+            (Confirmed | Rejected(_), OrderCommand::NoteStockReserved | OrderCommand::NotePaid) => {
+                vec![]
+            }
+            (Placed, OrderCommand::NoteStockReserved) if self.stock_reserved => vec![],
+            (Placed, OrderCommand::NoteStockReserved) if self.paid => {
+                vec![OrderEvent::StockReserved, OrderEvent::Confirmed]
+            }
+            (Placed, OrderCommand::NoteStockReserved) => vec![OrderEvent::StockReserved],
+            (Placed, OrderCommand::NotePaid) if self.paid => vec![],
+            (Placed, OrderCommand::NotePaid) if self.stock_reserved => {
+                vec![OrderEvent::Paid, OrderEvent::Confirmed]
+            }
+            (Placed, OrderCommand::NotePaid) => vec![OrderEvent::Paid],
             (Placed, OrderCommand::Confirm) => vec![OrderEvent::Confirmed],
             (Placed, OrderCommand::Reject { reason, detail }) => vec![OrderEvent::Rejected {
                 reason: *reason,
@@ -131,6 +170,8 @@ impl Order {
                 self.lines = lines.clone();
                 self.total_cents = *total_cents;
             }
+            OrderEvent::StockReserved => self.stock_reserved = true,
+            OrderEvent::Paid => self.paid = true,
             OrderEvent::Confirmed => self.status = OrderStatus::Confirmed,
             OrderEvent::Rejected { reason, .. } => self.status = OrderStatus::Rejected(*reason),
         }
@@ -165,6 +206,7 @@ impl<S: EventStore> Orders<S> {
         let command = OrderCommand::Place {
             customer: order.customer.clone(),
             lines: order.lines.clone(),
+            card: order.card,
         };
         self.orders
             .execute_in(uow, &order.order_id, &command, meta.clone())

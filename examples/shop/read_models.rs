@@ -50,6 +50,7 @@ fn order_row_change(order_id: &str, event: &OrderEvent) -> OrderSummaryRow {
             customer,
             lines,
             total_cents,
+            ..
         } => (
             customer.clone(),
             lines.iter().map(|l| i64::from(l.quantity)).sum(),
@@ -58,6 +59,8 @@ fn order_row_change(order_id: &str, event: &OrderEvent) -> OrderSummaryRow {
             None,
         ),
         OrderEvent::Confirmed => (String::new(), 0, 0, "confirmed", None),
+        // Not among the projection's event types (see `event_types`).
+        OrderEvent::StockReserved | OrderEvent::Paid => (String::new(), 0, 0, "placed", None),
         OrderEvent::Rejected { reason, .. } => (
             String::new(),
             0,
@@ -110,6 +113,12 @@ macro_rules! read_models_on {
 
             fn tables(&self) -> Vec<String> {
                 vec!["order_summary".into()]
+            }
+
+            fn event_types(&self) -> Vec<String> {
+                ["order.placed", "order.confirmed", "order.rejected"]
+                    .map(String::from)
+                    .to_vec()
             }
 
             async fn setup(&self, uow: &mut $uow, tables: &Tables) -> Result<(), BoxError> {

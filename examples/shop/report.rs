@@ -12,11 +12,14 @@ use eventfold::{Aggregate, BoxError, Envelope, Event, Upcasters};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::inventory::{Inventory, StockEvent, StockItem, quantities};
+use crate::inventory::{
+    Inventory, ReservationEvent, ReservationStatus, StockEvent, StockItem, quantities,
+};
 use crate::order::{Order, OrderEvent, OrderStatus, Orders};
 use crate::payment::{PaymentEvent, Payments};
 use crate::read_models::{OrderSummaryRow, StockLevelRow};
 use crate::services::{Services, ShopStore};
+use crate::style::Style;
 use crate::style::orchestrated::SAGA_TYPE;
 use crate::workload::{CATALOG, Driven, SOLD_OUT, planned_outcome};
 
@@ -60,8 +63,8 @@ pub struct Setup {
 
 #[derive(Debug, Default, Serialize)]
 pub struct Effects {
-    /// `stock.released` events.
-    pub stock_released: usize,
+    /// `reservation.released` events: orders whose stock went back on the shelf.
+    pub reservations_released: usize,
     /// `payment.refunded` events.
     pub payments_refunded: usize,
     /// `order.rejected` events.
@@ -124,6 +127,7 @@ impl Summary {
 /// Checks a finished run against the services' aggregates, events and read models.
 pub async fn summarize<S: ShopStore>(
     setup: Setup,
+    style: Style,
     services: &Services<S>,
     driven: &Driven,
     opening_stock: u64,
@@ -141,7 +145,7 @@ pub async fn summarize<S: ShopStore>(
     let mut late_successes = 0;
     let mut money = Money::default();
     let mut confirmed_quantities: BTreeMap<String, u64> = BTreeMap::new();
-    let mut failed: Vec<(u8, FailedOrder)> = Vec::new();
+    let mut failed: Vec<FailedOrder> = Vec::new();
     for placed in &driven.orders {
         let id = &placed.order.order_id;
         let order = orders.order(id).await?;
@@ -161,7 +165,7 @@ pub async fn summarize<S: ShopStore>(
         }
         *outcomes.entry(outcome.clone()).or_insert(0) += 1;
         *planned
-            .entry(planned_outcome(&placed.order).to_owned())
+            .entry(planned_outcome(&placed.order, style).to_owned())
             .or_insert(0) += 1;
 
         let payment = payments.payment(id).await?;
@@ -186,55 +190,54 @@ pub async fn summarize<S: ShopStore>(
             }
         }
 
-        let Some(record) = services.order.saga_by_key(SAGA_TYPE, id).await? else {
-            continue;
-        };
-        *sagas.entry(record.status.clone()).or_insert(0) += 1;
-        let expected = if outcome == "confirmed" {
-            "completed"
-        } else {
-            "compensated"
-        };
-        if record.status != expected {
-            problems.push(format!(
-                "order {id} is {outcome} but its saga {} is {}",
-                record.saga_id, record.status
-            ));
-        }
-        let Some(saga) = eventfold::saga::runtime::load(&services.order, record.saga_id).await?
-        else {
-            problems.push(format!("saga {} has no history", record.saga_id));
-            continue;
-        };
+        // The orchestrated style's saga agrees with the order, and ran these compensations.
+        let mut saga_id = None;
         let mut undone = Vec::new();
-        for entry in &saga.history {
-            match &entry.event {
-                SagaEvent::StepCompensated { step, .. } => {
-                    *compensations.entry(step.clone()).or_insert(0) += 1;
-                    undone.push(step.clone());
+        if let Some(record) = services.order.saga_by_key(SAGA_TYPE, id).await? {
+            *sagas.entry(record.status.clone()).or_insert(0) += 1;
+            let expected = if outcome == "confirmed" {
+                "completed"
+            } else {
+                "compensated"
+            };
+            if record.status != expected {
+                problems.push(format!(
+                    "order {id} is {outcome} but its saga {} is {}",
+                    record.saga_id, record.status
+                ));
+            }
+            saga_id = Some(record.saga_id);
+            let saga = eventfold::saga::runtime::load(&services.order, record.saga_id).await?;
+            for entry in saga.iter().flat_map(|s| &s.history) {
+                match &entry.event {
+                    SagaEvent::StepCompensated { step, .. } => {
+                        *compensations.entry(step.clone()).or_insert(0) += 1;
+                        undone.push(step.clone());
+                    }
+                    SagaEvent::StepSucceededLate { .. } => late_successes += 1,
+                    _ => {}
                 }
-                SagaEvent::StepSucceededLate { .. } => late_successes += 1,
-                _ => {}
+            }
+        } else if style == Style::Orchestrated {
+            problems.push(format!("order {id} has no saga"));
+        } else {
+            // The choreographed style's compensations are the services' own reactions.
+            if inventory.reservation(id).await?.status == ReservationStatus::Released {
+                undone.push("reservation.released".to_owned());
+            }
+            if payment.refunded > 0 {
+                undone.push("payment.refunded".to_owned());
             }
         }
-        // The most instructive failure to trace: a late payment, then a declined one, then
-        // a sold-out product.
-        let rank = match outcome.as_str() {
-            "payment_timed_out" => 0,
-            "payment_declined" => 1,
-            "out_of_stock" => 2,
-            _ => continue,
-        };
-        failed.push((
-            rank,
-            FailedOrder {
+        if outcome != "confirmed" {
+            failed.push(FailedOrder {
                 order_id: id.clone(),
                 outcome,
                 correlation_id: placed.correlation_id,
-                saga_id: Some(record.saga_id),
+                saga_id,
                 compensations: undone,
-            },
-        ));
+            });
+        }
     }
     money.kept_cents = money.charged_cents.saturating_sub(money.refunded_cents);
     if money.kept_cents != money.confirmed_cents {
@@ -243,8 +246,15 @@ pub async fn summarize<S: ShopStore>(
             money.kept_cents, money.confirmed_cents
         ));
     }
-    failed.sort_by_key(|(rank, order)| (*rank, order.order_id.clone()));
-    let failed_order = failed.into_iter().next().map(|(_, order)| order);
+    // The most instructive failure to trace: a late payment, else the one that undid the most.
+    failed.sort_by_key(|order| {
+        (
+            order.outcome != "payment_timed_out",
+            std::cmp::Reverse(order.compensations.len()),
+            order.order_id.clone(),
+        )
+    });
+    let failed_order = failed.into_iter().next();
 
     // The stock adds up: what arrived is on the shelf, held, or shipped to confirmed orders.
     let mut stock = Vec::new();
@@ -280,6 +290,8 @@ pub async fn summarize<S: ShopStore>(
     let order_events: Vec<Envelope<OrderEvent>> = events_of(&services.order, "order").await?;
     let stock_events: Vec<Envelope<StockEvent>> =
         events_of(&services.inventory, "stock_item").await?;
+    let reservation_events: Vec<Envelope<ReservationEvent>> =
+        events_of(&services.inventory, "reservation").await?;
     let payment_events: Vec<Envelope<PaymentEvent>> =
         events_of(&services.payment, "payment").await?;
     let summary_rows = services.order.order_summary().await?;
@@ -290,7 +302,11 @@ pub async fn summarize<S: ShopStore>(
         ReadModelCheck {
             name: "order_summary".into(),
             rows: summary_rows.len(),
-            events: order_events.len(),
+            // The events it is built from (the choreographed style's progress notes are not).
+            events: order_events
+                .iter()
+                .filter(|e| !matches!(e.payload, OrderEvent::StockReserved | OrderEvent::Paid))
+                .count(),
             equals_fold: summary_rows == expected_summary,
         },
         ReadModelCheck {
@@ -337,9 +353,9 @@ pub async fn summarize<S: ShopStore>(
     }
 
     let effects = Effects {
-        stock_released: stock_events
+        reservations_released: reservation_events
             .iter()
-            .filter(|e| matches!(e.payload, StockEvent::Released { .. }))
+            .filter(|e| matches!(e.payload, ReservationEvent::Released))
             .count(),
         payments_refunded: payment_events
             .iter()
@@ -520,8 +536,8 @@ pub fn print(summary: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
     let e = &summary.effects;
     writeln!(
         out,
-        "  their effects: {} stock releases, {} refunds, {} orders rejected",
-        e.stock_released, e.payments_refunded, e.orders_rejected
+        "  compensating effects: {} reservations released, {} payments refunded, {} orders rejected",
+        e.reservations_released, e.payments_refunded, e.orders_rejected
     )?;
     let m = &summary.money;
     writeln!(

@@ -12,9 +12,9 @@ use crate::messages::Topics;
 use crate::report::{self, Setup, Summary};
 use crate::services::{Database, Open, Services, ShopStore};
 use crate::style::orchestrated::{self, Timing};
-use crate::style::{Flow, Style, choreographed};
+use crate::style::{Flow, Running, Style, choreographed};
 use crate::transport::Transport;
-use crate::workload::{self, CATALOG, Workload};
+use crate::workload::{self, CATALOG, Driven, Workload};
 
 /// The workload and how it runs.
 #[derive(Debug, Clone, clap::Args)]
@@ -35,7 +35,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 0.03)]
     payment_timeout_rate: f64,
     /// How long the saga waits for the payment's answer, in milliseconds.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 2_000)]
     payment_timeout_ms: u64,
     /// orchestrated (a saga) or choreographed (services reacting to events).
     #[arg(long, value_enum, default_value_t = Style::Orchestrated)]
@@ -81,9 +81,6 @@ pub async fn run(
     args: &RunArgs,
     out: &mut (dyn Write + Send),
 ) -> Result<Summary, BoxError> {
-    if args.style == Style::Choreographed {
-        return Err(choreographed::not_available());
-    }
     match database {
         Database::Sqlite(dir) => {
             on_broker(
@@ -168,22 +165,25 @@ async fn shop<S: ShopStore, T: Transport>(
     }
 
     let timing = Timing::new(Duration::from_millis(args.payment_timeout_ms));
-    let (flow, running) = orchestrated::start(&services, &transport, &topics, timing).await?;
-    let driven = workload::drive(&services.order, &flow, &workload, out).await;
-    let settled = match driven {
-        Ok(_) => flow.settle(Duration::from_secs(30)).await,
-        Err(_) => Ok(()),
+    let driven = match args.style {
+        Style::Orchestrated => {
+            let (flow, running) =
+                orchestrated::start(&services, &transport, &topics, timing).await?;
+            drive(&services, flow, running, &workload, out).await?
+        }
+        Style::Choreographed => {
+            let (flow, running) =
+                choreographed::start(&services, &transport, &topics, timing).await?;
+            drive(&services, flow, running, &workload, out).await?
+        }
     };
-    let stopped = running.stop().await;
-    let (driven, ()) = (driven?, settled?);
-    stopped?;
 
-    let summary = report::summarize(setup, &services, &driven, opening).await?;
+    let summary = report::summarize(setup, args.style, &services, &driven, opening).await?;
     report::print(&summary, out)?;
     if let Some(failed) = &summary.failed_order {
         writeln!(
             out,
-            "\none order that did not go through: {} ({}); its saga compensated {}",
+            "\none order that did not go through: {} ({}); what undid it: {}",
             failed.order_id,
             failed.outcome,
             failed.compensations.join(", then ")
@@ -207,6 +207,26 @@ async fn shop<S: ShopStore, T: Transport>(
     }
     writeln!(out, "SHOP_JSON {}", serde_json::to_string(&summary)?)?;
     Ok(summary)
+}
+
+/// Runs the workload through `flow`, waits until everything it set off is done, and stops the
+/// services.
+async fn drive<S: ShopStore, F: Flow>(
+    services: &Services<S>,
+    flow: F,
+    running: Running<S>,
+    workload: &Workload,
+    out: &mut (dyn Write + Send),
+) -> Result<Driven, BoxError> {
+    let driven = workload::drive(&services.order, &flow, workload, out).await;
+    let settled = match &driven {
+        Ok(driven) => flow.settle(&driven.orders, Duration::from_secs(30)).await,
+        Err(_) => Ok(()),
+    };
+    let stopped = running.stop().await;
+    let (driven, ()) = (driven?, settled?);
+    stopped?;
+    Ok(driven)
 }
 
 /// The command line that reaches this run's databases.

@@ -6,15 +6,35 @@ use std::path::{Path, PathBuf};
 
 use eventfold::BoxError;
 use eventfold::cli::CliStore;
+use eventfold::eventstore::OutboxRouting;
 use eventfold::eventstore::sqlite::SqliteStore;
 
 use crate::read_models::ReadModels;
 
 /// What the shop needs from a store: everything eventfold's CLI operates on (events, outbox,
-/// inbox, projections, sagas, migrations), and the read models.
-pub trait ShopStore: CliStore + ReadModels {}
+/// inbox, projections, sagas, migrations, traces), the read models, and publishing events.
+pub trait ShopStore: CliStore + ReadModels + Publishing {}
 
-impl<S: CliStore + ReadModels> ShopStore for S {}
+impl<S: CliStore + ReadModels + Publishing> ShopStore for S {}
+
+/// A store whose appends also write an outbox row for each event `routing` routes, in the
+/// append's transaction: how a service publishes its events (the choreographed style).
+pub trait Publishing: Sized {
+    fn publishing(&self, routing: OutboxRouting) -> Self;
+}
+
+impl Publishing for SqliteStore {
+    fn publishing(&self, routing: OutboxRouting) -> Self {
+        self.clone().with_outbox(routing)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Publishing for eventfold::eventstore::postgres::PgStore {
+    fn publishing(&self, routing: OutboxRouting) -> Self {
+        self.clone().with_outbox(routing)
+    }
+}
 
 /// The services, by name.
 pub const SERVICES: [&str; 3] = ["order", "payment", "inventory"];

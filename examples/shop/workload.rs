@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::messages::{Card, OrderLine, PlaceOrder};
 use crate::order::OrderEvent;
-use crate::style::Flow;
+use crate::style::{Flow, Style};
 
 /// A product of the shop's catalog.
 pub struct Product {
@@ -116,15 +116,16 @@ impl Workload {
 }
 
 /// The outcome the workload meant an order to have (the actual one may differ: a payment can
-/// time out because the shop is busy).
-pub fn planned_outcome(order: &PlaceOrder) -> &'static str {
+/// time out because the shop is busy). A late payment times out in the orchestrated style only:
+/// in the choreographed one nobody waits with a clock, and the order is confirmed late.
+pub fn planned_outcome(order: &PlaceOrder, style: Style) -> &'static str {
     if order.lines.iter().any(|l| l.sku == SOLD_OUT.sku) {
         return "out_of_stock";
     }
-    match order.card {
-        Card::Approves => "confirmed",
-        Card::Declines => "payment_declined",
-        Card::AnswersLate => "payment_timed_out",
+    match (order.card, style) {
+        (Card::Approves, _) | (Card::AnswersLate, Style::Choreographed) => "confirmed",
+        (Card::Declines, _) => "payment_declined",
+        (Card::AnswersLate, Style::Orchestrated) => "payment_timed_out",
     }
 }
 
@@ -238,21 +239,21 @@ pub async fn drive<S: EventStore, F: Flow>(
             continue;
         };
         let order = &mut placed[i];
-        match &event.payload {
-            OrderEvent::Placed { .. } => order.placed_at = Some(event.timestamp),
-            decision @ (OrderEvent::Confirmed | OrderEvent::Rejected { .. }) => {
-                if order.decision.is_some() {
-                    continue;
-                }
-                order.decided_at = Some(event.timestamp);
-                order.decision = Some(match decision {
-                    OrderEvent::Rejected { reason, .. } => reason.as_str().to_owned(),
-                    _ => "confirmed".to_owned(),
-                });
-                undecided -= 1;
-                decided += 1;
-                progress.decided(order.decision.as_deref() == Some("confirmed"), out)?;
+        let decision = match &event.payload {
+            OrderEvent::Placed { .. } => {
+                order.placed_at = Some(event.timestamp);
+                continue;
             }
+            OrderEvent::Confirmed => "confirmed",
+            OrderEvent::Rejected { reason, .. } => reason.as_str(),
+            OrderEvent::StockReserved | OrderEvent::Paid => continue,
+        };
+        if order.decision.is_none() {
+            order.decided_at = Some(event.timestamp);
+            order.decision = Some(decision.to_owned());
+            undecided -= 1;
+            decided += 1;
+            progress.decided(decision == "confirmed", out)?;
         }
     }
     progress.finish();

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::messages::PlaceOrder;
 use crate::services::ShopStore;
+use crate::workload::Placed;
 
 /// Which style runs the flow (`--style`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -53,9 +54,13 @@ pub trait Flow: Send + Sync {
         correlation_id: Uuid,
     ) -> impl Future<Output = Result<(), BoxError>> + Send;
 
-    /// Waits, at most `limit`, until the flow's own bookkeeping has caught up with the decided
-    /// orders (in the orchestrated style: until every saga has ended).
-    fn settle(&self, limit: Duration) -> impl Future<Output = Result<(), BoxError>> + Send;
+    /// Waits, at most `limit`, until everything that follows the decision of `orders` is done
+    /// (the saga's last reply, the shipment, the refund, the release).
+    fn settle(
+        &self,
+        orders: &[Placed],
+        limit: Duration,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
 }
 
 /// The services' background work: every relay, consumer and scheduler as a task, and the

@@ -35,6 +35,7 @@ use crate::order::{OrderCommand, Orders, RejectReason};
 use crate::payment::{LateAnswers, Payments};
 use crate::services::{Services, ShopStore};
 use crate::transport::Transport;
+use crate::workload::Placed;
 
 /// The saga's type.
 pub const SAGA_TYPE: &str = "order.place";
@@ -46,9 +47,9 @@ pub struct Timing {
     pub payment_timeout: Duration,
     /// The other steps' timeout.
     pub step_timeout: Duration,
-    /// How late the simulated gateway answers the cards that answer late: between one and two
-    /// payment timeouts, so that the charge's success comes after its timeout and the refund,
-    /// which waits behind the charge, still comes within its own.
+    /// How late the simulated gateway answers the cards that answer late: half a timeout after
+    /// the charge's timeout, so that its success comes late, and half a timeout before the
+    /// refund's (the refund waits behind the charge: see `LateAnswers`).
     pub late_answer: Duration,
 }
 
@@ -143,7 +144,8 @@ impl<S: ShopStore> Flow for Orchestrated<S> {
         Ok(())
     }
 
-    async fn settle(&self, limit: Duration) -> Result<(), BoxError> {
+    async fn settle(&self, _orders: &[Placed], limit: Duration) -> Result<(), BoxError> {
+        // Every saga ends after its order's last effect: when none runs, all is done.
         let deadline = Instant::now() + limit;
         loop {
             let counts = self.orchestrator.store().count_sagas().await?;
@@ -186,9 +188,7 @@ pub async fn start<S: ShopStore, T: Transport>(
     let replies =
         orchestrator.reply_consumer(transport.source("order-saga", &[orchestrator.reply_topic()])?);
     running.spawn("order saga replies", replies.run(running.shutdown()));
-    let timers = orchestrator
-        .scheduler()
-        .poll_interval(Duration::from_millis(20));
+    let timers = orchestrator.scheduler();
     let shutdown = running.shutdown();
     running.spawn("order saga timers", async move {
         timers.run(shutdown).await;
@@ -327,8 +327,8 @@ impl<S: ShopStore> Participant<S::UnitOfWork> for InventoryDesk<S> {
                     return Ok(Outcome::failure(short.to_string()));
                 }
             }
-            types::STOCK_RELEASE => self.0.release(uow, &order_id, &lines, &meta).await?,
-            types::SHIPMENT_SCHEDULE => self.0.ship(uow, &order_id, &lines, &meta).await?,
+            types::STOCK_RELEASE => self.0.release(uow, &order_id, &meta).await?,
+            types::SHIPMENT_SCHEDULE => self.0.ship(uow, &order_id, &meta).await?,
             other => return Ok(Outcome::failure(format!("unknown command {other}"))),
         }
         Ok(Outcome::success(serde_json::Value::Null))
