@@ -2,8 +2,8 @@
 //! the embedded default (SQLite files and the in-process broker) and on PostgreSQL with the
 //! Kafka-protocol broker at `KAFKA_BOOTSTRAP` (default 127.0.0.1:9092; unreachable fails).
 //!
-//! Both styles run: orchestrated (the place-order saga) on both setups, choreographed (services
-//! reacting to each other's events) on SQLite.
+//! Both styles run on both setups: orchestrated (the place-order saga) and choreographed
+//! (services reacting to each other's events).
 //!
 //! The example's modules are compiled into this test (`#[path]`) and its command line is given
 //! the arguments a person would type; its output is captured and its `SHOP_JSON` line parsed.
@@ -343,6 +343,18 @@ fn temp_dir() -> PathBuf {
 #[cfg(all(feature = "postgres", feature = "kafka", feature = "test-util"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shop_adds_up_on_postgres_and_kafka() {
+    on_postgres_and_kafka("orchestrated", 150).await;
+}
+
+#[cfg(all(feature = "postgres", feature = "kafka", feature = "test-util"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_choreographed_shop_adds_up_on_postgres_and_kafka() {
+    on_postgres_and_kafka("choreographed", 150).await;
+}
+
+/// Runs the shop in `style` on a fresh PostgreSQL database and the Kafka-protocol broker.
+#[cfg(all(feature = "postgres", feature = "kafka", feature = "test-util"))]
+async fn on_postgres_and_kafka(style: &str, orders: usize) {
     use eventfold::eventstore::postgres::testing::{DEFAULT_DATABASE_URL, TestDb};
 
     let db = TestDb::create(2)
@@ -357,8 +369,8 @@ async fn the_shop_adds_up_on_postgres_and_kafka() {
     run_and_check(
         &["--database-url", &url],
         &["--brokers", &brokers],
-        "orchestrated",
-        150,
+        style,
+        orders,
     )
     .await;
 }

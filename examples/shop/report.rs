@@ -533,6 +533,12 @@ pub fn print(summary: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
             summary.late_successes
         )?;
     }
+    if summary.sagas.is_empty() {
+        writeln!(
+            out,
+            "\nno saga: the services undid the failed orders on their own"
+        )?;
+    }
     let e = &summary.effects;
     writeln!(
         out,

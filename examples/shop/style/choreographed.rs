@@ -143,7 +143,7 @@ pub async fn start<S: ShopStore, T: Transport>(
             .only_routed()
             .route_stream_type("payment", &payment_events),
     );
-    let mut running = Running::new();
+    let mut running = Running::default();
 
     // The inventory service reacts to the orders.
     let warehouse = Warehouse(Inventory::new(inventory.clone()));

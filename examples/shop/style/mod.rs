@@ -71,15 +71,17 @@ pub struct Running<S: ShopStore> {
     runners: Vec<(S, RunnerHandle<S>)>,
 }
 
-impl<S: ShopStore> Running<S> {
-    pub fn new() -> Self {
+impl<S: ShopStore> Default for Running<S> {
+    fn default() -> Self {
         Self {
             shutdown: watch::channel(false).0,
             tasks: JoinSet::new(),
             runners: Vec::new(),
         }
     }
+}
 
+impl<S: ShopStore> Running<S> {
     /// Completes when [`stop`](Self::stop) is called: what `run(shutdown)` methods take.
     pub fn shutdown(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut stopped = self.shutdown.subscribe();

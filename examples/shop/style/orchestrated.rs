@@ -179,7 +179,7 @@ pub async fn start<S: ShopStore, T: Transport>(
     timing: Timing,
 ) -> Result<(Orchestrated<S>, Running<S>), BoxError> {
     transport.create_topics(&topics.orchestrated()).await?;
-    let mut running = Running::new();
+    let mut running = Running::default();
 
     // The order service: the saga's orchestrator, its replies, its timers; the order commands.
     let order = &services.order;
