@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::error::ExpectedVersion;
 use crate::inbox::{InboxStore, ParkedMessage};
-use crate::outbox::{OutboxRelayStore, OutboxRouting, OutboxStore};
+use crate::outbox::{OutboxRelayStore, OutboxRouting};
 use crate::saga::{SagaStore, SagaTimer};
 use crate::store::UnitOfWork;
 use crate::trace::{InboxEntry, TraceStore};
