@@ -398,7 +398,8 @@ impl PgUnitOfWork {
                     .iter()
                     .map(|j| j.as_ref().map(|j| j.source.as_str()))
                     .collect::<Vec<_>>(),
-            );
+            )
+            .add(eventfold_core::metadata::now_micros());
         let args = binds
             .finish()
             .map_err(|e| db_err("writing outbox rows", &self.sql.outbox)(sqlx::Error::Encode(e)))?;

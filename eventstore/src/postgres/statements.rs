@@ -136,7 +136,8 @@ impl Statements {
             trace: TraceSql::new::<Pg>(naming),
             mark_inbox: format!(
                 "INSERT INTO {inbox} (consumer, message_id, message_type, topic, correlation_id, causation_id, \
-                 sent_by, received_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"
+                 sent_by, received_by, processed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT DO NOTHING"
             ),
             park_message: format!(
                 "WITH mark AS (INSERT INTO {inbox} (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING) \
@@ -152,10 +153,10 @@ impl Statements {
             inbox,
             // The rows, and the journal of those that belong to a flow (the trace, ADR 0022):
             // `$10`..`$12` are each message's correlation id (NULL: not journaled), causation id
-            // and sender. One statement, so one round trip as before.
+            // and sender, `$13` the time (the client's clock, like the events' times). One statement, so one round trip as before.
             insert_outbox: format!(
-                "WITH j AS (INSERT INTO {sent} (id, correlation_id, causation_id, type, topic, key, source) \
-                   SELECT s.id, s.corr, s.cause, s.ty, s.topic, s.key, s.src \
+                "WITH j AS (INSERT INTO {sent} (id, correlation_id, causation_id, type, topic, key, source, sent_at) \
+                   SELECT s.id, s.corr, s.cause, s.ty, s.topic, s.key, s.src, $13 \
                    FROM UNNEST($1::uuid[], $4::text[], $6::text[], $7::text[], $10::uuid[], $11::uuid[], $12::text[]) \
                      AS s(id, ty, topic, key, corr, cause, src) \
                    WHERE s.corr IS NOT NULL ON CONFLICT (id) DO NOTHING) \

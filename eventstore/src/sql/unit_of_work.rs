@@ -52,7 +52,6 @@ macro_rules! unit_of_work_methods {
             consumer: &str,
             message: &$crate::trace::InboxEntry,
         ) -> Result<bool, $crate::error::StoreError> {
-            use $crate::sql::dialect::Dialect;
             let query = sqlx::query(&self.sql.mark_inbox)
                 .bind(consumer)
                 .bind(message.message_id)
@@ -62,13 +61,9 @@ macro_rules! unit_of_work_methods {
                 .bind(message.causation_id)
                 .bind(message.sent_by.as_deref())
                 .bind(&*self.source);
-            // SQLite's tables have no clock default: the time is the last parameter.
-            let query = if <$dialect>::RECORDS_APPLIED_AT {
-                query.bind(eventfold_core::metadata::now_micros())
-            } else {
-                query
-            };
+            // The client's clock, like the events' times (the trace orders them together).
             let done = query
+                .bind(eventfold_core::metadata::now_micros())
                 .execute(&mut *self.tx)
                 .await
                 .map_err($crate::sql::db_err("marking the inbox", &self.sql.inbox))?;
