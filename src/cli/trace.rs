@@ -20,9 +20,9 @@ pub struct TraceArgs {
     #[arg(long)]
     pub dot: bool,
     /// Also read another service's database (`postgres://...` or `sqlite://...`, with
-    /// `#PREFIX` when its tables have another prefix than `eventfold_`); repeatable. The trees
-    /// of all databases are merged into one.
-    #[arg(long = "merge", value_name = "URL[#PREFIX]")]
+    /// `#PREFIX` when its tables have another prefix than `eventfold_`, `#SCHEMA.PREFIX` for a
+    /// PostgreSQL schema); repeatable. The trees of all databases are merged into one.
+    #[arg(long = "merge", value_name = "URL[#[SCHEMA.]PREFIX]")]
     pub merge: Vec<String>,
     #[allow(missing_docs)]
     #[command(flatten)]
@@ -70,6 +70,20 @@ fn split_prefix(url: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// The naming of a merged database: `PREFIX`, or `SCHEMA.PREFIX` (PostgreSQL) after the `#`.
+fn naming_of(
+    suffix: Option<&str>,
+) -> Result<crate::eventstore::Naming, crate::eventstore::StoreError> {
+    use crate::eventstore::Naming;
+    match suffix {
+        None => Ok(Naming::default()),
+        Some(s) => match s.split_once('.') {
+            Some((schema, prefix)) => Naming::new(prefix)?.with_schema(schema),
+            None => Naming::new(s),
+        },
+    }
+}
+
 /// `scheme://host/...` without user information, for messages.
 fn redact(url: &str) -> String {
     match url.split_once("://") {
@@ -92,10 +106,7 @@ async fn records_of(url: &str, flow: Uuid) -> Result<Vec<TraceRecord>, CliError>
         url: redact(address),
         reason,
     };
-    let naming = match prefix {
-        Some(p) => crate::eventstore::Naming::new(p).map_err(|e| fail(e.to_string()))?,
-        None => crate::eventstore::Naming::default(),
-    };
+    let naming = naming_of(prefix).map_err(|e| fail(e.to_string()))?;
     // One pooled connection, the store on it without migrations, the trace, then close.
     macro_rules! trace_in {
         ($store:ty, $pool:expr) => {{
@@ -156,6 +167,13 @@ mod tests {
             ("sqlite://a.db", Some("payments_"))
         );
         assert_eq!(split_prefix("postgres://h/db"), ("postgres://h/db", None));
+        let naming = naming_of(Some("shop_payment.eventfold_")).expect("schema and prefix");
+        assert_eq!(
+            (naming.schema(), naming.prefix()),
+            (Some("shop_payment"), "eventfold_")
+        );
+        assert_eq!(naming_of(Some("pay_")).expect("a prefix").prefix(), "pay_");
+        assert!(naming_of(Some("bad-schema.x_")).is_err());
         assert_eq!(
             redact("postgres://u:secret@h/db"),
             "postgres://***@h/db".to_owned()
