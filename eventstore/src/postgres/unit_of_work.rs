@@ -33,7 +33,7 @@ impl PgUnitOfWork {
 }
 
 impl UnitOfWork for PgUnitOfWork {
-    crate::sql::unit_of_work::unit_of_work_methods!(Pg);
+    crate::sql::unit_of_work::unit_of_work_methods!();
 }
 
 impl PgStore {

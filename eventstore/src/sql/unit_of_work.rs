@@ -46,7 +46,7 @@ where
 /// (the transaction), `sql` (statements with a [`ReadSql`](super::read::ReadSql) named `read`),
 /// `wrote_events` and `appended`, and `read_stream_on` & co. in scope.
 macro_rules! unit_of_work_methods {
-    ($dialect:ty) => {
+    () => {
         async fn mark_received(
             &mut self,
             consumer: &str,

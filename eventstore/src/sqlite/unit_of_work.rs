@@ -33,7 +33,7 @@ impl SqliteUnitOfWork {
 }
 
 impl UnitOfWork for SqliteUnitOfWork {
-    crate::sql::unit_of_work::unit_of_work_methods!(Lite);
+    crate::sql::unit_of_work::unit_of_work_methods!();
 }
 
 impl SqliteStore {
