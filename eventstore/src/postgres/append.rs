@@ -369,7 +369,6 @@ impl PgUnitOfWork {
     pub(super) async fn insert_outbox(
         &mut self,
         messages: Vec<OutboxMessage>,
-        _journal: bool,
     ) -> Result<(), StoreError> {
         if messages.is_empty() {
             return Ok(());

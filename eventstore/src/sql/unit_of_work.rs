@@ -83,7 +83,7 @@ macro_rules! unit_of_work_methods {
             &mut self,
             messages: Vec<eventfold_core::OutboxMessage>,
         ) -> Result<(), $crate::error::StoreError> {
-            self.insert_outbox(messages, true).await?;
+            self.insert_outbox(messages).await?;
             // Wakes the relay at commit, like an append does.
             self.wrote_events = true;
             Ok(())

@@ -73,7 +73,7 @@ impl SqliteUnitOfWork {
                 }
             }
         }
-        if let Err(e) = self.insert_outbox(outbox, false).await {
+        if let Err(e) = self.insert_outbox_rows(outbox).await {
             self.undo_append().await;
             return Err(e);
         }
@@ -94,13 +94,38 @@ impl SqliteUnitOfWork {
         let _ = savepoint::<Sqlite>(&mut self.tx, Savepoint::Release, events).await;
     }
 
-    /// Writes outbox rows; with `journal`, also the journal row of each message of a flow (the
-    /// messages of appended events are not journaled: the event is the record, ADR 0022).
+    /// Writes the outbox rows of the application's messages (`uow.enqueue`) and the journal
+    /// row of each one of a flow (ADR 0022).
     pub(super) async fn insert_outbox(
         &mut self,
         messages: Vec<OutboxMessage>,
-        journal: bool,
     ) -> Result<(), StoreError> {
+        let journal: Vec<SentEntry> = messages
+            .iter()
+            .filter_map(|m| SentEntry::of(m, &self.source))
+            .collect();
+        self.insert_outbox_rows(messages).await?;
+        let now = eventfold_core::metadata::now_micros();
+        for j in journal {
+            sqlx::query(&self.sql.journal_sent)
+                .bind(j.id)
+                .bind(j.correlation_id)
+                .bind(j.causation_id)
+                .bind(&j.message_type)
+                .bind(&j.topic)
+                .bind(&j.key)
+                .bind(&j.source)
+                .bind(now)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db_err("journaling a sent message", &self.sql.trace.sent))?;
+        }
+        Ok(())
+    }
+
+    /// Writes outbox rows (an append's routed events, whose event is their record, and the
+    /// application's messages).
+    async fn insert_outbox_rows(&mut self, messages: Vec<OutboxMessage>) -> Result<(), StoreError> {
         let now = eventfold_core::metadata::now_micros();
         for m in messages {
             sqlx::query(&self.sql.insert_outbox)
@@ -117,20 +142,6 @@ impl SqliteUnitOfWork {
                 .execute(&mut *self.tx)
                 .await
                 .map_err(db_err("writing an outbox row", &self.sql.outbox))?;
-            if let Some(j) = SentEntry::of(&m, &self.source).filter(|_| journal) {
-                sqlx::query(&self.sql.journal_sent)
-                    .bind(j.id)
-                    .bind(j.correlation_id)
-                    .bind(j.causation_id)
-                    .bind(&j.message_type)
-                    .bind(&j.topic)
-                    .bind(&j.key)
-                    .bind(&j.source)
-                    .bind(now)
-                    .execute(&mut *self.tx)
-                    .await
-                    .map_err(db_err("journaling a sent message", &self.sql.trace.sent))?;
-            }
         }
         Ok(())
     }
