@@ -24,6 +24,14 @@ pub(crate) struct TraceSql {
     pub sent: String,
     /// `{prefix}events`, for errors.
     pub events: String,
+    /// `{prefix}inbox`, for errors.
+    pub inbox: String,
+    /// `{prefix}inbox_dead`, for errors.
+    pub inbox_dead: String,
+    /// `{prefix}outbox_dead`, for errors.
+    pub outbox_dead: String,
+    /// `{prefix}saga_timers`, for errors.
+    pub timers: String,
     pub read_events: String,
     pub read_sent: String,
     pub read_received: String,
@@ -115,6 +123,10 @@ impl TraceSql {
             )),
             sent,
             events,
+            inbox,
+            inbox_dead,
+            outbox_dead,
+            timers,
         }
     }
 }
@@ -260,40 +272,29 @@ macro_rules! trace_store {
             ) -> Result<Vec<eventfold_core::trace::TraceRecord>, $crate::error::StoreError> {
                 use $crate::sql::db_err;
                 let sql = &self.sql.trace;
-                let err = || db_err("reading the trace of a flow", &sql.events);
                 let text = correlation_id.to_string();
-                let mut conn = self.pool.acquire().await.map_err(err())?;
+                let mut conn = self
+                    .pool
+                    .acquire()
+                    .await
+                    .map_err(db_err("reading the trace of a flow", &sql.events))?;
+                // One read: its statement, its parameter, the table it names on failure.
+                macro_rules! read {
+                    ($statement:ident, $param:expr, $table:ident) => {
+                        sqlx::query_as(&sql.$statement)
+                            .bind($param)
+                            .fetch_all(&mut *conn)
+                            .await
+                            .map_err(db_err("reading the trace of a flow", &sql.$table))?
+                    };
+                }
                 let rows = $crate::sql::trace::TraceRows {
-                    events: sqlx::query_as(&sql.read_events)
-                        .bind(correlation_id)
-                        .fetch_all(&mut *conn)
-                        .await
-                        .map_err(err())?,
-                    sent: sqlx::query_as(&sql.read_sent)
-                        .bind(correlation_id)
-                        .fetch_all(&mut *conn)
-                        .await
-                        .map_err(db_err("reading the trace of a flow", &sql.sent))?,
-                    received: sqlx::query_as(&sql.read_received)
-                        .bind(correlation_id)
-                        .fetch_all(&mut *conn)
-                        .await
-                        .map_err(err())?,
-                    parked: sqlx::query_as(&sql.read_parked)
-                        .bind(&text)
-                        .fetch_all(&mut *conn)
-                        .await
-                        .map_err(err())?,
-                    dead: sqlx::query_as(&sql.read_dead)
-                        .bind(&text)
-                        .fetch_all(&mut *conn)
-                        .await
-                        .map_err(err())?,
-                    timers: sqlx::query_as(&sql.read_timers)
-                        .bind(correlation_id)
-                        .fetch_all(&mut *conn)
-                        .await
-                        .map_err(err())?,
+                    events: read!(read_events, correlation_id, events),
+                    sent: read!(read_sent, correlation_id, sent),
+                    received: read!(read_received, correlation_id, inbox),
+                    parked: read!(read_parked, &text, inbox_dead),
+                    dead: read!(read_dead, &text, outbox_dead),
+                    timers: read!(read_timers, correlation_id, timers),
                 };
                 Ok(rows.into_records(correlation_id, $crate::store::EventStore::source(self)))
             }
