@@ -178,6 +178,18 @@ async fn no_lost_update_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_lost_update_on_postgres_with_coalescing() {
+    let (store, _db) = common::postgres_coalescing().await;
+    hammer(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_lost_update_on_sqlite_with_coalescing() {
+    let (store, _file) = common::sqlite_coalescing().await;
+    hammer(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_lost_update_in_memory() {
     hammer(eventfold::eventstore::memory::MemoryStore::new()).await;
 }

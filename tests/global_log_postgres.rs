@@ -114,6 +114,18 @@ async fn write_one(store: &PgStore, rng: &mut Rng, writer: usize, ledger: &Mutex
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stress_every_committed_event_exactly_once_in_stream_order() {
     let (store, db) = common::postgres().await;
+    stress(store, db).await;
+}
+
+/// The same with write coalescing on: plain appends share commits (ADR 0024) while units of work
+/// hold transactions open around them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stress_with_coalescing_every_committed_event_exactly_once_in_stream_order() {
+    let (store, db) = common::postgres_coalescing().await;
+    stress(store, db).await;
+}
+
+async fn stress(store: PgStore, db: eventfold::eventstore::postgres::testing::TestDb) {
     sqlx::query("CREATE TABLE scratch (id BIGSERIAL PRIMARY KEY, writer INT NOT NULL)")
         .execute(db.pool())
         .await

@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod coalesce;
 pub mod error;
 pub mod inbox;
 pub mod log;
@@ -48,6 +49,7 @@ mod sql;
 pub mod sqlite;
 
 pub use admin::{AppliedMigration, MigrationStore};
+pub use coalesce::Coalescing;
 pub use error::{ExecuteError, ExpectedVersion, StoreError};
 pub use inbox::{InboxStore, ParkedMessage};
 pub use log::{

@@ -77,6 +77,24 @@ pub async fn postgres() -> (PgStore, TestDb) {
     (store, db)
 }
 
+/// A PostgreSQL store whose concurrent appends share commits (write coalescing, ADR 0024).
+pub async fn postgres_coalescing() -> (PgStore, TestDb) {
+    let (store, db) = postgres().await;
+    (
+        store.with_coalescing(eventfold::eventstore::Coalescing::default()),
+        db,
+    )
+}
+
+/// A SQLite store whose concurrent appends share commits (write coalescing, ADR 0024).
+pub async fn sqlite_coalescing() -> (SqliteStore, TempFile) {
+    let (store, file) = sqlite().await;
+    (
+        store.with_coalescing(eventfold::eventstore::Coalescing::default()),
+        file,
+    )
+}
+
 /// The consumer tests' handler: its effect is one `ledger.noted` event per handled message in
 /// the stream `ledger/all`, in the inbox's transaction (see [`note`]). A message of type
 /// `payment.poison` fails.

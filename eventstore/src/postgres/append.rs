@@ -36,8 +36,12 @@ impl Binds {
     }
 
     /// The columns of outbox rows, one array each (`insert_outbox`'s parameters).
-    pub(super) fn outbox(&mut self, messages: &[OutboxMessage]) -> &mut Self {
-        let n = messages.len();
+    pub(super) fn outbox<'m>(
+        &mut self,
+        messages: impl IntoIterator<Item = &'m OutboxMessage>,
+    ) -> &mut Self {
+        let messages = messages.into_iter();
+        let n = messages.size_hint().0;
         let (mut ids, mut ats, mut aids, mut tys, mut payloads) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -163,7 +167,7 @@ pub(super) async fn try_append(
 /// What both appends do before their statement: the checks, the events' source, and the outbox
 /// messages ([`append_messages`]). The first event's stream version is the expected one plus
 /// one; with `Any` the statement writes the version the database gave each event instead.
-fn prepare_append(
+pub(super) fn prepare_append(
     stream_id: &StreamId,
     expected: ExpectedVersion,
     mut events: Vec<NewEvent>,

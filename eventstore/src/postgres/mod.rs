@@ -9,9 +9,9 @@
 //!
 //! One file per concern, with the same names as in [`crate::sqlite`]: `store` (the store, its
 //! builder, migrations), `statements`, `append`, `unit_of_work`, `log` (the global log and its
-//! wakeup), `outbox` (the relay's store and the outbox floor), `inbox`, `projections`, `sagas`,
-//! `testing` (test databases), and `migrations/*.sql`. What SQLite shares is written once in
-//! `crate::sql` over a dialect.
+//! wakeup), `batch` (shared commits of concurrent appends), `outbox` (the relay's store and the
+//! outbox floor), `inbox`, `projections`, `sagas`, `testing` (test databases),
+//! and `migrations/*.sql`. What SQLite shares is written once in `crate::sql` over a dialect.
 //!
 //! ```no_run
 //! use eventfold_eventstore::{postgres::PgStore, EventStore, UnitOfWork, ExpectedVersion, Naming};
@@ -36,6 +36,7 @@
 //! ```
 
 mod append;
+mod batch;
 mod inbox;
 mod log;
 mod outbox;

@@ -40,6 +40,8 @@ pub(super) struct Statements {
     /// Streams, snapshots and commands (shared with SQLite).
     pub(super) read: ReadSql,
     pub(super) append: String,
+    /// Appends of several streams in one statement (a shared commit, ADR 0024).
+    pub(super) append_batch: String,
     /// The trace reads (shared with the other SQL backend).
     pub(super) trace: TraceSql,
     /// The saga tables (shared with SQLite).
@@ -111,6 +113,44 @@ impl Statements {
                 rows = outbox_rows(14),
             )
         };
+        // Appends of several streams (one per stream) in one statement, so one round trip and
+        // one commit for all (ADR 0024): `$1`..`$3` each append's stream and expected version
+        // (NULL: any), `$4`/`$5` each event's append (1-based) and place in it, `$6`..`$15` the
+        // events' columns, `$16` each outbox row's append, `$17`..`$25` its columns. An append
+        // whose version does not match writes nothing and comes back as a row with its index
+        // and the version found; the others' events come back by id.
+        let append_batch = format!(
+            "WITH c AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[]) WITH ORDINALITY \
+               AS c(stype, sid, expected, cmd)), \
+             cur AS (SELECT c.cmd, c.stype, c.sid, c.expected, COALESCE(l.stream_version, 0)::int8 AS v, \
+               GREATEST(pg_current_xact_id()::text::int8, COALESCE(l.commit_key, 0)) AS k \
+               FROM c LEFT JOIN LATERAL (SELECT stream_version, commit_key FROM {events} x \
+                 WHERE x.stream_type = c.stype AND x.stream_id = c.sid \
+                 ORDER BY x.stream_version DESC LIMIT 1) l ON true), \
+             ok AS (SELECT * FROM cur WHERE cur.expected IS NULL OR cur.v = cur.expected), \
+             ev AS ({insert_events}SELECT e.event_id, ok.stype, ok.sid, ok.v + e.n, e.event_type, \
+                 e.schema_version, e.payload, e.recorded_at, e.source, e.correlation_id, e.causation_id, \
+                 e.tenant_id, e.headers::jsonb, ok.k \
+               FROM UNNEST($4::int8[], $5::int8[], $6::uuid[], $7::text[], $8::int4[], $9::bytea[], \
+                 $10::timestamptz[], $11::text[], $12::uuid[], $13::uuid[], $14::text[], $15::text[]) \
+                 WITH ORDINALITY AS e(cmd, n, event_id, event_type, schema_version, payload, recorded_at, \
+                 source, correlation_id, causation_id, tenant_id, headers, ord) \
+               JOIN ok ON ok.cmd = e.cmd ORDER BY e.ord \
+               RETURNING event_id, global_position, stream_version), \
+             ob AS (INSERT INTO {outbox} ({outbox_columns}) \
+               SELECT m.id, m.at, m.aid, m.ty, m.payload, m.topic, m.key, \
+                 CASE WHEN ev.stream_version IS NULL THEN m.headers::jsonb \
+                   ELSE m.headers::jsonb || jsonb_build_object('{version}', ev.stream_version::text) END, m.slot \
+               FROM UNNEST($16::int8[], $17::uuid[], $18::text[], $19::text[], $20::text[], $21::bytea[], \
+                 $22::text[], $23::text[], $24::text[], $25::int4[]) WITH ORDINALITY \
+                 AS m(cmd, id, at, aid, ty, payload, topic, key, headers, slot, ord) \
+               LEFT JOIN ev ON ev.event_id = m.id \
+               WHERE m.cmd IN (SELECT ok.cmd FROM ok) AND {XID_FIRST} ORDER BY m.ord) \
+             SELECT NULL::int8, ev.event_id, ev.global_position, ev.stream_version FROM ev \
+             UNION ALL SELECT cur.cmd, NULL::uuid, NULL::int8, cur.v FROM cur \
+               WHERE NOT (cur.expected IS NULL OR cur.v = cur.expected)",
+            version = eventfold_core::outbox::headers::STREAM_VERSION,
+        );
         let outbox_dead = naming.table("outbox_dead");
         let outbox_floor = naming.table("outbox_floor");
         let inbox = naming.table("inbox");
@@ -211,6 +251,7 @@ impl Statements {
             append: format!(
                 "{append_with} {insert_events}{many_events} RETURNING global_position, stream_version"
             ),
+            append_batch,
             read: ReadSql::new::<Pg>(naming),
             events,
         }

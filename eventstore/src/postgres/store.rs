@@ -8,8 +8,11 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
+use super::append::prepare_append;
+use super::batch::{PgAppend, PgBatchWriter};
 use super::*;
 use crate::admin::{AppliedMigration, MigrationStore};
+use crate::coalesce::{Coalescer, Coalescing};
 use crate::error::{ExpectedVersion, StoreError};
 use crate::log::{Checkpoint, LogBatch, LogFilter, LogHead};
 use crate::naming::Naming;
@@ -79,6 +82,8 @@ pub struct PgStore {
     pub(super) source: Arc<str>,
     /// When this store last advanced the outbox floor (ADR 0017).
     pub(super) floor_advanced: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// Shared commits of concurrent appends, when on (ADR 0024).
+    pub(super) coalescer: Option<Arc<Coalescer<PgBatchWriter>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -98,6 +103,7 @@ pub struct PgStoreBuilder {
     pub(super) naming: Naming,
     pub(super) source: String,
     pub(super) migrate: bool,
+    pub(super) coalescing: Option<Coalescing>,
 }
 
 impl PgStoreBuilder {
@@ -125,6 +131,13 @@ impl PgStoreBuilder {
         self
     }
 
+    /// Concurrent appends share commits ([`crate::coalesce`]): see
+    /// [`PgStore::with_coalescing`].
+    pub fn coalescing(mut self, coalescing: Coalescing) -> Self {
+        self.coalescing = Some(coalescing);
+        self
+    }
+
     /// Builds the store, migrating first unless turned off.
     pub async fn build(self) -> Result<PgStore, StoreError> {
         let sql = Arc::new(Statements::new(&self.naming));
@@ -132,7 +145,8 @@ impl PgStoreBuilder {
         // Tell other processes about appends, outside the writers' transactions: a NOTIFY inside
         // them would serialize their commits on PostgreSQL's notification queue lock.
         tokio::spawn(notify_pump(self.pool.clone(), sql.channel.clone(), signals));
-        let store = PgStore {
+        let mut store = PgStore {
+            coalescer: None,
             relay: Arc::new(RelaySql::new(&self.naming)),
             routing: self.routing.map(Arc::new),
             appended: Arc::new(appended),
@@ -142,6 +156,9 @@ impl PgStoreBuilder {
             source: Arc::from(self.source),
             floor_advanced: Arc::new(std::sync::Mutex::new(None)),
         };
+        if let Some(coalescing) = self.coalescing {
+            store = store.with_coalescing(coalescing);
+        }
         if self.migrate {
             store.migrate().await?;
         }
@@ -169,7 +186,32 @@ impl PgStore {
             naming: Naming::default(),
             source: "eventfold".to_owned(),
             migrate: true,
+            coalescing: None,
         }
+    }
+
+    /// Concurrent [`append`](EventStore::append)s (and so [`crate::Repository::execute`] of
+    /// commands without an id) share commits: the appends queued while earlier ones are being
+    /// written go to the database together, in one statement, and commit once (write
+    /// coalescing, [`crate::coalesce`], ADR 0024). A lone append is written at once, as
+    /// without; each append is answered alone (a version conflict fails only its own append)
+    /// and only after its commit. Units of work are not affected.
+    ///
+    /// ```no_run
+    /// use eventfold_eventstore::{postgres::PgStore, Coalescing};
+    ///
+    /// # async fn f(pool: sqlx::PgPool) -> Result<(), eventfold_eventstore::StoreError> {
+    /// let store = PgStore::builder(pool).build().await?.with_coalescing(Coalescing::default());
+    /// # Ok(()) }
+    /// ```
+    pub fn with_coalescing(mut self, coalescing: Coalescing) -> Self {
+        let writer = PgBatchWriter {
+            pool: self.pool.clone(),
+            sql: Arc::clone(&self.sql),
+            appended: Arc::clone(&self.appended),
+        };
+        self.coalescer = Some(Coalescer::new(writer, coalescing));
+        self
     }
 
     /// Sets the service name recorded as `source` on new events.
@@ -217,8 +259,24 @@ impl EventStore for PgStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
-        self.append_in_one_statement(stream_id, expected, events)
-            .await
+        match &self.coalescer {
+            Some(coalescer) => {
+                let routing = self.routing.as_deref();
+                let (events, outbox) =
+                    prepare_append(stream_id, expected, events, &self.source, routing)?;
+                let append = PgAppend {
+                    stream_id: stream_id.clone(),
+                    expected,
+                    events,
+                    outbox,
+                };
+                coalescer.append(append).await
+            }
+            None => {
+                self.append_in_one_statement(stream_id, expected, events)
+                    .await
+            }
+        }
     }
 
     /// Reads below the transaction horizon: events of transactions older than the oldest one

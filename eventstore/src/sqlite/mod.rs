@@ -5,9 +5,9 @@
 //! are `{prefix}events`, `{prefix}snapshots`, `{prefix}commands` and `{prefix}migrations`.
 //!
 //! One file per concern, with the same names as in `crate::postgres`: `store` (the store, its
-//! builder, migrations), `statements`, `append`, `unit_of_work`, `log`, `outbox`, `inbox`,
-//! `projections`, `sagas`, and `migrations/*.sql`. What PostgreSQL shares is written once in
-//! `crate::sql` over a dialect.
+//! builder, migrations), `statements`, `append`, `unit_of_work`, `log`, `batch`
+//! (shared commits of concurrent appends), `outbox`, `inbox`, `projections`, `sagas`,
+//! and `migrations/*.sql`. What PostgreSQL shares is written once in `crate::sql` over a dialect.
 //!
 //! ```
 //! use eventfold_eventstore::{sqlite::SqliteStore, EventStore, UnitOfWork, ExpectedVersion};
@@ -30,6 +30,7 @@
 //! ```
 
 mod append;
+mod batch;
 mod inbox;
 mod log;
 mod outbox;

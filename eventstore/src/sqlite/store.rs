@@ -9,13 +9,19 @@ use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::watch;
 
 use super::*;
+use eventfold_core::{NewEvent, StreamId};
+
+use super::batch::{SqliteAppend, SqliteBatchWriter};
 use crate::admin::{AppliedMigration, MigrationStore};
+use crate::coalesce::{Coalescer, Coalescing};
+use crate::error::ExpectedVersion;
 use crate::error::StoreError;
 use crate::log::{Checkpoint, LogBatch, LogFilter, LogHead};
 use crate::naming::Naming;
 use crate::outbox::OutboxRouting;
 use crate::sql::dialect::{Dialect, Lite};
 use crate::sql::{self, Migration, db_err};
+use crate::store::{AppendResult, UnitOfWork};
 use crate::store::{EventStore, LocalWakeup};
 
 /// The embedded migrations, in order. Each file's bytes are its checksum's input: never edit an
@@ -68,6 +74,8 @@ pub struct SqliteStore {
     pub(super) naming: Arc<Naming>,
     pub(super) sql: Arc<Statements>,
     pub(super) source: Arc<str>,
+    /// Shared commits of concurrent appends, when on (ADR 0024).
+    pub(super) coalescer: Option<Arc<Coalescer<SqliteBatchWriter>>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -87,6 +95,7 @@ pub struct SqliteStoreBuilder {
     pub(super) naming: Naming,
     pub(super) source: String,
     pub(super) migrate: bool,
+    pub(super) coalescing: Option<Coalescing>,
 }
 
 impl SqliteStoreBuilder {
@@ -114,6 +123,12 @@ impl SqliteStoreBuilder {
         self
     }
 
+    /// Concurrent appends share commits: see [`SqliteStore::with_coalescing`].
+    pub fn coalescing(mut self, coalescing: Coalescing) -> Self {
+        self.coalescing = Some(coalescing);
+        self
+    }
+
     /// Builds the store, migrating first unless turned off.
     pub async fn build(self) -> Result<SqliteStore, StoreError> {
         if let Some(schema) = self.naming.schema() {
@@ -123,7 +138,8 @@ impl SqliteStoreBuilder {
                 reason: "SQLite has no schemas; use a table prefix",
             });
         }
-        let store = SqliteStore {
+        let mut store = SqliteStore {
+            coalescer: None,
             relay: Arc::new(RelaySql::new(&self.naming)),
             routing: self.routing.map(Arc::new),
             appended: Arc::new(watch::channel(0).0),
@@ -132,6 +148,9 @@ impl SqliteStoreBuilder {
             naming: Arc::new(self.naming),
             source: Arc::from(self.source),
         };
+        if let Some(coalescing) = self.coalescing {
+            store = store.with_coalescing(coalescing);
+        }
         if self.migrate {
             store.migrate().await?;
         }
@@ -170,19 +189,76 @@ impl SqliteStore {
             naming: Naming::default(),
             source: "eventfold".to_owned(),
             migrate: true,
+            coalescing: None,
         }
     }
 
     /// Sets the service name recorded as `source` on new events.
     pub fn with_source(mut self, source: impl Into<String>) -> Self {
         self.source = Arc::from(source.into());
-        self
+        self.recoalesce()
     }
 
     /// Writes an outbox row for every routed event, in the same transaction as the append.
     pub fn with_outbox(mut self, routing: OutboxRouting) -> Self {
         self.routing = Some(Arc::new(routing));
+        self.recoalesce()
+    }
+
+    /// Concurrent [`append`](EventStore::append)s (and so [`crate::Repository::execute`] of
+    /// commands without an id) share commits: the appends queued while an earlier batch is
+    /// being written go to the database together in one `BEGIN IMMEDIATE` transaction, each in
+    /// its own savepoint, and commit once (write coalescing, [`crate::coalesce`], ADR 0024). A
+    /// lone append is written at once; each append is answered alone (a version conflict fails
+    /// only its own append) and only after its commit. Units of work are not affected.
+    ///
+    /// ```
+    /// use eventfold_eventstore::{sqlite::SqliteStore, Coalescing};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), eventfold_eventstore::StoreError> {
+    /// let store = SqliteStore::connect("sqlite::memory:")
+    ///     .await?
+    ///     .with_coalescing(Coalescing::default().max_in_flight(1));
+    /// # Ok(()) }
+    /// ```
+    pub fn with_coalescing(mut self, coalescing: Coalescing) -> Self {
+        let mut inner = self.clone();
+        inner.coalescer = None;
+        self.coalescer = Some(Coalescer::new(
+            SqliteBatchWriter { store: inner },
+            coalescing,
+        ));
         self
+    }
+
+    /// The coalescer again after a setting its writer copies changed.
+    fn recoalesce(self) -> Self {
+        match self.coalescer.as_ref().map(|c| c.options()) {
+            Some(options) => self.with_coalescing(options),
+            None => self,
+        }
+    }
+
+    /// One append in a transaction of its own (the path without coalescing).
+    pub(super) async fn append_alone(
+        &self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        let mut uow = self.begin().await?;
+        match uow.append(stream_id, expected, events).await {
+            Ok(result) => {
+                uow.commit().await?;
+                Ok(result)
+            }
+            Err(e) => {
+                // The append's error is the one worth reporting.
+                let _ = uow.rollback().await;
+                Err(e)
+            }
+        }
     }
 
     /// The connection pool (for the application's own queries).
@@ -207,6 +283,28 @@ crate::sql::read::read_helpers!(SqliteConnection);
 impl EventStore for SqliteStore {
     type UnitOfWork = SqliteUnitOfWork;
     type Wakeup = LocalWakeup;
+
+    /// In a `BEGIN IMMEDIATE` transaction of its own, or shared with concurrent appends when
+    /// coalescing is on ([`SqliteStore::with_coalescing`]).
+    async fn append(
+        &self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        match &self.coalescer {
+            Some(coalescer) => {
+                let append = SqliteAppend {
+                    stream_id: stream_id.clone(),
+                    expected,
+                    events,
+                };
+                coalescer.append(append).await
+            }
+            None => self.append_alone(stream_id, expected, events).await,
+        }
+    }
+
     /// Writers are serialized (`BEGIN IMMEDIATE`), so the log is in position order and every
     /// committed position up to the highest one is readable.
     async fn read_log(
