@@ -106,10 +106,151 @@ async fn poison_is_parked_others_flow<S: InboxStore>(store: S) {
     assert!(after.poll(10, Duration::from_millis(50)).await.is_empty());
 }
 
+/// The [`Ledger`]'s handler, but the first attempt of every 11th message fails (a transient
+/// failure) and poison fails always; counts the attempts per message.
+#[derive(Default)]
+struct Flaky {
+    attempts: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, u32>>,
+}
+
+impl<U: UnitOfWork> eventfold::outbox::Handler<U> for Flaky {
+    async fn handle(
+        &self,
+        uow: &mut U,
+        record: &eventfold::outbox::Record,
+    ) -> Result<(), eventfold::BoxError> {
+        let attempt = {
+            let mut attempts = self.attempts.lock().unwrap();
+            let n = attempts.entry(record.message_id).or_default();
+            *n += 1;
+            *n
+        };
+        // Written before failing: what a failing handler wrote must be undone with it.
+        common::note(uow, record).await?;
+        let n: u32 = serde_json::from_slice::<serde_json::Value>(&record.payload)?["n"]
+            .as_u64()
+            .unwrap_or_default() as u32;
+        if record.message_type == "payment.poison" {
+            return Err(format!("cannot handle {}: no amount", record.message_id).into());
+        }
+        if n % 11 == 0 && attempt == 1 {
+            return Err(format!("{}: the first attempt fails", record.message_id).into());
+        }
+        Ok(())
+    }
+}
+
+/// Shared commits: the messages of a polled batch share a transaction, each in its own
+/// savepoint. A failing handler (transient or poison) is undone alone, retried before the
+/// messages after it, and parked after its attempts; duplicates in the batch are skipped; every
+/// other message takes effect once, in order.
+async fn undo_each_failure_alone<S: InboxStore>(store: S) -> Vec<uuid::Uuid> {
+    let broker = InProcessBroker::new().with_default_partitions(1);
+    let messages: Vec<_> = (1..=300)
+        .map(|i| {
+            let kind = if i % 37 == 0 {
+                "payment.poison"
+            } else {
+                "payment.captured"
+            };
+            payment(i, kind)
+        })
+        .collect();
+    broker.publish(&messages).await;
+    broker.publish(&messages[..20]).await; // duplicates, some in the same poll
+    let flaky = std::sync::Arc::new(Flaky::default());
+    let mut consumer = Consumer::new(
+        "ledger",
+        store.clone(),
+        broker.consumer("ledger", &["payments"]),
+        ArcHandler(flaky.clone()),
+    )
+    .max_attempts(3)
+    .backoff(Duration::from_millis(1));
+    let mut total = eventfold::outbox::ConsumerReport::default();
+    loop {
+        let report = consumer.run_once(Duration::from_millis(100)).await.unwrap();
+        if report.handled + report.duplicates + report.parked == 0 {
+            break;
+        }
+        total.handled += report.handled;
+        total.duplicates += report.duplicates;
+        total.parked += report.parked;
+    }
+    let poison: Vec<_> = messages
+        .iter()
+        .filter(|m| m.message_type == "payment.poison")
+        .map(|m| m.id)
+        .collect();
+    let good: Vec<_> = messages
+        .iter()
+        .filter(|m| m.message_type != "payment.poison")
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(
+        (total.handled, total.duplicates, total.parked),
+        (good.len(), 20, poison.len())
+    );
+    assert_eq!(
+        common::effects(&store).await,
+        good,
+        "each good message once, in order"
+    );
+    let parked: Vec<_> = store
+        .parked_messages("ledger", 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.message_id, p.attempts))
+        .collect();
+    assert_eq!(parked, poison.iter().map(|id| (*id, 3)).collect::<Vec<_>>());
+    let attempts = flaky.attempts.lock().unwrap();
+    for id in &poison {
+        assert_eq!(attempts[id], 3, "poison {id}: attempts in all");
+    }
+    good
+}
+
+/// A shared handler (the consumer owns its handler).
+struct ArcHandler<H>(std::sync::Arc<H>);
+
+impl<U: UnitOfWork, H: eventfold::outbox::Handler<U>> eventfold::outbox::Handler<U>
+    for ArcHandler<H>
+{
+    async fn handle(
+        &self,
+        uow: &mut U,
+        record: &eventfold::outbox::Record,
+    ) -> Result<(), eventfold::BoxError> {
+        self.0.handle(uow, record).await
+    }
+}
+
 common::backend_tests!([memory, sqlite, postgres] {
     2 => duplicates_and_crash_redeliveries_take_effect_once: exactly_once_effects,
     2 => poison_message_is_parked_and_the_rest_flows: poison_is_parked_others_flow,
+    2 => shared_commits_undo_each_failure_alone: undo_each_failure_alone,
 });
+
+/// On PostgreSQL the messages did share transactions: the ledger's events (one per message,
+/// appended in the consumer's transaction) carry far fewer transaction ids than messages (each
+/// failure splits a batch: about 35 of them here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_consumer_shares_commits() {
+    let (store, db) = common::postgres().await;
+    let good = undo_each_failure_alone(store).await;
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT commit_key) FROM eventfold_events WHERE stream_type = 'ledger'",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert!(
+        transactions * 3 <= good.len() as i64,
+        "{} messages took {transactions} transactions",
+        good.len()
+    );
+}
 
 #[derive(Debug, Clone, PartialEq, eventfold::Event)]
 enum PaymentEvent {

@@ -34,6 +34,9 @@
 //! assert_eq!(coalescing.batch_limit(), 128);
 //! ```
 
+// The queue is used by the SQL backends only.
+#![cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
+
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};

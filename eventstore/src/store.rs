@@ -147,6 +147,36 @@ pub trait UnitOfWork: Send {
         messages: Vec<eventfold_core::OutboxMessage>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Marks a point this unit of work can go back to: [`UnitOfWork::rollback_to_savepoint`]
+    /// undoes what was written after it, [`UnitOfWork::release_savepoint`] keeps it. Savepoints
+    /// nest (the latest one is the one rolled back to or released). A consumer uses one per
+    /// message to handle a batch of messages in one transaction, each failure undone alone.
+    ///
+    /// ```
+    /// # use eventfold_core::{NewEvent, StreamId};
+    /// # use eventfold_eventstore::{memory::MemoryStore, EventStore, ExpectedVersion, UnitOfWork};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new();
+    /// let (kept, undone) = (StreamId::new("note", "kept")?, StreamId::new("note", "undone")?);
+    /// let mut uow = store.begin().await?;
+    /// uow.append(&kept, ExpectedVersion::NoStream, vec![NewEvent::raw("noted", 1, b"{}".to_vec())]).await?;
+    /// uow.savepoint().await?;
+    /// uow.append(&undone, ExpectedVersion::NoStream, vec![NewEvent::raw("noted", 1, b"{}".to_vec())]).await?;
+    /// uow.rollback_to_savepoint().await?;
+    /// uow.commit().await?;
+    /// assert_eq!(store.read_stream(&kept, 1, 10).await?.len(), 1);
+    /// assert!(store.read_stream(&undone, 1, 10).await?.is_empty());
+    /// # Ok(()) }
+    /// ```
+    fn savepoint(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Undoes everything written since the latest savepoint, and removes it.
+    fn rollback_to_savepoint(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Keeps what was written since the latest savepoint, and removes it.
+    fn release_savepoint(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Commits everything written in this unit of work.
     fn commit(self) -> impl Future<Output = Result<(), StoreError>> + Send;
 

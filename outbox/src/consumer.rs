@@ -119,6 +119,13 @@ pub enum ConsumerError {
     },
 }
 
+/// What a shared transaction did: the outcomes of the messages it committed, in order, and
+/// whether it stopped at a message whose handler failed (the one after them).
+struct Shared {
+    outcomes: Vec<Outcome>,
+    failed: bool,
+}
+
 /// What happened to one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -150,6 +157,7 @@ pub struct Consumer<S, Src, H> {
     max_attempts: u32,
     backoff: Duration,
     batch: usize,
+    shared_commits: bool,
 }
 
 impl<S, Src, H> Consumer<S, Src, H>
@@ -169,7 +177,17 @@ where
             max_attempts: 5,
             backoff: Duration::from_millis(50),
             batch: 100,
+            shared_commits: true,
         }
+    }
+
+    /// Whether the messages of a polled batch share one transaction, each in its own savepoint
+    /// (default: on). Off, each message commits alone, as a handler that must not share its
+    /// transaction (one that takes long locks, or calls out and cannot be undone) needs. See
+    /// the [module docs](self).
+    pub fn shared_commits(mut self, on: bool) -> Self {
+        self.shared_commits = on;
+        self
     }
 
     /// Attempts per message before it is parked (at least 1).
@@ -217,6 +235,19 @@ where
     /// Handles one record (with retries, then parking) without acknowledging it, in a `consume`
     /// span (with the feature `otel`, a child of the trace context the record carries).
     async fn settle(&mut self, record: &Record) -> Result<Outcome, ConsumerError> {
+        self.settle_from(record, 1).await
+    }
+
+    /// [`Self::settle`] from attempt `first` (the attempts before it failed in a shared
+    /// transaction).
+    async fn settle_from(&mut self, record: &Record, first: u32) -> Result<Outcome, ConsumerError> {
+        let span = self.span(record);
+        self.settle_in_span(record, first).instrument(span).await
+    }
+
+    /// The `consume` span of `record` (with the feature `otel`, a child of the trace context it
+    /// carries).
+    fn span(&self, record: &Record) -> tracing::Span {
         let span = tracing::info_span!(
             "consume",
             consumer = %self.name,
@@ -226,12 +257,19 @@ where
         );
         #[cfg(feature = "otel")]
         eventfold_core::trace_context::continue_trace(&span, &record.headers);
-        self.settle_in_span(record).instrument(span).await
+        span
     }
 
-    async fn settle_in_span(&mut self, record: &Record) -> Result<Outcome, ConsumerError> {
+    async fn settle_in_span(
+        &mut self,
+        record: &Record,
+        first: u32,
+    ) -> Result<Outcome, ConsumerError> {
         let mut last_error = String::new();
-        for attempt in 1..=self.max_attempts {
+        if first > 1 {
+            self.pause(first - 1).await;
+        }
+        for attempt in first.max(1)..=self.max_attempts {
             let mut uow = self.store.begin().await.map_err(self.store_err())?;
             if !uow
                 .mark_received(
@@ -259,8 +297,7 @@ where
                     last_error = e.to_string();
                     tracing::warn!(consumer = %self.name, message = %record.message_id, attempt, error = %last_error, "handler failed");
                     if attempt < self.max_attempts {
-                        tokio::time::sleep(self.backoff.saturating_mul(1 << (attempt - 1).min(10)))
-                            .await;
+                        self.pause(attempt).await;
                     }
                 }
             }
@@ -285,16 +322,96 @@ where
         Ok(Outcome::Parked)
     }
 
+    /// The backoff before attempt `after + 1`: the first delay, doubled per attempt.
+    fn pause(&self, after: u32) -> tokio::time::Sleep {
+        tokio::time::sleep(self.backoff.saturating_mul(1 << (after.max(1) - 1).min(10)))
+    }
+
+    /// Handles `records` in order in one transaction, each in its own savepoint, and commits
+    /// them once. Stops at the first message whose handler fails (undone to its savepoint; the
+    /// ones before it commit): `failed` says so, and that message is the one after `outcomes`.
+    /// An error of the store (nothing committed) is returned for the caller to fall back.
+    async fn settle_shared(&mut self, records: &[Record]) -> Result<Shared, StoreError> {
+        let mut uow = self.store.begin().await?;
+        let mut outcomes = Vec::with_capacity(records.len());
+        let mut failed = false;
+        for record in records {
+            let span = self.span(record);
+            uow.savepoint().await?;
+            let entry = InboxEntry::received(
+                record.message_id,
+                &record.message_type,
+                &record.topic,
+                &record.headers,
+            );
+            if !uow.mark_received(&self.name, &entry).await? {
+                uow.release_savepoint().await?;
+                outcomes.push(Outcome::Duplicate);
+                continue;
+            }
+            match self.handler.handle(&mut uow, record).instrument(span).await {
+                Ok(()) => {
+                    uow.release_savepoint().await?;
+                    outcomes.push(Outcome::Handled);
+                }
+                Err(e) => {
+                    tracing::warn!(consumer = %self.name, message = %record.message_id, attempt = 1, error = %e, "handler failed");
+                    uow.rollback_to_savepoint().await?;
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if outcomes.is_empty() {
+            uow.rollback().await?;
+        } else {
+            uow.commit().await?;
+            metrics::histogram!("eventfold_consumer_commit_size", "consumer" => self.name.clone())
+                .record(outcomes.len() as f64);
+        }
+        Ok(Shared { outcomes, failed })
+    }
+
     /// Settles a polled batch in order, then acknowledges it with one commit per partition
     /// (the last record of each): every transaction of the batch has committed by then, and a
     /// crash before the acknowledgement only redelivers what the inbox already holds.
     async fn handle_batch(&mut self, records: &[Record]) -> Result<ConsumerReport, ConsumerError> {
         let mut report = ConsumerReport::default();
-        for record in records {
-            match self.settle(record).await? {
-                Outcome::Handled => report.handled += 1,
-                Outcome::Duplicate => report.duplicates += 1,
-                Outcome::Parked => report.parked += 1,
+        let mut count = |outcome| match outcome {
+            Outcome::Handled => report.handled += 1,
+            Outcome::Duplicate => report.duplicates += 1,
+            Outcome::Parked => report.parked += 1,
+        };
+        let mut next = 0;
+        while next < records.len() {
+            let rest = &records[next..];
+            if !self.shared_commits || rest.len() == 1 {
+                count(self.settle(&rest[0]).await?);
+                next += 1;
+                continue;
+            }
+            match self.settle_shared(rest).await {
+                Ok(Shared { outcomes, failed }) => {
+                    next += outcomes.len();
+                    outcomes.into_iter().for_each(&mut count);
+                    if failed {
+                        // Its first attempt failed in the shared transaction; the others are
+                        // its own, before the messages after it.
+                        count(self.settle_from(&records[next], 2).await?);
+                        next += 1;
+                    }
+                }
+                Err(e) => {
+                    // Nothing of the shared transaction committed: one message per
+                    // transaction for the rest of the batch (the inbox keeps it exactly once).
+                    metrics::counter!("eventfold_consumer_batch_split_total", "consumer" => self.name.clone())
+                        .increment(1);
+                    tracing::debug!(consumer = %self.name, error = %e, "shared transaction failed; handling one message per transaction");
+                    for record in rest {
+                        count(self.settle(record).await?);
+                    }
+                    next = records.len();
+                }
             }
         }
         let mut last: Vec<&Record> = Vec::new();

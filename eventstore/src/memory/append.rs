@@ -11,6 +11,7 @@ use crate::outbox::append_messages;
 use crate::store::{AppendResult, fill_source, validate_append};
 
 /// What a unit of work appended to one stream: checked again and applied at its commit.
+#[derive(Clone)]
 pub(super) struct StagedStream {
     pub(super) base_version: u64,
     pub(super) any_only: bool,

@@ -42,7 +42,7 @@ pub(super) struct SagaTables {
 }
 
 /// What one unit of work wrote to the saga tables, applied at its commit.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct StagedSagas {
     /// Registered or updated instances (whole rows).
     sagas: HashMap<Uuid, SagaRecord>,

@@ -33,6 +33,21 @@ pub struct MemoryUnitOfWork {
     pub(super) projections: Option<BTreeMap<String, MemProjection>>,
     /// The saga instances, timers and outcomes this unit of work wrote.
     pub(super) sagas: StagedSagas,
+    /// What was staged at each open savepoint, the latest last.
+    savepoints: Vec<Staged>,
+}
+
+/// A copy of what a unit of work staged, kept by a savepoint.
+struct Staged {
+    streams: Vec<(StreamId, StagedStream)>,
+    snapshots: Vec<Snapshot>,
+    commands: Vec<CommandRecord>,
+    outbox: Vec<OutboxMessage>,
+    inbox: Vec<(String, Uuid)>,
+    received: Vec<(String, InboxEntry)>,
+    sent: Vec<SentEntry>,
+    projections: Option<BTreeMap<String, MemProjection>>,
+    sagas: StagedSagas,
 }
 
 impl MemoryUnitOfWork {
@@ -50,6 +65,21 @@ impl MemoryUnitOfWork {
             sent: Vec::new(),
             projections: None,
             sagas: StagedSagas::default(),
+            savepoints: Vec::new(),
+        }
+    }
+
+    fn staged_copy(&self) -> Staged {
+        Staged {
+            streams: self.streams.clone(),
+            snapshots: self.snapshots.clone(),
+            commands: self.commands.clone(),
+            outbox: self.outbox.clone(),
+            inbox: self.inbox.clone(),
+            received: self.received.clone(),
+            sent: self.sent.clone(),
+            projections: self.projections.clone(),
+            sagas: self.sagas.clone(),
         }
     }
 
@@ -287,6 +317,43 @@ impl UnitOfWork for MemoryUnitOfWork {
     }
 
     async fn rollback(self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn savepoint(&mut self) -> Result<(), StoreError> {
+        let staged = self.staged_copy();
+        self.savepoints.push(staged);
+        Ok(())
+    }
+
+    async fn rollback_to_savepoint(&mut self) -> Result<(), StoreError> {
+        let Some(staged) = self.savepoints.pop() else {
+            return Err(StoreError::Database {
+                operation: "rolling back to a savepoint",
+                table: "memory".to_owned(),
+                source: "no savepoint is open".into(),
+            });
+        };
+        let Staged {
+            streams,
+            snapshots,
+            commands,
+            outbox,
+            inbox,
+            received,
+            sent,
+            projections,
+            sagas,
+        } = staged;
+        (self.streams, self.snapshots, self.commands, self.outbox) =
+            (streams, snapshots, commands, outbox);
+        (self.inbox, self.received, self.sent) = (inbox, received, sent);
+        (self.projections, self.sagas) = (projections, sagas);
+        Ok(())
+    }
+
+    async fn release_savepoint(&mut self) -> Result<(), StoreError> {
+        self.savepoints.pop();
         Ok(())
     }
 }

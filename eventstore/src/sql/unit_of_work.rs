@@ -29,16 +29,58 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
 {
+    named_savepoint::<DB>(
+        conn,
+        "eventfold_append",
+        step,
+        "appending events",
+        events_table,
+    )
+    .await
+}
+
+/// Runs `step` of savepoint `name` (one of ours, never the application's text) on `conn`; a
+/// failure names `operation` and `table`.
+pub(crate) async fn named_savepoint<DB: Database>(
+    conn: &mut DB::Connection,
+    name: &'static str,
+    step: Savepoint,
+    operation: &'static str,
+    table: &str,
+) -> Result<(), StoreError>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+{
     let statement = match step {
-        Savepoint::Open => "SAVEPOINT eventfold_append",
-        Savepoint::Release => "RELEASE SAVEPOINT eventfold_append",
-        Savepoint::RollBack => "ROLLBACK TO SAVEPOINT eventfold_append",
+        Savepoint::Open => format!("SAVEPOINT {name}"),
+        Savepoint::Release => format!("RELEASE SAVEPOINT {name}"),
+        Savepoint::RollBack => format!("ROLLBACK TO SAVEPOINT {name}"),
     };
-    sqlx::query::<DB>(statement)
+    sqlx::query::<DB>(&statement)
         .execute(conn)
         .await
-        .map_err(super::db_err("appending events", events_table))?;
+        .map_err(super::db_err(operation, table))?;
     Ok(())
+}
+
+/// Runs `step` of a unit of work's own savepoint ([`UnitOfWork::savepoint`](crate::store::UnitOfWork::savepoint)):
+/// they nest, and an append's savepoint nests inside them.
+pub(crate) async fn step<DB: Database>(
+    tx: &mut sqlx::Transaction<'static, DB>,
+    step: Savepoint,
+    events_table: &str,
+) -> Result<(), StoreError>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    let operation = match step {
+        Savepoint::Open => "opening a savepoint",
+        Savepoint::Release => "releasing a savepoint",
+        Savepoint::RollBack => "rolling back to a savepoint",
+    };
+    named_savepoint::<DB>(tx, "eventfold_step", step, operation, events_table).await
 }
 
 /// Stamps every method of [`UnitOfWork`](crate::store::UnitOfWork) (inside its impl): `append` (over the backend's `append_events`), the reads, snapshot and command writes,
@@ -160,6 +202,22 @@ macro_rules! unit_of_work_methods {
                 .await
                 .map_err(db_err("recording a command", &self.sql.read.commands))?;
             Ok(done.rows_affected() == 1)
+        }
+
+        async fn savepoint(&mut self) -> Result<(), $crate::error::StoreError> {
+            use $crate::sql::unit_of_work::{Savepoint, step};
+            step(&mut self.tx, Savepoint::Open, &self.sql.read.events).await
+        }
+
+        async fn rollback_to_savepoint(&mut self) -> Result<(), $crate::error::StoreError> {
+            use $crate::sql::unit_of_work::{Savepoint, step};
+            step(&mut self.tx, Savepoint::RollBack, &self.sql.read.events).await?;
+            step(&mut self.tx, Savepoint::Release, &self.sql.read.events).await
+        }
+
+        async fn release_savepoint(&mut self) -> Result<(), $crate::error::StoreError> {
+            use $crate::sql::unit_of_work::{Savepoint, step};
+            step(&mut self.tx, Savepoint::Release, &self.sql.read.events).await
         }
 
         async fn commit(self) -> Result<(), $crate::error::StoreError> {
