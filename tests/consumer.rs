@@ -165,6 +165,7 @@ async fn undo_each_failure_alone<S: InboxStore>(store: S) -> Vec<uuid::Uuid> {
         broker.consumer("ledger", &["payments"]),
         ArcHandler(flaky.clone()),
     )
+    .shared_commits(true)
     .max_attempts(3)
     .backoff(Duration::from_millis(1));
     let mut total = eventfold::outbox::ConsumerReport::default();

@@ -16,9 +16,17 @@
 //! W3C trace context the record carries (`traceparent`), so the handler's work belongs to the
 //! producer's trace, and what it writes records it (`eventfold_core::trace_context`).
 //!
+//! **Shared commits** ([`Consumer::shared_commits`], off by default): the messages of a polled
+//! batch are handled in one transaction, each in its own savepoint, and committed once; a
+//! failing handler is undone alone. One commit per batch instead of one per message is what
+//! makes a consumer fast on a durable database (ADR 0024); the handler must then read through
+//! its unit of work.
+//!
 //! Metrics (`metrics` facade), labelled with `consumer`: counters
 //! `eventfold_consumer_handled_total`, `eventfold_consumer_duplicates_total`,
-//! `eventfold_consumer_parked_total`.
+//! `eventfold_consumer_parked_total`, `eventfold_consumer_batch_split_total` (shared
+//! transactions that failed as a whole), and the histogram `eventfold_consumer_commit_size`
+//! (messages per shared commit).
 //!
 //! ```
 //! use std::time::Duration;
@@ -177,14 +185,22 @@ where
             max_attempts: 5,
             backoff: Duration::from_millis(50),
             batch: 100,
-            shared_commits: true,
+            shared_commits: false,
         }
     }
 
     /// Whether the messages of a polled batch share one transaction, each in its own savepoint
-    /// (default: on). Off, each message commits alone, as a handler that must not share its
-    /// transaction (one that takes long locks, or calls out and cannot be undone) needs. See
-    /// the [module docs](self).
+    /// (default: off, one transaction per message). On, a batch costs one commit instead of one
+    /// per message; a handler that fails is undone to its savepoint alone, the messages before
+    /// it commit, and it is retried on its own before the messages after it (so order holds);
+    /// a failure of the store falls back to one transaction per message.
+    ///
+    /// **The handler must read what it decides on through its unit of work**: the unit of work
+    /// sees the writes of the batch's earlier messages, a read through the store does not (it
+    /// sees the last commit). A handler that loads an aggregate with `Repository::load` and
+    /// then writes through `execute_in` would decide on stale state when two messages of one
+    /// aggregate share a batch; use [`Repository::execute_in`](eventfold_eventstore::Repository::execute_in),
+    /// which reads in the unit of work, or keep this off.
     pub fn shared_commits(mut self, on: bool) -> Self {
         self.shared_commits = on;
         self
