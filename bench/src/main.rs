@@ -119,6 +119,7 @@
 //! to stderr.
 #![warn(missing_docs)]
 
+mod consumer;
 mod global_log;
 mod projections;
 mod relay;
@@ -870,6 +871,7 @@ struct Sections {
     relay: bool,
     projections: bool,
     sagas: bool,
+    consumer: bool,
 }
 
 impl Sections {
@@ -880,6 +882,7 @@ impl Sections {
         relay: RELAY_IN_ALL,
         projections: true,
         sagas: SAGAS_IN_ALL,
+        consumer: true,
     };
 
     fn parse(value: &str) -> Result<Self> {
@@ -890,6 +893,7 @@ impl Sections {
             relay: false,
             projections: false,
             sagas: false,
+            consumer: false,
         };
         for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part {
@@ -899,10 +903,11 @@ impl Sections {
                 "relay" => sections.relay = true,
                 "projections" => sections.projections = true,
                 "sagas" => sections.sagas = true,
+                "consumer" => sections.consumer = true,
                 "all" => sections = Sections::ALL,
                 other => {
                     return Err(format!(
-                        "--only: unknown section `{other}` (commands, appends, log, relay, projections, sagas, all)"
+                        "--only: unknown section `{other}` (commands, appends, log, relay, projections, sagas, consumer, all)"
                     )
                     .into());
                 }
@@ -913,7 +918,8 @@ impl Sections {
             || sections.log
             || sections.relay
             || sections.projections
-            || sections.sagas)
+            || sections.sagas
+            || sections.consumer)
         {
             return Err("--only: no section named".into());
         }
@@ -928,6 +934,7 @@ impl Sections {
             (self.relay, "relay"),
             (self.projections, "projections"),
             (self.sagas, "sagas"),
+            (self.consumer, "consumer"),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -1233,6 +1240,11 @@ async fn bench_on(
     } else {
         None
     };
+    let consumer = if options.sections.consumer {
+        Some(consumer::run(pool, options).await?)
+    } else {
+        None
+    };
     let results = Results {
         options,
         projections,
@@ -1245,6 +1257,7 @@ async fn bench_on(
         log,
         relay,
         sagas,
+        consumer,
         started,
     };
     report(&results)?;
@@ -1289,6 +1302,7 @@ struct Results<'a> {
     relay: Option<relay::RelayResults>,
     projections: Option<projections::ProjectionResults>,
     sagas: Option<sagas::SagaResults>,
+    consumer: Option<consumer::ConsumerResults>,
     started: Instant,
 }
 
@@ -1383,6 +1397,7 @@ fn report(results: &Results<'_>) -> Result<()> {
         relay,
         projections,
         sagas,
+        consumer,
         started,
     } = results;
     if !commands.is_empty() {
@@ -1529,6 +1544,7 @@ fn report(results: &Results<'_>) -> Result<()> {
         "relay": relay.as_ref().map(relay::RelayResults::json),
         "projections": projections.as_ref().map(projections::ProjectionResults::json),
         "sagas": sagas.as_ref().map(sagas::SagaResults::json),
+        "consumer": consumer.as_ref().map(consumer::ConsumerResults::json),
         "elapsed_s_at_report": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
     });
     println!("\nBENCH_JSON {json}");

@@ -1,0 +1,265 @@
+//! The `consumer` section: a [`Consumer`] with its inbox on PostgreSQL, one transaction per
+//! message and with shared commits (a polled batch of 100 in one transaction, each message in its
+//! own savepoint), beside raw sqlx doing the same writes (an inbox row and an event per message)
+//! one transaction per message and one per 100 messages. The messages come from the in-process
+//! broker, so the figures are the database's side of consuming. The variants alternate in two
+//! rounds (A B C D, then D C B A) of half the time each, each variant its own consumer group.
+
+use std::time::{Duration, Instant};
+
+use eventfold_core::{BoxError, NewEvent, StreamId};
+use eventfold_eventstore::postgres::PgStore;
+use eventfold_eventstore::{ExpectedVersion, UnitOfWork};
+use eventfold_outbox::{
+    Consumer, Handler, InProcessBroker, InProcessConsumer, OutboxMessage, Publisher, Record,
+};
+use sqlx::PgPool;
+
+use crate::{Options, Result};
+
+/// The topic of the backlog.
+const TOPIC: &str = "bench-consumer";
+/// Distinct keys (streams) of the backlog.
+const KEYS: usize = 1000;
+/// Messages per poll (the consumer's default batch).
+const POLL: usize = 100;
+/// Target of the issue: shared commits against one transaction per message.
+const SPEEDUP_TARGET: f64 = 10.0;
+
+/// The raw baseline's tables: the library's, copied with their constraints and indexes.
+const RAW_TABLES: &str = "CREATE TABLE IF NOT EXISTS raw_consumer_events (LIKE eventfold_events INCLUDING ALL); \
+     CREATE TABLE IF NOT EXISTS raw_consumer_inbox (LIKE eventfold_inbox INCLUDING ALL)";
+/// The raw inbox mark.
+const RAW_MARK: &str = "INSERT INTO raw_consumer_inbox (consumer, message_id, message_type, topic, processed_at) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+/// The raw event: the next version of the key's stream.
+const RAW_EVENT: &str = "INSERT INTO raw_consumer_events (event_id, stream_type, stream_id, stream_version, \
+       event_type, schema_version, payload, recorded_at, source, correlation_id, headers, commit_key) \
+     SELECT gen_random_uuid(), 'acct', $2, COALESCE((SELECT max(stream_version) FROM raw_consumer_events \
+       WHERE stream_type = 'acct' AND stream_id = $2), 0) + 1, 'acct.noted', 1, $3, now(), 'bench', $1, \
+       '{}'::jsonb, 0";
+
+/// The handler: one event per message in the key's stream, in the consumer's transaction.
+struct Note;
+
+impl<U: UnitOfWork> Handler<U> for Note {
+    async fn handle(&self, uow: &mut U, record: &Record) -> std::result::Result<(), BoxError> {
+        let stream = StreamId::new("acct", &record.key)?;
+        let mut event = NewEvent::raw("acct.noted", 1, record.payload.clone());
+        event.causation_id = Some(record.message_id);
+        uow.append(&stream, ExpectedVersion::Any, vec![event])
+            .await?;
+        Ok(())
+    }
+}
+
+/// One variant's totals.
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    messages: u64,
+    seconds: f64,
+}
+
+impl Tally {
+    fn rate(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.messages as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The section's figures.
+pub(crate) struct ConsumerResults {
+    per_message: Tally,
+    shared: Tally,
+    raw_per_message: Tally,
+    raw_batched: Tally,
+}
+
+impl ConsumerResults {
+    /// The `BENCH_JSON` part of the section.
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "per_message_per_s": self.per_message.rate(),
+            "shared_per_s": self.shared.rate(),
+            "raw_per_message_per_s": self.raw_per_message.rate(),
+            "raw_batched_per_s": self.raw_batched.rate(),
+        })
+    }
+
+    fn print(&self) {
+        let ratio = |a: Tally, b: Tally| {
+            if b.rate() > 0.0 {
+                a.rate() / b.rate()
+            } else {
+                0.0
+            }
+        };
+        println!("\n## Consumer with inbox (PostgreSQL, in-process broker, 1 event per message)\n");
+        println!("| variant | messages/s | ratio |");
+        println!("|---|---:|---|");
+        println!(
+            "| eventfold, one transaction per message | {:.0} | {:.2}x raw per message |",
+            self.per_message.rate(),
+            ratio(self.per_message, self.raw_per_message)
+        );
+        println!(
+            "| eventfold, shared commits (`shared_commits(true)`, {POLL} per poll) | {:.0} | {:.2}x raw batched; **{:.1}x** one per message (target {SPEEDUP_TARGET}x) |",
+            self.shared.rate(),
+            ratio(self.shared, self.raw_batched),
+            ratio(self.shared, self.per_message)
+        );
+        println!(
+            "| raw sqlx, one transaction per message | {:.0} | |",
+            self.raw_per_message.rate()
+        );
+        println!(
+            "| raw sqlx, one transaction per {POLL} messages | {:.0} | |",
+            self.raw_batched.rate()
+        );
+    }
+}
+
+/// The variants, in the order of the first round.
+#[derive(Clone, Copy)]
+enum Variant {
+    PerMessage,
+    Shared,
+    RawPerMessage,
+    RawBatched,
+}
+
+/// Runs the section on `pool` (the bench database).
+pub(crate) async fn run(pool: &PgPool, options: &Options) -> Result<ConsumerResults> {
+    let store = PgStore::builder(pool.clone()).build().await?;
+    sqlx::raw_sql(RAW_TABLES).execute(pool).await?;
+    // Enough for the fastest variant to keep busy for the whole run.
+    let backlog = ((options.seconds * 30_000.0) as usize).clamp(20_000, 400_000);
+    let broker = InProcessBroker::new();
+    let payload = br#"{"cents":100}"#.to_vec();
+    let messages: Vec<OutboxMessage> = (0..backlog)
+        .map(|i| {
+            OutboxMessage::new(
+                TOPIC,
+                format!("k{}", i % KEYS),
+                "acct.deposit",
+                payload.clone(),
+            )
+        })
+        .collect();
+    for chunk in messages.chunks(10_000) {
+        broker.publish(chunk).await;
+    }
+    let consumer = |name: &str, shared: bool| {
+        Consumer::new(name, store.clone(), broker.consumer(name, &[TOPIC]), Note)
+            .shared_commits(shared)
+    };
+    let mut per_message = consumer("bench-per-message", false);
+    let mut shared = consumer("bench-shared", true);
+    let mut raw_per_message = broker.consumer("raw-per-message", &[TOPIC]);
+    let mut raw_batched = broker.consumer("raw-batched", &[TOPIC]);
+    let mut results = ConsumerResults {
+        per_message: Tally::default(),
+        shared: Tally::default(),
+        raw_per_message: Tally::default(),
+        raw_batched: Tally::default(),
+    };
+    let half = Duration::from_secs_f64(options.seconds / 2.0);
+    let order = [
+        Variant::PerMessage,
+        Variant::Shared,
+        Variant::RawPerMessage,
+        Variant::RawBatched,
+    ];
+    for round in 0..2 {
+        let variants: Vec<Variant> = if round == 0 {
+            order.to_vec()
+        } else {
+            order.iter().rev().copied().collect()
+        };
+        for variant in variants {
+            let started = Instant::now();
+            let deadline = started + half;
+            let mut done = 0u64;
+            while Instant::now() < deadline {
+                let n = match variant {
+                    Variant::PerMessage => handled(per_message.run_once(Duration::ZERO).await?),
+                    Variant::Shared => handled(shared.run_once(Duration::ZERO).await?),
+                    Variant::RawPerMessage => {
+                        raw(pool, &mut raw_per_message, "raw-per-message", false).await?
+                    }
+                    Variant::RawBatched => raw(pool, &mut raw_batched, "raw-batched", true).await?,
+                };
+                if n == 0 {
+                    return Err("consumer bench: the backlog ran out; raise it".into());
+                }
+                done += n as u64;
+            }
+            let tally = match variant {
+                Variant::PerMessage => &mut results.per_message,
+                Variant::Shared => &mut results.shared,
+                Variant::RawPerMessage => &mut results.raw_per_message,
+                Variant::RawBatched => &mut results.raw_batched,
+            };
+            tally.messages += done;
+            tally.seconds += started.elapsed().as_secs_f64();
+        }
+    }
+    results.print();
+    Ok(results)
+}
+
+fn handled(report: eventfold_outbox::ConsumerReport) -> usize {
+    report.handled + report.duplicates + report.parked
+}
+
+/// One poll of the raw consumer: per message `BEGIN; mark; insert; COMMIT`, or all of the
+/// poll's messages in one transaction; then the offsets.
+async fn raw(
+    pool: &PgPool,
+    source: &mut InProcessConsumer,
+    name: &str,
+    batched: bool,
+) -> Result<usize> {
+    let records = source.poll(POLL, Duration::ZERO).await;
+    let mut tx = if batched {
+        Some(pool.begin().await?)
+    } else {
+        None
+    };
+    for record in &records {
+        let mut own = None;
+        let conn: &mut sqlx::PgConnection = match tx.as_mut() {
+            Some(tx) => &mut **tx,
+            None => &mut **own.insert(pool.begin().await?),
+        };
+        let marked = sqlx::query(RAW_MARK)
+            .bind(name)
+            .bind(record.message_id)
+            .bind(&record.message_type)
+            .bind(&record.topic)
+            .bind(chrono::Utc::now())
+            .execute(&mut *conn)
+            .await?;
+        if marked.rows_affected() == 1 {
+            sqlx::query(RAW_EVENT)
+                .bind(record.message_id)
+                .bind(&record.key)
+                .bind(&record.payload)
+                .execute(&mut *conn)
+                .await?;
+        }
+        if let Some(own) = own {
+            own.commit().await?;
+        }
+    }
+    if let Some(tx) = tx {
+        tx.commit().await?;
+    }
+    if let Some(last) = records.last() {
+        source.commit(last);
+    }
+    Ok(records.len())
+}
