@@ -232,8 +232,8 @@ async fn raw(
     for record in &records {
         let mut own = None;
         let conn: &mut sqlx::PgConnection = match tx.as_mut() {
-            Some(tx) => &mut **tx,
-            None => &mut **own.insert(pool.begin().await?),
+            Some(tx) => tx,
+            None => own.insert(pool.begin().await?),
         };
         let marked = sqlx::query(RAW_MARK)
             .bind(name)
