@@ -48,7 +48,7 @@ mod sql;
 pub mod sqlite;
 
 pub use admin::{AppliedMigration, MigrationStore};
-pub use error::{ExecuteError, ExpectedVersion, StoreError};
+pub use error::{ExecuteError, ExpectedVersion, StoreError, TransientKind};
 pub use inbox::{InboxStore, ParkedMessage};
 pub use log::{
     BlockingTransaction, Checkpoint, InvalidCheckpoint, LogBatch, LogEvent, LogFilter, LogHead,
