@@ -76,7 +76,7 @@ async fn opposite_order_units_of_work_deadlock_as_a_typed_transient_error() {
     const PAIRS: usize = 6;
     const ROUNDS: usize = 3;
     let mut deadlocks = 0;
-    let mut committed = vec![0u64; PAIRS];
+    let mut committed = [0u64; PAIRS];
     for _ in 0..ROUNDS {
         let mut tasks = Vec::new();
         for pair in 0..PAIRS {

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use eventfold::eventstore::postgres::PgStore;
 use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRouting, OutboxStore};
 use eventfold::outbox::headers;
-use eventfold::outbox::kafka::rdkafka::consumer::Consumer;
 use eventfold::outbox::kafka_source::message_headers;
 use eventfold::{NewEvent, StreamId};
 use uuid::Uuid;
