@@ -312,3 +312,69 @@ async fn kafka_relay_parks_a_too_large_message_and_its_key_waits() {
         .collect();
     assert_eq!(big_versions, vec![1, 3]);
 }
+
+/// Issue 18: a broker without topic auto-creation and a topic nobody created yet. The relay's
+/// rows are retried, not parked (Kafka's unknown topic or partition is retriable, as in Kafka's
+/// own clients); once the topic exists every row is delivered in order per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_relay_waits_for_a_topic_created_later_instead_of_parking() {
+    let brokers = common::kafka_bootstrap();
+    let topic = unique_topic("later");
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &brokers)
+        // librdkafka waits this long for an unknown topic to appear before failing a message.
+        .set("topic.metadata.propagation.max.ms", "300")
+        .set("message.timeout.ms", "5000");
+    let publisher = KafkaPublisher::from_config(client).expect("a Kafka publisher");
+    let (store, _db) = common::postgres().await;
+    let store = store.with_outbox(OutboxRouting::new().default_topic(topic.clone()));
+    let mut expected = HashSet::new();
+    for key in ["k-1", "k-2"] {
+        let stream = StreamId::new("order", key).unwrap();
+        for version in 0..3 {
+            let event = NewEvent::raw("order.noted", 1, b"{}".to_vec());
+            expected.insert(event.event_id);
+            store
+                .append(&stream, ExpectedVersion::Exact(version), vec![event])
+                .await
+                .expect("append");
+        }
+    }
+    let mut relay = Relay::new(store.clone(), publisher.clone()).with_config(config());
+    let mut retried = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while retried < 4 {
+        assert!(Instant::now() < deadline, "no retried round within 30 s");
+        let report = relay.run_once().await.expect("relay round");
+        assert_eq!(report.published, 0, "the topic does not exist yet");
+        assert_eq!(report.parked, 0, "an unknown topic is not parked");
+        retried += report.retried;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = store.outbox_status().await.expect("outbox status");
+    assert_eq!((status.pending, status.dead_letters), (6, 0), "{status:?}");
+
+    create_topic(&publisher, &topic).await;
+    relay_until(
+        &mut relay,
+        &store,
+        "the outbox drains once the topic exists",
+        |s| s.pending == 0,
+    )
+    .await;
+    assert_eq!(store.outbox_status().await.unwrap().dead_letters, 0);
+    let records = consume(&brokers, &topic, &expected, Duration::from_millis(200)).await;
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for record in records.iter().filter(|r| expected.contains(&r.id())) {
+        let previous = last
+            .insert(record.key.clone(), record.version())
+            .unwrap_or(0);
+        assert!(
+            record.version() > previous,
+            "key {} in order: {} after {previous}",
+            record.key,
+            record.version()
+        );
+    }
+}

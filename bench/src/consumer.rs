@@ -224,42 +224,42 @@ async fn raw(
     batched: bool,
 ) -> Result<usize> {
     let records = source.poll(POLL, Duration::ZERO).await;
-    let mut tx = if batched {
-        Some(pool.begin().await?)
-    } else {
-        None
-    };
-    for record in &records {
-        let mut own = None;
-        let conn: &mut sqlx::PgConnection = match tx.as_mut() {
-            Some(tx) => tx,
-            None => own.insert(pool.begin().await?),
-        };
-        let marked = sqlx::query(RAW_MARK)
-            .bind(name)
-            .bind(record.message_id)
-            .bind(&record.message_type)
-            .bind(&record.topic)
-            .bind(chrono::Utc::now())
-            .execute(&mut *conn)
-            .await?;
-        if marked.rows_affected() == 1 {
-            sqlx::query(RAW_EVENT)
-                .bind(record.message_id)
-                .bind(&record.key)
-                .bind(&record.payload)
-                .execute(&mut *conn)
-                .await?;
+    if batched {
+        let mut tx = pool.begin().await?;
+        for record in &records {
+            raw_one(&mut tx, name, record).await?;
         }
-        if let Some(own) = own {
-            own.commit().await?;
-        }
-    }
-    if let Some(tx) = tx {
         tx.commit().await?;
+    } else {
+        for record in &records {
+            let mut tx = pool.begin().await?;
+            raw_one(&mut tx, name, record).await?;
+            tx.commit().await?;
+        }
     }
     if let Some(last) = records.last() {
         source.commit(last);
     }
     Ok(records.len())
+}
+
+/// The raw writes of one message: its inbox mark, and its event unless it was marked before.
+async fn raw_one(conn: &mut sqlx::PgConnection, name: &str, record: &Record) -> Result<()> {
+    let marked = sqlx::query(RAW_MARK)
+        .bind(name)
+        .bind(record.message_id)
+        .bind(&record.message_type)
+        .bind(&record.topic)
+        .bind(chrono::Utc::now())
+        .execute(&mut *conn)
+        .await?;
+    if marked.rows_affected() == 1 {
+        sqlx::query(RAW_EVENT)
+            .bind(record.message_id)
+            .bind(&record.key)
+            .bind(&record.payload)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }

@@ -150,6 +150,22 @@ pub enum StoreError {
         /// What went wrong.
         reason: String,
     },
+    /// A failure that a new attempt of the whole unit of work may not meet: a deadlock, a
+    /// serialization failure, a lost connection, a pool timeout, a busy SQLite database. Nothing
+    /// of the unit of work was committed, except possibly for [`TransientKind::ConnectionLost`]
+    /// during a commit (retry that only when the work is idempotent, for example a command with
+    /// an id).
+    #[error("transient database error ({kind}) while {operation} (table {table}): {source}")]
+    Transient {
+        /// What kind of transient failure.
+        kind: TransientKind,
+        /// What the store was doing.
+        operation: &'static str,
+        /// The table involved.
+        table: String,
+        /// The driver's error (a `sqlx::Error`).
+        source: BoxError,
+    },
     /// The database failed.
     #[error("database error while {operation} (table {table}): {source}")]
     Database {
@@ -176,34 +192,104 @@ impl StoreError {
         matches!(self, StoreError::VersionConflict { .. })
     }
 
-    /// Is it worth trying the whole unit of work again: a version conflict, or a transient
-    /// database failure (a lost or refused connection, a pool timeout, PostgreSQL's deadlock and
-    /// serialization failures, SQLite's busy and locked)?
-    pub fn is_retriable(&self) -> bool {
+    /// The kind of transient failure, if this is one ([`StoreError::Transient`]).
+    pub fn transient_kind(&self) -> Option<TransientKind> {
         match self {
-            StoreError::VersionConflict { .. } => true,
-            #[cfg(any(feature = "postgres", feature = "sqlite"))]
-            StoreError::Database { source, .. } => source
-                .downcast_ref::<sqlx::Error>()
-                .is_some_and(transient_sqlx),
-            _ => false,
+            StoreError::Transient { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
+    /// Is it worth trying the whole unit of work again: a version conflict, or a transient
+    /// database failure ([`StoreError::Transient`]: a lost connection, a pool timeout,
+    /// PostgreSQL's deadlock and serialization failures, SQLite's busy and locked)? A closed pool
+    /// is not: it stays closed.
+    ///
+    /// A lost connection is worth retrying only when the work is idempotent: the commit may have
+    /// happened before the connection dropped.
+    pub fn is_retriable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::VersionConflict { .. } | StoreError::Transient { .. }
+        )
+    }
+}
+
+/// What kind of transient database failure a [`StoreError::Transient`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TransientKind {
+    /// PostgreSQL chose this transaction as a deadlock's victim (SQLSTATE `40P01`); it was rolled
+    /// back.
+    Deadlock,
+    /// PostgreSQL could not serialize this transaction with a concurrent one (SQLSTATE `40001`);
+    /// it was rolled back.
+    SerializationFailure,
+    /// The connection dropped (an I/O error, SQLSTATE class `08`, or the server shutting the
+    /// session down: `57P01`, `57P02`, `57P03`). A commit in flight may or may not have happened.
+    ConnectionLost,
+    /// No pooled connection became free within the pool's acquire timeout.
+    PoolTimedOut,
+    /// SQLite's database was busy or locked (`SQLITE_BUSY`, `SQLITE_LOCKED` and their extended
+    /// codes) beyond its busy timeout.
+    Busy,
+}
+
+impl TransientKind {
+    /// A short stable name (`deadlock`, `serialization_failure`, `connection_lost`,
+    /// `pool_timed_out`, `busy`), used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransientKind::Deadlock => "deadlock",
+            TransientKind::SerializationFailure => "serialization_failure",
+            TransientKind::ConnectionLost => "connection_lost",
+            TransientKind::PoolTimedOut => "pool_timed_out",
+            TransientKind::Busy => "busy",
+        }
+    }
+
+    /// The kind of a driver error, if a new attempt may not meet it. A closed pool is not
+    /// transient.
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub fn of_sqlx(e: &sqlx::Error) -> Option<TransientKind> {
+        match e {
+            sqlx::Error::Io(_) => Some(TransientKind::ConnectionLost),
+            sqlx::Error::PoolTimedOut => Some(TransientKind::PoolTimedOut),
+            sqlx::Error::Database(db) => Self::of_code(db.code().as_deref()?),
+            _ => None,
+        }
+    }
+
+    /// The kind of a database error code: a PostgreSQL SQLSTATE (five characters) or a SQLite
+    /// result code (a decimal number of at most four digits, primary or extended).
+    pub fn of_code(code: &str) -> Option<TransientKind> {
+        if code.len() == 5 {
+            // PostgreSQL.
+            return match code {
+                "40P01" => Some(TransientKind::Deadlock),
+                "40001" => Some(TransientKind::SerializationFailure),
+                "57P01" | "57P02" | "57P03" => Some(TransientKind::ConnectionLost),
+                c if c.starts_with("08") => Some(TransientKind::ConnectionLost),
+                _ => None,
+            };
+        }
+        // SQLite: the primary code is the low byte of an extended one.
+        match code.parse::<u32>().ok()? & 0xff {
+            5 | 6 => Some(TransientKind::Busy),
+            _ => None,
         }
     }
 }
 
-/// A driver error that a new attempt may not meet.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-fn transient_sqlx(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
-        sqlx::Error::Database(db) => matches!(
-            db.code().as_deref(),
-            // PostgreSQL: serialization failure, deadlock, admin shutdown, connection failures.
-            Some("40001" | "40P01" | "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006")
-            // SQLite: busy, locked (and their extended codes).
-            | Some("5" | "6" | "261" | "517" | "262")
-        ),
-        _ => false,
+impl fmt::Display for TransientKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransientKind::Deadlock => "deadlock",
+            TransientKind::SerializationFailure => "serialization failure",
+            TransientKind::ConnectionLost => "connection lost",
+            TransientKind::PoolTimedOut => "pool timed out",
+            TransientKind::Busy => "database busy",
+        })
     }
 }
 
@@ -243,5 +329,50 @@ impl<E: std::error::Error + 'static> From<InvalidStreamId> for ExecuteError<E> {
 impl<E: std::error::Error + 'static> From<DecodeError> for ExecuteError<E> {
     fn from(e: DecodeError) -> Self {
         ExecuteError::Store(StoreError::Decode(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_codes_are_classified() {
+        use TransientKind::*;
+        for (code, kind) in [
+            ("40P01", Some(Deadlock)),
+            ("40001", Some(SerializationFailure)),
+            ("57P01", Some(ConnectionLost)),
+            ("57P03", Some(ConnectionLost)),
+            ("08006", Some(ConnectionLost)),
+            ("08P01", Some(ConnectionLost)),
+            ("23505", None),
+            ("55P03", None),
+            ("5", Some(Busy)),
+            ("6", Some(Busy)),
+            ("261", Some(Busy)),
+            ("517", Some(Busy)),
+            ("262", Some(Busy)),
+            ("19", None),
+            ("2067", None),
+            ("", None),
+        ] {
+            assert_eq!(TransientKind::of_code(code), kind, "code {code:?}");
+        }
+    }
+
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    #[test]
+    fn a_closed_pool_is_not_transient_a_timed_out_one_is() {
+        assert_eq!(TransientKind::of_sqlx(&sqlx::Error::PoolClosed), None);
+        assert_eq!(
+            TransientKind::of_sqlx(&sqlx::Error::PoolTimedOut),
+            Some(TransientKind::PoolTimedOut)
+        );
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            TransientKind::of_sqlx(&sqlx::Error::Io(io)),
+            Some(TransientKind::ConnectionLost)
+        );
     }
 }

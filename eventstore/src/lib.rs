@@ -22,6 +22,11 @@
 //! commands that loaded the same version cannot both append: the second gets
 //! [`StoreError::VersionConflict`], which the repository retries (reloading the state) a bounded
 //! number of times before returning [`ExecuteError::Conflict`].
+//!
+//! A database failure that a new attempt may not meet (a deadlock, a serialization failure, a
+//! lost connection, a pool timeout, SQLite busy) is a [`StoreError::Transient`] with its
+//! [`TransientKind`]; the repository retries those too, with exponential backoff and jitter (a
+//! lost connection only for a command with an id, whose record makes the retry idempotent).
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -50,7 +55,7 @@ pub mod sqlite;
 
 pub use admin::{AppliedMigration, MigrationStore};
 pub use coalesce::Coalescing;
-pub use error::{ExecuteError, ExpectedVersion, StoreError};
+pub use error::{ExecuteError, ExpectedVersion, StoreError, TransientKind};
 pub use inbox::{InboxStore, ParkedMessage};
 pub use log::{
     BlockingTransaction, Checkpoint, InvalidCheckpoint, LogBatch, LogEvent, LogFilter, LogHead,

@@ -6,7 +6,8 @@
 //! - **topics with partitions**: created on first publish with the default partition count (4),
 //!   or only explicitly with [`create_topic`](InProcessBroker::create_topic) after
 //!   [`strict_topics`](InProcessBroker::strict_topics), like a broker with
-//!   `auto.create.topics.enable=false`;
+//!   `auto.create.topics.enable=false` (a message to a topic not created yet fails with a
+//!   retriable error, as Kafka's unknown topic or partition does);
 //! - **partitioning by key**: a message goes to partition
 //!   [`OutboxMessage::slot_of`]`(key, partitions)`, so one key stays in one partition, in order;
 //!   each partition numbers its records with increasing offsets from 0;
@@ -194,7 +195,7 @@ pub enum BrokerError {
 /// ]).await;
 /// let delivery = results[0].clone()?;
 /// assert_eq!(delivery.partition, OutboxMessage::slot_of("42", 2));
-/// assert!(!results[1].as_ref().unwrap_err().retriable); // no such topic
+/// assert!(results[1].as_ref().unwrap_err().retriable); // no such topic (yet): tried again later
 /// assert_eq!(broker.records("orders").len(), 1);
 /// # Ok(())
 /// # }
@@ -264,7 +265,7 @@ impl State {
         let partitions = match self.topics.get_mut(&message.topic) {
             Some(partitions) => partitions,
             None if self.strict_topics => {
-                return Err(PublishError::fatal(
+                return Err(PublishError::retriable(
                     message,
                     format!(
                         "unknown topic {}: topics are not created automatically",
@@ -314,8 +315,9 @@ impl InProcessBroker {
     }
 
     /// Topics are not created on first publish: publishing to a topic that was not created with
-    /// [`create_topic`](Self::create_topic) is a non-retriable error, like a Kafka broker with
-    /// `auto.create.topics.enable=false`.
+    /// [`create_topic`](Self::create_topic) fails with a retriable error (the topic may be
+    /// created later), like a Kafka broker with `auto.create.topics.enable=false` answers with
+    /// its retriable `UNKNOWN_TOPIC_OR_PARTITION`.
     pub fn strict_topics(self) -> Self {
         self.lock().strict_topics = true;
         self

@@ -16,13 +16,20 @@
 //!   the same as the Java client's) sends every message of a key to the same partition;
 //! - the CloudEvents headers of the message become Kafka record headers.
 //!
-//! Errors that will fail the same way every time (the message is too large, the topic does not
-//! exist or its name is invalid, the client is not authorized) are non-retriable, so a relay
-//! parks the row; everything else (timeouts, an unreachable broker, a leader election) is
-//! retriable.
+//! Errors that will fail the same way every time (the message is too large, the topic name is
+//! invalid, the client is not authorized) are non-retriable, so a relay parks the row;
+//! everything else (timeouts, an unreachable broker, a leader election) is retriable. So is an
+//! unknown topic or partition, as in Kafka's own clients: it is also what a topic answers while
+//! the metadata of its creation spreads, and a row must not be parked because its topic is
+//! created a moment later. Every failed message is counted in
+//! `eventfold_outbox_publish_errors_total{kind}` (`kind`: the error code in snake case, for
+//! example `unknown_topic_or_partition`, `message_timed_out`; `client` without a code).
 //!
 //! Brokers without topic auto-creation (tansu, many production clusters) need the topics first:
-//! [`KafkaPublisher::create_topics`] creates them, and is a no-op for topics that exist.
+//! [`KafkaPublisher::create_topics`] creates them (replication factor 1;
+//! [`KafkaPublisher::create_topics_replicated`] takes one), and is a no-op for topics that
+//! exist. Until a topic exists, its rows are retried with the relay's backoff and parked after
+//! `max_attempts`.
 //!
 //! ```no_run
 //! use eventfold_outbox::kafka::KafkaPublisher;
@@ -80,6 +87,16 @@ pub enum KafkaError {
         /// The error of rdkafka.
         #[source]
         source: Box<rdkafka::error::KafkaError>,
+    },
+    /// A topic that cannot be asked for: no partitions, or a replication factor below 1.
+    #[error("cannot create topic {topic} on {brokers}: {reason}")]
+    InvalidTopic {
+        /// The bootstrap servers of the client.
+        brokers: String,
+        /// The topic.
+        topic: String,
+        /// What is wrong with the request.
+        reason: String,
     },
     /// The broker refused to create one topic.
     #[error("creating topic {topic} on {brokers} failed: {code}")]
@@ -232,10 +249,39 @@ impl KafkaPublisher {
 
     /// Creates the topics `(name, partitions)` with replication factor 1; topics that already
     /// exist are left as they are (idempotent). Needed on brokers that do not auto-create
-    /// topics, such as tansu.
+    /// topics, such as tansu. See [`create_topics_replicated`](Self::create_topics_replicated).
     pub async fn create_topics(&self, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
+        self.create_topics_replicated(topics, 1).await
+    }
+
+    /// Creates the topics `(name, partitions)`, each partition on `replication_factor` brokers;
+    /// topics that already exist are left as they are (their partitions and replication are not
+    /// changed). Fails with [`KafkaError::InvalidTopic`] for fewer than one partition or
+    /// replica (nothing is sent then), [`KafkaError::CreateTopics`] when the request fails as a
+    /// whole (an unreachable broker, a timeout of 30 s) and [`KafkaError::CreateTopic`] naming
+    /// the first topic the broker refused (for example a replication factor above the number of
+    /// brokers, or no authorization).
+    pub async fn create_topics_replicated(
+        &self,
+        topics: &[(&str, i32)],
+        replication_factor: i32,
+    ) -> Result<(), KafkaError> {
         if topics.is_empty() {
             return Ok(());
+        }
+        for (topic, partitions) in topics {
+            let reason = if *partitions < 1 {
+                format!("{partitions} partitions (at least 1)")
+            } else if replication_factor < 1 {
+                format!("replication factor {replication_factor} (at least 1)")
+            } else {
+                continue;
+            };
+            return Err(KafkaError::InvalidTopic {
+                brokers: self.brokers.clone(),
+                topic: (*topic).to_owned(),
+                reason,
+            });
         }
         let names: Vec<String> = topics.iter().map(|(t, _)| (*t).to_owned()).collect();
         let admin = self
@@ -247,7 +293,13 @@ impl KafkaPublisher {
             })?;
         let new_topics: Vec<NewTopic<'_>> = topics
             .iter()
-            .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+            .map(|(name, partitions)| {
+                NewTopic::new(
+                    name,
+                    *partitions,
+                    TopicReplication::Fixed(replication_factor),
+                )
+            })
             .collect();
         let options = AdminOptions::new()
             .operation_timeout(Some(Duration::from_secs(30)))
@@ -276,7 +328,8 @@ impl KafkaPublisher {
     }
 }
 
-/// Whether an error code of a failed produce may succeed when tried again.
+/// Whether an error code of a failed produce may succeed when tried again. An unknown topic or
+/// partition may: the topic may be created (or its metadata reach the client) later.
 fn retriable(code: Option<RDKafkaErrorCode>) -> bool {
     use RDKafkaErrorCode as C;
     !matches!(
@@ -288,14 +341,33 @@ fn retriable(code: Option<RDKafkaErrorCode>) -> bool {
                 | C::InvalidMessage
                 | C::InvalidRecord
                 | C::InvalidTopic
-                | C::UnknownTopic
-                | C::UnknownTopicOrPartition
-                | C::UnknownPartition
                 | C::TopicAuthorizationFailed
                 | C::ClusterAuthorizationFailed
                 | C::PolicyViolation
         )
     )
+}
+
+/// The `kind` label of `eventfold_outbox_publish_errors_total` for an error code: the code's
+/// name in snake case (`UnknownTopicOrPartition` → `unknown_topic_or_partition`), `client` for
+/// an error without a code.
+fn error_kind(code: Option<RDKafkaErrorCode>) -> String {
+    let Some(code) = code else {
+        return "client".to_owned();
+    };
+    let name = format!("{code:?}");
+    let mut kind = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                kind.push('_');
+            }
+            kind.push(c.to_ascii_lowercase());
+        } else {
+            kind.push(c);
+        }
+    }
+    kind
 }
 
 /// The Kafka record of `message` (its headers become Kafka headers).
@@ -371,6 +443,8 @@ async fn publish_key(
             }),
             Err(error) => {
                 let code = error.rdkafka_error_code();
+                metrics::counter!("eventfold_outbox_publish_errors_total", "kind" => error_kind(code))
+                    .increment(1);
                 fenced |= matches!(
                     code,
                     Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::Fatal)
@@ -447,11 +521,47 @@ mod tests {
     #[test]
     fn size_and_topic_errors_are_not_retriable() {
         assert!(!retriable(Some(RDKafkaErrorCode::MessageSizeTooLarge)));
-        assert!(!retriable(Some(RDKafkaErrorCode::UnknownTopicOrPartition)));
+        assert!(!retriable(Some(RDKafkaErrorCode::InvalidTopic)));
+        assert!(!retriable(Some(RDKafkaErrorCode::TopicAuthorizationFailed)));
+        // As in Kafka's own clients: the topic may exist (or its metadata arrive) later.
+        assert!(retriable(Some(RDKafkaErrorCode::UnknownTopicOrPartition)));
+        assert!(retriable(Some(RDKafkaErrorCode::UnknownTopic)));
+        assert!(retriable(Some(RDKafkaErrorCode::UnknownPartition)));
         assert!(retriable(Some(RDKafkaErrorCode::MessageTimedOut)));
         assert!(retriable(Some(RDKafkaErrorCode::BrokerTransportFailure)));
         assert!(retriable(Some(RDKafkaErrorCode::NotLeaderForPartition)));
         assert!(retriable(None));
+    }
+
+    #[test]
+    fn error_kinds_are_snake_case_code_names() {
+        assert_eq!(
+            error_kind(Some(RDKafkaErrorCode::UnknownTopicOrPartition)),
+            "unknown_topic_or_partition"
+        );
+        assert_eq!(
+            error_kind(Some(RDKafkaErrorCode::MessageTimedOut)),
+            "message_timed_out"
+        );
+        assert_eq!(error_kind(None), "client");
+    }
+
+    #[tokio::test]
+    async fn invalid_topic_requests_are_refused_before_sending() {
+        let publisher = KafkaPublisher::new("127.0.0.1:1").unwrap();
+        let e = publisher
+            .create_topics_replicated(&[("orders", 0)], 1)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, KafkaError::InvalidTopic { topic, .. } if topic == "orders"),
+            "{e}"
+        );
+        let e = publisher
+            .create_topics_replicated(&[("orders", 3)], 0)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("replication factor 0"), "{e}");
     }
 
     #[test]

@@ -40,10 +40,10 @@ impl std::fmt::Display for Delivery {
 /// A message that was not delivered.
 ///
 /// `retriable` tells a relay what to do with the row: a retriable error (the broker is
-/// unreachable, a timeout, a leader election, an earlier message of the same key failed) leaves
-/// the row in the outbox to be tried again later; a non-retriable one (the message is too large,
-/// the topic does not exist on a broker without auto-creation, the broker refuses it for good)
-/// will fail the same way every time, so the relay parks the row as a dead letter instead of
+/// unreachable, a timeout, a leader election, a topic or partition not known yet, an earlier
+/// message of the same key failed) leaves the row in the outbox to be tried again later; a
+/// non-retriable one (the message is too large, the topic name is invalid, the broker refuses it
+/// for good) will fail the same way every time, so the relay parks the row as a dead letter instead of
 /// retrying it forever.
 ///
 /// ```

@@ -8,7 +8,11 @@
 //! 3. call the aggregate's pure `handle`;
 //! 4. append the events expecting the loaded version (and record the command id in the same
 //!    transaction); save a snapshot every N events;
-//! 5. on a version conflict drop the cached state and start again, a bounded number of times.
+//! 5. on a version conflict drop the cached state and start again, a bounded number of times;
+//!    on a transient database failure ([`StoreError::Transient`]: deadlock, serialization
+//!    failure, pool timeout, SQLite busy, and a lost connection when the command has an id)
+//!    likewise, after an exponential pause with jitter. Every retry is counted in
+//!    `eventfold_repository_retries_total{reason}` (`version_conflict`, `deadlock`, ...).
 //!
 //! A command without an id needs no transaction around its read: the append itself checks the
 //! expected version atomically, so on PostgreSQL such a command costs one read and one
@@ -38,7 +42,7 @@ use crate::error::{ExecuteError, ExpectedVersion, StoreError};
 use crate::store::{CommandRecord, EventStore, UnitOfWork};
 use cache::StateCache;
 use load::{FromStore, FromUow};
-use retry::{backoff, conflict_or_store};
+use retry::{backoff, conflict_or_store, count_retry, retriable_transient, transient_backoff};
 use snapshots::SnapshotPolicy;
 
 /// What an executed command produced.
@@ -106,6 +110,7 @@ pub struct Repository<A: Aggregate, S: EventStore> {
     store: S,
     upcasters: Upcasters,
     max_attempts: u32,
+    max_transient_attempts: u32,
     snapshots: Option<SnapshotPolicy<A>>,
     cache: Option<Arc<StateCache<A>>>,
     _aggregate: PhantomData<fn() -> A>,
@@ -117,6 +122,7 @@ impl<A: Aggregate, S: EventStore> Clone for Repository<A, S> {
             store: self.store.clone(),
             upcasters: self.upcasters.clone(),
             max_attempts: self.max_attempts,
+            max_transient_attempts: self.max_transient_attempts,
             snapshots: self.snapshots.clone(),
             cache: self.cache.clone(),
             _aggregate: PhantomData,
@@ -125,12 +131,14 @@ impl<A: Aggregate, S: EventStore> Clone for Repository<A, S> {
 }
 
 impl<A: Aggregate, S: EventStore> Repository<A, S> {
-    /// A repository with no upcasters, no snapshots and 5 attempts per command.
+    /// A repository with no upcasters, no snapshots, 5 attempts per command on version
+    /// conflicts and 5 on transient failures.
     pub fn new(store: S) -> Self {
         Self {
             store,
             upcasters: Upcasters::new(),
             max_attempts: 5,
+            max_transient_attempts: 5,
             snapshots: None,
             cache: None,
             _aggregate: PhantomData,
@@ -146,6 +154,19 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// How many times a command is tried when its stream changes concurrently (at least 1).
     pub fn with_max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// How many times a command is tried when the database fails transiently (at least 1;
+    /// [`StoreError::Transient`]: a deadlock, a serialization failure, a pool timeout, SQLite
+    /// busy, and a lost connection for a command with an id). The pause between attempts grows
+    /// exponentially from 10 ms to at most 1 s, half of it random. Each retry is counted in the
+    /// metric `eventfold_repository_retries_total{reason}`.
+    ///
+    /// A command without an id is not retried after a lost connection: its append may have
+    /// committed before the connection dropped, so the error is returned.
+    pub fn with_max_transient_attempts(mut self, attempts: u32) -> Self {
+        self.max_transient_attempts = attempts.max(1);
         self
     }
 
@@ -188,7 +209,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             .await
     }
 
-    /// Executes a command: load, handle, append; retried on version conflicts.
+    /// Executes a command: load, handle, append; retried on version conflicts and transient
+    /// database failures (see [`Repository::with_max_transient_attempts`]).
     pub async fn execute(
         &self,
         id: &str,
@@ -198,11 +220,12 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         let stream_id = StreamId::new(A::TYPE, id)?;
         let span = tracing::debug_span!("eventfold.execute", stream = %stream_id, attempt = tracing::field::Empty);
         async {
-            let mut attempt = 0;
+            let idempotent = meta.command_id.is_some();
+            let (mut attempt, mut transient_attempts) = (0, 0);
             loop {
                 attempt += 1;
                 tracing::Span::current().record("attempt", attempt);
-                let outcome = if meta.command_id.is_some() {
+                let outcome = if idempotent {
                     self.execute_in_new_unit(&stream_id, command, &meta).await
                 } else {
                     self.execute_direct(&stream_id, command, &meta)
@@ -220,12 +243,28 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     // its result.
                     Ok(None) => continue,
                     Err(ExecuteError::Conflict { source, .. }) => source,
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        let Some(kind) = retriable_transient(&e, idempotent) else {
+                            return Err(e);
+                        };
+                        transient_attempts += 1;
+                        if transient_attempts >= self.max_transient_attempts {
+                            tracing::warn!(stream = %stream_id, attempts = transient_attempts, error = %e, "transient failure, giving up");
+                            return Err(e);
+                        }
+                        if let Some(cache) = &self.cache {
+                            cache.evict(&stream_id);
+                        }
+                        tracing::debug!(stream = %stream_id, attempt, %kind, error = %e, "transient failure, retrying");
+                        count_retry(kind.as_str());
+                        tokio::time::sleep(transient_backoff(transient_attempts)).await;
+                        continue;
+                    }
                 };
                 if let Some(cache) = &self.cache {
                     cache.evict(&stream_id);
                 }
-                if attempt >= self.max_attempts {
+                if attempt - transient_attempts >= self.max_attempts {
                     return Err(ExecuteError::Conflict {
                         stream_id,
                         attempts: attempt,
@@ -233,7 +272,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     });
                 }
                 tracing::debug!(stream = %stream_id, attempt, "version conflict, retrying");
-                tokio::time::sleep(backoff(attempt)).await;
+                count_retry("version_conflict");
+                tokio::time::sleep(backoff(attempt - transient_attempts)).await;
             }
         }
         .instrument(span)

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use eventfold_core::{Headers, RecordedEvent, StreamId};
 use uuid::Uuid;
 
-use crate::error::StoreError;
+use crate::error::{StoreError, TransientKind};
 
 pub(crate) use migrations::{Migration, applied_migrations};
 
@@ -90,16 +90,27 @@ pub(crate) fn recorded(
     })
 }
 
-/// Maps a driver error to [`StoreError::Database`].
+/// Maps a driver error to [`StoreError::Transient`] when a new attempt may not meet it (a
+/// deadlock, a serialization failure, a lost connection, a pool timeout, SQLite busy: see
+/// [`TransientKind::of_sqlx`]), else to [`StoreError::Database`]. Every SQL error of both
+/// backends goes through here.
 pub(crate) fn db_err(
     operation: &'static str,
     table: &str,
 ) -> impl FnOnce(sqlx::Error) -> StoreError {
     let table = table.to_owned();
-    move |e| StoreError::Database {
-        operation,
-        table,
-        source: Box::new(e),
+    move |e| match TransientKind::of_sqlx(&e) {
+        Some(kind) => StoreError::Transient {
+            kind,
+            operation,
+            table,
+            source: Box::new(e),
+        },
+        None => StoreError::Database {
+            operation,
+            table,
+            source: Box::new(e),
+        },
     }
 }
 

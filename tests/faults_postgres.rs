@@ -1,0 +1,436 @@
+//! Transient faults on real PostgreSQL (issue 18): deadlocks and sessions terminated in the middle
+//! of a transaction are typed [`StoreError::Transient`] errors with their [`TransientKind`], and
+//! `Repository::execute` retries them (a lost connection only for a command with an id) until
+//! every command succeeded once, counting each retry in `eventfold_repository_retries_total`.
+//!
+//! The test databases get `deadlock_timeout = 50ms`, so a deadlock is found in milliseconds
+//! rather than PostgreSQL's default second.
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use eventfold::eventstore::contract::{Tally, TallyCommand};
+use eventfold::eventstore::postgres::PgStore;
+use eventfold::eventstore::postgres::testing::TestDb;
+use eventfold::eventstore::{
+    EventStore, ExecuteError, ExpectedVersion, Repository, StoreError, TransientKind, UnitOfWork,
+};
+use eventfold::{CommandMetadata, NewEvent, StreamId};
+use uuid::Uuid;
+
+/// A fresh database with a fast deadlock detector, and a store on a pool whose connections have
+/// that setting.
+async fn store() -> (PgStore, TestDb) {
+    let (_, db) = common::postgres().await;
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{}\" SET deadlock_timeout = '50ms'",
+        db.name()
+    ))
+    .execute(db.pool())
+    .await
+    .expect("set deadlock_timeout");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(20)
+        .connect(&common::database_url(db.name()))
+        .await
+        .expect("connect to the test database");
+    let store = PgStore::builder(pool)
+        .source("faults")
+        .build()
+        .await
+        .expect("open the store");
+    (store, db)
+}
+
+fn stream(kind: &str, id: &str) -> StreamId {
+    StreamId::new(kind, id).expect("a valid stream id")
+}
+
+/// One unit of work appending one event to `first`, then (after a pause that lets the other
+/// side take its first lock) one to `second`, then committing.
+async fn append_both(
+    store: &PgStore,
+    first: &StreamId,
+    second: &StreamId,
+) -> Result<(), StoreError> {
+    let mut uow = store.begin().await?;
+    let event = || NewEvent::raw("pair.touched", 1, b"{}".to_vec());
+    uow.append(first, ExpectedVersion::Any, vec![event()])
+        .await?;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    uow.append(second, ExpectedVersion::Any, vec![event()])
+        .await?;
+    uow.commit().await
+}
+
+/// Two units of work append to the same two streams in opposite order, many times at once: the
+/// victims of PostgreSQL's deadlock detector get `Transient { kind: Deadlock }` (no generic
+/// database error), and what committed is consistent: both streams of a pair have the same
+/// gapless versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opposite_order_units_of_work_deadlock_as_a_typed_transient_error() {
+    let (store, _db) = store().await;
+    const PAIRS: usize = 6;
+    const ROUNDS: usize = 3;
+    let mut deadlocks = 0;
+    let mut committed = [0u64; PAIRS];
+    for _ in 0..ROUNDS {
+        let mut tasks = Vec::new();
+        for pair in 0..PAIRS {
+            let a = stream("pair", &format!("{pair}-a"));
+            let b = stream("pair", &format!("{pair}-b"));
+            for (first, second) in [(a.clone(), b.clone()), (b, a)] {
+                let store = store.clone();
+                tasks.push((
+                    pair,
+                    tokio::spawn(async move { append_both(&store, &first, &second).await }),
+                ));
+            }
+        }
+        for (pair, task) in tasks {
+            match task.await.expect("the unit of work's task") {
+                Ok(()) => committed[pair] += 1,
+                Err(e) => {
+                    assert_eq!(
+                        e.transient_kind(),
+                        Some(TransientKind::Deadlock),
+                        "only deadlocks are expected, got {e:?}"
+                    );
+                    assert!(e.is_retriable(), "a deadlock is retriable: {e}");
+                    assert!(
+                        matches!(&e, StoreError::Transient { table, .. } if table.contains("events")),
+                        "the error names the events table: {e}"
+                    );
+                    deadlocks += 1;
+                }
+            }
+        }
+    }
+    println!(
+        "{deadlocks} deadlock(s) in {} units of work",
+        PAIRS * ROUNDS * 2
+    );
+    assert!(
+        deadlocks > 0,
+        "opposite lock orders must deadlock at least once"
+    );
+    for (pair, committed) in committed.iter().enumerate() {
+        for side in ["a", "b"] {
+            let events = store
+                .read_stream(&stream("pair", &format!("{pair}-{side}")), 1, u64::MAX)
+                .await
+                .expect("read a pair's stream");
+            let versions: Vec<u64> = events.iter().map(|e| e.stream_version).collect();
+            assert_eq!(
+                versions,
+                (1..=*committed).collect::<Vec<_>>(),
+                "pair {pair} side {side}: one event per committed unit of work, no gap"
+            );
+        }
+    }
+}
+
+/// The same opposite lock orders inside `Repository::execute`: a trigger stands in for the
+/// application's SQL of the command's transaction and touches two rows, in one order for the
+/// `a-*` aggregates and in the other for the `b-*` ones. Deadlocks happen; every command succeeds
+/// after retries (commands with and without an id), each exactly once: every stream's version is
+/// its number of commands, and both rows were touched once per stored event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repository_execute_retries_deadlocks_until_every_command_succeeded_once() {
+    let (store, _db) = store().await;
+    sqlx::raw_sql(
+        "CREATE TABLE fault_pair (k int PRIMARY KEY, n bigint NOT NULL); \
+         INSERT INTO fault_pair VALUES (1, 0), (2, 0); \
+         CREATE FUNCTION fault_pair() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.stream_id LIKE 'a-%' THEN \
+             UPDATE fault_pair SET n = n + 1 WHERE k = 1; PERFORM pg_sleep(0.01); \
+             UPDATE fault_pair SET n = n + 1 WHERE k = 2; \
+           ELSE \
+             UPDATE fault_pair SET n = n + 1 WHERE k = 2; PERFORM pg_sleep(0.01); \
+             UPDATE fault_pair SET n = n + 1 WHERE k = 1; \
+           END IF; RETURN NULL; END $$; \
+         CREATE TRIGGER fault_pair AFTER INSERT ON eventfold_events \
+           FOR EACH ROW EXECUTE FUNCTION fault_pair();",
+    )
+    .execute(store.pool())
+    .await
+    .expect("install the trigger");
+    let before = retries("deadlock");
+    const TASKS: usize = 3;
+    const COMMANDS: usize = 8;
+    let mut tasks = Vec::new();
+    for side in ["a", "b"] {
+        for task in 0..TASKS {
+            let repo = Repository::<Tally, _>::new(store.clone()).with_max_transient_attempts(30);
+            tasks.push(tokio::spawn(async move {
+                for i in 0..COMMANDS {
+                    // The `b` side's commands carry an id (a unit of work per command), the
+                    // `a` side's do not (a single-statement append).
+                    let meta = match side {
+                        "b" => CommandMetadata::new().command_id(Uuid::now_v7()),
+                        _ => CommandMetadata::new(),
+                    };
+                    let id = format!("{side}-{task}");
+                    match repo.execute(&id, &TallyCommand::Add(1), meta).await {
+                        Ok(done) => assert!(!done.deduplicated),
+                        Err(e) => panic!("command {i} on {id} failed: {e:?}"),
+                    }
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.expect("a command task");
+    }
+    let deadlocks = retries("deadlock") - before;
+    println!("retries after a deadlock: {deadlocks}");
+    assert!(
+        deadlocks > 0,
+        "the opposite lock orders must have deadlocked and been retried"
+    );
+    let repo = Repository::<Tally, _>::new(store.clone());
+    for side in ["a", "b"] {
+        for task in 0..TASKS {
+            let loaded = repo.load(&format!("{side}-{task}")).await.expect("load");
+            assert_eq!(
+                (loaded.version, loaded.state.total),
+                (COMMANDS as u64, COMMANDS as u64),
+                "{side}-{task}: every command once"
+            );
+        }
+    }
+    let touched: Vec<i64> = sqlx::query_scalar("SELECT n FROM fault_pair ORDER BY k")
+        .fetch_all(store.pool())
+        .await
+        .expect("read the rows");
+    let events = (2 * TASKS * COMMANDS) as i64;
+    assert_eq!(
+        touched,
+        vec![events, events],
+        "the rolled-back attempts left nothing behind"
+    );
+}
+
+/// A unit of work whose session is terminated (`pg_terminate_backend`) in the middle of its
+/// transaction fails with `Transient { kind: ConnectionLost }`, and nothing of it is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_session_is_a_lost_connection() {
+    let (store, _db) = store().await;
+    let s = stream("killed", "1");
+    let mut uow = store.begin().await.expect("begin");
+    uow.append(
+        &s,
+        ExpectedVersion::NoStream,
+        vec![NewEvent::raw("killed.first", 1, b"{}".to_vec())],
+    )
+    .await
+    .expect("the first append");
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(uow.connection())
+        .await
+        .expect("the session's pid");
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(store.pool())
+        .await
+        .expect("terminate the session");
+    assert!(terminated);
+    let e = uow
+        .append(
+            &s,
+            ExpectedVersion::Exact(1),
+            vec![NewEvent::raw("killed.second", 1, b"{}".to_vec())],
+        )
+        .await
+        .expect_err("the session is gone");
+    assert_eq!(
+        e.transient_kind(),
+        Some(TransientKind::ConnectionLost),
+        "got {e:?}"
+    );
+    assert!(e.is_retriable());
+    assert!(
+        e.to_string().contains("connection lost"),
+        "the message says so: {e}"
+    );
+    let _ = uow.rollback().await;
+    assert_eq!(
+        store
+            .stream_version(&s)
+            .await
+            .expect("the stream's version"),
+        0,
+        "nothing of the terminated transaction is stored"
+    );
+}
+
+/// `Repository::execute` and a session terminated while the command's append runs: a command
+/// with an id is retried and succeeds once; a command without one returns the typed error (its
+/// append might have committed), and here nothing was stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repository_execute_retries_a_lost_connection_only_for_a_command_with_an_id() {
+    let (store, _db) = store().await;
+    // The append sleeps in a trigger while the switch holds a row; the killer terminates a
+    // session seen sleeping there and empties the switch.
+    sqlx::raw_sql(
+        "CREATE TABLE fault_switch (id int); \
+         CREATE FUNCTION fault_sleep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF EXISTS (SELECT 1 FROM fault_switch) THEN PERFORM pg_sleep(5); END IF; \
+           RETURN NULL; END $$; \
+         CREATE TRIGGER fault_sleep AFTER INSERT ON eventfold_events \
+           FOR EACH STATEMENT EXECUTE FUNCTION fault_sleep();",
+    )
+    .execute(store.pool())
+    .await
+    .expect("install the trigger");
+    let repo = Repository::<Tally, _>::new(store.clone());
+    for with_id in [true, false] {
+        sqlx::query("INSERT INTO fault_switch VALUES (1)")
+            .execute(store.pool())
+            .await
+            .expect("arm the fault");
+        let killer = tokio::spawn(kill_the_sleeper(store.pool().clone()));
+        let before = retries("connection_lost");
+        let meta = if with_id {
+            CommandMetadata::new().command_id(Uuid::now_v7())
+        } else {
+            CommandMetadata::new()
+        };
+        let id = format!("killed-{with_id}");
+        let outcome = repo.execute(&id, &TallyCommand::Add(7), meta).await;
+        killer.await.expect("the killer");
+        let loaded = repo.load(&id).await.expect("load");
+        if with_id {
+            let done = outcome.expect("a command with an id is retried after a lost connection");
+            assert_eq!((done.version, done.state.total), (1, 7));
+            assert_eq!((loaded.version, loaded.state.total), (1, 7), "stored once");
+            assert_eq!(retries("connection_lost") - before, 1, "one retry counted");
+        } else {
+            match outcome {
+                Err(ExecuteError::Store(e)) => assert_eq!(
+                    e.transient_kind(),
+                    Some(TransientKind::ConnectionLost),
+                    "got {e:?}"
+                ),
+                other => panic!("a command without an id returns the lost connection: {other:?}"),
+            }
+            assert_eq!(retries("connection_lost"), before, "and is not retried");
+            assert_eq!(loaded.version, 0, "the killed append did not commit");
+        }
+    }
+}
+
+/// Terminates the first session of this database seen sleeping in the trigger, then disarms the
+/// fault.
+async fn kill_the_sleeper(pool: sqlx::PgPool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event = 'PgSleep' \
+               AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("look for the sleeping session");
+        if killed.contains(&true) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no session slept in the trigger"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::query("DELETE FROM fault_switch")
+        .execute(&pool)
+        .await
+        .expect("disarm the fault");
+}
+
+/// `eventfold_repository_retries_total{reason}` so far, from this process's recorder.
+fn retries(reason: &str) -> u64 {
+    let counters = recorder().counters.lock().expect("the counters");
+    counters
+        .get(&format!(
+            "eventfold_repository_retries_total{{reason={reason}}}"
+        ))
+        .map_or(0, |c| c.load(Ordering::SeqCst))
+}
+
+/// A recorder that keeps every counter by name and labels, installed once per process.
+#[derive(Default)]
+struct Counting {
+    counters: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
+}
+
+fn recorder() -> &'static Counting {
+    static RECORDER: OnceLock<&'static Counting> = OnceLock::new();
+    RECORDER.get_or_init(|| {
+        let recorder: &'static Counting = Box::leak(Box::default());
+        metrics::set_global_recorder(recorder).expect("the only recorder of this test process");
+        recorder
+    })
+}
+
+struct Count(Arc<AtomicU64>);
+
+impl metrics::CounterFn for Count {
+    fn increment(&self, value: u64) {
+        self.0.fetch_add(value, Ordering::SeqCst);
+    }
+
+    fn absolute(&self, value: u64) {
+        self.0.store(value, Ordering::SeqCst);
+    }
+}
+
+impl metrics::Recorder for Counting {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        let name = format!("{}{{{}}}", key.name(), labels.join(","));
+        let mut counters = self.counters.lock().expect("the counters");
+        let counter = counters.entry(name).or_default().clone();
+        metrics::Counter::from_arc(Arc::new(Count(counter)))
+    }
+
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
