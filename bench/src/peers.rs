@@ -14,7 +14,8 @@
 //! Two workloads: a new aggregate per command (the stream is empty when the command starts),
 //! and existing aggregates (each caller cycles over its own [`AGGREGATES_PER_CALLER`]
 //! aggregates, given their first event before the measurement). Each at 1, 8 and 64 concurrent
-//! callers (tokio tasks); every system has its own pool of [`PEER_POOL`] connections. The
+//! callers (tokio tasks); every system runs with a pool of [`PEER_POOL`] connections (the
+//! eventfold variants share one, as they never run at the same time; cqrs-es has its own). The
 //! systems alternate, eventfold and cqrs-es in turn (`V1 P V2 P ...`, then the reverse), each
 //! segment after a warm-up, `--seconds` per system and case in total.
 
@@ -105,7 +106,8 @@ impl Account {
 // The same account for cqrs-es.
 
 mod peer {
-    use cqrs_es::{Aggregate, DomainEvent, EventSink};
+    use cqrs_es::event_sink::EventSink;
+    use cqrs_es::{Aggregate, DomainEvent};
     use serde::{Deserialize, Serialize};
 
     use crate::Never;
@@ -264,7 +266,14 @@ pub(crate) struct PeerResults {
 }
 
 /// The aggregate id of `caller`'s `n`-th command.
-fn aggregate_id(workload: Workload, key: &str, callers: usize, segment: usize, caller: usize, n: u64) -> String {
+fn aggregate_id(
+    workload: Workload,
+    key: &str,
+    callers: usize,
+    segment: usize,
+    caller: usize,
+    n: u64,
+) -> String {
     match workload {
         Workload::New => format!("{key}-n{callers}-s{segment}-{caller}-{n}"),
         Workload::Existing => format!(
@@ -305,12 +314,11 @@ async fn stream_len(pool: &PgPool, entry: &Entry, callers: usize) -> Result<f64>
         System::Eventfold(_) => "stream_id",
         System::CqrsEs(_) => "aggregate_id",
     };
-    let (count,): (i64,) = sqlx::query_as(&format!(
-        "SELECT count(*) FROM {table} WHERE {id} LIKE $1"
-    ))
-    .bind(format!("{}-x{callers}-%", entry.key))
-    .fetch_one(pool)
-    .await?;
+    let (count,): (i64,) =
+        sqlx::query_as(&format!("SELECT count(*) FROM {table} WHERE {id} LIKE $1"))
+            .bind(format!("{}-x{callers}-%", entry.key))
+            .fetch_one(pool)
+            .await?;
     Ok(count as f64 / (AGGREGATES_PER_CALLER * callers) as f64)
 }
 
@@ -360,14 +368,15 @@ pub(crate) async fn run(pool: &PgPool, options: &Options) -> Result<PeerResults>
             .test_before_acquire(options.test_before_acquire)
             .connect_with(connect.clone())
     };
+    // The eventfold variants share one pool (one of them runs at a time), cqrs-es has its own:
+    // every system runs with PEER_POOL connections, and the two pools stay within the
+    // server's default `max_connections` of 100 beside the harness's own pool.
+    let eventfold_pool = new_pool().await?;
     let mut entries = Vec::new();
-    let mut pools = Vec::new();
     for variant in EVENTFOLD_VARIANTS {
-        let pool = new_pool().await?;
-        let store = (variant.configure)(PgStore::builder(pool.clone()))
+        let store = (variant.configure)(PgStore::builder(eventfold_pool.clone()))
             .build()
             .await?;
-        pools.push(pool);
         entries.push(Entry {
             name: variant.name,
             key: variant.key,
@@ -384,7 +393,7 @@ pub(crate) async fn run(pool: &PgPool, options: &Options) -> Result<PeerResults>
             (),
         ))),
     });
-    pools.push(peer_pool);
+    let pools = [eventfold_pool, peer_pool];
 
     let forward = round_order(entries.len());
     let peer = entries.len() - 1;
@@ -426,7 +435,11 @@ pub(crate) async fn run(pool: &PgPool, options: &Options) -> Result<PeerResults>
                         )
                         .await
                         .map_err(|e| {
-                            format!("{} ({}, {callers} callers): {e}", entries[i].name, workload.name())
+                            format!(
+                                "{} ({}, {callers} callers): {e}",
+                                entries[i].name,
+                                workload.name()
+                            )
                         })?;
                         eprintln!(
                             "  round {} {:<24} {:>8.0} commands/s",
@@ -477,7 +490,9 @@ impl PeerResults {
     }
 
     pub(crate) fn print(&self) {
-        println!("### Peers: eventfold and cqrs-es + postgres-es, account deposits, 1 event per command\n");
+        println!(
+            "### Peers: eventfold and cqrs-es + postgres-es, account deposits, 1 event per command\n"
+        );
         println!("| workload | callers | system | commands/s | p50 | p99 | eventfold / cqrs-es |");
         println!("|:--|---:|:--|---:|---:|---:|---:|");
         for row in &self.rows {
@@ -499,7 +514,7 @@ impl PeerResults {
         }
         println!();
         println!(
-            "* PostgreSQL {}; one database, one run; each system has its own pool of {PEER_POOL} connections;",
+            "* PostgreSQL {}; one database, one run; every system runs with a pool of {PEER_POOL} connections;",
             self.server_version
         );
         println!(
@@ -528,28 +543,36 @@ impl PeerResults {
             "* existing aggregates: each caller cycles over its own {AGGREGATES_PER_CALLER}, given their first event before"
         );
         print!("  the measurement; events per stream at the end:");
-        for row in self.rows.iter().filter(|r| r.workload == Workload::Existing) {
-            print!(" {} {} callers {:.0};", row.key, row.callers, row.stream_len);
+        for row in self
+            .rows
+            .iter()
+            .filter(|r| r.workload == Workload::Existing)
+        {
+            print!(
+                " {} {} callers {:.0};",
+                row.key, row.callers, row.stream_len
+            );
         }
         println!("\n");
     }
 
     pub(crate) fn json(&self) -> serde_json::Value {
-        serde_json::json!(self
-            .rows
-            .iter()
-            .map(|row| serde_json::json!({
-                "workload": row.workload.key(),
-                "callers": row.callers,
-                "system": row.key,
-                "commands_per_s": row.timed.ops_per_s().round(),
-                "p50_ms": r3(row.timed.percentile_ms(0.5)),
-                "p99_ms": r3(row.timed.percentile_ms(0.99)),
-                "ratio_vs_cqrs_es": self
-                    .peer_of(row)
-                    .filter(|_| !row.is_peer)
-                    .map(|peer| r3(row.timed.ops_per_s() / peer.timed.ops_per_s())),
-            }))
-            .collect::<Vec<_>>())
+        serde_json::json!(
+            self.rows
+                .iter()
+                .map(|row| serde_json::json!({
+                    "workload": row.workload.key(),
+                    "callers": row.callers,
+                    "system": row.key,
+                    "commands_per_s": row.timed.ops_per_s().round(),
+                    "p50_ms": r3(row.timed.percentile_ms(0.5)),
+                    "p99_ms": r3(row.timed.percentile_ms(0.99)),
+                    "ratio_vs_cqrs_es": self
+                        .peer_of(row)
+                        .filter(|_| !row.is_peer)
+                        .map(|peer| r3(row.timed.ops_per_s() / peer.timed.ops_per_s())),
+                }))
+                .collect::<Vec<_>>()
+        )
     }
 }

@@ -182,7 +182,11 @@ pub(crate) async fn run(options: &Options) -> Result<SqliteResults> {
     result
 }
 
-async fn measure(pool: &SqlitePool, store: &SqliteStore, options: &Options) -> Result<SqliteResults> {
+async fn measure(
+    pool: &SqlitePool,
+    store: &SqliteStore,
+    options: &Options,
+) -> Result<SqliteResults> {
     let half = Duration::from_secs_f64(options.seconds / 2.0);
     let repo = Arc::new(Repository::<Counter, _>::new(store.clone()));
     let mut rows = Vec::new();
@@ -191,14 +195,22 @@ async fn measure(pool: &SqlitePool, store: &SqliteStore, options: &Options) -> R
         eprintln!("sqlite: commands, {callers} caller(s)");
         let (mut lib, mut raw) = (Timed::default(), Timed::default());
         for round in 0..2 {
-            for library in if round == 0 { [false, true] } else { [true, false] } {
+            for library in if round == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            } {
                 let timed = if library {
                     let repo = repo.clone();
                     timed::run(callers, WARMUP, half, move |caller, n| {
                         let repo = repo.clone();
-                        let id = format!("lib-c{callers}-{caller}-{}", n % AGGREGATES_PER_CALLER as u64);
+                        let id = format!(
+                            "lib-c{callers}-{caller}-{}",
+                            n % AGGREGATES_PER_CALLER as u64
+                        );
                         async move {
-                            repo.execute(&id, &Increment, CommandMetadata::new()).await?;
+                            repo.execute(&id, &Increment, CommandMetadata::new())
+                                .await?;
                             Ok(1)
                         }
                     })
@@ -207,7 +219,10 @@ async fn measure(pool: &SqlitePool, store: &SqliteStore, options: &Options) -> R
                     let pool = pool.clone();
                     timed::run(callers, WARMUP, half, move |caller, n| {
                         let pool = pool.clone();
-                        let id = format!("raw-c{callers}-{caller}-{}", n % AGGREGATES_PER_CALLER as u64);
+                        let id = format!(
+                            "raw-c{callers}-{caller}-{}",
+                            n % AGGREGATES_PER_CALLER as u64
+                        );
                         async move {
                             raw_command(&pool, &id).await?;
                             Ok(1)
@@ -221,7 +236,11 @@ async fn measure(pool: &SqlitePool, store: &SqliteStore, options: &Options) -> R
                     if library { "library" } else { "raw" },
                     timed.ops_per_s()
                 );
-                if library { lib.add(timed) } else { raw.add(timed) }
+                if library {
+                    lib.add(timed)
+                } else {
+                    raw.add(timed)
+                }
             }
         }
         rows.push(SqliteRow {
@@ -235,7 +254,11 @@ async fn measure(pool: &SqlitePool, store: &SqliteStore, options: &Options) -> R
     eprintln!("sqlite: appends of {BATCH} events");
     let (mut lib, mut raw) = (Timed::default(), Timed::default());
     for round in 0..2 {
-        for library in if round == 0 { [false, true] } else { [true, false] } {
+        for library in if round == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        } {
             let timed = if library {
                 let store = store.clone();
                 timed::run(1, WARMUP, half, move |_, n| {
@@ -243,7 +266,9 @@ async fn measure(pool: &SqlitePool, store: &SqliteStore, options: &Options) -> R
                     async move {
                         let stream = StreamId::new(Counter::TYPE, format!("lba-{round}-{n}"))?;
                         let events = crate::batch(store.source())?;
-                        store.append(&stream, ExpectedVersion::Exact(0), events).await?;
+                        store
+                            .append(&stream, ExpectedVersion::Exact(0), events)
+                            .await?;
                         Ok(BATCH as u64)
                     }
                 })
@@ -273,7 +298,11 @@ async fn measure(pool: &SqlitePool, store: &SqliteStore, options: &Options) -> R
                 if library { "library" } else { "raw" },
                 timed.units_per_s()
             );
-            if library { lib.add(timed) } else { raw.add(timed) }
+            if library {
+                lib.add(timed)
+            } else {
+                raw.add(timed)
+            }
         }
     }
     rows.push(SqliteRow {
@@ -287,7 +316,10 @@ async fn measure(pool: &SqlitePool, store: &SqliteStore, options: &Options) -> R
         .fetch_one(pool)
         .await?;
     if count < LOG_EVENTS {
-        sqlx::query(TOP_UP).bind(LOG_EVENTS - count).execute(pool).await?;
+        sqlx::query(TOP_UP)
+            .bind(LOG_EVENTS - count)
+            .execute(pool)
+            .await?;
     }
     let (count, sum): (i64, i64) =
         sqlx::query_as("SELECT count(*), COALESCE(sum(global_position), 0) FROM eventfold_events")
@@ -297,7 +329,11 @@ async fn measure(pool: &SqlitePool, store: &SqliteStore, options: &Options) -> R
     eprintln!("sqlite: catch-up read of {log_events} events");
     let (mut lib, mut raw) = (Timed::default(), Timed::default());
     for round in 0..2 {
-        for library in if round == 0 { [false, true] } else { [true, false] } {
+        for library in if round == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        } {
             let (timed, seen_sum) = if library {
                 let sum = Arc::new(AtomicU64::new(0));
                 let seen = sum.clone();
@@ -362,7 +398,11 @@ async fn measure(pool: &SqlitePool, store: &SqliteStore, options: &Options) -> R
                 )
                 .into());
             }
-            if library { lib.add(timed) } else { raw.add(timed) }
+            if library {
+                lib.add(timed)
+            } else {
+                raw.add(timed)
+            }
         }
     }
     rows.push(SqliteRow {
@@ -379,7 +419,11 @@ async fn measure(pool: &SqlitePool, store: &SqliteStore, options: &Options) -> R
         .await?;
     let (mut lib, mut raw) = (Timed::default(), Timed::default());
     for round in 0..2 {
-        for library in if round == 0 { [false, true] } else { [true, false] } {
+        for library in if round == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        } {
             fill_outbox(pool, round).await?;
             let broker = InProcessBroker::new();
             let timed = if library {
@@ -402,7 +446,11 @@ async fn measure(pool: &SqlitePool, store: &SqliteStore, options: &Options) -> R
                 )
                 .into());
             }
-            if library { lib.add(timed) } else { raw.add(timed) }
+            if library {
+                lib.add(timed)
+            } else {
+                raw.add(timed)
+            }
         }
     }
     rows.push(SqliteRow {
@@ -542,7 +590,17 @@ async fn drain_library(store: &SqliteStore, broker: InProcessBroker) -> Result<T
     Ok(timed)
 }
 
-type ClaimRow = (i64, Uuid, String, String, String, Vec<u8>, String, String, String);
+type ClaimRow = (
+    i64,
+    Uuid,
+    String,
+    String,
+    String,
+    Vec<u8>,
+    String,
+    String,
+    String,
+);
 
 /// `SELECT` a batch by `seq`, publish it, `DELETE` it, until the outbox is empty.
 async fn drain_raw(pool: &SqlitePool, broker: InProcessBroker) -> Result<Timed> {
@@ -558,8 +616,17 @@ async fn drain_raw(pool: &SqlitePool, broker: InProcessBroker) -> Result<Timed> 
             }
             let mut seqs = Vec::with_capacity(rows.len());
             let mut messages = Vec::with_capacity(rows.len());
-            for (seq, id, aggregate_type, aggregate_id, message_type, payload, topic, key, headers) in
-                rows
+            for (
+                seq,
+                id,
+                aggregate_type,
+                aggregate_id,
+                message_type,
+                payload,
+                topic,
+                key,
+                headers,
+            ) in rows
             {
                 seqs.push(seq);
                 messages.push(OutboxMessage {
@@ -590,7 +657,9 @@ async fn drain_raw(pool: &SqlitePool, broker: InProcessBroker) -> Result<Timed> 
 impl SqliteResults {
     pub(crate) fn print(&self) {
         println!("### SQLite (the embedded default): eventfold beside raw sqlx on the same file\n");
-        println!("| case | unit | eventfold | raw sqlx | eventfold / raw | eventfold p50 | p99 | raw p50 | p99 |");
+        println!(
+            "| case | unit | eventfold | raw sqlx | eventfold / raw | eventfold p50 | p99 | raw p50 | p99 |"
+        );
         println!("|:--|:--|---:|---:|---:|---:|---:|---:|---:|");
         for row in &self.rows {
             let (lib, raw) = (row.lib.units_per_s(), row.raw.units_per_s());
@@ -629,7 +698,9 @@ impl SqliteResults {
         println!(
             "  `BEGIN IMMEDIATE` with the version check and a savepoint); raw: `SELECT` the stream, fold, `BEGIN IMMEDIATE;"
         );
-        println!("  INSERT; COMMIT`. Each caller cycles over its own {AGGREGATES_PER_CALLER} aggregates.");
+        println!(
+            "  INSERT; COMMIT`. Each caller cycles over its own {AGGREGATES_PER_CALLER} aggregates."
+        );
         println!(
             "* append: `store.append(fresh stream, Exact(0), 100 events)` against `BEGIN IMMEDIATE;` 100 `INSERT`s `; COMMIT`."
         );
@@ -640,21 +711,24 @@ impl SqliteResults {
         println!(
             "* relay: `Relay::run` (default `RelayConfig`) + `InProcessBroker`, {RELAY_KEYS} keys; raw: `SELECT` {RAW_RELAY_BATCH}"
         );
-        println!("  rows by `seq`, `publish`, `DELETE` them, until empty (no leases, no per-key order checks).");
+        println!(
+            "  rows by `seq`, `publish`, `DELETE` them, until empty (no leases, no per-key order checks)."
+        );
         println!();
     }
 
     pub(crate) fn json(&self) -> serde_json::Value {
-        serde_json::json!(self
-            .rows
-            .iter()
-            .map(|row| serde_json::json!({
-                "case": row.case,
-                "unit": row.unit,
-                "library": row.lib.units_per_s().round(),
-                "raw": row.raw.units_per_s().round(),
-                "ratio": r3(row.lib.units_per_s() / row.raw.units_per_s()),
-            }))
-            .collect::<Vec<_>>())
+        serde_json::json!(
+            self.rows
+                .iter()
+                .map(|row| serde_json::json!({
+                    "case": row.case,
+                    "unit": row.unit,
+                    "library": row.lib.units_per_s().round(),
+                    "raw": row.raw.units_per_s().round(),
+                    "ratio": r3(row.lib.units_per_s() / row.raw.units_per_s()),
+                }))
+                .collect::<Vec<_>>()
+        )
     }
 }

@@ -101,7 +101,9 @@ where
                 timed.ops += 1;
                 timed.units += units;
                 let us = done.duration_since(began).as_micros();
-                timed.latencies_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+                timed
+                    .latencies_us
+                    .push(u32::try_from(us).unwrap_or(u32::MAX));
             }
             Ok::<_, BoxError>(timed)
         }));
