@@ -114,13 +114,13 @@
 //!
 //! 6. **Peers** (`peers`, only on request; see `peers.rs`): eventfold's `Repository::execute`
 //!    (each entry of `peers::EVENTFOLD_VARIANTS`: without and with outbox rows) beside cqrs-es 0.5
-//!    + postgres-es 0.5 on account deposits, one event per command, a new aggregate per command
-//!    and existing aggregates, at 1, 8 and 64 callers, alternated in the same database:
+//!    with postgres-es 0.5 on account deposits, one event per command, a new aggregate per
+//!    command and existing aggregates, at 1, 8 and 64 callers, alternated in the same database:
 //!    commands/s, p50/p99 latency and the ratio eventfold / cqrs-es. `--seconds` per system and
-//!    case (about 75 s with `--seconds 3`).
+//!    case (about 80 s with `--seconds 3`).
 //! 7. **SQLite** (`sqlite`, only on request; see `sqlite.rs`): commands (1 and 8 callers),
 //!    appends of 100 events, a catch-up read and a relay drain to the in-process broker, each
-//!    beside raw sqlx doing the same writes and reads on the same temporary file (about 40 s
+//!    beside raw sqlx doing the same writes and reads on the same temporary file (about 45 s
 //!    with `--seconds 3`).
 //!
 //! Each throughput case is warmed up for 0.5 s before it is measured. Variants alternate in two
