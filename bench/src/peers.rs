@@ -52,7 +52,8 @@ pub(crate) struct Variant {
     pub(crate) configure: fn(PgStoreBuilder) -> PgStoreBuilder,
 }
 
-/// The eventfold configurations measured against cqrs-es. Adding one is one line here.
+/// The eventfold configurations measured against cqrs-es. Adding one is one line here (with a
+/// key of its own: the variants share the events table, and their aggregate ids start with it).
 pub(crate) const EVENTFOLD_VARIANTS: &[Variant] = &[
     Variant {
         name: "eventfold",
@@ -64,7 +65,8 @@ pub(crate) const EVENTFOLD_VARIANTS: &[Variant] = &[
         key: "eventfold_outbox",
         configure: |builder| builder.outbox(OutboxRouting::new()),
     },
-    // Write coalescing goes here once `PgStoreBuilder::coalescing` is on this branch:
+    // Write coalescing goes here once `PgStoreBuilder::coalescing` is on this branch (and
+    // `Coalescing` imported):
     // Variant { name: "eventfold + outbox + coalescing", key: "eventfold_outbox_coalescing", configure: |builder| builder.outbox(OutboxRouting::new()).coalescing(Coalescing::default()) },
 ];
 
@@ -215,7 +217,7 @@ impl System {
     }
 }
 
-/// One measured system: its name, key and the systems' shared measure of it.
+/// One measured system: its printed name, its key (JSON, aggregate-id prefix) and the system.
 struct Entry {
     name: &'static str,
     key: &'static str,
