@@ -82,7 +82,7 @@ const RAW_LOG_SQL: &str = "SELECT commit_key, stream_type, stream_id, event_id, 
      causation_id, tenant_id, headers::text FROM eventfold_events \
      WHERE global_position > $1 ORDER BY global_position LIMIT $2";
 
-type RawLogRow = (
+pub(crate) type RawLogRow = (
     i64,
     String,
     String,
@@ -101,7 +101,7 @@ type RawLogRow = (
 );
 
 /// Decodes a row into the library's type, with the checks the library makes.
-fn recorded(row: RawLogRow) -> Result<RecordedEvent> {
+pub(crate) fn recorded(row: RawLogRow) -> Result<RecordedEvent> {
     let (
         _key,
         stream_type,

@@ -8,6 +8,7 @@
 //! cd /work/main && cargo run --release -p eventfold-bench -- --seconds 5
 //! cd /work/main && cargo run --release -p eventfold-bench -- --quick --only log
 //! cd /work/main && cargo run --release -p eventfold-bench -- --only sagas
+//! cd /work/main && cargo run --release -p eventfold-bench -- --only peers,sqlite --seconds 3
 //! ```
 //!
 //! Options:
@@ -16,9 +17,10 @@
 //! * `--quick`: 2 s per case, 200,000 events for the catch-up read, 4 s of latency tests,
 //!   100,000 relay rows;
 //! * `--only SECTIONS`: a comma-separated subset of `commands`, `appends`, `log`, `relay`,
-//!   `projections`, `sagas` (default `all` = `commands,appends,log,projections`: the `relay`
-//!   section takes over 2 minutes at its default size and needs a Kafka broker, and `sagas`
-//!   needs one for one of its variants, so they run only when named);
+//!   `projections`, `sagas`, `peers`, `sqlite` (default `all` = `commands,appends,log,projections`:
+//!   the `relay` section takes over 2 minutes at its default size and needs a Kafka broker,
+//!   `sagas` needs one for one of its variants, and `peers` and `sqlite` are comparisons of their
+//!   own, so they run only when named);
 //! * `--log-events N`: events written for the catch-up read (default 1,000,000);
 //! * `--latency-seconds N`: duration of the commit-to-reader latency test (default 10);
 //! * `--relay-rows N`: outbox rows of the relay backlog (default 1,000,000);
@@ -110,6 +112,17 @@
 //!    each consumer was under load, and the CPU time per saga of this process
 //!    and of PostgreSQL. Every started saga must end `completed`, or the run fails.
 //!
+//! 6. **Peers** (`peers`, only on request; see `peers.rs`): eventfold's `Repository::execute`
+//!    (each entry of `peers::EVENTFOLD_VARIANTS`: without and with outbox rows) beside cqrs-es 0.5
+//!    with postgres-es 0.5 on account deposits, one event per command, a new aggregate per
+//!    command and existing aggregates, at 1, 8 and 64 callers, alternated in the same database:
+//!    commands/s, p50/p99 latency and the ratio eventfold / cqrs-es. `--seconds` per system and
+//!    case (about 80 s with `--seconds 3`).
+//! 7. **SQLite** (`sqlite`, only on request; see `sqlite.rs`): commands (1 and 8 callers),
+//!    appends of 100 events, a catch-up read and a relay drain to the in-process broker, each
+//!    beside raw sqlx doing the same writes and reads on the same temporary file (about 45 s
+//!    with `--seconds 3`).
+//!
 //! Each throughput case is warmed up for 0.5 s before it is measured. Variants alternate in two
 //! rounds (A B C then C B A) of half the duration each, and the two halves are summed, so that
 //! drift affects every variant alike. The figures are printed as markdown tables and as one
@@ -121,9 +134,12 @@
 
 mod consumer;
 mod global_log;
+mod peers;
 mod projections;
 mod relay;
 mod sagas;
+mod sqlite;
+mod timed;
 
 use std::error::Error;
 use std::fmt;
@@ -158,6 +174,10 @@ const CACHE_CAPACITY: usize = 1024;
 const RELAY_IN_ALL: bool = false;
 /// Whether the default (`all`) sections include `sagas` (it needs a Kafka broker).
 const SAGAS_IN_ALL: bool = false;
+/// Whether the default (`all`) sections include `peers` (cqrs-es beside eventfold).
+const PEERS_IN_ALL: bool = false;
+/// Whether the default (`all`) sections include `sqlite` (the embedded default).
+const SQLITE_IN_ALL: bool = false;
 
 // ---------------------------------------------------------------------------------------------
 // The benchmark's aggregate: a counter whose events carry `{"n":1}`.
@@ -872,6 +892,8 @@ struct Sections {
     projections: bool,
     sagas: bool,
     consumer: bool,
+    peers: bool,
+    sqlite: bool,
 }
 
 impl Sections {
@@ -883,6 +905,8 @@ impl Sections {
         projections: true,
         sagas: SAGAS_IN_ALL,
         consumer: true,
+        peers: PEERS_IN_ALL,
+        sqlite: SQLITE_IN_ALL,
     };
 
     fn parse(value: &str) -> Result<Self> {
@@ -894,6 +918,8 @@ impl Sections {
             projections: false,
             sagas: false,
             consumer: false,
+            peers: false,
+            sqlite: false,
         };
         for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part {
@@ -904,10 +930,12 @@ impl Sections {
                 "projections" => sections.projections = true,
                 "sagas" => sections.sagas = true,
                 "consumer" => sections.consumer = true,
+                "peers" => sections.peers = true,
+                "sqlite" => sections.sqlite = true,
                 "all" => sections = Sections::ALL,
                 other => {
                     return Err(format!(
-                        "--only: unknown section `{other}` (commands, appends, log, relay, projections, sagas, consumer, all)"
+                        "--only: unknown section `{other}` (commands, appends, log, relay, projections, sagas, peers, sqlite, consumer, all)"
                     )
                     .into());
                 }
@@ -919,7 +947,9 @@ impl Sections {
             || sections.relay
             || sections.projections
             || sections.sagas
-            || sections.consumer)
+            || sections.consumer
+            || sections.peers
+            || sections.sqlite)
         {
             return Err("--only: no section named".into());
         }
@@ -935,6 +965,8 @@ impl Sections {
             (self.projections, "projections"),
             (self.sagas, "sagas"),
             (self.consumer, "consumer"),
+            (self.peers, "peers"),
+            (self.sqlite, "sqlite"),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -1016,12 +1048,12 @@ fn parse_args() -> Result<Options> {
             "--no-test-before-acquire" => test_before_acquire = false,
             "-h" | "--help" => {
                 println!(
-                    "usage: eventfold-bench [--seconds N | --quick] [--only commands,appends,log,relay,projections,sagas]\n\
+                    "usage: eventfold-bench [--seconds N | --quick] [--only commands,appends,log,relay,projections,sagas,peers,sqlite]\n\
                      \x20                      [--log-events N] [--latency-seconds N] [--relay-rows N] [--projection-events N]\n\
                      \x20                      [--saga-latency-seconds N] [--no-test-before-acquire]\n\
                      --quick: 2 s per case, 200000 log events, 4 s latency tests, 100000 relay rows, 200000 projection events,\n\
                      \x20        2 s saga latency runs, 1 s raw commit baselines\n\
-                     sections run by default: commands,appends,log,projections; relay and sagas only when named\n\
+                     sections run by default: commands,appends,log,projections; relay, sagas, peers and sqlite only when named\n\
                      \x20 (they need a Kafka-protocol broker at KAFKA_BOOTSTRAP, default 127.0.0.1:9092)\n\
                      DATABASE_URL defaults to {DEFAULT_DATABASE_URL}"
                 );
@@ -1245,7 +1277,19 @@ async fn bench_on(
     } else {
         None
     };
+    let peers = if options.sections.peers {
+        Some(peers::run(pool, options).await?)
+    } else {
+        None
+    };
+    let sqlite = if options.sections.sqlite {
+        Some(sqlite::run(options).await?)
+    } else {
+        None
+    };
     let results = Results {
+        peers,
+        sqlite,
         options,
         projections,
         fsync,
@@ -1303,6 +1347,8 @@ struct Results<'a> {
     projections: Option<projections::ProjectionResults>,
     sagas: Option<sagas::SagaResults>,
     consumer: Option<consumer::ConsumerResults>,
+    peers: Option<peers::PeerResults>,
+    sqlite: Option<sqlite::SqliteResults>,
     started: Instant,
 }
 
@@ -1398,6 +1444,8 @@ fn report(results: &Results<'_>) -> Result<()> {
         projections,
         sagas,
         consumer,
+        peers,
+        sqlite,
         started,
     } = results;
     if !commands.is_empty() {
@@ -1438,6 +1486,12 @@ fn report(results: &Results<'_>) -> Result<()> {
     }
     if let Some(sagas) = sagas {
         sagas.print();
+    }
+    if let Some(peers) = peers {
+        peers.print();
+    }
+    if let Some(sqlite) = sqlite {
+        sqlite.print();
     }
     println!(
         "Setup: PostgreSQL {server}, fsync = {fsync}, synchronous_commit = {sync_commit}; pool of {POOL_SIZE} \
@@ -1545,6 +1599,8 @@ fn report(results: &Results<'_>) -> Result<()> {
         "projections": projections.as_ref().map(projections::ProjectionResults::json),
         "sagas": sagas.as_ref().map(sagas::SagaResults::json),
         "consumer": consumer.as_ref().map(consumer::ConsumerResults::json),
+        "peers": peers.as_ref().map(peers::PeerResults::json),
+        "sqlite": sqlite.as_ref().map(sqlite::SqliteResults::json),
         "elapsed_s_at_report": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
     });
     println!("\nBENCH_JSON {json}");

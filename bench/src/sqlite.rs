@@ -1,0 +1,734 @@
+//! The embedded default measured (`--only sqlite`): eventfold's `SqliteStore` on a temporary
+//! file (what `SqliteStore::connect` opens: WAL, `synchronous = NORMAL`, a pool of 8), each
+//! case beside raw sqlx doing the same writes and reads on the same file, in the same run:
+//!
+//! * **commands**, 1 event each, 1 and 8 callers, each cycling over its own
+//!   [`AGGREGATES_PER_CALLER`] aggregates: `Repository::<Counter, SqliteStore>::execute` against
+//!   raw `SELECT` of the stream (the columns the library reads), a fold of the payloads, and
+//!   `BEGIN IMMEDIATE; INSERT` the next version`; COMMIT` into `raw_events` (the events table's
+//!   DDL under another name);
+//! * **appends of 100 events** to fresh streams, 1 caller: `EventStore::append(..,
+//!   ExpectedVersion::Exact(0), 100 events)` against `BEGIN IMMEDIATE;` 100 prepared
+//!   `INSERT`s`; COMMIT`;
+//! * **catch-up**: the whole log (topped up to [`LOG_EVENTS`] events by copying rows in SQL)
+//!   read by `read_log` batches of [`READ_BATCH`] against a raw keyset `SELECT` of the same
+//!   columns decoded into the same `RecordedEvent`s;
+//! * **relay to the in-process broker**: [`RELAY_ROWS`] outbox rows (10,000 keys round robin)
+//!   drained by `Relay::run` (default `RelayConfig`) into an `InProcessBroker`, against a raw
+//!   loop of `SELECT` 500 rows by `seq`, `publish` to the same kind of broker, `DELETE` them.
+//!
+//! Throughput cases alternate (raw, library, then library, raw) over two rounds of half of
+//! `--seconds` each; the reads and drains run twice each, alternated.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use eventfold_core::{Aggregate, CommandMetadata, NewEvent, OutboxMessage, StreamId};
+use eventfold_eventstore::sqlite::SqliteStore;
+use eventfold_eventstore::{
+    Checkpoint, EventStore, ExpectedVersion, LogFilter, OUTBOX_SLOTS, OutboxRouting, OutboxStore,
+    Repository,
+};
+use eventfold_outbox::{Delivery, Headers, InProcessBroker, PublishError, Publisher, Relay};
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use uuid::Uuid;
+
+use crate::timed::{self, Timed};
+use crate::{
+    BATCH, BoxError, Counter, CounterEvent, Increment, Options, Result, WARMUP, decode_n,
+    headers_text, r3,
+};
+
+/// Callers of the command cases.
+const CALLERS: [usize; 2] = [1, 8];
+/// Aggregates of each caller in the command cases.
+const AGGREGATES_PER_CALLER: usize = 50;
+/// Events in the log for the catch-up read (topped up to this).
+const LOG_EVENTS: i64 = 200_000;
+/// Events per `read_log` call / raw page.
+const READ_BATCH: usize = 1000;
+/// Outbox rows per drain.
+const RELAY_ROWS: usize = 50_000;
+/// Keys of the outbox rows (round robin).
+const RELAY_KEYS: usize = 10_000;
+/// Rows per raw relay round (the relay's default batch size).
+const RAW_RELAY_BATCH: i64 = 500;
+
+/// The events table's DDL (migration 0001) under the name `raw_events`.
+const RAW_TABLE: &str = "\
+CREATE TABLE raw_events (
+    global_position INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id BLOB NOT NULL,
+    stream_type TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    stream_version INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    recorded_at TEXT NOT NULL,
+    source TEXT NOT NULL,
+    correlation_id BLOB NOT NULL,
+    causation_id BLOB,
+    tenant_id TEXT,
+    headers TEXT NOT NULL DEFAULT '{}'
+);
+CREATE UNIQUE INDEX raw_events_event_id_uq ON raw_events (event_id);
+CREATE UNIQUE INDEX raw_events_stream_version_uq ON raw_events (stream_type, stream_id, stream_version);";
+
+const RAW_INSERT: &str = "INSERT INTO raw_events (event_id, stream_type, stream_id, stream_version, \
+     event_type, schema_version, payload, recorded_at, source, correlation_id, causation_id, tenant_id, \
+     headers) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
+/// The columns and order of the library's stream read.
+const RAW_LOAD: &str = "SELECT event_id, stream_version, global_position, event_type, schema_version, \
+     payload, recorded_at, source, correlation_id, causation_id, tenant_id, headers \
+     FROM raw_events WHERE stream_type = ?1 AND stream_id = ?2 ORDER BY stream_version";
+
+/// The columns of the library's log read, keyset-paginated.
+const RAW_LOG: &str = "SELECT 0, stream_type, stream_id, event_id, stream_version, global_position, \
+     event_type, schema_version, payload, recorded_at, source, correlation_id, causation_id, tenant_id, \
+     headers FROM eventfold_events WHERE global_position > ?1 ORDER BY global_position LIMIT ?2";
+
+/// Copies the first event of the log into `?1` rows of 100-event streams.
+const TOP_UP: &str = "INSERT INTO eventfold_events (event_id, stream_type, stream_id, stream_version, \
+     event_type, schema_version, payload, recorded_at, source, correlation_id, causation_id, tenant_id, headers) \
+     SELECT randomblob(16), t.stream_type, 'fill-' || (s.x / 100), (s.x % 100) + 1, t.event_type, \
+     t.schema_version, t.payload, t.recorded_at, t.source, t.correlation_id, t.causation_id, t.tenant_id, t.headers \
+     FROM (WITH RECURSIVE s(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM s WHERE x + 1 < ?1) SELECT x FROM s) s, \
+     (SELECT * FROM eventfold_events ORDER BY global_position LIMIT 1) t";
+
+const OUTBOX_INSERT: &str = "INSERT INTO eventfold_outbox (id, aggregatetype, aggregateid, type, payload, \
+     topic, key, headers, slot, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+const RAW_CLAIM: &str = "SELECT seq, id, aggregatetype, aggregateid, type, payload, topic, key, headers \
+     FROM eventfold_outbox ORDER BY seq LIMIT ?1";
+
+const RAW_DELETE: &str =
+    "DELETE FROM eventfold_outbox WHERE seq IN (SELECT value FROM json_each(?1))";
+
+type RawRow = (
+    Uuid,
+    i64,
+    i64,
+    String,
+    i32,
+    Vec<u8>,
+    DateTime<Utc>,
+    String,
+    Uuid,
+    Option<Uuid>,
+    Option<String>,
+    String,
+);
+
+/// One case: library and raw figures.
+pub(crate) struct SqliteRow {
+    case: String,
+    unit: &'static str,
+    lib: Timed,
+    raw: Timed,
+}
+
+/// What the scenario measured.
+pub(crate) struct SqliteResults {
+    rows: Vec<SqliteRow>,
+    seconds: f64,
+    log_events: u64,
+}
+
+fn temp_path() -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "eventfold-bench-sqlite-{}.db",
+        Uuid::now_v7().simple()
+    ))
+}
+
+fn remove(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+pub(crate) async fn run(options: &Options) -> Result<SqliteResults> {
+    let path = temp_path();
+    let result = async {
+        // `SqliteStore::connect`'s settings, with the pool kept for the raw side.
+        let connect = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(connect)
+            .await?;
+        let store = SqliteStore::builder(pool.clone()).build().await?;
+        sqlx::raw_sql(RAW_TABLE).execute(&pool).await?;
+        let measured = measure(&pool, &store, options).await;
+        pool.close().await;
+        measured
+    }
+    .await;
+    remove(&path);
+    result
+}
+
+async fn measure(
+    pool: &SqlitePool,
+    store: &SqliteStore,
+    options: &Options,
+) -> Result<SqliteResults> {
+    let half = Duration::from_secs_f64(options.seconds / 2.0);
+    let repo = Arc::new(Repository::<Counter, _>::new(store.clone()));
+    let mut rows = Vec::new();
+
+    for callers in CALLERS {
+        eprintln!("sqlite: commands, {callers} caller(s)");
+        let (mut lib, mut raw) = (Timed::default(), Timed::default());
+        for round in 0..2 {
+            for library in if round == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            } {
+                let timed = if library {
+                    let repo = repo.clone();
+                    timed::run(callers, WARMUP, half, move |caller, n| {
+                        let repo = repo.clone();
+                        let id = format!(
+                            "lib-c{callers}-{caller}-{}",
+                            n % AGGREGATES_PER_CALLER as u64
+                        );
+                        async move {
+                            repo.execute(&id, &Increment, CommandMetadata::new())
+                                .await?;
+                            Ok(1)
+                        }
+                    })
+                    .await?
+                } else {
+                    let pool = pool.clone();
+                    timed::run(callers, WARMUP, half, move |caller, n| {
+                        let pool = pool.clone();
+                        let id = format!(
+                            "raw-c{callers}-{caller}-{}",
+                            n % AGGREGATES_PER_CALLER as u64
+                        );
+                        async move {
+                            raw_command(&pool, &id).await?;
+                            Ok(1)
+                        }
+                    })
+                    .await?
+                };
+                eprintln!(
+                    "  round {} {}: {:.0} commands/s",
+                    round + 1,
+                    if library { "library" } else { "raw" },
+                    timed.ops_per_s()
+                );
+                if library {
+                    lib.add(timed)
+                } else {
+                    raw.add(timed)
+                }
+            }
+        }
+        rows.push(SqliteRow {
+            case: format!("command, 1 event, {callers} caller(s)"),
+            unit: "commands/s",
+            lib: lib.sorted(),
+            raw: raw.sorted(),
+        });
+    }
+
+    eprintln!("sqlite: appends of {BATCH} events");
+    let (mut lib, mut raw) = (Timed::default(), Timed::default());
+    for round in 0..2 {
+        for library in if round == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        } {
+            let timed = if library {
+                let store = store.clone();
+                timed::run(1, WARMUP, half, move |_, n| {
+                    let store = store.clone();
+                    async move {
+                        let stream = StreamId::new(Counter::TYPE, format!("lba-{round}-{n}"))?;
+                        let events = crate::batch(store.source())?;
+                        store
+                            .append(&stream, ExpectedVersion::Exact(0), events)
+                            .await?;
+                        Ok(BATCH as u64)
+                    }
+                })
+                .await?
+            } else {
+                let pool = pool.clone();
+                let source = store.source().to_owned();
+                timed::run(1, WARMUP, half, move |_, n| {
+                    let pool = pool.clone();
+                    let source = source.clone();
+                    async move {
+                        let events = crate::batch(&source)?;
+                        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                        let stream = format!("rba-{round}-{n}");
+                        for (i, event) in events.iter().enumerate() {
+                            insert(&mut tx, &stream, i as i64 + 1, event).await?;
+                        }
+                        tx.commit().await?;
+                        Ok(BATCH as u64)
+                    }
+                })
+                .await?
+            };
+            eprintln!(
+                "  round {} {}: {:.0} events/s",
+                round + 1,
+                if library { "library" } else { "raw" },
+                timed.units_per_s()
+            );
+            if library {
+                lib.add(timed)
+            } else {
+                raw.add(timed)
+            }
+        }
+    }
+    rows.push(SqliteRow {
+        case: format!("append of {BATCH} events, 1 caller"),
+        unit: "events/s",
+        lib: lib.sorted(),
+        raw: raw.sorted(),
+    });
+
+    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM eventfold_events")
+        .fetch_one(pool)
+        .await?;
+    if count < LOG_EVENTS {
+        sqlx::query(TOP_UP)
+            .bind(LOG_EVENTS - count)
+            .execute(pool)
+            .await?;
+    }
+    let (count, sum): (i64, i64) =
+        sqlx::query_as("SELECT count(*), COALESCE(sum(global_position), 0) FROM eventfold_events")
+            .fetch_one(pool)
+            .await?;
+    let log_events = u64::try_from(count)?;
+    eprintln!("sqlite: catch-up read of {log_events} events");
+    let (mut lib, mut raw) = (Timed::default(), Timed::default());
+    for round in 0..2 {
+        for library in if round == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        } {
+            let (timed, seen_sum) = if library {
+                let sum = Arc::new(AtomicU64::new(0));
+                let seen = sum.clone();
+                let timed = timed::once(async move {
+                    let filter = LogFilter::all();
+                    let mut checkpoint = Checkpoint::START;
+                    let mut events = 0u64;
+                    loop {
+                        let got = store.read_log(checkpoint, READ_BATCH, &filter).await?;
+                        for e in &got.events {
+                            events += 1;
+                            seen.fetch_add(e.event.global_position, Ordering::Relaxed);
+                        }
+                        checkpoint = got.checkpoint;
+                        if got.reached_end {
+                            break;
+                        }
+                    }
+                    Ok(events)
+                })
+                .await?;
+                (timed, sum.load(Ordering::Relaxed))
+            } else {
+                let sum = Arc::new(AtomicU64::new(0));
+                let seen = sum.clone();
+                let timed = timed::once(async move {
+                    let mut after = 0i64;
+                    let mut events = 0u64;
+                    loop {
+                        let rows: Vec<crate::global_log::RawLogRow> = sqlx::query_as(RAW_LOG)
+                            .bind(after)
+                            .bind(READ_BATCH as i64)
+                            .fetch_all(pool)
+                            .await?;
+                        let n = rows.len();
+                        for row in rows {
+                            let e = crate::global_log::recorded(row)?;
+                            events += 1;
+                            seen.fetch_add(e.global_position, Ordering::Relaxed);
+                            after = i64::try_from(e.global_position)?;
+                        }
+                        if n < READ_BATCH {
+                            break;
+                        }
+                    }
+                    Ok(events)
+                })
+                .await?;
+                (timed, sum.load(Ordering::Relaxed))
+            };
+            eprintln!(
+                "  round {} {}: {:.0} events/s",
+                round + 1,
+                if library { "library" } else { "raw" },
+                timed.units_per_s()
+            );
+            if timed.units != log_events || seen_sum != u64::try_from(sum)? {
+                return Err(format!(
+                    "{} read {} events (position sum {seen_sum}), the log holds {log_events} (sum {sum})",
+                    if library { "library" } else { "raw" },
+                    timed.units
+                )
+                .into());
+            }
+            if library {
+                lib.add(timed)
+            } else {
+                raw.add(timed)
+            }
+        }
+    }
+    rows.push(SqliteRow {
+        case: format!("catch-up read of {log_events} events, batches of {READ_BATCH}"),
+        unit: "events/s",
+        lib: lib.sorted(),
+        raw: raw.sorted(),
+    });
+
+    eprintln!("sqlite: relay of {RELAY_ROWS} outbox rows to the in-process broker");
+    let relay_store = SqliteStore::builder(pool.clone())
+        .outbox(OutboxRouting::new())
+        .build()
+        .await?;
+    let (mut lib, mut raw) = (Timed::default(), Timed::default());
+    for round in 0..2 {
+        for library in if round == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        } {
+            fill_outbox(pool, round).await?;
+            let broker = InProcessBroker::new();
+            let timed = if library {
+                drain_library(&relay_store, broker).await?
+            } else {
+                drain_raw(pool, broker).await?
+            };
+            eprintln!(
+                "  round {} {}: {:.0} messages/s",
+                round + 1,
+                if library { "library" } else { "raw" },
+                timed.units_per_s()
+            );
+            let pending = relay_store.outbox_status().await?.pending;
+            if pending != 0 || timed.units != RELAY_ROWS as u64 {
+                return Err(format!(
+                    "{} published {} of {RELAY_ROWS} rows, {pending} left",
+                    if library { "library" } else { "raw" },
+                    timed.units
+                )
+                .into());
+            }
+            if library {
+                lib.add(timed)
+            } else {
+                raw.add(timed)
+            }
+        }
+    }
+    rows.push(SqliteRow {
+        case: format!("relay of {RELAY_ROWS} outbox rows to the in-process broker"),
+        unit: "messages/s",
+        lib: lib.sorted(),
+        raw: raw.sorted(),
+    });
+
+    Ok(SqliteResults {
+        rows,
+        seconds: options.seconds,
+        log_events,
+    })
+}
+
+async fn insert(
+    conn: &mut sqlx::SqliteConnection,
+    stream: &str,
+    version: i64,
+    event: &NewEvent,
+) -> Result<()> {
+    sqlx::query(RAW_INSERT)
+        .bind(event.event_id)
+        .bind(Counter::TYPE)
+        .bind(stream)
+        .bind(version)
+        .bind(&event.event_type)
+        .bind(i64::from(event.schema_version))
+        .bind(&event.payload)
+        .bind(event.timestamp)
+        .bind(&event.source)
+        .bind(event.correlation_id)
+        .bind(event.causation_id)
+        .bind(&event.tenant_id)
+        .bind(headers_text(event)?)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Read the stream, fold it, insert the next version in a write transaction.
+async fn raw_command(pool: &SqlitePool, id: &str) -> Result<()> {
+    let rows: Vec<RawRow> = sqlx::query_as(RAW_LOAD)
+        .bind(Counter::TYPE)
+        .bind(id)
+        .fetch_all(pool)
+        .await?;
+    let mut total = 0u64;
+    let mut version = 0i64;
+    for row in &rows {
+        if row.1 != version + 1 {
+            return Err(format!("stream {id} jumps from {version} to {}", row.1).into());
+        }
+        version = row.1;
+        total += decode_n(&row.5)?;
+    }
+    std::hint::black_box(total);
+    let event = NewEvent::encode(
+        &CounterEvent::Incremented { n: 1 },
+        "eventfold",
+        &CommandMetadata::new(),
+    )?;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    insert(&mut tx, id, version + 1, &event).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Writes [`RELAY_ROWS`] outbox rows in one transaction.
+async fn fill_outbox(pool: &SqlitePool, round: usize) -> Result<()> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let now = eventfold_core::metadata::now_micros();
+    let payload = vec![b'x'; 100];
+    for i in 0..RELAY_ROWS {
+        let key = format!("r{round}-k{}", i % RELAY_KEYS);
+        sqlx::query(OUTBOX_INSERT)
+            .bind(Uuid::now_v7())
+            .bind("counter")
+            .bind(&key)
+            .bind("counter.incremented")
+            .bind(&payload)
+            .bind("eventfold.bench.sqlite")
+            .bind(&key)
+            .bind("{}")
+            .bind(OutboxMessage::slot_of(&key, OUTBOX_SLOTS) as i32)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Counts acknowledged messages and says when `target` were.
+#[derive(Clone)]
+struct Counting {
+    inner: InProcessBroker,
+    delivered: Arc<AtomicU64>,
+    target: u64,
+    done: Arc<tokio::sync::Notify>,
+}
+
+impl Publisher for Counting {
+    async fn publish(&self, messages: &[OutboxMessage]) -> Vec<Result<Delivery, PublishError>> {
+        let results = self.inner.publish(messages).await;
+        let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
+        if self.delivered.fetch_add(ok, Ordering::Relaxed) + ok >= self.target {
+            self.done.notify_one();
+        }
+        results
+    }
+}
+
+/// `Relay::run` until every row was acknowledged.
+async fn drain_library(store: &SqliteStore, broker: InProcessBroker) -> Result<Timed> {
+    let counting = Counting {
+        inner: broker,
+        delivered: Arc::default(),
+        target: RELAY_ROWS as u64,
+        done: Arc::default(),
+    };
+    let delivered = counting.delivered.clone();
+    let done = counting.done.clone();
+    let relay = Relay::new(store.clone(), counting);
+    let mut timed = timed::once(async move {
+        tokio::time::timeout(
+            Duration::from_secs(300),
+            relay.run(async move { done.notified().await }),
+        )
+        .await
+        .map_err(|_| "relay drain did not finish in 300 s")??;
+        Ok(delivered.load(Ordering::Relaxed))
+    })
+    .await?;
+    timed.units = timed.units.min(RELAY_ROWS as u64);
+    Ok(timed)
+}
+
+type ClaimRow = (
+    i64,
+    Uuid,
+    String,
+    String,
+    String,
+    Vec<u8>,
+    String,
+    String,
+    String,
+);
+
+/// `SELECT` a batch by `seq`, publish it, `DELETE` it, until the outbox is empty.
+async fn drain_raw(pool: &SqlitePool, broker: InProcessBroker) -> Result<Timed> {
+    timed::once(async move {
+        let mut published = 0u64;
+        loop {
+            let rows: Vec<ClaimRow> = sqlx::query_as(RAW_CLAIM)
+                .bind(RAW_RELAY_BATCH)
+                .fetch_all(pool)
+                .await?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut seqs = Vec::with_capacity(rows.len());
+            let mut messages = Vec::with_capacity(rows.len());
+            for (
+                seq,
+                id,
+                aggregate_type,
+                aggregate_id,
+                message_type,
+                payload,
+                topic,
+                key,
+                headers,
+            ) in rows
+            {
+                seqs.push(seq);
+                messages.push(OutboxMessage {
+                    id,
+                    topic,
+                    key,
+                    aggregate_type,
+                    aggregate_id,
+                    message_type,
+                    payload,
+                    headers: serde_json::from_str::<Headers>(&headers)?,
+                });
+            }
+            for result in broker.publish(&messages).await {
+                result.map_err(|e| -> BoxError { format!("raw publish: {e}").into() })?;
+            }
+            published += messages.len() as u64;
+            sqlx::query(RAW_DELETE)
+                .bind(serde_json::to_string(&seqs)?)
+                .execute(pool)
+                .await?;
+        }
+        Ok(published)
+    })
+    .await
+}
+
+impl SqliteResults {
+    pub(crate) fn print(&self) {
+        println!("### SQLite (the embedded default): eventfold beside raw sqlx on the same file\n");
+        println!(
+            "| case | unit | eventfold | raw sqlx | eventfold / raw | eventfold p50 | p99 | raw p50 | p99 |"
+        );
+        println!("|:--|:--|---:|---:|---:|---:|---:|---:|---:|");
+        for row in &self.rows {
+            let (lib, raw) = (row.lib.units_per_s(), row.raw.units_per_s());
+            let latency = |t: &Timed| {
+                if t.ops > 2 {
+                    (
+                        format!("{:.2} ms", t.percentile_ms(0.5)),
+                        format!("{:.2} ms", t.percentile_ms(0.99)),
+                    )
+                } else {
+                    (String::new(), String::new())
+                }
+            };
+            let (lp50, lp99) = latency(&row.lib);
+            let (rp50, rp99) = latency(&row.raw);
+            println!(
+                "| {} | {} | {lib:.0} | {raw:.0} | **{:.2}** | {lp50} | {lp99} | {rp50} | {rp99} |",
+                row.case,
+                row.unit,
+                lib / raw
+            );
+        }
+        println!();
+        println!(
+            "* a temporary file, WAL, synchronous = NORMAL, one pool of 8 connections for both sides; commands and"
+        );
+        println!(
+            "  appends: {} s per side, two rounds (raw, library; library, raw), each after a {} s warm-up;",
+            self.seconds,
+            WARMUP.as_secs_f64()
+        );
+        println!("  the read and the drain: twice per side, alternated, summed.");
+        println!(
+            "* command: library `Repository::<Counter, SqliteStore>::execute` (read the stream, `handle`, append in"
+        );
+        println!(
+            "  `BEGIN IMMEDIATE` with the version check and a savepoint); raw: `SELECT` the stream, fold, `BEGIN IMMEDIATE;"
+        );
+        println!(
+            "  INSERT; COMMIT`. Each caller cycles over its own {AGGREGATES_PER_CALLER} aggregates."
+        );
+        println!(
+            "* append: `store.append(fresh stream, Exact(0), 100 events)` against `BEGIN IMMEDIATE;` 100 `INSERT`s `; COMMIT`."
+        );
+        println!(
+            "* catch-up: {} events, `read_log` batches of {READ_BATCH} against a keyset `SELECT` decoded into `RecordedEvent`s.",
+            self.log_events
+        );
+        println!(
+            "* relay: `Relay::run` (default `RelayConfig`) + `InProcessBroker`, {RELAY_KEYS} keys; raw: `SELECT` {RAW_RELAY_BATCH}"
+        );
+        println!(
+            "  rows by `seq`, `publish`, `DELETE` them, until empty (no leases, no per-key order checks)."
+        );
+        println!();
+    }
+
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::json!(
+            self.rows
+                .iter()
+                .map(|row| serde_json::json!({
+                    "case": row.case,
+                    "unit": row.unit,
+                    "library": row.lib.units_per_s().round(),
+                    "raw": row.raw.units_per_s().round(),
+                    "ratio": r3(row.lib.units_per_s() / row.raw.units_per_s()),
+                }))
+                .collect::<Vec<_>>()
+        )
+    }
+}
