@@ -141,7 +141,9 @@ pub trait UnitOfWork: Send {
         message: &crate::trace::InboxEntry,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Writes application messages to the outbox, in this transaction.
+    /// Writes application messages to the outbox, in this transaction. A message with a NUL
+    /// character in its topic, key, types, ids or headers is refused with
+    /// [`StoreError::InvalidMessage`] on every backend (PostgreSQL cannot store it).
     fn enqueue(
         &mut self,
         messages: Vec<eventfold_core::OutboxMessage>,
@@ -306,7 +308,10 @@ pub(crate) fn fill_source(events: &mut [NewEvent], source: &str) {
     }
 }
 
-/// Checks the parts of an append that do not need the database.
+/// Checks the parts of an append that do not need the database: a non-empty batch, schema
+/// versions from 1, event types of 1 to 200 bytes, and no NUL character in any text (type,
+/// source, tenant, header names and values), which PostgreSQL cannot store; every backend refuses
+/// it alike.
 pub(crate) fn validate_append(stream_id: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
     if events.is_empty() {
         return Err(StoreError::EmptyAppend {
@@ -315,18 +320,74 @@ pub(crate) fn validate_append(stream_id: &StreamId, events: &[NewEvent]) -> Resu
     }
     for event in events {
         let reason = if event.schema_version == 0 {
-            Some("schema version must be at least 1")
+            Some("schema version must be at least 1".to_owned())
         } else if event.event_type.is_empty() || event.event_type.len() > 200 {
-            Some("event type must be 1 to 200 bytes")
+            Some("event type must be 1 to 200 bytes".to_owned())
         } else {
-            None
+            nul_in_event(event).map(|field| format!("the {field} holds a NUL character"))
         };
         if let Some(reason) = reason {
             return Err(StoreError::InvalidEvent {
                 stream_id: stream_id.clone(),
                 event_id: event.event_id,
                 event_type: event.event_type.clone(),
-                reason: reason.to_owned(),
+                reason,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The first text field of `event` that holds a NUL character, if any.
+fn nul_in_event(event: &NewEvent) -> Option<String> {
+    if event.event_type.contains('\0') {
+        return Some("event type".to_owned());
+    }
+    if event.source.contains('\0') {
+        return Some("source".to_owned());
+    }
+    if event.tenant_id.as_deref().is_some_and(|t| t.contains('\0')) {
+        return Some("tenant id".to_owned());
+    }
+    nul_in_headers(&event.headers)
+}
+
+/// The first header whose name or value holds a NUL character, if any.
+fn nul_in_headers(headers: &eventfold_core::Headers) -> Option<String> {
+    headers.iter().find_map(|(name, value)| {
+        if name.contains('\0') {
+            Some("header name".to_owned())
+        } else if value.contains('\0') {
+            Some(format!("header `{name}`"))
+        } else {
+            None
+        }
+    })
+}
+
+/// Checks application messages before they are written to the outbox: no NUL character in the
+/// topic, key, aggregate type and id, message type, header names and values (PostgreSQL cannot
+/// store it); every backend refuses it alike.
+pub(crate) fn validate_messages(
+    messages: &[eventfold_core::OutboxMessage],
+) -> Result<(), StoreError> {
+    for message in messages {
+        let field = [
+            ("topic", &message.topic),
+            ("key", &message.key),
+            ("aggregate type", &message.aggregate_type),
+            ("aggregate id", &message.aggregate_id),
+            ("message type", &message.message_type),
+        ]
+        .into_iter()
+        .find(|(_, value)| value.contains('\0'))
+        .map(|(field, _)| field.to_owned())
+        .or_else(|| nul_in_headers(&message.headers));
+        if let Some(field) = field {
+            return Err(StoreError::InvalidMessage {
+                message_id: message.id,
+                topic: message.topic.clone(),
+                reason: format!("the {field} holds a NUL character"),
             });
         }
     }

@@ -168,6 +168,7 @@ impl UnitOfWork for MemoryUnitOfWork {
     }
 
     async fn enqueue(&mut self, messages: Vec<OutboxMessage>) -> Result<(), StoreError> {
+        crate::store::validate_messages(&messages)?;
         self.lock_writer().await;
         let source = self.store.source.clone();
         self.sent

@@ -83,6 +83,7 @@ macro_rules! unit_of_work_methods {
             &mut self,
             messages: Vec<eventfold_core::OutboxMessage>,
         ) -> Result<(), $crate::error::StoreError> {
+            $crate::store::validate_messages(&messages)?;
             self.insert_outbox(messages).await?;
             // Wakes the relay at commit, like an append does.
             self.wrote_events = true;
