@@ -1017,3 +1017,68 @@ fn hostile_prefixes_and_schemas_are_refused() {
         );
     }
 }
+
+/// A consumer name goes into the inbox's key: printable names up to 200 bytes, quotes included,
+/// are stored verbatim; a name with a NUL or a newline, or of 10 kB, is refused with a typed
+/// error before the database is asked.
+async fn hostile_consumer_names<S: eventfold::eventstore::InboxStore>(store: S) {
+    use eventfold::outbox::{Consumer, ConsumerError, InProcessBroker, Publisher};
+    let longest = "é".repeat(100);
+    let long = "x".repeat(10_000);
+    for (name, valid) in [
+        ("o'brien \"consumer\"; --", true),
+        (longest.as_str(), true),
+        (&long[..201], false),
+        (long.as_str(), false),
+        ("line\nbreak", false),
+        ("nul\0name", false),
+        ("", false),
+    ] {
+        let broker = InProcessBroker::new();
+        let message = OutboxMessage::new("payments", "p-1", "payment.captured", b"{}".to_vec());
+        assert!(broker.publish(&[message]).await[0].is_ok());
+        let mut consumer = Consumer::new(
+            name,
+            store.clone(),
+            broker.consumer("group", &["payments"]),
+            common::Ledger::default(),
+        )
+        .max_attempts(1);
+        let shown = &name[..name.len().min(24)];
+        match consumer
+            .run_once(std::time::Duration::from_millis(200))
+            .await
+        {
+            Ok(report) => {
+                assert!(valid, "{shown:?} accepted: {report:?}");
+                assert_eq!(report.handled, 1, "{shown:?}: {report:?}");
+            }
+            Err(ConsumerError::Store {
+                source: StoreError::InvalidIdentifier { what, .. },
+                ..
+            }) => {
+                assert!(!valid, "{shown:?} refused");
+                assert_eq!(what, "consumer name");
+            }
+            Err(other) => panic!("{shown:?}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_consumer_names_on_sqlite() {
+    let (store, _file) = common::sqlite().await;
+    hostile_consumer_names(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_consumer_names_on_postgres() {
+    let (store, _db) = common::postgres().await;
+    hostile_consumer_names(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_consumer_names_in_memory() {
+    let (store, ()) = common::memory().await;
+    hostile_consumer_names(store).await;
+}

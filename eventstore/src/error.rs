@@ -99,10 +99,11 @@ pub enum StoreError {
         /// The duplicate id.
         event_id: Uuid,
     },
-    /// A table prefix or schema name that is not a safe SQL identifier.
+    /// A table prefix or schema name that is not a safe SQL identifier, or a name the store
+    /// cannot keep (a consumer name with a control character, or too long).
     #[error("invalid {what} `{value}`: {reason}")]
     InvalidIdentifier {
-        /// `table prefix` or `schema`.
+        /// `table prefix`, `schema`, `consumer name`, ...
         what: &'static str,
         /// The value given.
         value: String,

@@ -135,6 +135,9 @@ pub trait UnitOfWork: Send {
     /// the message was (type, topic, correlation and causation ids, sender) and which service
     /// received it (the store's source), for the trace of its flow. Returns `false` when it was
     /// already marked (a duplicate delivery): the caller skips the handler and rolls back.
+    ///
+    /// A consumer name that is empty, longer than [`MAX_CONSUMER_NAME_LEN`] bytes or holds a
+    /// control character is refused with [`StoreError::InvalidIdentifier`] on every backend.
     fn mark_received(
         &mut self,
         consumer: &str,
@@ -362,6 +365,29 @@ fn nul_in_headers(headers: &eventfold_core::Headers) -> Option<String> {
         } else {
             None
         }
+    })
+}
+
+/// Longest consumer name, in bytes (it is part of the inbox's primary key).
+pub const MAX_CONSUMER_NAME_LEN: usize = 200;
+
+/// Checks the name of a consumer before it marks the inbox: 1 to [`MAX_CONSUMER_NAME_LEN`] bytes
+/// without control characters (PostgreSQL cannot store a NUL, and a long name would not fit the
+/// inbox's index). Anything else printable, quotes included, is stored verbatim.
+pub(crate) fn validate_consumer_name(name: &str) -> Result<(), StoreError> {
+    let reason = if name.is_empty() {
+        "it is empty"
+    } else if name.len() > MAX_CONSUMER_NAME_LEN {
+        "it is longer than 200 bytes"
+    } else if name.chars().any(char::is_control) {
+        "it holds a control character"
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::InvalidIdentifier {
+        what: "consumer name",
+        value: name.chars().take(64).collect(),
+        reason,
     })
 }
 

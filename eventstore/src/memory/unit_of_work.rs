@@ -155,6 +155,7 @@ impl UnitOfWork for MemoryUnitOfWork {
         consumer: &str,
         message: &InboxEntry,
     ) -> Result<bool, StoreError> {
+        crate::store::validate_consumer_name(consumer)?;
         self.lock_writer().await;
         let key = (consumer.to_owned(), message.message_id);
         if self.inbox.contains(&key) || self.store.lock().inbox.contains(&key) {

@@ -52,6 +52,7 @@ macro_rules! unit_of_work_methods {
             consumer: &str,
             message: &$crate::trace::InboxEntry,
         ) -> Result<bool, $crate::error::StoreError> {
+            $crate::store::validate_consumer_name(consumer)?;
             let query = sqlx::query(&self.sql.mark_inbox)
                 .bind(consumer)
                 .bind(message.message_id)
