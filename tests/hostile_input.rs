@@ -1082,3 +1082,84 @@ async fn hostile_consumer_names_in_memory() {
     let (store, ()) = common::memory().await;
     hostile_consumer_names(store).await;
 }
+
+/// A projection with any name and nothing to do.
+struct Named(String);
+
+impl<U: UnitOfWork> eventfold::projections::Projection<U> for Named {
+    type Event = ParcelEvent;
+
+    fn name(&self) -> &str {
+        &self.0
+    }
+
+    async fn apply(
+        &self,
+        _uow: &mut U,
+        _tables: &eventfold::projections::Tables,
+        _event: &eventfold::Envelope<ParcelEvent>,
+    ) -> Result<(), eventfold::BoxError> {
+        Ok(())
+    }
+}
+
+/// A projection name is the key of its state and checkpoint: printable names up to 200 bytes,
+/// quotes included, are stored verbatim; a name with a NUL or a newline, or of 10 kB, is refused
+/// with a typed error before the database is asked.
+async fn hostile_projection_names<S: eventfold::eventstore::ProjectionStore>(store: S) {
+    use eventfold::projections::{ProjectionError, Projections, RebuildMode};
+    let parcel = StreamId::new("parcel", "1").expect("a stream id");
+    let event = NewEvent::raw("parcel.lost", 1, b"{}".to_vec());
+    store
+        .append(&parcel, ExpectedVersion::Any, vec![event])
+        .await
+        .expect("append");
+    let longest = "é".repeat(100);
+    let long = "x".repeat(10_000);
+    for (name, valid) in [
+        ("o'brien \"projection\"; --", true),
+        (longest.as_str(), true),
+        (&long[..201], false),
+        (long.as_str(), false),
+        ("line\nbreak", false),
+        ("nul\0name", false),
+        ("", false),
+    ] {
+        let projections = Projections::new(store.clone()).register(Named(name.to_owned()));
+        let rebuilt = projections
+            .rebuild(name, RebuildMode::BlueGreen { drop_old: false }, |_| {})
+            .await;
+        let shown = &name[..name.len().min(24)];
+        match rebuilt {
+            Ok(report) => {
+                assert!(valid, "{shown:?} accepted");
+                assert_eq!(report.name, name);
+                let status = projections.status().await.expect("status");
+                assert_eq!(status[0].name, name);
+            }
+            Err(ProjectionError::Store(StoreError::InvalidIdentifier { what, .. })) => {
+                assert!(!valid, "{shown:?} refused");
+                assert_eq!(what, "projection name");
+            }
+            Err(other) => panic!("{shown:?}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_projection_names_on_sqlite() {
+    let (store, _file) = common::sqlite().await;
+    hostile_projection_names(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_projection_names_on_postgres() {
+    let (store, _db) = common::postgres().await;
+    hostile_projection_names(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_projection_names_in_memory() {
+    let (store, ()) = common::memory().await;
+    hostile_projection_names(store).await;
+}

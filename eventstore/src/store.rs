@@ -375,6 +375,12 @@ pub const MAX_CONSUMER_NAME_LEN: usize = 200;
 /// without control characters (PostgreSQL cannot store a NUL, and a long name would not fit the
 /// inbox's index). Anything else printable, quotes included, is stored verbatim.
 pub(crate) fn validate_consumer_name(name: &str) -> Result<(), StoreError> {
+    check_name("consumer name", name)
+}
+
+/// Checks a name the store keeps in a key column (a consumer, a projection): 1 to 200 bytes
+/// without control characters; [`StoreError::InvalidIdentifier`] naming `what` otherwise.
+pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), StoreError> {
     let reason = if name.is_empty() {
         "it is empty"
     } else if name.len() > MAX_CONSUMER_NAME_LEN {
@@ -385,7 +391,7 @@ pub(crate) fn validate_consumer_name(name: &str) -> Result<(), StoreError> {
         return Ok(());
     };
     Err(StoreError::InvalidIdentifier {
-        what: "consumer name",
+        what,
         value: name.chars().take(64).collect(),
         reason,
     })
