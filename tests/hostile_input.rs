@@ -953,9 +953,20 @@ async fn hostile_text_is_stored_verbatim_or_refused<S: EventStore>(store: S) {
             if *message_id == message.id && reason.contains("key")),
         "{error:?}"
     );
+    // A long key would be stored, then fail PostgreSQL's index when the row is retried.
+    let long_key = OutboxMessage::new("parcels", "k".repeat(1025), "parcel.lost", Vec::new());
+    let error = uow
+        .enqueue(vec![long_key])
+        .await
+        .expect_err("a 1025-byte key");
+    assert!(
+        matches!(&error, StoreError::InvalidMessage { reason, .. } if reason.contains("1025 bytes")),
+        "{error:?}"
+    );
     let fine = OutboxMessage::new("parcels", "o'brien \"x\"", "parcel.lost", Vec::new())
         .header("x-long", "y".repeat(10_000));
-    uow.enqueue(vec![fine])
+    let longest = OutboxMessage::new("parcels", "é".repeat(512), "parcel.lost", Vec::new());
+    uow.enqueue(vec![fine, longest])
         .await
         .expect("a hostile but NUL-free message is stored");
     uow.commit().await.expect("commit");

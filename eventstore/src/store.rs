@@ -145,8 +145,9 @@ pub trait UnitOfWork: Send {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Writes application messages to the outbox, in this transaction. A message with a NUL
-    /// character in its topic, key, types, ids or headers is refused with
-    /// [`StoreError::InvalidMessage`] on every backend (PostgreSQL cannot store it).
+    /// character in its topic, key, types, ids or headers (PostgreSQL cannot store it), or with
+    /// a key over [`MAX_MESSAGE_KEY_LEN`] bytes, is refused with [`StoreError::InvalidMessage`]
+    /// on every backend.
     fn enqueue(
         &mut self,
         messages: Vec<eventfold_core::OutboxMessage>,
@@ -397,13 +398,29 @@ pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), StoreErro
     })
 }
 
-/// Checks application messages before they are written to the outbox: no NUL character in the
-/// topic, key, aggregate type and id, message type, header names and values (PostgreSQL cannot
-/// store it); every backend refuses it alike.
+/// Longest key of an application message in the outbox, in bytes. PostgreSQL indexes the key
+/// of rows that wait for a retry and of dead letters, and an index entry holds at most about
+/// 2.7 kB: a longer key would be written, then fail the first retry.
+pub const MAX_MESSAGE_KEY_LEN: usize = 1024;
+
+/// Checks application messages before they are written to the outbox: a key of at most
+/// [`MAX_MESSAGE_KEY_LEN`] bytes, no NUL character in the topic, key, aggregate type and id,
+/// message type, header names and values (PostgreSQL cannot store it); every backend refuses it
+/// alike.
 pub(crate) fn validate_messages(
     messages: &[eventfold_core::OutboxMessage],
 ) -> Result<(), StoreError> {
     for message in messages {
+        if message.key.len() > MAX_MESSAGE_KEY_LEN {
+            return Err(StoreError::InvalidMessage {
+                message_id: message.id,
+                topic: message.topic.clone(),
+                reason: format!(
+                    "the key is {} bytes, more than {MAX_MESSAGE_KEY_LEN}",
+                    message.key.len()
+                ),
+            });
+        }
         let field = [
             ("topic", &message.topic),
             ("key", &message.key),
