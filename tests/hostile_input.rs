@@ -1174,3 +1174,100 @@ async fn hostile_projection_names_in_memory() {
     let (store, ()) = common::memory().await;
     hostile_projection_names(store).await;
 }
+
+/// A reaction that checks what it is given and writes nothing.
+struct Checks;
+
+impl<U: UnitOfWork> eventfold::saga::choreography::Reaction<U> for Checks {
+    type Event = ParcelEvent;
+
+    fn name(&self) -> &str {
+        "checks"
+    }
+
+    async fn react(
+        &self,
+        ctx: &mut eventfold::saga::choreography::FlowContext<'_, U>,
+        event: &eventfold::Envelope<ParcelEvent>,
+    ) -> Result<(), eventfold::BoxError> {
+        if ctx.flow().correlation_id != event.correlation_id {
+            return Err("the flow and the envelope disagree".into());
+        }
+        Ok(())
+    }
+}
+
+/// Records with hostile CloudEvents headers (`ce_streamtype`, `ce_streamversion`, `ce_time`,
+/// `ce_schemaversion`, ids), keys and topics through the handlers that turn a record into an
+/// envelope: a projection's `ProjectionHandler` and a reaction's `ReactionHandler`. Each handles
+/// it or returns an error, never panics.
+#[test]
+fn fuzz_consumer_handlers() {
+    use eventfold::eventstore::memory::MemoryStore;
+    use eventfold::outbox::Handler;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let store = MemoryStore::new();
+    let projection = runtime
+        .block_on(eventfold::projections::ProjectionHandler::new(
+            &store,
+            Named("fuzzed".to_owned()),
+        ))
+        .expect("the projection handler");
+    let reaction = eventfold::saga::choreography::ReactionHandler::new(Checks);
+    let handled = std::cell::Cell::new(0usize);
+    let hostile = proptest::collection::btree_map(
+        prop_oneof![
+            Just("ce_streamtype".to_owned()),
+            Just("ce_streamversion".to_owned()),
+            Just("ce_time".to_owned()),
+            Just("ce_schemaversion".to_owned()),
+            Just("ce_correlationid".to_owned()),
+            Just("ce_causationid".to_owned()),
+            Just("ce_tenantid".to_owned()),
+            Just("ce_source".to_owned()),
+        ],
+        prop_oneof![
+            any::<String>(),
+            Just("parcel".to_owned()),
+            Just("2026-12-05T08:00:00.123456Z".to_owned()),
+            Just("+262143-12-31T23:59:59Z".to_owned()),
+            Just("99999999999999999999".to_owned()),
+            version().prop_map(|v| v.to_string()),
+            Just(Uuid::now_v7().to_string()),
+        ],
+        0..6,
+    );
+    let input = (
+        headers(),
+        hostile,
+        event_type(),
+        payload(),
+        prop_oneof![Just("p-1".to_owned()), any::<String>()],
+        prop_oneof![Just("parcels".to_owned()), any::<String>()],
+    );
+    common::fuzz::run(
+        "consumer handlers",
+        input,
+        |(mut headers, hostile, event_type, bytes, key, topic)| {
+            headers.extend(hostile);
+            headers.insert("ce_type".to_owned(), event_type.clone());
+            let mut record = record(headers, bytes, event_type);
+            record.key = key;
+            record.topic = topic;
+            runtime.block_on(async {
+                let mut uow = store.begin().await.expect("begin");
+                let projected = projection.handle(&mut uow, &record).await;
+                let reacted = reaction.handle(&mut uow, &record).await;
+                handled.set(handled.get() + usize::from(projected.is_ok() && reacted.is_ok()));
+                uow.rollback().await.expect("rollback");
+            });
+            Ok(())
+        },
+    );
+    assert!(
+        handled.get() > 0,
+        "some records are handled, not all refused"
+    );
+}
