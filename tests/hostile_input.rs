@@ -834,7 +834,7 @@ mod kafka {
 /// Stream ids that are valid but hostile to SQL are stored verbatim; ids with NUL, newlines or
 /// 10 kB are refused with `InvalidStreamId` before anything is written; NUL in any other text of
 /// an event or an outbox message is refused with a typed error naming the stream or message.
-async fn hostile_text_is_stored_verbatim_or_refused<S: EventStore>(store: S) {
+async fn hostile_text_is_stored_verbatim_or_refused<S: EventStore>(store: S, nul_source: S) {
     let verbatim = [
         "o'brien",
         "\"quoted\"",
@@ -926,6 +926,21 @@ async fn hostile_text_is_stored_verbatim_or_refused<S: EventStore>(store: S) {
             other => panic!("a NUL in the {field}: {other:?}"),
         }
     }
+    // The store's own source is checked like an event's.
+    {
+        let error = nul_source
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![NewEvent::raw("parcel.lost", 1, b"{}".to_vec())],
+            )
+            .await
+            .expect_err("a NUL in the store's source");
+        assert!(
+            matches!(&error, StoreError::InvalidEvent { reason, .. } if reason.contains("source")),
+            "{error:?}"
+        );
+    }
     // Payloads are opaque bytes: NUL and invalid UTF-8 included, they are stored as they are.
     let payload = b"\0\xff\x00 binary".to_vec();
     store
@@ -975,19 +990,22 @@ async fn hostile_text_is_stored_verbatim_or_refused<S: EventStore>(store: S) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_text_on_sqlite() {
     let (store, _file) = common::sqlite().await;
-    hostile_text_is_stored_verbatim_or_refused(store).await;
+    let nul_source = store.clone().with_source("svc\0");
+    hostile_text_is_stored_verbatim_or_refused(store, nul_source).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_text_on_postgres() {
     let (store, _db) = common::postgres().await;
-    hostile_text_is_stored_verbatim_or_refused(store).await;
+    let nul_source = store.clone().with_source("svc\0");
+    hostile_text_is_stored_verbatim_or_refused(store, nul_source).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_text_in_memory() {
     let (store, ()) = common::memory().await;
-    hostile_text_is_stored_verbatim_or_refused(store).await;
+    let nul_source = store.clone().with_source("svc\0");
+    hostile_text_is_stored_verbatim_or_refused(store, nul_source).await;
 }
 
 /// The builders take names only through `Naming`, which refuses anything that is not a plain
