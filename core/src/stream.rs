@@ -17,7 +17,17 @@ use serde::{Deserialize, Serialize};
 /// assert!(StreamId::new("order", "x".repeat(StreamId::MAX_ID_LEN + 1)).is_err());
 /// assert!(StreamId::new("Order Type", "1").is_err());
 /// ```
+///
+/// A stream id read with serde is validated the same way:
+///
+/// ```
+/// use eventfold_core::StreamId;
+///
+/// assert!(serde_json::from_str::<StreamId>(r#"{"stream_type":"order","id":"42"}"#).is_ok());
+/// assert!(serde_json::from_str::<StreamId>(r#"{"stream_type":"order","id":"4\u00002"}"#).is_err());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "StreamIdParts")]
 pub struct StreamId {
     stream_type: String,
     id: String,
@@ -33,6 +43,21 @@ pub struct InvalidStreamId {
     pub id: String,
     /// What is wrong with it.
     pub reason: String,
+}
+
+/// The serialized form of a [`StreamId`], validated by [`StreamId::new`] when it is read.
+#[derive(Deserialize)]
+struct StreamIdParts {
+    stream_type: String,
+    id: String,
+}
+
+impl TryFrom<StreamIdParts> for StreamId {
+    type Error = InvalidStreamId;
+
+    fn try_from(parts: StreamIdParts) -> Result<Self, Self::Error> {
+        Self::new(parts.stream_type, parts.id)
+    }
 }
 
 impl StreamId {

@@ -146,7 +146,8 @@ impl Upcasters {
         })
     }
 
-    /// Registers a step on raw bytes from `from_version` to `from_version + 1`.
+    /// Registers a step on raw bytes from `from_version` to `from_version + 1`. A step from
+    /// `u32::MAX` has no next version: running it is an [`DecodeErrorKind::UpcastLoop`].
     pub fn bytes(
         self,
         event_type: impl Into<String>,
@@ -156,9 +157,10 @@ impl Upcasters {
         let event_type = event_type.into();
         let to = Some((event_type.clone(), from_version.saturating_add(1)));
         self.insert(event_type, from_version, to, move |step: UpcastStep| {
+            // Saturating: from `u32::MAX` the version stays, which the chain reports as a loop.
             Ok(UpcastStep {
                 event_type: step.event_type,
-                schema_version: step.schema_version + 1,
+                schema_version: step.schema_version.saturating_add(1),
                 payload: f(step.payload)?,
             })
         })

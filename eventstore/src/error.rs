@@ -81,6 +81,16 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// An outbox message that cannot be stored as it is (see `UnitOfWork::enqueue`).
+    #[error("cannot write message {message_id} for topic `{topic}` to the outbox: {reason}")]
+    InvalidMessage {
+        /// The message id.
+        message_id: Uuid,
+        /// Its topic (with any NUL character as it was given).
+        topic: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// An event id that is already stored.
     #[error("event {event_id} already exists (while appending to stream {stream_id})")]
     DuplicateEventId {
@@ -89,10 +99,11 @@ pub enum StoreError {
         /// The duplicate id.
         event_id: Uuid,
     },
-    /// A table prefix or schema name that is not a safe SQL identifier.
+    /// A table prefix or schema name that is not a safe SQL identifier, or a name the store
+    /// cannot keep (a consumer name with a control character, or too long).
     #[error("invalid {what} `{value}`: {reason}")]
     InvalidIdentifier {
-        /// `table prefix` or `schema`.
+        /// `table prefix`, `schema`, `consumer name`, ...
         what: &'static str,
         /// The value given.
         value: String,

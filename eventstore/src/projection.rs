@@ -127,6 +127,24 @@ pub fn validate_table_name(name: &str) -> Result<(), StoreError> {
     )
 }
 
+/// Longest projection name, in bytes.
+pub const MAX_PROJECTION_NAME_LEN: usize = 200;
+
+/// Checks a projection's name (the key of its state and checkpoints): 1 to
+/// [`MAX_PROJECTION_NAME_LEN`] bytes without control characters. Quotes and any other printable
+/// text are fine: the name is always a bound parameter, never SQL text.
+///
+/// ```
+/// use eventfold_eventstore::projection::validate_projection_name;
+///
+/// assert!(validate_projection_name("order \"summary\"").is_ok());
+/// assert!(validate_projection_name("orders\0").is_err());
+/// assert!(validate_projection_name(&"x".repeat(201)).is_err());
+/// ```
+pub fn validate_projection_name(name: &str) -> Result<(), StoreError> {
+    crate::store::check_name("projection name", name)
+}
+
 /// The physical name of generation `generation` of logical table `table`: `{table}__g{n}`.
 pub fn physical_table(table: &str, generation: u32) -> String {
     format!("{table}__g{generation}")
@@ -206,7 +224,8 @@ pub trait ProjectionStore: EventStore {
     }
 
     /// Creates the projection with generation 1 at `version` if it does not exist; `true` when
-    /// this call created it (the caller then creates its tables in the same unit of work).
+    /// this call created it (the caller then creates its tables in the same unit of work). A
+    /// name refused by [`validate_projection_name`] is a [`StoreError::InvalidIdentifier`].
     fn create_projection(
         &self,
         uow: &mut Self::UnitOfWork,

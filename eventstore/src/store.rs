@@ -135,13 +135,19 @@ pub trait UnitOfWork: Send {
     /// the message was (type, topic, correlation and causation ids, sender) and which service
     /// received it (the store's source), for the trace of its flow. Returns `false` when it was
     /// already marked (a duplicate delivery): the caller skips the handler and rolls back.
+    ///
+    /// A consumer name that is empty, longer than [`MAX_CONSUMER_NAME_LEN`] bytes or holds a
+    /// control character is refused with [`StoreError::InvalidIdentifier`] on every backend.
     fn mark_received(
         &mut self,
         consumer: &str,
         message: &crate::trace::InboxEntry,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Writes application messages to the outbox, in this transaction.
+    /// Writes application messages to the outbox, in this transaction. A message with a NUL
+    /// character in its topic, key, types, ids or headers (PostgreSQL cannot store it), or with
+    /// a key over [`MAX_MESSAGE_KEY_LEN`] bytes, is refused with [`StoreError::InvalidMessage`]
+    /// on every backend.
     fn enqueue(
         &mut self,
         messages: Vec<eventfold_core::OutboxMessage>,
@@ -336,7 +342,10 @@ pub(crate) fn fill_source(events: &mut [NewEvent], source: &str) {
     }
 }
 
-/// Checks the parts of an append that do not need the database.
+/// Checks the parts of an append that do not need the database: a non-empty batch, schema
+/// versions from 1, event types of 1 to 200 bytes, and no NUL character in any text (type,
+/// source, tenant, header names and values), which PostgreSQL cannot store; every backend refuses
+/// it alike.
 pub(crate) fn validate_append(stream_id: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
     if events.is_empty() {
         return Err(StoreError::EmptyAppend {
@@ -345,18 +354,119 @@ pub(crate) fn validate_append(stream_id: &StreamId, events: &[NewEvent]) -> Resu
     }
     for event in events {
         let reason = if event.schema_version == 0 {
-            Some("schema version must be at least 1")
+            Some("schema version must be at least 1".to_owned())
         } else if event.event_type.is_empty() || event.event_type.len() > 200 {
-            Some("event type must be 1 to 200 bytes")
+            Some("event type must be 1 to 200 bytes".to_owned())
         } else {
-            None
+            nul_in_event(event).map(|field| format!("the {field} holds a NUL character"))
         };
         if let Some(reason) = reason {
             return Err(StoreError::InvalidEvent {
                 stream_id: stream_id.clone(),
                 event_id: event.event_id,
                 event_type: event.event_type.clone(),
-                reason: reason.to_owned(),
+                reason,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The first text field of `event` that holds a NUL character, if any.
+fn nul_in_event(event: &NewEvent) -> Option<String> {
+    if event.event_type.contains('\0') {
+        return Some("event type".to_owned());
+    }
+    if event.source.contains('\0') {
+        return Some("source".to_owned());
+    }
+    if event.tenant_id.as_deref().is_some_and(|t| t.contains('\0')) {
+        return Some("tenant id".to_owned());
+    }
+    nul_in_headers(&event.headers)
+}
+
+/// The first header whose name or value holds a NUL character, if any.
+fn nul_in_headers(headers: &eventfold_core::Headers) -> Option<String> {
+    headers.iter().find_map(|(name, value)| {
+        if name.contains('\0') {
+            Some("header name".to_owned())
+        } else if value.contains('\0') {
+            Some(format!("header `{name}`"))
+        } else {
+            None
+        }
+    })
+}
+
+/// Longest consumer name, in bytes (it is part of the inbox's primary key).
+pub const MAX_CONSUMER_NAME_LEN: usize = 200;
+
+/// Checks the name of a consumer before it marks the inbox: 1 to [`MAX_CONSUMER_NAME_LEN`] bytes
+/// without control characters (PostgreSQL cannot store a NUL, and a long name would not fit the
+/// inbox's index). Anything else printable, quotes included, is stored verbatim.
+pub(crate) fn validate_consumer_name(name: &str) -> Result<(), StoreError> {
+    check_name("consumer name", name)
+}
+
+/// Checks a name the store keeps in a key column (a consumer, a projection): 1 to 200 bytes
+/// without control characters; [`StoreError::InvalidIdentifier`] naming `what` otherwise.
+pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), StoreError> {
+    let reason = if name.is_empty() {
+        "it is empty"
+    } else if name.len() > MAX_CONSUMER_NAME_LEN {
+        "it is longer than 200 bytes"
+    } else if name.chars().any(char::is_control) {
+        "it holds a control character"
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::InvalidIdentifier {
+        what,
+        value: name.chars().take(64).collect(),
+        reason,
+    })
+}
+
+/// Longest key of an application message in the outbox, in bytes. PostgreSQL indexes the key
+/// of rows that wait for a retry and of dead letters, and an index entry holds at most about
+/// 2.7 kB: a longer key would be written, then fail the first retry.
+pub const MAX_MESSAGE_KEY_LEN: usize = 1024;
+
+/// Checks application messages before they are written to the outbox: a key of at most
+/// [`MAX_MESSAGE_KEY_LEN`] bytes, no NUL character in the topic, key, aggregate type and id,
+/// message type, header names and values (PostgreSQL cannot store it); every backend refuses it
+/// alike.
+pub(crate) fn validate_messages(
+    messages: &[eventfold_core::OutboxMessage],
+) -> Result<(), StoreError> {
+    for message in messages {
+        if message.key.len() > MAX_MESSAGE_KEY_LEN {
+            return Err(StoreError::InvalidMessage {
+                message_id: message.id,
+                topic: message.topic.clone(),
+                reason: format!(
+                    "the key is {} bytes, more than {MAX_MESSAGE_KEY_LEN}",
+                    message.key.len()
+                ),
+            });
+        }
+        let field = [
+            ("topic", &message.topic),
+            ("key", &message.key),
+            ("aggregate type", &message.aggregate_type),
+            ("aggregate id", &message.aggregate_id),
+            ("message type", &message.message_type),
+        ]
+        .into_iter()
+        .find(|(_, value)| value.contains('\0'))
+        .map(|(field, _)| field.to_owned())
+        .or_else(|| nul_in_headers(&message.headers));
+        if let Some(field) = field {
+            return Err(StoreError::InvalidMessage {
+                message_id: message.id,
+                topic: message.topic.clone(),
+                reason: format!("the {field} holds a NUL character"),
             });
         }
     }

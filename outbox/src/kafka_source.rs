@@ -11,8 +11,10 @@
 //! payload, headers (UTF-8, lossy), the message id from the `ce_id` header, the message type
 //! from `ce_type` (empty when absent) and the record's timestamp (now when the broker gave none).
 //! A record without a valid `ce_id` cannot be deduplicated by the inbox, so [`poll`] reports it
-//! as an error ([`KafkaSourceError::MissingMessageId`], naming topic, partition and offset)
-//! instead of delivering it. The records polled before it are returned first and the error comes
+//! as an error ([`KafkaSourceError::InvalidRecord`], naming topic, partition, offset and the
+//! [`RecordProblem`]) instead of delivering it; so is a record with a NUL character in its key or
+//! headers, or headers rdkafka cannot read ([`record_from_message`] is the conversion, a pure
+//! function). The records polled before it are returned first and the error comes
 //! with the next `poll`; the bad record itself is never committed by the source, but committing
 //! a later record of its partition moves the group past it.
 //!
@@ -44,7 +46,7 @@ use chrono::{DateTime, Utc};
 use eventfold_core::BoxError;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers as _, Message};
+use rdkafka::message::{Headers as _, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
@@ -93,20 +95,19 @@ pub enum KafkaSourceError {
         #[source]
         source: Box<rdkafka::error::KafkaError>,
     },
-    /// A record has no valid `ce_id` header, so it cannot be deduplicated.
-    #[error(
-        "the record at {topic}/{partition}@{offset} has no valid {} header ({found:?})",
-        headers::ID
-    )]
-    MissingMessageId {
+    /// A record that cannot become a [`Record`]: no valid `ce_id` header (the inbox could not
+    /// deduplicate it), a negative partition or offset, headers that rdkafka cannot read, or a
+    /// NUL character in a text field (PostgreSQL cannot store it). See [`record_from_message`].
+    #[error("the record at {topic}/{partition}@{offset} is invalid: {problem}")]
+    InvalidRecord {
         /// The topic.
         topic: String,
-        /// The partition.
+        /// The partition, as the broker gave it.
         partition: i32,
-        /// The offset.
+        /// The offset, as the broker gave it.
         offset: i64,
-        /// The header's value, if there was one.
-        found: Option<String>,
+        /// What is wrong with it.
+        problem: RecordProblem,
     },
     /// Committing an offset failed.
     #[error("committing offset {offset} of {topic}/{partition} for group {group} failed: {source}")]
@@ -262,7 +263,7 @@ impl KafkaSource {
             Err(_) => return Ok(records),
             Ok(received) => received.map_err(|e| self.receive_error(e))?,
         };
-        records.push(to_record(&first)?);
+        records.push(record_from_message(&first)?);
         drop(first);
         while records.len() < max {
             // A zero timeout still polls `recv` once: it takes what is queued, never waits.
@@ -270,7 +271,7 @@ impl KafkaSource {
                 Err(_) => break,
                 Ok(received) => received.map_err(|e| self.receive_error(e)),
             };
-            match next.and_then(|message| to_record(&message)) {
+            match next.and_then(|message| record_from_message(&message)) {
                 Ok(record) => records.push(record),
                 Err(error) => {
                     self.pending_error = Some(error);
@@ -319,53 +320,174 @@ impl KafkaSource {
     }
 }
 
-/// The record headers of a Kafka message as text: each value decoded as UTF-8 (invalid bytes
-/// replaced), a header without a value as the empty string; of a repeated key the last wins.
-pub fn message_headers<M: Message>(message: &M) -> Headers {
-    let mut record_headers = Headers::new();
-    if let Some(hs) = message.headers() {
-        for header in hs.iter() {
-            let value = header
-                .value
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default();
-            record_headers.insert(header.key.to_owned(), value);
-        }
-    }
-    record_headers
+/// What is wrong with a Kafka record that [`record_from_message`] refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordProblem {
+    /// No `ce_id` header holding a UUID (of a repeated header, the last one counts).
+    #[error("no valid {} header ({found:?})", headers::ID)]
+    MissingMessageId {
+        /// The header's value (UTF-8, lossy), if there was one.
+        found: Option<String>,
+    },
+    /// The partition is negative.
+    #[error("negative partition")]
+    NegativePartition,
+    /// The offset is negative.
+    #[error("negative offset")]
+    NegativeOffset,
+    /// rdkafka could not read the record's topic or headers (it panics on a header name that is
+    /// not UTF-8); the panic is caught and reported here.
+    #[error("unreadable {what}: {reason}")]
+    Unreadable {
+        /// `"topic"` or `"headers"`.
+        what: &'static str,
+        /// rdkafka's panic message.
+        reason: String,
+    },
+    /// A text field holds a NUL character, which PostgreSQL cannot store in the inbox.
+    #[error("the {field} holds a NUL character")]
+    Nul {
+        /// `"key"`, `"header name"` or `"header <name>"`.
+        field: String,
+    },
 }
 
-/// Converts a Kafka record into a [`Record`]; a record without a valid `ce_id` is an error.
-fn to_record(message: &BorrowedMessage<'_>) -> Result<Record, KafkaSourceError> {
-    let record_headers = message_headers(message);
+/// The message of a caught panic.
+fn panic_reason(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "rdkafka panicked".to_owned())
+}
+
+/// Runs `f`, turning a panic inside rdkafka into [`RecordProblem::Unreadable`].
+fn guarded<T>(what: &'static str, f: impl FnOnce() -> T) -> Result<T, RecordProblem> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        RecordProblem::Unreadable {
+            what,
+            reason: panic_reason(panic.as_ref()),
+        }
+    })
+}
+
+/// The headers of `message`, each value decoded as UTF-8 (invalid bytes replaced), a header
+/// without a value as the empty string; of a repeated name the last wins. A header name that is
+/// not UTF-8 makes rdkafka panic: that is caught and returned as
+/// [`RecordProblem::Unreadable`].
+fn read_headers<M: Message>(message: &M) -> Result<Headers, RecordProblem> {
+    guarded("headers", || {
+        let mut record_headers = Headers::new();
+        if let Some(hs) = message.headers() {
+            for header in hs.iter() {
+                let value = header
+                    .value
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default();
+                record_headers.insert(header.key.to_owned(), value);
+            }
+        }
+        record_headers
+    })
+}
+
+/// The record headers of a Kafka message as text: each value decoded as UTF-8 (invalid bytes
+/// replaced), a header without a value as the empty string; of a repeated key the last wins.
+/// Headers that rdkafka cannot read (a name that is not UTF-8) are left out; use
+/// [`record_from_message`] to have them reported.
+pub fn message_headers<M: Message>(message: &M) -> Headers {
+    read_headers(message).unwrap_or_default()
+}
+
+/// Converts a Kafka message into a [`Record`], without touching a consumer: topic, partition,
+/// offset, key (UTF-8, lossy), payload, headers (see [`message_headers`]), the message id from
+/// `ce_id`, the type from `ce_type` (empty when absent) and the timestamp (now when the broker
+/// gave none or one out of range).
+///
+/// A record that cannot be handled safely is a [`KafkaSourceError::InvalidRecord`] naming topic,
+/// partition and offset, with the [`RecordProblem`]: no `ce_id` holding a UUID, a negative
+/// partition or offset, headers rdkafka cannot read, or a NUL character in the key or a header.
+/// It never panics.
+///
+/// ```
+/// use eventfold_outbox::kafka_source::{record_from_message, RecordProblem};
+/// use eventfold_outbox::KafkaSourceError;
+/// use eventfold_outbox::kafka::rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+/// use eventfold_outbox::kafka::rdkafka::Timestamp;
+///
+/// let id = uuid::Uuid::now_v7().to_string();
+/// let headers = OwnedHeaders::new()
+///     .insert(Header { key: "ce_id", value: Some(id.as_str()) })
+///     .insert(Header { key: "ce_type", value: Some("order.placed") });
+/// let message = OwnedMessage::new(
+///     Some(b"{}".to_vec()), Some(b"42".to_vec()), "orders".into(),
+///     Timestamp::NotAvailable, 0, 7, Some(headers),
+/// );
+/// let record = record_from_message(&message).unwrap();
+/// assert_eq!((record.key.as_str(), record.message_type.as_str(), record.offset), ("42", "order.placed", 7));
+///
+/// let no_id = OwnedMessage::new(None, None, "orders".into(), Timestamp::NotAvailable, 0, 8, None);
+/// assert!(matches!(
+///     record_from_message(&no_id),
+///     Err(KafkaSourceError::InvalidRecord { offset: 8, problem: RecordProblem::MissingMessageId { found: None }, .. })
+/// ));
+/// ```
+pub fn record_from_message<M: Message>(message: &M) -> Result<Record, KafkaSourceError> {
+    let (partition, offset) = (message.partition(), message.offset());
+    let topic = guarded("topic", || message.topic().to_owned());
+    let invalid = |topic: String, problem| KafkaSourceError::InvalidRecord {
+        topic,
+        partition,
+        offset,
+        problem,
+    };
+    let topic = match topic {
+        Ok(topic) => topic,
+        Err(problem) => return Err(invalid("<unreadable>".to_owned(), problem)),
+    };
+    let record_headers = match read_headers(message) {
+        Ok(headers) => headers,
+        Err(problem) => return Err(invalid(topic, problem)),
+    };
     let found = record_headers.get(headers::ID);
     let Some(message_id) = found.and_then(|id| id.parse::<Uuid>().ok()) else {
-        return Err(KafkaSourceError::MissingMessageId {
-            topic: message.topic().to_owned(),
-            partition: message.partition(),
-            offset: message.offset(),
-            found: found.cloned(),
-        });
+        let found = found.cloned();
+        return Err(invalid(topic, RecordProblem::MissingMessageId { found }));
     };
-    let partition =
-        u32::try_from(message.partition()).map_err(|_| KafkaSourceError::OutOfRange {
-            what: "partition",
-            value: i128::from(message.partition()),
-        })?;
-    let offset = u64::try_from(message.offset()).map_err(|_| KafkaSourceError::OutOfRange {
-        what: "offset",
-        value: i128::from(message.offset()),
-    })?;
+    let Ok(record_partition) = u32::try_from(partition) else {
+        return Err(invalid(topic, RecordProblem::NegativePartition));
+    };
+    let Ok(record_offset) = u64::try_from(offset) else {
+        return Err(invalid(topic, RecordProblem::NegativeOffset));
+    };
+    let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+    let nul = if key.contains('\0') {
+        Some("key".to_owned())
+    } else {
+        record_headers.iter().find_map(|(name, value)| {
+            if name.contains('\0') {
+                Some("header name".to_owned())
+            } else if value.contains('\0') {
+                Some(format!("header {name}"))
+            } else {
+                None
+            }
+        })
+    };
+    if let Some(field) = nul {
+        return Err(invalid(topic, RecordProblem::Nul { field }));
+    }
     let timestamp = message
         .timestamp()
         .to_millis()
         .and_then(DateTime::<Utc>::from_timestamp_millis)
         .unwrap_or_else(Utc::now);
     Ok(Record {
-        topic: message.topic().to_owned(),
-        partition,
-        offset,
-        key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+        topic,
+        partition: record_partition,
+        offset: record_offset,
+        key,
         message_id,
         message_type: record_headers
             .get(headers::TYPE)

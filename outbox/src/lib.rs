@@ -95,6 +95,6 @@ pub use in_process::{
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaError, KafkaPublisher};
 #[cfg(feature = "kafka")]
-pub use kafka_source::{KafkaSource, KafkaSourceError};
+pub use kafka_source::{KafkaSource, KafkaSourceError, RecordProblem};
 pub use publisher::{Delivery, FailedKeys, PublishError, Publisher};
 pub use relay::{Relay, RelayConfig, RoundReport};

@@ -139,6 +139,8 @@ impl<S: ProjectionStore> Ctx<S> {
     }
 
     async fn ensure_once(&self) -> Result<ProjectionState, ProjectionError> {
+        // Before the first read: PostgreSQL fails on a NUL with a generic error.
+        eventfold_eventstore::projection::validate_projection_name(self.name())?;
         if let Some(state) = self.store.projection_state(self.name()).await? {
             return Ok(state);
         }

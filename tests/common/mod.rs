@@ -1,6 +1,8 @@
 //! Fresh stores for the integration tests: a new PostgreSQL database or SQLite file per test.
 #![allow(dead_code)]
 
+pub mod fuzz;
+
 use eventfold::eventstore::memory::MemoryStore;
 use eventfold::eventstore::postgres::PgStore;
 use eventfold::eventstore::postgres::testing::{DEFAULT_DATABASE_URL, TestDb};

@@ -26,9 +26,10 @@ impl MemoryUnitOfWork {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
-        validate_append(stream_id, &events)?;
         let mut events = events;
+        // Filled first, so the store's own source is checked too.
         fill_source(&mut events, &self.store.source);
+        validate_append(stream_id, &events)?;
         self.lock_writer().await;
         let state = self.store.lock();
         let (base_version, staged_count) = match self.staged(stream_id) {

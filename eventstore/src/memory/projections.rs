@@ -184,6 +184,7 @@ impl ProjectionStore for MemoryStore {
         name: &str,
         version: u32,
     ) -> Result<bool, StoreError> {
+        crate::projection::validate_projection_name(name)?;
         let projections = uow.projections().await;
         if projections.contains_key(name) {
             return Ok(false);

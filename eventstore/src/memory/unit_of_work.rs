@@ -185,6 +185,7 @@ impl UnitOfWork for MemoryUnitOfWork {
         consumer: &str,
         message: &InboxEntry,
     ) -> Result<bool, StoreError> {
+        crate::store::validate_consumer_name(consumer)?;
         self.lock_writer().await;
         let key = (consumer.to_owned(), message.message_id);
         if self.inbox.contains(&key) || self.store.lock().inbox.contains(&key) {
@@ -198,6 +199,7 @@ impl UnitOfWork for MemoryUnitOfWork {
     }
 
     async fn enqueue(&mut self, messages: Vec<OutboxMessage>) -> Result<(), StoreError> {
+        crate::store::validate_messages(&messages)?;
         self.lock_writer().await;
         let source = self.store.source.clone();
         self.sent

@@ -174,8 +174,9 @@ pub(super) fn prepare_append(
     source: &str,
     routing: Option<&OutboxRouting>,
 ) -> Result<(Vec<NewEvent>, Vec<OutboxMessage>), StoreError> {
-    check_append(stream_id, &events)?;
+    // Filled first, so the store's own source is checked too.
     fill_source(&mut events, source);
+    check_append(stream_id, &events)?;
     let first = expected.exact().unwrap_or(0) + 1;
     let outbox = append_messages(routing, stream_id, first, &events);
     Ok((events, outbox))

@@ -159,6 +159,7 @@ macro_rules! projection_store {
                 name: &str,
                 version: u32,
             ) -> Result<bool, StoreError> {
+                $crate::projection::validate_projection_name(name)?;
                 let Names { p, c, .. } = self.proj();
                 let created = sqlx::query(&q(format!(
                     "INSERT INTO {p} (name, active_generation, status, updated_at) VALUES ($1, 1, 'idle', $2) \

@@ -94,6 +94,7 @@ macro_rules! unit_of_work_methods {
             consumer: &str,
             message: &$crate::trace::InboxEntry,
         ) -> Result<bool, $crate::error::StoreError> {
+            $crate::store::validate_consumer_name(consumer)?;
             let query = sqlx::query(&self.sql.mark_inbox)
                 .bind(consumer)
                 .bind(message.message_id)
@@ -125,6 +126,7 @@ macro_rules! unit_of_work_methods {
             &mut self,
             messages: Vec<eventfold_core::OutboxMessage>,
         ) -> Result<(), $crate::error::StoreError> {
+            $crate::store::validate_messages(&messages)?;
             self.insert_outbox(messages).await?;
             // Wakes the relay at commit, like an append does.
             self.wrote_events = true;

@@ -19,8 +19,9 @@ impl SqliteUnitOfWork {
         expected: ExpectedVersion,
         mut events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
-        validate_append(stream_id, &events)?;
+        // Filled first, so the store's own source is checked too.
         fill_source(&mut events, &self.source);
+        validate_append(stream_id, &events)?;
         let current = version_on(&mut self.tx, &self.sql.read, stream_id).await?;
         if !expected.matches(current) {
             return Err(StoreError::VersionConflict {
