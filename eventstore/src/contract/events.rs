@@ -183,6 +183,51 @@ pub async fn duplicate_event_id_is_refused_and_nothing_is_written<S: EventStore>
     );
 }
 
+/// A large append (more events than one SQLite statement writes) keeps its events in order:
+/// versions 1..n, the positions it returned, increasing; a duplicate id deep inside a large
+/// append is named and nothing of the append is stored.
+pub async fn large_append_keeps_order_and_names_a_late_duplicate<S: EventStore>(store: S) {
+    let id = stream("large");
+    let events: Vec<NewEvent> = (1..=150).map(added).collect();
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let result = store
+        .append(&id, ExpectedVersion::NoStream, events)
+        .await
+        .expect("a large append");
+    assert_eq!((result.previous_version, result.version), (0, 150));
+    assert!(
+        result.positions.windows(2).all(|w| w[0] < w[1]),
+        "positions not increasing"
+    );
+    let stored = store.read_stream(&id, 1, 1000).await.expect("read");
+    assert_eq!(stored.iter().map(|e| e.event_id).collect::<Vec<_>>(), ids);
+    assert_eq!(
+        stored.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
+        (1..=150).collect::<Vec<u64>>()
+    );
+    assert_eq!(
+        stored.iter().map(|e| e.global_position).collect::<Vec<_>>(),
+        result.positions
+    );
+
+    let other = stream("large-dup");
+    let mut events: Vec<NewEvent> = (1..=150).map(added).collect();
+    events[129].event_id = ids[7];
+    match store
+        .append(&other, ExpectedVersion::NoStream, events)
+        .await
+    {
+        Err(StoreError::DuplicateEventId {
+            event_id,
+            stream_id,
+        }) => {
+            assert_eq!((event_id, stream_id), (ids[7], other.clone()));
+        }
+        result => panic!("expected DuplicateEventId, got {result:?}"),
+    }
+    assert_eq!(store.stream_version(&other).await.expect("version"), 0);
+}
+
 /// Reading from a version with a limit.
 pub async fn read_stream_from_version_with_limit<S: EventStore>(store: S) {
     let id = stream("paged");

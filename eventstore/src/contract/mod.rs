@@ -84,6 +84,7 @@ macro_rules! eventstore_contract_tests {
             expected_version_rules,
             empty_append_is_refused,
             duplicate_event_id_is_refused_and_nothing_is_written,
+            large_append_keeps_order_and_names_a_late_duplicate,
             read_stream_from_version_with_limit,
             unit_of_work_sees_its_own_writes,
             rollback_leaves_nothing_behind,

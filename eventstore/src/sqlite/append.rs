@@ -4,6 +4,7 @@
 use eventfold_core::{NewEvent, OutboxMessage, StreamId};
 use sqlx::Sqlite;
 
+use super::statements::EVENTS_PER_INSERT;
 use super::*;
 use crate::error::{ExpectedVersion, StoreError};
 use crate::outbox::{OUTBOX_SLOTS, append_messages};
@@ -35,34 +36,41 @@ impl SqliteUnitOfWork {
         // savepoint so a failed append leaves the unit of work as it was.
         savepoint::<Sqlite>(&mut self.tx, Savepoint::Open, &self.sql.events).await?;
         let mut positions = Vec::with_capacity(events.len());
-        for (i, event) in events.iter().enumerate() {
-            let version = to_i64(current + 1 + i as u64, stream_id)?;
-            let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(&self.sql.insert_event)
-                .bind(event.event_id)
-                .bind(stream_id.stream_type())
-                .bind(stream_id.id())
-                .bind(version)
-                .bind(&event.event_type)
-                .bind(i64::from(event.schema_version))
-                .bind(&event.payload)
-                .bind(event.timestamp)
-                .bind(&event.source)
-                .bind(event.correlation_id)
-                .bind(event.causation_id)
-                .bind(&event.tenant_id)
-                .bind(sql::headers_json(&event.headers))
-                .fetch_one(&mut *self.tx)
-                .await;
+        for (c, chunk) in events.chunks(EVENTS_PER_INSERT).enumerate() {
+            let first = current + 1 + (c * EVENTS_PER_INSERT) as u64;
+            let mut query = sqlx::query_as(&self.sql.insert_events[chunk.len() - 1]);
+            for (i, event) in chunk.iter().enumerate() {
+                query = query
+                    .bind(event.event_id)
+                    .bind(stream_id.stream_type())
+                    .bind(stream_id.id())
+                    .bind(to_i64(first + i as u64, stream_id)?)
+                    .bind(&event.event_type)
+                    .bind(i64::from(event.schema_version))
+                    .bind(&event.payload)
+                    .bind(event.timestamp)
+                    .bind(&event.source)
+                    .bind(event.correlation_id)
+                    .bind(event.causation_id)
+                    .bind(&event.tenant_id)
+                    .bind(sql::headers_json(&event.headers));
+            }
+            let inserted: Result<Vec<(i64, i64)>, sqlx::Error> =
+                query.fetch_all(&mut *self.tx).await;
             match inserted {
-                Ok((position,)) => {
-                    positions.push(to_u64(position, &self.sql.events, "global position")?)
+                Ok(mut rows) => {
+                    // By version: the order of `RETURNING` rows is not promised.
+                    rows.sort_by_key(|(_, version)| *version);
+                    for (position, _) in rows {
+                        positions.push(to_u64(position, &self.sql.events, "global position")?);
+                    }
                 }
                 Err(e) => {
                     self.undo_append().await;
                     return Err(match sql::unique_violation(&e) {
                         Some(c) if c.contains("event_id") => StoreError::DuplicateEventId {
                             stream_id: stream_id.clone(),
-                            event_id: event.event_id,
+                            event_id: self.duplicate_in(chunk).await,
                         },
                         Some(_) => StoreError::VersionConflict {
                             stream_id: stream_id.clone(),
@@ -85,6 +93,26 @@ impl SqliteUnitOfWork {
             version: current + events.len() as u64,
             positions,
         })
+    }
+
+    /// Which event of a chunk refused for a duplicate id is the duplicate (SQLite's error does
+    /// not say): one the chunk repeats, or one stored before it.
+    async fn duplicate_in(&mut self, chunk: &[NewEvent]) -> uuid::Uuid {
+        let mut seen = std::collections::HashSet::new();
+        if let Some(e) = chunk.iter().find(|e| !seen.insert(e.event_id)) {
+            return e.event_id;
+        }
+        for e in chunk {
+            let stored: Result<Option<i64>, sqlx::Error> =
+                sqlx::query_scalar(&self.sql.event_exists)
+                    .bind(e.event_id)
+                    .fetch_optional(&mut *self.tx)
+                    .await;
+            if let Ok(Some(_)) = stored {
+                return e.event_id;
+            }
+        }
+        chunk.first().map_or_else(uuid::Uuid::nil, |e| e.event_id)
     }
 
     /// Undoes a failed append and closes its savepoint; the append's error is the one worth

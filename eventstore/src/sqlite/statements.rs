@@ -7,6 +7,10 @@ use crate::sql::sagas::{SagaSql, TIMER_COLUMNS};
 use crate::sql::trace::TraceSql;
 use crate::sql::{self, EVENT_COLUMNS};
 
+/// The most events one `INSERT` writes (13 parameters each, well under SQLite's limit of 32,766):
+/// an append of more is written in chunks of this many.
+pub(super) const EVENTS_PER_INSERT: usize = 64;
+
 pub(super) struct Statements {
     pub(super) inbox: String,
     pub(super) mark_inbox: String,
@@ -23,7 +27,11 @@ pub(super) struct Statements {
     pub(super) events: String,
     /// Streams, snapshots and commands (shared with PostgreSQL).
     pub(super) read: ReadSql,
-    pub(super) insert_event: String,
+    /// `insert_events[n - 1]`: `n` events in one statement (13 parameters each, numbered in
+    /// order), returning each one's global position and stream version.
+    pub(super) insert_events: Vec<String>,
+    /// Is an event with id `?1` stored (which one of a refused chunk was the duplicate).
+    pub(super) event_exists: String,
     /// The trace reads (shared with the other SQL backend).
     pub(super) trace: TraceSql,
     /// The saga tables (shared with PostgreSQL).
@@ -97,11 +105,24 @@ impl Statements {
                  AND (?5 IS NULL OR tenant_id = ?5) \
                  ORDER BY global_position LIMIT ?6"
             ),
-            insert_event: format!(
-                "INSERT INTO {events} (event_id, stream_type, stream_id, stream_version, event_type, schema_version, \
-                 payload, recorded_at, source, correlation_id, causation_id, tenant_id, headers) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) RETURNING global_position"
-            ),
+            event_exists: format!("SELECT 1 FROM {events} WHERE event_id = ?1"),
+            insert_events: (1..=EVENTS_PER_INSERT)
+                .map(|n| {
+                    let rows: Vec<String> = (0..n)
+                        .map(|r| {
+                            let p: Vec<String> =
+                                (1..=13).map(|c| format!("?{}", r * 13 + c)).collect();
+                            format!("({})", p.join(", "))
+                        })
+                        .collect();
+                    format!(
+                        "INSERT INTO {events} (event_id, stream_type, stream_id, stream_version, event_type, \
+                         schema_version, payload, recorded_at, source, correlation_id, causation_id, tenant_id, \
+                         headers) VALUES {} RETURNING global_position, stream_version",
+                        rows.join(", ")
+                    )
+                })
+                .collect(),
             read: ReadSql::new::<Lite>(naming),
             events,
         }
