@@ -335,6 +335,11 @@ impl<U: UnitOfWork> Reaction<U> for Note {
     }
 }
 
+/// Sagas started before the scheduler runs.
+const BACKLOG: u64 = 3000;
+/// How long the scheduler may take to stop: a firing or two, not its backlog.
+const SCHEDULER_STOP_BOUND: Duration = Duration::from_secs(2);
+
 /// The step timeout of the scheduler's sagas: their timers are due at once.
 const WAIT: Duration = Duration::from_millis(1);
 
@@ -890,13 +895,21 @@ async fn scheduler_stops_on_sigterm_and_releases_the_timers_it_claimed() {
     let url = common::database_url(db.name());
     let pool = store.pool().clone();
     let starter = Orchestrator::new(store.clone(), saga_common::waiting_definition(WAIT));
-    // A backlog first, so that the scheduler works full rounds when the signal comes.
-    for i in 0..600 {
-        starter
-            .start(&format!("b-{i}"), order(i), None)
-            .await
-            .expect("start a saga");
+    // A backlog first, so that the scheduler works full rounds when the signal comes (the old
+    // scheduler looked at its stop only after a round that was not full: seconds later).
+    let mut starting = tokio::task::JoinSet::new();
+    for task in 0..8u64 {
+        let starter = starter.clone();
+        starting.spawn(async move {
+            for i in (task..BACKLOG).step_by(8) {
+                starter
+                    .start(&format!("b-{i}"), order(i), None)
+                    .await
+                    .expect("start a saga");
+            }
+        });
     }
+    starting.join_all().await;
     let feeder = {
         let starter = starter.clone();
         Feeder::start(move |i| {
@@ -918,7 +931,12 @@ async fn scheduler_stops_on_sigterm_and_releases_the_timers_it_claimed() {
     };
     let mut first = ChildProcess::spawn(SCHEDULER_TEST, "scheduler", &url);
     progressed("sagas ended by the first scheduler", 100, terminal).await;
-    first.stop("TERM").await;
+    let took = first.stop("TERM").await;
+    assert!(
+        took < SCHEDULER_STOP_BOUND,
+        "the scheduler took {took:?} to stop in the middle of its backlog: it must take the stop \
+         between firings, not after the backlog"
+    );
     let claimed = count(
         &pool,
         "SELECT count(*) FROM eventfold_saga_timers WHERE claims > 0",
@@ -929,17 +947,41 @@ async fn scheduler_stops_on_sigterm_and_releases_the_timers_it_claimed() {
         "the stopped scheduler left {claimed} timers claimed (they wait for the lease)"
     );
     let ended_by_first = terminal().await;
+    // The oldest sagas still running: among them those whose timers the first scheduler had
+    // claimed and not fired (claims go oldest deadline first). Released, they are due at once.
+    let oldest: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT saga_id FROM eventfold_sagas WHERE status <> 'compensated' \
+         ORDER BY started_at, saga_id LIMIT 300",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("the oldest running sagas");
     let mut second = ChildProcess::spawn(SCHEDULER_TEST, "scheduler", &url);
-    let started = feeder.finish().await + 600;
-    let finished = within(
+    let takeover = within(
         TAKEOVER_BOUND,
-        "every saga ended by the second scheduler",
-        || async { terminal().await == i64::try_from(started).expect("a count") },
+        "the oldest running sagas ended by the second scheduler",
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM eventfold_sagas WHERE saga_id = ANY($1) \
+                 AND status <> 'compensated'",
+            )
+            .bind(&oldest)
+            .fetch_one(&pool)
+            .await
+            .expect("count")
+                == 0
+        },
     )
     .await;
+    let started = feeder.finish().await + BACKLOG;
+    let finished = within(Duration::from_secs(90), "every saga ended", || async {
+        terminal().await == i64::try_from(started).expect("a count")
+    })
+    .await;
     println!(
-        "{started} sagas; the first scheduler ended {ended_by_first}; the second ended the rest \
-         in {finished:?}"
+        "{started} sagas; the first scheduler ended {ended_by_first}; the second ended the \
+         oldest {} running in {takeover:?}, all in {finished:?}",
+        oldest.len()
     );
     second.stop("INT").await;
     assert_eq!(
