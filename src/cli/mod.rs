@@ -127,7 +127,7 @@
 //! `eventfold` (`cargo install eventfold --features cli,postgres,sqlite`) runs the same commands
 //! against `--database-url` (or `DATABASE_URL`, `postgres://...` or `sqlite://...`) with
 //! `--prefix` and `--schema`, and an empty registry: everything works except the commands that
-//! need the projections' code (`rebuild`, `drop-old`), which say so; `projections reset` asks the
+//! need the projections' code (`rebuild`, `drop-old`, `run`), which say so; `projections reset` asks the
 //! running service to rebuild in place instead. `schema` needs the application's event types, so
 //! the standalone binary answers it with [`CliError::NoEventSchemas`].
 //
