@@ -15,6 +15,7 @@
 //! | `test-util` | given/when/then for aggregates ([`testing`]), the backend contract suite, test databases |
 //! | `kafka` | the Kafka publisher of the outbox relay (`outbox::KafkaPublisher`, rdkafka) |
 //! | `otel` | W3C trace context (`traceparent`, `tracestate`) of the current `tracing` span recorded on events and messages, continued by consumers and reactions (`trace_context`; OpenTelemetry API and `tracing-opentelemetry`, no SDK) |
+//! | `signal` | graceful shutdown on SIGTERM and SIGINT ([`shutdown`]: `run_until_signal`, a bounded grace, a second signal ends it) |
 //! | `cli` | the embeddable command line (`cli`: migrations, projections, outbox), the `eventfold` binary (with `postgres` and `sqlite`) |
 //!
 //! The in-memory store ([`eventstore::memory`]) and the in-process broker
@@ -82,6 +83,9 @@ pub use eventfold_projections as projections;
 
 #[cfg(feature = "cli")]
 pub mod cli;
+
+#[cfg(feature = "signal")]
+pub mod shutdown;
 
 /// The book's chapters, compiled as doctests so that every sample stays correct.
 #[cfg(doctest)]

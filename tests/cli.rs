@@ -374,6 +374,12 @@ async fn reserved_and_registry_only_commands_explain_themselves() {
     assert!(err.contains("projections reset order_totals"), "{err}");
     let err = fails(&url, &["projections", "drop-old", "order_totals", "--json"]);
     assert!(err.contains("projections drop-old order_totals"), "{err}");
+    // `projections run` runs the registered projections: the standalone binary has none.
+    let err = fails(&url, &["projections", "run"]);
+    assert!(
+        err.contains("projections run: no projection is registered in this program"),
+        "{err}"
+    );
 
     let listed = json(&url, &["projections", "list"]);
     assert_eq!(listed, Value::Array(Vec::new()));

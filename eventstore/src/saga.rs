@@ -184,6 +184,22 @@ pub trait SagaStore: EventStore {
         lease: Duration,
     ) -> impl Future<Output = Result<Vec<SagaTimer>, StoreError>> + Send;
 
+    /// Gives back timers this scheduler claimed ([`SagaStore::claim_due_timers`]) and will not
+    /// fire (it is stopping): each is due again at the deadline it had when claimed (the
+    /// `due_at` the claim returned), with its claim count restored, so another scheduler
+    /// fires it at once instead of after the lease. A timer stored again since the claim, or
+    /// already fired, is left alone. Returns how many were released.
+    ///
+    /// The default gives nothing back (the timers come due when their leases end); the
+    /// memory, SQLite and PostgreSQL stores release them.
+    fn release_saga_timers(
+        &self,
+        timers: &[SagaTimer],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let _ = timers;
+        async { Ok(0) }
+    }
+
     /// Stores a timer in a transaction of its own (used by the CLI's `sagas retry`, which has no
     /// definition: the orchestrator that has one fires it). `false` when the instance is not
     /// registered.

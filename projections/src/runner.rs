@@ -245,6 +245,13 @@ impl<S: ProjectionStore> Task<S> {
         }
     }
 
+    /// Logs a store error and waits `wait` before the retry, returning early on stop (a
+    /// failing store does not hold up a shutdown by its backoff).
+    async fn pause(&mut self, error: &(dyn std::fmt::Display + Sync), name: &str, wait: Duration) {
+        tracing::warn!(projection = name, error = %error, "projection store error; retrying");
+        self.sleep(wait).await;
+    }
+
     async fn set_status(&self, current: &mut String, status: &str, error: Option<&str>) {
         if current != status || error.is_some() {
             match self
@@ -273,7 +280,7 @@ impl<S: ProjectionStore> Task<S> {
             match self.ctx.ensure().await {
                 Ok(state) => break state,
                 Err(ProjectionError::Store(e)) => {
-                    pause_after(&e, &name, backoff).await;
+                    self.pause(&e, &name, backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => return Err(e),
@@ -286,7 +293,7 @@ impl<S: ProjectionStore> Task<S> {
                     if self.stopping() {
                         return Ok(());
                     }
-                    pause_after(&e, &name, backoff).await;
+                    self.pause(&e, &name, backoff).await;
                 }
             }
         };
@@ -328,12 +335,12 @@ impl<S: ProjectionStore> Task<S> {
                         // Deleted from outside: register again.
                         match self.ctx.ensure().await {
                             Ok(_) => reload = true,
-                            Err(e) => pause_after(&e, &name, backoff).await,
+                            Err(e) => self.pause(&e, &name, backoff).await,
                         }
                         continue;
                     }
                     Err(e) => {
-                        pause_after(&e, &name, backoff).await;
+                        self.pause(&e, &name, backoff).await;
                         continue;
                     }
                 }
@@ -366,7 +373,7 @@ impl<S: ProjectionStore> Task<S> {
             {
                 Ok(batch) => batch,
                 Err(e) => {
-                    pause_after(&e, &name, backoff).await;
+                    self.pause(&e, &name, backoff).await;
                     continue;
                 }
             };
@@ -389,7 +396,7 @@ impl<S: ProjectionStore> Task<S> {
                             cursor.saved_at = Instant::now();
                         }
                         Ok(_) => reload = true,
-                        Err(e) => pause_after(&e, &name, backoff).await,
+                        Err(e) => self.pause(&e, &name, backoff).await,
                     }
                 }
                 if batch.held_back {
@@ -448,7 +455,7 @@ impl<S: ProjectionStore> Task<S> {
                     .await?;
                 }
                 Err(e) => {
-                    pause_after(&e, &name, backoff).await;
+                    self.pause(&e, &name, backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     reload = true;
                 }

@@ -37,7 +37,7 @@ use std::time::Duration;
 use eventfold::eventstore::OutboxRouting;
 use eventfold::eventstore::postgres::PgStore;
 use eventfold::outbox::{KafkaPublisher, Relay, RelayConfig};
-use tokio::signal::unix::{SignalKind, signal};
+use eventfold::shutdown::{ShutdownError, Stop, run_until_signal};
 
 const USAGE: &str = "usage: eventfold-relay [--create-topics TOPIC[,TOPIC...]] [--partitions N] \
     [--replication-factor N]\n(configuration through DATABASE_URL, KAFKA_BOOTSTRAP, \
@@ -162,33 +162,30 @@ fn settings(args: &[String]) -> Result<Settings, String> {
     })
 }
 
-/// SIGTERM and SIGINT; installed before the relay starts, so that a signal is never the
-/// default action (killing the process mid-batch).
-struct Signals {
-    terminate: tokio::signal::unix::Signal,
-    interrupt: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn install() -> Result<Self, String> {
-        let listen = |kind, name| signal(kind).map_err(|e| format!("listening for {name}: {e}"));
-        Ok(Self {
-            terminate: listen(SignalKind::terminate(), "SIGTERM")?,
-            interrupt: listen(SignalKind::interrupt(), "SIGINT")?,
-        })
-    }
-
-    /// The name of the next signal received.
-    async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.terminate.recv() => "SIGTERM",
-            _ = self.interrupt.recv() => "SIGINT",
-        }
-    }
-}
-
 async fn run(settings: Settings) -> Result<(), String> {
-    let mut signals = Signals::install()?;
+    let bound = settings.shutdown_timeout;
+    // The signal handlers are installed before anything else, so that a signal is never the
+    // default action (killing the process mid-batch); a signal during the setup stops the relay
+    // as soon as it runs.
+    let stopped = run_until_signal(bound, |stop| relay(settings, stop))
+        .await
+        .map_err(|e| match e {
+            ShutdownError::GraceElapsed { .. } => format!(
+                "{e}: did not stop within EVENTFOLD_SHUTDOWN_TIMEOUT_MS; exiting (rows in flight \
+                 stay in the outbox and are published again; its leases expire after \
+                 EVENTFOLD_LEASE_TTL_MS)"
+            ),
+            ShutdownError::SecondSignal { .. } => format!(
+                "{e} (rows in flight stay in the outbox; its leases expire after \
+                 EVENTFOLD_LEASE_TTL_MS)"
+            ),
+            e => e.to_string(),
+        })?;
+    stopped.output
+}
+
+/// Sets the relay up and runs it until `stop` completes.
+async fn relay(settings: Settings, stop: Stop) -> Result<(), String> {
     let mut routing = OutboxRouting::new();
     if let Some(topic) = &settings.topic {
         routing = routing.default_topic(topic.clone());
@@ -230,47 +227,23 @@ async fn run(settings: Settings) -> Result<(), String> {
         ..RelayConfig::default()
     });
     let owner = relay.owner();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = relay.run(async {
-        let _ = stopped.await;
-    });
-    tokio::pin!(running);
-    println!("relay {owner} started");
-    let received = tokio::select! {
-        ended = &mut running => {
-            return ended.map_err(|e| format!("relay {owner} failed: {e}"));
-        }
-        received = signals.next() => received,
-    };
     let bound = settings.shutdown_timeout;
-    println!(
-        "relay {owner}: {received} received; stopping (claiming no more rows, settling those in \
-         flight, releasing leases; at most {} ms)",
-        bound.as_millis()
-    );
-    let _ = stop.send(());
-    let ended = tokio::select! {
-        ended = tokio::time::timeout(bound, &mut running) => ended,
-        again = signals.next() => {
-            return Err(format!(
-                "relay {owner}: {again} received while stopping; exiting at once (rows in flight \
-                 stay in the outbox; its leases expire after EVENTFOLD_LEASE_TTL_MS)"
-            ));
-        }
-    };
-    match ended {
-        Ok(Ok(())) => {
-            println!("relay {owner} stopped");
-            Ok(())
-        }
-        Ok(Err(e)) => Err(format!("relay {owner} failed while stopping: {e}")),
-        Err(_) => Err(format!(
-            "relay {owner} did not stop within EVENTFOLD_SHUTDOWN_TIMEOUT_MS ({} ms); exiting \
-             (rows in flight stay in the outbox and are published again; its leases expire after \
-             EVENTFOLD_LEASE_TTL_MS)",
-            bound.as_millis()
-        )),
-    }
+    println!("relay {owner} started");
+    let announce = stop.clone();
+    relay
+        .run(async move {
+            announce.await;
+            let received = stop.received().map_or("a stop", |s| s.name());
+            println!(
+                "relay {owner}: {received} received; stopping (claiming no more rows, settling \
+                 those in flight, releasing leases; at most {} ms)",
+                bound.as_millis()
+            );
+        })
+        .await
+        .map_err(|e| format!("relay {owner} failed: {e}"))?;
+    println!("relay {owner} stopped");
+    Ok(())
 }
 
 fn main() -> ExitCode {

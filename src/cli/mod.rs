@@ -70,6 +70,7 @@
 //! | `projections dead-letters <name> [--limit N]` | the events parked by a projection |
 //! | `projections reset <name>` | asks the running service to rebuild the projection in place |
 //! | `projections drop-old <name>` | drops the tables of generations no longer in use |
+//! | `projections run [--grace-ms N] [--poll-ms N]` | runs the registered projections until SIGTERM or SIGINT, then stops them gracefully (exit 0; 1 when the grace elapses or a second signal comes) |
 //! | `outbox status` | rows waiting, age of the oldest, dead letters, the floor lag (PostgreSQL) |
 //! | `outbox dead-letters [--limit N]` | the parked outbox rows with their errors |
 //! | `outbox retry <seq>` / `skip <seq>` | puts a dead letter back in the outbox, or drops it |
@@ -94,6 +95,7 @@
 //!   "seconds", "events_per_second", "dropped"}`
 //! - `projections pause|resume`: `{"name", "paused"}`; `reset`: `{"name", "reset_requested": true}`;
 //!   `drop-old`: `{"name", "dropped"}`
+//! - `projections run`: `{"projections", "signal"}` once stopped
 //! - `projections dead-letters`: `[{"projection", "generation", "event_id", "global_position",
 //!   "stream_id", "event_type", "error", "parked_at"}]`
 //! - `outbox status`: `{"pending", "oldest", "oldest_age_seconds", "dead_letters", "floor_lag"}`
@@ -125,7 +127,7 @@
 //! `eventfold` (`cargo install eventfold --features cli,postgres,sqlite`) runs the same commands
 //! against `--database-url` (or `DATABASE_URL`, `postgres://...` or `sqlite://...`) with
 //! `--prefix` and `--schema`, and an empty registry: everything works except the commands that
-//! need the projections' code (`rebuild`, `drop-old`), which say so; `projections reset` asks the
+//! need the projections' code (`rebuild`, `drop-old`, `run`), which say so; `projections reset` asks the
 //! running service to rebuild in place instead. `schema` needs the application's event types, so
 //! the standalone binary answers it with [`CliError::NoEventSchemas`].
 //
@@ -258,6 +260,15 @@ pub enum CliError {
         /// The projection.
         name: String,
     },
+    /// `projections run` in a program that registers no projection (the standalone binary).
+    #[error(
+        "projections run: no projection is registered in this program; run it from the \
+         application's binary (it embeds `eventfold::cli::Command` with its registry)"
+    )]
+    NoProjections,
+    /// A graceful stop did not end well: its grace elapsed, or a second signal came.
+    #[error(transparent)]
+    Shutdown(#[from] crate::shutdown::ShutdownError),
     /// No saga instance with that id.
     #[error("saga {saga_id} does not exist (`sagas list` lists them)")]
     UnknownSaga {

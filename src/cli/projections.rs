@@ -1,7 +1,7 @@
 //! `projections ...`: list, status, rebuild, pause, resume, dead letters, reset, drop old tables.
 
 use std::io::Write;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -67,6 +67,17 @@ pub enum ProjectionsCommand {
     DropOld {
         /// The projection.
         name: String,
+    },
+    /// Run the registered projections until SIGTERM or SIGINT, then stop gracefully: each
+    /// projection finishes (commits) its batch and returns; exits 0. When the stop takes
+    /// longer than `--grace-ms`, or a second signal comes, exits 1 at once.
+    Run {
+        /// How long a graceful stop may take, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        grace_ms: u64,
+        /// Longest wait for new events when no wake-up arrives, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        poll_ms: u64,
     },
 }
 
@@ -295,7 +306,63 @@ pub(super) async fn run<S: CliStore>(
         }
         ProjectionsCommand::Reset { name } => reset(projections, name, json, out).await,
         ProjectionsCommand::DropOld { name } => drop_old(projections, name, json, out).await,
+        ProjectionsCommand::Run { grace_ms, poll_ms } => {
+            run_until_signal(projections, *grace_ms, *poll_ms, json, out).await
+        }
     }
+}
+
+#[derive(Serialize)]
+struct RunJson<'a> {
+    projections: &'a [String],
+    signal: Option<&'static str>,
+}
+
+/// `projections run`: the registered projections until a signal (see [`crate::shutdown`]).
+async fn run_until_signal<S: CliStore>(
+    projections: &Projections<S>,
+    grace_ms: u64,
+    poll_ms: u64,
+    json: bool,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    let names = projections.names();
+    if names.is_empty() {
+        return Err(CliError::NoProjections);
+    }
+    let runner = projections
+        .runner()
+        .poll_interval(Duration::from_millis(poll_ms.max(1)));
+    let grace = Duration::from_millis(grace_ms);
+    if !json {
+        writeln!(
+            out,
+            "projections running: {} (SIGTERM or SIGINT stops them)",
+            names.join(", ")
+        )?;
+        out.flush()?;
+    }
+    let stopped = crate::shutdown::run_until_signal(grace, |stop| runner.run(stop)).await?;
+    stopped.output.map_err(|source| CliError::Projection {
+        action: "projections run".to_owned(),
+        source: Box::new(source),
+    })?;
+    let signal = stopped.signal.map(|s| s.name());
+    if json {
+        return write_json(
+            out,
+            &RunJson {
+                projections: &names,
+                signal,
+            },
+        );
+    }
+    writeln!(
+        out,
+        "projections stopped ({}; each finished its batch)",
+        signal.unwrap_or("no signal")
+    )?;
+    Ok(())
 }
 
 /// Fails unless `name` is registered in this program: [`CliError::UnknownProjection`] when the

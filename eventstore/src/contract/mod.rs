@@ -134,6 +134,7 @@ macro_rules! eventstore_contract_tests {
             timers_are_stored_moved_and_deleted,
             due_timers_are_claimed_oldest_first_by_type,
             a_claim_expires_after_its_lease,
+            a_released_claim_is_due_again_at_once,
             leases_grow_with_the_claims,
             concurrent_claims_are_exclusive,
             request_outcomes_are_recorded_once,

@@ -764,6 +764,46 @@ pub async fn a_claim_expires_after_its_lease<S: SagaStore>(store: S) {
     );
 }
 
+/// A claimed timer given back ([`SagaStore::release_saga_timers`], a scheduler that stops) is
+/// due again at once, with the deadline it had and its claim count restored; a timer stored
+/// again since its claim is left alone.
+pub async fn a_released_claim_is_due_again_at_once<S: SagaStore>(store: S) {
+    let saga = record("order", "r-1", Uuid::now_v7());
+    register_all(&store, &[&saga]).await;
+    let now = db_now(&store).await;
+    let due = timer(&saga, "reserve", 1, "timeout", now - TimeDelta::seconds(1));
+    let moved = timer(&saga, "pay", 1, "timeout", now - TimeDelta::seconds(2));
+    put_committed(&store, &[due.clone(), moved.clone()]).await;
+    let types = vec!["order".to_owned()];
+    let lease = Duration::from_secs(60);
+    let claimed = store
+        .claim_due_timers(&types, 10, lease)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 2);
+    // `moved` is stored again (a new deadline) after the claim: the release leaves it.
+    let later = timer(&saga, "pay", 1, "timeout", now + TimeDelta::seconds(3600));
+    put_committed(&store, std::slice::from_ref(&later)).await;
+    let released = store.release_saga_timers(&claimed).await.expect("release");
+    assert_eq!(released, 1, "only the timer still claimed is released");
+    let again = store
+        .claim_due_timers(&types, 10, lease)
+        .await
+        .expect("claim");
+    assert_eq!(
+        idents(&again),
+        idents(std::slice::from_ref(&due)),
+        "the released timer is due again at once, not after its 60 s lease"
+    );
+    assert_eq!(again[0].due_at, due.due_at, "with the deadline it had");
+    let stored = store.saga_timers(saga.saga_id).await.expect("timers");
+    assert_eq!(
+        stored.iter().find(|t| t.step == "pay").map(|t| t.due_at),
+        Some(later.due_at),
+        "the timer stored again keeps its new deadline"
+    );
+}
+
 /// Every claim of a timer lengthens its next lease (a timer whose firing keeps failing yields
 /// to the others): after three claims its deadline is three leases ahead; storing it again
 /// starts over at one lease.

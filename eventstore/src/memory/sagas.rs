@@ -333,6 +333,21 @@ impl SagaStore for MemoryStore {
         Ok(claimed)
     }
 
+    async fn release_saga_timers(&self, timers: &[SagaTimer]) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let mut released = 0;
+        for timer in timers {
+            if let Some(held) = state.sagas.timers.get_mut(&key_of(timer)) {
+                if held.claims > 0 {
+                    held.claims -= 1;
+                    held.due_at = timer.due_at;
+                    released += 1;
+                }
+            }
+        }
+        Ok(released)
+    }
+
     async fn request_saga_timer(&self, timer: &SagaTimer) -> Result<bool, StoreError> {
         // A transaction of its own: after the open units of work, like the SQL backends.
         let _writer = self.inner.writer.clone().lock_owned().await;

@@ -47,6 +47,10 @@ pub(crate) struct SagaSql {
     pub delete_timer: String,
     /// `$1` id.
     pub delete_timers: String,
+    /// Gives a claimed timer back: `$1` id, `$2` step, `$3` attempt, `$4` kind, `$5` the
+    /// deadline it had when claimed; only while it is still claimed (`claims > 0`: a timer
+    /// stored again since has its claims reset and is left alone).
+    pub release_timer: String,
     /// `$1` participant, `$2` request key.
     pub find_outcome: String,
     /// `$1` participant, `$2` request key, `$3` outcome (JSON text).
@@ -98,6 +102,10 @@ impl SagaSql {
                 "DELETE FROM {timers} WHERE saga_id = $1 AND step = $2 AND attempt = $3 AND kind = $4"
             )),
             delete_timers: p(&format!("DELETE FROM {timers} WHERE saga_id = $1")),
+            release_timer: p(&format!(
+                "UPDATE {timers} SET due_at = $5, claims = claims - 1 WHERE saga_id = $1 \
+                 AND step = $2 AND attempt = $3 AND kind = $4 AND claims > 0"
+            )),
             find_outcome: p(&format!(
                 "SELECT {} FROM {requests} WHERE participant = $1 AND request_key = $2",
                 D::text("outcome")
@@ -457,6 +465,29 @@ macro_rules! saga_store {
                         return Ok(Vec::new());
                     }
                     self.claim_saga_timers(saga_types, limit, lease).await
+                }
+
+                async fn release_saga_timers(
+                    &self,
+                    timers: &[SagaTimer],
+                ) -> Result<u64, StoreError> {
+                    let sql = &self.sql.sagas;
+                    let mut released = 0;
+                    // One statement per timer, each a transaction of its own: a timer released
+                    // is due again at once, whatever happens to the next one.
+                    for timer in timers {
+                        let done = sqlx::query(&sql.release_timer)
+                            .bind(timer.saga_id)
+                            .bind(&timer.step)
+                            .bind(i64::from(timer.attempt))
+                            .bind(&timer.kind)
+                            .bind(timer.due_at)
+                            .execute(&self.pool)
+                            .await
+                            .map_err(db_err("releasing a claimed saga timer", &sql.timers))?;
+                        released += done.rows_affected();
+                    }
+                    Ok(released)
                 }
 
                 async fn request_saga_timer(&self, timer: &SagaTimer) -> Result<bool, StoreError> {

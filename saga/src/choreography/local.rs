@@ -9,6 +9,7 @@ use eventfold_eventstore::{
     Checkpoint, LogEvent, LogFilter, ParkedEvent, ProjectionStore, StoreError, UnitOfWork, Wakeup,
 };
 
+use futures_util::FutureExt;
 use tracing::Instrument;
 
 use super::{Flow, FlowContext, Reaction};
@@ -154,9 +155,23 @@ where
 
     /// Reacts to every event the log holds after the checkpoint, then returns.
     pub async fn run_once(&mut self) -> Result<ReactorReport, ReactionError> {
+        let never = std::future::pending::<()>();
+        tokio::pin!(never);
+        let (report, _) = self.react(never.as_mut()).await?;
+        Ok(report)
+    }
+
+    /// Reacts to every event the log holds after the checkpoint, one transaction per event,
+    /// and returns; or earlier, between two events' transactions, once `shutdown` has
+    /// completed (then `true`, and `shutdown` is not polled again).
+    async fn react<F: Future<Output = ()>>(
+        &mut self,
+        mut shutdown: std::pin::Pin<&mut F>,
+    ) -> Result<(ReactorReport, bool), ReactionError> {
         let mut report = ReactorReport::default();
+        let mut stopped = false;
         let mut cursor = self.load().await?;
-        loop {
+        'read: loop {
             let batch = self
                 .store
                 .read_log(cursor, self.batch, &self.filter)
@@ -164,6 +179,10 @@ where
                 .map_err(self.err())?;
             let mut moved = false;
             for event in &batch.events {
+                if shutdown.as_mut().now_or_never().is_some() {
+                    stopped = true;
+                    break 'read;
+                }
                 match self.settle(event).await? {
                     Outcome::Handled => report.handled += 1,
                     Outcome::Parked => report.parked += 1,
@@ -190,7 +209,7 @@ where
             .increment(report.handled as u64);
         metrics::counter!("eventfold_reaction_parked_total", "reaction" => reaction)
             .increment(report.parked as u64);
-        Ok(report)
+        Ok((report, stopped))
     }
 
     /// Locks the checkpoint in a new unit of work; `None` (rolled back) when another instance
@@ -309,8 +328,12 @@ where
     }
 
     /// Reacts until `shutdown` completes: catches up, then waits for appends (in-process
-    /// signals, LISTEN/NOTIFY on PostgreSQL, at most `poll` apart). Shutdown is taken between
-    /// events' transactions.
+    /// signals, LISTEN/NOTIFY on PostgreSQL, at most `poll` apart).
+    ///
+    /// Shutdown is taken between events' transactions, never inside one: the event being
+    /// handled commits with its checkpoint (or rolls back whole), no later event is started,
+    /// and it returns. The reactor holds no lease (each event's transaction locks the
+    /// checkpoint row only while it runs), so another instance goes on at once.
     pub async fn run(
         mut self,
         poll: Duration,
@@ -319,17 +342,16 @@ where
         tokio::pin!(shutdown);
         let mut wakeup = self.store.wakeup().await.map_err(self.err())?;
         loop {
-            tokio::select! {
-                () = &mut shutdown => return Ok(()),
-                done = self.run_once() => match done {
-                    Ok(_) => {}
-                    Err(e) if e.is_retriable() => {
-                        tracing::warn!(reaction = %self.reaction.name(), error = %e, "reactor failed; retrying");
-                    }
-                    Err(e) => return Err(e),
-                },
+            match self.react(shutdown.as_mut()).await {
+                Ok((_, true)) => return Ok(()),
+                Ok((_, false)) => {}
+                Err(e) if e.is_retriable() => {
+                    tracing::warn!(reaction = %self.reaction.name(), error = %e, "reactor failed; retrying");
+                }
+                Err(e) => return Err(e),
             }
             tokio::select! {
+                biased;
                 () = &mut shutdown => return Ok(()),
                 () = wakeup.wait(poll) => {}
             }

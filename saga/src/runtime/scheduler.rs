@@ -11,14 +11,16 @@
 //! * the machine fences every timer on (step, attempt, kind): a timer that lost a race with a
 //!   reply is ignored, and the reply that lost a race with a timer is stale;
 //! * a scheduler that crashes after its claim leaves the timer to come due again when the lease
-//!   ends; a timer whose firing keeps failing gets a longer lease on every claim, so it never
+//!   ends (one that stops gracefully releases the timers it claimed and did not fire, due again
+//!   at once); a timer whose firing keeps failing gets a longer lease on every claim, so it never
 //!   holds back the others (oldest deadline first, in batches).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use eventfold_eventstore::SagaStore;
-use futures_util::StreamExt;
+use eventfold_eventstore::{SagaStore, SagaTimer};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 
 use crate::definition::SagaData;
 use crate::runtime::error::RuntimeError;
@@ -90,6 +92,21 @@ impl<S: SagaStore, D: SagaData> Scheduler<S, D> {
 
     /// One round: claims due timers and fires them.
     pub async fn tick(&self) -> Result<TickReport, RuntimeError> {
+        let never = std::future::pending::<()>();
+        tokio::pin!(never);
+        let (report, _) = self.round(never.as_mut()).await?;
+        Ok(report)
+    }
+
+    /// One round that stops early when `shutdown` completes: no timer is claimed after it, the
+    /// firings in progress finish (each one's transition commits or rolls back whole), and the
+    /// claimed timers not fired yet are released ([`SagaStore::release_saga_timers`]), due again
+    /// at once for another scheduler. Returns whether `shutdown` completed (it is not polled
+    /// again then).
+    async fn round<F: Future<Output = ()>>(
+        &self,
+        mut shutdown: std::pin::Pin<&mut F>,
+    ) -> Result<(TickReport, bool), RuntimeError> {
         let orchestrator = &self.orchestrator;
         let types = [orchestrator.saga_type().to_owned()];
         let timers = orchestrator
@@ -103,15 +120,34 @@ impl<S: SagaStore, D: SagaData> Scheduler<S, D> {
         };
         // Owned timers: a closure over `&SagaTimer` makes the future of `tick` (and `run`) not
         // `Send` (rustc cannot prove it for every lifetime), so a scheduler could not be spawned.
-        let results: Vec<_> = futures_util::stream::iter(timers)
-            .map(|timer| async move {
-                let result = orchestrator.fire_timer(&timer).await;
-                (timer, result)
-            })
-            .buffer_unordered(self.concurrency)
-            .collect()
-            .await;
-        for (timer, result) in results {
+        let fire = |timer: SagaTimer| async move {
+            let result = orchestrator.fire_timer(&timer).await;
+            (timer, result)
+        };
+        let mut waiting = timers.into_iter();
+        let mut firing = FuturesUnordered::new();
+        let mut stopped = false;
+        loop {
+            if !stopped && shutdown.as_mut().now_or_never().is_some() {
+                stopped = true;
+            }
+            while !stopped && firing.len() < self.concurrency {
+                match waiting.next() {
+                    Some(timer) => firing.push(fire(timer)),
+                    None => break,
+                }
+            }
+            if firing.is_empty() {
+                break;
+            }
+            let (timer, result) = tokio::select! {
+                biased;
+                () = shutdown.as_mut(), if !stopped => {
+                    stopped = true;
+                    continue;
+                }
+                Some(done) = firing.next() => done,
+            };
             match result {
                 Ok(Applied::Transitioned { .. }) => report.fired += 1,
                 Ok(Applied::Ignored(_)) => report.ignored += 1,
@@ -122,24 +158,45 @@ impl<S: SagaStore, D: SagaData> Scheduler<S, D> {
                 }
             }
         }
+        let unfired: Vec<SagaTimer> = waiting.collect();
+        if !unfired.is_empty() {
+            // Stopping: the timers claimed but not fired go back, due again at once.
+            match orchestrator.store().release_saga_timers(&unfired).await {
+                Ok(released) => {
+                    tracing::debug!(
+                        released,
+                        claimed = unfired.len(),
+                        "saga scheduler stopping; released its unfired timers"
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, timers = unfired.len(), "releasing claimed saga timers failed; they come due again after their lease")
+                }
+            }
+        }
         let saga_type = orchestrator.saga_type().to_owned();
         metrics::counter!("eventfold_saga_timers_fired_total", "saga_type" => saga_type.clone())
             .increment(report.fired as u64);
         metrics::counter!("eventfold_saga_timers_failed_total", "saga_type" => saga_type)
             .increment(report.failed as u64);
-        Ok(report)
+        Ok((report, stopped))
     }
 
     /// Runs rounds until `shutdown` completes: straight on while rounds are full, after the poll
     /// interval otherwise. Every 10 s it also publishes the gauge `eventfold_sagas` (instances
-    /// by type and status). Shutdown is taken between rounds, so a claimed timer is fired (or
-    /// its lease left to expire) before it returns. A failing store is logged and retried.
+    /// by type and status). A failing store is logged and retried.
+    ///
+    /// Shutdown is taken at once, also in the middle of a round and while rounds are full: no
+    /// timer is claimed after it, the firings in progress finish (each transition commits or
+    /// rolls back whole), the timers claimed but not fired are released (due again at once for
+    /// another scheduler, not after their lease), and it returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut gauges_at = Instant::now() - Duration::from_secs(60);
         loop {
-            let full = match self.tick().await {
-                Ok(report) => report.claimed >= self.batch,
+            let full = match self.round(shutdown.as_mut()).await {
+                Ok((_, true)) => return,
+                Ok((report, false)) => report.claimed >= self.batch,
                 Err(e) => {
                     tracing::warn!(error = %e, "saga scheduler round failed");
                     false
@@ -149,13 +206,11 @@ impl<S: SagaStore, D: SagaData> Scheduler<S, D> {
                 gauges_at = Instant::now();
                 self.publish_gauges().await;
             }
-            if full {
-                tokio::task::yield_now().await;
-                continue;
-            }
+            let pause = if full { Duration::ZERO } else { self.poll };
             tokio::select! {
+                biased;
                 () = &mut shutdown => return,
-                () = tokio::time::sleep(self.poll) => {}
+                () = tokio::time::sleep(pause) => {}
             }
         }
     }
