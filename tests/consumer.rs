@@ -227,11 +227,129 @@ impl<U: UnitOfWork, H: eventfold::outbox::Handler<U>> eventfold::outbox::Handler
     }
 }
 
+/// A handler that appends each record to the stream of its key (`ledger/<key>`), with the
+/// expected version the per-key order implies (the `n`-th record of a key finds `n - 1` events),
+/// and notes how many records it handles at once.
+#[derive(Default)]
+struct PerKey {
+    running: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+impl<U: UnitOfWork> eventfold::outbox::Handler<U> for PerKey {
+    async fn handle(
+        &self,
+        uow: &mut U,
+        record: &eventfold::outbox::Record,
+    ) -> Result<(), eventfold::BoxError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.running.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        let result = async {
+            let stream = StreamId::new("ledger", record.key.as_str())?;
+            let seen = uow.stream_version(&stream).await?;
+            // A round trip's worth of work, so that lanes overlap.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let mut event = NewEvent::raw("ledger.noted", 1, record.payload.clone());
+            event.causation_id = Some(record.message_id);
+            uow.append(&stream, ExpectedVersion::Exact(seen), vec![event])
+                .await?;
+            Ok(())
+        }
+        .await;
+        self.running.fetch_sub(1, SeqCst);
+        result
+    }
+}
+
+/// `Consumer::concurrency`: a batch split into lanes by key keeps the order per key and takes
+/// each message once, with and without shared commits; the lanes did run at once. Returns the
+/// most records handled at once.
+async fn lanes_keep_the_order_per_key<S: InboxStore>(store: S) -> usize {
+    let broker = InProcessBroker::new().with_default_partitions(2);
+    let keys = 23;
+    let messages: Vec<_> = (0..480u32)
+        .map(|i| {
+            OutboxMessage::new(
+                "payments",
+                // Keys in no period of the lanes or partitions.
+                format!("k-{}", (i * 7 + i / 5) % keys),
+                "payment.captured",
+                format!(r#"{{"n":{i}}}"#).into_bytes(),
+            )
+        })
+        .collect();
+    broker.publish(&messages).await;
+    broker.publish(&messages[..30]).await; // duplicates across lanes and batches
+    let mut most = 0;
+    for (group, shared) in [("lanes", false), ("lanes-shared", true)] {
+        let handler = std::sync::Arc::new(PerKey::default());
+        let mut consumer = Consumer::new(
+            group,
+            store.clone(),
+            broker.consumer(group, &["payments"]),
+            ArcHandler(handler.clone()),
+        )
+        .shared_commits(shared)
+        .concurrency(4)
+        .max_attempts(1);
+        let mut total = eventfold::outbox::ConsumerReport::default();
+        loop {
+            let report = consumer.run_once(Duration::from_millis(100)).await.unwrap();
+            if report.handled + report.duplicates + report.parked == 0 {
+                break;
+            }
+            total.handled += report.handled;
+            total.duplicates += report.duplicates;
+            total.parked += report.parked;
+        }
+        // One attempt each: a record handled out of its key's order fails its expected
+        // version and is parked.
+        assert_eq!(
+            (total.handled, total.duplicates, total.parked),
+            (messages.len(), 30, 0),
+            "{group}: every message once, none out of order"
+        );
+        most = most.max(handler.most.load(std::sync::atomic::Ordering::SeqCst));
+        // The streams of the second group's run hold both runs' events: check the order of
+        // each run's part.
+        for k in 0..keys {
+            let stream = StreamId::new("ledger", format!("k-{k}").as_str()).unwrap();
+            let events = store.read_stream(&stream, 1, u64::MAX).await.unwrap();
+            let expected: Vec<_> = messages
+                .iter()
+                .filter(|m| m.key == format!("k-{k}"))
+                .map(|m| Some(m.id))
+                .collect();
+            let run = if shared { 1 } else { 0 };
+            let got: Vec<_> = events
+                .iter()
+                .skip(run * expected.len())
+                .map(|e| e.causation_id)
+                .collect();
+            assert_eq!(got, expected, "{group}: key k-{k} in publication order");
+        }
+    }
+    most
+}
+
 common::backend_tests!([memory, sqlite, postgres] {
     2 => duplicates_and_crash_redeliveries_take_effect_once: exactly_once_effects,
     2 => poison_message_is_parked_and_the_rest_flows: poison_is_parked_others_flow,
     2 => shared_commits_undo_each_failure_alone: undo_each_failure_alone,
+    2 => lanes_keep_the_order_per_key_and_take_each_message_once: lanes_keep_the_order_per_key,
 });
+
+/// On PostgreSQL the lanes of a batch run at once, each on a connection of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_lanes_run_at_once() {
+    let (store, _db) = common::postgres().await;
+    let most = lanes_keep_the_order_per_key(store).await;
+    assert!(
+        most >= 2,
+        "at most {most} record(s) handled at once with 4 lanes"
+    );
+}
 
 /// On PostgreSQL the messages did share transactions: the ledger's events (one per message,
 /// appended in the consumer's transaction) carry far fewer transaction ids than messages (each

@@ -127,6 +127,220 @@ pub enum ConsumerError {
     },
 }
 
+/// What handles records: a consumer without its source, so that the lanes of a batch can share
+/// it (see [`Consumer::concurrency`]).
+struct Settler<'c, S, H> {
+    name: &'c str,
+    store: &'c S,
+    handler: &'c H,
+    max_attempts: u32,
+    backoff: Duration,
+    shared_commits: bool,
+}
+
+impl<S, H> Settler<'_, S, H>
+where
+    S: InboxStore,
+    H: Handler<S::UnitOfWork>,
+{
+    fn store_err(&self) -> impl FnOnce(StoreError) -> ConsumerError + '_ {
+        move |source| ConsumerError::Store {
+            consumer: self.name.to_owned(),
+            source,
+        }
+    }
+
+    /// Handles one record (with retries, then parking) without acknowledging it, in a `consume`
+    /// span (with the feature `otel`, a child of the trace context the record carries).
+    async fn settle(&self, record: &Record) -> Result<Outcome, ConsumerError> {
+        self.settle_from(record, 1).await
+    }
+
+    /// [`Self::settle`] from attempt `first` (the attempts before it failed in a shared
+    /// transaction).
+    async fn settle_from(&self, record: &Record, first: u32) -> Result<Outcome, ConsumerError> {
+        let span = self.span(record);
+        self.settle_in_span(record, first).instrument(span).await
+    }
+
+    /// The `consume` span of `record` (with the feature `otel`, a child of the trace context it
+    /// carries).
+    fn span(&self, record: &Record) -> tracing::Span {
+        let span = tracing::info_span!(
+            "consume",
+            consumer = %self.name,
+            topic = %record.topic,
+            message_type = %record.message_type,
+            message_id = %record.message_id,
+        );
+        #[cfg(feature = "otel")]
+        eventfold_core::trace_context::continue_trace(&span, &record.headers);
+        span
+    }
+
+    async fn settle_in_span(&self, record: &Record, first: u32) -> Result<Outcome, ConsumerError> {
+        let mut last_error = String::new();
+        if first > 1 {
+            self.pause(first - 1).await;
+        }
+        for attempt in first.max(1)..=self.max_attempts {
+            let mut uow = self.store.begin().await.map_err(self.store_err())?;
+            if !uow
+                .mark_received(
+                    self.name,
+                    &InboxEntry::received(
+                        record.message_id,
+                        &record.message_type,
+                        &record.topic,
+                        &record.headers,
+                    ),
+                )
+                .await
+                .map_err(self.store_err())?
+            {
+                let _ = uow.rollback().await;
+                return Ok(Outcome::Duplicate);
+            }
+            match self.handler.handle(&mut uow, record).await {
+                Ok(()) => {
+                    uow.commit().await.map_err(self.store_err())?;
+                    return Ok(Outcome::Handled);
+                }
+                Err(e) => {
+                    let _ = uow.rollback().await;
+                    last_error = e.to_string();
+                    tracing::warn!(consumer = %self.name, message = %record.message_id, attempt, error = %last_error, "handler failed");
+                    if attempt < self.max_attempts {
+                        self.pause(attempt).await;
+                    }
+                }
+            }
+        }
+        self.store
+            .park_message(ParkedMessage {
+                consumer: self.name.to_owned(),
+                message_id: record.message_id,
+                topic: record.topic.clone(),
+                partition: record.partition,
+                offset: record.offset,
+                key: record.key.clone(),
+                message_type: record.message_type.clone(),
+                payload: record.payload.clone(),
+                headers: record.headers.clone(),
+                attempts: self.max_attempts,
+                error: last_error,
+                parked_at: eventfold_core::metadata::now_micros(),
+            })
+            .await
+            .map_err(self.store_err())?;
+        Ok(Outcome::Parked)
+    }
+
+    /// The backoff before attempt `after + 1`: the first delay, doubled per attempt.
+    fn pause(&self, after: u32) -> tokio::time::Sleep {
+        tokio::time::sleep(self.backoff.saturating_mul(1 << (after.max(1) - 1).min(10)))
+    }
+
+    /// Handles `records` in order in one transaction, each in its own savepoint, and commits
+    /// them once. Stops at the first message whose handler fails (undone to its savepoint; the
+    /// ones before it commit): `failed` says so, and that message is the one after `outcomes`.
+    /// An error of the store (nothing committed) is returned for the caller to fall back.
+    async fn settle_shared(&self, records: &[&Record]) -> Result<Shared, StoreError> {
+        let mut uow = self.store.begin().await?;
+        let mut outcomes = Vec::with_capacity(records.len());
+        let mut failed = false;
+        for &record in records {
+            let span = self.span(record);
+            uow.savepoint().await?;
+            let entry = InboxEntry::received(
+                record.message_id,
+                &record.message_type,
+                &record.topic,
+                &record.headers,
+            );
+            if !uow.mark_received(self.name, &entry).await? {
+                uow.release_savepoint().await?;
+                outcomes.push(Outcome::Duplicate);
+                continue;
+            }
+            match self.handler.handle(&mut uow, record).instrument(span).await {
+                Ok(()) => {
+                    uow.release_savepoint().await?;
+                    outcomes.push(Outcome::Handled);
+                }
+                Err(e) => {
+                    tracing::warn!(consumer = %self.name, message = %record.message_id, attempt = 1, error = %e, "handler failed");
+                    uow.rollback_to_savepoint().await?;
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if outcomes.is_empty() {
+            uow.rollback().await?;
+        } else {
+            uow.commit().await?;
+            metrics::histogram!("eventfold_consumer_commit_size", "consumer" => self.name.to_owned())
+                .record(outcomes.len() as f64);
+        }
+        Ok(Shared { outcomes, failed })
+    }
+
+    /// Settles the records of one lane in order: one transaction per record, or with shared
+    /// commits one per run of records (falling back to one per record on a failure).
+    async fn settle_lane(&self, records: &[&Record]) -> Result<ConsumerReport, ConsumerError> {
+        let mut report = ConsumerReport::default();
+        let mut count = |outcome| match outcome {
+            Outcome::Handled => report.handled += 1,
+            Outcome::Duplicate => report.duplicates += 1,
+            Outcome::Parked => report.parked += 1,
+        };
+        let mut next = 0;
+        while next < records.len() {
+            let rest = &records[next..];
+            if !self.shared_commits || rest.len() == 1 {
+                count(self.settle(rest[0]).await?);
+                next += 1;
+                continue;
+            }
+            match self.settle_shared(rest).await {
+                Ok(Shared { outcomes, failed }) => {
+                    next += outcomes.len();
+                    outcomes.into_iter().for_each(&mut count);
+                    if failed {
+                        // Its first attempt failed in the shared transaction; the others are
+                        // its own, before the messages after it.
+                        count(self.settle_from(records[next], 2).await?);
+                        next += 1;
+                    }
+                }
+                Err(e) => {
+                    // Nothing of the shared transaction committed: one message per
+                    // transaction for the rest of the batch (the inbox keeps it exactly once).
+                    metrics::counter!("eventfold_consumer_batch_split_total", "consumer" => self.name.to_owned())
+                        .increment(1);
+                    tracing::debug!(consumer = %self.name, error = %e, "shared transaction failed; handling one message per transaction");
+                    for record in rest {
+                        count(self.settle(record).await?);
+                    }
+                    next = records.len();
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// The lane of `key` among `lanes` (FNV-1a: the same key, the same lane, in every process).
+fn lane_of(key: &str, lanes: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % lanes.max(1) as u64) as usize
+}
+
 /// What a shared transaction did: the outcomes of the messages it committed, in order, and
 /// whether it stopped at a message whose handler failed (the one after them).
 struct Shared {
@@ -166,6 +380,7 @@ pub struct Consumer<S, Src, H> {
     backoff: Duration,
     batch: usize,
     shared_commits: bool,
+    concurrency: usize,
 }
 
 impl<S, Src, H> Consumer<S, Src, H>
@@ -186,6 +401,7 @@ where
             backoff: Duration::from_millis(50),
             batch: 100,
             shared_commits: false,
+            concurrency: 1,
         }
     }
 
@@ -206,6 +422,20 @@ where
         self
     }
 
+    /// How many lanes handle a polled batch at once (default 1, at least 1). With more, the
+    /// batch's records are split by key: the records of one key stay in one lane, in order, so
+    /// the order per key holds, while records of different keys are handled on up to
+    /// `lanes` connections at once (each lane its own transactions; with
+    /// [`shared_commits`](Self::shared_commits), one shared transaction per lane). The batch is
+    /// acknowledged when every lane has settled its records. Use it when the handler's
+    /// transactions wait on round trips and the database has cores to spare; records of one key
+    /// never run concurrently, so a handler that serialises on its key (an aggregate, a saga
+    /// instance) does not conflict with itself.
+    pub fn concurrency(mut self, lanes: usize) -> Self {
+        self.concurrency = lanes.max(1);
+        self
+    }
+
     /// Attempts per message before it is parked (at least 1).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.max(1);
@@ -223,13 +453,6 @@ where
         &self.name
     }
 
-    fn store_err(&self) -> impl FnOnce(StoreError) -> ConsumerError + '_ {
-        move |source| ConsumerError::Store {
-            consumer: self.name.clone(),
-            source,
-        }
-    }
-
     fn source_err(&self) -> impl FnOnce(BoxError) -> ConsumerError + '_ {
         move |source| ConsumerError::Source {
             consumer: self.name.clone(),
@@ -237,10 +460,23 @@ where
         }
     }
 
+    /// The part of the consumer that handles records (everything but the source), shared by
+    /// the lanes of a batch.
+    fn settler(&self) -> Settler<'_, S, H> {
+        Settler {
+            name: &self.name,
+            store: &self.store,
+            handler: &self.handler,
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            shared_commits: self.shared_commits,
+        }
+    }
+
     /// Handles one record (with retries, then parking) and acknowledges it after its
     /// transaction committed.
     pub async fn process(&mut self, record: &Record) -> Result<Outcome, ConsumerError> {
-        let outcome = self.settle(record).await?;
+        let outcome = self.settler().settle(record).await?;
         self.source
             .commit(record)
             .await
@@ -248,188 +484,45 @@ where
         Ok(outcome)
     }
 
-    /// Handles one record (with retries, then parking) without acknowledging it, in a `consume`
-    /// span (with the feature `otel`, a child of the trace context the record carries).
-    async fn settle(&mut self, record: &Record) -> Result<Outcome, ConsumerError> {
-        self.settle_from(record, 1).await
-    }
-
-    /// [`Self::settle`] from attempt `first` (the attempts before it failed in a shared
-    /// transaction).
-    async fn settle_from(&mut self, record: &Record, first: u32) -> Result<Outcome, ConsumerError> {
-        let span = self.span(record);
-        self.settle_in_span(record, first).instrument(span).await
-    }
-
-    /// The `consume` span of `record` (with the feature `otel`, a child of the trace context it
-    /// carries).
-    fn span(&self, record: &Record) -> tracing::Span {
-        let span = tracing::info_span!(
-            "consume",
-            consumer = %self.name,
-            topic = %record.topic,
-            message_type = %record.message_type,
-            message_id = %record.message_id,
-        );
-        #[cfg(feature = "otel")]
-        eventfold_core::trace_context::continue_trace(&span, &record.headers);
-        span
-    }
-
-    async fn settle_in_span(
-        &mut self,
-        record: &Record,
-        first: u32,
-    ) -> Result<Outcome, ConsumerError> {
-        let mut last_error = String::new();
-        if first > 1 {
-            self.pause(first - 1).await;
-        }
-        for attempt in first.max(1)..=self.max_attempts {
-            let mut uow = self.store.begin().await.map_err(self.store_err())?;
-            if !uow
-                .mark_received(
-                    &self.name,
-                    &InboxEntry::received(
-                        record.message_id,
-                        &record.message_type,
-                        &record.topic,
-                        &record.headers,
-                    ),
-                )
-                .await
-                .map_err(self.store_err())?
-            {
-                let _ = uow.rollback().await;
-                return Ok(Outcome::Duplicate);
-            }
-            match self.handler.handle(&mut uow, record).await {
-                Ok(()) => {
-                    uow.commit().await.map_err(self.store_err())?;
-                    return Ok(Outcome::Handled);
-                }
-                Err(e) => {
-                    let _ = uow.rollback().await;
-                    last_error = e.to_string();
-                    tracing::warn!(consumer = %self.name, message = %record.message_id, attempt, error = %last_error, "handler failed");
-                    if attempt < self.max_attempts {
-                        self.pause(attempt).await;
-                    }
-                }
-            }
-        }
-        self.store
-            .park_message(ParkedMessage {
-                consumer: self.name.clone(),
-                message_id: record.message_id,
-                topic: record.topic.clone(),
-                partition: record.partition,
-                offset: record.offset,
-                key: record.key.clone(),
-                message_type: record.message_type.clone(),
-                payload: record.payload.clone(),
-                headers: record.headers.clone(),
-                attempts: self.max_attempts,
-                error: last_error,
-                parked_at: eventfold_core::metadata::now_micros(),
-            })
-            .await
-            .map_err(self.store_err())?;
-        Ok(Outcome::Parked)
-    }
-
-    /// The backoff before attempt `after + 1`: the first delay, doubled per attempt.
-    fn pause(&self, after: u32) -> tokio::time::Sleep {
-        tokio::time::sleep(self.backoff.saturating_mul(1 << (after.max(1) - 1).min(10)))
-    }
-
-    /// Handles `records` in order in one transaction, each in its own savepoint, and commits
-    /// them once. Stops at the first message whose handler fails (undone to its savepoint; the
-    /// ones before it commit): `failed` says so, and that message is the one after `outcomes`.
-    /// An error of the store (nothing committed) is returned for the caller to fall back.
-    async fn settle_shared(&mut self, records: &[Record]) -> Result<Shared, StoreError> {
-        let mut uow = self.store.begin().await?;
-        let mut outcomes = Vec::with_capacity(records.len());
-        let mut failed = false;
+    /// The lanes of a polled batch: with [`concurrency`](Self::concurrency) above 1, its records
+    /// split by key (a key always in the same lane, in the batch's order); otherwise one lane.
+    fn lanes<'r>(&self, records: &'r [Record]) -> Vec<Vec<&'r Record>> {
+        let lanes = self.concurrency.min(records.len()).max(1);
+        let mut split: Vec<Vec<&Record>> = vec![Vec::new(); lanes];
         for record in records {
-            let span = self.span(record);
-            uow.savepoint().await?;
-            let entry = InboxEntry::received(
-                record.message_id,
-                &record.message_type,
-                &record.topic,
-                &record.headers,
-            );
-            if !uow.mark_received(&self.name, &entry).await? {
-                uow.release_savepoint().await?;
-                outcomes.push(Outcome::Duplicate);
-                continue;
-            }
-            match self.handler.handle(&mut uow, record).instrument(span).await {
-                Ok(()) => {
-                    uow.release_savepoint().await?;
-                    outcomes.push(Outcome::Handled);
-                }
-                Err(e) => {
-                    tracing::warn!(consumer = %self.name, message = %record.message_id, attempt = 1, error = %e, "handler failed");
-                    uow.rollback_to_savepoint().await?;
-                    failed = true;
-                    break;
-                }
-            }
+            split[lane_of(&record.key, lanes)].push(record);
         }
-        if outcomes.is_empty() {
-            uow.rollback().await?;
-        } else {
-            uow.commit().await?;
-            metrics::histogram!("eventfold_consumer_commit_size", "consumer" => self.name.clone())
-                .record(outcomes.len() as f64);
-        }
-        Ok(Shared { outcomes, failed })
+        split.retain(|lane| !lane.is_empty());
+        split
     }
 
     /// Settles a polled batch in order, then acknowledges it with one commit per partition
     /// (the last record of each): every transaction of the batch has committed by then, and a
     /// crash before the acknowledgement only redelivers what the inbox already holds.
     async fn handle_batch(&mut self, records: &[Record]) -> Result<ConsumerReport, ConsumerError> {
-        let mut report = ConsumerReport::default();
-        let mut count = |outcome| match outcome {
-            Outcome::Handled => report.handled += 1,
-            Outcome::Duplicate => report.duplicates += 1,
-            Outcome::Parked => report.parked += 1,
+        let settler = self.settler();
+        let lanes = self.lanes(records);
+        let report = match lanes.as_slice() {
+            [] => ConsumerReport::default(),
+            [lane] => settler.settle_lane(lane).await?,
+            lanes => {
+                // The lanes run at once, each on a connection of its own; every lane finishes
+                // (what it committed stays committed) before an error is returned, so the
+                // batch is acknowledged only when all of it is settled.
+                let settled = futures_util::future::join_all(
+                    lanes.iter().map(|lane| settler.settle_lane(lane)),
+                )
+                .await;
+                let mut report = ConsumerReport::default();
+                for lane in settled {
+                    let lane = lane?;
+                    report.handled += lane.handled;
+                    report.duplicates += lane.duplicates;
+                    report.parked += lane.parked;
+                }
+                report
+            }
         };
-        let mut next = 0;
-        while next < records.len() {
-            let rest = &records[next..];
-            if !self.shared_commits || rest.len() == 1 {
-                count(self.settle(&rest[0]).await?);
-                next += 1;
-                continue;
-            }
-            match self.settle_shared(rest).await {
-                Ok(Shared { outcomes, failed }) => {
-                    next += outcomes.len();
-                    outcomes.into_iter().for_each(&mut count);
-                    if failed {
-                        // Its first attempt failed in the shared transaction; the others are
-                        // its own, before the messages after it.
-                        count(self.settle_from(&records[next], 2).await?);
-                        next += 1;
-                    }
-                }
-                Err(e) => {
-                    // Nothing of the shared transaction committed: one message per
-                    // transaction for the rest of the batch (the inbox keeps it exactly once).
-                    metrics::counter!("eventfold_consumer_batch_split_total", "consumer" => self.name.clone())
-                        .increment(1);
-                    tracing::debug!(consumer = %self.name, error = %e, "shared transaction failed; handling one message per transaction");
-                    for record in rest {
-                        count(self.settle(record).await?);
-                    }
-                    next = records.len();
-                }
-            }
-        }
         let mut last: Vec<&Record> = Vec::new();
         for record in records {
             match last

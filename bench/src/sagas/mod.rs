@@ -205,18 +205,25 @@ const SEQUENTIAL_UNITS: f64 = 7.0;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Variant {
     PgInProcess,
+    /// The same with one transaction per record and one lane in every consumer (shared
+    /// commits off, `concurrency(1)`): the before-figure, in the same run.
+    PgInProcessPerRecord,
     PgKafka,
     /// The same, consumers configured with `fetch.wait.max.ms` = [`LOW_FETCH_WAIT_MS`].
     PgKafkaLowWait,
     SqliteInProcess,
 }
 
+/// The lanes of `Orchestrator::reply_consumer` (`eventfold::saga::runtime::REPLY_LANES`).
+const REPLY_LANES: usize = runtime::REPLY_LANES;
+
 /// `fetch.wait.max.ms` of the second Kafka variant's consumers (librdkafka's default is 500).
 const LOW_FETCH_WAIT_MS: &str = "5";
 
 impl Variant {
-    const ALL: [Variant; 4] = [
+    const ALL: [Variant; 5] = [
         Variant::PgInProcess,
+        Variant::PgInProcessPerRecord,
         Variant::PgKafka,
         Variant::PgKafkaLowWait,
         Variant::SqliteInProcess,
@@ -225,6 +232,9 @@ impl Variant {
     fn name(self) -> &'static str {
         match self {
             Variant::PgInProcess => "PostgreSQL + in-process broker",
+            Variant::PgInProcessPerRecord => {
+                "PostgreSQL + in-process broker, one transaction per record, one lane (before)"
+            }
             Variant::PgKafka => {
                 "PostgreSQL + Kafka-protocol broker (tansu), `KafkaSource::new` defaults"
             }
@@ -238,6 +248,7 @@ impl Variant {
     fn key(self) -> &'static str {
         match self {
             Variant::PgInProcess => "postgres_in_process",
+            Variant::PgInProcessPerRecord => "postgres_in_process_per_record",
             Variant::PgKafka => "postgres_kafka",
             Variant::PgKafkaLowWait => "postgres_kafka_fetch_wait_5ms",
             Variant::SqliteInProcess => "sqlite_in_process",
@@ -246,6 +257,14 @@ impl Variant {
 
     fn postgres(self) -> bool {
         self != Variant::SqliteInProcess
+    }
+
+    /// Whether the consumers share commits and run lanes: the reply consumer as
+    /// `Orchestrator::reply_consumer` builds it (shared commits, [`REPLY_LANES`] lanes), the
+    /// participants' consumers with `shared_commits(true)` and as many lanes (their participant
+    /// writes only through the unit of work).
+    fn shared_commits(self) -> bool {
+        self != Variant::PgInProcessPerRecord
     }
 
     fn p50_target_ms(self) -> f64 {
@@ -342,6 +361,10 @@ impl Measured {
 }
 
 /// Spawns the four services of a variant; returns their tasks.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the wiring of one variant, called once"
+)]
 fn spawn_services<S, P, Src>(
     store: &S,
     orchestrator: &Orchestrator<S, Order>,
@@ -350,6 +373,7 @@ fn spawn_services<S, P, Src>(
     topics: &Topics,
     probe: &Arc<Probe>,
     stop: &watch::Receiver<bool>,
+    shared: bool,
 ) -> Result<Vec<tokio::task::JoinHandle<std::result::Result<(), String>>>>
 where
     S: SagaStore + InboxStore + OutboxRelayStore,
@@ -375,7 +399,7 @@ where
         relay.run(shutdown).await.map_err(|e| format!("relay: {e}"))
     }));
     // What `Orchestrator::reply_consumer` builds (its name, 20 attempts, a 10 ms first
-    // backoff), with the handler wrapped to see completions.
+    // backoff, shared commits), with the handler wrapped to see completions.
     let replies = Consumer::new(
         orchestrator.reply_consumer_name(),
         store.clone(),
@@ -388,10 +412,13 @@ where
         Completing {
             inner: orchestrator.reply_handler(),
             probe: probe.clone(),
+            shared,
         },
     )
     .max_attempts(20)
-    .backoff(Duration::from_millis(10));
+    .backoff(Duration::from_millis(10))
+    .shared_commits(shared)
+    .concurrency(if shared { REPLY_LANES } else { 1 });
     let shutdown = stopped();
     tasks.push(tokio::spawn(async move {
         replies
@@ -405,7 +432,9 @@ where
             .zip([&topics.inventory, &topics.payments, &topics.shipping])
     {
         let consumer = ParticipantHandler::new(service, store.clone(), Effect { service })
-            .consumer(Tap::new(source(service, topic)?, probe, service, false));
+            .consumer(Tap::new(source(service, topic)?, probe, service, false))
+            .shared_commits(shared)
+            .concurrency(if shared { REPLY_LANES } else { 1 });
         let shutdown = stopped();
         tasks.push(tokio::spawn(async move {
             consumer
@@ -511,6 +540,7 @@ where
         topics,
         &probe,
         &stop,
+        variant.shared_commits(),
     )?;
     let run_tag = Uuid::now_v7().simple().to_string();
     let counter = Arc::new(AtomicU64::new(0));
@@ -752,7 +782,7 @@ async fn postgres_in(
     let store = PgStore::builder(pool.clone()).build().await?;
     let topics = Topics::new(&Uuid::now_v7().simple().to_string());
     let result = match variant {
-        Variant::PgInProcess => {
+        Variant::PgInProcess | Variant::PgInProcessPerRecord => {
             let broker = InProcessBroker::new();
             let source = |group: &str, topic: &str| Ok(broker.consumer(group, &[topic]));
             measure(

@@ -77,9 +77,10 @@ impl ConsumerLoad {
 #[derive(Default)]
 pub(super) struct Probe {
     pub(super) slots: Mutex<HashMap<Uuid, Slot>>,
-    /// The saga whose completing reply the reply consumer handled last, until its transaction
-    /// is known to have committed.
-    pub(super) pending: Mutex<Option<Uuid>>,
+    /// The sagas whose completing replies the reply consumer handled, until their transaction
+    /// is known to have committed (one with a transaction per reply; a batch's with shared
+    /// commits).
+    pub(super) pending: Mutex<Vec<Uuid>>,
     pub(super) consumers: Mutex<Vec<Arc<ConsumerStats>>>,
     /// Records polled by the four consumers.
     pub(super) consumed: AtomicU64,
@@ -117,17 +118,17 @@ impl Probe {
     }
 
     pub(super) fn set_pending(&self, saga_id: Uuid) {
-        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = Some(saga_id);
-    }
-
-    /// The pending completion's transaction committed by `at`.
-    pub(super) fn settle_pending(&self, at: Instant) {
-        let pending = self
-            .pending
+        self.pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(saga_id) = pending {
+            .push(saga_id);
+    }
+
+    /// The pending completions' transactions committed by `at`.
+    pub(super) fn settle_pending(&self, at: Instant) {
+        let pending =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        for saga_id in pending {
             self.complete(saga_id, at);
         }
     }
@@ -226,18 +227,23 @@ impl<Src: MessageSource> MessageSource for Tap<Src> {
 }
 
 /// The reply consumer's handler ([`Orchestrator::reply_handler`]) noting the reply that
-/// completes a saga. The consumer settles records one at a time (its unit of work commits
-/// before it goes on), so the saga's completion is durable when the consumer next calls the
-/// handler (after that record's `BEGIN` and inbox mark) or acknowledges the batch, whichever
-/// comes first: that instant is the completion.
+/// completes a saga. With one transaction per record (`shared` false) the consumer commits a
+/// record's unit of work before it goes on, so the saga's completion is durable when the
+/// consumer next calls the handler (after that record's `BEGIN` and inbox mark) or
+/// acknowledges the batch, whichever comes first: that instant is the completion. With shared
+/// commits the batch's transaction commits before the consumer acknowledges the batch (or
+/// polls again): that instant is the completion of every saga the batch completed.
 pub(super) struct Completing<H> {
     pub(super) inner: H,
     pub(super) probe: Arc<Probe>,
+    pub(super) shared: bool,
 }
 
 impl<U: UnitOfWork, H: Handler<U>> Handler<U> for Completing<H> {
     async fn handle(&self, uow: &mut U, record: &Record) -> Result<()> {
-        self.probe.settle_pending(Instant::now());
+        if !self.shared {
+            self.probe.settle_pending(Instant::now());
+        }
         self.inner.handle(uow, record).await?;
         if let Some(saga_id) = completes(record) {
             self.probe.set_pending(saga_id);

@@ -84,5 +84,5 @@ pub use error::RuntimeError;
 pub use history::{HistoryEntry, SAGA_STREAM_TYPE, SagaInstance, load};
 pub use orchestrator::{Applied, Orchestrator, RETRY_PARKED, Started, instance_stream};
 pub use participant::{Participant, ParticipantContext, ParticipantHandler};
-pub use replies::ReplyHandler;
+pub use replies::{REPLY_LANES, ReplyHandler};
 pub use scheduler::{Scheduler, TickReport};

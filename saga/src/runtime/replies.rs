@@ -9,6 +9,10 @@ use crate::definition::SagaData;
 use crate::runtime::orchestrator::Orchestrator;
 use crate::runtime::wire;
 
+/// The lanes of [`Orchestrator::reply_consumer`]: replies of different instances applied on up
+/// to this many connections at once.
+pub const REPLY_LANES: usize = 4;
+
 /// Applies the replies of one saga type (see [`Orchestrator::reply_handler`]). Records that are
 /// not replies, or replies of another saga type sharing the topic, are acknowledged and skipped.
 /// A reply that does not decode is an error (the consumer retries, then parks it, visible in
@@ -33,7 +37,13 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
 
     /// A consumer of this saga type's replies from `source` (subscribed to
     /// [`reply_topic`](Self::reply_topic)), with 20 attempts per reply (conflicts with timers
-    /// or other consumers are retried, not parked) and a 10 ms first backoff.
+    /// or other consumers are retried, not parked), a 10 ms first backoff, and
+    /// [shared commits](Consumer::shared_commits): the replies of a polled batch are applied in
+    /// one transaction, each in its own savepoint, and committed once. The reply handler reads
+    /// the instance through the unit of work, so a batch holding two replies of one instance
+    /// applies the second on the state the first left; a reply that fails is undone alone and
+    /// retried on its own. Call `.shared_commits(false)` on the result for one transaction per
+    /// reply.
     pub fn reply_consumer<Src: MessageSource>(
         &self,
         source: Src,
@@ -49,6 +59,8 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         )
         .max_attempts(20)
         .backoff(std::time::Duration::from_millis(10))
+        .shared_commits(true)
+        .concurrency(REPLY_LANES)
     }
 }
 
