@@ -22,6 +22,10 @@
 //! makes a consumer fast on a durable database (ADR 0024); the handler must then read through
 //! its unit of work.
 //!
+//! **Lanes** ([`Consumer::concurrency`], 1 by default): a polled batch split by key into lanes
+//! that run at once, each on a connection of its own; the records of one key stay in one lane,
+//! in order, and the batch is acknowledged when every lane has settled.
+//!
 //! Metrics (`metrics` facade), labelled with `consumer`: counters
 //! `eventfold_consumer_handled_total`, `eventfold_consumer_duplicates_total`,
 //! `eventfold_consumer_parked_total`, `eventfold_consumer_batch_split_total` (shared

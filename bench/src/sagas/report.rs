@@ -109,7 +109,7 @@ impl SagaResults {
         }
         println!();
         println!(
-            "### Sagas: where the time goes under load (each consumer handles its records one transaction at a time)\n"
+            "### Sagas: where the time goes under load (lanes of shared transactions, or one transaction per record in the `before` variant)\n"
         );
         println!(
             "| variant | consumer | records/s | busy (handling, share of the window) | ms per record | records per poll |"
@@ -233,12 +233,15 @@ impl SagaResults {
   (its own group), with `KafkaSource::new`'s configuration, then with `fetch.wait.max.ms` = 5:
   tansu 0.6 appears to hold a fetch for its whole `fetch.wait.max.ms` (librdkafka's default:
   500 ms) even when records arrive meanwhile, and a saga has 6 broker hops (observed).
-* Busy = from a consumer's poll that returned records to its next poll: handling the batch, one
-  unit of work (transaction) per record, then the acknowledgements. A consumer near 100% busy is
-  the bottleneck: the orders service's reply consumer handles 3 replies per saga, one at a time.
-* Completion = the reply consumer's next step after the `ship` step's success reply (the next
-  record's handler call, or the batch's acknowledgement): its transaction had committed by then,
-  at most a `BEGIN` and an inbox mark earlier; no database polling. Latency
+* Busy = from a consumer's poll that returned records to its next poll: handling the batch (in
+  {REPLY_LANES} lanes by key, each lane one shared transaction with a savepoint per record; in the
+  `before` variant one transaction per record, one at a time), then the acknowledgements. A
+  consumer near 100% busy is the bottleneck: the orders service's reply consumer handles 3
+  replies per saga. ms per record = busy time ÷ records (lanes overlap within it).
+* Completion = with shared commits, the reply consumer's acknowledgement of the batch (or its
+  next poll) after the `ship` step's success reply: every lane's transaction had committed by
+  then. One transaction per record: the next record's handler call, or the batch's
+  acknowledgement (at most a `BEGIN` and an inbox mark after the commit); no database polling. Latency
   under load: start → completion of the sagas completed inside the window (includes queueing).
   History latency: event timestamps, taken before each transaction commits. Every saga started
   must end `completed` (checked with `count_sagas`), or the run fails.
