@@ -69,7 +69,7 @@ pub use projection::{BuildState, LockedCheckpoint, ParkedEvent, ProjectionState,
 pub use repository::{Executed, Loaded, Repository};
 pub use saga::{SagaFilter, SagaRecord, SagaStore, SagaTimer};
 pub use store::{
-    AppendResult, CommandRecord, DynEventReader, EventStore, LocalWakeup, Snapshot, UnitOfWork,
-    Wakeup,
+    AppendResult, CommandRecord, DynEventReader, EventStore, LocalWakeup, MAX_MESSAGE_KEY_LEN,
+    MAX_PAYLOAD_LEN, Snapshot, UnitOfWork, Wakeup,
 };
 pub use trace::{InboxEntry, TraceStore};

@@ -342,8 +342,17 @@ pub(crate) fn fill_source(events: &mut [NewEvent], source: &str) {
     }
 }
 
+/// Largest payload of an event or an outbox message, in bytes (64 MiB). Every backend refuses a
+/// larger one before any statement, with [`StoreError::InvalidEvent`] or
+/// [`StoreError::InvalidMessage`] naming its size: PostgreSQL's limit (1 GB per value, less
+/// once a row is encoded on the wire) and SQLite's (`SQLITE_MAX_LENGTH`, 1 GB) would otherwise
+/// fail late with a generic error, and a broker refuses far smaller messages (Kafka: 1 MB by
+/// default), which the relay parks as dead letters.
+pub const MAX_PAYLOAD_LEN: usize = 64 * 1024 * 1024;
+
 /// Checks the parts of an append that do not need the database: a non-empty batch, schema
-/// versions from 1, event types of 1 to 200 bytes, and no NUL character in any text (type,
+/// versions from 1, event types of 1 to 200 bytes, payloads of at most [`MAX_PAYLOAD_LEN`]
+/// bytes, and no NUL character in any text (type,
 /// source, tenant, header names and values), which PostgreSQL cannot store; every backend refuses
 /// it alike.
 pub(crate) fn validate_append(stream_id: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
@@ -357,6 +366,11 @@ pub(crate) fn validate_append(stream_id: &StreamId, events: &[NewEvent]) -> Resu
             Some("schema version must be at least 1".to_owned())
         } else if event.event_type.is_empty() || event.event_type.len() > 200 {
             Some("event type must be 1 to 200 bytes".to_owned())
+        } else if event.payload.len() > MAX_PAYLOAD_LEN {
+            Some(format!(
+                "the payload is {} bytes, more than {MAX_PAYLOAD_LEN}",
+                event.payload.len()
+            ))
         } else {
             nul_in_event(event).map(|field| format!("the {field} holds a NUL character"))
         };
@@ -434,7 +448,7 @@ pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), StoreErro
 pub const MAX_MESSAGE_KEY_LEN: usize = 1024;
 
 /// Checks application messages before they are written to the outbox: a key of at most
-/// [`MAX_MESSAGE_KEY_LEN`] bytes, no NUL character in the topic, key, aggregate type and id,
+/// [`MAX_MESSAGE_KEY_LEN`] bytes, a payload of at most [`MAX_PAYLOAD_LEN`] bytes, no NUL character in the topic, key, aggregate type and id,
 /// message type, header names and values (PostgreSQL cannot store it); every backend refuses it
 /// alike.
 pub(crate) fn validate_messages(
@@ -448,6 +462,16 @@ pub(crate) fn validate_messages(
                 reason: format!(
                     "the key is {} bytes, more than {MAX_MESSAGE_KEY_LEN}",
                     message.key.len()
+                ),
+            });
+        }
+        if message.payload.len() > MAX_PAYLOAD_LEN {
+            return Err(StoreError::InvalidMessage {
+                message_id: message.id,
+                topic: message.topic.clone(),
+                reason: format!(
+                    "the payload is {} bytes, more than {MAX_PAYLOAD_LEN}",
+                    message.payload.len()
                 ),
             });
         }

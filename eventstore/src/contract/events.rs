@@ -155,6 +155,57 @@ pub async fn empty_append_is_refused<S: EventStore>(store: S) {
     assert_eq!(store.stream_version(&id).await.expect("version"), 0);
 }
 
+/// A payload of [`MAX_PAYLOAD_LEN`](crate::MAX_PAYLOAD_LEN) bytes is stored and read back whole;
+/// one byte more is refused before any statement, with an error naming the stream, the event
+/// and the size, for an event and for an outbox message alike, and the stream goes on.
+pub async fn payloads_at_the_limit_are_stored_and_past_it_refused<S: EventStore>(store: S) {
+    let id = stream("payload-limit");
+    let limit = crate::MAX_PAYLOAD_LEN;
+    let at_limit = NewEvent::raw("tally.blob", 1, vec![b'x'; limit]);
+    append_ok(&store, &id, ExpectedVersion::NoStream, vec![at_limit]).await;
+    let read = store.read_stream(&id, 1, 1).await.expect("read");
+    assert_eq!(
+        read[0].payload.len(),
+        limit,
+        "the payload at the limit, whole"
+    );
+    assert!(read[0].payload.iter().all(|b| *b == b'x'));
+
+    let past = NewEvent::raw("tally.blob", 1, vec![b'x'; limit + 1]);
+    let past_id = past.event_id;
+    let err = store
+        .append(&id, ExpectedVersion::Exact(1), vec![past])
+        .await
+        .unwrap_err();
+    match &err {
+        StoreError::InvalidEvent {
+            stream_id,
+            event_id,
+            reason,
+            ..
+        } => {
+            assert_eq!((stream_id, *event_id), (&id, past_id));
+            assert!(reason.contains(&(limit + 1).to_string()), "{reason}");
+        }
+        other => panic!("expected InvalidEvent, got {other:?}"),
+    }
+    assert!(!err.is_retriable(), "a payload too large is not transient");
+
+    let mut uow = store.begin().await.expect("begin");
+    let message =
+        eventfold_core::OutboxMessage::new("blobs", "k", "blob.sent", vec![b'y'; limit + 1]);
+    let err = uow.enqueue(vec![message]).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::InvalidMessage { reason, .. } if reason.contains("payload")),
+        "{err:?}"
+    );
+    uow.rollback().await.expect("rollback");
+
+    // The stream goes on.
+    append_ok(&store, &id, ExpectedVersion::Exact(1), vec![added(2)]).await;
+    assert_eq!(store.stream_version(&id).await.expect("version"), 2);
+}
+
 /// A duplicate event id fails the whole append, naming the id; nothing of it is stored.
 pub async fn duplicate_event_id_is_refused_and_nothing_is_written<S: EventStore>(store: S) {
     let a = stream("dup-a");

@@ -83,6 +83,7 @@ macro_rules! eventstore_contract_tests {
             append_and_read_round_trip_keeps_all_metadata,
             expected_version_rules,
             empty_append_is_refused,
+            payloads_at_the_limit_are_stored_and_past_it_refused,
             duplicate_event_id_is_refused_and_nothing_is_written,
             large_append_keeps_order_and_names_a_late_duplicate,
             read_stream_from_version_with_limit,
