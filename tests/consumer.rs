@@ -20,6 +20,25 @@ fn payment(i: u32, kind: &str) -> OutboxMessage {
     )
 }
 
+/// Runs `consumer` until a poll finds nothing; what it did in all.
+async fn drain<S, Src, H>(consumer: &mut Consumer<S, Src, H>) -> eventfold::outbox::ConsumerReport
+where
+    S: InboxStore,
+    Src: eventfold::outbox::MessageSource,
+    H: eventfold::outbox::Handler<S::UnitOfWork>,
+{
+    let mut total = eventfold::outbox::ConsumerReport::default();
+    loop {
+        let report = consumer.run_once(Duration::from_millis(100)).await.unwrap();
+        if report.handled + report.duplicates + report.parked == 0 {
+            return total;
+        }
+        total.handled += report.handled;
+        total.duplicates += report.duplicates;
+        total.parked += report.parked;
+    }
+}
+
 /// The consumer `ledger` of the topic `payments`, handling with a [`Ledger`].
 fn ledger_consumer<S: InboxStore>(
     store: &S,
@@ -51,15 +70,7 @@ async fn exactly_once_effects<S: InboxStore>(store: S) {
     }
     drop(crashed);
 
-    let mut total = eventfold::outbox::ConsumerReport::default();
-    loop {
-        let report = consumer.run_once(Duration::from_millis(100)).await.unwrap();
-        if report.handled + report.duplicates + report.parked == 0 {
-            break;
-        }
-        total.handled += report.handled;
-        total.duplicates += report.duplicates;
-    }
+    let total = drain(&mut consumer).await;
     let done = common::effects(&store).await;
     let unique: HashSet<_> = done.iter().collect();
     assert_eq!(done.len(), 40, "every message took effect");
@@ -168,16 +179,7 @@ async fn undo_each_failure_alone<S: InboxStore>(store: S) -> Vec<uuid::Uuid> {
     .shared_commits(true)
     .max_attempts(3)
     .backoff(Duration::from_millis(1));
-    let mut total = eventfold::outbox::ConsumerReport::default();
-    loop {
-        let report = consumer.run_once(Duration::from_millis(100)).await.unwrap();
-        if report.handled + report.duplicates + report.parked == 0 {
-            break;
-        }
-        total.handled += report.handled;
-        total.duplicates += report.duplicates;
-        total.parked += report.parked;
-    }
+    let total = drain(&mut consumer).await;
     let poison: Vec<_> = messages
         .iter()
         .filter(|m| m.message_type == "payment.poison")
@@ -293,16 +295,7 @@ async fn lanes_keep_the_order_per_key<S: InboxStore>(store: S) -> usize {
         .shared_commits(shared)
         .concurrency(4)
         .max_attempts(1);
-        let mut total = eventfold::outbox::ConsumerReport::default();
-        loop {
-            let report = consumer.run_once(Duration::from_millis(100)).await.unwrap();
-            if report.handled + report.duplicates + report.parked == 0 {
-                break;
-            }
-            total.handled += report.handled;
-            total.duplicates += report.duplicates;
-            total.parked += report.parked;
-        }
+        let total = drain(&mut consumer).await;
         // One attempt each: a record handled out of its key's order fails its expected
         // version and is parked.
         assert_eq!(

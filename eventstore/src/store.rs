@@ -455,24 +455,17 @@ pub(crate) fn validate_messages(
     messages: &[eventfold_core::OutboxMessage],
 ) -> Result<(), StoreError> {
     for message in messages {
-        if message.key.len() > MAX_MESSAGE_KEY_LEN {
+        let oversized = [
+            ("key", message.key.len(), MAX_MESSAGE_KEY_LEN),
+            ("payload", message.payload.len(), MAX_PAYLOAD_LEN),
+        ]
+        .into_iter()
+        .find(|(_, len, max)| len > max);
+        if let Some((what, len, max)) = oversized {
             return Err(StoreError::InvalidMessage {
                 message_id: message.id,
                 topic: message.topic.clone(),
-                reason: format!(
-                    "the key is {} bytes, more than {MAX_MESSAGE_KEY_LEN}",
-                    message.key.len()
-                ),
-            });
-        }
-        if message.payload.len() > MAX_PAYLOAD_LEN {
-            return Err(StoreError::InvalidMessage {
-                message_id: message.id,
-                topic: message.topic.clone(),
-                reason: format!(
-                    "the payload is {} bytes, more than {MAX_PAYLOAD_LEN}",
-                    message.payload.len()
-                ),
+                reason: format!("the {what} is {len} bytes, more than {max}"),
             });
         }
         let field = [
