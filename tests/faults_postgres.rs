@@ -323,6 +323,108 @@ async fn repository_execute_retries_a_lost_connection_only_for_a_command_with_an
     }
 }
 
+/// A consumer keeps running while every session of its database is terminated again and again
+/// (`pg_terminate_backend` every 30 ms, in the middle of its transactions): a lost connection is
+/// transient, so it handles the same batch again after a backoff (the inbox skips what had
+/// committed), counting `eventfold_consumer_retries_total`, and every message takes effect once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_rides_out_terminated_sessions_and_takes_each_message_once() {
+    use eventfold::outbox::{Consumer, InProcessBroker, OutboxMessage, Publisher};
+    use sqlx::Connection;
+
+    let (store, db) = store().await;
+    let broker = InProcessBroker::new();
+    let total = 400;
+    let messages: Vec<OutboxMessage> = (0..total)
+        .map(|i| {
+            OutboxMessage::new(
+                "payments",
+                format!("p-{}", i % 13),
+                "payment.captured",
+                format!(r#"{{"n":{i}}}"#).into_bytes(),
+            )
+        })
+        .collect();
+    broker.publish(&messages).await;
+    let retries_before = consumer_retries("ledger");
+    let consumer = Consumer::new(
+        "ledger",
+        store.clone(),
+        broker.consumer("ledger", &["payments"]),
+        common::Ledger::default(),
+    )
+    .shared_commits(true)
+    .backoff(Duration::from_millis(1));
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(consumer.run(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+
+    // The killer has a connection of its own, which it spares.
+    let mut killer = sqlx::PgConnection::connect(&common::database_url(db.name()))
+        .await
+        .expect("the killer's connection");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut kills = 0i64;
+    loop {
+        let effects: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM eventfold_events WHERE stream_type = 'ledger'",
+        )
+        .fetch_one(&mut killer)
+        .await
+        .expect("count the effects");
+        if effects >= total as i64 {
+            break;
+        }
+        assert!(
+            !task.is_finished(),
+            "the consumer stopped after {kills} terminated sessions: {:?}",
+            task.await
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{effects} of {total} messages took effect within 90 s"
+        );
+        kills += sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+               AND backend_type = 'client backend'",
+        )
+        .fetch_one(&mut killer)
+        .await
+        .expect("terminate the other sessions");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    stop.send(true).expect("stop the consumer");
+    task.await
+        .expect("the consumer task")
+        .expect("the consumer ends without an error");
+
+    let effects = common::effects(&store).await;
+    let unique: std::collections::HashSet<_> = effects.iter().collect();
+    assert_eq!(effects.len(), total, "every message took effect");
+    assert_eq!(unique.len(), total, "and only once");
+    let retried = consumer_retries("ledger") - retries_before;
+    eprintln!(
+        "consumer under terminated sessions: {kills} sessions terminated, {retried} batch retries, {total} messages each once"
+    );
+    assert!(kills >= 3, "only {kills} sessions were terminated");
+    assert!(retried >= 1, "no retry was counted");
+}
+
+/// `eventfold_consumer_retries_total{consumer, reason}` of `consumer` so far, every reason.
+fn consumer_retries(consumer: &str) -> u64 {
+    let counters = recorder().counters.lock().expect("the counters");
+    counters
+        .iter()
+        .filter(|(name, _)| {
+            name.starts_with("eventfold_consumer_retries_total{")
+                && name.contains(&format!("consumer={consumer}"))
+        })
+        .map(|(_, c)| c.load(Ordering::SeqCst))
+        .sum()
+}
+
 /// Terminates the first session of this database seen sleeping in the trigger, then disarms the
 /// fault.
 async fn kill_the_sleeper(pool: sqlx::PgPool) {

@@ -29,8 +29,9 @@
 //! Metrics (`metrics` facade), labelled with `consumer`: counters
 //! `eventfold_consumer_handled_total`, `eventfold_consumer_duplicates_total`,
 //! `eventfold_consumer_parked_total`, `eventfold_consumer_batch_split_total` (shared
-//! transactions that failed as a whole), and the histogram `eventfold_consumer_commit_size`
-//! (messages per shared commit).
+//! transactions that failed as a whole), `eventfold_consumer_retries_total` (also labelled
+//! `reason`: batches handled again by [`Consumer::run`] after a transient store failure), and
+//! the histogram `eventfold_consumer_commit_size` (messages per shared commit).
 //!
 //! ```
 //! use std::time::Duration;
@@ -566,6 +567,13 @@ where
 
     /// Runs until `shutdown` completes. Shutdown is taken between batches, so every polled
     /// message is finished (handled and acknowledged, or parked) before it returns.
+    ///
+    /// A transient failure of the store ([`ConsumerError::is_retriable`]: a lost connection, a
+    /// deadlock, a serialization failure, a busy SQLite file) does not end the run: the same
+    /// batch is handled again after a backoff (doubling from [`backoff`](Self::backoff) up to
+    /// 5 s; the inbox skips what had committed), until it succeeds or shutdown comes (the batch
+    /// then stays unacknowledged and is delivered again). Each retry is counted in
+    /// `eventfold_consumer_retries_total{consumer, reason}`. Any other error ends the run.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ConsumerError> {
         tokio::pin!(shutdown);
         loop {
@@ -573,8 +581,57 @@ where
                 () = &mut shutdown => return Ok(()),
                 polled = self.source.poll(self.batch, Duration::from_millis(500)) => polled,
             };
-            self.handle_batch(&polled.map_err(self.source_err())?)
-                .await?;
+            let records = polled.map_err(self.source_err())?;
+            let mut failures = 0u32;
+            loop {
+                match self.handle_batch(&records).await {
+                    Ok(_) => break,
+                    Err(e) if e.is_retriable() => {
+                        failures = failures.saturating_add(1);
+                        let reason = e.transient_reason();
+                        metrics::counter!(
+                            "eventfold_consumer_retries_total",
+                            "consumer" => self.name.clone(),
+                            "reason" => reason
+                        )
+                        .increment(1);
+                        tracing::warn!(consumer = %self.name, attempt = failures, error = %e, "transient failure; handling the batch again");
+                        let pause = self
+                            .backoff
+                            .saturating_mul(1 << failures.min(10))
+                            .min(MAX_RUN_BACKOFF);
+                        tokio::select! {
+                            () = &mut shutdown => return Ok(()),
+                            () = tokio::time::sleep(pause) => {}
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+/// The longest pause between two attempts of a batch after transient failures in
+/// [`Consumer::run`].
+const MAX_RUN_BACKOFF: Duration = Duration::from_secs(5);
+
+impl ConsumerError {
+    /// Whether trying again may succeed: a transient failure of the store (see
+    /// [`StoreError::is_retriable`]). A failure of the broker is not judged here.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, ConsumerError::Store { source, .. } if source.is_retriable())
+    }
+
+    /// The label of the retry metric: the transient kind, or `other`.
+    fn transient_reason(&self) -> &'static str {
+        match self {
+            ConsumerError::Store {
+                source: StoreError::Transient { kind, .. },
+                ..
+            } => kind.as_str(),
+            ConsumerError::Store { source, .. } if source.is_conflict() => "conflict",
+            _ => "other",
         }
     }
 }
