@@ -135,7 +135,11 @@ impl Cluster {
         if as_postgres {
             // initdb refuses to run as root: the postgres user owns the directory and runs the
             // server binaries.
-            run_plain(Command::new("chown").args(["postgres:postgres"]).arg(&cluster.dir));
+            run_plain(
+                Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(&cluster.dir),
+            );
         }
         let data = cluster.data();
         cluster.run(
@@ -286,7 +290,9 @@ fn kind_of(e: &eventfold::eventstore::StoreError) -> String {
     match e.transient_kind() {
         Some(kind) => kind.as_str().to_owned(),
         None if e.is_conflict() => "version_conflict".to_owned(),
-        None => panic!("an append failed with an error that is neither transient nor a conflict: {e:?}"),
+        None => {
+            panic!("an append failed with an error that is neither transient nor a conflict: {e:?}")
+        }
     }
 }
 
@@ -380,7 +386,10 @@ fn spawn_relay(
 async fn server_restarts_lose_no_acknowledged_event_and_publish_nothing_uncommitted() {
     let started = Instant::now();
     let restarts = env_number("EVENTFOLD_CLUSTER_RESTARTS", 3);
-    assert!(restarts >= 1, "EVENTFOLD_CLUSTER_RESTARTS must be at least 1");
+    assert!(
+        restarts >= 1,
+        "EVENTFOLD_CLUSTER_RESTARTS must be at least 1"
+    );
     let mut cluster = tokio::task::spawn_blocking(Cluster::start)
         .await
         .expect("starting the cluster");
@@ -592,10 +601,7 @@ async fn server_restarts_lose_no_acknowledged_event_and_publish_nothing_uncommit
         lost.len(),
         lost.iter().take(5).collect::<Vec<_>>()
     );
-    assert_eq!(
-        unexplained, 0,
-        "stored events that no writer appended"
-    );
+    assert_eq!(unexplained, 0, "stored events that no writer appended");
     assert_eq!(
         phantom, 0,
         "published records that are not stored ({failed_published} of them from failed appends)"
@@ -613,8 +619,8 @@ async fn server_restarts_lose_no_acknowledged_event_and_publish_nothing_uncommit
     );
     println!(
         "FAULTS fault=server_restart component=postgres injected=restarts:{} \
-         checked=acked:{},lost:0,unpublished:0,uncommitted_published:0,order_violations:0,\
-         failed_appends:{errors},ambiguous_commits:{ambiguous},duplicates:{duplicates} result=pass",
+         checked=acked_events:{},lost:0,unpublished:0,uncommitted_published:0,order_violations:0,\
+         failed_appends:{errors},ambiguous_events:{ambiguous},duplicates:{duplicates} result=pass",
         cluster.restarts,
         appends.acked.len(),
     );

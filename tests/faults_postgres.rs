@@ -131,6 +131,11 @@ async fn opposite_order_units_of_work_deadlock_as_a_typed_transient_error() {
             );
         }
     }
+    println!(
+        "FAULTS fault=deadlock component=unit_of_work injected=deadlocks:{deadlocks} \
+         checked=units_of_work:{},untyped_errors:0,version_gaps:0 result=pass",
+        PAIRS * ROUNDS * 2
+    );
 }
 
 /// The same opposite lock orders inside `Repository::execute`: a trigger stands in for the
@@ -212,6 +217,10 @@ async fn repository_execute_retries_deadlocks_until_every_command_succeeded_once
         vec![events, events],
         "the rolled-back attempts left nothing behind"
     );
+    println!(
+        "FAULTS fault=deadlock component=repository injected=deadlocks:{deadlocks} \
+         checked=commands:{events},failed:0,applied_twice:0,rolled_back_leftovers:0 result=pass"
+    );
 }
 
 /// A unit of work whose session is terminated (`pg_terminate_backend`) in the middle of its
@@ -264,6 +273,10 @@ async fn a_terminated_session_is_a_lost_connection() {
             .expect("the stream's version"),
         0,
         "nothing of the terminated transaction is stored"
+    );
+    println!(
+        "FAULTS fault=terminate_backend component=unit_of_work injected=terminations:1 \
+         checked=typed_connection_lost:1,stored_after_termination:0 result=pass"
     );
 }
 
@@ -321,6 +334,10 @@ async fn repository_execute_retries_a_lost_connection_only_for_a_command_with_an
             assert_eq!(loaded.version, 0, "the killed append did not commit");
         }
     }
+    println!(
+        "FAULTS fault=terminate_backend component=repository injected=terminations:2 \
+         checked=retried_with_id:1,stored_once:1,not_retried_without_id:1 result=pass"
+    );
 }
 
 /// Terminates the first session of this database seen sleeping in the trigger, then disarms the
