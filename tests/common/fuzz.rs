@@ -67,9 +67,9 @@ where
     );
     // The fault suite's summary line (`scripts/faults.sh` collects it): a failure panicked above.
     println!(
-        "FAULTS fault=fuzz component={} injected=cases:{total},secs:{} \
+        "FAULTS fault=fuzz component={} injected=cases:{total},secs:{:.1} \
          checked=panics:0,property_failures:0 result=pass",
         target.replace(' ', "_"),
-        start.elapsed().as_secs()
+        start.elapsed().as_secs_f64()
     );
 }
