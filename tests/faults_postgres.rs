@@ -340,6 +340,51 @@ async fn repository_execute_retries_a_lost_connection_only_for_a_command_with_an
     );
 }
 
+/// A log wakeup (what a relay, a runner or a subscription waits on) holds its LISTEN connection
+/// outside the store's pool: on a pool of one connection, appends and reads still run while a
+/// wakeup exists. (The listener used to take a connection of the store's pool; after server
+/// restarts such a connection could come back to the pool still listening, and every statement
+/// on it then failed with "unexpected message: NotificationResponse", see
+/// `tests/faults_cluster.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listen_connection_is_not_taken_from_the_stores_pool() {
+    let (_, db) = common::postgres().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect(&common::database_url(db.name()))
+        .await
+        .expect("connect to the test database");
+    let store = PgStore::builder(pool)
+        .source("faults")
+        .build()
+        .await
+        .expect("open the store");
+    let mut wakeups = Vec::new();
+    for _ in 0..3 {
+        wakeups.push(store.wakeup().await.expect("a wakeup"));
+    }
+    let s = stream("listen", "1");
+    for version in 0..3u64 {
+        store
+            .append(
+                &s,
+                ExpectedVersion::Exact(version),
+                vec![NewEvent::raw("listen.noted", 1, b"{}".to_vec())],
+            )
+            .await
+            .unwrap_or_else(|e| {
+                panic!("append {version} beside 3 wakeups on a 1-connection pool: {e}")
+            });
+    }
+    assert_eq!(store.stream_version(&s).await.expect("read"), 3);
+    drop(wakeups);
+    println!(
+        "FAULTS fault=shared_listen_connection component=log_wakeup injected=wakeups:3 \
+         checked=appends_on_a_1_connection_pool:3,blocked:0 result=pass"
+    );
+}
+
 /// Terminates the first session of this database seen sleeping in the trigger, then disarms the
 /// fault.
 async fn kill_the_sleeper(pool: sqlx::PgPool) {
