@@ -131,6 +131,11 @@ async fn opposite_order_units_of_work_deadlock_as_a_typed_transient_error() {
             );
         }
     }
+    println!(
+        "FAULTS fault=deadlock component=unit_of_work injected=deadlocks:{deadlocks} \
+         checked=units_of_work:{},untyped_errors:0,version_gaps:0 result=pass",
+        PAIRS * ROUNDS * 2
+    );
 }
 
 /// The same opposite lock orders inside `Repository::execute`: a trigger stands in for the
@@ -212,6 +217,10 @@ async fn repository_execute_retries_deadlocks_until_every_command_succeeded_once
         vec![events, events],
         "the rolled-back attempts left nothing behind"
     );
+    println!(
+        "FAULTS fault=deadlock component=repository injected=deadlocks:{deadlocks} \
+         checked=commands:{events},failed:0,applied_twice:0,rolled_back_leftovers:0 result=pass"
+    );
 }
 
 /// A unit of work whose session is terminated (`pg_terminate_backend`) in the middle of its
@@ -264,6 +273,10 @@ async fn a_terminated_session_is_a_lost_connection() {
             .expect("the stream's version"),
         0,
         "nothing of the terminated transaction is stored"
+    );
+    println!(
+        "FAULTS fault=terminate_backend component=unit_of_work injected=terminations:1 \
+         checked=typed_connection_lost:1,stored_after_termination:0 result=pass"
     );
 }
 
@@ -321,6 +334,55 @@ async fn repository_execute_retries_a_lost_connection_only_for_a_command_with_an
             assert_eq!(loaded.version, 0, "the killed append did not commit");
         }
     }
+    println!(
+        "FAULTS fault=terminate_backend component=repository injected=terminations:2 \
+         checked=retried_with_id:1,stored_once:1,not_retried_without_id:1 result=pass"
+    );
+}
+
+/// A log wakeup (what a relay, a runner or a subscription waits on) holds its LISTEN connection
+/// outside the store's pool: on a pool of one connection, appends and reads still run while a
+/// wakeup exists. (The listener used to take a connection of the store's pool; after server
+/// restarts such a connection could come back to the pool still listening, and every statement
+/// on it then failed with "unexpected message: NotificationResponse", see
+/// `tests/faults_cluster.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listen_connection_is_not_taken_from_the_stores_pool() {
+    let (_, db) = common::postgres().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect(&common::database_url(db.name()))
+        .await
+        .expect("connect to the test database");
+    let store = PgStore::builder(pool)
+        .source("faults")
+        .build()
+        .await
+        .expect("open the store");
+    let mut wakeups = Vec::new();
+    for _ in 0..3 {
+        wakeups.push(store.wakeup().await.expect("a wakeup"));
+    }
+    let s = stream("listen", "1");
+    for version in 0..3u64 {
+        store
+            .append(
+                &s,
+                ExpectedVersion::Exact(version),
+                vec![NewEvent::raw("listen.noted", 1, b"{}".to_vec())],
+            )
+            .await
+            .unwrap_or_else(|e| {
+                panic!("append {version} beside 3 wakeups on a 1-connection pool: {e}")
+            });
+    }
+    assert_eq!(store.stream_version(&s).await.expect("read"), 3);
+    drop(wakeups);
+    println!(
+        "FAULTS fault=shared_listen_connection component=log_wakeup injected=wakeups:3 \
+         checked=appends_on_a_1_connection_pool:3,blocked:0 result=pass"
+    );
 }
 
 /// A consumer keeps running while every session of its database is terminated again and again
@@ -410,6 +472,10 @@ async fn a_consumer_rides_out_terminated_sessions_and_takes_each_message_once() 
     );
     assert!(kills >= 3, "only {kills} sessions were terminated");
     assert!(retried >= 1, "no retry was counted");
+    println!(
+        "FAULTS fault=terminate_backend component=consumer injected=terminations:{kills} \
+         checked=messages:{total},lost:0,double_effects:0,batch_retries:{retried} result=pass"
+    );
 }
 
 /// `eventfold_consumer_retries_total{consumer, reason}` of `consumer` so far, every reason.

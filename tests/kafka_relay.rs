@@ -477,6 +477,12 @@ async fn kafka_relay_rides_out_broker_errors_injected_by_the_mock_cluster() {
             "key {key}: first deliveries in version order"
         );
     }
+    println!(
+        "FAULTS fault=broker_errors component=kafka_relay injected=produce_errors:{},broker_down_secs:5,failed_publishes:{timed_out} \
+         checked=events:{},lost:0,order_violations:0,parked:0 result=pass",
+        injected.len(),
+        expected.len()
+    );
     eprintln!(
         "mock cluster: {} produce errors injected ({} kinds) and broker 2 down for 5 s ({timed_out} publications failed retriably meanwhile); {} events of {keys} keys delivered ({} records), in order per key; relayed in {relayed:?}, consumed by {:?}",
         injected.len(),

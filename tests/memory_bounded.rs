@@ -207,4 +207,11 @@ async fn backlogs_behind_a_broker_outage_drain_without_memory_growing_with_volum
         BACKLOGS - 1,
         mib(backlog)
     );
+    println!(
+        "FAULTS fault=broker_outage_backlog component=relay injected=backlogs:{BACKLOGS},backlog_mib:{},outage_secs:3 \
+         checked=rss_growth_mib:{},peak_rss_mib:{},lost:0,order_violations:0,parked:0 result=pass",
+        mib(backlog),
+        mib(grown),
+        mib(peak)
+    );
 }

@@ -960,4 +960,15 @@ async fn killed_orchestrators_and_participants_leave_every_saga_terminal_with_ef
         sum_of(&counters, "child_restarts"),
         started.elapsed().as_secs_f64()
     );
+    println!(
+        "FAULTS fault=sigkill component=saga_orchestrator+participants \
+         injected=kills:{kills},orchestrator_kills:{},participant_kills:{} \
+         checked=sagas:{},completed:{},compensated:{},not_terminal:0,wrong_effects:0,\
+         double_effects:0,compensations_out_of_order:0,inbox_duplicates:{duplicates} result=pass",
+        killed.get("orchestrator").copied().unwrap_or(0),
+        killed.get("participants").copied().unwrap_or(0),
+        ids.len(),
+        done.get("completed").copied().unwrap_or(0),
+        done.get("compensated").copied().unwrap_or(0),
+    );
 }

@@ -33,7 +33,8 @@ pub fn budget() -> Option<Duration> {
 
 /// Runs `test` on inputs of `strategy`, [`cases`] of them, or batches of them until the
 /// [`budget`] is spent; panics with the (shrunk) failing input and the reason, a panic of `test`
-/// included. Prints how many cases ran.
+/// included. Prints how many cases ran, and the fault suite's summary line (`FAULTS ...`, see
+/// `scripts/faults.sh`).
 pub fn run<S>(target: &str, strategy: S, test: impl Fn(S::Value) -> TestCaseResult)
 where
     S: Strategy,
@@ -62,6 +63,13 @@ where
     }
     eprintln!(
         "fuzz target {target}: {total} cases in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    // The fault suite's summary line (`scripts/faults.sh` collects it): a failure panicked above.
+    println!(
+        "FAULTS fault=fuzz component={} injected=cases:{total},secs:{:.1} \
+         checked=panics:0,property_failures:0 result=pass",
+        target.replace(' ', "_"),
         start.elapsed().as_secs_f64()
     );
 }

@@ -157,8 +157,21 @@ impl PgStore {
         })
     }
 
+    /// The LISTEN connection comes from a pool of its own (one connection, never lent to a
+    /// query), not from the store's pool. When sqlx's `PgListener` loses its connection (a server
+    /// restart) and re-establishes it, it can install the new connection without its notification
+    /// buffer; given back to a shared pool (when the listener is dropped and its `UNLISTEN` fails),
+    /// that connection still listens, and every statement run on it fails with a protocol error
+    /// ("unexpected message: NotificationResponse") whenever a NOTIFY arrives, which the store's
+    /// own appends send all the time. Seen after repeated `pg_ctl restart -m immediate` in
+    /// `tests/faults_cluster.rs`: appends failed with `StoreError::Database` for good.
     pub(super) async fn open_wakeup(&self) -> Result<PgWakeup, StoreError> {
-        let listener = match PgListener::connect_with(&self.pool).await {
+        let listen_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(self.pool.options().get_acquire_timeout())
+            .connect_lazy_with((*self.pool.connect_options()).clone());
+        let listener = match PgListener::connect_with(&listen_pool).await {
             Ok(mut listener) => match listener.listen(&self.sql.channel).await {
                 Ok(()) => Some(listener),
                 Err(e) => {

@@ -1,0 +1,72 @@
+# The environment of eventfold's tests, shared by scripts/test.sh (every test, CI) and
+# scripts/faults.sh (the fault suite): sourced from the repository's root, it sets the test knobs
+# (each only when unset), checks PostgreSQL (starting the local Debian cluster if it is stopped)
+# and drops test databases left by killed runs, installs and starts tansu (a Kafka-protocol
+# broker) when nothing listens on the Kafka port, and installs cargo-nextest. It fails loudly
+# when PostgreSQL or the broker cannot be reached: no test is skipped for a missing component.
+# Defines `log` (a line on stderr).
+
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export EVENTFOLD_STRESS_SECS="${EVENTFOLD_STRESS_SECS:-3}"
+export EVENTFOLD_LOG_STRESS_SECS="${EVENTFOLD_LOG_STRESS_SECS:-8}"
+# The relay crash test at the size of issue 4: 50k events over 200 keys, 4 relay processes killed.
+export EVENTFOLD_E2E_EVENTS="${EVENTFOLD_E2E_EVENTS:-50000}"
+export KAFKA_BOOTSTRAP="${KAFKA_BOOTSTRAP:-127.0.0.1:9092}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export PATH="$HOME/.cargo/bin:$PATH"
+log() { echo "== $*" >&2; }
+
+pg_up() { psql "$DATABASE_URL" -tAc 'SELECT 1' >/dev/null 2>&1; }
+
+if ! command -v psql >/dev/null; then
+    log "psql not found; installing postgresql-client"
+    apt-get update -qq && apt-get install -y -qq postgresql-client >/dev/null
+fi
+if ! pg_up; then
+    if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+        log "PostgreSQL is not answering; starting the local cluster"
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+    fi
+    for _ in $(seq 1 30); do pg_up && break; sleep 1; done
+fi
+if ! pg_up; then
+    echo "FATAL: PostgreSQL is not reachable at $DATABASE_URL; the PostgreSQL tests cannot run." >&2
+    exit 1
+fi
+log "PostgreSQL: $(psql "$DATABASE_URL" -tAc 'SHOW server_version'), fsync $(psql "$DATABASE_URL" -tAc 'SHOW fsync')"
+
+# Test databases left behind by killed runs.
+psql "$DATABASE_URL" -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'eventfold\_test\_%' OR datname LIKE 'eventfold\_bench\_%'" |
+    while read -r db; do
+        [ -n "$db" ] && psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null || true
+    done
+
+# The Kafka-protocol broker (tansu, in-memory storage) for the Kafka publisher's tests.
+kafka_host="${KAFKA_BOOTSTRAP%%,*}"
+kafka_port="${kafka_host##*:}"
+kafka_host="${kafka_host%:*}"
+kafka_up() { (exec 3<>"/dev/tcp/$kafka_host/$kafka_port") >/dev/null 2>&1; }
+if ! kafka_up; then
+    if ! command -v tansu >/dev/null; then
+        log "tansu not found; installing it (10 to 30 minutes on 2 cores)"
+        cargo install --locked tansu@0.6.0 --features dynostore
+    fi
+    log "no Kafka broker at $KAFKA_BOOTSTRAP; starting tansu (log: target/tansu.log)"
+    mkdir -p target
+    nohup tansu broker \
+        --listener-url "tcp://$kafka_host:$kafka_port" \
+        --advertised-listener-url "tcp://$kafka_host:$kafka_port" \
+        --storage-engine memory://tansu/ >target/tansu.log 2>&1 &
+    for _ in $(seq 1 30); do kafka_up && break; sleep 1; done
+fi
+if ! kafka_up; then
+    echo "FATAL: no Kafka-protocol broker is reachable at $KAFKA_BOOTSTRAP (see target/tansu.log); the Kafka tests cannot run." >&2
+    exit 1
+fi
+log "Kafka-protocol broker: $KAFKA_BOOTSTRAP"
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    log "installing cargo-nextest"
+    cargo install --locked cargo-nextest
+fi
+

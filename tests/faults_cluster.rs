@@ -1,0 +1,627 @@
+//! PostgreSQL server restarts (issue 18): the test makes a throwaway cluster of its own
+//! (`initdb` into a temporary directory, `pg_ctl start` on a free port, fsync on), runs writers
+//! (several tasks appending to many streams through a `PgStore` with its outbox) and two relays
+//! publishing to the in-process broker, and crashes the server again and again in the middle of
+//! the run (`pg_ctl restart -m immediate`: every backend is killed, the server recovers from its
+//! WAL). Writers retry what failed with a typed transient error; the relays must keep running.
+//!
+//! Afterwards, from the store and the broker:
+//!
+//! * every event whose append returned `Ok` is stored, and was published;
+//! * nothing that is not stored was published (an append that failed and did not commit is
+//!   never published); an append that failed while its commit went through (the connection
+//!   dropped between the commit and its answer) is stored, so it must be published: these are
+//!   counted as `ambiguous`;
+//! * per key, the first deliveries are in stream-version order without a gap (duplicates from
+//!   re-published rows are allowed and counted);
+//! * the server was restarted the number of times asked, writers made progress after each
+//!   restart, and appends did fail during the restarts (the faults hit work in flight).
+//!
+//! `EVENTFOLD_CLUSTER_RESTARTS` sets the number of restarts (default 3). The PostgreSQL server
+//! binaries are found in `EVENTFOLD_PG_BIN` or `/usr/lib/postgresql/<version>/bin` (newest
+//! first) or on `PATH`; the test fails, loudly, when they cannot be found. `initdb` refuses to
+//! run as root: as root, the test runs the server binaries as the `postgres` user through
+//! `runuser -u postgres --`, in a directory it hands to that user. The cluster is stopped and
+//! its directory removed when the test ends, also when it fails (a guard); a test process killed
+//! with SIGKILL leaves it behind (`/tmp/eventfold-cluster-*`).
+#![cfg(feature = "postgres")]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eventfold::eventstore::postgres::PgStore;
+use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRouting, OutboxStore};
+use eventfold::outbox::{InProcessBroker, Relay, RelayConfig, headers};
+use eventfold::{NewEvent, StreamId};
+use uuid::Uuid;
+
+const WRITERS: usize = 6;
+const STREAMS_PER_WRITER: usize = 20;
+const TOPIC: &str = "acct";
+const RELAYS: usize = 2;
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{name} must be a number, not {v:?}"))
+        })
+        .unwrap_or(default)
+}
+
+/// The directory of `initdb` and `pg_ctl`: `EVENTFOLD_PG_BIN`, the newest
+/// `/usr/lib/postgresql/*/bin`, or the directory of `pg_ctl` on `PATH`. Panics when none has both.
+fn server_binaries() -> PathBuf {
+    let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    if let Ok(dir) = std::env::var("EVENTFOLD_PG_BIN") {
+        let dir = PathBuf::from(dir);
+        assert!(
+            has_both(&dir),
+            "EVENTFOLD_PG_BIN={} has no initdb and pg_ctl",
+            dir.display()
+        );
+        return dir;
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((version, entry.path().join("bin")))
+        })
+        .filter(|(_, dir)| has_both(dir))
+        .collect();
+    versions.sort();
+    if let Some((_, dir)) = versions.pop() {
+        return dir;
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|dir| has_both(dir));
+    on_path.unwrap_or_else(|| {
+        panic!(
+            "the PostgreSQL server binaries (initdb, pg_ctl) were not found in EVENTFOLD_PG_BIN, \
+             /usr/lib/postgresql/*/bin or PATH: install the PostgreSQL server (Debian: \
+             postgresql) to run the server-restart faults"
+        )
+    })
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; the server binds it right after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+/// A throwaway PostgreSQL cluster: stopped (immediately) and its directory removed when dropped.
+struct Cluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    /// Run the server binaries as `postgres` (this process is root).
+    as_postgres: bool,
+    restarts: usize,
+}
+
+impl Cluster {
+    /// `initdb` (trust authentication, user `postgres`) and `pg_ctl start` with fsync on.
+    fn start() -> Self {
+        let bin = server_binaries();
+        let as_postgres = run_plain(Command::new("id").arg("-u"))
+            .trim()
+            .parse::<u32>()
+            .expect("the uid of this process")
+            == 0;
+        let dir = std::env::temp_dir().join(format!("eventfold-cluster-{}", Uuid::now_v7()));
+        std::fs::create_dir(&dir).expect("create the cluster's directory");
+        let cluster = Cluster {
+            bin,
+            dir,
+            port: free_port(),
+            as_postgres,
+            restarts: 0,
+        };
+        if as_postgres {
+            // initdb refuses to run as root: the postgres user owns the directory and runs the
+            // server binaries.
+            run_plain(
+                Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(&cluster.dir),
+            );
+        }
+        let data = cluster.data();
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "--auth=trust",
+                "-U",
+                "postgres",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ],
+        );
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on \
+             -c max_connections=60",
+            cluster.port,
+            cluster.dir.display()
+        );
+        let log = cluster.log();
+        cluster.run(
+            "pg_ctl",
+            &[
+                "start", "-D", &data, "-l", &log, "-w", "-t", "60", "-o", &options,
+            ],
+        );
+        eprintln!(
+            "cluster: {} on port {} (binaries {}{})",
+            cluster.dir.display(),
+            cluster.port,
+            cluster.bin.display(),
+            if as_postgres {
+                ", run as postgres through runuser"
+            } else {
+                ""
+            }
+        );
+        cluster
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn log(&self) -> String {
+        self.dir.join("server.log").display().to_string()
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let program = self.bin.join(program);
+        if self.as_postgres {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            Command::new(program)
+        }
+    }
+
+    /// Runs a server binary; panics with its output when it fails.
+    fn run(&self, program: &str, args: &[&str]) -> Output {
+        let output = self
+            .command(program)
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .unwrap_or_else(|e| panic!("running {program}: {e}"));
+        assert!(
+            output.status.success(),
+            "{program} {args:?} failed ({}): {}{}\nserver log: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            std::fs::read_to_string(self.log()).unwrap_or_default()
+        );
+        output
+    }
+
+    /// A crash and a restart: `pg_ctl restart -m immediate` (every backend killed without a
+    /// checkpoint; the server recovers from its WAL), waiting until it accepts connections.
+    fn crash_and_restart(&mut self) {
+        let (data, log) = (self.data(), self.log());
+        self.run(
+            "pg_ctl",
+            &[
+                "restart",
+                "-D",
+                &data,
+                "-l",
+                &log,
+                "-m",
+                "immediate",
+                "-w",
+                "-t",
+                "60",
+            ],
+        );
+        self.restarts += 1;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.data();
+        let stopped = self
+            .command("pg_ctl")
+            .args(["stop", "-D", &data, "-m", "immediate", "-w"])
+            .output();
+        if let Err(e) = &stopped {
+            eprintln!("cluster: stopping {} failed: {e}", self.dir.display());
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("cluster: removing {} failed: {e}", self.dir.display());
+        }
+    }
+}
+
+/// Runs a command that must succeed; its stdout.
+fn run_plain(command: &mut Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// What the writers saw.
+#[derive(Default)]
+struct Appends {
+    /// Events whose append returned `Ok`: id -> (key, stream version).
+    acked: HashMap<Uuid, (String, u64)>,
+    /// Events whose append returned an error.
+    errored: HashSet<Uuid>,
+    /// Errors by kind (`connection_lost`, `pool_timed_out`, `version_conflict`, ...).
+    errors: BTreeMap<String, u64>,
+}
+
+fn kind_of(e: &eventfold::eventstore::StoreError) -> String {
+    match e.transient_kind() {
+        Some(kind) => kind.as_str().to_owned(),
+        None if e.is_conflict() => "version_conflict".to_owned(),
+        None => {
+            panic!("an append failed with an error that is neither transient nor a conflict: {e:?}")
+        }
+    }
+}
+
+/// The stream's version as stored, asked until the database answers (a transient error means the
+/// server is still restarting).
+async fn stored_version(store: &PgStore, stream: &StreamId) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match store.stream_version(stream).await {
+            Ok(version) => return version,
+            Err(e) if e.transient_kind().is_some() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("reading the version of {stream}: {e:?}"),
+        }
+    }
+}
+
+/// Appends 1 to 3 events at a time, round robin over its streams, until `stop`; an append that
+/// fails is followed by a look at the stream's stored version, and the next append expects that.
+async fn write(
+    store: PgStore,
+    writer: usize,
+    stop: Arc<AtomicBool>,
+    appends: Arc<Mutex<Appends>>,
+    acked_count: Arc<AtomicU64>,
+) {
+    let streams: Vec<StreamId> = (0..STREAMS_PER_WRITER)
+        .map(|s| StreamId::new(TOPIC, format!("w{writer}-s{s}")).expect("a stream id"))
+        .collect();
+    let mut versions = vec![0u64; streams.len()];
+    let mut i = 0usize;
+    while !stop.load(Ordering::SeqCst) {
+        let k = i % streams.len();
+        let count = 1 + (i / streams.len() + writer) % 3;
+        let events: Vec<NewEvent> = (0..count)
+            .map(|n| NewEvent::raw("acct.noted", 1, format!("{{\"i\":{i},\"n\":{n}}}").into()))
+            .collect();
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        match store
+            .append(&streams[k], ExpectedVersion::Exact(versions[k]), events)
+            .await
+        {
+            Ok(_) => {
+                let mut appends = appends.lock().expect("the appends");
+                for (n, id) in ids.iter().enumerate() {
+                    let version = versions[k] + 1 + n as u64;
+                    appends
+                        .acked
+                        .insert(*id, (streams[k].id().to_owned(), version));
+                }
+                versions[k] += count as u64;
+                acked_count.fetch_add(count as u64, Ordering::SeqCst);
+            }
+            Err(e) => {
+                let kind = kind_of(&e);
+                {
+                    let mut appends = appends.lock().expect("the appends");
+                    *appends.errors.entry(kind).or_default() += 1;
+                    appends.errored.extend(ids);
+                }
+                versions[k] = stored_version(&store, &streams[k]).await;
+            }
+        }
+        i += 1;
+    }
+}
+
+/// A relay until `stop` resolves; its error (if it gave up) fails the test.
+fn spawn_relay(
+    store: PgStore,
+    broker: InProcessBroker,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), eventfold::eventstore::StoreError>> {
+    let relay = Relay::new(store, broker).with_config(RelayConfig {
+        batch_size: 200,
+        lease_ttl: Duration::from_millis(3000),
+        max_attempts: 10_000,
+        backoff_base: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(500),
+        idle_wait: Duration::from_millis(50),
+        ..RelayConfig::default()
+    });
+    tokio::spawn(relay.run(async move {
+        let mut stop = stop;
+        let _ = stop.wait_for(|stop| *stop).await;
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_restarts_lose_no_acknowledged_event_and_publish_nothing_uncommitted() {
+    let started = Instant::now();
+    let restarts = env_number("EVENTFOLD_CLUSTER_RESTARTS", 3);
+    assert!(
+        restarts >= 1,
+        "EVENTFOLD_CLUSTER_RESTARTS must be at least 1"
+    );
+    let mut cluster = tokio::task::spawn_blocking(Cluster::start)
+        .await
+        .expect("starting the cluster");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&cluster.url())
+        .await
+        .expect("connect to the cluster");
+    let store = PgStore::builder(pool)
+        .source("faults-cluster")
+        .outbox(OutboxRouting::new())
+        .build()
+        .await
+        .expect("migrate the cluster's database");
+    let broker = InProcessBroker::new();
+    let (stop_relays, relays_stop) = tokio::sync::watch::channel(false);
+    let mut relays: Vec<_> = (0..RELAYS)
+        .map(|_| spawn_relay(store.clone(), broker.clone(), relays_stop.clone()))
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let appends = Arc::new(Mutex::new(Appends::default()));
+    let acked = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            tokio::spawn(write(
+                store.clone(),
+                w,
+                stop.clone(),
+                appends.clone(),
+                acked.clone(),
+            ))
+        })
+        .collect();
+
+    // Crash the server every 1 to 2.5 s of writing (pseudo-random, from the clock), once the
+    // writers have made progress since the last restart.
+    let mut at_restart = Vec::new();
+    let mut last = acked.load(Ordering::SeqCst);
+    for r in 0..restarts {
+        let pause = 1000 + (started.elapsed().as_nanos() % 1500) as u64;
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let progress_deadline = Instant::now() + Duration::from_secs(60);
+        while acked.load(Ordering::SeqCst) <= last {
+            assert!(
+                Instant::now() < progress_deadline,
+                "the writers made no progress for 60 s after restart {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        last = acked.load(Ordering::SeqCst);
+        let crash = Instant::now();
+        cluster = tokio::task::spawn_blocking(move || {
+            cluster.crash_and_restart();
+            cluster
+        })
+        .await
+        .expect("restarting the cluster");
+        let pending = store.outbox_status().await.map(|s| s.pending).ok();
+        eprintln!(
+            "restart {}: at {last} acknowledged events, down for {:?}, outbox pending {pending:?} \
+             ({:?})",
+            r + 1,
+            crash.elapsed(),
+            started.elapsed()
+        );
+        at_restart.push(last);
+    }
+    // The writers go on after the last restart, then stop.
+    let after_last = acked.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.load(Ordering::SeqCst) <= after_last + 100 {
+        assert!(
+            Instant::now() < deadline,
+            "the writers made no progress after the last restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        writer.await.expect("a writer task");
+    }
+    let written_at = started.elapsed();
+
+    // The relays drain the outbox, then stop; neither may have given up.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for relay in &mut relays {
+            if relay.is_finished() {
+                let ended = relay.await;
+                panic!("a relay gave up during the run: {ended:?}");
+            }
+        }
+        let status = store.outbox_status().await.expect("the outbox's status");
+        assert_eq!(status.dead_letters, 0, "nothing is parked: {status:?}");
+        if status.pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the outbox did not drain within 60 s of the last append: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_relays.send(true);
+    for relay in relays {
+        relay
+            .await
+            .expect("a relay task")
+            .expect("a relay survives the restarts and stops cleanly");
+    }
+
+    // What is stored, per stream, in version order.
+    let appends = std::mem::take(&mut *appends.lock().expect("the appends"));
+    let mut stored: HashMap<Uuid, (String, u64)> = HashMap::new();
+    for writer in 0..WRITERS {
+        for s in 0..STREAMS_PER_WRITER {
+            let stream = StreamId::new(TOPIC, format!("w{writer}-s{s}")).expect("a stream id");
+            let events = store
+                .read_stream(&stream, 1, u64::MAX)
+                .await
+                .expect("read a stream");
+            for (n, event) in events.iter().enumerate() {
+                assert_eq!(event.stream_version, n as u64 + 1, "{stream}: no gap");
+                stored.insert(
+                    event.event_id,
+                    (stream.id().to_owned(), event.stream_version),
+                );
+            }
+        }
+    }
+    let lost: Vec<&Uuid> = appends
+        .acked
+        .iter()
+        .filter(|(id, place)| stored.get(id) != Some(place))
+        .map(|(id, _)| id)
+        .collect();
+    let ambiguous = appends
+        .errored
+        .iter()
+        .filter(|id| stored.contains_key(id))
+        .count();
+    let failed: HashSet<Uuid> = appends
+        .errored
+        .iter()
+        .filter(|id| !stored.contains_key(id))
+        .copied()
+        .collect();
+    let unexplained = stored
+        .keys()
+        .filter(|id| !appends.acked.contains_key(id) && !appends.errored.contains(id))
+        .count();
+
+    // What was published, per key in offset order (a key lives in one partition).
+    let mut records = broker.records(TOPIC);
+    records.sort_by_key(|r| (r.partition, r.offset));
+    let mut seen = HashSet::new();
+    let mut duplicates = 0u64;
+    let mut phantom = 0u64;
+    let mut failed_published = 0u64;
+    let mut order_violations = Vec::new();
+    let mut last_version: HashMap<String, u64> = HashMap::new();
+    for record in &records {
+        let Some((key, version)) = stored.get(&record.message_id) else {
+            phantom += 1;
+            if failed.contains(&record.message_id) {
+                failed_published += 1;
+            }
+            continue;
+        };
+        assert_eq!(&record.key, key, "the message key is the stream's id");
+        assert_eq!(
+            record.headers[headers::STREAM_VERSION],
+            version.to_string(),
+            "ce_streamversion of {}",
+            record.message_id
+        );
+        if !seen.insert(record.message_id) {
+            duplicates += 1;
+            continue;
+        }
+        let last = last_version.entry(key.clone()).or_insert(0);
+        if *version != *last + 1 {
+            order_violations.push(format!("{key}: version {version} after {last}"));
+        }
+        *last = *version;
+    }
+    let unpublished = stored.keys().filter(|id| !seen.contains(id)).count();
+    let errors: u64 = appends.errors.values().sum();
+    eprintln!(
+        "cluster faults: {} restarts (acknowledged events at each: {at_restart:?}), {} events \
+         acknowledged, {} stored, {} appends failed ({:?}: {} events, {ambiguous} of them \
+         committed all the same), {} records published ({duplicates} duplicates), written in \
+         {written_at:?}, {:.1} s in all",
+        cluster.restarts,
+        appends.acked.len(),
+        stored.len(),
+        errors,
+        appends.errors,
+        appends.errored.len(),
+        records.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(cluster.restarts, restarts, "the server was restarted");
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged events are not stored where their append put them, e.g. {:?}",
+        lost.len(),
+        lost.iter().take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(unexplained, 0, "stored events that no writer appended");
+    assert_eq!(
+        phantom, 0,
+        "published records that are not stored ({failed_published} of them from failed appends)"
+    );
+    assert_eq!(unpublished, 0, "stored events that were never published");
+    assert!(
+        order_violations.is_empty(),
+        "{} first deliveries out of stream-version order, e.g. {:?}",
+        order_violations.len(),
+        order_violations.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(
+        errors > 0,
+        "no append failed: the restarts did not hit work in flight"
+    );
+    println!(
+        "FAULTS fault=server_restart component=postgres injected=restarts:{} \
+         checked=acked_events:{},lost:0,unpublished:0,uncommitted_published:0,order_violations:0,\
+         failed_appends:{errors},ambiguous_events:{ambiguous},duplicates:{duplicates} result=pass",
+        cluster.restarts,
+        appends.acked.len(),
+    );
+}
