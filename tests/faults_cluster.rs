@@ -26,6 +26,8 @@
 //! with SIGKILL leaves it behind (`/tmp/eventfold-cluster-*`).
 #![cfg(feature = "postgres")]
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -43,17 +45,6 @@ const WRITERS: usize = 6;
 const STREAMS_PER_WRITER: usize = 20;
 const TOPIC: &str = "acct";
 const RELAYS: usize = 2;
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.trim()
-                .parse()
-                .unwrap_or_else(|_| panic!("{name} must be a number, not {v:?}"))
-        })
-        .unwrap_or(default)
-}
 
 /// The directory of `initdb` and `pg_ctl`: `EVENTFOLD_PG_BIN`, the newest
 /// `/usr/lib/postgresql/*/bin`, or the directory of `pg_ctl` on `PATH`. Panics when none has both.
@@ -385,7 +376,7 @@ fn spawn_relay(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn server_restarts_lose_no_acknowledged_event_and_publish_nothing_uncommitted() {
     let started = Instant::now();
-    let restarts = env_number("EVENTFOLD_CLUSTER_RESTARTS", 3);
+    let restarts = common::env_number("EVENTFOLD_CLUSTER_RESTARTS", 3);
     assert!(
         restarts >= 1,
         "EVENTFOLD_CLUSTER_RESTARTS must be at least 1"

@@ -394,6 +394,11 @@ async fn kafka_relay_rides_out_broker_errors_injected_by_the_mock_cluster() {
     let topic = unique_topic("mocked");
     mock.create_topic(&topic, PARTITIONS, 3)
         .expect("a topic on the mock cluster");
+    // Each broker leads one partition, so that broker 2 going down stops one partition.
+    for partition in 0..PARTITIONS {
+        mock.partition_leader(&topic, partition, Some(partition % 3 + 1))
+            .expect("a partition leader");
+    }
     let mut producer_config = ClientConfig::new();
     producer_config
         .set("bootstrap.servers", &brokers)

@@ -134,17 +134,6 @@ impl Topics {
     }
 }
 
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.trim()
-                .parse()
-                .unwrap_or_else(|_| panic!("{name} must be a number, not {v:?}"))
-        })
-        .unwrap_or(default)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Child mode
 
@@ -622,8 +611,8 @@ async fn killed_orchestrators_and_participants_leave_every_saga_terminal_with_ef
         match child(Role::parse(&role)).await {}
     }
     let started = Instant::now();
-    let sagas = env_number("EVENTFOLD_SAGA_CRASH_SAGAS", 300);
-    let kills = env_number("EVENTFOLD_SAGA_CRASH_KILLS", 6);
+    let sagas = common::env_number("EVENTFOLD_SAGA_CRASH_SAGAS", 300);
+    let kills = common::env_number("EVENTFOLD_SAGA_CRASH_KILLS", 6);
     assert!(
         kills >= 2,
         "EVENTFOLD_SAGA_CRASH_KILLS must be at least 2 (one per role)"

@@ -180,6 +180,19 @@ pub fn database_url(database: &str) -> String {
 
 /// The Kafka-protocol broker of `KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`); panics when nothing
 /// listens there: the Kafka tests fail loudly, they never skip.
+/// The number in the environment variable `name`, or `default` when it is not set; a value that is
+/// not a number fails the test.
+pub fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{name} must be a number, not {v:?}"))
+        })
+        .unwrap_or(default)
+}
+
 pub fn kafka_bootstrap() -> String {
     use std::net::{TcpStream, ToSocketAddrs};
     let servers = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
