@@ -3,40 +3,14 @@
 //! exactly once, because each reaction commits with the move of the checkpoint it locked.
 mod common;
 
+use common::ticks::{Note, TickEvent};
+
 use std::collections::HashMap;
 use std::time::Duration;
 
-use eventfold::eventstore::{ExpectedVersion, ProjectionStore, UnitOfWork};
-use eventfold::saga::choreography::{FlowContext, LocalReactor, Reaction};
-use eventfold::{BoxError, Envelope, Event, NewEvent, StreamId};
-
-#[derive(Debug, Clone, PartialEq, Event)]
-enum TickEvent {
-    Ticked { n: u32 },
-}
-
-/// Appends one `effect.noted` per event it sees, caused by that event.
-struct Note;
-
-impl<U: UnitOfWork> Reaction<U> for Note {
-    type Event = TickEvent;
-    fn name(&self) -> &str {
-        "note-ticks"
-    }
-    async fn react(
-        &self,
-        ctx: &mut FlowContext<'_, U>,
-        event: &Envelope<TickEvent>,
-    ) -> Result<(), BoxError> {
-        let mut effect = NewEvent::raw("effect.noted", 1, Vec::new());
-        effect.causation_id = Some(event.event_id);
-        let effects = StreamId::new("effects", "all")?;
-        ctx.uow()
-            .append(&effects, ExpectedVersion::Any, vec![effect])
-            .await?;
-        Ok(())
-    }
-}
+use eventfold::eventstore::{ExpectedVersion, ProjectionStore};
+use eventfold::saga::choreography::LocalReactor;
+use eventfold::{NewEvent, StreamId};
 
 const EVENTS: u32 = 150;
 const INSTANCES: usize = 4;
@@ -49,7 +23,7 @@ async fn each_event_takes_effect_once<S: ProjectionStore>(store: S) {
         tokio::spawn(async move {
             for n in 0..EVENTS {
                 let tick = NewEvent::encode(
-                    &TickEvent::Ticked { n },
+                    &TickEvent::Ticked { n: u64::from(n) },
                     "",
                     &eventfold::CommandMetadata::new(),
                 )

@@ -18,6 +18,8 @@
 //! `tests/shutdown_kafka.rs`.
 #![cfg(feature = "postgres")]
 mod common;
+
+use common::ticks::{Note, TickEvent};
 mod projection_common;
 mod saga_common;
 
@@ -28,14 +30,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use eventfold::eventstore::postgres::PgStore;
-use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRouting, UnitOfWork};
+use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRouting};
 use eventfold::outbox::{
     Consumer, Delivery, MessageSource, PublishError, Publisher, Record, Relay, RelayConfig,
 };
-use eventfold::saga::choreography::{FlowContext, LocalReactor, Reaction};
+use eventfold::saga::choreography::LocalReactor;
 use eventfold::saga::runtime::Orchestrator;
 use eventfold::shutdown::run_until_signal;
-use eventfold::{BoxError, Envelope, Event, NewEvent, OutboxMessage, StreamId};
+use eventfold::{BoxError, NewEvent, OutboxMessage, StreamId};
 use uuid::Uuid;
 
 const ROLE_ENV: &str = "EVENTFOLD_SHUTDOWN_ROLE";
@@ -301,36 +303,6 @@ impl MessageSource for TableSource {
         .bind(i64::try_from(record.offset)? + 1)
         .execute(&self.pool)
         .await?;
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Event)]
-enum TickEvent {
-    Ticked { n: u64 },
-}
-
-/// The reaction: one `effect.noted` event per tick, caused by it, in the reaction's transaction.
-struct Note;
-
-impl<U: UnitOfWork> Reaction<U> for Note {
-    type Event = TickEvent;
-
-    fn name(&self) -> &str {
-        "note-ticks"
-    }
-
-    async fn react(
-        &self,
-        ctx: &mut FlowContext<'_, U>,
-        event: &Envelope<TickEvent>,
-    ) -> Result<(), BoxError> {
-        let mut effect = NewEvent::raw("effect.noted", 1, Vec::new());
-        effect.causation_id = Some(event.event_id);
-        let effects = StreamId::new("effects", "all")?;
-        ctx.uow()
-            .append(&effects, ExpectedVersion::Any, vec![effect])
-            .await?;
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fuzz;
+pub mod ticks;
 
 use eventfold::eventstore::memory::MemoryStore;
 use eventfold::eventstore::postgres::PgStore;
