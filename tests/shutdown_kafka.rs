@@ -13,11 +13,11 @@
 #![cfg(all(feature = "kafka", feature = "postgres"))]
 mod common;
 mod saga_common;
+mod shutdown_common;
 
-use std::process::{Child, Command, ExitStatus};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use eventfold::eventstore::postgres::PgStore;
 use eventfold::outbox::kafka::KafkaPublisher;
@@ -28,13 +28,13 @@ use eventfold::outbox::{Consumer, KafkaSource, OutboxMessage, Publisher, Relay, 
 use eventfold::saga::runtime::{Orchestrator, ParticipantHandler};
 use eventfold::shutdown::run_until_signal;
 use saga_common::{Effects, Order, SERVICES, command_topic, definition_on};
+use shutdown_common::ChildProcess;
 use uuid::Uuid;
 
 const ROLE_ENV: &str = "EVENTFOLD_SHUTDOWN_KAFKA_ROLE";
 const DATABASE_ENV: &str = "EVENTFOLD_SHUTDOWN_KAFKA_DATABASE_URL";
 const RUN_ENV: &str = "EVENTFOLD_SHUTDOWN_KAFKA_RUN";
 const STARTED: &str = "shutdown kafka child started";
-const EXIT_BOUND: Duration = Duration::from_secs(10);
 const TAKEOVER_BOUND: Duration = Duration::from_secs(20);
 const GRACE: Duration = Duration::from_secs(8);
 /// librdkafka's default session: a member that dies without leaving keeps its partitions this
@@ -209,85 +209,31 @@ async fn child_mode() {
     std::process::exit(code);
 }
 
-/// A child process (killed if the test fails before it exits).
-struct ChildProcess {
-    child: Child,
-    role: &'static str,
+/// A child running `role` of `test` on the database `url`, in the run `run`.
+fn child(test: &str, role: &'static str, url: &str, run: &str) -> ChildProcess {
+    ChildProcess::spawn(
+        test,
+        role,
+        &[
+            (ROLE_ENV, role.to_owned()),
+            (DATABASE_ENV, url.to_owned()),
+            (RUN_ENV, run.to_owned()),
+        ],
+        STARTED,
+    )
 }
 
-impl ChildProcess {
-    fn spawn(test: &str, role: &'static str, url: &str, run: &str) -> Self {
-        let (child, _) = common::spawn_until_started(
-            Command::new(std::env::current_exe().expect("the test binary"))
-                .args([test, "--exact", "--nocapture", "--test-threads", "1"])
-                .env(ROLE_ENV, role)
-                .env(DATABASE_ENV, url)
-                .env(RUN_ENV, run),
-            role,
-            Duration::from_secs(60),
-            |line| line.contains(STARTED),
-        );
-        Self { child, role }
-    }
-
-    /// Sends `signal` and checks a graceful exit: status 0 within [`EXIT_BOUND`].
-    async fn stop(&mut self, signal: &str) -> Duration {
-        let sent = Instant::now();
-        let killed = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(killed.success(), "kill -{signal} {}", self.role);
-        let status: ExitStatus = loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(
-                sent.elapsed() < EXIT_BOUND,
-                "the {} did not exit within {EXIT_BOUND:?} of SIG{signal}",
-                self.role
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "the {} exits 0 after SIG{signal} ({status})",
-            self.role
-        );
-        let took = sent.elapsed();
-        println!("the {} stopped on SIG{signal} in {took:?}", self.role);
-        took
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Polls `done` every 100 ms until it holds or `bound` passed; returns how long it took.
-async fn within<F, Fut>(bound: Duration, what: &str, mut done: F) -> Duration
+/// [`shutdown_common::within`], naming what a successor would be stuck behind.
+async fn within<F, Fut>(bound: Duration, what: &str, done: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = Instant::now();
-    loop {
-        if done().await {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < bound,
-            "{what} did not happen within {bound:?} (a consumer that did not leave its group \
-             holds its partitions for {SESSION_TIMEOUT:?}, a relay that kept its leases its \
-             slots for {LEASE:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let why = format!(
+        "a consumer that did not leave its group holds its partitions for {SESSION_TIMEOUT:?}, \
+         a relay that kept its leases its slots for {LEASE:?}"
+    );
+    shutdown_common::within(bound, what, &why, done).await
 }
 
 /// The offset committed by `group` on partition 0 of `topic` (0 when none is).
@@ -358,7 +304,7 @@ async fn kafka_consumer_stops_on_sigterm_commits_what_it_handled_and_leaves_its_
         })
     };
     let effects = || async { common::effects(&store).await.len() as i64 };
-    let mut first = ChildProcess::spawn(CONSUMER_TEST, "consumer", &url, &run.0);
+    let mut first = child(CONSUMER_TEST, "consumer", &url, &run.0);
     within(
         Duration::from_secs(60),
         "the first consumer handling 100 messages",
@@ -372,7 +318,7 @@ async fn kafka_consumer_stops_on_sigterm_commits_what_it_handled_and_leaves_its_
         offset, handled,
         "the stopped consumer committed the offset of every message it handled"
     );
-    let mut second = ChildProcess::spawn(CONSUMER_TEST, "consumer", &url, &run.0);
+    let mut second = child(CONSUMER_TEST, "consumer", &url, &run.0);
     let takeover = within(TAKEOVER_BOUND, "the second consumer handling", || async {
         effects().await > handled
     })
@@ -477,8 +423,8 @@ async fn saga_orchestrator_and_participants_stop_on_sigterm_and_every_saga_compl
             ids
         })
     };
-    let mut orders_child = ChildProcess::spawn(SAGA_TEST, "orders", &orders_url, &run.0);
-    let mut services_child = ChildProcess::spawn(SAGA_TEST, "services", &services_url, &run.0);
+    let mut orders_child = child(SAGA_TEST, "orders", &orders_url, &run.0);
+    let mut services_child = child(SAGA_TEST, "services", &services_url, &run.0);
     within(Duration::from_secs(90), "20 sagas completed", || async {
         completed().await >= 20
     })
@@ -486,7 +432,7 @@ async fn saga_orchestrator_and_participants_stop_on_sigterm_and_every_saga_compl
     // The orders service stops mid-work and is replaced.
     orders_child.stop("TERM").await;
     let before = completed().await;
-    let mut orders_child = ChildProcess::spawn(SAGA_TEST, "orders", &orders_url, &run.0);
+    let mut orders_child = child(SAGA_TEST, "orders", &orders_url, &run.0);
     let takeover = within(
         TAKEOVER_BOUND,
         "sagas completing after the orders service's restart",
@@ -497,7 +443,7 @@ async fn saga_orchestrator_and_participants_stop_on_sigterm_and_every_saga_compl
     // The services stop mid-work and are replaced.
     services_child.stop("TERM").await;
     let before = completed().await;
-    let mut services_child = ChildProcess::spawn(SAGA_TEST, "services", &services_url, &run.0);
+    let mut services_child = child(SAGA_TEST, "services", &services_url, &run.0);
     let takeover = within(
         TAKEOVER_BOUND,
         "sagas completing after the services' restart",

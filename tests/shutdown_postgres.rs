@@ -20,11 +20,12 @@
 mod common;
 
 use common::ticks::{Note, TickEvent};
+use shutdown_common::{ChildProcess, EXIT_BOUND};
 mod projection_common;
 mod saga_common;
+mod shutdown_common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, ExitStatus};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -46,7 +47,6 @@ const GRACE_ENV: &str = "EVENTFOLD_SHUTDOWN_GRACE_MS";
 /// The line a child prints once its piece runs.
 const STARTED: &str = "shutdown child started";
 /// How long a child may take to exit after SIGTERM or SIGINT.
-const EXIT_BOUND: Duration = Duration::from_secs(10);
 /// The leases of the relay's slots and of the scheduler's timer claims: far longer than a
 /// takeover may take, so that a second instance that has to wait for them fails the test.
 const LEASE: Duration = Duration::from_secs(30);
@@ -318,79 +318,23 @@ const WAIT: Duration = Duration::from_millis(1);
 // ---------------------------------------------------------------------------------------------
 // The parent's side
 
-/// A child process running `role` (killed if the test fails before it exits).
-struct ChildProcess {
-    child: Child,
-    role: &'static str,
+/// A child running `role` of `test` on the database `url`, with the default grace.
+fn child(test: &str, role: &'static str, url: &str) -> ChildProcess {
+    child_with(test, role, url, GRACE)
 }
 
-impl ChildProcess {
-    fn spawn(test: &str, role: &'static str, url: &str) -> Self {
-        Self::spawn_with(test, role, url, GRACE)
-    }
-
-    fn spawn_with(test: &str, role: &'static str, url: &str, grace: Duration) -> Self {
-        let (child, line) = common::spawn_until_started(
-            Command::new(std::env::current_exe().expect("the test binary"))
-                .args([test, "--exact", "--nocapture", "--test-threads", "1"])
-                .env(ROLE_ENV, role)
-                .env(DATABASE_ENV, url)
-                .env(GRACE_ENV, grace.as_millis().to_string()),
-            role,
-            Duration::from_secs(60),
-            // libtest's `test NAME ... ` comes first on the line.
-            |line| line.contains(STARTED),
-        );
-        println!("{line}");
-        Self { child, role }
-    }
-
-    /// Sends `signal` (`TERM`, `INT`).
-    fn signal(&self, signal: &str) {
-        let sent = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -{signal} {}", self.role);
-    }
-
-    /// Waits for the exit, at most `bound` after `sent`: its status and how long it took.
-    async fn exited_since(&mut self, sent: Instant, bound: Duration) -> (ExitStatus, Duration) {
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for the child") {
-                return (status, sent.elapsed());
-            }
-            assert!(
-                sent.elapsed() < bound,
-                "the {} did not exit within {bound:?} of the signal",
-                self.role
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Sends `signal` and checks a graceful exit: status 0 within [`EXIT_BOUND`].
-    async fn stop(&mut self, signal: &str) -> Duration {
-        let sent = Instant::now();
-        self.signal(signal);
-        let (status, took) = self.exited_since(sent, EXIT_BOUND).await;
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "the {} exits 0 after SIG{signal} ({status})",
-            self.role
-        );
-        println!("the {} stopped on SIG{signal} in {took:?}", self.role);
-        took
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A child running `role` of `test` on the database `url`, with `grace` to stop in.
+fn child_with(test: &str, role: &'static str, url: &str, grace: Duration) -> ChildProcess {
+    ChildProcess::spawn(
+        test,
+        role,
+        &[
+            (ROLE_ENV, role.to_owned()),
+            (DATABASE_ENV, url.to_owned()),
+            (GRACE_ENV, grace.as_millis().to_string()),
+        ],
+        STARTED,
+    )
 }
 
 /// A task that feeds work until `stop` is set, counting it in `fed`.
@@ -433,24 +377,14 @@ impl Feeder {
     }
 }
 
-/// Polls `done` every 50 ms until it holds or `bound` passed; returns how long it took.
-async fn within<F, Fut>(bound: Duration, what: &str, mut done: F) -> Duration
+/// [`shutdown_common::within`], naming the lease a waiting successor would be stuck behind.
+async fn within<F, Fut>(bound: Duration, what: &str, done: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = Instant::now();
-    loop {
-        if done().await {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < bound,
-            "{what} did not happen within {bound:?} (the lease is {LEASE:?}: a second instance \
-             that waits for it fails here)"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let why = format!("the lease is {LEASE:?}: a second instance that waits for it fails here");
+    shutdown_common::within(bound, what, &why, done).await
 }
 
 /// Waits until `progress` reports at least `at_least`, at most 30 s.
@@ -514,7 +448,7 @@ async fn relay_stops_on_sigterm_settles_its_batches_and_hands_over_at_once() {
             }
         })
     };
-    let mut first = ChildProcess::spawn(RELAY_TEST, "relay", &url);
+    let mut first = child(RELAY_TEST, "relay", &url);
     progressed("published by the first relay", 200, || {
         count(&pool, "SELECT count(*) FROM published")
     })
@@ -540,7 +474,7 @@ async fn relay_stops_on_sigterm_settles_its_batches_and_hands_over_at_once() {
         0,
         "a row published by the stopped relay is still in the outbox (not settled)"
     );
-    let mut second = ChildProcess::spawn(RELAY_TEST, "relay", &url);
+    let mut second = child(RELAY_TEST, "relay", &url);
     let takeover = within(TAKEOVER_BOUND, "the second relay publishing", || async {
         count(&pool, "SELECT count(*) FROM published").await > published_by_first
     })
@@ -620,8 +554,7 @@ async fn a_second_signal_or_the_grace_ends_a_stuck_stop_with_status_1() {
     child_mode().await;
     // A second signal: status 1 at once, although the grace is long.
     let (store, _db, url) = stuck_outbox().await;
-    let mut relay =
-        ChildProcess::spawn_with(STUCK_TEST, "stuck-relay", &url, Duration::from_secs(60));
+    let mut relay = child_with(STUCK_TEST, "stuck-relay", &url, Duration::from_secs(60));
     within(Duration::from_secs(20), "the stuck relay claiming", || {
         holds_a_lease(store.pool())
     })
@@ -630,7 +563,7 @@ async fn a_second_signal_or_the_grace_ends_a_stuck_stop_with_status_1() {
     relay.signal("TERM");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        relay.child.try_wait().expect("wait").is_none(),
+        relay.is_running(),
         "the stuck relay waits for its batch in flight after the first signal"
     );
     let sent = Instant::now();
@@ -645,7 +578,7 @@ async fn a_second_signal_or_the_grace_ends_a_stuck_stop_with_status_1() {
     // The grace: status 1 once it elapsed.
     let (store, _db, url) = stuck_outbox().await;
     let grace = Duration::from_millis(1500);
-    let mut relay = ChildProcess::spawn_with(STUCK_TEST, "stuck-relay", &url, grace);
+    let mut relay = child_with(STUCK_TEST, "stuck-relay", &url, grace);
     within(Duration::from_secs(20), "the stuck relay claiming", || {
         holds_a_lease(store.pool())
     })
@@ -738,7 +671,7 @@ async fn consumer_stops_on_sigterm_with_its_handled_messages_committed() {
         })
     };
     let effects = || async { common::effects(&store).await.len() as i64 };
-    let mut first = ChildProcess::spawn(CONSUMER_TEST, "consumer", &url);
+    let mut first = child(CONSUMER_TEST, "consumer", &url);
     progressed("handled by the first consumer", 200, effects).await;
     first.stop("TERM").await;
     let committed = count(&pool, "SELECT COALESCE(max(next), 0) FROM source_offsets").await;
@@ -748,7 +681,7 @@ async fn consumer_stops_on_sigterm_with_its_handled_messages_committed() {
         "the stopped consumer committed the offset of every message it handled (else its \
          successor gets them again)"
     );
-    let mut second = ChildProcess::spawn(CONSUMER_TEST, "consumer", &url);
+    let mut second = child(CONSUMER_TEST, "consumer", &url);
     let takeover = within(TAKEOVER_BOUND, "the second consumer handling", || async {
         effects().await > handled
     })
@@ -809,7 +742,7 @@ async fn projections_run_stops_on_sigterm_and_a_successor_goes_on() {
             .await
             .unwrap_or(0)
     };
-    let mut first = ChildProcess::spawn(PROJECTIONS_TEST, "projections", &url);
+    let mut first = child(PROJECTIONS_TEST, "projections", &url);
     progressed("projected by the first runner", 200, ledger_rows).await;
     first.stop("TERM").await;
     let projected = ledger_rows().await;
@@ -823,7 +756,7 @@ async fn projections_run_stops_on_sigterm_and_a_successor_goes_on() {
         projected as usize, below_checkpoint,
         "the stopped runner's read model is exactly the events up to its checkpoint"
     );
-    let mut second = ChildProcess::spawn(PROJECTIONS_TEST, "projections", &url);
+    let mut second = child(PROJECTIONS_TEST, "projections", &url);
     let takeover = within(TAKEOVER_BOUND, "the second runner projecting", || async {
         ledger_rows().await > projected
     })
@@ -901,7 +834,7 @@ async fn scheduler_stops_on_sigterm_and_releases_the_timers_it_claimed() {
         )
         .await
     };
-    let mut first = ChildProcess::spawn(SCHEDULER_TEST, "scheduler", &url);
+    let mut first = child(SCHEDULER_TEST, "scheduler", &url);
     progressed("sagas ended by the first scheduler", 100, terminal).await;
     let took = first.stop("TERM").await;
     assert!(
@@ -928,7 +861,7 @@ async fn scheduler_stops_on_sigterm_and_releases_the_timers_it_claimed() {
     .fetch_all(&pool)
     .await
     .expect("the oldest running sagas");
-    let mut second = ChildProcess::spawn(SCHEDULER_TEST, "scheduler", &url);
+    let mut second = child(SCHEDULER_TEST, "scheduler", &url);
     let takeover = within(
         TAKEOVER_BOUND,
         "the oldest running sagas ended by the second scheduler",
@@ -1016,11 +949,11 @@ async fn local_reactor_stops_between_events_and_a_successor_goes_on() {
         let stream = effects_stream.clone();
         async move { store.stream_version(&stream).await.expect("version") as i64 }
     };
-    let mut first = ChildProcess::spawn(REACTOR_TEST, "reactor", &url);
+    let mut first = child(REACTOR_TEST, "reactor", &url);
     progressed("reacted by the first reactor", 200, effects).await;
     first.stop("TERM").await;
     let reacted = effects().await;
-    let mut second = ChildProcess::spawn(REACTOR_TEST, "reactor", &url);
+    let mut second = child(REACTOR_TEST, "reactor", &url);
     let takeover = within(TAKEOVER_BOUND, "the second reactor reacting", || async {
         effects().await > reacted
     })

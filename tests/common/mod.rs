@@ -302,7 +302,7 @@ pub fn spawn_until_started(
     command: &mut std::process::Command,
     what: &str,
     wait: std::time::Duration,
-    started: fn(&str) -> bool,
+    started: impl Fn(&str) -> bool + Send + 'static,
 ) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     let mut child = command
