@@ -243,7 +243,7 @@ where
 
     /// The backoff before attempt `after + 1`: the first delay, doubled per attempt.
     fn pause(&self, after: u32) -> tokio::time::Sleep {
-        tokio::time::sleep(self.backoff.saturating_mul(1 << (after.max(1) - 1).min(10)))
+        tokio::time::sleep(doubled(self.backoff, after))
     }
 
     /// Handles `records` in order in one transaction, each in its own savepoint, and commits
@@ -596,10 +596,7 @@ where
                         )
                         .increment(1);
                         tracing::warn!(consumer = %self.name, attempt = failures, error = %e, "transient failure; handling the batch again");
-                        let pause = self
-                            .backoff
-                            .saturating_mul(1 << failures.min(10))
-                            .min(MAX_RUN_BACKOFF);
+                        let pause = doubled(self.backoff, failures).min(MAX_RUN_BACKOFF);
                         tokio::select! {
                             () = &mut shutdown => return Ok(()),
                             () = tokio::time::sleep(pause) => {}
@@ -610,6 +607,12 @@ where
             }
         }
     }
+}
+
+/// `first` doubled for every failure after the first (`after` failures so far; at most 1024
+/// times `first`).
+fn doubled(first: Duration, after: u32) -> Duration {
+    first.saturating_mul(1 << (after.max(1) - 1).min(10))
 }
 
 /// The longest pause between two attempts of a batch after transient failures in
