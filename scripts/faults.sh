@@ -47,8 +47,12 @@ if [ "$mode" = long ]; then
     export EVENTFOLD_RELAY_CRASH_KILLS="${EVENTFOLD_RELAY_CRASH_KILLS:-40}"
     export EVENTFOLD_PROJECTION_CRASH_KILLS="${EVENTFOLD_PROJECTION_CRASH_KILLS:-40}"
     export EVENTFOLD_CLUSTER_RESTARTS="${EVENTFOLD_CLUSTER_RESTARTS:-20}"
-    # Each fuzz target for two minutes (batches with fresh seeds).
-    export EVENTFOLD_FUZZ_SECS="${EVENTFOLD_FUZZ_SECS:-120}"
+    export EVENTFOLD_WRITER_CRASH_KILLS="${EVENTFOLD_WRITER_CRASH_KILLS:-40}"
+    export EVENTFOLD_CONSUMER_CRASH_KILLS="${EVENTFOLD_CONSUMER_CRASH_KILLS:-40}"
+    # Each decoder fed hostile input for ten minutes of CPU time (batches with fresh seeds), each
+    # round-trip property (valid values through encode and decode) for two.
+    export EVENTFOLD_FUZZ_SECS="${EVENTFOLD_FUZZ_SECS:-600}"
+    export EVENTFOLD_FUZZ_ROUND_TRIP_SECS="${EVENTFOLD_FUZZ_ROUND_TRIP_SECS:-120}"
 fi
 
 # The environment, PostgreSQL, the broker and cargo-nextest, as for scripts/test.sh (which sets
@@ -57,7 +61,7 @@ fi
 source scripts/setup.sh
 
 # The fault tests, in the order they run.
-tests=(faults_postgres faults_cluster memory_bounded clock_skew projections_crash kafka_outage kafka_relay kafka_crash saga_crash hostile_input)
+tests=(faults_postgres writers_crash faults_cluster memory_bounded clock_skew projections_crash kafka_outage kafka_relay kafka_crash consumer_crash saga_crash hostile_input)
 
 run="target/faults/$mode-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$run"
@@ -65,8 +69,8 @@ summary="$run/summary.txt"
 : >"$summary"
 log "fault suite, $mode form: logs in $run"
 for knob in EVENTFOLD_E2E_EVENTS EVENTFOLD_RELAY_CRASH_KILLS EVENTFOLD_PROJECTION_CRASH_KILLS \
-    EVENTFOLD_SAGA_CRASH_SAGAS EVENTFOLD_SAGA_CRASH_KILLS EVENTFOLD_CLUSTER_RESTARTS \
-    EVENTFOLD_FUZZ_SECS EVENTFOLD_FUZZ_CASES; do
+    EVENTFOLD_SAGA_CRASH_SAGAS EVENTFOLD_SAGA_CRASH_KILLS EVENTFOLD_CLUSTER_RESTARTS EVENTFOLD_WRITER_CRASH_KILLS EVENTFOLD_CONSUMER_CRASH_KILLS \
+    EVENTFOLD_FUZZ_SECS EVENTFOLD_FUZZ_ROUND_TRIP_SECS EVENTFOLD_FUZZ_CASES; do
     log "  $knob=${!knob:-(default)}"
 done
 

@@ -126,7 +126,7 @@ fn fuzz_payload_codecs() {
             Ok(())
         },
     );
-    common::fuzz::run("event round trip", parcel_event(), |event| {
+    common::fuzz::round_trip("event round trip", parcel_event(), |event| {
         let bytes = event
             .encode()
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -166,7 +166,7 @@ fn fuzz_protobuf_codec() {
         proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..8), 0..4),
     )
         .prop_map(|(to, grams, labels)| Parcel { to, grams, labels });
-    common::fuzz::run("protobuf round trip", parcel, |parcel| {
+    common::fuzz::round_trip("protobuf round trip", parcel, |parcel| {
         let bytes = protobuf::encode("parcel.sent", &parcel)
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let back = protobuf::decode::<Parcel>("parcel.sent", &bytes)
@@ -317,7 +317,7 @@ fn fuzz_envelope_decoding() {
             Ok(())
         },
     );
-    common::fuzz::run("envelope round trip", parcel_event(), |event| {
+    common::fuzz::round_trip("envelope round trip", parcel_event(), |event| {
         let bytes = event
             .encode()
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -711,7 +711,7 @@ mod kafka {
             0i32..=i32::MAX,
             0i64..=i64::MAX,
         );
-        common::fuzz::run(
+        common::fuzz::round_trip(
             "kafka round trip",
             input,
             |(key, message_type, payload, extra, partition, offset)| {

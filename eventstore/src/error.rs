@@ -224,6 +224,48 @@ impl StoreError {
             StoreError::VersionConflict { .. } | StoreError::Transient { .. }
         )
     }
+
+    /// The error of application code (a consumer's handler, a projection, a saga participant)
+    /// as a [`StoreError::Transient`] when a transient failure of the database caused it
+    /// ([`TransientKind::of_error`]: a lost connection under the handler's own statements, a
+    /// deadlock); the error given back otherwise.
+    ///
+    /// The runners use it so that a database that failed under application code is retried
+    /// like any other transient failure of the store, not counted against the message or event
+    /// as if the code had refused it (which would park it after a few attempts). A transient
+    /// [`StoreError`] in the chain is returned as it is; `operation` and `table` name where the
+    /// failure was met when the cause is a driver error.
+    ///
+    /// ```
+    /// use eventfold_eventstore::{StoreError, TransientKind};
+    ///
+    /// let refused: eventfold_core::BoxError = "no such account".into();
+    /// assert!(StoreError::transient_cause(refused, "applying events", "ledger").is_err());
+    /// ```
+    pub fn transient_cause(
+        error: BoxError,
+        operation: &'static str,
+        table: impl Into<String>,
+    ) -> Result<StoreError, BoxError> {
+        let Some(kind) = TransientKind::of_error(&*error) else {
+            return Err(error);
+        };
+        Ok(match error.downcast::<StoreError>() {
+            Ok(store) if store.transient_kind().is_some() => *store,
+            Ok(store) => StoreError::Transient {
+                kind,
+                operation,
+                table: table.into(),
+                source: store,
+            },
+            Err(error) => StoreError::Transient {
+                kind,
+                operation,
+                table: table.into(),
+                source: error,
+            },
+        })
+    }
 }
 
 /// What kind of transient database failure a [`StoreError::Transient`] is.
@@ -269,6 +311,27 @@ impl TransientKind {
             sqlx::Error::Database(db) => Self::of_code(db.code().as_deref()?),
             _ => None,
         }
+    }
+
+    /// The kind of the first transient failure in `error` and its chain of sources: a
+    /// [`StoreError::Transient`], or (with a SQL backend) a `sqlx::Error` that
+    /// [`TransientKind::of_sqlx`] classifies. `None` when nothing in the chain is transient.
+    pub fn of_error(error: &(dyn std::error::Error + 'static)) -> Option<TransientKind> {
+        let mut next = Some(error);
+        while let Some(e) = next {
+            if let Some(kind) = e
+                .downcast_ref::<StoreError>()
+                .and_then(StoreError::transient_kind)
+            {
+                return Some(kind);
+            }
+            #[cfg(any(feature = "postgres", feature = "sqlite"))]
+            if let Some(kind) = e.downcast_ref::<sqlx::Error>().and_then(Self::of_sqlx) {
+                return Some(kind);
+            }
+            next = e.source();
+        }
+        None
     }
 
     /// The kind of a database error code: a PostgreSQL SQLSTATE (five characters) or a SQLite
@@ -372,6 +435,53 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_transient_cause_is_found_in_the_chain_of_sources() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("handler of {message}: {source}")]
+        struct Wrapped {
+            message: &'static str,
+            source: StoreError,
+        }
+        let lost = || StoreError::Transient {
+            kind: TransientKind::ConnectionLost,
+            operation: "appending",
+            table: "events".into(),
+            source: "reset by peer".into(),
+        };
+        let wrapped: BoxError = Box::new(Wrapped {
+            message: "m-1",
+            source: lost(),
+        });
+        assert_eq!(
+            TransientKind::of_error(&*wrapped),
+            Some(TransientKind::ConnectionLost)
+        );
+        let store = StoreError::transient_cause(wrapped, "handling", "inbox").expect("transient");
+        assert!(
+            matches!(&store, StoreError::Transient { kind: TransientKind::ConnectionLost, operation: "handling", table, .. } if table == "inbox"),
+            "{store:?}"
+        );
+        let direct: BoxError = Box::new(lost());
+        let store = StoreError::transient_cause(direct, "handling", "inbox").expect("transient");
+        assert!(
+            matches!(
+                &store,
+                StoreError::Transient {
+                    operation: "appending",
+                    ..
+                }
+            ),
+            "a transient store error is kept as it is: {store:?}"
+        );
+        let conflict: BoxError = Box::new(StoreError::VersionConflict {
+            stream_id: StreamId::new("a", "1").expect("id"),
+            expected: crate::ExpectedVersion::Exact(1),
+            actual: Some(2),
+        });
+        assert!(StoreError::transient_cause(conflict, "handling", "inbox").is_err());
+    }
+
     #[cfg(any(feature = "postgres", feature = "sqlite"))]
     #[test]
     fn a_closed_pool_is_not_transient_a_timed_out_one_is() {
@@ -385,5 +495,14 @@ mod tests {
             TransientKind::of_sqlx(&sqlx::Error::Io(io)),
             Some(TransientKind::ConnectionLost)
         );
+        // A driver error returned by application code, as a projection's statements do.
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let boxed: BoxError = Box::new(sqlx::Error::Io(io));
+        assert_eq!(
+            TransientKind::of_error(&*boxed),
+            Some(TransientKind::ConnectionLost)
+        );
+        let closed: BoxError = Box::new(sqlx::Error::PoolClosed);
+        assert_eq!(TransientKind::of_error(&*closed), None);
     }
 }

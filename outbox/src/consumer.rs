@@ -10,7 +10,10 @@
 //! where it arrived ([`eventfold_eventstore::TraceStore`]).
 //!
 //! A message whose handler keeps failing is retried `max_attempts` times with a backoff, then
-//! parked with its error (`InboxStore::parked_messages`), and the consumer moves on.
+//! parked with its error (`InboxStore::parked_messages`), and the consumer moves on. A handler
+//! error caused by a transient failure of the database (its connection lost, a deadlock) is not
+//! the message's failure: it counts no attempt and is retried like any transient failure of the
+//! store ([`Consumer::run`]), so a database that fails under the handler parks nothing.
 //!
 //! Each message is handled in a `consume` span. With the feature `otel`, that span continues the
 //! W3C trace context the record carries (`traceparent`), so the handler's work belongs to the
@@ -188,7 +191,9 @@ where
         if first > 1 {
             self.pause(first - 1).await;
         }
-        for attempt in first.max(1)..=self.max_attempts {
+        let mut attempt = first.max(1);
+        let mut transient = 0u32;
+        while attempt <= self.max_attempts {
             let mut uow = self.store.begin().await.map_err(self.store_err())?;
             if !uow
                 .mark_received(
@@ -213,11 +218,31 @@ where
                 }
                 Err(e) => {
                     let _ = uow.rollback().await;
+                    // The database failed under the handler (a lost connection, a deadlock):
+                    // a failure of the store, not an attempt of the message (which would park
+                    // it after `max_attempts`). Tried again here a few times, then left to the
+                    // caller's retry of the batch.
+                    let e = match StoreError::transient_cause(e, HANDLING, HANDLER_TABLES) {
+                        Ok(failure) => {
+                            transient += 1;
+                            if transient > TRANSIENT_IN_PLACE {
+                                return Err(self.store_err()(failure));
+                            }
+                            tracing::debug!(consumer = %self.name, message = %record.message_id, error = %failure, "the database failed under the handler; trying again");
+                            tokio::time::sleep(
+                                doubled(self.backoff, transient).min(Duration::from_secs(1)),
+                            )
+                            .await;
+                            continue;
+                        }
+                        Err(e) => e,
+                    };
                     last_error = e.to_string();
                     tracing::warn!(consumer = %self.name, message = %record.message_id, attempt, error = %last_error, "handler failed");
                     if attempt < self.max_attempts {
                         self.pause(attempt).await;
                     }
+                    attempt += 1;
                 }
             }
         }
@@ -274,6 +299,13 @@ where
                     outcomes.push(Outcome::Handled);
                 }
                 Err(e) => {
+                    let e = match StoreError::transient_cause(e, HANDLING, HANDLER_TABLES) {
+                        Ok(transient) => {
+                            let _ = uow.rollback().await;
+                            return Err(transient);
+                        }
+                        Err(e) => e,
+                    };
                     tracing::warn!(consumer = %self.name, message = %record.message_id, attempt = 1, error = %e, "handler failed");
                     uow.rollback_to_savepoint().await?;
                     failed = true;
@@ -569,7 +601,8 @@ where
     /// message is finished (handled and acknowledged, or parked) before it returns.
     ///
     /// A transient failure of the store ([`ConsumerError::is_retriable`]: a lost connection, a
-    /// deadlock, a serialization failure, a busy SQLite file) does not end the run: the same
+    /// deadlock, a serialization failure, a busy SQLite file, also one that the handler's own
+    /// statements met, see [`StoreError::transient_cause`]) does not end the run: the same
     /// batch is handled again after a backoff (doubling from [`backoff`](Self::backoff) up to
     /// 5 s; the inbox skips what had committed), until it succeeds or shutdown comes (the batch
     /// then stays unacknowledged and is delivered again). Each retry is counted in
@@ -614,6 +647,16 @@ where
 fn doubled(first: Duration, after: u32) -> Duration {
     first.saturating_mul(1 << (after.max(1) - 1).min(10))
 }
+
+/// How many transient failures of the database under the handler a message meets in a row
+/// before its settling returns the failure (for [`Consumer::run`] to retry the batch).
+const TRANSIENT_IN_PLACE: u32 = 8;
+
+/// What a consumer was doing when the database failed under its handler (see
+/// [`StoreError::transient_cause`]).
+const HANDLING: &str = "running the consumer's handler";
+/// Where: the handler's own statements (the consumer's name is in [`ConsumerError::Store`]).
+const HANDLER_TABLES: &str = "the handler's tables";
 
 /// The longest pause between two attempts of a batch after transient failures in
 /// [`Consumer::run`].

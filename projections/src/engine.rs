@@ -245,6 +245,7 @@ impl<S: ProjectionStore> Ctx<S> {
                 Ok(n) => n,
                 Err((index, error)) => {
                     let _ = uow.rollback().await;
+                    let error = transient_is_the_stores(error, name)?;
                     // A single event's batch failing is that event's failure.
                     let index = index.or((events.len() == 1).then_some(0));
                     return Ok(Outcome::Failed { index, error });
@@ -255,6 +256,7 @@ impl<S: ProjectionStore> Ctx<S> {
                 Ok(n) => n,
                 Err((index, error)) => {
                     let _ = uow.rollback().await;
+                    let error = transient_is_the_stores(error, name)?;
                     return Ok(Outcome::Failed {
                         index: Some(index),
                         error,
@@ -863,4 +865,15 @@ pub(crate) async fn pause_after(
 ) {
     tracing::warn!(projection, error = %error, "projection store error; retrying");
     tokio::time::sleep(wait).await;
+}
+
+/// A projection's error caused by a transient failure of the database (its connection lost, a
+/// deadlock: [`StoreError::transient_cause`]) is a failure of the store, which the runner
+/// retries with its backoff, not the event's failure (retried `max_attempts` times, then
+/// parked: skipped). Any other error is given back.
+fn transient_is_the_stores(error: BoxError, projection: &str) -> Result<BoxError, StoreError> {
+    match StoreError::transient_cause(error, "applying a projection's events", projection) {
+        Ok(transient) => Err(transient),
+        Err(error) => Ok(error),
+    }
 }

@@ -353,13 +353,21 @@ impl<S: ProjectionStore> Task<S> {
                     &mut warned_newer,
                     code_version,
                 )
-                .await?
+                .await
             {
-                Next::Wait => {
+                Ok(Next::Wait) => {
                     self.sleep(self.control_interval).await;
                     continue;
                 }
-                Next::Apply => {}
+                Ok(Next::Apply) => {}
+                // The store failed (the projection did not): wait and look again.
+                Err(ProjectionError::Store(e)) => {
+                    self.pause(&e, &name, backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    reload = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
             let batch = match self
                 .ctx
@@ -444,15 +452,27 @@ impl<S: ProjectionStore> Task<S> {
                 }
                 Ok(Outcome::Moved) => reload = true,
                 Ok(Outcome::Failed { index, error }) => {
-                    self.failed(
-                        &mut cursor,
-                        &batch.events,
-                        index.unwrap_or(0),
-                        error,
-                        &mut reload,
-                        &mut status,
-                    )
-                    .await?;
+                    match self
+                        .failed(
+                            &mut cursor,
+                            &batch.events,
+                            index.unwrap_or(0),
+                            error,
+                            &mut reload,
+                            &mut status,
+                        )
+                        .await
+                    {
+                        Ok(()) => {}
+                        // The store failed while the event's failure was handled: nothing was
+                        // parked or skipped; read again from the stored checkpoint.
+                        Err(ProjectionError::Store(e)) => {
+                            self.pause(&e, &name, backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            reload = true;
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 Err(e) => {
                     self.pause(&e, &name, backoff).await;

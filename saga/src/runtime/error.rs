@@ -102,12 +102,15 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
-    /// `true` when trying again may succeed: a conflict with another transition, or a version
-    /// conflict reported by the store.
+    /// `true` when trying again may succeed: a conflict with another transition, a version
+    /// conflict reported by the store, or a transient failure of the store (a lost connection,
+    /// a deadlock, a pool timeout: [`StoreError::is_retriable`]). A transition tried again after
+    /// a lost connection is safe even when its commit happened: the transition is fenced on
+    /// (instance, step, attempt), so the second try finds the input already taken.
     pub fn is_retriable(&self) -> bool {
         match self {
             RuntimeError::Conflict { .. } => true,
-            RuntimeError::Store { source, .. } => source.is_conflict(),
+            RuntimeError::Store { source, .. } => source.is_retriable(),
             _ => false,
         }
     }

@@ -12,8 +12,9 @@
 //!   reply is ignored, and the reply that lost a race with a timer is stale;
 //! * a scheduler that crashes after its claim leaves the timer to come due again when the lease
 //!   ends (one that stops gracefully releases the timers it claimed and did not fire, due again
-//!   at once); a timer whose firing keeps failing gets a longer lease on every claim, so it never
-//!   holds back the others (oldest deadline first, in batches).
+//!   at once, and so does a firing that failed on a transient store error: a lost connection,
+//!   a deadlock); a timer whose firing keeps failing for any other reason gets a longer lease on
+//!   every claim, so it never holds back the others (oldest deadline first, in batches).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -152,6 +153,20 @@ impl<S: SagaStore, D: SagaData> Scheduler<S, D> {
                 Ok(Applied::Transitioned { .. }) => report.fired += 1,
                 Ok(Applied::Ignored(_)) => report.ignored += 1,
                 Ok(Applied::TimerGone) => report.gone += 1,
+                Err(e) if e.is_retriable() => {
+                    // The store failed, not the timer: give it back, due again at once with its
+                    // claim count restored, rather than after a lease that grows with every
+                    // claim. If the store cannot take it back either, the lease ends the claim.
+                    report.failed += 1;
+                    tracing::warn!(saga_id = %timer.saga_id, step = %timer.step, kind = %timer.kind, error = %e, "saga timer failed on a transient store error; released");
+                    if let Err(e) = orchestrator
+                        .store()
+                        .release_saga_timers(std::slice::from_ref(&timer))
+                        .await
+                    {
+                        tracing::debug!(saga_id = %timer.saga_id, error = %e, "releasing the timer failed; it comes due again after its lease");
+                    }
+                }
                 Err(e) => {
                     report.failed += 1;
                     tracing::warn!(saga_id = %timer.saga_id, step = %timer.step, kind = %timer.kind, error = %e, "saga timer failed; it comes due again after its lease");
