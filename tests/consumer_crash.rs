@@ -189,68 +189,12 @@ fn kafka_source(brokers: &str, group: &str, topic: &str) -> KafkaSource {
         .unwrap_or_else(|e| panic!("a Kafka source of {topic} in group {group}: {e}"))
 }
 
-/// A `metrics` recorder that prints the consumer's duplicate counter, one line per increment:
-/// `metric duplicates <n>` (stdout is line-buffered, so a killed child loses at most the
-/// increment it was printing).
-struct PrintingRecorder;
-
-struct PrintedCounter(&'static str);
-
-impl metrics::CounterFn for PrintedCounter {
-    fn increment(&self, value: u64) {
-        if value > 0 {
-            println!("metric {} {value}", self.0);
-        }
-    }
-
-    fn absolute(&self, _value: u64) {}
-}
-
-impl metrics::Recorder for PrintingRecorder {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-
-    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        match key.name() {
-            "eventfold_consumer_duplicates_total" => {
-                metrics::Counter::from_arc(Arc::new(PrintedCounter("duplicates")))
-            }
-            "eventfold_consumer_retries_total" => {
-                metrics::Counter::from_arc(Arc::new(PrintedCounter("retries")))
-            }
-            _ => metrics::Counter::noop(),
-        }
-    }
-
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::noop()
-    }
-
-    fn register_histogram(
-        &self,
-        _: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        metrics::Histogram::noop()
+/// The counters a child reports to the parent (`metric duplicates <n>`, `metric retries <n>`).
+fn reported(key: &metrics::Key) -> Option<String> {
+    match key.name() {
+        "eventfold_consumer_duplicates_total" => Some("duplicates".to_owned()),
+        "eventfold_consumer_retries_total" => Some("retries".to_owned()),
+        _ => None,
     }
 }
 
@@ -265,7 +209,7 @@ async fn child(name: String) -> Infallible {
             }
         }
     });
-    metrics::set_global_recorder(PrintingRecorder).expect("the only recorder");
+    common::printed_metrics::install(reported);
     let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
     let (url, topic, group) = (var(DATABASE_ENV), var(TOPIC_ENV), var(GROUP_ENV));
     let mode = Mode::parse(&var(MODE_ENV));

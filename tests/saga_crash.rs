@@ -174,11 +174,7 @@ where
     }
 }
 
-/// A `metrics` recorder that prints the counters the parent sums up, one line per increment:
-/// `metric <name>{<labels>} <n>` (stdout is line-buffered, so a killed child loses at most the
-/// increment it was printing).
-struct PrintingRecorder;
-
+/// The counters a child reports to the parent, as `metric <name>{<labels>} <n>` lines.
 const REPORTED: [&str; 5] = [
     "eventfold_consumer_duplicates_total",
     "eventfold_consumer_parked_total",
@@ -187,68 +183,17 @@ const REPORTED: [&str; 5] = [
     "eventfold_outbox_retried_total",
 ];
 
-struct PrintedCounter(String);
-
-impl metrics::CounterFn for PrintedCounter {
-    fn increment(&self, value: u64) {
-        if value > 0 {
-            println!("metric {} {value}", self.0);
-        }
+/// The printed name of a [`REPORTED`] counter: its name and labels (but the saga type).
+fn reported(key: &metrics::Key) -> Option<String> {
+    if !REPORTED.contains(&key.name()) {
+        return None;
     }
-
-    fn absolute(&self, _value: u64) {}
-}
-
-impl metrics::Recorder for PrintingRecorder {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-
-    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        if !REPORTED.contains(&key.name()) {
-            return metrics::Counter::noop();
-        }
-        let labels: Vec<String> = key
-            .labels()
-            .filter(|l| l.key() != "saga_type")
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        metrics::Counter::from_arc(Arc::new(PrintedCounter(format!(
-            "{}{{{}}}",
-            key.name(),
-            labels.join(",")
-        ))))
-    }
-
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::noop()
-    }
-
-    fn register_histogram(
-        &self,
-        _: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        metrics::Histogram::noop()
-    }
+    let labels: Vec<String> = key
+        .labels()
+        .filter(|l| l.key() != "saga_type")
+        .map(|l| format!("{}={}", l.key(), l.value()))
+        .collect();
+    Some(format!("{}{{{}}}", key.name(), labels.join(",")))
 }
 
 /// A child process: the orders service's orchestrator or the services' participants, each with
@@ -263,7 +208,7 @@ async fn child(role: Role) -> Infallible {
             }
         }
     });
-    metrics::set_global_recorder(PrintingRecorder).expect("the only recorder");
+    common::printed_metrics::install(reported);
     let url = std::env::var(DATABASE_ENV).expect("the database of the child");
     let topics = Topics::new(&std::env::var(RUN_ENV).expect("the run id"));
     let name = std::env::var(NAME_ENV).unwrap_or_else(|_| role.as_str().to_owned());

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fuzz;
+pub mod printed_metrics;
 pub mod ticks;
 
 use eventfold::eventstore::memory::MemoryStore;
