@@ -17,7 +17,12 @@
 //! * the server was restarted the number of times asked, writers made progress after each
 //!   restart, and appends did fail during the restarts (the faults hit work in flight).
 //!
-//! `EVENTFOLD_CLUSTER_RESTARTS` sets the number of restarts (default 3). The PostgreSQL server
+//! A second test crashes the server the same way under a projection runner and a saga
+//! scheduler (with writers appending and sagas starting): neither may stop, park an event for a
+//! database failure or fire a deadline twice; the read model must equal a fresh fold of the log
+//! and every saga end `compensated` with one timeout and no timer left.
+//!
+//! `EVENTFOLD_CLUSTER_RESTARTS` sets the number of restarts of each test (default 3). The PostgreSQL server
 //! binaries are found in `EVENTFOLD_PG_BIN` or `/usr/lib/postgresql/<version>/bin` (newest
 //! first) or on `PATH`; the test fails, loudly, when they cannot be found. `initdb` refuses to
 //! run as root: as root, the test runs the server binaries as the `postgres` user through
@@ -27,6 +32,8 @@
 #![cfg(feature = "postgres")]
 
 mod common;
+mod projection_common;
+mod saga_common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -36,7 +43,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventfold::eventstore::postgres::PgStore;
-use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRouting, OutboxStore};
+use eventfold::eventstore::{EventStore, ExpectedVersion, OutboxRouting, OutboxStore, StoreError};
 use eventfold::outbox::{InProcessBroker, Relay, RelayConfig, headers};
 use eventfold::{NewEvent, StreamId};
 use uuid::Uuid;
@@ -181,7 +188,11 @@ impl Cluster {
     }
 
     fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        self.database_url("postgres")
+    }
+
+    fn database_url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
     fn command(&self, program: &str) -> Command {
@@ -614,5 +625,384 @@ async fn server_restarts_lose_no_acknowledged_event_and_publish_nothing_uncommit
          failed_appends:{errors},ambiguous_events:{ambiguous},duplicates:{duplicates} result=pass",
         cluster.restarts,
         appends.acked.len(),
+    );
+}
+
+/// A count, asked until the database answers (the server may be restarting), within 120 s.
+async fn count_through_restarts(pool: &sqlx::PgPool, sql: &str) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await {
+            Ok(n) => return n,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{sql}: {e}"),
+        }
+    }
+}
+
+/// Retries `attempt` after every retriable failure (the server is restarting) for up to 120 s;
+/// a failure that is not retriable, or one that lasts longer, fails the test with `what`.
+async fn through_restarts<T, E, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, (E, bool)>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err((_, true)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err((e, _)) => panic!("{what}: {e}"),
+        }
+    }
+}
+
+/// The projection runner and the saga scheduler keep running while the server crashes and
+/// recovers again and again (`pg_ctl restart -m immediate`) under them, while writers append and
+/// sagas start: every connection of their pools dies at once, in the middle of a batch, a
+/// checkpoint, a timer's claim or its firing. Neither may stop, park an event for a database
+/// failure, apply an event twice, fire a deadline twice or leave a timer behind. Afterwards the
+/// read model equals a fresh fold of the log (one ledger row per event), and every saga (each a
+/// step nobody answers, so a durable deadline) ended `compensated` with exactly one timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_projection_runner_and_the_saga_scheduler_ride_out_server_crashes() {
+    use eventfold::projections::{ProjectionOptions, Projections};
+    use eventfold::saga::runtime::Orchestrator;
+    use projection_common::{Ledger, deposit, fold_log, parked_ledger};
+
+    let started = Instant::now();
+    let restarts = common::env_number("EVENTFOLD_CLUSTER_RESTARTS", 3);
+    assert!(
+        restarts >= 1,
+        "EVENTFOLD_CLUSTER_RESTARTS must be at least 1"
+    );
+    let mut cluster = tokio::task::spawn_blocking(Cluster::start)
+        .await
+        .expect("starting the cluster");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&cluster.url())
+        .await
+        .expect("connect to the cluster");
+    let store = PgStore::builder(pool.clone())
+        .source("faults-cluster-runners")
+        .build()
+        .await
+        .expect("migrate the cluster's database");
+    // The sagas live in a database of their own on the same server (so that the log the
+    // projection folds holds deposits only).
+    sqlx::query("CREATE DATABASE sagas")
+        .execute(&pool)
+        .await
+        .expect("create the sagas' database");
+    let saga_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&cluster.database_url("sagas"))
+        .await
+        .expect("connect to the sagas' database");
+    let saga_store = PgStore::builder(saga_pool.clone())
+        .source("faults-cluster-sagas")
+        .build()
+        .await
+        .expect("migrate the sagas' database");
+
+    // One deposit before the runner starts (its first position to wait for).
+    store
+        .append(
+            &StreamId::new("account", "seed").expect("a stream id"),
+            ExpectedVersion::Any,
+            vec![deposit("acct-0", 1)],
+        )
+        .await
+        .expect("the first deposit");
+    // The projection runner: two quick attempts per event, so a database failure counted as the
+    // projection's would park (skip) the event.
+    let runner = Projections::new(store.clone())
+        .register_with(
+            Ledger::new(1),
+            ProjectionOptions::default()
+                .batch_size(20)
+                .retries(2, Duration::from_millis(1)),
+        )
+        .runner()
+        .poll_interval(Duration::from_millis(20))
+        .start();
+    // The saga scheduler: each saga's one step times out after 300 ms.
+    let orchestrator = Orchestrator::new(
+        saga_store.clone(),
+        saga_common::waiting_definition(Duration::from_millis(300)),
+    );
+    let scheduler = orchestrator
+        .scheduler()
+        .lease(Duration::from_millis(500))
+        .poll_interval(Duration::from_millis(10))
+        .batch(16);
+    let (stop_scheduler, mut scheduler_stops) = tokio::sync::watch::channel(false);
+    let scheduling = tokio::spawn(scheduler.run(async move {
+        let _ = scheduler_stops.wait_for(|s| *s).await;
+    }));
+
+    // Until the last restart: two writers (batches of 5 deposits over 30 streams, appended again
+    // after a failure with the same event ids: an append that committed though its answer was
+    // lost is then refused as a duplicate, and counts as done) and four saga starters
+    // (a start that failed is started again with the same business key: one saga per key).
+    let stop = Arc::new(AtomicBool::new(false));
+    let appended = Arc::new(AtomicU64::new(0));
+    let started_sagas = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let (store, appended, stop) = (store.clone(), appended.clone(), stop.clone());
+            tokio::spawn(async move {
+                for i in (w..).step_by(2) {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let stream =
+                        StreamId::new("account", format!("{}", i % 30)).expect("a stream id");
+                    let events: Vec<NewEvent> = (0..5)
+                        .map(|k| deposit(&format!("acct-{}", (i + k) % 12), (i % 50) as i64 + 1))
+                        .collect();
+                    through_restarts(&format!("append to {stream}"), || {
+                        let (store, stream, events) = (&store, &stream, events.clone());
+                        async move {
+                            match store.append(stream, ExpectedVersion::Any, events).await {
+                                // The attempt before committed, though its answer was lost.
+                                Err(StoreError::DuplicateEventId { .. }) => Ok(()),
+                                Err(e) => {
+                                    let retriable = e.is_retriable();
+                                    Err((e, retriable))
+                                }
+                                Ok(_) => Ok(()),
+                            }
+                        }
+                    })
+                    .await;
+                    appended.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                }
+            })
+        })
+        .collect();
+    let starters: Vec<_> = (0..4)
+        .map(|t| {
+            let (orchestrator, stop, started_sagas) =
+                (orchestrator.clone(), stop.clone(), started_sagas.clone());
+            tokio::spawn(async move {
+                for i in (t..).step_by(4) {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let order = saga_common::Order {
+                        id: format!("o-{i}"),
+                        cents: 100,
+                        ..saga_common::Order::default()
+                    };
+                    let key = format!("k-{i}");
+                    through_restarts(&format!("start saga {key}"), || {
+                        let (orchestrator, key, order) = (&orchestrator, &key, order.clone());
+                        async move {
+                            orchestrator.start(key, order, None).await.map_err(|e| {
+                                let retriable = e.is_retriable();
+                                (e, retriable)
+                            })
+                        }
+                    })
+                    .await;
+                    started_sagas.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+        .collect();
+
+    runner
+        .wait_for(1)
+        .await
+        .expect("the runner set the projection up and applied the first event");
+
+    // Crash the server every 1 to 2.5 s (pseudo-random, from the clock), once the runner and the
+    // scheduler have both made progress since the last restart.
+    let progress = |(pool, saga_pool): (sqlx::PgPool, sqlx::PgPool)| async move {
+        (
+            count_through_restarts(&pool, "SELECT count(*) FROM ledger").await,
+            count_through_restarts(
+                &saga_pool,
+                "SELECT count(*) FROM eventfold_sagas WHERE status = 'compensated'",
+            )
+            .await,
+        )
+    };
+    let mut at_restart = Vec::new();
+    let mut last = progress((pool.clone(), saga_pool.clone())).await;
+    for r in 0..restarts {
+        let pause = 1000 + (started.elapsed().as_nanos() % 1500) as u64;
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let progress_deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let now = progress((pool.clone(), saga_pool.clone())).await;
+            if now.0 > last.0 && now.1 > last.1 {
+                last = now;
+                break;
+            }
+            assert!(runner.is_running("ledger"), "the projection runner stopped");
+            assert!(!scheduling.is_finished(), "the saga scheduler stopped");
+            assert!(
+                Instant::now() < progress_deadline,
+                "no progress for 90 s after restart {r}: {now:?} (ledger rows, sagas \
+                 compensated), {last:?} before"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let crash = Instant::now();
+        cluster = tokio::task::spawn_blocking(move || {
+            cluster.crash_and_restart();
+            cluster
+        })
+        .await
+        .expect("restarting the cluster");
+        eprintln!(
+            "restart {}: at {} ledger rows, {} sagas compensated, {} batches appended, down for \
+             {:?} ({:?})",
+            r + 1,
+            last.0,
+            last.1,
+            appended.load(Ordering::SeqCst),
+            crash.elapsed(),
+            started.elapsed()
+        );
+        at_restart.push(last);
+    }
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        writer.await.expect("a writer");
+    }
+    for starter in starters {
+        starter.await.expect("a saga starter");
+    }
+
+    let sagas_started = started_sagas.load(Ordering::SeqCst) as i64;
+    // Both catch up, bounded by progress: 60 s without any.
+    let mut seen = (-1, -1);
+    let mut stalled_since = Instant::now();
+    loop {
+        let now = progress((pool.clone(), saga_pool.clone())).await;
+        let deposits = count_through_restarts(
+            &pool,
+            "SELECT count(*) FROM eventfold_events WHERE stream_type = 'account'",
+        )
+        .await;
+        if now.0 == deposits && now.1 == sagas_started {
+            break;
+        }
+        if now != seen {
+            seen = now;
+            stalled_since = Instant::now();
+        }
+        assert!(
+            stalled_since.elapsed() < Duration::from_secs(60),
+            "no progress for 60 s after the last restart: {} of {deposits} deposits in the \
+             ledger, {} of {sagas_started} sagas compensated",
+            now.0,
+            now.1
+        );
+        assert!(runner.is_running("ledger"), "the projection runner stopped");
+        assert!(!scheduling.is_finished(), "the saga scheduler stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    runner
+        .stop()
+        .await
+        .expect("the runner survives the restarts and stops without an error");
+    stop_scheduler.send(true).expect("stop the scheduler");
+    scheduling.await.expect("the scheduler's task");
+
+    // The read model.
+    let parked = parked_ledger(&store).await;
+    assert!(
+        parked.is_empty(),
+        "events were parked after {restarts} server crashes: {parked:#?}"
+    );
+    let expected: Vec<(String, i64, i64)> = fold_log(&store)
+        .await
+        .into_iter()
+        .map(|(account, (total, n))| (account, total, n))
+        .collect();
+    let model: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT account, total, events FROM balances ORDER BY account")
+            .fetch_all(&pool)
+            .await
+            .expect("balances");
+    assert_eq!(model, expected, "the read model equals a fresh fold");
+    let deposits: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM eventfold_events WHERE stream_type = 'account'")
+            .fetch_one(&pool)
+            .await
+            .expect("deposits");
+    let ledger: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
+        .fetch_one(&pool)
+        .await
+        .expect("ledger rows");
+    assert_eq!(ledger, deposits, "one ledger row per event");
+    let batches = appended.load(Ordering::SeqCst) as i64;
+    assert!(
+        deposits > batches * 5,
+        "{deposits} deposits stored, {batches} batches of 5 appended after the first"
+    );
+
+    // The sagas.
+    let sagas: i64 = sqlx::query_scalar("SELECT count(*) FROM eventfold_sagas")
+        .fetch_one(&saga_pool)
+        .await
+        .expect("sagas");
+    assert_eq!(sagas, sagas_started, "one saga per business key");
+    let not_compensated: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM eventfold_sagas WHERE status <> 'compensated'")
+            .fetch_one(&saga_pool)
+            .await
+            .expect("sagas not compensated");
+    assert_eq!(not_compensated, 0, "every saga ended compensated");
+    let timers: i64 = sqlx::query_scalar("SELECT count(*) FROM eventfold_saga_timers")
+        .fetch_one(&saga_pool)
+        .await
+        .expect("timers");
+    assert_eq!(timers, 0, "no timer left");
+    let timeouts: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT stream_id, count(*) FROM eventfold_events \
+         WHERE event_type = 'saga.step_timed_out' GROUP BY stream_id",
+    )
+    .fetch_all(&saga_pool)
+    .await
+    .expect("timeouts per saga");
+    let twice: Vec<_> = timeouts.iter().filter(|(_, n)| *n != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "a deadline fired more than once: {twice:?}"
+    );
+    assert_eq!(
+        timeouts.len() as i64,
+        sagas_started,
+        "every saga timed out once"
+    );
+    assert_eq!(cluster.restarts, restarts, "the server was restarted");
+    eprintln!(
+        "runners under server crashes: {restarts} restarts (ledger rows, sagas compensated at \
+         each: {at_restart:?}), {deposits} deposits, {sagas_started} sagas, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "FAULTS fault=server_restart component=projection_runner injected=restarts:{restarts} \
+         checked=events:{deposits},read_model_equals_fold:yes,parked:0,double_applies:0 \
+         result=pass"
+    );
+    println!(
+        "FAULTS fault=server_restart component=saga_scheduler injected=restarts:{restarts} \
+         checked=sagas:{sagas_started},not_terminal:0,deadlines_fired_twice:0,timers_left:0 result=pass"
     );
 }
