@@ -1,7 +1,13 @@
 //! Broker down for 10 s in the middle of a run: the relay's publishes fail (retriable), the
 //! backlog waits in the outbox, and after the broker is back it drains, in order per key, with
-//! nothing lost. The outage is a real network cut: the relay talks to a dedicated tansu broker
-//! through a TCP proxy (the broker's advertised address) that the test closes for 10 s.
+//! nothing lost. The relay talks to a dedicated tansu broker through a TCP proxy (the broker's
+//! advertised address). Two outages:
+//!
+//! * a network cut: the test closes the proxy for 10 s (connections reset, new ones refused);
+//! * a stopped broker: the test stops the broker process with SIGSTOP for 10 s and resumes it
+//!   with SIGCONT (connections stay open and new ones are accepted by the kernel, but nothing
+//!   answers: requests time out). A broker killed and restarted cannot be tested this way: tansu
+//!   keeps its log in memory here, so a restarted broker would have lost what it had taken.
 #![cfg(all(feature = "kafka", feature = "postgres"))]
 mod common;
 
@@ -24,8 +30,6 @@ use eventfold::outbox::{Relay, RelayConfig, headers};
 use eventfold::{NewEvent, StreamId};
 use uuid::Uuid;
 
-const BROKER_PORT: u16 = 29092;
-const PROXY_PORT: u16 = 29093;
 const PARTITIONS: i32 = 3;
 
 /// A TCP proxy that can cut every connection and refuse new ones.
@@ -104,7 +108,8 @@ impl Drop for Broker {
     }
 }
 
-fn start_broker() -> Broker {
+/// Starts a tansu broker listening on `port`, advertising `advertised` (the proxy's port).
+fn start_broker(port: u16, advertised: u16) -> Broker {
     let tansu = std::env::var("HOME")
         .map(|home| format!("{home}/.cargo/bin/tansu"))
         .ok()
@@ -114,9 +119,9 @@ fn start_broker() -> Broker {
         .args([
             "broker",
             "--listener-url",
-            &format!("tcp://127.0.0.1:{BROKER_PORT}"),
+            &format!("tcp://127.0.0.1:{port}"),
             "--advertised-listener-url",
-            &format!("tcp://127.0.0.1:{PROXY_PORT}"),
+            &format!("tcp://127.0.0.1:{advertised}"),
             "--storage-engine",
             "memory://outage/",
         ])
@@ -125,7 +130,7 @@ fn start_broker() -> Broker {
         .spawn()
         .unwrap_or_else(|e| panic!("tansu must be installed (scripts/test.sh installs it): {e}"));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", BROKER_PORT)).is_err() {
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             Instant::now() < deadline,
             "the dedicated tansu broker did not start"
@@ -161,11 +166,40 @@ fn version(headers_of: &eventfold::Headers) -> u64 {
         .expect("a stream version")
 }
 
+/// Sends a signal (`STOP`, `CONT`) to the broker's process.
+fn signal(broker: &Broker, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(broker.0.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} of the broker failed");
+}
+
+/// How the broker goes away for 10 s.
+#[derive(Clone, Copy, Debug)]
+enum Outage {
+    /// The proxy cuts every connection and refuses new ones.
+    Cut,
+    /// The broker's process is stopped (SIGSTOP), then resumed (SIGCONT).
+    Stopped,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_for_ten_seconds_backlog_drains_nothing_lost() {
-    let _broker = start_broker();
-    let proxy = Proxy::start(PROXY_PORT, BROKER_PORT);
-    let bootstrap = format!("127.0.0.1:{PROXY_PORT}");
+    outage_drains_nothing_lost(Outage::Cut, 29092).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_stopped_for_ten_seconds_backlog_drains_nothing_lost() {
+    outage_drains_nothing_lost(Outage::Stopped, 29094).await;
+}
+
+/// The scenario, with the broker on `port` and the proxy on `port + 1`.
+async fn outage_drains_nothing_lost(outage_kind: Outage, port: u16) {
+    let broker = start_broker(port, port + 1);
+    let proxy = Proxy::start(port + 1, port);
+    let bootstrap = format!("127.0.0.1:{}", port + 1);
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &bootstrap)
@@ -197,7 +231,10 @@ async fn broker_down_for_ten_seconds_backlog_drains_nothing_lost() {
     }
 
     // The broker goes away for 10 s while the service keeps writing.
-    proxy.cut();
+    match outage_kind {
+        Outage::Cut => proxy.cut(),
+        Outage::Stopped => signal(&broker, "STOP"),
+    }
     let outage = Instant::now();
     append(100, &store, &mut appended, &mut versions).await;
     let mut failed_rounds = 0;
@@ -214,7 +251,10 @@ async fn broker_down_for_ten_seconds_backlog_drains_nothing_lost() {
     );
     assert!(failed_rounds > 0, "the relay saw the outage");
 
-    proxy.restore();
+    match outage_kind {
+        Outage::Cut => proxy.restore(),
+        Outage::Stopped => signal(&broker, "CONT"),
+    }
     let until = Instant::now() + Duration::from_secs(60);
     while store.outbox_status().await.unwrap().pending > 0 {
         if Instant::now() >= until {
@@ -262,8 +302,12 @@ async fn broker_down_for_ten_seconds_backlog_drains_nothing_lost() {
         let previous = last.insert(key.clone(), v).unwrap_or(0);
         assert_eq!(v, previous + 1, "key {key}: version {v} after {previous}");
     }
+    let fault = match outage_kind {
+        Outage::Cut => "broker_outage",
+        Outage::Stopped => "broker_stopped",
+    };
     println!(
-        "FAULTS fault=broker_outage component=kafka injected=outages:1,outage_secs:10,\
+        "FAULTS fault={fault} component=kafka injected=outages:1,outage_secs:10,\
          failed_publishes:{failed_rounds} checked=events:{},lost:0,order_violations:0,parked:0 \
          result=pass",
         appended.len()
