@@ -5,7 +5,19 @@
 
 use sqlx::{Database, Executor, IntoArguments};
 
+use super::dialect::Dialect;
 use crate::error::StoreError;
+
+/// The statement of `mark_received` on inbox table `inbox`: `$1` consumer, `$2` message id, `$3`
+/// type, `$4` topic, `$5` correlation id, `$6` causation id, `$7` sender, `$8` receiver, `$9`
+/// processed at; a message already marked is left as it is.
+pub(crate) fn mark_inbox<D: Dialect>(inbox: &str) -> String {
+    D::placeholders(&format!(
+        "INSERT INTO {inbox} (consumer, message_id, message_type, topic, correlation_id, causation_id, \
+         sent_by, received_by, processed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT DO NOTHING"
+    ))
+}
 
 /// A step of the savepoint an append runs in, so that a failed append leaves its unit of work as
 /// it was (a unit of work is a transaction of its own).
