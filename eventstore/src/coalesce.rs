@@ -44,6 +44,7 @@ use std::time::Duration;
 
 use eventfold_core::StreamId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tracing::Instrument;
 
 use crate::error::StoreError;
 use crate::store::AppendResult;
@@ -110,16 +111,60 @@ pub(crate) type Reply = oneshot::Sender<Result<AppendResult, StoreError>>;
 /// A backend's half: writes a batch of appends in one transaction and answers every one of them.
 pub(crate) trait BatchWriter: Send + Sync + 'static {
     /// One append, as the backend queues it.
-    type Request: Send + 'static;
+    type Request: Send + Sync + 'static;
 
     /// The stream the append writes to.
     fn stream(request: &Self::Request) -> &StreamId;
 
-    /// Writes `batch` and sends each request's result to its reply (every reply is answered).
-    fn write(&self, batch: Vec<(Self::Request, Reply)>) -> impl Future<Output = ()> + Send;
-
     /// The table named when a batch is abandoned (its writer panicked).
     fn table(&self) -> &str;
+
+    /// Every append of `batch` in one shared commit: each append's result, or the error that
+    /// failed the batch as a whole (then nothing of it was written).
+    fn shared(
+        &self,
+        batch: &[(Self::Request, Reply)],
+    ) -> impl Future<Output = Result<Vec<Result<AppendResult, StoreError>>, StoreError>> + Send;
+
+    /// One append in a commit of its own, as without coalescing.
+    fn alone(
+        &self,
+        request: Self::Request,
+    ) -> impl Future<Output = Result<AppendResult, StoreError>> + Send;
+
+    /// Runs once a batch is written, whichever way (nothing by default).
+    fn written(&self) {}
+
+    /// Writes `batch` and sends each request's result to its reply (every reply is answered):
+    /// in one shared commit when it holds more than one append; one by one when it holds one or
+    /// when the shared commit failed as a whole.
+    fn write(&self, batch: Vec<(Self::Request, Reply)>) -> impl Future<Output = ()> + Send {
+        let span = tracing::debug_span!("eventfold.append_batch", appends = batch.len());
+        async move {
+            let size = batch.len();
+            if size > 1 {
+                match self.shared(&batch).await {
+                    Ok(results) => {
+                        metrics::histogram!("eventfold_append_batch_size").record(size as f64);
+                        for ((_, reply), result) in batch.into_iter().zip(results) {
+                            let _ = reply.send(result);
+                        }
+                        self.written();
+                        return;
+                    }
+                    Err(e) => {
+                        metrics::counter!("eventfold_append_batch_split_total").increment(1);
+                        tracing::debug!(error = %e, appends = size, "shared append failed as a whole; writing its appends one by one");
+                    }
+                }
+            }
+            for (request, reply) in batch {
+                let _ = reply.send(self.alone(request).await);
+            }
+            self.written();
+        }
+        .instrument(span)
+    }
 }
 
 struct Queue<R> {

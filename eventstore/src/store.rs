@@ -274,19 +274,29 @@ pub trait EventStore: Clone + Send + Sync + 'static {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> impl Future<Output = Result<AppendResult, StoreError>> + Send {
-        async move {
-            let mut uow = self.begin().await?;
-            match uow.append(stream_id, expected, events).await {
-                Ok(result) => {
-                    uow.commit().await?;
-                    Ok(result)
-                }
-                Err(e) => {
-                    // The append's error is the one worth reporting.
-                    let _ = uow.rollback().await;
-                    Err(e)
-                }
-            }
+        append_alone(self, stream_id, expected, events)
+    }
+}
+
+/// Appends in a unit of work of its own and commits it, or rolls it back when the append fails:
+/// the default [`EventStore::append`], and the path of a store that overrides it when it does
+/// not share the commit.
+pub(crate) async fn append_alone<S: EventStore>(
+    store: &S,
+    stream_id: &StreamId,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> Result<AppendResult, StoreError> {
+    let mut uow = store.begin().await?;
+    match uow.append(stream_id, expected, events).await {
+        Ok(result) => {
+            uow.commit().await?;
+            Ok(result)
+        }
+        Err(e) => {
+            // The append's error is the one worth reporting.
+            let _ = uow.rollback().await;
+            Err(e)
         }
     }
 }

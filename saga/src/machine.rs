@@ -458,6 +458,15 @@ impl<'a, D: SagaData> Machine<'a, D> {
         self.state.step(name)
     }
 
+    /// A step the instance knows, with its definition: `None` for a step the instance does not
+    /// know (the input is ignored) and for one missing from the definition (which fails the
+    /// saga, see [`Self::step_def`]).
+    fn known_step(&mut self, name: &str) -> Option<(StepState, &'a StepDef<D>)> {
+        let step = self.step_state(name).cloned()?;
+        let def = self.step_def(name)?;
+        Some((step, def))
+    }
+
     /// The definition of a step the instance knows; a missing one fails the saga.
     fn step_def(&mut self, name: &str) -> Option<&'a StepDef<D>> {
         let def: &'a SagaDefinition<D> = self.def;
@@ -529,10 +538,7 @@ impl<'a, D: SagaData> Machine<'a, D> {
     // ---- inputs -------------------------------------------------------------------------
 
     fn on_reply(&mut self, reply: Reply) -> Result<(), SagaError> {
-        let Some(step) = self.step_state(&reply.step).cloned() else {
-            return Ok(());
-        };
-        let Some(step_def) = self.step_def(&reply.step) else {
+        let Some((step, step_def)) = self.known_step(&reply.step) else {
             return Ok(());
         };
         match reply.kind {
@@ -710,10 +716,7 @@ impl<'a, D: SagaData> Machine<'a, D> {
     }
 
     fn on_timer(&mut self, key: TimerKey) -> Result<(), SagaError> {
-        let Some(step) = self.step_state(&key.step).cloned() else {
-            return Ok(());
-        };
-        let Some(step_def) = self.step_def(&key.step) else {
+        let Some((step, step_def)) = self.known_step(&key.step) else {
             return Ok(());
         };
         match key.kind {

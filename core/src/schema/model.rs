@@ -178,6 +178,16 @@ fn is_false(value: &bool) -> bool {
     !*value
 }
 
+/// Aliases as owned names (of a [`Field`] or a [`Variant`]).
+fn owned(aliases: &[&str]) -> Vec<String> {
+    aliases.iter().map(|&a| a.to_owned()).collect()
+}
+
+/// Whether `asked` is read as the field or variant `name` with `aliases`.
+fn answers_to(name: &str, aliases: &[String], asked: &str) -> bool {
+    name == asked || aliases.iter().any(|a| a == asked)
+}
+
 impl Field {
     /// A field without a default.
     pub fn new(name: impl Into<String>, ty: impl Into<String>) -> Self {
@@ -197,13 +207,13 @@ impl Field {
 
     /// Other names read as this field.
     pub fn with_aliases(mut self, aliases: &[&str]) -> Self {
-        self.aliases = aliases.iter().map(|&a| a.to_owned()).collect();
+        self.aliases = owned(aliases);
         self
     }
 
     /// Whether `name` is read as this field.
     pub(crate) fn answers_to(&self, name: &str) -> bool {
-        self.name == name || self.aliases.iter().any(|a| a == name)
+        answers_to(&self.name, &self.aliases, name)
     }
 }
 
@@ -233,13 +243,13 @@ impl Variant {
 
     /// Other names read as this variant.
     pub fn with_aliases(mut self, aliases: &[&str]) -> Self {
-        self.aliases = aliases.iter().map(|&a| a.to_owned()).collect();
+        self.aliases = owned(aliases);
         self
     }
 
     /// Whether `name` is read as this variant.
     pub(crate) fn answers_to(&self, name: &str) -> bool {
-        self.name == name || self.aliases.iter().any(|a| a == name)
+        answers_to(&self.name, &self.aliases, name)
     }
 }
 

@@ -271,6 +271,24 @@ pub(super) async fn append_exact(
     append_result(conn, sql, stream_id, expected, rows, events.len()).await
 }
 
+/// An append in one statement on a pooled connection, outside a transaction (the statement
+/// commits on its own): [`append_exact`] or [`append_any`] by `expected`.
+pub(super) async fn append_pooled(
+    pool: &sqlx::PgPool,
+    sql: &Statements,
+    stream_id: &StreamId,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+    outbox: &[OutboxMessage],
+) -> Result<AppendResult, StoreError> {
+    let mut conn = sql::acquire(pool, &sql.events).await?;
+    if expected.exact().is_some() {
+        append_exact(&mut conn, sql, stream_id, expected, events, outbox).await
+    } else {
+        append_any(&mut conn, sql, stream_id, events, outbox).await
+    }
+}
+
 /// An `Any` append outside a transaction (events and outbox rows): the statement commits on its
 /// own, so when a concurrent append took the version it is simply run again (no savepoint).
 pub(super) async fn append_any(
@@ -427,12 +445,8 @@ impl PgStore {
     ) -> Result<AppendResult, StoreError> {
         let routing = self.routing.as_deref();
         let (events, outbox) = prepare_append(stream_id, expected, events, &self.source, routing)?;
-        let mut conn = sql::acquire(&self.pool, &self.sql.events).await?;
-        let result = if expected.exact().is_some() {
-            append_exact(&mut conn, &self.sql, stream_id, expected, &events, &outbox).await?
-        } else {
-            append_any(&mut conn, &self.sql, stream_id, &events, &outbox).await?
-        };
+        let result =
+            append_pooled(&self.pool, &self.sql, stream_id, expected, &events, &outbox).await?;
         self.appended.send_modify(|n| *n += 1);
         Ok(result)
     }

@@ -7,10 +7,9 @@ use std::sync::Arc;
 use eventfold_core::{NewEvent, OutboxMessage, StreamId};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
-use tracing::Instrument;
 use uuid::Uuid;
 
-use super::append::{Binds, append_any, append_exact};
+use super::append::{Binds, append_pooled};
 use super::*;
 use crate::coalesce::{BatchWriter, Reply};
 use crate::error::{ExpectedVersion, StoreError};
@@ -47,46 +46,15 @@ impl BatchWriter for PgBatchWriter {
         &self.sql.events
     }
 
-    async fn write(&self, batch: Vec<(PgAppend, Reply)>) {
-        let span = tracing::debug_span!("eventfold.append_batch", appends = batch.len());
-        self.write_batch(batch).instrument(span).await
-    }
-}
-
-impl PgBatchWriter {
-    async fn write_batch(&self, batch: Vec<(PgAppend, Reply)>) {
-        let size = batch.len();
-        if size > 1 {
-            match self.shared(&batch).await {
-                Ok(results) => {
-                    metrics::histogram!("eventfold_append_batch_size").record(size as f64);
-                    for ((_, reply), result) in batch.into_iter().zip(results) {
-                        let _ = reply.send(result);
-                    }
-                    self.appended.send_modify(|n| *n += 1);
-                    return;
-                }
-                Err(e) => {
-                    metrics::counter!("eventfold_append_batch_split_total").increment(1);
-                    tracing::debug!(error = %e, appends = size, "shared append failed as a whole; writing its appends one by one");
-                }
-            }
-        }
-        for (append, reply) in batch {
-            let _ = reply.send(self.alone(&append).await);
-        }
+    /// Wakes the log readers once per batch.
+    fn written(&self) {
         self.appended.send_modify(|n| *n += 1);
     }
 
     /// One append on its own (one statement, as without coalescing).
-    async fn alone(&self, a: &PgAppend) -> Result<AppendResult, StoreError> {
-        let mut conn = sql::acquire(&self.pool, &self.sql.events).await?;
+    async fn alone(&self, a: PgAppend) -> Result<AppendResult, StoreError> {
         let (sql, events, outbox) = (&self.sql, &a.events, &a.outbox);
-        if a.expected.exact().is_some() {
-            append_exact(&mut conn, sql, &a.stream_id, a.expected, events, outbox).await
-        } else {
-            append_any(&mut conn, sql, &a.stream_id, events, outbox).await
-        }
+        append_pooled(&self.pool, sql, &a.stream_id, a.expected, events, outbox).await
     }
 
     /// Every append of the batch in one statement: each append's result, or the statement's
@@ -128,7 +96,9 @@ impl PgBatchWriter {
             })
             .collect())
     }
+}
 
+impl PgBatchWriter {
     /// An append's result from the positions and versions its events were given.
     fn result_of(
         &self,

@@ -115,12 +115,7 @@ impl OutboxRelayStore for PgStore {
             mine.extend(taken.into_iter().map(|(s,)| s));
         }
         tx.commit().await.map_err(err("committing leases"))?;
-        let mut slots: Vec<u32> = mine
-            .into_iter()
-            .filter_map(|s| u32::try_from(s).ok())
-            .collect();
-        slots.sort_unstable();
-        Ok(slots)
+        Ok(sql::outbox::held_slots(mine))
     }
 
     async fn release_slots(&self, owner: Uuid) -> Result<(), StoreError> {

@@ -174,11 +174,7 @@ impl Statements {
             ),
             sagas: SagaSql::new::<Pg>(naming),
             trace: TraceSql::new::<Pg>(naming),
-            mark_inbox: format!(
-                "INSERT INTO {inbox} (consumer, message_id, message_type, topic, correlation_id, causation_id, \
-                 sent_by, received_by, processed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 ON CONFLICT DO NOTHING"
-            ),
+            mark_inbox: sql::unit_of_work::mark_inbox::<Pg>(&inbox),
             park_message: format!(
                 "WITH mark AS (INSERT INTO {inbox} (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING) \
                  INSERT INTO {inbox_dead} (consumer, message_id, topic, partition, \"offset\", key, type, payload, headers, \

@@ -11,13 +11,12 @@ use tokio::sync::watch;
 use super::append::prepare_append;
 use super::batch::{PgAppend, PgBatchWriter};
 use super::*;
-use crate::admin::{AppliedMigration, MigrationStore};
 use crate::coalesce::{Coalescer, Coalescing};
 use crate::error::{ExpectedVersion, StoreError};
-use crate::log::{Checkpoint, LogBatch, LogFilter, LogHead};
+use crate::log::{Checkpoint, LogBatch, LogFilter};
 use crate::naming::Naming;
 use crate::outbox::OutboxRouting;
-use crate::sql::dialect::{Dialect, Pg};
+use crate::sql::dialect::Pg;
 use crate::sql::{self, Migration, db_err};
 use crate::store::{AppendResult, EventStore};
 
@@ -113,30 +112,9 @@ impl PgStoreBuilder {
         self
     }
 
-    /// The service name recorded as `source` on new events (default `eventfold`).
-    pub fn source(mut self, source: impl Into<String>) -> Self {
-        self.source = source.into();
-        self
-    }
-
-    /// Run the embedded migrations when building (default `true`).
-    pub fn migrate(mut self, migrate: bool) -> Self {
-        self.migrate = migrate;
-        self
-    }
-
-    /// Writes an outbox row for every routed event, in the same transaction as the append.
-    pub fn outbox(mut self, routing: OutboxRouting) -> Self {
-        self.routing = Some(routing);
-        self
-    }
-
-    /// Concurrent appends share commits ([`crate::coalesce`]): see
-    /// [`PgStore::with_coalescing`].
-    pub fn coalescing(mut self, coalescing: Coalescing) -> Self {
-        self.coalescing = Some(coalescing);
-        self
-    }
+    crate::sql::store::builder_settings!(
+        "Concurrent appends share commits ([`crate::coalesce`]): see [`PgStore::with_coalescing`]."
+    );
 
     /// Builds the store, migrating first unless turned off.
     pub async fn build(self) -> Result<PgStore, StoreError> {
@@ -145,7 +123,7 @@ impl PgStoreBuilder {
         // Tell other processes about appends, outside the writers' transactions: a NOTIFY inside
         // them would serialize their commits on PostgreSQL's notification queue lock.
         tokio::spawn(notify_pump(self.pool.clone(), sql.channel.clone(), signals));
-        let mut store = PgStore {
+        let store = PgStore {
             coalescer: None,
             relay: Arc::new(RelaySql::new(&self.naming)),
             routing: self.routing.map(Arc::new),
@@ -156,13 +134,7 @@ impl PgStoreBuilder {
             source: Arc::from(self.source),
             floor_advanced: Arc::new(std::sync::Mutex::new(None)),
         };
-        if let Some(coalescing) = self.coalescing {
-            store = store.with_coalescing(coalescing);
-        }
-        if self.migrate {
-            store.migrate().await?;
-        }
-        Ok(store)
+        store.configured(self.coalescing, self.migrate).await
     }
 }
 
@@ -178,17 +150,7 @@ impl PgStore {
         Self::builder(pool).build().await
     }
 
-    /// A builder over an existing pool.
-    pub fn builder(pool: PgPool) -> PgStoreBuilder {
-        PgStoreBuilder {
-            routing: None,
-            pool,
-            naming: Naming::default(),
-            source: "eventfold".to_owned(),
-            migrate: true,
-            coalescing: None,
-        }
-    }
+    crate::sql::store::store_accessors!(PgStoreBuilder, PgPool);
 
     /// Concurrent [`append`](EventStore::append)s (and so [`crate::Repository::execute`] of
     /// commands without an id) share commits: the appends queued while earlier ones are being
@@ -224,16 +186,6 @@ impl PgStore {
     pub fn with_outbox(mut self, routing: OutboxRouting) -> Self {
         self.routing = Some(Arc::new(routing));
         self
-    }
-
-    /// The connection pool (for the application's own queries).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// The table naming.
-    pub fn naming(&self) -> &Naming {
-        &self.naming
     }
 
     /// Applies the embedded migrations that are not applied yet, tracked in
@@ -290,31 +242,12 @@ impl EventStore for PgStore {
         self.read_log_below_horizon(after, max_count, filter).await
     }
 
-    async fn log_head(&self) -> Result<LogHead, StoreError> {
-        self.read_log_head().await
-    }
-
-    async fn wakeup(&self) -> Result<PgWakeup, StoreError> {
-        self.open_wakeup().await
-    }
-
-    async fn begin(&self) -> Result<PgUnitOfWork, StoreError> {
-        self.begin_unit_of_work().await
-    }
+    crate::sql::store::store_handovers!();
 
     crate::sql::read::store_reads!();
 }
 
-impl MigrationStore for PgStore {
-    fn backend(&self) -> &'static str {
-        <Pg as Dialect>::BACKEND
-    }
-
-    async fn run_migrations(&self) -> Result<Vec<AppliedMigration>, StoreError> {
-        self.migrate().await?;
-        sql::applied_migrations(&self.pool, &self.naming).await
-    }
-}
+crate::sql::store::migration_store!(PgStore, Pg);
 
 #[cfg(test)]
 mod tests {

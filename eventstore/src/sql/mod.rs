@@ -10,6 +10,7 @@ pub(crate) mod outbox;
 pub(crate) mod projections;
 pub(crate) mod read;
 pub(crate) mod sagas;
+pub(crate) mod store;
 #[cfg(test)]
 mod tests;
 pub(crate) mod trace;

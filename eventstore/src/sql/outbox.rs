@@ -17,6 +17,14 @@ pub(crate) fn outbox_rows(
         .collect()
 }
 
+/// The slots a relay holds once its leases are settled, in order (a value that is no slot number
+/// is left out).
+pub(crate) fn held_slots<S: TryInto<u32>>(mine: Vec<S>) -> Vec<u32> {
+    let mut slots: Vec<u32> = mine.into_iter().filter_map(|s| s.try_into().ok()).collect();
+    slots.sort_unstable();
+    slots
+}
+
 /// A limit as a SQL `BIGINT`.
 pub(crate) fn limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)

@@ -35,18 +35,62 @@ macro_rules! projection_store {
 
             async fn load_states(&self, name: Option<&str>) -> Result<Vec<ProjectionState>, StoreError> {
                 let names = self.proj();
-                let rows: Vec<shared::StateRow> = sqlx::query_as(&q(names.states()))
-                    .bind(name)
-                    .fetch_all(self.pool())
+                let mut conn = self
+                    .pool()
+                    .acquire()
                     .await
                     .map_err(db_err("reading projection states", &names.p))?;
-                let builds: Vec<shared::BuildRow> = sqlx::query_as(&q(names.builds()))
-                    .bind(name)
-                    .fetch_all(self.pool())
-                    .await
-                    .map_err(db_err("reading projection builds", &names.c))?;
-                shared::states(rows, builds, &names.p)
+                states_on(
+                    &mut conn,
+                    &names,
+                    name,
+                    "reading projection states",
+                    "reading projection builds",
+                )
+                .await
             }
+        }
+
+        /// The states of the projections (all, or the one named) and their builds, read on
+        /// `conn`; `states` and `builds` name the two reads in an error.
+        async fn states_on(
+            conn: &mut <<$d as Dialect>::DB as sqlx::Database>::Connection,
+            names: &Names,
+            name: Option<&str>,
+            states: &'static str,
+            builds: &'static str,
+        ) -> Result<Vec<ProjectionState>, StoreError> {
+            let rows: Vec<shared::StateRow> = sqlx::query_as(&q(names.states()))
+                .bind(name)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db_err(states, &names.p))?;
+            let builds: Vec<shared::BuildRow> = sqlx::query_as(&q(names.builds()))
+                .bind(name)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db_err(builds, &names.c))?;
+            shared::states(rows, builds, &names.p)
+        }
+
+        /// Deletes generation `generation` of projection `name` from `table` (its checkpoints or
+        /// its parked events); `what` is the step that failed, in an error.
+        async fn delete_generation(
+            conn: &mut <<$d as Dialect>::DB as sqlx::Database>::Connection,
+            table: &str,
+            name: &str,
+            generation: u32,
+            what: &'static str,
+        ) -> Result<(), StoreError> {
+            sqlx::query(&q(format!(
+                "DELETE FROM {table} WHERE name = $1 AND generation = $2"
+            )))
+            .bind(name)
+            .bind(i64::from(generation))
+            .execute(conn)
+            .await
+            .map_err(db_err(what, table))?;
+            Ok(())
         }
 
         impl $crate::projection::ProjectionStore for $store {
@@ -206,17 +250,15 @@ macro_rules! projection_store {
                 if found.is_none() {
                     return Ok(None);
                 }
-                let rows: Vec<shared::StateRow> = sqlx::query_as(&q(names.states()))
-                    .bind(name)
-                    .fetch_all(uow.connection())
-                    .await
-                    .map_err(db_err("reading a projection state", &names.p))?;
-                let builds: Vec<shared::BuildRow> = sqlx::query_as(&q(names.builds()))
-                    .bind(name)
-                    .fetch_all(uow.connection())
-                    .await
-                    .map_err(db_err("reading a projection build", &names.c))?;
-                Ok(shared::states(rows, builds, &names.p)?.into_iter().next())
+                let states = states_on(
+                    uow.connection(),
+                    &names,
+                    Some(name),
+                    "reading a projection state",
+                    "reading a projection build",
+                )
+                .await?;
+                Ok(states.into_iter().next())
             }
 
             async fn lock_projection_checkpoint(
@@ -295,15 +337,14 @@ macro_rules! projection_store {
                 .execute(uow.connection())
                 .await
                 .map_err(db_err("starting a projection generation", &c))?;
-                sqlx::query(&q(format!(
-                    "DELETE FROM {d} WHERE name = $1 AND generation = $2"
-                )))
-                .bind(name)
-                .bind(i64::from(generation))
-                .execute(uow.connection())
+                delete_generation(
+                    uow.connection(),
+                    &d,
+                    name,
+                    generation,
+                    "starting a projection generation",
+                )
                 .await
-                .map_err(db_err("starting a projection generation", &d))?;
-                Ok(())
             }
 
             async fn activate_projection_generation(
@@ -334,14 +375,14 @@ macro_rules! projection_store {
             ) -> Result<(), StoreError> {
                 let Names { c, d, .. } = self.proj();
                 for table in [&c, &d] {
-                    sqlx::query(&q(format!(
-                        "DELETE FROM {table} WHERE name = $1 AND generation = $2"
-                    )))
-                    .bind(name)
-                    .bind(i64::from(generation))
-                    .execute(uow.connection())
-                    .await
-                    .map_err(db_err("removing a projection generation", table))?;
+                    delete_generation(
+                        uow.connection(),
+                        table,
+                        name,
+                        generation,
+                        "removing a projection generation",
+                    )
+                    .await?;
                 }
                 Ok(())
             }

@@ -268,6 +268,24 @@ pub(crate) fn version_of(record: &SagaRecord, table: &str) -> Result<i64, StoreE
     })
 }
 
+/// A statement on one timer with its identity bound: `$1` saga id, `$2` step, `$3` attempt, `$4`
+/// kind (the caller binds the rest).
+pub(crate) fn timer_query<'q, DB: sqlx::Database>(
+    sql: &'q str,
+    timer: &'q SagaTimer,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    Uuid: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query(sql)
+        .bind(timer.saga_id)
+        .bind(&timer.step)
+        .bind(i64::from(timer.attempt))
+        .bind(&timer.kind)
+}
+
 /// Implements `SagaStore` for `$store` (with the fields `pool` and `sql`, whose `sagas` is a
 /// [`SagaSql`], and a method `claim_saga_timers` with the signature of `claim_due_timers`) and
 /// its unit of work `$uow` (with `connection()`).
@@ -370,11 +388,7 @@ macro_rules! saga_store {
                 ) -> Result<(), StoreError> {
                     let sql = &self.sql.sagas;
                     for timer in timers {
-                        sqlx::query(&sql.put_timer)
-                            .bind(timer.saga_id)
-                            .bind(&timer.step)
-                            .bind(i64::from(timer.attempt))
-                            .bind(&timer.kind)
+                        shared::timer_query(&sql.put_timer, timer)
                             .bind(&timer.saga_type)
                             .bind(timer.due_at)
                             .execute(uow.connection())
@@ -476,11 +490,7 @@ macro_rules! saga_store {
                     // One statement per timer, each a transaction of its own: a timer released
                     // is due again at once, whatever happens to the next one.
                     for timer in timers {
-                        let done = sqlx::query(&sql.release_timer)
-                            .bind(timer.saga_id)
-                            .bind(&timer.step)
-                            .bind(i64::from(timer.attempt))
-                            .bind(&timer.kind)
+                        let done = shared::timer_query(&sql.release_timer, timer)
                             .bind(timer.due_at)
                             .execute(&self.pool)
                             .await
@@ -493,11 +503,7 @@ macro_rules! saga_store {
                 async fn request_saga_timer(&self, timer: &SagaTimer) -> Result<bool, StoreError> {
                     let sql = &self.sql.sagas;
                     // One statement: a transaction of its own.
-                    let done = sqlx::query(&sql.request_timer)
-                        .bind(timer.saga_id)
-                        .bind(&timer.step)
-                        .bind(i64::from(timer.attempt))
-                        .bind(&timer.kind)
+                    let done = shared::timer_query(&sql.request_timer, timer)
                         .bind(timer.due_at)
                         .execute(&self.pool)
                         .await

@@ -244,3 +244,28 @@ fn sqlite_saga_statements() {
         "SELECT saga_type, status, COUNT(*) FROM \"eventfold_sagas\" GROUP BY saga_type, status"
     );
 }
+
+/// The inbox mark of `mark_received`, written once for both dialects, is the text each backend
+/// wrote out before.
+#[cfg(all(feature = "postgres", feature = "sqlite"))]
+#[test]
+fn inbox_mark_statement() {
+    use super::dialect::{Lite, Pg};
+    use super::unit_of_work::mark_inbox;
+    let columns = "consumer, message_id, message_type, topic, correlation_id, causation_id, \
+                   sent_by, received_by, processed_at";
+    assert_eq!(
+        mark_inbox::<Pg>("\"eventfold_inbox\""),
+        format!(
+            "INSERT INTO \"eventfold_inbox\" ({columns}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+             $9) ON CONFLICT DO NOTHING"
+        )
+    );
+    assert_eq!(
+        mark_inbox::<Lite>("\"eventfold_inbox\""),
+        format!(
+            "INSERT INTO \"eventfold_inbox\" ({columns}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
+             ?9) ON CONFLICT DO NOTHING"
+        )
+    );
+}

@@ -5,7 +5,44 @@
 
 use sqlx::{Database, Executor, IntoArguments};
 
+use super::dialect::Dialect;
 use crate::error::StoreError;
+
+/// The [`mark_inbox`] statement with everything but the time bound: `consumer`, `entry` and the
+/// service `received_by` that marks it (the caller binds `$9`, the time).
+pub(crate) fn mark_query<'q, DB: Database>(
+    sql: &'q str,
+    consumer: &'q str,
+    entry: &'q crate::trace::InboxEntry,
+    received_by: &'q str,
+) -> sqlx::query::Query<'q, DB, <DB as Database>::Arguments<'q>>
+where
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    uuid::Uuid: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<uuid::Uuid>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query(sql)
+        .bind(consumer)
+        .bind(entry.message_id)
+        .bind(entry.message_type.as_deref())
+        .bind(entry.topic.as_deref())
+        .bind(entry.correlation_id)
+        .bind(entry.causation_id)
+        .bind(entry.sent_by.as_deref())
+        .bind(received_by)
+}
+
+/// The statement of `mark_received` on inbox table `inbox`: `$1` consumer, `$2` message id, `$3`
+/// type, `$4` topic, `$5` correlation id, `$6` causation id, `$7` sender, `$8` receiver, `$9`
+/// processed at; a message already marked is left as it is.
+pub(crate) fn mark_inbox<D: Dialect>(inbox: &str) -> String {
+    D::placeholders(&format!(
+        "INSERT INTO {inbox} (consumer, message_id, message_type, topic, correlation_id, causation_id, \
+         sent_by, received_by, processed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT DO NOTHING"
+    ))
+}
 
 /// A step of the savepoint an append runs in, so that a failed append leaves its unit of work as
 /// it was (a unit of work is a transaction of its own).
@@ -95,15 +132,12 @@ macro_rules! unit_of_work_methods {
             message: &$crate::trace::InboxEntry,
         ) -> Result<bool, $crate::error::StoreError> {
             $crate::store::validate_consumer_name(consumer)?;
-            let query = sqlx::query(&self.sql.mark_inbox)
-                .bind(consumer)
-                .bind(message.message_id)
-                .bind(message.message_type.as_deref())
-                .bind(message.topic.as_deref())
-                .bind(message.correlation_id)
-                .bind(message.causation_id)
-                .bind(message.sent_by.as_deref())
-                .bind(&*self.source);
+            let query = $crate::sql::unit_of_work::mark_query(
+                &self.sql.mark_inbox,
+                consumer,
+                message,
+                &self.source,
+            );
             // The client's clock, like the events' times (the trace orders them together).
             let done = query
                 .bind(eventfold_core::metadata::now_micros())

@@ -3,7 +3,6 @@
 //! the transaction fails as a whole they are written again one by one.
 
 use eventfold_core::{NewEvent, StreamId};
-use tracing::Instrument;
 
 use super::*;
 use crate::coalesce::{BatchWriter, Reply};
@@ -33,37 +32,9 @@ impl BatchWriter for SqliteBatchWriter {
         &self.store.sql.events
     }
 
-    async fn write(&self, batch: Vec<(SqliteAppend, Reply)>) {
-        let span = tracing::debug_span!("eventfold.append_batch", appends = batch.len());
-        self.write_batch(batch).instrument(span).await
-    }
-}
-
-impl SqliteBatchWriter {
-    async fn write_batch(&self, batch: Vec<(SqliteAppend, Reply)>) {
-        let size = batch.len();
-        if size > 1 {
-            match self.shared(&batch).await {
-                Ok(results) => {
-                    metrics::histogram!("eventfold_append_batch_size").record(size as f64);
-                    for ((_, reply), result) in batch.into_iter().zip(results) {
-                        let _ = reply.send(result);
-                    }
-                    return;
-                }
-                Err(e) => {
-                    metrics::counter!("eventfold_append_batch_split_total").increment(1);
-                    tracing::debug!(error = %e, appends = size, "shared append failed as a whole; writing its appends one by one");
-                }
-            }
-        }
-        for (a, reply) in batch {
-            let result = self
-                .store
-                .append_alone(&a.stream_id, a.expected, a.events)
-                .await;
-            let _ = reply.send(result);
-        }
+    /// One append in a transaction of its own (as without coalescing).
+    async fn alone(&self, a: SqliteAppend) -> Result<AppendResult, StoreError> {
+        crate::store::append_alone(&self.store, &a.stream_id, a.expected, a.events).await
     }
 
     /// Every append of the batch in one transaction: each append's result (a failed append

@@ -15,15 +15,8 @@ impl InboxStore for SqliteStore {
             .map_err(err())?;
         // The mark only deduplicates: the parked message is traced from its own row.
         let entry = InboxEntry::id(message.message_id);
-        sqlx::query(&self.sql.mark_inbox)
-            .bind(&message.consumer)
-            .bind(entry.message_id)
-            .bind(entry.message_type.as_deref())
-            .bind(entry.topic.as_deref())
-            .bind(entry.correlation_id)
-            .bind(entry.causation_id)
-            .bind(entry.sent_by.as_deref())
-            .bind(&*self.source)
+        let mark = &self.sql.mark_inbox;
+        sql::unit_of_work::mark_query(mark, &message.consumer, &entry, &self.source)
             .bind(now)
             .execute(&mut *tx)
             .await

@@ -64,10 +64,7 @@ impl Statements {
             ),
             sagas: SagaSql::new::<Lite>(naming),
             trace: TraceSql::new::<Lite>(naming),
-            mark_inbox: format!(
-                "INSERT INTO {inbox} (consumer, message_id, message_type, topic, correlation_id, causation_id, \
-                 sent_by, received_by, processed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING"
-            ),
+            mark_inbox: sql::unit_of_work::mark_inbox::<Lite>(&inbox),
             journal_sent: format!(
                 "INSERT INTO {sent} (id, correlation_id, causation_id, type, topic, key, source, sent_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING"

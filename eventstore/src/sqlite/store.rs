@@ -12,16 +12,15 @@ use super::*;
 use eventfold_core::{NewEvent, StreamId};
 
 use super::batch::{SqliteAppend, SqliteBatchWriter};
-use crate::admin::{AppliedMigration, MigrationStore};
 use crate::coalesce::{Coalescer, Coalescing};
 use crate::error::ExpectedVersion;
 use crate::error::StoreError;
-use crate::log::{Checkpoint, LogBatch, LogFilter, LogHead};
+use crate::log::{Checkpoint, LogBatch, LogFilter};
 use crate::naming::Naming;
 use crate::outbox::OutboxRouting;
-use crate::sql::dialect::{Dialect, Lite};
+use crate::sql::dialect::Lite;
 use crate::sql::{self, Migration, db_err};
-use crate::store::{AppendResult, UnitOfWork};
+use crate::store::AppendResult;
 use crate::store::{EventStore, LocalWakeup};
 
 /// The embedded migrations, in order. Each file's bytes are its checksum's input: never edit an
@@ -105,29 +104,9 @@ impl SqliteStoreBuilder {
         self
     }
 
-    /// The service name recorded as `source` on new events (default `eventfold`).
-    pub fn source(mut self, source: impl Into<String>) -> Self {
-        self.source = source.into();
-        self
-    }
-
-    /// Run the embedded migrations when building (default `true`).
-    pub fn migrate(mut self, migrate: bool) -> Self {
-        self.migrate = migrate;
-        self
-    }
-
-    /// Writes an outbox row for every routed event, in the same transaction as the append.
-    pub fn outbox(mut self, routing: OutboxRouting) -> Self {
-        self.routing = Some(routing);
-        self
-    }
-
-    /// Concurrent appends share commits: see [`SqliteStore::with_coalescing`].
-    pub fn coalescing(mut self, coalescing: Coalescing) -> Self {
-        self.coalescing = Some(coalescing);
-        self
-    }
+    crate::sql::store::builder_settings!(
+        "Concurrent appends share commits: see [`SqliteStore::with_coalescing`]."
+    );
 
     /// Builds the store, migrating first unless turned off.
     pub async fn build(self) -> Result<SqliteStore, StoreError> {
@@ -138,7 +117,7 @@ impl SqliteStoreBuilder {
                 reason: "SQLite has no schemas; use a table prefix",
             });
         }
-        let mut store = SqliteStore {
+        let store = SqliteStore {
             coalescer: None,
             relay: Arc::new(RelaySql::new(&self.naming)),
             routing: self.routing.map(Arc::new),
@@ -148,13 +127,7 @@ impl SqliteStoreBuilder {
             naming: Arc::new(self.naming),
             source: Arc::from(self.source),
         };
-        if let Some(coalescing) = self.coalescing {
-            store = store.with_coalescing(coalescing);
-        }
-        if self.migrate {
-            store.migrate().await?;
-        }
-        Ok(store)
+        store.configured(self.coalescing, self.migrate).await
     }
 }
 
@@ -181,17 +154,7 @@ impl SqliteStore {
         Self::builder(pool).build().await
     }
 
-    /// A builder over an existing pool.
-    pub fn builder(pool: SqlitePool) -> SqliteStoreBuilder {
-        SqliteStoreBuilder {
-            routing: None,
-            pool,
-            naming: Naming::default(),
-            source: "eventfold".to_owned(),
-            migrate: true,
-            coalescing: None,
-        }
-    }
+    crate::sql::store::store_accessors!(SqliteStoreBuilder, SqlitePool);
 
     /// Sets the service name recorded as `source` on new events.
     pub fn with_source(mut self, source: impl Into<String>) -> Self {
@@ -240,37 +203,6 @@ impl SqliteStore {
         }
     }
 
-    /// One append in a transaction of its own (the path without coalescing).
-    pub(super) async fn append_alone(
-        &self,
-        stream_id: &StreamId,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<AppendResult, StoreError> {
-        let mut uow = self.begin().await?;
-        match uow.append(stream_id, expected, events).await {
-            Ok(result) => {
-                uow.commit().await?;
-                Ok(result)
-            }
-            Err(e) => {
-                // The append's error is the one worth reporting.
-                let _ = uow.rollback().await;
-                Err(e)
-            }
-        }
-    }
-
-    /// The connection pool (for the application's own queries).
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    /// The table naming.
-    pub fn naming(&self) -> &Naming {
-        &self.naming
-    }
-
     /// Applies the embedded migrations that are not applied yet, tracked in
     /// `{prefix}migrations` (never the application's `_sqlx_migrations`).
     pub async fn migrate(&self) -> Result<(), StoreError> {
@@ -301,7 +233,7 @@ impl EventStore for SqliteStore {
                 };
                 coalescer.append(append).await
             }
-            None => self.append_alone(stream_id, expected, events).await,
+            None => crate::store::append_alone(self, stream_id, expected, events).await,
         }
     }
 
@@ -316,31 +248,12 @@ impl EventStore for SqliteStore {
         self.read_log_by_position(after, max_count, filter).await
     }
 
-    async fn log_head(&self) -> Result<LogHead, StoreError> {
-        self.read_log_head().await
-    }
-
-    async fn wakeup(&self) -> Result<LocalWakeup, StoreError> {
-        self.open_wakeup().await
-    }
-
-    async fn begin(&self) -> Result<SqliteUnitOfWork, StoreError> {
-        self.begin_unit_of_work().await
-    }
+    crate::sql::store::store_handovers!();
 
     crate::sql::read::store_reads!();
 }
 
-impl MigrationStore for SqliteStore {
-    fn backend(&self) -> &'static str {
-        <Lite as Dialect>::BACKEND
-    }
-
-    async fn run_migrations(&self) -> Result<Vec<AppliedMigration>, StoreError> {
-        self.migrate().await?;
-        sql::applied_migrations(&self.pool, &self.naming).await
-    }
-}
+crate::sql::store::migration_store!(SqliteStore, Lite);
 
 #[cfg(test)]
 mod tests {
