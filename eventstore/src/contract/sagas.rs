@@ -64,10 +64,7 @@ async fn db_now<S: SagaStore>(store: &S) -> DateTime<Utc> {
 async fn register_all<S: SagaStore>(store: &S, records: &[&SagaRecord]) {
     for record in records {
         let mut uow = store.begin().await.expect("begin");
-        let owner = store
-            .register_saga(&mut uow, record)
-            .await
-            .expect("register");
+        let owner = register(store, &mut uow, record).await;
         assert_eq!(
             owner, record.saga_id,
             "a fresh key is registered by its caller"
@@ -75,6 +72,11 @@ async fn register_all<S: SagaStore>(store: &S, records: &[&SagaRecord]) {
         uow.commit().await.expect("commit");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Registers `record` in `uow`: the id of the key's owner.
+async fn register<S: SagaStore>(store: &S, uow: &mut S::UnitOfWork, record: &SagaRecord) -> Uuid {
+    store.register_saga(uow, record).await.expect("register")
 }
 
 /// Stores `timers` in a unit of work of their own and commits it.
@@ -162,13 +164,7 @@ pub async fn registering_a_saga_is_idempotent_on_its_key<S: SagaStore>(store: S)
 
     let before = db_now(&store).await;
     let mut uow = store.begin().await.expect("begin");
-    assert_eq!(
-        store
-            .register_saga(&mut uow, &first)
-            .await
-            .expect("register"),
-        first.saga_id
-    );
+    assert_eq!(register(&store, &mut uow, &first).await, first.saga_id);
     assert_eq!(
         store
             .register_saga(&mut uow, &duplicate)
@@ -178,18 +174,12 @@ pub async fn registering_a_saga_is_idempotent_on_its_key<S: SagaStore>(store: S)
         "the key's owner, seen in the same unit of work"
     );
     assert_eq!(
-        store
-            .register_saga(&mut uow, &second)
-            .await
-            .expect("register"),
+        register(&store, &mut uow, &second).await,
         second.saga_id,
         "another key, another instance"
     );
     assert_eq!(
-        store
-            .register_saga(&mut uow, &other_type)
-            .await
-            .expect("register"),
+        register(&store, &mut uow, &other_type).await,
         other_type.saga_id,
         "keys are unique per saga type"
     );
@@ -260,10 +250,7 @@ pub async fn registering_a_saga_is_idempotent_on_its_key<S: SagaStore>(store: S)
     let rolled_back = record("order", "o-3", correlation);
     let mut uow = store.begin().await.expect("begin");
     assert_eq!(
-        store
-            .register_saga(&mut uow, &rolled_back)
-            .await
-            .expect("register"),
+        register(&store, &mut uow, &rolled_back).await,
         rolled_back.saga_id
     );
     uow.rollback().await.expect("rollback");
@@ -279,10 +266,7 @@ pub async fn registering_a_saga_is_idempotent_on_its_key<S: SagaStore>(store: S)
     let retried = record("order", "o-3", correlation);
     let mut uow = store.begin().await.expect("begin");
     assert_eq!(
-        store
-            .register_saga(&mut uow, &retried)
-            .await
-            .expect("register"),
+        register(&store, &mut uow, &retried).await,
         retried.saga_id,
         "the key is free again after the rollback"
     );
@@ -481,7 +465,7 @@ pub async fn sagas_are_updated_listed_and_counted<S: SagaStore>(store: S) {
     let mut uow = store.begin().await.expect("begin");
     for i in 0..101 {
         let r = record("bulk", &format!("b-{i}"), y);
-        store.register_saga(&mut uow, &r).await.expect("register");
+        register(&store, &mut uow, &r).await;
         more.push(r);
     }
     uow.commit().await.expect("commit");
@@ -1033,10 +1017,7 @@ pub async fn locking_a_saga_serialises_units_of_work<S: SagaStore>(store: S) {
             .is_none(),
         "an unknown saga locks nothing"
     );
-    store
-        .register_saga(&mut uow, &saga)
-        .await
-        .expect("register");
+    register(&store, &mut uow, &saga).await;
     let seen = store
         .lock_saga(&mut uow, saga.saga_id)
         .await
