@@ -284,10 +284,11 @@ async fn measure(
         "events/s",
         Timed::units_per_s,
         |_, library| async move {
-            let (timed, seen_sum) = if library {
-                let sum = Arc::new(AtomicU64::new(0));
-                let seen = sum.clone();
-                let timed = timed::once(async move {
+            // The sum of the positions read, to check that every event was read once.
+            let seen = Arc::new(AtomicU64::new(0));
+            let read = seen.clone();
+            let timed = if library {
+                timed::once(async move {
                     let filter = LogFilter::all();
                     let mut checkpoint = Checkpoint::START;
                     let mut events = 0u64;
@@ -304,12 +305,9 @@ async fn measure(
                     }
                     Ok(events)
                 })
-                .await?;
-                (timed, sum.load(Ordering::Relaxed))
+                .await?
             } else {
-                let sum = Arc::new(AtomicU64::new(0));
-                let seen = sum.clone();
-                let timed = timed::once(async move {
+                timed::once(async move {
                     let mut after = 0i64;
                     let mut events = 0u64;
                     loop {
@@ -331,9 +329,9 @@ async fn measure(
                     }
                     Ok(events)
                 })
-                .await?;
-                (timed, sum.load(Ordering::Relaxed))
+                .await?
             };
+            let seen_sum = read.load(Ordering::Relaxed);
             if timed.units != log_events || seen_sum != u64::try_from(sum)? {
                 return Err(format!(
                     "{} read {} events (position sum {seen_sum}), the log holds {log_events} (sum {sum})",
