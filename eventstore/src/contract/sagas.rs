@@ -79,6 +79,30 @@ async fn register<S: SagaStore>(store: &S, uow: &mut S::UnitOfWork, record: &Sag
     store.register_saga(uow, record).await.expect("register")
 }
 
+/// The instances `filter` lists.
+async fn listed<S: SagaStore>(store: &S, filter: &SagaFilter) -> Vec<SagaRecord> {
+    store.list_sagas(filter).await.expect("list")
+}
+
+/// The instance of `saga_type` registered under `business_key`, if any.
+async fn by_key<S: SagaStore>(
+    store: &S,
+    saga_type: &str,
+    business_key: &str,
+) -> Option<SagaRecord> {
+    store
+        .saga_by_key(saga_type, business_key)
+        .await
+        .expect("by key")
+}
+
+/// The id of the instance of `saga_type` registered under `business_key`, if any.
+async fn owner_of<S: SagaStore>(store: &S, saga_type: &str, business_key: &str) -> Option<Uuid> {
+    by_key(store, saga_type, business_key)
+        .await
+        .map(|s| s.saga_id)
+}
+
 /// Stores `timers` in a unit of work of their own and commits it.
 async fn put_committed<S: SagaStore>(store: &S, timers: &[SagaTimer]) {
     let mut uow = store.begin().await.expect("begin");
@@ -214,26 +238,12 @@ pub async fn registering_a_saga_is_idempotent_on_its_key<S: SagaStore>(store: S)
         None,
         "the duplicate wrote nothing"
     );
+    assert_eq!(owner_of(&store, "order", "o-1").await, Some(first.saga_id));
     assert_eq!(
-        store
-            .saga_by_key("order", "o-1")
-            .await
-            .expect("by key")
-            .map(|s| s.saga_id),
-        Some(first.saga_id)
-    );
-    assert_eq!(
-        store
-            .saga_by_key("payment", "o-1")
-            .await
-            .expect("by key")
-            .map(|s| s.saga_id),
+        owner_of(&store, "payment", "o-1").await,
         Some(other_type.saga_id)
     );
-    assert_eq!(
-        store.saga_by_key("order", "o-9").await.expect("by key"),
-        None
-    );
+    assert_eq!(by_key(&store, "order", "o-9").await, None);
 
     let mut uow = store.begin().await.expect("begin");
     assert_eq!(
@@ -259,10 +269,7 @@ pub async fn registering_a_saga_is_idempotent_on_its_key<S: SagaStore>(store: S)
         None,
         "a rolled-back registration leaves no row"
     );
-    assert_eq!(
-        store.saga_by_key("order", "o-3").await.expect("by key"),
-        None
-    );
+    assert_eq!(by_key(&store, "order", "o-3").await, None);
     let retried = record("order", "o-3", correlation);
     let mut uow = store.begin().await.expect("begin");
     assert_eq!(
@@ -272,11 +279,7 @@ pub async fn registering_a_saga_is_idempotent_on_its_key<S: SagaStore>(store: S)
     );
     uow.commit().await.expect("commit");
     assert_eq!(
-        store
-            .list_sagas(&SagaFilter::default())
-            .await
-            .expect("list")
-            .len(),
+        listed(&store, &SagaFilter::default()).await.len(),
         4,
         "order/o-1, order/o-2, payment/o-1, order/o-3"
     );
@@ -311,20 +314,9 @@ pub async fn concurrent_registrations_agree_on_one_owner<S: SagaStore>(store: S)
     assert_eq!(owners.len(), 1, "every registration agrees on one owner");
     assert_eq!(registered, 1, "exactly one registration inserted");
     let owner = owners.into_iter().next().expect("an owner");
+    assert_eq!(owner_of(&store, "order", "contended").await, Some(owner));
     assert_eq!(
-        store
-            .saga_by_key("order", "contended")
-            .await
-            .expect("by key")
-            .map(|s| s.saga_id),
-        Some(owner)
-    );
-    assert_eq!(
-        store
-            .list_sagas(&SagaFilter::default())
-            .await
-            .expect("list")
-            .len(),
+        listed(&store, &SagaFilter::default()).await.len(),
         1,
         "one row for the key"
     );
@@ -396,7 +388,7 @@ pub async fn sagas_are_updated_listed_and_counted<S: SagaStore>(store: S) {
 
     let list = |filter: SagaFilter| {
         let store = store.clone();
-        async move { keys(&store.list_sagas(&filter).await.expect("list")) }
+        async move { keys(&listed(&store, &filter).await) }
     };
     assert_eq!(
         list(SagaFilter::default()).await,
@@ -455,11 +447,8 @@ pub async fn sagas_are_updated_listed_and_counted<S: SagaStore>(store: S) {
         vec![key("order", "k1"), key("payment", "k1")],
         "the limit keeps the most recent"
     );
-    let listed = store
-        .list_sagas(&SagaFilter::default())
-        .await
-        .expect("list");
-    assert_eq!(listed[0], updated, "listing returns whole rows");
+    let all = listed(&store, &SagaFilter::default()).await;
+    assert_eq!(all[0], updated, "listing returns whole rows");
 
     let mut more = Vec::new();
     let mut uow = store.begin().await.expect("begin");
@@ -470,14 +459,15 @@ pub async fn sagas_are_updated_listed_and_counted<S: SagaStore>(store: S) {
     }
     uow.commit().await.expect("commit");
     assert_eq!(
-        store
-            .list_sagas(&SagaFilter {
+        listed(
+            &store,
+            &SagaFilter {
                 saga_type: Some("bulk".to_owned()),
                 ..SagaFilter::default()
-            })
-            .await
-            .expect("list")
-            .len(),
+            }
+        )
+        .await
+        .len(),
         100,
         "limit 0 is the default of 100"
     );
