@@ -35,9 +35,8 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::process::{Child, Command};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventfold::BoxError;
@@ -86,7 +85,7 @@ const KILL_JITTER: Duration = Duration::from_millis(2000);
 const STALL: Duration = Duration::from_secs(60);
 
 /// What the children count and print as `metric <name> <n>` lines, summed by the parent.
-type Counters = Arc<Mutex<BTreeMap<String, u64>>>;
+type Counters = common::printed_metrics::Counters;
 
 /// How a child's consumer handles a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,21 +171,15 @@ impl Handler<PgUnitOfWork> for Effects {
 }
 
 /// A Kafka source in `group` with a short session ([`SESSION_TIMEOUT`]: the group drops a
-/// killed member within seconds) and short fetch waits (tansu answers a fetch with nothing to
-/// return only at its maximum wait).
+/// killed member within seconds).
 fn kafka_source(brokers: &str, group: &str, topic: &str) -> KafkaSource {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set(
-            "session.timeout.ms",
-            SESSION_TIMEOUT.as_millis().to_string(),
-        )
-        .set("heartbeat.interval.ms", "500")
-        .set("fetch.wait.max.ms", "50");
-    KafkaSource::from_config(config, &[topic])
-        .unwrap_or_else(|e| panic!("a Kafka source of {topic} in group {group}: {e}"))
+    common::crash::kafka_source(
+        brokers,
+        group,
+        topic,
+        SESSION_TIMEOUT,
+        Some(Duration::from_millis(500)),
+    )
 }
 
 /// The counters a child reports to the parent (`metric duplicates <n>`, `metric retries <n>`).
@@ -268,9 +261,8 @@ impl Spawner {
         let mode = Mode::CYCLE[self.spawned % Mode::CYCLE.len()];
         self.spawned += 1;
         let name = format!("consumer-{}", self.spawned);
-        let mut command = Command::new(std::env::current_exe().expect("the test binary"));
+        let mut command = common::crash::child_command(TEST_NAME);
         command
-            .args([TEST_NAME, "--exact", "--nocapture", "--test-threads", "1"])
             .env(CHILD_ENV, &name)
             .env(MODE_ENV, mode.name())
             .env(DATABASE_ENV, &self.url)
@@ -280,76 +272,19 @@ impl Spawner {
         let what = format!("{name} ({})", mode.name());
         let (child, _line) = tokio::task::spawn_blocking(move || {
             common::spawn_until_started(&mut command, &what, Duration::from_secs(60), move |line| {
-                if let Some(metric) = line.strip_prefix("metric ")
-                    && let Some((key, n)) = metric.rsplit_once(' ')
-                    && let Ok(n) = n.parse::<u64>()
-                {
-                    *counters.lock().unwrap().entry(key.to_owned()).or_default() += n;
-                }
+                common::printed_metrics::add_line(&counters, line);
                 // libtest prints `test <name> ... ` before it, on the same line.
                 line.contains(STARTED)
             })
         })
         .await
         .expect("spawning a child");
-        ChildProcess {
-            child,
-            name,
-            mode,
-            started_at: Instant::now(),
-        }
+        ChildProcess::new(child, name, mode)
     }
 }
 
-/// A child process; killed (SIGKILL) when dropped.
-struct ChildProcess {
-    child: Child,
-    name: String,
-    mode: Mode,
-    started_at: Instant,
-}
-
-impl ChildProcess {
-    /// Panics when the child ended by itself (a panic in child mode).
-    fn assert_alive(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("the child's status") {
-            panic!(
-                "{} exited by itself with {status} (see its stderr above)",
-                self.name
-            );
-        }
-    }
-
-    /// SIGKILL (`Child::kill` on Unix) and reap.
-    fn kill(mut self) {
-        self.assert_alive();
-        self.child.kill().expect("SIGKILL a child");
-        self.child.wait().expect("reap a child");
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// xorshift64*: the kills' randomness, reproducible from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+/// A consumer process in its mode; killed (SIGKILL) when dropped.
+type ChildProcess = common::crash::ChildProcess<Mode>;
 
 /// The record of `key` with sequence number `seq`: key and sequence number in the payload.
 fn record(topic: &str, key: &str, seq: u64) -> OutboxMessage {
@@ -497,31 +432,15 @@ async fn offsets(brokers: &str, topic: &str, group: &str, ends: &Ends) -> (bool,
     let (brokers, topic, group) = (brokers.to_owned(), topic.to_owned(), group.to_owned());
     let ends = ends.clone();
     tokio::task::spawn_blocking(move || {
-        use eventfold::outbox::kafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
-        use eventfold::outbox::kafka::rdkafka::{Offset, TopicPartitionList};
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", &group)
-            .create()
-            .expect("a consumer for offsets");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition(&topic, p);
-        }
-        let committed = consumer
-            .committed_offsets(tpl, Duration::from_secs(5))
-            .map(|c| c.elements().iter().map(|e| e.offset()).collect::<Vec<_>>())
-            .unwrap_or_default();
-        let mut drained = committed.len() == PARTITIONS as usize;
+        use eventfold::outbox::kafka::rdkafka::Offset;
+        let offsets = common::crash::partition_offsets(&brokers, &group, &topic, PARTITIONS);
+        let mut drained = true;
         let mut parts = Vec::new();
-        for p in 0..PARTITIONS {
-            let high = consumer
-                .fetch_watermarks(&topic, p, Duration::from_secs(5))
-                .map_or(-1, |(_, high)| high);
+        for (p, (committed, high)) in offsets.into_iter().enumerate() {
             let end = ends.get(&(p as u32)).copied().unwrap_or(0);
-            let at = match committed.get(p as usize) {
+            let at = match committed {
                 Some(Offset::Offset(o)) => {
-                    drained &= u64::try_from(*o).is_ok_and(|o| o >= end);
+                    drained &= u64::try_from(o).is_ok_and(|o| o >= end);
                     o.to_string()
                 }
                 Some(Offset::Invalid) if end == 0 => "-".to_owned(),
@@ -561,18 +480,7 @@ async fn killed_consumers_apply_every_record_once_in_key_order() {
         kills >= 1,
         "EVENTFOLD_CONSUMER_CRASH_KILLS must be at least 1"
     );
-    let seed = std::env::var("EVENTFOLD_CONSUMER_CRASH_SEED")
-        .ok()
-        .map(|s| {
-            s.trim()
-                .parse::<u64>()
-                .expect("EVENTFOLD_CONSUMER_CRASH_SEED is a number")
-        })
-        .unwrap_or_else(|| {
-            let random: [u8; 8] = Uuid::now_v7().as_bytes()[8..].try_into().expect("8 bytes");
-            u64::from_le_bytes(random)
-        });
-    let mut rng = Rng(seed | 1);
+    let (seed, mut rng) = common::crash::Rng::from_env("EVENTFOLD_CONSUMER_CRASH_SEED");
     let brokers = common::kafka_bootstrap();
     let run = Uuid::now_v7().simple().to_string();
     let topic = format!("eventfold.test.consumer-crash.{run}");
@@ -645,7 +553,7 @@ async fn killed_consumers_apply_every_record_once_in_key_order() {
                 eprintln!(
                     "{} ({}) started at {:?}",
                     child.name,
-                    child.mode.name(),
+                    child.role.name(),
                     started.elapsed()
                 );
                 children.push(child);
@@ -666,7 +574,7 @@ async fn killed_consumers_apply_every_record_once_in_key_order() {
                 next_kill = None;
                 kill_survivor = first && rng.below(3) > 0;
                 let victim = children.remove(rng.below(children.len() as u64) as usize);
-                let name = format!("{} ({})", victim.name, victim.mode.name());
+                let name = format!("{} ({})", victim.name, victim.role.name());
                 victim.kill();
                 replace_at = Some(Instant::now() + REPLACE_AFTER);
                 let (distinct, rows) = applied(&store).await;

@@ -826,7 +826,7 @@ fn retries(reason: &str) -> u64 {
         .map_or(0, |c| c.load(Ordering::SeqCst))
 }
 
-/// A recorder that keeps every counter by name and labels, installed once per process.
+/// The counters of this process, by name and labels, kept by a recorder installed once.
 #[derive(Default)]
 struct Counting {
     counters: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
@@ -835,9 +835,15 @@ struct Counting {
 fn recorder() -> &'static Counting {
     static RECORDER: OnceLock<&'static Counting> = OnceLock::new();
     RECORDER.get_or_init(|| {
-        let recorder: &'static Counting = Box::leak(Box::default());
+        let counting: &'static Counting = Box::leak(Box::default());
+        let recorder = common::printed_metrics::CountersOnly(move |key: &metrics::Key| {
+            let name = common::printed_metrics::labelled_name(key, |_| false);
+            let mut counters = counting.counters.lock().expect("the counters");
+            let counter = counters.entry(name).or_default().clone();
+            metrics::Counter::from_arc(Arc::new(Count(counter)))
+        });
         metrics::set_global_recorder(recorder).expect("the only recorder of this test process");
-        recorder
+        counting
     })
 }
 
@@ -850,52 +856,5 @@ impl metrics::CounterFn for Count {
 
     fn absolute(&self, value: u64) {
         self.0.store(value, Ordering::SeqCst);
-    }
-}
-
-impl metrics::Recorder for Counting {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-
-    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        let labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        let name = format!("{}{{{}}}", key.name(), labels.join(","));
-        let mut counters = self.counters.lock().expect("the counters");
-        let counter = counters.entry(name).or_default().clone();
-        metrics::Counter::from_arc(Arc::new(Count(counter)))
-    }
-
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::noop()
-    }
-
-    fn register_histogram(
-        &self,
-        _: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        metrics::Histogram::noop()
     }
 }

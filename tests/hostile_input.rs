@@ -987,26 +987,30 @@ async fn hostile_text_is_stored_verbatim_or_refused<S: EventStore>(store: S, nul
     uow.commit().await.expect("commit");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_text_on_sqlite() {
-    let (store, _file) = common::sqlite().await;
-    let nul_source = store.clone().with_source("svc\0");
-    hostile_text_is_stored_verbatim_or_refused(store, nul_source).await;
+/// One test per backend (the names the guarantees chapter of the book cites), each running
+/// `$run` on a fresh store of its backend, bound to `$store`.
+macro_rules! on_each_backend {
+    (|$store:ident| $run:expr; $sqlite:ident, $postgres:ident, $memory:ident) => {
+        on_each_backend!(@one |$store| $run; $sqlite, sqlite);
+        on_each_backend!(@one |$store| $run; $postgres, postgres);
+        on_each_backend!(@one |$store| $run; $memory, memory);
+    };
+    (@one |$store:ident| $run:expr; $name:ident, $backend:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let ($store, _guard) = common::$backend().await;
+            $run.await;
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_text_on_postgres() {
-    let (store, _db) = common::postgres().await;
-    let nul_source = store.clone().with_source("svc\0");
-    hostile_text_is_stored_verbatim_or_refused(store, nul_source).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_text_in_memory() {
-    let (store, ()) = common::memory().await;
-    let nul_source = store.clone().with_source("svc\0");
-    hostile_text_is_stored_verbatim_or_refused(store, nul_source).await;
-}
+on_each_backend!(
+    |store| {
+        let nul_source = store.clone().with_source("svc\0");
+        hostile_text_is_stored_verbatim_or_refused(store, nul_source)
+    };
+    hostile_text_on_sqlite, hostile_text_on_postgres, hostile_text_in_memory
+);
 
 /// The builders take names only through `Naming`, which refuses anything that is not a plain
 /// identifier: hostile prefixes and schemas never reach SQL.
@@ -1047,22 +1051,29 @@ fn hostile_prefixes_and_schemas_are_refused() {
     }
 }
 
+/// The names a consumer or a projection (`kind`) is tried with, and whether each is valid:
+/// printable ones up to 200 bytes, quotes and SQL included; one of 201 bytes, one of 10 kB, one
+/// with a newline, one with a NUL and the empty one are not.
+fn hostile_names(kind: &str) -> Vec<(String, bool)> {
+    let long = "x".repeat(10_000);
+    vec![
+        (format!("o'brien \"{kind}\"; --"), true),
+        ("é".repeat(100), true),
+        (long[..201].to_owned(), false),
+        (long, false),
+        ("line\nbreak".to_owned(), false),
+        ("nul\0name".to_owned(), false),
+        (String::new(), false),
+    ]
+}
+
 /// A consumer name goes into the inbox's key: printable names up to 200 bytes, quotes included,
 /// are stored verbatim; a name with a NUL or a newline, or of 10 kB, is refused with a typed
 /// error before the database is asked.
 async fn hostile_consumer_names<S: eventfold::eventstore::InboxStore>(store: S) {
     use eventfold::outbox::{Consumer, ConsumerError, InProcessBroker, Publisher};
-    let longest = "é".repeat(100);
-    let long = "x".repeat(10_000);
-    for (name, valid) in [
-        ("o'brien \"consumer\"; --", true),
-        (longest.as_str(), true),
-        (&long[..201], false),
-        (long.as_str(), false),
-        ("line\nbreak", false),
-        ("nul\0name", false),
-        ("", false),
-    ] {
+    for (name, valid) in hostile_names("consumer") {
+        let name = name.as_str();
         let broker = InProcessBroker::new();
         let message = OutboxMessage::new("payments", "p-1", "payment.captured", b"{}".to_vec());
         assert!(broker.publish(&[message]).await[0].is_ok());
@@ -1094,23 +1105,12 @@ async fn hostile_consumer_names<S: eventfold::eventstore::InboxStore>(store: S) 
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_consumer_names_on_sqlite() {
-    let (store, _file) = common::sqlite().await;
-    hostile_consumer_names(store).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_consumer_names_on_postgres() {
-    let (store, _db) = common::postgres().await;
-    hostile_consumer_names(store).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_consumer_names_in_memory() {
-    let (store, ()) = common::memory().await;
-    hostile_consumer_names(store).await;
-}
+on_each_backend!(
+    |store| hostile_consumer_names(store);
+    hostile_consumer_names_on_sqlite,
+    hostile_consumer_names_on_postgres,
+    hostile_consumer_names_in_memory
+);
 
 /// A projection with any name and nothing to do.
 struct Named(String);
@@ -1143,17 +1143,8 @@ async fn hostile_projection_names<S: eventfold::eventstore::ProjectionStore>(sto
         .append(&parcel, ExpectedVersion::Any, vec![event])
         .await
         .expect("append");
-    let longest = "é".repeat(100);
-    let long = "x".repeat(10_000);
-    for (name, valid) in [
-        ("o'brien \"projection\"; --", true),
-        (longest.as_str(), true),
-        (&long[..201], false),
-        (long.as_str(), false),
-        ("line\nbreak", false),
-        ("nul\0name", false),
-        ("", false),
-    ] {
+    for (name, valid) in hostile_names("projection") {
+        let name = name.as_str();
         let projections = Projections::new(store.clone()).register(Named(name.to_owned()));
         let rebuilt = projections
             .rebuild(name, RebuildMode::BlueGreen { drop_old: false }, |_| {})
@@ -1175,23 +1166,12 @@ async fn hostile_projection_names<S: eventfold::eventstore::ProjectionStore>(sto
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_projection_names_on_sqlite() {
-    let (store, _file) = common::sqlite().await;
-    hostile_projection_names(store).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_projection_names_on_postgres() {
-    let (store, _db) = common::postgres().await;
-    hostile_projection_names(store).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_projection_names_in_memory() {
-    let (store, ()) = common::memory().await;
-    hostile_projection_names(store).await;
-}
+on_each_backend!(
+    |store| hostile_projection_names(store);
+    hostile_projection_names_on_sqlite,
+    hostile_projection_names_on_postgres,
+    hostile_projection_names_in_memory
+);
 
 /// A reaction that checks what it is given and writes nothing.
 struct Checks;

@@ -10,7 +10,7 @@
 mod common;
 mod projection_common;
 
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use eventfold::StreamId;
@@ -34,15 +34,7 @@ struct RunnerProcess(Child);
 impl RunnerProcess {
     fn spawn(url: &str) -> Self {
         let (child, _line) = common::spawn_until_started(
-            Command::new(std::env::current_exe().expect("the test binary"))
-                .args([
-                    "runner_process_or_restart_resumes",
-                    "--exact",
-                    "--nocapture",
-                    "--test-threads",
-                    "1",
-                ])
-                .env(CHILD_ENV, url),
+            common::crash::child_command("runner_process_or_restart_resumes").env(CHILD_ENV, url),
             "the runner process",
             Duration::from_secs(60),
             |line| line.contains("projection runner started"),

@@ -28,15 +28,14 @@ mod saga_common;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventfold::eventstore::postgres::PgStore;
 use eventfold::eventstore::{InboxStore, OutboxStore, SagaStore};
 use eventfold::outbox::kafka::KafkaPublisher;
-use eventfold::outbox::kafka::rdkafka::ClientConfig;
 use eventfold::outbox::{KafkaSource, Relay, RelayConfig};
 use eventfold::saga::runtime::{Orchestrator, ParticipantHandler};
 use saga_common::{Effects, Order, SAGA_TYPE, SERVICES, command_topic, definition_on};
@@ -138,22 +137,15 @@ impl Topics {
 // Child mode
 
 /// A Kafka source in `group` with a short session ([`SESSION_TIMEOUT`]: the group drops a
-/// killed member within seconds, not after librdkafka's default 45 s) and short fetch waits
-/// (tansu answers a fetch with nothing to return only at its maximum wait, and new records wait
-/// for that answer: librdkafka's default of 500 ms would add half a second to every hop).
+/// killed member within seconds, not after librdkafka's default 45 s).
 fn kafka_source(brokers: &str, group: &str, topic: &str) -> KafkaSource {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set(
-            "session.timeout.ms",
-            SESSION_TIMEOUT.as_millis().to_string(),
-        )
-        .set("heartbeat.interval.ms", "500")
-        .set("fetch.wait.max.ms", "50");
-    KafkaSource::from_config(config, &[topic])
-        .unwrap_or_else(|e| panic!("a Kafka source of {topic} in group {group}: {e}"))
+    common::crash::kafka_source(
+        brokers,
+        group,
+        topic,
+        SESSION_TIMEOUT,
+        Some(Duration::from_millis(500)),
+    )
 }
 
 /// Runs what `start` returns again and again: a consumer whose offset commit fails after a
@@ -188,12 +180,9 @@ fn reported(key: &metrics::Key) -> Option<String> {
     if !REPORTED.contains(&key.name()) {
         return None;
     }
-    let labels: Vec<String> = key
-        .labels()
-        .filter(|l| l.key() != "saga_type")
-        .map(|l| format!("{}={}", l.key(), l.value()))
-        .collect();
-    Some(format!("{}{{{}}}", key.name(), labels.join(",")))
+    Some(common::printed_metrics::labelled_name(key, |label| {
+        label == "saga_type"
+    }))
 }
 
 /// A child process: the orders service's orchestrator or the services' participants, each with
@@ -291,82 +280,30 @@ async fn child(role: Role) -> Infallible {
 // The parent
 
 /// Counters summed over every child's `metric` lines.
-type Counters = Arc<Mutex<BTreeMap<String, u64>>>;
+type Counters = common::printed_metrics::Counters;
 
-/// A child process; killed (SIGKILL) when dropped.
-struct ChildProcess {
-    child: Child,
-    role: Role,
-    name: String,
-    started_at: Instant,
-}
+/// A child process in its role; killed (SIGKILL) when dropped.
+type ChildProcess = common::crash::ChildProcess<Role>;
 
-impl ChildProcess {
-    /// Starts a child and waits (at most 60 s) for its started line.
-    fn spawn(role: Role, name: String, url: &str, run: &str, counters: Counters) -> Self {
-        let mut child = Command::new(std::env::current_exe().expect("the test binary"))
-            .args([TEST_NAME, "--exact", "--nocapture", "--test-threads", "1"])
+/// Starts a child and waits (at most 60 s) for its started line; its `metric` lines are added to
+/// `counters`.
+fn spawn_child(role: Role, name: String, url: &str, run: &str, counters: Counters) -> ChildProcess {
+    let (child, _line) = common::spawn_until_started_with(
+        common::crash::child_command(TEST_NAME)
             .env(ROLE_ENV, role.as_str())
             .env(DATABASE_ENV, url)
             .env(RUN_ENV, run)
-            .env(NAME_ENV, &name)
-            .stdin(Stdio::piped()) // closed when the parent goes away: the child then exits
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        let stdout = child.stdout.take().expect("the child's stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // libtest prints `test <name> ... ` before it, on the same line.
-                if line.contains(STARTED) {
-                    let _ = tx.send(());
-                } else if let Some(metric) = line.strip_prefix("metric ")
-                    && let Some((key, n)) = metric.rsplit_once(' ')
-                    && let Ok(n) = n.parse::<u64>()
-                {
-                    *counters.lock().unwrap().entry(key.to_owned()).or_default() += n;
-                }
-            }
-        });
-        if let Err(e) = rx.recv_timeout(Duration::from_secs(60)) {
-            let _ = child.kill();
-            let status = child.wait().ok();
-            panic!("{name} did not start within 60 s ({e}); exit status {status:?}");
-        }
-        Self {
-            child,
-            role,
-            name,
-            started_at: Instant::now(),
-        }
-    }
-
-    /// Panics when the child ended by itself (a panic in child mode).
-    fn assert_alive(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("the child's status") {
-            panic!(
-                "{} exited by itself with {status} (see its stderr above)",
-                self.name
-            );
-        }
-    }
-
-    /// SIGKILL (`Child::kill` on Unix) and reap.
-    fn kill(mut self) {
-        self.assert_alive();
-        self.child.kill().expect("SIGKILL a child");
-        self.child.wait().expect("reap a child");
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            .env(NAME_ENV, &name),
+        Stdio::piped(), // closed when the parent goes away: the child then exits
+        &name,
+        Duration::from_secs(60),
+        move |line| {
+            common::printed_metrics::add_line(&counters, line);
+            // libtest prints `test <name> ... ` before it, on the same line.
+            line.contains(STARTED)
+        },
+    );
+    ChildProcess::new(child, name, role)
 }
 
 /// Where children of each role connect, and what they are called.
@@ -392,7 +329,7 @@ impl Spawner {
             Role::Participants => self.services_url.clone(),
         };
         let (run, counters) = (self.run.clone(), self.counters.clone());
-        tokio::task::spawn_blocking(move || ChildProcess::spawn(role, name, &url, &run, counters))
+        tokio::task::spawn_blocking(move || spawn_child(role, name, &url, &run, counters))
             .await
             .expect("spawning a child")
     }
@@ -466,22 +403,6 @@ impl Scenario {
     }
 }
 
-/// xorshift64*: the kills' randomness, reproducible from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Per topic and partition: the high watermark and how far the consuming group committed
 /// (`topic/partition: committed/end`), to tell a stuck consumer from a stuck relay.
 async fn lag_report(brokers: &str, topics: &Topics) -> String {
@@ -493,29 +414,13 @@ async fn lag_report(brokers: &str, topics: &Topics) -> String {
     );
     let brokers = brokers.to_owned();
     tokio::task::spawn_blocking(move || {
-        use eventfold::outbox::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
-        use eventfold::outbox::kafka::rdkafka::{Offset, TopicPartitionList};
+        use eventfold::outbox::kafka::rdkafka::Offset;
         let mut lines = Vec::new();
         for (topic, group) in pairs {
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &brokers)
-                .set("group.id", &group)
-                .create()
-                .expect("a consumer for offsets");
-            let mut tpl = TopicPartitionList::new();
-            for p in 0..PARTITIONS {
-                tpl.add_partition(&topic, p);
-            }
-            let committed = consumer
-                .committed_offsets(tpl, Duration::from_secs(5))
-                .map(|c| c.elements().iter().map(|e| e.offset()).collect::<Vec<_>>())
-                .unwrap_or_default();
+            let offsets = common::crash::partition_offsets(&brokers, &group, &topic, PARTITIONS);
             let mut parts = Vec::new();
-            for p in 0..PARTITIONS {
-                let end = consumer
-                    .fetch_watermarks(&topic, p, Duration::from_secs(5))
-                    .map_or(-1, |(_, end)| end);
-                let at = match committed.get(p as usize) {
+            for (p, (committed, end)) in offsets.into_iter().enumerate() {
+                let at = match committed {
                     Some(Offset::Offset(o)) => o.to_string(),
                     Some(other) => format!("{other:?}"),
                     None => "?".to_owned(),
@@ -562,17 +467,7 @@ async fn killed_orchestrators_and_participants_leave_every_saga_terminal_with_ef
         kills >= 2,
         "EVENTFOLD_SAGA_CRASH_KILLS must be at least 2 (one per role)"
     );
-    let seed = std::env::var("EVENTFOLD_SAGA_CRASH_SEED")
-        .ok()
-        .map(|s| {
-            s.parse::<u64>()
-                .expect("EVENTFOLD_SAGA_CRASH_SEED is a number")
-        })
-        .unwrap_or_else(|| {
-            let random: [u8; 8] = Uuid::now_v7().as_bytes()[8..].try_into().expect("8 bytes");
-            u64::from_le_bytes(random)
-        });
-    let mut rng = Rng(seed | 1);
+    let (seed, mut rng) = common::crash::Rng::from_env("EVENTFOLD_SAGA_CRASH_SEED");
     let brokers = common::kafka_bootstrap();
     let run = Uuid::now_v7().simple().to_string();
     let topics = Topics::new(&run);

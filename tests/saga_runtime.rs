@@ -31,6 +31,31 @@ fn order(id: &str) -> Order {
     }
 }
 
+/// Runs `world` (a participant paused) until the saga `id` has timed out at `step` (at most
+/// 20 s), then, with every participant back, until the saga ends and for 300 ms more (the late
+/// replies and what they cause).
+async fn time_out_then_finish<S: SagaStore + InboxStore + OutboxRelayStore>(
+    world: &mut World<S>,
+    store: &S,
+    id: Uuid,
+    step: &str,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !history(store, id)
+        .await
+        .contains(&format!("saga.step_timed_out:{step}"))
+    {
+        assert!(std::time::Instant::now() < deadline, "no timeout at {step}");
+        world.round().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    world.paused.clear();
+    world
+        .pump_until_terminal(&[id], Duration::from_secs(20))
+        .await;
+    world.pump_for(Duration::from_millis(300)).await;
+}
+
 /// A success reply to the first attempt of `reserve`.
 fn reserved(saga_id: Uuid) -> eventfold::saga::Reply {
     eventfold::saga::Reply {
@@ -183,20 +208,7 @@ pub async fn a_timeout_at_each_step_compensates_and_late_successes_are_undone<
         // Wait for the timeout, then bring the participant back: it executes the timed-out
         // command late (and the compensations): the late success is compensated, never
         // continued.
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !history(&store, id)
-            .await
-            .contains(&format!("saga.step_timed_out:{step}"))
-        {
-            assert!(std::time::Instant::now() < deadline, "no timeout at {step}");
-            world.round().await;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        world.paused.clear();
-        world
-            .pump_until_terminal(&[id], Duration::from_secs(20))
-            .await;
-        world.pump_for(Duration::from_millis(300)).await;
+        time_out_then_finish(&mut world, &store, id, step).await;
         let state = world.orchestrator.state(id).await.unwrap().unwrap();
         assert_eq!(state.status, SagaStatus::Compensated, "timeout at {step}");
         let got = effects(&store, id).await;
@@ -266,20 +278,7 @@ pub async fn the_trace_of_a_saga_shows_steps_replies_timeout_and_compensations<
         .await
         .unwrap()
         .saga_id;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !history(&store, id)
-        .await
-        .contains(&"saga.step_timed_out:charge".to_owned())
-    {
-        assert!(std::time::Instant::now() < deadline, "no timeout at charge");
-        world.round().await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    world.paused.clear();
-    world
-        .pump_until_terminal(&[id], Duration::from_secs(20))
-        .await;
-    world.pump_for(Duration::from_millis(300)).await;
+    time_out_then_finish(&mut world, &store, id, "charge").await;
 
     // The correlation id of a saga started without one is its id.
     let records = store.trace(id).await.expect("trace");

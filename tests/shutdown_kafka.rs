@@ -45,20 +45,9 @@ const LEASE: Duration = Duration::from_secs(30);
 /// No step times out in these tests.
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A Kafka source in `group` with the default session and short fetch waits (tansu answers an
-/// empty fetch only at its maximum wait).
+/// A Kafka source in `group` with the default session ([`SESSION_TIMEOUT`]).
 fn kafka_source(brokers: &str, group: &str, topic: &str) -> KafkaSource {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set(
-            "session.timeout.ms",
-            SESSION_TIMEOUT.as_millis().to_string(),
-        )
-        .set("fetch.wait.max.ms", "50");
-    KafkaSource::from_config(config, &[topic])
-        .unwrap_or_else(|e| panic!("a Kafka source of {topic} in group {group}: {e}"))
+    common::crash::kafka_source(brokers, group, topic, SESSION_TIMEOUT, None)
 }
 
 fn relay_config() -> RelayConfig {

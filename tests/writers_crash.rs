@@ -43,10 +43,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, ExitStatus};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::crash::Rng;
 use eventfold::CommandMetadata;
 use eventfold::eventstore::contract::{OverCap, Tally, TallyCommand};
 use eventfold::eventstore::postgres::PgStore;
@@ -251,27 +252,6 @@ impl AckPart {
     }
 }
 
-/// xorshift64*: the kills' (and the commands') randomness.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn random_seed() -> u64 {
-    let random: [u8; 8] = Uuid::now_v7().as_bytes()[8..].try_into().expect("8 bytes");
-    u64::from_le_bytes(random) | 1
-}
-
 // ---------------------------------------------------------------------------------------------
 // Child mode
 
@@ -413,7 +393,7 @@ async fn run_unit(
 }
 
 async fn writer_task(ctx: Arc<Ctx>, seed: u64) -> Result<usize, String> {
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let mut done = 0;
     loop {
         let retry = ctx.retries.lock().expect("the retries").pop_front();
@@ -505,7 +485,7 @@ fn child(name: &str) {
         ));
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..TASKS {
-            tasks.spawn(writer_task(ctx.clone(), random_seed()));
+            tasks.spawn(writer_task(ctx.clone(), common::crash::random_seed()));
         }
         let mut commands = 0;
         while let Some(task) = tasks.join_next().await {
@@ -635,8 +615,7 @@ impl Writer {
         let (eof_tx, eof) = std::sync::mpsc::channel::<()>();
         let (reader_ledger, reader_name) = (ledger.clone(), name.clone());
         let (child, _line) = common::spawn_until_started(
-            Command::new(std::env::current_exe().expect("the test binary"))
-                .args([TEST_NAME, "--exact", "--nocapture", "--test-threads", "1"])
+            common::crash::child_command(TEST_NAME)
                 .env(NAME_ENV, &name)
                 .env(DATABASE_ENV, url)
                 .env(COALESCE_ENV, if n % 2 == 0 { "1" } else { "0" })
@@ -1184,11 +1163,7 @@ fn killed_writers_lose_nothing_and_apply_each_command_once() {
     }
     let kills = common::env_number(KILLS_ENV, KILLS);
     assert!(kills >= 1, "{KILLS_ENV} must be at least 1");
-    let seed = std::env::var(SEED_ENV)
-        .ok()
-        .map(|s| s.trim().parse::<u64>().expect("the seed is a number"))
-        .unwrap_or_else(random_seed);
-    let mut rng = Rng(seed | 1);
+    let (seed, mut rng) = Rng::from_env(SEED_ENV);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::{
     BoxError, CONCURRENCY, Case, CpuRow, Increment, Monitor, Options, Result, Shared, TARGET_RATIO,
-    compare, r3, verdict,
+    compare, r3, timed, verdict,
 };
 
 /// Catch-up target of the issue: events/s into a no-op consumer.
@@ -814,34 +814,26 @@ async fn latency(shared: &Arc<Shared>, from: Checkpoint, seconds: f64) -> Result
     // Let the subscriber read to the end and start waiting (its wake-up registered).
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let period = Duration::from_secs_f64(LATENCY_WRITERS as f64 / LATENCY_RATE);
     let start = Instant::now() + Duration::from_millis(10);
     let end = start + Duration::from_secs_f64(seconds);
-    let mut handles = Vec::with_capacity(LATENCY_WRITERS);
-    for w in 0..LATENCY_WRITERS {
-        let repo = shared.cached.clone();
-        // Spread the writers' ticks over the period.
-        let first = start + period.mul_f64(w as f64 / LATENCY_WRITERS as f64);
-        handles.push(tokio::spawn(async move {
-            let mut ticker = tokio::time::interval_at(first.into(), period);
-            let mut sent = Vec::new();
-            let mut k = 0usize;
-            loop {
-                let tick = ticker.tick().await.into_std();
-                if tick >= end {
-                    break;
-                }
+    let repo = Arc::new(shared.cached.clone());
+    let handles = timed::paced(
+        LATENCY_WRITERS,
+        LATENCY_RATE,
+        start,
+        end,
+        move |w, k, _tick| {
+            let repo = repo.clone();
+            async move {
                 let id = format!("lat-w{w}-a{}", k % LATENCY_STREAMS_PER_WRITER);
-                k += 1;
                 let done = repo
                     .execute(&id, &Increment, CommandMetadata::new())
                     .await?;
                 let at = Instant::now();
-                sent.extend(done.events.iter().map(|e| (e.event_id, at)));
+                Ok(done.events.iter().map(|e| (e.event_id, at)).collect())
             }
-            Ok::<_, BoxError>(sent)
-        }));
-    }
+        },
+    );
     let mut committed: HashMap<Uuid, Instant> = HashMap::new();
     let mut first_error = None;
     for handle in handles {

@@ -190,6 +190,22 @@ enum CounterEvent {
 
 const INCREMENTED: &str = "counter.incremented";
 
+/// The raw baselines' fold of a loaded stream: checks that the versions run 1, 2, ... without a
+/// gap, adds up the events' `n` (as the aggregate would) and returns the last version.
+pub(crate) fn raw_fold(stream: &str, rows: &[RawRow]) -> Result<i64> {
+    let mut total = 0u64;
+    let mut version = 0i64;
+    for row in rows {
+        if row.1 != version + 1 {
+            return Err(format!("stream {stream} jumps from {version} to {}", row.1).into());
+        }
+        version = row.1;
+        total += decode_n(&row.5)?;
+    }
+    std::hint::black_box(total);
+    Ok(version)
+}
+
 /// Reads `n` from a `{"n":..}` payload (shared by the library aggregate and the raw baseline).
 fn decode_n(payload: &[u8]) -> Result<u64> {
     let value: serde_json::Value = serde_json::from_slice(payload)?;
@@ -334,7 +350,10 @@ fn raw_batch_sql() -> String {
     )
 }
 
-type RawRow = (
+/// A stream's event row as the raw baselines load it (PostgreSQL and SQLite): event_id,
+/// stream_version, global_position, event_type, schema_version, payload, recorded_at, source,
+/// correlation_id, causation_id, tenant_id, headers (JSON text).
+pub(crate) type RawRow = (
     Uuid,
     i64,
     i64,
@@ -513,20 +532,7 @@ impl Writer {
                     .bind(&self.ids[slot])
                     .fetch_all(&mut *tx)
                     .await?;
-                let mut total = 0u64;
-                let mut version = 0i64;
-                for row in &rows {
-                    if row.1 != version + 1 {
-                        return Err(format!(
-                            "stream {} jumps from {version} to {}",
-                            self.ids[slot], row.1
-                        )
-                        .into());
-                    }
-                    version = row.1;
-                    total += decode_n(&row.5)?;
-                }
-                std::hint::black_box(total);
+                let version = raw_fold(&self.ids[slot], &rows)?;
                 let event = self.event()?;
                 let next = u64::try_from(version)? + 1;
                 insert_one(&mut tx, &shared.raw_insert, &self.ids[slot], next, &event).await?;
@@ -1252,41 +1258,25 @@ async fn bench_on(
             cpu.push(CpuRow::new("append of 100: raw", writers, &r[0].0));
         }
     }
-    let log = if options.sections.log {
-        Some(global_log::run(&shared, options, monitor, &mut cpu).await?)
-    } else {
-        None
-    };
-    let relay = if options.sections.relay {
-        Some(relay::run(pool, options).await?)
-    } else {
-        None
-    };
-    let projections = if options.sections.projections {
-        Some(projections::run(pool, options).await?)
-    } else {
-        None
-    };
-    let sagas = if options.sections.sagas {
-        Some(sagas::run(pool, options).await?)
-    } else {
-        None
-    };
-    let consumer = if options.sections.consumer {
-        Some(consumer::run(pool, options).await?)
-    } else {
-        None
-    };
-    let peers = if options.sections.peers {
-        Some(peers::run(pool, options).await?)
-    } else {
-        None
-    };
-    let sqlite = if options.sections.sqlite {
-        Some(sqlite::run(options).await?)
-    } else {
-        None
-    };
+    // A section's results when it is selected, else `None`.
+    macro_rules! section {
+        ($selected:expr, $run:expr) => {
+            if $selected { Some($run.await?) } else { None }
+        };
+    }
+    let log = section!(
+        options.sections.log,
+        global_log::run(&shared, options, monitor, &mut cpu)
+    );
+    let relay = section!(options.sections.relay, relay::run(pool, options));
+    let projections = section!(
+        options.sections.projections,
+        projections::run(pool, options)
+    );
+    let sagas = section!(options.sections.sagas, sagas::run(pool, options));
+    let consumer = section!(options.sections.consumer, consumer::run(pool, options));
+    let peers = section!(options.sections.peers, peers::run(pool, options));
+    let sqlite = section!(options.sections.sqlite, sqlite::run(options));
     let results = Results {
         peers,
         sqlite,

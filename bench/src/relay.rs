@@ -17,7 +17,7 @@ use eventfold_outbox::{Delivery, OutboxMessage, PublishError, Publisher, Relay, 
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{Options, Result};
+use crate::{Options, Result, timed};
 
 /// Throughput target of the issue: events/s drained by one relay.
 const DRAIN_TARGET: f64 = 50_000.0;
@@ -434,49 +434,42 @@ impl Publisher for AckClock {
     }
 }
 
-type Writer = tokio::task::JoinHandle<Result<Vec<(Uuid, Instant)>>>;
+type Writer = tokio::task::JoinHandle<Result<timed::Sent>>;
 
 /// The latency tests' load: [`LATENCY_WRITERS`] tasks appending one event per call to `store`
 /// at [`LATENCY_RATE`] in total for [`LATENCY_WARMUP`] and then `seconds`; each returns the ids
 /// and commit instants of its events after the warm-up.
 fn spawn_writers(store: &PgStore, seconds: f64) -> Vec<Writer> {
-    let period = Duration::from_secs_f64(LATENCY_WRITERS as f64 / LATENCY_RATE);
     let start = Instant::now() + Duration::from_millis(10);
     let measured_from = start + LATENCY_WARMUP;
     let end = measured_from + Duration::from_secs_f64(seconds);
-    let mut handles = Vec::with_capacity(LATENCY_WRITERS);
-    let payload = payload();
-    for w in 0..LATENCY_WRITERS {
-        let store = store.clone();
-        let payload = payload.clone();
-        let first = start + period.mul_f64(w as f64 / LATENCY_WRITERS as f64);
-        handles.push(tokio::spawn(async move {
-            let mut ticker = tokio::time::interval_at(first.into(), period);
-            let mut sent = Vec::new();
-            let mut k = 0usize;
-            loop {
-                let tick = ticker.tick().await.into_std();
-                if tick >= end {
-                    break;
-                }
+    let store = Arc::new(store.clone());
+    let payload = Arc::new(payload());
+    timed::paced(
+        LATENCY_WRITERS,
+        LATENCY_RATE,
+        start,
+        end,
+        move |w, k, tick| {
+            let (store, payload) = (store.clone(), payload.clone());
+            async move {
                 let stream = StreamId::new(
                     "benchrelay",
                     format!("w{w}-s{}", k % LATENCY_STREAMS_PER_WRITER),
                 )?;
-                k += 1;
-                let event = NewEvent::raw("bench.relay", 1, payload.clone());
+                let event = NewEvent::raw("bench.relay", 1, payload.to_vec());
                 let id = event.event_id;
                 store
                     .append(&stream, ExpectedVersion::Any, vec![event])
                     .await?;
-                if tick >= measured_from {
-                    sent.push((id, Instant::now()));
-                }
+                Ok(if tick >= measured_from {
+                    vec![(id, Instant::now())]
+                } else {
+                    Vec::new()
+                })
             }
-            Ok(sent)
-        }));
-    }
-    handles
+        },
+    )
 }
 
 async fn latency(pool: &PgPool, publisher: &KafkaPublisher, seconds: f64) -> Result<Latency> {

@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use eventfold_core::{Aggregate, CommandMetadata, NewEvent, OutboxMessage, StreamId};
 use eventfold_eventstore::sqlite::SqliteStore;
 use eventfold_eventstore::{
@@ -40,8 +39,8 @@ use uuid::Uuid;
 
 use crate::timed::{self, Timed};
 use crate::{
-    BATCH, BoxError, Counter, CounterEvent, Increment, Options, Result, WARMUP, decode_n,
-    headers_text, r3,
+    BATCH, BoxError, Counter, CounterEvent, Increment, Options, RawRow, Result, WARMUP,
+    headers_text, r3, raw_fold,
 };
 
 /// Callers of the command cases.
@@ -111,21 +110,6 @@ const RAW_CLAIM: &str = "SELECT seq, id, aggregatetype, aggregateid, type, paylo
 const RAW_DELETE: &str =
     "DELETE FROM eventfold_outbox WHERE seq IN (SELECT value FROM json_each(?1))";
 
-type RawRow = (
-    Uuid,
-    i64,
-    i64,
-    String,
-    i32,
-    Vec<u8>,
-    DateTime<Utc>,
-    String,
-    Uuid,
-    Option<Uuid>,
-    Option<String>,
-    String,
-);
-
 /// One case: library and raw figures.
 pub(crate) struct SqliteRow {
     case: String,
@@ -193,124 +177,92 @@ async fn measure(
 
     for callers in CALLERS {
         eprintln!("sqlite: commands, {callers} caller(s)");
-        let (mut lib, mut raw) = (Timed::default(), Timed::default());
-        for round in 0..2 {
-            for library in if round == 0 {
-                [false, true]
-            } else {
-                [true, false]
-            } {
-                let timed = if library {
-                    let repo = repo.clone();
-                    timed::run(callers, WARMUP, half, move |caller, n| {
-                        let repo = repo.clone();
-                        let id = format!(
-                            "lib-c{callers}-{caller}-{}",
-                            n % AGGREGATES_PER_CALLER as u64
-                        );
-                        async move {
-                            repo.execute(&id, &Increment, CommandMetadata::new())
-                                .await?;
-                            Ok(1)
-                        }
-                    })
-                    .await?
-                } else {
-                    let pool = pool.clone();
-                    timed::run(callers, WARMUP, half, move |caller, n| {
-                        let pool = pool.clone();
-                        let id = format!(
-                            "raw-c{callers}-{caller}-{}",
-                            n % AGGREGATES_PER_CALLER as u64
-                        );
-                        async move {
-                            raw_command(&pool, &id).await?;
-                            Ok(1)
-                        }
-                    })
-                    .await?
-                };
-                eprintln!(
-                    "  round {} {}: {:.0} commands/s",
-                    round + 1,
-                    if library { "library" } else { "raw" },
-                    timed.ops_per_s()
-                );
-                if library {
-                    lib.add(timed)
-                } else {
-                    raw.add(timed)
+        let row = alternated(
+            format!("command, 1 event, {callers} caller(s)"),
+            "commands/s",
+            Timed::ops_per_s,
+            |_, library| {
+                let (repo, pool) = (repo.clone(), pool.clone());
+                async move {
+                    if library {
+                        timed::run(callers, WARMUP, half, move |caller, n| {
+                            let repo = repo.clone();
+                            let id = format!(
+                                "lib-c{callers}-{caller}-{}",
+                                n % AGGREGATES_PER_CALLER as u64
+                            );
+                            async move {
+                                repo.execute(&id, &Increment, CommandMetadata::new())
+                                    .await?;
+                                Ok(1)
+                            }
+                        })
+                        .await
+                    } else {
+                        timed::run(callers, WARMUP, half, move |caller, n| {
+                            let pool = pool.clone();
+                            let id = format!(
+                                "raw-c{callers}-{caller}-{}",
+                                n % AGGREGATES_PER_CALLER as u64
+                            );
+                            async move {
+                                raw_command(&pool, &id).await?;
+                                Ok(1)
+                            }
+                        })
+                        .await
+                    }
                 }
-            }
-        }
-        rows.push(SqliteRow {
-            case: format!("command, 1 event, {callers} caller(s)"),
-            unit: "commands/s",
-            lib: lib.sorted(),
-            raw: raw.sorted(),
-        });
+            },
+        )
+        .await?;
+        rows.push(row);
     }
 
     eprintln!("sqlite: appends of {BATCH} events");
-    let (mut lib, mut raw) = (Timed::default(), Timed::default());
-    for round in 0..2 {
-        for library in if round == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        } {
-            let timed = if library {
-                let store = store.clone();
-                timed::run(1, WARMUP, half, move |_, n| {
-                    let store = store.clone();
-                    async move {
-                        let stream = StreamId::new(Counter::TYPE, format!("lba-{round}-{n}"))?;
-                        let events = crate::batch(store.source())?;
-                        store
-                            .append(&stream, ExpectedVersion::Exact(0), events)
-                            .await?;
-                        Ok(BATCH as u64)
-                    }
-                })
-                .await?
-            } else {
-                let pool = pool.clone();
-                let source = store.source().to_owned();
-                timed::run(1, WARMUP, half, move |_, n| {
-                    let pool = pool.clone();
-                    let source = source.clone();
-                    async move {
-                        let events = crate::batch(&source)?;
-                        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                        let stream = format!("rba-{round}-{n}");
-                        for (i, event) in events.iter().enumerate() {
-                            insert(&mut tx, &stream, i as i64 + 1, event).await?;
+    let row = alternated(
+        format!("append of {BATCH} events, 1 caller"),
+        "events/s",
+        Timed::units_per_s,
+        |round, library| {
+            let (store, pool) = (store.clone(), pool.clone());
+            async move {
+                if library {
+                    timed::run(1, WARMUP, half, move |_, n| {
+                        let store = store.clone();
+                        async move {
+                            let stream = StreamId::new(Counter::TYPE, format!("lba-{round}-{n}"))?;
+                            let events = crate::batch(store.source())?;
+                            store
+                                .append(&stream, ExpectedVersion::Exact(0), events)
+                                .await?;
+                            Ok(BATCH as u64)
                         }
-                        tx.commit().await?;
-                        Ok(BATCH as u64)
-                    }
-                })
-                .await?
-            };
-            eprintln!(
-                "  round {} {}: {:.0} events/s",
-                round + 1,
-                if library { "library" } else { "raw" },
-                timed.units_per_s()
-            );
-            if library {
-                lib.add(timed)
-            } else {
-                raw.add(timed)
+                    })
+                    .await
+                } else {
+                    let source = store.source().to_owned();
+                    timed::run(1, WARMUP, half, move |_, n| {
+                        let pool = pool.clone();
+                        let source = source.clone();
+                        async move {
+                            let events = crate::batch(&source)?;
+                            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                            let stream = format!("rba-{round}-{n}");
+                            for (i, event) in events.iter().enumerate() {
+                                insert(&mut tx, &stream, i as i64 + 1, event).await?;
+                            }
+                            tx.commit().await?;
+                            Ok(BATCH as u64)
+                        }
+                    })
+                    .await
+                }
             }
-        }
-    }
-    rows.push(SqliteRow {
-        case: format!("append of {BATCH} events, 1 caller"),
-        unit: "events/s",
-        lib: lib.sorted(),
-        raw: raw.sorted(),
-    });
+        },
+    )
+    .await?;
+    rows.push(row);
 
     let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM eventfold_events")
         .fetch_one(pool)
@@ -327,17 +279,16 @@ async fn measure(
             .await?;
     let log_events = u64::try_from(count)?;
     eprintln!("sqlite: catch-up read of {log_events} events");
-    let (mut lib, mut raw) = (Timed::default(), Timed::default());
-    for round in 0..2 {
-        for library in if round == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        } {
-            let (timed, seen_sum) = if library {
-                let sum = Arc::new(AtomicU64::new(0));
-                let seen = sum.clone();
-                let timed = timed::once(async move {
+    let row = alternated(
+        format!("catch-up read of {log_events} events, batches of {READ_BATCH}"),
+        "events/s",
+        Timed::units_per_s,
+        |_, library| async move {
+            // The sum of the positions read, to check that every event was read once.
+            let seen = Arc::new(AtomicU64::new(0));
+            let read = seen.clone();
+            let timed = if library {
+                timed::once(async move {
                     let filter = LogFilter::all();
                     let mut checkpoint = Checkpoint::START;
                     let mut events = 0u64;
@@ -354,12 +305,9 @@ async fn measure(
                     }
                     Ok(events)
                 })
-                .await?;
-                (timed, sum.load(Ordering::Relaxed))
+                .await?
             } else {
-                let sum = Arc::new(AtomicU64::new(0));
-                let seen = sum.clone();
-                let timed = timed::once(async move {
+                timed::once(async move {
                     let mut after = 0i64;
                     let mut events = 0u64;
                     loop {
@@ -381,42 +329,81 @@ async fn measure(
                     }
                     Ok(events)
                 })
-                .await?;
-                (timed, sum.load(Ordering::Relaxed))
+                .await?
             };
-            eprintln!(
-                "  round {} {}: {:.0} events/s",
-                round + 1,
-                if library { "library" } else { "raw" },
-                timed.units_per_s()
-            );
+            let seen_sum = read.load(Ordering::Relaxed);
             if timed.units != log_events || seen_sum != u64::try_from(sum)? {
                 return Err(format!(
                     "{} read {} events (position sum {seen_sum}), the log holds {log_events} (sum {sum})",
-                    if library { "library" } else { "raw" },
+                    variant(library),
                     timed.units
                 )
                 .into());
             }
-            if library {
-                lib.add(timed)
-            } else {
-                raw.add(timed)
-            }
-        }
-    }
-    rows.push(SqliteRow {
-        case: format!("catch-up read of {log_events} events, batches of {READ_BATCH}"),
-        unit: "events/s",
-        lib: lib.sorted(),
-        raw: raw.sorted(),
-    });
+            Ok::<Timed, BoxError>(timed)
+        },
+    )
+    .await?;
+    rows.push(row);
 
     eprintln!("sqlite: relay of {RELAY_ROWS} outbox rows to the in-process broker");
     let relay_store = SqliteStore::builder(pool.clone())
         .outbox(OutboxRouting::new())
         .build()
         .await?;
+    let relay_store = &relay_store;
+    let row = alternated(
+        format!("relay of {RELAY_ROWS} outbox rows to the in-process broker"),
+        "messages/s",
+        Timed::units_per_s,
+        |round, library| async move {
+            fill_outbox(pool, round).await?;
+            let broker = InProcessBroker::new();
+            let timed = if library {
+                drain_library(relay_store, broker).await?
+            } else {
+                drain_raw(pool, broker).await?
+            };
+            let pending = relay_store.outbox_status().await?.pending;
+            if pending != 0 || timed.units != RELAY_ROWS as u64 {
+                return Err(format!(
+                    "{} published {} of {RELAY_ROWS} rows, {pending} left",
+                    variant(library),
+                    timed.units
+                )
+                .into());
+            }
+            Ok::<Timed, BoxError>(timed)
+        },
+    )
+    .await?;
+    rows.push(row);
+
+    Ok(SqliteResults {
+        rows,
+        seconds: options.seconds,
+        log_events,
+    })
+}
+
+/// `library` or `raw`: the variant a measurement ran.
+fn variant(library: bool) -> &'static str {
+    if library { "library" } else { "raw" }
+}
+
+/// Measures the library and the raw baseline twice each, alternated (raw then library, then
+/// library then raw, so that neither always runs second), with `measure(round, library)`;
+/// prints each round's `rate` in `unit` and returns the figures as the row of `case`.
+async fn alternated<F, Fut>(
+    case: String,
+    unit: &'static str,
+    rate: fn(&Timed) -> f64,
+    mut measure: F,
+) -> Result<SqliteRow>
+where
+    F: FnMut(usize, bool) -> Fut,
+    Fut: std::future::Future<Output = Result<Timed>>,
+{
     let (mut lib, mut raw) = (Timed::default(), Timed::default());
     for round in 0..2 {
         for library in if round == 0 {
@@ -424,28 +411,13 @@ async fn measure(
         } else {
             [true, false]
         } {
-            fill_outbox(pool, round).await?;
-            let broker = InProcessBroker::new();
-            let timed = if library {
-                drain_library(&relay_store, broker).await?
-            } else {
-                drain_raw(pool, broker).await?
-            };
+            let timed = measure(round, library).await?;
             eprintln!(
-                "  round {} {}: {:.0} messages/s",
+                "  round {} {}: {:.0} {unit}",
                 round + 1,
-                if library { "library" } else { "raw" },
-                timed.units_per_s()
+                variant(library),
+                rate(&timed)
             );
-            let pending = relay_store.outbox_status().await?.pending;
-            if pending != 0 || timed.units != RELAY_ROWS as u64 {
-                return Err(format!(
-                    "{} published {} of {RELAY_ROWS} rows, {pending} left",
-                    if library { "library" } else { "raw" },
-                    timed.units
-                )
-                .into());
-            }
             if library {
                 lib.add(timed)
             } else {
@@ -453,17 +425,11 @@ async fn measure(
             }
         }
     }
-    rows.push(SqliteRow {
-        case: format!("relay of {RELAY_ROWS} outbox rows to the in-process broker"),
-        unit: "messages/s",
+    Ok(SqliteRow {
+        case,
+        unit,
         lib: lib.sorted(),
         raw: raw.sorted(),
-    });
-
-    Ok(SqliteResults {
-        rows,
-        seconds: options.seconds,
-        log_events,
     })
 }
 
@@ -499,16 +465,7 @@ async fn raw_command(pool: &SqlitePool, id: &str) -> Result<()> {
         .bind(id)
         .fetch_all(pool)
         .await?;
-    let mut total = 0u64;
-    let mut version = 0i64;
-    for row in &rows {
-        if row.1 != version + 1 {
-            return Err(format!("stream {id} jumps from {version} to {}", row.1).into());
-        }
-        version = row.1;
-        total += decode_n(&row.5)?;
-    }
-    std::hint::black_box(total);
+    let version = raw_fold(id, &rows)?;
     let event = NewEvent::encode(
         &CounterEvent::Incremented { n: 1 },
         "eventfold",

@@ -146,3 +146,43 @@ where
         latencies_us: vec![u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX)],
     })
 }
+
+/// What a paced writer wrote: each event's id and the instant its commit returned.
+pub(crate) type Sent = Vec<(uuid::Uuid, Instant)>;
+
+/// Starts `writers` tokio tasks that together call `write(w, k, tick)` `rate` times a second,
+/// from `start` until `end`: writer `w`'s `k`-th call, on a ticker of its own (the writers' ticks
+/// are spread over the period). Each task returns what its calls returned; an error stops it.
+pub(crate) fn paced<F, Fut>(
+    writers: usize,
+    rate: f64,
+    start: Instant,
+    end: Instant,
+    write: F,
+) -> Vec<tokio::task::JoinHandle<Result<Sent>>>
+where
+    F: Fn(usize, usize, Instant) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<Sent>> + Send + 'static,
+{
+    let period = Duration::from_secs_f64(writers as f64 / rate);
+    (0..writers)
+        .map(|w| {
+            let write = write.clone();
+            let first = start + period.mul_f64(w as f64 / writers as f64);
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval_at(first.into(), period);
+                let mut sent = Vec::new();
+                let mut k = 0usize;
+                loop {
+                    let tick = ticker.tick().await.into_std();
+                    if tick >= end {
+                        break;
+                    }
+                    sent.extend(write(w, k, tick).await?);
+                    k += 1;
+                }
+                Ok(sent)
+            })
+        })
+        .collect()
+}

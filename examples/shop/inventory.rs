@@ -328,12 +328,23 @@ impl<S: EventStore> Inventory<S> {
         lines: &[OrderLine],
         meta: &CommandMetadata,
     ) -> Result<(), BoxError> {
+        let command = StockCommand::Release {
+            order_id: order_id.to_owned(),
+        };
+        self.on_each_product(uow, lines, &command, meta).await
+    }
+
+    /// Executes `command` on the stock of each product of `lines`, in `uow`.
+    async fn on_each_product(
+        &self,
+        uow: &mut S::UnitOfWork,
+        lines: &[OrderLine],
+        command: &StockCommand,
+        meta: &CommandMetadata,
+    ) -> Result<(), BoxError> {
         for (sku, _) in quantities(lines) {
-            let command = StockCommand::Release {
-                order_id: order_id.to_owned(),
-            };
             self.stock
-                .execute_in(uow, &sku, &command, meta.clone())
+                .execute_in(uow, &sku, command, meta.clone())
                 .await?;
         }
         Ok(())
@@ -347,14 +358,11 @@ impl<S: EventStore> Inventory<S> {
         meta: &CommandMetadata,
     ) -> Result<(), BoxError> {
         let held = self.reservation(order_id).await?;
-        for (sku, _) in quantities(&held.lines) {
-            let command = StockCommand::Ship {
-                order_id: order_id.to_owned(),
-            };
-            self.stock
-                .execute_in(uow, &sku, &command, meta.clone())
-                .await?;
-        }
+        let command = StockCommand::Ship {
+            order_id: order_id.to_owned(),
+        };
+        self.on_each_product(uow, &held.lines, &command, meta)
+            .await?;
         self.note(uow, order_id, ReservationCommand::Ship, meta)
             .await
     }

@@ -35,6 +35,16 @@ fn v1() -> eventfold_saga::SagaDefinition<V1> {
         .expect("valid")
 }
 
+/// The timeout of the first attempt of the step `charge`, the current step of
+/// [`history_at_v1`].
+fn charge_timed_out() -> eventfold_saga::TimerKey {
+    eventfold_saga::TimerKey {
+        step: "charge".into(),
+        attempt: 1,
+        kind: eventfold_saga::TimerKind::Timeout,
+    }
+}
+
 fn history_at_v1() -> (Vec<SagaEvent>, SagaState) {
     let def = v1();
     let mut t = SagaTest::new(&def).given_started(V1 { amount: 12 });
@@ -94,11 +104,7 @@ fn a_current_step_missing_from_the_new_definition_fails_the_saga_with_a_reason()
         .step("charge_card", |s| s.invoke(cmd("c")).timeout(T)) // "charge" renamed
         .build()
         .expect("valid");
-    let timer = eventfold_saga::TimerKey {
-        step: "charge".into(),
-        attempt: 1,
-        kind: eventfold_saga::TimerKind::Timeout,
-    };
+    let timer = charge_timed_out();
     let decision = v2
         .decide(&state, Input::TimerFired(timer), chrono::Utc::now())
         .expect("decide");
@@ -128,11 +134,7 @@ fn undecodable_data_fails_the_saga_and_a_newer_instance_is_refused() {
         .step("charge", |s| s.invoke(cmd("c")).timeout(T))
         .build()
         .expect("valid");
-    let timer = eventfold_saga::TimerKey {
-        step: "charge".into(),
-        attempt: 1,
-        kind: eventfold_saga::TimerKind::Timeout,
-    };
+    let timer = charge_timed_out();
     let decision = v2
         .decide(&state, Input::TimerFired(timer.clone()), chrono::Utc::now())
         .expect("decide");

@@ -1,6 +1,7 @@
 //! Fresh stores for the integration tests: a new PostgreSQL database or SQLite file per test.
 #![allow(dead_code)]
 
+pub mod crash;
 pub mod fuzz;
 pub mod printed_metrics;
 pub mod ticks;
@@ -305,9 +306,21 @@ pub fn spawn_until_started(
     wait: std::time::Duration,
     started: impl Fn(&str) -> bool + Send + 'static,
 ) -> (std::process::Child, String) {
+    spawn_until_started_with(command, std::process::Stdio::null(), what, wait, started)
+}
+
+/// [`spawn_until_started`] with `stdin` as the child's standard input (a pipe that closes when
+/// the parent goes away, for a child that watches it).
+pub fn spawn_until_started_with(
+    command: &mut std::process::Command,
+    stdin: std::process::Stdio,
+    what: &str,
+    wait: std::time::Duration,
+    started: impl Fn(&str) -> bool + Send + 'static,
+) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     let mut child = command
-        .stdin(std::process::Stdio::null())
+        .stdin(stdin)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .spawn()

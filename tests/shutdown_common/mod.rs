@@ -19,8 +19,7 @@ impl ChildProcess {
     /// Runs `test` of this test binary alone with `env`, and waits (at most 60 s) for the line
     /// holding `started`.
     pub fn spawn(test: &str, role: &'static str, env: &[(&str, String)], started: &str) -> Self {
-        let mut command = Command::new(std::env::current_exe().expect("the test binary"));
-        command.args([test, "--exact", "--nocapture", "--test-threads", "1"]);
+        let mut command = crate::common::crash::child_command(test);
         for (name, value) in env {
             command.env(name, value);
         }

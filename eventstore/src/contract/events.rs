@@ -7,7 +7,7 @@ use eventfold_core::{
 };
 use uuid::Uuid;
 
-use super::{Tally, TallyCommand, TallyEvent, added, append_ok, stream};
+use super::{Tally, TallyCommand, TallyEvent, added, append_err, append_ok, stream};
 use crate::error::{ExecuteError, ExpectedVersion, StoreError};
 use crate::repository::Repository;
 use crate::store::{CommandRecord, EventStore, Snapshot, UnitOfWork};
@@ -66,10 +66,7 @@ pub async fn append_and_read_round_trip_keeps_all_metadata<S: EventStore>(store:
 pub async fn expected_version_rules<S: EventStore>(store: S) {
     let id = stream("rules");
     // Exact(3) on a missing stream must not create a gap.
-    let err = store
-        .append(&id, ExpectedVersion::Exact(3), vec![added(1)])
-        .await
-        .unwrap_err();
+    let err = append_err(&store, &id, ExpectedVersion::Exact(3), vec![added(1)]).await;
     assert!(
         matches!(
             err,
@@ -81,10 +78,7 @@ pub async fn expected_version_rules<S: EventStore>(store: S) {
         "expected a conflict at version 0, got {err:?}"
     );
     append_ok(&store, &id, ExpectedVersion::Exact(0), vec![added(1)]).await;
-    let err = store
-        .append(&id, ExpectedVersion::NoStream, vec![added(1)])
-        .await
-        .unwrap_err();
+    let err = append_err(&store, &id, ExpectedVersion::NoStream, vec![added(1)]).await;
     assert!(
         matches!(
             err,
@@ -99,10 +93,7 @@ pub async fn expected_version_rules<S: EventStore>(store: S) {
         err.to_string().contains("tally-rules"),
         "the error names the stream: {err}"
     );
-    let err = store
-        .append(&id, ExpectedVersion::Exact(5), vec![added(1)])
-        .await
-        .unwrap_err();
+    let err = append_err(&store, &id, ExpectedVersion::Exact(5), vec![added(1)]).await;
     assert!(
         matches!(
             err,
@@ -139,18 +130,12 @@ pub async fn expected_version_rules<S: EventStore>(store: S) {
 /// An empty append is a typed error.
 pub async fn empty_append_is_refused<S: EventStore>(store: S) {
     let id = stream("empty");
-    let err = store
-        .append(&id, ExpectedVersion::Any, vec![])
-        .await
-        .unwrap_err();
+    let err = append_err(&store, &id, ExpectedVersion::Any, vec![]).await;
     assert!(matches!(err, StoreError::EmptyAppend { .. }), "{err:?}");
     assert!(err.to_string().contains("tally-empty"));
     let mut bad = added(1);
     bad.schema_version = 0;
-    let err = store
-        .append(&id, ExpectedVersion::Any, vec![bad])
-        .await
-        .unwrap_err();
+    let err = append_err(&store, &id, ExpectedVersion::Any, vec![bad]).await;
     assert!(matches!(err, StoreError::InvalidEvent { .. }), "{err:?}");
     assert_eq!(store.stream_version(&id).await.expect("version"), 0);
 }
@@ -173,10 +158,7 @@ pub async fn payloads_at_the_limit_are_stored_and_past_it_refused<S: EventStore>
 
     let past = NewEvent::raw("tally.blob", 1, vec![b'x'; limit + 1]);
     let past_id = past.event_id;
-    let err = store
-        .append(&id, ExpectedVersion::Exact(1), vec![past])
-        .await
-        .unwrap_err();
+    let err = append_err(&store, &id, ExpectedVersion::Exact(1), vec![past]).await;
     match &err {
         StoreError::InvalidEvent {
             stream_id,
@@ -213,10 +195,7 @@ pub async fn duplicate_event_id_is_refused_and_nothing_is_written<S: EventStore>
     let event = added(1);
     let dup_id = event.event_id;
     append_ok(&store, &a, ExpectedVersion::NoStream, vec![event.clone()]).await;
-    let err = store
-        .append(&b, ExpectedVersion::NoStream, vec![added(2), event])
-        .await
-        .unwrap_err();
+    let err = append_err(&store, &b, ExpectedVersion::NoStream, vec![added(2), event]).await;
     match err {
         StoreError::DuplicateEventId {
             event_id,

@@ -69,7 +69,7 @@ use eventfold_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::error::ExpectedVersion;
+use crate::error::{ExpectedVersion, StoreError};
 use crate::store::EventStore;
 
 /// Runs the whole contract against one backend: one `#[tokio::test]` per rule, in one module
@@ -304,6 +304,19 @@ async fn append_ok<S: EventStore>(
         .append(id, expected, events)
         .await
         .expect("append should succeed");
+}
+
+/// The error of an append that the store must refuse.
+async fn append_err<S: EventStore>(
+    store: &S,
+    id: &StreamId,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> StoreError {
+    store
+        .append(id, expected, events)
+        .await
+        .expect_err("the append should be refused")
 }
 
 /// The application's own outbox message of the contract and the relay tests: a billing request

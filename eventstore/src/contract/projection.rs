@@ -5,8 +5,17 @@ use eventfold_core::{NewEvent, StreamId};
 
 use crate::error::ExpectedVersion;
 use crate::log::{Checkpoint, LogFilter};
-use crate::projection::{ParkedEvent, ProjectionStore};
+use crate::projection::{ParkedEvent, ProjectionState, ProjectionStore};
 use crate::store::UnitOfWork;
+
+/// The stored state of the projection `name`, which must exist.
+async fn state_of<S: ProjectionStore>(store: &S, name: &str) -> ProjectionState {
+    store
+        .projection_state(name)
+        .await
+        .expect("state")
+        .expect("exists")
+}
 
 /// Projection bookkeeping: checkpoints move only when their unit of work commits; generations,
 /// builds, pause, reset requests and parked events are kept per projection.
@@ -71,11 +80,7 @@ pub async fn projection_checkpoints_commit_with_the_unit_of_work<S: ProjectionSt
             .expect("again")
     );
     uow.commit().await.expect("commit");
-    let state = store
-        .projection_state("orders")
-        .await
-        .expect("state")
-        .expect("exists");
+    let state = state_of(&store, "orders").await;
     assert_eq!(
         (
             state.generation,
@@ -104,12 +109,7 @@ pub async fn projection_checkpoints_commit_with_the_unit_of_work<S: ProjectionSt
         .expect("save");
     uow.rollback().await.expect("rollback");
     assert_eq!(
-        store
-            .projection_state("orders")
-            .await
-            .expect("state")
-            .expect("exists")
-            .checkpoint,
+        state_of(&store, "orders").await.checkpoint,
         Checkpoint::START
     );
     let mut uow = store.begin().await.expect("begin");
@@ -118,11 +118,7 @@ pub async fn projection_checkpoints_commit_with_the_unit_of_work<S: ProjectionSt
         .await
         .expect("save");
     uow.commit().await.expect("commit");
-    let state = store
-        .projection_state("orders")
-        .await
-        .expect("state")
-        .expect("exists");
+    let state = state_of(&store, "orders").await;
     assert_eq!(
         (state.checkpoint, state.position),
         (first, appended.positions[0])
@@ -153,11 +149,7 @@ pub async fn projection_checkpoints_commit_with_the_unit_of_work<S: ProjectionSt
             .await
             .expect("status")
     );
-    let state = store
-        .projection_state("orders")
-        .await
-        .expect("state")
-        .expect("exists");
+    let state = state_of(&store, "orders").await;
     assert!(state.paused && state.reset_requested);
     assert_eq!(
         (state.status.as_str(), state.last_error.as_deref()),
@@ -203,15 +195,7 @@ pub async fn projection_checkpoints_commit_with_the_unit_of_work<S: ProjectionSt
         (parked[0].event_id, parked[0].error.as_str()),
         (poison.event.event_id, "bad payload")
     );
-    assert_eq!(
-        store
-            .projection_state("orders")
-            .await
-            .expect("state")
-            .expect("exists")
-            .parked,
-        1
-    );
+    assert_eq!(state_of(&store, "orders").await.parked, 1);
 
     // A build generation, then the switch.
     let mut uow = store.begin().await.expect("begin");
@@ -227,11 +211,7 @@ pub async fn projection_checkpoints_commit_with_the_unit_of_work<S: ProjectionSt
         .await
         .expect("start");
     uow.commit().await.expect("commit");
-    let state = store
-        .projection_state("orders")
-        .await
-        .expect("state")
-        .expect("exists");
+    let state = state_of(&store, "orders").await;
     let building = state.building.expect("a build in progress");
     assert_eq!(
         (building.generation, building.version, building.checkpoint),
@@ -249,11 +229,7 @@ pub async fn projection_checkpoints_commit_with_the_unit_of_work<S: ProjectionSt
         .await
         .expect("activate");
     uow.commit().await.expect("commit");
-    let state = store
-        .projection_state("orders")
-        .await
-        .expect("state")
-        .expect("exists");
+    let state = state_of(&store, "orders").await;
     assert_eq!((state.generation, state.version, state.parked), (2, 2, 0));
     assert!(state.building.is_none() && !state.reset_requested);
     let mut uow = store.begin().await.expect("begin");

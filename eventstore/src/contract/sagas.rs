@@ -64,10 +64,7 @@ async fn db_now<S: SagaStore>(store: &S) -> DateTime<Utc> {
 async fn register_all<S: SagaStore>(store: &S, records: &[&SagaRecord]) {
     for record in records {
         let mut uow = store.begin().await.expect("begin");
-        let owner = store
-            .register_saga(&mut uow, record)
-            .await
-            .expect("register");
+        let owner = register(store, &mut uow, record).await;
         assert_eq!(
             owner, record.saga_id,
             "a fresh key is registered by its caller"
@@ -77,11 +74,85 @@ async fn register_all<S: SagaStore>(store: &S, records: &[&SagaRecord]) {
     }
 }
 
+/// Registers `record` in `uow`: the id of the key's owner.
+async fn register<S: SagaStore>(store: &S, uow: &mut S::UnitOfWork, record: &SagaRecord) -> Uuid {
+    store.register_saga(uow, record).await.expect("register")
+}
+
+/// The instances `filter` lists.
+async fn listed<S: SagaStore>(store: &S, filter: &SagaFilter) -> Vec<SagaRecord> {
+    store.list_sagas(filter).await.expect("list")
+}
+
+/// The instance of `saga_type` registered under `business_key`, if any.
+async fn by_key<S: SagaStore>(
+    store: &S,
+    saga_type: &str,
+    business_key: &str,
+) -> Option<SagaRecord> {
+    store
+        .saga_by_key(saga_type, business_key)
+        .await
+        .expect("by key")
+}
+
+/// The id of the instance of `saga_type` registered under `business_key`, if any.
+async fn owner_of<S: SagaStore>(store: &S, saga_type: &str, business_key: &str) -> Option<Uuid> {
+    by_key(store, saga_type, business_key)
+        .await
+        .map(|s| s.saga_id)
+}
+
 /// Stores `timers` in a unit of work of their own and commits it.
 async fn put_committed<S: SagaStore>(store: &S, timers: &[SagaTimer]) {
     let mut uow = store.begin().await.expect("begin");
     store.put_saga_timers(&mut uow, timers).await.expect("put");
     uow.commit().await.expect("commit");
+}
+
+/// The due timers of `saga_types` that a claim returns (at most `limit`, leased for `lease`).
+async fn claim<S: SagaStore>(
+    store: &S,
+    saga_types: &[String],
+    limit: usize,
+    lease: Duration,
+) -> Vec<SagaTimer> {
+    store
+        .claim_due_timers(saga_types, limit, lease)
+        .await
+        .expect("claim")
+}
+
+/// The stored timers of the instance `saga_id`, soonest first.
+async fn timers_of<S: SagaStore>(store: &S, saga_id: Uuid) -> Vec<SagaTimer> {
+    store.saga_timers(saga_id).await.expect("timers")
+}
+
+/// The outcome recorded for `participant`'s `request_key`, as `uow` sees it.
+async fn find_outcome<S: SagaStore>(
+    store: &S,
+    uow: &mut S::UnitOfWork,
+    participant: &str,
+    request_key: &str,
+) -> Option<serde_json::Value> {
+    store
+        .find_request_outcome(uow, participant, request_key)
+        .await
+        .expect("find")
+}
+
+/// Registers `saga` (an `order` instance) and commits one timer of it (`reserve`, attempt 1,
+/// `timeout`) due a second ago on the database's clock; returns that clock's time before the
+/// timer, the timer and the saga types to claim (`order`).
+async fn with_due_timer<S: SagaStore>(
+    store: &S,
+    saga: &SagaRecord,
+) -> (DateTime<Utc>, SagaTimer, Vec<String>) {
+    register_all(store, &[saga]).await;
+    let now = db_now(store).await;
+    let due = timer(saga, "reserve", 1, "timeout", now - TimeDelta::seconds(1));
+    put_committed(store, std::slice::from_ref(&due)).await;
+    (now, due, vec![saga.saga_type.clone()])
 }
 
 /// `(saga_type, business_key)` of each record, to compare listings.
@@ -117,13 +188,7 @@ pub async fn registering_a_saga_is_idempotent_on_its_key<S: SagaStore>(store: S)
 
     let before = db_now(&store).await;
     let mut uow = store.begin().await.expect("begin");
-    assert_eq!(
-        store
-            .register_saga(&mut uow, &first)
-            .await
-            .expect("register"),
-        first.saga_id
-    );
+    assert_eq!(register(&store, &mut uow, &first).await, first.saga_id);
     assert_eq!(
         store
             .register_saga(&mut uow, &duplicate)
@@ -133,18 +198,12 @@ pub async fn registering_a_saga_is_idempotent_on_its_key<S: SagaStore>(store: S)
         "the key's owner, seen in the same unit of work"
     );
     assert_eq!(
-        store
-            .register_saga(&mut uow, &second)
-            .await
-            .expect("register"),
+        register(&store, &mut uow, &second).await,
         second.saga_id,
         "another key, another instance"
     );
     assert_eq!(
-        store
-            .register_saga(&mut uow, &other_type)
-            .await
-            .expect("register"),
+        register(&store, &mut uow, &other_type).await,
         other_type.saga_id,
         "keys are unique per saga type"
     );
@@ -179,26 +238,12 @@ pub async fn registering_a_saga_is_idempotent_on_its_key<S: SagaStore>(store: S)
         None,
         "the duplicate wrote nothing"
     );
+    assert_eq!(owner_of(&store, "order", "o-1").await, Some(first.saga_id));
     assert_eq!(
-        store
-            .saga_by_key("order", "o-1")
-            .await
-            .expect("by key")
-            .map(|s| s.saga_id),
-        Some(first.saga_id)
-    );
-    assert_eq!(
-        store
-            .saga_by_key("payment", "o-1")
-            .await
-            .expect("by key")
-            .map(|s| s.saga_id),
+        owner_of(&store, "payment", "o-1").await,
         Some(other_type.saga_id)
     );
-    assert_eq!(
-        store.saga_by_key("order", "o-9").await.expect("by key"),
-        None
-    );
+    assert_eq!(by_key(&store, "order", "o-9").await, None);
 
     let mut uow = store.begin().await.expect("begin");
     assert_eq!(
@@ -215,10 +260,7 @@ pub async fn registering_a_saga_is_idempotent_on_its_key<S: SagaStore>(store: S)
     let rolled_back = record("order", "o-3", correlation);
     let mut uow = store.begin().await.expect("begin");
     assert_eq!(
-        store
-            .register_saga(&mut uow, &rolled_back)
-            .await
-            .expect("register"),
+        register(&store, &mut uow, &rolled_back).await,
         rolled_back.saga_id
     );
     uow.rollback().await.expect("rollback");
@@ -227,27 +269,17 @@ pub async fn registering_a_saga_is_idempotent_on_its_key<S: SagaStore>(store: S)
         None,
         "a rolled-back registration leaves no row"
     );
-    assert_eq!(
-        store.saga_by_key("order", "o-3").await.expect("by key"),
-        None
-    );
+    assert_eq!(by_key(&store, "order", "o-3").await, None);
     let retried = record("order", "o-3", correlation);
     let mut uow = store.begin().await.expect("begin");
     assert_eq!(
-        store
-            .register_saga(&mut uow, &retried)
-            .await
-            .expect("register"),
+        register(&store, &mut uow, &retried).await,
         retried.saga_id,
         "the key is free again after the rollback"
     );
     uow.commit().await.expect("commit");
     assert_eq!(
-        store
-            .list_sagas(&SagaFilter::default())
-            .await
-            .expect("list")
-            .len(),
+        listed(&store, &SagaFilter::default()).await.len(),
         4,
         "order/o-1, order/o-2, payment/o-1, order/o-3"
     );
@@ -282,20 +314,9 @@ pub async fn concurrent_registrations_agree_on_one_owner<S: SagaStore>(store: S)
     assert_eq!(owners.len(), 1, "every registration agrees on one owner");
     assert_eq!(registered, 1, "exactly one registration inserted");
     let owner = owners.into_iter().next().expect("an owner");
+    assert_eq!(owner_of(&store, "order", "contended").await, Some(owner));
     assert_eq!(
-        store
-            .saga_by_key("order", "contended")
-            .await
-            .expect("by key")
-            .map(|s| s.saga_id),
-        Some(owner)
-    );
-    assert_eq!(
-        store
-            .list_sagas(&SagaFilter::default())
-            .await
-            .expect("list")
-            .len(),
+        listed(&store, &SagaFilter::default()).await.len(),
         1,
         "one row for the key"
     );
@@ -367,7 +388,7 @@ pub async fn sagas_are_updated_listed_and_counted<S: SagaStore>(store: S) {
 
     let list = |filter: SagaFilter| {
         let store = store.clone();
-        async move { keys(&store.list_sagas(&filter).await.expect("list")) }
+        async move { keys(&listed(&store, &filter).await) }
     };
     assert_eq!(
         list(SagaFilter::default()).await,
@@ -426,29 +447,27 @@ pub async fn sagas_are_updated_listed_and_counted<S: SagaStore>(store: S) {
         vec![key("order", "k1"), key("payment", "k1")],
         "the limit keeps the most recent"
     );
-    let listed = store
-        .list_sagas(&SagaFilter::default())
-        .await
-        .expect("list");
-    assert_eq!(listed[0], updated, "listing returns whole rows");
+    let all = listed(&store, &SagaFilter::default()).await;
+    assert_eq!(all[0], updated, "listing returns whole rows");
 
     let mut more = Vec::new();
     let mut uow = store.begin().await.expect("begin");
     for i in 0..101 {
         let r = record("bulk", &format!("b-{i}"), y);
-        store.register_saga(&mut uow, &r).await.expect("register");
+        register(&store, &mut uow, &r).await;
         more.push(r);
     }
     uow.commit().await.expect("commit");
     assert_eq!(
-        store
-            .list_sagas(&SagaFilter {
+        listed(
+            &store,
+            &SagaFilter {
                 saga_type: Some("bulk".to_owned()),
                 ..SagaFilter::default()
-            })
-            .await
-            .expect("list")
-            .len(),
+            }
+        )
+        .await
+        .len(),
         100,
         "limit 0 is the default of 100"
     );
@@ -496,11 +515,7 @@ pub async fn timers_are_stored_moved_and_deleted<S: SagaStore>(store: S) {
         .expect("put");
     uow.rollback().await.expect("rollback");
     assert!(
-        store
-            .saga_timers(saga.saga_id)
-            .await
-            .expect("timers")
-            .is_empty(),
+        timers_of(&store, saga.saga_id).await.is_empty(),
         "a rolled-back timer is not stored"
     );
 
@@ -515,7 +530,7 @@ pub async fn timers_are_stored_moved_and_deleted<S: SagaStore>(store: S) {
         .expect("put");
     uow.commit().await.expect("commit");
     assert_eq!(
-        store.saga_timers(saga.saga_id).await.expect("timers"),
+        timers_of(&store, saga.saga_id).await,
         vec![pay.clone(), reserve.clone(), backoff.clone()],
         "soonest first, as stored"
     );
@@ -524,7 +539,7 @@ pub async fn timers_are_stored_moved_and_deleted<S: SagaStore>(store: S) {
     moved.due_at = now + TimeDelta::seconds(5);
     put_committed(&store, std::slice::from_ref(&moved)).await;
     assert_eq!(
-        store.saga_timers(saga.saga_id).await.expect("timers"),
+        timers_of(&store, saga.saga_id).await,
         vec![moved.clone(), pay.clone(), backoff.clone()],
         "the same identity gets the new deadline, no second timer"
     );
@@ -566,7 +581,7 @@ pub async fn timers_are_stored_moved_and_deleted<S: SagaStore>(store: S) {
     );
     uow.rollback().await.expect("rollback");
     assert_eq!(
-        idents(&store.saga_timers(saga.saga_id).await.expect("timers")),
+        idents(&timers_of(&store, saga.saga_id).await),
         vec![
             ("reserve".to_owned(), 1, "timeout".to_owned()),
             ("reserve".to_owned(), 2, "retry_backoff".to_owned()),
@@ -595,15 +610,9 @@ pub async fn timers_are_stored_moved_and_deleted<S: SagaStore>(store: S) {
         0
     );
     uow.commit().await.expect("commit");
-    assert!(
-        store
-            .saga_timers(saga.saga_id)
-            .await
-            .expect("timers")
-            .is_empty()
-    );
+    assert!(timers_of(&store, saga.saga_id).await.is_empty());
     assert_eq!(
-        store.saga_timers(other.saga_id).await.expect("timers"),
+        timers_of(&store, other.saga_id).await,
         vec![others],
         "another instance's timers stay"
     );
@@ -650,47 +659,34 @@ pub async fn due_timers_are_claimed_oldest_first_by_type<S: SagaStore>(store: S)
         "an empty type list claims nothing"
     );
     assert!(
-        store
-            .claim_due_timers(&types(&["shipping"]), 10, lease)
+        claim(&store, &types(&["shipping"]), 10, lease)
             .await
-            .expect("claim")
             .is_empty(),
         "no timers of that type"
     );
     assert_eq!(
-        store
-            .claim_due_timers(&types(&["order"]), 2, lease)
-            .await
-            .expect("claim"),
+        claim(&store, &types(&["order"]), 2, lease).await,
         vec![a.clone(), b.clone()],
         "oldest first, within the limit, with their deadlines"
     );
     assert_eq!(
-        store
-            .claim_due_timers(&types(&["order"]), 10, lease)
-            .await
-            .expect("claim"),
+        claim(&store, &types(&["order"]), 10, lease).await,
         vec![c.clone()],
         "claimed timers are leased; the future one is not due"
     );
     assert_eq!(
-        store
-            .claim_due_timers(&types(&["order", "payment"]), 10, lease)
-            .await
-            .expect("claim"),
+        claim(&store, &types(&["order", "payment"]), 10, lease).await,
         vec![paid.clone()],
         "several types"
     );
     assert!(
-        store
-            .claim_due_timers(&types(&["order", "payment"]), 10, lease)
+        claim(&store, &types(&["order", "payment"]), 10, lease)
             .await
-            .expect("claim")
             .is_empty(),
         "nothing is due any more"
     );
     let after = db_now(&store).await;
-    let stored = store.saga_timers(order.saga_id).await.expect("timers");
+    let stored = timers_of(&store, order.saga_id).await;
     let leased = stored
         .iter()
         .find(|t| t.step == "a")
@@ -712,34 +708,14 @@ pub async fn due_timers_are_claimed_oldest_first_by_type<S: SagaStore>(store: S)
 /// leased deadline) when the lease has expired: a crashed scheduler's claim is not lost.
 pub async fn a_claim_expires_after_its_lease<S: SagaStore>(store: S) {
     let saga = record("order", "l-1", Uuid::now_v7());
-    register_all(&store, &[&saga]).await;
-    let now = db_now(&store).await;
-    let due = timer(&saga, "reserve", 1, "timeout", now - TimeDelta::seconds(1));
-    put_committed(&store, std::slice::from_ref(&due)).await;
-    let types = vec!["order".to_owned()];
+    let (_, due, types) = with_due_timer(&store, &saga).await;
     let lease = Duration::from_millis(300);
 
-    assert_eq!(
-        store
-            .claim_due_timers(&types, 10, lease)
-            .await
-            .expect("claim"),
-        vec![due.clone()]
-    );
-    assert!(
-        store
-            .claim_due_timers(&types, 10, lease)
-            .await
-            .expect("claim")
-            .is_empty(),
-        "leased"
-    );
-    let leased_until = store.saga_timers(saga.saga_id).await.expect("timers")[0].due_at;
+    assert_eq!(claim(&store, &types, 10, lease).await, vec![due.clone()]);
+    assert!(claim(&store, &types, 10, lease).await.is_empty(), "leased");
+    let leased_until = timers_of(&store, saga.saga_id).await[0].due_at;
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let early = store
-        .claim_due_timers(&types, 10, lease)
-        .await
-        .expect("claim");
+    let early = claim(&store, &types, 10, lease).await;
     let checked_at = db_now(&store).await;
     assert!(
         early.is_empty() || checked_at >= leased_until,
@@ -749,10 +725,7 @@ pub async fn a_claim_expires_after_its_lease<S: SagaStore>(store: S) {
         .to_std()
         .unwrap_or_default();
     tokio::time::sleep(wait + Duration::from_millis(100)).await;
-    let again = store
-        .claim_due_timers(&types, 10, lease)
-        .await
-        .expect("claim");
+    let again = claim(&store, &types, 10, lease).await;
     assert_eq!(
         idents(&again),
         idents(std::slice::from_ref(&due)),
@@ -776,27 +749,21 @@ pub async fn a_released_claim_is_due_again_at_once<S: SagaStore>(store: S) {
     put_committed(&store, &[due.clone(), moved.clone()]).await;
     let types = vec!["order".to_owned()];
     let lease = Duration::from_secs(60);
-    let claimed = store
-        .claim_due_timers(&types, 10, lease)
-        .await
-        .expect("claim");
+    let claimed = claim(&store, &types, 10, lease).await;
     assert_eq!(claimed.len(), 2);
     // `moved` is stored again (a new deadline) after the claim: the release leaves it.
     let later = timer(&saga, "pay", 1, "timeout", now + TimeDelta::seconds(3600));
     put_committed(&store, std::slice::from_ref(&later)).await;
     let released = store.release_saga_timers(&claimed).await.expect("release");
     assert_eq!(released, 1, "only the timer still claimed is released");
-    let again = store
-        .claim_due_timers(&types, 10, lease)
-        .await
-        .expect("claim");
+    let again = claim(&store, &types, 10, lease).await;
     assert_eq!(
         idents(&again),
         idents(std::slice::from_ref(&due)),
         "the released timer is due again at once, not after its 60 s lease"
     );
     assert_eq!(again[0].due_at, due.due_at, "with the deadline it had");
-    let stored = store.saga_timers(saga.saga_id).await.expect("timers");
+    let stored = timers_of(&store, saga.saga_id).await;
     assert_eq!(
         stored.iter().find(|t| t.step == "pay").map(|t| t.due_at),
         Some(later.due_at),
@@ -809,11 +776,7 @@ pub async fn a_released_claim_is_due_again_at_once<S: SagaStore>(store: S) {
 /// starts over at one lease.
 pub async fn leases_grow_with_the_claims<S: SagaStore>(store: S) {
     let saga = record("order", "g-1", Uuid::now_v7());
-    register_all(&store, &[&saga]).await;
-    let now = db_now(&store).await;
-    let due = timer(&saga, "reserve", 1, "timeout", now - TimeDelta::seconds(1));
-    put_committed(&store, std::slice::from_ref(&due)).await;
-    let types = vec!["order".to_owned()];
+    let (now, due, types) = with_due_timer(&store, &saga).await;
     let lease = Duration::from_millis(200);
     let leases = |n: i32| TimeDelta::milliseconds(200 * i64::from(n));
     // Backend clocks may be as coarse as a millisecond.
@@ -825,10 +788,7 @@ pub async fn leases_grow_with_the_claims<S: SagaStore>(store: S) {
         let mut before = now;
         for _ in 0..200 {
             before = db_now(&store).await;
-            claimed = store
-                .claim_due_timers(&types, 10, lease)
-                .await
-                .expect("claim");
+            claimed = claim(&store, &types, 10, lease).await;
             if !claimed.is_empty() {
                 break;
             }
@@ -836,7 +796,7 @@ pub async fn leases_grow_with_the_claims<S: SagaStore>(store: S) {
         }
         let after = db_now(&store).await;
         assert_eq!(claimed.len(), 1, "claim {claims} of the timer");
-        let until = store.saga_timers(saga.saga_id).await.expect("timers")[0].due_at;
+        let until = timers_of(&store, saga.saga_id).await[0].due_at;
         assert!(
             before + leases(claims) - slack <= until && until <= after + leases(claims) + slack,
             "claim {claims} moves the deadline {claims} lease(s) ahead: {until}, claimed \
@@ -845,17 +805,14 @@ pub async fn leases_grow_with_the_claims<S: SagaStore>(store: S) {
     }
 
     put_committed(&store, std::slice::from_ref(&due)).await;
-    let claimed = store
-        .claim_due_timers(&types, 10, lease)
-        .await
-        .expect("claim");
+    let claimed = claim(&store, &types, 10, lease).await;
     let after = db_now(&store).await;
     assert_eq!(
         claimed,
         vec![due.clone()],
         "stored again: due at its new deadline"
     );
-    let stored = store.saga_timers(saga.saga_id).await.expect("timers");
+    let stored = timers_of(&store, saga.saga_id).await;
     assert!(
         stored[0].due_at <= after + leases(1) + slack,
         "storing a timer again resets its claims: one lease ahead, not four ({} > {} + 200ms)",
@@ -919,10 +876,8 @@ pub async fn concurrent_claims_are_exclusive<S: SagaStore>(store: S) {
     );
     assert_eq!(claimed.len(), 200, "every timer is claimed");
     assert!(
-        store
-            .claim_due_timers(&["order".to_owned()], 10, Duration::from_secs(3600))
+        claim(&store, &["order".to_owned()], 10, Duration::from_secs(3600))
             .await
-            .expect("claim")
             .is_empty()
     );
 }
@@ -935,10 +890,7 @@ pub async fn request_outcomes_are_recorded_once<S: SagaStore>(store: S) {
     let other = serde_json::json!({"reserved": false});
     let mut uow = store.begin().await.expect("begin");
     assert_eq!(
-        store
-            .find_request_outcome(&mut uow, "inventory", "r-1")
-            .await
-            .expect("find"),
+        find_outcome(&store, &mut uow, "inventory", "r-1").await,
         None
     );
     assert!(
@@ -948,10 +900,7 @@ pub async fn request_outcomes_are_recorded_once<S: SagaStore>(store: S) {
             .expect("record")
     );
     assert_eq!(
-        store
-            .find_request_outcome(&mut uow, "inventory", "r-1")
-            .await
-            .expect("find"),
+        find_outcome(&store, &mut uow, "inventory", "r-1").await,
         Some(outcome.clone()),
         "seen in its unit of work"
     );
@@ -966,10 +915,7 @@ pub async fn request_outcomes_are_recorded_once<S: SagaStore>(store: S) {
 
     let mut uow = store.begin().await.expect("begin");
     assert_eq!(
-        store
-            .find_request_outcome(&mut uow, "inventory", "r-1")
-            .await
-            .expect("find"),
+        find_outcome(&store, &mut uow, "inventory", "r-1").await,
         None,
         "a rolled-back outcome is gone"
     );
@@ -990,10 +936,7 @@ pub async fn request_outcomes_are_recorded_once<S: SagaStore>(store: S) {
         "a redelivery finds the committed outcome"
     );
     assert_eq!(
-        store
-            .find_request_outcome(&mut uow, "inventory", "r-1")
-            .await
-            .expect("find"),
+        find_outcome(&store, &mut uow, "inventory", "r-1").await,
         Some(outcome.clone()),
         "the first outcome stays"
     );
@@ -1005,19 +948,13 @@ pub async fn request_outcomes_are_recorded_once<S: SagaStore>(store: S) {
         "participants are independent"
     );
     assert_eq!(
-        store
-            .find_request_outcome(&mut uow, "inventory", "r-2")
-            .await
-            .expect("find"),
+        find_outcome(&store, &mut uow, "inventory", "r-2").await,
         None
     );
     uow.commit().await.expect("commit");
     let mut uow = store.begin().await.expect("begin");
     assert_eq!(
-        store
-            .find_request_outcome(&mut uow, "billing", "r-1")
-            .await
-            .expect("find"),
+        find_outcome(&store, &mut uow, "billing", "r-1").await,
         Some(other)
     );
     uow.rollback().await.expect("rollback");
@@ -1033,20 +970,11 @@ pub async fn timer_requests_need_a_registered_saga<S: SagaStore>(store: S) {
         !store.request_saga_timer(&retry).await.expect("request"),
         "no such instance"
     );
-    assert!(
-        store
-            .saga_timers(saga.saga_id)
-            .await
-            .expect("timers")
-            .is_empty()
-    );
+    assert!(timers_of(&store, saga.saga_id).await.is_empty());
 
     register_all(&store, &[&saga]).await;
     assert!(store.request_saga_timer(&retry).await.expect("request"));
-    assert_eq!(
-        store.saga_timers(saga.saga_id).await.expect("timers"),
-        vec![retry.clone()]
-    );
+    assert_eq!(timers_of(&store, saga.saga_id).await, vec![retry.clone()]);
     assert!(
         store
             .request_saga_timer(&retry)
@@ -1054,15 +982,9 @@ pub async fn timer_requests_need_a_registered_saga<S: SagaStore>(store: S) {
             .expect("request again"),
         "asking again stores it again"
     );
+    assert_eq!(timers_of(&store, saga.saga_id).await.len(), 1);
     assert_eq!(
-        store.saga_timers(saga.saga_id).await.expect("timers").len(),
-        1
-    );
-    assert_eq!(
-        store
-            .claim_due_timers(&["order".to_owned()], 10, Duration::from_secs(60))
-            .await
-            .expect("claim"),
+        claim(&store, &["order".to_owned()], 10, Duration::from_secs(60)).await,
         vec![retry],
         "the orchestrator of the type claims it"
     );
@@ -1085,10 +1007,7 @@ pub async fn locking_a_saga_serialises_units_of_work<S: SagaStore>(store: S) {
             .is_none(),
         "an unknown saga locks nothing"
     );
-    store
-        .register_saga(&mut uow, &saga)
-        .await
-        .expect("register");
+    register(&store, &mut uow, &saga).await;
     let seen = store
         .lock_saga(&mut uow, saga.saga_id)
         .await
