@@ -43,7 +43,6 @@ use eventfold::BoxError;
 use eventfold::eventstore::InboxStore;
 use eventfold::eventstore::postgres::{PgStore, PgUnitOfWork};
 use eventfold::outbox::kafka::KafkaPublisher;
-use eventfold::outbox::kafka::rdkafka::ClientConfig;
 use eventfold::outbox::{Consumer, Handler, KafkaSource, OutboxMessage, Publisher, Record};
 use uuid::Uuid;
 
@@ -485,15 +484,8 @@ async fn killed_consumers_apply_every_record_once_in_key_order() {
     let run = Uuid::now_v7().simple().to_string();
     let topic = format!("eventfold.test.consumer-crash.{run}");
     let group = format!("eventfold-test-consumer-crash-{run}");
-    // One record per record batch: tansu 0.6 (its object-store engine, which `scripts/test.sh`
-    // runs in memory) answers a fetch from an offset inside a batch with the batches after it,
-    // so a consumer resuming from a committed offset in the middle of a batch (after a kill, a
-    // rebalance, or a refetch of librdkafka's) would never get the rest of that batch.
-    let mut producer_config = ClientConfig::new();
-    producer_config
-        .set("bootstrap.servers", &brokers)
-        .set("batch.num.messages", "1");
-    let publisher = KafkaPublisher::from_config(producer_config).expect("a Kafka publisher");
+    // One record per record batch (tansu's fetch from inside a batch skips the rest of it).
+    let publisher = common::crash::publisher_one_record_per_batch(&brokers);
     publisher
         .create_topics(&[(topic.as_str(), PARTITIONS)])
         .await

@@ -35,7 +35,6 @@ use std::time::{Duration, Instant};
 
 use eventfold::eventstore::postgres::PgStore;
 use eventfold::eventstore::{InboxStore, OutboxStore, SagaStore};
-use eventfold::outbox::kafka::KafkaPublisher;
 use eventfold::outbox::{KafkaSource, Relay, RelayConfig};
 use eventfold::saga::runtime::{Orchestrator, ParticipantHandler};
 use saga_common::{Effects, Order, SAGA_TYPE, SERVICES, command_topic, definition_on};
@@ -223,7 +222,7 @@ async fn child(role: Role) -> Infallible {
     let relay_store = store.clone();
     let relay_brokers = brokers.clone();
     tasks.spawn(keep_running("relay".to_owned(), move || {
-        let publisher = KafkaPublisher::new(&relay_brokers).expect("a Kafka publisher");
+        let publisher = common::crash::publisher_one_record_per_batch(&relay_brokers);
         Relay::new(relay_store.clone(), publisher)
             .with_config(RelayConfig {
                 lease_ttl: LEASE_TTL,
@@ -473,7 +472,7 @@ async fn killed_orchestrators_and_participants_leave_every_saga_terminal_with_ef
     let topics = Topics::new(&run);
     let mut names = vec![topics.replies()];
     names.extend(SERVICES.iter().map(|(service, _)| topics.command(service)));
-    let publisher = KafkaPublisher::new(&brokers).expect("a Kafka publisher");
+    let publisher = common::crash::publisher_one_record_per_batch(&brokers);
     let with_partitions: Vec<(&str, i32)> =
         names.iter().map(|t| (t.as_str(), PARTITIONS)).collect();
     publisher

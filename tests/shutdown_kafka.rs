@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use eventfold::eventstore::postgres::PgStore;
-use eventfold::outbox::kafka::KafkaPublisher;
 use eventfold::outbox::kafka::rdkafka::ClientConfig;
 use eventfold::outbox::kafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
 use eventfold::outbox::kafka::rdkafka::{Offset, TopicPartitionList};
@@ -117,7 +116,7 @@ async fn child_mode() {
             let orchestrator = run.orchestrator(store.clone());
             let relay = Relay::new(
                 store.clone(),
-                KafkaPublisher::new(&brokers).expect("a publisher"),
+                common::crash::publisher_one_record_per_batch(&brokers),
             )
             .with_config(relay_config());
             let replies = orchestrator.reply_consumer(kafka_source(
@@ -144,7 +143,7 @@ async fn child_mode() {
         "services" => {
             let relay = Relay::new(
                 store.clone(),
-                KafkaPublisher::new(&brokers).expect("a publisher"),
+                common::crash::publisher_one_record_per_batch(&brokers),
             )
             .with_config(relay_config());
             let consumers: Vec<_> = SERVICES
@@ -257,7 +256,7 @@ async fn kafka_consumer_stops_on_sigterm_commits_what_it_handled_and_leaves_its_
     let brokers = common::kafka_bootstrap();
     let run = Run(Uuid::now_v7().simple().to_string());
     let topic = run.payments();
-    let publisher = KafkaPublisher::new(&brokers).expect("a publisher");
+    let publisher = common::crash::publisher_one_record_per_batch(&brokers);
     publisher
         .create_topics(&[(&topic, 1)])
         .await
@@ -370,7 +369,7 @@ async fn saga_orchestrator_and_participants_stop_on_sigterm_and_every_saga_compl
             .iter()
             .map(|(service, _)| command_topic(&run.prefix(), service)),
     );
-    let publisher = KafkaPublisher::new(&brokers).expect("a publisher");
+    let publisher = common::crash::publisher_one_record_per_batch(&brokers);
     let specs: Vec<(&str, i32)> = topics.iter().map(|t| (t.as_str(), 1)).collect();
     publisher
         .create_topics(&specs)

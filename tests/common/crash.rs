@@ -126,6 +126,22 @@ pub fn kafka_source(
         .unwrap_or_else(|e| panic!("a Kafka source of {topic} in group {group}: {e}"))
 }
 
+/// A Kafka publisher for the tests whose consumers are killed or stopped and resume from a
+/// committed offset: one record per record batch. tansu 0.6 (its object-store engine, which
+/// `scripts/test.sh` runs in memory) answers a fetch from an offset inside a batch with the
+/// batches after it, so a consumer resuming in the middle of a batch (after a kill, a rebalance,
+/// or a refetch of librdkafka's) would never get the rest of that batch. Kafka returns the whole
+/// batch and the client skips the records before the offset.
+#[cfg(feature = "kafka")]
+pub fn publisher_one_record_per_batch(brokers: &str) -> eventfold::outbox::kafka::KafkaPublisher {
+    let mut config = eventfold::outbox::kafka::rdkafka::ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("batch.num.messages", "1");
+    eventfold::outbox::kafka::KafkaPublisher::from_config(config)
+        .unwrap_or_else(|e| panic!("a Kafka publisher on {brokers}: {e}"))
+}
+
 /// Per partition `0..partitions` of `topic`: the offset `group` committed (`None` where the
 /// broker did not say) and the partition's high watermark (-1 where it did not say). Blocking.
 #[cfg(feature = "kafka")]
