@@ -187,10 +187,6 @@ impl Cluster {
         self.dir.join("server.log").display().to_string()
     }
 
-    fn url(&self) -> String {
-        self.database_url("postgres")
-    }
-
     fn database_url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
@@ -262,6 +258,39 @@ impl Drop for Cluster {
             eprintln!("cluster: removing {} failed: {e}", self.dir.display());
         }
     }
+}
+
+/// `EVENTFOLD_CLUSTER_RESTARTS` (default 3, at least 1), and a started cluster.
+async fn started_cluster() -> (Cluster, usize) {
+    let restarts = common::env_number("EVENTFOLD_CLUSTER_RESTARTS", 3);
+    assert!(
+        restarts >= 1,
+        "EVENTFOLD_CLUSTER_RESTARTS must be at least 1"
+    );
+    let cluster = tokio::task::spawn_blocking(Cluster::start)
+        .await
+        .expect("starting the cluster");
+    (cluster, restarts)
+}
+
+/// A pool of 16 connections to `database` on the cluster, waiting up to 5 s for one.
+async fn pool_on(cluster: &Cluster, database: &str) -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&cluster.database_url(database))
+        .await
+        .unwrap_or_else(|e| panic!("connect to {database} on the cluster: {e}"))
+}
+
+/// The cluster crashed and restarted (see [`Cluster::crash_and_restart`]), off the runtime.
+async fn crashed(mut cluster: Cluster) -> Cluster {
+    tokio::task::spawn_blocking(move || {
+        cluster.crash_and_restart();
+        cluster
+    })
+    .await
+    .expect("restarting the cluster")
 }
 
 /// Runs a command that must succeed; its stdout.
@@ -387,20 +416,8 @@ fn spawn_relay(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn server_restarts_lose_no_acknowledged_event_and_publish_nothing_uncommitted() {
     let started = Instant::now();
-    let restarts = common::env_number("EVENTFOLD_CLUSTER_RESTARTS", 3);
-    assert!(
-        restarts >= 1,
-        "EVENTFOLD_CLUSTER_RESTARTS must be at least 1"
-    );
-    let mut cluster = tokio::task::spawn_blocking(Cluster::start)
-        .await
-        .expect("starting the cluster");
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(16)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(&cluster.url())
-        .await
-        .expect("connect to the cluster");
+    let (mut cluster, restarts) = started_cluster().await;
+    let pool = pool_on(&cluster, "postgres").await;
     let store = PgStore::builder(pool)
         .source("faults-cluster")
         .outbox(OutboxRouting::new())
@@ -445,12 +462,7 @@ async fn server_restarts_lose_no_acknowledged_event_and_publish_nothing_uncommit
         }
         last = acked.load(Ordering::SeqCst);
         let crash = Instant::now();
-        cluster = tokio::task::spawn_blocking(move || {
-            cluster.crash_and_restart();
-            cluster
-        })
-        .await
-        .expect("restarting the cluster");
+        cluster = crashed(cluster).await;
         let pending = store.outbox_status().await.map(|s| s.pending).ok();
         eprintln!(
             "restart {}: at {last} acknowledged events, down for {:?}, outbox pending {pending:?} \
@@ -672,24 +684,11 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_projection_runner_and_the_saga_scheduler_ride_out_server_crashes() {
     use eventfold::projections::{ProjectionOptions, Projections};
-    use eventfold::saga::runtime::Orchestrator;
     use projection_common::{Ledger, deposit, fold_log, parked_ledger};
 
     let started = Instant::now();
-    let restarts = common::env_number("EVENTFOLD_CLUSTER_RESTARTS", 3);
-    assert!(
-        restarts >= 1,
-        "EVENTFOLD_CLUSTER_RESTARTS must be at least 1"
-    );
-    let mut cluster = tokio::task::spawn_blocking(Cluster::start)
-        .await
-        .expect("starting the cluster");
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(16)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(&cluster.url())
-        .await
-        .expect("connect to the cluster");
+    let (mut cluster, restarts) = started_cluster().await;
+    let pool = pool_on(&cluster, "postgres").await;
     let store = PgStore::builder(pool.clone())
         .source("faults-cluster-runners")
         .build()
@@ -701,12 +700,7 @@ async fn the_projection_runner_and_the_saga_scheduler_ride_out_server_crashes() 
         .execute(&pool)
         .await
         .expect("create the sagas' database");
-    let saga_pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(16)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(&cluster.database_url("sagas"))
-        .await
-        .expect("connect to the sagas' database");
+    let saga_pool = pool_on(&cluster, "sagas").await;
     let saga_store = PgStore::builder(saga_pool.clone())
         .source("faults-cluster-sagas")
         .build()
@@ -735,19 +729,8 @@ async fn the_projection_runner_and_the_saga_scheduler_ride_out_server_crashes() 
         .poll_interval(Duration::from_millis(20))
         .start();
     // The saga scheduler: each saga's one step times out after 300 ms.
-    let orchestrator = Orchestrator::new(
-        saga_store.clone(),
-        saga_common::waiting_definition(Duration::from_millis(300)),
-    );
-    let scheduler = orchestrator
-        .scheduler()
-        .lease(Duration::from_millis(500))
-        .poll_interval(Duration::from_millis(10))
-        .batch(16);
-    let (stop_scheduler, mut scheduler_stops) = tokio::sync::watch::channel(false);
-    let scheduling = tokio::spawn(scheduler.run(async move {
-        let _ = scheduler_stops.wait_for(|s| *s).await;
-    }));
+    let (orchestrator, stop_scheduler, scheduling) =
+        saga_common::waiting_scheduler(saga_store.clone(), Duration::from_millis(300));
 
     // Until the last restart: two writers (batches of 5 deposits over 30 streams, appended again
     // after a failure with the same event ids: an append that committed though its answer was
@@ -861,12 +844,7 @@ async fn the_projection_runner_and_the_saga_scheduler_ride_out_server_crashes() 
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let crash = Instant::now();
-        cluster = tokio::task::spawn_blocking(move || {
-            cluster.crash_and_restart();
-            cluster
-        })
-        .await
-        .expect("restarting the cluster");
+        cluster = crashed(cluster).await;
         eprintln!(
             "restart {}: at {} ledger rows, {} sagas compensated, {} batches appended, down for \
              {:?} ({:?})",
@@ -957,39 +935,7 @@ async fn the_projection_runner_and_the_saga_scheduler_ride_out_server_crashes() 
     );
 
     // The sagas.
-    let sagas: i64 = sqlx::query_scalar("SELECT count(*) FROM eventfold_sagas")
-        .fetch_one(&saga_pool)
-        .await
-        .expect("sagas");
-    assert_eq!(sagas, sagas_started, "one saga per business key");
-    let not_compensated: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM eventfold_sagas WHERE status <> 'compensated'")
-            .fetch_one(&saga_pool)
-            .await
-            .expect("sagas not compensated");
-    assert_eq!(not_compensated, 0, "every saga ended compensated");
-    let timers: i64 = sqlx::query_scalar("SELECT count(*) FROM eventfold_saga_timers")
-        .fetch_one(&saga_pool)
-        .await
-        .expect("timers");
-    assert_eq!(timers, 0, "no timer left");
-    let timeouts: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT stream_id, count(*) FROM eventfold_events \
-         WHERE event_type = 'saga.step_timed_out' GROUP BY stream_id",
-    )
-    .fetch_all(&saga_pool)
-    .await
-    .expect("timeouts per saga");
-    let twice: Vec<_> = timeouts.iter().filter(|(_, n)| *n != 1).collect();
-    assert!(
-        twice.is_empty(),
-        "a deadline fired more than once: {twice:?}"
-    );
-    assert_eq!(
-        timeouts.len() as i64,
-        sagas_started,
-        "every saga timed out once"
-    );
+    saga_common::assert_each_waiting_saga_timed_out_once(&saga_pool, sagas_started).await;
     assert_eq!(cluster.restarts, restarts, "the server was restarted");
     eprintln!(
         "runners under server crashes: {restarts} restarts (ledger rows, sagas compensated at \

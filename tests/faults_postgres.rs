@@ -669,23 +669,10 @@ async fn a_projection_runner_rides_out_terminated_sessions() {
 /// lease).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_saga_scheduler_rides_out_terminated_sessions() {
-    use eventfold::saga::runtime::Orchestrator;
-
     const SAGAS: i64 = 200;
     let (store, db) = store().await;
-    let orchestrator = Orchestrator::new(
-        store.clone(),
-        saga_common::waiting_definition(Duration::from_millis(200)),
-    );
-    let scheduler = orchestrator
-        .scheduler()
-        .lease(Duration::from_millis(500))
-        .poll_interval(Duration::from_millis(10))
-        .batch(16);
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(scheduler.run(async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    }));
+    let (orchestrator, stop, running) =
+        saga_common::waiting_scheduler(store.clone(), Duration::from_millis(200));
     // Sagas start while the killer runs; a start cut off by it is retried with the same business
     // key (one saga per key, whatever happened to the first attempt).
     let starters: Vec<_> = (0..4)
@@ -751,25 +738,7 @@ async fn the_saga_scheduler_rides_out_terminated_sessions() {
     stop.send(true).expect("stop the scheduler");
     running.await.expect("the scheduler's task");
 
-    let sagas = killer.count("SELECT count(*) FROM eventfold_sagas").await;
-    assert_eq!(sagas, SAGAS, "one saga per business key");
-    let timers = killer
-        .count("SELECT count(*) FROM eventfold_saga_timers")
-        .await;
-    assert_eq!(timers, 0, "no timer left");
-    let timeouts: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT stream_id, count(*) FROM eventfold_events \
-         WHERE event_type = 'saga.step_timed_out' GROUP BY stream_id",
-    )
-    .fetch_all(store.pool())
-    .await
-    .expect("timeouts per saga");
-    let twice: Vec<_> = timeouts.iter().filter(|(_, n)| *n != 1).collect();
-    assert!(
-        twice.is_empty(),
-        "a deadline fired more than once: {twice:?}"
-    );
-    assert_eq!(timeouts.len() as i64, SAGAS, "every saga timed out once");
+    saga_common::assert_each_waiting_saga_timed_out_once(store.pool(), SAGAS).await;
     assert!(kills >= 3, "only {kills} sessions were terminated");
     println!(
         "FAULTS fault=terminate_backend component=saga_scheduler injected=terminations:{kills} \

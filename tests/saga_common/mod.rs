@@ -314,3 +314,68 @@ pub async fn effect_totals<S: EventStore>(store: &S, ids: &[Uuid]) -> BTreeMap<S
     }
     totals
 }
+
+/// An orchestrator of [`waiting_definition`] (each saga's one step times out after `timeout`)
+/// and its scheduler, running (lease 500 ms, polled every 10 ms, 16 timers a round) until the
+/// returned sender says `true`; the fault tests start sagas on it while they break the store.
+pub fn waiting_scheduler<S: SagaStore>(
+    store: S,
+    timeout: Duration,
+) -> (
+    Orchestrator<S, Order>,
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let orchestrator = Orchestrator::new(store, waiting_definition(timeout));
+    let scheduler = orchestrator
+        .scheduler()
+        .lease(Duration::from_millis(500))
+        .poll_interval(Duration::from_millis(10))
+        .batch(16);
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(scheduler.run(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    (orchestrator, stop, running)
+}
+
+/// The end state of [`waiting_scheduler`]'s sagas in a PostgreSQL database: `sagas` instances
+/// (one per business key), every one `compensated`, each deadline fired exactly once, no timer
+/// left.
+#[cfg(feature = "postgres")]
+pub async fn assert_each_waiting_saga_timed_out_once(pool: &sqlx::PgPool, sagas: i64) {
+    let count = |sql: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM eventfold_sagas").await,
+        sagas,
+        "one saga per business key"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM eventfold_sagas WHERE status <> 'compensated'").await,
+        0,
+        "every saga ended compensated"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM eventfold_saga_timers").await,
+        0,
+        "no timer left"
+    );
+    let timeouts: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT stream_id, count(*) FROM eventfold_events \
+         WHERE event_type = 'saga.step_timed_out' GROUP BY stream_id",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("timeouts per saga");
+    let twice: Vec<_> = timeouts.iter().filter(|(_, n)| *n != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "a deadline fired more than once: {twice:?}"
+    );
+    assert_eq!(timeouts.len() as i64, sagas, "every saga timed out once");
+}
