@@ -684,7 +684,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_projection_runner_and_the_saga_scheduler_ride_out_server_crashes() {
     use eventfold::projections::{ProjectionOptions, Projections};
-    use projection_common::{Ledger, deposit, fold_log, parked_ledger};
+    use projection_common::{Ledger, deposit, expected_balances, parked_ledger};
 
     let started = Instant::now();
     let (mut cluster, restarts) = started_cluster().await;
@@ -907,11 +907,7 @@ async fn the_projection_runner_and_the_saga_scheduler_ride_out_server_crashes() 
         parked.is_empty(),
         "events were parked after {restarts} server crashes: {parked:#?}"
     );
-    let expected: Vec<(String, i64, i64)> = fold_log(&store)
-        .await
-        .into_iter()
-        .map(|(account, (total, n))| (account, total, n))
-        .collect();
+    let expected = expected_balances(&store).await;
     let model: Vec<(String, i64, i64)> =
         sqlx::query_as("SELECT account, total, events FROM balances ORDER BY account")
             .fetch_all(&pool)

@@ -561,7 +561,7 @@ async fn append_through_faults(store: &PgStore, stream: &StreamId, events: Vec<N
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projection_runner_rides_out_terminated_sessions() {
     use eventfold::projections::{ProjectionOptions, Projections};
-    use projection_common::{Ledger, deposit, fold_log, parked_ledger};
+    use projection_common::{Ledger, deposit, expected_balances, parked_ledger};
 
     let (store, db) = store().await;
     let batch = |i: usize| {
@@ -641,11 +641,7 @@ async fn a_projection_runner_rides_out_terminated_sessions() {
         parked.is_empty(),
         "events were parked after {kills} terminated sessions: {parked:#?}"
     );
-    let expected: Vec<(String, i64, i64)> = fold_log(&store)
-        .await
-        .into_iter()
-        .map(|(account, (total, n))| (account, total, n))
-        .collect();
+    let expected = expected_balances(&store).await;
     let model: Vec<(String, i64, i64)> =
         sqlx::query_as("SELECT account, total, events FROM balances ORDER BY account")
             .fetch_all(store.pool())
