@@ -3,7 +3,8 @@
 //! batches from the database, so its resident memory (RSS, sampled every 20 ms and printed) does
 //! not grow with the volume it has carried: after the third backlog it is within a few MiB of
 //! what it was after the first (what stays is connection and allocator buffers, a plateau), and
-//! every backlog is delivered whole, in order per key.
+//! every backlog is delivered whole, in order per key. A second test puts a slow consumer in front
+//! of a 117 MiB backlog on the Kafka-protocol broker (see its doc).
 mod common;
 
 use std::collections::HashMap;
@@ -211,6 +212,170 @@ async fn backlogs_behind_a_broker_outage_drain_without_memory_growing_with_volum
         "FAULTS fault=broker_outage_backlog component=relay injected=backlogs:{BACKLOGS},backlog_mib:{},outage_secs:3 \
          checked=rss_growth_mib:{},peak_rss_mib:{},lost:0,order_violations:0,parked:0 result=pass",
         mib(backlog),
+        mib(grown),
+        mib(peak)
+    );
+}
+
+/// A slow consumer in front of a large backlog: 3 x 5,000 records of 8 KiB (117 MiB) wait on the
+/// Kafka-protocol broker, and a group consumer with its inbox in PostgreSQL works through them
+/// with a handler that takes 1 ms a record. librdkafka prefetches into a bounded queue, the
+/// consumer holds one polled batch at a time, so the RSS of this process (sampled every 20 ms)
+/// stays below librdkafka's queue (`queued.max.messages.kbytes`, 64 MiB by default) plus 40 MiB
+/// (its fetch buffers, the pool, the allocator) over what it was before, whatever the backlog, and must not grow by
+/// [`BOUND_MIB`] or more from the end of the first third to the end of the last; every record
+/// takes effect once.
+#[cfg(all(feature = "kafka", feature = "postgres"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_before_a_large_backlog_keeps_its_memory_bounded() {
+    use eventfold::eventstore::postgres::PgUnitOfWork;
+    use eventfold::outbox::{Consumer, Handler, Record};
+
+    const THIRD: usize = 5_000;
+    // librdkafka's default `queued.max.messages.kbytes`: what a consumer prefetches at most.
+    const PREFETCH_MIB: u64 = 64;
+    // What else the process may hold at its peak: librdkafka's fetch buffers, the pool, the
+    // allocator (76 MiB over the baseline in all measured on 2026-12-06; a handler that kept
+    // every record: 170 MiB).
+    const MARGIN_MIB: u64 = 40;
+    const RECORD: usize = 8 * 1024;
+
+    /// 1 ms a record, then a small effect event (the record's id as its causation) in the
+    /// inbox's transaction.
+    struct Slow;
+    impl Handler<PgUnitOfWork> for Slow {
+        async fn handle(
+            &self,
+            uow: &mut PgUnitOfWork,
+            record: &Record,
+        ) -> Result<(), eventfold::BoxError> {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let mut event = NewEvent::raw("ledger.noted", 1, b"{}".to_vec());
+            event.causation_id = Some(record.message_id);
+            uow.append(
+                &StreamId::new("ledger", "all")?,
+                ExpectedVersion::Any,
+                vec![event],
+            )
+            .await?;
+            Ok(())
+        }
+    }
+
+    let brokers = common::kafka_bootstrap();
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let topic = format!("eventfold.test.slow-consumer.{run}");
+    let publisher = common::crash::publisher_one_record_per_batch(&brokers);
+    publisher
+        .create_topics(&[(topic.as_str(), 2)])
+        .await
+        .unwrap_or_else(|e| panic!("creating topic {topic}: {e}"));
+    for chunk in 0..(3 * THIRD) / 500 {
+        let messages: Vec<OutboxMessage> = (0..500)
+            .map(|i| {
+                OutboxMessage::new(
+                    topic.clone(),
+                    format!("k{}", (chunk * 500 + i) % 64),
+                    "blob.stored",
+                    vec![b'b'; RECORD],
+                )
+            })
+            .collect();
+        for result in publisher.publish(&messages).await {
+            result.unwrap_or_else(|e| panic!("publishing to {topic}: {e:?}"));
+        }
+    }
+
+    let (store, _db) = common::postgres().await;
+    let baseline = rss_kib();
+    let source = common::crash::kafka_source(
+        &brokers,
+        &format!("slow-{run}"),
+        &topic,
+        Duration::from_secs(10),
+        None,
+    );
+    let consumer = Consumer::new("slow", store.clone(), source, Slow).shared_commits(true);
+    let (stop, mut stopped) = watch::channel(false);
+    let task = tokio::spawn(consumer.run(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    let (stop_sampling, sampling) = watch::channel(false);
+    let sampler = sample(sampling);
+    let effects = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM eventfold_events WHERE stream_type = 'ledger'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .expect("count the effects") as usize
+    };
+    let mut after = Vec::new();
+    let mut last = (0, std::time::Instant::now());
+    for third in 1..=3 {
+        loop {
+            let done = effects().await;
+            if done >= third * THIRD {
+                break;
+            }
+            if done > last.0 {
+                last = (done, std::time::Instant::now());
+            }
+            assert!(
+                last.1.elapsed() < Duration::from_secs(60),
+                "the consumer made no progress for 60 s ({done} of {} records)",
+                3 * THIRD
+            );
+            assert!(
+                !task.is_finished(),
+                "the consumer stopped: {:?}",
+                task.await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        after.push(rss_kib());
+    }
+    stop_sampling.send(true).unwrap();
+    let peak = sampler.await.unwrap();
+    stop.send(true).unwrap();
+    task.await
+        .unwrap()
+        .expect("the consumer stops without an error");
+
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT causation_id FROM eventfold_events WHERE stream_type = 'ledger'",
+    )
+    .fetch_all(store.pool())
+    .await
+    .expect("the effects");
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(ids.len(), 3 * THIRD, "every record took effect");
+    assert_eq!(unique.len(), ids.len(), "and only once");
+    let mib = |kib: u64| kib / 1024;
+    let grown = after[2].saturating_sub(after[0]);
+    let backlog = (3 * THIRD * RECORD) as u64 / 1024 / 1024;
+    eprintln!(
+        "slow consumer: a backlog of {backlog} MiB; RSS {} MiB before, after each third {:?} MiB, peak {} MiB; +{} MiB from the first third to the last (bound {BOUND_MIB} MiB)",
+        mib(baseline),
+        after.iter().map(|k| mib(*k)).collect::<Vec<_>>(),
+        mib(peak),
+        mib(grown),
+    );
+    assert!(
+        mib(peak.saturating_sub(baseline)) < PREFETCH_MIB + MARGIN_MIB,
+        "the slow consumer's memory rose by {} MiB in front of a {backlog} MiB backlog (bound: \
+         librdkafka's {PREFETCH_MIB} MiB queue + {MARGIN_MIB} MiB)",
+        mib(peak.saturating_sub(baseline))
+    );
+    assert!(
+        mib(grown) < BOUND_MIB,
+        "the slow consumer's memory grew by {} MiB over the last two thirds of a {backlog} MiB backlog (bound {BOUND_MIB} MiB)",
+        mib(grown)
+    );
+    println!(
+        "FAULTS fault=slow_consumer component=consumer injected=backlog_mib:{backlog},records:{},handler_ms:1 \
+         checked=rss_growth_mib:{},peak_rss_mib:{},lost:0,applied_twice:0 result=pass",
+        3 * THIRD,
         mib(grown),
         mib(peak)
     );
