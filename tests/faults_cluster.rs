@@ -683,8 +683,7 @@ where
 /// step nobody answers, so a durable deadline) ended `compensated` with exactly one timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_projection_runner_and_the_saga_scheduler_ride_out_server_crashes() {
-    use eventfold::projections::{ProjectionOptions, Projections};
-    use projection_common::{Ledger, deposit, expected_balances, parked_ledger};
+    use projection_common::deposit;
 
     let started = Instant::now();
     let (mut cluster, restarts) = started_cluster().await;
@@ -716,18 +715,7 @@ async fn the_projection_runner_and_the_saga_scheduler_ride_out_server_crashes() 
         )
         .await
         .expect("the first deposit");
-    // The projection runner: two quick attempts per event, so a database failure counted as the
-    // projection's would park (skip) the event.
-    let runner = Projections::new(store.clone())
-        .register_with(
-            Ledger::new(1),
-            ProjectionOptions::default()
-                .batch_size(20)
-                .retries(2, Duration::from_millis(1)),
-        )
-        .runner()
-        .poll_interval(Duration::from_millis(20))
-        .start();
+    let runner = projection_common::strict_ledger_runner(&store);
     // The saga scheduler: each saga's one step times out after 300 ms.
     let (orchestrator, stop_scheduler, scheduling) =
         saga_common::waiting_scheduler(saga_store.clone(), Duration::from_millis(300));
@@ -902,18 +890,8 @@ async fn the_projection_runner_and_the_saga_scheduler_ride_out_server_crashes() 
     scheduling.await.expect("the scheduler's task");
 
     // The read model.
-    let parked = parked_ledger(&store).await;
-    assert!(
-        parked.is_empty(),
-        "events were parked after {restarts} server crashes: {parked:#?}"
-    );
-    let expected = expected_balances(&store).await;
-    let model: Vec<(String, i64, i64)> =
-        sqlx::query_as("SELECT account, total, events FROM balances ORDER BY account")
-            .fetch_all(&pool)
-            .await
-            .expect("balances");
-    assert_eq!(model, expected, "the read model equals a fresh fold");
+    projection_common::assert_ledger_equals_fold(&store, &format!("{restarts} server crashes"))
+        .await;
     let deposits: i64 =
         sqlx::query_scalar("SELECT count(*) FROM eventfold_events WHERE stream_type = 'account'")
             .fetch_one(&pool)

@@ -560,8 +560,7 @@ async fn append_through_faults(store: &PgStore, stream: &StreamId, events: Vec<N
 /// read model equals a fresh fold of the log, each event applied once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projection_runner_rides_out_terminated_sessions() {
-    use eventfold::projections::{ProjectionOptions, Projections};
-    use projection_common::{Ledger, deposit, expected_balances, parked_ledger};
+    use projection_common::deposit;
 
     let (store, db) = store().await;
     let batch = |i: usize| {
@@ -576,18 +575,7 @@ async fn a_projection_runner_rides_out_terminated_sessions() {
         let (stream, events) = batch(i);
         append_through_faults(&store, &stream, events).await;
     }
-    let runner = Projections::new(store.clone())
-        .register_with(
-            Ledger::new(1),
-            // Two quick attempts per event: a database failure under the projection must count
-            // none (two in a row would park the event: skipped).
-            ProjectionOptions::default()
-                .batch_size(20)
-                .retries(2, Duration::from_millis(1)),
-        )
-        .runner()
-        .poll_interval(Duration::from_millis(20))
-        .start();
+    let runner = projection_common::strict_ledger_runner(&store);
     runner
         .wait_for(1)
         .await
@@ -636,18 +624,8 @@ async fn a_projection_runner_rides_out_terminated_sessions() {
         .await
         .expect("the runner stops without an error");
 
-    let parked = parked_ledger(&store).await;
-    assert!(
-        parked.is_empty(),
-        "events were parked after {kills} terminated sessions: {parked:#?}"
-    );
-    let expected = expected_balances(&store).await;
-    let model: Vec<(String, i64, i64)> =
-        sqlx::query_as("SELECT account, total, events FROM balances ORDER BY account")
-            .fetch_all(store.pool())
-            .await
-            .expect("balances");
-    assert_eq!(model, expected, "the read model equals a fresh fold");
+    projection_common::assert_ledger_equals_fold(&store, &format!("{kills} terminated sessions"))
+        .await;
     let events = killer.count("SELECT count(*) FROM eventfold_events").await;
     let ledger = killer.count("SELECT count(*) FROM ledger").await;
     assert_eq!(ledger, events, "one ledger row per event");

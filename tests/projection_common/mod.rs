@@ -182,3 +182,45 @@ pub async fn append_any<S: EventStore>(store: &S, stream: &StreamId, events: Vec
         .expect("append");
     *done.positions.iter().max().unwrap_or(&0)
 }
+
+/// The fault tests' runner of the [`Ledger`] alone: batches of 20, polled every 20 ms, and two
+/// quick attempts per event, so that a database failure counted as the projection's (it must
+/// count none) would park, that is skip, an event after two in a row.
+pub fn strict_ledger_runner(
+    store: &eventfold::eventstore::postgres::PgStore,
+) -> eventfold::projections::RunnerHandle<eventfold::eventstore::postgres::PgStore> {
+    use eventfold::projections::{ProjectionOptions, Projections};
+    Projections::new(store.clone())
+        .register_with(
+            Ledger::new(1),
+            ProjectionOptions::default()
+                .batch_size(20)
+                .retries(2, std::time::Duration::from_millis(1)),
+        )
+        .runner()
+        .poll_interval(std::time::Duration::from_millis(20))
+        .start()
+}
+
+/// After a fault test (`after` says which faults): nothing parked, and the balances equal a
+/// fresh fold of the log.
+pub async fn assert_ledger_equals_fold(
+    store: &eventfold::eventstore::postgres::PgStore,
+    after: &str,
+) {
+    let parked = parked_ledger(store).await;
+    assert!(
+        parked.is_empty(),
+        "events were parked after {after}: {parked:#?}"
+    );
+    let model: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT account, total, events FROM balances ORDER BY account")
+            .fetch_all(store.pool())
+            .await
+            .expect("balances");
+    assert_eq!(
+        model,
+        expected_balances(store).await,
+        "the read model equals a fresh fold"
+    );
+}
