@@ -1,5 +1,6 @@
-//! PostgreSQL server restarts (issue 18): the test makes a throwaway cluster of its own (`tests/cluster_common`)
-//! (`initdb` into a temporary directory, `pg_ctl start` on a free port, fsync on), runs writers
+//! PostgreSQL server restarts (issue 18): the test makes a throwaway cluster of its own
+//! (`tests/cluster_common`: `initdb` into a temporary directory, `pg_ctl start` on a free port,
+//! fsync on), runs writers
 //! (several tasks appending to many streams through a `PgStore` with its outbox) and two relays
 //! publishing to the in-process broker, and crashes the server again and again in the middle of
 //! the run (`pg_ctl restart -m immediate`: every backend is killed, the server recovers from its
