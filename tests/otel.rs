@@ -351,11 +351,27 @@ async fn one_trace_across_services<S, P, Src>(
             .expect("consume")
             .handled;
     }
-    let payment_events = payments
-        .read_log(Checkpoint::START, 100, &LogFilter::all())
-        .await
-        .expect("read the payments log")
-        .events;
+    // Both effects are committed; the log shows them once no older transaction is open in the
+    // cluster (other tests run beside this one).
+    let payment_events = loop {
+        let events = payments
+            .read_log(Checkpoint::START, 100, &LogFilter::all())
+            .await
+            .expect("read the payments log")
+            .events;
+        let charged = events
+            .iter()
+            .filter(|e| [traced.as_str(), explicit.as_str()].contains(&e.event.stream_id.id()))
+            .count();
+        if charged >= 2 {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the payments log shows {charged} of 2 charges"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
 
     // The record on the broker carries the request's trace; an explicit traceparent wins.
     let (reaction, record) = charged.of(&traced);
