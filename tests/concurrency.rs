@@ -193,3 +193,68 @@ async fn no_lost_update_on_sqlite_with_coalescing() {
 async fn no_lost_update_in_memory() {
     hammer(eventfold::eventstore::memory::MemoryStore::new()).await;
 }
+
+/// A unit of work on SQLite that reads through the store while it is open (a handler loading an
+/// aggregate or a saga beside its own transaction) while more writers than the pool has
+/// connections wait for the write lock: the read still finds a connection, because the writers
+/// queue on the store's write gate without holding one (ADR 0027). Without the gate the waiting
+/// writers held every connection inside SQLite's busy handler and the read waited until one of
+/// them gave up after the 30 s busy timeout with "database is locked" (the shop failed so in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_a_read_beside_an_open_unit_of_work_finds_a_connection_while_writers_queue() {
+    use eventfold::eventstore::UnitOfWork;
+    const WRITERS: usize = 24; // three times the pool of `SqliteStore::connect`
+    let (store, _file) = common::sqlite().await;
+    let event = || {
+        NewEvent::encode(&TallyEvent::Added { n: 1 }, "gate", &CommandMetadata::new())
+            .expect("encode")
+    };
+    let held = StreamId::new("tally", "held").expect("stream id");
+    store
+        .append(&held, ExpectedVersion::NoStream, vec![event()])
+        .await
+        .expect("the first event");
+
+    let mut uow = store
+        .begin()
+        .await
+        .expect("a unit of work holds the write lock");
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|i| {
+            let (store, event) = (store.clone(), event());
+            tokio::spawn(async move {
+                let stream = StreamId::new("tally", format!("w{i}")).expect("stream id");
+                store
+                    .append(&stream, ExpectedVersion::NoStream, vec![event])
+                    .await
+            })
+        })
+        .collect();
+    // Every writer is waiting by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let read = tokio::time::timeout(Duration::from_secs(10), store.read_stream(&held, 1, 10))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "a read beside the open unit of work waited 10 s for a connection: \
+                 the {WRITERS} waiting writers hold the pool"
+            )
+        })
+        .expect("the read");
+    assert_eq!(read.len(), 1);
+    uow.append(&held, ExpectedVersion::Exact(1), vec![event()])
+        .await
+        .expect("the unit of work appends after its read");
+    uow.commit().await.expect("commit");
+
+    for (i, writer) in writers.into_iter().enumerate() {
+        let appended = tokio::time::timeout(Duration::from_secs(20), writer)
+            .await
+            .unwrap_or_else(|_| panic!("writer {i} still waits 20 s after the lock was released"))
+            .expect("the writer's task");
+        appended.unwrap_or_else(|e| panic!("writer {i}: {e}"));
+    }
+    let held_events = store.read_stream(&held, 1, 10).await.expect("read");
+    assert_eq!(held_events.len(), 2);
+}

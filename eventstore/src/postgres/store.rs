@@ -83,6 +83,8 @@ pub struct PgStore {
     pub(super) floor_advanced: Arc<std::sync::Mutex<Option<Instant>>>,
     /// Shared commits of concurrent appends, when on (ADR 0024).
     pub(super) coalescer: Option<Arc<Coalescer<PgBatchWriter>>>,
+    /// The queue of this store's writers (ADR 0027).
+    pub(super) gate: crate::sql::gate::WriteGate,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -125,6 +127,7 @@ impl PgStoreBuilder {
         tokio::spawn(notify_pump(self.pool.clone(), sql.channel.clone(), signals));
         let store = PgStore {
             coalescer: None,
+            gate: crate::sql::gate::WriteGate::open(),
             relay: Arc::new(RelaySql::new(&self.naming)),
             routing: self.routing.map(Arc::new),
             appended: Arc::new(appended),

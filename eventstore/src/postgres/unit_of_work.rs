@@ -18,6 +18,8 @@ pub struct PgUnitOfWork {
     pub(super) sql: Arc<Statements>,
     pub(super) appended: Arc<watch::Sender<u64>>,
     pub(super) wrote_events: bool,
+    /// This writer's turn through the store's gate, held until the transaction ends.
+    pub(super) _turn: crate::sql::gate::WritePermit,
 }
 
 impl PgUnitOfWork {

@@ -5,6 +5,7 @@
 //! What only one backend does stays in its folder.
 
 pub(crate) mod dialect;
+pub(crate) mod gate;
 pub(crate) mod migrations;
 pub(crate) mod outbox;
 pub(crate) mod projections;

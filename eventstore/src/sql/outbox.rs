@@ -75,6 +75,10 @@ macro_rules! dead_letter_reads {
         }
 
         async fn skip_dead_letter(&self, seq: u64) -> Result<bool, $crate::error::StoreError> {
+            let _turn = self
+                .gate
+                .enter("skipping a dead letter", &self.relay.dead_table)
+                .await?;
             let done = sqlx::query(&self.relay.skip)
                 .bind(i64::try_from(seq).unwrap_or(i64::MAX))
                 .execute(&self.pool)

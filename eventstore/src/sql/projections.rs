@@ -104,6 +104,7 @@ macro_rules! projection_store {
 
             async fn set_projection_paused(&self, name: &str, paused: bool) -> Result<bool, StoreError> {
                 let p = self.proj().p;
+                let _turn = self.gate.enter("pausing a projection", &p).await?;
                 let done = sqlx::query(&q(format!(
                     "UPDATE {p} SET paused = $2, updated_at = $3 WHERE name = $1"
                 )))
@@ -118,6 +119,7 @@ macro_rules! projection_store {
 
             async fn request_projection_reset(&self, name: &str) -> Result<bool, StoreError> {
                 let p = self.proj().p;
+                let _turn = self.gate.enter("requesting a projection reset", &p).await?;
                 let done = sqlx::query(&q(format!(
                     "UPDATE {p} SET reset_requested = TRUE, updated_at = $2 WHERE name = $1"
                 )))
@@ -158,6 +160,7 @@ macro_rules! projection_store {
                 last_error: Option<&str>,
             ) -> Result<bool, StoreError> {
                 let p = self.proj().p;
+                let _turn = self.gate.enter("recording a projection status", &p).await?;
                 let done = sqlx::query(&q(format!(
                     "UPDATE {p} SET status = $2, last_error = $3, updated_at = $4 WHERE name = $1"
                 )))

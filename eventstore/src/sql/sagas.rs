@@ -490,6 +490,10 @@ macro_rules! saga_store {
                     // One statement per timer, each a transaction of its own: a timer released
                     // is due again at once, whatever happens to the next one.
                     for timer in timers {
+                        let _turn = self
+                            .gate
+                            .enter("releasing a claimed saga timer", &sql.timers)
+                            .await?;
                         let done = shared::timer_query(&sql.release_timer, timer)
                             .bind(timer.due_at)
                             .execute(&self.pool)
@@ -503,6 +507,10 @@ macro_rules! saga_store {
                 async fn request_saga_timer(&self, timer: &SagaTimer) -> Result<bool, StoreError> {
                     let sql = &self.sql.sagas;
                     // One statement: a transaction of its own.
+                    let _turn = self
+                        .gate
+                        .enter("requesting a saga timer", &sql.timers)
+                        .await?;
                     let done = shared::timer_query(&sql.request_timer, timer)
                         .bind(timer.due_at)
                         .execute(&self.pool)

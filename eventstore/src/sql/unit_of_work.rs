@@ -285,6 +285,10 @@ macro_rules! begin_unit_of_work {
     ($uow:ident, $dialect:ty) => {
         pub(super) async fn begin_unit_of_work(&self) -> Result<$uow, $crate::error::StoreError> {
             use $crate::sql::dialect::Dialect;
+            let turn = self
+                .gate
+                .enter("starting a unit of work", &self.sql.events)
+                .await?;
             let tx = $crate::sql::begin_owned(&self.pool, <$dialect>::BEGIN_WRITE)
                 .await
                 .map_err($crate::sql::db_err(
@@ -298,6 +302,7 @@ macro_rules! begin_unit_of_work {
                 sql: self.sql.clone(),
                 appended: self.appended.clone(),
                 wrote_events: false,
+                _turn: turn,
             })
         }
     };

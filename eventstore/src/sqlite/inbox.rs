@@ -10,9 +10,9 @@ impl InboxStore for SqliteStore {
     async fn park_message(&self, message: ParkedMessage) -> Result<(), StoreError> {
         let err = || db_err("parking a consumer message", &self.sql.inbox);
         let now = eventfold_core::metadata::now_micros();
-        let mut tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
-            .await
-            .map_err(err())?;
+        let (_turn, mut tx) = self
+            .begin_immediate("parking a consumer message", &self.sql.inbox)
+            .await?;
         // The mark only deduplicates: the parked message is traced from its own row.
         let entry = InboxEntry::id(message.message_id);
         let mark = &self.sql.mark_inbox;

@@ -30,9 +30,9 @@ impl OutboxRelayStore for SqliteStore {
         let r = &self.relay;
         let err = |op| db_err(op, &r.leases);
         let now = eventfold_core::metadata::now_micros();
-        let mut tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
-            .await
-            .map_err(err("starting a lease transaction"))?;
+        let (_turn, mut tx) = self
+            .begin_immediate("starting a lease transaction", &r.leases)
+            .await?;
         sqlx::query(&r.heartbeat)
             .bind(owner)
             .bind(now)
@@ -90,9 +90,7 @@ impl OutboxRelayStore for SqliteStore {
 
     async fn release_slots(&self, owner: Uuid) -> Result<(), StoreError> {
         let r = &self.relay;
-        let mut tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
-            .await
-            .map_err(db_err("releasing leases", &r.leases))?;
+        let (_turn, mut tx) = self.begin_immediate("releasing leases", &r.leases).await?;
         sqlx::query(&r.release_all)
             .bind(owner)
             .execute(&mut *tx)
@@ -114,6 +112,10 @@ impl OutboxRelayStore for SqliteStore {
         limit: usize,
         in_flight: &[&str],
     ) -> Result<Vec<OutboxRow>, StoreError> {
+        let _turn = self
+            .gate
+            .enter("claiming outbox rows", &self.sql.outbox)
+            .await?;
         let rows: Vec<sql::OutboxDbRow> = sqlx::query_as(&self.relay.claim)
             .bind(json_list(slots))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -126,6 +128,10 @@ impl OutboxRelayStore for SqliteStore {
     }
 
     async fn complete_outbox(&self, owner: Uuid, seqs: &[u64]) -> Result<u64, StoreError> {
+        let _turn = self
+            .gate
+            .enter("deleting published outbox rows", &self.sql.outbox)
+            .await?;
         let done = sqlx::query(&self.relay.complete)
             .bind(owner)
             .bind(json_list(seqs))
@@ -142,6 +148,10 @@ impl OutboxRelayStore for SqliteStore {
         error: &str,
         retry_after: Duration,
     ) -> Result<(), StoreError> {
+        let _turn = self
+            .gate
+            .enter("recording a failed publish", &self.sql.outbox)
+            .await?;
         sqlx::query(&self.relay.fail)
             .bind(i64::try_from(seq).unwrap_or(i64::MAX))
             .bind(error)
@@ -155,9 +165,9 @@ impl OutboxRelayStore for SqliteStore {
     async fn park_outbox(&self, seq: u64, error: &str) -> Result<(), StoreError> {
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         let err = || db_err("parking an outbox row", &self.sql.outbox);
-        let mut tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
-            .await
-            .map_err(err())?;
+        let (_turn, mut tx) = self
+            .begin_immediate("parking an outbox row", &self.sql.outbox)
+            .await?;
         sqlx::query(&self.relay.park_copy)
             .bind(seq)
             .bind(error)
@@ -178,9 +188,9 @@ impl OutboxRelayStore for SqliteStore {
     async fn retry_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         let err = || db_err("retrying a dead letter", &self.relay.dead_table);
-        let mut tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
-            .await
-            .map_err(err())?;
+        let (_turn, mut tx) = self
+            .begin_immediate("retrying a dead letter", &self.relay.dead_table)
+            .await?;
         let copied = sqlx::query(&self.relay.retry_copy)
             .bind(seq)
             .execute(&mut *tx)

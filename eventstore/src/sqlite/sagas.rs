@@ -37,9 +37,9 @@ impl SqliteStore {
         let Some(types) = sql::filter_list(saga_types) else {
             return Ok(Vec::new());
         };
-        let mut tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
-            .await
-            .map_err(db_err("starting a timer claim", table))?;
+        let (_turn, mut tx) = self
+            .begin_immediate("starting a timer claim", table)
+            .await?;
         let (now,): (DateTime<Utc>,) = sqlx::query_as(&self.sql.sagas.now)
             .fetch_one(&mut *tx)
             .await

@@ -19,6 +19,7 @@ use crate::log::{Checkpoint, LogBatch, LogFilter};
 use crate::naming::Naming;
 use crate::outbox::OutboxRouting;
 use crate::sql::dialect::Lite;
+use crate::sql::gate::WritePermit;
 use crate::sql::{self, Migration, db_err};
 use crate::store::AppendResult;
 use crate::store::{EventStore, LocalWakeup};
@@ -75,6 +76,8 @@ pub struct SqliteStore {
     pub(super) source: Arc<str>,
     /// Shared commits of concurrent appends, when on (ADR 0024).
     pub(super) coalescer: Option<Arc<Coalescer<SqliteBatchWriter>>>,
+    /// The queue of this store's writers (ADR 0027).
+    pub(super) gate: crate::sql::gate::WriteGate,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -83,6 +86,23 @@ impl std::fmt::Debug for SqliteStore {
             .field("naming", &self.naming)
             .field("source", &self.source)
             .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// A `BEGIN IMMEDIATE` transaction of the store's own (leases, parking, timer claims), started
+    /// once this writer's turn through the gate came; the turn ends when the permit is dropped,
+    /// after the transaction.
+    pub(super) async fn begin_immediate(
+        &self,
+        operation: &'static str,
+        table: &str,
+    ) -> Result<(WritePermit, sqlx::Transaction<'static, sqlx::Sqlite>), StoreError> {
+        let turn = self.gate.enter(operation, table).await?;
+        let tx = sql::begin_owned(&self.pool, Some("BEGIN IMMEDIATE"))
+            .await
+            .map_err(db_err(operation, table))?;
+        Ok((turn, tx))
     }
 }
 
@@ -117,8 +137,15 @@ impl SqliteStoreBuilder {
                 reason: "SQLite has no schemas; use a table prefix",
             });
         }
+        // A pool of one connection queues its writers itself (an in-memory database).
+        let gate = if self.pool.options().get_max_connections() > 1 {
+            crate::sql::gate::WriteGate::single()
+        } else {
+            crate::sql::gate::WriteGate::open()
+        };
         let store = SqliteStore {
             coalescer: None,
+            gate,
             relay: Arc::new(RelaySql::new(&self.naming)),
             routing: self.routing.map(Arc::new),
             appended: Arc::new(watch::channel(0).0),
