@@ -25,6 +25,11 @@
 //! `eventfold_outbox_publish_errors_total{kind}` (`kind`: the error code in snake case, for
 //! example `unknown_topic_or_partition`, `message_timed_out`; `client` without a code).
 //!
+//! The producer is replaced by a new one when librdkafka reports a fatal error, and when it
+//! delivered nothing for twice the message timeout while messages timed out: a producer that
+//! outlived its brokers' state (a broker restarted without its data) never recovers by itself.
+//! Both are counted in `eventfold_outbox_producer_renewed_total{reason}` (`fatal`, `stalled`).
+//!
 //! Brokers without topic auto-creation (tansu, many production clusters) need the topics first:
 //! [`KafkaPublisher::create_topics`] creates them (replication factor 1;
 //! [`KafkaPublisher::create_topics_replicated`] takes one), and is a no-op for topics that
@@ -119,6 +124,8 @@ pub struct KafkaPublisher {
     config: ClientConfig,
     brokers: String,
     message_timeout: Duration,
+    /// Since when no publish delivered anything and some timed out (see `renew_if_stalled`).
+    stalled_since: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl std::fmt::Debug for KafkaPublisher {
@@ -202,6 +209,7 @@ impl KafkaPublisher {
             config,
             brokers,
             message_timeout,
+            stalled_since: std::sync::Arc::default(),
         })
     }
 
@@ -234,6 +242,49 @@ impl KafkaPublisher {
         let (code, reason) =
             fatal.unwrap_or((RDKafkaErrorCode::ProducerFenced, "fenced".to_owned()));
         tracing::warn!(brokers = %self.brokers, ?code, %reason, "the Kafka producer failed fatally; creating a new one");
+        self.renew("fatal");
+    }
+
+    /// Replaces the producer when nothing was delivered for twice the message timeout while
+    /// messages kept timing out. A producer that outlived its brokers' state (a broker restarted
+    /// without its data, as a development container without a volume is) keeps metadata and an
+    /// idempotent producer id the new brokers do not know, and times out every message without
+    /// ever reporting a fatal error; a new producer delivers at once. Every message of the old one
+    /// was settled (timed out, returned as retriable) before it is dropped, and a key never has
+    /// more than one message in flight, so per-key order holds: at worst a message the old
+    /// producer had in flight lands again later, a duplicate the consumers' inbox absorbs. During a
+    /// plain outage the renewals are harmless: the new producer waits for the brokers like the
+    /// old one.
+    fn renew_if_stalled(&self, delivered: bool, timed_out: bool) {
+        let mut since = self
+            .stalled_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if delivered {
+            *since = None;
+            return;
+        }
+        if !timed_out {
+            return;
+        }
+        let first = *since.get_or_insert_with(std::time::Instant::now);
+        if first.elapsed() < self.message_timeout * 2 {
+            return;
+        }
+        *since = None;
+        drop(since);
+        tracing::warn!(
+            brokers = %self.brokers,
+            stalled_for = ?first.elapsed(),
+            "no Kafka message delivered and every one timed out; creating a new producer"
+        );
+        self.renew("stalled");
+    }
+
+    /// Creates a new producer in place of the current one (`reason` labels the metric).
+    fn renew(&self, reason: &'static str) {
+        metrics::counter!("eventfold_outbox_producer_renewed_total", "reason" => reason)
+            .increment(1);
         match self.config.create::<FutureProducer>() {
             Ok(fresh) => {
                 *self
@@ -414,9 +465,10 @@ async fn publish_key(
     queue_timeout: Duration,
     first: Enqueued,
     messages: Vec<(usize, &OutboxMessage)>,
-) -> (Vec<(usize, Result<Delivery, PublishError>)>, bool) {
+) -> KeyOutcome {
     let mut failed = FailedKeys::default();
     let mut fenced = false;
+    let mut timed_out = false;
     let mut results = Vec::with_capacity(messages.len());
     let mut first = Some(first);
     for (index, message) in messages {
@@ -449,6 +501,7 @@ async fn publish_key(
                     code,
                     Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::Fatal)
                 );
+                timed_out |= code == Some(RDKafkaErrorCode::MessageTimedOut);
                 let reason = format!(
                     "{error} (broker {brokers}, {} bytes payload)",
                     message.payload.len()
@@ -459,7 +512,21 @@ async fn publish_key(
         };
         results.push((index, result));
     }
-    (results, fenced)
+    KeyOutcome {
+        results,
+        fenced,
+        timed_out,
+    }
+}
+
+/// What [`publish_key`] settled for one key.
+struct KeyOutcome {
+    /// Each message's result, by its index in the call.
+    results: Vec<(usize, Result<Delivery, PublishError>)>,
+    /// The producer was fenced or failed fatally.
+    fenced: bool,
+    /// A message timed out.
+    timed_out: bool,
 }
 
 impl Publisher for KafkaPublisher {
@@ -490,15 +557,18 @@ impl Publisher for KafkaPublisher {
             })
             .collect();
         let mut results: Vec<Option<Result<Delivery, PublishError>>> = vec![None; messages.len()];
-        let mut fenced = false;
+        let (mut fenced, mut timed_out, mut delivered) = (false, false, false);
         let mut keys = std::pin::pin!(keys);
-        while let Some((group, group_fenced)) = keys.next().await {
-            fenced |= group_fenced;
-            for (index, result) in group {
+        while let Some(key) = keys.next().await {
+            fenced |= key.fenced;
+            timed_out |= key.timed_out;
+            for (index, result) in key.results {
+                delivered |= result.is_ok();
                 results[index] = Some(result);
             }
         }
         self.renew_if_fatal(&producer, fenced);
+        self.renew_if_stalled(delivered, timed_out);
         results
             .into_iter()
             .zip(messages)
