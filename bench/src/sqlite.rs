@@ -2,8 +2,8 @@
 //! file (what `SqliteStore::connect` opens: WAL, `synchronous = NORMAL`, a pool of 8), each
 //! case beside raw sqlx doing the same writes and reads on the same file, in the same run:
 //!
-//! * **commands**, 1 event each, 1 and 8 callers, each cycling over its own
-//!   [`AGGREGATES_PER_CALLER`] aggregates: `Repository::<Counter, SqliteStore>::execute` against
+//! * **commands**, 1 event each, 1 and 8 callers (and 8 with write coalescing on), each cycling
+//!   over its own [`AGGREGATES_PER_CALLER`] aggregates: `Repository::<Counter, SqliteStore>::execute` against
 //!   raw `SELECT` of the stream (the columns the library reads), a fold of the payloads, and
 //!   `BEGIN IMMEDIATE; INSERT` the next version`; COMMIT` into `raw_events` (the events table's
 //!   DDL under another name);
@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use eventfold_core::{Aggregate, CommandMetadata, NewEvent, OutboxMessage, StreamId};
+use eventfold_eventstore::Coalescing;
 use eventfold_eventstore::sqlite::SqliteStore;
 use eventfold_eventstore::{
     Checkpoint, EventStore, ExpectedVersion, LogFilter, OUTBOX_SLOTS, OutboxRouting, OutboxStore,
@@ -44,7 +45,9 @@ use crate::{
 };
 
 /// Callers of the command cases.
-const CALLERS: [usize; 2] = [1, 8];
+/// The command cases: callers, and whether the library's store coalesces concurrent appends
+/// into shared transactions (`SqliteStore::with_coalescing`, ADR 0024).
+const COMMAND_CASES: [(usize, bool); 3] = [(1, false), (8, false), (8, true)];
 /// Aggregates of each caller in the command cases.
 const AGGREGATES_PER_CALLER: usize = 50;
 /// Events in the log for the catch-up read (topped up to this).
@@ -172,13 +175,18 @@ async fn measure(
     options: &Options,
 ) -> Result<SqliteResults> {
     let half = Duration::from_secs_f64(options.seconds / 2.0);
-    let repo = Arc::new(Repository::<Counter, _>::new(store.clone()));
+    let plain = Arc::new(Repository::<Counter, _>::new(store.clone()));
+    let coalesced = Arc::new(Repository::<Counter, _>::new(
+        store.clone().with_coalescing(Coalescing::default()),
+    ));
     let mut rows = Vec::new();
 
-    for callers in CALLERS {
-        eprintln!("sqlite: commands, {callers} caller(s)");
+    for (callers, coalescing) in COMMAND_CASES {
+        let how = if coalescing { ", coalesced" } else { "" };
+        eprintln!("sqlite: commands, {callers} caller(s){how}");
+        let repo = if coalescing { &coalesced } else { &plain };
         let row = alternated(
-            format!("command, 1 event, {callers} caller(s)"),
+            format!("command, 1 event, {callers} caller(s){how}"),
             "commands/s",
             Timed::ops_per_s,
             |_, library| {
@@ -188,7 +196,7 @@ async fn measure(
                         timed::run(callers, WARMUP, half, move |caller, n| {
                             let repo = repo.clone();
                             let id = format!(
-                                "lib-c{callers}-{caller}-{}",
+                                "lib-c{callers}{how}-{caller}-{}",
                                 n % AGGREGATES_PER_CALLER as u64
                             );
                             async move {
@@ -202,7 +210,7 @@ async fn measure(
                         timed::run(callers, WARMUP, half, move |caller, n| {
                             let pool = pool.clone();
                             let id = format!(
-                                "raw-c{callers}-{caller}-{}",
+                                "raw-c{callers}{how}-{caller}-{}",
                                 n % AGGREGATES_PER_CALLER as u64
                             );
                             async move {
