@@ -434,20 +434,40 @@ async fn lag_report(brokers: &str, topics: &Topics) -> String {
     .expect("the lag report")
 }
 
-/// Instances per status (of this test's saga type).
 /// What the two databases recorded of one flow (events, messages sent and received, timers),
 /// merged by time: where a message stopped shows which hop lost it.
-async fn flow_report(orders: &PgStore, services: &PgStore, correlation_id: Uuid) -> String {
+/// Also the ids of the messages sent and received nowhere.
+async fn flow_report(
+    orders: &PgStore,
+    services: &PgStore,
+    correlation_id: Uuid,
+) -> (String, Vec<Uuid>) {
     use eventfold::eventstore::TraceStore;
+    use eventfold::trace::TraceKind;
     let mut records = Vec::new();
     for (db, store) in [("orders", orders), ("services", services)] {
         match store.trace(correlation_id).await {
             Ok(found) => records.extend(found.into_iter().map(|r| (db, r))),
-            Err(e) => return format!("the trace of {correlation_id} in {db} failed: {e}"),
+            Err(e) => {
+                return (
+                    format!("the trace of {correlation_id} in {db} failed: {e}"),
+                    Vec::new(),
+                );
+            }
         }
     }
     records.sort_by_key(|(_, r)| r.at);
-    records
+    let unreceived: Vec<Uuid> = records
+        .iter()
+        .filter(|(_, r)| r.kind == TraceKind::Sent)
+        .filter(|(_, sent)| {
+            !records
+                .iter()
+                .any(|(_, r)| r.kind == TraceKind::Received && r.id == sent.id)
+        })
+        .map(|(_, r)| r.id)
+        .collect();
+    let flow = records
         .iter()
         .map(|(db, r)| {
             format!(
@@ -461,9 +481,50 @@ async fn flow_report(orders: &PgStore, services: &PgStore, correlation_id: Uuid)
             )
         })
         .collect::<Vec<_>>()
-        .join("\n")
+        .join("\n");
+    (flow, unreceived)
 }
 
+/// Where the messages `ids` are on the run's topics (read from the start by a fresh consumer),
+/// to tell a message the broker never had from one a consumer skipped.
+async fn where_in_topics(brokers: &str, topics: &Topics, ids: &[Uuid]) -> String {
+    use eventfold::outbox::kafka::rdkafka::message::Message;
+    use eventfold::outbox::kafka_source::message_headers;
+    let mut all = vec![topics.replies()];
+    all.extend(SERVICES.iter().map(|(service, _)| topics.command(service)));
+    let mut found = Vec::new();
+    for topic in all {
+        let consumer = common::consumer_from_start(
+            brokers,
+            format!("diagnose-{}", Uuid::now_v7().simple()),
+            &topic,
+            PARTITIONS,
+        );
+        let mut records = 0;
+        loop {
+            let until = Instant::now() + Duration::from_secs(3);
+            let Some(message) = common::recv_before(&consumer, until, &topic).await else {
+                break;
+            };
+            records += 1;
+            let headers = message_headers(&message);
+            let id = headers
+                .get(eventfold::outbox::headers::ID)
+                .and_then(|id| id.parse::<Uuid>().ok());
+            if let Some(id) = id.filter(|id| ids.contains(id)) {
+                found.push(format!(
+                    "{id} at {topic}/{} offset {}",
+                    message.partition(),
+                    message.offset()
+                ));
+            }
+        }
+        found.push(format!("({records} records read from {topic})"));
+    }
+    found.join("; ")
+}
+
+/// Instances per status (of this test's saga type).
 async fn statuses(store: &PgStore) -> BTreeMap<String, u64> {
     store
         .count_sagas()
@@ -695,11 +756,16 @@ async fn killed_orchestrators_and_participants_leave_every_saga_terminal_with_ef
             longest_wait = longest_wait.max(wait);
         }
         if history.iter().any(|h| h.starts_with("saga.step_timed_out")) {
+            let (flow, unreceived) =
+                flow_report(&orders, &services, instance.state.correlation_id).await;
             panic!(
                 "saga {id} ({scenario:?}): a step timed out, so the crashes stalled it longer than \
                  {STEP_TIMEOUT:?} (the expected effects assume no timeout): {timeline:?}\n\
-                 its flow, as both databases recorded it (which hop lost the message):\n{}",
-                flow_report(&orders, &services, instance.state.correlation_id).await
+                 its flow, as both databases recorded it (which hop lost the message):\n{flow}\n\
+                 sent and never received: {unreceived:?}, found on the topics: {}\n\
+                 committed/end offsets: {}",
+                where_in_topics(&brokers, &topics, &unreceived).await,
+                lag_report(&brokers, &topics).await
             );
         }
         assert_eq!(
