@@ -116,7 +116,14 @@ impl OutboxRelayStore for SqliteStore {
             .gate
             .enter("claiming outbox rows", &self.sql.outbox)
             .await?;
-        let rows: Vec<sql::OutboxDbRow> = sqlx::query_as(&self.relay.claim)
+        // Holding at least half of the slots, walk the outbox in `seq` order (it stops at the
+        // limit); holding few, go through the slot index (it skips the others' rows).
+        let claim = if slots.len().saturating_mul(2) >= crate::outbox::OUTBOX_SLOTS as usize {
+            &self.relay.claim_by_seq
+        } else {
+            &self.relay.claim
+        };
+        let rows: Vec<sql::OutboxDbRow> = sqlx::query_as(claim)
             .bind(json_list(slots))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(eventfold_core::metadata::now_micros())

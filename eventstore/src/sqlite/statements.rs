@@ -138,7 +138,13 @@ pub(super) struct RelaySql {
     pub(super) take: String,
     pub(super) release_all: String,
     pub(super) forget: String,
+    /// The claim of a relay that holds few slots: the rows of each slot through the slot index,
+    /// sorted by `seq`.
     pub(super) claim: String,
+    /// The claim of a relay that holds at least half of the slots (a lone relay holds them all):
+    /// the outbox walked in `seq` order, which stops at the limit. Through the slot index the
+    /// claim read and sorted every row of the held slots, the whole backlog, on every claim.
+    pub(super) claim_by_seq: String,
     pub(super) complete: String,
     pub(super) fail: String,
     pub(super) park_copy: String,
@@ -165,6 +171,19 @@ impl RelaySql {
             .map(|c| format!("o.{c}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let claim = |slot: &str| {
+            format!(
+                "WITH w AS (SELECT seq, key FROM {outbox} o \
+                   WHERE {slot} IN (SELECT value FROM json_each(?1)) \
+                   AND key NOT IN (SELECT value FROM json_each(?4)) \
+                   AND NOT EXISTS (SELECT 1 FROM {dead} d WHERE d.key = o.key) \
+                   AND NOT EXISTS (SELECT 1 FROM {outbox} b WHERE b.key = o.key \
+                     AND b.next_attempt_at IS NOT NULL AND b.next_attempt_at > ?3) \
+                   ORDER BY seq LIMIT ?2), \
+                 c AS (SELECT min(seq) AS seq FROM w GROUP BY key) \
+                 SELECT {o_cols} FROM {outbox} o WHERE o.seq IN (SELECT seq FROM c) ORDER BY o.seq"
+            )
+        };
         Self {
             heartbeat: format!(
                 "INSERT INTO {relays} (owner, heartbeat_at) VALUES (?1, ?2) \
@@ -193,17 +212,10 @@ impl RelaySql {
             forget: format!("DELETE FROM {relays} WHERE owner = ?1"),
             // As on PostgreSQL: a window of rows whose key is not in flight, parked or
             // waiting for a retry, then the first row of each key in it.
-            claim: format!(
-                "WITH w AS (SELECT seq, key FROM {outbox} o \
-                   WHERE slot IN (SELECT value FROM json_each(?1)) \
-                   AND key NOT IN (SELECT value FROM json_each(?4)) \
-                   AND NOT EXISTS (SELECT 1 FROM {dead} d WHERE d.key = o.key) \
-                   AND NOT EXISTS (SELECT 1 FROM {outbox} b WHERE b.key = o.key \
-                     AND b.next_attempt_at IS NOT NULL AND b.next_attempt_at > ?3) \
-                   ORDER BY seq LIMIT ?2), \
-                 c AS (SELECT min(seq) AS seq FROM w GROUP BY key) \
-                 SELECT {o_cols} FROM {outbox} o WHERE o.seq IN (SELECT seq FROM c) ORDER BY o.seq"
-            ),
+            claim: claim("slot"),
+            // `+slot`: the slot term may not use the slot index, so the window is read in
+            // `seq` (rowid) order and the scan stops at the limit.
+            claim_by_seq: claim("+slot"),
             complete: format!(
                 "DELETE FROM {outbox} WHERE seq IN (SELECT value FROM json_each(?2)) AND slot IN \
                  (SELECT slot FROM {leases} WHERE owner = ?1 AND expires_at > ?3)"
@@ -245,6 +257,46 @@ mod tests {
             sql.claim_saga_timer,
             "UPDATE \"eventfold_saga_timers\" SET claims = claims + 1, due_at = ?5 WHERE \
              saga_id = ?1 AND step = ?2 AND attempt = ?3 AND kind = ?4"
+        );
+    }
+
+    /// The query plans of the two outbox claims, on a migrated database: walked in `seq` order
+    /// (no sort, so the scan stops at the limit) when the relay holds most slots; through the
+    /// slot index when it holds few.
+    #[tokio::test]
+    async fn the_outbox_claims_plans() {
+        let store = crate::sqlite::SqliteStore::connect("sqlite::memory:")
+            .await
+            .expect("a migrated in-memory database");
+        let plan = |claim: String| {
+            let pool = store.pool().clone();
+            async move {
+                let rows: Vec<(i64, i64, i64, String)> =
+                    sqlx::query_as(&format!("EXPLAIN QUERY PLAN {claim}"))
+                        .bind("[1, 2]")
+                        .bind(500_i64)
+                        .bind(0_i64)
+                        .bind("[]")
+                        .fetch_all(&pool)
+                        .await
+                        .expect("explain the claim");
+                rows.into_iter()
+                    .map(|(.., detail)| detail)
+                    .collect::<Vec<_>>()
+            }
+        };
+        let by_seq = plan(store.relay.claim_by_seq.clone()).await;
+        assert!(by_seq.iter().any(|d| d == "SCAN o"), "{by_seq:#?}");
+        assert!(
+            !by_seq.iter().any(|d| d.contains("FOR ORDER BY")),
+            "the by-seq claim must not sort its window: {by_seq:#?}"
+        );
+        let by_slot = plan(store.relay.claim.clone()).await;
+        assert!(
+            by_slot
+                .iter()
+                .any(|d| d.contains("USING INDEX") && d.contains("outbox_slot_idx")),
+            "{by_slot:#?}"
         );
     }
 }
