@@ -27,10 +27,7 @@ use projection_common::{
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn balances(store: &SqliteStore) -> Vec<(String, i64, i64)> {
-    sqlx::query_as("SELECT account, total, events FROM balances ORDER BY account")
-        .fetch_all(store.pool())
-        .await
-        .expect("query the balances view")
+    projection_common::balances(store.pool()).await
 }
 
 async fn model_equals_fold(store: &SqliteStore) {

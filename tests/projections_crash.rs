@@ -17,7 +17,9 @@ use eventfold::StreamId;
 use eventfold::eventstore::postgres::PgStore;
 use eventfold::eventstore::{EventStore, ExpectedVersion, ProjectionStore};
 use eventfold::projections::{ProjectionOptions, Projections};
-use projection_common::{Ledger, append_any, deposit, fold_log, ledger_state, parked_ledger};
+use projection_common::{
+    Ledger, append_any, balances, deposit, fold_log, ledger_state, parked_ledger,
+};
 
 const CHILD_ENV: &str = "EVENTFOLD_PROJECTION_CHILD_DATABASE_URL";
 /// Runners killed and replaced, unless `EVENTFOLD_PROJECTION_CRASH_KILLS` says otherwise.
@@ -100,11 +102,7 @@ async fn runner_process_or_restart_resumes() {
     .await
     .expect("in time")
     .expect("wait");
-    let rows: Vec<(String, i64, i64)> =
-        sqlx::query_as("SELECT account, total, events FROM balances ORDER BY account")
-            .fetch_all(store.pool())
-            .await
-            .expect("balances");
+    let rows = balances(store.pool()).await;
     assert_eq!(rows, vec![("a".to_owned(), 11, 2), ("b".to_owned(), 2, 1)]);
     runner.stop().await.expect("stop");
 }
@@ -199,13 +197,9 @@ async fn killed_runner_processes_apply_every_event_exactly_once() {
     drop(runners);
     let fold = fold_log(&store).await;
     let expected: Vec<(String, i64, i64)> = fold.into_iter().map(|(a, (t, n))| (a, t, n)).collect();
-    let model: Vec<(String, i64, i64)> =
-        sqlx::query_as("SELECT account, total, events FROM balances ORDER BY account")
-            .fetch_all(store.pool())
-            .await
-            .expect("balances");
     assert_eq!(
-        model, expected,
+        balances(store.pool()).await,
+        expected,
         "the read model equals a fresh fold after {kills} kills"
     );
     let (ledger,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM ledger")

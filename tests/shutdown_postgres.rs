@@ -771,13 +771,8 @@ async fn projections_run_stops_on_sigterm_and_a_successor_goes_on() {
          {takeover:?}, caught up in {caught_up:?}"
     );
     second.stop("INT").await;
-    let balances: Vec<(String, i64, i64)> =
-        sqlx::query_as("SELECT account, total, events FROM balances ORDER BY account")
-            .fetch_all(&pool)
-            .await
-            .expect("balances");
     assert_eq!(
-        balances,
+        projection_common::balances(&pool).await,
         projection_common::expected_balances(&store).await,
         "the read model equals a fresh fold of the log"
     );

@@ -157,6 +157,20 @@ pub async fn expected_balances<S: EventStore>(store: &S) -> Vec<(String, i64, i6
         .collect()
 }
 
+/// The read model's rows (account, total, events), by account, from `pool`'s `balances` view.
+pub async fn balances<DB>(pool: &sqlx::Pool<DB>) -> Vec<(String, i64, i64)>
+where
+    DB: sqlx::Database,
+    for<'r> (String, i64, i64): sqlx::FromRow<'r, DB::Row>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    sqlx::query_as("SELECT account, total, events FROM balances ORDER BY account")
+        .fetch_all(pool)
+        .await
+        .expect("query the balances view")
+}
+
 /// The stored state of the `ledger` projection (it must exist).
 pub async fn ledger_state<S: ProjectionStore>(store: &S) -> ProjectionState {
     store
@@ -213,13 +227,8 @@ pub async fn assert_ledger_equals_fold(
         parked.is_empty(),
         "events were parked after {after}: {parked:#?}"
     );
-    let model: Vec<(String, i64, i64)> =
-        sqlx::query_as("SELECT account, total, events FROM balances ORDER BY account")
-            .fetch_all(store.pool())
-            .await
-            .expect("balances");
     assert_eq!(
-        model,
+        balances(store.pool()).await,
         expected_balances(store).await,
         "the read model equals a fresh fold"
     );
