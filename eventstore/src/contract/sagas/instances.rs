@@ -1,0 +1,392 @@
+//! Saga instances: registration once per business key (also under concurrency), updates,
+//! listing and counts, and the lock a unit of work holds on an instance.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::{by_key, db_now, key, keys, listed, owner_of, record, register, register_all};
+use crate::saga::{SagaFilter, SagaStore};
+use crate::store::UnitOfWork;
+
+/// Registering is idempotent on `(saga_type, business_key)`: a second registration of the key
+/// returns the first owner's id and writes nothing; another key (or another type) gets a row of
+/// its own; the store sets the times from the database's clock; a rolled-back registration
+/// leaves nothing, and the key is free again.
+pub async fn registering_a_saga_is_idempotent_on_its_key<S: SagaStore>(store: S) {
+    let correlation = Uuid::now_v7();
+    let first = record("order", "o-1", correlation);
+    let duplicate = record("order", "o-1", Uuid::now_v7());
+    let second = record("order", "o-2", correlation);
+    let other_type = record("payment", "o-1", correlation);
+
+    let before = db_now(&store).await;
+    let mut uow = store.begin().await.expect("begin");
+    assert_eq!(register(&store, &mut uow, &first).await, first.saga_id);
+    assert_eq!(
+        store
+            .register_saga(&mut uow, &duplicate)
+            .await
+            .expect("register the key again"),
+        first.saga_id,
+        "the key's owner, seen in the same unit of work"
+    );
+    assert_eq!(
+        register(&store, &mut uow, &second).await,
+        second.saga_id,
+        "another key, another instance"
+    );
+    assert_eq!(
+        register(&store, &mut uow, &other_type).await,
+        other_type.saga_id,
+        "keys are unique per saga type"
+    );
+    uow.commit().await.expect("commit");
+    let after = db_now(&store).await;
+
+    let stored = store
+        .saga(first.saga_id)
+        .await
+        .expect("saga")
+        .expect("the first registration is stored");
+    assert_eq!(
+        (
+            stored.saga_type.as_str(),
+            stored.business_key.as_str(),
+            stored.status.as_str(),
+            stored.detail.as_deref(),
+            stored.correlation_id,
+            stored.definition_version,
+            stored.version,
+        ),
+        ("order", "o-1", "running", None, correlation, 1, 1)
+    );
+    assert_eq!(stored.started_at, stored.updated_at, "both set on insert");
+    assert!(
+        before <= stored.started_at && stored.started_at <= after,
+        "started_at {} is on the database's clock, between {before} and {after}",
+        stored.started_at
+    );
+    assert_eq!(
+        store.saga(duplicate.saga_id).await.expect("saga"),
+        None,
+        "the duplicate wrote nothing"
+    );
+    assert_eq!(owner_of(&store, "order", "o-1").await, Some(first.saga_id));
+    assert_eq!(
+        owner_of(&store, "payment", "o-1").await,
+        Some(other_type.saga_id)
+    );
+    assert_eq!(by_key(&store, "order", "o-9").await, None);
+
+    let mut uow = store.begin().await.expect("begin");
+    assert_eq!(
+        store
+            .register_saga(&mut uow, &duplicate)
+            .await
+            .expect("register a committed key"),
+        first.saga_id,
+        "the committed owner"
+    );
+    uow.commit().await.expect("commit");
+    assert_eq!(store.saga(duplicate.saga_id).await.expect("saga"), None);
+
+    let rolled_back = record("order", "o-3", correlation);
+    let mut uow = store.begin().await.expect("begin");
+    assert_eq!(
+        register(&store, &mut uow, &rolled_back).await,
+        rolled_back.saga_id
+    );
+    uow.rollback().await.expect("rollback");
+    assert_eq!(
+        store.saga(rolled_back.saga_id).await.expect("saga"),
+        None,
+        "a rolled-back registration leaves no row"
+    );
+    assert_eq!(by_key(&store, "order", "o-3").await, None);
+    let retried = record("order", "o-3", correlation);
+    let mut uow = store.begin().await.expect("begin");
+    assert_eq!(
+        register(&store, &mut uow, &retried).await,
+        retried.saga_id,
+        "the key is free again after the rollback"
+    );
+    uow.commit().await.expect("commit");
+    assert_eq!(
+        listed(&store, &SagaFilter::default()).await.len(),
+        4,
+        "order/o-1, order/o-2, payment/o-1, order/o-3"
+    );
+}
+
+/// Sixteen units of work register the same key at once, each with an id of its own: they all
+/// get the same owner, exactly one of them registered it, and only its row exists.
+pub async fn concurrent_registrations_agree_on_one_owner<S: SagaStore>(store: S) {
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mine = record("order", "contended", Uuid::now_v7());
+            let mut uow = store.begin().await.expect("begin");
+            let owner = store
+                .register_saga(&mut uow, &mine)
+                .await
+                .expect("a concurrent registration succeeds");
+            // Hold the transaction a little, so that the others wait for it.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            uow.commit().await.expect("commit");
+            (mine.saga_id, owner)
+        }));
+    }
+    let mut owners = HashSet::new();
+    let mut registered = 0;
+    for task in tasks {
+        let (mine, owner) = task.await.expect("task");
+        owners.insert(owner);
+        registered += usize::from(mine == owner);
+    }
+    assert_eq!(owners.len(), 1, "every registration agrees on one owner");
+    assert_eq!(registered, 1, "exactly one registration inserted");
+    let owner = owners.into_iter().next().expect("an owner");
+    assert_eq!(owner_of(&store, "order", "contended").await, Some(owner));
+    assert_eq!(
+        listed(&store, &SagaFilter::default()).await.len(),
+        1,
+        "one row for the key"
+    );
+}
+
+/// An update sets status, detail, definition version and version (and `updated_at`) by id,
+/// commits with its unit of work, and is `false` for an unknown instance; listing filters by
+/// type, status and correlation id, most recently updated first, within the limit (0: 100);
+/// counts are per type and status.
+pub async fn sagas_are_updated_listed_and_counted<S: SagaStore>(store: S) {
+    let x = Uuid::now_v7();
+    let y = Uuid::now_v7();
+    let a = record("order", "k1", x);
+    let b = record("order", "k2", y);
+    let c = record("payment", "k1", x);
+    register_all(&store, &[&a, &b, &c]).await;
+    let registered = store.saga(a.saga_id).await.expect("saga").expect("stored");
+
+    let mut changed = a.clone();
+    changed.status = "completed".to_owned();
+    changed.detail = Some("all steps done".to_owned());
+    changed.definition_version = 2;
+    changed.version = 7;
+    let mut uow = store.begin().await.expect("begin");
+    assert!(store.update_saga(&mut uow, &changed).await.expect("update"));
+    uow.rollback().await.expect("rollback");
+    assert_eq!(
+        store.saga(a.saga_id).await.expect("saga").as_ref(),
+        Some(&registered),
+        "a rolled-back update changes nothing"
+    );
+
+    let mut uow = store.begin().await.expect("begin");
+    assert!(store.update_saga(&mut uow, &changed).await.expect("update"));
+    assert!(
+        !store
+            .update_saga(&mut uow, &record("order", "unknown", x))
+            .await
+            .expect("update unknown"),
+        "an unknown instance is not updated"
+    );
+    uow.commit().await.expect("commit");
+    let updated = store.saga(a.saga_id).await.expect("saga").expect("stored");
+    assert_eq!(
+        (
+            updated.status.as_str(),
+            updated.detail.as_deref(),
+            updated.definition_version,
+            updated.version,
+        ),
+        ("completed", Some("all steps done"), 2, 7)
+    );
+    assert_eq!(
+        (
+            updated.saga_type.as_str(),
+            updated.business_key.as_str(),
+            updated.correlation_id,
+            updated.started_at,
+        ),
+        ("order", "k1", x, registered.started_at),
+        "the identity and the start stay"
+    );
+    assert!(
+        updated.updated_at > registered.updated_at,
+        "updated_at moves: {} after {}",
+        updated.updated_at,
+        registered.updated_at
+    );
+
+    let list = |filter: SagaFilter| {
+        let store = store.clone();
+        async move { keys(&listed(&store, &filter).await) }
+    };
+    assert_eq!(
+        list(SagaFilter::default()).await,
+        vec![key("order", "k1"), key("payment", "k1"), key("order", "k2")],
+        "most recently updated first"
+    );
+    assert_eq!(
+        list(SagaFilter {
+            saga_type: Some("order".to_owned()),
+            ..SagaFilter::default()
+        })
+        .await,
+        vec![key("order", "k1"), key("order", "k2")]
+    );
+    assert_eq!(
+        list(SagaFilter {
+            status: Some("running".to_owned()),
+            ..SagaFilter::default()
+        })
+        .await,
+        vec![key("payment", "k1"), key("order", "k2")]
+    );
+    assert_eq!(
+        list(SagaFilter {
+            correlation_id: Some(x),
+            ..SagaFilter::default()
+        })
+        .await,
+        vec![key("order", "k1"), key("payment", "k1")]
+    );
+    assert_eq!(
+        list(SagaFilter {
+            saga_type: Some("order".to_owned()),
+            status: Some("running".to_owned()),
+            correlation_id: Some(y),
+            limit: 0,
+        })
+        .await,
+        vec![key("order", "k2")],
+        "filters combine"
+    );
+    assert_eq!(
+        list(SagaFilter {
+            saga_type: Some("shipping".to_owned()),
+            ..SagaFilter::default()
+        })
+        .await,
+        Vec::<(String, String)>::new()
+    );
+    assert_eq!(
+        list(SagaFilter {
+            limit: 2,
+            ..SagaFilter::default()
+        })
+        .await,
+        vec![key("order", "k1"), key("payment", "k1")],
+        "the limit keeps the most recent"
+    );
+    let all = listed(&store, &SagaFilter::default()).await;
+    assert_eq!(all[0], updated, "listing returns whole rows");
+
+    let mut more = Vec::new();
+    let mut uow = store.begin().await.expect("begin");
+    for i in 0..101 {
+        let r = record("bulk", &format!("b-{i}"), y);
+        register(&store, &mut uow, &r).await;
+        more.push(r);
+    }
+    uow.commit().await.expect("commit");
+    assert_eq!(
+        listed(
+            &store,
+            &SagaFilter {
+                saga_type: Some("bulk".to_owned()),
+                ..SagaFilter::default()
+            }
+        )
+        .await
+        .len(),
+        100,
+        "limit 0 is the default of 100"
+    );
+    assert_eq!(
+        store.count_sagas().await.expect("count"),
+        vec![
+            ("bulk".to_owned(), "running".to_owned(), 101),
+            ("order".to_owned(), "completed".to_owned(), 1),
+            ("order".to_owned(), "running".to_owned(), 1),
+            ("payment".to_owned(), "running".to_owned(), 1),
+        ],
+        "counts per type and status"
+    );
+}
+
+/// `lock_saga` returns the instance (as the unit of work sees it, also one it just registered;
+/// `None` for an unknown id) and holds it until the unit of work ends: a second unit of work that
+/// locks the same instance waits for the first to commit, then sees its update.
+pub async fn locking_a_saga_serialises_units_of_work<S: SagaStore>(store: S) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let saga = record("order", "lock-1", Uuid::now_v7());
+    let mut uow = store.begin().await.expect("begin");
+    assert!(
+        store
+            .lock_saga(&mut uow, Uuid::now_v7())
+            .await
+            .expect("lock an unknown saga")
+            .is_none(),
+        "an unknown saga locks nothing"
+    );
+    register(&store, &mut uow, &saga).await;
+    let seen = store
+        .lock_saga(&mut uow, saga.saga_id)
+        .await
+        .expect("lock")
+        .expect("the unit of work sees the saga it registered");
+    assert_eq!(seen.business_key, "lock-1");
+    uow.commit().await.expect("commit");
+
+    let mut first = store.begin().await.expect("begin");
+    store
+        .lock_saga(&mut first, saga.saga_id)
+        .await
+        .expect("lock")
+        .expect("registered");
+    let done = Arc::new(AtomicBool::new(false));
+    let waiter = {
+        let (store, done, saga_id) = (store.clone(), done.clone(), saga.saga_id);
+        tokio::spawn(async move {
+            let mut second = store.begin().await.expect("begin");
+            let row = store
+                .lock_saga(&mut second, saga_id)
+                .await
+                .expect("lock")
+                .expect("registered");
+            done.store(true, Ordering::SeqCst);
+            second.rollback().await.expect("rollback");
+            row
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !done.load(Ordering::SeqCst),
+        "a second unit of work locked the saga while the first held it"
+    );
+    let mut update = seen.clone();
+    update.status = "compensating".into();
+    update.version = 3;
+    assert!(
+        store
+            .update_saga(&mut first, &update)
+            .await
+            .expect("update")
+    );
+    first.commit().await.expect("commit");
+    let row = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+        .await
+        .expect("the second unit of work got the lock after the commit")
+        .expect("the waiter");
+    assert_eq!(
+        (row.status.as_str(), row.version),
+        ("compensating", 3),
+        "the second lock sees the first unit of work's update"
+    );
+}
