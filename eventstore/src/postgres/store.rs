@@ -13,7 +13,6 @@ use super::batch::{PgAppend, PgBatchWriter};
 use super::*;
 use crate::coalesce::{Coalescer, Coalescing};
 use crate::error::{ExpectedVersion, StoreError};
-use crate::log::{Checkpoint, LogBatch, LogFilter};
 use crate::naming::Naming;
 use crate::outbox::OutboxRouting;
 use crate::sql::dialect::Pg;
@@ -234,18 +233,11 @@ impl EventStore for PgStore {
         }
     }
 
-    /// Reads below the transaction horizon: events of transactions older than the oldest one
-    /// still running. See [`crate::log`] and ADR 0007.
-    async fn read_log(
-        &self,
-        after: Checkpoint,
-        max_count: usize,
-        filter: &LogFilter,
-    ) -> Result<LogBatch, StoreError> {
-        self.read_log_below_horizon(after, max_count, filter).await
-    }
-
-    crate::sql::store::store_handovers!();
+    crate::sql::store::store_handovers!(
+        read_log_below_horizon,
+        "Reads below the transaction horizon: events of transactions older than the oldest one \
+         still running. See [`crate::log`] and ADR 0007."
+    );
 
     crate::sql::read::store_reads!();
 }
@@ -270,10 +262,6 @@ mod tests {
             (7, 3809940013349938655),
             (8, -2398268184595761891),
         ];
-        let actual: Vec<(i64, i64)> = MIGRATIONS
-            .iter()
-            .map(|m| (m.version, m.checksum()))
-            .collect();
-        assert_eq!(actual, pinned);
+        crate::sql::migrations::assert_checksums(MIGRATIONS, pinned);
     }
 }

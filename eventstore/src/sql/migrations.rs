@@ -57,6 +57,17 @@ impl Migration {
     }
 }
 
+/// Fails unless `migrations` have exactly the `(version, checksum)` pairs `pinned`: the test of
+/// each backend that an applied migration was not edited.
+#[cfg(test)]
+pub(crate) fn assert_checksums(migrations: &[Migration], pinned: &[(i64, i64)]) {
+    let actual: Vec<(i64, i64)> = migrations
+        .iter()
+        .map(|m| (m.version, m.checksum()))
+        .collect();
+    assert_eq!(actual, pinned);
+}
+
 /// Checks applied migrations against the embedded ones and returns those still to apply.
 pub(crate) fn pending<'m>(
     migrations: &'m [Migration],

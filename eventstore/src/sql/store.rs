@@ -84,10 +84,21 @@ macro_rules! store_accessors {
 }
 pub(crate) use store_accessors;
 
-/// Stamps the `EventStore` methods `log_head`, `wakeup` and `begin` (inside its impl), which hand
-/// over to the backend's `read_log_head`, `open_wakeup` and `begin_unit_of_work`.
+/// Stamps the `EventStore` methods `read_log`, `log_head`, `wakeup` and `begin` (inside its
+/// impl), which hand over to the backend's `$read_log` (documented by `$read_log_doc`),
+/// `read_log_head`, `open_wakeup` and `begin_unit_of_work`.
 macro_rules! store_handovers {
-    () => {
+    ($read_log:ident, $read_log_doc:literal) => {
+        #[doc = $read_log_doc]
+        async fn read_log(
+            &self,
+            after: $crate::log::Checkpoint,
+            max_count: usize,
+            filter: &$crate::log::LogFilter,
+        ) -> Result<$crate::log::LogBatch, $crate::error::StoreError> {
+            self.$read_log(after, max_count, filter).await
+        }
+
         async fn log_head(&self) -> Result<$crate::log::LogHead, $crate::error::StoreError> {
             self.read_log_head().await
         }

@@ -15,7 +15,6 @@ use super::batch::{SqliteAppend, SqliteBatchWriter};
 use crate::coalesce::{Coalescer, Coalescing};
 use crate::error::ExpectedVersion;
 use crate::error::StoreError;
-use crate::log::{Checkpoint, LogBatch, LogFilter};
 use crate::naming::Naming;
 use crate::outbox::OutboxRouting;
 use crate::sql::dialect::Lite;
@@ -264,18 +263,11 @@ impl EventStore for SqliteStore {
         }
     }
 
-    /// Writers are serialized (`BEGIN IMMEDIATE`), so the log is in position order and every
-    /// committed position up to the highest one is readable.
-    async fn read_log(
-        &self,
-        after: Checkpoint,
-        max_count: usize,
-        filter: &LogFilter,
-    ) -> Result<LogBatch, StoreError> {
-        self.read_log_by_position(after, max_count, filter).await
-    }
-
-    crate::sql::store::store_handovers!();
+    crate::sql::store::store_handovers!(
+        read_log_by_position,
+        "Writers are serialized (`BEGIN IMMEDIATE`), so the log is in position order and every \
+         committed position up to the highest one is readable."
+    );
 
     crate::sql::read::store_reads!();
 }
@@ -299,10 +291,6 @@ mod tests {
             (6, 9106123669770553283),
             (7, -4623411257323787245),
         ];
-        let actual: Vec<(i64, i64)> = MIGRATIONS
-            .iter()
-            .map(|m| (m.version, m.checksum()))
-            .collect();
-        assert_eq!(actual, pinned);
+        crate::sql::migrations::assert_checksums(MIGRATIONS, pinned);
     }
 }
