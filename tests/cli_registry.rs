@@ -402,21 +402,30 @@ fn bin_json(url: &str, args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
 }
 
+/// The sum that `sql` reads from the view, on either SQL backend's pool.
+async fn view_sum<DB: sqlx::Database>(pool: sqlx::Pool<DB>, sql: &'static str) -> i64
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'r> (i64,): sqlx::FromRow<'r, DB::Row>,
+{
+    let (sum,): (i64,) = sqlx::query_as(sql)
+        .fetch_one(&pool)
+        .await
+        .expect("read the view");
+    sum
+}
+
 #[tokio::test]
 async fn sqlite_embedded_commands_with_a_registry() {
     let (store, file) = common::sqlite().await;
     let url = format!("sqlite://{}", file.0.display());
     let pool = store.pool().clone();
     registry_flow(store, &url, || {
-        let pool = pool.clone();
-        async move {
-            let (sum,): (i64,) =
-                sqlx::query_as("SELECT COALESCE(SUM(cents), 0) FROM \"order_totals\"")
-                    .fetch_one(&pool)
-                    .await
-                    .expect("read the view");
-            sum
-        }
+        view_sum(
+            pool.clone(),
+            "SELECT COALESCE(SUM(cents), 0) FROM \"order_totals\"",
+        )
     })
     .await;
 }
@@ -427,15 +436,10 @@ async fn postgres_embedded_commands_with_a_registry() {
     let url = common::database_url(db.name());
     let pool = store.pool().clone();
     registry_flow(store, &url, || {
-        let pool = pool.clone();
-        async move {
-            let (sum,): (i64,) =
-                sqlx::query_as("SELECT COALESCE(SUM(cents), 0)::BIGINT FROM \"order_totals\"")
-                    .fetch_one(&pool)
-                    .await
-                    .expect("read the view");
-            sum
-        }
+        view_sum(
+            pool.clone(),
+            "SELECT COALESCE(SUM(cents), 0)::BIGINT FROM \"order_totals\"",
+        )
     })
     .await;
 }
