@@ -1,0 +1,197 @@
+//! The command line: which sections run (`--only`) and the options.
+
+use crate::*;
+
+/// Which sections run (`--only`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sections {
+    pub(crate) commands: bool,
+    pub(crate) appends: bool,
+    pub(crate) log: bool,
+    pub(crate) relay: bool,
+    pub(crate) projections: bool,
+    pub(crate) sagas: bool,
+    pub(crate) consumer: bool,
+    pub(crate) peers: bool,
+    pub(crate) sqlite: bool,
+}
+
+impl Sections {
+    pub(crate) const ALL: Sections = Sections {
+        commands: true,
+        appends: true,
+        log: true,
+        relay: RELAY_IN_ALL,
+        projections: true,
+        sagas: SAGAS_IN_ALL,
+        consumer: true,
+        peers: PEERS_IN_ALL,
+        sqlite: SQLITE_IN_ALL,
+    };
+
+    pub(crate) fn parse(value: &str) -> Result<Self> {
+        let mut sections = Sections {
+            commands: false,
+            appends: false,
+            log: false,
+            relay: false,
+            projections: false,
+            sagas: false,
+            consumer: false,
+            peers: false,
+            sqlite: false,
+        };
+        for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "commands" => sections.commands = true,
+                "appends" => sections.appends = true,
+                "log" => sections.log = true,
+                "relay" => sections.relay = true,
+                "projections" => sections.projections = true,
+                "sagas" => sections.sagas = true,
+                "consumer" => sections.consumer = true,
+                "peers" => sections.peers = true,
+                "sqlite" => sections.sqlite = true,
+                "all" => sections = Sections::ALL,
+                other => {
+                    return Err(format!(
+                        "--only: unknown section `{other}` (commands, appends, log, relay, projections, sagas, peers, sqlite, consumer, all)"
+                    )
+                    .into());
+                }
+            }
+        }
+        if !(sections.commands
+            || sections.appends
+            || sections.log
+            || sections.relay
+            || sections.projections
+            || sections.sagas
+            || sections.consumer
+            || sections.peers
+            || sections.sqlite)
+        {
+            return Err("--only: no section named".into());
+        }
+        Ok(sections)
+    }
+
+    pub(crate) fn names(self) -> String {
+        [
+            (self.commands, "commands"),
+            (self.appends, "appends"),
+            (self.log, "log"),
+            (self.relay, "relay"),
+            (self.projections, "projections"),
+            (self.sagas, "sagas"),
+            (self.consumer, "consumer"),
+            (self.peers, "peers"),
+            (self.sqlite, "sqlite"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect::<Vec<_>>()
+        .join(",")
+    }
+}
+
+pub(crate) struct Options {
+    pub(crate) seconds: f64,
+    pub(crate) test_before_acquire: bool,
+    pub(crate) sections: Sections,
+    /// Events written for the catch-up read.
+    pub(crate) log_events: u64,
+    /// Duration of the commit-to-reader latency test.
+    pub(crate) latency_seconds: f64,
+    /// Outbox rows of the relay backlog.
+    pub(crate) relay_rows: u64,
+    /// Duration of the relay's commit-to-ack latency test.
+    pub(crate) relay_latency_seconds: f64,
+    /// Events of the projection rebuilds.
+    pub(crate) projection_events: u64,
+    /// Duration of each saga variant's one-at-a-time latency run.
+    pub(crate) saga_latency_seconds: f64,
+    /// `--quick` was given.
+    pub(crate) quick: bool,
+}
+
+pub(crate) fn positive(flag: &str, value: Option<String>) -> Result<f64> {
+    let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| *s > 0.0 && s.is_finite())
+        .ok_or_else(|| format!("{flag}: not a positive number: {value}").into())
+}
+
+/// A positive count (`_` separators allowed, at most `i64::MAX`) given to `flag`.
+pub(crate) fn positive_count(flag: &str, value: Option<String>) -> Result<u64> {
+    let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
+    value
+        .replace('_', "")
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0 && *n <= i64::MAX as u64)
+        .ok_or_else(|| format!("{flag}: not a positive count: {value}").into())
+}
+
+pub(crate) fn parse_args() -> Result<Options> {
+    let mut quick = false;
+    let mut seconds = None;
+    let mut log_events = None;
+    let mut latency_seconds = None;
+    let mut relay_rows = None;
+    let mut projection_events = None;
+    let mut saga_latency_seconds = None;
+    let mut test_before_acquire = true;
+    let mut sections = Sections::ALL;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--seconds" => seconds = Some(positive("--seconds", args.next())?),
+            "--quick" => quick = true,
+            "--only" => {
+                sections = Sections::parse(&args.next().ok_or("--only needs a value")?)?;
+            }
+            "--log-events" => log_events = Some(positive_count("--log-events", args.next())?),
+            "--relay-rows" => relay_rows = Some(positive_count("--relay-rows", args.next())?),
+            "--projection-events" => {
+                projection_events = Some(positive_count("--projection-events", args.next())?)
+            }
+            "--latency-seconds" => {
+                latency_seconds = Some(positive("--latency-seconds", args.next())?);
+            }
+            "--saga-latency-seconds" => {
+                saga_latency_seconds = Some(positive("--saga-latency-seconds", args.next())?);
+            }
+            "--no-test-before-acquire" => test_before_acquire = false,
+            "-h" | "--help" => {
+                println!(
+                    "usage: eventfold-bench [--seconds N | --quick] [--only commands,appends,log,relay,projections,sagas,peers,sqlite]\n\
+                     \x20                      [--log-events N] [--latency-seconds N] [--relay-rows N] [--projection-events N]\n\
+                     \x20                      [--saga-latency-seconds N] [--no-test-before-acquire]\n\
+                     --quick: 2 s per case, 200000 log events, 4 s latency tests, 100000 relay rows, 200000 projection events,\n\
+                     \x20        2 s saga latency runs, 1 s raw commit baselines\n\
+                     sections run by default: commands,appends,log,projections; relay, sagas, peers and sqlite only when named\n\
+                     \x20 (they need a Kafka-protocol broker at KAFKA_BOOTSTRAP, default 127.0.0.1:9092)\n\
+                     DATABASE_URL defaults to {DEFAULT_DATABASE_URL}"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument `{other}` (try --help)").into()),
+        }
+    }
+    Ok(Options {
+        seconds: seconds.unwrap_or(if quick { 2.0 } else { 5.0 }),
+        test_before_acquire,
+        sections,
+        log_events: log_events.unwrap_or(if quick { 200_000 } else { 1_000_000 }),
+        latency_seconds: latency_seconds.unwrap_or(if quick { 4.0 } else { 10.0 }),
+        relay_rows: relay_rows.unwrap_or(if quick { 100_000 } else { 1_000_000 }),
+        relay_latency_seconds: if quick { 4.0 } else { 10.0 },
+        projection_events: projection_events.unwrap_or(if quick { 200_000 } else { 1_000_000 }),
+        saga_latency_seconds: saga_latency_seconds.unwrap_or(if quick { 2.0 } else { 3.0 }),
+        quick,
+    })
+}
