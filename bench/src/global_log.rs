@@ -309,8 +309,10 @@ impl LogResults {
         )
         .into())
     }
+}
 
-    pub(crate) fn print(&self) {
+impl crate::report::Section for LogResults {
+    fn print(&self) {
         println!(
             "### Global log: writer throughput with and without the never-skip mechanism (events/s)\n"
         );
@@ -475,7 +477,7 @@ impl LogResults {
         );
     }
 
-    pub(crate) fn print_targets(&self) {
+    fn print_targets(&self) {
         let says = |met: bool| if met { "met" } else { "NOT met" };
         let c = &self.catch_up;
         let l = &self.latency;
@@ -491,7 +493,9 @@ impl LogResults {
             if l.exactly_once() { "yes" } else { "NO" }
         );
     }
+}
 
+impl LogResults {
     pub(crate) fn json(&self) -> serde_json::Value {
         let c = &self.catch_up;
         let l = &self.latency;

@@ -496,8 +496,10 @@ impl PeerResults {
             .iter()
             .find(|r| r.is_peer && r.workload == row.workload && r.callers == row.callers)
     }
+}
 
-    pub(crate) fn print(&self) {
+impl crate::report::Section for PeerResults {
+    fn print(&self) {
         println!(
             "### Peers: eventfold and cqrs-es + postgres-es, account deposits, 1 event per command\n"
         );
@@ -563,7 +565,9 @@ impl PeerResults {
         }
         println!("\n");
     }
+}
 
+impl PeerResults {
     pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::json!(
             self.rows

@@ -437,8 +437,10 @@ impl ProjectionResults {
             .map(|r| (rate(r), r.batch))
             .fold((0.0, 0), |a, b| if b.0 > a.0 { b } else { a })
     }
+}
 
-    pub(crate) fn print(&self) {
+impl crate::report::Section for ProjectionResults {
+    fn print(&self) {
         println!(
             "### Projection rebuilds: {} events, in place\n",
             self.events
@@ -487,7 +489,7 @@ impl ProjectionResults {
         );
     }
 
-    pub(crate) fn print_targets(&self) {
+    fn print_targets(&self) {
         let (noop, noop_batch) = self.best(|r| r.noop.rate());
         let (upsert, upsert_batch) = self.best(|r| r.upsert.rate());
         println!(
@@ -497,7 +499,9 @@ impl ProjectionResults {
             verdict(upsert, UPSERT_TARGET),
         );
     }
+}
 
+impl ProjectionResults {
     pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "events": self.events,

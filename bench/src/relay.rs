@@ -632,8 +632,10 @@ impl RelayResults {
         }
         Ok(())
     }
+}
 
-    pub(crate) fn print(&self) {
+impl crate::report::Section for RelayResults {
+    fn print(&self) {
         println!(
             "### Outbox relay: draining a backlog of {} rows to Kafka (one `Relay`, `KafkaPublisher`)\n",
             self.rows
@@ -734,7 +736,7 @@ impl RelayResults {
         println!();
     }
 
-    pub(crate) fn print_targets(&self) {
+    fn print_targets(&self) {
         println!(
             "Relay targets: one relay drains ≥ {DRAIN_TARGET:.0} events/s: {} (best {:.0}/s); p99 commit-to-ack \
              ≤ {LATENCY_TARGET_MS:.0} ms at {LATENCY_RATE:.0} events/s: {} ({:.1} ms).",
@@ -744,7 +746,9 @@ impl RelayResults {
             self.p99()
         );
     }
+}
 
+impl RelayResults {
     pub(crate) fn json(&self) -> serde_json::Value {
         let l = &self.latency;
         let r1 = |v: f64| (v * 10.0).round() / 10.0;

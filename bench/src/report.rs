@@ -159,6 +159,20 @@ pub(crate) fn report_commands(commands: &[CommandRow]) {
     println!();
 }
 
+/// A section's results as the report prints them: its tables, then its lines on the targets.
+pub(crate) trait Section {
+    /// The section's tables.
+    fn print(&self);
+
+    /// The section's lines on its targets (none by default).
+    fn print_targets(&self) {}
+}
+
+/// The results of a section that ran, as a [`Section`].
+fn section<S: Section>(results: &Option<S>) -> Option<&dyn Section> {
+    results.as_ref().map(|s| s as &dyn Section)
+}
+
 pub(crate) fn report(results: &Results<'_>) -> Result<()> {
     let Results {
         options,
@@ -177,6 +191,15 @@ pub(crate) fn report(results: &Results<'_>) -> Result<()> {
         sqlite,
         started,
     } = results;
+    // In the order they are printed; peers and sqlite have no targets.
+    let sections = [
+        section(log),
+        section(relay),
+        section(projections),
+        section(sagas),
+        section(peers),
+        section(sqlite),
+    ];
     if !commands.is_empty() {
         report_commands(commands);
     }
@@ -204,23 +227,8 @@ pub(crate) fn report(results: &Results<'_>) -> Result<()> {
         );
         println!();
     }
-    if let Some(log) = log {
-        log.print();
-    }
-    if let Some(relay) = relay {
-        relay.print();
-    }
-    if let Some(projections) = projections {
-        projections.print();
-    }
-    if let Some(sagas) = sagas {
-        sagas.print();
-    }
-    if let Some(peers) = peers {
-        peers.print();
-    }
-    if let Some(sqlite) = sqlite {
-        sqlite.print();
+    for section in sections.iter().flatten() {
+        section.print();
     }
     println!(
         "Setup: PostgreSQL {server}, fsync = {fsync}, synchronous_commit = {sync_commit}; pool of {POOL_SIZE} \
@@ -265,17 +273,8 @@ pub(crate) fn report(results: &Results<'_>) -> Result<()> {
         says(cached_vs_tx),
         says(cached_vs_auto)
     );
-    if let Some(log) = log {
-        log.print_targets();
-    }
-    if let Some(relay) = relay {
-        relay.print_targets();
-    }
-    if let Some(projections) = projections {
-        projections.print_targets();
-    }
-    if let Some(sagas) = sagas {
-        sagas.print_targets();
+    for section in sections.iter().flatten() {
+        section.print_targets();
     }
 
     let json = serde_json::json!({

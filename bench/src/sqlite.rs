@@ -619,8 +619,8 @@ async fn drain_raw(pool: &SqlitePool, broker: InProcessBroker) -> Result<Timed> 
     .await
 }
 
-impl SqliteResults {
-    pub(crate) fn print(&self) {
+impl crate::report::Section for SqliteResults {
+    fn print(&self) {
         println!("### SQLite (the embedded default): eventfold beside raw sqlx on the same file\n");
         println!(
             "| case | unit | eventfold | raw sqlx | eventfold / raw | eventfold p50 | p99 | raw p50 | p99 |"
@@ -681,7 +681,9 @@ impl SqliteResults {
         );
         println!();
     }
+}
 
+impl SqliteResults {
     pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::json!(
             self.rows

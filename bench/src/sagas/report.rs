@@ -73,8 +73,10 @@ impl SagaResults {
             Err(format!("sagas: {}", failed.join("; ")).into())
         }
     }
+}
 
-    pub(crate) fn print(&self) {
+impl crate::report::Section for SagaResults {
+    fn print(&self) {
         let ms3 = |s: &[f64]| {
             format!(
                 "{:.1} | {:.1} | {:.1}",
@@ -257,7 +259,7 @@ impl SagaResults {
         println!();
     }
 
-    pub(crate) fn print_targets(&self) {
+    fn print_targets(&self) {
         let pg_rates: Vec<String> = self
             .ok()
             .filter(|(v, _)| v.postgres())
@@ -285,7 +287,9 @@ impl SagaResults {
             p50s.join(", ")
         );
     }
+}
 
+impl SagaResults {
     pub(crate) fn json(&self) -> serde_json::Value {
         let spread = |s: &[f64]| {
             serde_json::json!({
