@@ -50,6 +50,11 @@ impl CpuRow {
     }
 }
 
+/// `met` or `**missed**`, a target's cell.
+pub(crate) fn met_or_missed(met: bool) -> &'static str {
+    if met { "met" } else { "**missed**" }
+}
+
 pub(crate) fn verdict(ratio: f64) -> &'static str {
     if ratio >= TARGET_RATIO {
         "met"

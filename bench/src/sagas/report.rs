@@ -2,10 +2,7 @@
 //! part.
 
 use super::*;
-
-fn verdict(met: bool) -> &'static str {
-    if met { "met" } else { "**missed**" }
-}
+use crate::report::met_or_missed;
 
 fn best(rates: &[(usize, f64)]) -> f64 {
     rates.iter().map(|(_, r)| *r).fold(0.0, f64::max)
@@ -150,7 +147,7 @@ impl crate::report::Section for SagaResults {
                 ms3(&m.sequential_ms),
                 ms3(&m.history_ms),
                 variant.p50_target_ms(),
-                verdict(Self::p50_met(variant, m))
+                met_or_missed(Self::p50_met(variant, m))
             );
         }
         println!();
@@ -273,12 +270,12 @@ impl crate::report::Section for SagaResults {
                     v.key(),
                     percentile(&m.sequential_ms, 0.5),
                     v.p50_target_ms(),
-                    verdict(Self::p50_met(v, m))
+                    met_or_missed(Self::p50_met(v, m))
                 )
             })
             .collect();
         let throughput = match self.throughput_met() {
-            Some(met) => verdict(met),
+            Some(met) => met_or_missed(met),
             None => "not measured",
         };
         println!(
