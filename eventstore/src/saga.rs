@@ -77,6 +77,39 @@ pub struct SagaTimer {
     pub due_at: DateTime<Utc>,
 }
 
+/// A timer's identity within its instance: `(step, attempt, kind)` of a [`SagaTimer`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SagaTimerId {
+    /// The step (empty for an operator request).
+    pub step: String,
+    /// The attempt it belongs to.
+    pub attempt: u32,
+    /// What it is for (see [`SagaTimer::kind`]).
+    pub kind: String,
+}
+
+impl SagaTimerId {
+    /// Whether `timer` has this identity.
+    pub fn is(&self, timer: &SagaTimer) -> bool {
+        self.step == timer.step && self.attempt == timer.attempt && self.kind == timer.kind
+    }
+}
+
+/// What one transition writes to the saga tables after its events and commands
+/// ([`SagaStore::finish_saga_transition`]): the timers it cancels and stores, and the instance's
+/// row as the transition left it.
+#[derive(Debug, Clone, Copy)]
+pub struct SagaTransitionWrite<'a> {
+    /// The instance's row after the transition (written as by [`SagaStore::update_saga`]).
+    pub record: &'a SagaRecord,
+    /// Timers of the instance the transition cancels (gone ones are no error).
+    pub cancel: &'a [SagaTimerId],
+    /// Timers it stores (one with the identity of a stored or cancelled timer replaces it).
+    pub put: &'a [SagaTimer],
+    /// The instance ended: every timer of it is deleted (`cancel` and `put` are then moot).
+    pub clear: bool,
+}
+
 /// Which saga instances to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SagaFilter {
@@ -121,6 +154,28 @@ pub trait SagaStore: EventStore {
         saga_id: Uuid,
     ) -> impl Future<Output = Result<Option<SagaRecord>, StoreError>> + Send;
 
+    /// [`lock_saga`](Self::lock_saga) and [`database_now`](Self::database_now) in one: the
+    /// instance's row, locked until the unit of work ends, with the database's clock as the
+    /// lock was asked for (`None` when the instance is not registered). Every transition starts
+    /// with it. The SQL stores read both in one statement; on PostgreSQL the clock is the
+    /// statement's start, so a lock that waited for another transition gives a clock a little
+    /// earlier than the lock (a deadline computed from it is that much earlier, never later).
+    ///
+    /// The default runs the two methods one after the other.
+    fn lock_saga_with_clock(
+        &self,
+        uow: &mut Self::UnitOfWork,
+        saga_id: Uuid,
+    ) -> impl Future<Output = Result<Option<(SagaRecord, DateTime<Utc>)>, StoreError>> + Send {
+        async move {
+            let Some(record) = self.lock_saga(uow, saga_id).await? else {
+                return Ok(None);
+            };
+            let now = self.database_now(uow).await?;
+            Ok(Some((record, now)))
+        }
+    }
+
     /// Updates an instance's status, detail, definition version and stream version after a
     /// transition (and `updated_at` to the database's clock). `false` when it is not registered.
     fn update_saga(
@@ -128,6 +183,24 @@ pub trait SagaStore: EventStore {
         uow: &mut Self::UnitOfWork,
         record: &SagaRecord,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Ends a transition: cancels and stores its timers (or deletes them all when the instance
+    /// ended) and updates the instance's row ([`SagaTransitionWrite`]); `false` when the
+    /// instance is not registered. The timers left are those of before, minus `cancel`, plus
+    /// `put`; none when `clear`.
+    ///
+    /// The default runs [`delete_saga_timer`](Self::delete_saga_timer),
+    /// [`put_saga_timers`](Self::put_saga_timers) or
+    /// [`delete_all_saga_timers`](Self::delete_all_saga_timers), and
+    /// [`update_saga`](Self::update_saga) one after the other; PostgreSQL writes it all in one
+    /// statement.
+    fn finish_saga_transition(
+        &self,
+        uow: &mut Self::UnitOfWork,
+        write: SagaTransitionWrite<'_>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        finish_in_steps(self, uow, write)
+    }
 
     /// Stores timers (an existing timer with the same identity gets the new deadline).
     fn put_saga_timers(
@@ -237,6 +310,29 @@ pub trait SagaStore: EventStore {
         &self,
         saga_id: Uuid,
     ) -> impl Future<Output = Result<Vec<SagaTimer>, StoreError>> + Send;
+}
+
+/// [`SagaStore::finish_saga_transition`] one statement at a time (the trait's default, and
+/// SQLite's, whose statements cost no round trip).
+pub(crate) async fn finish_in_steps<S: SagaStore>(
+    store: &S,
+    uow: &mut S::UnitOfWork,
+    write: SagaTransitionWrite<'_>,
+) -> Result<bool, StoreError> {
+    let saga_id = write.record.saga_id;
+    if write.clear {
+        store.delete_all_saga_timers(uow, saga_id).await?;
+    } else {
+        for timer in write.cancel {
+            store
+                .delete_saga_timer(uow, saga_id, &timer.step, timer.attempt, &timer.kind)
+                .await?;
+        }
+        if !write.put.is_empty() {
+            store.put_saga_timers(uow, write.put).await?;
+        }
+    }
+    store.update_saga(uow, write.record).await
 }
 
 /// The most leases one claim moves a timer's deadline by ([`SagaStore::claim_due_timers`]).

@@ -13,12 +13,48 @@ use std::time::Duration;
 
 use super::{PgStore, PgUnitOfWork};
 use crate::error::StoreError;
-use crate::saga::SagaTimer;
+use crate::saga::{SagaTimer, SagaTransitionWrite};
 use crate::sql::{db_err, sagas as shared};
 
 crate::sql::sagas::saga_store!(PgStore, PgUnitOfWork);
 
 impl PgStore {
+    /// [`crate::saga::SagaStore::finish_saga_transition`] in one statement (see
+    /// `Statements::finish_saga_transition`).
+    pub(super) async fn finish_transition(
+        &self,
+        uow: &mut PgUnitOfWork,
+        write: SagaTransitionWrite<'_>,
+    ) -> Result<bool, StoreError> {
+        let sql = &self.sql.sagas;
+        let record = write.record;
+        let (cancel, put) = shared::disjoint_timer_writes(&write);
+        let done = sqlx::query(&self.sql.finish_saga_transition)
+            .bind(record.saga_id)
+            .bind(&record.status)
+            .bind(record.detail.as_deref())
+            .bind(i64::from(record.definition_version))
+            .bind(shared::version_of(record, &sql.sagas)?)
+            .bind(cancel.iter().map(|t| t.step.as_str()).collect::<Vec<_>>())
+            .bind(
+                cancel
+                    .iter()
+                    .map(|t| i64::from(t.attempt))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(cancel.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>())
+            .bind(write.clear)
+            .bind(put.iter().map(|t| t.step.as_str()).collect::<Vec<_>>())
+            .bind(put.iter().map(|t| i64::from(t.attempt)).collect::<Vec<_>>())
+            .bind(put.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>())
+            .bind(put.iter().map(|t| t.saga_type.as_str()).collect::<Vec<_>>())
+            .bind(put.iter().map(|t| t.due_at).collect::<Vec<_>>())
+            .execute(uow.connection())
+            .await
+            .map_err(db_err("ending a saga transition", &sql.sagas))?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Claims up to `limit` due timers of `saga_types` (not empty) for `lease`; see
     /// [`crate::saga::SagaStore::claim_due_timers`].
     pub(super) async fn claim_saga_timers(

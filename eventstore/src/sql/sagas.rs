@@ -16,6 +16,8 @@ use super::dialect::Dialect;
 use crate::error::StoreError;
 use crate::naming::Naming;
 use crate::saga::{SagaRecord, SagaTimer};
+#[cfg(feature = "postgres")]
+use crate::saga::{SagaTimerId, SagaTransitionWrite};
 
 /// The columns of [`SagaRow`], in order.
 pub(crate) const SAGA_COLUMNS: &str = "saga_id, saga_type, business_key, status, detail, \
@@ -62,6 +64,8 @@ pub(crate) struct SagaSql {
     pub saga: String,
     /// `$1` id; the row locked until the transaction ends (PostgreSQL).
     pub lock: String,
+    /// [`lock`](Self::lock) with the database's clock as an eleventh column.
+    pub lock_with_clock: String,
     /// `$1` type, `$2` key.
     pub saga_by_key: String,
     /// `$1` type, `$2` status, `$3` correlation id (each NULL for any), `$4` limit.
@@ -128,6 +132,10 @@ impl SagaSql {
                 "SELECT {SAGA_COLUMNS} FROM {sagas} WHERE saga_id = $1{}",
                 D::FOR_UPDATE
             )),
+            lock_with_clock: p(&format!(
+                "SELECT {SAGA_COLUMNS}, {now} FROM {sagas} WHERE saga_id = $1{}",
+                D::FOR_UPDATE
+            )),
             saga_by_key: p(&format!(
                 "SELECT {SAGA_COLUMNS} FROM {sagas} WHERE saga_type = $1 AND business_key = $2"
             )),
@@ -162,6 +170,29 @@ pub(crate) type SagaRow = (
     DateTime<Utc>,
     DateTime<Utc>,
 );
+
+/// An instance's row and the database's clock ([`SagaSql::lock_with_clock`]).
+pub(crate) type SagaRowWithClock = (
+    Uuid,
+    String,
+    String,
+    String,
+    Option<String>,
+    Uuid,
+    i64,
+    i64,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
+pub(crate) fn saga_record_with_clock(
+    row: SagaRowWithClock,
+    table: &str,
+) -> Result<(SagaRecord, DateTime<Utc>), StoreError> {
+    let (a, b, c, d, e, f, g, h, i, j, now) = row;
+    Ok((saga_record((a, b, c, d, e, f, g, h, i, j), table)?, now))
+}
 
 pub(crate) fn saga_record(row: SagaRow, table: &str) -> Result<SagaRecord, StoreError> {
     let (
@@ -268,6 +299,32 @@ pub(crate) fn version_of(record: &SagaRecord, table: &str) -> Result<i64, StoreE
     })
 }
 
+/// The timers a transition cancels and stores, made disjoint for one statement
+/// (`finish_saga_transition` of PostgreSQL, whose parts must not write a row twice): nothing
+/// when the instance's timers are all deleted; else the cancelled ones that are not stored
+/// again (storing replaces them anyway) and the stored ones, the last of each identity.
+#[cfg(feature = "postgres")]
+pub(crate) fn disjoint_timer_writes<'a>(
+    write: &SagaTransitionWrite<'a>,
+) -> (Vec<&'a SagaTimerId>, Vec<&'a SagaTimer>) {
+    if write.clear {
+        return (Vec::new(), Vec::new());
+    }
+    let mut put: Vec<&SagaTimer> = Vec::with_capacity(write.put.len());
+    for timer in write.put {
+        put.retain(|t| {
+            !(t.step == timer.step && t.attempt == timer.attempt && t.kind == timer.kind)
+        });
+        put.push(timer);
+    }
+    let cancel = write
+        .cancel
+        .iter()
+        .filter(|id| !put.iter().any(|t| id.is(t)))
+        .collect();
+    (cancel, put)
+}
+
 /// A statement on one timer with its identity bound: `$1` saga id, `$2` step, `$3` attempt, `$4`
 /// kind (the caller binds the rest).
 pub(crate) fn timer_query<'q, DB: sqlx::Database>(
@@ -287,7 +344,8 @@ where
 }
 
 /// Implements `SagaStore` for `$store` (with the fields `pool` and `sql`, whose `sagas` is a
-/// [`SagaSql`], and a method `claim_saga_timers` with the signature of `claim_due_timers`) and
+/// [`SagaSql`], and the methods `claim_saga_timers` and `finish_transition` with the signatures
+/// of `claim_due_timers` and `finish_saga_transition`) and
 /// its unit of work `$uow` (with `connection()`).
 macro_rules! saga_store {
     ($store:ty, $uow:ty) => {
@@ -361,6 +419,30 @@ macro_rules! saga_store {
                         .await
                         .map_err(db_err("locking a saga", &sql.sagas))?;
                     row.map(|r| shared::saga_record(r, &sql.sagas)).transpose()
+                }
+
+                async fn lock_saga_with_clock(
+                    &self,
+                    uow: &mut $uow,
+                    saga_id: Uuid,
+                ) -> Result<Option<(SagaRecord, DateTime<Utc>)>, StoreError> {
+                    let sql = &self.sql.sagas;
+                    let row: Option<shared::SagaRowWithClock> =
+                        sqlx::query_as(&sql.lock_with_clock)
+                            .bind(saga_id)
+                            .fetch_optional(uow.connection())
+                            .await
+                            .map_err(db_err("locking a saga", &sql.sagas))?;
+                    row.map(|r| shared::saga_record_with_clock(r, &sql.sagas))
+                        .transpose()
+                }
+
+                async fn finish_saga_transition(
+                    &self,
+                    uow: &mut $uow,
+                    write: $crate::saga::SagaTransitionWrite<'_>,
+                ) -> Result<bool, StoreError> {
+                    self.finish_transition(uow, write).await
                 }
 
                 async fn update_saga(

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::{SqliteStore, SqliteUnitOfWork};
 use crate::error::StoreError;
-use crate::saga::{SagaTimer, claimed_until};
+use crate::saga::{SagaTimer, SagaTransitionWrite, claimed_until};
 use crate::sql::{self, db_err, sagas as shared};
 
 crate::sql::sagas::saga_store!(SqliteStore, SqliteUnitOfWork);
@@ -25,6 +25,16 @@ crate::sql::sagas::saga_store!(SqliteStore, SqliteUnitOfWork);
 type ClaimRow = (Uuid, String, String, i64, String, DateTime<Utc>, i64);
 
 impl SqliteStore {
+    /// [`crate::saga::SagaStore::finish_saga_transition`]: one statement at a time (in-process,
+    /// they cost no round trip).
+    pub(super) async fn finish_transition(
+        &self,
+        uow: &mut SqliteUnitOfWork,
+        write: SagaTransitionWrite<'_>,
+    ) -> Result<bool, StoreError> {
+        crate::saga::finish_in_steps(self, uow, write).await
+    }
+
     /// Claims up to `limit` due timers of `saga_types` (not empty) for `lease`; see
     /// [`crate::saga::SagaStore::claim_due_timers`].
     pub(super) async fn claim_saga_timers(

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use eventfold_core::{CommandMetadata, NewEvent, StreamId};
-use eventfold_eventstore::{ExpectedVersion, SagaRecord, SagaStore, SagaTimer, UnitOfWork};
+use eventfold_eventstore::{
+    ExpectedVersion, SagaRecord, SagaStore, SagaTimer, SagaTimerId, SagaTransitionWrite, UnitOfWork,
+};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -211,10 +213,8 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         let saga_id = Uuid::now_v7();
         let correlation_id = correlation_id.unwrap_or(saga_id);
         let store = &self.inner.store;
-        let now = store
-            .database_now(uow)
-            .await
-            .map_err(RuntimeError::store(saga_id))?;
+        // The store sets both times on insert, from the database's clock.
+        let now = Utc::now();
         let record = SagaRecord {
             saga_id,
             saga_type: self.saga_type().to_owned(),
@@ -311,10 +311,12 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         timer: &SagaTimer,
     ) -> Result<Applied, RuntimeError> {
         let saga_id = timer.saga_id;
-        // The instance's lock before the timer's row, in the order every transition takes them.
-        self.inner
+        // The instance's lock before the timer's row, in the order every transition takes them;
+        // the transition then goes on under this lock.
+        let locked = self
+            .inner
             .store
-            .lock_saga(uow, saga_id)
+            .lock_saga_with_clock(uow, saga_id)
             .await
             .map_err(RuntimeError::store(saga_id))?;
         let deleted = self
@@ -338,7 +340,10 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             tracing::warn!(%saga_id, kind = %timer.kind, "unknown saga timer kind deleted");
             return Ok(Applied::TimerGone);
         };
-        self.apply_in(uow, saga_id, input, None).await
+        let Some(locked) = locked else {
+            return Ok(Applied::Ignored(Ignored::NotStarted));
+        };
+        self.apply_locked(uow, locked, input, None).await
     }
 
     /// Fires a claimed timer in units of work of its own, retrying conflicts.
@@ -415,7 +420,8 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         }
     }
 
-    /// The core, in a span: lock, load, decide, write.
+    /// The core: lock, then [`apply_locked`](Self::apply_locked). Not registered: nothing to do
+    /// (a reply or timer for another service's saga, or one that never started).
     async fn apply_in(
         &self,
         uow: &mut S::UnitOfWork,
@@ -423,6 +429,30 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         input: Input<D>,
         cause: Option<Uuid>,
     ) -> Result<Applied, RuntimeError> {
+        // The instance's row first: transitions of one instance are serialised on it, so a reply
+        // and a timer never deadlock on the rows they both write.
+        let Some(locked) = self
+            .inner
+            .store
+            .lock_saga_with_clock(uow, saga_id)
+            .await
+            .map_err(RuntimeError::store(saga_id))?
+        else {
+            return Ok(Applied::Ignored(Ignored::NotStarted));
+        };
+        self.apply_locked(uow, locked, input, cause).await
+    }
+
+    /// The transition of an instance whose row this unit of work locked, at the database's
+    /// clock of the lock, in a span: load, decide, write.
+    async fn apply_locked(
+        &self,
+        uow: &mut S::UnitOfWork,
+        locked: (SagaRecord, DateTime<Utc>),
+        input: Input<D>,
+        cause: Option<Uuid>,
+    ) -> Result<Applied, RuntimeError> {
+        let saga_id = locked.0.saga_id;
         let input_name = match &input {
             Input::Start { .. } => "start",
             Input::Reply(_) => "reply",
@@ -435,7 +465,7 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             %saga_id,
             input = input_name,
         );
-        self.apply_inner(uow, saga_id, input, cause)
+        self.apply_inner(uow, locked, input, cause)
             .instrument(span)
             .await
     }
@@ -443,31 +473,18 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
     async fn apply_inner(
         &self,
         uow: &mut S::UnitOfWork,
-        saga_id: Uuid,
+        (mut record, now): (SagaRecord, DateTime<Utc>),
         input: Input<D>,
         cause: Option<Uuid>,
     ) -> Result<Applied, RuntimeError> {
         let store = &self.inner.store;
+        let saga_id = record.saga_id;
         let stream = saga_stream(saga_id)?;
-        // The instance's row first: transitions of one instance are serialised on it, so a reply
-        // and a timer never deadlock on the rows they both write. Not registered: nothing to do
-        // (a reply or timer for another service's saga, or one that never started).
-        let Some(mut record) = store
-            .lock_saga(uow, saga_id)
-            .await
-            .map_err(RuntimeError::store(saga_id))?
-        else {
-            return Ok(Applied::Ignored(Ignored::NotStarted));
-        };
         let loaded = history::read_in(uow, &stream, saga_id).await?;
         let mut state = SagaState::fold(loaded.iter().map(|(e, ..)| e));
         // A timer has no id of its own: what it fires is caused by the instance's latest
         // transition (which set or moved the timer), so the trace keeps one causal chain.
         let cause = cause.or_else(|| loaded.last().map(|(.., id)| *id));
-        let now = store
-            .database_now(uow)
-            .await
-            .map_err(RuntimeError::store(saga_id))?;
         let transition = match self.inner.definition.decide(&state, input, now)? {
             Decision::Ignored { why } => {
                 metrics::counter!("eventfold_saga_ignored_total", "saga_type" => self.saga_type().to_owned())
@@ -533,45 +550,42 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
                 .await
                 .map_err(RuntimeError::store(saga_id))?;
         }
-        // The timers.
-        for key in &transition.cancel_timers {
-            store
-                .delete_saga_timer(uow, saga_id, &key.step, key.attempt, kind_name(key.kind))
-                .await
-                .map_err(RuntimeError::store(saga_id))?;
-        }
-        if state.status.is_terminal() {
-            store
-                .delete_all_saga_timers(uow, saga_id)
-                .await
-                .map_err(RuntimeError::store(saga_id))?;
-        } else if !transition.timers.is_empty() {
-            let timers: Vec<SagaTimer> = transition
-                .timers
-                .iter()
-                .map(|t| SagaTimer {
-                    saga_id,
-                    saga_type: self.saga_type().to_owned(),
-                    step: t.key.step.clone(),
-                    attempt: t.key.attempt,
-                    kind: kind_name(t.key.kind).to_owned(),
-                    due_at: t.due_at,
-                })
-                .collect();
-            store
-                .put_saga_timers(uow, &timers)
-                .await
-                .map_err(RuntimeError::store(saga_id))?;
-        }
-        // The instance's row.
+        // The timers and the instance's row.
+        let cancel: Vec<SagaTimerId> = transition
+            .cancel_timers
+            .iter()
+            .map(|key| SagaTimerId {
+                step: key.step.clone(),
+                attempt: key.attempt,
+                kind: kind_name(key.kind).to_owned(),
+            })
+            .collect();
+        let put: Vec<SagaTimer> = transition
+            .timers
+            .iter()
+            .map(|t| SagaTimer {
+                saga_id,
+                saga_type: self.saga_type().to_owned(),
+                step: t.key.step.clone(),
+                attempt: t.key.attempt,
+                kind: kind_name(t.key.kind).to_owned(),
+                due_at: t.due_at,
+            })
+            .collect();
         let (status, detail) = status_detail(&state);
         record.status = status;
         record.detail = detail;
         record.correlation_id = state.correlation_id;
         record.definition_version = state.definition_version;
         record.version = state.version;
+        let write = SagaTransitionWrite {
+            record: &record,
+            cancel: &cancel,
+            put: &put,
+            clear: state.status.is_terminal(),
+        };
         if !store
-            .update_saga(uow, &record)
+            .finish_saga_transition(uow, write)
             .await
             .map_err(RuntimeError::store(saga_id))?
         {

@@ -17,6 +17,7 @@ mod claims;
 mod instances;
 mod outcomes;
 mod timers;
+mod transitions;
 
 pub use claims::{
     a_claim_expires_after_its_lease, a_released_claim_is_due_again_at_once,
@@ -29,6 +30,7 @@ pub use instances::{
 };
 pub use outcomes::request_outcomes_are_recorded_once;
 pub use timers::{timer_requests_need_a_registered_saga, timers_are_stored_moved_and_deleted};
+pub use transitions::a_transition_ends_with_its_timers_and_row;
 
 use std::time::Duration;
 
