@@ -258,6 +258,11 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
         let mut renewal: Option<Renewal> = None;
         let mut renew_failed = false;
         let mut settle_failed = false;
+        // Whether a claim could find rows the last one did not: set by what can make rows
+        // claimable (a wake-up or the idle poll, a settle that freed keys, a full claim, a lease
+        // renewal, a failure to retry, room after the batches were at their limit, when
+        // wake-ups were not listened to), so that a finished batch alone costs no claim.
+        let mut claim_due = true;
         loop {
             // The leases are renewed beside the publishing; only the first claim waits for them.
             if renewal.is_none() && leases.due(&config) {
@@ -270,13 +275,17 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
                 if let Some((started, _)) = renewal.take() {
                     renew_failed = leases.apply(renewed, started, &config, owner).is_err();
                 }
+                claim_due = true;
             }
             if settling.as_ref().is_some_and(|s| s.task.is_finished()) {
                 let settled = settling_done(&mut settling).await;
                 settle_failed = settled_apply(&mut settling, &mut flying, settled, owner);
+                claim_due = true;
             }
+            let was_full = in_flight.len() >= max_batches;
             while let Some(Some(done)) = in_flight.next().now_or_never() {
                 finished.push(done);
+                claim_due |= was_full;
             }
             // Finished batches are recorded (delivered rows deleted) on a task beside the next
             // claim; their keys stay in flight until that ends, so the claim leaves those
@@ -291,7 +300,8 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
             }
             let mut failed = renew_failed || std::mem::take(&mut settle_failed);
             let mut full = false;
-            if !failed && !leases.slots.is_empty() && in_flight.len() < max_batches {
+            if !failed && claim_due && !leases.slots.is_empty() && in_flight.len() < max_batches {
+                claim_due = false;
                 let exclude: Vec<&str> = flying.iter().map(String::as_str).collect();
                 match store
                     .claim_outbox(&leases.slots, batch_size, &exclude)
@@ -299,6 +309,7 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
                 {
                     Ok(rows) => {
                         full = rows.len() >= batch_size;
+                        claim_due = full;
                         if !rows.is_empty() {
                             flying.extend(rows.iter().map(|r| r.message.key.clone()));
                             in_flight.push(publish_rows(&publisher, rows));
@@ -311,6 +322,7 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
                 }
             }
             failures = if failed { failures + 1 } else { 0 };
+            claim_due |= failed;
             let room = in_flight.len() < max_batches;
             if full && room && failures == 0 {
                 // A backlog: claim the next batch at once.
@@ -324,16 +336,21 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                Some(done) = in_flight.next(), if !in_flight.is_empty() => finished.push(done),
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    finished.push(done);
+                    claim_due |= !room;
+                }
                 settled = settling_done(&mut settling) => {
                     settle_failed = settled_apply(&mut settling, &mut flying, settled, owner);
+                    claim_due = true;
                 }
                 renewed = renewal_done(&mut renewal) => {
                     if let Some((started, _)) = renewal.take() {
                         renew_failed = leases.apply(renewed, started, &config, owner).is_err();
                     }
+                    claim_due = true;
                 }
-                () = wakeup.wait(wait), if room || in_flight.is_empty() => {}
+                () = wakeup.wait(wait), if room || in_flight.is_empty() => claim_due = true,
             }
         }
         // A renewal in progress ends before the release: it must not lease the slots again
