@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventfold::eventstore::postgres::PgStore;
-use eventfold::eventstore::{Checkpoint, EventStore, ExpectedVersion, LogFilter, UnitOfWork};
+use eventfold::eventstore::{
+    Checkpoint, EventStore, ExpectedVersion, LogFilter, UnitOfWork, Wakeup,
+};
 use eventfold::{NewEvent, StreamId};
 use uuid::Uuid;
 
@@ -400,4 +402,33 @@ async fn notify_wakes_readers_of_other_instances() {
         .unwrap();
     assert_eq!(versions, vec![1, 2, 3]);
     assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}");
+}
+
+/// A store's own NOTIFYs do not wake its readers a second time: its append wakes them at once,
+/// in the process, and the NOTIFY that tells other processes about it (sent within a few
+/// milliseconds) is skipped, so a relay or subscription does not query again for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_notify_does_not_wake_readers_twice() {
+    let (store, _db) = common::postgres().await;
+    let mut wakeup = store.wakeup().await.unwrap();
+    let stream = StreamId::new("order", "own").unwrap();
+    store
+        .clone()
+        .append(&stream, ExpectedVersion::Exact(0), vec![event(0)])
+        .await
+        .unwrap();
+    let started = Instant::now();
+    wakeup.wait(Duration::from_secs(10)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the append wakes at once: {:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    wakeup.wait(Duration::from_millis(800)).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(750),
+        "the store's own NOTIFY is skipped, the wait runs out: woke after {:?}",
+        started.elapsed()
+    );
 }

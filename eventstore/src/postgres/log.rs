@@ -1,6 +1,7 @@
 //! The global log: reading below the transaction horizon (ADR 0007), the head, and the wakeup
 //! of log readers (NOTIFY from other processes, at once in this one).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -19,11 +20,18 @@ use crate::store::Wakeup;
 pub(super) const NOTIFY_EVERY: Duration = Duration::from_millis(5);
 
 /// Sends a NOTIFY on `channel` after appends made through this process's store handles, at most
-/// one per [`NOTIFY_EVERY`]; ends when every handle is dropped.
-pub(super) async fn notify_pump(pool: PgPool, channel: String, mut signals: watch::Receiver<u64>) {
+/// one per [`NOTIFY_EVERY`]; ends when every handle is dropped. Its payload is the store's
+/// `origin`, so that the store's own wake-ups, which `signals` woke already, skip it.
+pub(super) async fn notify_pump(
+    pool: PgPool,
+    channel: String,
+    origin: Arc<str>,
+    mut signals: watch::Receiver<u64>,
+) {
     while signals.changed().await.is_ok() {
-        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(&channel)
+            .bind(&*origin)
             .execute(&pool)
             .await
         {
@@ -34,10 +42,14 @@ pub(super) async fn notify_pump(pool: PgPool, channel: String, mut signals: watc
 }
 
 /// Wakes PostgreSQL log readers: appends through this process (at once) and NOTIFY from other
-/// processes. Polling covers the rest (writers that do not notify, a lost connection).
+/// processes. Polling covers the rest (writers that do not notify, a lost connection). The
+/// store's own NOTIFYs (their payload is its origin) are skipped: the appends they announce
+/// woke the reader already, and a second wake-up would cost a reader (a relay, a subscription) a
+/// query that finds nothing.
 pub struct PgWakeup {
     pub(super) local: watch::Receiver<u64>,
     pub(super) listener: Option<PgListener>,
+    pub(super) origin: Arc<str>,
 }
 
 impl std::fmt::Debug for PgWakeup {
@@ -48,25 +60,45 @@ impl std::fmt::Debug for PgWakeup {
     }
 }
 
+/// What woke a [`PgWakeup`] that listens.
+enum Woken {
+    /// An append of this process, the end of the wait, or another store's NOTIFY.
+    Yes,
+    /// This store's own NOTIFY: wait on.
+    Own,
+    /// The LISTEN connection failed.
+    Failed,
+}
+
 impl Wakeup for PgWakeup {
     async fn wait(&mut self, max: Duration) {
+        let deadline = tokio::time::Instant::now() + max;
         let local = &mut self.local;
-        match self.listener.as_mut() {
-            Some(listener) => {
-                let failed = tokio::select! {
-                    _ = local.changed() => false,
-                    received = listener.recv() => received.is_err(),
-                    () = tokio::time::sleep(max) => false,
-                };
-                if failed {
+        let origin = &*self.origin;
+        loop {
+            let Some(listener) = self.listener.as_mut() else {
+                let _ = tokio::time::timeout_at(deadline, local.changed()).await;
+                return;
+            };
+            let woken = tokio::select! {
+                _ = local.changed() => Woken::Yes,
+                received = listener.recv() => match received {
+                    Ok(notification) if notification.payload() == origin => Woken::Own,
+                    Ok(_) => Woken::Yes,
+                    Err(_) => Woken::Failed,
+                },
+                () = tokio::time::sleep_until(deadline) => Woken::Yes,
+            };
+            match woken {
+                Woken::Yes => return,
+                Woken::Own => continue,
+                Woken::Failed => {
                     tracing::warn!(
                         "the LISTEN connection failed; log readers fall back to polling"
                     );
                     self.listener = None;
+                    return;
                 }
-            }
-            None => {
-                let _ = tokio::time::timeout(max, local.changed()).await;
             }
         }
     }
@@ -187,6 +219,7 @@ impl PgStore {
         Ok(PgWakeup {
             local: self.appended.subscribe(),
             listener,
+            origin: Arc::clone(&self.origin),
         })
     }
 }

@@ -74,6 +74,9 @@ pub struct PgStore {
     pub(super) relay: Arc<RelaySql>,
     pub(super) routing: Option<Arc<OutboxRouting>>,
     pub(super) appended: Arc<watch::Sender<u64>>,
+    /// The payload of this store's NOTIFYs: its wake-ups skip them (`appended` woke them
+    /// already), and wake only for other stores' appends.
+    pub(super) origin: Arc<str>,
     pub(super) pool: PgPool,
     pub(super) naming: Arc<Naming>,
     pub(super) sql: Arc<Statements>,
@@ -123,13 +126,20 @@ impl PgStoreBuilder {
         let (appended, signals) = watch::channel(0);
         // Tell other processes about appends, outside the writers' transactions: a NOTIFY inside
         // them would serialize their commits on PostgreSQL's notification queue lock.
-        tokio::spawn(notify_pump(self.pool.clone(), sql.channel.clone(), signals));
+        let origin: Arc<str> = Arc::from(uuid::Uuid::now_v7().to_string());
+        tokio::spawn(notify_pump(
+            self.pool.clone(),
+            sql.channel.clone(),
+            Arc::clone(&origin),
+            signals,
+        ));
         let store = PgStore {
             coalescer: None,
             gate: crate::sql::gate::WriteGate::open(),
             relay: Arc::new(RelaySql::new(&self.naming)),
             routing: self.routing.map(Arc::new),
             appended: Arc::new(appended),
+            origin,
             sql,
             pool: self.pool,
             naming: Arc::new(self.naming),

@@ -106,8 +106,10 @@ impl Dialect for Pg {
     const DROP_CASCADE: &'static str = " CASCADE";
     const COMMIT_KEY: &'static str = "commit_key";
     /// The start of the current statement, not of the transaction (`now()`): a deadline that a
-    /// long transition computes from [`crate::SagaStore::database_now`] late in its transaction
-    /// is not already in the past, and a row's `updated_at` is close to its commit. Unlike
+    /// transition computes from the clock read with its lock
+    /// ([`crate::SagaStore::lock_saga_with_clock`]) does not start from the moment a unit of
+    /// work that did other work first began, and a row's `updated_at` is close to its commit
+    /// (a lock that waits reads the clock before its wait). Unlike
     /// `clock_timestamp()` it is one value per statement (a new row's `started_at` equals its
     /// `updated_at`) and stable, so the claim's `due_at <= ...` can be an index condition.
     const NOW: &'static str = "statement_timestamp()";
