@@ -100,7 +100,7 @@
 //!    start-to-completion latency p50/p99/max, under that load and one saga at a time, for
 //!    PostgreSQL with the in-process broker, PostgreSQL with the Kafka-protocol broker
 //!    (`KafkaPublisher` + `KafkaSource`, fresh topics; once with `KafkaSource::new`'s defaults,
-//!    once with the consumers' `fetch.wait.max.ms` = 5) and SQLite (a temporary WAL file) with the
+//!    once with the consumers' `fetch.wait.max.ms` = 1) and SQLite (a temporary WAL file) with the
 //!    in-process broker. One process runs the orders service (`Orchestrator`, its reply consumer,
 //!    its `Scheduler`, one `Relay`) and three participants (inventory, payments, shipping: one
 //!    event appended per command, success replied), all `run(shutdown)` loops on tokio tasks,

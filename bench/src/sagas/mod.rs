@@ -15,7 +15,7 @@
 //!   replies success.
 //!
 //! The Kafka variant runs twice: with `KafkaSource::new`'s configuration (what an application gets),
-//! and with `fetch.wait.max.ms` = 5: tansu 0.6 appears to hold a fetch for its whole
+//! and with `fetch.wait.max.ms` = 1: tansu 0.6 appears to hold a fetch for its whole
 //! `fetch.wait.max.ms` (librdkafka's default: 500 ms) even when records arrive meanwhile, which
 //! a saga's 6 broker hops then wait for (observed, not read in tansu's code).
 //!
@@ -218,7 +218,7 @@ enum Variant {
 const REPLY_LANES: usize = runtime::REPLY_LANES;
 
 /// `fetch.wait.max.ms` of the second Kafka variant's consumers (librdkafka's default is 500).
-const LOW_FETCH_WAIT_MS: &str = "5";
+const LOW_FETCH_WAIT_MS: &str = "1";
 
 impl Variant {
     const ALL: [Variant; 5] = [
@@ -239,7 +239,7 @@ impl Variant {
                 "PostgreSQL + Kafka-protocol broker (tansu), `KafkaSource::new` defaults"
             }
             Variant::PgKafkaLowWait => {
-                "PostgreSQL + Kafka-protocol broker (tansu), consumers with `fetch.wait.max.ms` = 5"
+                "PostgreSQL + Kafka-protocol broker (tansu), consumers with `fetch.wait.max.ms` = 1"
             }
             Variant::SqliteInProcess => "SQLite (WAL file) + in-process broker",
         }
@@ -250,7 +250,7 @@ impl Variant {
             Variant::PgInProcess => "postgres_in_process",
             Variant::PgInProcessPerRecord => "postgres_in_process_per_record",
             Variant::PgKafka => "postgres_kafka",
-            Variant::PgKafkaLowWait => "postgres_kafka_fetch_wait_5ms",
+            Variant::PgKafkaLowWait => "postgres_kafka_fetch_wait_1ms",
             Variant::SqliteInProcess => "sqlite_in_process",
         }
     }

@@ -229,7 +229,7 @@ impl crate::report::Section for SagaResults {
   pool of {PG_POOL}; SQLite: a temporary file through `SqliteStore::connect`, WAL, synchronous =
   NORMAL, pool of 8), so the one relay publishes commands and replies. Kafka: fresh topics of
   {PARTITIONS} partitions per run (`KafkaPublisher::create_topics`), one `KafkaSource` per consumer
-  (its own group), with `KafkaSource::new`'s configuration, then with `fetch.wait.max.ms` = 5:
+  (its own group), with `KafkaSource::new`'s configuration, then with `fetch.wait.max.ms` = 1:
   tansu 0.6 appears to hold a fetch for its whole `fetch.wait.max.ms` (librdkafka's default:
   500 ms) even when records arrive meanwhile, and a saga has 6 broker hops (observed).
 * Busy = from a consumer's poll that returned records to its next poll: handling the batch (in
