@@ -178,15 +178,27 @@ fn is_false(value: &bool) -> bool {
     !*value
 }
 
-/// Aliases as owned names (of a [`Field`] or a [`Variant`]).
-fn owned(aliases: &[&str]) -> Vec<String> {
-    aliases.iter().map(|&a| a.to_owned()).collect()
+/// The alias methods of a [`Field`] or a [`Variant`] (`$what` names it in their docs): both
+/// have a `name` and `aliases`, in types of their own.
+macro_rules! aliased {
+    ($type:ty, $what:literal) => {
+        impl $type {
+            #[doc = concat!("Other names read as this ", $what, ".")]
+            pub fn with_aliases(mut self, aliases: &[&str]) -> Self {
+                self.aliases = aliases.iter().map(|&a| a.to_owned()).collect();
+                self
+            }
+
+            #[doc = concat!("Whether `name` is read as this ", $what, ".")]
+            pub(crate) fn answers_to(&self, name: &str) -> bool {
+                self.name == name || self.aliases.iter().any(|a| a == name)
+            }
+        }
+    };
 }
 
-/// Whether `asked` is read as the field or variant `name` with `aliases`.
-fn answers_to(name: &str, aliases: &[String], asked: &str) -> bool {
-    name == asked || aliases.iter().any(|a| a == asked)
-}
+aliased!(Field, "field");
+aliased!(Variant, "variant");
 
 impl Field {
     /// A field without a default.
@@ -203,17 +215,6 @@ impl Field {
     pub fn with_default(mut self, default: bool) -> Self {
         self.default = default;
         self
-    }
-
-    /// Other names read as this field.
-    pub fn with_aliases(mut self, aliases: &[&str]) -> Self {
-        self.aliases = owned(aliases);
-        self
-    }
-
-    /// Whether `name` is read as this field.
-    pub(crate) fn answers_to(&self, name: &str) -> bool {
-        answers_to(&self.name, &self.aliases, name)
     }
 }
 
@@ -239,17 +240,6 @@ impl Variant {
             aliases: Vec::new(),
             shape,
         }
-    }
-
-    /// Other names read as this variant.
-    pub fn with_aliases(mut self, aliases: &[&str]) -> Self {
-        self.aliases = owned(aliases);
-        self
-    }
-
-    /// Whether `name` is read as this variant.
-    pub(crate) fn answers_to(&self, name: &str) -> bool {
-        answers_to(&self.name, &self.aliases, name)
     }
 }
 
