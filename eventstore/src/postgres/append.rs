@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::*;
 use crate::error::{ExpectedVersion, StoreError};
 use crate::outbox::{OUTBOX_SLOTS, OutboxRouting, append_messages};
-use crate::sql::unit_of_work::{Savepoint, savepoint};
+use crate::sql::unit_of_work::{Savepoint, SavepointOf::Append, savepoint};
 use crate::sql::{self, db_err, to_i64, to_u64};
 use crate::store::{AppendResult, fill_source, validate_append};
 use crate::trace::SentEntry;
@@ -360,15 +360,15 @@ impl PgUnitOfWork {
         let rows = loop {
             attempt += 1;
             let table = &self.sql.events;
-            savepoint::<Postgres>(&mut self.tx, Savepoint::Open, table).await?;
+            savepoint(&mut self.tx, Append, Savepoint::Open, table).await?;
             match try_append(&mut self.tx, &self.sql, stream_id, None, events, outbox).await {
                 Ok(rows) => {
-                    savepoint::<Postgres>(&mut self.tx, Savepoint::Release, table).await?;
+                    savepoint(&mut self.tx, Append, Savepoint::Release, table).await?;
                     break rows;
                 }
                 Err(e) => {
                     let error = append_error(&self.sql, e, stream_id, expected, events);
-                    savepoint::<Postgres>(&mut self.tx, Savepoint::RollBack, table).await?;
+                    savepoint(&mut self.tx, Append, Savepoint::RollBack, table).await?;
                     if !error.is_conflict() || attempt >= ANY_RETRIES {
                         return Err(error);
                     }

@@ -44,21 +44,35 @@ pub(crate) fn mark_inbox<D: Dialect>(inbox: &str) -> String {
     ))
 }
 
-/// A step of the savepoint an append runs in, so that a failed append leaves its unit of work as
-/// it was (a unit of work is a transaction of its own).
+/// A step of a savepoint ([`savepoint`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Savepoint {
-    /// Before the append's first row.
+    /// Before the append's first row, or at [`UnitOfWork::savepoint`](crate::store::UnitOfWork::savepoint).
     Open,
-    /// After its last row.
+    /// After the append's last row, or when the unit of work releases its savepoint.
     Release,
-    /// When it failed: undoes its rows (the savepoint stays open).
+    /// When the append failed, or the unit of work rolls back to its savepoint: undoes the rows
+    /// since the savepoint (which stays open).
     RollBack,
 }
 
-/// Runs `step` of the append's savepoint on `conn`.
+/// Whose savepoint: an append's, so that a failed append leaves its unit of work as it was (a
+/// unit of work is a transaction of its own), or a unit of work's own
+/// ([`UnitOfWork::savepoint`](crate::store::UnitOfWork::savepoint)). They nest, and an append's
+/// nests inside a unit of work's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SavepointOf {
+    /// `eventfold_append`; a failure is one of appending events.
+    Append,
+    /// `eventfold_step`; a failure names the step.
+    UnitOfWork,
+}
+
+/// Runs `step` of `owner`'s savepoint (one of ours, never the application's text) in `tx`; a
+/// failure names the step and `events_table`.
 pub(crate) async fn savepoint<DB: Database>(
-    conn: &mut DB::Connection,
+    tx: &mut sqlx::Transaction<'static, DB>,
+    owner: SavepointOf,
     step: Savepoint,
     events_table: &str,
 ) -> Result<(), StoreError>
@@ -66,58 +80,26 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
 {
-    named_savepoint::<DB>(
-        conn,
-        "eventfold_append",
-        step,
-        "appending events",
-        events_table,
-    )
-    .await
-}
-
-/// Runs `step` of savepoint `name` (one of ours, never the application's text) on `conn`; a
-/// failure names `operation` and `table`.
-pub(crate) async fn named_savepoint<DB: Database>(
-    conn: &mut DB::Connection,
-    name: &'static str,
-    step: Savepoint,
-    operation: &'static str,
-    table: &str,
-) -> Result<(), StoreError>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-{
+    let (name, operation) = match (owner, step) {
+        (SavepointOf::Append, _) => ("eventfold_append", "appending events"),
+        (SavepointOf::UnitOfWork, Savepoint::Open) => ("eventfold_step", "opening a savepoint"),
+        (SavepointOf::UnitOfWork, Savepoint::Release) => {
+            ("eventfold_step", "releasing a savepoint")
+        }
+        (SavepointOf::UnitOfWork, Savepoint::RollBack) => {
+            ("eventfold_step", "rolling back to a savepoint")
+        }
+    };
     let statement = match step {
         Savepoint::Open => format!("SAVEPOINT {name}"),
         Savepoint::Release => format!("RELEASE SAVEPOINT {name}"),
         Savepoint::RollBack => format!("ROLLBACK TO SAVEPOINT {name}"),
     };
     sqlx::query::<DB>(&statement)
-        .execute(conn)
+        .execute(&mut **tx)
         .await
-        .map_err(super::db_err(operation, table))?;
+        .map_err(super::db_err(operation, events_table))?;
     Ok(())
-}
-
-/// Runs `step` of a unit of work's own savepoint ([`UnitOfWork::savepoint`](crate::store::UnitOfWork::savepoint)):
-/// they nest, and an append's savepoint nests inside them.
-pub(crate) async fn step<DB: Database>(
-    tx: &mut sqlx::Transaction<'static, DB>,
-    step: Savepoint,
-    events_table: &str,
-) -> Result<(), StoreError>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-{
-    let operation = match step {
-        Savepoint::Open => "opening a savepoint",
-        Savepoint::Release => "releasing a savepoint",
-        Savepoint::RollBack => "rolling back to a savepoint",
-    };
-    named_savepoint::<DB>(tx, "eventfold_step", step, operation, events_table).await
 }
 
 /// Stamps every method of [`UnitOfWork`](crate::store::UnitOfWork) (inside its impl): `append` (over the backend's `append_events`), the reads, snapshot and command writes,
@@ -241,19 +223,32 @@ macro_rules! unit_of_work_methods {
         }
 
         async fn savepoint(&mut self) -> Result<(), $crate::error::StoreError> {
-            use $crate::sql::unit_of_work::{Savepoint, step};
-            step(&mut self.tx, Savepoint::Open, &self.sql.read.events).await
+            use $crate::sql::unit_of_work::{Savepoint, SavepointOf::UnitOfWork, savepoint};
+            savepoint(
+                &mut self.tx,
+                UnitOfWork,
+                Savepoint::Open,
+                &self.sql.read.events,
+            )
+            .await
         }
 
         async fn rollback_to_savepoint(&mut self) -> Result<(), $crate::error::StoreError> {
-            use $crate::sql::unit_of_work::{Savepoint, step};
-            step(&mut self.tx, Savepoint::RollBack, &self.sql.read.events).await?;
-            step(&mut self.tx, Savepoint::Release, &self.sql.read.events).await
+            use $crate::sql::unit_of_work::{Savepoint, SavepointOf::UnitOfWork, savepoint};
+            let events = &self.sql.read.events;
+            savepoint(&mut self.tx, UnitOfWork, Savepoint::RollBack, events).await?;
+            savepoint(&mut self.tx, UnitOfWork, Savepoint::Release, events).await
         }
 
         async fn release_savepoint(&mut self) -> Result<(), $crate::error::StoreError> {
-            use $crate::sql::unit_of_work::{Savepoint, step};
-            step(&mut self.tx, Savepoint::Release, &self.sql.read.events).await
+            use $crate::sql::unit_of_work::{Savepoint, SavepointOf::UnitOfWork, savepoint};
+            savepoint(
+                &mut self.tx,
+                UnitOfWork,
+                Savepoint::Release,
+                &self.sql.read.events,
+            )
+            .await
         }
 
         async fn commit(self) -> Result<(), $crate::error::StoreError> {

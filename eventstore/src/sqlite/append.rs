@@ -2,13 +2,12 @@
 //! checked first and inside a savepoint, and the outbox rows of the events beside them.
 
 use eventfold_core::{NewEvent, OutboxMessage, StreamId};
-use sqlx::Sqlite;
 
 use super::statements::EVENTS_PER_INSERT;
 use super::*;
 use crate::error::{ExpectedVersion, StoreError};
 use crate::outbox::{OUTBOX_SLOTS, append_messages};
-use crate::sql::unit_of_work::{Savepoint, savepoint};
+use crate::sql::unit_of_work::{Savepoint, SavepointOf::Append, savepoint};
 use crate::sql::{self, db_err, to_i64, to_u64};
 use crate::store::{AppendResult, fill_source, validate_append};
 use crate::trace::SentEntry;
@@ -34,7 +33,7 @@ impl SqliteUnitOfWork {
         let outbox = append_messages(self.routing.as_deref(), stream_id, current + 1, &events);
         // SQLite has no savepoint-free way to undo part of a statement list: insert into a
         // savepoint so a failed append leaves the unit of work as it was.
-        savepoint::<Sqlite>(&mut self.tx, Savepoint::Open, &self.sql.events).await?;
+        savepoint(&mut self.tx, Append, Savepoint::Open, &self.sql.events).await?;
         let mut positions = Vec::with_capacity(events.len());
         for (c, chunk) in events.chunks(EVENTS_PER_INSERT).enumerate() {
             let first = current + 1 + (c * EVENTS_PER_INSERT) as u64;
@@ -86,7 +85,7 @@ impl SqliteUnitOfWork {
             self.undo_append().await;
             return Err(e);
         }
-        savepoint::<Sqlite>(&mut self.tx, Savepoint::Release, &self.sql.events).await?;
+        savepoint(&mut self.tx, Append, Savepoint::Release, &self.sql.events).await?;
         self.wrote_events = true;
         Ok(AppendResult {
             previous_version: current,
@@ -119,8 +118,8 @@ impl SqliteUnitOfWork {
     /// reporting, so these statements' own errors are not.
     async fn undo_append(&mut self) {
         let events = &self.sql.events;
-        let _ = savepoint::<Sqlite>(&mut self.tx, Savepoint::RollBack, events).await;
-        let _ = savepoint::<Sqlite>(&mut self.tx, Savepoint::Release, events).await;
+        let _ = savepoint(&mut self.tx, Append, Savepoint::RollBack, events).await;
+        let _ = savepoint(&mut self.tx, Append, Savepoint::Release, events).await;
     }
 
     /// Writes the outbox rows of the application's messages (`uow.enqueue`) and the journal
