@@ -1,98 +1,101 @@
 //! Loading an aggregate: from the latest usable snapshot and the events after it, read page by
 //! page from the store (committed data) or from a unit of work.
 
-use std::future::Future;
+use eventfold_core::{Aggregate, CommandMetadata, RecordedEvent, StreamId, decode_event};
 
-use eventfold_core::{Aggregate, RecordedEvent, StreamId, decode_event};
-
-use super::{Loaded, Repository};
-use crate::error::{ExecuteError, StoreError};
+use super::retry::conflict_or_store;
+use super::{Executed, Loaded, Repository, apply_all};
+use crate::error::{ExecuteError, ExpectedVersion, StoreError};
 use crate::store::{EventStore, Snapshot, UnitOfWork};
 
 /// Events read per query while loading a stream.
 const PAGE: u64 = 1000;
 
-/// Where a load reads from: the store (committed data) or a unit of work.
-pub(super) trait Source: Send {
-    fn snapshot(
-        &mut self,
-        stream_id: &StreamId,
-    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send;
-    fn read(
-        &mut self,
-        stream_id: &StreamId,
-        from_version: u64,
-        max_count: u64,
-    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+/// Where a load reads from, and a decided command appends to: the store (committed data) or a
+/// unit of work.
+pub(super) enum Source<'a, S: EventStore> {
+    Store(&'a S),
+    Uow(&'a mut S::UnitOfWork),
 }
 
-pub(super) struct FromStore<'a, S>(pub(super) &'a S);
-
-impl<S: EventStore> Source for FromStore<'_, S> {
-    fn snapshot(
-        &mut self,
-        stream_id: &StreamId,
-    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send {
-        self.0.load_snapshot(stream_id)
+impl<S: EventStore> Source<'_, S> {
+    async fn snapshot(&mut self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        match self {
+            Source::Store(store) => store.load_snapshot(stream_id).await,
+            Source::Uow(uow) => uow.load_snapshot(stream_id).await,
+        }
     }
-    fn read(
+
+    async fn read(
         &mut self,
         stream_id: &StreamId,
         from_version: u64,
         max_count: u64,
-    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send {
-        self.0.read_stream(stream_id, from_version, max_count)
-    }
-}
-
-pub(super) struct FromUow<'a, U>(pub(super) &'a mut U);
-
-impl<U: UnitOfWork> Source for FromUow<'_, U> {
-    fn snapshot(
-        &mut self,
-        stream_id: &StreamId,
-    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send {
-        self.0.load_snapshot(stream_id)
-    }
-    fn read(
-        &mut self,
-        stream_id: &StreamId,
-        from_version: u64,
-        max_count: u64,
-    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send {
-        self.0.read_stream(stream_id, from_version, max_count)
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        match self {
+            Source::Store(store) => store.read_stream(stream_id, from_version, max_count).await,
+            Source::Uow(uow) => uow.read_stream(stream_id, from_version, max_count).await,
+        }
     }
 }
 
 impl<A: Aggregate, S: EventStore> Repository<A, S> {
-    /// Loads the state (from the state cache when it holds the stream, else from `source`) and
-    /// handles the command: the loaded state and the events the command decided.
-    pub(super) async fn decide(
+    /// Loads the state (from the state cache when it holds the stream, else from `source`),
+    /// handles the command, and appends the events it decided through `source` expecting the
+    /// version it was loaded at (nothing when it decided none), applied to the state: the
+    /// version before the command, and what it executed.
+    pub(super) async fn decide_and_append(
         &self,
-        source: &mut impl Source,
+        source: &mut Source<'_, S>,
         stream_id: &StreamId,
         command: &A::Command,
-    ) -> Result<(Loaded<A>, Vec<A::Event>), ExecuteError<A::Error>> {
+        meta: &CommandMetadata,
+    ) -> Result<(u64, Executed<A>), ExecuteError<A::Error>> {
         let cached = self.cache.as_ref().and_then(|cache| cache.get(stream_id));
-        let loaded = match cached {
+        let Loaded { state, version } = match cached {
             Some(loaded) => loaded,
             None => self.load_from(source, stream_id, None).await?,
         };
-        let events = loaded
-            .state
+        let events = state
             .handle(command)
             .map_err(|source| ExecuteError::Rejected {
                 stream_id: stream_id.clone(),
                 source,
             })?;
-        Ok((loaded, events))
+        let mut executed = Executed {
+            stream_id: stream_id.clone(),
+            version,
+            events: Vec::new(),
+            state,
+            deduplicated: false,
+        };
+        if events.is_empty() {
+            return Ok((version, executed));
+        }
+        let encoded = self.encode(stream_id, &events, meta)?;
+        let expected = ExpectedVersion::Exact(version);
+        let appended = match source {
+            Source::Store(store) => store.append(stream_id, expected, encoded.clone()).await,
+            Source::Uow(uow) => uow.append(stream_id, expected, encoded.clone()).await,
+        }
+        .map_err(|e| conflict_or_store(stream_id, e))?;
+        executed.events = apply_all(
+            &mut executed.state,
+            stream_id,
+            version,
+            events,
+            encoded,
+            appended.positions,
+        );
+        executed.version = appended.version;
+        Ok((version, executed))
     }
 
     /// Loads the state from the latest usable snapshot and the events after it, up to
     /// `up_to` (inclusive) when given.
     pub(super) async fn load_from(
         &self,
-        source: &mut impl Source,
+        source: &mut Source<'_, S>,
         stream_id: &StreamId,
         up_to: Option<u64>,
     ) -> Result<Loaded<A>, StoreError> {

@@ -41,8 +41,8 @@ use tracing::Instrument;
 use crate::error::{ExecuteError, ExpectedVersion, StoreError};
 use crate::store::{CommandRecord, EventStore, UnitOfWork};
 use cache::StateCache;
-use load::{FromStore, FromUow};
-use retry::{backoff, conflict_or_store, count_retry, retriable_transient, transient_backoff};
+use load::Source;
+use retry::{backoff, count_retry, retriable_transient, transient_backoff};
 use snapshots::SnapshotPolicy;
 
 /// What an executed command produced.
@@ -205,7 +205,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// Loads the current state of an aggregate (default state at version 0 if it has no events).
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, StoreError> {
         let stream_id = StreamId::new(A::TYPE, id)?;
-        self.load_from(&mut FromStore(&self.store), &stream_id, None)
+        self.load_from(&mut Source::Store(&self.store), &stream_id, None)
             .await
     }
 
@@ -319,46 +319,18 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         command: &A::Command,
         meta: &CommandMetadata,
     ) -> Result<Executed<A>, ExecuteError<A::Error>> {
-        let (Loaded { mut state, version }, events) = self
-            .decide(&mut FromStore(&self.store), stream_id, command)
+        let (before, executed) = self
+            .decide_and_append(&mut Source::Store(&self.store), stream_id, command, meta)
             .await?;
-        if events.is_empty() {
-            return Ok(Executed {
-                stream_id: stream_id.clone(),
-                version,
-                events: Vec::new(),
-                state,
-                deduplicated: false,
-            });
-        }
-        let encoded = self.encode(stream_id, &events, meta)?;
-        let appended = self
-            .store
-            .append(stream_id, ExpectedVersion::Exact(version), encoded.clone())
-            .await
-            .map_err(|e| conflict_or_store(stream_id, e))?;
-        let envelopes = apply_all(
-            &mut state,
-            stream_id,
-            version,
-            events,
-            encoded,
-            appended.positions,
-        );
-        if let Some(snapshot) = self.snapshot_due(stream_id, &state, version, appended.version)? {
+        let after = executed.version;
+        if let Some(snapshot) = self.snapshot_due(stream_id, &executed.state, before, after)? {
             // The events are committed; a snapshot is only an optimisation, so failing to save
             // one is logged, not returned.
             if let Err(e) = self.save_snapshot(snapshot).await {
                 tracing::warn!(stream = %stream_id, error = %e, "saving a snapshot failed");
             }
         }
-        Ok(Executed {
-            stream_id: stream_id.clone(),
-            version: appended.version,
-            events: envelopes,
-            state,
-            deduplicated: false,
-        })
+        Ok(executed)
     }
 
     fn encode(
@@ -420,37 +392,20 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 return self.replay_command(uow, stream_id, record).await.map(Some);
             }
         }
-        let (Loaded { mut state, version }, events) = self
-            .decide(&mut FromUow(&mut *uow), stream_id, command)
+        let (before, executed) = self
+            .decide_and_append(&mut Source::Uow(&mut *uow), stream_id, command, meta)
             .await?;
-        let mut envelopes = Vec::new();
-        let mut new_version = version;
-        if !events.is_empty() {
-            let encoded = self.encode(stream_id, &events, meta)?;
-            let appended = uow
-                .append(stream_id, ExpectedVersion::Exact(version), encoded.clone())
-                .await
-                .map_err(|e| conflict_or_store(stream_id, e))?;
-            new_version = appended.version;
-            envelopes = apply_all(
-                &mut state,
-                stream_id,
-                version,
-                events,
-                encoded,
-                appended.positions,
-            );
-            if let Some(snapshot) = self.snapshot_due(stream_id, &state, version, new_version)? {
-                uow.save_snapshot(snapshot).await?;
-            }
+        let after = executed.version;
+        if let Some(snapshot) = self.snapshot_due(stream_id, &executed.state, before, after)? {
+            uow.save_snapshot(snapshot).await?;
         }
         if let Some(command_id) = meta.command_id {
             let recorded = uow
                 .record_command(CommandRecord {
                     command_id,
                     stream_id: stream_id.clone(),
-                    version_before: version,
-                    version_after: new_version,
+                    version_before: before,
+                    version_after: after,
                     recorded_at: now_micros(),
                 })
                 .await?;
@@ -458,13 +413,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 return Ok(None);
             }
         }
-        Ok(Some(Executed {
-            stream_id: stream_id.clone(),
-            version: new_version,
-            events: envelopes,
-            state,
-            deduplicated: false,
-        }))
+        Ok(Some(executed))
     }
 
     /// The result of a command executed before: its events and the state right after it.
@@ -484,7 +433,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         }
         let loaded = self
             .load_from(
-                &mut FromUow(&mut *uow),
+                &mut Source::Uow(&mut *uow),
                 stream_id,
                 Some(record.version_before),
             )
