@@ -195,7 +195,8 @@ impl<S: ProjectionStore> Ctx<S> {
 
     /// Applies `events` to `generation` in one unit of work with the checkpoint `end`, if the
     /// stored checkpoint is still `expected`: first as one batch (`apply_batch`), and when the
-    /// batch as a whole fails, again event by event to find the event at fault.
+    /// batch as a whole fails, again event by event (in a new unit of work) to find the event at
+    /// fault.
     pub(crate) async fn batch(
         &self,
         role: Role,
@@ -205,70 +206,54 @@ impl<S: ProjectionStore> Ctx<S> {
         end: Checkpoint,
         position: u64,
     ) -> Result<Outcome, ProjectionError> {
-        match self
-            .batch_once(role, generation, expected, events, end, position, true)
-            .await?
-        {
-            Outcome::Failed { index: None, error } if events.len() > 1 => {
-                tracing::debug!(projection = %self.name(), error = %error, "a batch failed; applying it event by event");
-                self.batch_once(role, generation, expected, events, end, position, false)
-                    .await
-            }
-            outcome => Ok(outcome),
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn batch_once(
-        &self,
-        role: Role,
-        generation: u32,
-        expected: Checkpoint,
-        events: &[LogEvent],
-        end: Checkpoint,
-        position: u64,
-        batched: bool,
-    ) -> Result<Outcome, ProjectionError> {
         let name = self.name();
         let tables = self.tables(generation);
-        let mut uow = self.store.begin().await?;
-        if !self.locked(&mut uow, role, generation, expected).await? {
-            let _ = uow.rollback().await;
-            return Ok(Outcome::Moved);
+        let mut batched = true;
+        loop {
+            let mut uow = self.store.begin().await?;
+            if !self.locked(&mut uow, role, generation, expected).await? {
+                let _ = uow.rollback().await;
+                return Ok(Outcome::Moved);
+            }
+            let applied = if batched {
+                match self
+                    .projection
+                    .apply_batch(&mut uow, &tables, events, &self.upcasters)
+                    .await
+                {
+                    Ok(n) => n,
+                    Err((index, error)) => {
+                        let _ = uow.rollback().await;
+                        let error = transient_is_the_stores(error, name)?;
+                        if index.is_none() && events.len() > 1 {
+                            tracing::debug!(projection = %name, error = %error, "a batch failed; applying it event by event");
+                            batched = false;
+                            continue;
+                        }
+                        // A single event's batch failing is that event's failure.
+                        let index = index.or((events.len() == 1).then_some(0));
+                        return Ok(Outcome::Failed { index, error });
+                    }
+                }
+            } else {
+                match self.apply_each(&mut uow, &tables, events).await {
+                    Ok(n) => n,
+                    Err((index, error)) => {
+                        let _ = uow.rollback().await;
+                        let error = transient_is_the_stores(error, name)?;
+                        return Ok(Outcome::Failed {
+                            index: Some(index),
+                            error,
+                        });
+                    }
+                }
+            };
+            self.store
+                .save_projection_checkpoint(&mut uow, name, generation, end, position)
+                .await?;
+            uow.commit().await?;
+            return Ok(Outcome::Committed { applied });
         }
-        let applied = if batched {
-            match self
-                .projection
-                .apply_batch(&mut uow, &tables, events, &self.upcasters)
-                .await
-            {
-                Ok(n) => n,
-                Err((index, error)) => {
-                    let _ = uow.rollback().await;
-                    let error = transient_is_the_stores(error, name)?;
-                    // A single event's batch failing is that event's failure.
-                    let index = index.or((events.len() == 1).then_some(0));
-                    return Ok(Outcome::Failed { index, error });
-                }
-            }
-        } else {
-            match self.apply_each(&mut uow, &tables, events).await {
-                Ok(n) => n,
-                Err((index, error)) => {
-                    let _ = uow.rollback().await;
-                    let error = transient_is_the_stores(error, name)?;
-                    return Ok(Outcome::Failed {
-                        index: Some(index),
-                        error,
-                    });
-                }
-            }
-        };
-        self.store
-            .save_projection_checkpoint(&mut uow, name, generation, end, position)
-            .await?;
-        uow.commit().await?;
-        Ok(Outcome::Committed { applied })
     }
 
     /// Applies `events` one by one in `uow`: how many were for this projection, or the index of
@@ -414,10 +399,8 @@ impl<S: ProjectionStore> Ctx<S> {
     ) -> Result<u64, ProjectionError> {
         let state = self.ensure().await?;
         let generation = state.generation;
-        let mut stored = state.checkpoint;
-        let mut position = state.position;
-        let mut applied = 0;
         let head = self.store.log_head().await?.position;
+        let mut at = Cursor::new(state.checkpoint, state.position, head);
         // The next batch is read while the current one is applied (a batch read ahead is
         // dropped when the checkpoint moved under us).
         let mut ahead: Option<eventfold_eventstore::LogBatch> = None;
@@ -426,24 +409,24 @@ impl<S: ProjectionStore> Ctx<S> {
                 Some(batch) => batch,
                 None => {
                     self.store
-                        .read_log(stored, self.options.batch_size, &self.filter)
+                        .read_log(at.stored, self.options.batch_size, &self.filter)
                         .await?
                 }
             };
-            if batch.events.is_empty() && batch.checkpoint == stored {
+            if batch.events.is_empty() && batch.checkpoint == at.stored {
                 if batch.held_back {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 }
-                return Ok(applied);
+                return Ok(at.applied);
             }
-            let next = max_position(position, &batch.events);
+            let next = max_position(at.position, &batch.events);
             let read_next = !batch.reached_end || batch.held_back;
             let (outcome, read) = tokio::join!(
                 self.batch(
                     Role::Serve,
                     generation,
-                    stored,
+                    at.stored,
                     &batch.events,
                     batch.checkpoint,
                     next,
@@ -462,16 +445,9 @@ impl<S: ProjectionStore> Ctx<S> {
             );
             match outcome? {
                 Outcome::Committed { applied: n } => {
-                    applied += n;
-                    stored = batch.checkpoint;
-                    position = next;
-                    progress(RebuildProgress {
-                        applied,
-                        position,
-                        head: head.max(position),
-                    });
+                    at.committed(n, batch.checkpoint, next, progress);
                     if batch.reached_end && !batch.held_back {
-                        return Ok(applied);
+                        return Ok(at.applied);
                     }
                     ahead = read.transpose()?;
                 }
@@ -482,10 +458,9 @@ impl<S: ProjectionStore> Ctx<S> {
                         .await?
                         .ok_or_else(|| self.unknown())?;
                     if state.generation != generation {
-                        return Ok(applied);
+                        return Ok(at.applied);
                     }
-                    stored = state.checkpoint;
-                    position = state.position;
+                    (at.stored, at.position) = (state.checkpoint, state.position);
                 }
                 Outcome::Failed { index, error } => {
                     return Err(self.fail_batch(&batch.events, index, error).await);
@@ -533,16 +508,16 @@ impl<S: ProjectionStore> Ctx<S> {
         let started = Instant::now();
         let name = self.name().to_owned();
         self.ensure().await?;
-        let (generation, mut stored, mut position) = self.prepare_build().await?;
+        let (generation, stored, position) = self.prepare_build().await?;
         tracing::info!(projection = %name, generation, "blue/green build started");
-        let mut applied = 0;
         let head = self.store.log_head().await?.position;
+        let mut at = Cursor::new(stored, position, head);
         loop {
             // Catch up outside of the switch's lock.
             loop {
                 let batch = self
                     .store
-                    .read_log(stored, self.options.batch_size, &self.filter)
+                    .read_log(at.stored, self.options.batch_size, &self.filter)
                     .await?;
                 if batch.events.is_empty() && batch.reached_end {
                     if batch.held_back {
@@ -551,12 +526,12 @@ impl<S: ProjectionStore> Ctx<S> {
                     }
                     break;
                 }
-                let next = max_position(position, &batch.events);
+                let next = max_position(at.position, &batch.events);
                 match self
                     .batch(
                         Role::Build,
                         generation,
-                        stored,
+                        at.stored,
                         &batch.events,
                         batch.checkpoint,
                         next,
@@ -564,23 +539,13 @@ impl<S: ProjectionStore> Ctx<S> {
                     .await?
                 {
                     Outcome::Committed { applied: n } => {
-                        applied += n;
-                        stored = batch.checkpoint;
-                        position = next;
-                        progress(RebuildProgress {
-                            applied,
-                            position,
-                            head: head.max(position),
-                        });
+                        at.committed(n, batch.checkpoint, next, progress);
                     }
                     Outcome::Moved => match self.build_state(generation).await? {
-                        Some((checkpoint, at)) => {
-                            stored = checkpoint;
-                            position = at;
-                        }
+                        Some(moved) => (at.stored, at.position) = moved,
                         None => {
                             // Switched (or replaced) by another builder.
-                            return self.report(generation, applied, started, drop_old).await;
+                            return self.report(generation, at.applied, started, drop_old).await;
                         }
                     },
                     Outcome::Failed { index, error } => {
@@ -588,22 +553,19 @@ impl<S: ProjectionStore> Ctx<S> {
                     }
                 }
             }
-            match self.switch(generation, stored, position).await? {
+            match self.switch(generation, at.stored, at.position).await? {
                 Switch::Done(n) => {
-                    applied += n;
+                    at.applied += n;
                     break;
                 }
                 Switch::AlreadyDone => break,
                 Switch::Moved => match self.build_state(generation).await? {
-                    Some((checkpoint, at)) => {
-                        stored = checkpoint;
-                        position = at;
-                    }
+                    Some(moved) => (at.stored, at.position) = moved,
                     None => break,
                 },
             }
         }
-        self.report(generation, applied, started, drop_old).await
+        self.report(generation, at.applied, started, drop_old).await
     }
 
     async fn report(
@@ -875,5 +837,44 @@ fn transient_is_the_stores(error: BoxError, projection: &str) -> Result<BoxError
     match StoreError::transient_cause(error, "applying a projection's events", projection) {
         Ok(transient) => Err(transient),
         Err(error) => Ok(error),
+    }
+}
+
+/// How far a replay or a build got: the events it applied, the stored checkpoint and the
+/// position it stands for, and the log's head when it started.
+struct Cursor {
+    applied: u64,
+    stored: Checkpoint,
+    position: u64,
+    head: u64,
+}
+
+impl Cursor {
+    fn new(stored: Checkpoint, position: u64, head: u64) -> Self {
+        Cursor {
+            applied: 0,
+            stored,
+            position,
+            head,
+        }
+    }
+
+    /// A batch of `applied` events committed with the checkpoint `stored` at `position`:
+    /// recorded, and reported to `progress`.
+    fn committed(
+        &mut self,
+        applied: u64,
+        stored: Checkpoint,
+        position: u64,
+        progress: &(dyn Fn(RebuildProgress) + Send + Sync),
+    ) {
+        self.applied += applied;
+        self.stored = stored;
+        self.position = position;
+        progress(RebuildProgress {
+            applied: self.applied,
+            position,
+            head: self.head.max(position),
+        });
     }
 }
