@@ -592,6 +592,27 @@ impl<'a, D: SagaData> Machine<'a, D> {
         }
     }
 
+    /// Attempt `attempt` of `step` succeeded (a reply, or a local run) with `data`: the data is
+    /// kept, the step succeeded, and a pivot step is passed.
+    fn step_succeeded(
+        &mut self,
+        step: &StepDef<D>,
+        attempt: u32,
+        data: D,
+    ) -> Result<(), SagaError> {
+        self.set_data(data)?;
+        self.emit(SagaEvent::StepSucceeded {
+            step: step.name.clone(),
+            attempt,
+        });
+        if step.pivot {
+            self.emit(SagaEvent::PivotPassed {
+                step: step.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// A success reply for the current attempt of a step.
     fn succeed(
         &mut self,
@@ -619,18 +640,7 @@ impl<'a, D: SagaData> Machine<'a, D> {
             None => Ok(self.data.clone()),
         };
         match handled {
-            Ok(data) => {
-                self.set_data(data)?;
-                self.emit(SagaEvent::StepSucceeded {
-                    step: step.name.clone(),
-                    attempt,
-                });
-                if step.pivot {
-                    self.emit(SagaEvent::PivotPassed {
-                        step: step.name.clone(),
-                    });
-                }
-            }
+            Ok(data) => self.step_succeeded(step, attempt, data)?,
             Err(error) => {
                 // the participant acted, the saga refuses the result
                 self.emit(SagaEvent::StepSucceeded {
@@ -776,18 +786,7 @@ impl<'a, D: SagaData> Machine<'a, D> {
             Work::Local(run) => {
                 let mut data = self.data.clone();
                 match run(&mut data) {
-                    Ok(()) => {
-                        self.set_data(data)?;
-                        self.emit(SagaEvent::StepSucceeded {
-                            step: step.name.clone(),
-                            attempt,
-                        });
-                        if step.pivot {
-                            self.emit(SagaEvent::PivotPassed {
-                                step: step.name.clone(),
-                            });
-                        }
-                    }
+                    Ok(()) => self.step_succeeded(step, attempt, data)?,
                     Err(StepError { message, retryable }) => {
                         self.attempt_failed(step, attempt, message, retryable, false);
                     }
