@@ -147,14 +147,6 @@ async fn trace<S: ShopStore>(
         )
         .into());
     }
-    if args.output.json {
-        writeln!(out, "{}", trace.to_json()?)?;
-    } else if args.mermaid {
-        write!(out, "{}", trace.to_mermaid())?;
-    } else if args.dot {
-        write!(out, "{}", trace.to_dot())?;
-    } else {
-        write!(out, "{}", trace.to_text())?;
-    }
+    args.write(&trace, out)?;
     Ok(())
 }

@@ -424,7 +424,7 @@ impl Command {
                 outbox::run(&args.command, projections.store(), json, out).await
             }
             Command::Sagas(args) => sagas::run(&args.command, projections.store(), json, out).await,
-            Command::Trace(args) => trace::run(args, projections.store(), json, out).await,
+            Command::Trace(args) => trace::run(args, projections.store(), out).await,
             Command::Schema(args) => match schemas {
                 Some(schemas) => args.execute(schemas, out),
                 None => Err(CliError::NoEventSchemas),

@@ -29,10 +29,26 @@ pub struct TraceArgs {
     pub output: OutputArgs,
 }
 
+impl TraceArgs {
+    /// Writes `trace` to `out` in the form these arguments ask for: JSON (`--json`), a Mermaid
+    /// sequence diagram (`--mermaid`), a Graphviz DOT graph (`--dot`), else the text tree.
+    pub fn write(&self, trace: &Trace, out: &mut (dyn Write + Send)) -> Result<(), CliError> {
+        if self.output.json {
+            writeln!(out, "{}", trace.to_json()?)?;
+        } else if self.mermaid {
+            write!(out, "{}", trace.to_mermaid())?;
+        } else if self.dot {
+            write!(out, "{}", trace.to_dot())?;
+        } else {
+            write!(out, "{}", trace.to_text())?;
+        }
+        Ok(())
+    }
+}
+
 pub(super) async fn run<S: CliStore>(
     args: &TraceArgs,
     store: &S,
-    json: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
     let flow = args.correlation_id;
@@ -49,17 +65,7 @@ pub(super) async fn run<S: CliStore>(
             databases: 1 + args.merge.len(),
         });
     }
-    let trace = Trace::build(flow, records);
-    if json {
-        writeln!(out, "{}", trace.to_json()?)?;
-    } else if args.mermaid {
-        write!(out, "{}", trace.to_mermaid())?;
-    } else if args.dot {
-        write!(out, "{}", trace.to_dot())?;
-    } else {
-        write!(out, "{}", trace.to_text())?;
-    }
-    Ok(())
+    args.write(&Trace::build(flow, records), out)
 }
 
 /// `url` without its `#prefix`, and the prefix.
