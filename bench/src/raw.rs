@@ -57,23 +57,33 @@ pub(crate) fn raw_batch_sql() -> String {
     )
 }
 
-/// A stream's event row as the raw baselines load it (PostgreSQL and SQLite): event_id,
-/// stream_version, global_position, event_type, schema_version, payload, recorded_at, source,
-/// correlation_id, causation_id, tenant_id, headers (JSON text).
-pub(crate) type RawRow = (
-    Uuid,
-    i64,
-    i64,
-    String,
-    i32,
-    Vec<u8>,
-    DateTime<Utc>,
-    String,
-    Uuid,
-    Option<Uuid>,
-    Option<String>,
-    String,
-);
+/// The tuple of an event row as the raw baselines read it, after the columns `$before` that the
+/// statement selects first: event_id, stream_version, global_position, event_type,
+/// schema_version, payload, recorded_at, source, correlation_id, causation_id, tenant_id,
+/// headers (JSON text).
+macro_rules! raw_event_row {
+    ($($before:ty),*) => {
+        (
+            $($before,)*
+            Uuid,
+            i64,
+            i64,
+            String,
+            i32,
+            Vec<u8>,
+            DateTime<Utc>,
+            String,
+            Uuid,
+            Option<Uuid>,
+            Option<String>,
+            String,
+        )
+    };
+}
+pub(crate) use raw_event_row;
+
+/// A stream's event row as the raw baselines load it (PostgreSQL and SQLite).
+pub(crate) type RawRow = raw_event_row!();
 
 /// Headers as JSON text, as the library sends them.
 pub(crate) fn headers_text(event: &NewEvent) -> Result<String> {

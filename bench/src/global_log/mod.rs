@@ -86,23 +86,8 @@ const RAW_LOG_SQL: &str = "SELECT commit_key, stream_type, stream_id, event_id, 
      causation_id, tenant_id, headers::text FROM eventfold_events \
      WHERE global_position > $1 ORDER BY global_position LIMIT $2";
 
-pub(crate) type RawLogRow = (
-    i64,
-    String,
-    String,
-    Uuid,
-    i64,
-    i64,
-    String,
-    i32,
-    Vec<u8>,
-    DateTime<Utc>,
-    String,
-    Uuid,
-    Option<Uuid>,
-    Option<String>,
-    String,
-);
+/// A row of [`RAW_LOG_SQL`]: commit key, stream type, stream id, then an event row.
+pub(crate) type RawLogRow = crate::raw::raw_event_row!(i64, String, String);
 
 /// Decodes a row into the library's type, with the checks the library makes.
 pub(crate) fn recorded(row: RawLogRow) -> Result<RecordedEvent> {
