@@ -77,6 +77,48 @@ impl Binds {
             .add(slots)
     }
 
+    /// The columns of events, one array each: id, type, schema version, payload, time, source,
+    /// correlation, causation, tenant, headers (the appends' `UNNEST` parameters).
+    pub(super) fn events<'e>(
+        &mut self,
+        events: impl IntoIterator<Item = &'e NewEvent>,
+    ) -> &mut Self {
+        let events = events.into_iter();
+        let n = events.size_hint().0;
+        let mut ids = Vec::with_capacity(n);
+        let mut types = Vec::with_capacity(n);
+        let mut versions = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        let mut times = Vec::with_capacity(n);
+        let mut sources = Vec::with_capacity(n);
+        let mut correlations = Vec::with_capacity(n);
+        let mut causations = Vec::with_capacity(n);
+        let mut tenants = Vec::with_capacity(n);
+        let mut headers = Vec::with_capacity(n);
+        for e in events {
+            ids.push(e.event_id);
+            types.push(e.event_type.as_str());
+            versions.push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
+            payloads.push(e.payload.as_slice());
+            times.push(e.timestamp);
+            sources.push(e.source.as_str());
+            correlations.push(e.correlation_id);
+            causations.push(e.causation_id);
+            tenants.push(e.tenant_id.as_deref());
+            headers.push(sql::headers_json(&e.headers));
+        }
+        self.add(ids)
+            .add(types)
+            .add(versions)
+            .add(payloads)
+            .add(times)
+            .add(sources)
+            .add(correlations)
+            .add(causations)
+            .add(tenants)
+            .add(headers)
+    }
+
     pub(super) fn finish(self) -> Result<PgArguments, sqlx::error::BoxDynError> {
         match self.error {
             Some(e) => Err(e),
@@ -116,40 +158,7 @@ pub(super) async fn try_append(
             &sql.append_one_outbox
         }
     } else {
-        let n = events.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut types = Vec::with_capacity(n);
-        let mut versions = Vec::with_capacity(n);
-        let mut payloads = Vec::with_capacity(n);
-        let mut times = Vec::with_capacity(n);
-        let mut sources = Vec::with_capacity(n);
-        let mut correlations = Vec::with_capacity(n);
-        let mut causations = Vec::with_capacity(n);
-        let mut tenants = Vec::with_capacity(n);
-        let mut headers = Vec::with_capacity(n);
-        for e in events {
-            ids.push(e.event_id);
-            types.push(e.event_type.as_str());
-            versions.push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
-            payloads.push(e.payload.as_slice());
-            times.push(e.timestamp);
-            sources.push(e.source.as_str());
-            correlations.push(e.correlation_id);
-            causations.push(e.causation_id);
-            tenants.push(e.tenant_id.as_deref());
-            headers.push(sql::headers_json(&e.headers));
-        }
-        binds
-            .add(ids)
-            .add(types)
-            .add(versions)
-            .add(payloads)
-            .add(times)
-            .add(sources)
-            .add(correlations)
-            .add(causations)
-            .add(tenants)
-            .add(headers);
+        binds.events(events);
         if outbox.is_empty() {
             &sql.append
         } else {

@@ -136,14 +136,7 @@ impl PgBatchWriter {
 fn binds(batch: &[(PgAppend, Reply)]) -> Binds {
     let mut binds = Binds::default();
     let (mut types, mut ids, mut expected) = (Vec::new(), Vec::new(), Vec::new());
-    let mut e_cmd = Vec::new();
-    let mut e_n = Vec::new();
-    let (mut e_id, mut e_type, mut e_schema, mut e_payload) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut e_time, mut e_source, mut e_corr, mut e_cause) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut e_tenant, mut e_headers) = (Vec::new(), Vec::new());
-    let mut m_cmd = Vec::new();
+    let (mut e_cmd, mut e_n, mut m_cmd) = (Vec::new(), Vec::new(), Vec::new());
     for (i, (a, _)) in batch.iter().enumerate() {
         let cmd = i as i64 + 1;
         types.push(a.stream_id.stream_type());
@@ -154,19 +147,9 @@ fn binds(batch: &[(PgAppend, Reply)]) -> Binds {
             Some(Err(_)) => expected.push(Some(-1)),
             None => expected.push(None),
         }
-        for (n, e) in a.events.iter().enumerate() {
+        for n in 0..a.events.len() {
             e_cmd.push(cmd);
             e_n.push(n as i64 + 1);
-            e_id.push(e.event_id);
-            e_type.push(e.event_type.as_str());
-            e_schema.push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
-            e_payload.push(e.payload.as_slice());
-            e_time.push(e.timestamp);
-            e_source.push(e.source.as_str());
-            e_corr.push(e.correlation_id);
-            e_cause.push(e.causation_id);
-            e_tenant.push(e.tenant_id.as_deref());
-            e_headers.push(sql::headers_json(&e.headers));
         }
         m_cmd.extend(a.outbox.iter().map(|_| cmd));
     }
@@ -176,16 +159,7 @@ fn binds(batch: &[(PgAppend, Reply)]) -> Binds {
         .add(expected)
         .add(e_cmd)
         .add(e_n)
-        .add(e_id)
-        .add(e_type)
-        .add(e_schema)
-        .add(e_payload)
-        .add(e_time)
-        .add(e_source)
-        .add(e_corr)
-        .add(e_cause)
-        .add(e_tenant)
-        .add(e_headers)
+        .events(batch.iter().flat_map(|(a, _)| &a.events))
         .add(m_cmd);
     binds.outbox(batch.iter().flat_map(|(a, _)| &a.outbox));
     binds
