@@ -12,11 +12,13 @@ use syn::{
 
 use crate::util::{key_name, parse_crate_path, pretty};
 
-/// `#[serde(...)]` on a field, as far as reading is concerned.
+/// `#[serde(...)]` on a field or an enum variant, as far as reading is concerned: each reads
+/// the keys serde takes on it (a field `default`, `flatten` and `with`, a variant `rename_all`).
 #[derive(Default)]
-pub(crate) struct SerdeField {
+pub(crate) struct SerdeItem {
     rename: Option<String>,
     aliases: Vec<String>,
+    rename_all: Option<String>,
     default: bool,
     skip: bool,
     flatten: bool,
@@ -36,29 +38,22 @@ struct SerdeContainer {
     untagged: bool,
 }
 
-/// `#[serde(...)]` on an enum variant.
-#[derive(Default)]
-struct SerdeVariant {
-    rename: Option<String>,
-    aliases: Vec<String>,
-    rename_all: Option<String>,
-    skip: bool,
-}
-
-/// Runs `handle` on every key of every `#[serde(...)]` attribute; a key it does not take
-/// (`Ok(false)`) is skipped with its value. Malformed attributes are left to serde to report.
-fn each_serde_key(
+/// Reads every `#[serde(...)]` attribute into a `T`: `take` handles a key (`Ok(false)`: not
+/// one it takes, skipped with its value). Malformed attributes are left to serde to report.
+fn read_serde<T: Default>(
     attrs: &[Attribute],
-    mut handle: impl FnMut(&ParseNestedMeta<'_>) -> syn::Result<bool>,
-) {
+    mut take: impl FnMut(&mut T, &str, &ParseNestedMeta<'_>) -> syn::Result<bool>,
+) -> T {
+    let mut out = T::default();
     for attr in attrs.iter().filter(|a| a.path().is_ident("serde")) {
         let _ = attr.parse_nested_meta(|meta| {
-            if !handle(&meta)? {
+            if !take(&mut out, &key_name(&meta.path), &meta)? {
                 skip_value(&meta)?;
             }
             Ok(())
         });
     }
+    out
 }
 
 fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
@@ -99,13 +94,12 @@ fn read_default(meta: &ParseNestedMeta<'_>) -> syn::Result<bool> {
     Ok(true)
 }
 
-pub(crate) fn serde_field(attrs: &[Attribute]) -> SerdeField {
-    let mut out = SerdeField::default();
-    each_serde_key(attrs, |meta| {
-        let key = key_name(&meta.path);
-        match key.as_str() {
+pub(crate) fn serde_item(attrs: &[Attribute]) -> SerdeItem {
+    read_serde(attrs, |out: &mut SerdeItem, key, meta| {
+        match key {
             "rename" => out.rename = read_name(meta)?.or(out.rename.take()),
             "alias" => out.aliases.push(string(meta)?),
+            "rename_all" => out.rename_all = read_name(meta)?.or(out.rename_all.take()),
             "default" => out.default = read_default(meta)?,
             "skip" | "skip_deserializing" => out.skip = true,
             "flatten" => out.flatten = true,
@@ -113,15 +107,12 @@ pub(crate) fn serde_field(attrs: &[Attribute]) -> SerdeField {
             _ => return Ok(false),
         }
         Ok(true)
-    });
-    out
+    })
 }
 
 fn serde_container(attrs: &[Attribute]) -> SerdeContainer {
-    let mut out = SerdeContainer::default();
-    each_serde_key(attrs, |meta| {
-        let key = key_name(&meta.path);
-        match key.as_str() {
+    read_serde(attrs, |out: &mut SerdeContainer, key, meta| {
+        match key {
             "rename_all" => out.rename_all = read_name(meta)?.or(out.rename_all.take()),
             "rename_all_fields" => {
                 out.rename_all_fields = read_name(meta)?.or(out.rename_all_fields.take());
@@ -135,24 +126,7 @@ fn serde_container(attrs: &[Attribute]) -> SerdeContainer {
             _ => return Ok(false),
         }
         Ok(true)
-    });
-    out
-}
-
-fn serde_variant(attrs: &[Attribute]) -> SerdeVariant {
-    let mut out = SerdeVariant::default();
-    each_serde_key(attrs, |meta| {
-        let key = key_name(&meta.path);
-        match key.as_str() {
-            "rename" => out.rename = read_name(meta)?.or(out.rename.take()),
-            "alias" => out.aliases.push(string(meta)?),
-            "rename_all" => out.rename_all = read_name(meta)?.or(out.rename_all.take()),
-            "skip" | "skip_deserializing" => out.skip = true,
-            _ => return Ok(false),
-        }
-        Ok(true)
-    });
-    out
+    })
 }
 
 /// serde's `rename_all` on a field name (written in snake_case).
@@ -351,7 +325,7 @@ pub(crate) fn field_pushes(
 ) -> TokenStream {
     let mut out = TokenStream::new();
     for field in fields {
-        let serde = serde_field(field.attrs);
+        let serde = serde_item(field.attrs);
         if serde.skip {
             continue;
         }
@@ -384,7 +358,7 @@ pub(crate) fn field_pushes(
 
 /// The type text and probes of a newtype payload with its `#[serde(...)]` attributes.
 pub(crate) fn newtype(ty: &Type, attrs: &[Attribute], krate: &Path) -> (String, TokenStream) {
-    let serde = serde_field(attrs);
+    let serde = serde_item(attrs);
     match serde.with {
         Some(with) => (format!("{} with {with}", type_text(ty)), TokenStream::new()),
         None => (type_text(ty), probes(ty, krate)),
@@ -454,6 +428,23 @@ fn expand_inner(input: &DeriveInput) -> syn::Result<TokenStream> {
             #krate::schema::Shape::Type(::std::string::String::from(#text))
         }}
     };
+    // Named fields: their pushes, renamed by `rule`, all defaulted with `default`.
+    let named = |fields: &syn::FieldsNamed, rule: Option<&str>, default: bool| {
+        let pushes = field_pushes(&named_fields(&fields.named), rule, default, &krate);
+        quote! {{
+            let mut __fields = ::std::vec::Vec::new();
+            #pushes
+            #krate::schema::Shape::Fields(__fields)
+        }}
+    };
+    // Unnamed fields: one is a newtype (with its field's attributes), more a tuple.
+    let unnamed = |fields: &syn::FieldsUnnamed| {
+        let (text, probes) = match fields.unnamed.first() {
+            Some(field) if fields.unnamed.len() == 1 => newtype(&field.ty, &field.attrs, &krate),
+            _ => tuple_text(fields),
+        };
+        value(text, probes)
+    };
 
     let def = if let Some(from) = &container.from {
         let shape = value(type_text(from), probes(from, &krate));
@@ -466,7 +457,7 @@ fn expand_inner(input: &DeriveInput) -> syn::Result<TokenStream> {
                         let field = fields
                             .named
                             .iter()
-                            .find(|f| !serde_field(&f.attrs).skip)
+                            .find(|f| !serde_item(&f.attrs).skip)
                             .ok_or_else(|| {
                                 syn::Error::new_spanned(ident, "a transparent struct needs a field")
                             })?;
@@ -474,27 +465,9 @@ fn expand_inner(input: &DeriveInput) -> syn::Result<TokenStream> {
                         value(text, probes)
                     }
                     Fields::Named(fields) => {
-                        let pushes = field_pushes(
-                            &named_fields(&fields.named),
-                            container.rename_all.as_deref(),
-                            container.default,
-                            &krate,
-                        );
-                        quote! {{
-                            let mut __fields = ::std::vec::Vec::new();
-                            #pushes
-                            #krate::schema::Shape::Fields(__fields)
-                        }}
+                        named(fields, container.rename_all.as_deref(), container.default)
                     }
-                    Fields::Unnamed(fields) if fields.unnamed.len() == 1 => {
-                        let field = &fields.unnamed[0];
-                        let (text, probes) = newtype(&field.ty, &field.attrs, &krate);
-                        value(text, probes)
-                    }
-                    Fields::Unnamed(fields) => {
-                        let (text, probes) = tuple_text(fields);
-                        value(text, probes)
-                    }
+                    Fields::Unnamed(fields) => unnamed(fields),
                     Fields::Unit => value("()".to_owned(), TokenStream::new()),
                 };
                 quote!(#krate::schema::TypeDef::new(#shape))
@@ -502,7 +475,7 @@ fn expand_inner(input: &DeriveInput) -> syn::Result<TokenStream> {
             Data::Enum(data) => {
                 let mut variants = Vec::new();
                 for variant in &data.variants {
-                    let serde = serde_variant(&variant.attrs);
+                    let serde = serde_item(&variant.attrs);
                     if serde.skip {
                         continue;
                     }
@@ -522,23 +495,11 @@ fn expand_inner(input: &DeriveInput) -> syn::Result<TokenStream> {
                                 .rename_all
                                 .as_deref()
                                 .or(container.rename_all_fields.as_deref());
-                            let pushes =
-                                field_pushes(&named_fields(&fields.named), rule, false, &krate);
-                            quote!(::core::option::Option::Some({
-                                let mut __fields = ::std::vec::Vec::new();
-                                #pushes
-                                #krate::schema::Shape::Fields(__fields)
-                            }))
-                        }
-                        Fields::Unnamed(fields) if fields.unnamed.len() == 1 => {
-                            let field = &fields.unnamed[0];
-                            let (text, probes) = newtype(&field.ty, &field.attrs, &krate);
-                            let shape = value(text, probes);
+                            let shape = named(fields, rule, false);
                             quote!(::core::option::Option::Some(#shape))
                         }
                         Fields::Unnamed(fields) => {
-                            let (text, probes) = tuple_text(fields);
-                            let shape = value(text, probes);
+                            let shape = unnamed(fields);
                             quote!(::core::option::Option::Some(#shape))
                         }
                     };
