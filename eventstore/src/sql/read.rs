@@ -135,51 +135,68 @@ macro_rules! read_helpers {
 }
 pub(crate) use read_helpers;
 
-/// Stamps the reading methods of a store (inside its `impl EventStore`): its fields `pool`,
-/// `source` and `sql` (statements with a [`ReadSql`] named `read`), and `read_stream_on` & co.
-/// in scope.
-macro_rules! store_reads {
-    () => {
+/// Stamps the stream, snapshot and command reads of [`EventStore`](crate::store::EventStore)
+/// (`$receiver` `&`, with `$on` `pool`) and of [`UnitOfWork`](crate::store::UnitOfWork) (`&mut`,
+/// `transaction`) inside the impl: each runs `read_stream_on` & co. (in scope) with the
+/// statements of the `ReadSql` named `read` in its field `sql`, on the connection
+/// [`read_connection!`] takes from it.
+macro_rules! stream_reads {
+    ($on:ident, $($receiver:tt)+) => {
         async fn read_stream(
-            &self,
+            $($receiver)+ self,
             stream_id: &eventfold_core::StreamId,
             from_version: u64,
             max_count: u64,
         ) -> Result<Vec<eventfold_core::RecordedEvent>, $crate::error::StoreError> {
-            let mut conn = $crate::sql::acquire(&self.pool, &self.sql.read.events).await?;
-            read_stream_on(
-                &mut conn,
-                &self.sql.read,
-                stream_id,
-                from_version,
-                max_count,
-            )
-            .await
+            let mut conn = $crate::sql::read::read_connection!($on, self, events);
+            read_stream_on(&mut conn, &self.sql.read, stream_id, from_version, max_count).await
         }
 
         async fn stream_version(
-            &self,
+            $($receiver)+ self,
             stream_id: &eventfold_core::StreamId,
         ) -> Result<u64, $crate::error::StoreError> {
-            let mut conn = $crate::sql::acquire(&self.pool, &self.sql.read.events).await?;
+            let mut conn = $crate::sql::read::read_connection!($on, self, events);
             version_on(&mut conn, &self.sql.read, stream_id).await
         }
 
         async fn load_snapshot(
-            &self,
+            $($receiver)+ self,
             stream_id: &eventfold_core::StreamId,
         ) -> Result<Option<$crate::store::Snapshot>, $crate::error::StoreError> {
-            let mut conn = $crate::sql::acquire(&self.pool, &self.sql.read.snapshots).await?;
+            let mut conn = $crate::sql::read::read_connection!($on, self, snapshots);
             snapshot_on(&mut conn, &self.sql.read, stream_id).await
         }
 
         async fn find_command(
-            &self,
+            $($receiver)+ self,
             command_id: uuid::Uuid,
         ) -> Result<Option<$crate::store::CommandRecord>, $crate::error::StoreError> {
-            let mut conn = $crate::sql::acquire(&self.pool, &self.sql.read.commands).await?;
+            let mut conn = $crate::sql::read::read_connection!($on, self, commands);
             command_on(&mut conn, &self.sql.read, command_id).await
         }
+    };
+}
+pub(crate) use stream_reads;
+
+/// The connection a read of [`stream_reads!`] runs on: a store's pooled one (`pool`; failing to
+/// get one names the read's table `$table` of its `ReadSql`), or a unit of work's transaction
+/// (`transaction`).
+macro_rules! read_connection {
+    (pool, $this:expr, $table:ident) => {
+        $crate::sql::acquire(&$this.pool, &$this.sql.read.$table).await?
+    };
+    (transaction, $this:expr, $table:ident) => {
+        &mut *$this.tx
+    };
+}
+pub(crate) use read_connection;
+
+/// Stamps the reading methods of a store (inside its `impl EventStore`): [`stream_reads!`] on
+/// its field `pool`, and `source` from its field `source`.
+macro_rules! store_reads {
+    () => {
+        $crate::sql::read::stream_reads!(pool, &);
 
         fn source(&self) -> &str {
             &self.source

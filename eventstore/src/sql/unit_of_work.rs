@@ -149,35 +149,7 @@ macro_rules! unit_of_work_methods {
             Ok(())
         }
 
-        async fn read_stream(
-            &mut self,
-            stream_id: &eventfold_core::StreamId,
-            from_version: u64,
-            max_count: u64,
-        ) -> Result<Vec<eventfold_core::RecordedEvent>, $crate::error::StoreError> {
-            read_stream_on(
-                &mut self.tx,
-                &self.sql.read,
-                stream_id,
-                from_version,
-                max_count,
-            )
-            .await
-        }
-
-        async fn stream_version(
-            &mut self,
-            stream_id: &eventfold_core::StreamId,
-        ) -> Result<u64, $crate::error::StoreError> {
-            version_on(&mut self.tx, &self.sql.read, stream_id).await
-        }
-
-        async fn load_snapshot(
-            &mut self,
-            stream_id: &eventfold_core::StreamId,
-        ) -> Result<Option<$crate::store::Snapshot>, $crate::error::StoreError> {
-            snapshot_on(&mut self.tx, &self.sql.read, stream_id).await
-        }
+        $crate::sql::read::stream_reads!(transaction, &mut);
 
         async fn save_snapshot(
             &mut self,
@@ -195,13 +167,6 @@ macro_rules! unit_of_work_methods {
                 .await
                 .map_err(db_err("saving a snapshot", &self.sql.read.snapshots))?;
             Ok(())
-        }
-
-        async fn find_command(
-            &mut self,
-            command_id: uuid::Uuid,
-        ) -> Result<Option<$crate::store::CommandRecord>, $crate::error::StoreError> {
-            command_on(&mut self.tx, &self.sql.read, command_id).await
         }
 
         async fn record_command(
