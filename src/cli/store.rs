@@ -7,26 +7,19 @@ use crate::eventstore::{
     EventStore, InboxStore, OutboxRelayStore, ProjectionStore, SagaStore, TraceStore,
 };
 
-/// What the CLI needs from a store: every store trait and its migrations. Implemented for every
-/// type that has them (every backend).
-pub trait CliStore:
-    EventStore
-    + OutboxRelayStore
-    + InboxStore
-    + ProjectionStore
-    + SagaStore
-    + TraceStore
-    + MigrationStore
-{
+/// Declares the trait `$name` as all of `$bound`s together, and implements it for every type
+/// that has them: the bounds are listed once.
+macro_rules! all_of {
+    ($(#[$doc:meta])* $name:ident: $($bound:ident),+) => {
+        $(#[$doc])*
+        pub trait $name: $($bound +)+ {}
+
+        impl<S: $($bound +)+> $name for S {}
+    };
 }
 
-impl<S> CliStore for S where
-    S: EventStore
-        + OutboxRelayStore
-        + InboxStore
-        + ProjectionStore
-        + SagaStore
-        + TraceStore
-        + MigrationStore
-{
+all_of! {
+    /// What the CLI needs from a store: every store trait and its migrations. Implemented for
+    /// every type that has them (every backend).
+    CliStore: EventStore, OutboxRelayStore, InboxStore, ProjectionStore, SagaStore, TraceStore, MigrationStore
 }
