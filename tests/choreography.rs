@@ -81,13 +81,21 @@ impl Order {
     }
 }
 
-/// Payments: charges a placed order.
-struct Charge;
+/// The reactions to a placed order.
+enum OnPlaced {
+    /// Payments: charges the order.
+    Charge,
+    /// Orders, on its own log: asks for a confirmation e-mail, on the topic.
+    Notify(String),
+}
 
-impl<U: UnitOfWork> Reaction<U> for Charge {
+impl<U: UnitOfWork> Reaction<U> for OnPlaced {
     type Event = OrderEvent;
     fn name(&self) -> &str {
-        "charge-placed-orders"
+        match self {
+            OnPlaced::Charge => "charge-placed-orders",
+            OnPlaced::Notify(_) => "notify-customer",
+        }
     }
     fn event_types(&self) -> Vec<String> {
         vec!["order.placed".into()]
@@ -97,12 +105,25 @@ impl<U: UnitOfWork> Reaction<U> for Charge {
         ctx: &mut FlowContext<'_, U>,
         event: &Envelope<OrderEvent>,
     ) -> Result<(), BoxError> {
-        if let OrderEvent::Placed { cents } = event.payload {
-            let order = event.stream_id.id().to_owned();
-            let payment = StreamId::new("payment", &order)?;
-            let charged = PaymentEvent::Charged { order, cents };
-            ctx.append(&payment, ExpectedVersion::NoStream, &[charged])
-                .await?;
+        match self {
+            OnPlaced::Charge => {
+                if let OrderEvent::Placed { cents } = event.payload {
+                    let order = event.stream_id.id().to_owned();
+                    let payment = StreamId::new("payment", &order)?;
+                    let charged = PaymentEvent::Charged { order, cents };
+                    ctx.append(&payment, ExpectedVersion::NoStream, &[charged])
+                        .await?;
+                }
+            }
+            OnPlaced::Notify(topic) => {
+                let message = OutboxMessage::new(
+                    topic.as_str(),
+                    event.stream_id.id(),
+                    "email.requested",
+                    b"{}".to_vec(),
+                );
+                ctx.send(vec![message]).await?;
+            }
         }
         Ok(())
     }
@@ -147,33 +168,6 @@ impl<S: EventStore> Reaction<S::UnitOfWork> for Confirm<S> {
     ) -> Result<(), BoxError> {
         let StockEvent::Reserved { order } = &event.payload;
         ctx.execute(&self.0, order, &OrderCommand::Confirm).await?;
-        Ok(())
-    }
-}
-
-/// Orders, on its own log: asks for a confirmation e-mail when an order is placed.
-struct Notify(String);
-
-impl<U: UnitOfWork> Reaction<U> for Notify {
-    type Event = OrderEvent;
-    fn name(&self) -> &str {
-        "notify-customer"
-    }
-    fn event_types(&self) -> Vec<String> {
-        vec!["order.placed".into()]
-    }
-    async fn react(
-        &self,
-        ctx: &mut FlowContext<'_, U>,
-        event: &Envelope<OrderEvent>,
-    ) -> Result<(), BoxError> {
-        let message = OutboxMessage::new(
-            self.0.as_str(),
-            event.stream_id.id(),
-            "email.requested",
-            b"{}".to_vec(),
-        );
-        ctx.send(vec![message]).await?;
         Ok(())
     }
 }
@@ -244,7 +238,7 @@ where
         "charge-placed-orders",
         payments.clone(),
         broker.source("payments", &topic("order")),
-        ReactionHandler::new(Charge),
+        ReactionHandler::new(OnPlaced::Charge),
     );
     let mut reserve = Consumer::new(
         "reserve-paid-orders",
@@ -258,7 +252,7 @@ where
         broker.source("orders", &topic("stock")),
         ReactionHandler::new(Confirm(repo.clone())),
     );
-    let mut notify = LocalReactor::new(orders.clone(), Notify(topic("notifications")));
+    let mut notify = LocalReactor::new(orders.clone(), OnPlaced::Notify(topic("notifications")));
 
     let order_stream = StreamId::new("order", &order).expect("stream id");
     let deadline = Instant::now() + Duration::from_secs(60);
