@@ -148,113 +148,85 @@ impl TraceRows {
             s.filter(|s| !s.is_empty())
                 .unwrap_or_else(|| service.to_owned())
         };
+        // Every record, with neither sender nor error (the rows that have one add it).
+        let record = |kind, id, causation_id, name, service, at, subject| TraceRecord {
+            kind,
+            id,
+            correlation_id,
+            causation_id,
+            name,
+            service,
+            at,
+            subject,
+            from_service: None,
+            error: None,
+        };
         let mut records = Vec::new();
-        for (id, name, stream_type, stream_id, version, at, source, causation_id) in self.events {
-            records.push(TraceRecord {
-                kind: TraceKind::Event,
-                id,
-                correlation_id,
-                causation_id,
-                name,
-                service: source,
-                at,
-                subject: format!("{stream_type}-{stream_id} v{version}"),
-                from_service: None,
-                error: None,
+        // Events and sent messages: their own source is their service.
+        let events = self.events.into_iter().map(
+            |(id, name, stream_type, stream_id, version, at, source, cause)| {
+                let subject = format!("{stream_type}-{stream_id} v{version}");
+                (TraceKind::Event, id, name, source, at, cause, subject)
+            },
+        );
+        let sent = self
+            .sent
+            .into_iter()
+            .map(|(id, name, topic, key, source, at, cause)| {
+                let subject = message_subject(&topic, &key);
+                (TraceKind::Sent, id, name, source, at, cause, subject)
             });
+        for (kind, id, name, service, at, cause, subject) in events.chain(sent) {
+            records.push(record(kind, id, cause, name, service, at, subject));
         }
-        for (id, name, topic, key, source, at, causation_id) in self.sent {
+        for (consumer, id, name, topic, cause, sent_by, received_by, at) in self.received {
+            let subject = match topic {
+                Some(topic) => format!("{consumer} <- {topic}"),
+                None => consumer,
+            };
+            let (name, service) = (name.unwrap_or_default(), service_or(received_by));
             records.push(TraceRecord {
-                kind: TraceKind::Sent,
-                id,
-                correlation_id,
-                causation_id,
-                name,
-                service: source,
-                at,
-                subject: message_subject(&topic, &key),
-                from_service: None,
-                error: None,
-            });
-        }
-        for (consumer, id, name, topic, causation_id, sent_by, received_by, at) in self.received {
-            records.push(TraceRecord {
-                kind: TraceKind::Received,
-                id,
-                correlation_id,
-                causation_id,
-                name: name.unwrap_or_default(),
-                service: service_or(received_by),
-                at,
-                subject: match topic {
-                    Some(topic) => format!("{consumer} <- {topic}"),
-                    None => consumer,
-                },
                 from_service: sent_by,
-                error: None,
+                ..record(TraceKind::Received, id, cause, name, service, at, subject)
             });
         }
         // Parked messages and dead letters: the flow is in their headers.
-        let flagged = |kind, id, name, headers_json: &str, error, at, subject, service| {
-            let headers: Headers = serde_json::from_str(headers_json).unwrap_or_default();
-            let (_, causation_id) = crate::trace::flow_of(&headers);
-            TraceRecord {
-                kind,
-                id,
-                correlation_id,
-                causation_id,
-                name,
-                service,
-                at,
-                subject,
-                from_service: headers.get(headers::SOURCE).cloned(),
+        let parked = self
+            .parked
+            .into_iter()
+            .map(|(consumer, id, name, topic, json, error, at)| {
+                let subject = format!("{consumer} <- {topic}");
+                (TraceKind::Parked, id, name, json, error, at, subject)
+            });
+        let dead = self
+            .dead
+            .into_iter()
+            .map(|(id, name, topic, key, json, error, at)| {
+                let subject = message_subject(&topic, &key);
+                (TraceKind::DeadLetter, id, name, json, error, at, subject)
+            });
+        for (kind, id, name, json, error, at, subject) in parked.chain(dead) {
+            let headers: Headers = serde_json::from_str(&json).unwrap_or_default();
+            let (_, cause) = crate::trace::flow_of(&headers);
+            let sender = headers.get(headers::SOURCE).cloned();
+            // This service received a parked message from its sender; a dead letter has no
+            // receiver, its sender is the record's service.
+            let (service, from_service) = match kind {
+                TraceKind::DeadLetter => (service_or(sender), None),
+                _ => (service.to_owned(), sender),
+            };
+            records.push(TraceRecord {
+                from_service,
                 error: Some(error),
-            }
-        };
-        for (consumer, id, name, topic, headers_json, error, at) in self.parked {
-            let subject = format!("{consumer} <- {topic}");
-            let own = service.to_owned();
-            records.push(flagged(
-                TraceKind::Parked,
-                id,
-                name,
-                &headers_json,
-                error,
-                at,
-                subject,
-                own,
-            ));
-        }
-        for (id, name, topic, key, headers_json, error, at) in self.dead {
-            let subject = message_subject(&topic, &key);
-            let mut record = flagged(
-                TraceKind::DeadLetter,
-                id,
-                name,
-                &headers_json,
-                error,
-                at,
-                subject,
-                String::new(),
-            );
-            // The sender is the record's service; a dead letter has no receiver.
-            record.service = service_or(record.from_service.take());
-            records.push(record);
+                ..record(kind, id, cause, name, service, at, subject)
+            });
         }
         for (saga_id, saga_type, step, attempt, kind, at) in self.timers {
             let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
-            records.push(TraceRecord {
-                kind: TraceKind::Timer,
-                id: timer_id(saga_id, &step, attempt, &kind),
-                correlation_id,
-                causation_id: None,
-                name: kind,
-                service: service.to_owned(),
-                at,
-                subject: timer_subject(&saga_type, saga_id, &step, attempt),
-                from_service: None,
-                error: None,
-            });
+            let id = timer_id(saga_id, &step, attempt, &kind);
+            let subject = timer_subject(&saga_type, saga_id, &step, attempt);
+            let own = service.to_owned();
+            records.push(record(TraceKind::Timer, id, None, kind, own, at, subject));
         }
         crate::trace::sort_records(&mut records);
         records
