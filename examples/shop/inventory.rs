@@ -314,10 +314,7 @@ impl<S: EventStore> Inventory<S> {
         order_id: &str,
         meta: &CommandMetadata,
     ) -> Result<(), BoxError> {
-        let held = self.reservation(order_id).await?;
-        self.release_stock(uow, order_id, &held.lines, meta).await?;
-        self.note(uow, order_id, ReservationCommand::Release, meta)
-            .await
+        self.settle(uow, order_id, Settle::Release, meta).await
     }
 
     /// Puts what an order holds of each of its products back on the shelf.
@@ -357,15 +354,43 @@ impl<S: EventStore> Inventory<S> {
         order_id: &str,
         meta: &CommandMetadata,
     ) -> Result<(), BoxError> {
-        let held = self.reservation(order_id).await?;
-        let command = StockCommand::Ship {
-            order_id: order_id.to_owned(),
-        };
-        self.on_each_product(uow, &held.lines, &command, meta)
-            .await?;
-        self.note(uow, order_id, ReservationCommand::Ship, meta)
-            .await
+        self.settle(uow, order_id, Settle::Ship, meta).await
     }
+
+    /// Settles an order's reservation: each of its products' stock, then the reservation itself.
+    async fn settle(
+        &self,
+        uow: &mut S::UnitOfWork,
+        order_id: &str,
+        how: Settle,
+        meta: &CommandMetadata,
+    ) -> Result<(), BoxError> {
+        let held = self.reservation(order_id).await?;
+        let order_id_owned = order_id.to_owned();
+        let (stock, reservation) = match how {
+            Settle::Release => (
+                StockCommand::Release {
+                    order_id: order_id_owned,
+                },
+                ReservationCommand::Release,
+            ),
+            Settle::Ship => (
+                StockCommand::Ship {
+                    order_id: order_id_owned,
+                },
+                ReservationCommand::Ship,
+            ),
+        };
+        self.on_each_product(uow, &held.lines, &stock, meta).await?;
+        self.note(uow, order_id, reservation, meta).await
+    }
+}
+
+/// How an order's reservation is settled: its stock put back on the shelf, or shipped.
+#[derive(Debug, Clone, Copy)]
+enum Settle {
+    Release,
+    Ship,
 }
 
 /// The quantity per product of some order lines (a product may be on several lines).
