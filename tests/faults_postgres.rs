@@ -38,17 +38,21 @@ async fn store() -> (PgStore, TestDb) {
     .execute(db.pool())
     .await
     .expect("set deadlock_timeout");
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(20)
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(20);
+    (store_on(&db, pool).await, db)
+}
+
+/// A store (source `faults`) on a pool of `options` to the test database `db`.
+async fn store_on(db: &TestDb, options: sqlx::postgres::PgPoolOptions) -> PgStore {
+    let pool = options
         .connect(&common::database_url(db.name()))
         .await
         .expect("connect to the test database");
-    let store = PgStore::builder(pool)
+    PgStore::builder(pool)
         .source("faults")
         .build()
         .await
-        .expect("open the store");
-    (store, db)
+        .expect("open the store")
 }
 
 fn stream(kind: &str, id: &str) -> StreamId {
@@ -357,15 +361,8 @@ async fn the_listen_connection_is_not_taken_from_the_stores_pool() {
     let (_, db) = common::postgres().await;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
-        .acquire_timeout(Duration::from_secs(2))
-        .connect(&common::database_url(db.name()))
-        .await
-        .expect("connect to the test database");
-    let store = PgStore::builder(pool)
-        .source("faults")
-        .build()
-        .await
-        .expect("open the store");
+        .acquire_timeout(Duration::from_secs(2));
+    let store = store_on(&db, pool).await;
     let mut wakeups = Vec::new();
     for _ in 0..3 {
         wakeups.push(store.wakeup().await.expect("a wakeup"));
