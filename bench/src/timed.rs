@@ -3,6 +3,7 @@
 //! and then a measured window; every operation that completes inside the window counts, with
 //! its latency.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -185,4 +186,21 @@ where
             })
         })
         .collect()
+}
+
+/// Waits for every writer of [`paced`]: the events they wrote, by id, and the first error among
+/// them (a writer that failed or panicked), if any.
+pub(crate) async fn join_paced(
+    writers: Vec<tokio::task::JoinHandle<Result<Sent>>>,
+) -> (HashMap<uuid::Uuid, Instant>, Option<BoxError>) {
+    let mut committed = HashMap::new();
+    let mut first_error = None;
+    for writer in writers {
+        match writer.await {
+            Ok(Ok(sent)) => committed.extend(sent),
+            Ok(Err(e)) => first_error = first_error.or(Some(e)),
+            Err(e) => first_error = first_error.or(Some(Box::new(e) as BoxError)),
+        }
+    }
+    (committed, first_error)
 }

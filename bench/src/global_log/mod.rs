@@ -13,8 +13,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    BoxError, CONCURRENCY, Case, CpuRow, Increment, Monitor, Options, Result, Shared, TARGET_RATIO,
-    compare, r3, timed, verdict,
+    CONCURRENCY, Case, CpuRow, Increment, Monitor, Options, Result, Shared, TARGET_RATIO, compare,
+    r3, timed, verdict,
 };
 
 mod report;
@@ -413,15 +413,7 @@ async fn latency(shared: &Arc<Shared>, from: Checkpoint, seconds: f64) -> Result
             }
         },
     );
-    let mut committed: HashMap<Uuid, Instant> = HashMap::new();
-    let mut first_error = None;
-    for handle in handles {
-        match handle.await {
-            Ok(Ok(sent)) => committed.extend(sent),
-            Ok(Err(e)) => first_error = first_error.or(Some(e)),
-            Err(e) => first_error = first_error.or(Some(Box::new(e) as BoxError)),
-        }
-    }
+    let (committed, first_error) = timed::join_paced(handles).await;
     if let Some(e) = first_error {
         reader.abort();
         return Err(format!("latency writer failed: {e}").into());

@@ -485,15 +485,7 @@ async fn latency(pool: &PgPool, publisher: &KafkaPublisher, seconds: f64) -> Res
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let handles = spawn_writers(&store, seconds);
-    let mut committed: HashMap<Uuid, Instant> = HashMap::new();
-    let mut first_error = None;
-    for handle in handles {
-        match handle.await {
-            Ok(Ok(sent)) => committed.extend(sent),
-            Ok(Err(e)) => first_error = first_error.or(Some(e)),
-            Err(e) => first_error = first_error.or(Some(Box::new(e) as crate::BoxError)),
-        }
-    }
+    let (committed, first_error) = timed::join_paced(handles).await;
     let deadline = Instant::now() + LATENCY_DRAIN;
     while Instant::now() < deadline {
         let acked = {
