@@ -185,6 +185,14 @@ async fn measure(
         let how = if coalescing { ", coalesced" } else { "" };
         eprintln!("sqlite: commands, {callers} caller(s){how}");
         let repo = if coalescing { &coalesced } else { &plain };
+        // The aggregate of a caller's `n`-th command: its own, cycling over
+        // `AGGREGATES_PER_CALLER`, per variant and case.
+        let aggregate = move |variant: &str, caller: usize, n: u64| {
+            format!(
+                "{variant}-c{callers}{how}-{caller}-{}",
+                n % AGGREGATES_PER_CALLER as u64
+            )
+        };
         let row = alternated(
             format!("command, 1 event, {callers} caller(s){how}"),
             "commands/s",
@@ -195,10 +203,7 @@ async fn measure(
                     if library {
                         timed::run(callers, WARMUP, half, move |caller, n| {
                             let repo = repo.clone();
-                            let id = format!(
-                                "lib-c{callers}{how}-{caller}-{}",
-                                n % AGGREGATES_PER_CALLER as u64
-                            );
+                            let id = aggregate("lib", caller, n);
                             async move {
                                 repo.execute(&id, &Increment, CommandMetadata::new())
                                     .await?;
@@ -209,10 +214,7 @@ async fn measure(
                     } else {
                         timed::run(callers, WARMUP, half, move |caller, n| {
                             let pool = pool.clone();
-                            let id = format!(
-                                "raw-c{callers}{how}-{caller}-{}",
-                                n % AGGREGATES_PER_CALLER as u64
-                            );
+                            let id = aggregate("raw", caller, n);
                             async move {
                                 raw_command(&pool, &id).await?;
                                 Ok(1)
@@ -340,15 +342,14 @@ async fn measure(
                 .await?
             };
             let seen_sum = read.load(Ordering::Relaxed);
-            if timed.units != log_events || seen_sum != u64::try_from(sum)? {
-                return Err(format!(
-                    "{} read {} events (position sum {seen_sum}), the log holds {log_events} (sum {sum})",
-                    variant(library),
-                    timed.units
+            let units = timed.units;
+            let wrong = units != log_events || seen_sum != u64::try_from(sum)?;
+            let problem = wrong.then(|| {
+                format!(
+                    "read {units} events (position sum {seen_sum}), the log holds {log_events} (sum {sum})"
                 )
-                .into());
-            }
-            Ok::<Timed, BoxError>(timed)
+            });
+            checked(library, timed, problem)
         },
     )
     .await?;
@@ -373,15 +374,11 @@ async fn measure(
                 drain_raw(pool, broker).await?
             };
             let pending = relay_store.outbox_status().await?.pending;
-            if pending != 0 || timed.units != RELAY_ROWS as u64 {
-                return Err(format!(
-                    "{} published {} of {RELAY_ROWS} rows, {pending} left",
-                    variant(library),
-                    timed.units
-                )
-                .into());
-            }
-            Ok::<Timed, BoxError>(timed)
+            let units = timed.units;
+            let wrong = pending != 0 || units != RELAY_ROWS as u64;
+            let problem =
+                wrong.then(|| format!("published {units} of {RELAY_ROWS} rows, {pending} left"));
+            checked(library, timed, problem)
         },
     )
     .await?;
@@ -397,6 +394,15 @@ async fn measure(
 /// `library` or `raw`: the variant a measurement ran.
 fn variant(library: bool) -> &'static str {
     if library { "library" } else { "raw" }
+}
+
+/// `timed`, or the error of the variant (`library` or raw) whose run went wrong: `problem` says
+/// what it did.
+fn checked(library: bool, timed: Timed, problem: Option<String>) -> Result<Timed> {
+    match problem {
+        Some(problem) => Err(format!("{} {problem}", variant(library)).into()),
+        None => Ok(timed),
+    }
 }
 
 /// Measures the library and the raw baseline twice each, alternated (raw then library, then
