@@ -20,10 +20,10 @@
 //! producer's trace, and what it writes records it (`eventfold_core::trace_context`).
 //!
 //! **Shared commits** ([`Consumer::shared_commits`], off by default): the messages of a polled
-//! batch are handled in one transaction, each in its own savepoint, and committed once; a
-//! failing handler is undone alone. One commit per batch instead of one per message is what
-//! makes a consumer fast on a durable database (ADR 0024); the handler must then read through
-//! its unit of work.
+//! batch are handled in one transaction and committed once; a failing handler is undone alone
+//! (the transaction is rolled back and the messages before it run again without it). One commit
+//! per batch instead of one per message is what makes a consumer fast on a durable database
+//! (ADR 0024); the handler must then read through its unit of work.
 //!
 //! **Lanes** ([`Consumer::concurrency`], 1 by default): a polled batch split by key into lanes
 //! that run at once, each on a connection of its own; the records of one key stay in one lane,
@@ -271,17 +271,16 @@ where
         tokio::time::sleep(doubled(self.backoff, after))
     }
 
-    /// Handles `records` in order in one transaction, each in its own savepoint, and commits
-    /// them once. Stops at the first message whose handler fails (undone to its savepoint; the
-    /// ones before it commit): `failed` says so, and that message is the one after `outcomes`.
-    /// An error of the store (nothing committed) is returned for the caller to fall back.
+    /// Handles `records` in order in one transaction and commits them once. No savepoint per
+    /// message (two round trips each): when a handler fails, the whole transaction is rolled
+    /// back and [`Shared::FailedAt`] says which message failed (its first attempt), for the
+    /// caller to run the messages before it again, then it alone. An error of the store
+    /// (nothing committed) is returned for the caller to fall back.
     async fn settle_shared(&self, records: &[&Record]) -> Result<Shared, StoreError> {
         let mut uow = self.store.begin().await?;
         let mut outcomes = Vec::with_capacity(records.len());
-        let mut failed = false;
-        for &record in records {
+        for (index, &record) in records.iter().enumerate() {
             let span = self.span(record);
-            uow.savepoint().await?;
             let entry = InboxEntry::received(
                 record.message_id,
                 &record.message_type,
@@ -289,15 +288,11 @@ where
                 &record.headers,
             );
             if !uow.mark_received(self.name, &entry).await? {
-                uow.release_savepoint().await?;
                 outcomes.push(Outcome::Duplicate);
                 continue;
             }
             match self.handler.handle(&mut uow, record).instrument(span).await {
-                Ok(()) => {
-                    uow.release_savepoint().await?;
-                    outcomes.push(Outcome::Handled);
-                }
+                Ok(()) => outcomes.push(Outcome::Handled),
                 Err(e) => {
                     let e = match StoreError::transient_cause(e, HANDLING, HANDLER_TABLES) {
                         Ok(transient) => {
@@ -307,20 +302,19 @@ where
                         Err(e) => e,
                     };
                     tracing::warn!(consumer = %self.name, message = %record.message_id, attempt = 1, error = %e, "handler failed");
-                    uow.rollback_to_savepoint().await?;
-                    failed = true;
-                    break;
+                    uow.rollback().await?;
+                    return Ok(Shared::FailedAt(index));
                 }
             }
         }
-        if outcomes.is_empty() {
+        if outcomes.iter().all(|o| *o == Outcome::Duplicate) {
             uow.rollback().await?;
         } else {
             uow.commit().await?;
             metrics::histogram!("eventfold_consumer_commit_size", "consumer" => self.name.to_owned())
                 .record(outcomes.len() as f64);
         }
-        Ok(Shared { outcomes, failed })
+        Ok(Shared::Committed(outcomes))
     }
 
     /// Settles the records of one lane in order: one transaction per record, or with shared
@@ -333,31 +327,36 @@ where
             Outcome::Parked => report.parked += 1,
         };
         let mut next = 0;
+        // A message whose first attempt failed in a shared transaction (rolled back whole): the
+        // messages before it share one again, then it runs alone from its second attempt,
+        // before the messages after it (so order holds).
+        let mut failed_first: Option<usize> = None;
         while next < records.len() {
-            let rest = &records[next..];
+            if failed_first == Some(next) {
+                failed_first = None;
+                count(self.settle_from(records[next], 2).await?);
+                next += 1;
+                continue;
+            }
+            let rest = &records[next..failed_first.unwrap_or(records.len())];
             if !self.shared_commits || rest.len() == 1 {
                 count(self.settle(rest[0]).await?);
                 next += 1;
                 continue;
             }
             match self.settle_shared(rest).await {
-                Ok(Shared { outcomes, failed }) => {
+                Ok(Shared::Committed(outcomes)) => {
                     next += outcomes.len();
                     outcomes.into_iter().for_each(&mut count);
-                    if failed {
-                        // Its first attempt failed in the shared transaction; the others are
-                        // its own, before the messages after it.
-                        count(self.settle_from(records[next], 2).await?);
-                        next += 1;
-                    }
                 }
+                Ok(Shared::FailedAt(index)) => failed_first = Some(next + index),
                 Err(e) => {
                     // Nothing of the shared transaction committed: one message per
                     // transaction for the rest of the batch (the inbox keeps it exactly once).
                     metrics::counter!("eventfold_consumer_batch_split_total", "consumer" => self.name.to_owned())
                         .increment(1);
                     tracing::debug!(consumer = %self.name, error = %e, "shared transaction failed; handling one message per transaction");
-                    for record in rest {
+                    for record in &records[next..] {
                         count(self.settle(record).await?);
                     }
                     next = records.len();
@@ -378,11 +377,12 @@ fn lane_of(key: &str, lanes: usize) -> usize {
     (hash % lanes.max(1) as u64) as usize
 }
 
-/// What a shared transaction did: the outcomes of the messages it committed, in order, and
-/// whether it stopped at a message whose handler failed (the one after them).
-struct Shared {
-    outcomes: Vec<Outcome>,
-    failed: bool,
+/// What a shared transaction did.
+enum Shared {
+    /// It committed (or, all duplicates, rolled back): the outcome of each message, in order.
+    Committed(Vec<Outcome>),
+    /// The handler of the message at this index failed (its first attempt): nothing committed.
+    FailedAt(usize),
 }
 
 /// What happened to one message.
@@ -442,11 +442,12 @@ where
         }
     }
 
-    /// Whether the messages of a polled batch share one transaction, each in its own savepoint
-    /// (default: off, one transaction per message). On, a batch costs one commit instead of one
-    /// per message; a handler that fails is undone to its savepoint alone, the messages before
-    /// it commit, and it is retried on its own before the messages after it (so order holds);
-    /// a failure of the store falls back to one transaction per message.
+    /// Whether the messages of a polled batch share one transaction (default: off, one
+    /// transaction per message). On, a batch costs one commit instead of one per message; when a
+    /// handler fails, the shared transaction is rolled back, the messages before it share one
+    /// again (their handlers run a second time, so they must decide from what they read in the
+    /// unit of work, as below), and it is retried on its own before the messages after it (so
+    /// order holds); a failure of the store falls back to one transaction per message.
     ///
     /// **The handler must read what it decides on through its unit of work**: the unit of work
     /// sees the writes of the batch's earlier messages, a read through the store does not (it

@@ -152,10 +152,11 @@ pub(super) async fn try_append(
             .add(e.causation_id)
             .add(e.tenant_id.as_deref())
             .add(sql::headers_json(&e.headers));
-        if outbox.is_empty() {
-            &sql.append_one
-        } else {
-            &sql.append_one_outbox
+        match (outbox.is_empty(), expected.is_none()) {
+            (true, false) => &sql.append_one,
+            (true, true) => &sql.append_one_any,
+            (false, false) => &sql.append_one_outbox,
+            (false, true) => &sql.append_one_outbox_any,
         }
     } else {
         binds.events(events);
@@ -311,6 +312,8 @@ pub(super) async fn append_any(
     loop {
         attempt += 1;
         match try_append(conn, sql, stream_id, None, events, outbox).await {
+            // One event whose version a concurrent append took: again.
+            Ok(rows) if rows.is_empty() && attempt < ANY_RETRIES => {}
             Ok(rows) => {
                 let any = ExpectedVersion::Any;
                 return append_result(conn, sql, stream_id, any, rows, events.len()).await;
@@ -363,21 +366,33 @@ impl PgUnitOfWork {
             self.wrote_events = true;
             return Ok(result);
         }
-        // `Any` must not fail because of a concurrent append: retry inside a savepoint, so that
-        // a unique violation does not abort the whole unit of work.
+        // `Any` must not fail because of a concurrent append. One event: its statement returns
+        // no row when the version was taken, and is run again (no savepoint, no error). Several:
+        // retried inside a savepoint, so that a unique violation does not abort the whole unit
+        // of work.
         let mut attempt = 0;
         let rows = loop {
             attempt += 1;
             let table = &self.sql.events;
-            savepoint(&mut self.tx, Append, Savepoint::Open, table).await?;
+            let single = events.len() == 1;
+            if !single {
+                savepoint::<Postgres>(&mut self.tx, Append, Savepoint::Open, table).await?;
+            }
             match try_append(&mut self.tx, &self.sql, stream_id, None, events, outbox).await {
+                Ok(rows) if single && rows.is_empty() && attempt < ANY_RETRIES => {}
                 Ok(rows) => {
-                    savepoint(&mut self.tx, Append, Savepoint::Release, table).await?;
+                    if !single {
+                        savepoint::<Postgres>(&mut self.tx, Append, Savepoint::Release, table)
+                            .await?;
+                    }
                     break rows;
                 }
                 Err(e) => {
                     let error = append_error(&self.sql, e, stream_id, expected, events);
-                    savepoint(&mut self.tx, Append, Savepoint::RollBack, table).await?;
+                    if single {
+                        return Err(error);
+                    }
+                    savepoint::<Postgres>(&mut self.tx, Append, Savepoint::RollBack, table).await?;
                     if !error.is_conflict() || attempt >= ANY_RETRIES {
                         return Err(error);
                     }

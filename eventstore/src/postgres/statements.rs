@@ -19,6 +19,13 @@ pub(super) const XID_FIRST: &str = "pg_current_xact_id() IS NOT NULL";
 pub(super) const LAST_OUTBOX_SEQ: &str =
     "pg_sequence_last_value(pg_get_serial_sequence($1, 'seq')::regclass)";
 
+/// An `Any` append of one event whose version a concurrent append took (it waited for that
+/// transaction's commit) inserts nothing and returns no row, instead of failing on the unique
+/// index and aborting the transaction: it is run again, without a savepoint. Only for one
+/// event: of several, the first could be taken while the next ones are free.
+const TAKEN_VERSION_IS_NO_ROW: &str =
+    " ON CONFLICT (stream_type, stream_id, stream_version) DO NOTHING";
+
 pub(super) struct Statements {
     pub(super) inbox: String,
     pub(super) mark_inbox: String,
@@ -27,10 +34,15 @@ pub(super) struct Statements {
     pub(super) outbox: String,
     pub(super) insert_outbox: String,
     pub(super) append_one_outbox: String,
+    /// [`append_one_outbox`](Self::append_one_outbox) for `Any`: a version a concurrent append
+    /// took returns no row instead of an error (so no savepoint is needed to retry it).
+    pub(super) append_one_outbox_any: String,
     pub(super) append_outbox: String,
     pub(super) outbox_status: String,
     pub(super) read_outbox: String,
     pub(super) append_one: String,
+    /// [`append_one`](Self::append_one) for `Any` (see `append_one_outbox_any`).
+    pub(super) append_one_any: String,
     pub(super) channel: String,
     pub(super) horizon: String,
     pub(super) read_log: String,
@@ -104,9 +116,9 @@ impl Statements {
         // Events and their outbox rows in one statement (one round trip, atomic on its own): the
         // rows are written only when the events are, and each message of an event gets the
         // stream version the database gave it (an `Any` append learns it only here).
-        let with_outbox = |events_select: &str| {
+        let with_outbox = |events_select: &str, on_conflict: &str| {
             format!(
-                "{append_with}, ev AS ({insert_events}{events_select} \
+                "{append_with}, ev AS ({insert_events}{events_select}{on_conflict} \
                    RETURNING event_id, global_position, stream_version), \
                  ob AS (INSERT INTO {outbox} ({outbox_columns}) \
                    SELECT m.id, m.at, m.aid, m.ty, m.payload, m.topic, m.key, \
@@ -222,8 +234,9 @@ impl Statements {
                  {} WHERE {XID_FIRST} ORDER BY m.ord",
                 outbox_rows(1)
             ),
-            append_one_outbox: with_outbox(one_event),
-            append_outbox: with_outbox(many_events),
+            append_one_outbox: with_outbox(one_event, ""),
+            append_one_outbox_any: with_outbox(one_event, TAKEN_VERSION_IS_NO_ROW),
+            append_outbox: with_outbox(many_events, ""),
             // The floor's lag: from the floor to the first live row, or to the next `seq` when
             // there is none (the floor itself before the sequence was first used).
             outbox_status: format!(
@@ -244,6 +257,10 @@ impl Statements {
             },
             append_one: format!(
                 "{append_with} {insert_events}{one_event} RETURNING global_position, stream_version"
+            ),
+            append_one_any: format!(
+                "{append_with} {insert_events}{one_event}{TAKEN_VERSION_IS_NO_ROW} \
+                 RETURNING global_position, stream_version"
             ),
             horizon: "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8".to_owned(),
             read_log: format!(
