@@ -39,10 +39,10 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
     /// [`reply_topic`](Self::reply_topic)), with 20 attempts per reply (conflicts with timers
     /// or other consumers are retried, not parked), a 10 ms first backoff, and
     /// [shared commits](Consumer::shared_commits): the replies of a polled batch are applied in
-    /// one transaction, each in its own savepoint, and committed once. The reply handler reads
-    /// the instance through the unit of work, so a batch holding two replies of one instance
-    /// applies the second on the state the first left; a reply that fails is undone alone and
-    /// retried on its own. Call `.shared_commits(false)` on the result for one transaction per
+    /// one transaction and committed once. The reply handler reads the instance through the
+    /// unit of work, so a batch holding two replies of one instance applies the second on the
+    /// state the first left; a reply that fails is undone alone (the transaction is rolled back
+    /// and the replies before it applied again) and retried on its own. Call `.shared_commits(false)` on the result for one transaction per
     /// reply.
     pub fn reply_consumer<Src: MessageSource>(
         &self,
