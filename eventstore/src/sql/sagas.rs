@@ -171,27 +171,21 @@ pub(crate) type SagaRow = (
     DateTime<Utc>,
 );
 
-/// An instance's row and the database's clock ([`SagaSql::lock_with_clock`]).
-pub(crate) type SagaRowWithClock = (
-    Uuid,
-    String,
-    String,
-    String,
-    Option<String>,
-    Uuid,
-    i64,
-    i64,
-    DateTime<Utc>,
-    DateTime<Utc>,
-    DateTime<Utc>,
-);
-
-pub(crate) fn saga_record_with_clock(
-    row: SagaRowWithClock,
+/// An instance's row and, after its columns, the database's clock
+/// ([`SagaSql::lock_with_clock`]).
+pub(crate) fn saga_record_with_clock<R: sqlx::Row>(
+    row: &R,
     table: &str,
-) -> Result<(SagaRecord, DateTime<Utc>), StoreError> {
-    let (a, b, c, d, e, f, g, h, i, j, now) = row;
-    Ok((saga_record((a, b, c, d, e, f, g, h, i, j), table)?, now))
+) -> Result<(SagaRecord, DateTime<Utc>), StoreError>
+where
+    SagaRow: for<'r> sqlx::FromRow<'r, R>,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let read = |e| super::db_err("reading a locked saga", table)(e);
+    let columns = <SagaRow as sqlx::FromRow<R>>::from_row(row).map_err(read)?;
+    let now = row.try_get(SAGA_COLUMNS.split(',').count()).map_err(read)?;
+    Ok((saga_record(columns, table)?, now))
 }
 
 pub(crate) fn saga_record(row: SagaRow, table: &str) -> Result<SagaRecord, StoreError> {
@@ -427,13 +421,12 @@ macro_rules! saga_store {
                     saga_id: Uuid,
                 ) -> Result<Option<(SagaRecord, DateTime<Utc>)>, StoreError> {
                     let sql = &self.sql.sagas;
-                    let row: Option<shared::SagaRowWithClock> =
-                        sqlx::query_as(&sql.lock_with_clock)
-                            .bind(saga_id)
-                            .fetch_optional(uow.connection())
-                            .await
-                            .map_err(db_err("locking a saga", &sql.sagas))?;
-                    row.map(|r| shared::saga_record_with_clock(r, &sql.sagas))
+                    let row = sqlx::query(&sql.lock_with_clock)
+                        .bind(saga_id)
+                        .fetch_optional(uow.connection())
+                        .await
+                        .map_err(db_err("locking a saga", &sql.sagas))?;
+                    row.map(|r| shared::saga_record_with_clock(&r, &sql.sagas))
                         .transpose()
                 }
 
