@@ -119,3 +119,44 @@ atomic_with_app_sql!(
     eventfold::eventstore::sqlite::SqliteStore,
     "?"
 );
+
+/// SQLite: an append that fails inside a unit of work writes nothing of itself, also when it is
+/// one statement (written without a savepoint: SQLite undoes a failed statement's own rows and
+/// keeps the transaction), and with several statements (more events than one insert takes, in a
+/// savepoint); what the unit of work wrote before it commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_failed_append_in_a_unit_of_work_writes_nothing_of_itself() {
+    use eventfold::NewEvent;
+    use eventfold::eventstore::{ExpectedVersion, StoreError};
+    let (store, _file) = common::sqlite().await;
+    let event = |n: u32| NewEvent::raw("tally.added", 2, format!(r#"{{"n":{n}}}"#).into_bytes());
+    let kept = StreamId::new("tally", "kept").unwrap();
+    let taken = event(1);
+    let mut uow = store.begin().await.unwrap();
+    uow.append(&kept, ExpectedVersion::NoStream, vec![taken.clone()])
+        .await
+        .unwrap();
+    for (name, size) in [("one-statement", 3usize), ("several-statements", 150)] {
+        let refused = StreamId::new("tally", name).unwrap();
+        let mut events: Vec<NewEvent> = (0..size as u32).map(event).collect();
+        events[size - 1].event_id = taken.event_id;
+        let err = uow
+            .append(&refused, ExpectedVersion::Any, events)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::DuplicateEventId { event_id, .. } if event_id == taken.event_id),
+            "{name}: {err:?}"
+        );
+    }
+    uow.commit().await.unwrap();
+    assert_eq!(store.stream_version(&kept).await.unwrap(), 1);
+    for name in ["one-statement", "several-statements"] {
+        let refused = StreamId::new("tally", name).unwrap();
+        assert_eq!(
+            store.stream_version(&refused).await.unwrap(),
+            0,
+            "{name}: the failed append wrote nothing of itself"
+        );
+    }
+}

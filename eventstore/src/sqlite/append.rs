@@ -1,5 +1,6 @@
 //! Appends: in the unit of work's `BEGIN IMMEDIATE` transaction, one row per event, the version
-//! checked first and inside a savepoint, and the outbox rows of the events beside them.
+//! checked first, inside a savepoint when the append takes several statements, and the outbox
+//! rows of the events beside them.
 
 use eventfold_core::{NewEvent, OutboxMessage, StreamId};
 
@@ -31,9 +32,14 @@ impl SqliteUnitOfWork {
             });
         }
         let outbox = append_messages(self.routing.as_deref(), stream_id, current + 1, &events);
-        // SQLite has no savepoint-free way to undo part of a statement list: insert into a
-        // savepoint so a failed append leaves the unit of work as it was.
-        savepoint(&mut self.tx, Append, Savepoint::Open, &self.sql.events).await?;
+        // SQLite has no savepoint-free way to undo part of a statement list: several statements
+        // (more events than one insert takes, or outbox rows) insert into a savepoint so that a
+        // failed append leaves the unit of work as it was. One statement needs none: SQLite undoes
+        // a failed statement's own changes, and keeps the transaction.
+        let one_statement = events.len() <= EVENTS_PER_INSERT && outbox.is_empty();
+        if !one_statement {
+            savepoint(&mut self.tx, Append, Savepoint::Open, &self.sql.events).await?;
+        }
         let mut positions = Vec::with_capacity(events.len());
         for (c, chunk) in events.chunks(EVENTS_PER_INSERT).enumerate() {
             let first = current + 1 + (c * EVENTS_PER_INSERT) as u64;
@@ -65,7 +71,9 @@ impl SqliteUnitOfWork {
                     }
                 }
                 Err(e) => {
-                    self.undo_append().await;
+                    if !one_statement {
+                        self.undo_append().await;
+                    }
                     return Err(match sql::unique_violation(&e) {
                         Some(c) if c.contains("event_id") => StoreError::DuplicateEventId {
                             stream_id: stream_id.clone(),
@@ -82,10 +90,14 @@ impl SqliteUnitOfWork {
             }
         }
         if let Err(e) = self.insert_outbox_rows(outbox).await {
-            self.undo_append().await;
+            if !one_statement {
+                self.undo_append().await;
+            }
             return Err(e);
         }
-        savepoint(&mut self.tx, Append, Savepoint::Release, &self.sql.events).await?;
+        if !one_statement {
+            savepoint(&mut self.tx, Append, Savepoint::Release, &self.sql.events).await?;
+        }
         self.wrote_events = true;
         Ok(AppendResult {
             previous_version: current,
