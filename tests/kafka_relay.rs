@@ -386,6 +386,23 @@ async fn kafka_relay_waits_for_a_topic_created_later_instead_of_parking() {
 /// event is delivered, each key's first deliveries in version order, nothing parked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_relay_rides_out_broker_errors_injected_by_the_mock_cluster() {
+    mock_cluster_outage(&[2]).await;
+}
+
+/// The whole mock cluster (its three brokers) stopped for longer than the message timeout in
+/// the middle of the run and started again **with its data** (the mock keeps its partitions'
+/// logs while its brokers are down): what was published before the outage is still there, what
+/// waited in the outbox follows, every event delivered, each key's first deliveries in version
+/// order, nothing parked. (tansu here keeps its log in memory only, which a restart loses: see
+/// `tests/kafka_outage.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_relay_rides_out_a_whole_cluster_restart_with_its_data() {
+    mock_cluster_outage(&[1, 2, 3]).await;
+}
+
+/// The mock-cluster run of the two tests above, with the brokers `down` taken down for 5 s after
+/// the first relay rounds (produce errors injected before it).
+async fn mock_cluster_outage(down: &[i32]) {
     use eventfold::outbox::kafka::rdkafka::mocking::MockCluster;
     use eventfold::outbox::kafka::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
@@ -441,16 +458,26 @@ async fn kafka_relay_rides_out_broker_errors_injected_by_the_mock_cluster() {
     for _ in 0..3 {
         relay.run_once().await.expect("relay round");
     }
-    // Longer than the message timeout: what waits for broker 2 fails (retriable) and is
+    let before_outage =
+        expected.len() as u64 - store.outbox_status().await.expect("outbox status").pending;
+    assert!(
+        before_outage > 0,
+        "some events were published before the outage"
+    );
+    // Longer than the message timeout: what waits for a down broker fails (retriable) and is
     // published again once it is back.
-    mock.broker_down(2).expect("broker 2 down");
-    let down = Instant::now();
+    for broker in down {
+        mock.broker_down(*broker).expect("broker down");
+    }
+    let outage = Instant::now();
     let mut timed_out = 0;
-    while down.elapsed() < Duration::from_secs(5) {
+    while outage.elapsed() < Duration::from_secs(5) {
         timed_out += relay.run_once().await.expect("relay round").retried;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    mock.broker_up(2).expect("broker 2 up");
+    for broker in down {
+        mock.broker_up(*broker).expect("broker up");
+    }
     relay_until(&mut relay, &store, "the outbox drains", |s| s.pending == 0).await;
     let status = store.outbox_status().await.expect("outbox status");
     assert_eq!(
@@ -482,14 +509,20 @@ async fn kafka_relay_rides_out_broker_errors_injected_by_the_mock_cluster() {
             "key {key}: first deliveries in version order"
         );
     }
+    let fault = if down.len() == 3 {
+        "cluster_restart_with_data"
+    } else {
+        "broker_errors"
+    };
     println!(
-        "FAULTS fault=broker_errors component=kafka_relay injected=produce_errors:{},broker_down_secs:5,failed_publishes:{timed_out} \
-         checked=events:{},lost:0,order_violations:0,parked:0 result=pass",
+        "FAULTS fault={fault} component=kafka_relay injected=produce_errors:{},brokers_down:{},down_secs:5,failed_publishes:{timed_out} \
+         checked=events:{},published_before_outage:{before_outage},lost:0,order_violations:0,parked:0 result=pass",
         injected.len(),
+        down.len(),
         expected.len()
     );
     eprintln!(
-        "mock cluster: {} produce errors injected ({} kinds) and broker 2 down for 5 s ({timed_out} publications failed retriably meanwhile); {} events of {keys} keys delivered ({} records), in order per key; relayed in {relayed:?}, consumed by {:?}",
+        "mock cluster: {} produce errors injected ({} kinds) and brokers {down:?} down for 5 s ({timed_out} publications failed retriably meanwhile); {} events of {keys} keys delivered ({} records, {before_outage} of them published before the outage), in order per key; relayed in {relayed:?}, consumed by {:?}",
         injected.len(),
         errors.len(),
         expected.len(),
