@@ -370,11 +370,11 @@ impl PgUnitOfWork {
         // no row when the version was taken, and is run again (no savepoint, no error). Several:
         // retried inside a savepoint, so that a unique violation does not abort the whole unit
         // of work.
+        let single = events.len() == 1;
         let mut attempt = 0;
         let rows = loop {
             attempt += 1;
             let table = &self.sql.events;
-            let single = events.len() == 1;
             if !single {
                 savepoint::<Postgres>(&mut self.tx, Append, Savepoint::Open, table).await?;
             }

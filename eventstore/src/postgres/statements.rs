@@ -4,7 +4,7 @@ use crate::naming::Naming;
 use crate::saga::MAX_CLAIM_LEASES;
 use crate::sql::dialect::{Dialect, Pg};
 use crate::sql::read::ReadSql;
-use crate::sql::sagas::SagaSql;
+use crate::sql::sagas::{SagaSql, UPSERT_TIMER};
 use crate::sql::trace::TraceSql;
 use crate::sql::{self, EVENT_COLUMNS};
 
@@ -176,6 +176,7 @@ impl Statements {
         let saga_timers = naming.table("saga_timers");
         let sent = naming.table("sent");
         let now = <Pg as Dialect>::NOW;
+        let saga_sql = SagaSql::new::<Pg>(naming);
         Self {
             // One statement, so a transaction of its own: lock the oldest due timers that no
             // other claim holds (SKIP LOCKED: claimers do not queue behind each other; a row
@@ -190,6 +191,7 @@ impl Statements {
                  WHERE t.saga_id = c.saga_id AND t.step = c.step AND t.attempt = c.attempt AND t.kind = c.kind \
                  RETURNING t.saga_id, t.saga_type, t.step, t.attempt, t.kind, c.due_at"
             ),
+            // The row's update is `SagaSql::update` (the same `$1`..`$5`), after the timers.
             finish_saga_transition: format!(
                 "WITH cancelled AS (DELETE FROM {saga_timers} t \
                    USING UNNEST($6::text[], $7::int8[], $8::text[]) AS c(step, attempt, kind) \
@@ -198,14 +200,11 @@ impl Statements {
                  stored AS (INSERT INTO {saga_timers} (saga_id, step, attempt, kind, saga_type, due_at, claims) \
                    SELECT $1, p.step, p.attempt, p.kind, p.saga_type, p.due_at, 0 \
                    FROM UNNEST($10::text[], $11::int8[], $12::text[], $13::text[], $14::timestamptz[]) \
-                     AS p(step, attempt, kind, saga_type, due_at) \
-                   ON CONFLICT (saga_id, step, attempt, kind) DO UPDATE SET \
-                   saga_type = EXCLUDED.saga_type, due_at = EXCLUDED.due_at, claims = 0) \
-                 UPDATE {sagas} SET status = $2, detail = $3, definition_version = $4, version = $5, \
-                 updated_at = {now} WHERE saga_id = $1",
-                sagas = naming.table("sagas"),
+                     AS p(step, attempt, kind, saga_type, due_at) {UPSERT_TIMER}) \
+                 {update}",
+                update = saga_sql.update,
             ),
-            sagas: SagaSql::new::<Pg>(naming),
+            sagas: saga_sql,
             trace: TraceSql::new::<Pg>(naming),
             mark_inbox: sql::unit_of_work::mark_inbox::<Pg>(&inbox),
             park_message: format!(

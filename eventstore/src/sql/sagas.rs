@@ -23,6 +23,14 @@ use crate::saga::{SagaTimerId, SagaTransitionWrite};
 pub(crate) const SAGA_COLUMNS: &str = "saga_id, saga_type, business_key, status, detail, \
     correlation_id, definition_version, version, started_at, updated_at";
 
+/// How many columns [`SAGA_COLUMNS`] lists: [`SagaSql::lock_with_clock`]'s clock follows them.
+const SAGA_COLUMN_COUNT: usize = 10;
+
+/// Storing a timer whose identity is stored already moves its deadline and resets its claims
+/// (every statement that stores timers ends with it).
+pub(crate) const UPSERT_TIMER: &str = "ON CONFLICT (saga_id, step, attempt, kind) DO UPDATE SET \
+     saga_type = EXCLUDED.saga_type, due_at = EXCLUDED.due_at, claims = 0";
+
 /// The columns of [`TimerRow`], in order.
 pub(crate) const TIMER_COLUMNS: &str = "saga_id, saga_type, step, attempt, kind, due_at";
 
@@ -83,8 +91,7 @@ impl SagaSql {
         let requests = naming.table("saga_requests");
         let now = D::NOW;
         let p = D::placeholders;
-        let upsert_timer = "ON CONFLICT (saga_id, step, attempt, kind) DO UPDATE SET \
-             saga_type = EXCLUDED.saga_type, due_at = EXCLUDED.due_at, claims = 0";
+        let upsert_timer = UPSERT_TIMER;
         Self {
             now: format!("SELECT {now}"),
             register: p(&format!(
@@ -184,7 +191,7 @@ where
 {
     let read = |e| super::db_err("reading a locked saga", table)(e);
     let columns = <SagaRow as sqlx::FromRow<R>>::from_row(row).map_err(read)?;
-    let now = row.try_get(SAGA_COLUMNS.split(',').count()).map_err(read)?;
+    let now = row.try_get(SAGA_COLUMN_COUNT).map_err(read)?;
     Ok((saga_record(columns, table)?, now))
 }
 
@@ -667,3 +674,14 @@ macro_rules! saga_store {
     };
 }
 pub(crate) use saga_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The clock of `lock_with_clock` is read right after the row's columns.
+    #[test]
+    fn the_column_count_matches_the_columns() {
+        assert_eq!(SAGA_COLUMNS.split(',').count(), SAGA_COLUMN_COUNT);
+    }
+}
