@@ -90,17 +90,28 @@ impl Exported {
             .collect()
     }
 
-    /// `span` and its ancestors among the exported spans, nearest first.
-    fn lineage(&self, span: SpanId) -> Vec<SpanId> {
-        let spans = self.by_id();
-        let mut line = vec![span];
-        while let Some(parent) = spans.get(line.last().expect("not empty")) {
-            if parent.parent_span_id == SpanId::INVALID || line.len() > 64 {
-                break;
+    /// `span` and its ancestors among the exported spans, nearest first, up to a root. A span is
+    /// exported when its last handle is dropped, which may be on another thread (a SQLite
+    /// connection's worker enters the caller's span) a moment after the call that used it
+    /// returned: the walk waits (up to [`EXPORT_WAIT`]) for a missing ancestor to be exported.
+    async fn lineage(&self, span: SpanId) -> Vec<SpanId> {
+        let deadline = Instant::now() + EXPORT_WAIT;
+        loop {
+            let spans = self.by_id();
+            let mut line = vec![span];
+            let mut reached_root = false;
+            while let Some(parent) = spans.get(line.last().expect("not empty")) {
+                if parent.parent_span_id == SpanId::INVALID || line.len() > 64 {
+                    reached_root = true;
+                    break;
+                }
+                line.push(parent.parent_span_id);
             }
-            line.push(parent.parent_span_id);
+            if reached_root || Instant::now() >= deadline {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        line
     }
 
     /// (name, span id, parent span id) of every exported span, for failure messages.
@@ -118,13 +129,25 @@ impl Exported {
             .collect()
     }
 
-    /// The exported span `id`, with its name.
-    fn get(&self, id: SpanId) -> SpanData {
-        self.by_id()
-            .remove(&id)
-            .unwrap_or_else(|| panic!("span {id} was exported: {:?}", self.names()))
+    /// The exported span `id`, waiting (up to [`EXPORT_WAIT`]) for it to be exported.
+    async fn get(&self, id: SpanId) -> SpanData {
+        let deadline = Instant::now() + EXPORT_WAIT;
+        loop {
+            if let Some(span) = self.by_id().remove(&id) {
+                return span;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "span {id} was exported: {:?}",
+                self.names()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
+
+/// How long a span may take to be exported after the call that used it returned.
+const EXPORT_WAIT: Duration = Duration::from_secs(10);
 
 /// Installs the OpenTelemetry layer over an SDK tracer provider as the global subscriber (once
 /// per process) and returns its exporter. Global, not per thread: SQLite's connection threads
@@ -265,7 +288,8 @@ async fn one_trace_across_services<S, P, Src>(
     drop(request); // ends it: exported
     let trace = request_cx.trace_id();
     let explicit_cx = parse_traceparent(EXPLICIT, None).expect("valid");
-    let under_request = |span: SpanId| exported.lineage(span).contains(&request_cx.span_id());
+    let request_span = request_cx.span_id();
+    let under_request = async |span: SpanId| exported.lineage(span).await.contains(&request_span);
 
     // The orders service reacts on its own log, outside any span: the reaction's span continues
     // the event's trace, and the message it sends records that span.
@@ -313,9 +337,9 @@ async fn one_trace_across_services<S, P, Src>(
     }
     let (notify_traced, _) = notified.of(&traced);
     assert!(
-        under_request(notify_traced.span_id()),
+        under_request(notify_traced.span_id()).await,
         "the local reaction's span descends from the request span: {:?}",
-        exported.lineage(notify_traced.span_id())
+        exported.lineage(notify_traced.span_id()).await
     );
 
     let mut relay = Relay::new(orders.clone(), publisher);
@@ -376,7 +400,7 @@ async fn one_trace_across_services<S, P, Src>(
         "the record carries the request's trace"
     );
     assert!(
-        under_request(record_cx.span_id()),
+        under_request(record_cx.span_id()).await,
         "the record's parent span is under the request span"
     );
     let (explicit_reaction, explicit_record) = charged.of(&explicit);
@@ -387,9 +411,9 @@ async fn one_trace_across_services<S, P, Src>(
 
     // The consumer's span and the reaction's span continue the record's trace.
     assert_eq!(reaction.trace_id(), trace, "the reaction is in the trace");
-    let reaction_span = exported.get(reaction.span_id());
+    let reaction_span = exported.get(reaction.span_id()).await;
     assert_eq!(reaction_span.name, "reaction");
-    let consume_span = exported.get(reaction_span.parent_span_id);
+    let consume_span = exported.get(reaction_span.parent_span_id).await;
     assert_eq!(
         (
             consume_span.name.as_ref(),
@@ -404,9 +428,9 @@ async fn one_trace_across_services<S, P, Src>(
         "the consumer's span is a child of the record's parent span"
     );
     assert!(
-        under_request(reaction.span_id()),
+        under_request(reaction.span_id()).await,
         "the request span is an ancestor of the reaction: {:?}",
-        exported.lineage(reaction.span_id())
+        exported.lineage(reaction.span_id()).await
     );
     assert_eq!(
         explicit_reaction.trace_id(),
