@@ -1,7 +1,8 @@
 //! The `consumer` section: a [`Consumer`] with its inbox on PostgreSQL, one transaction per
-//! message and with shared commits (a polled batch of 100 in one transaction, each message in its
-//! own savepoint), beside raw sqlx doing the same writes (an inbox row and an event per message)
-//! one transaction per message and one per 100 messages. The messages come from the in-process
+//! message and with shared commits (a polled batch of 100 in one transaction: the inbox marks in
+//! one statement, then the handlers), beside raw sqlx doing the same writes (an inbox row and an
+//! event per message) one transaction per message, and one per 100 messages with the marks in
+//! one statement. The messages come from the in-process
 //! broker, so the figures are the database's side of consuming. The variants alternate in two
 //! rounds (A B C D, then D C B A) of half the time each, each variant its own consumer group.
 
@@ -32,6 +33,10 @@ const RAW_TABLES: &str = "CREATE TABLE IF NOT EXISTS raw_consumer_events (LIKE e
 /// The raw inbox mark.
 const RAW_MARK: &str = "INSERT INTO raw_consumer_inbox (consumer, message_id, message_type, topic, processed_at) \
      VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+/// The raw inbox marks of a whole poll in one statement (as the shared consumer marks them).
+const RAW_MARK_ALL: &str = "INSERT INTO raw_consumer_inbox (consumer, message_id, message_type, topic, processed_at) \
+     SELECT $1, m.id, m.type, m.topic, $5 FROM UNNEST($2::uuid[], $3::text[], $4::text[]) AS m(id, type, topic) \
+     ON CONFLICT DO NOTHING RETURNING message_id";
 /// The raw event: the next version of the key's stream.
 const RAW_EVENT: &str = "INSERT INTO raw_consumer_events (event_id, stream_type, stream_id, stream_version, \
        event_type, schema_version, payload, recorded_at, source, correlation_id, headers, commit_key) \
@@ -226,8 +231,23 @@ async fn raw(
     let records = source.poll(POLL, Duration::ZERO).await;
     if batched {
         let mut tx = pool.begin().await?;
-        for record in &records {
-            raw_one(&mut tx, name, record).await?;
+        let marked: std::collections::HashSet<uuid::Uuid> = sqlx::query_scalar(RAW_MARK_ALL)
+            .bind(name)
+            .bind(records.iter().map(|r| r.message_id).collect::<Vec<_>>())
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.message_type.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(records.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>())
+            .bind(chrono::Utc::now())
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+        for record in records.iter().filter(|r| marked.contains(&r.message_id)) {
+            raw_event(&mut tx, record).await?;
         }
         tx.commit().await?;
     } else {
@@ -254,12 +274,18 @@ async fn raw_one(conn: &mut sqlx::PgConnection, name: &str, record: &Record) -> 
         .execute(&mut *conn)
         .await?;
     if marked.rows_affected() == 1 {
-        sqlx::query(RAW_EVENT)
-            .bind(record.message_id)
-            .bind(&record.key)
-            .bind(&record.payload)
-            .execute(&mut *conn)
-            .await?;
+        raw_event(conn, record).await?;
     }
+    Ok(())
+}
+
+/// The raw event of one message.
+async fn raw_event(conn: &mut sqlx::PgConnection, record: &Record) -> Result<()> {
+    sqlx::query(RAW_EVENT)
+        .bind(record.message_id)
+        .bind(&record.key)
+        .bind(&record.payload)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }

@@ -144,6 +144,40 @@ pub trait UnitOfWork: Send {
         message: &crate::trace::InboxEntry,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// [`mark_received`](UnitOfWork::mark_received) for several messages at once, in this
+    /// transaction: whether each one was newly marked, in the order given. A message already
+    /// marked, or given twice (all but its first), is `false`. PostgreSQL marks them all in one
+    /// statement; the other backends one after the other. A consumer with shared commits marks
+    /// a polled batch this way before it runs the handlers.
+    ///
+    /// ```
+    /// # use eventfold_eventstore::{memory::MemoryStore, EventStore, UnitOfWork, trace::InboxEntry};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new();
+    /// let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    /// let mut uow = store.begin().await?;
+    /// assert!(uow.mark_received("billing", &InboxEntry::id(a)).await?);
+    /// let entries = [InboxEntry::id(a), InboxEntry::id(b), InboxEntry::id(b)];
+    /// assert_eq!(uow.mark_received_all("billing", &entries).await?, [false, true, false]);
+    /// uow.commit().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn mark_received_all(
+        &mut self,
+        consumer: &str,
+        messages: &[crate::trace::InboxEntry],
+    ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send {
+        async move {
+            let mut marked = Vec::with_capacity(messages.len());
+            for message in messages {
+                marked.push(self.mark_received(consumer, message).await?);
+            }
+            Ok(marked)
+        }
+    }
+
     /// Writes application messages to the outbox, in this transaction. A message with a NUL
     /// character in its topic, key, types, ids or headers (PostgreSQL cannot store it), or with
     /// a key over [`MAX_MESSAGE_KEY_LEN`] bytes, is refused with [`StoreError::InvalidMessage`]

@@ -279,18 +279,39 @@ where
     async fn settle_shared(&self, records: &[&Record]) -> Result<Shared, StoreError> {
         let mut uow = self.store.begin().await?;
         let mut outcomes = Vec::with_capacity(records.len());
-        for (index, &record) in records.iter().enumerate() {
-            let span = self.span(record);
-            let entry = InboxEntry::received(
-                record.message_id,
-                &record.message_type,
-                &record.topic,
-                &record.headers,
-            );
-            if !uow.mark_received(self.name, &entry).await? {
+        // Every message's inbox mark first, in one go (one statement on PostgreSQL); the
+        // handlers then run in order for the new ones.
+        let entries: Vec<InboxEntry> = records
+            .iter()
+            .map(|record| {
+                InboxEntry::received(
+                    record.message_id,
+                    &record.message_type,
+                    &record.topic,
+                    &record.headers,
+                )
+            })
+            .collect();
+        let marked = uow.mark_received_all(self.name, &entries).await?;
+        if marked.len() != records.len() {
+            // A store that answered for fewer (or more) messages than it was given: nothing of
+            // the batch is trusted, none of it skipped.
+            let _ = uow.rollback().await;
+            return Err(StoreError::Corrupt {
+                table: format!("the inbox of consumer {}", self.name),
+                reason: format!(
+                    "mark_received_all answered for {} of {} messages",
+                    marked.len(),
+                    records.len()
+                ),
+            });
+        }
+        for (index, (&record, fresh)) in records.iter().zip(marked).enumerate() {
+            if !fresh {
                 outcomes.push(Outcome::Duplicate);
                 continue;
             }
+            let span = self.span(record);
             match self.handler.handle(&mut uow, record).instrument(span).await {
                 Ok(()) => outcomes.push(Outcome::Handled),
                 Err(e) => {

@@ -80,3 +80,93 @@ pub async fn inbox_marks_a_message_once_per_consumer<S: InboxStore>(store: S) {
     );
     uow.rollback().await.expect("rollback");
 }
+
+/// `mark_received_all` marks the new messages of a batch, in its order, and answers `false` for
+/// one already marked (in this unit of work, in a committed one, by parking) or given twice;
+/// the marks commit or roll back with the unit of work, per consumer (what they keep for the
+/// trace is checked by the trace contract).
+pub async fn inbox_marks_a_batch_once_per_consumer<S: InboxStore>(store: S) {
+    use crate::trace::InboxEntry;
+    let ids: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    let flow = Uuid::now_v7();
+    let entry = |id: Uuid| InboxEntry {
+        message_id: id,
+        message_type: Some("order.placed".into()),
+        topic: Some("orders".into()),
+        correlation_id: Some(flow),
+        causation_id: None,
+        sent_by: Some("orders".into()),
+    };
+    let mut uow = store.begin().await.expect("begin");
+    assert_eq!(
+        uow.mark_received_all("billing", &[])
+            .await
+            .expect("mark none"),
+        Vec::<bool>::new()
+    );
+    assert!(
+        uow.mark_received("billing", &entry(ids[1]))
+            .await
+            .expect("mark one")
+    );
+    let batch = [
+        entry(ids[0]),
+        entry(ids[1]),
+        entry(ids[2]),
+        entry(ids[0]),
+        entry(ids[3]),
+    ];
+    assert_eq!(
+        uow.mark_received_all("billing", &batch)
+            .await
+            .expect("mark a batch"),
+        [true, false, true, false, true],
+        "new ones in order; one marked before in this unit of work and one given twice are not"
+    );
+    uow.rollback().await.expect("rollback");
+
+    let mut uow = store.begin().await.expect("begin");
+    assert_eq!(
+        uow.mark_received_all("billing", &batch[..3])
+            .await
+            .expect("mark after a rollback"),
+        [true, true, true],
+        "a rolled-back batch left no mark"
+    );
+    uow.commit().await.expect("commit");
+
+    store
+        .park_message(ParkedMessage {
+            consumer: "billing".into(),
+            message_id: ids[4],
+            topic: "orders".into(),
+            partition: 0,
+            offset: 7,
+            key: "o-1".into(),
+            message_type: "order.placed".into(),
+            payload: b"{}".to_vec(),
+            headers: eventfold_core::Headers::new(),
+            attempts: 3,
+            error: "poison".into(),
+            parked_at: eventfold_core::metadata::now_micros(),
+        })
+        .await
+        .expect("park");
+    let mut uow = store.begin().await.expect("begin");
+    let all: Vec<InboxEntry> = ids.iter().map(|&id| entry(id)).collect();
+    assert_eq!(
+        uow.mark_received_all("billing", &all)
+            .await
+            .expect("mark again"),
+        [false, false, false, true, false],
+        "committed and parked messages are duplicates"
+    );
+    assert_eq!(
+        uow.mark_received_all("shipping", &all)
+            .await
+            .expect("another consumer"),
+        [true; 5],
+        "consumers are independent"
+    );
+    uow.commit().await.expect("commit");
+}

@@ -124,6 +124,7 @@ macro_rules! eventstore_contract_tests {
         );
         $crate::eventstore_contract_tests!(@group $fresh; inbox:
             inbox_marks_a_message_once_per_consumer,
+            inbox_marks_a_batch_once_per_consumer,
         );
         $crate::eventstore_contract_tests!(@group $fresh; projection:
             projection_checkpoints_commit_with_the_unit_of_work,

@@ -114,21 +114,23 @@ where
     );
     uow.rollback().await.expect("rollback");
 
-    // The reply comes back: the inbox keeps what it was.
+    // The reply comes back (marked in a batch, as a consumer with shared commits does): the
+    // inbox keeps what it was.
     let reply = Uuid::now_v7();
     let mut uow = store.begin().await.expect("begin");
-    assert!(
-        uow.mark_received(
+    assert_eq!(
+        uow.mark_received_all(
             "orders-replies",
-            &InboxEntry::received(
+            &[InboxEntry::received(
                 reply,
                 "saga.reply",
                 "replies",
                 &flow_headers(flow, charge.id, "payments")
-            ),
+            )],
         )
         .await
-        .expect("mark")
+        .expect("mark"),
+        [true]
     );
     assert!(
         uow.mark_inbox("orders-replies", Uuid::now_v7())

@@ -29,6 +29,10 @@ const TAKEN_VERSION_IS_NO_ROW: &str =
 pub(super) struct Statements {
     pub(super) inbox: String,
     pub(super) mark_inbox: String,
+    /// `mark_received_all`: `$1` consumer, `$2..$7` arrays of message id, type, topic,
+    /// correlation id, causation id, sender, `$8` receiver, `$9` processed at; returns the ids
+    /// it marked.
+    pub(super) mark_inbox_all: String,
     pub(super) park_message: String,
     pub(super) parked_messages: String,
     pub(super) outbox: String,
@@ -207,6 +211,14 @@ impl Statements {
             sagas: saga_sql,
             trace: TraceSql::new::<Pg>(naming),
             mark_inbox: sql::unit_of_work::mark_inbox::<Pg>(&inbox),
+            mark_inbox_all: format!(
+                "INSERT INTO {inbox} (consumer, message_id, message_type, topic, correlation_id, causation_id, \
+                 sent_by, received_by, processed_at) \
+                 SELECT $1, m.message_id, m.message_type, m.topic, m.correlation_id, m.causation_id, m.sent_by, $8, $9 \
+                 FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::uuid[], $7::text[]) \
+                   AS m(message_id, message_type, topic, correlation_id, causation_id, sent_by) \
+                 ON CONFLICT DO NOTHING RETURNING message_id"
+            ),
             park_message: format!(
                 "WITH mark AS (INSERT INTO {inbox} (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING) \
                  INSERT INTO {inbox_dead} (consumer, message_id, topic, partition, \"offset\", key, type, payload, headers, \
