@@ -41,16 +41,24 @@ psql "$DATABASE_URL" -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'e
         [ -n "$db" ] && psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null || true
     done
 
-# The Kafka-protocol broker (tansu, in-memory storage) for the Kafka publisher's tests.
+# The Kafka-protocol broker (tansu; the shared one keeps its log in memory) for the Kafka tests.
 kafka_host="${KAFKA_BOOTSTRAP%%,*}"
 kafka_port="${kafka_host##*:}"
 kafka_host="${kafka_host%:*}"
 kafka_up() { (exec 3<>"/dev/tcp/$kafka_host/$kafka_port") >/dev/null 2>&1; }
+# Features: `dynostore` (the in-memory storage of the shared broker) and `libsql` (the SQLite
+# file of the broker that `kafka_outage` kills and restarts with its data). A tansu installed
+# without one of them (by an older setup) is installed again.
+tansu_features_ok() {
+    command -v tansu >/dev/null &&
+        grep -o '"tansu 0\.6\.0[^}]*}' "${CARGO_HOME:-$HOME/.cargo}/.crates2.json" 2>/dev/null |
+        grep -q '"libsql"'
+}
+if ! tansu_features_ok; then
+    log "tansu 0.6.0 with the features dynostore and libsql not found; installing it (10 to 30 minutes on 2 cores)"
+    cargo install --locked --force tansu@0.6.0 --features dynostore,libsql
+fi
 if ! kafka_up; then
-    if ! command -v tansu >/dev/null; then
-        log "tansu not found; installing it (10 to 30 minutes on 2 cores)"
-        cargo install --locked tansu@0.6.0 --features dynostore
-    fi
     log "no Kafka broker at $KAFKA_BOOTSTRAP; starting tansu (log: target/tansu.log)"
     mkdir -p target
     nohup tansu broker \

@@ -12,7 +12,13 @@
 //!   then refused, then a broker that knows nothing). tansu keeps its log in memory here, so the
 //!   new broker has lost what the old one had taken: what is checked is that every event written
 //!   after the kill reaches the new broker, each key in order from the version after the last
-//!   one published before (nothing skipped, nothing parked).
+//!   one published before (nothing skipped, nothing parked);
+//! * a broker killed and restarted **with its data**: the broker keeps its log in a SQLite file
+//!   (tansu's `sqlite://` storage, the `libsql` feature that `scripts/setup.sh` installs), is
+//!   killed with SIGKILL and 10 s later started again on the same file; nobody creates the topic
+//!   again. Every event, those it had taken before the kill included, is read back from the
+//!   restarted broker, each key in order from its first version, and a consumer group resumes
+//!   after the offsets it had committed before the kill.
 #![cfg(all(feature = "kafka", feature = "postgres"))]
 mod common;
 
@@ -30,7 +36,7 @@ use eventfold::eventstore::{
 use eventfold::outbox::kafka::KafkaPublisher;
 use eventfold::outbox::kafka::rdkafka::ClientConfig;
 use eventfold::outbox::kafka::rdkafka::message::Message;
-use eventfold::outbox::kafka_source::message_headers;
+use eventfold::outbox::kafka_source::{KafkaSource, message_headers};
 use eventfold::outbox::{Relay, RelayConfig, headers};
 use eventfold::{NewEvent, StreamId};
 use uuid::Uuid;
@@ -120,36 +126,62 @@ impl Drop for Broker {
     }
 }
 
+/// Where a dedicated broker keeps its log.
+#[derive(Clone, Debug)]
+enum Storage {
+    /// In memory: a killed broker loses it.
+    Memory,
+    /// In the SQLite file `tansu.db` of this directory: a restarted broker finds it again.
+    File(std::path::PathBuf),
+}
+
 /// Starts a tansu broker listening on `port`, advertising `advertised` (the proxy's port).
-fn start_broker(port: u16, advertised: u16) -> Broker {
+fn start_broker(port: u16, advertised: u16, storage: &Storage) -> Broker {
     let tansu = std::env::var("HOME")
         .map(|home| format!("{home}/.cargo/bin/tansu"))
         .ok()
         .filter(|path| std::path::Path::new(path).exists())
         .unwrap_or_else(|| "tansu".to_owned());
-    let child = Command::new(&tansu)
-        .args([
-            "broker",
-            "--listener-url",
-            &format!("tcp://127.0.0.1:{port}"),
-            "--advertised-listener-url",
-            &format!("tcp://127.0.0.1:{advertised}"),
-            "--storage-engine",
-            "memory://outage/",
-        ])
+    let mut command = Command::new(&tansu);
+    command.args([
+        "broker",
+        "--listener-url",
+        &format!("tcp://127.0.0.1:{port}"),
+        "--advertised-listener-url",
+        &format!("tcp://127.0.0.1:{advertised}"),
+    ]);
+    match storage {
+        Storage::Memory => {
+            command.args(["--storage-engine", "memory://outage/"]);
+        }
+        // tansu opens the path of a `sqlite://` URL under its working directory.
+        Storage::File(dir) => {
+            command
+                .args(["--storage-engine", "sqlite:///tansu.db"])
+                .current_dir(dir);
+        }
+    }
+    let child = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("tansu must be installed (scripts/test.sh installs it): {e}"));
+    let mut broker = Broker(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = broker.0.try_wait() {
+            panic!(
+                "the dedicated tansu broker ({storage:?}) exited with {status}; a `sqlite://` \
+                 storage needs tansu installed with the feature `libsql` (scripts/setup.sh)"
+            );
+        }
         assert!(
             Instant::now() < deadline,
             "the dedicated tansu broker did not start"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    Broker(child)
+    broker
 }
 
 async fn append(
@@ -197,6 +229,8 @@ enum Outage {
     Stopped,
     /// The broker's process is killed (SIGKILL), then a new one is started on the same port.
     Killed,
+    /// The broker, keeping its log in a file, is killed (SIGKILL) and started again on it.
+    KilledWithData,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,9 +248,22 @@ async fn broker_killed_and_restarted_after_ten_seconds_backlog_drains_in_order()
     outage_drains_nothing_lost(Outage::Killed, 29096).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_killed_and_restarted_with_its_data_keeps_every_event_and_offset() {
+    outage_drains_nothing_lost(Outage::KilledWithData, 29098).await;
+}
+
 /// The scenario, with the broker on `port` and the proxy on `port + 1`.
 async fn outage_drains_nothing_lost(outage_kind: Outage, port: u16) {
-    let mut broker = start_broker(port, port + 1);
+    let data = std::env::temp_dir().join(format!("eventfold-tansu-{}", Uuid::now_v7().simple()));
+    let storage = match outage_kind {
+        Outage::KilledWithData => {
+            std::fs::create_dir_all(&data).expect("a directory for the broker's file");
+            Storage::File(data.clone())
+        }
+        Outage::Cut | Outage::Stopped | Outage::Killed => Storage::Memory,
+    };
+    let mut broker = start_broker(port, port + 1, &storage);
     let proxy = Proxy::start(port + 1, port);
     let bootstrap = format!("127.0.0.1:{}", port + 1);
     let mut config = ClientConfig::new();
@@ -254,12 +301,19 @@ async fn outage_drains_nothing_lost(outage_kind: Outage, port: u16) {
     // What the broker had before the outage; a killed one loses it (in-memory storage).
     let published_before: HashSet<Uuid> = appended.clone();
     let versions_before = versions.clone();
+    // A consumer group reads what was published so far and commits its offsets; with the
+    // broker's data kept, it resumes after them once the broker is back.
+    let group = format!("outage-group-{}", Uuid::now_v7().simple());
+    if let Outage::KilledWithData = outage_kind {
+        let read = read_in_group(&bootstrap, &group, &topic, &published_before, true).await;
+        assert_eq!(read, published_before, "the group read the first events");
+    }
 
     // The broker goes away for 10 s while the service keeps writing.
     match outage_kind {
         Outage::Cut => proxy.cut(),
         Outage::Stopped => signal(&broker, "STOP"),
-        Outage::Killed => broker.kill(),
+        Outage::Killed | Outage::KilledWithData => broker.kill(),
     }
     let outage = Instant::now();
     append(100, &store, &mut appended, &mut versions).await;
@@ -280,8 +334,10 @@ async fn outage_drains_nothing_lost(outage_kind: Outage, port: u16) {
     match outage_kind {
         Outage::Cut => proxy.restore(),
         Outage::Stopped => signal(&broker, "CONT"),
+        // Nobody creates the topic again: the broker finds it in its file.
+        Outage::KilledWithData => broker = start_broker(port, port + 1, &storage),
         Outage::Killed => {
-            broker = start_broker(port, port + 1);
+            broker = start_broker(port, port + 1, &storage);
             let until = Instant::now() + Duration::from_secs(60);
             while let Err(e) = admin.create_topics(&[(topic.as_str(), PARTITIONS)]).await {
                 assert!(
@@ -316,7 +372,9 @@ async fn outage_drains_nothing_lost(outage_kind: Outage, port: u16) {
             appended.difference(&published_before).copied().collect(),
             versions_before,
         ),
-        Outage::Cut | Outage::Stopped => (appended.clone(), HashMap::new()),
+        Outage::Cut | Outage::Stopped | Outage::KilledWithData => {
+            (appended.clone(), HashMap::new())
+        }
     };
     let consumer = common::consumer_from_start(
         &bootstrap,
@@ -347,17 +405,76 @@ async fn outage_drains_nothing_lost(outage_kind: Outage, port: u16) {
         let previous = last.insert(key.clone(), v).unwrap_or(0);
         assert_eq!(v, previous + 1, "key {key}: version {v} after {previous}");
     }
+    // The group resumes after the offsets it committed before the kill: it gets the events
+    // written since, and none of those it had read (they would come again had the broker lost
+    // its offsets).
+    let mut resumed_group = String::new();
+    if let Outage::KilledWithData = outage_kind {
+        let after: HashSet<Uuid> = appended.difference(&published_before).copied().collect();
+        let read = read_in_group(&bootstrap, &group, &topic, &after, false).await;
+        assert_eq!(
+            read,
+            after,
+            "the group resumed after its committed offsets: it read the new events, and none of \
+             the {} it had committed",
+            published_before.len()
+        );
+        resumed_group = format!(",group_resumed:{}", read.len());
+    }
     let fault = match outage_kind {
         Outage::Cut => "broker_outage",
         Outage::Stopped => "broker_stopped",
         Outage::Killed => "broker_killed",
+        Outage::KilledWithData => "broker_killed_with_data",
     };
     println!(
         "FAULTS fault={fault} component=kafka injected=outages:1,outage_secs:10,\
-         failed_publishes:{failed_rounds} checked=events:{},lost:0,order_violations:0,parked:0 \
-         result=pass",
+         failed_publishes:{failed_rounds} checked=events:{},lost:0,order_violations:0,parked:0\
+         {resumed_group} result=pass",
         expected.len()
     );
     // The broker (the new one, after a kill) lives until here.
     drop(broker);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// Reads `topic` in the consumer group `group` through a [`KafkaSource`] until it has every
+/// message id of `expected` (failing after 60 s), committing each record; fails on a record
+/// outside `expected` (one the group had committed before). Returns the ids read, duplicates
+/// from a retried send folded.
+async fn read_in_group(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    expected: &HashSet<Uuid>,
+    first_time: bool,
+) -> HashSet<Uuid> {
+    let mut source = KafkaSource::new(bootstrap, group, &[topic]).expect("a group consumer");
+    let mut read = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !expected.is_subset(&read) {
+        assert!(
+            Instant::now() < deadline,
+            "the group ({}) read {} of {} events",
+            if first_time { "first" } else { "resumed" },
+            read.len(),
+            expected.len()
+        );
+        let records = source
+            .poll_records(100, Duration::from_millis(500))
+            .await
+            .expect("poll the group");
+        for record in &records {
+            assert!(
+                expected.contains(&record.message_id),
+                "the group got {} (offset {} of partition {}), which it had committed before",
+                record.message_id,
+                record.offset,
+                record.partition
+            );
+            read.insert(record.message_id);
+            source.commit_record(record).await.expect("commit");
+        }
+    }
+    read
 }
