@@ -151,8 +151,8 @@ impl<U: UnitOfWork> eventfold::outbox::Handler<U> for Flaky {
     }
 }
 
-/// Shared commits: the messages of a polled batch share a transaction, each in its own
-/// savepoint. A failing handler (transient or poison) is undone alone, retried before the
+/// Shared commits: the messages of a polled batch share a transaction, their inbox marks
+/// written first in one go. A failing handler (transient or poison) is undone alone, retried before the
 /// messages after it, and parked after its attempts; duplicates in the batch are skipped; every
 /// other message takes effect once, in order.
 async fn undo_each_failure_alone<S: InboxStore>(store: S) -> Vec<uuid::Uuid> {
