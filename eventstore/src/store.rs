@@ -147,8 +147,8 @@ pub trait UnitOfWork: Send {
     /// [`mark_received`](UnitOfWork::mark_received) for several messages at once, in this
     /// transaction: whether each one was newly marked, in the order given. A message already
     /// marked, or given twice (all but its first), is `false`. PostgreSQL marks them all in one
-    /// statement; the other backends one after the other. A consumer with shared commits marks
-    /// a polled batch this way before it runs the handlers.
+    /// statement, SQLite in statements of up to 32 marks, the memory store one after the other.
+    /// A consumer with shared commits marks a polled batch this way before it runs the handlers.
     ///
     /// ```
     /// # use eventfold_eventstore::{memory::MemoryStore, EventStore, UnitOfWork, trace::InboxEntry};

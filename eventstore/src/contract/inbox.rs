@@ -169,4 +169,23 @@ pub async fn inbox_marks_a_batch_once_per_consumer<S: InboxStore>(store: S) {
         "consumers are independent"
     );
     uow.commit().await.expect("commit");
+
+    // A batch larger than one statement's share (SQLite writes chunks of 32, 16, ...): 40 new
+    // ones, one committed before, and the first of them again, in another chunk.
+    let mut many: Vec<InboxEntry> = (0..40)
+        .map(|_| entry(Uuid::now_v7()))
+        .chain([entry(ids[0])])
+        .collect();
+    many.push(many[0].clone());
+    let mut expected = vec![true; 40];
+    expected.extend([false, false]);
+    let mut uow = store.begin().await.expect("begin");
+    assert_eq!(
+        uow.mark_received_all("billing", &many)
+            .await
+            .expect("mark 42"),
+        expected,
+        "40 new; one committed before and one given twice (across statements) are not"
+    );
+    uow.commit().await.expect("commit");
 }

@@ -11,9 +11,16 @@ use crate::sql::{self, EVENT_COLUMNS};
 /// an append of more is written in chunks of this many.
 pub(super) const EVENTS_PER_INSERT: usize = 64;
 
+/// The most inbox marks one `INSERT` writes (`mark_received_all`): chunks of 32, 16, ..., 1
+/// marks, so that a connection caches six statements for them, not one per batch size.
+pub(super) const MARK_CHUNKS: [usize; 6] = [32, 16, 8, 4, 2, 1];
+
 pub(super) struct Statements {
     pub(super) inbox: String,
     pub(super) mark_inbox: String,
+    /// `mark_inbox_rows[i]`: [`MARK_CHUNKS`]`[i]` marks in one statement (9 parameters each, as
+    /// `mark_inbox`), returning the ids it marked.
+    pub(super) mark_inbox_rows: Vec<String>,
     /// Journals a sent message of a flow (the trace, ADR 0022).
     pub(super) journal_sent: String,
     pub(super) park_message: String,
@@ -65,6 +72,24 @@ impl Statements {
             sagas: SagaSql::new::<Lite>(naming),
             trace: TraceSql::new::<Lite>(naming),
             mark_inbox: sql::unit_of_work::mark_inbox::<Lite>(&inbox),
+            mark_inbox_rows: MARK_CHUNKS
+                .iter()
+                .map(|&n| {
+                    let rows: Vec<String> = (0..n)
+                        .map(|r| {
+                            let p: Vec<String> =
+                                (1..=9).map(|c| format!("?{}", r * 9 + c)).collect();
+                            format!("({})", p.join(", "))
+                        })
+                        .collect();
+                    format!(
+                        "INSERT INTO {inbox} (consumer, message_id, message_type, topic, correlation_id, \
+                         causation_id, sent_by, received_by, processed_at) VALUES {} \
+                         ON CONFLICT DO NOTHING RETURNING message_id",
+                        rows.join(", ")
+                    )
+                })
+                .collect(),
             journal_sent: format!(
                 "INSERT INTO {sent} (id, correlation_id, causation_id, type, topic, key, source, sent_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING"

@@ -6,9 +6,12 @@ use sqlx::{Sqlite, SqliteConnection, Transaction};
 use tokio::sync::watch;
 
 use super::*;
+use crate::error::StoreError;
 use crate::outbox::OutboxRouting;
 use crate::sql::dialect::Lite;
 use crate::store::UnitOfWork;
+use crate::trace::InboxEntry;
+use uuid::Uuid;
 
 /// A unit of work of the [`SqliteStore`]: a `BEGIN IMMEDIATE` transaction.
 pub struct SqliteUnitOfWork {
@@ -36,6 +39,53 @@ impl SqliteUnitOfWork {
 
 impl UnitOfWork for SqliteUnitOfWork {
     crate::sql::unit_of_work::unit_of_work_methods!();
+
+    /// Multi-row `INSERT`s of up to 32 marks each (chunks of 32, 16, ..., 1), instead of one
+    /// statement per mark.
+    async fn mark_received_all(
+        &mut self,
+        consumer: &str,
+        messages: &[InboxEntry],
+    ) -> Result<Vec<bool>, StoreError> {
+        crate::store::validate_consumer_name(consumer)?;
+        let now = eventfold_core::metadata::now_micros();
+        let mut fresh = std::collections::HashSet::with_capacity(messages.len());
+        let mut rest = messages;
+        while !rest.is_empty() {
+            let (index, &size) = MARK_CHUNKS
+                .iter()
+                .enumerate()
+                .find(|(_, size)| **size <= rest.len())
+                .unwrap_or((MARK_CHUNKS.len() - 1, &1));
+            let (chunk, after) = rest.split_at(size.min(rest.len()));
+            let mut query = sqlx::query_scalar::<_, Uuid>(&self.sql.mark_inbox_rows[index]);
+            for entry in chunk {
+                query = query
+                    .bind(consumer)
+                    .bind(entry.message_id)
+                    .bind(entry.message_type.as_deref())
+                    .bind(entry.topic.as_deref())
+                    .bind(entry.correlation_id)
+                    .bind(entry.causation_id)
+                    .bind(entry.sent_by.as_deref())
+                    .bind(&*self.source)
+                    // The client's clock, like the events' times (the trace orders them together).
+                    .bind(now);
+            }
+            fresh.extend(
+                query
+                    .fetch_all(&mut *self.tx)
+                    .await
+                    .map_err(crate::sql::db_err("marking the inbox", &self.sql.inbox))?,
+            );
+            rest = after;
+        }
+        // Of an id given twice, the first is the one marked.
+        Ok(messages
+            .iter()
+            .map(|m| fresh.remove(&m.message_id))
+            .collect())
+    }
 }
 
 impl SqliteStore {
