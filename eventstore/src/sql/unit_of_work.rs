@@ -22,7 +22,25 @@ where
     uuid::Uuid: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     Option<uuid::Uuid>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
-    sqlx::query(sql)
+    bind_mark(sqlx::query(sql), consumer, entry, received_by)
+}
+
+/// Binds the first eight values of one inbox mark, in [`mark_inbox`]'s order (consumer, message
+/// id, type, topic, correlation id, causation id, sender, receiver), to `query`: the time is the
+/// caller's. A multi-row mark binds them once per row.
+pub(crate) fn bind_mark<'q, DB: Database>(
+    query: sqlx::query::Query<'q, DB, <DB as Database>::Arguments<'q>>,
+    consumer: &'q str,
+    entry: &'q crate::trace::InboxEntry,
+    received_by: &'q str,
+) -> sqlx::query::Query<'q, DB, <DB as Database>::Arguments<'q>>
+where
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    uuid::Uuid: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<uuid::Uuid>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    query
         .bind(consumer)
         .bind(entry.message_id)
         .bind(entry.message_type.as_deref())

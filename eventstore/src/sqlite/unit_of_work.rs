@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use sqlx::{Sqlite, SqliteConnection, Transaction};
+use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::watch;
 
 use super::*;
@@ -58,26 +58,22 @@ impl UnitOfWork for SqliteUnitOfWork {
                 .find(|(_, size)| **size <= rest.len())
                 .unwrap_or((MARK_CHUNKS.len() - 1, &1));
             let (chunk, after) = rest.split_at(size.min(rest.len()));
-            let mut query = sqlx::query_scalar::<_, Uuid>(&self.sql.mark_inbox_rows[index]);
+            let mut query = sqlx::query(&self.sql.mark_inbox_rows[index]);
             for entry in chunk {
-                query = query
-                    .bind(consumer)
-                    .bind(entry.message_id)
-                    .bind(entry.message_type.as_deref())
-                    .bind(entry.topic.as_deref())
-                    .bind(entry.correlation_id)
-                    .bind(entry.causation_id)
-                    .bind(entry.sent_by.as_deref())
-                    .bind(&*self.source)
-                    // The client's clock, like the events' times (the trace orders them together).
+                // The client's clock, like the events' times (the trace orders them together).
+                query = crate::sql::unit_of_work::bind_mark(query, consumer, entry, &self.source)
                     .bind(now);
             }
-            fresh.extend(
-                query
-                    .fetch_all(&mut *self.tx)
-                    .await
-                    .map_err(crate::sql::db_err("marking the inbox", &self.sql.inbox))?,
-            );
+            let marked = query
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(crate::sql::db_err("marking the inbox", &self.sql.inbox))?;
+            for row in marked {
+                fresh.insert(
+                    row.try_get::<Uuid, _>(0)
+                        .map_err(crate::sql::db_err("marking the inbox", &self.sql.inbox))?,
+                );
+            }
             rest = after;
         }
         // Of an id given twice, the first is the one marked.
