@@ -8,26 +8,9 @@ use sqlx::{Database, Executor, IntoArguments};
 use super::dialect::Dialect;
 use crate::error::StoreError;
 
-/// The [`mark_inbox`] statement with everything but the time bound: `consumer`, `entry` and the
-/// service `received_by` that marks it (the caller binds `$9`, the time).
-pub(crate) fn mark_query<'q, DB: Database>(
-    sql: &'q str,
-    consumer: &'q str,
-    entry: &'q crate::trace::InboxEntry,
-    received_by: &'q str,
-) -> sqlx::query::Query<'q, DB, <DB as Database>::Arguments<'q>>
-where
-    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    uuid::Uuid: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    Option<uuid::Uuid>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    bind_mark(sqlx::query(sql), consumer, entry, received_by)
-}
-
 /// Binds the first eight values of one inbox mark, in [`mark_inbox`]'s order (consumer, message
-/// id, type, topic, correlation id, causation id, sender, receiver), to `query`: the time is the
-/// caller's. A multi-row mark binds them once per row.
+/// id, type, topic, correlation id, causation id, sender, receiver), to `query`: the time (`$9`)
+/// is the caller's. A multi-row mark binds them once per row.
 pub(crate) fn bind_mark<'q, DB: Database>(
     query: sqlx::query::Query<'q, DB, <DB as Database>::Arguments<'q>>,
     consumer: &'q str,
@@ -132,8 +115,8 @@ macro_rules! unit_of_work_methods {
             message: &$crate::trace::InboxEntry,
         ) -> Result<bool, $crate::error::StoreError> {
             $crate::store::validate_consumer_name(consumer)?;
-            let query = $crate::sql::unit_of_work::mark_query(
-                &self.sql.mark_inbox,
+            let query = $crate::sql::unit_of_work::bind_mark(
+                sqlx::query(&self.sql.mark_inbox),
                 consumer,
                 message,
                 &self.source,

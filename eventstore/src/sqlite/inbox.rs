@@ -16,7 +16,7 @@ impl InboxStore for SqliteStore {
         // The mark only deduplicates: the parked message is traced from its own row.
         let entry = InboxEntry::id(message.message_id);
         let mark = &self.sql.mark_inbox;
-        sql::unit_of_work::mark_query(mark, &message.consumer, &entry, &self.source)
+        sql::unit_of_work::bind_mark(sqlx::query(mark), &message.consumer, &entry, &self.source)
             .bind(now)
             .execute(&mut *tx)
             .await
