@@ -75,18 +75,11 @@ impl Statements {
             mark_inbox_rows: MARK_CHUNKS
                 .iter()
                 .map(|&n| {
-                    let rows: Vec<String> = (0..n)
-                        .map(|r| {
-                            let p: Vec<String> =
-                                (1..=9).map(|c| format!("?{}", r * 9 + c)).collect();
-                            format!("({})", p.join(", "))
-                        })
-                        .collect();
                     format!(
                         "INSERT INTO {inbox} (consumer, message_id, message_type, topic, correlation_id, \
                          causation_id, sent_by, received_by, processed_at) VALUES {} \
                          ON CONFLICT DO NOTHING RETURNING message_id",
-                        rows.join(", ")
+                        numbered_rows(n, 9)
                     )
                 })
                 .collect(),
@@ -130,18 +123,11 @@ impl Statements {
             event_exists: format!("SELECT 1 FROM {events} WHERE event_id = ?1"),
             insert_events: (1..=EVENTS_PER_INSERT)
                 .map(|n| {
-                    let rows: Vec<String> = (0..n)
-                        .map(|r| {
-                            let p: Vec<String> =
-                                (1..=13).map(|c| format!("?{}", r * 13 + c)).collect();
-                            format!("({})", p.join(", "))
-                        })
-                        .collect();
                     format!(
                         "INSERT INTO {events} (event_id, stream_type, stream_id, stream_version, event_type, \
                          schema_version, payload, recorded_at, source, correlation_id, causation_id, tenant_id, \
                          headers) VALUES {} RETURNING global_position, stream_version",
-                        rows.join(", ")
+                        numbered_rows(n, 13)
                     )
                 })
                 .collect(),
@@ -264,9 +250,41 @@ impl RelaySql {
     }
 }
 
+/// `rows` rows of `columns` placeholders each, numbered on from `?1`: `(?1, ?2), (?3, ?4)` for
+/// two rows of two.
+fn numbered_rows(rows: usize, columns: usize) -> String {
+    let row = |r: usize| {
+        let placeholders: Vec<String> = (1..=columns)
+            .map(|c| format!("?{}", r * columns + c))
+            .collect();
+        format!("({})", placeholders.join(", "))
+    };
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Multi-row statements number their placeholders on across rows; the marks come in the
+    /// chunk sizes of `MARK_CHUNKS`, in that order.
+    #[test]
+    fn multi_row_statements() {
+        assert_eq!(numbered_rows(2, 2), "(?1, ?2), (?3, ?4)");
+        assert_eq!(numbered_rows(1, 3), "(?1, ?2, ?3)");
+        let sql = Statements::new(&Naming::default());
+        assert_eq!(sql.mark_inbox_rows.len(), MARK_CHUNKS.len());
+        assert_eq!(
+            sql.mark_inbox_rows[MARK_CHUNKS.len() - 1],
+            "INSERT INTO \"eventfold_inbox\" (consumer, message_id, message_type, topic, correlation_id, \
+             causation_id, sent_by, received_by, processed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+             ON CONFLICT DO NOTHING RETURNING message_id"
+        );
+        assert!(
+            sql.mark_inbox_rows[0]
+                .ends_with("?286, ?287, ?288) ON CONFLICT DO NOTHING RETURNING message_id")
+        );
+    }
 
     /// The claim's exact SQL (the text is what the query plan depends on).
     #[test]
