@@ -374,11 +374,13 @@ where
                 Err(e) => {
                     // Nothing of the shared transaction committed: one message per
                     // transaction for the rest of the batch (the inbox keeps it exactly once).
+                    // A message whose first attempt already failed goes on from its second.
                     metrics::counter!("eventfold_consumer_batch_split_total", "consumer" => self.name.to_owned())
                         .increment(1);
                     tracing::debug!(consumer = %self.name, error = %e, "shared transaction failed; handling one message per transaction");
-                    for record in &records[next..] {
-                        count(self.settle(record).await?);
+                    for (index, &record) in records.iter().enumerate().skip(next) {
+                        let first = if failed_first == Some(index) { 2 } else { 1 };
+                        count(self.settle_from(record, first).await?);
                     }
                     next = records.len();
                 }
