@@ -6,6 +6,7 @@ use crate::sql::dialect::{Dialect, Pg};
 use crate::sql::read::ReadSql;
 use crate::sql::sagas::{SagaSql, UPSERT_TIMER};
 use crate::sql::trace::TraceSql;
+use crate::sql::unit_of_work::MARK_COLUMNS;
 use crate::sql::{self, EVENT_COLUMNS};
 
 /// The filter every statement that inserts outbox rows carries: it gives the transaction its id
@@ -212,8 +213,8 @@ impl Statements {
             trace: TraceSql::new::<Pg>(naming),
             mark_inbox: sql::unit_of_work::mark_inbox::<Pg>(&inbox),
             mark_inbox_all: format!(
-                "INSERT INTO {inbox} (consumer, message_id, message_type, topic, correlation_id, causation_id, \
-                 sent_by, received_by, processed_at) \
+                // `MARK_COLUMNS`, the per-message ones from the arrays.
+                "INSERT INTO {inbox} ({MARK_COLUMNS}) \
                  SELECT $1, m.message_id, m.message_type, m.topic, m.correlation_id, m.causation_id, m.sent_by, $8, $9 \
                  FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::uuid[], $7::text[]) \
                    AS m(message_id, message_type, topic, correlation_id, causation_id, sent_by) \

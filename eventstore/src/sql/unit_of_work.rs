@@ -39,11 +39,15 @@ where
 /// processed at; a message already marked is left as it is.
 pub(crate) fn mark_inbox<D: Dialect>(inbox: &str) -> String {
     D::placeholders(&format!(
-        "INSERT INTO {inbox} (consumer, message_id, message_type, topic, correlation_id, causation_id, \
-         sent_by, received_by, processed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+        "INSERT INTO {inbox} ({MARK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
          ON CONFLICT DO NOTHING"
     ))
 }
+
+/// The columns an inbox mark writes, in the order of its values (the one-row mark, PostgreSQL's
+/// `UNNEST` mark and SQLite's multi-row marks all write these).
+pub(crate) const MARK_COLUMNS: &str = "consumer, message_id, message_type, topic, correlation_id, \
+     causation_id, sent_by, received_by, processed_at";
 
 /// A step of a savepoint ([`savepoint`]).
 #[derive(Debug, Clone, Copy)]

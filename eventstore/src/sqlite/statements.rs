@@ -5,6 +5,7 @@ use crate::sql::dialect::Lite;
 use crate::sql::read::ReadSql;
 use crate::sql::sagas::{SagaSql, TIMER_COLUMNS};
 use crate::sql::trace::TraceSql;
+use crate::sql::unit_of_work::MARK_COLUMNS;
 use crate::sql::{self, EVENT_COLUMNS};
 
 /// The most events one `INSERT` writes (13 parameters each, well under SQLite's limit of 32,766):
@@ -76,8 +77,7 @@ impl Statements {
                 .iter()
                 .map(|&n| {
                     format!(
-                        "INSERT INTO {inbox} (consumer, message_id, message_type, topic, correlation_id, \
-                         causation_id, sent_by, received_by, processed_at) VALUES {} \
+                        "INSERT INTO {inbox} ({MARK_COLUMNS}) VALUES {} \
                          ON CONFLICT DO NOTHING RETURNING message_id",
                         numbered_rows(n, 9)
                     )
