@@ -665,6 +665,81 @@ pub async fn a_new_definition_version_resumes_old_instances<
     assert_eq!(store.saga(new).await.unwrap().unwrap().version, before);
 }
 
+/// The orchestrator's state cache (ADR 0029) never uses a state that did not commit. The
+/// timeout of `reserve` is written by one orchestrator in a unit of work that is then rolled
+/// back (its cache kept what it wrote); another orchestrator, with a cache of its own (another
+/// process), commits a failure reply of the same step, which ends the saga at the same stream
+/// version. The first orchestrator then gets the late success of `reserve`: it must see the
+/// ended saga and ignore it, not resume from its own rolled-back timeout; the history holds no
+/// trace of the timeout; the row names the stream's last event. (Debug builds also check every
+/// cache hit against the stream.)
+pub async fn the_state_cache_never_uses_a_rolled_back_transition<S: SagaStore>(store: S) {
+    let first = Orchestrator::new(store.clone(), definition(Duration::from_millis(30)));
+    let second = Orchestrator::new(store.clone(), definition(Duration::from_millis(30)));
+    let id = first
+        .start("cache-1", order("cache-1"), None)
+        .await
+        .unwrap()
+        .saga_id;
+    tokio::time::sleep(Duration::from_millis(40)).await;
+
+    let mut uow = store.begin().await.unwrap();
+    let rolled_back = first
+        .fire_timer_in(&mut uow, &reserve_timeout(id))
+        .await
+        .unwrap();
+    uow.rollback().await.unwrap();
+    let Applied::Transitioned {
+        version: rolled_back_version,
+        ..
+    } = rolled_back
+    else {
+        panic!("the timeout moves the saga: {rolled_back:?}");
+    };
+
+    let mut failed = reserved(id);
+    failed.outcome = eventfold::saga::Outcome::failure("out of stock");
+    let committed = second
+        .handle_reply(failed, Some(Uuid::now_v7()))
+        .await
+        .unwrap();
+    let Applied::Transitioned {
+        version: committed_version,
+        ..
+    } = committed
+    else {
+        panic!("the failure moves the saga: {committed:?}");
+    };
+    assert_eq!(
+        committed_version, rolled_back_version,
+        "the committed failure takes the version the rolled-back timeout had"
+    );
+
+    let late = first
+        .handle_reply(reserved(id), Some(Uuid::now_v7()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(late, Applied::Ignored(_)),
+        "the saga ended with the failure; the late success changes nothing: {late:?}"
+    );
+    let h = history(&store, id).await;
+    assert!(
+        !h.iter().any(|e| e.starts_with("saga.step_timed_out")),
+        "the rolled-back timeout left nothing: {h:?}"
+    );
+    let state = first.state(id).await.unwrap().unwrap();
+    let record = store.saga(id).await.unwrap().unwrap();
+    let stream = eventfold::saga::runtime::instance_stream(id).unwrap();
+    let events = store.read_stream(&stream, 1, 1_000).await.unwrap();
+    assert_eq!(record.version, state.version);
+    assert_eq!(
+        record.last_event_id,
+        events.last().map(|e| e.event_id),
+        "the row names the stream's last event"
+    );
+}
+
 macro_rules! saga_runtime_tests {
     ($backend:ident, $fresh:path) => {
         mod $backend {
@@ -680,6 +755,7 @@ macro_rules! saga_runtime_tests {
                 a_parked_compensation_is_retried_through_a_stored_request,
                 a_new_definition_version_resumes_old_instances,
                 the_trace_of_a_saga_shows_steps_replies_timeout_and_compensations,
+                the_state_cache_never_uses_a_rolled_back_transition,
             );
         }
     };

@@ -67,7 +67,10 @@ pub use outbox::{
 };
 pub use projection::{BuildState, LockedCheckpoint, ParkedEvent, ProjectionState, ProjectionStore};
 pub use repository::{Executed, Loaded, Repository};
-pub use saga::{SagaFilter, SagaRecord, SagaStore, SagaTimer, SagaTimerId, SagaTransitionWrite};
+pub use saga::{
+    SagaFilter, SagaRecord, SagaRegistration, SagaStore, SagaTimer, SagaTimerId,
+    SagaTransitionWrite,
+};
 pub use store::{
     AppendResult, CommandRecord, DynEventReader, EventStore, LocalWakeup, MAX_MESSAGE_KEY_LEN,
     MAX_PAYLOAD_LEN, Snapshot, UnitOfWork, Wakeup,

@@ -56,6 +56,29 @@ pub struct SagaRecord {
     pub started_at: DateTime<Utc>,
     /// When its last transition committed (set by the store).
     pub updated_at: DateTime<Utc>,
+    /// The id of the last event of the instance's stream, written with `version` by every
+    /// transition (`None` before the first one, and for rows of transitions older than the
+    /// column). With `version` it names one committed state of the instance: event ids are new
+    /// for every attempt of a transition, so a transition that was rolled back never left its
+    /// id here. The orchestrator's state cache checks it (ADR 0029).
+    pub last_event_id: Option<Uuid>,
+}
+
+/// What [`SagaStore::register_saga_with_clock`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SagaRegistration {
+    /// This call inserted the instance; `now` is the database's clock of the insert. The unit of
+    /// work holds the new row (no other transaction sees it before the commit), so the caller
+    /// needs no lock to run the instance's first transition.
+    Inserted {
+        /// The database's clock, as the insert read it.
+        now: DateTime<Utc>,
+    },
+    /// The business key was taken: `owner` is the instance that has it, and nothing was written.
+    Taken {
+        /// The id of the instance that owns the key.
+        owner: Uuid,
+    },
 }
 
 /// A durable timer of a saga instance, in `{prefix}saga_timers`. `(saga_id, step, attempt,
@@ -143,6 +166,27 @@ pub trait SagaStore: EventStore {
         record: &SagaRecord,
     ) -> impl Future<Output = Result<Uuid, StoreError>> + Send;
 
+    /// [`register_saga`](Self::register_saga) and, when this call inserted the instance,
+    /// [`database_now`](Self::database_now) in one: a start needs the clock for its first
+    /// deadlines and, having inserted the row itself, no lock. The SQL stores read the clock in
+    /// the insert's statement (`RETURNING`).
+    ///
+    /// The default runs the two methods one after the other.
+    fn register_saga_with_clock(
+        &self,
+        uow: &mut Self::UnitOfWork,
+        record: &SagaRecord,
+    ) -> impl Future<Output = Result<SagaRegistration, StoreError>> + Send {
+        async move {
+            let owner = self.register_saga(uow, record).await?;
+            if owner != record.saga_id {
+                return Ok(SagaRegistration::Taken { owner });
+            }
+            let now = self.database_now(uow).await?;
+            Ok(SagaRegistration::Inserted { now })
+        }
+    }
+
     /// Locks an instance's row until the unit of work ends and returns it (`None` when it is not
     /// registered). Every transition takes this lock first, so the transitions of one instance
     /// run one after the other: a reply and a timer of the same instance never deadlock on the
@@ -176,8 +220,8 @@ pub trait SagaStore: EventStore {
         }
     }
 
-    /// Updates an instance's status, detail, definition version and stream version after a
-    /// transition (and `updated_at` to the database's clock). `false` when it is not registered.
+    /// Updates an instance's status, detail, definition version, stream version and last event
+    /// id after a transition (and `updated_at` to the database's clock). `false` when it is not registered.
     fn update_saga(
         &self,
         uow: &mut Self::UnitOfWork,

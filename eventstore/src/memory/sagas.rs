@@ -200,6 +200,7 @@ impl SagaStore for MemoryStore {
         row.detail.clone_from(&record.detail);
         row.definition_version = record.definition_version;
         row.version = record.version;
+        row.last_event_id = record.last_event_id;
         row.updated_at = now();
         uow.sagas.sagas.insert(row.saga_id, row);
         Ok(true)

@@ -35,6 +35,7 @@ impl PgStore {
             .bind(record.detail.as_deref())
             .bind(i64::from(record.definition_version))
             .bind(shared::version_of(record, &sql.sagas)?)
+            .bind(record.last_event_id)
             .bind(cancel.iter().map(|t| t.step.as_str()).collect::<Vec<_>>())
             .bind(
                 cancel

@@ -66,8 +66,8 @@ pub(super) struct Statements {
     /// Claims due timers: `$1` saga types, `$2` limit, `$3` lease in seconds.
     pub(super) claim_saga_timers: String,
     /// The end of a transition in one statement: cancels timers, deletes them all, stores
-    /// timers and updates the instance's row. `$1`..`$5` as `update`; `$6`..`$8` the cancelled
-    /// timers' steps, attempts and kinds; `$9` delete them all; `$10`..`$14` the stored timers'
+    /// timers and updates the instance's row. `$1`..`$6` as `update`; `$7`..`$9` the cancelled
+    /// timers' steps, attempts and kinds; `$10` delete them all; `$11`..`$15` the stored timers'
     /// steps, attempts, kinds, types and deadlines. The three sets touch different rows (the
     /// caller sees to it): a statement's parts see one snapshot and must not write a row twice.
     pub(super) finish_saga_transition: String,
@@ -196,15 +196,15 @@ impl Statements {
                  WHERE t.saga_id = c.saga_id AND t.step = c.step AND t.attempt = c.attempt AND t.kind = c.kind \
                  RETURNING t.saga_id, t.saga_type, t.step, t.attempt, t.kind, c.due_at"
             ),
-            // The row's update is `SagaSql::update` (the same `$1`..`$5`), after the timers.
+            // The row's update is `SagaSql::update` (the same `$1`..`$6`), after the timers.
             finish_saga_transition: format!(
                 "WITH cancelled AS (DELETE FROM {saga_timers} t \
-                   USING UNNEST($6::text[], $7::int8[], $8::text[]) AS c(step, attempt, kind) \
+                   USING UNNEST($7::text[], $8::int8[], $9::text[]) AS c(step, attempt, kind) \
                    WHERE t.saga_id = $1 AND t.step = c.step AND t.attempt = c.attempt AND t.kind = c.kind), \
-                 cleared AS (DELETE FROM {saga_timers} WHERE saga_id = $1 AND $9), \
+                 cleared AS (DELETE FROM {saga_timers} WHERE saga_id = $1 AND $10), \
                  stored AS (INSERT INTO {saga_timers} (saga_id, step, attempt, kind, saga_type, due_at, claims) \
                    SELECT $1, p.step, p.attempt, p.kind, p.saga_type, p.due_at, 0 \
-                   FROM UNNEST($10::text[], $11::int8[], $12::text[], $13::text[], $14::timestamptz[]) \
+                   FROM UNNEST($11::text[], $12::int8[], $13::text[], $14::text[], $15::timestamptz[]) \
                      AS p(step, attempt, kind, saga_type, due_at) {UPSERT_TIMER}) \
                  {update}",
                 update = saga_sql.update,

@@ -66,6 +66,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "trace: the inbox keeps what it received, a journal of sent messages, events by correlation (ADR 0022)",
         sql: include_str!("migrations/0008_trace.sql"),
     },
+    Migration {
+        version: 9,
+        name: "sagas: the last event id beside the version, for the orchestrator's state cache (ADR 0029)",
+        sql: include_str!("migrations/0009_saga_last_event.sql"),
+    },
 ];
 
 /// An event store in a PostgreSQL database.
@@ -271,6 +276,7 @@ mod tests {
             (6, 3611381286601128421),
             (7, 3809940013349938655),
             (8, -2398268184595761891),
+            (9, 830892548598800432),
         ];
         crate::sql::migrations::assert_checksums(MIGRATIONS, pinned);
     }

@@ -21,10 +21,10 @@ use crate::saga::{SagaTimerId, SagaTransitionWrite};
 
 /// The columns of [`SagaRow`], in order.
 pub(crate) const SAGA_COLUMNS: &str = "saga_id, saga_type, business_key, status, detail, \
-    correlation_id, definition_version, version, started_at, updated_at";
+    correlation_id, definition_version, version, started_at, updated_at, last_event_id";
 
 /// How many columns [`SAGA_COLUMNS`] lists: [`SagaSql::lock_with_clock`]'s clock follows them.
-const SAGA_COLUMN_COUNT: usize = 10;
+const SAGA_COLUMN_COUNT: usize = 11;
 
 /// Storing a timer whose identity is stored already moves its deadline and resets its claims
 /// (every statement that stores timers ends with it).
@@ -44,11 +44,13 @@ pub(crate) struct SagaSql {
     pub requests: String,
     /// The database's clock.
     pub now: String,
-    /// Inserts an instance unless its key is taken: `$1`..`$8` the columns up to `version`.
+    /// Inserts an instance unless its key is taken: `$1`..`$8` the columns up to `version`;
+    /// returns the database's clock when it inserted (no row when the key was taken).
     pub register: String,
     /// The id of the instance that owns a key: `$1` type, `$2` key.
     pub owner: String,
-    /// `$1` id, `$2` status, `$3` detail, `$4` definition version, `$5` version.
+    /// `$1` id, `$2` status, `$3` detail, `$4` definition version, `$5` version, `$6` last
+    /// event id.
     pub update: String,
     /// Stores a timer, or moves it and resets its claims: `$1` id, `$2` step, `$3` attempt,
     /// `$4` kind, `$5` type, `$6` deadline.
@@ -72,7 +74,7 @@ pub(crate) struct SagaSql {
     pub saga: String,
     /// `$1` id; the row locked until the transaction ends (PostgreSQL).
     pub lock: String,
-    /// [`lock`](Self::lock) with the database's clock as an eleventh column.
+    /// [`lock`](Self::lock) with the database's clock as a last column.
     pub lock_with_clock: String,
     /// `$1` type, `$2` key.
     pub saga_by_key: String,
@@ -95,15 +97,15 @@ impl SagaSql {
         Self {
             now: format!("SELECT {now}"),
             register: p(&format!(
-                "INSERT INTO {sagas} ({SAGA_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {now}, {now}) \
-                 ON CONFLICT (saga_type, business_key) DO NOTHING"
+                "INSERT INTO {sagas} ({SAGA_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {now}, {now}, NULL) \
+                 ON CONFLICT (saga_type, business_key) DO NOTHING RETURNING {now}"
             )),
             owner: p(&format!(
                 "SELECT saga_id FROM {sagas} WHERE saga_type = $1 AND business_key = $2"
             )),
             update: p(&format!(
                 "UPDATE {sagas} SET status = $2, detail = $3, definition_version = $4, version = $5, \
-                 updated_at = {now} WHERE saga_id = $1"
+                 last_event_id = $6, updated_at = {now} WHERE saga_id = $1"
             )),
             put_timer: p(&format!(
                 "INSERT INTO {timers} (saga_id, step, attempt, kind, saga_type, due_at, claims) \
@@ -176,6 +178,7 @@ pub(crate) type SagaRow = (
     i64,
     DateTime<Utc>,
     DateTime<Utc>,
+    Option<Uuid>,
 );
 
 /// An instance's row and, after its columns, the database's clock
@@ -207,6 +210,7 @@ pub(crate) fn saga_record(row: SagaRow, table: &str) -> Result<SagaRecord, Store
         version,
         started_at,
         updated_at,
+        last_event_id,
     ) = row;
     let corrupt = |reason: String| StoreError::Corrupt {
         table: table.to_owned(),
@@ -224,6 +228,7 @@ pub(crate) fn saga_record(row: SagaRow, table: &str) -> Result<SagaRecord, Store
         version: u64::try_from(version).map_err(|_| corrupt(format!("version {version}")))?,
         started_at,
         updated_at,
+        last_event_id,
     })
 }
 
@@ -354,7 +359,7 @@ macro_rules! saga_store {
             use chrono::{DateTime, Utc};
             use uuid::Uuid;
             use $crate::error::StoreError;
-            use $crate::saga::{SagaFilter, SagaRecord, SagaStore, SagaTimer};
+            use $crate::saga::{SagaFilter, SagaRecord, SagaRegistration, SagaStore, SagaTimer};
             use $crate::sql::db_err;
             use $crate::sql::sagas as shared;
 
@@ -373,8 +378,19 @@ macro_rules! saga_store {
                     uow: &mut $uow,
                     record: &SagaRecord,
                 ) -> Result<Uuid, StoreError> {
+                    Ok(match self.register_saga_with_clock(uow, record).await? {
+                        SagaRegistration::Inserted { .. } => record.saga_id,
+                        SagaRegistration::Taken { owner } => owner,
+                    })
+                }
+
+                async fn register_saga_with_clock(
+                    &self,
+                    uow: &mut $uow,
+                    record: &SagaRecord,
+                ) -> Result<SagaRegistration, StoreError> {
                     let sql = &self.sql.sagas;
-                    let inserted = sqlx::query(&sql.register)
+                    let inserted: Option<(DateTime<Utc>,)> = sqlx::query_as(&sql.register)
                         .bind(record.saga_id)
                         .bind(&record.saga_type)
                         .bind(&record.business_key)
@@ -383,12 +399,11 @@ macro_rules! saga_store {
                         .bind(record.correlation_id)
                         .bind(i64::from(record.definition_version))
                         .bind(shared::version_of(record, &sql.sagas)?)
-                        .execute(uow.connection())
+                        .fetch_optional(uow.connection())
                         .await
-                        .map_err(db_err("registering a saga", &sql.sagas))?
-                        .rows_affected();
-                    if inserted == 1 {
-                        return Ok(record.saga_id);
+                        .map_err(db_err("registering a saga", &sql.sagas))?;
+                    if let Some((now,)) = inserted {
+                        return Ok(SagaRegistration::Inserted { now });
                     }
                     // The key is taken, by a committed instance or by one whose transaction the
                     // insert waited for: this new statement sees it (READ COMMITTED on
@@ -399,13 +414,15 @@ macro_rules! saga_store {
                         .fetch_optional(uow.connection())
                         .await
                         .map_err(db_err("finding a saga's owner", &sql.sagas))?;
-                    owner.map(|(id,)| id).ok_or_else(|| StoreError::Corrupt {
-                        table: sql.sagas.clone(),
-                        reason: format!(
-                            "the key {} of saga type {} is taken, but no instance owns it",
-                            record.business_key, record.saga_type
-                        ),
-                    })
+                    owner
+                        .map(|(owner,)| SagaRegistration::Taken { owner })
+                        .ok_or_else(|| StoreError::Corrupt {
+                            table: sql.sagas.clone(),
+                            reason: format!(
+                                "the key {} of saga type {} is taken, but no instance owns it",
+                                record.business_key, record.saga_type
+                            ),
+                        })
                 }
 
                 async fn lock_saga(
@@ -457,6 +474,7 @@ macro_rules! saga_store {
                         .bind(record.detail.as_deref())
                         .bind(i64::from(record.definition_version))
                         .bind(shared::version_of(record, &sql.sagas)?)
+                        .bind(record.last_event_id)
                         .execute(uow.connection())
                         .await
                         .map_err(db_err("updating a saga", &sql.sagas))?;

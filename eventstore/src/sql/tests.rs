@@ -111,7 +111,7 @@ fn sqlite_statements() {
 }
 
 const SAGA_COLUMNS: &str = "saga_id, saga_type, business_key, status, detail, correlation_id, \
-    definition_version, version, started_at, updated_at";
+    definition_version, version, started_at, updated_at, last_event_id";
 
 #[cfg(feature = "postgres")]
 #[test]
@@ -128,14 +128,14 @@ fn postgres_saga_statements() {
         sql.register,
         format!(
             "INSERT INTO \"eventfold_sagas\" ({SAGA_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, \
-             $8, statement_timestamp(), statement_timestamp()) ON CONFLICT (saga_type, \
-             business_key) DO NOTHING"
+             $8, statement_timestamp(), statement_timestamp(), NULL) ON CONFLICT (saga_type, \
+             business_key) DO NOTHING RETURNING statement_timestamp()"
         )
     );
     assert_eq!(
         sql.update,
         "UPDATE \"eventfold_sagas\" SET status = $2, detail = $3, definition_version = $4, \
-         version = $5, updated_at = statement_timestamp() WHERE saga_id = $1"
+         version = $5, last_event_id = $6, updated_at = statement_timestamp() WHERE saga_id = $1"
     );
     assert_eq!(
         sql.put_timer,
@@ -195,14 +195,15 @@ fn sqlite_saga_statements() {
         sql.register,
         format!(
             "INSERT INTO \"eventfold_sagas\" ({SAGA_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
-             ?8, {clock}, {clock}) ON CONFLICT (saga_type, business_key) DO NOTHING"
+             ?8, {clock}, {clock}, NULL) ON CONFLICT (saga_type, business_key) DO NOTHING \
+             RETURNING {clock}"
         )
     );
     assert_eq!(
         sql.update,
         format!(
             "UPDATE \"eventfold_sagas\" SET status = ?2, detail = ?3, definition_version = ?4, \
-             version = ?5, updated_at = {clock} WHERE saga_id = ?1"
+             version = ?5, last_event_id = ?6, updated_at = {clock} WHERE saga_id = ?1"
         )
     );
     assert_eq!(

@@ -61,6 +61,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "trace: the inbox keeps what it received, a journal of sent messages, events by correlation (ADR 0022)",
         sql: include_str!("migrations/0007_trace.sql"),
     },
+    Migration {
+        version: 8,
+        name: "sagas: the last event id beside the version, for the orchestrator's state cache (ADR 0029)",
+        sql: include_str!("migrations/0008_saga_last_event.sql"),
+    },
 ];
 
 /// An event store in a SQLite database.
@@ -290,6 +295,7 @@ mod tests {
             (5, 8426539364267374710),
             (6, 9106123669770553283),
             (7, -4623411257323787245),
+            (8, 6696018751362625118),
         ];
         crate::sql::migrations::assert_checksums(MIGRATIONS, pinned);
     }

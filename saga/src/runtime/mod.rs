@@ -72,6 +72,7 @@
 //! # }
 //! ```
 
+mod cache;
 mod error;
 mod history;
 mod orchestrator;
@@ -82,7 +83,9 @@ pub mod wire;
 
 pub use error::RuntimeError;
 pub use history::{HistoryEntry, SAGA_STREAM_TYPE, SagaInstance, load};
-pub use orchestrator::{Applied, Orchestrator, RETRY_PARKED, Started, instance_stream};
+pub use orchestrator::{
+    Applied, DEFAULT_STATE_CACHE, Orchestrator, RETRY_PARKED, Started, instance_stream,
+};
 pub use participant::{Participant, ParticipantContext, ParticipantHandler};
 pub use replies::{REPLY_LANES, ReplyHandler};
 pub use scheduler::{Scheduler, TickReport};

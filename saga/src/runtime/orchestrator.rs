@@ -7,7 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use eventfold_core::{CommandMetadata, NewEvent, StreamId};
 use eventfold_eventstore::{
-    ExpectedVersion, SagaRecord, SagaStore, SagaTimer, SagaTimerId, SagaTransitionWrite, UnitOfWork,
+    ExpectedVersion, SagaRecord, SagaRegistration, SagaStore, SagaTimer, SagaTimerId,
+    SagaTransitionWrite, UnitOfWork,
 };
 use tracing::Instrument;
 use uuid::Uuid;
@@ -16,6 +17,7 @@ use crate::definition::{SagaData, SagaDefinition};
 use crate::event::SagaEvent;
 use crate::machine::{Decision, Ignored, Input, TimerKey, TimerKind};
 use crate::message::Reply;
+use crate::runtime::cache::{History, StateCache};
 use crate::runtime::error::RuntimeError;
 use crate::runtime::history::{self, saga_stream};
 use crate::runtime::wire;
@@ -69,6 +71,19 @@ pub(crate) struct Inner<S, D> {
     pub(crate) definition: SagaDefinition<D>,
     pub(crate) reply_topic: String,
     pub(crate) max_conflict_retries: u32,
+    pub(crate) cache: StateCache,
+}
+
+/// How many instances an orchestrator's state cache keeps by default
+/// ([`Orchestrator::with_state_cache`]).
+pub const DEFAULT_STATE_CACHE: usize = 4_096;
+
+/// Where a transition's history comes from.
+enum Known {
+    /// Read it (or take it from the cache when the locked row names it).
+    Load,
+    /// The instance was inserted by this unit of work a moment ago: it has no events yet.
+    New,
 }
 
 /// Runs one saga definition against a store that implements [`SagaStore`]. Cheap to clone.
@@ -161,6 +176,7 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
                 definition,
                 reply_topic,
                 max_conflict_retries: 8,
+                cache: StateCache::new(DEFAULT_STATE_CACHE),
             }),
         }
     }
@@ -174,6 +190,45 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
                 definition: self.inner.definition.clone(),
                 reply_topic: topic.into(),
                 max_conflict_retries: self.inner.max_conflict_retries,
+                cache: StateCache::new(self.inner.cache.capacity()),
+            }),
+        }
+    }
+
+    /// Keeps the decoded history of at most `capacity` running instances in memory (default
+    /// [`DEFAULT_STATE_CACHE`]; 0 turns the cache off), so that the next transition of an
+    /// instance this orchestrator (or a clone of it) moved last skips the read of its stream.
+    /// An entry is used only when the instance's locked row names the same committed state
+    /// (stream version and last event id), so another process's transitions, or a transition
+    /// whose unit of work was rolled back, are never missed: they cost a read, as without the
+    /// cache (ADR 0029). Terminal instances are not kept; beyond `capacity` the entry stored
+    /// longest ago goes.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use eventfold_eventstore::memory::MemoryStore;
+    /// use eventfold_saga::{Command, Saga};
+    /// use eventfold_saga::runtime::Orchestrator;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let definition = Saga::<String>::define("order.place", 1)
+    ///     .step("reserve", |s| s
+    ///         .invoke(|o: &String| Command::new("inventory.commands", "inventory.reserve", o))
+    ///         .timeout(Duration::from_secs(30)))
+    ///     .build()?;
+    /// // Every transition reads the instance's stream.
+    /// let orchestrator = Orchestrator::new(MemoryStore::new(), definition).with_state_cache(0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_state_cache(self, capacity: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store: self.inner.store.clone(),
+                definition: self.inner.definition.clone(),
+                reply_topic: self.inner.reply_topic.clone(),
+                max_conflict_retries: self.inner.max_conflict_retries,
+                cache: StateCache::new(capacity),
             }),
         }
     }
@@ -226,23 +281,30 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             version: 0,
             started_at: now,
             updated_at: now,
+            last_event_id: None,
         };
-        let owner = store
-            .register_saga(uow, &record)
+        // The insert reads the database's clock; the unit of work holds the new row, and the
+        // new instance has no events, so its first transition needs neither a lock nor a read.
+        let now = match store
+            .register_saga_with_clock(uow, &record)
             .await
-            .map_err(RuntimeError::store(saga_id))?;
-        if owner != saga_id {
-            return Ok(Started {
-                saga_id: owner,
-                created: false,
-            });
-        }
+            .map_err(RuntimeError::store(saga_id))?
+        {
+            SagaRegistration::Inserted { now } => now,
+            SagaRegistration::Taken { owner } => {
+                return Ok(Started {
+                    saga_id: owner,
+                    created: false,
+                });
+            }
+        };
         let input = Input::Start {
             saga_id,
             correlation_id,
             data,
         };
-        self.apply_in(uow, saga_id, input, None).await?;
+        self.apply_locked(uow, (record, now), Known::New, input, None)
+            .await?;
         Ok(Started {
             saga_id,
             created: true,
@@ -343,7 +405,8 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         let Some(locked) = locked else {
             return Ok(Applied::Ignored(Ignored::NotStarted));
         };
-        self.apply_locked(uow, locked, input, None).await
+        self.apply_locked(uow, locked, Known::Load, input, None)
+            .await
     }
 
     /// Fires a claimed timer in units of work of its own, retrying conflicts.
@@ -440,7 +503,8 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         else {
             return Ok(Applied::Ignored(Ignored::NotStarted));
         };
-        self.apply_locked(uow, locked, input, cause).await
+        self.apply_locked(uow, locked, Known::Load, input, cause)
+            .await
     }
 
     /// The transition of an instance whose row this unit of work locked, at the database's
@@ -449,6 +513,7 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         &self,
         uow: &mut S::UnitOfWork,
         locked: (SagaRecord, DateTime<Utc>),
+        known: Known,
         input: Input<D>,
         cause: Option<Uuid>,
     ) -> Result<Applied, RuntimeError> {
@@ -465,7 +530,7 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             %saga_id,
             input = input_name,
         );
-        self.apply_inner(uow, locked, input, cause)
+        self.apply_inner(uow, locked, known, input, cause)
             .instrument(span)
             .await
     }
@@ -474,13 +539,17 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         &self,
         uow: &mut S::UnitOfWork,
         (mut record, now): (SagaRecord, DateTime<Utc>),
+        known: Known,
         input: Input<D>,
         cause: Option<Uuid>,
     ) -> Result<Applied, RuntimeError> {
         let store = &self.inner.store;
         let saga_id = record.saga_id;
         let stream = saga_stream(saga_id)?;
-        let loaded = history::read_in(uow, &stream, saga_id).await?;
+        let mut loaded = match known {
+            Known::New => History::new(),
+            Known::Load => self.history(uow, &stream, &record).await?,
+        };
         let mut state = SagaState::fold(loaded.iter().map(|(e, ..)| e));
         // A timer has no id of its own: what it fires is caused by the instance's latest
         // transition (which set or moved the timer), so the trace keeps one causal chain.
@@ -489,6 +558,10 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             Decision::Ignored { why } => {
                 metrics::counter!("eventfold_saga_ignored_total", "saga_type" => self.saga_type().to_owned())
                     .increment(1);
+                // Nothing changed: the history is still the one the row names.
+                if let (Some(last), false) = (record.last_event_id, state.status.is_terminal()) {
+                    self.inner.cache.put(saga_id, record.version, last, loaded);
+                }
                 return Ok(Applied::Ignored(why));
             }
             Decision::Transition(t) => t,
@@ -522,6 +595,12 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             new_events.push(encoded);
         }
         let causation = new_events.last().map(|e| e.event_id);
+        let written: History = transition
+            .events
+            .iter()
+            .zip(&new_events)
+            .map(|(event, new)| (event.clone(), new.timestamp, new.event_id))
+            .collect();
         if !new_events.is_empty() {
             match uow
                 .append(&stream, ExpectedVersion::Exact(expected), new_events)
@@ -578,6 +657,9 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         record.correlation_id = state.correlation_id;
         record.definition_version = state.definition_version;
         record.version = state.version;
+        if let Some(last) = causation {
+            record.last_event_id = Some(last);
+        }
         let write = SagaTransitionWrite {
             record: &record,
             cancel: &cancel,
@@ -592,12 +674,56 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             return Err(RuntimeError::NotFound { saga_id });
         }
         self.record_metrics(&transition.events, &loaded, now);
+        // Kept for the next transition, which uses it only if this one commits (ADR 0029).
+        if let (Some(last), false) = (record.last_event_id, state.status.is_terminal()) {
+            loaded.extend(written);
+            self.inner.cache.put(saga_id, state.version, last, loaded);
+        }
         Ok(Applied::Transitioned {
             status: state.status.clone(),
             version: state.version,
             events: transition.events.len(),
             commands,
         })
+    }
+
+    /// The history of the instance whose row this unit of work locked: from the state cache
+    /// when the row names the cached state, else read from its stream. In debug builds a cached
+    /// history is checked against the stream, so every test of the runtime checks the cache.
+    async fn history(
+        &self,
+        uow: &mut S::UnitOfWork,
+        stream: &StreamId,
+        record: &SagaRecord,
+    ) -> Result<History, RuntimeError> {
+        let saga_id = record.saga_id;
+        let Some(cached) = self
+            .inner
+            .cache
+            .take(saga_id, record.version, record.last_event_id)
+        else {
+            metrics::counter!("eventfold_saga_cache_misses_total", "saga_type" => self.saga_type().to_owned())
+                .increment(1);
+            return history::read_in(uow, stream, saga_id).await;
+        };
+        metrics::counter!("eventfold_saga_cache_hits_total", "saga_type" => self.saga_type().to_owned())
+            .increment(1);
+        #[cfg(debug_assertions)]
+        {
+            let stored = history::read_in(uow, stream, saga_id).await?;
+            let ids = |h: &History| {
+                h.iter()
+                    .map(|(e, _, id)| (e.clone(), *id))
+                    .collect::<Vec<_>>()
+            };
+            debug_assert_eq!(
+                ids(&cached),
+                ids(&stored),
+                "the state cache of saga {saga_id} differs from its stream at version {}",
+                record.version
+            );
+        }
+        Ok(cached)
     }
 
     fn record_metrics(

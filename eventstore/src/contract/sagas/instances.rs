@@ -7,7 +7,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{by_key, db_now, key, keys, listed, owner_of, record, register, register_all};
-use crate::saga::{SagaFilter, SagaStore};
+use crate::saga::{SagaFilter, SagaRegistration, SagaStore};
 use crate::store::UnitOfWork;
 
 /// Registering is idempotent on `(saga_type, business_key)`: a second registration of the key
@@ -92,6 +92,56 @@ pub async fn registering_a_saga_is_idempotent_on_its_key<S: SagaStore>(store: S)
     uow.commit().await.expect("commit");
     assert_eq!(store.saga(duplicate.saga_id).await.expect("saga"), None);
 
+    // With the clock: the insert's clock when it inserted, the owner when the key was taken.
+    let clocked = record("order", "o-4", correlation);
+    let before = db_now(&store).await;
+    let mut uow = store.begin().await.expect("begin");
+    let SagaRegistration::Inserted { now } = store
+        .register_saga_with_clock(&mut uow, &clocked)
+        .await
+        .expect("register with the clock")
+    else {
+        panic!("a free key is inserted");
+    };
+    assert_eq!(
+        store
+            .register_saga_with_clock(&mut uow, &record("order", "o-4", correlation))
+            .await
+            .expect("register the key again"),
+        SagaRegistration::Taken {
+            owner: clocked.saga_id
+        },
+        "the key's owner, seen in the same unit of work"
+    );
+    uow.commit().await.expect("commit");
+    let after = db_now(&store).await;
+    assert!(
+        before <= now && now <= after,
+        "the clock {now} is the database's, between {before} and {after}"
+    );
+    let stored = store
+        .saga(clocked.saga_id)
+        .await
+        .expect("saga")
+        .expect("registered with the clock");
+    assert!(
+        stored.started_at <= now,
+        "started at {} by the clock it returned ({now}) or before",
+        stored.started_at
+    );
+    assert_eq!(stored.last_event_id, None, "no event yet");
+    let mut uow = store.begin().await.expect("begin");
+    assert_eq!(
+        store
+            .register_saga_with_clock(&mut uow, &duplicate)
+            .await
+            .expect("register a committed key"),
+        SagaRegistration::Taken {
+            owner: first.saga_id
+        }
+    );
+    uow.rollback().await.expect("rollback");
+
     let rolled_back = record("order", "o-3", correlation);
     let mut uow = store.begin().await.expect("begin");
     assert_eq!(
@@ -115,8 +165,8 @@ pub async fn registering_a_saga_is_idempotent_on_its_key<S: SagaStore>(store: S)
     uow.commit().await.expect("commit");
     assert_eq!(
         listed(&store, &SagaFilter::default()).await.len(),
-        4,
-        "order/o-1, order/o-2, payment/o-1, order/o-3"
+        5,
+        "order/o-1, order/o-2, payment/o-1, order/o-4, order/o-3"
     );
 }
 

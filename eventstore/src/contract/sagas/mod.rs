@@ -54,6 +54,7 @@ pub(super) fn record(saga_type: &str, business_key: &str, correlation_id: Uuid) 
         // Set by the store.
         started_at: DateTime::<Utc>::UNIX_EPOCH,
         updated_at: DateTime::<Utc>::UNIX_EPOCH,
+        last_event_id: None,
     }
 }
 

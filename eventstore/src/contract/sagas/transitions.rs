@@ -80,6 +80,7 @@ pub async fn a_transition_ends_with_its_timers_and_row<S: SagaStore>(store: S) {
     uow.rollback().await.expect("rollback");
     assert_eq!(locked.saga_id, saga.saga_id);
     assert_eq!(locked.status, "running");
+    assert_eq!(locked.last_event_id, None, "no transition wrote one yet");
     assert!(
         now >= before && now <= db_now(&store).await,
         "the clock is the database's, read with the lock: {before} <= {now}"
@@ -100,6 +101,7 @@ pub async fn a_transition_ends_with_its_timers_and_row<S: SagaStore>(store: S) {
     after.detail = Some("pay failed".to_owned());
     after.definition_version = 2;
     after.version = 7;
+    after.last_event_id = Some(Uuid::now_v7());
     let cancel = [id_of(&pay), id_of(&ship), missing];
     let put = [moved_ship.clone(), retry.clone(), retry_later.clone()];
 
@@ -140,6 +142,22 @@ pub async fn a_transition_ends_with_its_timers_and_row<S: SagaStore>(store: S) {
     assert_eq!(row.detail.as_deref(), Some("pay failed"));
     assert_eq!(row.definition_version, 2);
     assert_eq!(row.version, 7);
+    assert_eq!(
+        row.last_event_id, after.last_event_id,
+        "the last event id is written with the version"
+    );
+    let mut uow = store.begin().await.expect("begin");
+    let (relocked, _) = store
+        .lock_saga_with_clock(&mut uow, saga.saga_id)
+        .await
+        .expect("lock")
+        .expect("a registered instance");
+    uow.rollback().await.expect("rollback");
+    assert_eq!(
+        (relocked.version, relocked.last_event_id),
+        (7, after.last_event_id),
+        "and the lock reads both"
+    );
     assert!(
         row.updated_at >= now,
         "updated_at is the database's clock at the transition's end"
@@ -149,6 +167,7 @@ pub async fn a_transition_ends_with_its_timers_and_row<S: SagaStore>(store: S) {
     ended.status = "compensated".to_owned();
     ended.detail = None;
     ended.version = 9;
+    ended.last_event_id = Some(Uuid::now_v7());
     let late = timer(&saga, "refund", 1, "timeout", at(90));
     assert!(
         finish_committed(
@@ -170,7 +189,10 @@ pub async fn a_transition_ends_with_its_timers_and_row<S: SagaStore>(store: S) {
         "another instance's timers stay"
     );
     let row = store.saga(saga.saga_id).await.expect("saga").expect("row");
-    assert_eq!((row.status.as_str(), row.version), ("compensated", 9));
+    assert_eq!(
+        (row.status.as_str(), row.version, row.last_event_id),
+        ("compensated", 9, ended.last_event_id)
+    );
 
     let unknown = record("order", "f-3", Uuid::now_v7());
     let stray = timer(&unknown, "reserve", 1, "timeout", at(10));

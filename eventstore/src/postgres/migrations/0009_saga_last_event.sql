@@ -1,0 +1,1 @@
+ALTER TABLE {sagas} ADD COLUMN IF NOT EXISTS last_event_id UUID;
