@@ -81,8 +81,9 @@ where
 {
     let name = variant.name();
     let probe = Arc::new(Probe::default());
-    let orchestrator =
-        Orchestrator::new(store.clone(), definition(topics)?).with_reply_topic(&topics.replies);
+    let orchestrator = Orchestrator::new(store.clone(), definition(topics)?)
+        .with_reply_topic(&topics.replies)
+        .with_state_cache(variant.state_cache());
     let (stop_tx, stop) = watch::channel(false);
     let tasks = spawn_services(
         &store,

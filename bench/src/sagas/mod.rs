@@ -208,6 +208,9 @@ enum Variant {
     /// The same with one transaction per record and one lane in every consumer (shared
     /// commits off, `concurrency(1)`): the before-figure, in the same run.
     PgInProcessPerRecord,
+    /// The same as `PgInProcess` with the orchestrator's state cache off
+    /// (`with_state_cache(0)`: every transition reads the instance's stream), in the same run.
+    PgInProcessNoCache,
     PgKafka,
     /// The same, consumers configured with `fetch.wait.max.ms` = [`LOW_FETCH_WAIT_MS`].
     PgKafkaLowWait,
@@ -221,8 +224,9 @@ const REPLY_LANES: usize = runtime::REPLY_LANES;
 const LOW_FETCH_WAIT_MS: &str = "1";
 
 impl Variant {
-    const ALL: [Variant; 5] = [
+    const ALL: [Variant; 6] = [
         Variant::PgInProcess,
+        Variant::PgInProcessNoCache,
         Variant::PgInProcessPerRecord,
         Variant::PgKafka,
         Variant::PgKafkaLowWait,
@@ -234,6 +238,9 @@ impl Variant {
             Variant::PgInProcess => "PostgreSQL + in-process broker",
             Variant::PgInProcessPerRecord => {
                 "PostgreSQL + in-process broker, one transaction per record, one lane (before)"
+            }
+            Variant::PgInProcessNoCache => {
+                "PostgreSQL + in-process broker, orchestrator state cache off (`with_state_cache(0)`)"
             }
             Variant::PgKafka => {
                 "PostgreSQL + Kafka-protocol broker (tansu), `KafkaSource::new` defaults"
@@ -249,6 +256,7 @@ impl Variant {
         match self {
             Variant::PgInProcess => "postgres_in_process",
             Variant::PgInProcessPerRecord => "postgres_in_process_per_record",
+            Variant::PgInProcessNoCache => "postgres_in_process_no_state_cache",
             Variant::PgKafka => "postgres_kafka",
             Variant::PgKafkaLowWait => "postgres_kafka_fetch_wait_1ms",
             Variant::SqliteInProcess => "sqlite_in_process",
@@ -265,6 +273,14 @@ impl Variant {
     /// writes only through the unit of work).
     fn shared_commits(self) -> bool {
         self != Variant::PgInProcessPerRecord
+    }
+
+    /// The capacity of the orchestrator's state cache.
+    fn state_cache(self) -> usize {
+        match self {
+            Variant::PgInProcessNoCache => 0,
+            _ => runtime::DEFAULT_STATE_CACHE,
+        }
     }
 
     fn p50_target_ms(self) -> f64 {
@@ -503,7 +519,7 @@ async fn postgres_in(
     let store = PgStore::builder(pool.clone()).build().await?;
     let topics = Topics::new(&Uuid::now_v7().simple().to_string());
     let result = match variant {
-        Variant::PgInProcess | Variant::PgInProcessPerRecord => {
+        Variant::PgInProcess | Variant::PgInProcessPerRecord | Variant::PgInProcessNoCache => {
             let broker = InProcessBroker::new();
             let source = |group: &str, topic: &str| Ok(broker.consumer(group, &[topic]));
             measure(
