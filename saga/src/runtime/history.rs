@@ -30,13 +30,15 @@ fn decode(saga_id: Uuid, event: &RecordedEvent) -> Result<SagaEvent, RuntimeErro
     })
 }
 
-/// Reads an instance's history as the unit of work sees it.
+/// Reads an instance's history as the unit of work sees it, with the size of its payloads in
+/// bytes.
 pub(crate) async fn read_in<U: UnitOfWork>(
     uow: &mut U,
     stream: &StreamId,
     saga_id: Uuid,
-) -> Result<Vec<(SagaEvent, DateTime<Utc>, Uuid)>, RuntimeError> {
+) -> Result<(Vec<(SagaEvent, DateTime<Utc>, Uuid)>, usize), RuntimeError> {
     let mut out = Vec::new();
+    let mut bytes = 0;
     loop {
         let from = out.len() as u64 + 1;
         let page = uow
@@ -45,10 +47,11 @@ pub(crate) async fn read_in<U: UnitOfWork>(
             .map_err(RuntimeError::store(saga_id))?;
         let full = page.len() as u64 == PAGE;
         for event in &page {
+            bytes += event.payload.len();
             out.push((decode(saga_id, event)?, event.timestamp, event.event_id));
         }
         if !full {
-            return Ok(out);
+            return Ok((out, bytes));
         }
     }
 }

@@ -201,8 +201,9 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
     /// An entry is used only when the instance's locked row names the same committed state
     /// (stream version and last event id), so another process's transitions, or a transition
     /// whose unit of work was rolled back, are never missed: they cost a read, as without the
-    /// cache (ADR 0029). Terminal instances are not kept; beyond `capacity` the entry stored
-    /// longest ago goes.
+    /// cache (ADR 0029). Terminal instances are not kept; beyond `capacity` instances, or 64 MiB
+    /// of event payloads (plus 256 bytes per event), the entry stored longest ago goes, and a
+    /// history over 16 MiB is not kept.
     ///
     /// ```
     /// use std::time::Duration;
@@ -546,8 +547,8 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         let store = &self.inner.store;
         let saga_id = record.saga_id;
         let stream = saga_stream(saga_id)?;
-        let mut loaded = match known {
-            Known::New => History::new(),
+        let (mut loaded, mut payload_bytes) = match known {
+            Known::New => (History::new(), 0),
             Known::Load => self.history(uow, &stream, &record).await?,
         };
         let mut state = SagaState::fold(loaded.iter().map(|(e, ..)| e));
@@ -560,7 +561,9 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
                     .increment(1);
                 // Nothing changed: the history is still the one the row names.
                 if let (Some(last), false) = (record.last_event_id, state.status.is_terminal()) {
-                    self.inner.cache.put(saga_id, record.version, last, loaded);
+                    self.inner
+                        .cache
+                        .put(saga_id, record.version, last, loaded, payload_bytes);
                 }
                 return Ok(Applied::Ignored(why));
             }
@@ -601,6 +604,7 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             .zip(&new_events)
             .map(|(event, new)| (event.clone(), new.timestamp, new.event_id))
             .collect();
+        payload_bytes += new_events.iter().map(|e| e.payload.len()).sum::<usize>();
         if !new_events.is_empty() {
             match uow
                 .append(&stream, ExpectedVersion::Exact(expected), new_events)
@@ -677,7 +681,9 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         // Kept for the next transition, which uses it only if this one commits (ADR 0029).
         if let (Some(last), false) = (record.last_event_id, state.status.is_terminal()) {
             loaded.extend(written);
-            self.inner.cache.put(saga_id, state.version, last, loaded);
+            self.inner
+                .cache
+                .put(saga_id, state.version, last, loaded, payload_bytes);
         }
         Ok(Applied::Transitioned {
             status: state.status.clone(),
@@ -695,12 +701,12 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         uow: &mut S::UnitOfWork,
         stream: &StreamId,
         record: &SagaRecord,
-    ) -> Result<History, RuntimeError> {
+    ) -> Result<(History, usize), RuntimeError> {
         let saga_id = record.saga_id;
-        let Some(cached) = self
-            .inner
-            .cache
-            .take(saga_id, record.version, record.last_event_id)
+        let Some((cached, payload_bytes)) =
+            self.inner
+                .cache
+                .take(saga_id, record.version, record.last_event_id)
         else {
             metrics::counter!("eventfold_saga_cache_misses_total", "saga_type" => self.saga_type().to_owned())
                 .increment(1);
@@ -710,7 +716,7 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             .increment(1);
         #[cfg(debug_assertions)]
         {
-            let stored = history::read_in(uow, stream, saga_id).await?;
+            let (stored, _) = history::read_in(uow, stream, saga_id).await?;
             let ids = |h: &History| {
                 h.iter()
                     .map(|(e, _, id)| (e.clone(), *id))
@@ -723,7 +729,7 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
                 record.version
             );
         }
-        Ok(cached)
+        Ok((cached, payload_bytes))
     }
 
     fn record_metrics(
