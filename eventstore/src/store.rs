@@ -187,6 +187,44 @@ pub trait UnitOfWork: Send {
         messages: Vec<eventfold_core::OutboxMessage>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// [`append`](Self::append) `events`, then [`enqueue`](Self::enqueue) `messages` (after
+    /// the events' own outbox rows), in one call: what a transition that records its events and
+    /// sends commands does. On PostgreSQL, with an exact expected version, it is one statement
+    /// (the events, their outbox rows, the messages and their journal rows), and a version
+    /// conflict writes none of them; elsewhere it is the two calls. On any error, roll the unit of
+    /// work back, as after a failed append.
+    ///
+    /// ```
+    /// # use eventfold_core::{NewEvent, OutboxMessage, StreamId};
+    /// # use eventfold_eventstore::{memory::MemoryStore, EventStore, ExpectedVersion, UnitOfWork};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new();
+    /// let order = StreamId::new("order", "o-1")?;
+    /// let mut uow = store.begin().await?;
+    /// let placed = NewEvent::raw("order.placed", 1, b"{}".to_vec());
+    /// let reserve = OutboxMessage::new("inventory.commands", "o-1", "inventory.reserve", b"{}".to_vec());
+    /// uow.append_and_enqueue(&order, ExpectedVersion::NoStream, vec![placed], vec![reserve]).await?;
+    /// uow.commit().await?;
+    /// assert_eq!(store.read_stream(&order, 1, 10).await?.len(), 1);
+    /// # Ok(()) }
+    /// ```
+    fn append_and_enqueue(
+        &mut self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        messages: Vec<eventfold_core::OutboxMessage>,
+    ) -> impl Future<Output = Result<AppendResult, StoreError>> + Send {
+        async move {
+            let result = self.append(stream_id, expected, events).await?;
+            if !messages.is_empty() {
+                self.enqueue(messages).await?;
+            }
+            Ok(result)
+        }
+    }
+
     /// Marks a point this unit of work can go back to: [`UnitOfWork::rollback_to_savepoint`]
     /// undoes what was written after it, [`UnitOfWork::release_savepoint`] keeps it. Savepoints
     /// nest (the latest one is the one rolled back to or released). A consumer uses one per

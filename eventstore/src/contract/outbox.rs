@@ -10,6 +10,7 @@ use crate::error::{ExpectedVersion, StoreError};
 use crate::outbox::{OUTBOX_SLOTS, OutboxRelayStore, OutboxRouting};
 use crate::repository::Repository;
 use crate::store::UnitOfWork;
+use crate::trace::TraceStore;
 
 /// Outbox rows are written in the same transaction as their events and the application's own
 /// messages: a rollback leaves none, a commit leaves all, in stream order, with Debezium columns
@@ -212,5 +213,159 @@ pub async fn concurrent_appends_write_outbox_rows_in_version_order<S: OutboxRela
     assert_eq!(
         written, routed,
         "one outbox row per routed event, in version order, each with its event's stream version"
+    );
+}
+
+/// [`UnitOfWork::append_and_enqueue`] writes the events, their outbox rows and then the
+/// messages, journals the messages of a flow (not the others), and on a version conflict writes
+/// none of it (even when the unit of work then commits); rolled back, nothing stays; with `Any`, or without messages, it appends and
+/// enqueues as the two calls do.
+pub async fn append_and_enqueue_writes_events_and_messages_together<S>(store: S)
+where
+    S: OutboxRelayStore + TraceStore,
+{
+    use eventfold_core::outbox::headers;
+    use eventfold_core::trace::TraceKind;
+    let store = store.with_outbox(OutboxRouting::new());
+    let order = stream("ae-1");
+    let flow = Uuid::now_v7();
+    let event = |event_type: &str| {
+        let mut e = NewEvent::raw(event_type, 1, b"{}".to_vec());
+        e.correlation_id = flow;
+        e
+    };
+    let command = |message_type: &str| {
+        let mut m = OutboxMessage::new("inventory.commands", "ae-1", message_type, b"{}".to_vec());
+        m.headers
+            .insert(headers::CORRELATION_ID.into(), flow.to_string());
+        m.headers
+            .insert(headers::CAUSATION_ID.into(), Uuid::now_v7().to_string());
+        m
+    };
+    let types = |rows: &[crate::outbox::OutboxRow]| -> Vec<String> {
+        rows.iter()
+            .map(|r| r.message.message_type.clone())
+            .collect()
+    };
+    let sent = |trace: &[eventfold_core::trace::TraceRecord]| -> Vec<Uuid> {
+        trace
+            .iter()
+            .filter(|r| r.kind == TraceKind::Sent)
+            .map(|r| r.id)
+            .collect()
+    };
+
+    let reserve = command("inventory.reserve");
+    let untraced = billing_request("ae-1");
+    let mut uow = store.begin().await.expect("begin");
+    let result = uow
+        .append_and_enqueue(
+            &order,
+            ExpectedVersion::NoStream,
+            vec![event("order.placed"), event("order.priced")],
+            vec![reserve.clone(), untraced.clone()],
+        )
+        .await
+        .expect("append and enqueue");
+    uow.commit().await.expect("commit");
+    assert_eq!((result.previous_version, result.version), (0, 2));
+    let rows = store.read_outbox(100).await.expect("read");
+    assert_eq!(
+        types(&rows),
+        [
+            "order.placed",
+            "order.priced",
+            "inventory.reserve",
+            "billing.requested"
+        ],
+        "the events' rows, then the messages, in order"
+    );
+    assert_eq!(rows[2].message.id, reserve.id);
+    assert_eq!(
+        rows[0]
+            .message
+            .headers
+            .get(headers::STREAM_VERSION)
+            .map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        sent(&store.trace(flow).await.expect("trace")),
+        [reserve.id],
+        "the message of the flow is journaled, the other is not"
+    );
+
+    // A conflict: nothing of it, even when the unit of work goes on and commits.
+    let lost = command("inventory.lost");
+    let mut uow = store.begin().await.expect("begin");
+    let err = uow
+        .append_and_enqueue(
+            &order,
+            ExpectedVersion::Exact(1),
+            vec![event("order.lost")],
+            vec![lost.clone()],
+        )
+        .await
+        .expect_err("a stale version");
+    assert!(err.is_conflict(), "{err}");
+    uow.commit().await.expect("commit after the conflict");
+    // Rolled back: nothing of it.
+    let undone = command("inventory.undone");
+    let mut uow = store.begin().await.expect("begin");
+    uow.append_and_enqueue(
+        &order,
+        ExpectedVersion::Exact(2),
+        vec![event("order.undone")],
+        vec![undone.clone()],
+    )
+    .await
+    .expect("append and enqueue");
+    uow.rollback().await.expect("rollback");
+    assert_eq!(store.read_outbox(100).await.expect("read").len(), 4);
+    assert_eq!(
+        store
+            .read_stream(&order, 1, 10)
+            .await
+            .expect("read the stream")
+            .len(),
+        2
+    );
+    assert_eq!(
+        sent(&store.trace(flow).await.expect("trace")),
+        [reserve.id],
+        "neither the conflict nor the rollback journaled a message"
+    );
+
+    // `Any`, and no messages.
+    let release = command("inventory.release");
+    let mut uow = store.begin().await.expect("begin");
+    let any = uow
+        .append_and_enqueue(
+            &order,
+            ExpectedVersion::Any,
+            vec![event("order.cancelled")],
+            vec![release.clone()],
+        )
+        .await
+        .expect("append and enqueue with Any");
+    let none = uow
+        .append_and_enqueue(
+            &order,
+            ExpectedVersion::Exact(3),
+            vec![event("order.closed")],
+            Vec::new(),
+        )
+        .await
+        .expect("append without messages");
+    uow.commit().await.expect("commit");
+    assert_eq!((any.version, none.version), (3, 4));
+    let rows = store.read_outbox(100).await.expect("read");
+    assert_eq!(
+        types(&rows[4..]),
+        ["order.cancelled", "inventory.release", "order.closed"]
+    );
+    assert_eq!(
+        sent(&store.trace(flow).await.expect("trace")),
+        [reserve.id, release.id]
     );
 }

@@ -119,6 +119,30 @@ impl Binds {
             .add(headers)
     }
 
+    /// The journal columns of outbox rows (`None`: not journaled): correlation ids, causation
+    /// ids, senders, then the time of sending (`insert_outbox`'s last parameters).
+    pub(super) fn journal(&mut self, journal: &[Option<SentEntry>]) -> &mut Self {
+        self.add(
+            journal
+                .iter()
+                .map(|j| j.as_ref().map(|j| j.correlation_id))
+                .collect::<Vec<_>>(),
+        )
+        .add(
+            journal
+                .iter()
+                .map(|j| j.as_ref().and_then(|j| j.causation_id))
+                .collect::<Vec<_>>(),
+        )
+        .add(
+            journal
+                .iter()
+                .map(|j| j.as_ref().map(|j| j.source.clone()))
+                .collect::<Vec<_>>(),
+        )
+        .add(eventfold_core::metadata::now_micros())
+    }
+
     pub(super) fn finish(self) -> Result<PgArguments, sqlx::error::BoxDynError> {
         match self.error {
             Some(e) => Err(e),
@@ -137,6 +161,22 @@ pub(super) async fn try_append(
     events: &[NewEvent],
     outbox: &[OutboxMessage],
 ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    try_append_journaled(conn, sql, stream_id, expected, events, outbox, None).await
+}
+
+/// [`try_append`] with journal rows for the outbox rows (`journal`, one per row, with an exact
+/// `expected`): the events, their outbox rows, the application's messages and their journal
+/// rows in one statement (`append_and_enqueue`).
+pub(super) async fn try_append_journaled(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    stream_id: &StreamId,
+    expected: Option<i64>,
+    events: &[NewEvent],
+    outbox: &[OutboxMessage],
+    journal: Option<&[Option<SentEntry>]>,
+) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    let journal = journal.filter(|_| !outbox.is_empty() && expected.is_some());
     let mut binds = Binds::default();
     binds.add(stream_id.stream_type()).add(stream_id.id());
     let statement = if let [e] = events {
@@ -152,23 +192,27 @@ pub(super) async fn try_append(
             .add(e.causation_id)
             .add(e.tenant_id.as_deref())
             .add(sql::headers_json(&e.headers));
-        match (outbox.is_empty(), expected.is_none()) {
-            (true, false) => &sql.append_one,
-            (true, true) => &sql.append_one_any,
-            (false, false) => &sql.append_one_outbox,
-            (false, true) => &sql.append_one_outbox_any,
+        match (outbox.is_empty(), expected.is_none(), journal.is_some()) {
+            (true, false, _) => &sql.append_one,
+            (true, true, _) => &sql.append_one_any,
+            (false, false, false) => &sql.append_one_outbox,
+            (false, false, true) => &sql.append_one_outbox_journal,
+            (false, true, _) => &sql.append_one_outbox_any,
         }
     } else {
         binds.events(events);
-        if outbox.is_empty() {
-            &sql.append
-        } else {
-            &sql.append_outbox
+        match (outbox.is_empty(), journal.is_some()) {
+            (true, _) => &sql.append,
+            (false, false) => &sql.append_outbox,
+            (false, true) => &sql.append_outbox_journal,
         }
     };
     binds.add(expected);
     if !outbox.is_empty() {
         binds.outbox(outbox);
+    }
+    if let Some(journal) = journal {
+        binds.journal(journal);
     }
     let args = binds.finish().map_err(sqlx::Error::Encode)?;
     sqlx::query_as_with(statement, args).fetch_all(conn).await
@@ -412,6 +456,54 @@ impl PgUnitOfWork {
         Ok(result)
     }
 
+    /// [`UnitOfWork::append_and_enqueue`](crate::store::UnitOfWork::append_and_enqueue): with an
+    /// exact expected version and messages, the events, their outbox rows, the messages and
+    /// their journal rows in one statement; otherwise an append, then the messages.
+    pub(super) async fn append_with_messages(
+        &mut self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        messages: Vec<OutboxMessage>,
+    ) -> Result<AppendResult, StoreError> {
+        crate::store::validate_messages(&messages)?;
+        let Some(exact) = expected.exact().filter(|_| !messages.is_empty()) else {
+            let result = self.append_events(stream_id, expected, events).await?;
+            self.insert_outbox(messages).await?;
+            return Ok(result);
+        };
+        let routing = self.routing.as_deref();
+        let (events, mut outbox) =
+            prepare_append(stream_id, expected, events, &self.source, routing)?;
+        let mut journal: Vec<Option<SentEntry>> = vec![None; outbox.len()];
+        journal.extend(messages.iter().map(|m| SentEntry::of(m, &self.source)));
+        outbox.extend(messages);
+        let v = to_i64(exact, stream_id)?;
+        let rows = try_append_journaled(
+            &mut self.tx,
+            &self.sql,
+            stream_id,
+            Some(v),
+            &events,
+            &outbox,
+            Some(&journal),
+        )
+        .await
+        .map_err(|e| append_error(&self.sql, e, stream_id, expected, &events))?;
+        let result = append_result(
+            &mut self.tx,
+            &self.sql,
+            stream_id,
+            expected,
+            rows,
+            events.len(),
+        )
+        .await?;
+        // Wakes the relay at commit.
+        self.wrote_events = true;
+        Ok(result)
+    }
+
     /// Writes outbox rows (`uow.enqueue`), and the journal row of each message of a flow.
     pub(super) async fn insert_outbox(
         &mut self,
@@ -425,27 +517,7 @@ impl PgUnitOfWork {
             .map(|m| SentEntry::of(m, &self.source))
             .collect();
         let mut binds = Binds::default();
-        binds
-            .outbox(&messages)
-            .add(
-                journal
-                    .iter()
-                    .map(|j| j.as_ref().map(|j| j.correlation_id))
-                    .collect::<Vec<_>>(),
-            )
-            .add(
-                journal
-                    .iter()
-                    .map(|j| j.as_ref().and_then(|j| j.causation_id))
-                    .collect::<Vec<_>>(),
-            )
-            .add(
-                journal
-                    .iter()
-                    .map(|j| j.as_ref().map(|j| j.source.as_str()))
-                    .collect::<Vec<_>>(),
-            )
-            .add(eventfold_core::metadata::now_micros());
+        binds.outbox(&messages).journal(&journal);
         let args = binds
             .finish()
             .map_err(|e| db_err("writing outbox rows", &self.sql.outbox)(sqlx::Error::Encode(e)))?;

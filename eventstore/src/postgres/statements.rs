@@ -43,6 +43,13 @@ pub(super) struct Statements {
     /// took returns no row instead of an error (so no savepoint is needed to retry it).
     pub(super) append_one_outbox_any: String,
     pub(super) append_outbox: String,
+    /// [`append_one_outbox`](Self::append_one_outbox) with the application's messages among the
+    /// rows and their journal rows (`insert_outbox`'s): `$23` correlation ids (NULL: not
+    /// journaled), `$24` causation ids, `$25` senders, `$26` the time (`append_and_enqueue`).
+    pub(super) append_one_outbox_journal: String,
+    /// [`append_outbox`](Self::append_outbox) with journal rows, as
+    /// [`append_one_outbox_journal`](Self::append_one_outbox_journal).
+    pub(super) append_outbox_journal: String,
     pub(super) outbox_status: String,
     pub(super) read_outbox: String,
     pub(super) append_one: String,
@@ -99,6 +106,7 @@ impl Statements {
              WHERE $13::int8 IS NULL OR cur.v = $13 \
              ORDER BY e.ord";
         let outbox = naming.table("outbox");
+        let sent = naming.table("sent");
         let outbox_columns =
             "id, aggregatetype, aggregateid, type, payload, topic, key, headers, slot";
         let outbox_rows = |first: usize| {
@@ -121,10 +129,23 @@ impl Statements {
         // Events and their outbox rows in one statement (one round trip, atomic on its own): the
         // rows are written only when the events are, and each message of an event gets the
         // stream version the database gave it (an `Any` append learns it only here).
-        let with_outbox = |events_select: &str, on_conflict: &str| {
+        // With `journal`, the messages that carry a correlation id get their journal rows (as
+        // `insert_outbox` writes them), only when the events are written.
+        let with_outbox = |events_select: &str, on_conflict: &str, journal: bool| {
+            let journal = if journal {
+                format!(
+                    "j AS (INSERT INTO {sent} (id, correlation_id, causation_id, type, topic, key, source, sent_at) \
+                       SELECT s.id, s.corr, s.cause, s.ty, s.topic, s.key, s.src, $26 \
+                       FROM UNNEST($14::uuid[], $17::text[], $19::text[], $20::text[], $23::uuid[], $24::uuid[], $25::text[]) \
+                         AS s(id, ty, topic, key, corr, cause, src) \
+                       WHERE s.corr IS NOT NULL AND EXISTS (SELECT 1 FROM ev) ON CONFLICT (id) DO NOTHING), "
+                )
+            } else {
+                String::new()
+            };
             format!(
                 "{append_with}, ev AS ({insert_events}{events_select}{on_conflict} \
-                   RETURNING event_id, global_position, stream_version), \
+                   RETURNING event_id, global_position, stream_version), {journal}\
                  ob AS (INSERT INTO {outbox} ({outbox_columns}) \
                    SELECT m.id, m.at, m.aid, m.ty, m.payload, m.topic, m.key, \
                      CASE WHEN ev.stream_version IS NULL THEN m.headers::jsonb \
@@ -179,7 +200,6 @@ impl Statements {
         let inbox = naming.table("inbox");
         let inbox_dead = naming.table("inbox_dead");
         let saga_timers = naming.table("saga_timers");
-        let sent = naming.table("sent");
         let now = <Pg as Dialect>::NOW;
         let saga_sql = SagaSql::new::<Pg>(naming);
         Self {
@@ -246,9 +266,11 @@ impl Statements {
                  {} WHERE {XID_FIRST} ORDER BY m.ord",
                 outbox_rows(1)
             ),
-            append_one_outbox: with_outbox(one_event, ""),
-            append_one_outbox_any: with_outbox(one_event, TAKEN_VERSION_IS_NO_ROW),
-            append_outbox: with_outbox(many_events, ""),
+            append_one_outbox: with_outbox(one_event, "", false),
+            append_one_outbox_any: with_outbox(one_event, TAKEN_VERSION_IS_NO_ROW, false),
+            append_outbox: with_outbox(many_events, "", false),
+            append_one_outbox_journal: with_outbox(one_event, "", true),
+            append_outbox_journal: with_outbox(many_events, "", true),
             // The floor's lag: from the floor to the first live row, or to the next `seq` when
             // there is none (the floor itself before the sequence was first used).
             outbox_status: format!(

@@ -39,6 +39,19 @@ impl PgUnitOfWork {
 impl UnitOfWork for PgUnitOfWork {
     crate::sql::unit_of_work::unit_of_work_methods!();
 
+    /// One statement for the events, their outbox rows, the messages and their journal rows
+    /// when `expected` is exact (else an append, then the messages).
+    async fn append_and_enqueue(
+        &mut self,
+        stream_id: &eventfold_core::StreamId,
+        expected: crate::error::ExpectedVersion,
+        events: Vec<eventfold_core::NewEvent>,
+        messages: Vec<eventfold_core::OutboxMessage>,
+    ) -> Result<crate::store::AppendResult, StoreError> {
+        self.append_with_messages(stream_id, expected, events, messages)
+            .await
+    }
+
     /// One statement for all of them (an `INSERT ... SELECT FROM UNNEST`), instead of one each.
     async fn mark_received_all(
         &mut self,

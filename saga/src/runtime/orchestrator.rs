@@ -605,19 +605,8 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             .map(|(event, new)| (event.clone(), new.timestamp, new.event_id))
             .collect();
         payload_bytes += new_events.iter().map(|e| e.payload.len()).sum::<usize>();
-        if !new_events.is_empty() {
-            match uow
-                .append(&stream, ExpectedVersion::Exact(expected), new_events)
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if e.is_conflict() => {
-                    return Err(RuntimeError::Conflict { saga_id, expected });
-                }
-                Err(e) => return Err(RuntimeError::store(saga_id)(e)),
-            }
-        }
-        // The commands, through the outbox.
+        // The commands, through the outbox: with the events in one call (one statement on
+        // PostgreSQL), after the events' own rows.
         let mut messages = Vec::with_capacity(transition.commands.len());
         for command in &transition.commands {
             messages.push(wire::command_message(
@@ -628,7 +617,23 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             )?);
         }
         let commands = messages.len();
-        if !messages.is_empty() {
+        if !new_events.is_empty() {
+            match uow
+                .append_and_enqueue(
+                    &stream,
+                    ExpectedVersion::Exact(expected),
+                    new_events,
+                    messages,
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.is_conflict() => {
+                    return Err(RuntimeError::Conflict { saga_id, expected });
+                }
+                Err(e) => return Err(RuntimeError::store(saga_id)(e)),
+            }
+        } else if !messages.is_empty() {
             uow.enqueue(messages)
                 .await
                 .map_err(RuntimeError::store(saga_id))?;
