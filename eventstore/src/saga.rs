@@ -29,8 +29,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::error::StoreError;
-use crate::store::EventStore;
+use eventfold_core::{NewEvent, OutboxMessage, StreamId};
+
+use crate::error::{ExpectedVersion, StoreError};
+use crate::store::{EventStore, UnitOfWork};
 
 /// One saga instance's row in `{prefix}sagas`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -246,6 +248,27 @@ pub trait SagaStore: EventStore {
         finish_in_steps(self, uow, write)
     }
 
+    /// All a transition writes after its lock, in one call: its `events` at version `expected`
+    /// of `stream_id` and its `messages` ([`UnitOfWork::append_and_enqueue`]; with no events,
+    /// the messages alone), then its end ([`finish_saga_transition`](Self::finish_saga_transition)).
+    /// `Ok(false)` when the instance is not registered; a version conflict is the append's
+    /// error. On any error or `false`, roll the unit of work back.
+    ///
+    /// The default makes those calls one after the other; PostgreSQL writes it all in one
+    /// statement when there are events (the timers and the row only when the events are
+    /// written, so a conflict writes nothing).
+    fn write_saga_transition(
+        &self,
+        uow: &mut Self::UnitOfWork,
+        stream_id: &StreamId,
+        expected: u64,
+        events: Vec<NewEvent>,
+        messages: Vec<OutboxMessage>,
+        write: SagaTransitionWrite<'_>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        write_in_steps(self, uow, stream_id, expected, events, messages, write)
+    }
+
     /// Stores timers (an existing timer with the same identity gets the new deadline).
     fn put_saga_timers(
         &self,
@@ -354,6 +377,31 @@ pub trait SagaStore: EventStore {
         &self,
         saga_id: Uuid,
     ) -> impl Future<Output = Result<Vec<SagaTimer>, StoreError>> + Send;
+}
+
+/// [`SagaStore::write_saga_transition`] one call after the other (the trait's default, and
+/// SQLite's).
+pub(crate) async fn write_in_steps<S: SagaStore>(
+    store: &S,
+    uow: &mut S::UnitOfWork,
+    stream_id: &StreamId,
+    expected: u64,
+    events: Vec<NewEvent>,
+    messages: Vec<OutboxMessage>,
+    write: SagaTransitionWrite<'_>,
+) -> Result<bool, StoreError> {
+    if !events.is_empty() {
+        uow.append_and_enqueue(
+            stream_id,
+            ExpectedVersion::Exact(expected),
+            events,
+            messages,
+        )
+        .await?;
+    } else if !messages.is_empty() {
+        uow.enqueue(messages).await?;
+    }
+    store.finish_saga_transition(uow, write).await
 }
 
 /// [`SagaStore::finish_saga_transition`] one statement at a time (the trait's default, and

@@ -177,10 +177,43 @@ pub(super) async fn try_append_journaled(
     journal: Option<&[Option<SentEntry>]>,
 ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
     let journal = journal.filter(|_| !outbox.is_empty() && expected.is_some());
+    let kind = match (outbox.is_empty(), journal) {
+        (true, _) => Statement::Append,
+        (false, None) => Statement::WithOutbox,
+        (false, Some(journal)) => Statement::WithJournal(journal),
+    };
+    let (binds, statement) = append_binds(sql, stream_id, expected, events, outbox, kind);
+    let args = binds.finish().map_err(sqlx::Error::Encode)?;
+    sqlx::query_as_with(statement, args).fetch_all(conn).await
+}
+
+/// Which append statement [`append_binds`] binds.
+pub(super) enum Statement<'j> {
+    /// The events alone.
+    Append,
+    /// The events and their outbox rows.
+    WithOutbox,
+    /// The events, their outbox rows and the journal rows of the messages (exact version).
+    WithJournal(&'j [Option<SentEntry>]),
+    /// A saga transition's writes (`write_saga_transition`): the events, the outbox and
+    /// journal rows, then the saga part, whose parameters the caller binds after these.
+    SagaTransition(&'j [Option<SentEntry>]),
+}
+
+/// The parameters of an append statement up to its saga part, and the statement: the stream,
+/// the events (scalars for one event, the common command; arrays for several), the expected
+/// version (`None`: any), the outbox rows and their journal.
+pub(super) fn append_binds<'s>(
+    sql: &'s Statements,
+    stream_id: &StreamId,
+    expected: Option<i64>,
+    events: &[NewEvent],
+    outbox: &[OutboxMessage],
+    statement: Statement<'_>,
+) -> (Binds, &'s str) {
     let mut binds = Binds::default();
     binds.add(stream_id.stream_type()).add(stream_id.id());
-    let statement = if let [e] = events {
-        // One event (the common command): scalar parameters instead of arrays.
+    let one = if let [e] = events {
         binds
             .add(e.event_id)
             .add(e.event_type.as_str())
@@ -192,30 +225,33 @@ pub(super) async fn try_append_journaled(
             .add(e.causation_id)
             .add(e.tenant_id.as_deref())
             .add(sql::headers_json(&e.headers));
-        match (outbox.is_empty(), expected.is_none(), journal.is_some()) {
-            (true, false, _) => &sql.append_one,
-            (true, true, _) => &sql.append_one_any,
-            (false, false, false) => &sql.append_one_outbox,
-            (false, false, true) => &sql.append_one_outbox_journal,
-            (false, true, _) => &sql.append_one_outbox_any,
-        }
+        true
     } else {
         binds.events(events);
-        match (outbox.is_empty(), journal.is_some()) {
-            (true, _) => &sql.append,
-            (false, false) => &sql.append_outbox,
-            (false, true) => &sql.append_outbox_journal,
-        }
+        false
     };
+    let any = expected.is_none();
     binds.add(expected);
-    if !outbox.is_empty() {
+    let outbox_rows = !matches!(statement, Statement::Append);
+    let (text, journal) = match (statement, one) {
+        (Statement::Append, true) if any => (&sql.append_one_any, None),
+        (Statement::Append, true) => (&sql.append_one, None),
+        (Statement::Append, false) => (&sql.append, None),
+        (Statement::WithOutbox, true) if any => (&sql.append_one_outbox_any, None),
+        (Statement::WithOutbox, true) => (&sql.append_one_outbox, None),
+        (Statement::WithOutbox, false) => (&sql.append_outbox, None),
+        (Statement::WithJournal(j), true) => (&sql.append_one_outbox_journal, Some(j)),
+        (Statement::WithJournal(j), false) => (&sql.append_outbox_journal, Some(j)),
+        (Statement::SagaTransition(j), true) => (&sql.write_one_saga_transition, Some(j)),
+        (Statement::SagaTransition(j), false) => (&sql.write_saga_transition, Some(j)),
+    };
+    if outbox_rows {
         binds.outbox(outbox);
     }
     if let Some(journal) = journal {
         binds.journal(journal);
     }
-    let args = binds.finish().map_err(sqlx::Error::Encode)?;
-    sqlx::query_as_with(statement, args).fetch_all(conn).await
+    (binds, text)
 }
 
 /// What both appends do before their statement: the checks, the events' source, and the outbox

@@ -11,10 +11,14 @@
 
 use std::time::Duration;
 
+use eventfold_core::{NewEvent, OutboxMessage, StreamId};
+
+use super::append::{Statement, append_binds, append_error, append_result, prepare_append};
 use super::{PgStore, PgUnitOfWork};
-use crate::error::StoreError;
+use crate::error::{ExpectedVersion, StoreError};
 use crate::saga::{SagaTimer, SagaTransitionWrite};
-use crate::sql::{db_err, sagas as shared};
+use crate::sql::{db_err, sagas as shared, to_i64};
+use crate::trace::SentEntry;
 
 crate::sql::sagas::saga_store!(PgStore, PgUnitOfWork);
 
@@ -54,6 +58,90 @@ impl PgStore {
             .await
             .map_err(db_err("ending a saga transition", &sql.sagas))?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// [`crate::saga::SagaStore::write_saga_transition`]: with events, one statement (the
+    /// events, their outbox rows, the messages with their journal rows, the timers and the
+    /// instance's row; `Statements::write_saga_transition`); without, the calls one after the
+    /// other.
+    pub(super) async fn write_transition(
+        &self,
+        uow: &mut PgUnitOfWork,
+        stream_id: &StreamId,
+        expected: u64,
+        events: Vec<NewEvent>,
+        messages: Vec<OutboxMessage>,
+        write: SagaTransitionWrite<'_>,
+    ) -> Result<bool, StoreError> {
+        if events.is_empty() {
+            return crate::saga::write_in_steps(
+                self, uow, stream_id, expected, events, messages, write,
+            )
+            .await;
+        }
+        crate::store::validate_messages(&messages)?;
+        let version = ExpectedVersion::Exact(expected);
+        let routing = uow.routing.as_deref();
+        let (events, mut outbox) =
+            prepare_append(stream_id, version, events, &uow.source, routing)?;
+        let mut journal: Vec<Option<SentEntry>> = vec![None; outbox.len()];
+        journal.extend(messages.iter().map(|m| SentEntry::of(m, &uow.source)));
+        outbox.extend(messages);
+        let sql = &self.sql.sagas;
+        let record = write.record;
+        let (cancel, put) = shared::disjoint_timer_writes(&write);
+        let (mut binds, statement) = append_binds(
+            &self.sql,
+            stream_id,
+            Some(to_i64(expected, stream_id)?),
+            &events,
+            &outbox,
+            Statement::SagaTransition(&journal),
+        );
+        // The saga part: `finish_saga_transition`'s parameters, after the events' part.
+        binds
+            .add(record.saga_id)
+            .add(record.status.as_str())
+            .add(record.detail.as_deref())
+            .add(i64::from(record.definition_version))
+            .add(shared::version_of(record, &sql.sagas)?)
+            .add(record.last_event_id)
+            .add(cancel.iter().map(|t| t.step.as_str()).collect::<Vec<_>>())
+            .add(
+                cancel
+                    .iter()
+                    .map(|t| i64::from(t.attempt))
+                    .collect::<Vec<_>>(),
+            )
+            .add(cancel.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>())
+            .add(write.clear)
+            .add(put.iter().map(|t| t.step.as_str()).collect::<Vec<_>>())
+            .add(put.iter().map(|t| i64::from(t.attempt)).collect::<Vec<_>>())
+            .add(put.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>())
+            .add(put.iter().map(|t| t.saga_type.as_str()).collect::<Vec<_>>())
+            .add(put.iter().map(|t| t.due_at).collect::<Vec<_>>());
+        let args = binds
+            .finish()
+            .map_err(|e| db_err("writing a saga transition", &sql.sagas)(sqlx::Error::Encode(e)))?;
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as_with(statement, args)
+            .fetch_all(&mut *uow.tx)
+            .await
+            .map_err(|e| append_error(&self.sql, e, stream_id, version, &events))?;
+        let updated = rows.first().is_some_and(|r| r.2 > 0);
+        let rows = rows.into_iter().map(|(p, v, _)| (p, v)).collect();
+        // No row: the version did not match (the error names the version found).
+        append_result(
+            &mut uow.tx,
+            &self.sql,
+            stream_id,
+            version,
+            rows,
+            events.len(),
+        )
+        .await?;
+        // Wakes the relay at commit.
+        uow.wrote_events = true;
+        Ok(updated)
     }
 
     /// Claims up to `limit` due timers of `saga_types` (not empty) for `lease`; see

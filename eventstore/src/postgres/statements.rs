@@ -78,6 +78,43 @@ pub(super) struct Statements {
     /// steps, attempts, kinds, types and deadlines. The three sets touch different rows (the
     /// caller sees to it): a statement's parts see one snapshot and must not write a row twice.
     pub(super) finish_saga_transition: String,
+    /// A saga transition's writes after its lock in one statement
+    /// (`SagaStore::write_saga_transition`): [`append_one_outbox_journal`](Self::append_one_outbox_journal)'s
+    /// `$1`..`$26`, then [`finish_saga_transition`](Self::finish_saga_transition)'s `$1`..`$15`
+    /// as `$27`..`$41`; the timers and the row are written only when the events are. Returns the
+    /// events' positions and versions, and whether the instance's row was updated.
+    pub(super) write_one_saga_transition: String,
+    /// [`write_one_saga_transition`](Self::write_one_saga_transition) for several events.
+    pub(super) write_saga_transition: String,
+}
+
+/// How an append with outbox rows ends: the events' positions and versions.
+const RETURN_EVENTS: &str = " SELECT global_position, stream_version FROM ev";
+
+/// The parameters of the events' part of [`Statements::write_saga_transition`]: its saga part's
+/// `$1` is this plus one.
+pub(super) const TRANSITION_EVENT_PARAMS: usize = 26;
+
+/// `sql` with every placeholder `$n` written `$(n + by)` (the statements hold no other `$`).
+fn shift_placeholders(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '$' {
+            continue;
+        }
+        let mut digits = String::new();
+        while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+            digits.push(*d);
+            chars.next();
+        }
+        match digits.parse::<usize>() {
+            Ok(n) => out.push_str(&(n + by).to_string()),
+            Err(_) => out.push_str(&digits),
+        }
+    }
+    out
 }
 
 impl Statements {
@@ -131,7 +168,7 @@ impl Statements {
         // stream version the database gave it (an `Any` append learns it only here).
         // With `journal`, the messages that carry a correlation id get their journal rows (as
         // `insert_outbox` writes them), only when the events are written.
-        let with_outbox = |events_select: &str, on_conflict: &str, journal: bool| {
+        let with_outbox = |events_select: &str, on_conflict: &str, journal: bool, tail: &str| {
             let journal = if journal {
                 format!(
                     "j AS (INSERT INTO {sent} (id, correlation_id, causation_id, type, topic, key, source, sent_at) \
@@ -151,8 +188,7 @@ impl Statements {
                      CASE WHEN ev.stream_version IS NULL THEN m.headers::jsonb \
                        ELSE m.headers::jsonb || jsonb_build_object('{version}', ev.stream_version::text) END, m.slot \
                    {rows} LEFT JOIN ev ON ev.event_id = m.id \
-                   WHERE EXISTS (SELECT 1 FROM ev) AND {XID_FIRST} ORDER BY m.ord) \
-                 SELECT global_position, stream_version FROM ev",
+                   WHERE EXISTS (SELECT 1 FROM ev) AND {XID_FIRST} ORDER BY m.ord){tail}",
                 version = eventfold_core::outbox::headers::STREAM_VERSION,
                 rows = outbox_rows(14),
             )
@@ -202,6 +238,44 @@ impl Statements {
         let saga_timers = naming.table("saga_timers");
         let now = <Pg as Dialect>::NOW;
         let saga_sql = SagaSql::new::<Pg>(naming);
+        // The timer parts of a transition's end: `$1` the instance, `$7`..`$9` the cancelled
+        // timers, `$10` delete them all, `$11`..`$15` the stored ones; each `AND {guard}`.
+        let timer_ctes = |guard: &str| {
+            let and = |g: &str| {
+                if g.is_empty() {
+                    String::new()
+                } else {
+                    format!(" AND {g}")
+                }
+            };
+            let where_ = if guard.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {guard}")
+            };
+            format!(
+                "cancelled AS (DELETE FROM {saga_timers} t \
+                   USING UNNEST($7::text[], $8::int8[], $9::text[]) AS c(step, attempt, kind) \
+                   WHERE t.saga_id = $1 AND t.step = c.step AND t.attempt = c.attempt AND t.kind = c.kind{}), \
+                 cleared AS (DELETE FROM {saga_timers} WHERE saga_id = $1 AND $10{}), \
+                 stored AS (INSERT INTO {saga_timers} (saga_id, step, attempt, kind, saga_type, due_at, claims) \
+                   SELECT $1, p.step, p.attempt, p.kind, p.saga_type, p.due_at, 0 \
+                   FROM UNNEST($11::text[], $12::int8[], $13::text[], $14::text[], $15::timestamptz[]) \
+                     AS p(step, attempt, kind, saga_type, due_at){where_} {UPSERT_TIMER})",
+                and(guard),
+                and(guard),
+            )
+        };
+        // After the events' part: the timers and the row, only when the events were written.
+        let transition_tail = shift_placeholders(
+            &format!(
+                ", {}, upd AS ({} AND EXISTS (SELECT 1 FROM ev) RETURNING 1) \
+                 SELECT global_position, stream_version, (SELECT COUNT(*) FROM upd)::int8 FROM ev",
+                timer_ctes("EXISTS (SELECT 1 FROM ev)"),
+                saga_sql.update,
+            ),
+            TRANSITION_EVENT_PARAMS,
+        );
         Self {
             // One statement, so a transaction of its own: lock the oldest due timers that no
             // other claim holds (SKIP LOCKED: claimers do not queue behind each other; a row
@@ -217,18 +291,7 @@ impl Statements {
                  RETURNING t.saga_id, t.saga_type, t.step, t.attempt, t.kind, c.due_at"
             ),
             // The row's update is `SagaSql::update` (the same `$1`..`$6`), after the timers.
-            finish_saga_transition: format!(
-                "WITH cancelled AS (DELETE FROM {saga_timers} t \
-                   USING UNNEST($7::text[], $8::int8[], $9::text[]) AS c(step, attempt, kind) \
-                   WHERE t.saga_id = $1 AND t.step = c.step AND t.attempt = c.attempt AND t.kind = c.kind), \
-                 cleared AS (DELETE FROM {saga_timers} WHERE saga_id = $1 AND $10), \
-                 stored AS (INSERT INTO {saga_timers} (saga_id, step, attempt, kind, saga_type, due_at, claims) \
-                   SELECT $1, p.step, p.attempt, p.kind, p.saga_type, p.due_at, 0 \
-                   FROM UNNEST($11::text[], $12::int8[], $13::text[], $14::text[], $15::timestamptz[]) \
-                     AS p(step, attempt, kind, saga_type, due_at) {UPSERT_TIMER}) \
-                 {update}",
-                update = saga_sql.update,
-            ),
+            finish_saga_transition: format!("WITH {} {}", timer_ctes(""), saga_sql.update),
             sagas: saga_sql,
             trace: TraceSql::new::<Pg>(naming),
             mark_inbox: sql::unit_of_work::mark_inbox::<Pg>(&inbox),
@@ -266,11 +329,18 @@ impl Statements {
                  {} WHERE {XID_FIRST} ORDER BY m.ord",
                 outbox_rows(1)
             ),
-            append_one_outbox: with_outbox(one_event, "", false),
-            append_one_outbox_any: with_outbox(one_event, TAKEN_VERSION_IS_NO_ROW, false),
-            append_outbox: with_outbox(many_events, "", false),
-            append_one_outbox_journal: with_outbox(one_event, "", true),
-            append_outbox_journal: with_outbox(many_events, "", true),
+            append_one_outbox: with_outbox(one_event, "", false, RETURN_EVENTS),
+            append_one_outbox_any: with_outbox(
+                one_event,
+                TAKEN_VERSION_IS_NO_ROW,
+                false,
+                RETURN_EVENTS,
+            ),
+            append_outbox: with_outbox(many_events, "", false, RETURN_EVENTS),
+            append_one_outbox_journal: with_outbox(one_event, "", true, RETURN_EVENTS),
+            append_outbox_journal: with_outbox(many_events, "", true, RETURN_EVENTS),
+            write_one_saga_transition: with_outbox(one_event, "", true, &transition_tail),
+            write_saga_transition: with_outbox(many_events, "", true, &transition_tail),
             // The floor's lag: from the floor to the first live row, or to the next `seq` when
             // there is none (the floor itself before the sequence was first used).
             outbox_status: format!(

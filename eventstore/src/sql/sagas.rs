@@ -350,8 +350,9 @@ where
 }
 
 /// Implements `SagaStore` for `$store` (with the fields `pool` and `sql`, whose `sagas` is a
-/// [`SagaSql`], and the methods `claim_saga_timers` and `finish_transition` with the signatures
-/// of `claim_due_timers` and `finish_saga_transition`) and
+/// [`SagaSql`], and the methods `claim_saga_timers`, `finish_transition` and `write_transition`
+/// with the signatures of `claim_due_timers`, `finish_saga_transition` and
+/// `write_saga_transition`) and
 /// its unit of work `$uow` (with `connection()`).
 macro_rules! saga_store {
     ($store:ty, $uow:ty) => {
@@ -460,6 +461,19 @@ macro_rules! saga_store {
                     write: $crate::saga::SagaTransitionWrite<'_>,
                 ) -> Result<bool, StoreError> {
                     self.finish_transition(uow, write).await
+                }
+
+                async fn write_saga_transition(
+                    &self,
+                    uow: &mut $uow,
+                    stream_id: &eventfold_core::StreamId,
+                    expected: u64,
+                    events: Vec<eventfold_core::NewEvent>,
+                    messages: Vec<eventfold_core::OutboxMessage>,
+                    write: $crate::saga::SagaTransitionWrite<'_>,
+                ) -> Result<bool, StoreError> {
+                    self.write_transition(uow, stream_id, expected, events, messages, write)
+                        .await
                 }
 
                 async fn update_saga(

@@ -35,6 +35,19 @@ impl SqliteStore {
         crate::saga::finish_in_steps(self, uow, write).await
     }
 
+    /// [`crate::saga::SagaStore::write_saga_transition`]: one call after the other.
+    pub(super) async fn write_transition(
+        &self,
+        uow: &mut SqliteUnitOfWork,
+        stream_id: &eventfold_core::StreamId,
+        expected: u64,
+        events: Vec<eventfold_core::NewEvent>,
+        messages: Vec<eventfold_core::OutboxMessage>,
+        write: SagaTransitionWrite<'_>,
+    ) -> Result<bool, StoreError> {
+        crate::saga::write_in_steps(self, uow, stream_id, expected, events, messages, write).await
+    }
+
     /// Claims up to `limit` due timers of `saga_types` (not empty) for `lease`; see
     /// [`crate::saga::SagaStore::claim_due_timers`].
     pub(super) async fn claim_saga_timers(

@@ -7,8 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use eventfold_core::{CommandMetadata, NewEvent, StreamId};
 use eventfold_eventstore::{
-    ExpectedVersion, SagaRecord, SagaRegistration, SagaStore, SagaTimer, SagaTimerId,
-    SagaTransitionWrite, UnitOfWork,
+    SagaRecord, SagaRegistration, SagaStore, SagaTimer, SagaTimerId, SagaTransitionWrite,
+    UnitOfWork,
 };
 use tracing::Instrument;
 use uuid::Uuid;
@@ -605,8 +605,7 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             .map(|(event, new)| (event.clone(), new.timestamp, new.event_id))
             .collect();
         payload_bytes += new_events.iter().map(|e| e.payload.len()).sum::<usize>();
-        // The commands, through the outbox: with the events in one call (one statement on
-        // PostgreSQL), after the events' own rows.
+        // The commands, through the outbox, after the events' own rows.
         let mut messages = Vec::with_capacity(transition.commands.len());
         for command in &transition.commands {
             messages.push(wire::command_message(
@@ -617,27 +616,6 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             )?);
         }
         let commands = messages.len();
-        if !new_events.is_empty() {
-            match uow
-                .append_and_enqueue(
-                    &stream,
-                    ExpectedVersion::Exact(expected),
-                    new_events,
-                    messages,
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if e.is_conflict() => {
-                    return Err(RuntimeError::Conflict { saga_id, expected });
-                }
-                Err(e) => return Err(RuntimeError::store(saga_id)(e)),
-            }
-        } else if !messages.is_empty() {
-            uow.enqueue(messages)
-                .await
-                .map_err(RuntimeError::store(saga_id))?;
-        }
         // The timers and the instance's row.
         let cancel: Vec<SagaTimerId> = transition
             .cancel_timers
@@ -675,12 +653,18 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             put: &put,
             clear: state.status.is_terminal(),
         };
-        if !store
-            .finish_saga_transition(uow, write)
+        // All of it in one call (one statement on PostgreSQL): the events at the version
+        // loaded (the optimistic check), the commands after them, the timers and the row.
+        match store
+            .write_saga_transition(uow, &stream, expected, new_events, messages, write)
             .await
-            .map_err(RuntimeError::store(saga_id))?
         {
-            return Err(RuntimeError::NotFound { saga_id });
+            Ok(true) => {}
+            Ok(false) => return Err(RuntimeError::NotFound { saga_id }),
+            Err(e) if e.is_conflict() => {
+                return Err(RuntimeError::Conflict { saga_id, expected });
+            }
+            Err(e) => return Err(RuntimeError::store(saga_id)(e)),
         }
         self.record_metrics(&transition.events, &loaded, now);
         // Kept for the next transition, which uses it only if this one commits (ADR 0029).

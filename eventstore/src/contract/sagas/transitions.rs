@@ -1,11 +1,14 @@
 //! A transition's two ends: the lock that starts it, with the database's clock
 //! ([`SagaStore::lock_saga_with_clock`]), and the write that ends it, timers and the instance's
-//! row at once ([`SagaStore::finish_saga_transition`]).
+//! row at once ([`SagaStore::finish_saga_transition`]), also with its events and commands
+//! ([`SagaStore::write_saga_transition`]).
 
 use chrono::TimeDelta;
 use uuid::Uuid;
 
 use super::{db_now, put_committed, record, register_all, timer, timers_of};
+use crate::error::StoreError;
+use crate::outbox::OutboxRelayStore;
 use crate::saga::{SagaRecord, SagaStore, SagaTimer, SagaTimerId, SagaTransitionWrite};
 use crate::store::UnitOfWork;
 
@@ -201,4 +204,177 @@ pub async fn a_transition_ends_with_its_timers_and_row<S: SagaStore>(store: S) {
         "an unknown instance is not updated"
     );
     assert!(store.saga(unknown.saga_id).await.expect("saga").is_none());
+}
+
+/// Writes a transition of `record` in a unit of work of its own: the events at `expected` of
+/// the instance's stream `saga-{id}`, the messages, and the end. Commits even after an error
+/// (what a conflict left must be nothing).
+async fn write_committed<S: SagaStore>(
+    store: &S,
+    record: &SagaRecord,
+    expected: u64,
+    events: Vec<eventfold_core::NewEvent>,
+    messages: Vec<eventfold_core::OutboxMessage>,
+    (cancel, put): (&[SagaTimerId], &[SagaTimer]),
+) -> Result<bool, StoreError> {
+    let stream = eventfold_core::StreamId::new("saga", record.saga_id.to_string()).expect("id");
+    let mut uow = store.begin().await.expect("begin");
+    let write = SagaTransitionWrite {
+        record,
+        cancel,
+        put,
+        clear: false,
+    };
+    let written = store
+        .write_saga_transition(&mut uow, &stream, expected, events, messages, write)
+        .await;
+    uow.commit().await.expect("commit");
+    written
+}
+
+/// A transition's events, commands, timers and row are written together: the events at the
+/// expected version, the commands in the outbox, the timers of before minus the cancelled plus
+/// the stored, the row with its version and last event id. On a version conflict none of it is
+/// written, even when the unit of work then commits; an unknown instance is `false`; without
+/// events, the commands and the end are written alone.
+pub async fn a_transition_is_written_at_once<S: SagaStore + OutboxRelayStore>(store: S) {
+    let saga = record("order", "w-1", Uuid::now_v7());
+    register_all(&store, &[&saga]).await;
+    let stream = eventfold_core::StreamId::new("saga", saga.saga_id.to_string()).expect("id");
+    let now = db_now(&store).await;
+    let timeout = timer(&saga, "reserve", 1, "timeout", now + TimeDelta::seconds(60));
+    let charge_timeout = timer(&saga, "charge", 1, "timeout", now + TimeDelta::seconds(30));
+    put_committed(&store, std::slice::from_ref(&timeout)).await;
+    let event = |t: &str| eventfold_core::NewEvent::raw(t, 1, b"{}".to_vec());
+    let command =
+        |t: &str| eventfold_core::OutboxMessage::new("payments.commands", "w-1", t, b"{}".to_vec());
+    let outbox_types = |rows: Vec<crate::outbox::OutboxRow>| -> Vec<String> {
+        rows.into_iter().map(|r| r.message.message_type).collect()
+    };
+
+    let (succeeded, started) = (event("saga.step_succeeded"), event("saga.step_started"));
+    let mut after = saga.clone();
+    after.version = 2;
+    after.last_event_id = Some(started.event_id);
+    let written = write_committed(
+        &store,
+        &after,
+        0,
+        vec![succeeded, started],
+        vec![command("payment.charge")],
+        (&[id_of(&timeout)], std::slice::from_ref(&charge_timeout)),
+    )
+    .await
+    .expect("write a transition");
+    assert!(written, "a registered instance");
+    assert_eq!(
+        store.read_stream(&stream, 1, 10).await.expect("read").len(),
+        2
+    );
+    assert_eq!(
+        outbox_types(store.read_outbox(10).await.expect("outbox")),
+        ["payment.charge"]
+    );
+    assert_eq!(
+        timers_of(&store, saga.saga_id).await,
+        vec![charge_timeout.clone()]
+    );
+    let row = store.saga(saga.saga_id).await.expect("saga").expect("row");
+    assert_eq!((row.version, row.last_event_id), (2, after.last_event_id));
+
+    // A stale version: nothing of it, though the unit of work commits.
+    let mut stale = after.clone();
+    stale.version = 3;
+    stale.status = "compensating".to_owned();
+    stale.last_event_id = Some(Uuid::now_v7());
+    let err = write_committed(
+        &store,
+        &stale,
+        1,
+        vec![event("saga.step_failed")],
+        vec![command("payment.refund")],
+        (
+            &[id_of(&charge_timeout)],
+            &[timer(
+                &saga,
+                "refund",
+                1,
+                "timeout",
+                now + TimeDelta::seconds(90),
+            )],
+        ),
+    )
+    .await
+    .expect_err("a stale version");
+    assert!(err.is_conflict(), "{err}");
+    assert_eq!(
+        store.read_stream(&stream, 1, 10).await.expect("read").len(),
+        2
+    );
+    assert_eq!(
+        outbox_types(store.read_outbox(10).await.expect("outbox")),
+        ["payment.charge"],
+        "no command of the conflict"
+    );
+    assert_eq!(
+        timers_of(&store, saga.saga_id).await,
+        vec![charge_timeout.clone()],
+        "no timer of the conflict"
+    );
+    let row = store.saga(saga.saga_id).await.expect("saga").expect("row");
+    assert_eq!(
+        (row.status.as_str(), row.version, row.last_event_id),
+        ("running", 2, after.last_event_id),
+        "the row as before the conflict"
+    );
+
+    // An unknown instance.
+    let unknown = record("order", "w-2", Uuid::now_v7());
+    let mut uow = store.begin().await.expect("begin");
+    let unknown_stream =
+        eventfold_core::StreamId::new("saga", unknown.saga_id.to_string()).expect("id");
+    let write = SagaTransitionWrite {
+        record: &unknown,
+        cancel: &[],
+        put: &[],
+        clear: false,
+    };
+    assert!(
+        !store
+            .write_saga_transition(
+                &mut uow,
+                &unknown_stream,
+                0,
+                vec![event("saga.started")],
+                Vec::new(),
+                write
+            )
+            .await
+            .expect("write for an unknown instance"),
+        "an unknown instance is not updated"
+    );
+    uow.rollback().await.expect("rollback");
+
+    // No events: the command and the end alone.
+    let mut cancelled = after.clone();
+    cancelled.detail = Some("cancelled".to_owned());
+    assert!(
+        write_committed(
+            &store,
+            &cancelled,
+            2,
+            Vec::new(),
+            vec![command("payment.void")],
+            (&[id_of(&charge_timeout)], &[]),
+        )
+        .await
+        .expect("write without events")
+    );
+    assert_eq!(
+        outbox_types(store.read_outbox(10).await.expect("outbox")),
+        ["payment.charge", "payment.void"]
+    );
+    assert!(timers_of(&store, saga.saga_id).await.is_empty());
+    let row = store.saga(saga.saga_id).await.expect("saga").expect("row");
+    assert_eq!(row.detail.as_deref(), Some("cancelled"));
 }
