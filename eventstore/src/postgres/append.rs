@@ -272,6 +272,25 @@ pub(super) fn prepare_append(
     Ok((events, outbox))
 }
 
+/// The rows an append with the application's messages writes: [`prepare_append`]'s events and
+/// outbox rows, the messages after them, and each row's journal entry (`None` for the events'
+/// rows and for messages outside a flow). The messages are checked first.
+pub(super) fn prepare_with_messages(
+    stream_id: &StreamId,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+    messages: Vec<OutboxMessage>,
+    source: &str,
+    routing: Option<&OutboxRouting>,
+) -> Result<(Vec<NewEvent>, Vec<OutboxMessage>, Vec<Option<SentEntry>>), StoreError> {
+    crate::store::validate_messages(&messages)?;
+    let (events, mut outbox) = prepare_append(stream_id, expected, events, source, routing)?;
+    let mut journal: Vec<Option<SentEntry>> = vec![None; outbox.len()];
+    journal.extend(messages.iter().map(|m| SentEntry::of(m, source)));
+    outbox.extend(messages);
+    Ok((events, outbox, journal))
+}
+
 pub(super) fn append_error(
     sql: &Statements,
     e: sqlx::Error,
@@ -479,15 +498,20 @@ impl PgUnitOfWork {
                 }
             }
         };
-        let result = append_result(
-            &mut self.tx,
-            &self.sql,
-            stream_id,
-            expected,
-            rows,
-            events.len(),
-        )
-        .await?;
+        self.appended(stream_id, expected, rows, events.len()).await
+    }
+
+    /// The result of an append this unit of work's statement wrote (`rows`, none when the
+    /// version did not match); the relay is woken at commit.
+    async fn appended(
+        &mut self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        rows: Vec<(i64, i64)>,
+        count: usize,
+    ) -> Result<AppendResult, StoreError> {
+        let result =
+            append_result(&mut self.tx, &self.sql, stream_id, expected, rows, count).await?;
         self.wrote_events = true;
         Ok(result)
     }
@@ -509,11 +533,8 @@ impl PgUnitOfWork {
             return Ok(result);
         };
         let routing = self.routing.as_deref();
-        let (events, mut outbox) =
-            prepare_append(stream_id, expected, events, &self.source, routing)?;
-        let mut journal: Vec<Option<SentEntry>> = vec![None; outbox.len()];
-        journal.extend(messages.iter().map(|m| SentEntry::of(m, &self.source)));
-        outbox.extend(messages);
+        let (events, outbox, journal) =
+            prepare_with_messages(stream_id, expected, events, messages, &self.source, routing)?;
         let v = to_i64(exact, stream_id)?;
         let rows = try_append_journaled(
             &mut self.tx,
@@ -526,18 +547,7 @@ impl PgUnitOfWork {
         )
         .await
         .map_err(|e| append_error(&self.sql, e, stream_id, expected, &events))?;
-        let result = append_result(
-            &mut self.tx,
-            &self.sql,
-            stream_id,
-            expected,
-            rows,
-            events.len(),
-        )
-        .await?;
-        // Wakes the relay at commit.
-        self.wrote_events = true;
-        Ok(result)
+        self.appended(stream_id, expected, rows, events.len()).await
     }
 
     /// Writes outbox rows (`uow.enqueue`), and the journal row of each message of a flow.

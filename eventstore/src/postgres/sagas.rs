@@ -13,12 +13,11 @@ use std::time::Duration;
 
 use eventfold_core::{NewEvent, OutboxMessage, StreamId};
 
-use super::append::{Statement, append_binds, append_error, append_result, prepare_append};
+use super::append::{Statement, append_binds, append_error, append_result, prepare_with_messages};
 use super::{PgStore, PgUnitOfWork};
 use crate::error::{ExpectedVersion, StoreError};
 use crate::saga::{SagaTimer, SagaTransitionWrite};
 use crate::sql::{db_err, sagas as shared, to_i64};
-use crate::trace::SentEntry;
 
 crate::sql::sagas::saga_store!(PgStore, PgUnitOfWork);
 
@@ -79,14 +78,10 @@ impl PgStore {
             )
             .await;
         }
-        crate::store::validate_messages(&messages)?;
         let version = ExpectedVersion::Exact(expected);
         let routing = uow.routing.as_deref();
-        let (events, mut outbox) =
-            prepare_append(stream_id, version, events, &uow.source, routing)?;
-        let mut journal: Vec<Option<SentEntry>> = vec![None; outbox.len()];
-        journal.extend(messages.iter().map(|m| SentEntry::of(m, &uow.source)));
-        outbox.extend(messages);
+        let (events, outbox, journal) =
+            prepare_with_messages(stream_id, version, events, messages, &uow.source, routing)?;
         let sql = &self.sql.sagas;
         let record = write.record;
         let (cancel, put) = shared::disjoint_timer_writes(&write);
