@@ -272,6 +272,9 @@ pub(super) fn prepare_append(
     Ok((events, outbox))
 }
 
+/// The events, the outbox rows and each row's journal entry of an append with messages.
+pub(super) type PreparedRows = (Vec<NewEvent>, Vec<OutboxMessage>, Vec<Option<SentEntry>>);
+
 /// The rows an append with the application's messages writes: [`prepare_append`]'s events and
 /// outbox rows, the messages after them, and each row's journal entry (`None` for the events'
 /// rows and for messages outside a flow). The messages are checked first.
@@ -282,7 +285,7 @@ pub(super) fn prepare_with_messages(
     messages: Vec<OutboxMessage>,
     source: &str,
     routing: Option<&OutboxRouting>,
-) -> Result<(Vec<NewEvent>, Vec<OutboxMessage>, Vec<Option<SentEntry>>), StoreError> {
+) -> Result<PreparedRows, StoreError> {
     crate::store::validate_messages(&messages)?;
     let (events, mut outbox) = prepare_append(stream_id, expected, events, source, routing)?;
     let mut journal: Vec<Option<SentEntry>> = vec![None; outbox.len()];
