@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use eventfold_core::{NewEvent, OutboxMessage, StreamId};
 
-use super::append::{Statement, append_binds, append_error, append_result, prepare_with_messages};
+use super::append::{
+    Binds, Statement, append_binds, append_error, append_result, prepare_with_messages,
+};
 use super::{PgStore, PgUnitOfWork};
 use crate::error::{ExpectedVersion, StoreError};
 use crate::saga::{SagaTimer, SagaTransitionWrite};
@@ -29,33 +31,16 @@ impl PgStore {
         uow: &mut PgUnitOfWork,
         write: SagaTransitionWrite<'_>,
     ) -> Result<bool, StoreError> {
-        let sql = &self.sql.sagas;
-        let record = write.record;
-        let (cancel, put) = shared::disjoint_timer_writes(&write);
-        let done = sqlx::query(&self.sql.finish_saga_transition)
-            .bind(record.saga_id)
-            .bind(&record.status)
-            .bind(record.detail.as_deref())
-            .bind(i64::from(record.definition_version))
-            .bind(shared::version_of(record, &sql.sagas)?)
-            .bind(record.last_event_id)
-            .bind(cancel.iter().map(|t| t.step.as_str()).collect::<Vec<_>>())
-            .bind(
-                cancel
-                    .iter()
-                    .map(|t| i64::from(t.attempt))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(cancel.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>())
-            .bind(write.clear)
-            .bind(put.iter().map(|t| t.step.as_str()).collect::<Vec<_>>())
-            .bind(put.iter().map(|t| i64::from(t.attempt)).collect::<Vec<_>>())
-            .bind(put.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>())
-            .bind(put.iter().map(|t| t.saga_type.as_str()).collect::<Vec<_>>())
-            .bind(put.iter().map(|t| t.due_at).collect::<Vec<_>>())
+        let table = &self.sql.sagas.sagas;
+        let mut binds = Binds::default();
+        bind_transition_end(&mut binds, &write, table)?;
+        let args = binds
+            .finish()
+            .map_err(|e| db_err("ending a saga transition", table)(sqlx::Error::Encode(e)))?;
+        let done = sqlx::query_with(&self.sql.finish_saga_transition, args)
             .execute(uow.connection())
             .await
-            .map_err(db_err("ending a saga transition", &sql.sagas))?;
+            .map_err(db_err("ending a saga transition", table))?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -83,8 +68,6 @@ impl PgStore {
         let (events, outbox, journal) =
             prepare_with_messages(stream_id, version, events, messages, &uow.source, routing)?;
         let sql = &self.sql.sagas;
-        let record = write.record;
-        let (cancel, put) = shared::disjoint_timer_writes(&write);
         let (mut binds, statement) = append_binds(
             &self.sql,
             stream_id,
@@ -94,27 +77,7 @@ impl PgStore {
             Statement::SagaTransition(&journal),
         );
         // The saga part: `finish_saga_transition`'s parameters, after the events' part.
-        binds
-            .add(record.saga_id)
-            .add(record.status.as_str())
-            .add(record.detail.as_deref())
-            .add(i64::from(record.definition_version))
-            .add(shared::version_of(record, &sql.sagas)?)
-            .add(record.last_event_id)
-            .add(cancel.iter().map(|t| t.step.as_str()).collect::<Vec<_>>())
-            .add(
-                cancel
-                    .iter()
-                    .map(|t| i64::from(t.attempt))
-                    .collect::<Vec<_>>(),
-            )
-            .add(cancel.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>())
-            .add(write.clear)
-            .add(put.iter().map(|t| t.step.as_str()).collect::<Vec<_>>())
-            .add(put.iter().map(|t| i64::from(t.attempt)).collect::<Vec<_>>())
-            .add(put.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>())
-            .add(put.iter().map(|t| t.saga_type.as_str()).collect::<Vec<_>>())
-            .add(put.iter().map(|t| t.due_at).collect::<Vec<_>>());
+        bind_transition_end(&mut binds, &write, &sql.sagas)?;
         let args = binds
             .finish()
             .map_err(|e| db_err("writing a saga transition", &sql.sagas)(sqlx::Error::Encode(e)))?;
@@ -163,4 +126,38 @@ impl PgStore {
         shared::sort_timers(&mut claimed);
         Ok(claimed)
     }
+}
+
+/// The parameters of a transition's end (`Statements::finish_saga_transition`'s `$1`..`$15`):
+/// the instance's row as `SagaSql::update` writes it, the cancelled timers, whether all go, and
+/// the stored timers (made disjoint, [`shared::disjoint_timer_writes`]).
+fn bind_transition_end(
+    binds: &mut Binds,
+    write: &SagaTransitionWrite<'_>,
+    table: &str,
+) -> Result<(), StoreError> {
+    let record = write.record;
+    let (cancel, put) = shared::disjoint_timer_writes(write);
+    binds
+        .add(record.saga_id)
+        .add(record.status.as_str())
+        .add(record.detail.as_deref())
+        .add(i64::from(record.definition_version))
+        .add(shared::version_of(record, table)?)
+        .add(record.last_event_id)
+        .add(cancel.iter().map(|t| t.step.as_str()).collect::<Vec<_>>())
+        .add(
+            cancel
+                .iter()
+                .map(|t| i64::from(t.attempt))
+                .collect::<Vec<_>>(),
+        )
+        .add(cancel.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>())
+        .add(write.clear)
+        .add(put.iter().map(|t| t.step.as_str()).collect::<Vec<_>>())
+        .add(put.iter().map(|t| i64::from(t.attempt)).collect::<Vec<_>>())
+        .add(put.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>())
+        .add(put.iter().map(|t| t.saga_type.as_str()).collect::<Vec<_>>())
+        .add(put.iter().map(|t| t.due_at).collect::<Vec<_>>());
+    Ok(())
 }

@@ -49,8 +49,19 @@ struct Entry {
     history: History,
     /// The bytes of its events' payloads.
     payload_bytes: usize,
-    /// Its weight: payload bytes plus [`EVENT_OVERHEAD`] per event.
-    weight: usize,
+}
+
+/// What a history weighs: its payload bytes plus [`EVENT_OVERHEAD`] per event.
+fn weight_of(events: usize, payload_bytes: usize) -> usize {
+    events
+        .saturating_mul(EVENT_OVERHEAD)
+        .saturating_add(payload_bytes)
+}
+
+impl Entry {
+    fn weight(&self) -> usize {
+        weight_of(self.history.len(), self.payload_bytes)
+    }
 }
 
 #[derive(Default)]
@@ -99,7 +110,7 @@ impl StateCache {
         let last_event_id = last_event_id?;
         let mut entries = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let entry = entries.by_saga.remove(&saga_id)?;
-        entries.weight -= entry.weight;
+        entries.weight -= entry.weight();
         (entry.version == version && entry.last_event_id == last_event_id)
             .then_some((entry.history, entry.payload_bytes))
     }
@@ -114,13 +125,10 @@ impl StateCache {
         history: History,
         payload_bytes: usize,
     ) {
-        let weight = history
-            .len()
-            .saturating_mul(EVENT_OVERHEAD)
-            .saturating_add(payload_bytes);
+        let weight = weight_of(history.len(), payload_bytes);
         let mut entries = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = entries.by_saga.remove(&saga_id) {
-            entries.weight -= old.weight;
+            entries.weight -= old.weight();
         }
         if self.capacity == 0 || weight > self.max_bytes / 4 {
             return;
@@ -136,7 +144,6 @@ impl StateCache {
                 last_event_id,
                 history,
                 payload_bytes,
-                weight,
             },
         );
         entries.order.push_back((saga_id, seq));
@@ -146,7 +153,7 @@ impl StateCache {
             };
             if entries.by_saga.get(&oldest).is_some_and(|e| e.seq == seq) {
                 if let Some(evicted) = entries.by_saga.remove(&oldest) {
-                    entries.weight -= evicted.weight;
+                    entries.weight -= evicted.weight();
                 }
             }
         }
