@@ -9,7 +9,7 @@ use super::{Tally, TallyCommand, added, billing_request, stream};
 use crate::error::{ExpectedVersion, StoreError};
 use crate::outbox::{OUTBOX_SLOTS, OutboxRelayStore, OutboxRouting};
 use crate::repository::Repository;
-use crate::store::UnitOfWork;
+use crate::store::{UnitOfWork, Wakeup};
 use crate::trace::TraceStore;
 
 /// Outbox rows are written in the same transaction as their events and the application's own
@@ -219,7 +219,7 @@ pub async fn concurrent_appends_write_outbox_rows_in_version_order<S: OutboxRela
 /// [`UnitOfWork::append_and_enqueue`] writes the events, their outbox rows and then the
 /// messages, journals the messages of a flow (not the others), and on a version conflict writes
 /// none of it (even when the unit of work then commits); rolled back, nothing stays; with `Any`, or without messages, it appends and
-/// enqueues as the two calls do.
+/// enqueues as the two calls do. The commit wakes the store's wake-ups.
 pub async fn append_and_enqueue_writes_events_and_messages_together<S>(store: S)
 where
     S: OutboxRelayStore + TraceStore,
@@ -257,6 +257,8 @@ where
 
     let reserve = command("inventory.reserve");
     let untraced = billing_request("ae-1");
+    let mut wakeup = store.wakeup().await.expect("a wake-up");
+    let before = std::time::Instant::now();
     let mut uow = store.begin().await.expect("begin");
     let result = uow
         .append_and_enqueue(
@@ -268,6 +270,11 @@ where
         .await
         .expect("append and enqueue");
     uow.commit().await.expect("commit");
+    wakeup.wait(std::time::Duration::from_secs(30)).await;
+    assert!(
+        before.elapsed() < std::time::Duration::from_secs(10),
+        "the commit wakes the store's wake-ups (the relay claims the messages at once)"
+    );
     assert_eq!((result.previous_version, result.version), (0, 2));
     let rows = store.read_outbox(100).await.expect("read");
     assert_eq!(

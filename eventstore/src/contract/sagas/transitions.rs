@@ -10,7 +10,7 @@ use super::{db_now, put_committed, record, register_all, timer, timers_of};
 use crate::error::StoreError;
 use crate::outbox::OutboxRelayStore;
 use crate::saga::{SagaRecord, SagaStore, SagaTimer, SagaTimerId, SagaTransitionWrite};
-use crate::store::UnitOfWork;
+use crate::store::{UnitOfWork, Wakeup};
 
 /// The identity of `timer`.
 fn id_of(timer: &SagaTimer) -> SagaTimerId {
@@ -236,7 +236,7 @@ async fn write_committed<S: SagaStore>(
 /// expected version, the commands in the outbox, the timers of before minus the cancelled plus
 /// the stored, the row with its version and last event id. On a version conflict none of it is
 /// written, even when the unit of work then commits; an unknown instance is `false`; without
-/// events, the commands and the end are written alone.
+/// events, the commands and the end are written alone. The commit wakes the store's wake-ups.
 pub async fn a_transition_is_written_at_once<S: SagaStore + OutboxRelayStore>(store: S) {
     let saga = record("order", "w-1", Uuid::now_v7());
     register_all(&store, &[&saga]).await;
@@ -256,6 +256,8 @@ pub async fn a_transition_is_written_at_once<S: SagaStore + OutboxRelayStore>(st
     let mut after = saga.clone();
     after.version = 2;
     after.last_event_id = Some(started.event_id);
+    let mut wakeup = store.wakeup().await.expect("a wake-up");
+    let before = std::time::Instant::now();
     let written = write_committed(
         &store,
         &after,
@@ -267,6 +269,11 @@ pub async fn a_transition_is_written_at_once<S: SagaStore + OutboxRelayStore>(st
     .await
     .expect("write a transition");
     assert!(written, "a registered instance");
+    wakeup.wait(std::time::Duration::from_secs(30)).await;
+    assert!(
+        before.elapsed() < std::time::Duration::from_secs(10),
+        "the commit wakes the store's wake-ups (the relay claims the commands at once)"
+    );
     assert_eq!(
         store.read_stream(&stream, 1, 10).await.expect("read").len(),
         2
