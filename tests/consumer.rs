@@ -227,6 +227,14 @@ impl<U: UnitOfWork, H: eventfold::outbox::Handler<U>> eventfold::outbox::Handler
     ) -> Result<(), eventfold::BoxError> {
         self.0.handle(uow, record).await
     }
+
+    async fn handle_batch(
+        &self,
+        uow: &mut U,
+        batch: &eventfold::outbox::Batch<'_>,
+    ) -> Result<(), eventfold::outbox::BatchFailure> {
+        self.0.handle_batch(uow, batch).await
+    }
 }
 
 /// A handler that appends each record to the stream of its key (`ledger/<key>`), with the
@@ -326,11 +334,182 @@ async fn lanes_keep_the_order_per_key<S: InboxStore>(store: S) -> usize {
     most
 }
 
+/// [`Flaky`]'s decisions, made for a whole batch at once: each record's effect (`ledger/all`,
+/// and its key's stream `ledger/<key>`) written with one `append_many` before the failure is
+/// told, so that what a failed batch wrote must be undone with it. Its first batch fails as a
+/// whole after writing, counting no attempt.
+#[derive(Default)]
+struct BatchFlaky {
+    flaky: Flaky,
+    batches: std::sync::atomic::AtomicUsize,
+}
+
+/// The appends of [`common::note`] and of the record's key stream.
+fn batch_effects(
+    records: &[&eventfold::outbox::Record],
+) -> Result<Vec<eventfold::eventstore::StreamAppend>, eventfold::BoxError> {
+    let mut appends = Vec::with_capacity(2 * records.len());
+    for record in records {
+        for stream in [
+            StreamId::new("ledger", "all")?,
+            StreamId::new("ledger", record.key.as_str())?,
+        ] {
+            let mut event = NewEvent::raw("ledger.noted", 1, record.payload.clone());
+            event.causation_id = Some(record.message_id);
+            appends.push(eventfold::eventstore::StreamAppend::new(
+                stream,
+                ExpectedVersion::Any,
+                vec![event],
+            ));
+        }
+    }
+    Ok(appends)
+}
+
+impl<U: UnitOfWork> eventfold::outbox::Handler<U> for BatchFlaky {
+    async fn handle(
+        &self,
+        uow: &mut U,
+        record: &eventfold::outbox::Record,
+    ) -> Result<(), eventfold::BoxError> {
+        self.flaky.handle(uow, record).await?;
+        let stream = StreamId::new("ledger", record.key.as_str())?;
+        let mut event = NewEvent::raw("ledger.noted", 1, record.payload.clone());
+        event.causation_id = Some(record.message_id);
+        uow.append(&stream, ExpectedVersion::Any, vec![event])
+            .await?;
+        Ok(())
+    }
+
+    async fn handle_batch(
+        &self,
+        uow: &mut U,
+        batch: &eventfold::outbox::Batch<'_>,
+    ) -> Result<(), eventfold::outbox::BatchFailure> {
+        use eventfold::outbox::BatchFailure;
+        let records = batch.records();
+        if self
+            .batches
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            == 0
+        {
+            uow.append_many(batch_effects(records)?).await?;
+            return Err(BatchFailure::whole("the first batch fails as a whole"));
+        }
+        // Flaky's decisions in order, up to the first failure.
+        let mut failed = None;
+        for (index, record) in records.iter().enumerate() {
+            let attempt = {
+                let mut attempts = self.flaky.attempts.lock().unwrap();
+                let n = attempts.entry(record.message_id).or_default();
+                *n += 1;
+                *n
+            };
+            let n = serde_json::from_slice::<serde_json::Value>(&record.payload)
+                .map_err(|e| BatchFailure::at(index, e))?["n"]
+                .as_u64()
+                .unwrap_or_default();
+            if record.message_type == "payment.poison" || (n % 11 == 0 && attempt == 1) {
+                failed = Some(index);
+                break;
+            }
+        }
+        let written = failed.map_or(records.len(), |i| i + 1);
+        uow.append_many(batch_effects(&records[..written])?).await?;
+        match failed {
+            Some(index) => Err(BatchFailure::at(index, "the handler failed")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A batch handler (`Handler::handle_batch` writing with `UnitOfWork::append_many`) under the
+/// same failures as [`undo_each_failure_alone`]: a batch failing as a whole is handled again
+/// one message per transaction, a failure at a message undoes the batch and runs that message
+/// alone, poison is parked after its attempts; every good message takes effect once, in order,
+/// in both of its streams.
+async fn batch_handler_falls_back_like_handle<S: InboxStore>(store: S) {
+    let broker = InProcessBroker::new().with_default_partitions(1);
+    let messages: Vec<_> = (1..=300)
+        .map(|i| {
+            payment(
+                i,
+                if i % 37 == 0 {
+                    "payment.poison"
+                } else {
+                    "payment.captured"
+                },
+            )
+        })
+        .collect();
+    broker.publish(&messages).await;
+    broker.publish(&messages[..20]).await; // duplicates, some in the same poll
+    let handler = std::sync::Arc::new(BatchFlaky::default());
+    let mut consumer = Consumer::new(
+        "ledger",
+        store.clone(),
+        broker.consumer("ledger", &["payments"]),
+        ArcHandler(handler.clone()),
+    )
+    .shared_commits(true)
+    .max_attempts(3)
+    .backoff(Duration::from_millis(1));
+    let total = drain(&mut consumer).await;
+    let (poison, good): (Vec<_>, Vec<_>) = messages
+        .iter()
+        .partition(|m| m.message_type == "payment.poison");
+    assert_eq!(
+        (total.handled, total.duplicates, total.parked),
+        (good.len(), 20, poison.len())
+    );
+    let good_ids: Vec<_> = good.iter().map(|m| m.id).collect();
+    assert_eq!(
+        common::effects(&store).await,
+        good_ids,
+        "each good message once, in order"
+    );
+    for k in 0..7 {
+        let key = format!("p-{k}");
+        let stream = StreamId::new("ledger", key.as_str()).unwrap();
+        let got: Vec<_> = store
+            .read_stream(&stream, 1, u64::MAX)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.causation_id)
+            .collect();
+        let expected: Vec<_> = good
+            .iter()
+            .filter(|m| m.key == key)
+            .map(|m| Some(m.id))
+            .collect();
+        assert_eq!(got, expected, "key {key}: each good message once, in order");
+    }
+    let parked: Vec<_> = store
+        .parked_messages("ledger", 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.message_id, p.attempts))
+        .collect();
+    assert_eq!(parked, poison.iter().map(|m| (m.id, 3)).collect::<Vec<_>>());
+    let attempts = handler.flaky.attempts.lock().unwrap();
+    for m in &poison {
+        assert_eq!(attempts[&m.id], 3, "poison {}: attempts in all", m.id);
+    }
+    assert!(
+        handler.batches.load(std::sync::atomic::Ordering::SeqCst) > 5,
+        "the consumer handed the handler batches: {}",
+        handler.batches.load(std::sync::atomic::Ordering::SeqCst)
+    );
+}
+
 common::backend_tests!([memory, sqlite, postgres] {
     2 => duplicates_and_crash_redeliveries_take_effect_once: exactly_once_effects,
     2 => poison_message_is_parked_and_the_rest_flows: poison_is_parked_others_flow,
     2 => shared_commits_undo_each_failure_alone: undo_each_failure_alone,
     2 => lanes_keep_the_order_per_key_and_take_each_message_once: lanes_keep_the_order_per_key,
+    2 => a_batch_handler_falls_back_like_its_handle: batch_handler_falls_back_like_handle,
 });
 
 /// On PostgreSQL the lanes of a batch run at once, each on a connection of its own.

@@ -73,6 +73,6 @@ pub use saga::{
 };
 pub use store::{
     AppendResult, CommandRecord, DynEventReader, EventStore, LocalWakeup, MAX_MESSAGE_KEY_LEN,
-    MAX_PAYLOAD_LEN, Snapshot, UnitOfWork, Wakeup,
+    MAX_PAYLOAD_LEN, Snapshot, StreamAppend, UnitOfWork, Wakeup,
 };
 pub use trace::{InboxEntry, TraceStore};

@@ -31,6 +31,28 @@ pub struct AppendResult {
     pub positions: Vec<u64>,
 }
 
+/// One append of [`UnitOfWork::append_many`]: `events` for `stream_id` if it is at `expected`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamAppend {
+    /// The stream written to.
+    pub stream_id: StreamId,
+    /// The version the stream must be at (checked after the earlier appends of the same call).
+    pub expected: ExpectedVersion,
+    /// The events, in order.
+    pub events: Vec<NewEvent>,
+}
+
+impl StreamAppend {
+    /// `events` for `stream_id` if it is at `expected`.
+    pub fn new(stream_id: StreamId, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
+        Self {
+            stream_id,
+            expected,
+            events,
+        }
+    }
+}
+
 /// The latest saved state of a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -222,6 +244,54 @@ pub trait UnitOfWork: Send {
                 self.enqueue(messages).await?;
             }
             Ok(result)
+        }
+    }
+
+    /// Appends to several streams at once: each [`StreamAppend`] as [`append`](Self::append)
+    /// would, in the order given (the appends of one stream in that order, each checked against
+    /// the version the earlier ones left), and their results in that order. What a consumer
+    /// that handles a batch of messages in one transaction writes ([`eventfold-outbox`'s
+    /// `Handler::handle_batch`]): on PostgreSQL, each run of appends to distinct streams is one
+    /// statement instead of one per stream; elsewhere it is the appends one by one.
+    ///
+    /// Fails with the first failing append's error ([`StoreError::VersionConflict`] names its
+    /// stream). Appends before it, and on PostgreSQL the other appends of its statement, may
+    /// have been written: roll the unit of work back, as after a failed append.
+    ///
+    /// [`eventfold-outbox`'s `Handler::handle_batch`]: https://docs.rs/eventfold-outbox
+    ///
+    /// ```
+    /// # use eventfold_core::{NewEvent, StreamId};
+    /// # use eventfold_eventstore::{memory::MemoryStore, EventStore, ExpectedVersion, StreamAppend, UnitOfWork};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new();
+    /// let (a, b) = (StreamId::new("acct", "a")?, StreamId::new("acct", "b")?);
+    /// let noted = || vec![NewEvent::raw("acct.noted", 1, b"{}".to_vec())];
+    /// let mut uow = store.begin().await?;
+    /// let results = uow
+    ///     .append_many(vec![
+    ///         StreamAppend::new(a.clone(), ExpectedVersion::NoStream, noted()),
+    ///         StreamAppend::new(b.clone(), ExpectedVersion::Any, noted()),
+    ///         StreamAppend::new(a.clone(), ExpectedVersion::Exact(1), noted()),
+    ///     ])
+    ///     .await?;
+    /// uow.commit().await?;
+    /// let versions: Vec<u64> = results.iter().map(|r| r.version).collect();
+    /// assert_eq!(versions, [1, 1, 2]);
+    /// assert_eq!(store.stream_version(&a).await?, 2);
+    /// # Ok(()) }
+    /// ```
+    fn append_many(
+        &mut self,
+        appends: Vec<StreamAppend>,
+    ) -> impl Future<Output = Result<Vec<AppendResult>, StoreError>> + Send {
+        async move {
+            let mut results = Vec::with_capacity(appends.len());
+            for a in appends {
+                results.push(self.append(&a.stream_id, a.expected, a.events).await?);
+            }
+            Ok(results)
         }
     }
 

@@ -77,6 +77,11 @@ use tracing::Instrument;
 
 use crate::in_process::{InProcessConsumer, Record};
 
+mod handler;
+
+use handler::consume_span;
+pub use handler::{Batch, BatchFailure, Handler};
+
 /// Something that delivers records and takes acknowledgements: a broker's consumer.
 pub trait MessageSource: Send {
     /// Up to `max` records, waiting up to `wait` when none is there.
@@ -99,18 +104,6 @@ impl MessageSource for InProcessConsumer {
         InProcessConsumer::commit(self, record);
         Ok(())
     }
-}
-
-/// Handles one message inside the consumer's unit of work `U`: whatever it writes through `U`
-/// (events, outbox messages, SQL through `uow.connection()`) commits with the inbox mark.
-pub trait Handler<U: UnitOfWork>: Send + Sync {
-    /// Handles `record`. An error rolls the unit of work back; the message is retried, then
-    /// parked.
-    fn handle(
-        &self,
-        uow: &mut U,
-        record: &Record,
-    ) -> impl Future<Output = Result<(), BoxError>> + Send;
 }
 
 /// A consumer failed for a reason other than its handler.
@@ -174,16 +167,7 @@ where
     /// The `consume` span of `record` (with the feature `otel`, a child of the trace context it
     /// carries).
     fn span(&self, record: &Record) -> tracing::Span {
-        let span = tracing::info_span!(
-            "consume",
-            consumer = %self.name,
-            topic = %record.topic,
-            message_type = %record.message_type,
-            message_id = %record.message_id,
-        );
-        #[cfg(feature = "otel")]
-        eventfold_core::trace_context::continue_trace(&span, &record.headers);
-        span
+        consume_span(self.name, record)
     }
 
     async fn settle_in_span(&self, record: &Record, first: u32) -> Result<Outcome, ConsumerError> {
@@ -271,10 +255,11 @@ where
         tokio::time::sleep(doubled(self.backoff, after))
     }
 
-    /// Handles `records` in order in one transaction and commits them once. No savepoint per
-    /// message (two round trips each): when a handler fails, the whole transaction is rolled
-    /// back and [`Shared::FailedAt`] says which message failed (its first attempt), for the
-    /// caller to run the messages before it again, then it alone. An error of the store
+    /// Handles `records` in order in one transaction ([`Handler::handle_batch`] for the new
+    /// ones) and commits them once. No savepoint per message (two round trips each): when the
+    /// handler fails, the whole transaction is rolled back and [`Shared::FailedAt`] says which
+    /// message failed (its first attempt), for the caller to run the messages before it again,
+    /// then it alone; [`Shared::Split`] that the batch failed as a whole. An error of the store
     /// (nothing committed) is returned for the caller to fall back.
     async fn settle_shared(&self, records: &[&Record]) -> Result<Shared, StoreError> {
         let mut uow = self.store.begin().await?;
@@ -306,26 +291,44 @@ where
                 ),
             });
         }
-        for (index, (&record, fresh)) in records.iter().zip(marked).enumerate() {
-            if !fresh {
+        // The new messages go to the handler as one batch; `fresh_at[i]` is the place in
+        // `records` of the batch's message `i`.
+        let mut fresh_at = Vec::with_capacity(records.len());
+        for (index, fresh) in marked.into_iter().enumerate() {
+            if fresh {
+                fresh_at.push(index);
+                outcomes.push(Outcome::Handled);
+            } else {
                 outcomes.push(Outcome::Duplicate);
-                continue;
             }
-            let span = self.span(record);
-            match self.handler.handle(&mut uow, record).instrument(span).await {
-                Ok(()) => outcomes.push(Outcome::Handled),
-                Err(e) => {
-                    let e = match StoreError::transient_cause(e, HANDLING, HANDLER_TABLES) {
-                        Ok(transient) => {
-                            let _ = uow.rollback().await;
-                            return Err(transient);
-                        }
-                        Err(e) => e,
-                    };
-                    tracing::warn!(consumer = %self.name, message = %record.message_id, attempt = 1, error = %e, "handler failed");
-                    uow.rollback().await?;
-                    return Ok(Shared::FailedAt(index));
-                }
+        }
+        if !fresh_at.is_empty() {
+            let fresh: Vec<&Record> = fresh_at.iter().map(|&i| records[i]).collect();
+            let batch = Batch {
+                consumer: self.name,
+                records: &fresh,
+            };
+            if let Err(failure) = self.handler.handle_batch(&mut uow, &batch).await {
+                let e = match StoreError::transient_cause(failure.source, HANDLING, HANDLER_TABLES)
+                {
+                    Ok(transient) => {
+                        let _ = uow.rollback().await;
+                        return Err(transient);
+                    }
+                    Err(e) => e,
+                };
+                uow.rollback().await?;
+                return Ok(match failure.index.and_then(|i| fresh_at.get(i)) {
+                    Some(&index) => {
+                        let message = records[index].message_id;
+                        tracing::warn!(consumer = %self.name, %message, attempt = 1, error = %e, "handler failed");
+                        Shared::FailedAt(index)
+                    }
+                    None => {
+                        tracing::debug!(consumer = %self.name, messages = fresh.len(), error = %e, "the batch handler failed");
+                        Shared::Split
+                    }
+                });
             }
         }
         if outcomes.iter().all(|o| *o == Outcome::Duplicate) {
@@ -371,13 +374,15 @@ where
                     outcomes.into_iter().for_each(&mut count);
                 }
                 Ok(Shared::FailedAt(index)) => failed_first = Some(next + index),
-                Err(e) => {
+                split @ (Ok(Shared::Split) | Err(_)) => {
                     // Nothing of the shared transaction committed: one message per
                     // transaction for the rest of the batch (the inbox keeps it exactly once).
                     // A message whose first attempt already failed goes on from its second.
                     metrics::counter!("eventfold_consumer_batch_split_total", "consumer" => self.name.to_owned())
                         .increment(1);
-                    tracing::debug!(consumer = %self.name, error = %e, "shared transaction failed; handling one message per transaction");
+                    if let Err(e) = split {
+                        tracing::debug!(consumer = %self.name, error = %e, "shared transaction failed; handling one message per transaction");
+                    }
                     for (index, &record) in records.iter().enumerate().skip(next) {
                         let first = if failed_first == Some(index) { 2 } else { 1 };
                         count(self.settle_from(record, first).await?);
@@ -406,6 +411,8 @@ enum Shared {
     Committed(Vec<Outcome>),
     /// The handler of the message at this index failed (its first attempt): nothing committed.
     FailedAt(usize),
+    /// The batch handler failed as a whole ([`BatchFailure::whole`]): nothing committed.
+    Split,
 }
 
 /// What happened to one message.

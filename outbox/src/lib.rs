@@ -86,7 +86,9 @@ pub mod kafka_source;
 pub mod publisher;
 pub mod relay;
 
-pub use consumer::{Consumer, ConsumerError, ConsumerReport, Handler, MessageSource, Outcome};
+pub use consumer::{
+    Batch, BatchFailure, Consumer, ConsumerError, ConsumerReport, Handler, MessageSource, Outcome,
+};
 pub use eventfold_core::Headers;
 pub use eventfold_core::outbox::{OutboxMessage, headers};
 pub use in_process::{

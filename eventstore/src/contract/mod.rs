@@ -117,6 +117,7 @@ macro_rules! eventstore_contract_tests {
             outbox_rows_commit_with_their_events_or_not_at_all,
             concurrent_appends_write_outbox_rows_in_version_order,
             append_and_enqueue_writes_events_and_messages_together,
+            append_many_writes_each_append_in_order,
         );
         $crate::eventstore_contract_tests!(@group $fresh; relay:
             relay_claims_one_due_row_per_key_and_parks_what_fails,

@@ -376,3 +376,200 @@ where
         [reserve.id, release.id]
     );
 }
+
+/// [`UnitOfWork::append_many`] writes each append as [`UnitOfWork::append`] would, in the order
+/// given: results and global positions in that order, the appends of one stream checked in
+/// turn, one outbox row per event with its stream version; the first stale expected version
+/// fails the call with a conflict naming its stream, and rolled back nothing of it stays.
+/// Concurrent calls with `Any` over the same streams all succeed (run again when the database
+/// reports a retriable error, a deadlock between units of work writing the same streams in
+/// other orders), each stream's versions contiguous. The commit wakes the store's wake-ups.
+pub async fn append_many_writes_each_append_in_order<S: OutboxRelayStore>(store: S) {
+    use crate::store::StreamAppend;
+    use eventfold_core::outbox::headers;
+    let store = store.with_outbox(OutboxRouting::new());
+    let (a, b, c, d) = (
+        stream("am-a"),
+        stream("am-b"),
+        stream("am-c"),
+        stream("am-d"),
+    );
+    store
+        .append(&b, ExpectedVersion::NoStream, vec![added(0)])
+        .await
+        .expect("seed b");
+    let one = |s: &eventfold_core::StreamId, expected, ns: &[u64]| {
+        StreamAppend::new(s.clone(), expected, ns.iter().map(|&n| added(n)).collect())
+    };
+
+    let mut wakeup = store.wakeup().await.expect("a wake-up");
+    let before = std::time::Instant::now();
+    let mut uow = store.begin().await.expect("begin");
+    assert!(
+        uow.append_many(Vec::new())
+            .await
+            .expect("nothing to append")
+            .is_empty()
+    );
+    let results = uow
+        .append_many(vec![
+            one(&a, ExpectedVersion::NoStream, &[1, 2]),
+            one(&b, ExpectedVersion::Any, &[3]),
+            one(&c, ExpectedVersion::NoStream, &[4]),
+            one(&a, ExpectedVersion::Exact(2), &[5]),
+            one(&b, ExpectedVersion::Exact(2), &[6]),
+            one(&d, ExpectedVersion::Any, &[7]),
+            one(&a, ExpectedVersion::Any, &[8, 9]),
+        ])
+        .await
+        .expect("append many");
+    uow.commit().await.expect("commit");
+    wakeup.wait(std::time::Duration::from_secs(30)).await;
+    assert!(
+        before.elapsed() < std::time::Duration::from_secs(10),
+        "the commit wakes the store's wake-ups"
+    );
+    let versions: Vec<(u64, u64)> = results
+        .iter()
+        .map(|r| (r.previous_version, r.version))
+        .collect();
+    assert_eq!(
+        versions,
+        [(0, 2), (1, 2), (0, 1), (2, 3), (2, 3), (0, 1), (3, 5)],
+        "each append's result, in the order given"
+    );
+    let positions: Vec<u64> = results.iter().flat_map(|r| r.positions.clone()).collect();
+    assert_eq!(positions.len(), 9);
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "global positions follow the order of the appends: {positions:?}"
+    );
+    let payloads = |events: Vec<eventfold_core::RecordedEvent>| -> Vec<String> {
+        events
+            .into_iter()
+            .map(|e| String::from_utf8_lossy(&e.payload).into_owned())
+            .collect()
+    };
+    let read = |s: eventfold_core::StreamId| {
+        let store = store.clone();
+        async move { payloads(store.read_stream(&s, 1, 100).await.expect("read")) }
+    };
+    let n = |ns: &[u64]| -> Vec<String> { ns.iter().map(|n| format!(r#"{{"n":{n}}}"#)).collect() };
+    assert_eq!(read(a.clone()).await, n(&[1, 2, 5, 8, 9]));
+    assert_eq!(read(b.clone()).await, n(&[0, 3, 6]));
+    assert_eq!(read(c.clone()).await, n(&[4]));
+    assert_eq!(read(d.clone()).await, n(&[7]));
+    let rows = store.read_outbox(100).await.expect("read the outbox");
+    let keyed: Vec<(String, String)> = rows
+        .iter()
+        .skip(1) // the seed of b
+        .map(|r| {
+            let version = r.message.headers.get(headers::STREAM_VERSION).cloned();
+            (r.message.key.clone(), version.unwrap_or_default())
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("am-a", 1),
+        ("am-a", 2),
+        ("am-b", 2),
+        ("am-c", 1),
+        ("am-a", 3),
+        ("am-b", 3),
+        ("am-d", 1),
+        ("am-a", 4),
+        ("am-a", 5),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), v.to_string()))
+    .collect();
+    assert_eq!(
+        keyed, expected,
+        "one outbox row per event, in the order of the appends, with its stream version"
+    );
+
+    // A stale expected version fails the call, naming its stream; rolled back, nothing stays.
+    let (e, f) = (stream("am-e"), stream("am-f"));
+    let mut uow = store.begin().await.expect("begin");
+    let refused = uow
+        .append_many(vec![
+            one(&e, ExpectedVersion::NoStream, &[10]),
+            one(&a, ExpectedVersion::Exact(1), &[11]),
+            one(&f, ExpectedVersion::NoStream, &[12]),
+        ])
+        .await;
+    match refused {
+        Err(StoreError::VersionConflict { stream_id, .. }) => assert_eq!(stream_id, a),
+        other => panic!("a stale expected version is a conflict on its stream: {other:?}"),
+    }
+    uow.rollback().await.expect("rollback");
+    let mut uow = store.begin().await.expect("begin");
+    let empty = uow
+        .append_many(vec![
+            one(&e, ExpectedVersion::NoStream, &[13]),
+            one(&f, ExpectedVersion::Any, &[]),
+        ])
+        .await;
+    assert!(
+        matches!(&empty, Err(StoreError::EmptyAppend { stream_id }) if *stream_id == f),
+        "an empty append is refused, naming its stream: {empty:?}"
+    );
+    uow.rollback().await.expect("rollback");
+    for s in [&e, &f] {
+        assert_eq!(store.stream_version(s).await.expect("version"), 0);
+    }
+    assert_eq!(store.stream_version(&a).await.expect("version"), 5);
+    assert_eq!(
+        store.read_outbox(100).await.expect("read").len(),
+        rows.len(),
+        "a failed call leaves no outbox row once rolled back"
+    );
+
+    // Concurrent calls with `Any` over the same streams, repeated within a call.
+    let shared = [stream("am-x"), stream("am-y"), stream("am-z")];
+    let mut tasks = Vec::new();
+    for t in 0..6usize {
+        let store = store.clone();
+        let shared = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..8usize {
+                // Every call takes the three streams in one order first (so that they wait for
+                // each other instead of deadlocking), then two of them again.
+                let appends: Vec<StreamAppend> = (0..5)
+                    .map(|i| {
+                        let s = &shared[if i < 3 { i } else { (t + round + i) % 3 }];
+                        StreamAppend::new(s.clone(), ExpectedVersion::Any, vec![added(1)])
+                    })
+                    .collect();
+                // Units of work writing the same streams in other orders may deadlock: that
+                // is a retriable error, and the unit of work is run again.
+                for attempt in 1.. {
+                    let mut uow = store.begin().await.expect("begin");
+                    let written = match uow.append_many(appends.clone()).await {
+                        Ok(_) => uow.commit().await,
+                        Err(e) => Err(e),
+                    };
+                    match written {
+                        Ok(()) => break,
+                        Err(e) if e.is_retriable() && attempt < 20 => continue,
+                        Err(e) => panic!("Any appends succeed under contention: {e:?}"),
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("writer task");
+    }
+    let mut total = 0;
+    for s in &shared {
+        let events = store.read_stream(s, 1, 10_000).await.expect("read");
+        let versions: Vec<u64> = events.iter().map(|e| e.stream_version).collect();
+        assert_eq!(
+            versions,
+            (1..=events.len() as u64).collect::<Vec<_>>(),
+            "the versions of {s} are contiguous"
+        );
+        total += events.len();
+    }
+    assert_eq!(total, 6 * 8 * 5, "every append of every call was written");
+}

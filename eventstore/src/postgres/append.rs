@@ -460,7 +460,19 @@ impl PgUnitOfWork {
     ) -> Result<AppendResult, StoreError> {
         let routing = self.routing.as_deref();
         let (events, outbox) = prepare_append(stream_id, expected, events, &self.source, routing)?;
-        let (events, outbox) = (events.as_slice(), outbox.as_slice());
+        self.append_prepared(stream_id, expected, &events, &outbox)
+            .await
+    }
+
+    /// Appends events and outbox rows [`prepare_append`] made: one statement, run again for
+    /// `Any` when a concurrent append took the version (inside a savepoint for several events).
+    pub(super) async fn append_prepared(
+        &mut self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        outbox: &[OutboxMessage],
+    ) -> Result<AppendResult, StoreError> {
         if expected.exact().is_some() {
             let sql = &self.sql;
             let result =

@@ -52,6 +52,14 @@ impl UnitOfWork for PgUnitOfWork {
             .await
     }
 
+    /// One statement per run of appends to distinct streams, instead of one per append.
+    async fn append_many(
+        &mut self,
+        appends: Vec<crate::store::StreamAppend>,
+    ) -> Result<Vec<crate::store::AppendResult>, StoreError> {
+        self.append_runs(appends).await
+    }
+
     /// One statement for all of them (an `INSERT ... SELECT FROM UNNEST`), instead of one each.
     async fn mark_received_all(
         &mut self,
