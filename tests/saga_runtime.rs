@@ -740,6 +740,133 @@ pub async fn the_state_cache_never_uses_a_rolled_back_transition<S: SagaStore>(s
     );
 }
 
+/// Participants with shared commits handle their commands in batches
+/// (`ParticipantHandler::handle_batch`: the stored outcomes read at once, the new ones recorded
+/// at once, the replies enqueued at once). Every command is delivered twice, the copy under a
+/// new message id (what a step's retry looks like to the inbox), in the same batch or the next: each
+/// request is still executed once, the sagas end as their scenarios say, and each effect is
+/// written once.
+pub async fn participants_in_batches_execute_each_request_once<
+    S: SagaStore + InboxStore + OutboxRelayStore,
+>(
+    store: S,
+) {
+    let mut world = World::new(store.clone(), LONG, 0);
+    world.participants = std::mem::take(&mut world.participants)
+        .into_iter()
+        .map(|consumer| consumer.shared_commits(true))
+        .collect();
+    let mut spies: Vec<_> = SERVICES
+        .iter()
+        .map(|(_, topic)| world.broker.consumer("spy", &[topic]))
+        .collect();
+    let scenarios: [(Option<&str>, SagaStatus, &[&str]); 4] = [
+        (
+            None,
+            SagaStatus::Completed,
+            &["inventory.reserve", "payment.charge", "shipment.schedule"],
+        ),
+        (Some("reserve"), SagaStatus::Compensated, &[]),
+        (
+            Some("charge"),
+            SagaStatus::Compensated,
+            &["inventory.reserve", "inventory.release"],
+        ),
+        (
+            Some("ship"),
+            SagaStatus::Compensated,
+            &[
+                "inventory.reserve",
+                "payment.charge",
+                "payment.refund",
+                "inventory.release",
+            ],
+        ),
+    ];
+    let mut ids = Vec::new();
+    for i in 0..24 {
+        let key = format!("batch-{i}");
+        let data = Order {
+            fail: scenarios[i % 4].0.map(str::to_owned),
+            ..order(&key)
+        };
+        ids.push(
+            world
+                .orchestrator
+                .start(&key, data, None)
+                .await
+                .unwrap()
+                .saga_id,
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut copies = 0;
+    // Half the copies go out at once (the original and its copy in one batch), half a round
+    // later (the copy finds the outcome its original recorded).
+    let mut later = Vec::new();
+    loop {
+        world.relay.run_once().await.expect("relay");
+        eventfold::outbox::Publisher::publish(&world.broker, &std::mem::take(&mut later)).await;
+        for spy in &mut spies {
+            let records = spy.poll(1000, Duration::from_millis(1)).await;
+            let again: Vec<_> = records
+                .iter()
+                .filter(|r| !r.headers.contains_key("test-copy"))
+                .map(|r| {
+                    let mut m = eventfold::outbox::OutboxMessage::new(
+                        r.topic.clone(),
+                        r.key.clone(),
+                        r.message_type.clone(),
+                        r.payload.clone(),
+                    );
+                    m.headers = r.headers.clone();
+                    m.headers.insert("test-copy".into(), "1".into());
+                    m
+                })
+                .collect();
+            copies += again.len();
+            let (now, next): (Vec<_>, Vec<_>) =
+                again.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+            let now: Vec<_> = now.into_iter().map(|(_, m)| m).collect();
+            later.extend(next.into_iter().map(|(_, m)| m));
+            eventfold::outbox::Publisher::publish(&world.broker, &now).await;
+            if let Some(last) = records.last() {
+                spy.commit(last);
+            }
+        }
+        world.round().await;
+        let mut open = 0;
+        for id in &ids {
+            let state = world.orchestrator.state(*id).await.unwrap().unwrap();
+            if !state.status.is_terminal() {
+                open += 1;
+            }
+        }
+        if open == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} of {} sagas not terminal",
+            ids.len()
+        );
+    }
+    assert!(
+        copies >= 24 * 2,
+        "every command was delivered twice ({copies} copies)"
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let (_, status, expected) = &scenarios[i % 4];
+        let state = world.orchestrator.state(*id).await.unwrap().unwrap();
+        assert_eq!(&state.status, status, "saga {i}");
+        assert_eq!(
+            effects(&store, *id).await,
+            *expected,
+            "saga {i}: each request executed once"
+        );
+    }
+}
+
 macro_rules! saga_runtime_tests {
     ($backend:ident, $fresh:path) => {
         mod $backend {
@@ -756,6 +883,7 @@ macro_rules! saga_runtime_tests {
                 a_new_definition_version_resumes_old_instances,
                 the_trace_of_a_saga_shows_steps_replies_timeout_and_compensations,
                 the_state_cache_never_uses_a_rolled_back_transition,
+                participants_in_batches_execute_each_request_once,
             );
         }
     };

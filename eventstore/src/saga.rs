@@ -312,6 +312,31 @@ pub trait SagaStore: EventStore {
         outcome: &serde_json::Value,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// The outcomes a participant recorded for several request keys, in the order of
+    /// `request_keys` (`None` where none is recorded): what a participant handling a batch of
+    /// commands reads at once. The default asks for each key; PostgreSQL asks once.
+    fn find_request_outcomes(
+        &self,
+        uow: &mut Self::UnitOfWork,
+        participant: &str,
+        request_keys: &[&str],
+    ) -> impl Future<Output = Result<Vec<Option<serde_json::Value>>, StoreError>> + Send {
+        find_outcomes_one_by_one(self, uow, participant, request_keys)
+    }
+
+    /// Records a participant's outcomes for several request keys, in order; for each, `false`
+    /// when one was recorded already (earlier in the same call, or by a concurrent delivery that
+    /// won: the caller rolls back).
+    /// The default records each; PostgreSQL writes them with one statement.
+    fn record_request_outcomes(
+        &self,
+        uow: &mut Self::UnitOfWork,
+        participant: &str,
+        outcomes: &[(&str, &serde_json::Value)],
+    ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send {
+        record_outcomes_one_by_one(self, uow, participant, outcomes)
+    }
+
     /// Claims up to `limit` timers of the given saga types that are due on the database's
     /// clock, oldest deadline first, in a transaction of its own. Each claimed timer's `due_at`
     /// moves to `now + lease * claims` (capped at 64 leases), so no other scheduler claims it
@@ -377,6 +402,39 @@ pub trait SagaStore: EventStore {
         &self,
         saga_id: Uuid,
     ) -> impl Future<Output = Result<Vec<SagaTimer>, StoreError>> + Send;
+}
+
+/// [`SagaStore::find_request_outcomes`] one key at a time (the trait's default, and SQLite's).
+pub(crate) async fn find_outcomes_one_by_one<S: SagaStore>(
+    store: &S,
+    uow: &mut S::UnitOfWork,
+    participant: &str,
+    request_keys: &[&str],
+) -> Result<Vec<Option<serde_json::Value>>, StoreError> {
+    let mut found = Vec::with_capacity(request_keys.len());
+    for key in request_keys {
+        found.push(store.find_request_outcome(uow, participant, key).await?);
+    }
+    Ok(found)
+}
+
+/// [`SagaStore::record_request_outcomes`] one outcome at a time (the trait's default, and
+/// SQLite's).
+pub(crate) async fn record_outcomes_one_by_one<S: SagaStore>(
+    store: &S,
+    uow: &mut S::UnitOfWork,
+    participant: &str,
+    outcomes: &[(&str, &serde_json::Value)],
+) -> Result<Vec<bool>, StoreError> {
+    let mut first = Vec::with_capacity(outcomes.len());
+    for (key, outcome) in outcomes {
+        first.push(
+            store
+                .record_request_outcome(uow, participant, key, outcome)
+                .await?,
+        );
+    }
+    Ok(first)
 }
 
 /// [`SagaStore::write_saga_transition`] one call after the other (the trait's default, and

@@ -24,6 +24,56 @@ use crate::sql::{db_err, sagas as shared, to_i64};
 crate::sql::sagas::saga_store!(PgStore, PgUnitOfWork);
 
 impl PgStore {
+    /// [`crate::saga::SagaStore::find_request_outcomes`] in one statement.
+    pub(super) async fn find_outcomes(
+        &self,
+        uow: &mut PgUnitOfWork,
+        participant: &str,
+        request_keys: &[&str],
+    ) -> Result<Vec<Option<serde_json::Value>>, StoreError> {
+        let table = &self.sql.sagas.requests;
+        let rows: Vec<(String, String)> = sqlx::query_as(&self.sql.find_outcomes)
+            .bind(participant)
+            .bind(request_keys)
+            .fetch_all(uow.connection())
+            .await
+            .map_err(db_err("finding request outcomes", table))?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for (key, text) in rows {
+            let outcome = shared::outcome(&text, table, participant, &key)?;
+            found.insert(key, outcome);
+        }
+        Ok(request_keys
+            .iter()
+            .map(|key| found.get(*key).cloned())
+            .collect())
+    }
+
+    /// [`crate::saga::SagaStore::record_request_outcomes`] in one statement.
+    pub(super) async fn record_outcomes(
+        &self,
+        uow: &mut PgUnitOfWork,
+        participant: &str,
+        outcomes: &[(&str, &serde_json::Value)],
+    ) -> Result<Vec<bool>, StoreError> {
+        if outcomes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let table = &self.sql.sagas.requests;
+        let keys: Vec<&str> = outcomes.iter().map(|(key, _)| *key).collect();
+        let texts: Vec<String> = outcomes.iter().map(|(_, o)| o.to_string()).collect();
+        let written: Vec<String> = sqlx::query_scalar(&self.sql.record_outcomes)
+            .bind(participant)
+            .bind(&keys)
+            .bind(&texts)
+            .fetch_all(uow.connection())
+            .await
+            .map_err(db_err("recording request outcomes", table))?;
+        let mut written: std::collections::HashSet<String> = written.into_iter().collect();
+        // Of a key given twice, the first is the one written.
+        Ok(keys.iter().map(|key| written.remove(*key)).collect())
+    }
+
     /// [`crate::saga::SagaStore::finish_saga_transition`] in one statement (see
     /// `Statements::finish_saga_transition`).
     pub(super) async fn finish_transition(

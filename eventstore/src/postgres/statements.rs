@@ -72,6 +72,12 @@ pub(super) struct Statements {
     pub(super) sagas: SagaSql,
     /// Claims due timers: `$1` saga types, `$2` limit, `$3` lease in seconds.
     pub(super) claim_saga_timers: String,
+    /// The outcomes of several request keys of a participant: `$1` the participant, `$2` the
+    /// keys; returns each found key with its outcome as text.
+    pub(super) find_outcomes: String,
+    /// Records several outcomes of a participant: `$1` the participant, `$2` the keys, `$3`
+    /// the outcomes as JSON text; returns the keys it wrote (the others were recorded before).
+    pub(super) record_outcomes: String,
     /// The end of a transition in one statement: cancels timers, deletes them all, stores
     /// timers and updates the instance's row. `$1`..`$6` as `update`; `$7`..`$9` the cancelled
     /// timers' steps, attempts and kinds; `$10` delete them all; `$11`..`$15` the stored timers'
@@ -236,6 +242,7 @@ impl Statements {
         let inbox = naming.table("inbox");
         let inbox_dead = naming.table("inbox_dead");
         let saga_timers = naming.table("saga_timers");
+        let saga_requests = naming.table("saga_requests");
         let now = <Pg as Dialect>::NOW;
         let saga_sql = SagaSql::new::<Pg>(naming);
         // The timer parts of a transition's end: `$1` the instance, `$7`..`$9` the cancelled
@@ -289,6 +296,15 @@ impl Statements {
                    ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED) c \
                  WHERE t.saga_id = c.saga_id AND t.step = c.step AND t.attempt = c.attempt AND t.kind = c.kind \
                  RETURNING t.saga_id, t.saga_type, t.step, t.attempt, t.kind, c.due_at"
+            ),
+            find_outcomes: format!(
+                "SELECT request_key, outcome::text FROM {saga_requests} \
+                 WHERE participant = $1 AND request_key = ANY($2::text[])"
+            ),
+            record_outcomes: format!(
+                "INSERT INTO {saga_requests} (participant, request_key, outcome, recorded_at) \
+                 SELECT $1, r.key, r.outcome::jsonb, {now} FROM UNNEST($2::text[], $3::text[]) AS r(key, outcome) \
+                 ON CONFLICT (participant, request_key) DO NOTHING RETURNING request_key"
             ),
             // The row's update is `SagaSql::update` (the same `$1`..`$6`), after the timers.
             finish_saga_transition: format!("WITH {} {}", timer_ctes(""), saga_sql.update),

@@ -350,9 +350,10 @@ where
 }
 
 /// Implements `SagaStore` for `$store` (with the fields `pool` and `sql`, whose `sagas` is a
-/// [`SagaSql`], and the methods `claim_saga_timers`, `finish_transition` and `write_transition`
-/// with the signatures of `claim_due_timers`, `finish_saga_transition` and
-/// `write_saga_transition`) and
+/// [`SagaSql`], and the methods `claim_saga_timers`, `finish_transition`, `write_transition`,
+/// `find_outcomes` and `record_outcomes` with the signatures of `claim_due_timers`,
+/// `finish_saga_transition`, `write_saga_transition`, `find_request_outcomes` and
+/// `record_request_outcomes`) and
 /// its unit of work `$uow` (with `connection()`).
 macro_rules! saga_store {
     ($store:ty, $uow:ty) => {
@@ -581,6 +582,24 @@ macro_rules! saga_store {
                         .await
                         .map_err(db_err("recording a request outcome", &sql.requests))?;
                     Ok(done.rows_affected() == 1)
+                }
+
+                async fn find_request_outcomes(
+                    &self,
+                    uow: &mut $uow,
+                    participant: &str,
+                    request_keys: &[&str],
+                ) -> Result<Vec<Option<serde_json::Value>>, StoreError> {
+                    self.find_outcomes(uow, participant, request_keys).await
+                }
+
+                async fn record_request_outcomes(
+                    &self,
+                    uow: &mut $uow,
+                    participant: &str,
+                    outcomes: &[(&str, &serde_json::Value)],
+                ) -> Result<Vec<bool>, StoreError> {
+                    self.record_outcomes(uow, participant, outcomes).await
                 }
 
                 async fn claim_due_timers(

@@ -48,6 +48,26 @@ impl SqliteStore {
         crate::saga::write_in_steps(self, uow, stream_id, expected, events, messages, write).await
     }
 
+    /// [`crate::saga::SagaStore::find_request_outcomes`]: one statement per key (in-process).
+    pub(super) async fn find_outcomes(
+        &self,
+        uow: &mut SqliteUnitOfWork,
+        participant: &str,
+        request_keys: &[&str],
+    ) -> Result<Vec<Option<serde_json::Value>>, StoreError> {
+        crate::saga::find_outcomes_one_by_one(self, uow, participant, request_keys).await
+    }
+
+    /// [`crate::saga::SagaStore::record_request_outcomes`]: one statement per outcome.
+    pub(super) async fn record_outcomes(
+        &self,
+        uow: &mut SqliteUnitOfWork,
+        participant: &str,
+        outcomes: &[(&str, &serde_json::Value)],
+    ) -> Result<Vec<bool>, StoreError> {
+        crate::saga::record_outcomes_one_by_one(self, uow, participant, outcomes).await
+    }
+
     /// Claims up to `limit` due timers of `saga_types` (not empty) for `lease`; see
     /// [`crate::saga::SagaStore::claim_due_timers`].
     pub(super) async fn claim_saga_timers(

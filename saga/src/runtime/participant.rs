@@ -14,11 +14,12 @@
 //! [`ParticipantContext::metadata`] for the events the participant appends, so that they carry
 //! the same correlation and causation.
 
+use std::collections::HashMap;
 use std::future::Future;
 
 use eventfold_core::{BoxError, CommandMetadata};
 use eventfold_eventstore::{InboxStore, SagaStore, UnitOfWork};
-use eventfold_outbox::{Consumer, Handler, MessageSource, Record};
+use eventfold_outbox::{Batch, BatchFailure, Consumer, Handler, MessageSource, Record};
 use uuid::Uuid;
 
 use crate::message::{Outcome, SagaCommand};
@@ -104,98 +105,218 @@ impl<S: SagaStore, P: Participant<S::UnitOfWork>> ParticipantHandler<S, P> {
     }
 }
 
+/// A command a record carried, and the topic its reply goes to.
+struct Incoming {
+    command: SagaCommand,
+    reply_to: String,
+}
+
+impl<S: SagaStore, P: Participant<S::UnitOfWork>> ParticipantHandler<S, P> {
+    /// The command of `record` (`None` for a reply that shares the topic).
+    fn incoming(record: &Record) -> Result<Option<Incoming>, RuntimeError> {
+        if record.message_type == wire::REPLY_TYPE {
+            return Ok(None);
+        }
+        let command = wire::decode_command(record)?;
+        let Some(reply_to) = record.headers.get(wire::REPLY_TO).cloned() else {
+            return Err(RuntimeError::MissingReplyTo {
+                saga_id: command.saga_id,
+                step: command.step.clone(),
+                message_id: record.message_id,
+                header: wire::REPLY_TO,
+            });
+        };
+        Ok(Some(Incoming { command, reply_to }))
+    }
+
+    /// An outcome recorded before for the command's request key.
+    fn recorded(
+        &self,
+        value: serde_json::Value,
+        command: &SagaCommand,
+        record: &Record,
+    ) -> Result<Outcome, RuntimeError> {
+        serde_json::from_value::<Outcome>(value).map_err(|e| RuntimeError::CorruptHistory {
+            saga_id: command.saga_id,
+            event_id: record.message_id,
+            version: 0,
+            reason: format!(
+                "the outcome stored by participant {} for {} does not decode: {e}",
+                self.name, command.request_key
+            ),
+        })
+    }
+
+    /// Executes the command; the outcome, and its JSON when it must be recorded (a retryable
+    /// failure is not, so that the next attempt runs again).
+    async fn execute(
+        &self,
+        uow: &mut S::UnitOfWork,
+        command: &SagaCommand,
+        record: &Record,
+    ) -> Result<(Outcome, Option<serde_json::Value>), RuntimeError> {
+        let context = ParticipantContext {
+            command: command.clone(),
+            message_id: record.message_id,
+        };
+        let outcome = self
+            .participant
+            .execute(uow, &context)
+            .await
+            .map_err(|source| RuntimeError::Participant {
+                participant: self.name.clone(),
+                saga_id: command.saga_id,
+                step: command.step.clone(),
+                attempt: command.attempt,
+                source,
+            })?;
+        if matches!(
+            outcome,
+            Outcome::Failure {
+                retryable: true,
+                ..
+            }
+        ) {
+            return Ok((outcome, None));
+        }
+        let value = serde_json::to_value(&outcome).map_err(|e| RuntimeError::Encode {
+            saga_id: command.saga_id,
+            what: format!("the outcome of {}", command.request_key),
+            reason: e.to_string(),
+        })?;
+        Ok((outcome, Some(value)))
+    }
+
+    /// The error of a request key whose outcome another delivery recorded first.
+    fn raced(&self, command: &SagaCommand) -> BoxError {
+        format!(
+            "participant {}: {} was executed concurrently; retrying",
+            self.name, command.request_key
+        )
+        .into()
+    }
+
+    /// The reply to `incoming` with `outcome`, as an outbox message.
+    fn reply(
+        &self,
+        incoming: &Incoming,
+        outcome: Outcome,
+        record: &Record,
+    ) -> Result<eventfold_core::OutboxMessage, RuntimeError> {
+        let command = &incoming.command;
+        wire::reply_message(
+            &command.reply(outcome),
+            command,
+            &incoming.reply_to,
+            self.store.source(),
+            record.message_id,
+        )
+    }
+}
+
 impl<S: SagaStore, P: Participant<S::UnitOfWork>> Handler<S::UnitOfWork>
     for ParticipantHandler<S, P>
 {
     async fn handle(&self, uow: &mut S::UnitOfWork, record: &Record) -> Result<(), BoxError> {
-        if record.message_type == wire::REPLY_TYPE {
+        let Some(incoming) = Self::incoming(record)? else {
             return Ok(());
-        }
-        let command = wire::decode_command(record)?;
-        let saga_id = command.saga_id;
-        let Some(reply_to) = record.headers.get(wire::REPLY_TO).cloned() else {
-            return Err(RuntimeError::MissingReplyTo {
-                saga_id,
-                step: command.step.clone(),
-                message_id: record.message_id,
-                header: wire::REPLY_TO,
-            }
-            .into());
         };
+        let command = &incoming.command;
+        let saga_id = command.saga_id;
         let stored = self
             .store
             .find_request_outcome(uow, &self.name, &command.request_key)
             .await
             .map_err(RuntimeError::store(saga_id))?;
         let outcome = match stored {
-            Some(value) => serde_json::from_value::<Outcome>(value).map_err(|e| {
-                RuntimeError::CorruptHistory {
-                    saga_id,
-                    event_id: record.message_id,
-                    version: 0,
-                    reason: format!(
-                        "the outcome stored by participant {} for {} does not decode: {e}",
-                        self.name, command.request_key
-                    ),
-                }
-            })?,
+            Some(value) => self.recorded(value, command, record)?,
             None => {
-                let context = ParticipantContext {
-                    command: command.clone(),
-                    message_id: record.message_id,
-                };
-                let outcome = self
-                    .participant
-                    .execute(uow, &context)
-                    .await
-                    .map_err(|source| RuntimeError::Participant {
-                        participant: self.name.clone(),
-                        saga_id,
-                        step: command.step.clone(),
-                        attempt: command.attempt,
-                        source,
-                    })?;
-                let transient = matches!(
-                    outcome,
-                    Outcome::Failure {
-                        retryable: true,
-                        ..
-                    }
-                );
-                if !transient {
-                    let value =
-                        serde_json::to_value(&outcome).map_err(|e| RuntimeError::Encode {
-                            saga_id,
-                            what: format!("the outcome of {}", command.request_key),
-                            reason: e.to_string(),
-                        })?;
+                let (outcome, value) = self.execute(uow, command, record).await?;
+                if let Some(value) = value {
                     let first = self
                         .store
                         .record_request_outcome(uow, &self.name, &command.request_key, &value)
                         .await
                         .map_err(RuntimeError::store(saga_id))?;
                     if !first {
-                        return Err(format!(
-                            "participant {}: {} was executed concurrently; retrying",
-                            self.name, command.request_key
-                        )
-                        .into());
+                        return Err(self.raced(command));
                     }
                 }
                 outcome
             }
         };
-        let reply = command.reply(outcome);
-        let message = wire::reply_message(
-            &reply,
-            &command,
-            &reply_to,
-            self.store.source(),
-            record.message_id,
-        )?;
+        let message = self.reply(&incoming, outcome, record)?;
         uow.enqueue(vec![message])
             .await
             .map_err(RuntimeError::store(saga_id))?;
+        Ok(())
+    }
+
+    /// The commands of a shared transaction together: their stored outcomes read with one
+    /// call, each new one executed in order (a request key seen earlier in the batch repeats
+    /// that outcome), the new outcomes recorded with one call and the replies enqueued with one
+    /// (on PostgreSQL, one statement each).
+    async fn handle_batch(
+        &self,
+        uow: &mut S::UnitOfWork,
+        batch: &Batch<'_>,
+    ) -> Result<(), BatchFailure> {
+        let mut commands = Vec::with_capacity(batch.records().len());
+        for (index, &record) in batch.records().iter().enumerate() {
+            if let Some(incoming) =
+                Self::incoming(record).map_err(|e| BatchFailure::at(index, e))?
+            {
+                commands.push((index, record, incoming));
+            }
+        }
+        if commands.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&str> = commands
+            .iter()
+            .map(|(_, _, i)| i.command.request_key.as_str())
+            .collect();
+        let stored = self
+            .store
+            .find_request_outcomes(uow, &self.name, &keys)
+            .await?;
+        let mut decided: HashMap<&str, Outcome> = HashMap::new();
+        let mut to_record: Vec<(usize, &str, serde_json::Value)> = Vec::new();
+        let mut replies = Vec::with_capacity(commands.len());
+        for ((index, record, incoming), stored) in commands.iter().zip(stored) {
+            let at = |e| BatchFailure::at(*index, e);
+            let command = &incoming.command;
+            let key = command.request_key.as_str();
+            let outcome = match (decided.get(key), stored) {
+                (Some(outcome), _) => outcome.clone(),
+                (None, Some(value)) => self.recorded(value, command, record).map_err(at)?,
+                (None, None) => {
+                    let (outcome, value) = self.execute(uow, command, record).await.map_err(at)?;
+                    if let Some(value) = value {
+                        to_record.push((*index, key, value));
+                        decided.insert(key, outcome.clone());
+                    }
+                    outcome
+                }
+            };
+            replies.push(self.reply(incoming, outcome, record).map_err(at)?);
+        }
+        let outcomes: Vec<(&str, &serde_json::Value)> = to_record
+            .iter()
+            .map(|(_, key, value)| (*key, value))
+            .collect();
+        let first = self
+            .store
+            .record_request_outcomes(uow, &self.name, &outcomes)
+            .await?;
+        if let Some(raced) = first.iter().position(|first| !first) {
+            let (index, _, incoming) = commands
+                .iter()
+                .find(|(index, _, _)| *index == to_record[raced].0)
+                .ok_or_else(|| BatchFailure::whole("a recorded outcome lost its command"))?;
+            return Err(BatchFailure::at(*index, self.raced(&incoming.command)));
+        }
+        uow.enqueue(replies).await?;
         Ok(())
     }
 }
