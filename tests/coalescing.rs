@@ -217,3 +217,61 @@ async fn postgres_failing_appends_do_not_affect_their_neighbours_and_share_commi
         "{appends} appends took {transactions} transactions: commits were not shared"
     );
 }
+
+/// With coalescing on, concurrent stream reads of the store share statements (ADR 0024): many
+/// readers at once, each of its own stream, from its own version, with its own limit, each get
+/// exactly the events a lone read gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_shared_reads_answer_each_read_alone() {
+    let (store, _db) = common::postgres_coalescing().await;
+    let streams: Vec<StreamId> = (0..40)
+        .map(|k| StreamId::new("reads", format!("s{k}")).expect("stream id"))
+        .collect();
+    for (k, s) in streams.iter().enumerate() {
+        let events = (0..=k % 7).map(|n| event(k * 100 + n)).collect();
+        store
+            .append(s, ExpectedVersion::NoStream, events)
+            .await
+            .expect("seed");
+    }
+    let reads: Vec<(StreamId, u64, u64)> = (0..CALLERS)
+        .map(|c| {
+            (
+                streams[c % 40].clone(),
+                (c % 3) as u64 + 1,
+                (c % 4) as u64 + 1,
+            )
+        })
+        .collect();
+    let payloads = |events: Vec<eventfold::RecordedEvent>| -> Vec<(u64, Vec<u8>)> {
+        events
+            .into_iter()
+            .map(|e| (e.stream_version, e.payload))
+            .collect()
+    };
+    let mut expected = Vec::new();
+    for (s, from, max) in &reads {
+        expected.push(payloads(
+            store.read_stream(s, *from, *max).await.expect("read alone"),
+        ));
+    }
+    assert!(expected.iter().any(|e| e.is_empty()) && expected.iter().any(|e| e.len() > 1));
+    for _ in 0..ROUNDS {
+        let barrier = Arc::new(Barrier::new(CALLERS));
+        let mut tasks = JoinSet::new();
+        for (c, (s, from, max)) in reads.iter().cloned().enumerate() {
+            let (store, barrier) = (store.clone(), Arc::clone(&barrier));
+            tasks.spawn(async move {
+                barrier.wait().await;
+                (
+                    c,
+                    store.read_stream(&s, from, max).await.expect("shared read"),
+                )
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            let (c, events) = done.expect("reader task");
+            assert_eq!(payloads(events), expected[c], "read {c}: {:?}", reads[c]);
+        }
+    }
+}

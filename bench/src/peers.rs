@@ -66,6 +66,15 @@ pub(crate) const EVENTFOLD_VARIANTS: &[Variant] = &[
         configure: |builder| builder.outbox(OutboxRouting::new()),
     },
     Variant {
+        name: "eventfold + outbox + coalescing (appends only)",
+        key: "eventfold_outbox_coalescing_appends",
+        configure: |builder| {
+            builder
+                .outbox(OutboxRouting::new())
+                .coalescing(Coalescing::default().share_reads(false))
+        },
+    },
+    Variant {
         name: "eventfold + outbox + coalescing",
         key: "eventfold_outbox_coalescing",
         configure: |builder| {

@@ -41,6 +41,7 @@ mod inbox;
 mod log;
 mod outbox;
 pub(crate) mod projections;
+mod read_batch;
 mod sagas;
 mod statements;
 mod store;

@@ -66,6 +66,10 @@ pub(super) struct Statements {
     pub(super) append: String,
     /// Appends of several streams in one statement (a shared commit, ADR 0024).
     pub(super) append_batch: String,
+    /// Reads of several streams in one statement (shared reads, ADR 0024): `$1`/`$2` each
+    /// read's stream, `$3` its first version, `$4` its most events; rows ordered by read
+    /// (1-based, first column) and version.
+    pub(super) read_batch: String,
     /// The trace reads (shared with the other SQL backend).
     pub(super) trace: TraceSql,
     /// The saga tables (shared with SQLite).
@@ -237,6 +241,15 @@ impl Statements {
                WHERE NOT (cur.expected IS NULL OR cur.v = cur.expected)",
             version = eventfold_core::outbox::headers::STREAM_VERSION,
         );
+        let read_batch = format!(
+            "SELECT r.ord, {EVENT_COLUMNS}, e.headers::text \
+             FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[]) WITH ORDINALITY \
+               AS r(stype, sid, from_v, max_n, ord) \
+             CROSS JOIN LATERAL (SELECT * FROM {events} x WHERE x.stream_type = r.stype \
+               AND x.stream_id = r.sid AND x.stream_version >= r.from_v \
+               ORDER BY x.stream_version LIMIT r.max_n) e \
+             ORDER BY r.ord, e.stream_version"
+        );
         let outbox_dead = naming.table("outbox_dead");
         let outbox_floor = naming.table("outbox_floor");
         let inbox = naming.table("inbox");
@@ -406,6 +419,7 @@ impl Statements {
                 "{append_with} {insert_events}{many_events} RETURNING global_position, stream_version"
             ),
             append_batch,
+            read_batch,
             read: ReadSql::new::<Pg>(naming),
             events,
         }

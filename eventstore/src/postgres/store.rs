@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use super::append::prepare_append;
 use super::batch::{PgAppend, PgBatchWriter};
+use super::read_batch::{PgRead, PgReadBatcher};
 use super::*;
 use crate::coalesce::{Coalescer, Coalescing};
 use crate::error::{ExpectedVersion, StoreError};
@@ -90,6 +91,8 @@ pub struct PgStore {
     pub(super) floor_advanced: Arc<std::sync::Mutex<Option<Instant>>>,
     /// Shared commits of concurrent appends, when on (ADR 0024).
     pub(super) coalescer: Option<Arc<Coalescer<PgBatchWriter>>>,
+    /// Shared reads of concurrent stream reads, on with the coalescing (ADR 0024).
+    pub(super) reader: Option<Arc<Coalescer<PgReadBatcher>>>,
     /// The queue of this store's writers (ADR 0027).
     pub(super) gate: crate::sql::gate::WriteGate,
 }
@@ -140,6 +143,7 @@ impl PgStoreBuilder {
         ));
         let store = PgStore {
             coalescer: None,
+            reader: None,
             gate: crate::sql::gate::WriteGate::open(),
             relay: Arc::new(RelaySql::new(&self.naming)),
             routing: self.routing.map(Arc::new),
@@ -174,7 +178,9 @@ impl PgStore {
     /// written go to the database together, in one statement, and commit once (write
     /// coalescing, [`crate::coalesce`], ADR 0024). A lone append is written at once, as
     /// without; each append is answered alone (a version conflict fails only its own append)
-    /// and only after its commit. Units of work are not affected.
+    /// and only after its commit. Concurrent [`read_stream`](EventStore::read_stream)s (a
+    /// command's read before its append) are shared the same way, one statement for a batch,
+    /// unless [`Coalescing::share_reads`] is off. Units of work are not affected.
     ///
     /// ```no_run
     /// use eventfold_eventstore::{postgres::PgStore, Coalescing};
@@ -190,7 +196,44 @@ impl PgStore {
             appended: Arc::clone(&self.appended),
         };
         self.coalescer = Some(Coalescer::new(writer, coalescing));
+        let reader = PgReadBatcher {
+            pool: self.pool.clone(),
+            sql: Arc::clone(&self.sql),
+        };
+        self.reader = coalescing
+            .reads_shared()
+            .then(|| Coalescer::new(reader, coalescing));
         self
+    }
+
+    /// A stream read of the store: shared with concurrent ones when coalescing is on.
+    async fn pooled_read_stream(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        max_count: u64,
+    ) -> Result<Vec<eventfold_core::RecordedEvent>, StoreError> {
+        match &self.reader {
+            Some(reader) => {
+                let read = PgRead {
+                    stream_id: stream_id.clone(),
+                    from: from_version,
+                    max: max_count,
+                };
+                reader.submit(read).await
+            }
+            None => {
+                let mut conn = sql::acquire(&self.pool, &self.sql.read.events).await?;
+                read_stream_on(
+                    &mut conn,
+                    &self.sql.read,
+                    stream_id,
+                    from_version,
+                    max_count,
+                )
+                .await
+            }
+        }
     }
 
     /// Sets the service name recorded as `source` on new events.
@@ -239,7 +282,7 @@ impl EventStore for PgStore {
                     events,
                     outbox,
                 };
-                coalescer.append(append).await
+                coalescer.submit(append).await
             }
             None => {
                 self.append_in_one_statement(stream_id, expected, events)

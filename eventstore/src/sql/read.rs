@@ -148,8 +148,7 @@ macro_rules! stream_reads {
             from_version: u64,
             max_count: u64,
         ) -> Result<Vec<eventfold_core::RecordedEvent>, $crate::error::StoreError> {
-            let mut conn = $crate::sql::read::read_connection!($on, self, events);
-            read_stream_on(&mut conn, &self.sql.read, stream_id, from_version, max_count).await
+            $crate::sql::read::read_stream_via!($on, self, stream_id, from_version, max_count)
         }
 
         async fn stream_version(
@@ -178,6 +177,18 @@ macro_rules! stream_reads {
     };
 }
 pub(crate) use stream_reads;
+
+/// A stream read of [`stream_reads!`]: a store's goes through its `pooled_read_stream` (which
+/// may share the read with concurrent ones, ADR 0024), a unit of work's runs on its transaction.
+macro_rules! read_stream_via {
+    (pool, $this:expr, $stream:expr, $from:expr, $max:expr) => {
+        $this.pooled_read_stream($stream, $from, $max).await
+    };
+    (transaction, $this:expr, $stream:expr, $from:expr, $max:expr) => {
+        read_stream_on(&mut *$this.tx, &$this.sql.read, $stream, $from, $max).await
+    };
+}
+pub(crate) use read_stream_via;
 
 /// The connection a read of [`stream_reads!`] runs on: a store's pooled one (`pool`; failing to
 /// get one names the read's table `$table` of its `ReadSql`), or a unit of work's transaction

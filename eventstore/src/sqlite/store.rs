@@ -226,6 +226,25 @@ impl SqliteStore {
         self
     }
 
+    /// A stream read of the store, on a pooled connection (a SQLite read costs no round trip:
+    /// nothing to share).
+    async fn pooled_read_stream(
+        &self,
+        stream_id: &eventfold_core::StreamId,
+        from_version: u64,
+        max_count: u64,
+    ) -> Result<Vec<eventfold_core::RecordedEvent>, StoreError> {
+        let mut conn = sql::acquire(&self.pool, &self.sql.read.events).await?;
+        read_stream_on(
+            &mut conn,
+            &self.sql.read,
+            stream_id,
+            from_version,
+            max_count,
+        )
+        .await
+    }
+
     /// The coalescer again after a setting its writer copies changed.
     fn recoalesce(self) -> Self {
         match self.coalescer.as_ref().map(|c| c.options()) {
@@ -262,7 +281,7 @@ impl EventStore for SqliteStore {
                     expected,
                     events,
                 };
-                coalescer.append(append).await
+                coalescer.submit(append).await
             }
             None => crate::store::append_alone(self, stream_id, expected, events).await,
         }
