@@ -4,7 +4,8 @@
 //! Two services, each with its own fresh database: **orders** runs the orchestrator (the outbox
 //! relay, the reply consumer and the timer scheduler), **services** runs the participants
 //! (inventory, payments, shipping: one consumer per command topic, and the relay of their
-//! replies). Both run in two processes at once: this test binary re-executed in child mode
+//! replies; every other participants process with shared commits, which hand the participant
+//! a batch's commands at once). Both run in two processes at once: this test binary re-executed in child mode
 //! (`EVENTFOLD_SAGA_CRASH_ROLE`). While the test starts sagas (at most 100 running at a time;
 //! most complete, some are refused at each step, some of whose compensations fail once and are
 //! retried through the scheduler's durable timers), a random child is killed with SIGKILL, one
@@ -255,6 +256,13 @@ async fn child(role: Role) -> Infallible {
             );
         }
         Role::Participants => {
+            // Every other participants process shares commits (its handler takes a batch's
+            // commands at once), so both ways run side by side, each on some partitions.
+            let shared = name
+                .rsplit('-')
+                .next()
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| n % 2 == 1);
             for (service, _) in SERVICES {
                 let (store, brokers) = (store.clone(), brokers.clone());
                 let (group, topic) = (topics.group(service), topics.command(service));
@@ -264,6 +272,7 @@ async fn child(role: Role) -> Infallible {
                     };
                     ParticipantHandler::new(service, store.clone(), participant)
                         .consumer(kafka_source(&brokers, &group, &topic))
+                        .shared_commits(shared)
                         .run(std::future::pending())
                 }));
             }
