@@ -151,11 +151,17 @@ impl<U: UnitOfWork> eventfold::outbox::Handler<U> for Flaky {
     }
 }
 
-/// Shared commits: the messages of a polled batch share a transaction, their inbox marks
-/// written first in one go. A failing handler (transient or poison) is undone alone, retried before the
-/// messages after it, and parked after its attempts; duplicates in the batch are skipped; every
-/// other message takes effect once, in order.
-async fn undo_each_failure_alone<S: InboxStore>(store: S) -> Vec<uuid::Uuid> {
+/// Publishes 300 payments (every 37th poison) and the first 20 again (duplicates, some in the
+/// same poll), and drains them with `handler` in a consumer with shared commits and 3 attempts:
+/// the messages and what the consumer did.
+async fn flaky_run<S, H>(
+    store: &S,
+    handler: H,
+) -> (Vec<OutboxMessage>, eventfold::outbox::ConsumerReport)
+where
+    S: InboxStore,
+    H: eventfold::outbox::Handler<S::UnitOfWork>,
+{
     let broker = InProcessBroker::new().with_default_partitions(1);
     let messages: Vec<_> = (1..=300)
         .map(|i| {
@@ -169,17 +175,26 @@ async fn undo_each_failure_alone<S: InboxStore>(store: S) -> Vec<uuid::Uuid> {
         .collect();
     broker.publish(&messages).await;
     broker.publish(&messages[..20]).await; // duplicates, some in the same poll
-    let flaky = std::sync::Arc::new(Flaky::default());
     let mut consumer = Consumer::new(
         "ledger",
         store.clone(),
         broker.consumer("ledger", &["payments"]),
-        ArcHandler(flaky.clone()),
+        handler,
     )
     .shared_commits(true)
     .max_attempts(3)
     .backoff(Duration::from_millis(1));
     let total = drain(&mut consumer).await;
+    (messages, total)
+}
+
+/// Shared commits: the messages of a polled batch share a transaction, their inbox marks
+/// written first in one go. A failing handler (transient or poison) is undone alone, retried before the
+/// messages after it, and parked after its attempts; duplicates in the batch are skipped; every
+/// other message takes effect once, in order.
+async fn undo_each_failure_alone<S: InboxStore>(store: S) -> Vec<uuid::Uuid> {
+    let flaky = std::sync::Arc::new(Flaky::default());
+    let (messages, total) = flaky_run(&store, ArcHandler(flaky.clone())).await;
     let poison: Vec<_> = messages
         .iter()
         .filter(|m| m.message_type == "payment.poison")
@@ -429,32 +444,8 @@ impl<U: UnitOfWork> eventfold::outbox::Handler<U> for BatchFlaky {
 /// alone, poison is parked after its attempts; every good message takes effect once, in order,
 /// in both of its streams.
 async fn batch_handler_falls_back_like_handle<S: InboxStore>(store: S) {
-    let broker = InProcessBroker::new().with_default_partitions(1);
-    let messages: Vec<_> = (1..=300)
-        .map(|i| {
-            payment(
-                i,
-                if i % 37 == 0 {
-                    "payment.poison"
-                } else {
-                    "payment.captured"
-                },
-            )
-        })
-        .collect();
-    broker.publish(&messages).await;
-    broker.publish(&messages[..20]).await; // duplicates, some in the same poll
     let handler = std::sync::Arc::new(BatchFlaky::default());
-    let mut consumer = Consumer::new(
-        "ledger",
-        store.clone(),
-        broker.consumer("ledger", &["payments"]),
-        ArcHandler(handler.clone()),
-    )
-    .shared_commits(true)
-    .max_attempts(3)
-    .backoff(Duration::from_millis(1));
-    let total = drain(&mut consumer).await;
+    let (messages, total) = flaky_run(&store, ArcHandler(handler.clone())).await;
     let (poison, good): (Vec<_>, Vec<_>) = messages
         .iter()
         .partition(|m| m.message_type == "payment.poison");

@@ -5,10 +5,8 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use eventfold_core::{RecordedEvent, StreamId};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use super::*;
 use crate::coalesce::{BatchWriter, Reply};
@@ -27,24 +25,6 @@ pub(super) struct PgReadBatcher {
     pub(super) pool: PgPool,
     pub(super) sql: Arc<Statements>,
 }
-
-/// A row of the batch statement: the read's 1-based index, then the columns of
-/// [`sql::EventRow`].
-type ReadRow = (
-    i64,
-    Uuid,
-    i64,
-    i64,
-    String,
-    i32,
-    Vec<u8>,
-    DateTime<Utc>,
-    String,
-    Uuid,
-    Option<Uuid>,
-    Option<String>,
-    String,
-);
 
 impl BatchWriter for PgReadBatcher {
     type Request = PgRead;
@@ -85,7 +65,8 @@ impl BatchWriter for PgReadBatcher {
             max.push(i64::try_from(r.max).unwrap_or(i64::MAX));
         }
         let mut conn = sql::acquire(&self.pool, table).await?;
-        let rows: Vec<ReadRow> = sqlx::query_as(&self.sql.read_batch)
+        // Rows of the log's shape, the read's 1-based index in place of the commit key.
+        let rows: Vec<sql::LogRow> = sqlx::query_as(&self.sql.read_batch)
             .bind(types)
             .bind(ids)
             .bind(from)
@@ -95,24 +76,10 @@ impl BatchWriter for PgReadBatcher {
             .map_err(sql::db_err("reading streams", table))?;
         let mut events: Vec<Result<Vec<RecordedEvent>, StoreError>> =
             batch.iter().map(|_| Ok(Vec::new())).collect();
-        for (
-            ord,
-            id,
-            version,
-            position,
-            ty,
-            schema,
-            payload,
-            at,
-            source,
-            corr,
-            cause,
-            tenant,
-            headers,
-        ) in rows
-        {
+        for (ord, stype, sid, e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11) in rows {
             let index = usize::try_from(ord - 1).unwrap_or(usize::MAX);
-            let (Some((r, _)), Some(Ok(read))) = (batch.get(index), events.get_mut(index)) else {
+            let read = batch.get(index).map(|(r, _)| &r.stream_id);
+            let (Some(stream_id), Some(Ok(found))) = (read, events.get_mut(index)) else {
                 return Err(StoreError::Corrupt {
                     table: table.clone(),
                     reason: format!(
@@ -121,11 +88,16 @@ impl BatchWriter for PgReadBatcher {
                     ),
                 });
             };
-            let row = (
-                id, version, position, ty, schema, payload, at, source, corr, cause, tenant,
-                headers,
-            );
-            read.push(sql::recorded(&r.stream_id, row, table)?);
+            if stream_id.stream_type() != stype || stream_id.id() != sid {
+                return Err(StoreError::Corrupt {
+                    table: table.clone(),
+                    reason: format!(
+                        "the shared read of {stream_id} returned an event of {stype}-{sid}"
+                    ),
+                });
+            }
+            let row = (e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11);
+            found.push(sql::recorded(stream_id, row, table)?);
         }
         Ok(events)
     }

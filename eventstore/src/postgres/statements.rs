@@ -67,8 +67,8 @@ pub(super) struct Statements {
     /// Appends of several streams in one statement (a shared commit, ADR 0024).
     pub(super) append_batch: String,
     /// Reads of several streams in one statement (shared reads, ADR 0024): `$1`/`$2` each
-    /// read's stream, `$3` its first version, `$4` its most events; rows ordered by read
-    /// (1-based, first column) and version.
+    /// read's stream, `$3` its first version, `$4` its most events; rows of the log's shape
+    /// (the read's 1-based index in place of the commit key), ordered by read and version.
     pub(super) read_batch: String,
     /// The trace reads (shared with the other SQL backend).
     pub(super) trace: TraceSql,
@@ -242,7 +242,7 @@ impl Statements {
             version = eventfold_core::outbox::headers::STREAM_VERSION,
         );
         let read_batch = format!(
-            "SELECT r.ord, {EVENT_COLUMNS}, e.headers::text \
+            "SELECT r.ord, e.stream_type, e.stream_id, {EVENT_COLUMNS}, e.headers::text \
              FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[]) WITH ORDINALITY \
                AS r(stype, sid, from_v, max_n, ord) \
              CROSS JOIN LATERAL (SELECT * FROM {events} x WHERE x.stream_type = r.stype \
