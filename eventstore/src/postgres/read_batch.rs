@@ -46,8 +46,7 @@ impl BatchWriter for PgReadBatcher {
 
     /// One read on its own, as without coalescing.
     async fn alone(&self, r: PgRead) -> Result<Vec<RecordedEvent>, StoreError> {
-        let mut conn = sql::acquire(&self.pool, &self.sql.read.events).await?;
-        read_stream_on(&mut conn, &self.sql.read, &r.stream_id, r.from, r.max).await
+        read_stream_pooled(&self.pool, &self.sql.read, &r.stream_id, r.from, r.max).await
     }
 
     /// Every read of the batch in one statement (`Statements::read_batch`).

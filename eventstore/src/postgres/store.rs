@@ -223,9 +223,8 @@ impl PgStore {
                 reader.submit(read).await
             }
             None => {
-                let mut conn = sql::acquire(&self.pool, &self.sql.read.events).await?;
-                read_stream_on(
-                    &mut conn,
+                read_stream_pooled(
+                    &self.pool,
                     &self.sql.read,
                     stream_id,
                     from_version,

@@ -86,6 +86,18 @@ macro_rules! read_helpers {
                 .collect()
         }
 
+        /// [`read_stream_on`] on a connection of `pool`.
+        pub(super) async fn read_stream_pooled<DB: sqlx::Database<Connection = $conn>>(
+            pool: &sqlx::Pool<DB>,
+            sql: &$crate::sql::read::ReadSql,
+            stream_id: &eventfold_core::StreamId,
+            from_version: u64,
+            max_count: u64,
+        ) -> Result<Vec<eventfold_core::RecordedEvent>, $crate::error::StoreError> {
+            let mut conn = $crate::sql::acquire(pool, &sql.events).await?;
+            read_stream_on(&mut conn, sql, stream_id, from_version, max_count).await
+        }
+
         pub(super) async fn version_on(
             conn: &mut $conn,
             sql: &$crate::sql::read::ReadSql,

@@ -234,9 +234,8 @@ impl SqliteStore {
         from_version: u64,
         max_count: u64,
     ) -> Result<Vec<eventfold_core::RecordedEvent>, StoreError> {
-        let mut conn = sql::acquire(&self.pool, &self.sql.read.events).await?;
-        read_stream_on(
-            &mut conn,
+        read_stream_pooled(
+            &self.pool,
             &self.sql.read,
             stream_id,
             from_version,
