@@ -222,6 +222,19 @@ pub trait SagaStore: EventStore {
         }
     }
 
+    /// Locks the rows of several instances for this unit of work, in the order of their ids (so
+    /// that units of work locking overlapping sets wait for each other instead of deadlocking),
+    /// each with the database's clock at the lock: the registered ones, in id order. What the
+    /// reply consumer takes for a batch of replies at once. The default locks each in turn;
+    /// PostgreSQL locks them with one statement.
+    fn lock_sagas_with_clock(
+        &self,
+        uow: &mut Self::UnitOfWork,
+        saga_ids: &[Uuid],
+    ) -> impl Future<Output = Result<Vec<(SagaRecord, DateTime<Utc>)>, StoreError>> + Send {
+        lock_sagas_one_by_one(self, uow, saga_ids)
+    }
+
     /// Updates an instance's status, detail, definition version, stream version and last event
     /// id after a transition (and `updated_at` to the database's clock). `false` when it is not registered.
     fn update_saga(
@@ -402,6 +415,25 @@ pub trait SagaStore: EventStore {
         &self,
         saga_id: Uuid,
     ) -> impl Future<Output = Result<Vec<SagaTimer>, StoreError>> + Send;
+}
+
+/// [`SagaStore::lock_sagas_with_clock`] one instance at a time, in id order (the trait's
+/// default, and SQLite's).
+pub(crate) async fn lock_sagas_one_by_one<S: SagaStore>(
+    store: &S,
+    uow: &mut S::UnitOfWork,
+    saga_ids: &[Uuid],
+) -> Result<Vec<(SagaRecord, DateTime<Utc>)>, StoreError> {
+    let mut ids = saga_ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut locked = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(row) = store.lock_saga_with_clock(uow, id).await? {
+            locked.push(row);
+        }
+    }
+    Ok(locked)
 }
 
 /// [`SagaStore::find_request_outcomes`] one key at a time (the trait's default, and SQLite's).

@@ -250,6 +250,21 @@ impl<U: UnitOfWork, H: Handler<U>> Handler<U> for Completing<H> {
         }
         Ok(())
     }
+
+    /// The inner handler's batch (shared commits only), then the completions it holds.
+    async fn handle_batch(
+        &self,
+        uow: &mut U,
+        batch: &eventfold_outbox::Batch<'_>,
+    ) -> std::result::Result<(), eventfold_outbox::BatchFailure> {
+        self.inner.handle_batch(uow, batch).await?;
+        for record in batch.records() {
+            if let Some(saga_id) = completes(record) {
+                self.probe.set_pending(saga_id);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A publisher that counts calls and acknowledged messages.

@@ -24,6 +24,23 @@ use crate::sql::{db_err, sagas as shared, to_i64};
 crate::sql::sagas::saga_store!(PgStore, PgUnitOfWork);
 
 impl PgStore {
+    /// [`crate::saga::SagaStore::lock_sagas_with_clock`] in one statement.
+    pub(super) async fn lock_many(
+        &self,
+        uow: &mut PgUnitOfWork,
+        saga_ids: &[uuid::Uuid],
+    ) -> Result<Vec<(crate::saga::SagaRecord, chrono::DateTime<chrono::Utc>)>, StoreError> {
+        let table = &self.sql.sagas.sagas;
+        let rows = sqlx::query(&self.sql.lock_sagas)
+            .bind(saga_ids)
+            .fetch_all(uow.connection())
+            .await
+            .map_err(db_err("locking sagas", table))?;
+        rows.iter()
+            .map(|row| shared::saga_record_with_clock(row, table))
+            .collect()
+    }
+
     /// [`crate::saga::SagaStore::find_request_outcomes`] in one statement.
     pub(super) async fn find_outcomes(
         &self,

@@ -4,7 +4,7 @@ use crate::naming::Naming;
 use crate::saga::MAX_CLAIM_LEASES;
 use crate::sql::dialect::{Dialect, Pg};
 use crate::sql::read::ReadSql;
-use crate::sql::sagas::{SagaSql, UPSERT_TIMER};
+use crate::sql::sagas::{SAGA_COLUMNS, SagaSql, UPSERT_TIMER};
 use crate::sql::trace::TraceSql;
 use crate::sql::unit_of_work::MARK_COLUMNS;
 use crate::sql::{self, EVENT_COLUMNS};
@@ -76,6 +76,8 @@ pub(super) struct Statements {
     pub(super) sagas: SagaSql,
     /// Claims due timers: `$1` saga types, `$2` limit, `$3` lease in seconds.
     pub(super) claim_saga_timers: String,
+    /// Locks several instances' rows in id order, with the clock: `$1` the ids.
+    pub(super) lock_sagas: String,
     /// The outcomes of several request keys of a participant: `$1` the participant, `$2` the
     /// keys; returns each found key with its outcome as text.
     pub(super) find_outcomes: String,
@@ -256,6 +258,7 @@ impl Statements {
         let inbox_dead = naming.table("inbox_dead");
         let saga_timers = naming.table("saga_timers");
         let saga_requests = naming.table("saga_requests");
+        let saga_table = naming.table("sagas");
         let now = <Pg as Dialect>::NOW;
         let saga_sql = SagaSql::new::<Pg>(naming);
         // The timer parts of a transition's end: `$1` the instance, `$7`..`$9` the cancelled
@@ -309,6 +312,10 @@ impl Statements {
                    ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED) c \
                  WHERE t.saga_id = c.saga_id AND t.step = c.step AND t.attempt = c.attempt AND t.kind = c.kind \
                  RETURNING t.saga_id, t.saga_type, t.step, t.attempt, t.kind, c.due_at"
+            ),
+            lock_sagas: format!(
+                "SELECT {SAGA_COLUMNS}, {now} FROM {saga_table} WHERE saga_id = ANY($1) \
+                 ORDER BY saga_id FOR UPDATE"
             ),
             find_outcomes: format!(
                 "SELECT request_key, outcome::text FROM {saga_requests} \

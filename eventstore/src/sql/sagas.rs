@@ -351,9 +351,9 @@ where
 
 /// Implements `SagaStore` for `$store` (with the fields `pool` and `sql`, whose `sagas` is a
 /// [`SagaSql`], and the methods `claim_saga_timers`, `finish_transition`, `write_transition`,
-/// `find_outcomes` and `record_outcomes` with the signatures of `claim_due_timers`,
-/// `finish_saga_transition`, `write_saga_transition`, `find_request_outcomes` and
-/// `record_request_outcomes`) and
+/// `find_outcomes`, `record_outcomes` and `lock_many` with the signatures of
+/// `claim_due_timers`, `finish_saga_transition`, `write_saga_transition`,
+/// `find_request_outcomes`, `record_request_outcomes` and `lock_sagas_with_clock`) and
 /// its unit of work `$uow` (with `connection()`).
 macro_rules! saga_store {
     ($store:ty, $uow:ty) => {
@@ -454,6 +454,14 @@ macro_rules! saga_store {
                         .map_err(db_err("locking a saga", &sql.sagas))?;
                     row.map(|r| shared::saga_record_with_clock(&r, &sql.sagas))
                         .transpose()
+                }
+
+                async fn lock_sagas_with_clock(
+                    &self,
+                    uow: &mut $uow,
+                    saga_ids: &[Uuid],
+                ) -> Result<Vec<(SagaRecord, DateTime<Utc>)>, StoreError> {
+                    self.lock_many(uow, saga_ids).await
                 }
 
                 async fn finish_saga_transition(

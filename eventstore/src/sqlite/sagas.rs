@@ -48,6 +48,16 @@ impl SqliteStore {
         crate::saga::write_in_steps(self, uow, stream_id, expected, events, messages, write).await
     }
 
+    /// [`crate::saga::SagaStore::lock_sagas_with_clock`]: one instance at a time (a SQLite
+    /// writer holds the database already).
+    pub(super) async fn lock_many(
+        &self,
+        uow: &mut SqliteUnitOfWork,
+        saga_ids: &[Uuid],
+    ) -> Result<Vec<(crate::saga::SagaRecord, DateTime<Utc>)>, StoreError> {
+        crate::saga::lock_sagas_one_by_one(self, uow, saga_ids).await
+    }
+
     /// [`crate::saga::SagaStore::find_request_outcomes`]: one statement per key (in-process).
     pub(super) async fn find_outcomes(
         &self,

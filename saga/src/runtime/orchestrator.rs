@@ -352,6 +352,26 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             .await
     }
 
+    /// [`handle_reply_in`](Self::handle_reply_in) with the instance's row already locked by
+    /// this unit of work (`locked`, from `SagaStore::lock_sagas_with_clock`), or locked here
+    /// when `None`.
+    pub(crate) async fn handle_locked_reply_in(
+        &self,
+        uow: &mut S::UnitOfWork,
+        locked: Option<(SagaRecord, DateTime<Utc>)>,
+        reply: Reply,
+        message_id: Option<Uuid>,
+    ) -> Result<Applied, RuntimeError> {
+        match locked {
+            Some(locked) => {
+                let input = Input::Reply(reply);
+                self.apply_locked(uow, locked, Known::Load, input, message_id)
+                    .await
+            }
+            None => self.handle_reply_in(uow, reply, message_id).await,
+        }
+    }
+
     /// Applies a reply in units of work of its own, retrying conflicts.
     pub async fn handle_reply(
         &self,

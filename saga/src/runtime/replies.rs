@@ -1,9 +1,13 @@
 //! The orchestrator's side of the reply topic: a consumer [`Handler`] that applies replies in the
 //! consumer's unit of work, beside the reply's inbox mark.
 
+use std::collections::HashMap;
+
 use eventfold_core::BoxError;
 use eventfold_eventstore::{InboxStore, SagaStore};
-use eventfold_outbox::{Consumer, Handler, MessageSource, Record};
+use eventfold_outbox::{Batch, BatchFailure, Consumer, Handler, MessageSource, Record};
+use tracing::Instrument;
+use uuid::Uuid;
 
 use crate::definition::SagaData;
 use crate::runtime::orchestrator::Orchestrator;
@@ -78,6 +82,52 @@ impl<S: SagaStore, D: SagaData> Handler<S::UnitOfWork> for ReplyHandler<S, D> {
         self.orchestrator
             .handle_reply_in(uow, reply, Some(record.message_id))
             .await?;
+        Ok(())
+    }
+
+    /// The replies of a shared transaction: the rows of their instances locked with one call
+    /// (`SagaStore::lock_sagas_with_clock`: one statement on PostgreSQL, in id order), then each
+    /// reply's transition in order under its lock, in its `consume` span. A second reply of one
+    /// instance in the batch locks again (its row moved with the first).
+    async fn handle_batch(
+        &self,
+        uow: &mut S::UnitOfWork,
+        batch: &Batch<'_>,
+    ) -> Result<(), BatchFailure> {
+        let mut replies = Vec::with_capacity(batch.records().len());
+        for (index, &record) in batch.records().iter().enumerate() {
+            if record.message_type != wire::REPLY_TYPE {
+                continue;
+            }
+            if let Some(saga_type) = record.headers.get(wire::SAGA_TYPE)
+                && saga_type != self.orchestrator.saga_type()
+            {
+                continue;
+            }
+            let reply = wire::decode_reply(record).map_err(|e| BatchFailure::at(index, e))?;
+            replies.push((index, record, reply));
+        }
+        let ids: Vec<Uuid> = replies.iter().map(|(_, _, r)| r.saga_id).collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut locked: HashMap<Uuid, _> = self
+            .orchestrator
+            .inner
+            .store
+            .lock_sagas_with_clock(uow, &ids)
+            .await?
+            .into_iter()
+            .map(|(record, now)| (record.saga_id, (record, now)))
+            .collect();
+        for (index, record, reply) in replies {
+            let first = locked.remove(&reply.saga_id);
+            self.orchestrator
+                .handle_locked_reply_in(uow, first, reply, Some(record.message_id))
+                .instrument(batch.span(record))
+                .await
+                .map_err(|e| BatchFailure::at(index, e))?;
+        }
         Ok(())
     }
 }

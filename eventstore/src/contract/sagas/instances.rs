@@ -371,6 +371,8 @@ pub async fn sagas_are_updated_listed_and_counted<S: SagaStore>(store: S) {
 /// `lock_saga` returns the instance (as the unit of work sees it, also one it just registered;
 /// `None` for an unknown id) and holds it until the unit of work ends: a second unit of work that
 /// locks the same instance waits for the first to commit, then sees its update.
+/// `lock_sagas_with_clock` locks several at once (the registered ones, once each, in id order),
+/// held the same way.
 pub async fn locking_a_saga_serialises_units_of_work<S: SagaStore>(store: S) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -439,4 +441,58 @@ pub async fn locking_a_saga_serialises_units_of_work<S: SagaStore>(store: S) {
         ("compensating", 3),
         "the second lock sees the first unit of work's update"
     );
+
+    // Several at once: the registered ones, in id order, each with the clock; they are held
+    // like one lock each.
+    let other = record("order", "lock-2", Uuid::now_v7());
+    let mut uow = store.begin().await.expect("begin");
+    register(&store, &mut uow, &other).await;
+    uow.commit().await.expect("commit");
+    let mut first = store.begin().await.expect("begin");
+    let unknown = Uuid::now_v7();
+    let locked = store
+        .lock_sagas_with_clock(
+            &mut first,
+            &[other.saga_id, unknown, saga.saga_id, other.saga_id],
+        )
+        .await
+        .expect("lock several");
+    let mut ids = vec![saga.saga_id, other.saga_id];
+    ids.sort();
+    assert_eq!(
+        locked.iter().map(|(r, _)| r.saga_id).collect::<Vec<_>>(),
+        ids,
+        "the registered ones, once each, in id order"
+    );
+    assert_eq!(
+        locked[ids
+            .iter()
+            .position(|id| *id == saga.saga_id)
+            .expect("locked")]
+        .0
+        .version,
+        3
+    );
+    let done = Arc::new(AtomicBool::new(false));
+    let waiter = {
+        let (store, done, saga_id) = (store.clone(), done.clone(), other.saga_id);
+        tokio::spawn(async move {
+            let mut second = store.begin().await.expect("begin");
+            let row = store.lock_saga(&mut second, saga_id).await.expect("lock");
+            done.store(true, Ordering::SeqCst);
+            second.rollback().await.expect("rollback");
+            row
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !done.load(Ordering::SeqCst),
+        "a second unit of work locked a saga the first locked with others"
+    );
+    first.rollback().await.expect("rollback");
+    tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+        .await
+        .expect("the second unit of work got the lock after the rollback")
+        .expect("the waiter")
+        .expect("registered");
 }
