@@ -362,14 +362,12 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         reply: Reply,
         message_id: Option<Uuid>,
     ) -> Result<Applied, RuntimeError> {
-        match locked {
-            Some(locked) => {
-                let input = Input::Reply(reply);
-                self.apply_locked(uow, locked, Known::Load, input, message_id)
-                    .await
-            }
-            None => self.handle_reply_in(uow, reply, message_id).await,
-        }
+        let Some(locked) = locked else {
+            return self.handle_reply_in(uow, reply, message_id).await;
+        };
+        let input = Input::Reply(reply);
+        self.apply_locked(uow, locked, Known::Load, input, message_id)
+            .await
     }
 
     /// Applies a reply in units of work of its own, retrying conflicts.
