@@ -281,7 +281,8 @@ impl<S: SagaStore, P: Participant<S::UnitOfWork>> Handler<S::UnitOfWork>
             .find_request_outcomes(uow, &self.name, &keys)
             .await?;
         let mut decided: HashMap<&str, Outcome> = HashMap::new();
-        let mut to_record: Vec<(usize, &str, serde_json::Value)> = Vec::new();
+        // The new outcomes to record: each with its command's place in the batch.
+        let mut to_record: Vec<(usize, &SagaCommand, serde_json::Value)> = Vec::new();
         let mut replies = Vec::with_capacity(commands.len());
         for ((index, record, incoming), stored) in commands.iter().zip(stored) {
             let at = |e| BatchFailure::at(*index, e);
@@ -293,7 +294,7 @@ impl<S: SagaStore, P: Participant<S::UnitOfWork>> Handler<S::UnitOfWork>
                 (None, None) => {
                     let (outcome, value) = self.execute(uow, command, record).await.map_err(at)?;
                     if let Some(value) = value {
-                        to_record.push((*index, key, value));
+                        to_record.push((*index, command, value));
                         decided.insert(key, outcome.clone());
                     }
                     outcome
@@ -303,18 +304,18 @@ impl<S: SagaStore, P: Participant<S::UnitOfWork>> Handler<S::UnitOfWork>
         }
         let outcomes: Vec<(&str, &serde_json::Value)> = to_record
             .iter()
-            .map(|(_, key, value)| (*key, value))
+            .map(|(_, command, value)| (command.request_key.as_str(), value))
             .collect();
         let first = self
             .store
             .record_request_outcomes(uow, &self.name, &outcomes)
             .await?;
-        if let Some(raced) = first.iter().position(|first| !first) {
-            let (index, _, incoming) = commands
-                .iter()
-                .find(|(index, _, _)| *index == to_record[raced].0)
-                .ok_or_else(|| BatchFailure::whole("a recorded outcome lost its command"))?;
-            return Err(BatchFailure::at(*index, self.raced(&incoming.command)));
+        if let Some((index, command, _)) = first
+            .iter()
+            .zip(&to_record)
+            .find_map(|(first, raced)| (!first).then_some(raced))
+        {
+            return Err(BatchFailure::at(*index, self.raced(command)));
         }
         uow.enqueue(replies).await?;
         Ok(())

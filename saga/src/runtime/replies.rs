@@ -10,6 +10,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::definition::SagaData;
+use crate::message::Reply;
+use crate::runtime::error::RuntimeError;
 use crate::runtime::orchestrator::Orchestrator;
 use crate::runtime::wire;
 
@@ -68,17 +70,27 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
     }
 }
 
-impl<S: SagaStore, D: SagaData> Handler<S::UnitOfWork> for ReplyHandler<S, D> {
-    async fn handle(&self, uow: &mut S::UnitOfWork, record: &Record) -> Result<(), BoxError> {
+impl<S: SagaStore, D: SagaData> ReplyHandler<S, D> {
+    /// The reply `record` carries for this orchestrator's saga type; `None` for anything else
+    /// on the topic (another message type, another saga type's reply).
+    fn reply_of(&self, record: &Record) -> Result<Option<Reply>, RuntimeError> {
         if record.message_type != wire::REPLY_TYPE {
-            return Ok(());
+            return Ok(None);
         }
         if let Some(saga_type) = record.headers.get(wire::SAGA_TYPE)
             && saga_type != self.orchestrator.saga_type()
         {
-            return Ok(());
+            return Ok(None);
         }
-        let reply = wire::decode_reply(record)?;
+        wire::decode_reply(record).map(Some)
+    }
+}
+
+impl<S: SagaStore, D: SagaData> Handler<S::UnitOfWork> for ReplyHandler<S, D> {
+    async fn handle(&self, uow: &mut S::UnitOfWork, record: &Record) -> Result<(), BoxError> {
+        let Some(reply) = self.reply_of(record)? else {
+            return Ok(());
+        };
         self.orchestrator
             .handle_reply_in(uow, reply, Some(record.message_id))
             .await?;
@@ -96,16 +108,12 @@ impl<S: SagaStore, D: SagaData> Handler<S::UnitOfWork> for ReplyHandler<S, D> {
     ) -> Result<(), BatchFailure> {
         let mut replies = Vec::with_capacity(batch.records().len());
         for (index, &record) in batch.records().iter().enumerate() {
-            if record.message_type != wire::REPLY_TYPE {
-                continue;
-            }
-            if let Some(saga_type) = record.headers.get(wire::SAGA_TYPE)
-                && saga_type != self.orchestrator.saga_type()
+            if let Some(reply) = self
+                .reply_of(record)
+                .map_err(|e| BatchFailure::at(index, e))?
             {
-                continue;
+                replies.push((index, record, reply));
             }
-            let reply = wire::decode_reply(record).map_err(|e| BatchFailure::at(index, e))?;
-            replies.push((index, record, reply));
         }
         let ids: Vec<Uuid> = replies.iter().map(|(_, _, r)| r.saga_id).collect();
         if ids.is_empty() {
