@@ -214,6 +214,17 @@ async fn undo_each_failure_alone<S: InboxStore>(store: S) -> Vec<uuid::Uuid> {
         good,
         "each good message once, in order"
     );
+    poison_parked_after_three_attempts(&store, &flaky, &poison).await;
+    good
+}
+
+/// Each poison message of a [`flaky_run`] was attempted 3 times in all and parked with 3
+/// attempts, in order, and nothing else was parked.
+async fn poison_parked_after_three_attempts<S: InboxStore>(
+    store: &S,
+    flaky: &Flaky,
+    poison: &[uuid::Uuid],
+) {
     let parked: Vec<_> = store
         .parked_messages("ledger", 100)
         .await
@@ -223,10 +234,9 @@ async fn undo_each_failure_alone<S: InboxStore>(store: S) -> Vec<uuid::Uuid> {
         .collect();
     assert_eq!(parked, poison.iter().map(|id| (*id, 3)).collect::<Vec<_>>());
     let attempts = flaky.attempts.lock().unwrap();
-    for id in &poison {
+    for id in poison {
         assert_eq!(attempts[id], 3, "poison {id}: attempts in all");
     }
-    good
 }
 
 /// A shared handler (the consumer owns its handler).
@@ -476,18 +486,8 @@ async fn batch_handler_falls_back_like_handle<S: InboxStore>(store: S) {
             .collect();
         assert_eq!(got, expected, "key {key}: each good message once, in order");
     }
-    let parked: Vec<_> = store
-        .parked_messages("ledger", 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| (p.message_id, p.attempts))
-        .collect();
-    assert_eq!(parked, poison.iter().map(|m| (m.id, 3)).collect::<Vec<_>>());
-    let attempts = handler.flaky.attempts.lock().unwrap();
-    for m in &poison {
-        assert_eq!(attempts[&m.id], 3, "poison {}: attempts in all", m.id);
-    }
+    let poison: Vec<_> = poison.iter().map(|m| m.id).collect();
+    poison_parked_after_three_attempts(&store, &handler.flaky, &poison).await;
     assert!(
         handler.batches.load(std::sync::atomic::Ordering::SeqCst) > 5,
         "the consumer handed the handler batches: {}",

@@ -756,10 +756,7 @@ pub async fn participants_in_batches_execute_each_request_once<
         .into_iter()
         .map(|consumer| consumer.shared_commits(true))
         .collect();
-    let mut spies: Vec<_> = SERVICES
-        .iter()
-        .map(|(_, topic)| world.broker.consumer("spy", &[topic]))
-        .collect();
+    world.copy_commands();
     let scenarios: [(Option<&str>, SagaStatus, &[&str]); 4] = [
         (
             None,
@@ -799,58 +796,10 @@ pub async fn participants_in_batches_execute_each_request_once<
                 .saga_id,
         );
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut copies = 0;
-    // Half the copies go out at once (the original and its copy in one batch), half a round
-    // later (the copy finds the outcome its original recorded).
-    let mut later = Vec::new();
-    loop {
-        world.relay.run_once().await.expect("relay");
-        eventfold::outbox::Publisher::publish(&world.broker, &std::mem::take(&mut later)).await;
-        for spy in &mut spies {
-            let records = spy.poll(1000, Duration::from_millis(1)).await;
-            let again: Vec<_> = records
-                .iter()
-                .filter(|r| !r.headers.contains_key("test-copy"))
-                .map(|r| {
-                    let mut m = eventfold::outbox::OutboxMessage::new(
-                        r.topic.clone(),
-                        r.key.clone(),
-                        r.message_type.clone(),
-                        r.payload.clone(),
-                    );
-                    m.headers = r.headers.clone();
-                    m.headers.insert("test-copy".into(), "1".into());
-                    m
-                })
-                .collect();
-            copies += again.len();
-            let (now, next): (Vec<_>, Vec<_>) =
-                again.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
-            let now: Vec<_> = now.into_iter().map(|(_, m)| m).collect();
-            later.extend(next.into_iter().map(|(_, m)| m));
-            eventfold::outbox::Publisher::publish(&world.broker, &now).await;
-            if let Some(last) = records.last() {
-                spy.commit(last);
-            }
-        }
-        world.round().await;
-        let mut open = 0;
-        for id in &ids {
-            let state = world.orchestrator.state(*id).await.unwrap().unwrap();
-            if !state.status.is_terminal() {
-                open += 1;
-            }
-        }
-        if open == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{open} of {} sagas not terminal",
-            ids.len()
-        );
-    }
+    world
+        .pump_until_terminal(&ids, Duration::from_secs(60))
+        .await;
+    let copies = world.copies.as_ref().map_or(0, |c| c.published);
     assert!(
         copies >= 24 * 2,
         "every command was delivered twice ({copies} copies)"

@@ -168,6 +168,19 @@ pub struct World<S: SagaStore + InboxStore + OutboxRelayStore> {
     pub scheduler: Scheduler<S, Order>,
     /// Participants not run by [`pump`](Self::pump) (to make their steps time out).
     pub paused: Vec<&'static str>,
+    /// With [`copy_commands`](Self::copy_commands): every command delivered twice.
+    pub copies: Option<Copies>,
+}
+
+/// Every command published again under a new message id (what a step's retry looks like to the
+/// inbox): half at once (the original and its copy in one batch), half a round later (the copy
+/// finds the outcome its original recorded). Copies carry the header `test-copy` and are not
+/// copied again.
+pub struct Copies {
+    spies: Vec<InProcessConsumer>,
+    later: Vec<eventfold::outbox::OutboxMessage>,
+    /// Copies published so far.
+    pub published: usize,
 }
 
 pub const SERVICES: [(&str, &str); 3] = [
@@ -228,12 +241,66 @@ impl<S: SagaStore + InboxStore + OutboxRelayStore> World<S> {
             participants,
             scheduler,
             paused: Vec::new(),
+            copies: None,
+        }
+    }
+
+    /// From now on every command is delivered twice ([`Copies`]).
+    pub fn copy_commands(&mut self) {
+        let spies = SERVICES
+            .iter()
+            .map(|(_, topic)| self.broker.consumer("spy", &[topic]))
+            .collect();
+        self.copies = Some(Copies {
+            spies,
+            later: Vec::new(),
+            published: 0,
+        });
+    }
+
+    /// Publishes the copies of the commands relayed since the last round.
+    async fn publish_copies(&mut self) {
+        use eventfold::outbox::Publisher;
+        let Some(copies) = &mut self.copies else {
+            return;
+        };
+        self.broker
+            .publish(&std::mem::take(&mut copies.later))
+            .await;
+        for spy in &mut copies.spies {
+            let records = spy.poll(1000, Duration::from_millis(1)).await;
+            let mut now = Vec::new();
+            for (i, r) in records
+                .iter()
+                .filter(|r| !r.headers.contains_key("test-copy"))
+                .enumerate()
+            {
+                let mut m = eventfold::outbox::OutboxMessage::new(
+                    r.topic.clone(),
+                    r.key.clone(),
+                    r.message_type.clone(),
+                    r.payload.clone(),
+                );
+                m.headers = r.headers.clone();
+                m.headers.insert("test-copy".into(), "1".into());
+                copies.published += 1;
+                if i % 2 == 0 {
+                    now.push(m);
+                } else {
+                    copies.later.push(m);
+                }
+            }
+            self.broker.publish(&now).await;
+            if let Some(last) = records.last() {
+                spy.commit(last);
+            }
         }
     }
 
     /// One round of everything.
     pub async fn round(&mut self) {
         self.relay.run_once().await.expect("relay");
+        self.publish_copies().await;
         for (consumer, (name, _)) in self.participants.iter_mut().zip(SERVICES) {
             if !self.paused.contains(&name) {
                 consumer

@@ -374,8 +374,7 @@ pub async fn sagas_are_updated_listed_and_counted<S: SagaStore>(store: S) {
 /// `lock_sagas_with_clock` locks several at once (the registered ones, once each, in id order),
 /// held the same way.
 pub async fn locking_a_saga_serialises_units_of_work<S: SagaStore>(store: S) {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
 
     let saga = record("order", "lock-1", Uuid::now_v7());
     let mut uow = store.begin().await.expect("begin");
@@ -402,22 +401,7 @@ pub async fn locking_a_saga_serialises_units_of_work<S: SagaStore>(store: S) {
         .await
         .expect("lock")
         .expect("registered");
-    let done = Arc::new(AtomicBool::new(false));
-    let waiter = {
-        let (store, done, saga_id) = (store.clone(), done.clone(), saga.saga_id);
-        tokio::spawn(async move {
-            let mut second = store.begin().await.expect("begin");
-            let row = store
-                .lock_saga(&mut second, saga_id)
-                .await
-                .expect("lock")
-                .expect("registered");
-            done.store(true, Ordering::SeqCst);
-            second.rollback().await.expect("rollback");
-            row
-        })
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (done, waiter) = lock_in_second(&store, saga.saga_id).await;
     assert!(
         !done.load(Ordering::SeqCst),
         "a second unit of work locked the saga while the first held it"
@@ -473,18 +457,7 @@ pub async fn locking_a_saga_serialises_units_of_work<S: SagaStore>(store: S) {
         .version,
         3
     );
-    let done = Arc::new(AtomicBool::new(false));
-    let waiter = {
-        let (store, done, saga_id) = (store.clone(), done.clone(), other.saga_id);
-        tokio::spawn(async move {
-            let mut second = store.begin().await.expect("begin");
-            let row = store.lock_saga(&mut second, saga_id).await.expect("lock");
-            done.store(true, Ordering::SeqCst);
-            second.rollback().await.expect("rollback");
-            row
-        })
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (done, waiter) = lock_in_second(&store, other.saga_id).await;
     assert!(
         !done.load(Ordering::SeqCst),
         "a second unit of work locked a saga the first locked with others"
@@ -493,6 +466,35 @@ pub async fn locking_a_saga_serialises_units_of_work<S: SagaStore>(store: S) {
     tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
         .await
         .expect("the second unit of work got the lock after the rollback")
-        .expect("the waiter")
-        .expect("registered");
+        .expect("the waiter");
+}
+
+/// A second unit of work, in a task, that locks `saga_id` (which must be registered), notes
+/// that it got the lock, and rolls back; started 200 ms before this returns, so that the flag
+/// says whether it waited.
+async fn lock_in_second<S: SagaStore>(
+    store: &S,
+    saga_id: Uuid,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<crate::saga::SagaRecord>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let waiter = {
+        let (store, done) = (store.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut second = store.begin().await.expect("begin");
+            let row = store
+                .lock_saga(&mut second, saga_id)
+                .await
+                .expect("lock")
+                .expect("registered");
+            done.store(true, Ordering::SeqCst);
+            second.rollback().await.expect("rollback");
+            row
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    (done, waiter)
 }
