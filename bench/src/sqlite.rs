@@ -7,6 +7,9 @@
 //!   raw `SELECT` of the stream (the columns the library reads), a fold of the payloads, and
 //!   `BEGIN IMMEDIATE; INSERT` the next version`; COMMIT` into `raw_events` (the events table's
 //!   DDL under another name);
+//! * **commands with the state cache**, 1 caller: `Repository::with_cache(..).execute` (the
+//!   append alone) against one autocommit `INSERT` of the next version, which the raw caller
+//!   tracks itself;
 //! * **appends of 100 events** to fresh streams, 1 caller: `EventStore::append(..,
 //!   ExpectedVersion::Exact(0), 100 events)` against `BEGIN IMMEDIATE;` 100 prepared
 //!   `INSERT`s`; COMMIT`;
@@ -154,6 +157,7 @@ pub(crate) async fn run(options: &Options) -> Result<SqliteResults> {
             .busy_timeout(Duration::from_secs(30));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            .test_before_acquire(false)
             .idle_timeout(None)
             .max_lifetime(None)
             .connect_with(connect)
@@ -228,6 +232,51 @@ async fn measure(
         .await?;
         rows.push(row);
     }
+
+    // One caller with the state cache: a command is the append alone (one statement on
+    // SQLite), against raw sqlx's one autocommit `INSERT` of the next version, which the raw
+    // caller tracks itself (no read, no check).
+    eprintln!("sqlite: commands, 1 caller, state cache");
+    let cached = Arc::new(
+        Repository::<Counter, _>::new(store.clone()).with_cache(AGGREGATES_PER_CALLER * 2),
+    );
+    let row = alternated(
+        "command, 1 event, 1 caller, state cache".to_owned(),
+        "commands/s",
+        Timed::ops_per_s,
+        |round, library| {
+            let (repo, pool) = (cached.clone(), pool.clone());
+            async move {
+                timed::run(1, WARMUP, half, move |_, n| {
+                    let (repo, pool) = (repo.clone(), pool.clone());
+                    let slot = n % AGGREGATES_PER_CALLER as u64;
+                    async move {
+                        if library {
+                            let id = format!("cached-lib-{slot}");
+                            repo.execute(&id, &Increment, CommandMetadata::new())
+                                .await?;
+                        } else {
+                            // Each round's own aggregates, whose n-th command is version
+                            // n / AGGREGATES_PER_CALLER + 1.
+                            let id = format!("cached-raw-{round}-{slot}");
+                            let version = n / AGGREGATES_PER_CALLER as u64 + 1;
+                            let event = NewEvent::encode(
+                                &CounterEvent::Incremented { n: 1 },
+                                "eventfold",
+                                &CommandMetadata::new(),
+                            )?;
+                            let mut conn = pool.acquire().await?;
+                            insert(&mut conn, &id, version as i64, &event).await?;
+                        }
+                        Ok(1)
+                    }
+                })
+                .await
+            }
+        },
+    )
+    .await?;
+    rows.push(row);
 
     eprintln!("sqlite: appends of {BATCH} events");
     let row = alternated(
@@ -671,6 +720,12 @@ impl crate::report::Section for SqliteResults {
         );
         println!(
             "  INSERT; COMMIT`. Each caller cycles over its own {AGGREGATES_PER_CALLER} aggregates."
+        );
+        println!(
+            "* command with the state cache: `Repository::with_cache(..).execute` (the append alone: one statement that"
+        );
+        println!(
+            "  checks the version and inserts); raw: one autocommit `INSERT` of the version the caller tracks (no check)."
         );
         println!(
             "* append: `store.append(fresh stream, Exact(0), 100 events)` against `BEGIN IMMEDIATE;` 100 `INSERT`s `; COMMIT`."

@@ -143,7 +143,7 @@ impl OutboxRouting {
     }
 
     /// The topic of an event of `event_type` in a stream of `stream_type`.
-    fn topic(&self, event_type: &str, stream_type: &str) -> Option<String> {
+    pub(crate) fn topic(&self, event_type: &str, stream_type: &str) -> Option<String> {
         if let Some(route) = self.by_event_type.get(event_type) {
             return route.clone();
         }

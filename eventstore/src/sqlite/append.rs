@@ -3,6 +3,7 @@
 //! rows of the events beside them.
 
 use eventfold_core::{NewEvent, OutboxMessage, StreamId};
+use sqlx::SqliteConnection;
 
 use super::statements::EVENTS_PER_INSERT;
 use super::*;
@@ -23,14 +24,11 @@ impl SqliteUnitOfWork {
         // Filled first, so the store's own source is checked too.
         fill_source(&mut events, &self.source);
         validate_append(stream_id, &events)?;
-        let current = version_on(&mut self.tx, &self.sql.read, stream_id).await?;
-        if !expected.matches(current) {
-            return Err(StoreError::VersionConflict {
-                stream_id: stream_id.clone(),
-                expected,
-                actual: Some(current),
-            });
-        }
+        // An exact expectation is checked by the insert itself; `Any` reads the version first.
+        let current = match expected.exact() {
+            Some(v) => v,
+            None => version_on(&mut self.tx, &self.sql.read, stream_id).await?,
+        };
         let outbox = append_messages(self.routing.as_deref(), stream_id, current + 1, &events);
         // SQLite has no savepoint-free way to undo part of a statement list: several statements
         // (more events than one insert takes, or outbox rows) insert into a savepoint so that a
@@ -43,51 +41,21 @@ impl SqliteUnitOfWork {
         let mut positions = Vec::with_capacity(events.len());
         for (c, chunk) in events.chunks(EVENTS_PER_INSERT).enumerate() {
             let first = current + 1 + (c * EVENTS_PER_INSERT) as u64;
-            let mut query = sqlx::query_as(&self.sql.insert_events[chunk.len() - 1]);
-            for (i, event) in chunk.iter().enumerate() {
-                query = query
-                    .bind(event.event_id)
-                    .bind(stream_id.stream_type())
-                    .bind(stream_id.id())
-                    .bind(to_i64(first + i as u64, stream_id)?)
-                    .bind(&event.event_type)
-                    .bind(i64::from(event.schema_version))
-                    .bind(&event.payload)
-                    .bind(event.timestamp)
-                    .bind(&event.source)
-                    .bind(event.correlation_id)
-                    .bind(event.causation_id)
-                    .bind(&event.tenant_id)
-                    .bind(sql::headers_json(&event.headers));
-            }
-            let inserted: Result<Vec<(i64, i64)>, sqlx::Error> =
-                query.fetch_all(&mut *self.tx).await;
-            match inserted {
-                Ok(mut rows) => {
-                    // By version: the order of `RETURNING` rows is not promised.
-                    rows.sort_by_key(|(_, version)| *version);
-                    for (position, _) in rows {
-                        positions.push(to_u64(position, &self.sql.events, "global position")?);
-                    }
+            let inserted = insert_chunk(&mut self.tx, &self.sql, stream_id, first, chunk).await;
+            let failed = match inserted {
+                Ok(Inserted::Rows(rows)) => {
+                    positions.extend(rows);
+                    continue;
                 }
-                Err(e) => {
-                    if !one_statement {
-                        self.undo_append().await;
-                    }
-                    return Err(match sql::unique_violation(&e) {
-                        Some(c) if c.contains("event_id") => StoreError::DuplicateEventId {
-                            stream_id: stream_id.clone(),
-                            event_id: self.duplicate_in(chunk).await,
-                        },
-                        Some(_) => StoreError::VersionConflict {
-                            stream_id: stream_id.clone(),
-                            expected,
-                            actual: None,
-                        },
-                        None => db_err("appending events", &self.sql.events)(e),
-                    });
-                }
+                Ok(Inserted::Moved) => None,
+                Err(e) => Some(e),
+            };
+            if !one_statement {
+                self.undo_append().await;
             }
+            return Err(
+                chunk_error(&mut self.tx, &self.sql, stream_id, expected, chunk, failed).await,
+            );
         }
         if let Err(e) = self.insert_outbox_rows(outbox).await {
             if !one_statement {
@@ -104,26 +72,6 @@ impl SqliteUnitOfWork {
             version: current + events.len() as u64,
             positions,
         })
-    }
-
-    /// Which event of a chunk refused for a duplicate id is the duplicate (SQLite's error does
-    /// not say): one the chunk repeats, or one stored before it.
-    async fn duplicate_in(&mut self, chunk: &[NewEvent]) -> uuid::Uuid {
-        let mut seen = std::collections::HashSet::new();
-        if let Some(e) = chunk.iter().find(|e| !seen.insert(e.event_id)) {
-            return e.event_id;
-        }
-        for e in chunk {
-            let stored: Result<Option<i64>, sqlx::Error> =
-                sqlx::query_scalar(&self.sql.event_exists)
-                    .bind(e.event_id)
-                    .fetch_optional(&mut *self.tx)
-                    .await;
-            if let Ok(Some(_)) = stored {
-                return e.event_id;
-            }
-        }
-        chunk.first().map_or_else(uuid::Uuid::nil, |e| e.event_id)
     }
 
     /// Undoes a failed append and closes its savepoint; the append's error is the one worth
@@ -186,3 +134,193 @@ impl SqliteUnitOfWork {
         Ok(())
     }
 }
+
+/// What one checked insert of a chunk of events did.
+enum Inserted {
+    /// The events are stored: their global positions, in version order.
+    Rows(Vec<u64>),
+    /// Nothing: the stream was not at the version before the chunk's first.
+    Moved,
+}
+
+/// Inserts `chunk` (at most [`EVENTS_PER_INSERT`] events) at versions `first`, `first + 1`, ...
+/// in one statement, which inserts nothing unless the stream is at `first - 1`.
+async fn insert_chunk(
+    conn: &mut SqliteConnection,
+    sql: &Statements,
+    stream_id: &StreamId,
+    first: u64,
+    chunk: &[NewEvent],
+) -> Result<Inserted, sqlx::Error> {
+    let version = |v: u64| to_i64(v, stream_id).map_err(|e| sqlx::Error::Encode(Box::new(e)));
+    let mut query = sqlx::query(&sql.insert_events[chunk.len() - 1]);
+    for (i, event) in chunk.iter().enumerate() {
+        query = query
+            .bind(event.event_id)
+            .bind(stream_id.stream_type())
+            .bind(stream_id.id())
+            .bind(version(first + i as u64)?)
+            .bind(&event.event_type)
+            .bind(i64::from(event.schema_version))
+            .bind(&event.payload)
+            .bind(event.timestamp)
+            .bind(&event.source)
+            .bind(event.correlation_id)
+            .bind(event.causation_id)
+            .bind(&event.tenant_id)
+            .bind(sql::headers_json(&event.headers));
+    }
+    let done = query
+        .bind(stream_id.stream_type())
+        .bind(stream_id.id())
+        .bind(version(first - 1)?)
+        .execute(conn)
+        .await?;
+    let count = chunk.len() as u64;
+    match done.rows_affected() {
+        0 => Ok(Inserted::Moved),
+        // One statement under the write lock, in version order, with AUTOINCREMENT: the rows
+        // took consecutive rowids, the last of which is the connection's last one.
+        n if n == count => {
+            let last = to_u64(done.last_insert_rowid(), &sql.events, "global position")
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            Ok(Inserted::Rows((last + 1 - count..=last).collect()))
+        }
+        n => Err(sqlx::Error::Protocol(format!(
+            "an insert of {count} events into {} stored {n}",
+            sql.events
+        ))),
+    }
+}
+
+impl SqliteStore {
+    /// Can `events` be appended to `stream_id` outside a unit of work, in one autocommit
+    /// statement ([`append_alone`](Self::append_alone))? When they fit one insert and no
+    /// outbox row is routed from them.
+    pub(super) fn appends_alone(&self, stream_id: &StreamId, events: &[NewEvent]) -> bool {
+        events.len() <= EVENTS_PER_INSERT
+            && self.routing.as_deref().is_none_or(|routing| {
+                events.iter().all(|e| {
+                    routing
+                        .topic(&e.event_type, stream_id.stream_type())
+                        .is_none()
+                })
+            })
+    }
+
+    /// An append outside a unit of work whose events fit one insert and route no outbox row:
+    /// one autocommit statement on a pooled connection, in the writer's turn through the gate,
+    /// that checks the version and inserts (a transaction would add `BEGIN`, the version read
+    /// and `COMMIT`, three more hops to the driver's worker thread). `Any` reads the version
+    /// first and runs again, a few times, if another process's write took it in between.
+    pub(super) async fn append_alone(
+        &self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        mut events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        fill_source(&mut events, &self.source);
+        validate_append(stream_id, &events)?;
+        let table = &self.sql.events;
+        let _turn = self.gate.enter("appending events", table).await?;
+        let mut conn = sql::acquire(&self.pool, table).await?;
+        for _ in 0..ANY_ATTEMPTS {
+            let current = match expected.exact() {
+                Some(v) => v,
+                None => version_on(&mut conn, &self.sql.read, stream_id).await?,
+            };
+            match insert_chunk(&mut conn, &self.sql, stream_id, current + 1, &events).await {
+                Ok(Inserted::Rows(positions)) => {
+                    self.appended.send_modify(|n| *n += 1);
+                    return Ok(AppendResult {
+                        previous_version: current,
+                        version: current + events.len() as u64,
+                        positions,
+                    });
+                }
+                Ok(Inserted::Moved) if expected.exact().is_none() => {}
+                Ok(Inserted::Moved) => {
+                    return Err(chunk_error(
+                        &mut conn, &self.sql, stream_id, expected, &events, None,
+                    )
+                    .await);
+                }
+                Err(e) => {
+                    return Err(chunk_error(
+                        &mut conn,
+                        &self.sql,
+                        stream_id,
+                        expected,
+                        &events,
+                        Some(e),
+                    )
+                    .await);
+                }
+            }
+        }
+        Err(StoreError::VersionConflict {
+            stream_id: stream_id.clone(),
+            expected,
+            actual: None,
+        })
+    }
+}
+
+/// The error of a chunk of an append that [`insert_chunk`] did not store: `failed` is the
+/// statement's error, `None` when it inserted nothing because the stream had moved.
+async fn chunk_error(
+    conn: &mut SqliteConnection,
+    sql: &Statements,
+    stream_id: &StreamId,
+    expected: ExpectedVersion,
+    chunk: &[NewEvent],
+    failed: Option<sqlx::Error>,
+) -> StoreError {
+    let Some(e) = failed else {
+        // The stream is not at the version expected: which version it is at.
+        return StoreError::VersionConflict {
+            stream_id: stream_id.clone(),
+            expected,
+            actual: version_on(conn, &sql.read, stream_id).await.ok(),
+        };
+    };
+    match sql::unique_violation(&e) {
+        Some(c) if c.contains("event_id") => StoreError::DuplicateEventId {
+            stream_id: stream_id.clone(),
+            event_id: duplicate_in(conn, sql, chunk).await,
+        },
+        Some(_) => StoreError::VersionConflict {
+            stream_id: stream_id.clone(),
+            expected,
+            actual: None,
+        },
+        None => db_err("appending events", &sql.events)(e),
+    }
+}
+
+/// Which event of a chunk refused for a duplicate id is the duplicate (SQLite's error does not
+/// say): one the chunk repeats, or one stored before it.
+async fn duplicate_in(
+    conn: &mut SqliteConnection,
+    sql: &Statements,
+    chunk: &[NewEvent],
+) -> uuid::Uuid {
+    let mut seen = std::collections::HashSet::new();
+    if let Some(e) = chunk.iter().find(|e| !seen.insert(e.event_id)) {
+        return e.event_id;
+    }
+    for e in chunk {
+        let stored: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(&sql.event_exists)
+            .bind(e.event_id)
+            .fetch_optional(&mut *conn)
+            .await;
+        if let Ok(Some(_)) = stored {
+            return e.event_id;
+        }
+    }
+    chunk.first().map_or_else(uuid::Uuid::nil, |e| e.event_id)
+}
+
+/// How many times an `Any` append outside a unit of work reads the version and inserts when
+/// other processes' writes keep taking the version in between.
+const ANY_ATTEMPTS: usize = 16;

@@ -177,6 +177,9 @@ impl SqliteStore {
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let pool = SqlitePoolOptions::new()
             .max_connections(if in_memory { 1 } else { 8 })
+            // A connection to a file of this process cannot go stale as a network one can; the
+            // ping sqlx sends on every checkout would only cost a hop to its worker thread.
+            .test_before_acquire(false)
             .idle_timeout(None)
             .max_lifetime(None)
             .connect_with(options)
@@ -281,6 +284,9 @@ impl EventStore for SqliteStore {
                     events,
                 };
                 coalescer.submit(append).await
+            }
+            None if self.appends_alone(stream_id, &events) => {
+                self.append_alone(stream_id, expected, events).await
             }
             None => crate::store::append_alone(self, stream_id, expected, events).await,
         }
