@@ -494,6 +494,17 @@ pub(crate) fn fill_source(events: &mut [NewEvent], source: &str) {
     }
 }
 
+/// Makes `events` ready to append to `stream_id`: the store's `source` filled in where an event
+/// has none (first, so that it is checked too), then [`validate_append`].
+pub(crate) fn ready_to_append(
+    stream_id: &StreamId,
+    events: &mut [NewEvent],
+    source: &str,
+) -> Result<(), StoreError> {
+    fill_source(events, source);
+    validate_append(stream_id, events)
+}
+
 /// Largest payload of an event or an outbox message, in bytes (64 MiB). Every backend refuses a
 /// larger one before any statement, with [`StoreError::InvalidEvent`] or
 /// [`StoreError::InvalidMessage`] naming its size: PostgreSQL's limit (1 GB per value, less

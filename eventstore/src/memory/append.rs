@@ -8,7 +8,7 @@ use eventfold_core::{NewEvent, RecordedEvent, StreamId};
 use super::unit_of_work::MemoryUnitOfWork;
 use crate::error::{ExpectedVersion, StoreError};
 use crate::outbox::append_messages;
-use crate::store::{AppendResult, fill_source, validate_append};
+use crate::store::{AppendResult, ready_to_append};
 
 /// What a unit of work appended to one stream: checked again and applied at its commit.
 #[derive(Clone)]
@@ -27,9 +27,7 @@ impl MemoryUnitOfWork {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         let mut events = events;
-        // Filled first, so the store's own source is checked too.
-        fill_source(&mut events, &self.store.source);
-        validate_append(stream_id, &events)?;
+        ready_to_append(stream_id, &mut events, &self.store.source)?;
         self.lock_writer().await;
         let state = self.store.lock();
         let (base_version, staged_count) = match self.staged(stream_id) {

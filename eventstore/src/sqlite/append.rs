@@ -11,7 +11,7 @@ use crate::error::{ExpectedVersion, StoreError};
 use crate::outbox::{OUTBOX_SLOTS, append_messages};
 use crate::sql::unit_of_work::{Savepoint, SavepointOf::Append, savepoint};
 use crate::sql::{self, db_err, to_i64, to_u64};
-use crate::store::{AppendResult, fill_source, validate_append};
+use crate::store::{AppendResult, ready_to_append};
 use crate::trace::SentEntry;
 
 impl SqliteUnitOfWork {
@@ -21,14 +21,8 @@ impl SqliteUnitOfWork {
         expected: ExpectedVersion,
         mut events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
-        // Filled first, so the store's own source is checked too.
-        fill_source(&mut events, &self.source);
-        validate_append(stream_id, &events)?;
-        // An exact expectation is checked by the insert itself; `Any` reads the version first.
-        let current = match expected.exact() {
-            Some(v) => v,
-            None => version_on(&mut self.tx, &self.sql.read, stream_id).await?,
-        };
+        ready_to_append(stream_id, &mut events, &self.source)?;
+        let current = version_before(&mut self.tx, &self.sql, stream_id, expected).await?;
         let outbox = append_messages(self.routing.as_deref(), stream_id, current + 1, &events);
         // SQLite has no savepoint-free way to undo part of a statement list: several statements
         // (more events than one insert takes, or outbox rows) insert into a savepoint so that a
@@ -135,6 +129,20 @@ impl SqliteUnitOfWork {
     }
 }
 
+/// The version an append numbers its events after: the one it expects exactly (the insert
+/// checks it), or for `Any` the stream's version read now.
+async fn version_before(
+    conn: &mut SqliteConnection,
+    sql: &Statements,
+    stream_id: &StreamId,
+    expected: ExpectedVersion,
+) -> Result<u64, StoreError> {
+    match expected.exact() {
+        Some(v) => Ok(v),
+        None => version_on(conn, &sql.read, stream_id).await,
+    }
+}
+
 /// What one checked insert of a chunk of events did.
 enum Inserted {
     /// The events are stored: their global positions, in version order.
@@ -219,16 +227,12 @@ impl SqliteStore {
         expected: ExpectedVersion,
         mut events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
-        fill_source(&mut events, &self.source);
-        validate_append(stream_id, &events)?;
+        ready_to_append(stream_id, &mut events, &self.source)?;
         let table = &self.sql.events;
         let _turn = self.gate.enter("appending events", table).await?;
         let mut conn = sql::acquire(&self.pool, table).await?;
         for _ in 0..ANY_ATTEMPTS {
-            let current = match expected.exact() {
-                Some(v) => v,
-                None => version_on(&mut conn, &self.sql.read, stream_id).await?,
-            };
+            let current = version_before(&mut conn, &self.sql, stream_id, expected).await?;
             match insert_chunk(&mut conn, &self.sql, stream_id, current + 1, &events).await {
                 Ok(Inserted::Rows(positions)) => {
                     self.appended.send_modify(|n| *n += 1);
