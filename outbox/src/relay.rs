@@ -80,6 +80,13 @@ pub struct RelayConfig {
     /// for a round to end. More batches in flight overlap more broker time with database time,
     /// but hold more rows in memory (`in_flight_batches × batch_size`). ADRs 0013 and 0015.
     pub in_flight_batches: usize,
+    /// How long a claim that a wake-up asked for waits first, so that rows committed meanwhile
+    /// are claimed with it (Kafka's `linger.ms`, on the outbox side). Zero (the default) claims
+    /// at once: the lowest latency, and under a steady stream of small commits a claim of one or
+    /// two rows each time. A millisecond or two trades that much latency per message for fewer,
+    /// fuller claims and settles (ADR 0032). A backlog (a full claim) is claimed at once either
+    /// way.
+    pub claim_linger: Duration,
 }
 
 impl Default for RelayConfig {
@@ -92,6 +99,7 @@ impl Default for RelayConfig {
             backoff_max: Duration::from_secs(60),
             idle_wait: Duration::from_millis(500),
             in_flight_batches: 3,
+            claim_linger: Duration::ZERO,
         }
     }
 }
@@ -263,6 +271,8 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
         // renewal, a failure to retry, room after the batches were at their limit, when
         // wake-ups were not listened to), so that a finished batch alone costs no claim.
         let mut claim_due = true;
+        // Whether the claim due was asked for by a wake-up (it lingers first).
+        let mut woken = false;
         loop {
             // The leases are renewed beside the publishing; only the first claim waits for them.
             if renewal.is_none() && leases.due(&config) {
@@ -302,6 +312,9 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
             let mut full = false;
             if !failed && claim_due && !leases.slots.is_empty() && in_flight.len() < max_batches {
                 claim_due = false;
+                if std::mem::take(&mut woken) && !config.claim_linger.is_zero() {
+                    tokio::time::sleep(config.claim_linger).await;
+                }
                 let exclude: Vec<&str> = flying.iter().map(String::as_str).collect();
                 match store
                     .claim_outbox(&leases.slots, batch_size, &exclude)
@@ -350,7 +363,10 @@ impl<S: OutboxRelayStore, P: Publisher> Relay<S, P> {
                     }
                     claim_due = true;
                 }
-                () = wakeup.wait(wait), if room || in_flight.is_empty() => claim_due = true,
+                () = wakeup.wait(wait), if room || in_flight.is_empty() => {
+                    claim_due = true;
+                    woken = true;
+                }
             }
         }
         // A renewal in progress ends before the release: it must not lease the slots again

@@ -93,7 +93,7 @@ where
         topics,
         &probe,
         &stop,
-        variant.shared_commits(),
+        variant,
     )?;
     let run_tag = Uuid::now_v7().simple().to_string();
     let counter = Arc::new(AtomicU64::new(0));

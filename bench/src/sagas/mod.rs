@@ -60,7 +60,7 @@ use eventfold_outbox::kafka::rdkafka::ClientConfig;
 use eventfold_outbox::kafka_source::KafkaSource;
 use eventfold_outbox::{
     Consumer, Delivery, Handler, InProcessBroker, MessageSource, PublishError, Publisher, Record,
-    Relay,
+    Relay, RelayConfig,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -211,6 +211,9 @@ enum Variant {
     /// The same as `PgInProcess` with the orchestrator's state cache off
     /// (`with_state_cache(0)`: every transition reads the instance's stream), in the same run.
     PgInProcessNoCache,
+    /// The same as `PgInProcess` with the relay's claims lingering [`RELAY_LINGER`] after a
+    /// wake-up (`RelayConfig::claim_linger`), in the same run.
+    PgInProcessLinger,
     PgKafka,
     /// The same, consumers configured with `fetch.wait.max.ms` = [`LOW_FETCH_WAIT_MS`].
     PgKafkaLowWait,
@@ -220,13 +223,17 @@ enum Variant {
 /// The lanes of `Orchestrator::reply_consumer` (`eventfold::saga::runtime::REPLY_LANES`).
 const REPLY_LANES: usize = runtime::REPLY_LANES;
 
+/// The relay's claim linger of [`Variant::PgInProcessLinger`].
+const RELAY_LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// `fetch.wait.max.ms` of the second Kafka variant's consumers (librdkafka's default is 500).
 const LOW_FETCH_WAIT_MS: &str = "1";
 
 impl Variant {
-    const ALL: [Variant; 6] = [
+    const ALL: [Variant; 7] = [
         Variant::PgInProcess,
         Variant::PgInProcessNoCache,
+        Variant::PgInProcessLinger,
         Variant::PgInProcessPerRecord,
         Variant::PgKafka,
         Variant::PgKafkaLowWait,
@@ -241,6 +248,9 @@ impl Variant {
             }
             Variant::PgInProcessNoCache => {
                 "PostgreSQL + in-process broker, orchestrator state cache off (`with_state_cache(0)`)"
+            }
+            Variant::PgInProcessLinger => {
+                "PostgreSQL + in-process broker, relay claims linger 1 ms (`RelayConfig::claim_linger`)"
             }
             Variant::PgKafka => {
                 "PostgreSQL + Kafka-protocol broker (tansu), `KafkaSource::new` defaults"
@@ -257,6 +267,7 @@ impl Variant {
             Variant::PgInProcess => "postgres_in_process",
             Variant::PgInProcessPerRecord => "postgres_in_process_per_record",
             Variant::PgInProcessNoCache => "postgres_in_process_no_state_cache",
+            Variant::PgInProcessLinger => "postgres_in_process_relay_linger_1ms",
             Variant::PgKafka => "postgres_kafka",
             Variant::PgKafkaLowWait => "postgres_kafka_fetch_wait_1ms",
             Variant::SqliteInProcess => "sqlite_in_process",
@@ -273,6 +284,17 @@ impl Variant {
     /// writes only through the unit of work).
     fn shared_commits(self) -> bool {
         self != Variant::PgInProcessPerRecord
+    }
+
+    /// The relay's configuration: the default, with a claim linger in the linger variant.
+    fn relay_config(self) -> RelayConfig {
+        RelayConfig {
+            claim_linger: match self {
+                Variant::PgInProcessLinger => RELAY_LINGER,
+                _ => std::time::Duration::ZERO,
+            },
+            ..RelayConfig::default()
+        }
     }
 
     /// The capacity of the orchestrator's state cache.
@@ -389,7 +411,7 @@ fn spawn_services<S, P, Src>(
     topics: &Topics,
     probe: &Arc<Probe>,
     stop: &watch::Receiver<bool>,
-    shared: bool,
+    variant: Variant,
 ) -> Result<Vec<tokio::task::JoinHandle<std::result::Result<(), String>>>>
 where
     S: SagaStore + InboxStore + OutboxRelayStore,
@@ -402,6 +424,7 @@ where
             let _ = stop.wait_for(|s| *s).await;
         }
     };
+    let shared = variant.shared_commits();
     let mut tasks = Vec::new();
     let relay = Relay::new(
         store.clone(),
@@ -409,7 +432,8 @@ where
             inner: publisher,
             probe: probe.clone(),
         },
-    );
+    )
+    .with_config(variant.relay_config());
     let shutdown = stopped();
     tasks.push(tokio::spawn(async move {
         relay.run(shutdown).await.map_err(|e| format!("relay: {e}"))
@@ -519,7 +543,10 @@ async fn postgres_in(
     let store = PgStore::builder(pool.clone()).build().await?;
     let topics = Topics::new(&Uuid::now_v7().simple().to_string());
     let result = match variant {
-        Variant::PgInProcess | Variant::PgInProcessPerRecord | Variant::PgInProcessNoCache => {
+        Variant::PgInProcess
+        | Variant::PgInProcessPerRecord
+        | Variant::PgInProcessNoCache
+        | Variant::PgInProcessLinger => {
             let broker = InProcessBroker::new();
             let source = |group: &str, topic: &str| Ok(broker.consumer(group, &[topic]));
             measure(

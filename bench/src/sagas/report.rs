@@ -127,6 +127,20 @@ impl crate::report::Section for SagaResults {
                 us(off.2),
             );
         }
+        if let (Some(off), Some(on)) =
+            (rate(Variant::PgInProcess), rate(Variant::PgInProcessLinger))
+        {
+            println!(
+                "Relay claim linger 1 ms / none (PostgreSQL + in-process broker, same run): {:.0} / {:.0} sagas/s = **{:.2}x**; CPU µs/saga this process {} / {}, PostgreSQL {} / {}\n",
+                on.0,
+                off.0,
+                on.0 / off.0,
+                us(on.1),
+                us(off.1),
+                us(on.2),
+                us(off.2),
+            );
+        }
         println!(
             "### Sagas: where the time goes under load (lanes of shared transactions, or one transaction per record in the `before` variant)\n"
         );
@@ -243,7 +257,8 @@ impl crate::report::Section for SagaResults {
         }
         println!(
             "* One process: the orders service (`Orchestrator::start`, its reply consumer, its `Scheduler`,
-  one `Relay` with the default `RelayConfig`) and three participants (`ParticipantHandler` consumers
+  one `Relay` with the default `RelayConfig`, in the linger variant with `claim_linger` = 1 ms)
+  and three participants (`ParticipantHandler` consumers
   appending one event each to their own stream and replying success), all `run(shutdown)` loops on
   tokio tasks. **One database for all four services** (PostgreSQL: a fresh database per variant,
   pool of {PG_POOL}; SQLite: a temporary file through `SqliteStore::connect`, WAL, synchronous =
