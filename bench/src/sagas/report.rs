@@ -112,35 +112,31 @@ impl crate::report::Section for SagaResults {
                 .find(|(v, _)| *v == variant)
                 .map(|(_, m)| (m.rate(), m.cpu_us(m.client_ns), m.cpu_us(m.server_ns)))
         };
-        if let (Some(on), Some(off)) = (
-            rate(Variant::PgInProcess),
-            rate(Variant::PgInProcessNoCache),
-        ) {
-            println!(
-                "Orchestrator state cache on / off (PostgreSQL + in-process broker, same run): {:.0} / {:.0} sagas/s = **{:.2}x**; CPU µs/saga this process {} / {}, PostgreSQL {} / {}\n",
-                on.0,
-                off.0,
-                on.0 / off.0,
-                us(on.1),
-                us(off.1),
-                us(on.2),
-                us(off.2),
-            );
-        }
-        if let (Some(off), Some(on)) =
-            (rate(Variant::PgInProcess), rate(Variant::PgInProcessLinger))
-        {
-            println!(
-                "Relay claim linger 1 ms / none (PostgreSQL + in-process broker, same run): {:.0} / {:.0} sagas/s = **{:.2}x**; CPU µs/saga this process {} / {}, PostgreSQL {} / {}\n",
-                on.0,
-                off.0,
-                on.0 / off.0,
-                us(on.1),
-                us(off.1),
-                us(on.2),
-                us(off.2),
-            );
-        }
+        // A variant beside another of the same run: sagas/s, their ratio, CPU per saga.
+        let beside = |what: &str, with: Variant, without: Variant| {
+            if let (Some(on), Some(off)) = (rate(with), rate(without)) {
+                println!(
+                    "{what} (PostgreSQL + in-process broker, same run): {:.0} / {:.0} sagas/s = **{:.2}x**; CPU µs/saga this process {} / {}, PostgreSQL {} / {}\n",
+                    on.0,
+                    off.0,
+                    on.0 / off.0,
+                    us(on.1),
+                    us(off.1),
+                    us(on.2),
+                    us(off.2),
+                );
+            }
+        };
+        beside(
+            "Orchestrator state cache on / off",
+            Variant::PgInProcess,
+            Variant::PgInProcessNoCache,
+        );
+        beside(
+            "Relay claim linger 1 ms / none",
+            Variant::PgInProcessLinger,
+            Variant::PgInProcess,
+        );
         println!(
             "### Sagas: where the time goes under load (lanes of shared transactions, or one transaction per record in the `before` variant)\n"
         );
