@@ -3,6 +3,14 @@
 //! Writes run in `BEGIN IMMEDIATE` transactions, so SQLite's single writer is taken up front and
 //! two units of work never deadlock on a lock upgrade; readers are not blocked (WAL mode). Tables
 //! are `{prefix}events`, `{prefix}snapshots`, `{prefix}commands` and `{prefix}migrations`.
+//! An append of up to 128 events outside a unit of work, with no outbox row routed from it, is
+//! one autocommit statement that checks the stream's version and inserts (ADR 0031).
+//!
+//! [`SqliteStore::connect`] opens a pool of 8 (1 for an in-memory database) without sqlx's
+//! checkout ping (`test_before_acquire(false)`: a connection to a local file does not go stale,
+//! and the ping costs a hop to the driver's worker thread on every checkout). A pool given to
+//! [`SqliteStore::builder`] keeps its own options; turn the ping off there too for the same
+//! speed.
 //!
 //! One file per concern, with the same names as in `crate::postgres`: `store` (the store, its
 //! builder, migrations), `statements`, `append`, `unit_of_work`, `log`, `batch`
