@@ -26,6 +26,8 @@
 #![cfg(all(feature = "kafka", feature = "postgres"))]
 mod common;
 mod saga_common;
+mod saga_crash_diagnosis;
+use saga_crash_diagnosis as diagnosis;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -124,6 +126,18 @@ impl Topics {
 
     fn group(&self, consumer: &str) -> String {
         format!("{}{consumer}", self.prefix)
+    }
+
+    /// Each topic of the run with the group that consumes it: the replies with the orders
+    /// service's, each command topic with its participant's.
+    fn consumed(&self) -> Vec<(String, String)> {
+        let mut pairs = vec![(self.replies(), self.group("orders"))];
+        pairs.extend(
+            SERVICES
+                .iter()
+                .map(|(service, _)| (self.command(service), self.group(service))),
+        );
+        pairs
     }
 
     /// The orchestrator of the orders service, on this run's topics.
@@ -411,128 +425,6 @@ impl Scenario {
     }
 }
 
-/// Per topic and partition: the high watermark and how far the consuming group committed
-/// (`topic/partition: committed/end`), to tell a stuck consumer from a stuck relay.
-async fn lag_report(brokers: &str, topics: &Topics) -> String {
-    let mut pairs = vec![(topics.replies(), topics.group("orders"))];
-    pairs.extend(
-        SERVICES
-            .iter()
-            .map(|(service, _)| (topics.command(service), topics.group(service))),
-    );
-    let brokers = brokers.to_owned();
-    tokio::task::spawn_blocking(move || {
-        use eventfold::outbox::kafka::rdkafka::Offset;
-        let mut lines = Vec::new();
-        for (topic, group) in pairs {
-            let offsets = common::crash::partition_offsets(&brokers, &group, &topic, PARTITIONS);
-            let mut parts = Vec::new();
-            for (p, (committed, end)) in offsets.into_iter().enumerate() {
-                let at = match committed {
-                    Some(Offset::Offset(o)) => o.to_string(),
-                    Some(other) => format!("{other:?}"),
-                    None => "?".to_owned(),
-                };
-                parts.push(format!("{p}: {at}/{end}"));
-            }
-            lines.push(format!("{topic} [{}]", parts.join(", ")));
-        }
-        lines.join("; ")
-    })
-    .await
-    .expect("the lag report")
-}
-
-/// What the two databases recorded of one flow (events, messages sent and received, timers),
-/// merged by time: where a message stopped shows which hop lost it.
-/// Also the ids of the messages sent and received nowhere.
-async fn flow_report(
-    orders: &PgStore,
-    services: &PgStore,
-    correlation_id: Uuid,
-) -> (String, Vec<Uuid>) {
-    use eventfold::eventstore::TraceStore;
-    use eventfold::trace::TraceKind;
-    let mut records = Vec::new();
-    for (db, store) in [("orders", orders), ("services", services)] {
-        match store.trace(correlation_id).await {
-            Ok(found) => records.extend(found.into_iter().map(|r| (db, r))),
-            Err(e) => {
-                return (
-                    format!("the trace of {correlation_id} in {db} failed: {e}"),
-                    Vec::new(),
-                );
-            }
-        }
-    }
-    records.sort_by_key(|(_, r)| r.at);
-    let unreceived: Vec<Uuid> = records
-        .iter()
-        .filter(|(_, r)| r.kind == TraceKind::Sent)
-        .filter(|(_, sent)| {
-            !records
-                .iter()
-                .any(|(_, r)| r.kind == TraceKind::Received && r.id == sent.id)
-        })
-        .map(|(_, r)| r.id)
-        .collect();
-    let flow = records
-        .iter()
-        .map(|(db, r)| {
-            format!(
-                "  {} {db:8} {:10} {} {} ({}) cause {:?}",
-                r.at.format("%H:%M:%S%.3f"),
-                r.kind.label(),
-                r.name,
-                r.id,
-                r.subject,
-                r.causation_id
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    (flow, unreceived)
-}
-
-/// Where the messages `ids` are on the run's topics (read from the start by a fresh consumer),
-/// to tell a message the broker never had from one a consumer skipped.
-async fn where_in_topics(brokers: &str, topics: &Topics, ids: &[Uuid]) -> String {
-    use eventfold::outbox::kafka::rdkafka::message::Message;
-    use eventfold::outbox::kafka_source::message_headers;
-    let mut all = vec![topics.replies()];
-    all.extend(SERVICES.iter().map(|(service, _)| topics.command(service)));
-    let mut found = Vec::new();
-    for topic in all {
-        let consumer = common::consumer_from_start(
-            brokers,
-            format!("diagnose-{}", Uuid::now_v7().simple()),
-            &topic,
-            PARTITIONS,
-        );
-        let mut records = 0;
-        loop {
-            let until = Instant::now() + Duration::from_secs(3);
-            let Some(message) = common::recv_before(&consumer, until, &topic).await else {
-                break;
-            };
-            records += 1;
-            let headers = message_headers(&message);
-            let id = headers
-                .get(eventfold::outbox::headers::ID)
-                .and_then(|id| id.parse::<Uuid>().ok());
-            if let Some(id) = id.filter(|id| ids.contains(id)) {
-                found.push(format!(
-                    "{id} at {topic}/{} offset {}",
-                    message.partition(),
-                    message.offset()
-                ));
-            }
-        }
-        found.push(format!("({records} records read from {topic})"));
-    }
-    found.join("; ")
-}
-
 /// Instances per status (of this test's saga type).
 async fn statuses(store: &PgStore) -> BTreeMap<String, u64> {
     store
@@ -717,7 +609,7 @@ async fn killed_orchestrators_and_participants_leave_every_saga_terminal_with_ef
              kill: {by_status:?}; outboxes pending {:?} / {:?}; committed/end offsets: {}",
             orders.outbox_status().await.map(|s| s.pending),
             services.outbox_status().await.map(|s| s.pending),
-            lag_report(&brokers, &topics).await
+            diagnosis::lag_report(&brokers, topics.consumed(), PARTITIONS).await
         );
         if reported.elapsed() >= Duration::from_secs(5) {
             reported = Instant::now();
@@ -727,7 +619,7 @@ async fn killed_orchestrators_and_participants_leave_every_saga_terminal_with_ef
                 started.elapsed(),
                 orders.outbox_status().await.map(|s| s.pending),
                 services.outbox_status().await.map(|s| s.pending),
-                lag_report(&brokers, &topics).await
+                diagnosis::lag_report(&brokers, topics.consumed(), PARTITIONS).await
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -766,15 +658,21 @@ async fn killed_orchestrators_and_participants_leave_every_saga_terminal_with_ef
         }
         if history.iter().any(|h| h.starts_with("saga.step_timed_out")) {
             let (flow, unreceived) =
-                flow_report(&orders, &services, instance.state.correlation_id).await;
+                diagnosis::flow_report(&orders, &services, instance.state.correlation_id).await;
             panic!(
                 "saga {id} ({scenario:?}): a step timed out, so the crashes stalled it longer than \
                  {STEP_TIMEOUT:?} (the expected effects assume no timeout): {timeline:?}\n\
                  its flow, as both databases recorded it (which hop lost the message):\n{flow}\n\
                  sent and never received: {unreceived:?}, found on the topics: {}\n\
                  committed/end offsets: {}",
-                where_in_topics(&brokers, &topics, &unreceived).await,
-                lag_report(&brokers, &topics).await
+                diagnosis::where_in_topics(
+                    &brokers,
+                    topics.consumed().into_iter().map(|(topic, _)| topic),
+                    PARTITIONS,
+                    &unreceived,
+                )
+                .await,
+                diagnosis::lag_report(&brokers, topics.consumed(), PARTITIONS).await
             );
         }
         assert_eq!(

@@ -105,6 +105,22 @@ impl<'a> Batch<'a> {
     pub fn span(&self, record: &Record) -> tracing::Span {
         consume_span(self.consumer, record)
     }
+
+    /// The records `decode` takes (`Ok(Some(..))`), each with its index and record, in order;
+    /// records it skips (`Ok(None)`: another message type on the topic) are left out. A record
+    /// that fails to decode fails the batch at its index ([`BatchFailure::at`]).
+    pub fn decoded<T, E: Into<BoxError>>(
+        &self,
+        mut decode: impl FnMut(&Record) -> Result<Option<T>, E>,
+    ) -> Result<Vec<(usize, &'a Record, T)>, BatchFailure> {
+        let mut decoded = Vec::with_capacity(self.records.len());
+        for (index, &record) in self.records.iter().enumerate() {
+            if let Some(value) = decode(record).map_err(|e| BatchFailure::at(index, e))? {
+                decoded.push((index, record, value));
+            }
+        }
+        Ok(decoded)
+    }
 }
 
 /// The `consume` span of one message.

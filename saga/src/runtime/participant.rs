@@ -261,14 +261,7 @@ impl<S: SagaStore, P: Participant<S::UnitOfWork>> Handler<S::UnitOfWork>
         uow: &mut S::UnitOfWork,
         batch: &Batch<'_>,
     ) -> Result<(), BatchFailure> {
-        let mut commands = Vec::with_capacity(batch.records().len());
-        for (index, &record) in batch.records().iter().enumerate() {
-            if let Some(incoming) =
-                Self::incoming(record).map_err(|e| BatchFailure::at(index, e))?
-            {
-                commands.push((index, record, incoming));
-            }
-        }
+        let commands = batch.decoded(Self::incoming)?;
         if commands.is_empty() {
             return Ok(());
         }

@@ -106,15 +106,7 @@ impl<S: SagaStore, D: SagaData> Handler<S::UnitOfWork> for ReplyHandler<S, D> {
         uow: &mut S::UnitOfWork,
         batch: &Batch<'_>,
     ) -> Result<(), BatchFailure> {
-        let mut replies = Vec::with_capacity(batch.records().len());
-        for (index, &record) in batch.records().iter().enumerate() {
-            if let Some(reply) = self
-                .reply_of(record)
-                .map_err(|e| BatchFailure::at(index, e))?
-            {
-                replies.push((index, record, reply));
-            }
-        }
+        let replies = batch.decoded(|record| self.reply_of(record))?;
         let ids: Vec<Uuid> = replies.iter().map(|(_, _, r)| r.saga_id).collect();
         if ids.is_empty() {
             return Ok(());
