@@ -112,6 +112,8 @@ pub(crate) struct Options {
     pub(crate) projection_events: u64,
     /// Duration of each saga variant's one-at-a-time latency run.
     pub(crate) saga_latency_seconds: f64,
+    /// `--saga-variants`: the keys of the saga variants to run (empty: all).
+    pub(crate) saga_variants: Vec<String>,
     /// `--quick` was given.
     pub(crate) quick: bool,
 }
@@ -145,6 +147,7 @@ pub(crate) fn parse_args() -> Result<Options> {
     let mut projection_events = None;
     let mut saga_latency_seconds = None;
     let mut test_before_acquire = true;
+    let mut saga_variants = Vec::new();
     let mut sections = Sections::ALL;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -165,12 +168,22 @@ pub(crate) fn parse_args() -> Result<Options> {
             "--saga-latency-seconds" => {
                 saga_latency_seconds = Some(positive("--saga-latency-seconds", args.next())?);
             }
+            "--saga-variants" => {
+                let value = args.next().ok_or("--saga-variants needs a value")?;
+                saga_variants = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+            }
             "--no-test-before-acquire" => test_before_acquire = false,
             "-h" | "--help" => {
                 println!(
                     "usage: eventfold-bench [--seconds N | --quick] [--only commands,appends,log,relay,projections,sagas,peers,sqlite]\n\
                      \x20                      [--log-events N] [--latency-seconds N] [--relay-rows N] [--projection-events N]\n\
-                     \x20                      [--saga-latency-seconds N] [--no-test-before-acquire]\n\
+                     \x20                      [--saga-latency-seconds N] [--saga-variants KEY,..] [--no-test-before-acquire]\n\
+                     --saga-variants: only these saga variants, by the keys of the JSON report (postgres_in_process, ...)\n\
                      --quick: 2 s per case, 200000 log events, 4 s latency tests, 100000 relay rows, 200000 projection events,\n\
                      \x20        2 s saga latency runs, 1 s raw commit baselines\n\
                      sections run by default: commands,appends,log,projections; relay, sagas, peers and sqlite only when named\n\
@@ -192,6 +205,7 @@ pub(crate) fn parse_args() -> Result<Options> {
         relay_latency_seconds: if quick { 4.0 } else { 10.0 },
         projection_events: projection_events.unwrap_or(if quick { 200_000 } else { 1_000_000 }),
         saga_latency_seconds: saga_latency_seconds.unwrap_or(if quick { 2.0 } else { 3.0 }),
+        saga_variants,
         quick,
     })
 }

@@ -69,7 +69,7 @@ pub use projection::{BuildState, LockedCheckpoint, ParkedEvent, ProjectionState,
 pub use repository::{Executed, Loaded, Repository};
 pub use saga::{
     SagaFilter, SagaRecord, SagaRegistration, SagaStore, SagaTimer, SagaTimerId,
-    SagaTransitionWrite,
+    SagaTransitionItem, SagaTransitionWrite,
 };
 pub use store::{
     AppendResult, CommandRecord, DynEventReader, EventStore, LocalWakeup, MAX_MESSAGE_KEY_LEN,

@@ -135,6 +135,22 @@ pub struct SagaTransitionWrite<'a> {
     pub clear: bool,
 }
 
+/// One transition of [`SagaStore::write_saga_transitions`]: what
+/// [`SagaStore::write_saga_transition`] takes, owned.
+#[derive(Debug, Clone)]
+pub struct SagaTransitionItem<'a> {
+    /// The instance's stream.
+    pub stream_id: StreamId,
+    /// The stream's version the transition was decided at (its events follow it).
+    pub expected: u64,
+    /// The transition's events.
+    pub events: Vec<NewEvent>,
+    /// The commands it sends (outbox rows after the events' own).
+    pub messages: Vec<OutboxMessage>,
+    /// Its timers and the instance's row.
+    pub write: SagaTransitionWrite<'a>,
+}
+
 /// Which saga instances to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SagaFilter {
@@ -280,6 +296,23 @@ pub trait SagaStore: EventStore {
         write: SagaTransitionWrite<'_>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         write_in_steps(self, uow, stream_id, expected, events, messages, write)
+    }
+
+    /// The transitions of several instances (each instance at most once; each locked by this
+    /// unit of work) in one call: for each, what
+    /// [`write_saga_transition`](Self::write_saga_transition) writes, and whether its instance is
+    /// registered, in order. What the reply consumer writes for a batch of replies. A version
+    /// conflict is the error of the first transition that met one (naming its stream); on any
+    /// error or `false`, roll the unit of work back (some of the others may have been written).
+    ///
+    /// The default writes them one after the other; PostgreSQL writes transitions with events
+    /// in one statement (`UNNEST` of every transition's rows).
+    fn write_saga_transitions(
+        &self,
+        uow: &mut Self::UnitOfWork,
+        transitions: Vec<SagaTransitionItem<'_>>,
+    ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send {
+        write_transitions_one_by_one(self, uow, transitions)
     }
 
     /// Stores timers (an existing timer with the same identity gets the new deadline).
@@ -492,6 +525,24 @@ pub(crate) async fn write_in_steps<S: SagaStore>(
         uow.enqueue(messages).await?;
     }
     store.finish_saga_transition(uow, write).await
+}
+
+/// [`SagaStore::write_saga_transitions`] one transition at a time (the trait's default, and
+/// SQLite's).
+pub(crate) async fn write_transitions_one_by_one<S: SagaStore>(
+    store: &S,
+    uow: &mut S::UnitOfWork,
+    transitions: Vec<SagaTransitionItem<'_>>,
+) -> Result<Vec<bool>, StoreError> {
+    let mut registered = Vec::with_capacity(transitions.len());
+    for t in transitions {
+        registered.push(
+            store
+                .write_saga_transition(uow, &t.stream_id, t.expected, t.events, t.messages, t.write)
+                .await?,
+        );
+    }
+    Ok(registered)
 }
 
 /// [`SagaStore::finish_saga_transition`] one statement at a time (the trait's default, and

@@ -667,8 +667,19 @@ pub(crate) async fn run(pool: &PgPool, options: &Options) -> Result<SagaResults>
         eprintln!("sagas: raw SQLite commits, {tasks} tasks");
         raw_sqlite_rates.push((tasks, raw_sqlite(tasks, raw_seconds).await?));
     }
+    if let Some(unknown) = options
+        .saga_variants
+        .iter()
+        .find(|key| !Variant::ALL.iter().any(|v| v.key() == key.as_str()))
+    {
+        let keys: Vec<&str> = Variant::ALL.iter().map(|v| v.key()).collect();
+        return Err(format!("--saga-variants: unknown `{unknown}` ({})", keys.join(", ")).into());
+    }
+    let chosen = |variant: &Variant| {
+        options.saga_variants.is_empty() || options.saga_variants.iter().any(|k| k == variant.key())
+    };
     let mut variants = Vec::new();
-    for variant in Variant::ALL {
+    for variant in Variant::ALL.into_iter().filter(chosen) {
         eprintln!("sagas: {}", variant.name());
         let result = if variant.postgres() {
             postgres_variant(variant, &base, pool, &bench_db, options).await

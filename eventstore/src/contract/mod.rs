@@ -146,6 +146,7 @@ macro_rules! eventstore_contract_tests {
             locking_a_saga_serialises_units_of_work,
             a_transition_ends_with_its_timers_and_row,
             a_transition_is_written_at_once,
+            transitions_of_several_instances_are_written_at_once,
         );
         $crate::eventstore_contract_tests!(@group $fresh; trace:
             trace_reads_every_record_of_a_flow,

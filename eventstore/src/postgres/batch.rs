@@ -34,7 +34,7 @@ pub(super) struct PgBatchWriter {
 
 /// A row of the batch statement: an appended event (`None`, its id, position, version) or an
 /// append whose version did not match (its 1-based index, -, -, the version found).
-type BatchRow = (Option<i64>, Option<Uuid>, Option<i64>, i64);
+pub(super) type BatchRow = (Option<i64>, Option<Uuid>, Option<i64>, i64);
 
 impl BatchWriter for PgBatchWriter {
     type Request = PgAppend;
@@ -86,11 +86,20 @@ pub(super) async fn write_batch(
     appends: &[&PgAppend],
 ) -> Result<Vec<Result<AppendResult, StoreError>>, StoreError> {
     let encode = |e| sql::db_err("appending events", &sql.events)(sqlx::Error::Encode(e));
-    let args = binds(appends).finish().map_err(encode)?;
+    let args = batch_binds(appends).finish().map_err(encode)?;
     let rows: Vec<BatchRow> = sqlx::query_as_with(&sql.append_batch, args)
         .fetch_all(conn)
         .await
         .map_err(sql::db_err("appending events", &sql.events))?;
+    batch_results(sql, appends, rows)
+}
+
+/// Each append's result from the rows of the batch statement (see [`write_batch`]).
+pub(super) fn batch_results(
+    sql: &Statements,
+    appends: &[&PgAppend],
+    rows: Vec<BatchRow>,
+) -> Result<Vec<Result<AppendResult, StoreError>>, StoreError> {
     let mut appended: HashMap<Uuid, (i64, i64)> = HashMap::with_capacity(rows.len());
     let mut found: HashMap<usize, i64> = HashMap::new();
     for (index, id, position, version) in rows {
@@ -150,7 +159,7 @@ fn result_of(
 }
 
 /// The batch statement's parameters: one array per column (see `Statements::append_batch`).
-fn binds(batch: &[&PgAppend]) -> Binds {
+pub(super) fn batch_binds(batch: &[&PgAppend]) -> Binds {
     let mut binds = Binds::default();
     let (mut types, mut ids, mut expected) = (Vec::new(), Vec::new(), Vec::new());
     let (mut e_cmd, mut e_n, mut m_cmd) = (Vec::new(), Vec::new(), Vec::new());

@@ -16,9 +16,10 @@ use eventfold_core::{NewEvent, OutboxMessage, StreamId};
 use super::append::{
     Binds, Statement, append_binds, append_error, append_result, prepare_with_messages,
 };
+use super::batch::{BatchRow, PgAppend, batch_binds, batch_results};
 use super::{PgStore, PgUnitOfWork};
 use crate::error::{ExpectedVersion, StoreError};
-use crate::saga::{SagaTimer, SagaTransitionWrite};
+use crate::saga::{SagaTimer, SagaTransitionItem, SagaTransitionWrite};
 use crate::sql::{db_err, sagas as shared, to_i64};
 
 crate::sql::sagas::saga_store!(PgStore, PgUnitOfWork);
@@ -169,6 +170,76 @@ impl PgStore {
         Ok(updated)
     }
 
+    /// [`crate::saga::SagaStore::write_saga_transitions`]: with events in every transition and
+    /// more than one, one statement (`Statements::write_saga_transitions`); else one after the
+    /// other.
+    pub(super) async fn write_transitions(
+        &self,
+        uow: &mut PgUnitOfWork,
+        transitions: Vec<SagaTransitionItem<'_>>,
+    ) -> Result<Vec<bool>, StoreError> {
+        if transitions.len() < 2 || transitions.iter().any(|t| t.events.is_empty()) {
+            return crate::saga::write_transitions_one_by_one(self, uow, transitions).await;
+        }
+        let routing = uow.routing.as_deref();
+        let mut appends = Vec::with_capacity(transitions.len());
+        let mut journal = Vec::new();
+        let mut writes = Vec::with_capacity(transitions.len());
+        for t in transitions {
+            let version = ExpectedVersion::Exact(t.expected);
+            let (events, outbox, rows) = prepare_with_messages(
+                &t.stream_id,
+                version,
+                t.events,
+                t.messages,
+                &uow.source,
+                routing,
+            )?;
+            journal.extend(rows);
+            writes.push(t.write);
+            appends.push(PgAppend {
+                stream_id: t.stream_id,
+                expected: version,
+                events,
+                outbox,
+            });
+        }
+        let table = &self.sql.sagas.sagas;
+        let refs: Vec<&PgAppend> = appends.iter().collect();
+        let mut binds = batch_binds(&refs);
+        binds.journal(&journal);
+        bind_transition_ends(&mut binds, &writes, table)?;
+        let args = binds
+            .finish()
+            .map_err(|e| db_err("writing saga transitions", table)(sqlx::Error::Encode(e)))?;
+        let rows: Vec<BatchRow> = sqlx::query_as_with(&self.sql.write_saga_transitions, args)
+            .fetch_all(&mut *uow.tx)
+            .await
+            .map_err(db_err("writing saga transitions", table))?;
+        let mut updated = vec![false; appends.len()];
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            match row.0 {
+                Some(n) if n < 0 => {
+                    if let Some(u) = usize::try_from(-n)
+                        .ok()
+                        .and_then(|n| updated.get_mut(n - 1))
+                    {
+                        *u = true;
+                    }
+                }
+                _ => events.push(row),
+            }
+        }
+        // Every transition's events, or the first conflict (the caller rolls back).
+        for result in batch_results(&self.sql, &refs, events)? {
+            result?;
+        }
+        // Wakes the relay at commit.
+        uow.wrote_events = true;
+        Ok(updated)
+    }
+
     /// Claims up to `limit` due timers of `saga_types` (not empty) for `lease`; see
     /// [`crate::saga::SagaStore::claim_due_timers`].
     pub(super) async fn claim_saga_timers(
@@ -193,6 +264,83 @@ impl PgStore {
         shared::sort_timers(&mut claimed);
         Ok(claimed)
     }
+}
+
+/// The saga parts of `Statements::write_saga_transitions` (`$30`..`$46`): each transition's
+/// row and whether its timers all go, its cancelled timers and its stored ones (made disjoint,
+/// [`shared::disjoint_timer_writes`]), each timer with its transition's 1-based index.
+fn bind_transition_ends(
+    binds: &mut Binds,
+    writes: &[SagaTransitionWrite<'_>],
+    table: &str,
+) -> Result<(), StoreError> {
+    let n = writes.len();
+    let (mut ids, mut statuses, mut details) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut definitions, mut versions, mut last_ids, mut clears) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut c_cmd, mut c_step, mut c_attempt, mut c_kind) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut p_cmd, mut p_step, mut p_attempt, mut p_kind, mut p_type, mut p_due) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for (i, write) in writes.iter().enumerate() {
+        let cmd = i as i64 + 1;
+        let record = write.record;
+        ids.push(record.saga_id);
+        statuses.push(record.status.as_str());
+        details.push(record.detail.as_deref());
+        definitions.push(i64::from(record.definition_version));
+        versions.push(shared::version_of(record, table)?);
+        last_ids.push(record.last_event_id);
+        clears.push(write.clear);
+        let (cancel, put) = shared::disjoint_timer_writes(write);
+        for t in cancel {
+            c_cmd.push(cmd);
+            c_step.push(t.step.as_str());
+            c_attempt.push(i64::from(t.attempt));
+            c_kind.push(t.kind.as_str());
+        }
+        for t in put {
+            p_cmd.push(cmd);
+            p_step.push(t.step.as_str());
+            p_attempt.push(i64::from(t.attempt));
+            p_kind.push(t.kind.as_str());
+            p_type.push(t.saga_type.as_str());
+            p_due.push(t.due_at);
+        }
+    }
+    binds
+        .add(ids)
+        .add(statuses)
+        .add(details)
+        .add(definitions)
+        .add(versions)
+        .add(last_ids)
+        .add(clears)
+        .add(c_cmd)
+        .add(c_step)
+        .add(c_attempt)
+        .add(c_kind)
+        .add(p_cmd)
+        .add(p_step)
+        .add(p_attempt)
+        .add(p_kind)
+        .add(p_type)
+        .add(p_due);
+    Ok(())
 }
 
 /// The parameters of a transition's end (`Statements::finish_saga_transition`'s `$1`..`$15`):

@@ -98,6 +98,11 @@ pub(super) struct Statements {
     pub(super) write_one_saga_transition: String,
     /// [`write_one_saga_transition`](Self::write_one_saga_transition) for several events.
     pub(super) write_saga_transition: String,
+    /// The transitions of several instances in one statement
+    /// (`SagaStore::write_saga_transitions`): [`append_batch`](Self::append_batch) with each
+    /// transition's journal rows, timers and row. Returns `append_batch`'s rows, and a row
+    /// `-n` for each transition `n` (1-based) whose instance's row was updated.
+    pub(super) write_saga_transitions: String,
 }
 
 /// How an append with outbox rows ends: the events' positions and versions.
@@ -211,7 +216,7 @@ impl Statements {
         // events' columns, `$16` each outbox row's append, `$17`..`$25` its columns. An append
         // whose version does not match writes nothing and comes back as a row with its index
         // and the version found; the others' events come back by id.
-        let append_batch = format!(
+        let batch_head = format!(
             "WITH c AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[]) WITH ORDINALITY \
                AS c(stype, sid, expected, cmd)), \
              cur AS (SELECT c.cmd, c.stype, c.sid, c.expected, COALESCE(l.stream_version, 0)::int8 AS v, \
@@ -237,12 +242,13 @@ impl Statements {
                  $22::text[], $23::text[], $24::text[], $25::int4[]) WITH ORDINALITY \
                  AS m(cmd, id, at, aid, ty, payload, topic, key, headers, slot, ord) \
                LEFT JOIN ev ON ev.event_id = m.id \
-               WHERE m.cmd IN (SELECT ok.cmd FROM ok) AND {XID_FIRST} ORDER BY m.ord) \
-             SELECT NULL::int8, ev.event_id, ev.global_position, ev.stream_version FROM ev \
-             UNION ALL SELECT cur.cmd, NULL::uuid, NULL::int8, cur.v FROM cur \
-               WHERE NOT (cur.expected IS NULL OR cur.v = cur.expected)",
+               WHERE m.cmd IN (SELECT ok.cmd FROM ok) AND {XID_FIRST} ORDER BY m.ord)",
             version = eventfold_core::outbox::headers::STREAM_VERSION,
         );
+        let batch_rows = "SELECT NULL::int8, ev.event_id, ev.global_position, ev.stream_version FROM ev \
+             UNION ALL SELECT cur.cmd, NULL::uuid, NULL::int8, cur.v FROM cur \
+               WHERE NOT (cur.expected IS NULL OR cur.v = cur.expected)";
+        let append_batch = format!("{batch_head} {batch_rows}");
         let read_batch = format!(
             "SELECT r.ord, e.stream_type, e.stream_id, {EVENT_COLUMNS}, e.headers::text \
              FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[]) WITH ORDINALITY \
@@ -377,6 +383,40 @@ impl Statements {
             append_outbox_journal: with_outbox(many_events, "", true, RETURN_EVENTS),
             write_one_saga_transition: with_outbox(one_event, "", true, &transition_tail),
             write_saga_transition: with_outbox(many_events, "", true, &transition_tail),
+            // The batch append's parts (`$1`..`$25`), then: the journal of the messages (`$26`
+            // correlation ids, `$27` causation ids, `$28` senders, `$29` the time of sending,
+            // as `Binds::journal` binds them), each transition's row (`$30`..`$35` as
+            // `SagaSql::update`'s `$1`..`$6`, `$36` whether its timers all go), the cancelled
+            // timers (`$37` their transition, `$38`..`$40` step, attempt, kind) and the stored
+            // ones (`$41` their transition, `$42`..`$46` step, attempt, kind, type, deadline).
+            // A transition's journal, timers and row are written only when its events are (it
+            // is in `ok`). Each instance stands in one transition, so no part writes a row twice.
+            write_saga_transitions: format!(
+                "{batch_head}, \
+                 j AS (INSERT INTO {sent} (id, correlation_id, causation_id, type, topic, key, source, sent_at) \
+                   SELECT s.id, s.corr, s.cause, s.ty, s.topic, s.key, s.src, $29 \
+                   FROM UNNEST($16::int8[], $17::uuid[], $20::text[], $22::text[], $23::text[], $26::uuid[], \
+                     $27::uuid[], $28::text[]) AS s(cmd, id, ty, topic, key, corr, cause, src) \
+                   WHERE s.corr IS NOT NULL AND s.cmd IN (SELECT ok.cmd FROM ok) ON CONFLICT (id) DO NOTHING), \
+                 g AS (SELECT * FROM UNNEST($30::uuid[], $31::text[], $32::text[], $33::int8[], $34::int8[], \
+                     $35::uuid[], $36::bool[]) WITH ORDINALITY \
+                     AS g(saga_id, status, detail, dv, version, last_id, clear, cmd) \
+                   WHERE g.cmd IN (SELECT ok.cmd FROM ok)), \
+                 cancelled AS (DELETE FROM {saga_timers} t \
+                   USING UNNEST($37::int8[], $38::text[], $39::int8[], $40::text[]) AS c(cmd, step, attempt, kind), g \
+                   WHERE g.cmd = c.cmd AND t.saga_id = g.saga_id AND t.step = c.step \
+                     AND t.attempt = c.attempt AND t.kind = c.kind), \
+                 cleared AS (DELETE FROM {saga_timers} t USING g WHERE t.saga_id = g.saga_id AND g.clear), \
+                 stored AS (INSERT INTO {saga_timers} (saga_id, step, attempt, kind, saga_type, due_at, claims) \
+                   SELECT g.saga_id, p.step, p.attempt, p.kind, p.saga_type, p.due_at, 0 \
+                   FROM UNNEST($41::int8[], $42::text[], $43::int8[], $44::text[], $45::text[], $46::timestamptz[]) \
+                     AS p(cmd, step, attempt, kind, saga_type, due_at) JOIN g ON g.cmd = p.cmd {UPSERT_TIMER}), \
+                 upd AS (UPDATE {saga_table} r SET status = g.status, detail = g.detail, \
+                   definition_version = g.dv, version = g.version, last_event_id = g.last_id, updated_at = {now} \
+                   FROM g WHERE r.saga_id = g.saga_id RETURNING g.cmd) \
+                 {batch_rows} \
+                 UNION ALL SELECT -upd.cmd, NULL::uuid, NULL::int8, 0::int8 FROM upd"
+            ),
             // The floor's lag: from the floor to the first live row, or to the next `seq` when
             // there is none (the floor itself before the sequence was first used).
             outbox_status: format!(

@@ -351,9 +351,10 @@ where
 
 /// Implements `SagaStore` for `$store` (with the fields `pool` and `sql`, whose `sagas` is a
 /// [`SagaSql`], and the methods `claim_saga_timers`, `finish_transition`, `write_transition`,
-/// `find_outcomes`, `record_outcomes` and `lock_many` with the signatures of
-/// `claim_due_timers`, `finish_saga_transition`, `write_saga_transition`,
-/// `find_request_outcomes`, `record_request_outcomes` and `lock_sagas_with_clock`) and
+/// `write_transitions`, `find_outcomes`, `record_outcomes` and `lock_many` with the signatures
+/// of `claim_due_timers`, `finish_saga_transition`, `write_saga_transition`,
+/// `write_saga_transitions`, `find_request_outcomes`, `record_request_outcomes` and
+/// `lock_sagas_with_clock`) and
 /// its unit of work `$uow` (with `connection()`).
 macro_rules! saga_store {
     ($store:ty, $uow:ty) => {
@@ -483,6 +484,14 @@ macro_rules! saga_store {
                 ) -> Result<bool, StoreError> {
                     self.write_transition(uow, stream_id, expected, events, messages, write)
                         .await
+                }
+
+                async fn write_saga_transitions(
+                    &self,
+                    uow: &mut $uow,
+                    transitions: Vec<$crate::saga::SagaTransitionItem<'_>>,
+                ) -> Result<Vec<bool>, StoreError> {
+                    self.write_transitions(uow, transitions).await
                 }
 
                 async fn update_saga(

@@ -48,6 +48,15 @@ impl SqliteStore {
         crate::saga::write_in_steps(self, uow, stream_id, expected, events, messages, write).await
     }
 
+    /// [`crate::saga::SagaStore::write_saga_transitions`]: one transition after the other.
+    pub(super) async fn write_transitions(
+        &self,
+        uow: &mut SqliteUnitOfWork,
+        transitions: Vec<crate::saga::SagaTransitionItem<'_>>,
+    ) -> Result<Vec<bool>, StoreError> {
+        crate::saga::write_transitions_one_by_one(self, uow, transitions).await
+    }
+
     /// [`crate::saga::SagaStore::lock_sagas_with_clock`]: one instance at a time (a SQLite
     /// writer holds the database already).
     pub(super) async fn lock_many(

@@ -79,6 +79,7 @@ mod orchestrator;
 mod participant;
 mod replies;
 mod scheduler;
+mod transition;
 pub mod wire;
 
 pub use error::RuntimeError;

@@ -4,23 +4,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use eventfold_core::{CommandMetadata, NewEvent, StreamId};
-use eventfold_eventstore::{
-    SagaRecord, SagaRegistration, SagaStore, SagaTimer, SagaTimerId, SagaTransitionWrite,
-    UnitOfWork,
-};
-use tracing::Instrument;
+use chrono::Utc;
+use eventfold_core::StreamId;
+use eventfold_eventstore::{SagaRecord, SagaRegistration, SagaStore, SagaTimer, UnitOfWork};
 use uuid::Uuid;
 
 use crate::definition::{SagaData, SagaDefinition};
-use crate::event::SagaEvent;
-use crate::machine::{Decision, Ignored, Input, TimerKey, TimerKind};
+use crate::machine::{Ignored, Input, TimerKey, TimerKind};
 use crate::message::Reply;
-use crate::runtime::cache::{History, StateCache};
+use crate::runtime::cache::StateCache;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::history::{self, saga_stream};
-use crate::runtime::wire;
+use crate::runtime::transition::Known;
 use crate::state::{SagaState, SagaStatus};
 
 /// The timer kind of an operator's request to resume a parked saga (`sagas retry`).
@@ -77,14 +72,6 @@ pub(crate) struct Inner<S, D> {
 /// How many instances an orchestrator's state cache keeps by default
 /// ([`Orchestrator::with_state_cache`]).
 pub const DEFAULT_STATE_CACHE: usize = 4_096;
-
-/// Where a transition's history comes from.
-enum Known {
-    /// Read it (or take it from the cache when the locked row names it).
-    Load,
-    /// The instance was inserted by this unit of work a moment ago: it has no events yet.
-    New,
-}
 
 /// Runs one saga definition against a store that implements [`SagaStore`]. Cheap to clone.
 ///
@@ -352,24 +339,6 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             .await
     }
 
-    /// [`handle_reply_in`](Self::handle_reply_in) with the instance's row already locked by
-    /// this unit of work (`locked`, from `SagaStore::lock_sagas_with_clock`), or locked here
-    /// when `None`.
-    pub(crate) async fn handle_locked_reply_in(
-        &self,
-        uow: &mut S::UnitOfWork,
-        locked: Option<(SagaRecord, DateTime<Utc>)>,
-        reply: Reply,
-        message_id: Option<Uuid>,
-    ) -> Result<Applied, RuntimeError> {
-        let Some(locked) = locked else {
-            return self.handle_reply_in(uow, reply, message_id).await;
-        };
-        let input = Input::Reply(reply);
-        self.apply_locked(uow, locked, Known::Load, input, message_id)
-            .await
-    }
-
     /// Applies a reply in units of work of its own, retrying conflicts.
     pub async fn handle_reply(
         &self,
@@ -524,272 +493,6 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         };
         self.apply_locked(uow, locked, Known::Load, input, cause)
             .await
-    }
-
-    /// The transition of an instance whose row this unit of work locked, at the database's
-    /// clock of the lock, in a span: load, decide, write.
-    async fn apply_locked(
-        &self,
-        uow: &mut S::UnitOfWork,
-        locked: (SagaRecord, DateTime<Utc>),
-        known: Known,
-        input: Input<D>,
-        cause: Option<Uuid>,
-    ) -> Result<Applied, RuntimeError> {
-        let saga_id = locked.0.saga_id;
-        let input_name = match &input {
-            Input::Start { .. } => "start",
-            Input::Reply(_) => "reply",
-            Input::TimerFired(_) => "timer",
-            Input::RetryParked => "retry_parked",
-        };
-        let span = tracing::info_span!(
-            "saga.transition",
-            saga_type = self.saga_type(),
-            %saga_id,
-            input = input_name,
-        );
-        self.apply_inner(uow, locked, known, input, cause)
-            .instrument(span)
-            .await
-    }
-
-    async fn apply_inner(
-        &self,
-        uow: &mut S::UnitOfWork,
-        (mut record, now): (SagaRecord, DateTime<Utc>),
-        known: Known,
-        input: Input<D>,
-        cause: Option<Uuid>,
-    ) -> Result<Applied, RuntimeError> {
-        let store = &self.inner.store;
-        let saga_id = record.saga_id;
-        let stream = saga_stream(saga_id)?;
-        let (mut loaded, mut payload_bytes) = match known {
-            Known::New => (History::new(), 0),
-            Known::Load => self.history(uow, &stream, &record).await?,
-        };
-        let mut state = SagaState::fold(loaded.iter().map(|(e, ..)| e));
-        // A timer has no id of its own: what it fires is caused by the instance's latest
-        // transition (which set or moved the timer), so the trace keeps one causal chain.
-        let cause = cause.or_else(|| loaded.last().map(|(.., id)| *id));
-        let transition = match self.inner.definition.decide(&state, input, now)? {
-            Decision::Ignored { why } => {
-                metrics::counter!("eventfold_saga_ignored_total", "saga_type" => self.saga_type().to_owned())
-                    .increment(1);
-                // Nothing changed: the history is still the one the row names.
-                if let (Some(last), false) = (record.last_event_id, state.status.is_terminal()) {
-                    self.inner
-                        .cache
-                        .put(saga_id, record.version, last, loaded, payload_bytes);
-                }
-                return Ok(Applied::Ignored(why));
-            }
-            Decision::Transition(t) => t,
-        };
-        let expected = state.version;
-        for event in &transition.events {
-            state.apply(event);
-        }
-        // The saga's events.
-        let source = store.source().to_owned();
-        let meta = CommandMetadata {
-            correlation_id: Some(state.correlation_id),
-            causation_id: cause,
-            headers: [(wire::SAGA_ID.to_owned(), saga_id.to_string())].into(),
-            ..CommandMetadata::default()
-        };
-        let mut new_events: Vec<NewEvent> = Vec::with_capacity(transition.events.len());
-        for event in &transition.events {
-            let mut encoded =
-                NewEvent::encode(event, &source, &meta).map_err(|e| RuntimeError::Encode {
-                    saga_id,
-                    what: format!("event {}", event.event_type()),
-                    reason: e.to_string(),
-                })?;
-            // The events of one transition follow from each other (the step started because
-            // the saga started, ...): the first is caused by the input, each next by the one
-            // before, so that the trace of the flow is one chain.
-            if let Some(previous) = new_events.last() {
-                encoded.causation_id = Some(previous.event_id);
-            }
-            new_events.push(encoded);
-        }
-        let causation = new_events.last().map(|e| e.event_id);
-        let written: History = transition
-            .events
-            .iter()
-            .zip(&new_events)
-            .map(|(event, new)| (event.clone(), new.timestamp, new.event_id))
-            .collect();
-        payload_bytes += new_events.iter().map(|e| e.payload.len()).sum::<usize>();
-        // The commands, through the outbox, after the events' own rows.
-        let mut messages = Vec::with_capacity(transition.commands.len());
-        for command in &transition.commands {
-            messages.push(wire::command_message(
-                command,
-                &self.inner.reply_topic,
-                &source,
-                causation,
-            )?);
-        }
-        let commands = messages.len();
-        // The timers and the instance's row.
-        let cancel: Vec<SagaTimerId> = transition
-            .cancel_timers
-            .iter()
-            .map(|key| SagaTimerId {
-                step: key.step.clone(),
-                attempt: key.attempt,
-                kind: kind_name(key.kind).to_owned(),
-            })
-            .collect();
-        let put: Vec<SagaTimer> = transition
-            .timers
-            .iter()
-            .map(|t| SagaTimer {
-                saga_id,
-                saga_type: self.saga_type().to_owned(),
-                step: t.key.step.clone(),
-                attempt: t.key.attempt,
-                kind: kind_name(t.key.kind).to_owned(),
-                due_at: t.due_at,
-            })
-            .collect();
-        let (status, detail) = status_detail(&state);
-        record.status = status;
-        record.detail = detail;
-        record.correlation_id = state.correlation_id;
-        record.definition_version = state.definition_version;
-        record.version = state.version;
-        if let Some(last) = causation {
-            record.last_event_id = Some(last);
-        }
-        let write = SagaTransitionWrite {
-            record: &record,
-            cancel: &cancel,
-            put: &put,
-            clear: state.status.is_terminal(),
-        };
-        // All of it in one call (one statement on PostgreSQL): the events at the version
-        // loaded (the optimistic check), the commands after them, the timers and the row.
-        match store
-            .write_saga_transition(uow, &stream, expected, new_events, messages, write)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => return Err(RuntimeError::NotFound { saga_id }),
-            Err(e) if e.is_conflict() => {
-                return Err(RuntimeError::Conflict { saga_id, expected });
-            }
-            Err(e) => return Err(RuntimeError::store(saga_id)(e)),
-        }
-        self.record_metrics(&transition.events, &loaded, now);
-        // Kept for the next transition, which uses it only if this one commits (ADR 0029).
-        if let (Some(last), false) = (record.last_event_id, state.status.is_terminal()) {
-            loaded.extend(written);
-            self.inner
-                .cache
-                .put(saga_id, state.version, last, loaded, payload_bytes);
-        }
-        Ok(Applied::Transitioned {
-            status: state.status.clone(),
-            version: state.version,
-            events: transition.events.len(),
-            commands,
-        })
-    }
-
-    /// The history of the instance whose row this unit of work locked: from the state cache
-    /// when the row names the cached state, else read from its stream. In debug builds a cached
-    /// history is checked against the stream, so every test of the runtime checks the cache.
-    async fn history(
-        &self,
-        uow: &mut S::UnitOfWork,
-        stream: &StreamId,
-        record: &SagaRecord,
-    ) -> Result<(History, usize), RuntimeError> {
-        let saga_id = record.saga_id;
-        let Some((cached, payload_bytes)) =
-            self.inner
-                .cache
-                .take(saga_id, record.version, record.last_event_id)
-        else {
-            metrics::counter!("eventfold_saga_cache_misses_total", "saga_type" => self.saga_type().to_owned())
-                .increment(1);
-            return history::read_in(uow, stream, saga_id).await;
-        };
-        metrics::counter!("eventfold_saga_cache_hits_total", "saga_type" => self.saga_type().to_owned())
-            .increment(1);
-        #[cfg(debug_assertions)]
-        {
-            let (stored, _) = history::read_in(uow, stream, saga_id).await?;
-            let ids = |h: &History| {
-                h.iter()
-                    .map(|(e, _, id)| (e.clone(), *id))
-                    .collect::<Vec<_>>()
-            };
-            debug_assert_eq!(
-                ids(&cached),
-                ids(&stored),
-                "the state cache of saga {saga_id} differs from its stream at version {}",
-                record.version
-            );
-        }
-        Ok((cached, payload_bytes))
-    }
-
-    fn record_metrics(
-        &self,
-        events: &[SagaEvent],
-        history: &[(SagaEvent, DateTime<Utc>, Uuid)],
-        now: DateTime<Utc>,
-    ) {
-        let saga_type = self.saga_type().to_owned();
-        metrics::counter!("eventfold_saga_transitions_total", "saga_type" => saga_type.clone())
-            .increment(1);
-        for event in events {
-            match event {
-                SagaEvent::Started { .. } => {
-                    metrics::counter!("eventfold_saga_started_total", "saga_type" => saga_type.clone())
-                        .increment(1);
-                }
-                SagaEvent::StepSucceeded { step, .. } => {
-                    let started = history.iter().rev().find_map(|(e, at, _)| match e {
-                        SagaEvent::StepStarted { step: s, .. } if s == step => Some(*at),
-                        _ => None,
-                    });
-                    if let Some(at) = started {
-                        let seconds =
-                            (now - at).num_microseconds().unwrap_or(0).max(0) as f64 / 1_000_000.0;
-                        metrics::histogram!("eventfold_saga_step_seconds", "saga_type" => saga_type.clone(), "step" => step.clone())
-                            .record(seconds);
-                    }
-                }
-                SagaEvent::StepTimedOut { .. } => {
-                    metrics::counter!("eventfold_saga_timeouts_total", "saga_type" => saga_type.clone())
-                        .increment(1);
-                }
-                SagaEvent::StepCompensated { .. } => {
-                    metrics::counter!("eventfold_saga_compensations_total", "saga_type" => saga_type.clone())
-                        .increment(1);
-                }
-                SagaEvent::Parked { .. } => {
-                    metrics::counter!("eventfold_saga_parked_total", "saga_type" => saga_type.clone())
-                        .increment(1);
-                }
-                SagaEvent::Completed | SagaEvent::Compensated | SagaEvent::Failed { .. } => {
-                    let status = match event {
-                        SagaEvent::Completed => "completed",
-                        SagaEvent::Compensated => "compensated",
-                        _ => "failed",
-                    };
-                    metrics::counter!("eventfold_saga_finished_total", "saga_type" => saga_type.clone(), "status" => status)
-                        .increment(1);
-                }
-                _ => {}
-            }
-        }
     }
 }
 

@@ -10,9 +10,11 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::definition::SagaData;
+use crate::machine::Input;
 use crate::message::Reply;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::orchestrator::Orchestrator;
+use crate::runtime::transition::{Planned, Prepared};
 use crate::runtime::wire;
 
 /// The lanes of [`Orchestrator::reply_consumer`]: replies of different instances applied on up
@@ -99,8 +101,10 @@ impl<S: SagaStore, D: SagaData> Handler<S::UnitOfWork> for ReplyHandler<S, D> {
 
     /// The replies of a shared transaction: the rows of their instances locked with one call
     /// (`SagaStore::lock_sagas_with_clock`: one statement on PostgreSQL, in id order), then each
-    /// reply's transition in order under its lock, in its `consume` span. A second reply of one
-    /// instance in the batch locks again (its row moved with the first).
+    /// reply's transition decided in order under its lock, in its `consume` span, and the
+    /// transitions written together (`SagaStore::write_saga_transitions`: one statement on
+    /// PostgreSQL). A second reply of an instance in the batch waits for the write of the ones
+    /// before it, then locks again (its row moved with the first).
     async fn handle_batch(
         &self,
         uow: &mut S::UnitOfWork,
@@ -111,8 +115,8 @@ impl<S: SagaStore, D: SagaData> Handler<S::UnitOfWork> for ReplyHandler<S, D> {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut locked: HashMap<Uuid, _> = self
-            .orchestrator
+        let orchestrator = &self.orchestrator;
+        let mut locked: HashMap<Uuid, _> = orchestrator
             .inner
             .store
             .lock_sagas_with_clock(uow, &ids)
@@ -120,14 +124,47 @@ impl<S: SagaStore, D: SagaData> Handler<S::UnitOfWork> for ReplyHandler<S, D> {
             .into_iter()
             .map(|(record, now)| (record.saga_id, (record, now)))
             .collect();
+        // The decided transitions not yet written, with their messages' indexes.
+        let mut run: Vec<(usize, Planned)> = Vec::new();
         for (index, record, reply) in replies {
-            let first = locked.remove(&reply.saga_id);
-            self.orchestrator
-                .handle_locked_reply_in(uow, first, reply, Some(record.message_id))
-                .instrument(batch.span(record))
+            if run.iter().any(|(_, p)| p.saga_id() == reply.saga_id) {
+                self.write(uow, std::mem::take(&mut run)).await?;
+            }
+            let span = batch.span(record);
+            let Some(first) = locked.remove(&reply.saga_id) else {
+                orchestrator
+                    .handle_reply_in(uow, reply, Some(record.message_id))
+                    .instrument(span)
+                    .await
+                    .map_err(|e| BatchFailure::at(index, e))?;
+                continue;
+            };
+            let prepared = orchestrator
+                .prepare_locked(uow, first, Input::Reply(reply), Some(record.message_id))
+                .instrument(span)
                 .await
                 .map_err(|e| BatchFailure::at(index, e))?;
+            if let Prepared::Write(planned) = prepared {
+                run.push((index, *planned));
+            }
         }
-        Ok(())
+        self.write(uow, run).await
+    }
+}
+
+impl<S: SagaStore, D: SagaData> ReplyHandler<S, D> {
+    /// Writes the transitions decided for a batch of replies; a failure of one transition fails
+    /// the batch at its message, any other the batch as a whole.
+    async fn write(
+        &self,
+        uow: &mut S::UnitOfWork,
+        run: Vec<(usize, Planned)>,
+    ) -> Result<(), BatchFailure> {
+        let (indexes, planned): (Vec<usize>, Vec<Planned>) = run.into_iter().unzip();
+        match self.orchestrator.write_planned(uow, planned).await {
+            Ok(_) => Ok(()),
+            Err((Some(at), e)) => Err(BatchFailure::at(indexes[at], e)),
+            Err((None, e)) => Err(BatchFailure::whole(e)),
+        }
     }
 }

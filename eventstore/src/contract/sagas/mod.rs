@@ -30,7 +30,10 @@ pub use instances::{
 };
 pub use outcomes::request_outcomes_are_recorded_once;
 pub use timers::{timer_requests_need_a_registered_saga, timers_are_stored_moved_and_deleted};
-pub use transitions::{a_transition_ends_with_its_timers_and_row, a_transition_is_written_at_once};
+pub use transitions::{
+    a_transition_ends_with_its_timers_and_row, a_transition_is_written_at_once,
+    transitions_of_several_instances_are_written_at_once,
+};
 
 use std::time::Duration;
 

@@ -385,3 +385,228 @@ pub async fn a_transition_is_written_at_once<S: SagaStore + OutboxRelayStore>(st
     let row = store.saga(saga.saga_id).await.expect("saga").expect("row");
     assert_eq!(row.detail.as_deref(), Some("cancelled"));
 }
+
+/// The transitions of several instances written in one call
+/// ([`SagaStore::write_saga_transitions`]) leave what writing them one after the other leaves:
+/// each instance's events at its version, the commands in the outbox in order (a command of a
+/// flow journaled, so the trace shows it sent), the timers of each instance (cancelled, stored,
+/// or all gone when it ended; another instance's untouched), and each row. A version conflict
+/// is the error of the transition that met it, naming its stream; an unknown instance is
+/// `false` at its place.
+pub async fn transitions_of_several_instances_are_written_at_once<S>(store: S)
+where
+    S: SagaStore + OutboxRelayStore + crate::trace::TraceStore,
+{
+    use eventfold_core::outbox::headers;
+    use eventfold_core::{NewEvent, OutboxMessage, StreamId};
+
+    use crate::saga::SagaTransitionItem;
+
+    let flow = Uuid::now_v7();
+    let (a, b, c) = (
+        record("order", "m-1", flow),
+        record("order", "m-2", Uuid::now_v7()),
+        record("order", "m-3", Uuid::now_v7()),
+    );
+    let bystander = record("order", "m-4", Uuid::now_v7());
+    register_all(&store, &[&a, &b, &c, &bystander]).await;
+    let stream = |r: &SagaRecord| StreamId::new("saga", r.saga_id.to_string()).expect("id");
+    let now = db_now(&store).await;
+    let due = |s: i64| now + TimeDelta::seconds(s);
+    let (a_reserve, a_charge) = (
+        timer(&a, "reserve", 1, "timeout", due(60)),
+        timer(&a, "charge", 1, "timeout", due(30)),
+    );
+    let b_ship = timer(&b, "ship", 1, "timeout", due(45));
+    let (c_void, kept) = (
+        timer(&c, "void", 2, "retry_backoff", due(5)),
+        timer(&bystander, "reserve", 1, "timeout", due(20)),
+    );
+    put_committed(&store, &[a_reserve.clone(), c_void.clone(), kept.clone()]).await;
+    let event = |t: &str| NewEvent::raw(t, 1, b"{}".to_vec());
+    let charge = OutboxMessage::new("payments.commands", "m-1", "payment.charge", b"{}".to_vec());
+    let charge = OutboxMessage {
+        headers: [
+            (headers::CORRELATION_ID.to_owned(), flow.to_string()),
+            (headers::SOURCE.to_owned(), "orders".to_owned()),
+        ]
+        .into_iter()
+        .chain(charge.headers)
+        .collect(),
+        ..charge
+    };
+    let void = OutboxMessage::new("payments.commands", "m-3", "payment.void", b"{}".to_vec());
+    let outbox_types = |rows: Vec<crate::outbox::OutboxRow>| -> Vec<String> {
+        rows.into_iter().map(|r| r.message.message_type).collect()
+    };
+
+    let (a_events, b_events, c_events) = (
+        vec![event("saga.step_succeeded"), event("saga.step_started")],
+        vec![event("saga.step_started")],
+        vec![event("saga.completed")],
+    );
+    let after = |r: &SagaRecord, status: &str, last: &NewEvent, version: u64| SagaRecord {
+        status: status.to_owned(),
+        version,
+        last_event_id: Some(last.event_id),
+        ..r.clone()
+    };
+    let a_after = after(&a, "running", &a_events[1], 2);
+    let b_after = after(&b, "running", &b_events[0], 1);
+    let c_after = after(&c, "completed", &c_events[0], 1);
+    let item = |r: &SagaRecord, events: &Vec<NewEvent>, messages: Vec<OutboxMessage>| {
+        (stream(r), events.clone(), messages)
+    };
+    let (a_cancel, a_put, b_put) = ([id_of(&a_reserve)], [a_charge.clone()], [b_ship.clone()]);
+    let writes = [
+        (
+            item(&a, &a_events, vec![charge.clone()]),
+            SagaTransitionWrite {
+                record: &a_after,
+                cancel: &a_cancel,
+                put: &a_put,
+                clear: false,
+            },
+        ),
+        (
+            item(&b, &b_events, Vec::new()),
+            SagaTransitionWrite {
+                record: &b_after,
+                cancel: &[],
+                put: &b_put,
+                clear: false,
+            },
+        ),
+        (
+            item(&c, &c_events, vec![void]),
+            SagaTransitionWrite {
+                record: &c_after,
+                cancel: &[],
+                put: &[],
+                clear: true,
+            },
+        ),
+    ];
+    let items = |expected: [u64; 3]| -> Vec<SagaTransitionItem<'_>> {
+        writes
+            .iter()
+            .zip(expected)
+            .map(
+                |(((stream_id, events, messages), write), expected)| SagaTransitionItem {
+                    stream_id: stream_id.clone(),
+                    expected,
+                    events: events.clone(),
+                    messages: messages.clone(),
+                    write: *write,
+                },
+            )
+            .collect()
+    };
+
+    // A conflict in the middle: the error names its stream.
+    let mut uow = store.begin().await.expect("begin");
+    let err = store
+        .write_saga_transitions(&mut uow, items([0, 3, 0]))
+        .await
+        .expect_err("a stale version");
+    match &err {
+        StoreError::VersionConflict { stream_id, .. } => assert_eq!(stream_id, &stream(&b)),
+        other => panic!("expected a version conflict, got {other}"),
+    }
+    uow.rollback().await.expect("rollback");
+
+    let mut uow = store.begin().await.expect("begin");
+    let written = store
+        .write_saga_transitions(&mut uow, items([0, 0, 0]))
+        .await
+        .expect("write the transitions");
+    uow.commit().await.expect("commit");
+    assert_eq!(written, [true, true, true]);
+    for (r, events) in [(&a, &a_events), (&b, &b_events), (&c, &c_events)] {
+        let stored = store.read_stream(&stream(r), 1, 10).await.expect("read");
+        let ids: Vec<(Uuid, u64)> = stored
+            .iter()
+            .map(|e| (e.event_id, e.stream_version))
+            .collect();
+        let expected: Vec<(Uuid, u64)> = events
+            .iter()
+            .zip(1..)
+            .map(|(e, v)| (e.event_id, v))
+            .collect();
+        assert_eq!(ids, expected, "the events of {}", r.business_key);
+    }
+    assert_eq!(
+        outbox_types(store.read_outbox(10).await.expect("outbox")),
+        ["payment.charge", "payment.void"]
+    );
+    assert_eq!(timers_of(&store, a.saga_id).await, vec![a_charge]);
+    assert_eq!(timers_of(&store, b.saga_id).await, vec![b_ship]);
+    assert!(timers_of(&store, c.saga_id).await.is_empty(), "c ended");
+    assert_eq!(timers_of(&store, bystander.saga_id).await, vec![kept]);
+    for expected in [&a_after, &b_after, &c_after] {
+        let row = store
+            .saga(expected.saga_id)
+            .await
+            .expect("saga")
+            .expect("row");
+        assert_eq!(
+            (row.status.as_str(), row.version, row.last_event_id),
+            (
+                expected.status.as_str(),
+                expected.version,
+                expected.last_event_id
+            ),
+            "the row of {}",
+            expected.business_key
+        );
+    }
+    let trace = store.trace(flow).await.expect("trace");
+    assert!(
+        trace
+            .iter()
+            .any(|r| r.kind == eventfold_core::trace::TraceKind::Sent && r.id == charge.id),
+        "the command of the flow is journaled: {trace:?}"
+    );
+
+    // An unknown instance: `false` at its place.
+    let unknown = record("order", "m-5", Uuid::now_v7());
+    let mut uow = store.begin().await.expect("begin");
+    let mut b_next = b_after.clone();
+    b_next.version = 2;
+    let next = vec![event("saga.step_succeeded")];
+    let unknown_events = vec![event("saga.started")];
+    let written = store
+        .write_saga_transitions(
+            &mut uow,
+            vec![
+                SagaTransitionItem {
+                    stream_id: stream(&b),
+                    expected: 1,
+                    events: next.clone(),
+                    messages: Vec::new(),
+                    write: SagaTransitionWrite {
+                        record: &b_next,
+                        cancel: &[],
+                        put: &[],
+                        clear: false,
+                    },
+                },
+                SagaTransitionItem {
+                    stream_id: stream(&unknown),
+                    expected: 0,
+                    events: unknown_events,
+                    messages: Vec::new(),
+                    write: SagaTransitionWrite {
+                        record: &unknown,
+                        cancel: &[],
+                        put: &[],
+                        clear: false,
+                    },
+                },
+            ],
+        )
+        .await
+        .expect("write with an unknown instance");
+    assert_eq!(written, [true, false]);
+    uow.rollback().await.expect("rollback");
+}
