@@ -223,6 +223,10 @@ enum Variant {
 /// The lanes of `Orchestrator::reply_consumer` (`eventfold::saga::runtime::REPLY_LANES`).
 const REPLY_LANES: usize = runtime::REPLY_LANES;
 
+/// The lanes of each participant's consumer (`.concurrency(2)`: 1, 2 and 4 measured within
+/// noise of each other after the reply consumer went to one lane).
+const PARTICIPANT_LANES: usize = 2;
+
 /// The relay's claim linger of [`Variant::PgInProcessLinger`].
 const RELAY_LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
@@ -280,8 +284,8 @@ impl Variant {
 
     /// Whether the consumers share commits and run lanes: the reply consumer as
     /// `Orchestrator::reply_consumer` builds it (shared commits, [`REPLY_LANES`] lanes), the
-    /// participants' consumers with `shared_commits(true)` and as many lanes (their participant
-    /// writes only through the unit of work).
+    /// participants' consumers with `shared_commits(true)` and [`PARTICIPANT_LANES`] lanes (their
+    /// participant writes only through the unit of work).
     fn shared_commits(self) -> bool {
         self != Variant::PgInProcessPerRecord
     }
@@ -474,7 +478,7 @@ where
         let consumer = ParticipantHandler::new(service, store.clone(), Effect { service })
             .consumer(Tap::new(source(service, topic)?, probe, service, false))
             .shared_commits(shared)
-            .concurrency(if shared { REPLY_LANES } else { 1 });
+            .concurrency(if shared { PARTICIPANT_LANES } else { 1 });
         let shutdown = stopped();
         tasks.push(tokio::spawn(async move {
             consumer

@@ -263,8 +263,9 @@ impl crate::report::Section for SagaResults {
   (its own group), with `KafkaSource::new`'s configuration, then with `fetch.wait.max.ms` = 1:
   tansu 0.6 appears to hold a fetch for its whole `fetch.wait.max.ms` (librdkafka's default:
   500 ms) even when records arrive meanwhile, and a saga has 6 broker hops (observed).
-* Busy = from a consumer's poll that returned records to its next poll: handling the batch (in
-  {REPLY_LANES} lanes by key, each lane one shared transaction with a savepoint per record; in the
+* Busy = from a consumer's poll that returned records to its next poll: handling the batch (the
+  replies in {REPLY_LANES} lane(s), each participant's commands in {PARTICIPANT_LANES}, by key, each
+  lane one shared transaction; the replies' transitions written with one statement; in the
   `before` variant one transaction per record, one at a time), then the acknowledgements. A
   consumer near 100% busy is the bottleneck: the orders service's reply consumer handles 3
   replies per saga. ms per record = busy time ÷ records (lanes overlap within it).
