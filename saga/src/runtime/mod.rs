@@ -23,6 +23,22 @@
 //! whose reply was lost to its timeout. Every started saga therefore ends `completed`,
 //! `compensated` or `failed`, or parks visibly as `compensation_failed`.
 //!
+//! # Shared commits
+//!
+//! Where many inputs arrive at once they share transactions, with the same guarantees:
+//!
+//! - **Starts.** [`Orchestrator::start`] (a saga started in a unit of work of its own) queues
+//!   its start; starts queued while a batch is being written are started by the next one, in
+//!   one unit of work: each business key registered (in key order), each first transition
+//!   decided at the database's clock of its insert, all written with one call
+//!   (`SagaStore::write_saga_transitions`, one statement on PostgreSQL), one commit, then each
+//!   caller answered. A lone start waits for nobody. A batch that fails is started again one
+//!   start at a time, which idempotency on the business key makes safe.
+//!   [`Orchestrator::start_in`] runs in the caller's unit of work and is never batched.
+//! - **Replies.** [`Orchestrator::reply_consumer`] applies a polled batch of replies in one
+//!   unit of work: their instances locked with one call, each transition decided in order, the
+//!   transitions of distinct instances written with one call (ADR 0033).
+//!
 //! # Wiring a service
 //!
 //! ```
@@ -79,6 +95,7 @@ mod orchestrator;
 mod participant;
 mod replies;
 mod scheduler;
+mod starts;
 mod transition;
 pub mod wire;
 

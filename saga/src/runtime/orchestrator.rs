@@ -15,11 +15,24 @@ use crate::message::Reply;
 use crate::runtime::cache::StateCache;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::history::{self, saga_stream};
+use crate::runtime::starts::StartQueue;
 use crate::runtime::transition::Known;
 use crate::state::{SagaState, SagaStatus};
 
 /// The timer kind of an operator's request to resume a parked saga (`sagas retry`).
 pub const RETRY_PARKED: &str = "retry_parked";
+
+/// What [`Orchestrator::register`] found.
+pub(crate) enum Registered<D> {
+    /// The business key was started before.
+    Taken(Started),
+    /// This unit of work inserted the instance: its row with the database's clock of the
+    /// insert, and the input of its first transition.
+    New {
+        locked: Box<(SagaRecord, chrono::DateTime<Utc>)>,
+        input: Input<D>,
+    },
+}
 
 /// What starting a saga did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +80,7 @@ pub(crate) struct Inner<S, D> {
     pub(crate) reply_topic: String,
     pub(crate) max_conflict_retries: u32,
     pub(crate) cache: StateCache,
+    pub(crate) starts: StartQueue<D>,
 }
 
 /// How many instances an orchestrator's state cache keeps by default
@@ -164,6 +178,7 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
                 reply_topic,
                 max_conflict_retries: 8,
                 cache: StateCache::new(DEFAULT_STATE_CACHE),
+                starts: StartQueue::default(),
             }),
         }
     }
@@ -178,6 +193,7 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
                 reply_topic: topic.into(),
                 max_conflict_retries: self.inner.max_conflict_retries,
                 cache: StateCache::new(self.inner.cache.capacity()),
+                starts: StartQueue::default(),
             }),
         }
     }
@@ -217,6 +233,7 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
                 reply_topic: self.inner.reply_topic.clone(),
                 max_conflict_retries: self.inner.max_conflict_retries,
                 cache: StateCache::new(capacity),
+                starts: StartQueue::default(),
             }),
         }
     }
@@ -253,6 +270,31 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         data: D,
         correlation_id: Option<Uuid>,
     ) -> Result<Started, RuntimeError> {
+        match self
+            .register(uow, business_key, data, correlation_id)
+            .await?
+        {
+            Registered::Taken(started) => Ok(started),
+            Registered::New { locked, input } => {
+                let saga_id = locked.0.saga_id;
+                self.apply_locked(uow, *locked, Known::New, input, None)
+                    .await?;
+                Ok(Started {
+                    saga_id,
+                    created: true,
+                })
+            }
+        }
+    }
+
+    /// Registers a new instance under `business_key`, or finds the one that has it.
+    pub(crate) async fn register(
+        &self,
+        uow: &mut S::UnitOfWork,
+        business_key: &str,
+        data: D,
+        correlation_id: Option<Uuid>,
+    ) -> Result<Registered<D>, RuntimeError> {
         let saga_id = Uuid::now_v7();
         let correlation_id = correlation_id.unwrap_or(saga_id);
         let store = &self.inner.store;
@@ -280,10 +322,10 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         {
             SagaRegistration::Inserted { now } => now,
             SagaRegistration::Taken { owner } => {
-                return Ok(Started {
+                return Ok(Registered::Taken(Started {
                     saga_id: owner,
                     created: false,
-                });
+                }));
             }
         };
         let input = Input::Start {
@@ -291,16 +333,28 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
             correlation_id,
             data,
         };
-        self.apply_locked(uow, (record, now), Known::New, input, None)
-            .await?;
-        Ok(Started {
-            saga_id,
-            created: true,
+        Ok(Registered::New {
+            locked: Box::new((record, now)),
+            input,
         })
     }
 
-    /// Starts a saga in a unit of work of its own (see [`start_in`](Self::start_in)).
+    /// Starts a saga in a unit of work of its own (see [`start_in`](Self::start_in)). Sagas
+    /// started at the same moment by different callers share that unit of work and its commit
+    /// (see "Shared commits" in the [runtime's docs](crate::runtime)); each caller is answered
+    /// after the commit. Needs a Tokio runtime (the batch is written by a task of its own, so a
+    /// caller that stops waiting does not stop the others' starts).
     pub async fn start(
+        &self,
+        business_key: &str,
+        data: D,
+        correlation_id: Option<Uuid>,
+    ) -> Result<Started, RuntimeError> {
+        self.start_shared(business_key, data, correlation_id).await
+    }
+
+    /// [`start`](Self::start) in a unit of work of its own, whatever else is starting.
+    pub(crate) async fn start_alone(
         &self,
         business_key: &str,
         data: D,

@@ -14,7 +14,7 @@ use crate::machine::Input;
 use crate::message::Reply;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::orchestrator::Orchestrator;
-use crate::runtime::transition::{Planned, Prepared};
+use crate::runtime::transition::{Known, Planned, Prepared};
 use crate::runtime::wire;
 
 /// The lanes of [`Orchestrator::reply_consumer`]: replies of different instances applied on up
@@ -145,7 +145,13 @@ impl<S: SagaStore, D: SagaData> Handler<S::UnitOfWork> for ReplyHandler<S, D> {
                 continue;
             };
             let prepared = orchestrator
-                .prepare_locked(uow, first, Input::Reply(reply), Some(record.message_id))
+                .prepare_locked(
+                    uow,
+                    first,
+                    Known::Load,
+                    Input::Reply(reply),
+                    Some(record.message_id),
+                )
                 .instrument(span)
                 .await
                 .map_err(|e| BatchFailure::at(index, e))?;

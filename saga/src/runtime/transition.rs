@@ -121,11 +121,12 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         &self,
         uow: &mut S::UnitOfWork,
         locked: (SagaRecord, DateTime<Utc>),
+        known: Known,
         input: Input<D>,
         cause: Option<Uuid>,
     ) -> Result<Prepared, RuntimeError> {
         let span = self.transition_span(locked.0.saga_id, &input);
-        self.prepare(uow, locked, Known::Load, input, cause)
+        self.prepare(uow, locked, known, input, cause)
             .instrument(span)
             .await
     }
