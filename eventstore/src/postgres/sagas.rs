@@ -32,8 +32,11 @@ impl PgStore {
         saga_ids: &[uuid::Uuid],
     ) -> Result<Vec<(crate::saga::SagaRecord, chrono::DateTime<chrono::Utc>)>, StoreError> {
         let table = &self.sql.sagas.sagas;
+        let mut ids = saga_ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
         let rows = sqlx::query(&self.sql.lock_sagas)
-            .bind(saga_ids)
+            .bind(ids)
             .fetch_all(uow.connection())
             .await
             .map_err(db_err("locking sagas", table))?;

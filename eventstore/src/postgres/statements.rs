@@ -319,13 +319,21 @@ impl Statements {
                  WHERE t.saga_id = c.saga_id AND t.step = c.step AND t.attempt = c.attempt AND t.kind = c.kind \
                  RETURNING t.saga_id, t.saga_type, t.step, t.attempt, t.kind, c.due_at"
             ),
+            // Lookups of a batch's keys are written as one index lookup per key (a `LATERAL`
+            // subquery the planner cannot flatten: it locks, or it has a `LIMIT`), not as
+            // `= ANY($n)`: a generic plan cached while a table was small (a fresh database,
+            // before autovacuum's first `ANALYZE`) kept a scan of the whole table, or of all a
+            // participant's outcomes, for each batch, its cost growing with the table. `$1`
+            // (distinct, sorted ids) is walked in order, so the locks are taken in id order.
             lock_sagas: format!(
-                "SELECT {SAGA_COLUMNS}, {now} FROM {saga_table} WHERE saga_id = ANY($1) \
-                 ORDER BY saga_id FOR UPDATE"
+                "SELECT {SAGA_COLUMNS}, {now} FROM UNNEST($1::uuid[]) AS k(key) \
+                 CROSS JOIN LATERAL (SELECT {SAGA_COLUMNS} FROM {saga_table} \
+                   WHERE saga_id = k.key FOR UPDATE) s ORDER BY saga_id"
             ),
             find_outcomes: format!(
-                "SELECT request_key, outcome::text FROM {saga_requests} \
-                 WHERE participant = $1 AND request_key = ANY($2::text[])"
+                "SELECT k.key, r.outcome::text FROM UNNEST($2::text[]) AS k(key) \
+                 CROSS JOIN LATERAL (SELECT outcome FROM {saga_requests} \
+                   WHERE participant = $1 AND request_key = k.key LIMIT 1) r"
             ),
             record_outcomes: format!(
                 "INSERT INTO {saga_requests} (participant, request_key, outcome, recorded_at) \
