@@ -161,6 +161,11 @@ where
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        if variant.analyze_after_warmup()
+            && let Some(monitor) = monitor.as_mut()
+        {
+            sqlx::query("ANALYZE").execute(&mut monitor.conn).await?;
+        }
         let window_start = Instant::now();
         let window_end = window_start + Duration::from_secs_f64(options.seconds);
         measured.load_warmup_s = (window_start - load_started).as_secs_f64();

@@ -214,6 +214,11 @@ enum Variant {
     /// The same as `PgInProcess` with the relay's claims lingering [`RELAY_LINGER`] after a
     /// wake-up (`RelayConfig::claim_linger`), in the same run.
     PgInProcessLinger,
+    /// The same as `PgInProcess` with `ANALYZE` run on the database after the warm-up: the
+    /// plans of a service whose tables autovacuum has analyzed (a fresh database's generic
+    /// plans are made while its tables are nearly empty, and autovacuum's first pass comes
+    /// only after its naptime, one minute by default, longer than a run).
+    PgInProcessAnalyzed,
     PgKafka,
     /// The same, consumers configured with `fetch.wait.max.ms` = [`LOW_FETCH_WAIT_MS`].
     PgKafkaLowWait,
@@ -234,8 +239,9 @@ const RELAY_LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 const LOW_FETCH_WAIT_MS: &str = "1";
 
 impl Variant {
-    const ALL: [Variant; 7] = [
+    const ALL: [Variant; 8] = [
         Variant::PgInProcess,
+        Variant::PgInProcessAnalyzed,
         Variant::PgInProcessNoCache,
         Variant::PgInProcessLinger,
         Variant::PgInProcessPerRecord,
@@ -256,6 +262,9 @@ impl Variant {
             Variant::PgInProcessLinger => {
                 "PostgreSQL + in-process broker, relay claims linger 1 ms (`RelayConfig::claim_linger`)"
             }
+            Variant::PgInProcessAnalyzed => {
+                "PostgreSQL + in-process broker, `ANALYZE` after the warm-up (plans from statistics)"
+            }
             Variant::PgKafka => {
                 "PostgreSQL + Kafka-protocol broker (tansu), `KafkaSource::new` defaults"
             }
@@ -272,6 +281,7 @@ impl Variant {
             Variant::PgInProcessPerRecord => "postgres_in_process_per_record",
             Variant::PgInProcessNoCache => "postgres_in_process_no_state_cache",
             Variant::PgInProcessLinger => "postgres_in_process_relay_linger_1ms",
+            Variant::PgInProcessAnalyzed => "postgres_in_process_analyzed",
             Variant::PgKafka => "postgres_kafka",
             Variant::PgKafkaLowWait => "postgres_kafka_fetch_wait_1ms",
             Variant::SqliteInProcess => "sqlite_in_process",
@@ -307,6 +317,11 @@ impl Variant {
             Variant::PgInProcessNoCache => 0,
             _ => runtime::DEFAULT_STATE_CACHE,
         }
+    }
+
+    /// Whether the database is analyzed after the warm-up.
+    fn analyze_after_warmup(self) -> bool {
+        self == Variant::PgInProcessAnalyzed
     }
 
     fn p50_target_ms(self) -> f64 {
@@ -550,7 +565,8 @@ async fn postgres_in(
         Variant::PgInProcess
         | Variant::PgInProcessPerRecord
         | Variant::PgInProcessNoCache
-        | Variant::PgInProcessLinger => {
+        | Variant::PgInProcessLinger
+        | Variant::PgInProcessAnalyzed => {
             let broker = InProcessBroker::new();
             let source = |group: &str, topic: &str| Ok(broker.consumer(group, &[topic]));
             measure(

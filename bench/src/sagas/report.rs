@@ -133,6 +133,11 @@ impl crate::report::Section for SagaResults {
             Variant::PgInProcessNoCache,
         );
         beside(
+            "`ANALYZE` after the warm-up / none",
+            Variant::PgInProcessAnalyzed,
+            Variant::PgInProcess,
+        );
+        beside(
             "Relay claim linger 1 ms / none",
             Variant::PgInProcessLinger,
             Variant::PgInProcess,
