@@ -619,24 +619,4 @@ impl RelaySql {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The claim's exact SQL (the text is what the query plan depends on).
-    #[test]
-    fn saga_claim_statement() {
-        let naming = Naming::new("app_")
-            .and_then(|n| n.with_schema("orders"))
-            .expect("a valid naming");
-        assert_eq!(
-            Statements::new(&naming).claim_saga_timers,
-            "UPDATE \"orders\".\"app_saga_timers\" t SET claims = t.claims + 1, due_at = \
-             statement_timestamp() + make_interval(secs => $3 * LEAST(t.claims + 1, 64)) FROM \
-             (SELECT saga_id, step, attempt, kind, due_at FROM \"orders\".\"app_saga_timers\" \
-             WHERE saga_type = ANY($1) AND due_at <= statement_timestamp() ORDER BY due_at \
-             LIMIT $2 FOR UPDATE SKIP LOCKED) c WHERE t.saga_id = c.saga_id AND t.step = c.step \
-             AND t.attempt = c.attempt AND t.kind = c.kind RETURNING t.saga_id, t.saga_type, \
-             t.step, t.attempt, t.kind, c.due_at"
-        );
-    }
-}
+mod tests;
