@@ -476,7 +476,7 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         Ok(instance.map(|i| i.state))
     }
 
-    async fn begin(&self, saga_id: Uuid) -> Result<S::UnitOfWork, RuntimeError> {
+    pub(crate) async fn begin(&self, saga_id: Uuid) -> Result<S::UnitOfWork, RuntimeError> {
         self.inner
             .store
             .begin()

@@ -10,12 +10,12 @@
 //! is answered after the commit. Starts queued meanwhile form the next batch, so a lone start
 //! waits for nobody, and batches grow with the load.
 //!
-//! When a batch fails as a whole (a store error, a key given twice), each of its starts is
-//! started again alone, as without batching: a start is idempotent on its business key, so a
+//! A key started more than once in a batch is started once in it; its other starts run alone
+//! after the commit and find that instance (`created: false`). When a batch fails as a whole (a
+//! store error), each of its starts is started again alone, as without batching: a start is idempotent on its business key, so a
 //! batch that committed although its commit reported an error is found again, `created: false`.
 //! [`Orchestrator::start_in`] (a start inside the caller's unit of work) is not batched.
 
-use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
 
 use eventfold_eventstore::{SagaStore, StoreError, UnitOfWork};
@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::definition::SagaData;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::orchestrator::{Orchestrator, Registered, Started};
-use crate::runtime::transition::{Known, Prepared};
+use crate::runtime::transition::{Known, Planned, Prepared};
 
 /// The most starts one transaction writes.
 pub(crate) const MAX_STARTS: usize = 128;
@@ -131,27 +131,39 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         }
     }
 
-    /// Starts a batch in one unit of work, or each alone when that fails.
+    /// Starts a batch: the first start of each key in one unit of work (or each alone when that
+    /// fails), then a key's repeated starts alone, which find the instance the first one made.
     async fn start_batch(&self, mut batch: Vec<Pending<D>>) {
+        // Stable: a key's starts keep their order, so its first caller is the one answered
+        // `created`.
         batch.sort_by(|a, b| a.business_key.cmp(&b.business_key));
-        let mut keys = HashSet::with_capacity(batch.len());
-        let distinct = batch.iter().all(|p| keys.insert(p.business_key.as_str()));
-        if batch.len() > 1 && distinct {
-            match self.start_together(&batch).await {
+        let mut firsts = Vec::with_capacity(batch.len());
+        let mut repeats = Vec::new();
+        for pending in batch {
+            let repeated = firsts
+                .last()
+                .is_some_and(|p: &Pending<D>| p.business_key == pending.business_key);
+            if repeated {
+                repeats.push(pending);
+            } else {
+                firsts.push(pending);
+            }
+        }
+        if firsts.len() > 1 {
+            match self.start_together(&firsts).await {
                 Ok(started) => {
                     metrics::histogram!("eventfold_saga_start_batch_size", "saga_type" => self.saga_type().to_owned())
-                        .record(batch.len() as f64);
-                    for (pending, started) in batch.into_iter().zip(started) {
+                        .record(firsts.len() as f64);
+                    for (pending, started) in firsts.drain(..).zip(started) {
                         let _ = pending.answer.send(Ok(started));
                     }
-                    return;
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, starts = batch.len(), "a shared start failed; starting each alone");
+                    tracing::debug!(error = %e, starts = firsts.len(), "a shared start failed; starting each alone");
                 }
             }
         }
-        for pending in batch {
+        for pending in firsts.into_iter().chain(repeats) {
             let started = self
                 .start_alone(&pending.business_key, pending.data, pending.correlation_id)
                 .await;
@@ -161,28 +173,27 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
 
     /// Every start of `batch` (distinct keys, in key order) in one unit of work.
     async fn start_together(&self, batch: &[Pending<D>]) -> Result<Vec<Started>, RuntimeError> {
-        let mut uow = self
-            .inner
-            .store
-            .begin()
-            .await
-            .map_err(RuntimeError::store(Uuid::nil()))?;
-        let result = self.register_and_plan(&mut uow, batch).await;
-        let (started, planned) = match result {
-            Ok(done) => done,
+        let mut uow = self.begin(Uuid::nil()).await?;
+        let written = async {
+            let (started, planned) = self.register_and_plan(&mut uow, batch).await?;
+            self.write_planned(&mut uow, planned)
+                .await
+                .map_err(|(_, e)| e)?;
+            Ok::<_, RuntimeError>(started)
+        }
+        .await;
+        match written {
+            Ok(started) => {
+                uow.commit()
+                    .await
+                    .map_err(RuntimeError::store(Uuid::nil()))?;
+                Ok(started)
+            }
             Err(e) => {
                 let _ = uow.rollback().await;
-                return Err(e);
+                Err(e)
             }
-        };
-        if let Err((_, e)) = self.write_planned(&mut uow, planned).await {
-            let _ = uow.rollback().await;
-            return Err(e);
         }
-        uow.commit()
-            .await
-            .map_err(RuntimeError::store(Uuid::nil()))?;
-        Ok(started)
     }
 
     /// Registers each start and decides the first transition of each new instance.
@@ -190,7 +201,7 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         &self,
         uow: &mut S::UnitOfWork,
         batch: &[Pending<D>],
-    ) -> Result<(Vec<Started>, Vec<crate::runtime::transition::Planned>), RuntimeError> {
+    ) -> Result<(Vec<Started>, Vec<Planned>), RuntimeError> {
         let mut started = Vec::with_capacity(batch.len());
         let mut planned = Vec::with_capacity(batch.len());
         for pending in batch {
