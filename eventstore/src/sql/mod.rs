@@ -248,24 +248,32 @@ pub(crate) fn filter_list(list: &[String]) -> Option<String> {
     (!list.is_empty()).then(|| serde_json::to_string(list).unwrap_or_else(|_| "[]".to_owned()))
 }
 
+/// The tuple of [`OutboxDbRow`]'s columns, with more columns after them.
+macro_rules! outbox_tuple {
+    ($($more:ty),*) => {
+        (
+            i64,
+            Uuid,
+            String,
+            String,
+            String,
+            Vec<u8>,
+            String,
+            String,
+            String,
+            i32,
+            DateTime<Utc>,
+            i32,
+            Option<String>,
+            Option<DateTime<Utc>>,
+            $($more),*
+        )
+    };
+}
+
 /// An outbox row: seq, id, aggregatetype, aggregateid, type, payload, topic, key, headers (JSON
 /// text), slot, created_at, attempts, last_error.
-pub(crate) type OutboxDbRow = (
-    i64,
-    Uuid,
-    String,
-    String,
-    String,
-    Vec<u8>,
-    String,
-    String,
-    String,
-    i32,
-    DateTime<Utc>,
-    i32,
-    Option<String>,
-    Option<DateTime<Utc>>,
-);
+pub(crate) type OutboxDbRow = outbox_tuple!();
 
 pub(crate) fn outbox_row(
     row: OutboxDbRow,
@@ -316,57 +324,20 @@ pub(crate) fn outbox_row(
 pub(crate) const OUTBOX_COLUMNS: &str = "seq, id, aggregatetype, aggregateid, type, payload, topic, key, headers, slot, created_at, attempts, last_error, next_attempt_at";
 
 /// A dead-letter row: the outbox columns, then error and parked_at.
-pub(crate) type DeadDbRow = (
-    i64,
-    Uuid,
-    String,
-    String,
-    String,
-    Vec<u8>,
-    String,
-    String,
-    String,
-    i32,
-    DateTime<Utc>,
-    i32,
-    Option<String>,
-    Option<DateTime<Utc>>,
-    String,
-    DateTime<Utc>,
-);
+pub(crate) type DeadDbRow = outbox_tuple!(String, DateTime<Utc>);
 
 pub(crate) fn dead_letter(
     row: DeadDbRow,
     table: &str,
 ) -> Result<crate::outbox::DeadLetter, StoreError> {
-    let (
-        seq,
-        id,
-        at,
-        aid,
-        ty,
-        payload,
-        topic,
-        key,
-        headers,
-        slot,
-        created_at,
-        attempts,
-        last_error,
-        next,
-        error,
-        parked_at,
-    ) = row;
+    let outbox = (
+        row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9, row.10, row.11,
+        row.12, row.13,
+    );
     Ok(crate::outbox::DeadLetter {
-        row: outbox_row(
-            (
-                seq, id, at, aid, ty, payload, topic, key, headers, slot, created_at, attempts,
-                last_error, next,
-            ),
-            table,
-        )?,
-        error,
-        parked_at,
+        row: outbox_row(outbox, table)?,
+        error: row.14,
+        parked_at: row.15,
     })
 }
 
