@@ -80,9 +80,17 @@ if ! kafka_up; then
         log "sqlite3 not found; installing it"
         apt-get update -qq && apt-get install -y -qq sqlite3 >/dev/null
     fi
-    if ! sqlite3 -cmd ".timeout 10000" target/tansu/tansu.db \
-        "CREATE INDEX IF NOT EXISTS header_topition_offset_id ON header (topition, offset_id)"; then
-        echo "FATAL: could not index the headers of the broker's SQLite file target/tansu/tansu.db." >&2
+    indexed=false
+    for _ in $(seq 1 10); do
+        if sqlite3 -cmd ".timeout 10000" target/tansu/tansu.db \
+            "CREATE INDEX IF NOT EXISTS header_topition_offset_id ON header (topition, offset_id)" 2>/dev/null; then
+            indexed=true
+            break
+        fi
+        sleep 1
+    done
+    if [ "$indexed" != true ]; then
+        echo "FATAL: could not index the headers of the broker's SQLite file target/tansu/tansu.db (see target/tansu.log)." >&2
         exit 1
     fi
 fi
