@@ -235,15 +235,9 @@ impl PgStore {
         }
     }
 
-    /// Sets the service name recorded as `source` on new events.
-    pub fn with_source(mut self, source: impl Into<String>) -> Self {
-        self.source = Arc::from(source.into());
-        self
-    }
-
-    /// Writes an outbox row for every routed event, in the same transaction as the append.
-    pub fn with_outbox(mut self, routing: OutboxRouting) -> Self {
-        self.routing = Some(Arc::new(routing));
+    /// Nothing to rebuild after a setting changed: the batch writer gets each append prepared
+    /// with the store's settings of the moment (see [`EventStore::append`]).
+    fn recoalesce(self) -> Self {
         self
     }
 

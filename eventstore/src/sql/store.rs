@@ -37,10 +37,12 @@ macro_rules! builder_settings {
 }
 pub(crate) use builder_settings;
 
-/// Stamps the store's `builder`, `pool`, `naming` and the private `configured` (inside the
-/// store's `impl`): `$builder` is its builder (with the fields of [`builder_settings!`] and
-/// `pool` and `naming`), `$pool` its pool type; the store has the fields `pool` and `naming`,
-/// and the methods `with_coalescing` and `migrate`.
+/// Stamps the store's `builder`, `pool`, `naming`, `with_source`, `with_outbox` and the private
+/// `configured` (inside the store's `impl`): `$builder` is its builder (with the fields of
+/// [`builder_settings!`] and `pool` and `naming`), `$pool` its pool type; the store has the
+/// fields `pool`, `naming`, `source` and `routing`, and the methods `with_coalescing`,
+/// `migrate` and `recoalesce` (the store again after `source` or `routing` changed: a
+/// coalescer whose writer copied them is rebuilt).
 macro_rules! store_accessors {
     ($builder:ident, $pool:ty) => {
         /// A builder over an existing pool.
@@ -63,6 +65,18 @@ macro_rules! store_accessors {
         /// The table naming.
         pub fn naming(&self) -> &$crate::naming::Naming {
             &self.naming
+        }
+
+        /// Sets the service name recorded as `source` on new events.
+        pub fn with_source(mut self, source: impl Into<String>) -> Self {
+            self.source = std::sync::Arc::from(source.into());
+            self.recoalesce()
+        }
+
+        /// Writes an outbox row for every routed event, in the same transaction as the append.
+        pub fn with_outbox(mut self, routing: $crate::outbox::OutboxRouting) -> Self {
+            self.routing = Some(std::sync::Arc::new(routing));
+            self.recoalesce()
         }
 
         /// The end of the builder's `build`: coalescing on if asked, then the migrations unless

@@ -190,18 +190,6 @@ impl SqliteStore {
 
     crate::sql::store::store_accessors!(SqliteStoreBuilder, SqlitePool);
 
-    /// Sets the service name recorded as `source` on new events.
-    pub fn with_source(mut self, source: impl Into<String>) -> Self {
-        self.source = Arc::from(source.into());
-        self.recoalesce()
-    }
-
-    /// Writes an outbox row for every routed event, in the same transaction as the append.
-    pub fn with_outbox(mut self, routing: OutboxRouting) -> Self {
-        self.routing = Some(Arc::new(routing));
-        self.recoalesce()
-    }
-
     /// Concurrent [`append`](EventStore::append)s (and so [`crate::Repository::execute`] of
     /// commands without an id) share commits: the appends queued while an earlier batch is
     /// being written go to the database together in one `BEGIN IMMEDIATE` transaction, each in
