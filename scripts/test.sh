@@ -9,8 +9,8 @@
 # default 127.0.0.1:9092). The script starts a local Debian PostgreSQL cluster if it is installed
 # but stopped, drops test databases left by killed runs, installs tansu (a Kafka-protocol broker;
 # 10 to 30 minutes to build on 2 cores, once per machine) and starts it on a new SQLite file
-# (ADR 0035) when nothing listens on the Kafka port, and fails loudly when PostgreSQL or the broker cannot
-# be reached: no test is skipped for a missing component. It also installs mdbook (pinned, once
+# (ADR 0035) when nothing listens on the Kafka port, and fails loudly when PostgreSQL or the
+# broker cannot be reached: no test is skipped for a missing component. It also installs mdbook (pinned, once
 # per machine) if it is missing, renders the book into target/book, and fails when it cannot;
 # the test `book_links` then checks the rendered book for broken internal links.
 set -euo pipefail

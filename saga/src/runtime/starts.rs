@@ -12,8 +12,9 @@
 //!
 //! A key started more than once in a batch is started once in it; its other starts run alone
 //! after the commit and find that instance (`created: false`). When a batch fails as a whole (a
-//! store error), each of its starts is started again alone, as without batching: a start is idempotent on its business key, so a
-//! batch that committed although its commit reported an error is found again, `created: false`.
+//! store error), each of its starts is started again alone, as without batching: a start is
+//! idempotent on its business key, so a batch that committed although its commit reported an
+//! error is found again, `created: false`.
 //! [`Orchestrator::start_in`] (a start inside the caller's unit of work) is not batched.
 
 use std::sync::{Mutex, PoisonError};
