@@ -35,16 +35,23 @@ async fn publish(publisher: &KafkaPublisher, messages: &[OutboxMessage]) {
     }
 }
 
+/// A new topic `eventfold.test.{name}.{uuid}` of `partitions` partitions on `brokers`, and the
+/// publisher that created it.
+async fn new_topic(brokers: &str, name: &str, partitions: i32) -> (String, KafkaPublisher) {
+    let topic = format!("eventfold.test.{name}.{}", Uuid::now_v7().simple());
+    let publisher = KafkaPublisher::new(brokers).expect("a Kafka publisher");
+    publisher
+        .create_topics(&[(&topic, partitions)])
+        .await
+        .unwrap_or_else(|e| panic!("creating topic {topic}: {e}"));
+    (topic, publisher)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_consumer_takes_every_message_once_and_the_group_resumes() {
     let brokers = common::kafka_bootstrap();
-    let topic = format!("eventfold.test.payments.{}", Uuid::now_v7().simple());
+    let (topic, publisher) = new_topic(&brokers, "payments", PARTITIONS).await;
     let group = format!("eventfold-test-ledger-{}", Uuid::now_v7().simple());
-    let publisher = KafkaPublisher::new(&brokers).expect("a Kafka publisher");
-    publisher
-        .create_topics(&[(&topic, PARTITIONS)])
-        .await
-        .unwrap_or_else(|e| panic!("creating topic {topic}: {e}"));
 
     let messages: Vec<_> = (0..200).map(|i| payment(&topic, i)).collect();
     publish(&publisher, &messages).await;
@@ -119,12 +126,7 @@ async fn kafka_source_reports_a_record_without_ce_id() {
     use eventfold::outbox::kafka::rdkafka::producer::FutureRecord;
 
     let brokers = common::kafka_bootstrap();
-    let topic = format!("eventfold.test.noid.{}", Uuid::now_v7().simple());
-    let publisher = KafkaPublisher::new(&brokers).expect("a Kafka publisher");
-    publisher
-        .create_topics(&[(&topic, 1)])
-        .await
-        .unwrap_or_else(|e| panic!("creating topic {topic}: {e}"));
+    let (topic, publisher) = new_topic(&brokers, "noid", 1).await;
     let good = payment(&topic, 1);
     publish(&publisher, std::slice::from_ref(&good)).await;
     publisher
@@ -174,12 +176,7 @@ async fn a_partition_written_by_concurrent_producers_is_read_while_written_witho
     const ROUND: usize = 10;
     let total = PRODUCERS * PER_PRODUCER as usize;
     let brokers = common::kafka_bootstrap();
-    let topic = format!("eventfold.test.gapless.{}", Uuid::now_v7().simple());
-    let admin = KafkaPublisher::new(&brokers).expect("a Kafka publisher");
-    admin
-        .create_topics(&[(&topic, 1)])
-        .await
-        .unwrap_or_else(|e| panic!("creating topic {topic}: {e}"));
+    let (topic, _admin) = new_topic(&brokers, "gapless", 1).await;
 
     // The reader first: it joins its group and reads while the producers write.
     let mut config = ClientConfig::new();
