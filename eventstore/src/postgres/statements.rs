@@ -555,15 +555,20 @@ impl RelaySql {
             // every leased slot, and `slot IN (...)` lets the planner pick a join that reads
             // the whole table. The wide columns are read in the window's index scan, once. The
             // scan starts at the floor (ADR 0017), past the index entries of deleted rows.
+            // The parked and retry tests are one index probe per row (`OFFSET 0` keeps each
+            // `NOT EXISTS` a subplan the planner cannot turn into a join): as an anti-join, a
+            // generic plan made on a fresh, small outbox read the whole table once per claim,
+            // dead rows included (ADR 0036).
             claim: format!(
                 "SELECT * FROM (SELECT DISTINCT ON (w.key) * FROM \
                    (SELECT {o_cols} FROM {outbox} o \
                      WHERE o.seq >= (SELECT f.floor_seq FROM {floor} f) \
                      AND NOT (o.slot NOT IN (SELECT unnest($1::int4[]))) \
                      AND o.key NOT IN (SELECT unnest($3::text[])) \
-                     AND NOT EXISTS (SELECT 1 FROM {dead} d WHERE d.key = o.key) \
+                     AND NOT EXISTS (SELECT 1 FROM {dead} d WHERE d.key = o.key OFFSET 0) \
                      AND NOT EXISTS (SELECT 1 FROM {outbox} b WHERE b.key = o.key \
-                       AND b.next_attempt_at IS NOT NULL AND b.next_attempt_at > now()) \
+                       AND b.next_attempt_at IS NOT NULL AND b.next_attempt_at > now() \
+                       OFFSET 0) \
                      ORDER BY o.seq LIMIT $2) w \
                    ORDER BY w.key, w.seq) f \
                  ORDER BY f.seq"
