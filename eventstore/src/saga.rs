@@ -205,6 +205,21 @@ pub trait SagaStore: EventStore {
         }
     }
 
+    /// [`register_saga_with_clock`](Self::register_saga_with_clock) for several instances in
+    /// one unit of work, in the order given: what the starts of a moment (`Orchestrator::start`
+    /// batches them) register at once. Give the keys in key order, so that two batches with
+    /// overlapping keys wait for each other instead of deadlocking. A key given twice is taken
+    /// by its first record (the second is `Taken` by it). The default registers each in turn;
+    /// PostgreSQL inserts them all with one statement and looks up only the owners of the keys
+    /// that were taken.
+    fn register_sagas_with_clock(
+        &self,
+        uow: &mut Self::UnitOfWork,
+        records: &[SagaRecord],
+    ) -> impl Future<Output = Result<Vec<SagaRegistration>, StoreError>> + Send {
+        register_sagas_one_by_one(self, uow, records)
+    }
+
     /// Locks an instance's row until the unit of work ends and returns it (`None` when it is not
     /// registered). Every transition takes this lock first, so the transitions of one instance
     /// run one after the other: a reply and a timer of the same instance never deadlock on the
@@ -452,6 +467,20 @@ pub trait SagaStore: EventStore {
 
 /// [`SagaStore::lock_sagas_with_clock`] one instance at a time, in id order (the trait's
 /// default, and SQLite's).
+/// [`SagaStore::register_sagas_with_clock`] one record at a time (the trait's default, and
+/// SQLite's).
+pub(crate) async fn register_sagas_one_by_one<S: SagaStore>(
+    store: &S,
+    uow: &mut S::UnitOfWork,
+    records: &[SagaRecord],
+) -> Result<Vec<SagaRegistration>, StoreError> {
+    let mut registered = Vec::with_capacity(records.len());
+    for record in records {
+        registered.push(store.register_saga_with_clock(uow, record).await?);
+    }
+    Ok(registered)
+}
+
 pub(crate) async fn lock_sagas_one_by_one<S: SagaStore>(
     store: &S,
     uow: &mut S::UnitOfWork,

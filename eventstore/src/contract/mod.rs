@@ -133,6 +133,7 @@ macro_rules! eventstore_contract_tests {
         );
         $crate::eventstore_contract_tests!(@group $fresh; sagas:
             registering_a_saga_is_idempotent_on_its_key,
+            registering_sagas_at_once_answers_each_in_order,
             concurrent_registrations_agree_on_one_owner,
             sagas_are_updated_listed_and_counted,
             timers_are_stored_moved_and_deleted,

@@ -25,6 +25,63 @@ use crate::sql::{db_err, sagas as shared, to_i64};
 crate::sql::sagas::saga_store!(PgStore, PgUnitOfWork);
 
 impl PgStore {
+    /// [`crate::saga::SagaStore::register_sagas_with_clock`]: the new instances inserted with one
+    /// statement (in the order given, so the keys' index entries are taken in that order), then
+    /// the owner of each taken key looked up alone (a key is rarely started twice).
+    pub(super) async fn register_many(
+        &self,
+        uow: &mut PgUnitOfWork,
+        records: &[crate::saga::SagaRecord],
+    ) -> Result<Vec<crate::saga::SagaRegistration>, StoreError> {
+        use crate::saga::{SagaRegistration, SagaStore};
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let table = &self.sql.sagas.sagas;
+        let mut versions = Vec::with_capacity(records.len());
+        for record in records {
+            versions.push(shared::version_of(record, table)?);
+        }
+        let column = |f: fn(&crate::saga::SagaRecord) -> &str| -> Vec<&str> {
+            records.iter().map(f).collect()
+        };
+        let inserted: Vec<(uuid::Uuid, chrono::DateTime<chrono::Utc>)> =
+            sqlx::query_as(&self.sql.register_sagas)
+                .bind(records.iter().map(|r| r.saga_id).collect::<Vec<_>>())
+                .bind(column(|r| &r.saga_type))
+                .bind(column(|r| &r.business_key))
+                .bind(column(|r| &r.status))
+                .bind(
+                    records
+                        .iter()
+                        .map(|r| r.detail.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(records.iter().map(|r| r.correlation_id).collect::<Vec<_>>())
+                .bind(
+                    records
+                        .iter()
+                        .map(|r| i64::from(r.definition_version))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(versions)
+                .fetch_all(uow.connection())
+                .await
+                .map_err(db_err("registering sagas", table))?;
+        let inserted: std::collections::HashMap<uuid::Uuid, chrono::DateTime<chrono::Utc>> =
+            inserted.into_iter().collect();
+        let mut registered = Vec::with_capacity(records.len());
+        for record in records {
+            registered.push(match inserted.get(&record.saga_id) {
+                Some(&now) => SagaRegistration::Inserted { now },
+                // Taken before this statement, or by an earlier record of this batch: the
+                // single registration finds its owner (the insert waited for it).
+                None => self.register_saga_with_clock(uow, record).await?,
+            });
+        }
+        Ok(registered)
+    }
+
     /// [`crate::saga::SagaStore::lock_sagas_with_clock`] in one statement.
     pub(super) async fn lock_many(
         &self,

@@ -78,6 +78,10 @@ pub(super) struct Statements {
     pub(super) claim_saga_timers: String,
     /// Locks several instances' rows in id order, with the clock: `$1` the ids.
     pub(super) lock_sagas: String,
+    /// `register_sagas_with_clock`: `$1..$8` arrays of the rows' id, type, business key,
+    /// status, detail, correlation id, definition version and version, inserted in the arrays'
+    /// order; returns the inserted ids with the clock (a taken key returns no row).
+    pub(super) register_sagas: String,
     /// The outcomes of several request keys of a participant: `$1` the participant, `$2` the
     /// keys; returns each found key with its outcome as text.
     pub(super) find_outcomes: String,
@@ -325,6 +329,14 @@ impl Statements {
             // before autovacuum's first `ANALYZE`) kept a scan of the whole table, or of all a
             // participant's outcomes, for each batch, its cost growing with the table. `$1`
             // (distinct, sorted ids) is walked in order, so the locks are taken in id order.
+            register_sagas: format!(
+                "INSERT INTO {saga_table} ({SAGA_COLUMNS}) \
+                 SELECT r.id, r.ty, r.key, r.status, r.detail, r.corr, r.dv, r.v, {now}, {now}, NULL \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[], \
+                   $7::int8[], $8::int8[]) WITH ORDINALITY AS r(id, ty, key, status, detail, corr, dv, v, ord) \
+                 ORDER BY r.ord \
+                 ON CONFLICT (saga_type, business_key) DO NOTHING RETURNING saga_id, {now}"
+            ),
             lock_sagas: format!(
                 "SELECT {SAGA_COLUMNS}, {now} FROM UNNEST($1::uuid[]) AS k(key) \
                  CROSS JOIN LATERAL (SELECT {SAGA_COLUMNS} FROM {saga_table} \

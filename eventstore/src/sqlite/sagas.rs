@@ -57,6 +57,16 @@ impl SqliteStore {
         crate::saga::write_transitions_one_by_one(self, uow, transitions).await
     }
 
+    /// [`crate::saga::SagaStore::register_sagas_with_clock`]: one instance at a time
+    /// (in-process statements; a SQLite writer holds the database already).
+    pub(super) async fn register_many(
+        &self,
+        uow: &mut SqliteUnitOfWork,
+        records: &[crate::saga::SagaRecord],
+    ) -> Result<Vec<crate::saga::SagaRegistration>, StoreError> {
+        crate::saga::register_sagas_one_by_one(self, uow, records).await
+    }
+
     /// [`crate::saga::SagaStore::lock_sagas_with_clock`]: one instance at a time (a SQLite
     /// writer holds the database already).
     pub(super) async fn lock_many(

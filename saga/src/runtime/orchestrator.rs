@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use eventfold_core::StreamId;
-use eventfold_eventstore::{SagaRecord, SagaRegistration, SagaStore, SagaTimer, UnitOfWork};
+use eventfold_eventstore::{
+    SagaRecord, SagaRegistration, SagaStore, SagaTimer, StoreError, UnitOfWork,
+};
 use uuid::Uuid;
 
 use crate::definition::{SagaData, SagaDefinition};
@@ -295,48 +297,96 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         data: D,
         correlation_id: Option<Uuid>,
     ) -> Result<Registered<D>, RuntimeError> {
+        let record = self.new_record(business_key, correlation_id);
+        // The insert reads the database's clock; the unit of work holds the new row, and the
+        // new instance has no events, so its first transition needs neither a lock nor a read.
+        let registration = self
+            .inner
+            .store
+            .register_saga_with_clock(uow, &record)
+            .await
+            .map_err(RuntimeError::store(record.saga_id))?;
+        Ok(Self::registered(record, registration, data))
+    }
+
+    /// [`register`](Self::register) for several starts at once (`SagaStore::register_sagas_with_clock`:
+    /// one statement on PostgreSQL), in the order given (the caller's key order).
+    pub(crate) async fn register_all(
+        &self,
+        uow: &mut S::UnitOfWork,
+        starts: Vec<(&str, D, Option<Uuid>)>,
+    ) -> Result<Vec<Registered<D>>, RuntimeError> {
+        let records: Vec<SagaRecord> = starts
+            .iter()
+            .map(|(key, _, correlation_id)| self.new_record(key, *correlation_id))
+            .collect();
+        let first = records.first().map_or(Uuid::nil(), |r| r.saga_id);
+        let registrations = self
+            .inner
+            .store
+            .register_sagas_with_clock(uow, &records)
+            .await
+            .map_err(RuntimeError::store(first))?;
+        if registrations.len() != records.len() {
+            return Err(RuntimeError::store(first)(StoreError::Corrupt {
+                table: self.saga_type().to_owned(),
+                reason: format!(
+                    "register_sagas_with_clock answered for {} of {} instances",
+                    registrations.len(),
+                    records.len()
+                ),
+            }));
+        }
+        Ok(records
+            .into_iter()
+            .zip(registrations)
+            .zip(starts)
+            .map(|((record, registration), (_, data, _))| {
+                Self::registered(record, registration, data)
+            })
+            .collect())
+    }
+
+    /// The row of a new instance of this saga type under `business_key`, with a fresh id (the
+    /// store sets both times on insert, from the database's clock).
+    fn new_record(&self, business_key: &str, correlation_id: Option<Uuid>) -> SagaRecord {
         let saga_id = Uuid::now_v7();
-        let correlation_id = correlation_id.unwrap_or(saga_id);
-        let store = &self.inner.store;
-        // The store sets both times on insert, from the database's clock.
         let now = Utc::now();
-        let record = SagaRecord {
+        SagaRecord {
             saga_id,
             saga_type: self.saga_type().to_owned(),
             business_key: business_key.to_owned(),
             status: SagaStatus::Running.as_str().to_owned(),
             detail: None,
-            correlation_id,
+            correlation_id: correlation_id.unwrap_or(saga_id),
             definition_version: self.inner.definition.version(),
             version: 0,
             started_at: now,
             updated_at: now,
             last_event_id: None,
-        };
-        // The insert reads the database's clock; the unit of work holds the new row, and the
-        // new instance has no events, so its first transition needs neither a lock nor a read.
-        let now = match store
-            .register_saga_with_clock(uow, &record)
-            .await
-            .map_err(RuntimeError::store(saga_id))?
-        {
-            SagaRegistration::Inserted { now } => now,
-            SagaRegistration::Taken { owner } => {
-                return Ok(Registered::Taken(Started {
-                    saga_id: owner,
-                    created: false,
-                }));
+        }
+    }
+
+    /// What registering `record` did: the owner of a taken key, or the new instance with the
+    /// input of its first transition.
+    fn registered(record: SagaRecord, registration: SagaRegistration, data: D) -> Registered<D> {
+        match registration {
+            SagaRegistration::Inserted { now } => {
+                let input = Input::Start {
+                    saga_id: record.saga_id,
+                    correlation_id: record.correlation_id,
+                    data,
+                };
+                Registered::New {
+                    locked: Box::new((record, now)),
+                    input,
+                }
             }
-        };
-        let input = Input::Start {
-            saga_id,
-            correlation_id,
-            data,
-        };
-        Ok(Registered::New {
-            locked: Box::new((record, now)),
-            input,
-        })
+            SagaRegistration::Taken { owner } => Registered::Taken(Started {
+                saga_id: owner,
+                created: false,
+            }),
+        }
     }
 
     /// Starts a saga in a unit of work of its own (see [`start_in`](Self::start_in)). Sagas

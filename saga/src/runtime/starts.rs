@@ -3,8 +3,8 @@
 //!
 //! A start queues its request and, when no batch is being written, spawns the writer; the
 //! writer takes everything queued (up to [`MAX_STARTS`]) and starts it in one unit of work:
-//! each business key registered in key order (so two batches wait for each other on a key
-//! instead of deadlocking), each new instance's first transition decided at the database's clock
+//! every business key registered with one call in key order (so two batches wait for each
+//! other on a key instead of deadlocking; one statement on PostgreSQL), each new instance's first transition decided at the database's clock
 //! of its insert, all of them written with one call
 //! ([`SagaStore::write_saga_transitions`]: one statement on PostgreSQL), one commit. Each caller
 //! is answered after the commit. Starts queued meanwhile form the next batch, so a lone start
@@ -203,17 +203,14 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         uow: &mut S::UnitOfWork,
         batch: &[Pending<D>],
     ) -> Result<(Vec<Started>, Vec<Planned>), RuntimeError> {
+        let starts = batch
+            .iter()
+            .map(|p| (p.business_key.as_str(), p.data.clone(), p.correlation_id))
+            .collect();
+        let registered = self.register_all(uow, starts).await?;
         let mut started = Vec::with_capacity(batch.len());
         let mut planned = Vec::with_capacity(batch.len());
-        for pending in batch {
-            let registered = self
-                .register(
-                    uow,
-                    &pending.business_key,
-                    pending.data.clone(),
-                    pending.correlation_id,
-                )
-                .await?;
+        for registered in registered {
             match registered {
                 Registered::Taken(taken) => started.push(taken),
                 Registered::New { locked, input } => {

@@ -170,6 +170,100 @@ pub async fn registering_a_saga_is_idempotent_on_its_key<S: SagaStore>(store: S)
     );
 }
 
+/// Registering several instances at once (`register_sagas_with_clock`) answers each in the
+/// order given, as one registration each would: a free key is inserted with the database's
+/// clock, a key committed before and a key given earlier in the same call are `Taken` by their
+/// owner; nothing of a rolled-back call stays. A concurrent unit of work that registers a key
+/// of the call waits for it and agrees on its owner.
+pub async fn registering_sagas_at_once_answers_each_in_order<S: SagaStore>(store: S) {
+    let correlation = Uuid::now_v7();
+    let committed = record("order", "b-2", correlation);
+    register_all(&store, &[&committed]).await;
+    let (free_a, taken, free_b, again) = (
+        record("order", "b-1", correlation),
+        record("order", "b-2", correlation),
+        record("order", "b-3", correlation),
+        record("order", "b-1", correlation),
+    );
+    let batch = [free_a.clone(), taken, free_b.clone(), again];
+    let before = db_now(&store).await;
+    let mut uow = store.begin().await.expect("begin");
+    let registered = store
+        .register_sagas_with_clock(&mut uow, &batch)
+        .await
+        .expect("register at once");
+    // A concurrent registration of a key the call took waits for it, then finds its owner.
+    let contender = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut uow = store.begin().await.expect("begin");
+            let owner = store
+                .register_saga(&mut uow, &record("order", "b-3", Uuid::now_v7()))
+                .await
+                .expect("a concurrent registration");
+            uow.commit().await.expect("commit");
+            owner
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    uow.commit().await.expect("commit");
+    let after = db_now(&store).await;
+    assert_eq!(registered.len(), 4, "one answer per record");
+    for (at, free) in [(0, &free_a), (2, &free_b)] {
+        let SagaRegistration::Inserted { now } = registered[at] else {
+            panic!("record {at} has a free key: {:?}", registered[at]);
+        };
+        assert!(
+            before <= now && now <= after,
+            "the clock {now} is the database's, between {before} and {after}"
+        );
+        assert_eq!(
+            owner_of(&store, "order", &free.business_key).await,
+            Some(free.saga_id)
+        );
+    }
+    assert_eq!(
+        registered[1],
+        SagaRegistration::Taken {
+            owner: committed.saga_id
+        },
+        "a key committed before"
+    );
+    assert_eq!(
+        registered[3],
+        SagaRegistration::Taken {
+            owner: free_a.saga_id
+        },
+        "a key given earlier in the same call"
+    );
+    assert_eq!(
+        contender.await.expect("task"),
+        free_b.saga_id,
+        "the concurrent registration agrees on the owner"
+    );
+    assert_eq!(listed(&store, &SagaFilter::default()).await.len(), 3);
+
+    let mut uow = store.begin().await.expect("begin");
+    let rolled_back = record("order", "b-4", correlation);
+    let registered = store
+        .register_sagas_with_clock(&mut uow, std::slice::from_ref(&rolled_back))
+        .await
+        .expect("register at once");
+    assert!(matches!(
+        registered[..],
+        [SagaRegistration::Inserted { .. }]
+    ));
+    uow.rollback().await.expect("rollback");
+    assert_eq!(owner_of(&store, "order", "b-4").await, None, "rolled back");
+    assert!(
+        store
+            .register_sagas_with_clock(&mut store.begin().await.expect("begin"), &[])
+            .await
+            .expect("nothing to register")
+            .is_empty()
+    );
+}
+
 /// Sixteen units of work register the same key at once, each with an id of its own: they all
 /// get the same owner, exactly one of them registered it, and only its row exists.
 pub async fn concurrent_registrations_agree_on_one_owner<S: SagaStore>(store: S) {

@@ -26,7 +26,8 @@ pub use claims::{
 };
 pub use instances::{
     concurrent_registrations_agree_on_one_owner, locking_a_saga_serialises_units_of_work,
-    registering_a_saga_is_idempotent_on_its_key, sagas_are_updated_listed_and_counted,
+    registering_a_saga_is_idempotent_on_its_key, registering_sagas_at_once_answers_each_in_order,
+    sagas_are_updated_listed_and_counted,
 };
 pub use outcomes::request_outcomes_are_recorded_once;
 pub use timers::{timer_requests_need_a_registered_saga, timers_are_stored_moved_and_deleted};

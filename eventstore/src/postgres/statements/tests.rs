@@ -137,12 +137,11 @@ async fn relay_claim_probes_retries_per_row_under_a_plan_made_on_a_small_outbox(
 
 /// The plan of `sql` as it runs (`EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF)`), one line a node.
 async fn explain(conn: &mut sqlx::PgConnection, sql: &str) -> String {
-    let plan: Vec<(String,)> = sqlx::query_as(&format!(
-        "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {sql}"
-    ))
-    .fetch_all(&mut *conn)
-    .await
-    .expect("a plan");
+    let plan: Vec<(String,)> =
+        sqlx::query_as(&format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {sql}"))
+            .fetch_all(&mut *conn)
+            .await
+            .expect("a plan");
     plan.into_iter()
         .map(|(line,)| line)
         .collect::<Vec<_>>()

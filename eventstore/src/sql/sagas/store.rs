@@ -4,10 +4,10 @@
 
 /// Implements `SagaStore` for `$store` (with the fields `pool` and `sql`, whose `sagas` is a
 /// [`SagaSql`](super::SagaSql), and the methods `claim_saga_timers`, `finish_transition`, `write_transition`,
-/// `write_transitions`, `find_outcomes`, `record_outcomes` and `lock_many` with the signatures
-/// of `claim_due_timers`, `finish_saga_transition`, `write_saga_transition`,
-/// `write_saga_transitions`, `find_request_outcomes`, `record_request_outcomes` and
-/// `lock_sagas_with_clock`) and
+/// `write_transitions`, `find_outcomes`, `record_outcomes`, `lock_many` and `register_many`
+/// with the signatures of `claim_due_timers`, `finish_saga_transition`, `write_saga_transition`,
+/// `write_saga_transitions`, `find_request_outcomes`, `record_request_outcomes`,
+/// `lock_sagas_with_clock` and `register_sagas_with_clock`) and
 /// its unit of work `$uow` (with `connection()`).
 macro_rules! saga_store {
     ($store:ty, $uow:ty) => {
@@ -107,6 +107,14 @@ macro_rules! saga_store {
                         .map_err(db_err("locking a saga", &sql.sagas))?;
                     row.map(|r| shared::saga_record_with_clock(&r, &sql.sagas))
                         .transpose()
+                }
+
+                async fn register_sagas_with_clock(
+                    &self,
+                    uow: &mut $uow,
+                    records: &[SagaRecord],
+                ) -> Result<Vec<SagaRegistration>, StoreError> {
+                    self.register_many(uow, records).await
                 }
 
                 async fn lock_sagas_with_clock(
