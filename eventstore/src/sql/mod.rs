@@ -25,23 +25,31 @@ use crate::error::{StoreError, TransientKind};
 
 pub(crate) use migrations::{Migration, applied_migrations};
 
+/// The tuple of [`EventRow`]'s columns, after some columns of their own.
+macro_rules! event_tuple {
+    ($($before:ty),*) => {
+        (
+            $($before,)*
+            Uuid,
+            i64,
+            i64,
+            String,
+            i32,
+            Vec<u8>,
+            DateTime<Utc>,
+            String,
+            Uuid,
+            Option<Uuid>,
+            Option<String>,
+            String,
+        )
+    };
+}
+
 /// The columns of an event row, in the order the backends select them:
 /// event_id, stream_version, global_position, event_type, schema_version, payload, recorded_at,
 /// source, correlation_id, causation_id, tenant_id, headers (JSON text).
-pub(crate) type EventRow = (
-    Uuid,
-    i64,
-    i64,
-    String,
-    i32,
-    Vec<u8>,
-    DateTime<Utc>,
-    String,
-    Uuid,
-    Option<Uuid>,
-    Option<String>,
-    String,
-);
+pub(crate) type EventRow = event_tuple!();
 
 /// The column list matching [`EventRow`], with headers as JSON text.
 pub(crate) const EVENT_COLUMNS: &str = "event_id, stream_version, global_position, event_type, \
@@ -192,23 +200,7 @@ pub(crate) fn command(
 }
 
 /// A log row: commit key, stream type, stream id, then the columns of [`EventRow`].
-pub(crate) type LogRow = (
-    i64,
-    String,
-    String,
-    Uuid,
-    i64,
-    i64,
-    String,
-    i32,
-    Vec<u8>,
-    DateTime<Utc>,
-    String,
-    Uuid,
-    Option<Uuid>,
-    Option<String>,
-    String,
-);
+pub(crate) type LogRow = event_tuple!(i64, String, String);
 
 /// Turns log rows into a batch. `end` is the checkpoint to use when the read reached the end of
 /// what is readable (fewer rows than asked for).
