@@ -8,14 +8,7 @@ use super::*;
 /// participant and filtered the keys, its cost growing with the table.
 #[tokio::test]
 async fn outcome_lookup_stays_per_key_under_a_plan_made_on_a_small_table() {
-    let db = crate::postgres::testing::TestDb::create(1)
-        .await
-        .expect("a test database (DATABASE_URL)");
-    let store = crate::postgres::PgStore::builder(db.pool().clone())
-        .build()
-        .await
-        .expect("a migrated store");
-    let mut conn = db.pool().acquire().await.expect("a connection");
+    let (_db, store, mut conn) = fresh().await;
     let prepare = format!(
         "PREPARE lookup(text, text[]) AS {}",
         store.sql.find_outcomes
@@ -29,19 +22,20 @@ async fn outcome_lookup_stays_per_key_under_a_plan_made_on_a_small_table() {
         )
     };
     let (few, many) = (fill(1, 300), fill(301, 5000));
-    for (sql, what) in [
-        ("SET plan_cache_mode = force_generic_plan", "generic plans"),
-        (few.as_str(), "300 outcomes"),
-        (prepare.as_str(), "the lookup prepared"),
-        // The plan is made now, on 300 rows without statistics, and kept.
-        (
-            "EXECUTE lookup('inventory', ARRAY['a', 'b'])",
-            "the first lookup",
-        ),
-        (many.as_str(), "4,700 outcomes more"),
-    ] {
-        sqlx::raw_sql(sql).execute(&mut *conn).await.expect(what);
-    }
+    run_generic(
+        &mut conn,
+        &[
+            (few.as_str(), "300 outcomes"),
+            (prepare.as_str(), "the lookup prepared"),
+            // The plan is made now, on 300 rows without statistics, and kept.
+            (
+                "EXECUTE lookup('inventory', ARRAY['a', 'b'])",
+                "the first lookup",
+            ),
+            (many.as_str(), "4,700 outcomes more"),
+        ],
+    )
+    .await;
     let found: Vec<(String, String)> =
         sqlx::query_as("EXECUTE lookup('inventory', ARRAY['key-7', 'none', 'key-4000'])")
             .fetch_all(&mut *conn)
@@ -73,15 +67,8 @@ async fn outcome_lookup_stays_per_key_under_a_plan_made_on_a_small_table() {
 /// outbox, dead rows included, once per claim: 1,578 pages a claim in the saga benchmark.
 #[tokio::test]
 async fn relay_claim_probes_retries_per_row_under_a_plan_made_on_a_small_outbox() {
-    let db = crate::postgres::testing::TestDb::create(1)
-        .await
-        .expect("a test database (DATABASE_URL)");
-    let store = crate::postgres::PgStore::builder(db.pool().clone())
-        .build()
-        .await
-        .expect("a migrated store");
+    let (_db, store, mut conn) = fresh().await;
     let outbox = store.naming.table("outbox");
-    let mut conn = db.pool().acquire().await.expect("a connection");
     let prepare = format!(
         "PREPARE claim(int4[], int8, text[]) AS {}",
         store.relay.claim
@@ -99,22 +86,23 @@ async fn relay_claim_probes_retries_per_row_under_a_plan_made_on_a_small_outbox(
         "UPDATE {outbox} SET attempts = 1, next_attempt_at = now() + interval '1 hour' \
          WHERE key = 'key-7'"
     );
-    for (sql, what) in [
-        ("SET plan_cache_mode = force_generic_plan", "generic plans"),
-        (few.as_str(), "300 rows"),
-        (prepare.as_str(), "the claim prepared"),
-        // The plan is made now, on 300 rows without statistics, and kept.
-        (
-            "EXECUTE claim(ARRAY[0, 1, 2, 3], 10, ARRAY[]::text[])",
-            "the first claim",
-        ),
-        (many.as_str(), "20,000 rows more"),
-        // Delivered: all but two keys' rows are dead, and one of the two is in backoff.
-        (delivered.as_str(), "the rows delivered"),
-        (backoff.as_str(), "a retry in backoff"),
-    ] {
-        sqlx::raw_sql(sql).execute(&mut *conn).await.expect(what);
-    }
+    run_generic(
+        &mut conn,
+        &[
+            (few.as_str(), "300 rows"),
+            (prepare.as_str(), "the claim prepared"),
+            // The plan is made now, on 300 rows without statistics, and kept.
+            (
+                "EXECUTE claim(ARRAY[0, 1, 2, 3], 10, ARRAY[]::text[])",
+                "the first claim",
+            ),
+            (many.as_str(), "20,000 rows more"),
+            // Delivered: all but two keys' rows are dead, and one of the two is in backoff.
+            (delivered.as_str(), "the rows delivered"),
+            (backoff.as_str(), "a retry in backoff"),
+        ],
+    )
+    .await;
     let claim = "EXECUTE claim(ARRAY[0, 1, 2, 3], 10, ARRAY[]::text[])";
     let claimed: Vec<String> = sqlx::query(claim)
         .fetch_all(&mut *conn)
@@ -133,6 +121,33 @@ async fn relay_claim_probes_retries_per_row_under_a_plan_made_on_a_small_outbox(
         scanned.is_empty(),
         "no table scanned whole for a claim (the floor's one row aside):\n{plan}"
     );
+}
+
+/// A migrated store on a new test database (dropped with the guard), and a connection of its
+/// pool.
+async fn fresh() -> (
+    crate::postgres::testing::TestDb,
+    crate::postgres::PgStore,
+    sqlx::pool::PoolConnection<sqlx::Postgres>,
+) {
+    let db = crate::postgres::testing::TestDb::create(1)
+        .await
+        .expect("a test database (DATABASE_URL)");
+    let store = crate::postgres::PgStore::builder(db.pool().clone())
+        .build()
+        .await
+        .expect("a migrated store");
+    let conn = db.pool().acquire().await.expect("a connection");
+    (db, store, conn)
+}
+
+/// Runs `steps` (statement, what it does) in order on `conn` with generic plans forced
+/// (`plan_cache_mode = force_generic_plan`), as a prepared statement gets them after five runs.
+async fn run_generic(conn: &mut sqlx::PgConnection, steps: &[(&str, &str)]) {
+    let generic = ("SET plan_cache_mode = force_generic_plan", "generic plans");
+    for (sql, what) in std::iter::once(&generic).chain(steps) {
+        sqlx::raw_sql(sql).execute(&mut *conn).await.expect(what);
+    }
 }
 
 /// The plan of `sql` as it runs (`EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF)`), one line a node.
