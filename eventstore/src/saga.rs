@@ -465,8 +465,6 @@ pub trait SagaStore: EventStore {
     ) -> impl Future<Output = Result<Vec<SagaTimer>, StoreError>> + Send;
 }
 
-/// [`SagaStore::lock_sagas_with_clock`] one instance at a time, in id order (the trait's
-/// default, and SQLite's).
 /// [`SagaStore::register_sagas_with_clock`] one record at a time (the trait's default, and
 /// SQLite's).
 pub(crate) async fn register_sagas_one_by_one<S: SagaStore>(
@@ -481,6 +479,8 @@ pub(crate) async fn register_sagas_one_by_one<S: SagaStore>(
     Ok(registered)
 }
 
+/// [`SagaStore::lock_sagas_with_clock`] one instance at a time, in id order (the trait's
+/// default, and SQLite's).
 pub(crate) async fn lock_sagas_one_by_one<S: SagaStore>(
     store: &S,
     uow: &mut S::UnitOfWork,

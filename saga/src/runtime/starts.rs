@@ -4,11 +4,11 @@
 //! A start queues its request and, when no batch is being written, spawns the writer; the
 //! writer takes everything queued (up to [`MAX_STARTS`]) and starts it in one unit of work:
 //! every business key registered with one call in key order (so two batches wait for each
-//! other on a key instead of deadlocking; one statement on PostgreSQL), each new instance's first transition decided at the database's clock
-//! of its insert, all of them written with one call
-//! ([`SagaStore::write_saga_transitions`]: one statement on PostgreSQL), one commit. Each caller
-//! is answered after the commit. Starts queued meanwhile form the next batch, so a lone start
-//! waits for nobody, and batches grow with the load.
+//! other on a key instead of deadlocking; one statement on PostgreSQL), each new instance's
+//! first transition decided at the database's clock of its insert, all of them written with one
+//! call ([`SagaStore::write_saga_transitions`]: one statement on PostgreSQL), one commit. Each
+//! caller is answered after the commit. Starts queued meanwhile form the next batch, so a lone
+//! start waits for nobody, and batches grow with the load.
 //!
 //! A key started more than once in a batch is started once in it; its other starts run alone
 //! after the commit and find that instance (`created: false`). When a batch fails as a whole (a
