@@ -387,6 +387,30 @@ pub async fn start_joins_the_callers_unit_of_work_and_is_idempotent<
     }
     assert_eq!((owners.len(), created), (1, 1), "one saga for one key");
     assert_eq!(store.outbox_status().await.unwrap().pending, 2);
+    // New keys started at once with a key started before (the starts of the moment register
+    // together): a saga for each new key, the old key its first owner.
+    let mut tasks = Vec::new();
+    for key in ["o-9", "o-7", "o-10", "o-11"] {
+        let orchestrator = world.orchestrator.clone();
+        tasks.push(tokio::spawn(async move {
+            (
+                key,
+                orchestrator.start(key, order(key), None).await.unwrap(),
+            )
+        }));
+    }
+    let mut new_owners = BTreeSet::new();
+    for t in tasks {
+        let (key, s) = t.await.unwrap();
+        if key == "o-7" {
+            assert_eq!((s.saga_id, s.created), (first.saga_id, false), "{key}");
+        } else {
+            assert!(s.created, "{key} is new");
+            new_owners.insert(s.saga_id);
+        }
+    }
+    assert_eq!(new_owners.len(), 3, "one saga per new key");
+    assert_eq!(store.outbox_status().await.unwrap().pending, 5);
 }
 
 pub async fn a_timer_racing_a_reply_has_one_winner<S: SagaStore + InboxStore + OutboxRelayStore>(
