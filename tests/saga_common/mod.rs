@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use eventfold::eventstore::{
-    EventStore, ExpectedVersion, InboxStore, OutboxRelayStore, SagaStore, UnitOfWork,
+    EventStore, ExpectedVersion, InboxStore, OutboxRelayStore, SagaStore, StreamAppend, UnitOfWork,
 };
-use eventfold::outbox::{Consumer, InProcessBroker, InProcessConsumer, Relay, RelayConfig};
+use eventfold::outbox::{
+    BatchFailure, Consumer, InProcessBroker, InProcessConsumer, Relay, RelayConfig,
+};
 use eventfold::saga::runtime::{
     Orchestrator, Participant, ParticipantContext, ParticipantHandler, ReplyHandler, Scheduler,
 };
@@ -116,31 +118,70 @@ pub struct Effects {
     pub compensation_failures: u32,
 }
 
-impl<U: UnitOfWork> Participant<U> for Effects {
-    async fn execute(&self, uow: &mut U, cx: &ParticipantContext) -> Result<Outcome, BoxError> {
+impl Effects {
+    /// What `cx` asks: a refusal or a failing compensation (`Err`), or the effect to append.
+    fn effect(&self, cx: &ParticipantContext) -> Result<Result<StreamAppend, Outcome>, BoxError> {
         let order: Order = cx.payload()?;
         let command = &cx.command;
         if command.kind == CommandKind::Action && order.fail.as_deref() == Some(&command.step) {
-            return Ok(Outcome::failure(format!("{} refused", command.step)));
+            return Ok(Err(Outcome::failure(format!("{} refused", command.step))));
         }
         if command.kind == CommandKind::Compensation
             && order.fail_compensation.as_deref() == Some(&command.step)
             && command.attempt <= self.compensation_failures
         {
-            return Ok(Outcome::retryable(format!(
+            return Ok(Err(Outcome::retryable(format!(
                 "{} compensation failed (attempt {})",
                 command.step, command.attempt
-            )));
+            ))));
         }
         let stream = StreamId::new("effect", command.saga_id.to_string())?;
         let mut event = NewEvent::raw(command.message_type.clone(), 1, b"{}".to_vec());
         event.causation_id = Some(cx.message_id);
         event.correlation_id = command.correlation_id;
-        uow.append(&stream, ExpectedVersion::Any, vec![event])
-            .await?;
-        Ok(Outcome::success(
-            serde_json::json!({ "done": command.message_type }),
-        ))
+        Ok(Ok(StreamAppend::new(
+            stream,
+            ExpectedVersion::Any,
+            vec![event],
+        )))
+    }
+
+    fn done(cx: &ParticipantContext) -> Outcome {
+        Outcome::success(serde_json::json!({ "done": cx.command.message_type }))
+    }
+}
+
+/// `execute` appends each effect alone; `execute_batch` (what the participants' shared
+/// transactions call) appends a batch's effects with one `append_many`.
+impl<U: UnitOfWork> Participant<U> for Effects {
+    async fn execute(&self, uow: &mut U, cx: &ParticipantContext) -> Result<Outcome, BoxError> {
+        match self.effect(cx)? {
+            Err(outcome) => Ok(outcome),
+            Ok(a) => {
+                uow.append(&a.stream_id, a.expected, a.events).await?;
+                Ok(Self::done(cx))
+            }
+        }
+    }
+
+    async fn execute_batch(
+        &self,
+        uow: &mut U,
+        contexts: &[ParticipantContext],
+    ) -> Result<Vec<Outcome>, BatchFailure> {
+        let mut outcomes = Vec::with_capacity(contexts.len());
+        let mut appends = Vec::new();
+        for (index, cx) in contexts.iter().enumerate() {
+            match self.effect(cx).map_err(|e| BatchFailure::at(index, e))? {
+                Err(outcome) => outcomes.push(outcome),
+                Ok(a) => {
+                    appends.push(a);
+                    outcomes.push(Self::done(cx));
+                }
+            }
+        }
+        uow.append_many(appends).await?;
+        Ok(outcomes)
     }
 }
 

@@ -54,13 +54,15 @@ use eventfold::saga::{Command, Outcome, Saga, SagaDefinition, SagaStatus};
 use eventfold_core::{NewEvent, OutboxMessage, StreamId};
 use eventfold_eventstore::postgres::PgStore;
 use eventfold_eventstore::sqlite::SqliteStore;
-use eventfold_eventstore::{ExpectedVersion, InboxStore, OutboxRelayStore, SagaStore, UnitOfWork};
+use eventfold_eventstore::{
+    ExpectedVersion, InboxStore, OutboxRelayStore, SagaStore, StreamAppend, UnitOfWork,
+};
 use eventfold_outbox::kafka::KafkaPublisher;
 use eventfold_outbox::kafka::rdkafka::ClientConfig;
 use eventfold_outbox::kafka_source::KafkaSource;
 use eventfold_outbox::{
-    Consumer, Delivery, Handler, InProcessBroker, MessageSource, PublishError, Publisher, Record,
-    Relay, RelayConfig,
+    BatchFailure, Consumer, Delivery, Handler, InProcessBroker, MessageSource, PublishError,
+    Publisher, Record, Relay, RelayConfig,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -175,21 +177,56 @@ fn definition(topics: &Topics) -> Result<SagaDefinition<Order>> {
 }
 
 /// A participant whose effect is one event in its own stream per command, appended in the
-/// consumer's unit of work; it always succeeds.
+/// consumer's unit of work; it always succeeds. A batch of commands appends its events with one
+/// [`UnitOfWork::append_many`] unless `one_by_one` (the participants of
+/// [`Variant::PgInProcessParticipantsOneByOne`]).
 struct Effect {
     service: &'static str,
+    one_by_one: bool,
 }
 
-impl<U: UnitOfWork> Participant<U> for Effect {
-    async fn execute(&self, uow: &mut U, cx: &ParticipantContext) -> Result<Outcome> {
+impl Effect {
+    fn effect(&self, cx: &ParticipantContext) -> Result<StreamAppend> {
         let command = &cx.command;
         let stream = StreamId::new(self.service, command.saga_id.to_string())?;
         let mut event = NewEvent::raw(command.message_type.clone(), 1, br#"{"ok":true}"#.to_vec());
         event.causation_id = Some(cx.message_id);
         event.correlation_id = command.correlation_id;
-        uow.append(&stream, ExpectedVersion::Any, vec![event])
-            .await?;
-        Ok(Outcome::success(serde_json::json!({ "by": self.service })))
+        Ok(StreamAppend::new(stream, ExpectedVersion::Any, vec![event]))
+    }
+
+    fn done(&self) -> Outcome {
+        Outcome::success(serde_json::json!({ "by": self.service }))
+    }
+}
+
+impl<U: UnitOfWork> Participant<U> for Effect {
+    async fn execute(&self, uow: &mut U, cx: &ParticipantContext) -> Result<Outcome> {
+        let a = self.effect(cx)?;
+        uow.append(&a.stream_id, a.expected, a.events).await?;
+        Ok(self.done())
+    }
+
+    async fn execute_batch(
+        &self,
+        uow: &mut U,
+        contexts: &[ParticipantContext],
+    ) -> std::result::Result<Vec<Outcome>, BatchFailure> {
+        let mut outcomes = Vec::with_capacity(contexts.len());
+        if self.one_by_one {
+            for (index, cx) in contexts.iter().enumerate() {
+                let outcome = self.execute(uow, cx).await;
+                outcomes.push(outcome.map_err(|e| BatchFailure::at(index, e))?);
+            }
+            return Ok(outcomes);
+        }
+        let mut appends = Vec::with_capacity(contexts.len());
+        for (index, cx) in contexts.iter().enumerate() {
+            appends.push(self.effect(cx).map_err(|e| BatchFailure::at(index, e))?);
+            outcomes.push(self.done());
+        }
+        uow.append_many(appends).await?;
+        Ok(outcomes)
     }
 }
 
@@ -219,6 +256,9 @@ enum Variant {
     /// plans are made while its tables are nearly empty, and autovacuum's first pass comes
     /// only after its naptime, one minute by default, longer than a run).
     PgInProcessAnalyzed,
+    /// The same as `PgInProcess` with participants that execute a batch's commands one by one
+    /// (`Participant::execute_batch`'s default: one append per command), in the same run.
+    PgInProcessParticipantsOneByOne,
     PgKafka,
     /// The same, consumers configured with `fetch.wait.max.ms` = [`LOW_FETCH_WAIT_MS`].
     PgKafkaLowWait,
@@ -239,9 +279,10 @@ const RELAY_LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 const LOW_FETCH_WAIT_MS: &str = "1";
 
 impl Variant {
-    const ALL: [Variant; 8] = [
+    const ALL: [Variant; 9] = [
         Variant::PgInProcess,
         Variant::PgInProcessAnalyzed,
+        Variant::PgInProcessParticipantsOneByOne,
         Variant::PgInProcessNoCache,
         Variant::PgInProcessLinger,
         Variant::PgInProcessPerRecord,
@@ -265,6 +306,9 @@ impl Variant {
             Variant::PgInProcessAnalyzed => {
                 "PostgreSQL + in-process broker, `ANALYZE` after the warm-up (plans from statistics)"
             }
+            Variant::PgInProcessParticipantsOneByOne => {
+                "PostgreSQL + in-process broker, participants append one command at a time"
+            }
             Variant::PgKafka => {
                 "PostgreSQL + Kafka-protocol broker (tansu), `KafkaSource::new` defaults"
             }
@@ -282,6 +326,9 @@ impl Variant {
             Variant::PgInProcessNoCache => "postgres_in_process_no_state_cache",
             Variant::PgInProcessLinger => "postgres_in_process_relay_linger_1ms",
             Variant::PgInProcessAnalyzed => "postgres_in_process_analyzed",
+            Variant::PgInProcessParticipantsOneByOne => {
+                "postgres_in_process_participants_one_by_one"
+            }
             Variant::PgKafka => "postgres_kafka",
             Variant::PgKafkaLowWait => "postgres_kafka_fetch_wait_1ms",
             Variant::SqliteInProcess => "sqlite_in_process",
@@ -490,7 +537,11 @@ where
             .into_iter()
             .zip([&topics.inventory, &topics.payments, &topics.shipping])
     {
-        let consumer = ParticipantHandler::new(service, store.clone(), Effect { service })
+        let effect = Effect {
+            service,
+            one_by_one: variant == Variant::PgInProcessParticipantsOneByOne,
+        };
+        let consumer = ParticipantHandler::new(service, store.clone(), effect)
             .consumer(Tap::new(source(service, topic)?, probe, service, false))
             .shared_commits(shared)
             .concurrency(if shared { PARTICIPANT_LANES } else { 1 });
@@ -566,7 +617,8 @@ async fn postgres_in(
         | Variant::PgInProcessPerRecord
         | Variant::PgInProcessNoCache
         | Variant::PgInProcessLinger
-        | Variant::PgInProcessAnalyzed => {
+        | Variant::PgInProcessAnalyzed
+        | Variant::PgInProcessParticipantsOneByOne => {
             let broker = InProcessBroker::new();
             let source = |group: &str, topic: &str| Ok(broker.consumer(group, &[topic]));
             measure(

@@ -138,6 +138,11 @@ impl crate::report::Section for SagaResults {
             Variant::PgInProcess,
         );
         beside(
+            "Participants' batches appended at once / one command at a time",
+            Variant::PgInProcess,
+            Variant::PgInProcessParticipantsOneByOne,
+        );
+        beside(
             "Relay claim linger 1 ms / none",
             Variant::PgInProcessLinger,
             Variant::PgInProcess,

@@ -14,7 +14,7 @@
 //! [`ParticipantContext::metadata`] for the events the participant appends, so that they carry
 //! the same correlation and causation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
 use eventfold_core::{BoxError, CommandMetadata};
@@ -75,6 +75,81 @@ pub trait Participant<U: UnitOfWork>: Send + Sync {
         uow: &mut U,
         context: &ParticipantContext,
     ) -> impl Future<Output = Result<Outcome, BoxError>> + Send;
+
+    /// Executes the new commands of one shared transaction at once, in order, and answers an
+    /// outcome for each, in the same order: what lets a participant write a whole batch's
+    /// effects in a few statements ([`UnitOfWork::append_many`]: one statement per run of
+    /// distinct streams on PostgreSQL) instead of a few per command.
+    ///
+    /// [`ParticipantHandler`] calls it with shared commits (`Consumer::shared_commits`): the
+    /// commands whose request key has no stored outcome, each request key once (a repeat of a
+    /// key in the same batch takes the outcome of its first command, or runs
+    /// [`execute`](Self::execute) alone after the batch when that outcome was a retryable
+    /// failure). The default runs [`execute`](Self::execute) for each. An override must write
+    /// what `execute` would for each command; when it fails (`BatchFailure::at` the index in
+    /// `contexts`, or `BatchFailure::whole`) the transaction is rolled back and the consumer
+    /// handles the messages again, as for [`Handler::handle_batch`].
+    ///
+    /// ```
+    /// use eventfold_core::{BoxError, NewEvent, StreamId};
+    /// use eventfold_eventstore::{ExpectedVersion, StreamAppend, UnitOfWork};
+    /// use eventfold_outbox::BatchFailure;
+    /// use eventfold_saga::Outcome;
+    /// use eventfold_saga::runtime::{Participant, ParticipantContext};
+    ///
+    /// /// Notes each command in its saga's stream: one statement for a whole batch.
+    /// struct Ledger;
+    ///
+    /// fn noted(cx: &ParticipantContext) -> Result<StreamAppend, BoxError> {
+    ///     let stream = StreamId::new("ledger", cx.command.saga_id.to_string())?;
+    ///     let mut event = NewEvent::raw(cx.command.message_type.clone(), 1, b"{}".to_vec());
+    ///     event.causation_id = Some(cx.message_id);
+    ///     Ok(StreamAppend::new(stream, ExpectedVersion::Any, vec![event]))
+    /// }
+    ///
+    /// impl<U: UnitOfWork> Participant<U> for Ledger {
+    ///     async fn execute(&self, uow: &mut U, cx: &ParticipantContext) -> Result<Outcome, BoxError> {
+    ///         let a = noted(cx)?;
+    ///         uow.append(&a.stream_id, a.expected, a.events).await?;
+    ///         Ok(Outcome::success(serde_json::json!({ "noted": true })))
+    ///     }
+    ///
+    ///     async fn execute_batch(
+    ///         &self,
+    ///         uow: &mut U,
+    ///         contexts: &[ParticipantContext],
+    ///     ) -> Result<Vec<Outcome>, BatchFailure> {
+    ///         let mut appends = Vec::with_capacity(contexts.len());
+    ///         for (index, cx) in contexts.iter().enumerate() {
+    ///             appends.push(noted(cx).map_err(|e| BatchFailure::at(index, e))?);
+    ///         }
+    ///         uow.append_many(appends).await?;
+    ///         Ok(contexts
+    ///             .iter()
+    ///             .map(|_| Outcome::success(serde_json::json!({ "noted": true })))
+    ///             .collect())
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// [`Handler::handle_batch`]: eventfold_outbox::Handler::handle_batch
+    fn execute_batch(
+        &self,
+        uow: &mut U,
+        contexts: &[ParticipantContext],
+    ) -> impl Future<Output = Result<Vec<Outcome>, BatchFailure>> + Send {
+        async move {
+            let mut outcomes = Vec::with_capacity(contexts.len());
+            for (index, context) in contexts.iter().enumerate() {
+                let outcome = self
+                    .execute(uow, context)
+                    .await
+                    .map_err(|e| BatchFailure::at(index, e))?;
+                outcomes.push(outcome);
+            }
+            Ok(outcomes)
+        }
+    }
 }
 
 /// Wraps a [`Participant`] as a consumer handler. See the [module docs](self).
@@ -147,8 +222,7 @@ impl<S: SagaStore, P: Participant<S::UnitOfWork>> ParticipantHandler<S, P> {
         })
     }
 
-    /// Executes the command; the outcome, and its JSON when it must be recorded (a retryable
-    /// failure is not, so that the next attempt runs again).
+    /// Executes the command alone; the outcome, and its JSON when it must be recorded.
     async fn execute(
         &self,
         uow: &mut S::UnitOfWork,
@@ -163,13 +237,28 @@ impl<S: SagaStore, P: Participant<S::UnitOfWork>> ParticipantHandler<S, P> {
             .participant
             .execute(uow, &context)
             .await
-            .map_err(|source| RuntimeError::Participant {
-                participant: self.name.clone(),
-                saga_id: command.saga_id,
-                step: command.step.clone(),
-                attempt: command.attempt,
-                source,
-            })?;
+            .map_err(|source| self.failed(command, source))?;
+        self.settled(command, outcome)
+    }
+
+    /// The participant's failure to execute `command`.
+    fn failed(&self, command: &SagaCommand, source: BoxError) -> RuntimeError {
+        RuntimeError::Participant {
+            participant: self.name.clone(),
+            saga_id: command.saga_id,
+            step: command.step.clone(),
+            attempt: command.attempt,
+            source,
+        }
+    }
+
+    /// The outcome of `command`, and its JSON when it must be recorded (a retryable failure is
+    /// not, so that the next attempt runs again).
+    fn settled(
+        &self,
+        command: &SagaCommand,
+        outcome: Outcome,
+    ) -> Result<(Outcome, Option<serde_json::Value>), RuntimeError> {
         if matches!(
             outcome,
             Outcome::Failure {
@@ -185,6 +274,51 @@ impl<S: SagaStore, P: Participant<S::UnitOfWork>> ParticipantHandler<S, P> {
             reason: e.to_string(),
         })?;
         Ok((outcome, Some(value)))
+    }
+
+    /// Runs [`Participant::execute_batch`] for the batch's new commands (`contexts`, at `places`
+    /// in the batch); each outcome with its JSON when it must be recorded.
+    async fn execute_new(
+        &self,
+        uow: &mut S::UnitOfWork,
+        contexts: &[ParticipantContext],
+        places: &[usize],
+    ) -> Result<Vec<(Outcome, Option<serde_json::Value>)>, BatchFailure> {
+        if contexts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let outcomes = self
+            .participant
+            .execute_batch(uow, contexts)
+            .await
+            .map_err(|failure| match failure.index {
+                Some(at) if at < contexts.len() => BatchFailure::at(
+                    places[at],
+                    self.failed(&contexts[at].command, failure.source),
+                ),
+                _ => BatchFailure::whole(format!(
+                    "participant {}: {} commands executed at once: {}",
+                    self.name,
+                    contexts.len(),
+                    failure.source
+                )),
+            })?;
+        if outcomes.len() != contexts.len() {
+            return Err(BatchFailure::whole(format!(
+                "participant {}: execute_batch answered {} outcomes for {} commands",
+                self.name,
+                outcomes.len(),
+                contexts.len()
+            )));
+        }
+        outcomes
+            .into_iter()
+            .zip(contexts.iter().zip(places))
+            .map(|(outcome, (cx, place))| {
+                self.settled(&cx.command, outcome)
+                    .map_err(|e| BatchFailure::at(*place, e))
+            })
+            .collect()
     }
 
     /// The error of a request key whose outcome another delivery recorded first.
@@ -253,14 +387,23 @@ impl<S: SagaStore, P: Participant<S::UnitOfWork>> Handler<S::UnitOfWork>
     }
 
     /// The commands of a shared transaction together: their stored outcomes read with one
-    /// call, each new one executed in order (a request key seen earlier in the batch repeats
-    /// that outcome), the new outcomes recorded with one call and the replies enqueued with one
-    /// (on PostgreSQL, one statement each).
+    /// call, the new ones executed at once ([`Participant::execute_batch`], each request key
+    /// once), the new outcomes recorded with one call and the replies enqueued with one (on
+    /// PostgreSQL, one statement each).
     async fn handle_batch(
         &self,
         uow: &mut S::UnitOfWork,
         batch: &Batch<'_>,
     ) -> Result<(), BatchFailure> {
+        /// Where a command's outcome comes from.
+        enum Source {
+            /// Recorded by an earlier delivery.
+            Stored(serde_json::Value),
+            /// The next of the batch's new commands (executed at once, in order).
+            New,
+            /// A request key that came earlier in the batch.
+            Repeat,
+        }
         let commands = batch.decoded(Self::incoming)?;
         if commands.is_empty() {
             return Ok(());
@@ -273,26 +416,54 @@ impl<S: SagaStore, P: Participant<S::UnitOfWork>> Handler<S::UnitOfWork>
             .store
             .find_request_outcomes(uow, &self.name, &keys)
             .await?;
+        // The first command of each new request key, with its place in the batch.
+        let mut contexts = Vec::new();
+        let mut places = Vec::new();
+        let mut first_of: HashSet<&str> = HashSet::new();
+        let mut sources = Vec::with_capacity(commands.len());
+        for ((index, record, incoming), stored) in commands.iter().zip(stored) {
+            let key = incoming.command.request_key.as_str();
+            sources.push(match stored {
+                Some(value) => Source::Stored(value),
+                None if first_of.insert(key) => {
+                    contexts.push(ParticipantContext {
+                        command: incoming.command.clone(),
+                        message_id: record.message_id,
+                    });
+                    places.push(*index);
+                    Source::New
+                }
+                None => Source::Repeat,
+            });
+        }
+        let mut executed = self.execute_new(uow, &contexts, &places).await?.into_iter();
         let mut decided: HashMap<&str, Outcome> = HashMap::new();
         // The new outcomes to record: each with its command's place in the batch.
         let mut to_record: Vec<(usize, &SagaCommand, serde_json::Value)> = Vec::new();
         let mut replies = Vec::with_capacity(commands.len());
-        for ((index, record, incoming), stored) in commands.iter().zip(stored) {
+        for ((index, record, incoming), source) in commands.iter().zip(sources) {
             let at = |e| BatchFailure::at(*index, e);
             let command = &incoming.command;
             let key = command.request_key.as_str();
-            let outcome = match (decided.get(key), stored) {
-                (Some(outcome), _) => outcome.clone(),
-                (None, Some(value)) => self.recorded(value, command, record).map_err(at)?,
-                (None, None) => {
-                    let (outcome, value) = self.execute(uow, command, record).await.map_err(at)?;
-                    if let Some(value) = value {
-                        to_record.push((*index, command, value));
-                        decided.insert(key, outcome.clone());
-                    }
-                    outcome
-                }
+            let settled = match source {
+                Source::Stored(value) => (self.recorded(value, command, record).map_err(at)?, None),
+                Source::New => executed.next().ok_or_else(|| {
+                    BatchFailure::whole(format!(
+                        "participant {}: no outcome for {}",
+                        self.name, command.request_key
+                    ))
+                })?,
+                Source::Repeat => match decided.get(key) {
+                    Some(outcome) => (outcome.clone(), None),
+                    // Its first command failed retryably: this delivery runs again, alone.
+                    None => self.execute(uow, command, record).await.map_err(at)?,
+                },
             };
+            let (outcome, value) = settled;
+            if let Some(value) = value {
+                to_record.push((*index, command, value));
+                decided.insert(key, outcome.clone());
+            }
             replies.push(self.reply(incoming, outcome, record).map_err(at)?);
         }
         let outcomes: Vec<(&str, &serde_json::Value)> = to_record
