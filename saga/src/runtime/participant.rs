@@ -485,3 +485,255 @@ impl<S: SagaStore, P: Participant<S::UnitOfWork>> Handler<S::UnitOfWork>
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use eventfold_eventstore::memory::{MemoryStore, MemoryUnitOfWork};
+    use eventfold_eventstore::{EventStore, OutboxStore};
+    use eventfold_outbox::{InProcessBroker, Publisher};
+
+    use super::*;
+    use crate::message::{CommandKind, Reply};
+
+    const TOPIC: &str = "ledger.commands";
+
+    /// Executes every command it is given and notes how: `batch` for `execute_batch`, `one` for
+    /// `execute`, with the request keys. A key whose step is `flaky` fails retryably the first
+    /// time it runs; every other outcome names its key and which run of that key it was.
+    #[derive(Default, Clone)]
+    struct Ledger {
+        calls: Arc<Mutex<Vec<(&'static str, Vec<String>)>>>,
+        runs: Arc<Mutex<HashMap<String, u32>>>,
+    }
+
+    impl Ledger {
+        fn run(&self, cx: &ParticipantContext) -> Outcome {
+            let key = cx.command.request_key.clone();
+            let mut runs = self.runs.lock().expect("runs");
+            let run = runs.entry(key.clone()).or_default();
+            *run += 1;
+            if cx.command.step == "flaky" && *run == 1 {
+                return Outcome::retryable(format!("{key} is flaky"));
+            }
+            Outcome::success(serde_json::json!({ "key": key, "run": *run }))
+        }
+
+        fn calls(&self) -> Vec<(&'static str, Vec<String>)> {
+            self.calls.lock().expect("calls").clone()
+        }
+    }
+
+    impl Participant<MemoryUnitOfWork> for Ledger {
+        async fn execute(
+            &self,
+            _uow: &mut MemoryUnitOfWork,
+            cx: &ParticipantContext,
+        ) -> Result<Outcome, BoxError> {
+            let key = cx.command.request_key.clone();
+            self.calls.lock().expect("calls").push(("one", vec![key]));
+            Ok(self.run(cx))
+        }
+
+        async fn execute_batch(
+            &self,
+            _uow: &mut MemoryUnitOfWork,
+            contexts: &[ParticipantContext],
+        ) -> Result<Vec<Outcome>, BatchFailure> {
+            let keys = contexts
+                .iter()
+                .map(|cx| cx.command.request_key.clone())
+                .collect();
+            self.calls.lock().expect("calls").push(("batch", keys));
+            Ok(contexts.iter().map(|cx| self.run(cx)).collect())
+        }
+    }
+
+    fn command(saga_id: Uuid, step: &str, attempt: u32) -> SagaCommand {
+        SagaCommand {
+            saga_id,
+            saga_type: "ledger.test".to_owned(),
+            step: step.to_owned(),
+            attempt,
+            kind: CommandKind::Action,
+            request_key: SagaCommand::request_key_for(saga_id, step, CommandKind::Action),
+            correlation_id: saga_id,
+            topic: TOPIC.to_owned(),
+            message_type: "ledger.note".to_owned(),
+            payload: serde_json::json!({}),
+        }
+    }
+
+    async fn publish(broker: &InProcessBroker, commands: &[SagaCommand]) {
+        let messages: Vec<_> = commands
+            .iter()
+            .map(|c| wire::command_message(c, "ledger.replies", "test", None).expect("encodes"))
+            .collect();
+        for delivery in broker.publish(&messages).await {
+            delivery.expect("published");
+        }
+    }
+
+    /// The replies in the outbox, oldest first: (step, attempt, outcome).
+    async fn replies(store: &MemoryStore) -> Vec<(String, u32, Outcome)> {
+        store
+            .read_outbox(100)
+            .await
+            .expect("outbox")
+            .into_iter()
+            .map(|row| {
+                let reply: Reply = serde_json::from_slice(&row.message.payload).expect("a reply");
+                (reply.step, reply.attempt, reply.outcome)
+            })
+            .collect()
+    }
+
+    fn done(key: &str, run: u32) -> Outcome {
+        Outcome::success(serde_json::json!({ "key": key, "run": run }))
+    }
+
+    /// One shared transaction with a stored key, a new key twice and a flaky key twice:
+    /// `execute_batch` gets each new key once, in order; the repeat of the new key repeats its
+    /// outcome; the repeat of the flaky key (whose first outcome was retryable, so not recorded)
+    /// runs `execute` alone; the stored key is not executed. Each command is answered, in order.
+    #[tokio::test]
+    async fn a_batch_executes_each_new_request_once_and_repeats_retry_alone() {
+        let store = MemoryStore::new();
+        // One partition: the batch holds the commands in the order they were published.
+        let broker = InProcessBroker::new().with_default_partitions(1);
+        let ledger = Ledger::default();
+        let mut consumer = ParticipantHandler::new("ledger", store.clone(), ledger.clone())
+            .consumer(broker.consumer("ledger", &[TOPIC]))
+            .shared_commits(true);
+        let (stored, new, flaky) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let key =
+            |id: Uuid, step: &str| SagaCommand::request_key_for(id, step, CommandKind::Action);
+
+        publish(&broker, &[command(stored, "done", 1)]).await;
+        let first = consumer
+            .run_once(Duration::from_secs(1))
+            .await
+            .expect("first batch");
+        assert_eq!(first.handled, 1);
+
+        publish(
+            &broker,
+            &[
+                command(new, "pay", 1),
+                command(flaky, "flaky", 1),
+                command(new, "pay", 2),
+                command(stored, "done", 2),
+                command(flaky, "flaky", 2),
+            ],
+        )
+        .await;
+        let second = consumer
+            .run_once(Duration::from_secs(1))
+            .await
+            .expect("second batch");
+        assert_eq!(second.handled, 5, "one shared transaction handles all five");
+
+        assert_eq!(
+            ledger.calls(),
+            vec![
+                // A batch of one message is handled alone (`handle`).
+                ("one", vec![key(stored, "done")]),
+                ("batch", vec![key(new, "pay"), key(flaky, "flaky")]),
+                ("one", vec![key(flaky, "flaky")]),
+            ],
+            "each new request key executed once at once; the flaky repeat alone after"
+        );
+        let (paid, flaked, noted) = (key(new, "pay"), key(flaky, "flaky"), key(stored, "done"));
+        // Commands are keyed by saga id, so order holds per saga (a partition each).
+        let mut by_saga: HashMap<String, Vec<(u32, Outcome)>> = HashMap::new();
+        for (step, attempt, outcome) in replies(&store).await {
+            by_saga.entry(step).or_default().push((attempt, outcome));
+        }
+        assert_eq!(
+            by_saga,
+            HashMap::from([
+                (
+                    "done".to_owned(),
+                    vec![(1, done(&noted, 1)), (2, done(&noted, 1))]
+                ),
+                (
+                    "pay".to_owned(),
+                    vec![(1, done(&paid, 1)), (2, done(&paid, 1))]
+                ),
+                (
+                    "flaky".to_owned(),
+                    vec![
+                        (1, Outcome::retryable(format!("{flaked} is flaky"))),
+                        (2, done(&flaked, 2)),
+                    ]
+                ),
+            ]),
+            "every command answered, in order per saga; repeats carry the recorded outcome"
+        );
+        let recorded = store
+            .find_request_outcomes(&mut store.begin().await.expect("uow"), "ledger", &[&flaked])
+            .await
+            .expect("outcomes");
+        assert_eq!(
+            recorded,
+            vec![Some(serde_json::to_value(done(&flaked, 2)).expect("json"))],
+            "the flaky key's second run is the recorded outcome"
+        );
+    }
+
+    /// A failure `execute_batch` reports at an index of its commands fails the batch at that
+    /// command's place in the batch (the consumer then runs the commands before it shared, and it
+    /// alone with `execute`).
+    #[tokio::test]
+    async fn a_failure_in_execute_batch_is_reported_at_its_command() {
+        struct FailsSecond;
+        impl Participant<MemoryUnitOfWork> for FailsSecond {
+            async fn execute(
+                &self,
+                _uow: &mut MemoryUnitOfWork,
+                _cx: &ParticipantContext,
+            ) -> Result<Outcome, BoxError> {
+                Ok(Outcome::success(serde_json::json!({})))
+            }
+
+            async fn execute_batch(
+                &self,
+                _uow: &mut MemoryUnitOfWork,
+                contexts: &[ParticipantContext],
+            ) -> Result<Vec<Outcome>, BatchFailure> {
+                match contexts.len() {
+                    1 => Ok(vec![Outcome::success(serde_json::json!({}))]),
+                    _ => Err(BatchFailure::at(1, "the second command fails")),
+                }
+            }
+        }
+        let store = MemoryStore::new();
+        let handler = ParticipantHandler::new("fails", store.clone(), FailsSecond);
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let contexts: Vec<ParticipantContext> = [command(a, "x", 1), command(b, "y", 1)]
+            .into_iter()
+            .map(|command| ParticipantContext {
+                command,
+                message_id: Uuid::now_v7(),
+            })
+            .collect();
+        let mut uow = store.begin().await.expect("uow");
+        let failure = handler
+            .execute_new(&mut uow, &contexts, &[3, 7])
+            .await
+            .expect_err("the second command fails");
+        assert_eq!(
+            failure.index,
+            Some(7),
+            "the place in the batch of the failing command"
+        );
+        let message = failure.source.to_string();
+        assert!(
+            message.contains(&b.to_string()) && message.contains("fails"),
+            "names the saga of the failing command and the participant: {message}"
+        );
+    }
+}
