@@ -504,9 +504,12 @@ mod tests {
     /// Executes every command it is given and notes how: `batch` for `execute_batch`, `one` for
     /// `execute`, with the request keys. A key whose step is `flaky` fails retryably the first
     /// time it runs; every other outcome names its key and which run of that key it was.
+    /// How each call ran (`batch` or `one`) and with which request keys.
+    type Calls = Arc<Mutex<Vec<(&'static str, Vec<String>)>>>;
+
     #[derive(Default, Clone)]
     struct Ledger {
-        calls: Arc<Mutex<Vec<(&'static str, Vec<String>)>>>,
+        calls: Calls,
         runs: Arc<Mutex<HashMap<String, u32>>>,
     }
 
