@@ -160,6 +160,96 @@ async fn kafka_source_reports_a_record_without_ce_id() {
     );
 }
 
+/// `KafkaSource::commit_records` commits the offsets of several partitions in one request (the
+/// consumer acknowledges a batch that way): a second source of the group resumes after each
+/// committed partition's offset and reads again only the partition left uncommitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_source_commits_several_partitions_offsets_in_one_call() {
+    let brokers = common::kafka_bootstrap();
+    let (topic, publisher) = new_topic(&brokers, "commitall", PARTITIONS).await;
+    let messages: Vec<_> = (0..60).map(|i| payment(&topic, i)).collect();
+    publish(&publisher, &messages).await;
+
+    let group = format!("eventfold-test-commitall-{}", Uuid::now_v7().simple());
+    let mut first = KafkaSource::new(&brokers, &group, &[&topic]).expect("a Kafka source");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut records = Vec::new();
+    while records.len() < messages.len() {
+        assert!(
+            Instant::now() < deadline,
+            "60 records polled from {topic} within 60 s: {}",
+            records.len()
+        );
+        records.extend(
+            first
+                .poll(100, Duration::from_millis(500))
+                .await
+                .unwrap_or_else(|e| panic!("polling {topic}: {e}")),
+        );
+    }
+    let mut partitions: Vec<u32> = records.iter().map(|r| r.partition).collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    assert!(
+        partitions.len() >= 2,
+        "the 17 keys spread over several partitions: {partitions:?}"
+    );
+    // Commit every partition but the last one: for each, its middle record, then its last one
+    // (the later of two records of a partition wins).
+    let (kept, committed) = partitions.split_last().expect("partitions");
+    let mut to_commit = Vec::new();
+    for partition in committed {
+        let of: Vec<_> = records
+            .iter()
+            .filter(|r| r.partition == *partition)
+            .collect();
+        to_commit.push(of[of.len() / 2]);
+        to_commit.push(*of.last().expect("records of the partition"));
+    }
+    first
+        .commit_records(&to_commit)
+        .await
+        .unwrap_or_else(|e| panic!("committing {topic}: {e}"));
+    drop(first); // leaves the group
+
+    let mut second = KafkaSource::new(&brokers, &group, &[&topic]).expect("a Kafka source");
+    let expected: HashSet<_> = records
+        .iter()
+        .filter(|r| r.partition == *kept)
+        .map(|r| r.message_id)
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut again = Vec::new();
+    while again.len() < expected.len() && Instant::now() < deadline {
+        again.extend(
+            second
+                .poll(100, Duration::from_millis(500))
+                .await
+                .unwrap_or_else(|e| panic!("polling {topic}: {e}")),
+        );
+    }
+    again.extend(
+        second
+            .poll(100, Duration::from_secs(1))
+            .await
+            .unwrap_or_else(|e| panic!("polling {topic}: {e}")),
+    );
+    assert!(
+        again.iter().all(|r| r.partition == *kept),
+        "only the uncommitted partition {kept} is read again: {:?}",
+        again
+            .iter()
+            .map(|r| (r.partition, r.offset))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        again.iter().map(|r| r.message_id).collect::<HashSet<_>>(),
+        expected,
+        "all of partition {kept} is read again"
+    );
+    assert_eq!(again.len(), expected.len(), "each once");
+}
+
 /// A source reading a partition while several producers write to it gets every offset, in
 /// order, with no gap: the broker must never serve a record beyond one it has numbered but not
 /// yet stored. tansu's in-memory storage (`memory://`) does: a produce raises the partition's

@@ -93,6 +93,22 @@ pub trait MessageSource: Send {
 
     /// Acknowledges `record` (and everything before it in its partition).
     fn commit(&mut self, record: &Record) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// Acknowledges several records at once, each the last of its partition in a batch (and
+    /// everything before each in its partition). The default commits them one by one, in
+    /// order; a source whose broker takes several partitions' offsets in one request (Kafka)
+    /// overrides it, so that a batch spanning partitions costs one acknowledgement.
+    fn commit_all(
+        &mut self,
+        records: &[&Record],
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        async move {
+            for record in records {
+                self.commit(record).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 impl MessageSource for InProcessConsumer {
@@ -564,8 +580,8 @@ where
         split
     }
 
-    /// Settles a polled batch in order, then acknowledges it with one commit per partition
-    /// (the last record of each): every transaction of the batch has committed by then, and a
+    /// Settles a polled batch in order, then acknowledges it with the last record of each
+    /// partition ([`MessageSource::commit_all`]: one request to a Kafka broker): every transaction of the batch has committed by then, and a
     /// crash before the acknowledgement only redelivers what the inbox already holds.
     async fn handle_batch(&mut self, records: &[Record]) -> Result<ConsumerReport, ConsumerError> {
         let settler = self.settler();
@@ -602,12 +618,10 @@ where
                 None => last.push(record),
             }
         }
-        for record in last {
-            self.source
-                .commit(record)
-                .await
-                .map_err(self.source_err())?;
-        }
+        self.source
+            .commit_all(&last)
+            .await
+            .map_err(self.source_err())?;
         let consumer = self.name.clone();
         metrics::counter!("eventfold_consumer_handled_total", "consumer" => consumer.clone())
             .increment(report.handled as u64);

@@ -124,6 +124,18 @@ pub enum KafkaSourceError {
         #[source]
         source: Box<rdkafka::error::KafkaError>,
     },
+    /// Committing the offsets of several partitions in one request failed (nothing of it may
+    /// have been committed: the records are delivered again, and the inbox skips them).
+    #[error("committing offsets {offsets} for group {group} failed: {source}")]
+    CommitOffsets {
+        /// The consumer group.
+        group: String,
+        /// Each `topic/partition@offset` committed (each record's offset + 1).
+        offsets: String,
+        /// The error of rdkafka.
+        #[source]
+        source: Box<rdkafka::error::KafkaError>,
+    },
     /// An offset or partition does not fit Kafka's signed integers.
     #[error("{what} {value} is out of Kafka's range")]
     OutOfRange {
@@ -284,37 +296,71 @@ impl KafkaSource {
 
     /// Commits `record.offset + 1` for its topic and partition in the group, synchronously.
     pub async fn commit_record(&mut self, record: &Record) -> Result<(), KafkaSourceError> {
-        let partition =
-            i32::try_from(record.partition).map_err(|_| KafkaSourceError::OutOfRange {
-                what: "partition",
-                value: i128::from(record.partition),
-            })?;
-        let next = record
-            .offset
-            .checked_add(1)
-            .and_then(|next| i64::try_from(next).ok())
-            .ok_or(KafkaSourceError::OutOfRange {
-                what: "offset",
-                value: i128::from(record.offset),
-            })?;
-        let commit_error = |source| KafkaSourceError::Commit {
-            group: self.group.clone(),
-            topic: record.topic.clone(),
-            partition: record.partition,
-            offset: record.offset.saturating_add(1),
-            source: Box::new(source),
+        self.commit_records(&[record]).await
+    }
+
+    /// Commits `offset + 1` of each record for its topic and partition in the group, all in one
+    /// synchronous request to the group's coordinator (one round trip for a batch that spans
+    /// several partitions). Each record should be the last of its partition among them; of two
+    /// records of one partition, the later one in `records` wins.
+    pub async fn commit_records(&mut self, records: &[&Record]) -> Result<(), KafkaSourceError> {
+        let Some(first) = records.first() else {
+            return Ok(());
+        };
+        let commit_error = |source| {
+            if let [record] = records {
+                KafkaSourceError::Commit {
+                    group: self.group.clone(),
+                    topic: record.topic.clone(),
+                    partition: record.partition,
+                    offset: record.offset.saturating_add(1),
+                    source: Box::new(source),
+                }
+            } else {
+                KafkaSourceError::CommitOffsets {
+                    group: self.group.clone(),
+                    offsets: records
+                        .iter()
+                        .map(|r| {
+                            format!("{}/{}@{}", r.topic, r.partition, r.offset.saturating_add(1))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    source: Box::new(source),
+                }
+            }
         };
         let mut offsets = TopicPartitionList::new();
-        offsets
-            .add_partition_offset(&record.topic, partition, Offset::Offset(next))
-            .map_err(commit_error)?;
+        for record in records {
+            let partition =
+                i32::try_from(record.partition).map_err(|_| KafkaSourceError::OutOfRange {
+                    what: "partition",
+                    value: i128::from(record.partition),
+                })?;
+            let next = record
+                .offset
+                .checked_add(1)
+                .and_then(|next| i64::try_from(next).ok())
+                .ok_or(KafkaSourceError::OutOfRange {
+                    what: "offset",
+                    value: i128::from(record.offset),
+                })?;
+            match offsets.find_partition(&record.topic, partition) {
+                Some(mut element) => element
+                    .set_offset(Offset::Offset(next))
+                    .map_err(&commit_error)?,
+                None => offsets
+                    .add_partition_offset(&record.topic, partition, Offset::Offset(next))
+                    .map_err(&commit_error)?,
+            }
+        }
         let consumer = Arc::clone(&self.consumer);
         // A synchronous commit blocks until the broker answered: off the async worker threads.
         tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync))
             .await
             .map_err(|e| KafkaSourceError::CommitTask {
                 group: self.group.clone(),
-                reason: e.to_string(),
+                reason: format!("{e} (committing from {}/{})", first.topic, first.partition),
             })?
             .map_err(commit_error)
     }
@@ -506,5 +552,9 @@ impl MessageSource for KafkaSource {
 
     async fn commit(&mut self, record: &Record) -> Result<(), BoxError> {
         Ok(self.commit_record(record).await?)
+    }
+
+    async fn commit_all(&mut self, records: &[&Record]) -> Result<(), BoxError> {
+        Ok(self.commit_records(records).await?)
     }
 }

@@ -224,6 +224,14 @@ impl<Src: MessageSource> MessageSource for Tap<Src> {
         }
         self.inner.commit(record).await
     }
+
+    async fn commit_all(&mut self, records: &[&Record]) -> Result<()> {
+        if self.replies {
+            // As in `commit`: the batch's transactions have committed.
+            self.probe.settle_pending(Instant::now());
+        }
+        self.inner.commit_all(records).await
+    }
 }
 
 /// The reply consumer's handler ([`Orchestrator::reply_handler`]) noting the reply that
