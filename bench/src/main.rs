@@ -28,6 +28,11 @@
 //!   `projections.rs`);
 //! * `--saga-latency-seconds N`: duration of the one-saga-at-a-time latency run of each `sagas`
 //!   variant (default 3; 2 with `--quick`, which also shortens the raw commit baselines to 1 s);
+//! * `--saga-fetch-wait-ms N`: `fetch.wait.max.ms` of the consumers of the low-wait Kafka saga
+//!   variant (default 1);
+//! * `--peer-callers N,..`: the concurrent callers of the `peers` section (default 1, 8 and 64);
+//! * `--peer-variants KEY,..`: only these eventfold variants in the `peers` section (keys of
+//!   the JSON report: `eventfold`, `eventfold_outbox`, ...); cqrs-es always runs;
 //! * `--no-test-before-acquire`: turn off sqlx's ping on every pool checkout (for diagnosis).
 //!
 //! The server is `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`); the
@@ -100,7 +105,7 @@
 //!    start-to-completion latency p50/p99/max, under that load and one saga at a time, for
 //!    PostgreSQL with the in-process broker, PostgreSQL with the Kafka-protocol broker
 //!    (`KafkaPublisher` + `KafkaSource`, fresh topics; once with `KafkaSource::new`'s defaults,
-//!    once with the consumers' `fetch.wait.max.ms` = 1) and SQLite (a temporary WAL file) with the
+//!    once with the consumers' `fetch.wait.max.ms` = 1, or `--saga-fetch-wait-ms`) and SQLite (a temporary WAL file) with the
 //!    in-process broker. One process runs the orders service (`Orchestrator`, its reply consumer,
 //!    its `Scheduler`, one `Relay`) and three participants (inventory, payments, shipping: one
 //!    event appended per command, success replied), all `run(shutdown)` loops on tokio tasks,

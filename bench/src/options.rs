@@ -112,6 +112,12 @@ pub(crate) struct Options {
     pub(crate) projection_events: u64,
     /// Duration of each saga variant's one-at-a-time latency run.
     pub(crate) saga_latency_seconds: f64,
+    /// `--saga-fetch-wait-ms`: `fetch.wait.max.ms` of the low-wait Kafka saga variant's consumers.
+    pub(crate) saga_fetch_wait_ms: u64,
+    /// `--peer-callers`: the caller counts of the `peers` section (empty: 1, 8 and 64).
+    pub(crate) peer_callers: Vec<usize>,
+    /// `--peer-variants`: the keys of the eventfold variants of the `peers` section (empty: all).
+    pub(crate) peer_variants: Vec<String>,
     /// `--saga-variants`: the keys of the saga variants to run (empty: all).
     pub(crate) saga_variants: Vec<String>,
     /// `--quick` was given.
@@ -146,6 +152,9 @@ pub(crate) fn parse_args() -> Result<Options> {
     let mut relay_rows = None;
     let mut projection_events = None;
     let mut saga_latency_seconds = None;
+    let mut saga_fetch_wait_ms = None;
+    let mut peer_callers = Vec::new();
+    let mut peer_variants = Vec::new();
     let mut test_before_acquire = true;
     let mut saga_variants = Vec::new();
     let mut sections = Sections::ALL;
@@ -168,6 +177,25 @@ pub(crate) fn parse_args() -> Result<Options> {
             "--saga-latency-seconds" => {
                 saga_latency_seconds = Some(positive("--saga-latency-seconds", args.next())?);
             }
+            "--saga-fetch-wait-ms" => {
+                saga_fetch_wait_ms = Some(positive_count("--saga-fetch-wait-ms", args.next())?);
+            }
+            "--peer-callers" => {
+                let value = args.next().ok_or("--peer-callers needs a value")?;
+                for n in value.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+                    peer_callers
+                        .push(positive_count("--peer-callers", Some(n.to_owned()))? as usize);
+                }
+            }
+            "--peer-variants" => {
+                let value = args.next().ok_or("--peer-variants needs a value")?;
+                peer_variants = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+            }
             "--saga-variants" => {
                 let value = args.next().ok_or("--saga-variants needs a value")?;
                 saga_variants = value
@@ -182,7 +210,10 @@ pub(crate) fn parse_args() -> Result<Options> {
                 println!(
                     "usage: eventfold-bench [--seconds N | --quick] [--only commands,appends,log,relay,projections,sagas,peers,sqlite]\n\
                      \x20                      [--log-events N] [--latency-seconds N] [--relay-rows N] [--projection-events N]\n\
-                     \x20                      [--saga-latency-seconds N] [--saga-variants KEY,..] [--no-test-before-acquire]\n\
+                     \x20                      [--saga-latency-seconds N] [--saga-variants KEY,..] [--saga-fetch-wait-ms N]\n\
+                     \x20                      [--peer-callers N,..] [--peer-variants KEY,..]\n\
+                     \x20                      [--no-test-before-acquire]\n\
+                     --saga-fetch-wait-ms: fetch.wait.max.ms of the low-wait Kafka saga variant's consumers (default 1)\n\
                      --saga-variants: only these saga variants, by the keys of the JSON report (postgres_in_process, ...)\n\
                      --quick: 2 s per case, 200000 log events, 4 s latency tests, 100000 relay rows, 200000 projection events,\n\
                      \x20        2 s saga latency runs, 1 s raw commit baselines\n\
@@ -205,6 +236,9 @@ pub(crate) fn parse_args() -> Result<Options> {
         relay_latency_seconds: if quick { 4.0 } else { 10.0 },
         projection_events: projection_events.unwrap_or(if quick { 200_000 } else { 1_000_000 }),
         saga_latency_seconds: saga_latency_seconds.unwrap_or(if quick { 2.0 } else { 3.0 }),
+        saga_fetch_wait_ms: saga_fetch_wait_ms.unwrap_or(1),
+        peer_callers,
+        peer_variants,
         saga_variants,
         quick,
     })

@@ -391,6 +391,11 @@ pub(crate) async fn run(pool: &PgPool, options: &Options) -> Result<PeerResults>
     let eventfold_pool = new_pool().await?;
     let mut entries = Vec::new();
     for variant in EVENTFOLD_VARIANTS {
+        if !options.peer_variants.is_empty()
+            && !options.peer_variants.iter().any(|k| k == variant.key)
+        {
+            continue;
+        }
         let store = (variant.configure)(PgStore::builder(eventfold_pool.clone()))
             .build()
             .await?;
@@ -422,7 +427,12 @@ pub(crate) async fn run(pool: &PgPool, options: &Options) -> Result<PeerResults>
     let mut segment_no = 0usize;
     let result: Result<()> = async {
         for workload in [Workload::New, Workload::Existing] {
-            for callers in CALLERS {
+            let callers_list: Vec<usize> = if options.peer_callers.is_empty() {
+                CALLERS.to_vec()
+            } else {
+                options.peer_callers.clone()
+            };
+            for &callers in &callers_list {
                 eprintln!("peers: {}, {callers} caller(s)", workload.name());
                 if workload == Workload::Existing {
                     for entry in &entries {

@@ -179,7 +179,7 @@ async fn fill(pool: &PgPool, topic: &str, rows: u64) -> Result<f64> {
 }
 
 /// The producer of the raw baseline, configured like `KafkaPublisher::from_config`.
-fn raw_producer(brokers: &str) -> Result<FutureProducer> {
+pub(crate) fn raw_producer(brokers: &str) -> Result<FutureProducer> {
     let producer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")

@@ -15,7 +15,7 @@
 //!   replies success.
 //!
 //! The Kafka variant runs twice: with `KafkaSource::new`'s configuration (what an application gets),
-//! and with `fetch.wait.max.ms` = 1: tansu 0.6 appears to hold a fetch for its whole
+//! and with a low `fetch.wait.max.ms` (`--saga-fetch-wait-ms`, default 1): tansu 0.6 appears to hold a fetch for its whole
 //! `fetch.wait.max.ms` (librdkafka's default: 500 ms) even when records arrive meanwhile, which
 //! a saga's 6 broker hops then wait for (observed, not read in tansu's code).
 //!
@@ -260,7 +260,8 @@ enum Variant {
     /// (`Participant::execute_batch`'s default: one append per command), in the same run.
     PgInProcessParticipantsOneByOne,
     PgKafka,
-    /// The same, consumers configured with `fetch.wait.max.ms` = [`LOW_FETCH_WAIT_MS`].
+    /// The same, consumers configured with a low `fetch.wait.max.ms` (`--saga-fetch-wait-ms`,
+    /// default 1).
     PgKafkaLowWait,
     SqliteInProcess,
 }
@@ -274,9 +275,6 @@ const PARTICIPANT_LANES: usize = 2;
 
 /// The relay's claim linger of [`Variant::PgInProcessLinger`].
 const RELAY_LINGER: std::time::Duration = std::time::Duration::from_millis(1);
-
-/// `fetch.wait.max.ms` of the second Kafka variant's consumers (librdkafka's default is 500).
-const LOW_FETCH_WAIT_MS: &str = "1";
 
 impl Variant {
     const ALL: [Variant; 9] = [
@@ -313,7 +311,7 @@ impl Variant {
                 "PostgreSQL + Kafka-protocol broker (tansu), `KafkaSource::new` defaults"
             }
             Variant::PgKafkaLowWait => {
-                "PostgreSQL + Kafka-protocol broker (tansu), consumers with `fetch.wait.max.ms` = 1"
+                "PostgreSQL + Kafka-protocol broker (tansu), consumers with a low `fetch.wait.max.ms` (`--saga-fetch-wait-ms`)"
             }
             Variant::SqliteInProcess => "SQLite (WAL file) + in-process broker",
         }
@@ -330,7 +328,7 @@ impl Variant {
                 "postgres_in_process_participants_one_by_one"
             }
             Variant::PgKafka => "postgres_kafka",
-            Variant::PgKafkaLowWait => "postgres_kafka_fetch_wait_1ms",
+            Variant::PgKafkaLowWait => "postgres_kafka_low_fetch_wait",
             Variant::SqliteInProcess => "sqlite_in_process",
         }
     }
@@ -411,6 +409,9 @@ pub(crate) struct Measured {
     sequential_consumers: Vec<ConsumerLoad>,
     /// `Orchestrator::start` (its unit of work) in the one-at-a-time run (ms, in run order).
     start_ms: Vec<f64>,
+    /// Kafka variants: [`raw::BROKER_HOPS`] raw hops through the same broker, per round
+    /// (sorted, ms; `raw_broker_hops`), measured right after the variant.
+    broker_hops_ms: Vec<f64>,
 }
 
 impl Measured {
@@ -648,11 +649,25 @@ async fn postgres_in(
                     .set("bootstrap.servers", &brokers)
                     .set("group.id", format!("bench-{group}-{group_tag}"));
                 if variant == Variant::PgKafkaLowWait {
-                    config.set("fetch.wait.max.ms", LOW_FETCH_WAIT_MS);
+                    config.set("fetch.wait.max.ms", options.saga_fetch_wait_ms.to_string());
                 }
                 KafkaSource::from_config(config, &[topic]).map_err(BoxError::from)
             };
-            measure(variant, store, publisher, source, &topics, options, monitor).await
+            let measured =
+                measure(variant, store, publisher, source, &topics, options, monitor).await;
+            match measured {
+                Ok(mut m) => {
+                    let wait =
+                        (variant == Variant::PgKafkaLowWait).then_some(options.saga_fetch_wait_ms);
+                    raw_broker_hops(&brokers, wait, options.saga_latency_seconds)
+                        .await
+                        .map(|hops| {
+                            m.broker_hops_ms = hops;
+                            m
+                        })
+                }
+                Err(e) => Err(e),
+            }
         }
         Variant::SqliteInProcess => unreachable!("not a PostgreSQL variant"),
     };
@@ -719,6 +734,8 @@ pub(crate) struct SagaResults {
     variants: Vec<(Variant, std::result::Result<Measured, String>)>,
     seconds: f64,
     latency_seconds: f64,
+    /// `fetch.wait.max.ms` of the low-wait Kafka variant's consumers.
+    fetch_wait_ms: u64,
 }
 
 /// Runs the section on the server of `pool` (the bench database).
@@ -771,6 +788,7 @@ pub(crate) async fn run(pool: &PgPool, options: &Options) -> Result<SagaResults>
         variants,
         seconds: options.seconds,
         latency_seconds: options.saga_latency_seconds,
+        fetch_wait_ms: options.saga_fetch_wait_ms,
     })
 }
 
@@ -793,4 +811,4 @@ use measure::measure;
 
 use probes::*;
 
-use raw::{raw_postgres, raw_sqlite};
+use raw::{BROKER_HOPS, raw_broker_hops, raw_postgres, raw_sqlite};
