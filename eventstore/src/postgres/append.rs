@@ -237,6 +237,10 @@ pub(super) fn append_binds<'s>(
         (Statement::Append, true) if any => (&sql.append_one_any, None),
         (Statement::Append, true) => (&sql.append_one, None),
         (Statement::Append, false) => (&sql.append, None),
+        (Statement::WithOutbox, true) if outbox.len() == 1 && any => {
+            (&sql.append_single_outbox_any, None)
+        }
+        (Statement::WithOutbox, true) if outbox.len() == 1 => (&sql.append_single_outbox, None),
         (Statement::WithOutbox, true) if any => (&sql.append_one_outbox_any, None),
         (Statement::WithOutbox, true) => (&sql.append_one_outbox, None),
         (Statement::WithOutbox, false) => (&sql.append_outbox, None),

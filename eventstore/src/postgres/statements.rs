@@ -42,6 +42,13 @@ pub(super) struct Statements {
     /// [`append_one_outbox`](Self::append_one_outbox) for `Any`: a version a concurrent append
     /// took returns no row instead of an error (so no savepoint is needed to retry it).
     pub(super) append_one_outbox_any: String,
+    /// [`append_one_outbox`](Self::append_one_outbox) for exactly one outbox row (a command's
+    /// one event and its one message, the common case): the row's fields are taken by
+    /// subscript, with no `UNNEST` and no join (the same parameters, arrays of length one).
+    pub(super) append_single_outbox: String,
+    /// [`append_single_outbox`](Self::append_single_outbox) for `Any` (see
+    /// `append_one_outbox_any`).
+    pub(super) append_single_outbox_any: String,
     pub(super) append_outbox: String,
     /// [`append_one_outbox`](Self::append_one_outbox) with the application's messages among the
     /// rows and their journal rows (`insert_outbox`'s): `$23` correlation ids (NULL: not
@@ -189,7 +196,16 @@ impl Statements {
         // stream version the database gave it (an `Any` append learns it only here).
         // With `journal`, the messages that carry a correlation id get their journal rows (as
         // `insert_outbox` writes them), only when the events are written.
-        let with_outbox = |events_select: &str, on_conflict: &str, journal: bool, tail: &str| {
+        // With `single`, the statement takes exactly one outbox row (the arrays `$14`..`$22` of
+        // length one) and one event, and selects the row's fields by subscript from the event's
+        // row instead of unnesting the arrays and joining them to the events: the same row, for
+        // about a tenth less of the server's CPU per statement (a command's one event and its
+        // one message; measured with pgbench, see the book's performance chapter).
+        let with_outbox = |events_select: &str,
+                           on_conflict: &str,
+                           journal: bool,
+                           single: bool,
+                           tail: &str| {
             let journal = if journal {
                 format!(
                     "j AS (INSERT INTO {sent} (id, correlation_id, causation_id, type, topic, key, source, sent_at) \
@@ -201,17 +217,32 @@ impl Statements {
             } else {
                 String::new()
             };
+            let version = eventfold_core::outbox::headers::STREAM_VERSION;
+            let outbox_insert = if single {
+                format!(
+                    "INSERT INTO {outbox} ({outbox_columns}) \
+                       SELECT ($14::uuid[])[1], ($15::text[])[1], ($16::text[])[1], ($17::text[])[1], \
+                         ($18::bytea[])[1], ($19::text[])[1], ($20::text[])[1], \
+                         CASE WHEN ev.event_id = ($14::uuid[])[1] \
+                           THEN ($21::text[])[1]::jsonb || jsonb_build_object('{version}', ev.stream_version::text) \
+                           ELSE ($21::text[])[1]::jsonb END, ($22::int4[])[1] \
+                       FROM ev WHERE {XID_FIRST}"
+                )
+            } else {
+                format!(
+                    "INSERT INTO {outbox} ({outbox_columns}) \
+                       SELECT m.id, m.at, m.aid, m.ty, m.payload, m.topic, m.key, \
+                         CASE WHEN ev.stream_version IS NULL THEN m.headers::jsonb \
+                           ELSE m.headers::jsonb || jsonb_build_object('{version}', ev.stream_version::text) END, m.slot \
+                       {rows} LEFT JOIN ev ON ev.event_id = m.id \
+                       WHERE EXISTS (SELECT 1 FROM ev) AND {XID_FIRST} ORDER BY m.ord",
+                    rows = outbox_rows(14),
+                )
+            };
             format!(
                 "{append_with}, ev AS ({insert_events}{events_select}{on_conflict} \
                    RETURNING event_id, global_position, stream_version), {journal}\
-                 ob AS (INSERT INTO {outbox} ({outbox_columns}) \
-                   SELECT m.id, m.at, m.aid, m.ty, m.payload, m.topic, m.key, \
-                     CASE WHEN ev.stream_version IS NULL THEN m.headers::jsonb \
-                       ELSE m.headers::jsonb || jsonb_build_object('{version}', ev.stream_version::text) END, m.slot \
-                   {rows} LEFT JOIN ev ON ev.event_id = m.id \
-                   WHERE EXISTS (SELECT 1 FROM ev) AND {XID_FIRST} ORDER BY m.ord){tail}",
-                version = eventfold_core::outbox::headers::STREAM_VERSION,
-                rows = outbox_rows(14),
+                 ob AS ({outbox_insert}){tail}"
             )
         };
         // Appends of several streams (one per stream) in one statement, so one round trip and
@@ -391,18 +422,27 @@ impl Statements {
                  {} WHERE {XID_FIRST} ORDER BY m.ord",
                 outbox_rows(1)
             ),
-            append_one_outbox: with_outbox(one_event, "", false, RETURN_EVENTS),
+            append_one_outbox: with_outbox(one_event, "", false, false, RETURN_EVENTS),
             append_one_outbox_any: with_outbox(
                 one_event,
                 TAKEN_VERSION_IS_NO_ROW,
                 false,
+                false,
                 RETURN_EVENTS,
             ),
-            append_outbox: with_outbox(many_events, "", false, RETURN_EVENTS),
-            append_one_outbox_journal: with_outbox(one_event, "", true, RETURN_EVENTS),
-            append_outbox_journal: with_outbox(many_events, "", true, RETURN_EVENTS),
-            write_one_saga_transition: with_outbox(one_event, "", true, &transition_tail),
-            write_saga_transition: with_outbox(many_events, "", true, &transition_tail),
+            append_single_outbox: with_outbox(one_event, "", false, true, RETURN_EVENTS),
+            append_single_outbox_any: with_outbox(
+                one_event,
+                TAKEN_VERSION_IS_NO_ROW,
+                false,
+                true,
+                RETURN_EVENTS,
+            ),
+            append_outbox: with_outbox(many_events, "", false, false, RETURN_EVENTS),
+            append_one_outbox_journal: with_outbox(one_event, "", true, false, RETURN_EVENTS),
+            append_outbox_journal: with_outbox(many_events, "", true, false, RETURN_EVENTS),
+            write_one_saga_transition: with_outbox(one_event, "", true, false, &transition_tail),
+            write_saga_transition: with_outbox(many_events, "", true, false, &transition_tail),
             // The batch append's parts (`$1`..`$25`), then: the journal of the messages (`$26`
             // correlation ids, `$27` causation ids, `$28` senders, `$29` the time of sending,
             // as `Binds::journal` binds them), each transition's row (`$30`..`$35` as
