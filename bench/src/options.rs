@@ -144,6 +144,17 @@ pub(crate) fn positive_count(flag: &str, value: Option<String>) -> Result<u64> {
         .ok_or_else(|| format!("{flag}: not a positive count: {value}").into())
 }
 
+/// The comma-separated, non-empty items given to `flag`.
+fn list(flag: &str, value: Option<String>) -> Result<Vec<String>> {
+    let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
+    Ok(value
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
 pub(crate) fn parse_args() -> Result<Options> {
     let mut quick = false;
     let mut seconds = None;
@@ -181,30 +192,12 @@ pub(crate) fn parse_args() -> Result<Options> {
                 saga_fetch_wait_ms = Some(positive_count("--saga-fetch-wait-ms", args.next())?);
             }
             "--peer-callers" => {
-                let value = args.next().ok_or("--peer-callers needs a value")?;
-                for n in value.split(',').map(str::trim).filter(|v| !v.is_empty()) {
-                    peer_callers
-                        .push(positive_count("--peer-callers", Some(n.to_owned()))? as usize);
+                for n in list("--peer-callers", args.next())? {
+                    peer_callers.push(positive_count("--peer-callers", Some(n))? as usize);
                 }
             }
-            "--peer-variants" => {
-                let value = args.next().ok_or("--peer-variants needs a value")?;
-                peer_variants = value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|v| !v.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-            }
-            "--saga-variants" => {
-                let value = args.next().ok_or("--saga-variants needs a value")?;
-                saga_variants = value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|v| !v.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-            }
+            "--peer-variants" => peer_variants = list("--peer-variants", args.next())?,
+            "--saga-variants" => saga_variants = list("--saga-variants", args.next())?,
             "--no-test-before-acquire" => test_before_acquire = false,
             "-h" | "--help" => {
                 println!(
