@@ -90,7 +90,9 @@ impl Coalescing {
     }
 
     /// How long a batch that is not full waits for more appends before it is written (default
-    /// zero: never; a lone append is then written at once).
+    /// zero: never; a lone append is then written at once). The wait is a tokio timer, whose
+    /// resolution is one millisecond: a linger below that waits about a millisecond (at 8
+    /// callers, 200 µs made commands 40–50% slower than none).
     pub fn linger(mut self, linger: Duration) -> Self {
         self.linger = linger;
         self
