@@ -581,8 +581,9 @@ where
     }
 
     /// Settles a polled batch in order, then acknowledges it with the last record of each
-    /// partition ([`MessageSource::commit_all`]: one request to a Kafka broker): every transaction of the batch has committed by then, and a
-    /// crash before the acknowledgement only redelivers what the inbox already holds.
+    /// partition ([`MessageSource::commit_all`]: one request to a Kafka broker): every
+    /// transaction of the batch has committed by then, and a crash before the acknowledgement
+    /// only redelivers what the inbox already holds.
     async fn handle_batch(&mut self, records: &[Record]) -> Result<ConsumerReport, ConsumerError> {
         let settler = self.settler();
         let lanes = self.lanes(records);
