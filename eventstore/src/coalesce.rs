@@ -132,6 +132,27 @@ impl Coalescing {
 /// The answer to one queued request (an append's result, a read's events).
 pub(crate) type Reply<T = AppendResult> = oneshot::Sender<Result<T, StoreError>>;
 
+/// Stamps what every backend's append [`BatchWriter`] has alike (inside its impl): `Request`
+/// (`$request`, with a field `stream_id`), `Output`, the names and metrics of an append batch, and
+/// `stream`.
+macro_rules! append_writer_head {
+    ($request:ty) => {
+        type Request = $request;
+
+        type Output = $crate::store::AppendResult;
+
+        const KIND: &'static str = "append";
+        const SIZE_METRIC: &'static str = "eventfold_append_batch_size";
+        const SPLIT_METRIC: &'static str = "eventfold_append_batch_split_total";
+        const ABANDONED: &'static str = "appending events in a shared commit (its writer stopped before answering; the append may have committed)";
+
+        fn stream(request: &$request) -> &eventfold_core::StreamId {
+            &request.stream_id
+        }
+    };
+}
+pub(crate) use append_writer_head;
+
 /// A backend's half: writes a batch of appends in one transaction (or runs a batch of reads in
 /// one statement) and answers every one of them.
 pub(crate) trait BatchWriter: Send + Sync + 'static {

@@ -37,18 +37,7 @@ pub(super) struct PgBatchWriter {
 pub(super) type BatchRow = (Option<i64>, Option<Uuid>, Option<i64>, i64);
 
 impl BatchWriter for PgBatchWriter {
-    type Request = PgAppend;
-
-    type Output = AppendResult;
-
-    const KIND: &'static str = "append";
-    const SIZE_METRIC: &'static str = "eventfold_append_batch_size";
-    const SPLIT_METRIC: &'static str = "eventfold_append_batch_split_total";
-    const ABANDONED: &'static str = "appending events in a shared commit (its writer stopped before answering; the append may have committed)";
-
-    fn stream(request: &PgAppend) -> &StreamId {
-        &request.stream_id
-    }
+    crate::coalesce::append_writer_head!(PgAppend);
 
     fn table(&self) -> &str {
         &self.sql.events

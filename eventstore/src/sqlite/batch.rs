@@ -22,18 +22,7 @@ pub(super) struct SqliteBatchWriter {
 }
 
 impl BatchWriter for SqliteBatchWriter {
-    type Request = SqliteAppend;
-
-    type Output = AppendResult;
-
-    const KIND: &'static str = "append";
-    const SIZE_METRIC: &'static str = "eventfold_append_batch_size";
-    const SPLIT_METRIC: &'static str = "eventfold_append_batch_split_total";
-    const ABANDONED: &'static str = "appending events in a shared commit (its writer stopped before answering; the append may have committed)";
-
-    fn stream(request: &SqliteAppend) -> &StreamId {
-        &request.stream_id
-    }
+    crate::coalesce::append_writer_head!(SqliteAppend);
 
     fn table(&self) -> &str {
         &self.store.sql.events
