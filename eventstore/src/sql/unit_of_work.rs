@@ -107,6 +107,55 @@ where
     Ok(())
 }
 
+/// Which of `messages` a mark of all of them marked, given the ids the database answered as
+/// newly marked: of an id given twice, the first is the one marked.
+pub(crate) fn marked_flags(
+    messages: &[crate::trace::InboxEntry],
+    mut fresh: std::collections::HashSet<uuid::Uuid>,
+) -> Vec<bool> {
+    messages
+        .iter()
+        .map(|m| fresh.remove(&m.message_id))
+        .collect()
+}
+
+/// Declares the backend's unit of work `$uow` (documented by `$doc`): a transaction of the
+/// database `$db` on a `$conn`, with the fields [`begin_unit_of_work!`] fills, its public
+/// `connection` and `transaction`, and the store `$store`'s `begin_unit_of_work` in the dialect
+/// `$dialect`.
+macro_rules! unit_of_work_type {
+    ($uow:ident, $store:ty, $db:ty, $conn:ty, $dialect:ty, $doc:literal) => {
+        #[doc = $doc]
+        pub struct $uow {
+            pub(super) source: std::sync::Arc<str>,
+            pub(super) routing: Option<std::sync::Arc<$crate::outbox::OutboxRouting>>,
+            pub(super) tx: sqlx::Transaction<'static, $db>,
+            pub(super) sql: std::sync::Arc<Statements>,
+            pub(super) appended: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+            pub(super) wrote_events: bool,
+            /// This writer's turn through the store's gate, held until the transaction ends.
+            pub(super) _turn: $crate::sql::gate::WritePermit,
+        }
+
+        impl $uow {
+            /// The connection of this transaction, for the application's own SQL.
+            pub fn connection(&mut self) -> &mut $conn {
+                &mut self.tx
+            }
+
+            /// The `sqlx` transaction itself.
+            pub fn transaction(&mut self) -> &mut sqlx::Transaction<'static, $db> {
+                &mut self.tx
+            }
+        }
+
+        impl $store {
+            $crate::sql::unit_of_work::begin_unit_of_work!($uow, $dialect);
+        }
+    };
+}
+pub(crate) use unit_of_work_type;
+
 /// Stamps every method of [`UnitOfWork`](crate::store::UnitOfWork) (inside its impl): `append` (over the backend's `append_events`), the reads, snapshot and command writes,
 /// `enqueue` (over the backend's `insert_outbox`), `commit` and `rollback`. Uses its fields `tx`
 /// (the transaction), `sql` (statements with a [`ReadSql`](super::read::ReadSql) named `read`),

@@ -1,41 +1,22 @@
 //! The unit of work: a `BEGIN IMMEDIATE` transaction the application's own SQL can join.
 
-use std::sync::Arc;
-
-use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
-use tokio::sync::watch;
+use sqlx::{Row, Sqlite, SqliteConnection};
 
 use super::*;
 use crate::error::StoreError;
-use crate::outbox::OutboxRouting;
 use crate::sql::dialect::Lite;
 use crate::store::UnitOfWork;
 use crate::trace::InboxEntry;
 use uuid::Uuid;
 
-/// A unit of work of the [`SqliteStore`]: a `BEGIN IMMEDIATE` transaction.
-pub struct SqliteUnitOfWork {
-    pub(super) source: Arc<str>,
-    pub(super) routing: Option<Arc<OutboxRouting>>,
-    pub(super) tx: Transaction<'static, Sqlite>,
-    pub(super) sql: Arc<Statements>,
-    pub(super) appended: Arc<watch::Sender<u64>>,
-    pub(super) wrote_events: bool,
-    /// This writer's turn through the store's gate, held until the transaction ends.
-    pub(super) _turn: crate::sql::gate::WritePermit,
-}
-
-impl SqliteUnitOfWork {
-    /// The connection of this transaction, for the application's own SQL.
-    pub fn connection(&mut self) -> &mut SqliteConnection {
-        &mut self.tx
-    }
-
-    /// The `sqlx` transaction itself.
-    pub fn transaction(&mut self) -> &mut Transaction<'static, Sqlite> {
-        &mut self.tx
-    }
-}
+crate::sql::unit_of_work::unit_of_work_type!(
+    SqliteUnitOfWork,
+    SqliteStore,
+    Sqlite,
+    SqliteConnection,
+    Lite,
+    "A unit of work of the [`SqliteStore`]: a `BEGIN IMMEDIATE` transaction."
+);
 
 impl UnitOfWork for SqliteUnitOfWork {
     crate::sql::unit_of_work::unit_of_work_methods!();
@@ -76,14 +57,6 @@ impl UnitOfWork for SqliteUnitOfWork {
             }
             rest = after;
         }
-        // Of an id given twice, the first is the one marked.
-        Ok(messages
-            .iter()
-            .map(|m| fresh.remove(&m.message_id))
-            .collect())
+        Ok(crate::sql::unit_of_work::marked_flags(messages, fresh))
     }
-}
-
-impl SqliteStore {
-    crate::sql::unit_of_work::begin_unit_of_work!(SqliteUnitOfWork, Lite);
 }
