@@ -25,6 +25,33 @@ pub(super) fn before(duration: Duration) -> DateTime<Utc> {
         - chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }
 
+/// A statement that copies an outbox row or a dead letter, bound by the caller.
+type RowCopy<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+impl SqliteStore {
+    /// Moves row `seq` between the outbox and its dead letters in one `BEGIN IMMEDIATE`
+    /// transaction: `copy`, then `delete` (bound to `seq`). Answers how many rows the copy wrote; an error names `operation` and `table`.
+    async fn move_row(
+        &self,
+        operation: &'static str,
+        table: &str,
+        seq: i64,
+        copy: RowCopy<'_>,
+        delete: &str,
+    ) -> Result<u64, StoreError> {
+        let err = || db_err(operation, table);
+        let (_turn, mut tx) = self.begin_immediate(operation, table).await?;
+        let copied = copy.execute(&mut *tx).await.map_err(err())?;
+        sqlx::query(delete)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(err())?;
+        tx.commit().await.map_err(err())?;
+        Ok(copied.rows_affected())
+    }
+}
+
 impl OutboxRelayStore for SqliteStore {
     async fn lease_slots(&self, owner: Uuid, ttl: Duration) -> Result<Vec<u32>, StoreError> {
         let r = &self.relay;
@@ -171,45 +198,26 @@ impl OutboxRelayStore for SqliteStore {
 
     async fn park_outbox(&self, seq: u64, error: &str) -> Result<(), StoreError> {
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
-        let err = || db_err("parking an outbox row", &self.sql.outbox);
-        let (_turn, mut tx) = self
-            .begin_immediate("parking an outbox row", &self.sql.outbox)
-            .await?;
-        sqlx::query(&self.relay.park_copy)
+        let copy = sqlx::query(&self.relay.park_copy)
             .bind(seq)
             .bind(error)
-            .bind(eventfold_core::metadata::now_micros())
-            .execute(&mut *tx)
-            .await
-            .map_err(err())?;
-        sqlx::query(&self.relay.park_delete)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await
-            .map_err(err())?;
-        tx.commit().await.map_err(err())
+            .bind(eventfold_core::metadata::now_micros());
+        let delete = &self.relay.park_delete;
+        self.move_row("parking an outbox row", &self.sql.outbox, seq, copy, delete)
+            .await?;
+        Ok(())
     }
 
     crate::sql::outbox::dead_letter_reads!();
 
     async fn retry_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
-        let err = || db_err("retrying a dead letter", &self.relay.dead_table);
-        let (_turn, mut tx) = self
-            .begin_immediate("retrying a dead letter", &self.relay.dead_table)
+        let copy = sqlx::query(&self.relay.retry_copy).bind(seq);
+        let (table, delete) = (&self.relay.dead_table, &self.relay.skip);
+        let copied = self
+            .move_row("retrying a dead letter", table, seq, copy, delete)
             .await?;
-        let copied = sqlx::query(&self.relay.retry_copy)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await
-            .map_err(err())?;
-        sqlx::query(&self.relay.skip)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await
-            .map_err(err())?;
-        tx.commit().await.map_err(err())?;
-        Ok(copied.rows_affected() == 1)
+        Ok(copied == 1)
     }
 }
 
