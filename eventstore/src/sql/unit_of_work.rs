@@ -107,6 +107,24 @@ where
     Ok(())
 }
 
+/// Runs `steps` of the unit of work's own savepoint ([`SavepointOf::UnitOfWork`]) in `tx`, in
+/// order, stopping at the first that fails: [`UnitOfWork`](crate::store::UnitOfWork)'s
+/// `savepoint`, `rollback_to_savepoint` and `release_savepoint`.
+pub(crate) async fn own_savepoint<DB: Database>(
+    tx: &mut sqlx::Transaction<'static, DB>,
+    steps: &[Savepoint],
+    events_table: &str,
+) -> Result<(), StoreError>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    for step in steps {
+        savepoint(tx, SavepointOf::UnitOfWork, *step, events_table).await?;
+    }
+    Ok(())
+}
+
 /// Which of `messages` a mark of all of them marked, given the ids the database answered as
 /// newly marked: of an id given twice, the first is the one marked.
 pub(crate) fn marked_flags(
@@ -242,32 +260,22 @@ macro_rules! unit_of_work_methods {
         }
 
         async fn savepoint(&mut self) -> Result<(), $crate::error::StoreError> {
-            use $crate::sql::unit_of_work::{Savepoint, SavepointOf::UnitOfWork, savepoint};
-            savepoint(
-                &mut self.tx,
-                UnitOfWork,
-                Savepoint::Open,
-                &self.sql.read.events,
-            )
-            .await
+            use $crate::sql::unit_of_work::Savepoint::Open;
+            $crate::sql::unit_of_work::own_savepoint(&mut self.tx, &[Open], &self.sql.read.events)
+                .await
         }
 
         async fn rollback_to_savepoint(&mut self) -> Result<(), $crate::error::StoreError> {
-            use $crate::sql::unit_of_work::{Savepoint, SavepointOf::UnitOfWork, savepoint};
-            let events = &self.sql.read.events;
-            savepoint(&mut self.tx, UnitOfWork, Savepoint::RollBack, events).await?;
-            savepoint(&mut self.tx, UnitOfWork, Savepoint::Release, events).await
+            use $crate::sql::unit_of_work::Savepoint::{Release, RollBack};
+            let steps = [RollBack, Release];
+            $crate::sql::unit_of_work::own_savepoint(&mut self.tx, &steps, &self.sql.read.events)
+                .await
         }
 
         async fn release_savepoint(&mut self) -> Result<(), $crate::error::StoreError> {
-            use $crate::sql::unit_of_work::{Savepoint, SavepointOf::UnitOfWork, savepoint};
-            savepoint(
-                &mut self.tx,
-                UnitOfWork,
-                Savepoint::Release,
-                &self.sql.read.events,
-            )
-            .await
+            use $crate::sql::unit_of_work::Savepoint::Release;
+            $crate::sql::unit_of_work::own_savepoint(&mut self.tx, &[Release], &self.sql.read.events)
+                .await
         }
 
         async fn commit(self) -> Result<(), $crate::error::StoreError> {
