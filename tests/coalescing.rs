@@ -190,11 +190,9 @@ async fn failing_appends_do_not_affect_their_neighbours<S: EventStore>(store: S)
     good
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_failing_appends_do_not_affect_their_neighbours() {
-    let (store, _file) = common::sqlite_coalescing().await;
-    failing_appends_do_not_affect_their_neighbours(store).await;
-}
+common::named_backend_tests!(4 => |store| failing_appends_do_not_affect_their_neighbours(store);
+    sqlite_failing_appends_do_not_affect_their_neighbours: sqlite_coalescing,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_failing_appends_do_not_affect_their_neighbours_and_share_commits() {

@@ -165,34 +165,13 @@ async fn hammer<S: EventStore>(store: S) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_lost_update_on_postgres() {
-    let (store, _db) = common::postgres().await;
-    hammer(store).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_lost_update_on_sqlite() {
-    let (store, _file) = common::sqlite().await;
-    hammer(store).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_lost_update_on_postgres_with_coalescing() {
-    let (store, _db) = common::postgres_coalescing().await;
-    hammer(store).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_lost_update_on_sqlite_with_coalescing() {
-    let (store, _file) = common::sqlite_coalescing().await;
-    hammer(store).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_lost_update_in_memory() {
-    hammer(eventfold::eventstore::memory::MemoryStore::new()).await;
-}
+common::named_backend_tests!(4 => |store| hammer(store);
+    no_lost_update_on_postgres: postgres,
+    no_lost_update_on_sqlite: sqlite,
+    no_lost_update_on_postgres_with_coalescing: postgres_coalescing,
+    no_lost_update_on_sqlite_with_coalescing: sqlite_coalescing,
+    no_lost_update_in_memory: memory,
+);
 
 /// A unit of work on SQLite that reads through the store while it is open (a handler loading an
 /// aggregate or a saga beside its own transaction) while more writers than the pool has

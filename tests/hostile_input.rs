@@ -987,29 +987,13 @@ async fn hostile_text_is_stored_verbatim_or_refused<S: EventStore>(store: S, nul
     uow.commit().await.expect("commit");
 }
 
-/// One test per backend (the names the guarantees chapter of the book cites), each running
-/// `$run` on a fresh store of its backend, bound to `$store`.
-macro_rules! on_each_backend {
-    (|$store:ident| $run:expr; $sqlite:ident, $postgres:ident, $memory:ident) => {
-        on_each_backend!(@one |$store| $run; $sqlite, sqlite);
-        on_each_backend!(@one |$store| $run; $postgres, postgres);
-        on_each_backend!(@one |$store| $run; $memory, memory);
-    };
-    (@one |$store:ident| $run:expr; $name:ident, $backend:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let ($store, _guard) = common::$backend().await;
-            $run.await;
-        }
-    };
-}
-
-on_each_backend!(
-    |store| {
+common::named_backend_tests!(2 => |store| {
         let nul_source = store.clone().with_source("svc\0");
         hostile_text_is_stored_verbatim_or_refused(store, nul_source)
     };
-    hostile_text_on_sqlite, hostile_text_on_postgres, hostile_text_in_memory
+    hostile_text_on_sqlite: sqlite,
+    hostile_text_on_postgres: postgres,
+    hostile_text_in_memory: memory,
 );
 
 /// The builders take names only through `Naming`, which refuses anything that is not a plain
@@ -1105,11 +1089,10 @@ async fn hostile_consumer_names<S: eventfold::eventstore::InboxStore>(store: S) 
     }
 }
 
-on_each_backend!(
-    |store| hostile_consumer_names(store);
-    hostile_consumer_names_on_sqlite,
-    hostile_consumer_names_on_postgres,
-    hostile_consumer_names_in_memory
+common::named_backend_tests!(2 => |store| hostile_consumer_names(store);
+    hostile_consumer_names_on_sqlite: sqlite,
+    hostile_consumer_names_on_postgres: postgres,
+    hostile_consumer_names_in_memory: memory,
 );
 
 /// A projection with any name and nothing to do.
@@ -1166,11 +1149,10 @@ async fn hostile_projection_names<S: eventfold::eventstore::ProjectionStore>(sto
     }
 }
 
-on_each_backend!(
-    |store| hostile_projection_names(store);
-    hostile_projection_names_on_sqlite,
-    hostile_projection_names_on_postgres,
-    hostile_projection_names_in_memory
+common::named_backend_tests!(2 => |store| hostile_projection_names(store);
+    hostile_projection_names_on_sqlite: sqlite,
+    hostile_projection_names_on_postgres: postgres,
+    hostile_projection_names_in_memory: memory,
 );
 
 /// A reaction that checks what it is given and writes nothing.

@@ -86,14 +86,7 @@ async fn each_event_takes_effect_once<S: ProjectionStore>(store: S) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_instances_of_a_reaction_share_the_log() {
-    let (store, _db) = common::postgres().await;
-    each_event_takes_effect_once(store).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_instances_of_a_reaction_share_the_log() {
-    let (store, _file) = common::sqlite().await;
-    each_event_takes_effect_once(store).await;
-}
+common::named_backend_tests!(4 => |store| each_event_takes_effect_once(store);
+    postgres_instances_of_a_reaction_share_the_log: postgres,
+    sqlite_instances_of_a_reaction_share_the_log: sqlite,
+);

@@ -42,6 +42,31 @@ macro_rules! backend_tests {
 #[allow(unused_imports)]
 pub(crate) use backend_tests;
 
+/// One `#[tokio::test]` per backend under a name of its own (names that the book or scripts
+/// cite): each test `name` binds `store` to a fresh store of the fixture `backend` of this module
+/// and awaits `run`, on a multi-threaded runtime with `threads` workers.
+///
+/// ```text
+/// common::named_backend_tests!(4 => |store| hammer(store);
+///     no_lost_update_on_postgres: postgres,
+///     no_lost_update_in_memory: memory,
+/// );
+/// ```
+#[allow(unused_macros)]
+macro_rules! named_backend_tests {
+    ($threads:literal => |$store:ident| $run:expr; $($name:ident: $backend:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = $threads)]
+            async fn $name() {
+                let ($store, _guard) = $crate::common::$backend().await;
+                $run.await;
+            }
+        )+
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use named_backend_tests;
+
 pub async fn memory() -> (MemoryStore, ()) {
     (MemoryStore::new(), ())
 }
