@@ -369,6 +369,24 @@ impl Feeder {
         Self { stop, fed, task }
     }
 
+    /// Appends `event(i)` (a stream and its event) to `store`, at any version.
+    fn appending<E>(store: &PgStore, event: E) -> Self
+    where
+        E: Fn(u64) -> (StreamId, NewEvent) + Send + 'static,
+    {
+        let store = store.clone();
+        Self::start(move |i| {
+            let store = store.clone();
+            let (stream, event) = event(i);
+            async move {
+                store
+                    .append(&stream, ExpectedVersion::Any, vec![event])
+                    .await
+                    .expect("append");
+            }
+        })
+    }
+
     /// Stops feeding; returns how much was fed.
     async fn finish(self) -> u64 {
         self.stop.store(true, Ordering::SeqCst);
@@ -434,20 +452,11 @@ async fn relay_stops_on_sigterm_settles_its_batches_and_hands_over_at_once() {
         .expect("the published table");
     let url = common::database_url(db.name());
     const KEYS: u64 = 20;
-    let writer = {
-        let store = store.clone();
-        Feeder::start(move |i| {
-            let store = store.clone();
-            async move {
-                let stream = StreamId::new("order", format!("o-{}", i % KEYS)).expect("id");
-                let event = NewEvent::raw("order.noted", 1, format!("{{\"i\":{i}}}").into_bytes());
-                store
-                    .append(&stream, ExpectedVersion::Any, vec![event])
-                    .await
-                    .expect("append");
-            }
-        })
-    };
+    let writer = Feeder::appending(&store, |i| {
+        let stream = StreamId::new("order", format!("o-{}", i % KEYS)).expect("id");
+        let event = NewEvent::raw("order.noted", 1, format!("{{\"i\":{i}}}").into_bytes());
+        (stream, event)
+    });
     let mut first = child(RELAY_TEST, "relay", &url);
     progressed("published by the first relay", 200, || {
         count(&pool, "SELECT count(*) FROM published")
@@ -720,21 +729,11 @@ async fn projections_run_stops_on_sigterm_and_a_successor_goes_on() {
     let (store, db) = common::postgres().await;
     let url = common::database_url(db.name());
     let pool = store.pool().clone();
-    let writer = {
-        let store = store.clone();
-        Feeder::start(move |i| {
-            let store = store.clone();
-            async move {
-                let stream = StreamId::new("account", format!("a-{}", i % 9)).expect("id");
-                let event =
-                    projection_common::deposit(&format!("acct-{}", i % 13), 1 + (i % 5) as i64);
-                store
-                    .append(&stream, ExpectedVersion::Any, vec![event])
-                    .await
-                    .expect("append");
-            }
-        })
-    };
+    let writer = Feeder::appending(&store, |i| {
+        let stream = StreamId::new("account", format!("a-{}", i % 9)).expect("id");
+        let event = projection_common::deposit(&format!("acct-{}", i % 13), 1 + (i % 5) as i64);
+        (stream, event)
+    });
     // 0 until the runner created its table.
     let ledger_rows = || async {
         sqlx::query_scalar::<_, i64>("SELECT COALESCE(sum(events), 0)::bigint FROM balances")
@@ -919,25 +918,16 @@ async fn local_reactor_stops_between_events_and_a_successor_goes_on() {
     child_mode().await;
     let (store, db) = common::postgres().await;
     let url = common::database_url(db.name());
-    let writer = {
-        let store = store.clone();
-        Feeder::start(move |n| {
-            let store = store.clone();
-            async move {
-                let tick = NewEvent::encode(
-                    &TickEvent::Ticked { n },
-                    "",
-                    &eventfold::CommandMetadata::new(),
-                )
-                .expect("encode");
-                let stream = StreamId::new("tick", format!("t-{}", n % 5)).expect("id");
-                store
-                    .append(&stream, ExpectedVersion::Any, vec![tick])
-                    .await
-                    .expect("append");
-            }
-        })
-    };
+    let writer = Feeder::appending(&store, |n| {
+        let tick = NewEvent::encode(
+            &TickEvent::Ticked { n },
+            "",
+            &eventfold::CommandMetadata::new(),
+        )
+        .expect("encode");
+        let stream = StreamId::new("tick", format!("t-{}", n % 5)).expect("id");
+        (stream, tick)
+    });
     let effects_stream = StreamId::new("effects", "all").expect("id");
     let effects = || {
         let store = store.clone();
