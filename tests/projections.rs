@@ -20,9 +20,7 @@ use eventfold::projections::{
     ErrorPolicy, MemoryProjection, ProjectionError, ProjectionHandler, ProjectionOptions,
     Projections, RebuildMode, RunnerHandle,
 };
-use projection_common::{
-    BankEvent, Ledger, POISON, deposit, expected_balances, ledger_state, parked_ledger,
-};
+use projection_common::{BankEvent, Ledger, POISON, deposit, ledger_state, parked_ledger};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -31,12 +29,7 @@ async fn balances(store: &SqliteStore) -> Vec<(String, i64, i64)> {
 }
 
 async fn model_equals_fold(store: &SqliteStore) {
-    let expected = expected_balances(store).await;
-    let model = balances(store).await;
-    assert_eq!(
-        model, expected,
-        "the read model equals a fresh fold of the log"
-    );
+    projection_common::assert_balances_equal_fold(store, store.pool()).await;
 }
 
 async fn append(store: &impl EventStore, account: &str, amount: i64) -> u64 {

@@ -13,23 +13,12 @@ use eventfold::StreamId;
 use eventfold::eventstore::postgres::PgStore;
 use eventfold::eventstore::{EventStore, ExpectedVersion};
 use eventfold::projections::{ProjectionOptions, Projections, RebuildMode};
-use projection_common::{
-    Ledger, POISON, append_any, deposit, expected_balances, ledger_state, parked_ledger,
-};
+use projection_common::{Ledger, POISON, append_any, deposit, ledger_state, parked_ledger};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn balances(store: &PgStore) -> Vec<(String, i64, i64)> {
-    projection_common::balances(store.pool()).await
-}
-
 async fn model_equals_fold(store: &PgStore) {
-    let expected = expected_balances(store).await;
-    assert_eq!(
-        balances(store).await,
-        expected,
-        "the read model equals a fresh fold of the log"
-    );
+    let expected = projection_common::assert_balances_equal_fold(store, store.pool()).await;
     let (ledger,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM ledger")
         .fetch_one(store.pool())
         .await

@@ -311,25 +311,22 @@ async fn run_and_check(database: &[&str], broker: &[&str], style: &str, orders: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shop_adds_up_on_sqlite_and_the_in_process_broker() {
-    let dir = temp_dir();
-    run_and_check(
-        &["--data-dir", &dir.display().to_string()],
-        &[],
-        "orchestrated",
-        200,
-    )
-    .await;
-    let _ = std::fs::remove_dir_all(&dir);
+    on_sqlite("orchestrated", 200).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_choreographed_shop_adds_up_on_sqlite_and_the_in_process_broker() {
+    on_sqlite("choreographed", 200).await;
+}
+
+/// Runs the shop in `style` on SQLite in a fresh data directory and the in-process broker.
+async fn on_sqlite(style: &str, orders: usize) {
     let dir = temp_dir();
     run_and_check(
         &["--data-dir", &dir.display().to_string()],
         &[],
-        "choreographed",
-        200,
+        style,
+        orders,
     )
     .await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -171,6 +171,26 @@ where
         .expect("query the balances view")
 }
 
+/// Asserts that the balances view of `pool` equals a fresh fold of `store`'s log; returns the fold.
+pub async fn assert_balances_equal_fold<S: EventStore, DB>(
+    store: &S,
+    pool: &sqlx::Pool<DB>,
+) -> Vec<(String, i64, i64)>
+where
+    DB: sqlx::Database,
+    for<'r> (String, i64, i64): sqlx::FromRow<'r, DB::Row>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let expected = expected_balances(store).await;
+    assert_eq!(
+        balances(pool).await,
+        expected,
+        "the read model equals a fresh fold of the log"
+    );
+    expected
+}
+
 /// The stored state of the `ledger` projection (it must exist).
 pub async fn ledger_state<S: ProjectionStore>(store: &S) -> ProjectionState {
     store
