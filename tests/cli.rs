@@ -11,40 +11,10 @@ use eventfold::eventstore::{
 use eventfold::{NewEvent, StreamId};
 use serde_json::Value;
 
-use common::eventfold_cli as eventfold;
-
-/// Runs a command that must succeed and returns its stdout.
-fn ok(url: &str, args: &[&str]) -> String {
-    let output = eventfold(url).args(args).output().expect("run eventfold");
-    assert!(
-        output.status.success(),
-        "eventfold {args:?} failed ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8 output")
-}
-
-/// Runs a command with `--json` that must succeed and parses its stdout.
-fn json(url: &str, args: &[&str]) -> Value {
-    let mut args = args.to_vec();
-    args.push("--json");
-    let stdout = ok(url, &args);
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {stdout}"))
-}
-
-/// Runs a command that must fail with status 1 and returns its stderr.
-fn fails(url: &str, args: &[&str]) -> String {
-    let output = eventfold(url).args(args).output().expect("run eventfold");
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "eventfold {args:?} should fail with status 1; stdout: {}; stderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stderr).expect("utf-8 output")
-}
+use common::{
+    eventfold_cli as eventfold, eventfold_fails as fails, eventfold_json as json,
+    eventfold_ok as ok,
+};
 
 /// The URL of a test database on the server of `DATABASE_URL`.
 fn pg_url(db: &TestDb) -> String {
@@ -459,19 +429,14 @@ async fn trace_merges_the_databases_of_several_services() {
 
     let flow_arg = flow.to_string();
     let run = |extra: &[&str]| {
-        let output = eventfold(&sqlite_url(&orders_file))
-            .arg("--database-url")
-            .arg(pg_url(&payments_db))
-            .args(["trace", flow_arg.as_str()])
-            .args(extra)
-            .output()
-            .expect("run eventfold");
-        assert!(
-            output.status.success(),
-            "trace {extra:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).expect("utf-8")
+        common::stdout_of_success(
+            eventfold(&sqlite_url(&orders_file))
+                .arg("--database-url")
+                .arg(pg_url(&payments_db))
+                .args(["trace", flow_arg.as_str()])
+                .args(extra),
+            &format!("trace {extra:?}"),
+        )
     };
     let text = run(&[]);
     assert!(text.contains(&flow_arg), "{text}");

@@ -334,23 +334,25 @@ where
     assert!(state.reset_requested);
 
     // The standalone binary on the same database sees the projection without its code.
-    let status = bin_json(url, &["projections", "status"]);
+    let status = common::eventfold_json(url, &["projections", "status"]);
     let stored = status_of(&status, "order_totals");
     assert_eq!(stored["registered"], false);
     assert_eq!(stored["parked"], 1);
     assert_eq!(stored["position"], 6);
-    let human = bin(url, &["projections", "status"]);
+    let human = common::eventfold_ok(url, &["projections", "status"]);
     assert!(human.contains("not registered in this program"), "{human}");
     assert_eq!(
-        bin_json(url, &["projections", "pause", "order_totals"]),
+        common::eventfold_json(url, &["projections", "pause", "order_totals"]),
         serde_json::json!({"name": "order_totals", "paused": true})
     );
-    let status = bin_json(url, &["status"]);
+    let status = common::eventfold_json(url, &["status"]);
     assert_eq!(
         status_of(&status["projections"], "order_totals")["status"],
         "paused"
     );
-    assert!(bin(url, &["projections", "resume", "order_totals"]).contains("resumed"));
+    assert!(
+        common::eventfold_ok(url, &["projections", "resume", "order_totals"]).contains("resumed")
+    );
     assert!(
         !store
             .projection_state("order_totals")
@@ -359,47 +361,22 @@ where
             .expect("stored")
             .paused
     );
-    let parked = bin_json(url, &["projections", "dead-letters", "order_totals"]);
+    let parked = common::eventfold_json(url, &["projections", "dead-letters", "order_totals"]);
     assert_eq!(parked[0]["event_id"], poison.to_string());
-    let table = bin(url, &["projections", "dead-letters", "order_totals"]);
+    let table = common::eventfold_ok(url, &["projections", "dead-letters", "order_totals"]);
     assert!(
         table.starts_with("POSITION") && table.contains("0 cents"),
         "{table}"
     );
     assert_eq!(
-        bin_json(url, &["projections", "reset", "order_totals"])["reset_requested"],
+        common::eventfold_json(url, &["projections", "reset", "order_totals"])["reset_requested"],
         true
     );
-    let output = common::eventfold_cli(url)
-        .args(["projections", "rebuild", "order_totals"])
-        .output()
-        .expect("run");
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = common::eventfold_fails(url, &["projections", "rebuild", "order_totals"]);
     assert!(
         stderr.contains("not registered in this program"),
         "{stderr}"
     );
-}
-
-fn bin(url: &str, args: &[&str]) -> String {
-    let output = common::eventfold_cli(url)
-        .args(args)
-        .output()
-        .expect("run eventfold");
-    assert!(
-        output.status.success(),
-        "eventfold {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8")
-}
-
-fn bin_json(url: &str, args: &[&str]) -> Value {
-    let mut args = args.to_vec();
-    args.push("--json");
-    let out = bin(url, &args);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
 }
 
 /// The sum that `sql` reads from the view, on either SQL backend's pool.

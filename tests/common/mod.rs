@@ -187,6 +187,53 @@ pub fn eventfold_cli(url: &str) -> assert_cmd::Command {
     cmd
 }
 
+/// Runs the `eventfold` binary on `url` with a command that must succeed; returns its stdout.
+pub fn eventfold_ok(url: &str, args: &[&str]) -> String {
+    stdout_of_success(
+        eventfold_cli(url).args(args),
+        &format!("eventfold {args:?}"),
+    )
+}
+
+/// Runs `command` (the `eventfold` binary), which must succeed; returns its stdout. `what` names
+/// the command when it fails.
+pub fn stdout_of_success(command: &mut assert_cmd::Command, what: &str) -> String {
+    let output = command.output().expect("run eventfold");
+    assert!(
+        output.status.success(),
+        "{what} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8 output")
+}
+
+/// Runs the `eventfold` binary on `url` with a command that must succeed, with `--json`; parses
+/// its stdout.
+pub fn eventfold_json(url: &str, args: &[&str]) -> serde_json::Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let stdout = eventfold_ok(url, &args);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {stdout}"))
+}
+
+/// Runs the `eventfold` binary on `url` with a command that must fail with status 1; returns its
+/// stderr.
+pub fn eventfold_fails(url: &str, args: &[&str]) -> String {
+    let output = eventfold_cli(url)
+        .args(args)
+        .output()
+        .expect("run eventfold");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "eventfold {args:?} should fail with status 1; stdout: {}; stderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stderr).expect("utf-8 output")
+}
+
 /// `DATABASE_URL` (or the default server) with its database replaced by `database`; the query
 /// string, if any, is kept.
 pub fn database_url(database: &str) -> String {
@@ -206,8 +253,6 @@ pub fn database_url(database: &str) -> String {
     }
 }
 
-/// The Kafka-protocol broker of `KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`); panics when nothing
-/// listens there: the Kafka tests fail loudly, they never skip.
 /// The number in the environment variable `name`, or `default` when it is not set; a value that is
 /// not a number fails the test.
 pub fn env_number(name: &str, default: usize) -> usize {
@@ -221,6 +266,8 @@ pub fn env_number(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The Kafka-protocol broker of `KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`); panics when nothing
+/// listens there: the Kafka tests fail loudly, they never skip.
 pub fn kafka_bootstrap() -> String {
     use std::net::{TcpStream, ToSocketAddrs};
     let servers = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
