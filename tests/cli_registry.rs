@@ -141,14 +141,18 @@ fn status_of<'a>(statuses: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{name} missing from {statuses}"))
 }
 
-/// The whole embedded flow on one store; `sum` reads `SUM(cents)` from the readers' view.
-async fn registry_flow<S, F, Fut>(store: S, url: &str, sum: F)
+/// The whole embedded flow on one store; `sum_sql` reads `SUM(cents)` from the readers' view,
+/// through `pool`.
+async fn registry_flow<S, DB>(store: S, url: &str, pool: sqlx::Pool<DB>, sum_sql: &'static str)
 where
     S: CliStore,
     Totals: Projection<S::UnitOfWork>,
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = i64>,
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'r> (i64,): sqlx::FromRow<'r, DB::Row>,
 {
+    let sum = || view_sum(pool.clone(), sum_sql);
     for (order, cents) in [("o-1", 100), ("o-2", 250), ("o-1", 50)] {
         place(&store, order, cents).await;
     }
@@ -398,13 +402,8 @@ async fn sqlite_embedded_commands_with_a_registry() {
     let (store, file) = common::sqlite().await;
     let url = format!("sqlite://{}", file.0.display());
     let pool = store.pool().clone();
-    registry_flow(store, &url, || {
-        view_sum(
-            pool.clone(),
-            "SELECT COALESCE(SUM(cents), 0) FROM \"order_totals\"",
-        )
-    })
-    .await;
+    let sum_sql = "SELECT COALESCE(SUM(cents), 0) FROM \"order_totals\"";
+    registry_flow(store, &url, pool, sum_sql).await;
 }
 
 #[tokio::test]
@@ -412,13 +411,8 @@ async fn postgres_embedded_commands_with_a_registry() {
     let (store, db) = common::postgres().await;
     let url = common::database_url(db.name());
     let pool = store.pool().clone();
-    registry_flow(store, &url, || {
-        view_sum(
-            pool.clone(),
-            "SELECT COALESCE(SUM(cents), 0)::BIGINT FROM \"order_totals\"",
-        )
-    })
-    .await;
+    let sum_sql = "SELECT COALESCE(SUM(cents), 0)::BIGINT FROM \"order_totals\"";
+    registry_flow(store, &url, pool, sum_sql).await;
 }
 
 #[tokio::test]
