@@ -108,18 +108,28 @@ async fn runner_catches_up_follows_live_appends_and_pauses() {
     runner.stop().await.expect("graceful stop");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_event_is_parked_and_the_projection_goes_on() {
-    let (store, _file) = common::sqlite().await;
-    append(&store, "a", 1).await;
-    let poison = append(&store, POISON, 66).await;
-    let after = append(&store, "b", 2).await;
+/// A log of three deposits, the [`POISON`] one in the middle, and the ledger over it: two quick
+/// attempts per event, then `policy`. Returns the positions of the poison and the last deposit.
+async fn ledger_over_a_poison(
+    store: &SqliteStore,
+    policy: ErrorPolicy,
+) -> (Projections<SqliteStore>, u64, u64) {
+    append(store, "a", 1).await;
+    let poison = append(store, POISON, 66).await;
+    let after = append(store, "b", 2).await;
     let projections = Projections::new(store.clone()).register_with(
         Ledger::new(1),
         ProjectionOptions::default()
-            .policy(ErrorPolicy::Park)
+            .policy(policy)
             .retries(2, Duration::from_millis(10)),
     );
+    (projections, poison, after)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_event_is_parked_and_the_projection_goes_on() {
+    let (store, _file) = common::sqlite().await;
+    let (projections, poison, after) = ledger_over_a_poison(&store, ErrorPolicy::Park).await;
     let runner = projections.runner().start();
     wait(&runner, after).await;
     model_equals_fold(&store).await;
@@ -148,15 +158,7 @@ async fn poison_event_is_parked_and_the_projection_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_event_stops_the_projection_and_fails_a_rebuild_fast() {
     let (store, _file) = common::sqlite().await;
-    append(&store, "a", 1).await;
-    let poison = append(&store, POISON, 66).await;
-    append(&store, "b", 2).await;
-    let projections = Projections::new(store.clone()).register_with(
-        Ledger::new(1),
-        ProjectionOptions::default()
-            .policy(ErrorPolicy::Stop)
-            .retries(2, Duration::from_millis(10)),
-    );
+    let (projections, poison, _) = ledger_over_a_poison(&store, ErrorPolicy::Stop).await;
     let runner = projections.runner().start();
     let err = tokio::time::timeout(WAIT, runner.wait_for(poison + 1))
         .await
