@@ -10,17 +10,17 @@ macro_rules! atomic_with_app_sql {
     ($name:ident, $fresh:path, $store:ty, $param:literal) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            /// `Add(amount)` to `o-1` in `uow`, then the application's row (`insert`) with the
-            /// new total, in the same transaction.
+            /// A new unit of work holding `Add(amount)` to `o-1`, then the application's row
+            /// (`insert`) with the new total, in the same transaction.
             async fn add_with_row(
                 repo: &Repository<Tally, $store>,
-                uow: &mut <$store as EventStore>::UnitOfWork,
                 amount: u64,
                 insert: &str,
-            ) {
+            ) -> <$store as EventStore>::UnitOfWork {
+                let mut uow = repo.store().begin().await.unwrap();
                 let done = repo
                     .execute_in(
-                        uow,
+                        &mut uow,
                         "o-1",
                         &TallyCommand::Add(amount),
                         CommandMetadata::new(),
@@ -33,6 +33,13 @@ macro_rules! atomic_with_app_sql {
                     .execute(uow.connection())
                     .await
                     .unwrap();
+                uow
+            }
+
+            /// The one number that `sql` reads from the application's table.
+            async fn app_number(store: &$store, sql: &str) -> i64 {
+                let (n,): (i64,) = sqlx::query_as(sql).fetch_one(store.pool()).await.unwrap();
+                n
             }
 
             let (store, _guard) = $fresh().await;
@@ -51,14 +58,10 @@ macro_rules! atomic_with_app_sql {
             let stream = StreamId::new("tally", "o-1").unwrap();
 
             // Rolled back: neither the events nor the row exist.
-            let mut uow = store.begin().await.unwrap();
-            add_with_row(&repo, &mut uow, 5, insert).await;
+            let uow = add_with_row(&repo, 5, insert).await;
             uow.rollback().await.unwrap();
             assert_eq!(store.stream_version(&stream).await.unwrap(), 0);
-            let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM app_orders")
-                .fetch_one(store.pool())
-                .await
-                .unwrap();
+            let rows = app_number(&store, "SELECT count(*) FROM app_orders").await;
             assert_eq!(rows, 0);
 
             // The application's SQL fails after the append: the transaction is abandoned, nothing stays.
@@ -80,14 +83,10 @@ macro_rules! atomic_with_app_sql {
             assert_eq!(store.stream_version(&stream).await.unwrap(), 0);
 
             // Committed: both.
-            let mut uow = store.begin().await.unwrap();
-            add_with_row(&repo, &mut uow, 7, insert).await;
+            let uow = add_with_row(&repo, 7, insert).await;
             uow.commit().await.unwrap();
             assert_eq!(store.stream_version(&stream).await.unwrap(), 1);
-            let (total,): (i64,) = sqlx::query_as("SELECT total FROM app_orders WHERE id = 'o-1'")
-                .fetch_one(store.pool())
-                .await
-                .unwrap();
+            let total = app_number(&store, "SELECT total FROM app_orders WHERE id = 'o-1'").await;
             assert_eq!(total, 7);
 
             // A rejected command inside the unit of work is a typed error.
