@@ -1051,6 +1051,34 @@ fn hostile_names(kind: &str) -> Vec<(String, bool)> {
     ]
 }
 
+/// What became of the hostile `name`: `Some` of what `result` returned when it was accepted,
+/// which it must be when `valid`; `None` when the store refused it as an invalid `what` (the
+/// [`StoreError`] of an error, found by `store_error`), which it must do when it is not valid.
+/// Any other error fails the test.
+fn accepted<T: std::fmt::Debug, E: std::fmt::Debug>(
+    name: &str,
+    valid: bool,
+    what: &str,
+    result: Result<T, E>,
+    store_error: impl Fn(&E) -> Option<&StoreError>,
+) -> Option<T> {
+    let shown = &name[..name.len().min(24)];
+    match result {
+        Ok(done) => {
+            assert!(valid, "{shown:?} accepted: {done:?}");
+            Some(done)
+        }
+        Err(error) => match store_error(&error) {
+            Some(StoreError::InvalidIdentifier { what: refused, .. }) => {
+                assert!(!valid, "{shown:?} refused");
+                assert_eq!(*refused, what);
+                None
+            }
+            _ => panic!("{shown:?}: {error:?}"),
+        },
+    }
+}
+
 /// A consumer name goes into the inbox's key: printable names up to 200 bytes, quotes included,
 /// are stored verbatim; a name with a NUL or a newline, or of 10 kB, is refused with a typed
 /// error before the database is asked.
@@ -1068,23 +1096,18 @@ async fn hostile_consumer_names<S: eventfold::eventstore::InboxStore>(store: S) 
             common::Ledger::default(),
         )
         .max_attempts(1);
-        let shown = &name[..name.len().min(24)];
-        match consumer
+        let ran = consumer
             .run_once(std::time::Duration::from_millis(200))
-            .await
-        {
-            Ok(report) => {
-                assert!(valid, "{shown:?} accepted: {report:?}");
-                assert_eq!(report.handled, 1, "{shown:?}: {report:?}");
+            .await;
+        fn store_error(e: &ConsumerError) -> Option<&StoreError> {
+            match e {
+                ConsumerError::Store { source, .. } => Some(source),
+                _ => None,
             }
-            Err(ConsumerError::Store {
-                source: StoreError::InvalidIdentifier { what, .. },
-                ..
-            }) => {
-                assert!(!valid, "{shown:?} refused");
-                assert_eq!(what, "consumer name");
-            }
-            Err(other) => panic!("{shown:?}: {other:?}"),
+        }
+        if let Some(report) = accepted(name, valid, "consumer name", ran, store_error) {
+            let shown = &name[..name.len().min(24)];
+            assert_eq!(report.handled, 1, "{shown:?}: {report:?}");
         }
     }
 }
@@ -1132,19 +1155,16 @@ async fn hostile_projection_names<S: eventfold::eventstore::ProjectionStore>(sto
         let rebuilt = projections
             .rebuild(name, RebuildMode::BlueGreen { drop_old: false }, |_| {})
             .await;
-        let shown = &name[..name.len().min(24)];
-        match rebuilt {
-            Ok(report) => {
-                assert!(valid, "{shown:?} accepted");
-                assert_eq!(report.name, name);
-                let status = projections.status().await.expect("status");
-                assert_eq!(status[0].name, name);
+        fn store_error(e: &ProjectionError) -> Option<&StoreError> {
+            match e {
+                ProjectionError::Store(source) => Some(source),
+                _ => None,
             }
-            Err(ProjectionError::Store(StoreError::InvalidIdentifier { what, .. })) => {
-                assert!(!valid, "{shown:?} refused");
-                assert_eq!(what, "projection name");
-            }
-            Err(other) => panic!("{shown:?}: {other:?}"),
+        }
+        if let Some(report) = accepted(name, valid, "projection name", rebuilt, store_error) {
+            assert_eq!(report.name, name);
+            let status = projections.status().await.expect("status");
+            assert_eq!(status[0].name, name);
         }
     }
 }
