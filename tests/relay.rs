@@ -39,6 +39,21 @@ fn config() -> RelayConfig {
     }
 }
 
+/// Appends `events` to `stream`, which must be new.
+async fn append_new<S: EventStore>(store: &S, stream: &StreamId, events: Vec<NewEvent>) {
+    store
+        .append(stream, ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+}
+
+/// `n` rounds of `relay`, each of which must succeed.
+async fn rounds<S: OutboxRelayStore, P: Publisher>(relay: &mut Relay<S, P>, n: usize) {
+    for _ in 0..n {
+        relay.run_once().await.expect("round");
+    }
+}
+
 fn event(size: usize) -> NewEvent {
     NewEvent::raw("order.noted", 1, vec![b'x'; size])
 }
@@ -144,26 +159,10 @@ async fn refused_message_is_parked_and_its_key_waits<S: OutboxRelayStore>(store:
     let broker = InProcessBroker::new().with_max_message_bytes(2000);
     let big = StreamId::new("order", "big").unwrap();
     let other = StreamId::new("order", "other").unwrap();
-    store
-        .append(
-            &big,
-            ExpectedVersion::NoStream,
-            vec![event(10), event(5000), event(10)],
-        )
-        .await
-        .unwrap();
-    store
-        .append(
-            &other,
-            ExpectedVersion::NoStream,
-            vec![event(10), event(10)],
-        )
-        .await
-        .unwrap();
+    append_new(&store, &big, vec![event(10), event(5000), event(10)]).await;
+    append_new(&store, &other, vec![event(10), event(10)]).await;
     let mut relay = Relay::new(store.clone(), broker.clone()).with_config(config());
-    for _ in 0..5 {
-        relay.run_once().await.expect("round");
-    }
+    rounds(&mut relay, 5).await;
     let delivered = |broker: &InProcessBroker, key: &str| {
         broker
             .records("order")
@@ -186,9 +185,7 @@ async fn refused_message_is_parked_and_its_key_waits<S: OutboxRelayStore>(store:
     // The operator raises the limit and retries: the key resumes in order.
     broker.set_max_message_bytes(None);
     assert!(store.retry_dead_letter(dead[0].row.seq).await.unwrap());
-    for _ in 0..5 {
-        relay.run_once().await.expect("round");
-    }
+    rounds(&mut relay, 5).await;
     assert_eq!(delivered(&broker, "big"), vec![1, 2, 3]);
     assert_eq!(store.outbox_status().await.unwrap().pending, 0);
 }
@@ -201,27 +198,15 @@ async fn parked_key_with_a_long_queue_does_not_starve_others<S: OutboxRelayStore
     let big = StreamId::new("order", "big").unwrap();
     let mut events = vec![event(5000)];
     events.extend((0..300).map(|_| event(10)));
-    store
-        .append(&big, ExpectedVersion::NoStream, events)
-        .await
-        .unwrap();
+    append_new(&store, &big, events).await;
     let others: Vec<StreamId> = (0..20)
         .map(|i| StreamId::new("order", format!("o{i}")).unwrap())
         .collect();
     for stream in &others {
-        store
-            .append(
-                stream,
-                ExpectedVersion::NoStream,
-                vec![event(10), event(10)],
-            )
-            .await
-            .unwrap();
+        append_new(&store, stream, vec![event(10), event(10)]).await;
     }
     let mut relay = Relay::new(store.clone(), broker.clone()).with_config(config());
-    for _ in 0..6 {
-        relay.run_once().await.expect("round");
-    }
+    rounds(&mut relay, 6).await;
     let records = broker.records("order");
     assert!(
         records.iter().all(|r| r.key != "big"),
@@ -603,10 +588,7 @@ async fn failed_delete_publishes_again_in_order_postgres() {
         for (v, e) in events.iter().enumerate() {
             appended.insert(e.event_id, (key.clone(), v as u64 + 1));
         }
-        store
-            .append(&stream, ExpectedVersion::NoStream, events)
-            .await
-            .unwrap();
+        append_new(&store, &stream, events).await;
     }
     // While the delete fails, only each key's first row is published, again and again.
     let until = Instant::now() + Duration::from_secs(20);
