@@ -143,6 +143,16 @@ where
     }
 }
 
+/// A Kafka publisher on `brokers` with these librdkafka `settings`.
+fn publisher_with(brokers: &str, settings: &[(&str, &str)]) -> KafkaPublisher {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (key, value) in settings {
+        config.set(*key, *value);
+    }
+    KafkaPublisher::from_config(config).expect("a Kafka publisher")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_relay_delivers_every_event_in_order_per_key() {
     let brokers = common::kafka_bootstrap();
@@ -226,11 +236,7 @@ async fn kafka_relay_delivers_every_event_in_order_per_key() {
 async fn kafka_relay_parks_a_too_large_message_and_its_key_waits() {
     let brokers = common::kafka_bootstrap();
     let topic = unique_topic("sizes");
-    let mut producer_config = ClientConfig::new();
-    producer_config
-        .set("bootstrap.servers", &brokers)
-        .set("message.max.bytes", "10000");
-    let publisher = KafkaPublisher::from_config(producer_config).expect("a Kafka publisher");
+    let publisher = publisher_with(&brokers, &[("message.max.bytes", "10000")]);
     create_topic(&publisher, &topic).await;
 
     let (store, _db) = common::postgres().await;
@@ -320,13 +326,14 @@ async fn kafka_relay_parks_a_too_large_message_and_its_key_waits() {
 async fn kafka_relay_waits_for_a_topic_created_later_instead_of_parking() {
     let brokers = common::kafka_bootstrap();
     let topic = unique_topic("later");
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &brokers)
-        // librdkafka waits this long for an unknown topic to appear before failing a message.
-        .set("topic.metadata.propagation.max.ms", "300")
-        .set("message.timeout.ms", "5000");
-    let publisher = KafkaPublisher::from_config(client).expect("a Kafka publisher");
+    let publisher = publisher_with(
+        &brokers,
+        &[
+            // librdkafka waits this long for an unknown topic to appear before failing a message.
+            ("topic.metadata.propagation.max.ms", "300"),
+            ("message.timeout.ms", "5000"),
+        ],
+    );
     let (store, _db) = common::postgres().await;
     let store = store.with_outbox(OutboxRouting::new().default_topic(topic.clone()));
     let mut expected = HashSet::new();
