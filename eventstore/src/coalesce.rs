@@ -135,6 +135,7 @@ pub(crate) type Reply<T = AppendResult> = oneshot::Sender<Result<T, StoreError>>
 /// Stamps what every backend's append [`BatchWriter`] has alike (inside its impl): `Request`
 /// (`$request`, with a field `stream_id`), `Output`, the names and metrics of an append batch, and
 /// `stream`.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 macro_rules! append_writer_head {
     ($request:ty) => {
         type Request = $request;
@@ -151,6 +152,7 @@ macro_rules! append_writer_head {
         }
     };
 }
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) use append_writer_head;
 
 /// A backend's half: writes a batch of appends in one transaction (or runs a batch of reads in

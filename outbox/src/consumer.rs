@@ -78,6 +78,8 @@ use tracing::Instrument;
 use crate::in_process::{InProcessConsumer, Record};
 
 mod handler;
+mod overlap;
+mod run;
 
 use handler::consume_span;
 pub use handler::{Batch, BatchFailure, Handler};
@@ -277,7 +279,14 @@ where
     /// message failed (its first attempt), for the caller to run the messages before it again,
     /// then it alone; [`Shared::Split`] that the batch failed as a whole. An error of the store
     /// (nothing committed) is returned for the caller to fall back.
-    async fn settle_shared(&self, records: &[&Record]) -> Result<Shared, StoreError> {
+    ///
+    /// With `defer`, a transaction that would commit is returned open instead
+    /// ([`Shared::Open`]), for the caller to commit (see [`Consumer::overlap_commits`]).
+    async fn settle_shared(
+        &self,
+        records: &[&Record],
+        defer: bool,
+    ) -> Result<Shared<S::UnitOfWork>, StoreError> {
         let mut uow = self.store.begin().await?;
         let mut outcomes = Vec::with_capacity(records.len());
         // Every message's inbox mark first, in one go (one statement on PostgreSQL); the
@@ -349,17 +358,26 @@ where
         }
         if outcomes.iter().all(|o| *o == Outcome::Duplicate) {
             uow.rollback().await?;
-        } else {
-            uow.commit().await?;
-            metrics::histogram!("eventfold_consumer_commit_size", "consumer" => self.name.to_owned())
-                .record(outcomes.len() as f64);
+            return Ok(Shared::Committed(outcomes));
         }
+        metrics::histogram!("eventfold_consumer_commit_size", "consumer" => self.name.to_owned())
+            .record(outcomes.len() as f64);
+        if defer {
+            return Ok(Shared::Open(uow, outcomes));
+        }
+        uow.commit().await?;
         Ok(Shared::Committed(outcomes))
     }
 
     /// Settles the records of one lane in order: one transaction per record, or with shared
-    /// commits one per run of records (falling back to one per record on a failure).
-    async fn settle_lane(&self, records: &[&Record]) -> Result<ConsumerReport, ConsumerError> {
+    /// commits one per run of records (falling back to one per record on a failure). With
+    /// `defer`, the last shared transaction, when it runs to the lane's end, is returned open
+    /// instead of committed (everything before it has committed).
+    async fn settle_lane(
+        &self,
+        records: &[&Record],
+        defer: bool,
+    ) -> Result<(ConsumerReport, Option<S::UnitOfWork>), ConsumerError> {
         let mut report = ConsumerReport::default();
         let mut count = |outcome| match outcome {
             Outcome::Handled => report.handled += 1,
@@ -384,10 +402,15 @@ where
                 next += 1;
                 continue;
             }
-            match self.settle_shared(rest).await {
+            let to_end = next + rest.len() == records.len();
+            match self.settle_shared(rest, defer && to_end).await {
                 Ok(Shared::Committed(outcomes)) => {
                     next += outcomes.len();
                     outcomes.into_iter().for_each(&mut count);
+                }
+                Ok(Shared::Open(uow, outcomes)) => {
+                    outcomes.into_iter().for_each(&mut count);
+                    return Ok((report, Some(uow)));
                 }
                 Ok(Shared::FailedAt(index)) => failed_first = Some(next + index),
                 split @ (Ok(Shared::Split) | Err(_)) => {
@@ -407,7 +430,7 @@ where
                 }
             }
         }
-        Ok(report)
+        Ok((report, None))
     }
 }
 
@@ -422,9 +445,12 @@ fn lane_of(key: &str, lanes: usize) -> usize {
 }
 
 /// What a shared transaction did.
-enum Shared {
+enum Shared<U> {
     /// It committed (or, all duplicates, rolled back): the outcome of each message, in order.
     Committed(Vec<Outcome>),
+    /// It is done and left open for the caller to commit (asked for with `defer`): the outcome
+    /// each message will have once it commits.
+    Open(U, Vec<Outcome>),
     /// The handler of the message at this index failed (its first attempt): nothing committed.
     FailedAt(usize),
     /// The batch handler failed as a whole ([`BatchFailure::whole`]): nothing committed.
@@ -464,6 +490,7 @@ pub struct Consumer<S, Src, H> {
     batch: usize,
     shared_commits: bool,
     concurrency: usize,
+    overlap: bool,
 }
 
 impl<S, Src, H> Consumer<S, Src, H>
@@ -485,6 +512,7 @@ where
             batch: 100,
             shared_commits: false,
             concurrency: 1,
+            overlap: false,
         }
     }
 
@@ -517,6 +545,22 @@ where
     /// instance) does not conflict with itself.
     pub fn concurrency(mut self, lanes: usize) -> Self {
         self.concurrency = lanes.max(1);
+        self
+    }
+
+    /// Whether [`run`](Self::run) overlaps a batch's commit with the next batch (default: off).
+    /// It applies with [`shared_commits`](Self::shared_commits) on and one lane
+    /// ([`concurrency`](Self::concurrency) 1): while the shared transaction of a batch commits
+    /// (a round trip and a flush of the database's log), the consumer polls the next batch and
+    /// runs its handlers in a transaction of its own, on another connection. A batch that holds
+    /// a key of the committing one waits for that commit first, so the records of one key are
+    /// still handled in order, each on the state the one before it committed. Batches are
+    /// acknowledged in order, each only after its own commit and the acknowledgement of the one
+    /// before it; when a commit fails, the next batch is rolled back and both are handled again
+    /// (the inbox skips what committed). Costs a second connection while a commit is in
+    /// flight; pays where one consumer is the bottleneck of a flow (a saga's replies). ADR 0037.
+    pub fn overlap_commits(mut self, on: bool) -> Self {
+        self.overlap = on;
         self
     }
 
@@ -589,18 +633,18 @@ where
         let lanes = self.lanes(records);
         let report = match lanes.as_slice() {
             [] => ConsumerReport::default(),
-            [lane] => settler.settle_lane(lane).await?,
+            [lane] => settler.settle_lane(lane, false).await?.0,
             lanes => {
                 // The lanes run at once, each on a connection of its own; every lane finishes
                 // (what it committed stays committed) before an error is returned, so the
                 // batch is acknowledged only when all of it is settled.
                 let settled = futures_util::future::join_all(
-                    lanes.iter().map(|lane| settler.settle_lane(lane)),
+                    lanes.iter().map(|lane| settler.settle_lane(lane, false)),
                 )
                 .await;
                 let mut report = ConsumerReport::default();
                 for lane in settled {
-                    let lane = lane?;
+                    let (lane, _) = lane?;
                     report.handled += lane.handled;
                     report.duplicates += lane.duplicates;
                     report.parked += lane.parked;
@@ -608,6 +652,17 @@ where
                 report
             }
         };
+        self.acknowledge(records, report).await?;
+        Ok(report)
+    }
+
+    /// Acknowledges a settled batch with the last record of each partition
+    /// ([`MessageSource::commit_all`]) and counts it in the metrics.
+    async fn acknowledge(
+        &mut self,
+        records: &[Record],
+        report: ConsumerReport,
+    ) -> Result<(), ConsumerError> {
         let mut last: Vec<&Record> = Vec::new();
         for record in records {
             match last
@@ -630,7 +685,7 @@ where
             .increment(report.duplicates as u64);
         metrics::counter!("eventfold_consumer_parked_total", "consumer" => consumer)
             .increment(report.parked as u64);
-        Ok(report)
+        Ok(())
     }
 
     /// Polls one batch (waiting up to `wait`) and processes it in order.
@@ -641,50 +696,6 @@ where
             .await
             .map_err(self.source_err())?;
         self.handle_batch(&records).await
-    }
-
-    /// Runs until `shutdown` completes. Shutdown is taken between batches, so every polled
-    /// message is finished (handled and acknowledged, or parked) before it returns.
-    ///
-    /// A transient failure of the store ([`ConsumerError::is_retriable`]: a lost connection, a
-    /// deadlock, a serialization failure, a busy SQLite file, also one that the handler's own
-    /// statements met, see [`StoreError::transient_cause`]) does not end the run: the same
-    /// batch is handled again after a backoff (doubling from [`backoff`](Self::backoff) up to
-    /// 5 s; the inbox skips what had committed), until it succeeds or shutdown comes (the batch
-    /// then stays unacknowledged and is delivered again). Each retry is counted in
-    /// `eventfold_consumer_retries_total{consumer, reason}`. Any other error ends the run.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ConsumerError> {
-        tokio::pin!(shutdown);
-        loop {
-            let polled = tokio::select! {
-                () = &mut shutdown => return Ok(()),
-                polled = self.source.poll(self.batch, Duration::from_millis(500)) => polled,
-            };
-            let records = polled.map_err(self.source_err())?;
-            let mut failures = 0u32;
-            loop {
-                match self.handle_batch(&records).await {
-                    Ok(_) => break,
-                    Err(e) if e.is_retriable() => {
-                        failures = failures.saturating_add(1);
-                        let reason = e.transient_reason();
-                        metrics::counter!(
-                            "eventfold_consumer_retries_total",
-                            "consumer" => self.name.clone(),
-                            "reason" => reason
-                        )
-                        .increment(1);
-                        tracing::warn!(consumer = %self.name, attempt = failures, error = %e, "transient failure; handling the batch again");
-                        let pause = doubled(self.backoff, failures).min(MAX_RUN_BACKOFF);
-                        tokio::select! {
-                            () = &mut shutdown => return Ok(()),
-                            () = tokio::time::sleep(pause) => {}
-                        }
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        }
     }
 }
 
@@ -703,10 +714,6 @@ const TRANSIENT_IN_PLACE: u32 = 8;
 const HANDLING: &str = "running the consumer's handler";
 /// Where: the handler's own statements (the consumer's name is in [`ConsumerError::Store`]).
 const HANDLER_TABLES: &str = "the handler's tables";
-
-/// The longest pause between two attempts of a batch after transient failures in
-/// [`Consumer::run`].
-const MAX_RUN_BACKOFF: Duration = Duration::from_secs(5);
 
 impl ConsumerError {
     /// Whether trying again may succeed: a transient failure of the store (see

@@ -277,7 +277,7 @@ where
         relay.run(shutdown).await.map_err(|e| format!("relay: {e}"))
     }));
     // What `Orchestrator::reply_consumer` builds (its name, 20 attempts, a 10 ms first
-    // backoff, shared commits), with the handler wrapped to see completions.
+    // backoff, shared and overlapped commits), with the handler wrapped to see completions.
     let replies = Consumer::new(
         orchestrator.reply_consumer_name(),
         store.clone(),
@@ -296,6 +296,7 @@ where
     .max_attempts(20)
     .backoff(Duration::from_millis(10))
     .shared_commits(shared)
+    .overlap_commits(shared)
     .concurrency(if shared { REPLY_LANES } else { 1 });
     let shutdown = stopped();
     tasks.push(tokio::spawn(async move {

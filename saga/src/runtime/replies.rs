@@ -55,8 +55,11 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
     /// one transaction and committed once. The reply handler reads the instance through the
     /// unit of work, so a batch holding two replies of one instance applies the second on the
     /// state the first left; a reply that fails is undone alone (the transaction is rolled back
-    /// and the replies before it applied again) and retried on its own. Call `.shared_commits(false)` on the result for one transaction per
-    /// reply.
+    /// and the replies before it applied again) and retried on its own; and
+    /// [overlapped commits](Consumer::overlap_commits): while a batch's transaction commits, the
+    /// next batch is polled and applied on a second connection (a reply of an instance in the
+    /// committing batch waits for that commit). Call `.shared_commits(false)` on the result for
+    /// one transaction per reply, `.overlap_commits(false)` for one transaction at a time.
     pub fn reply_consumer<Src: MessageSource>(
         &self,
         source: Src,
@@ -73,6 +76,7 @@ impl<S: SagaStore, D: SagaData> Orchestrator<S, D> {
         .max_attempts(20)
         .backoff(std::time::Duration::from_millis(10))
         .shared_commits(true)
+        .overlap_commits(true)
         .concurrency(REPLY_LANES)
     }
 }
