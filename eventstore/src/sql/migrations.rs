@@ -57,6 +57,85 @@ impl Migration {
     }
 }
 
+/// The embedded migrations of a backend, in order (a `&'static [Migration]`), read from the
+/// `migrations/` folder beside the calling file. Each file's bytes are its checksum's input:
+/// never edit an applied one (a test pins every checksum, [`PINNED`]); add a new file instead.
+///
+/// Both backends have the first four, the retry index of the claim (named `$retry` on each),
+/// then the sagas, the trace and the sagas' last event id, at the versions given with their
+/// files; a backend's `own` migrations (PostgreSQL's outbox floor) come between the two.
+macro_rules! embedded {
+    (
+        retry index: $retry:literal;
+        $(own: $($version:literal $file:literal $name:literal;)+)?
+        sagas: $sagas:literal $sagas_file:literal;
+        trace: $trace:literal $trace_file:literal;
+        last event: $last:literal $last_file:literal;
+    ) => {
+        &[
+            $crate::sql::migrations::embedded!(@ 1 "0001_events_snapshots_commands.sql"
+                "events, snapshots, commands"),
+            $crate::sql::migrations::embedded!(@ 2 "0002_outbox.sql"
+                "outbox and its dead letters (Debezium Outbox Event Router columns)"),
+            $crate::sql::migrations::embedded!(@ 3 "0003_inbox.sql"
+                "consumer inbox and its parked messages"),
+            $crate::sql::migrations::embedded!(@ 4 "0004_projections.sql"
+                "projections: state, checkpoints per generation, parked events"),
+            $crate::sql::migrations::embedded!(@ 5 "0005_outbox_retry_index.sql" $retry),
+            $($($crate::sql::migrations::embedded!(@ $version $file $name),)+)?
+            $crate::sql::migrations::embedded!(@ $sagas $sagas_file
+                "sagas: instances by business key, durable timers, request outcomes"),
+            $crate::sql::migrations::embedded!(@ $trace $trace_file
+                "trace: the inbox keeps what it received, a journal of sent messages, events by correlation (ADR 0022)"),
+            $crate::sql::migrations::embedded!(@ $last $last_file
+                "sagas: the last event id beside the version, for the orchestrator's state cache (ADR 0029)"),
+        ]
+    };
+    (@ $version:literal $file:literal $name:expr) => {
+        $crate::sql::Migration {
+            version: $version,
+            name: $name,
+            // Relative to the file that calls `embedded!` (the backend's `store.rs`).
+            sql: include_str!(concat!("migrations/", $file)),
+        }
+    };
+}
+pub(crate) use embedded;
+
+/// The checksum of every migration file of both backends, as recorded in databases migrated
+/// before the files were split out: an edit to an applied migration must fail its backend's test
+/// ([`assert_pinned`]), not production. By version: PostgreSQL's, then SQLite's (which has no
+/// version 9: PostgreSQL's outbox floor is its version 6).
+#[cfg(test)]
+pub(crate) const PINNED: &[(i64, i64, Option<i64>)] = &[
+    (1, -8012900637519374564, Some(-4474177022675687500)),
+    (2, 8855022832739519439, Some(8646263417714688872)),
+    (3, -7784132279243683426, Some(3393751196757052308)),
+    (4, 7895556267345499382, Some(-4674574820390121115)),
+    (5, -4703489205983246130, Some(8426539364267374710)),
+    (6, 3611381286601128421, Some(9106123669770553283)),
+    (7, 3809940013349938655, Some(-4623411257323787245)),
+    (8, -2398268184595761891, Some(6696018751362625118)),
+    (9, 830892548598800432, None),
+];
+
+/// Fails unless the migrations of the backend of dialect `D` have exactly its checksums of
+/// [`PINNED`].
+#[cfg(test)]
+pub(crate) fn assert_pinned<D: Dialect>(migrations: &[Migration]) {
+    let pinned: Vec<(i64, i64)> = PINNED
+        .iter()
+        .filter_map(|&(version, postgres, sqlite)| {
+            if D::BACKEND == "sqlite" {
+                sqlite.map(|checksum| (version, checksum))
+            } else {
+                Some((version, postgres))
+            }
+        })
+        .collect();
+    assert_checksums(migrations, &pinned);
+}
+
 /// Fails unless `migrations` have exactly the `(version, checksum)` pairs `pinned`: the test of
 /// each backend that an applied migration was not edited.
 #[cfg(test)]
