@@ -41,8 +41,6 @@
 //! variant database's backends.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -65,13 +63,13 @@ use eventfold_outbox::{
     Publisher, Record, Relay, RelayConfig,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::{ConnectOptions, PgPool};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use crate::relay::percentile;
-use crate::{BoxError, Options, Result};
+use crate::{BoxError, Options, Result, sqlite_file};
 
 /// The saga type of the benchmark.
 const SAGA_TYPE: &str = "bench.order";
@@ -453,24 +451,8 @@ async fn postgres_in(
     Ok(measured)
 }
 
-fn temp_sqlite(tag: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "eventfold-bench-{tag}-{}.db",
-        Uuid::now_v7().simple()
-    ))
-}
-
-fn remove_sqlite(path: &Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let mut p = path.as_os_str().to_owned();
-        p.push(suffix);
-        let _ = std::fs::remove_file(p);
-    }
-}
-
 async fn sqlite_variant(options: &Options) -> Result<Measured> {
-    let path = temp_sqlite("sagas");
-    let result = async {
+    sqlite_file::with_temp_file("sagas", |path| async move {
         // `SqliteStore::connect`: WAL, synchronous = NORMAL, a pool of 8.
         let store = SqliteStore::connect(&format!("sqlite://{}", path.display())).await?;
         let topics = Topics::new(&Uuid::now_v7().simple().to_string());
@@ -488,10 +470,8 @@ async fn sqlite_variant(options: &Options) -> Result<Measured> {
         .await;
         store.pool().close().await;
         measured
-    }
-    .await;
-    remove_sqlite(&path);
-    result
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
