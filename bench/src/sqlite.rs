@@ -42,8 +42,8 @@ use uuid::Uuid;
 use crate::sqlite_file;
 use crate::timed::{self, Timed};
 use crate::{
-    BATCH, BoxError, Counter, CounterEvent, Increment, Options, RawRow, Result, WARMUP,
-    headers_text, r3, raw_fold,
+    BATCH, BoxError, Counter, CounterEvent, Increment, Options, RawRow, Result, WARMUP, r3,
+    raw_fold,
 };
 
 /// Callers of the command cases.
@@ -478,20 +478,7 @@ async fn insert(
     version: i64,
     event: &NewEvent,
 ) -> Result<()> {
-    sqlx::query(RAW_INSERT)
-        .bind(event.event_id)
-        .bind(Counter::TYPE)
-        .bind(stream)
-        .bind(version)
-        .bind(&event.event_type)
-        .bind(i64::from(event.schema_version))
-        .bind(&event.payload)
-        .bind(event.timestamp)
-        .bind(&event.source)
-        .bind(event.correlation_id)
-        .bind(event.causation_id)
-        .bind(&event.tenant_id)
-        .bind(headers_text(event)?)
+    crate::raw::bind_event_row!(sqlx::query(RAW_INSERT), stream, version, event)
         .execute(conn)
         .await?;
     Ok(())
