@@ -41,6 +41,8 @@
 //! variant database's backends.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -234,6 +236,25 @@ const SERVICES: [&str; 3] = ["inventory", "payments", "shipping"];
 /// participant's and the reply's.
 const SEQUENTIAL_UNITS: f64 = 7.0;
 
+/// A task of a variant's services: what it ended with, its error as text.
+type ServiceTask = tokio::task::JoinHandle<std::result::Result<(), String>>;
+
+/// A future that resolves once `stop` turns true: a service's shutdown signal.
+type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Spawns the service `run` onto `tasks`, with a shutdown signal of its own that resolves once
+/// `stop` turns true.
+fn spawn_service<F, Fut>(tasks: &mut Vec<ServiceTask>, stop: &watch::Receiver<bool>, run: F)
+where
+    F: FnOnce(Shutdown) -> Fut,
+    Fut: Future<Output = std::result::Result<(), String>> + Send + 'static,
+{
+    let mut stop = stop.clone();
+    tasks.push(tokio::spawn(run(Box::pin(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }))));
+}
+
 /// Spawns the four services of a variant; returns their tasks.
 #[expect(
     clippy::too_many_arguments,
@@ -248,18 +269,12 @@ fn spawn_services<S, P, Src>(
     probe: &Arc<Probe>,
     stop: &watch::Receiver<bool>,
     variant: Variant,
-) -> Result<Vec<tokio::task::JoinHandle<std::result::Result<(), String>>>>
+) -> Result<Vec<ServiceTask>>
 where
     S: SagaStore + InboxStore + OutboxRelayStore,
     P: Publisher,
     Src: MessageSource + 'static,
 {
-    let stopped = || {
-        let mut stop = stop.clone();
-        async move {
-            let _ = stop.wait_for(|s| *s).await;
-        }
-    };
     let shared = variant.shared_commits();
     let mut tasks = Vec::new();
     let relay = Relay::new(
@@ -270,10 +285,9 @@ where
         },
     )
     .with_config(variant.relay_config());
-    let shutdown = stopped();
-    tasks.push(tokio::spawn(async move {
+    spawn_service(&mut tasks, stop, |shutdown| async move {
         relay.run(shutdown).await.map_err(|e| format!("relay: {e}"))
-    }));
+    });
     // What `Orchestrator::reply_consumer` builds (its name, 20 attempts, a 10 ms first
     // backoff, shared and overlapped commits), with the handler wrapped to see completions.
     let replies = Consumer::new(
@@ -296,13 +310,12 @@ where
     .shared_commits(shared)
     .overlap_commits(shared)
     .concurrency(if shared { REPLY_LANES } else { 1 });
-    let shutdown = stopped();
-    tasks.push(tokio::spawn(async move {
+    spawn_service(&mut tasks, stop, |shutdown| async move {
         replies
             .run(shutdown)
             .await
             .map_err(|e| format!("reply consumer: {e}"))
-    }));
+    });
     for (service, topic) in
         SERVICES
             .into_iter()
@@ -316,20 +329,18 @@ where
             .consumer(Tap::new(source(service, topic)?, probe, service, false))
             .shared_commits(shared)
             .concurrency(if shared { PARTICIPANT_LANES } else { 1 });
-        let shutdown = stopped();
-        tasks.push(tokio::spawn(async move {
+        spawn_service(&mut tasks, stop, |shutdown| async move {
             consumer
                 .run(shutdown)
                 .await
                 .map_err(|e| format!("participant {service}: {e}"))
-        }));
+        });
     }
     let scheduler = orchestrator.scheduler();
-    let shutdown = stopped();
-    tasks.push(tokio::spawn(async move {
+    spawn_service(&mut tasks, stop, |shutdown| async move {
         scheduler.run(shutdown).await;
         Ok(())
-    }));
+    });
     Ok(tasks)
 }
 
