@@ -109,6 +109,19 @@ macro_rules! bind_event_row {
 }
 pub(crate) use bind_event_row;
 
+/// One page of a raw keyset scan on PostgreSQL: the rows of `sql` after position `after`, at
+/// most `limit` of them (`sql` takes them as `$1` and `$2`).
+pub(crate) async fn raw_page<R>(pool: &PgPool, sql: &str, after: i64, limit: i64) -> Result<Vec<R>>
+where
+    R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    Ok(sqlx::query_as(sql)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?)
+}
+
 /// Headers as JSON text, as the library sends them.
 pub(crate) fn headers_text(event: &NewEvent) -> Result<String> {
     if event.headers.is_empty() {
