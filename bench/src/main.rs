@@ -148,6 +148,7 @@ mod relay;
 mod report;
 mod sagas;
 mod sqlite;
+mod sqlite_file;
 mod timed;
 mod writers;
 

@@ -2,97 +2,72 @@
 
 use crate::*;
 
-/// Which sections run (`--only`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Sections {
-    pub(crate) commands: bool,
-    pub(crate) appends: bool,
-    pub(crate) log: bool,
-    pub(crate) relay: bool,
-    pub(crate) projections: bool,
-    pub(crate) sagas: bool,
-    pub(crate) consumer: bool,
-    pub(crate) peers: bool,
-    pub(crate) sqlite: bool,
+/// Declares [`Sections`] from the one list of the sections, in their order: each section's
+/// field, which is also its `--only` name, and whether `--only all` runs it.
+macro_rules! sections {
+    ($($name:ident: $in_all:expr),+ $(,)?) => {
+        /// Which sections run (`--only`).
+        #[derive(Debug, Clone, Copy)]
+        pub(crate) struct Sections {
+            $(pub(crate) $name: bool,)+
+        }
+
+        impl Sections {
+            /// What `--only all` (and no `--only`) runs.
+            pub(crate) const ALL: Sections = Sections { $($name: $in_all,)+ };
+            /// No section.
+            const NONE: Sections = Sections { $($name: false,)+ };
+
+            /// Each section's `--only` name and whether it runs, in order.
+            fn switches(&mut self) -> Vec<(&'static str, &mut bool)> {
+                vec![$((stringify!($name), &mut self.$name)),+]
+            }
+        }
+    };
+}
+
+sections! {
+    commands: true,
+    appends: true,
+    log: true,
+    relay: RELAY_IN_ALL,
+    projections: true,
+    sagas: SAGAS_IN_ALL,
+    consumer: true,
+    peers: PEERS_IN_ALL,
+    sqlite: SQLITE_IN_ALL,
 }
 
 impl Sections {
-    pub(crate) const ALL: Sections = Sections {
-        commands: true,
-        appends: true,
-        log: true,
-        relay: RELAY_IN_ALL,
-        projections: true,
-        sagas: SAGAS_IN_ALL,
-        consumer: true,
-        peers: PEERS_IN_ALL,
-        sqlite: SQLITE_IN_ALL,
-    };
-
     pub(crate) fn parse(value: &str) -> Result<Self> {
-        let mut sections = Sections {
-            commands: false,
-            appends: false,
-            log: false,
-            relay: false,
-            projections: false,
-            sagas: false,
-            consumer: false,
-            peers: false,
-            sqlite: false,
-        };
+        let mut sections = Sections::NONE;
         for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            match part {
-                "commands" => sections.commands = true,
-                "appends" => sections.appends = true,
-                "log" => sections.log = true,
-                "relay" => sections.relay = true,
-                "projections" => sections.projections = true,
-                "sagas" => sections.sagas = true,
-                "consumer" => sections.consumer = true,
-                "peers" => sections.peers = true,
-                "sqlite" => sections.sqlite = true,
-                "all" => sections = Sections::ALL,
-                other => {
-                    return Err(format!(
-                        "--only: unknown section `{other}` (commands, appends, log, relay, projections, sagas, peers, sqlite, consumer, all)"
-                    )
-                    .into());
-                }
+            if part == "all" {
+                sections = Sections::ALL;
+                continue;
             }
+            let switches = sections.switches();
+            let Some((_, on)) = switches.into_iter().find(|(name, _)| *name == part) else {
+                return Err(format!(
+                    "--only: unknown section `{part}` (commands, appends, log, relay, projections, sagas, peers, sqlite, consumer, all)"
+                )
+                .into());
+            };
+            *on = true;
         }
-        if !(sections.commands
-            || sections.appends
-            || sections.log
-            || sections.relay
-            || sections.projections
-            || sections.sagas
-            || sections.consumer
-            || sections.peers
-            || sections.sqlite)
-        {
+        if !sections.switches().into_iter().any(|(_, on)| *on) {
             return Err("--only: no section named".into());
         }
         Ok(sections)
     }
 
-    pub(crate) fn names(self) -> String {
-        [
-            (self.commands, "commands"),
-            (self.appends, "appends"),
-            (self.log, "log"),
-            (self.relay, "relay"),
-            (self.projections, "projections"),
-            (self.sagas, "sagas"),
-            (self.consumer, "consumer"),
-            (self.peers, "peers"),
-            (self.sqlite, "sqlite"),
-        ]
-        .iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, name)| *name)
-        .collect::<Vec<_>>()
-        .join(",")
+    pub(crate) fn names(mut self) -> String {
+        self.switches()
+            .into_iter()
+            .filter(|(_, on)| **on)
+            .map(|(name, _)| name)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -235,4 +210,30 @@ pub(crate) fn parse_args() -> Result<Options> {
         saga_variants,
         quick,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_names_sections_and_refuses_the_unknown() {
+        let sections = Sections::parse(" sqlite, log,,commands").unwrap();
+        assert_eq!(sections.names(), "commands,log,sqlite");
+        assert_eq!(
+            Sections::parse("all").unwrap().names(),
+            Sections::ALL.names()
+        );
+        assert_eq!(
+            Sections::parse("peers,all").unwrap().names(),
+            Sections::ALL.names()
+        );
+        assert_eq!(Sections::parse("all,peers").unwrap().names(), {
+            let mut all = Sections::ALL;
+            all.peers = true;
+            all.names()
+        });
+        assert!(Sections::parse("commands,nope").is_err());
+        assert!(Sections::parse(" , ").is_err());
+    }
 }

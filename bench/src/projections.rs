@@ -349,11 +349,7 @@ async fn raw_pass(pool: &PgPool, upsert: bool, batch: usize) -> Result<Pass> {
     let limit = i64::try_from(batch)?;
     let upsert_sql = UPSERT_SQL.replace("{table}", "bench_raw_totals");
     loop {
-        let rows: Vec<RawRow> = sqlx::query_as(RAW_SCAN_SQL)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?;
+        let rows: Vec<RawRow> = crate::raw::raw_page(pool, RAW_SCAN_SQL, after, limit).await?;
         let n = rows.len();
         let mut decoded = Vec::with_capacity(n);
         for row in &rows {

@@ -85,6 +85,43 @@ pub(crate) use raw_event_row;
 /// A stream's event row as the raw baselines load it (PostgreSQL and SQLite).
 pub(crate) type RawRow = raw_event_row!();
 
+/// `$query` with the values of an event row bound in the order of [`RAW_COLUMNS`]: `$event` as
+/// version `$version` (an `i64`) of the counter stream `$stream`, headers as JSON text. A macro,
+/// not a generic function: sqlx's bind bounds differ per database (ADR 0018).
+macro_rules! bind_event_row {
+    ($query:expr, $stream:expr, $version:expr, $event:expr) => {{
+        let event: &NewEvent = $event;
+        $query
+            .bind(event.event_id)
+            .bind(<$crate::Counter as eventfold_core::Aggregate>::TYPE)
+            .bind($stream)
+            .bind($version)
+            .bind(event.event_type.as_str())
+            .bind(i32::try_from(event.schema_version)?)
+            .bind(event.payload.as_slice())
+            .bind(event.timestamp)
+            .bind(event.source.as_str())
+            .bind(event.correlation_id)
+            .bind(event.causation_id)
+            .bind(event.tenant_id.as_deref())
+            .bind($crate::raw::headers_text(event)?)
+    }};
+}
+pub(crate) use bind_event_row;
+
+/// One page of a raw keyset scan on PostgreSQL: the rows of `sql` after position `after`, at
+/// most `limit` of them (`sql` takes them as `$1` and `$2`).
+pub(crate) async fn raw_page<R>(pool: &PgPool, sql: &str, after: i64, limit: i64) -> Result<Vec<R>>
+where
+    R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    Ok(sqlx::query_as(sql)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?)
+}
+
 /// Headers as JSON text, as the library sends them.
 pub(crate) fn headers_text(event: &NewEvent) -> Result<String> {
     if event.headers.is_empty() {

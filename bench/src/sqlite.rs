@@ -23,8 +23,6 @@
 //! Throughput cases alternate (raw, library, then library, raw) over two rounds of half of
 //! `--seconds` each; the reads and drains run twice each, alternated.
 
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -38,13 +36,14 @@ use eventfold_eventstore::{
 };
 use eventfold_outbox::{Delivery, Headers, InProcessBroker, PublishError, Publisher, Relay};
 use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::SqlitePoolOptions;
 use uuid::Uuid;
 
+use crate::sqlite_file;
 use crate::timed::{self, Timed};
 use crate::{
-    BATCH, BoxError, Counter, CounterEvent, Increment, Options, RawRow, Result, WARMUP,
-    headers_text, r3, raw_fold,
+    BATCH, BoxError, Counter, CounterEvent, Increment, Options, RawRow, Result, WARMUP, r3,
+    raw_fold,
 };
 
 /// Callers of the command cases.
@@ -131,46 +130,23 @@ pub(crate) struct SqliteResults {
     log_events: u64,
 }
 
-fn temp_path() -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "eventfold-bench-sqlite-{}.db",
-        Uuid::now_v7().simple()
-    ))
-}
-
-fn remove(path: &Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let mut p = path.as_os_str().to_owned();
-        p.push(suffix);
-        let _ = std::fs::remove_file(p);
-    }
-}
-
 pub(crate) async fn run(options: &Options) -> Result<SqliteResults> {
-    let path = temp_path();
-    let result = async {
+    sqlite_file::with_temp_file("sqlite", |path| async move {
         // `SqliteStore::connect`'s settings, with the pool kept for the raw side.
-        let connect = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(30));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .test_before_acquire(false)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(connect)
+            .connect_with(sqlite_file::store_connect_options(&path)?)
             .await?;
         let store = SqliteStore::builder(pool.clone()).build().await?;
         sqlx::raw_sql(RAW_TABLE).execute(&pool).await?;
         let measured = measure(&pool, &store, options).await;
         pool.close().await;
         measured
-    }
-    .await;
-    remove(&path);
-    result
+    })
+    .await
 }
 
 async fn measure(
@@ -502,20 +478,7 @@ async fn insert(
     version: i64,
     event: &NewEvent,
 ) -> Result<()> {
-    sqlx::query(RAW_INSERT)
-        .bind(event.event_id)
-        .bind(Counter::TYPE)
-        .bind(stream)
-        .bind(version)
-        .bind(&event.event_type)
-        .bind(i64::from(event.schema_version))
-        .bind(&event.payload)
-        .bind(event.timestamp)
-        .bind(&event.source)
-        .bind(event.correlation_id)
-        .bind(event.causation_id)
-        .bind(&event.tenant_id)
-        .bind(headers_text(event)?)
+    crate::raw::bind_event_row!(sqlx::query(RAW_INSERT), stream, version, event)
         .execute(conn)
         .await?;
     Ok(())

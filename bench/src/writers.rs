@@ -214,20 +214,7 @@ pub(crate) async fn insert_one(
     version: u64,
     e: &NewEvent,
 ) -> Result<()> {
-    sqlx::query(sql)
-        .bind(e.event_id)
-        .bind(Counter::TYPE)
-        .bind(stream_id)
-        .bind(i64::try_from(version)?)
-        .bind(e.event_type.as_str())
-        .bind(i32::try_from(e.schema_version)?)
-        .bind(e.payload.as_slice())
-        .bind(e.timestamp)
-        .bind(e.source.as_str())
-        .bind(e.correlation_id)
-        .bind(e.causation_id)
-        .bind(e.tenant_id.as_deref())
-        .bind(headers_text(e)?)
+    crate::raw::bind_event_row!(sqlx::query(sql), stream_id, i64::try_from(version)?, e)
         .execute(conn)
         .await?;
     Ok(())

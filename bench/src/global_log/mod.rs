@@ -339,11 +339,7 @@ async fn read_raw(pool: &PgPool, batch: usize) -> Result<Read> {
     let mut after = 0i64;
     let limit = i64::try_from(batch)?;
     loop {
-        let rows: Vec<RawLogRow> = sqlx::query_as(RAW_LOG_SQL)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?;
+        let rows: Vec<RawLogRow> = crate::raw::raw_page(pool, RAW_LOG_SQL, after, limit).await?;
         let n = rows.len();
         let events = rows.into_iter().map(recorded).collect::<Result<Vec<_>>>()?;
         for e in &events {

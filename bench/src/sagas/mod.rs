@@ -41,8 +41,8 @@
 //! variant database's backends.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -65,13 +65,13 @@ use eventfold_outbox::{
     Publisher, Record, Relay, RelayConfig,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::{ConnectOptions, PgPool};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use crate::relay::percentile;
-use crate::{BoxError, Options, Result};
+use crate::{BoxError, Options, Result, sqlite_file};
 
 /// The saga type of the benchmark.
 const SAGA_TYPE: &str = "bench.order";
@@ -236,6 +236,25 @@ const SERVICES: [&str; 3] = ["inventory", "payments", "shipping"];
 /// participant's and the reply's.
 const SEQUENTIAL_UNITS: f64 = 7.0;
 
+/// A task of a variant's services: what it ended with, its error as text.
+type ServiceTask = tokio::task::JoinHandle<std::result::Result<(), String>>;
+
+/// A future that resolves once `stop` turns true: a service's shutdown signal.
+type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Spawns the service `run` onto `tasks`, with a shutdown signal of its own that resolves once
+/// `stop` turns true.
+fn spawn_service<F, Fut>(tasks: &mut Vec<ServiceTask>, stop: &watch::Receiver<bool>, run: F)
+where
+    F: FnOnce(Shutdown) -> Fut,
+    Fut: Future<Output = std::result::Result<(), String>> + Send + 'static,
+{
+    let mut stop = stop.clone();
+    tasks.push(tokio::spawn(run(Box::pin(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }))));
+}
+
 /// Spawns the four services of a variant; returns their tasks.
 #[expect(
     clippy::too_many_arguments,
@@ -250,18 +269,12 @@ fn spawn_services<S, P, Src>(
     probe: &Arc<Probe>,
     stop: &watch::Receiver<bool>,
     variant: Variant,
-) -> Result<Vec<tokio::task::JoinHandle<std::result::Result<(), String>>>>
+) -> Result<Vec<ServiceTask>>
 where
     S: SagaStore + InboxStore + OutboxRelayStore,
     P: Publisher,
     Src: MessageSource + 'static,
 {
-    let stopped = || {
-        let mut stop = stop.clone();
-        async move {
-            let _ = stop.wait_for(|s| *s).await;
-        }
-    };
     let shared = variant.shared_commits();
     let mut tasks = Vec::new();
     let relay = Relay::new(
@@ -272,10 +285,9 @@ where
         },
     )
     .with_config(variant.relay_config());
-    let shutdown = stopped();
-    tasks.push(tokio::spawn(async move {
+    spawn_service(&mut tasks, stop, |shutdown| async move {
         relay.run(shutdown).await.map_err(|e| format!("relay: {e}"))
-    }));
+    });
     // What `Orchestrator::reply_consumer` builds (its name, 20 attempts, a 10 ms first
     // backoff, shared and overlapped commits), with the handler wrapped to see completions.
     let replies = Consumer::new(
@@ -298,13 +310,12 @@ where
     .shared_commits(shared)
     .overlap_commits(shared)
     .concurrency(if shared { REPLY_LANES } else { 1 });
-    let shutdown = stopped();
-    tasks.push(tokio::spawn(async move {
+    spawn_service(&mut tasks, stop, |shutdown| async move {
         replies
             .run(shutdown)
             .await
             .map_err(|e| format!("reply consumer: {e}"))
-    }));
+    });
     for (service, topic) in
         SERVICES
             .into_iter()
@@ -318,20 +329,18 @@ where
             .consumer(Tap::new(source(service, topic)?, probe, service, false))
             .shared_commits(shared)
             .concurrency(if shared { PARTICIPANT_LANES } else { 1 });
-        let shutdown = stopped();
-        tasks.push(tokio::spawn(async move {
+        spawn_service(&mut tasks, stop, |shutdown| async move {
             consumer
                 .run(shutdown)
                 .await
                 .map_err(|e| format!("participant {service}: {e}"))
-        }));
+        });
     }
     let scheduler = orchestrator.scheduler();
-    let shutdown = stopped();
-    tasks.push(tokio::spawn(async move {
+    spawn_service(&mut tasks, stop, |shutdown| async move {
         scheduler.run(shutdown).await;
         Ok(())
-    }));
+    });
     Ok(tasks)
 }
 
@@ -453,24 +462,8 @@ async fn postgres_in(
     Ok(measured)
 }
 
-fn temp_sqlite(tag: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "eventfold-bench-{tag}-{}.db",
-        Uuid::now_v7().simple()
-    ))
-}
-
-fn remove_sqlite(path: &Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let mut p = path.as_os_str().to_owned();
-        p.push(suffix);
-        let _ = std::fs::remove_file(p);
-    }
-}
-
 async fn sqlite_variant(options: &Options) -> Result<Measured> {
-    let path = temp_sqlite("sagas");
-    let result = async {
+    sqlite_file::with_temp_file("sagas", |path| async move {
         // `SqliteStore::connect`: WAL, synchronous = NORMAL, a pool of 8.
         let store = SqliteStore::connect(&format!("sqlite://{}", path.display())).await?;
         let topics = Topics::new(&Uuid::now_v7().simple().to_string());
@@ -488,10 +481,8 @@ async fn sqlite_variant(options: &Options) -> Result<Measured> {
         .await;
         store.pool().close().await;
         measured
-    }
-    .await;
-    remove_sqlite(&path);
-    result
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------

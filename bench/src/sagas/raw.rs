@@ -76,25 +76,17 @@ pub(super) async fn raw_postgres(
 
 /// The same on a temporary SQLite file opened like `SqliteStore::connect` opens one.
 pub(super) async fn raw_sqlite(tasks: usize, seconds: f64) -> Result<f64> {
-    let path = temp_sqlite("raw");
-    let result = async {
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(30));
+    sqlite_file::with_temp_file("raw", |path| async move {
         let pool = SqlitePoolOptions::new()
             .max_connections(tasks as u32)
-            .connect_with(options)
+            .connect_with(sqlite_file::store_connect_options(&path)?)
             .await?;
         sqlx::query(RAW_TABLE_LITE).execute(&pool).await?;
         let rate = inserts!(pool, tasks, seconds, RAW_INSERT_LITE);
         pool.close().await;
         rate
-    }
-    .await;
-    remove_sqlite(&path);
-    result
+    })
+    .await
 }
 
 /// Hops through the broker on a saga's path, one saga at a time: three commands and three
