@@ -67,22 +67,8 @@ struct Variant<'a> {
 fn expand_inner(input: &DeriveInput) -> syn::Result<TokenStream> {
     let data = match &input.data {
         Data::Enum(data) => data,
-        Data::Struct(data) => {
-            let struct_token = data.struct_token;
-            let ident = &input.ident;
-            return Err(syn::Error::new_spanned(
-                quote!(#struct_token #ident),
-                "#[derive(Event)] can only be used on enums; write one variant per event type",
-            ));
-        }
-        Data::Union(data) => {
-            let union_token = data.union_token;
-            let ident = &input.ident;
-            return Err(syn::Error::new_spanned(
-                quote!(#union_token #ident),
-                "#[derive(Event)] can only be used on enums; write one variant per event type",
-            ));
-        }
+        Data::Struct(data) => return Err(not_an_enum(&data.struct_token, &input.ident)),
+        Data::Union(data) => return Err(not_an_enum(&data.union_token, &input.ident)),
     };
 
     let mut errors = Errors::default();
@@ -229,59 +215,56 @@ fn default_prefix(ident: &Ident) -> String {
     stem.to_snake_case()
 }
 
+/// The error of `#[derive(Event)]` on a struct or union, spanning its `keyword` and `ident`.
+fn not_an_enum(keyword: &impl ToTokens, ident: &Ident) -> syn::Error {
+    syn::Error::new_spanned(
+        quote!(#keyword #ident),
+        "#[derive(Event)] can only be used on enums; write one variant per event type",
+    )
+}
+
 fn parse_enum_attrs(attrs: &[Attribute], errors: &mut Errors) -> EnumAttrs {
     let mut prefix: Option<LitStr> = None;
     let mut codec: Option<(Codec, LitStr)> = None;
     let mut krate: Option<Path> = None;
-    for attr in attrs.iter().filter(|attr| attr.path().is_ident("event")) {
-        let result = attr.parse_nested_meta(|meta| {
-            if meta.path.is_ident("prefix") {
-                let lit: LitStr = meta.value()?.parse()?;
-                if prefix.is_some() {
-                    return Err(duplicate_key(&meta, "prefix"));
-                }
-                prefix = Some(lit);
-            } else if meta.path.is_ident("codec") {
-                let lit: LitStr = meta.value()?.parse()?;
-                if codec.is_some() {
-                    return Err(duplicate_key(&meta, "codec"));
-                }
-                let value = match lit.value().as_str() {
-                    "json" => Codec::Json,
-                    "protobuf" => Codec::Protobuf,
-                    other => {
-                        return Err(syn::Error::new_spanned(
-                            &lit,
-                            format!(
-                                "unknown codec `{other}`; expected \"json\" (the default) or \
-                                 \"protobuf\""
-                            ),
-                        ));
-                    }
-                };
-                codec = Some((value, lit));
-            } else if meta.path.is_ident("crate") {
-                let path = parse_crate_path(&meta)?;
-                if krate.is_some() {
-                    return Err(duplicate_key(&meta, "crate"));
-                }
-                krate = Some(path);
-            } else if meta.path.is_ident("name") || meta.path.is_ident("version") {
-                return Err(misplaced_key(
-                    &meta.path,
-                    "a variant",
-                    "a variant",
-                    "the enum",
-                ));
-            } else {
-                return Err(unknown_key(&meta));
+    read_event_keys(attrs, errors, |meta| {
+        if meta.path.is_ident("prefix") {
+            let lit: LitStr = meta.value()?.parse()?;
+            set_once(&mut prefix, lit, meta, "prefix")
+        } else if meta.path.is_ident("codec") {
+            let lit: LitStr = meta.value()?.parse()?;
+            if codec.is_some() {
+                return Err(duplicate_key(meta, "codec"));
             }
+            let value = match lit.value().as_str() {
+                "json" => Codec::Json,
+                "protobuf" => Codec::Protobuf,
+                other => {
+                    return Err(syn::Error::new_spanned(
+                        &lit,
+                        format!(
+                            "unknown codec `{other}`; expected \"json\" (the default) or \
+                             \"protobuf\""
+                        ),
+                    ));
+                }
+            };
+            codec = Some((value, lit));
             Ok(())
-        });
-        if let Err(error) = result {
-            errors.push(error);
+        } else if meta.path.is_ident("crate") {
+            let path = parse_crate_path(meta)?;
+            set_once(&mut krate, path, meta, "crate")
+        } else if meta.path.is_ident("name") || meta.path.is_ident("version") {
+            Err(misplaced_key(
+                &meta.path,
+                "a variant",
+                "a variant",
+                "the enum",
+            ))
+        } else {
+            Err(unknown_key(meta))
         }
-    }
+    });
     EnumAttrs {
         prefix,
         codec: codec.map_or(Codec::Json, |(codec, _)| codec),
@@ -291,40 +274,56 @@ fn parse_enum_attrs(attrs: &[Attribute], errors: &mut Errors) -> EnumAttrs {
 
 fn parse_variant_attrs(attrs: &[Attribute], errors: &mut Errors) -> VariantAttrs {
     let mut out = VariantAttrs::default();
+    read_event_keys(attrs, errors, |meta| {
+        if meta.path.is_ident("name") {
+            let lit: LitStr = meta.value()?.parse()?;
+            set_once(&mut out.name, lit, meta, "name")
+        } else if meta.path.is_ident("version") {
+            let version = parse_version(meta, "event schema", "version")?;
+            set_once(&mut out.version, version, meta, "version")
+        } else if meta.path.is_ident("prefix")
+            || meta.path.is_ident("codec")
+            || meta.path.is_ident("crate")
+        {
+            Err(misplaced_key(
+                &meta.path,
+                "an enum",
+                "the enum",
+                "a variant",
+            ))
+        } else {
+            Err(unknown_key(meta))
+        }
+    });
+    out
+}
+
+/// Reads each key of the `#[event(...)]` attributes among `attrs` with `read`; the first error
+/// in an attribute ends the reading of that attribute and is pushed to `errors`.
+fn read_event_keys(
+    attrs: &[Attribute],
+    errors: &mut Errors,
+    mut read: impl FnMut(&ParseNestedMeta<'_>) -> syn::Result<()>,
+) {
     for attr in attrs.iter().filter(|attr| attr.path().is_ident("event")) {
-        let result = attr.parse_nested_meta(|meta| {
-            if meta.path.is_ident("name") {
-                let lit: LitStr = meta.value()?.parse()?;
-                if out.name.is_some() {
-                    return Err(duplicate_key(&meta, "name"));
-                }
-                out.name = Some(lit);
-            } else if meta.path.is_ident("version") {
-                let (version, lit) = parse_version(&meta, "event schema", "version")?;
-                if out.version.is_some() {
-                    return Err(duplicate_key(&meta, "version"));
-                }
-                out.version = Some((version, lit));
-            } else if meta.path.is_ident("prefix")
-                || meta.path.is_ident("codec")
-                || meta.path.is_ident("crate")
-            {
-                return Err(misplaced_key(
-                    &meta.path,
-                    "an enum",
-                    "the enum",
-                    "a variant",
-                ));
-            } else {
-                return Err(unknown_key(&meta));
-            }
-            Ok(())
-        });
-        if let Err(error) = result {
+        if let Err(error) = attr.parse_nested_meta(|meta| read(&meta)) {
             errors.push(error);
         }
     }
-    out
+}
+
+/// Keeps the `value` of `key` in `slot`, or refuses it as a duplicate when `slot` has one.
+fn set_once<T>(
+    slot: &mut Option<T>,
+    value: T,
+    meta: &ParseNestedMeta<'_>,
+    key: &str,
+) -> syn::Result<()> {
+    if slot.is_some() {
+        return Err(duplicate_key(meta, key));
+    }
+    *slot = Some(value);
+    Ok(())
 }
 
 /// An attribute of `kind` ("a variant", "an enum") that belongs `put_on` its item but was put
