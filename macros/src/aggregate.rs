@@ -265,11 +265,12 @@ fn expand_inner(args: TokenStream, input: TokenStream) -> syn::Result<TokenStrea
     })
 }
 
-/// Checks that `sig` is `fn NAME(<receiver>, <one more argument>)` without generics or
-/// qualifiers, and returns that argument's type.
+/// Checks that `sig` is `fn NAME(<receiver>, &T)` without generics or qualifiers, and returns
+/// `T`; `what` names the argument in the error of one that is not a reference.
 fn check_plain_fn<'a>(
     sig: &'a Signature,
     mutable_receiver: bool,
+    what: &str,
     expected: &str,
     errors: &mut Errors,
 ) -> Option<&'a Type> {
@@ -343,7 +344,7 @@ fn check_plain_fn<'a>(
         ));
         return None;
     }
-    Some(&argument.ty)
+    referenced(&argument.ty, what, expected, errors)
 }
 
 /// The referenced type of `&T`, or an error.
@@ -395,15 +396,13 @@ fn no_self_path(ty: &Type, errors: &mut Errors) -> bool {
 
 /// Checks `handle` and returns its command, event and error types.
 fn check_handle(sig: &Signature, errors: &mut Errors) -> Option<(Type, Type, Type)> {
-    let argument = check_plain_fn(sig, false, HANDLE_SIGNATURE, errors);
-    let command = argument.and_then(|ty| {
-        referenced(
-            ty,
-            "the command parameter of `handle`",
-            HANDLE_SIGNATURE,
-            errors,
-        )
-    });
+    let command = check_plain_fn(
+        sig,
+        false,
+        "the command parameter of `handle`",
+        HANDLE_SIGNATURE,
+        errors,
+    );
 
     let output = match &sig.output {
         ReturnType::Type(_, ty) => match result_of_vec(ty) {
@@ -445,15 +444,13 @@ fn check_handle(sig: &Signature, errors: &mut Errors) -> Option<(Type, Type, Typ
 
 /// Checks `apply` and returns its event type.
 fn check_apply(sig: &Signature, errors: &mut Errors) -> Option<Type> {
-    let argument = check_plain_fn(sig, true, APPLY_SIGNATURE, errors);
-    let event = argument.and_then(|ty| {
-        referenced(
-            ty,
-            "the event parameter of `apply`",
-            APPLY_SIGNATURE,
-            errors,
-        )
-    });
+    let event = check_plain_fn(
+        sig,
+        true,
+        "the event parameter of `apply`",
+        APPLY_SIGNATURE,
+        errors,
+    );
     if let ReturnType::Type(_, ty) = &sig.output {
         let is_unit = matches!(&**ty, Type::Tuple(tuple) if tuple.elems.is_empty());
         if !is_unit {
