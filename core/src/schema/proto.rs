@@ -389,17 +389,24 @@ mod tests {
         prost::Message::encode_to_vec(&set)
     }
 
-    #[test]
-    fn a_message_is_described_by_its_fields_and_the_types_they_use() {
+    /// The descriptors of [`set`], and the schema of a protobuf event `event_type` whose
+    /// payload is the message named `message`, not described yet.
+    fn shop_and(event_type: &str, message: &str) -> (Descriptors, EventSchema) {
         let mut descriptors = Descriptors::default();
         descriptors.add(&set()).unwrap();
-        let mut schema = EventSchema::new(
-            "order.placed",
+        let schema = EventSchema::new(
+            event_type,
             1,
             "protobuf",
-            Shape::Type("OrderPlaced".to_owned()),
+            Shape::Type(message.to_owned()),
             TypeDefs::new(),
         );
+        (descriptors, schema)
+    }
+
+    #[test]
+    fn a_message_is_described_by_its_fields_and_the_types_they_use() {
+        let (descriptors, mut schema) = shop_and("order.placed", "OrderPlaced");
         descriptors.describe(&mut schema).unwrap();
         assert_eq!(schema.message.as_deref(), Some("shop.OrderPlaced"));
         let Shape::Fields(fields) = &schema.shape else {
@@ -427,15 +434,7 @@ mod tests {
 
     #[test]
     fn an_unknown_message_is_named() {
-        let mut descriptors = Descriptors::default();
-        descriptors.add(&set()).unwrap();
-        let mut schema = EventSchema::new(
-            "order.paid",
-            1,
-            "protobuf",
-            Shape::Type("OrderPaid".to_owned()),
-            TypeDefs::new(),
-        );
+        let (descriptors, mut schema) = shop_and("order.paid", "OrderPaid");
         let reason = descriptors.describe(&mut schema).unwrap_err();
         assert_eq!(
             reason,
