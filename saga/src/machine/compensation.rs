@@ -74,13 +74,13 @@ impl<D: SagaData> Machine<'_, D> {
         });
         match work {
             Work::Invoke(build) => match build(&self.data) {
-                Ok(cmd) => {
-                    let command = self.command(&step.name, attempt, CommandKind::Compensation, cmd);
-                    self.out.commands.push(command);
-                    if let Some(timeout) = step.timeout {
-                        self.timer(&step.name, attempt, TimerKind::CompensationTimeout, timeout);
-                    }
-                }
+                Ok(cmd) => self.send(
+                    step,
+                    attempt,
+                    CommandKind::Compensation,
+                    TimerKind::CompensationTimeout,
+                    cmd,
+                ),
                 Err(error) => self.compensation_failed(
                     step,
                     attempt,

@@ -242,13 +242,7 @@ impl<D: SagaData> Machine<'_, D> {
         });
         match &step.action {
             Work::Invoke(build) => match build(&self.data) {
-                Ok(cmd) => {
-                    let command = self.command(&step.name, attempt, CommandKind::Action, cmd);
-                    self.out.commands.push(command);
-                    if let Some(timeout) = step.timeout {
-                        self.timer(&step.name, attempt, TimerKind::Timeout, timeout);
-                    }
-                }
+                Ok(cmd) => self.send(step, attempt, CommandKind::Action, TimerKind::Timeout, cmd),
                 Err(StepError { message, retryable }) => {
                     let reason = format!("the command could not be built: {message}");
                     self.attempt_failed(step, attempt, reason, retryable, false);

@@ -498,24 +498,31 @@ impl<'a, D: SagaData> Machine<'a, D> {
         Ok(())
     }
 
-    fn command(
-        &self,
-        step: &str,
+    /// Sends `cmd`, the command of attempt `attempt` of `step`'s action or compensation
+    /// (`kind`), and, when the step has a timeout, sets the timer `timeout` for its reply.
+    fn send(
+        &mut self,
+        step: &StepDef<D>,
         attempt: u32,
         kind: CommandKind,
+        timeout: TimerKind,
         cmd: crate::Command,
-    ) -> SagaCommand {
-        SagaCommand {
+    ) {
+        let name = step.name.as_str();
+        self.out.commands.push(SagaCommand {
             saga_id: self.state.saga_id,
             saga_type: self.state.saga_type.clone(),
-            step: step.to_owned(),
+            step: name.to_owned(),
             attempt,
             kind,
-            request_key: SagaCommand::request_key_for(self.state.saga_id, step, kind),
+            request_key: SagaCommand::request_key_for(self.state.saga_id, name, kind),
             correlation_id: self.state.correlation_id,
             topic: cmd.topic,
             message_type: cmd.message_type,
             payload: cmd.payload,
+        });
+        if let Some(after) = step.timeout {
+            self.timer(name, attempt, timeout, after);
         }
     }
 
