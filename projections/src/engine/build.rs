@@ -122,16 +122,7 @@ impl<S: ProjectionStore> Ctx<S> {
     ) -> Result<(u32, Checkpoint, u64), ProjectionError> {
         let mut uow = self.store.begin().await?;
         let result = self.prepare_in(&mut uow).await;
-        match result {
-            Ok(found) => {
-                uow.commit().await?;
-                Ok(found)
-            }
-            Err(e) => {
-                let _ = uow.rollback().await;
-                Err(e)
-            }
-        }
+        commit_if_ok(uow, result).await
     }
 
     pub(super) async fn prepare_in(
@@ -308,16 +299,8 @@ impl<S: ProjectionStore> Ctx<S> {
             }
             Ok(dropped)
         };
-        match work.await {
-            Ok(dropped) => {
-                uow.commit().await?;
-                Ok(dropped)
-            }
-            Err(e) => {
-                let _ = uow.rollback().await;
-                Err(e)
-            }
-        }
+        let result = work.await;
+        commit_if_ok(uow, result).await
     }
 }
 

@@ -356,17 +356,9 @@ impl<S: ProjectionStore> Ctx<S> {
         self.ensure().await?;
         let mut uow = self.store.begin().await?;
         let result = self.reset_in(&mut uow).await;
-        match result {
-            Ok(generation) => {
-                uow.commit().await?;
-                tracing::info!(projection = %self.name(), generation, "projection reset in place");
-                Ok(generation)
-            }
-            Err(e) => {
-                let _ = uow.rollback().await;
-                Err(e)
-            }
-        }
+        let generation = commit_if_ok(uow, result).await?;
+        tracing::info!(projection = %self.name(), generation, "projection reset in place");
+        Ok(generation)
     }
 
     async fn reset_in(&self, uow: &mut S::UnitOfWork) -> Result<u32, ProjectionError> {
@@ -515,6 +507,24 @@ pub(crate) async fn pause_after(
 /// deadlock: [`StoreError::transient_cause`]) is a failure of the store, which the runner
 /// retries with its backoff, not the event's failure (retried `max_attempts` times, then
 /// parked: skipped). Any other error is given back.
+/// Commits `uow` when `result` is a success, else rolls it back: the rollback's own error is
+/// dropped, as `result`'s error says what failed.
+async fn commit_if_ok<U: UnitOfWork, T>(
+    uow: U,
+    result: Result<T, ProjectionError>,
+) -> Result<T, ProjectionError> {
+    match result {
+        Ok(value) => {
+            uow.commit().await?;
+            Ok(value)
+        }
+        Err(e) => {
+            let _ = uow.rollback().await;
+            Err(e)
+        }
+    }
+}
+
 fn transient_is_the_stores(error: BoxError, projection: &str) -> Result<BoxError, StoreError> {
     match StoreError::transient_cause(error, "applying a projection's events", projection) {
         Ok(transient) => Err(transient),
