@@ -29,6 +29,10 @@
 //! that run at once, each on a connection of its own; the records of one key stay in one lane,
 //! in order, and the batch is acknowledged when every lane has settled.
 //!
+//! **Overlapped commits** ([`Consumer::overlap_commits`], off by default): with shared commits
+//! and one lane, the next batch is polled and handled while the batch before commits; a batch
+//! holding a key of the committing one waits for that commit, and acknowledgements stay in order.
+//!
 //! Metrics (`metrics` facade), labelled with `consumer`: counters
 //! `eventfold_consumer_handled_total`, `eventfold_consumer_duplicates_total`,
 //! `eventfold_consumer_parked_total`, `eventfold_consumer_batch_split_total` (shared
