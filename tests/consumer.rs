@@ -117,6 +117,34 @@ async fn poison_is_parked_others_flow<S: InboxStore>(store: S) {
     assert!(after.poll(10, Duration::from_millis(50)).await.is_empty());
 }
 
+/// With shared commits and one attempt, a poison message fails its only attempt inside the
+/// shared transaction and is parked with that attempt's error (it once was parked with an empty
+/// one), and the others commit.
+async fn poison_with_one_attempt_keeps_its_error<S: InboxStore>(store: S) {
+    let broker = InProcessBroker::new().with_default_partitions(1);
+    let messages = vec![
+        payment(1, "payment.captured"),
+        payment(2, "payment.poison"),
+        payment(3, "payment.captured"),
+    ];
+    broker.publish(&messages).await;
+    let mut consumer = ledger_consumer(&store, &broker)
+        .shared_commits(true)
+        .max_attempts(1);
+    let report = consumer.run_once(Duration::from_millis(100)).await.unwrap();
+    assert_eq!((report.handled, report.parked), (2, 1));
+    let parked = store.parked_messages("ledger", 10).await.unwrap();
+    assert_eq!(
+        (parked.len(), parked[0].message_id, parked[0].attempts),
+        (1, messages[1].id, 1)
+    );
+    assert!(
+        parked[0].error.contains("no amount"),
+        "{:?}",
+        parked[0].error
+    );
+}
+
 /// The [`Ledger`]'s handler, but the first attempt of every 11th message fails (a transient
 /// failure) and poison fails always; counts the attempts per message.
 #[derive(Default)]
@@ -584,6 +612,7 @@ async fn overlapped_commits_per_key<S: InboxStore>(store: S) {
 common::backend_tests!([memory, sqlite, postgres] {
     2 => duplicates_and_crash_redeliveries_take_effect_once: exactly_once_effects,
     2 => poison_message_is_parked_and_the_rest_flows: poison_is_parked_others_flow,
+    2 => a_poison_with_one_attempt_in_a_shared_transaction_keeps_its_error: poison_with_one_attempt_keeps_its_error,
     2 => shared_commits_undo_each_failure_alone: undo_each_failure_alone,
     2 => lanes_keep_the_order_per_key_and_take_each_message_once: lanes_keep_the_order_per_key,
     2 => a_batch_handler_falls_back_like_its_handle: batch_handler_falls_back_like_handle,

@@ -176,14 +176,22 @@ where
     /// Handles one record (with retries, then parking) without acknowledging it, in a `consume`
     /// span (with the feature `otel`, a child of the trace context the record carries).
     async fn settle(&self, record: &Record) -> Result<Outcome, ConsumerError> {
-        self.settle_from(record, 1).await
+        self.settle_from(record, 1, String::new()).await
     }
 
     /// [`Self::settle`] from attempt `first` (the attempts before it failed in a shared
-    /// transaction).
-    async fn settle_from(&self, record: &Record, first: u32) -> Result<Outcome, ConsumerError> {
+    /// transaction, the last with `earlier`: what the message is parked with when no attempt is
+    /// left).
+    async fn settle_from(
+        &self,
+        record: &Record,
+        first: u32,
+        earlier: String,
+    ) -> Result<Outcome, ConsumerError> {
         let span = self.span(record);
-        self.settle_in_span(record, first).instrument(span).await
+        self.settle_in_span(record, first, earlier)
+            .instrument(span)
+            .await
     }
 
     /// The `consume` span of `record` (with the feature `otel`, a child of the trace context it
@@ -192,8 +200,13 @@ where
         consume_span(self.name, record)
     }
 
-    async fn settle_in_span(&self, record: &Record, first: u32) -> Result<Outcome, ConsumerError> {
-        let mut last_error = String::new();
+    async fn settle_in_span(
+        &self,
+        record: &Record,
+        first: u32,
+        earlier: String,
+    ) -> Result<Outcome, ConsumerError> {
+        let mut last_error = earlier;
         if first > 1 {
             self.pause(first - 1).await;
         }
@@ -351,7 +364,7 @@ where
                     Some(&index) => {
                         let message = records[index].message_id;
                         tracing::warn!(consumer = %self.name, %message, attempt = 1, error = %e, "handler failed");
-                        Shared::FailedAt(index)
+                        Shared::FailedAt(index, e.to_string())
                     }
                     None => {
                         tracing::debug!(consumer = %self.name, messages = fresh.len(), error = %e, "the batch handler failed");
@@ -392,15 +405,15 @@ where
         // A message whose first attempt failed in a shared transaction (rolled back whole): the
         // messages before it share one again, then it runs alone from its second attempt,
         // before the messages after it (so order holds).
-        let mut failed_first: Option<usize> = None;
+        let mut failed_first: Option<(usize, String)> = None;
         while next < records.len() {
-            if failed_first == Some(next) {
-                failed_first = None;
-                count(self.settle_from(records[next], 2).await?);
+            if let Some((_, error)) = failed_first.take_if(|(at, _)| *at == next) {
+                count(self.settle_from(records[next], 2, error).await?);
                 next += 1;
                 continue;
             }
-            let rest = &records[next..failed_first.unwrap_or(records.len())];
+            let end = failed_first.as_ref().map_or(records.len(), |(at, _)| *at);
+            let rest = &records[next..end];
             if !self.shared_commits || rest.len() == 1 {
                 count(self.settle(rest[0]).await?);
                 next += 1;
@@ -416,7 +429,7 @@ where
                     outcomes.into_iter().for_each(&mut count);
                     return Ok((report, Some(uow)));
                 }
-                Ok(Shared::FailedAt(index)) => failed_first = Some(next + index),
+                Ok(Shared::FailedAt(index, error)) => failed_first = Some((next + index, error)),
                 split @ (Ok(Shared::Split) | Err(_)) => {
                     // Nothing of the shared transaction committed: one message per
                     // transaction for the rest of the batch (the inbox keeps it exactly once).
@@ -427,8 +440,11 @@ where
                         tracing::debug!(consumer = %self.name, error = %e, "shared transaction failed; handling one message per transaction");
                     }
                     for (index, &record) in records.iter().enumerate().skip(next) {
-                        let first = if failed_first == Some(index) { 2 } else { 1 };
-                        count(self.settle_from(record, first).await?);
+                        let (first, earlier) = match failed_first.take_if(|(at, _)| *at == index) {
+                            Some((_, error)) => (2, error),
+                            None => (1, String::new()),
+                        };
+                        count(self.settle_from(record, first, earlier).await?);
                     }
                     next = records.len();
                 }
@@ -456,7 +472,7 @@ enum Shared<U> {
     /// each message will have once it commits.
     Open(U, Vec<Outcome>),
     /// The handler of the message at this index failed (its first attempt): nothing committed.
-    FailedAt(usize),
+    FailedAt(usize, String),
     /// The batch handler failed as a whole ([`BatchFailure::whole`]): nothing committed.
     Split,
 }
