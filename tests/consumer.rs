@@ -88,7 +88,9 @@ async fn exactly_once_effects<S: InboxStore>(store: S) {
     assert!(after.poll(100, Duration::from_millis(50)).await.is_empty());
 }
 
-async fn poison_is_parked_others_flow<S: InboxStore>(store: S) {
+/// A broker of one partition holding three payments, the second a poison (the [`Ledger`] fails
+/// on it every time).
+async fn with_a_poison() -> (InProcessBroker, Vec<OutboxMessage>) {
     let broker = InProcessBroker::new().with_default_partitions(1);
     let messages = vec![
         payment(1, "payment.captured"),
@@ -96,6 +98,11 @@ async fn poison_is_parked_others_flow<S: InboxStore>(store: S) {
         payment(3, "payment.captured"),
     ];
     broker.publish(&messages).await;
+    (broker, messages)
+}
+
+async fn poison_is_parked_others_flow<S: InboxStore>(store: S) {
+    let (broker, messages) = with_a_poison().await;
     let mut consumer = ledger_consumer(&store, &broker)
         .max_attempts(3)
         .backoff(Duration::from_millis(1));
@@ -121,13 +128,7 @@ async fn poison_is_parked_others_flow<S: InboxStore>(store: S) {
 /// shared transaction and is parked with that attempt's error (it once was parked with an empty
 /// one), and the others commit.
 async fn poison_with_one_attempt_keeps_its_error<S: InboxStore>(store: S) {
-    let broker = InProcessBroker::new().with_default_partitions(1);
-    let messages = vec![
-        payment(1, "payment.captured"),
-        payment(2, "payment.poison"),
-        payment(3, "payment.captured"),
-    ];
-    broker.publish(&messages).await;
+    let (broker, messages) = with_a_poison().await;
     let mut consumer = ledger_consumer(&store, &broker)
         .shared_commits(true)
         .max_attempts(1);
@@ -325,23 +326,53 @@ impl<U: UnitOfWork> eventfold::outbox::Handler<U> for PerKey {
     }
 }
 
+/// `n` payments over `keys` keys (`k-0`, ...), in no period of the lanes or partitions.
+fn keyed_payments(n: u32, keys: u32) -> Vec<OutboxMessage> {
+    (0..n)
+        .map(|i| {
+            OutboxMessage::new(
+                "payments",
+                format!("k-{}", (i * 7 + i / 5) % keys),
+                "payment.captured",
+                format!(r#"{{"n":{i}}}"#).into_bytes(),
+            )
+        })
+        .collect()
+}
+
+/// Asserts that each key's stream (`ledger/<key>`), after `runs` earlier runs' events, holds
+/// the key's `messages` once each, in publication order (by causation id).
+async fn assert_each_key_in_order<S: EventStore>(
+    store: &S,
+    messages: &[OutboxMessage],
+    keys: u32,
+    runs: usize,
+    what: &str,
+) {
+    for k in 0..keys {
+        let stream = StreamId::new("ledger", format!("k-{k}").as_str()).unwrap();
+        let events = store.read_stream(&stream, 1, u64::MAX).await.unwrap();
+        let expected: Vec<_> = messages
+            .iter()
+            .filter(|m| m.key == format!("k-{k}"))
+            .map(|m| Some(m.id))
+            .collect();
+        let got: Vec<_> = events
+            .iter()
+            .skip(runs * expected.len())
+            .map(|e| e.causation_id)
+            .collect();
+        assert_eq!(got, expected, "{what}: key k-{k} in publication order");
+    }
+}
+
 /// `Consumer::concurrency`: a batch split into lanes by key keeps the order per key and takes
 /// each message once, with and without shared commits; the lanes did run at once. Returns the
 /// most records handled at once.
 async fn lanes_keep_the_order_per_key<S: InboxStore>(store: S) -> usize {
     let broker = InProcessBroker::new().with_default_partitions(2);
     let keys = 23;
-    let messages: Vec<_> = (0..480u32)
-        .map(|i| {
-            OutboxMessage::new(
-                "payments",
-                // Keys in no period of the lanes or partitions.
-                format!("k-{}", (i * 7 + i / 5) % keys),
-                "payment.captured",
-                format!(r#"{{"n":{i}}}"#).into_bytes(),
-            )
-        })
-        .collect();
+    let messages = keyed_payments(480, keys);
     broker.publish(&messages).await;
     broker.publish(&messages[..30]).await; // duplicates across lanes and batches
     let mut most = 0;
@@ -367,22 +398,8 @@ async fn lanes_keep_the_order_per_key<S: InboxStore>(store: S) -> usize {
         most = most.max(handler.most.load(std::sync::atomic::Ordering::SeqCst));
         // The streams of the second group's run hold both runs' events: check the order of
         // each run's part.
-        for k in 0..keys {
-            let stream = StreamId::new("ledger", format!("k-{k}").as_str()).unwrap();
-            let events = store.read_stream(&stream, 1, u64::MAX).await.unwrap();
-            let expected: Vec<_> = messages
-                .iter()
-                .filter(|m| m.key == format!("k-{k}"))
-                .map(|m| Some(m.id))
-                .collect();
-            let run = if shared { 1 } else { 0 };
-            let got: Vec<_> = events
-                .iter()
-                .skip(run * expected.len())
-                .map(|e| e.causation_id)
-                .collect();
-            assert_eq!(got, expected, "{group}: key k-{k} in publication order");
-        }
+        let runs = if shared { 1 } else { 0 };
+        assert_each_key_in_order(&store, &messages, keys, runs, group).await;
     }
     most
 }
@@ -535,16 +552,7 @@ where
     H: eventfold::outbox::Handler<S::UnitOfWork> + 'static,
 {
     let broker = InProcessBroker::new().with_default_partitions(2);
-    let messages: Vec<_> = (0..300u32)
-        .map(|i| {
-            OutboxMessage::new(
-                "payments",
-                format!("k-{}", (i * 7 + i / 5) % keys),
-                "payment.captured",
-                format!(r#"{{"n":{i}}}"#).into_bytes(),
-            )
-        })
-        .collect();
+    let messages = keyed_payments(300, keys);
     let consumer = Consumer::new(
         "overlap",
         store.clone(),
@@ -584,25 +592,7 @@ where
     run.await.unwrap().unwrap();
     let parked = store.parked_messages("overlap", 10).await.unwrap();
     assert!(parked.is_empty(), "parked: {parked:?}");
-    for k in 0..keys {
-        let stream = StreamId::new("ledger", format!("k-{k}").as_str()).unwrap();
-        let got: Vec<_> = store
-            .read_stream(&stream, 1, u64::MAX)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.causation_id)
-            .collect();
-        let expected: Vec<_> = messages
-            .iter()
-            .filter(|m| m.key == format!("k-{k}"))
-            .map(|m| Some(m.id))
-            .collect();
-        assert_eq!(
-            got, expected,
-            "key k-{k}: each message once, in publication order"
-        );
-    }
+    assert_each_key_in_order(&store, &messages, keys, 0, "overlapped commits").await;
 }
 
 async fn overlapped_commits_per_key<S: InboxStore>(store: S) {
