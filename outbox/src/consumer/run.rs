@@ -26,7 +26,7 @@ where
     ///
     /// A transient failure of the store ([`ConsumerError::is_retriable`]: a lost connection, a
     /// deadlock, a serialization failure, a busy SQLite file, also one that the handler's own
-    /// statements met, see [`StoreError::transient_cause`]) does not end the run: the same
+    /// statements met, see [`StoreError::transient_cause`](eventfold_eventstore::StoreError::transient_cause)) does not end the run: the same
     /// batch is handled again after a backoff (doubling from [`backoff`](Self::backoff) up to
     /// 5 s; the inbox skips what had committed), until it succeeds or shutdown comes (the batch
     /// then stays unacknowledged and is delivered again). Each retry is counted in

@@ -152,7 +152,7 @@ pub trait Participant<U: UnitOfWork>: Send + Sync {
     }
 }
 
-/// Wraps a [`Participant`] as a consumer handler. See the [module docs](self).
+/// Wraps a [`Participant`] as a consumer handler. See the [runtime docs](crate::runtime).
 pub struct ParticipantHandler<S, P> {
     name: String,
     store: S,
