@@ -540,12 +540,63 @@ async fn batch_handler_falls_back_like_handle<S: InboxStore>(store: S) {
     );
 }
 
+/// A source that, on each acknowledgement, checks through `store` (committed data only) that
+/// every acknowledged record's effect (an event of `ledger/<key>` caused by it) has committed:
+/// the offset is committed only after the transaction that handled the record.
+struct AckAfterCommit<S> {
+    inner: eventfold::outbox::InProcessConsumer,
+    store: S,
+    early: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<S: EventStore> AckAfterCommit<S> {
+    async fn check(&self, record: &eventfold::outbox::Record) {
+        let stream = StreamId::new("ledger", record.key.as_str()).unwrap();
+        let events = self.store.read_stream(&stream, 1, u64::MAX).await.unwrap();
+        if !events
+            .iter()
+            .any(|e| e.causation_id == Some(record.message_id))
+        {
+            self.early.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl<S: EventStore> eventfold::outbox::MessageSource for AckAfterCommit<S> {
+    async fn poll(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<eventfold::outbox::Record>, eventfold::BoxError> {
+        eventfold::outbox::MessageSource::poll(&mut self.inner, max, wait).await
+    }
+
+    async fn commit(
+        &mut self,
+        record: &eventfold::outbox::Record,
+    ) -> Result<(), eventfold::BoxError> {
+        self.check(record).await;
+        eventfold::outbox::MessageSource::commit(&mut self.inner, record).await
+    }
+
+    async fn commit_all(
+        &mut self,
+        records: &[&eventfold::outbox::Record],
+    ) -> Result<(), eventfold::BoxError> {
+        for record in records {
+            self.check(record).await;
+        }
+        eventfold::outbox::MessageSource::commit_all(&mut self.inner, records).await
+    }
+}
+
 /// `Consumer::overlap_commits` under `Consumer::run`, with records published while it runs (so
 /// that batches are small and a key of one batch comes again in the next): every message is
 /// handled once, in the order of its key (the handler appends at the version that order
 /// implies, with one attempt: a record handled before the commit of its key's previous one
-/// would be parked), and the group's offsets reach the end of each partition. With few `keys`,
-/// most batches hold a key of the batch before and wait for its commit; with many, few do.
+/// would be parked), the group's offsets reach the end of each partition, and no record is
+/// acknowledged before its transaction committed ([`AckAfterCommit`]). With few `keys`, most
+/// batches hold a key of the batch before and wait for its commit; with many, few do.
 async fn overlapped_commits_keep_the_order_per_key<S, H>(store: S, handler: H, keys: u32)
 where
     S: InboxStore,
@@ -553,15 +604,16 @@ where
 {
     let broker = InProcessBroker::new().with_default_partitions(2);
     let messages = keyed_payments(300, keys);
-    let consumer = Consumer::new(
-        "overlap",
-        store.clone(),
-        broker.consumer("overlap", &["payments"]),
-        handler,
-    )
-    .shared_commits(true)
-    .overlap_commits(true)
-    .max_attempts(1);
+    let early = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let source = AckAfterCommit {
+        inner: broker.consumer("overlap", &["payments"]),
+        store: store.clone(),
+        early: early.clone(),
+    };
+    let consumer = Consumer::new("overlap", store.clone(), source, handler)
+        .shared_commits(true)
+        .overlap_commits(true)
+        .max_attempts(1);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(consumer.run(async move {
         let _ = stopped.await;
@@ -593,6 +645,11 @@ where
     let parked = store.parked_messages("overlap", 10).await.unwrap();
     assert!(parked.is_empty(), "parked: {parked:?}");
     assert_each_key_in_order(&store, &messages, keys, 0, "overlapped commits").await;
+    assert_eq!(
+        early.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "records acknowledged before their transaction committed"
+    );
 }
 
 async fn overlapped_commits_per_key<S: InboxStore>(store: S) {
