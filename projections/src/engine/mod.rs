@@ -503,10 +503,6 @@ pub(crate) async fn pause_after(
     tokio::time::sleep(wait).await;
 }
 
-/// A projection's error caused by a transient failure of the database (its connection lost, a
-/// deadlock: [`StoreError::transient_cause`]) is a failure of the store, which the runner
-/// retries with its backoff, not the event's failure (retried `max_attempts` times, then
-/// parked: skipped). Any other error is given back.
 /// Commits `uow` when `result` is a success, else rolls it back: the rollback's own error is
 /// dropped, as `result`'s error says what failed.
 async fn commit_if_ok<U: UnitOfWork, T>(
@@ -525,6 +521,10 @@ async fn commit_if_ok<U: UnitOfWork, T>(
     }
 }
 
+/// A projection's error caused by a transient failure of the database (its connection lost, a
+/// deadlock: [`StoreError::transient_cause`]) is a failure of the store, which the runner
+/// retries with its backoff, not the event's failure (retried `max_attempts` times, then
+/// parked: skipped). Any other error is given back.
 fn transient_is_the_stores(error: BoxError, projection: &str) -> Result<BoxError, StoreError> {
     match StoreError::transient_cause(error, "applying a projection's events", projection) {
         Ok(transient) => Err(transient),
